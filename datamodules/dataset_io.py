@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
 
 
 def write_sample(root: str | Path, sample: Sample) -> Path:
-    """Write one sample: 16-bit PNG image, 8-bit 0/255 masks, schema-v1 JSON. Returns the image path."""
+    """Write one sample (16-bit PNG image, 0/255 masks, schema-v1 JSON); return the image path."""
     root = Path(root)
     for sub in ("images", "masks", "annotations"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,8 @@ def write_sample(root: str | Path, sample: Sample) -> Path:
         raise OSError(f"{img_path}: OpenCV could not write the image")
     for b, bone in enumerate(BONES):
         mask_path = root / "masks" / f"{sample.id}_{bone}.png"
-        if not cv2.imwrite(str(mask_path), (np.asarray(sample.masks[b]) > 0).astype(np.uint8) * 255):
+        mask = (np.asarray(sample.masks[b]) > 0).astype(np.uint8) * 255
+        if not cv2.imwrite(str(mask_path), mask):
             raise OSError(f"{mask_path}: OpenCV could not write the mask")
     data = annotation_dict(
         sample.id,

@@ -74,7 +74,8 @@ class PadResize:
         """Map a (size, size[, C]) network-frame map back to an (orig_h, orig_w[, C]) image."""
         up = cv2.resize(img, (self.side, self.side), interpolation=interpolation)
         up = up.reshape((self.side, self.side) + img.shape[2:])
-        return up[self.pad_top : self.pad_top + self.orig_h, self.pad_left : self.pad_left + self.orig_w]
+        rows = slice(self.pad_top, self.pad_top + self.orig_h)
+        return up[rows, self.pad_left : self.pad_left + self.orig_w]
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict (for batching and JSON)."""
