@@ -44,3 +44,87 @@ def write_sample(root: str | Path, sample: Sample) -> Path:
     )
     write_annotation(root / "annotations" / f"{sample.id}.json", data)
     return img_path
+
+
+class DatasetError(ValueError):
+    """A dataset folder or sample that cannot be read; the message names the file."""
+
+
+def image_files(root: str | Path) -> dict[str, list[Path]]:
+    """Map each id to its image file(s) in ROOT/images (several = duplicate id)."""
+    out: dict[str, list[Path]] = {}
+    folder = Path(root) / "images"
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def list_ids(root: str | Path) -> list[str]:
+    """Sorted ids of the images in ROOT/images (one per image stem)."""
+    return sorted(image_files(root))
+
+
+def mask_path(root: str | Path, sample_id: str, bone: str) -> Path:
+    """Path of one bone mask."""
+    return Path(root) / "masks" / f"{sample_id}_{bone}.png"
+
+
+def annotation_path(root: str | Path, sample_id: str) -> Path:
+    """Path of one annotation JSON."""
+    return Path(root) / "annotations" / f"{sample_id}.json"
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary mask PNG as (H, W) uint8 {0, 1}; any nonzero value is foreground.
+
+    Raises DatasetError naming the file when it is missing, unreadable or of another shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing mask")
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DatasetError(f"{path}: unreadable mask")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if shape is not None and mask.shape != tuple(shape):
+        raise DatasetError(f"{path}: mask size {mask.shape} differs from its image {tuple(shape)}")
+    return (mask > 0).astype(np.uint8)
+
+
+def read_sample(root: str | Path, sample_id: str) -> Sample:
+    """Read one sample (image, four masks, annotation) of a dataset folder.
+
+    Spacing: the annotation's ``pixel_spacing_mm`` when given (``spacing_source="annotation"``),
+    else the image file's (DICOM ``PixelSpacing``, then ``ImagerPixelSpacing``), else None.
+    Raises DatasetError / ImageReadError / AnnotationError naming the file.
+    """
+    from datamodules.annotations import read_annotation
+    from datamodules.image_io import load_image
+
+    files = image_files(root).get(sample_id, [])
+    if len(files) != 1:
+        what = "no image" if not files else f"duplicate images {[p.name for p in files]}"
+        raise DatasetError(f"{Path(root) / 'images'}: {what} for id {sample_id!r}")
+    loaded = load_image(files[0])
+    ann = read_annotation(annotation_path(root, sample_id))
+    masks = np.stack([read_mask(mask_path(root, sample_id, b), loaded.image.shape) for b in BONES])
+    spacing, source = loaded.spacing_mm, loaded.spacing_source
+    if ann["spacing_mm"] is not None:
+        spacing, source = ann["spacing_mm"], "annotation"
+    meta = dict(ann["meta"])
+    if ann["side"] is not None:
+        meta["side"] = ann["side"]
+    meta["image_file"] = files[0].name
+    return Sample(
+        id=sample_id,
+        image=loaded.image,
+        masks=masks,
+        annotations=ann["raters"],
+        spacing_mm=spacing,
+        spacing_source=source,
+        schoettle_point=ann["schoettle_point"],
+        meta=meta,
+    )

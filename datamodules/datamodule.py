@@ -1,0 +1,258 @@
+"""LightningDataModule over a dataset folder, or over synthetic phantoms when no folder is given.
+
+Folder data (``data_root``): validated in ``setup()`` (an invalid dataset is refused with the
+full report of ``datamodules.validate``); split into train/val by a seeded shuffle
+(``val_fraction``, default 0.2) or by an explicit ``split_file``; the test set is ``test_root``
+(a separate folder), else the split file's "test" ids.
+
+Split file (JSON): ``{"train": ["id", ...], "val": ["id", ...], "test": ["id", ...]}``, "test"
+optional; every id must exist in ``data_root`` and no id may be in two lists.
+
+Phantoms (``data_root: null``): ``num_train`` / ``num_val`` / ``num_test`` phantoms with fixed
+seeds derived from ``seed`` (disjoint ranges per split: train ``seed*10^7 + i``, val
+``+ 10^6``, test ``+ 2*10^6``), so val and test are the same every run and every epoch; training
+phantoms are fixed too (variety per epoch comes from augmentation). ``test_root`` may still
+point to a folder of real images.
+
+Training batches are augmented (``augment``); validation and test batches never are, so their
+``frame`` maps predictions back to the original image pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.dataset_io import list_ids
+from datamodules.datasets import (
+    FolderDataset,
+    InMemoryDataset,
+    PhantomDataset,
+    SampleDataset,
+    TargetConfig,
+    collate_batch,
+    seed_worker,
+)
+from datamodules.sample import Sample
+from datamodules.transforms import AugmentConfig, SampleTransform
+from datamodules.validate import ValidationReport, validate_dataset
+
+log = logging.getLogger(__name__)
+
+_PHANTOM_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+def seeded_split(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Shuffle ``ids`` with ``seed`` and cut off round(val_fraction * n) (>= 1 if n >= 2 and
+    val_fraction > 0) for validation; both lists come back sorted."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
+
+
+def read_split_file(path: str | Path, available: list[str]) -> dict[str, list[str]]:
+    """Read and check a split JSON against the ids present; errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read split file: {err}") from err
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise ValueError(f"{path}: split file needs 'train' and 'val' lists (and optional 'test')")
+    known, seen, out = set(available), {}, {}
+    for key in ("train", "val", "test"):
+        ids = data.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{path}: '{key}' must be a list of id strings")
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise ValueError(f"{path}: '{key}' names ids with no sample: {missing[:10]}")
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"{path}: id {i!r} is in both '{seen[i]}' and '{key}'")
+            seen[i] = key
+        out[key] = list(ids)
+    return out
+
+
+class KneeDataModule(pl.LightningDataModule):
+    """Train/val/test data for the multi-task network (see the module docstring).
+
+    Args:
+        data_root: dataset folder (images/, masks/, annotations/); None for phantoms.
+        test_root: separate test folder (optional).
+        split_file: JSON with explicit train/val(/test) ids of ``data_root`` (optional).
+        val_fraction: share of ``data_root`` used for validation when there is no split file.
+        seed: split shuffle, phantom seeds and the augmentation's random state.
+        size: network input side S.
+        sigma: heat-map Gaussian sigma in network pixels.
+        roi_spacing_px: cortex pseudo-landmark spacing in network pixels.
+        roi_extent: "segment" or "image" (datamodules.targets).
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        augment: True (defaults), False (none) or a dict of AugmentConfig fields.
+        num_train, num_val, num_test: phantom counts.
+        min_side, max_side: phantom image side range (None: PhantomConfig defaults).
+        cache_phantoms: keep generated phantoms in memory (per worker).
+        validate: validate dataset folders in setup() (refuse invalid ones).
+
+    Example:
+        >>> dm = KneeDataModule(num_train=4, num_val=2, size=128, min_side=160, max_side=256)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> batch["image"].shape, batch["seg"].shape
+        (torch.Size([2, 1, 128, 128]), torch.Size([2, 4, 128, 128]))
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        test_root: str | None = None,
+        split_file: str | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        size: int = 256,
+        sigma: float = 6.0,
+        roi_spacing_px: float = 4.0,
+        roi_extent: str = "segment",
+        batch_size: int = 2,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        augment: bool | dict[str, Any] = True,
+        num_train: int = 200,
+        num_val: int = 20,
+        num_test: int = 20,
+        min_side: int | None = None,
+        max_side: int | None = None,
+        cache_phantoms: bool = False,
+        validate: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.augment_config = AugmentConfig.from_any(augment)
+        self.targets = TargetConfig(sigma, roi_spacing_px, roi_extent)
+        self.data_root, self.test_root, self.split_file = data_root, test_root, split_file
+        self.val_fraction, self.seed, self.size = val_fraction, int(seed), int(size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.min_side, self.max_side = min_side, max_side
+        self.cache_phantoms, self.validate = cache_phantoms, validate
+        self.train_set: SampleDataset | None = None
+        self.val_set: SampleDataset | None = None
+        self.test_set: SampleDataset | None = None
+        self.validation_report: ValidationReport | None = None
+        self._samples: dict[str, list[Sample]] | None = None
+
+    @classmethod
+    def from_samples(cls, train: list[Sample], val: list[Sample],
+                     test: list[Sample] | None = None, **kwargs: Any) -> KneeDataModule:
+        """A DataModule over in-memory samples (tests, notebooks); kwargs as the constructor."""
+        dm = cls(**kwargs)
+        dm._samples = {"train": list(train), "val": list(val), "test": list(test or [])}
+        return dm
+
+    # -- building datasets -------------------------------------------------------------------
+    def _transform(self, split: str) -> SampleTransform:
+        augment = self.augment_config if split == "train" else None
+        return SampleTransform(self.size, augment, seed=self.seed)
+
+    def _phantom_config(self) -> Any:
+        from datamodules.phantoms import PhantomConfig  # lazy: only phantom runs need it
+
+        kwargs = {k: v for k, v in (("min_side", self.min_side), ("max_side", self.max_side))
+                  if v is not None}
+        return PhantomConfig(**kwargs)
+
+    def _phantoms(self, split: str, count: int) -> PhantomDataset:
+        base = self.seed * 10_000_000 + _PHANTOM_SPLIT_OFFSET[split]
+        return PhantomDataset(range(base, base + count), self._transform(split), self.targets,
+                              self._phantom_config(), cache=self.cache_phantoms)
+
+    def _validate_folders(self) -> None:
+        if not self.validate or self.validation_report is not None:
+            return
+        report = ValidationReport()
+        for root in (self.data_root, self.test_root):
+            if root is not None:
+                report.extend(validate_dataset(root))
+        self.validation_report = report
+        report.raise_if_invalid()
+        for issue in report.warnings:
+            log.warning("dataset: %s", issue)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets (once); validates dataset folders first."""
+        if self.train_set is not None:
+            return
+        if self._samples is not None:
+            s = self._samples
+            self.train_set = InMemoryDataset(s["train"], self._transform("train"), self.targets)
+            self.val_set = InMemoryDataset(s["val"], self._transform("val"), self.targets)
+            self.test_set = InMemoryDataset(s["test"], self._transform("test"), self.targets)
+            return
+        self._validate_folders()
+        split_test: list[str] = []
+        if self.data_root is None:
+            self.train_set = self._phantoms("train", self.num_train)
+            self.val_set = self._phantoms("val", self.num_val)
+        else:
+            ids = list_ids(self.data_root)
+            if self.split_file:
+                split = read_split_file(self.split_file, ids)
+                train, val, split_test = split["train"], split["val"], split["test"]
+            else:
+                train, val = seeded_split(ids, self.val_fraction, self.seed)
+            self.train_set = FolderDataset(self.data_root, train, self._transform("train"),
+                                           self.targets)
+            self.val_set = FolderDataset(self.data_root, val, self._transform("val"), self.targets)
+        if self.test_root is not None:
+            self.test_set = FolderDataset(self.test_root, list_ids(self.test_root),
+                                          self._transform("test"), self.targets)
+        elif self.data_root is None:
+            self.test_set = self._phantoms("test", self.num_test)
+        elif split_test:
+            self.test_set = FolderDataset(self.data_root, split_test, self._transform("test"),
+                                          self.targets)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def _loader(self, dataset: SampleDataset | None, split: str) -> DataLoader:
+        if dataset is None:
+            self.setup()
+            dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        if dataset is None or len(dataset) == 0:
+            hint = " (give test_root or a split file with 'test')" if split == "test" else ""
+            raise ValueError(f"no {split} samples{hint}")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=split == "train",
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_batch,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")

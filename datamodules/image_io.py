@@ -1,0 +1,234 @@
+"""Read one radiograph (PNG, TIFF or DICOM) as a float32 (H, W) image in [0, 1], bright = bone.
+
+PNG and TIFF: 8 or 16 bit (any integer type, or float); colour is converted to gray (ITU-R 601
+weights). Integers are divided by the largest value of the stored bit depth: a PNG ``sBIT`` chunk
+(e.g. 12 significant bits in a 16-bit PNG) when present, else the dtype's range. Values are not
+stretched per image, so intensities stay comparable between files.
+
+DICOM (pydicom): the modality LUT (rescale or LUT sequence) and then the VOI LUT (LUT sequence,
+else the first window centre/width) are applied as the standard display pipeline prescribes; the
+result is normalised by the output range of that same pipeline over every storable value (not
+by the image's own min/max), and MONOCHROME1 images (low value = white) are inverted, which
+pydicom does not do. ``PresentationLUTShape`` is not applied on top: for MONOCHROME1 it says
+INVERSE and describes the same inversion. Pixel spacing comes from ``PixelSpacing`` (calibrated,
+in the patient) when present and positive, else from ``ImagerPixelSpacing`` (at the detector);
+``spacing_source`` records which tag was used. A zero or malformed spacing counts as missing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GRAY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])
+
+
+class ImageReadError(OSError):
+    """An image that cannot be read; the message names the file and the reason."""
+
+
+@dataclass
+class LoadedImage:
+    """One image as read from disk.
+
+    Args:
+        image: (H, W) float32 in [0, 1], bright = bone.
+        spacing_mm: (row_mm, col_mm) per pixel, or None when the file does not say.
+        spacing_source: "PixelSpacing", "ImagerPixelSpacing" or None.
+        bit_depth: significant bits per stored pixel (8, 10, 12, 16, ...).
+        meta: extras (format, photometric interpretation, window used, ...).
+    """
+
+    image: np.ndarray
+    spacing_mm: tuple[float, float] | None = None
+    spacing_source: str | None = None
+    bit_depth: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read a PNG, TIFF or DICOM radiograph; raises ImageReadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".dcm" or (suffix not in (".png", ".tif", ".tiff") and _looks_like_dicom(path)):
+        return _load_dicom(path)
+    if suffix == ".png":
+        return _load_png(path)
+    if suffix in (".tif", ".tiff"):
+        return _load_tiff(path)
+    raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .dcm)")
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
+    """(significant bits from sBIT or None, whether the IEND chunk is present)."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise ImageReadError(f"{path}: not a PNG file (bad signature)")
+    pos, sbit, has_end = len(PNG_SIGNATURE), None, False
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if ctype == b"sBIT" and body:
+            sbit = max(body)
+        if ctype == b"IEND":
+            has_end = True
+            break
+        pos += 12 + length
+    return sbit, has_end
+
+
+def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
+    """Colour (H, W, 3|4) to gray float64; gray passes through."""
+    if arr.ndim == 2:
+        return arr.astype(np.float64)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        if arr.shape[2] == 1:
+            return arr[..., 0].astype(np.float64)
+        rgb = arr[..., :3].astype(np.float64)
+        if bgr:
+            rgb = rgb[..., ::-1]
+        return rgb @ _GRAY_WEIGHTS_RGB
+    raise ValueError(f"unsupported array shape {arr.shape}")
+
+
+def _normalise_stored(
+    path: Path, arr: np.ndarray, gray: np.ndarray, bits: int | None
+) -> tuple[np.ndarray, int]:
+    """Divide an integer image by its stored range (or pass a [0, 1] float image through)."""
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(gray)):
+            raise ImageReadError(f"{path}: float image contains NaN or infinity")
+        lo, hi = float(gray.min()), float(gray.max())
+        if lo < 0.0 or hi > 1.0:  # arbitrary float range: stretch, and say so in meta
+            gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
+        return gray.astype(np.float32), 8 * arr.dtype.itemsize
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
+    info = np.iinfo(arr.dtype)
+    depth = bits if bits is not None else 8 * arr.dtype.itemsize
+    if info.min < 0:  # signed: shift to start at 0
+        lo, hi = float(info.min), float(info.max)
+    else:
+        lo, hi = 0.0, float(2**depth - 1)
+    out = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
+    return out.astype(np.float32), depth
+
+
+def _load_png(path: Path) -> LoadedImage:
+    data = path.read_bytes()
+    sbit, has_end = _png_info(path, data)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or not has_end:
+        reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
+        raise ImageReadError(f"{path}: unreadable PNG, {reason}")
+    try:
+        gray = _to_gray(arr, bgr=True)
+    except ValueError as err:
+        raise ImageReadError(f"{path}: {err}") from err
+    image, depth = _normalise_stored(path, arr, gray, sbit)
+    return LoadedImage(image, None, None, depth, {"format": "png", "dtype": str(arr.dtype)})
+
+
+def _load_tiff(path: Path) -> LoadedImage:
+    import tifffile
+
+    try:
+        arr = tifffile.imread(path)
+    except Exception as err:  # tifffile raises many types for broken files
+        raise ImageReadError(f"{path}: unreadable or truncated TIFF ({err})") from err
+    arr = np.squeeze(arr)
+    try:
+        gray = _to_gray(arr, bgr=False)
+    except ValueError as err:
+        raise ImageReadError(f"{path}: {err} (one grayscale or RGB page expected)") from err
+    image, depth = _normalise_stored(path, arr, gray, None)
+    return LoadedImage(image, None, None, depth, {"format": "tiff", "dtype": str(arr.dtype)})
+
+
+def _spacing(ds: Any, tag: str) -> tuple[float, float] | None:
+    """A positive (row_mm, col_mm) from a DICOM spacing tag, else None."""
+    value = ds.get(tag)
+    if value is None:
+        return None
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != 2 or not all(np.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals[0], vals[1]
+
+
+def _display_pipeline(ds: Any, arr: np.ndarray) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    out = apply_modality_lut(arr, ds)
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi:
+        out = apply_voi_lut(out, ds, index=0)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _load_dicom(path: Path) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
+        raise ImageReadError(f"{path}: unreadable DICOM ({err})") from err
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{path}: DICOM has no pixel data (truncated?)")
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
+        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from err
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise ImageReadError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected 1")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageReadError(f"{path}: photometric interpretation {photometric} is not grayscale")
+    bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    try:
+        values = _display_pipeline(ds, arr)
+        if bits <= 16:  # output range of the pipeline over every storable value
+            lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+            ramp = _display_pipeline(ds, np.arange(lo_s, hi_s + 1, dtype=arr.dtype))
+            lo, hi = float(ramp.min()), float(ramp.max())
+        else:
+            lo, hi = float(values.min()), float(values.max())
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({err})") from err
+    image = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    image = np.clip(image, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    spacing, source = _spacing(ds, "PixelSpacing"), "PixelSpacing"
+    if spacing is None:
+        spacing, source = _spacing(ds, "ImagerPixelSpacing"), "ImagerPixelSpacing"
+    meta = {
+        "format": "dicom",
+        "photometric": photometric,
+        "bits_stored": bits,
+        "window": [float(np.ravel([ds.WindowCenter])[0]), float(np.ravel([ds.WindowWidth])[0])]
+        if "WindowCenter" in ds and "WindowWidth" in ds
+        else None,
+        "output_range": [lo, hi],
+    }
+    return LoadedImage(
+        image.astype(np.float32), spacing, source if spacing else None, bits, meta
+    )

@@ -1,0 +1,127 @@
+"""Heat-map targets in the network frame: landmark Gaussians and the cortex-line ROI.
+
+A heat-map is an unnormalised 2D Gaussian exp(-d^2 / (2 sigma^2)) (peak 1 at the point, pixel
+centres on integers), sigma = 6 px at S = 256 (paper). The line ROI is the pixel-wise maximum of
+such Gaussians centred on equidistant pseudo-landmarks along the cortex line.
+
+Extent of the line (``roi_extent``):
+- ``"segment"`` (default): the stretch spanned by the annotated cortex points, i.e. from the
+  first to the last point's projection onto the fitted line. Annotators mark the posterior
+  cortex of the shaft; the ROI covers what they marked, and does not run on past the condyles,
+  where the femur's outline leaves the line and would bias the LM1 fit that uses ROI >= 0.5.
+- ``"image"``: the whole line through the image (clipped to the S x S square).
+With exactly two points the line passes through both; with more it is the total-least-squares
+(principal axis) fit. Pseudo-landmarks are spaced ``spacing_px`` apart or closer: ends included,
+n = ceil(length / spacing_px) + 1 points evenly spread.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ROI_EXTENTS = ("segment", "image")
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int | np.integer):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def gaussian_heatmap(
+    size: int | tuple[int, int], center_xy: np.ndarray | tuple[float, float], sigma: float = 6.0
+) -> np.ndarray:
+    """(H, W) float32 Gaussian with peak 1 at ``center_xy`` = (x, y); ``size`` is S or (H, W)."""
+    h, w = _size_hw(size)
+    cx, cy = (float(v) for v in np.asarray(center_xy, dtype=np.float64).reshape(2))
+    gx = np.exp(-((np.arange(w) - cx) ** 2) / (2.0 * sigma**2))
+    gy = np.exp(-((np.arange(h) - cy) ** 2) / (2.0 * sigma**2))
+    return np.outer(gy, gx).astype(np.float32)
+
+
+def landmark_heatmaps(
+    landmarks: np.ndarray, visible: np.ndarray, size: int, sigma: float = 6.0
+) -> np.ndarray:
+    """(N, S, S) heat-maps for (N, 2) landmarks; an invisible landmark gets an all-zero map."""
+    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros((len(pts), size, size), dtype=np.float32)
+    for i, (p, vis) in enumerate(zip(pts, np.asarray(visible, dtype=bool), strict=True)):
+        if vis and np.all(np.isfinite(p)):
+            out[i] = gaussian_heatmap(size, p, sigma)
+    return out
+
+
+def fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Total-least-squares line through (K >= 2, 2) points: (point on it, unit direction)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 2:
+        raise ValueError(f"a line needs at least two points, got {len(pts)}")
+    centre = pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(pts - centre)
+    direction = vt[0]
+    if np.linalg.norm(direction) == 0 or not np.all(np.isfinite(direction)):
+        raise ValueError("cortex points are degenerate (all equal)")
+    return centre, direction / np.linalg.norm(direction)
+
+
+def _clip_line_to_box(
+    centre: np.ndarray, direction: np.ndarray, h: int, w: int
+) -> tuple[float, float] | None:
+    """Parameter interval [t0, t1] of centre + t*direction inside [0, W-1] x [0, H-1]."""
+    t0, t1 = -math.inf, math.inf
+    for axis, hi in ((0, w - 1), (1, h - 1)):
+        d, c = direction[axis], centre[axis]
+        if abs(d) < 1e-12:
+            if not 0 <= c <= hi:
+                return None
+            continue
+        a, b = (0 - c) / d, (hi - c) / d
+        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+    return (t0, t1) if t0 <= t1 else None
+
+
+def cortex_pseudo_landmarks(
+    cortex_points: np.ndarray,
+    spacing_px: float = 4.0,
+    extent: str = "segment",
+    size: int | tuple[int, int] | None = None,
+) -> np.ndarray:
+    """(M, 2) equidistant points (at most ``spacing_px`` apart, ends included) on the cortex line.
+
+    ``extent="image"`` needs ``size`` (S or (H, W)); see the module docstring.
+    """
+    if extent not in ROI_EXTENTS:
+        raise ValueError(f"roi extent must be one of {ROI_EXTENTS}, got {extent!r}")
+    if spacing_px <= 0:
+        raise ValueError(f"spacing_px must be positive, got {spacing_px}")
+    centre, direction = fit_line(cortex_points)
+    if extent == "segment":
+        t = (np.asarray(cortex_points, dtype=np.float64) - centre) @ direction
+        t0, t1 = float(t.min()), float(t.max())
+    else:
+        if size is None:
+            raise ValueError("extent='image' needs the image size")
+        span = _clip_line_to_box(centre, direction, *_size_hw(size))
+        if span is None:
+            return np.zeros((0, 2))
+        t0, t1 = span
+    n = int(math.ceil((t1 - t0) / spacing_px - 1e-9)) + 1
+    ts = np.linspace(t0, t1, max(n, 2))
+    return centre + ts[:, None] * direction
+
+
+def roi_heatmap(
+    cortex_points: np.ndarray,
+    size: int,
+    sigma: float = 6.0,
+    spacing_px: float = 4.0,
+    extent: str = "segment",
+) -> np.ndarray:
+    """(1, S, S) line-ROI heat-map: max over Gaussians at the cortex pseudo-landmarks."""
+    out = np.zeros((size, size), dtype=np.float32)
+    for p in cortex_pseudo_landmarks(cortex_points, spacing_px, extent, size):
+        np.maximum(out, gaussian_heatmap(size, p, sigma), out=out)
+    return out[None]
