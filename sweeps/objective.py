@@ -1,0 +1,167 @@
+"""The sweep objective: train one model with a trial's parameters, return its validation score.
+
+Lower is better. Default: the landmark error in mm when the validation data has pixel spacing
+(the mm metric is logged and finite), else in px (the module logs the mean over samples of each
+landmark's error, averaged over landmarks; point `lm_mm_key`/`lm_px_key` at a median metric when
+one is logged). `weight_iou > 0` adds
+`weight_iou * (1 - mean IoU)` to `weight_lm * landmark error`.
+
+A trial that raises, or whose objective is NaN/inf, ends FAILED with its reason in the user
+attribute `fail_reason`; the study goes on (the runner passes `catch=(Exception,)`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweeps.pruning import OptunaPruning
+from sweeps.space import SearchSpace, cli_overrides
+
+FitFn = Callable[..., Any]  # lightning_modules.train.fit(args, callbacks=...) -> FitResult
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """How validation metrics become the single number Optuna minimises.
+
+    Args:
+        unit: "auto" (mm when logged and finite, else px), "mm" or "px".
+        weight_lm: weight of the median landmark error.
+        weight_iou: weight of (1 - mean IoU); 0 leaves segmentation out.
+        lm_mm_key, lm_px_key, iou_key: metric names logged by the LightningModule.
+    """
+
+    unit: str = "auto"
+    weight_lm: float = 1.0
+    weight_iou: float = 0.0
+    lm_mm_key: str = "val/lm_err_mm"
+    lm_px_key: str = "val/lm_err_px"
+    iou_key: str = "val/iou_mean"
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("auto", "mm", "px"):
+            raise ValueError(f"objective unit {self.unit!r} must be auto, mm or px")
+        if self.weight_lm < 0 or self.weight_iou < 0 or self.weight_lm + self.weight_iou == 0:
+            raise ValueError("objective weights must be >= 0 and not both 0 "
+                             f"(weight_lm={self.weight_lm}, weight_iou={self.weight_iou})")
+
+    def landmark_key(self, metrics: Mapping[str, float]) -> str:
+        """The landmark metric used: mm when known (auto), else px."""
+        if self.unit == "mm":
+            return self.lm_mm_key
+        if self.unit == "px":
+            return self.lm_px_key
+        mm = metrics.get(self.lm_mm_key)
+        return self.lm_mm_key if mm is not None and math.isfinite(mm) else self.lm_px_key
+
+    def describe(self) -> str:
+        """Human-readable formula, e.g. `1*(val/lm_err_mm if finite else val/lm_err_px)`."""
+        lm = {"mm": self.lm_mm_key, "px": self.lm_px_key,
+              "auto": f"{self.lm_mm_key} if finite else {self.lm_px_key}"}[self.unit]
+        text = f"{self.weight_lm:g}*({lm})"
+        if self.weight_iou:
+            text += f" + {self.weight_iou:g}*(1 - {self.iou_key})"
+        return text
+
+    def __call__(self, metrics: Mapping[str, float]) -> float:
+        """Objective value from one validation's metrics; NaN propagates (caller fails it)."""
+        value = 0.0
+        if self.weight_lm:
+            key = self.landmark_key(metrics)
+            if key not in metrics:
+                raise KeyError(key)
+            value += self.weight_lm * float(metrics[key])
+        if self.weight_iou:
+            if self.iou_key not in metrics:
+                raise KeyError(self.iou_key)
+            value += self.weight_iou * (1.0 - float(metrics[self.iou_key]))
+        return value
+
+
+def _default_fit() -> FitFn:
+    from lightning_modules.train import fit  # late: keeps `sweeps.report` free of torch
+
+    return fit
+
+
+def _finish_wandb() -> None:
+    """Close a W&B run a crashed trial left open, so the next trial starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1)
+
+
+class TrainObjective:
+    """Optuna objective training `lightning_modules.train.fit` once per trial.
+
+    Args:
+        base_args: training arguments shared by all trials, e.g. `["--config", "x.yaml"]`.
+        study_name: names the W&B group; each trial's W&B run is `<study>-t<number>`.
+        trials_dir: each trial's run folder is `trials_dir/t<number>`.
+        space: sampled ranges.
+        spec: objective formula.
+        trial_args: maps (trial number, run folder, study name) to extra training arguments
+            (run folder, W&B group/name); see `sweeps.run.trial_args`.
+        fit: the training entry (default `lightning_modules.train.fit`).
+    """
+
+    def __init__(
+        self,
+        base_args: Sequence[str],
+        study_name: str,
+        trials_dir: Path,
+        space: SearchSpace,
+        spec: ObjectiveSpec,
+        trial_args: Callable[[int, Path, str], list[str]],
+        fit: FitFn | None = None,
+    ) -> None:
+        self.base_args = list(base_args)
+        self.study_name = study_name
+        self.trials_dir = Path(trials_dir)
+        self.space = space
+        self.spec = spec
+        self.trial_args = trial_args
+        self.fit = fit
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.space.suggest(trial)
+        run_dir = self.trials_dir / f"t{trial.number:04d}"
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("run_dir", str(run_dir))
+        args = (self.base_args + cli_overrides(params)
+                + self.trial_args(trial.number, run_dir, self.study_name))
+        pruning = OptunaPruning(trial, self.spec)
+        fit = self.fit or _default_fit()
+        try:
+            result = fit(args, callbacks=[pruning])
+        except Exception as err:
+            tb = traceback.format_exception_only(type(err), err)[-1].strip()
+            trial.set_user_attr("fail_reason", f"training raised {tb}"[:1000])
+            raise
+        finally:
+            _finish_wandb()
+        metrics = {k: float(v) for k, v in dict(result.metrics).items()}
+        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if math.isfinite(v)})
+        trial.set_user_attr("epochs", int(result.trainer.current_epoch))
+        if pruning.diverged is not None:
+            trial.set_user_attr("fail_reason", f"diverged: {pruning.diverged}")
+            return float("nan")
+        if pruning.pruned_at is not None:
+            value = pruning.reported[pruning.pruned_at]
+            raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at} (objective {value:.4g})")
+        value = self.spec(metrics)
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"diverged: objective is {value} after training")
+            return float("nan")
+        trial.set_user_attr("objective_metric", self.spec.landmark_key(metrics))
+        return value

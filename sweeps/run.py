@@ -1,0 +1,239 @@
+"""Sweep worker: `python -m sweeps.run --trials N --study NAME [--storage URL] [options]`.
+
+Runs N trials (this worker's count, like Optuna's `n_trials`) of one study, then prints the best
+parameters found so far. Start it again, or on other nodes with the same `--storage` URL and
+`--study`, and the workers share and continue the one study (trial numbers continue).
+`--max-total-trials M` additionally stops every worker once the study holds M finished trials
+(COMPLETE + PRUNED + FAIL; trials running elsewhere are not counted, so it may overshoot by at
+most the number of other workers).
+
+Arguments this parser does not know are passed to the training entry unchanged, e.g.
+`python -m sweeps.run --trials 4 --study s --trainer.max_epochs=3`.
+
+Outputs go to `<studies-dir>/<study>/`: `study.db` (the default SQLite storage) and `trials/tNNNN`
+(each trial's training run). `python -m sweeps.report` writes the reports there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
+from sweeps.space import SearchSpace
+from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, study_dir
+
+DEFAULT_CONFIG = "configs/quick.yaml"
+# No per-epoch validation pictures in sweeps (time, disk); pass --run.val_images=4 to get them.
+SWEEP_TRAIN_DEFAULTS = ("--run.val_images=0",)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def trial_args(number: int, run_dir: Path, study_name: str) -> list[str]:
+    """Training arguments giving a trial its run folder and its W&B group (the study).
+
+    The training entry writes into `<run.root>/<run.name>/<timestamp>/`, here
+    `<study folder>/trials/tNNNN/<timestamp>/`.
+    """
+    return [
+        f"--run.root={run_dir.parent}",
+        f"--run.name={run_dir.name}",
+        f"--wandb-group={study_name}",
+        f"--wandb-name={study_name}-t{number:04d}",
+    ]
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"range {text!r} must be LOW,HIGH (e.g. 0,2)") from None
+    return low, high
+
+
+def _params(text: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (kv.split("=") for kv in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"parameters {text!r} must be name=value[,name=value] (e.g. beta=0.6,alpha=1)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
+    p.add_argument("--trials", type=int, required=True, help="trials this worker runs")
+    p.add_argument("--study", required=True, help="study name (shared by all its workers)")
+    p.add_argument("--storage", default=None,
+                   help="database URL (postgresql://user:pw@host:5432/db); default "
+                        "sqlite:///<studies-dir>/<study>/study.db")
+    p.add_argument("--studies-dir", default=str(DEFAULT_STUDIES_DIR),
+                   help="folder of study folders (default: studies)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="training config YAML")
+    p.add_argument("--data-root", default=None, help="dataset folder passed to training")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--worker-index", type=int, default=None,
+                   help="distinct per parallel worker, varies the sampler seed "
+                        "(default: $SLURM_ARRAY_TASK_ID, $SLURM_PROCID or 0)")
+    p.add_argument("--beta", type=_range, default=(0.0, 2.0), help="beta range LOW,HIGH")
+    p.add_argument("--alpha", type=_range, default=(0.0, 3.0), help="alpha range LOW,HIGH")
+    p.add_argument("--lr", type=_range, default=None,
+                   help="also sample the network learning rate, log-uniform in LOW,HIGH")
+    p.add_argument("--objective-unit", choices=("auto", "mm", "px"), default="auto",
+                   help="landmark error unit (auto: mm when spacing is known, else px)")
+    p.add_argument("--weight-lm", type=float, default=1.0, help="weight of landmark error")
+    p.add_argument("--weight-iou", type=float, default=0.0, help="weight of (1 - mean IoU)")
+    p.add_argument("--pruner", choices=("median", "threshold", "none"), default="median")
+    p.add_argument("--prune-startup-trials", type=int, default=2,
+                   help="median pruner: completed trials before pruning starts")
+    p.add_argument("--prune-warmup-epochs", type=int, default=1,
+                   help="median pruner: epochs of a trial never pruned")
+    p.add_argument("--prune-above", type=float, default=None,
+                   help="threshold pruner: prune when the epoch's objective exceeds this")
+    p.add_argument("--tpe-startup-trials", type=int, default=8,
+                   help="random trials before TPE models the results")
+    p.add_argument("--enqueue", type=_params, action="append", default=[],
+                   help="run these parameters first, e.g. beta=0.6,alpha=1 (repeatable; "
+                        "skipped when the study already holds them)")
+    p.add_argument("--max-total-trials", type=int, default=None,
+                   help="stop once the study holds this many finished trials")
+    p.add_argument("--heartbeat-interval", type=int, default=30,
+                   help="seconds between heartbeats of a running trial")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="seconds without heartbeat before a trial is failed and retried "
+                        "(default 2 x heartbeat interval)")
+    p.add_argument("--max-retry", type=int, default=2,
+                   help="re-runs of a trial whose worker died")
+    return p
+
+
+def make_pruner(args: argparse.Namespace) -> optuna.pruners.BasePruner:
+    if args.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if args.pruner == "threshold":
+        if args.prune_above is None:
+            raise SystemExit("sweeps.run: --pruner threshold needs --prune-above VALUE")
+        return optuna.pruners.ThresholdPruner(upper=args.prune_above)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=args.prune_startup_trials, n_warmup_steps=args.prune_warmup_epochs
+    )
+
+
+def worker_index(explicit: int | None) -> int:
+    if explicit is not None:
+        return explicit
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def open_study(args: argparse.Namespace) -> optuna.Study:
+    """Create or join the study (load_if_exists) with a seeded TPE sampler and the pruner.
+
+    The seed is `seed + 1009 * worker_index + trials already in the study`, so a fresh local
+    study is reproducible while parallel or restarted workers do not repeat each other's
+    random start-up samples.
+    """
+    storage = open_storage(args.storage, args.study, args.studies_dir,
+                           heartbeat_interval=args.heartbeat_interval,
+                           grace_period=args.grace_period, max_retry=args.max_retry)
+    n_existing = len(storage.get_all_trials(storage.get_study_id_from_name(args.study),
+                                            deepcopy=False)) if _exists(storage, args.study) else 0
+    seed = args.seed + 1009 * worker_index(args.worker_index) + n_existing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=args.tpe_startup_trials, multivariate=True,
+            constant_liar=True,
+        )
+    return optuna.create_study(study_name=args.study, storage=storage, sampler=sampler,
+                               pruner=make_pruner(args), direction="minimize",
+                               load_if_exists=True)
+
+
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def format_best(study: optuna.Study) -> str:
+    """One block of text: trial counts per state and the best trial's parameters."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    lines = [f"study {study.study_name!r}: {len(trials)} trials ("
+             + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n) + ")"]
+    if counts["COMPLETE"] == 0:
+        lines.append("no completed trial yet: no best parameters")
+        return "\n".join(lines)
+    best = study.best_trial
+    metric = best.user_attrs.get("objective_metric", "objective")
+    lines.append(f"best trial #{best.number}: {metric} objective = {best.value:.4f}")
+    lines.append("best params: " + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items()))
+    return "\n".join(lines)
+
+
+def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> optuna.Study:
+    """Parse `argv` like the command line, run this worker's trials, return the study."""
+    args, train_extra = build_parser().parse_known_args(argv)
+    if args.trials < 0:
+        raise SystemExit("sweeps.run: --trials must be >= 0")
+    space = SearchSpace(beta=args.beta, alpha=args.alpha, lr=args.lr)
+    spec = ObjectiveSpec(unit=args.objective_unit, weight_lm=args.weight_lm,
+                         weight_iou=args.weight_iou)
+    config = Path(args.config)
+    if not config.is_file():
+        raise SystemExit(f"sweeps.run: training config {config} not found")
+    # Sweep defaults go before the user's extra arguments, which may override them.
+    base_args = ["--config", str(config), *SWEEP_TRAIN_DEFAULTS]
+    if args.data_root is not None:
+        base_args += [f"--data-root={args.data_root}"]
+    base_args += train_extra
+
+    folder = study_dir(args.study, args.studies_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    study = open_study(args)
+    if "objective" not in study.user_attrs:
+        study.set_user_attr("objective", spec.describe())
+        study.set_user_attr("train_args", base_args)
+    for params in args.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+    callbacks = []
+    if args.max_total_trials is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(args.max_total_trials, states=FINISHED))
+        if count_finished(study) >= args.max_total_trials:
+            print(f"study {args.study!r} already holds {count_finished(study)} finished trials "
+                  f"(>= --max-total-trials {args.max_total_trials}); nothing to run")
+            args.trials = 0
+    objective = TrainObjective(base_args, args.study, folder / "trials", space, spec,
+                               trial_args=trial_args, fit=fit)
+    if args.trials:
+        study.optimize(objective, n_trials=args.trials, catch=(Exception,),
+                       callbacks=callbacks, gc_after_trial=True)
+    print(format_best(study), flush=True)
+    return study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    study = run_sweep(argv)
+    return 0 if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Optuna study storage: an embedded SQLite file by default, a database URL for many workers.
+
+Every worker opens the study through `open_storage`, an `optuna.storages.RDBStorage` with
+heartbeats: each running trial writes a heartbeat every `heartbeat_interval` seconds; when a
+worker dies (killed, pre-empted, node lost) its trial stops beating and the next worker that
+starts a trial marks it FAIL after `grace_period` seconds and re-enqueues its parameters
+(`RetryHeartbeatStaleTrialCallback`), so no trial is left RUNNING forever.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+DEFAULT_STUDIES_DIR = Path("studies")
+DB_FILENAME = "study.db"
+
+
+def study_dir(study_name: str, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> Path:
+    """Folder holding a study's SQLite file (default storage), trial runs and reports."""
+    if not study_name or "/" in study_name or study_name in (".", ".."):
+        raise ValueError(f"study name {study_name!r} must be a non-empty name without '/'")
+    return Path(studies_dir) / study_name
+
+
+def default_storage_url(study_name: str, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> str:
+    """`sqlite:///<abs>/studies/<study>/study.db`: the embedded default, nothing to install."""
+    return f"sqlite:///{(study_dir(study_name, studies_dir) / DB_FILENAME).resolve()}"
+
+
+def normalise_url(url: str) -> str:
+    """Pick an installed PostgreSQL driver for plain `postgresql://` / `postgres://` URLs.
+
+    SQLAlchemy 2.1 maps `postgresql://` to psycopg 3; kneeplan installs psycopg2-binary, so a
+    URL without an explicit driver gets `+psycopg2` when psycopg 3 is missing.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"storage {url!r} is not a database URL (e.g. sqlite:///x.db, "
+                         "postgresql://user:pass@host:5432/db)")
+    if scheme in ("postgresql", "postgres"):
+        has_v3 = importlib.util.find_spec("psycopg") is not None
+        has_v2 = importlib.util.find_spec("psycopg2") is not None
+        scheme = "postgresql+psycopg2" if not has_v3 and has_v2 else "postgresql"
+    return f"{scheme}://{rest}"
+
+
+def open_storage(
+    url: str | None,
+    study_name: str,
+    studies_dir: str | Path = DEFAULT_STUDIES_DIR,
+    heartbeat_interval: int = 30,
+    grace_period: int | None = None,
+    max_retry: int = 2,
+) -> RDBStorage:
+    """Open (creating if needed) the storage a worker shares with the others.
+
+    Args:
+        url: database URL, or None for `studies/<study>/study.db` (SQLite).
+        study_name: the study; names the default SQLite file's folder.
+        studies_dir: parent of study folders.
+        heartbeat_interval: seconds between a running trial's heartbeats.
+        grace_period: seconds without heartbeat before a RUNNING trial counts as dead
+            (default 2 x heartbeat_interval; keep it above the longest pause of a worker).
+        max_retry: how often a dead worker's trial is re-enqueued with the same parameters.
+    """
+    if url is None:
+        study_dir(study_name, studies_dir).mkdir(parents=True, exist_ok=True)
+        url = default_storage_url(study_name, studies_dir)
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        # Several local processes may share one SQLite file: wait on its lock instead of failing.
+        engine_kwargs: dict = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
