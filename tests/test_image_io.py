@@ -1,0 +1,262 @@
+"""image_io: PNG/TIFF bit depths, DICOM LUTs, MONOCHROME1, spacing tags, broken files, real CR."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from datamodules.image_io import ImageReadError, load_image
+
+RNG = np.random.default_rng(7)
+
+
+def _add_sbit(png: Path, bits: int) -> None:
+    """Insert an sBIT chunk (significant bits) right after IHDR."""
+    data = png.read_bytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    body = bytes([bits])
+    chunk = struct.pack(">I", 1) + b"sBIT" + body + struct.pack(">I", zlib.crc32(b"sBIT" + body))
+    png.write_bytes(data[:ihdr_end] + chunk + data[ihdr_end:])
+
+
+def test_png_8_and_16_bit_divide_by_dtype_range(tmp_path):
+    a8 = RNG.integers(0, 256, (20, 30), dtype=np.uint8)
+    a16 = RNG.integers(0, 65536, (20, 30), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "a8.png"), a8)
+    cv2.imwrite(str(tmp_path / "a16.png"), a16)
+    l8, l16 = load_image(tmp_path / "a8.png"), load_image(tmp_path / "a16.png")
+    assert l8.image.dtype == np.float32 and l8.image.shape == (20, 30)
+    np.testing.assert_allclose(l8.image, a8 / 255.0, atol=1e-7)
+    np.testing.assert_allclose(l16.image, a16 / 65535.0, atol=1e-7)
+    assert (l8.bit_depth, l16.bit_depth) == (8, 16)
+    assert l8.spacing_mm is None and l8.spacing_source is None
+
+
+def test_png_sbit_12_bit_uses_stored_depth(tmp_path):
+    a = RNG.integers(0, 4096, (16, 16), dtype=np.uint16)
+    a[0, 0] = 4095
+    path = tmp_path / "a12.png"
+    cv2.imwrite(str(path), a)
+    _add_sbit(path, 12)
+    loaded = load_image(path)
+    assert loaded.bit_depth == 12
+    np.testing.assert_allclose(loaded.image, a / 4095.0, atol=1e-7)
+    assert loaded.image.max() == pytest.approx(1.0)
+
+
+def test_colour_png_and_tiff_become_gray(tmp_path):
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # pure red
+    cv2.imwrite(str(tmp_path / "c.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    tifffile.imwrite(tmp_path / "c.tif", rgb)
+    for name in ("c.png", "c.tif"):
+        np.testing.assert_allclose(load_image(tmp_path / name).image, 0.299, atol=1e-6)
+
+
+def test_tiff_16_bit(tmp_path):
+    a = RNG.integers(0, 65536, (12, 9), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "t.tiff", a)
+    loaded = load_image(tmp_path / "t.tiff")
+    np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-7)
+    assert loaded.bit_depth == 16
+
+
+def test_broken_files_raise_naming_the_file(tmp_path):
+    a = RNG.integers(0, 65536, (50, 60), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "ok.png"), a)
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.png").write_bytes(b"this is not a png")
+    tifffile.imwrite(tmp_path / "ok.tif", a)
+    tdata = (tmp_path / "ok.tif").read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(tdata[: len(tdata) // 2])
+    write_dicom(tmp_path / "ok.dcm", a[:, :].astype(np.uint16) >> 4, bits=12)
+    ddata = (tmp_path / "ok.dcm").read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(ddata[: len(ddata) - 1000])
+    (tmp_path / "garbage.dcm").write_bytes(b"\x00" * 10)
+    for name in ("trunc.png", "garbage.png", "trunc.tif", "trunc.dcm", "garbage.dcm",
+                 "missing.png"):
+        with pytest.raises(ImageReadError, match=name.replace(".", r"\.")):
+            load_image(tmp_path / name)
+    with pytest.raises(ImageReadError, match="truncated"):
+        load_image(tmp_path / "trunc.png")
+
+
+# --------------------------------------------------------------------------- DICOM (written here)
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    bits: int = 12,
+    photometric: str = "MONOCHROME2",
+    pixel_spacing: list[float] | None = None,
+    imager_spacing: list[float] | None = None,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+) -> None:
+    """A minimal single-frame CR DICOM file with the given tags (pydicom)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = 0
+    if pixel_spacing is not None:
+        ds.PixelSpacing = pixel_spacing
+    if imager_spacing is not None:
+        ds.ImagerPixelSpacing = imager_spacing
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _ramp(h: int = 8, w: int = 16, top: int = 4095) -> np.ndarray:
+    return np.linspace(0, top, h * w).round().astype(np.uint16).reshape(h, w)
+
+
+def test_dicom_no_lut_divides_by_stored_range_and_keeps_orientation(tmp_path):
+    px = _ramp()
+    write_dicom(tmp_path / "a.dcm", px, bits=12)
+    loaded = load_image(tmp_path / "a.dcm")
+    np.testing.assert_allclose(loaded.image, px / 4095.0, atol=1e-6)
+    assert loaded.bit_depth == 12
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    px = _ramp()
+    write_dicom(tmp_path / "m2.dcm", px, photometric="MONOCHROME2", window=(2048, 4096))
+    write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1", window=(2048, 4096))
+    m2, m1 = load_image(tmp_path / "m2.dcm").image, load_image(tmp_path / "m1.dcm").image
+    np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
+    # MONOCHROME1: the lowest stored value is displayed white (bright = bone)
+    assert m1[0, 0] == pytest.approx(1.0) and m1[-1, -1] == pytest.approx(0.0)
+
+
+def _dicom_linear_window(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 'LINEAR' window, output in [0, 1] (independent of pydicom)."""
+    y = (x - (c - 0.5)) / (w - 1) + 0.5
+    y[x <= c - 0.5 - (w - 1) / 2] = 0.0
+    y[x > c - 0.5 + (w - 1) / 2] = 1.0
+    return y
+
+
+def test_dicom_window_applied_by_hand_formula(tmp_path):
+    px = np.array([[0, 500, 799, 800, 1000, 1100, 1200, 4095]], dtype=np.uint16)
+    c, w = 1000.0, 401.0
+    write_dicom(tmp_path / "w.dcm", px, window=(c, w))
+    loaded = load_image(tmp_path / "w.dcm")
+    expected = _dicom_linear_window(px.astype(float), c, w)
+    np.testing.assert_allclose(loaded.image, expected, atol=1e-6)
+    assert loaded.meta["window"] == [c, w]
+
+
+def test_dicom_modality_lut_before_window(tmp_path):
+    """Window is in rescaled units: slope 2, intercept -1000 puts stored 500 at value 0."""
+    px = np.array([[0, 250, 500, 750, 1000, 4095]], dtype=np.uint16)
+    slope, intercept, c, w = 2.0, -1000.0, 0.0, 1001.0
+    write_dicom(tmp_path / "r.dcm", px, window=(c, w), rescale=(slope, intercept))
+    loaded = load_image(tmp_path / "r.dcm")
+    expected = _dicom_linear_window(px * slope + intercept, c, w)
+    np.testing.assert_allclose(loaded.image, expected, atol=1e-6)
+    assert loaded.image[0, 2] == pytest.approx(0.5 + 0.5 / 1000, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("pixel", "imager", "expected", "source"),
+    [
+        ([0.15, 0.16], [0.2, 0.21], (0.15, 0.16), "PixelSpacing"),
+        (None, [0.2, 0.21], (0.2, 0.21), "ImagerPixelSpacing"),
+        ([0.0, 0.0], [0.2, 0.21], (0.2, 0.21), "ImagerPixelSpacing"),  # zero = not calibrated
+        (None, None, None, None),
+    ],
+)
+def test_dicom_spacing_tags(tmp_path, pixel, imager, expected, source):
+    write_dicom(tmp_path / "s.dcm", _ramp(), pixel_spacing=pixel, imager_spacing=imager)
+    loaded = load_image(tmp_path / "s.dcm")
+    assert loaded.spacing_source == source
+    if expected is None:
+        assert loaded.spacing_mm is None
+    else:
+        np.testing.assert_allclose(loaded.spacing_mm, expected)
+
+
+# --------------------------------------------------------------------------- real CR (pydicom-data)
+def _real(name: str) -> Path:
+    data_store = pytest.importorskip("data_store")
+    path = Path(data_store.__file__).parent / "data" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not in pydicom-data")
+    return path
+
+
+def _tag_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if tag in ds:
+            vals = tuple(float(v) for v in ds[tag].value)
+            if len(vals) == 2 and min(vals) > 0:
+                return vals, tag
+    return None, None
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCI.dcm", "RG3_UNCI.dcm"])
+def test_real_computed_radiography(name):
+    path = _real(name)
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float64)
+    loaded = load_image(path)
+    img = loaded.image
+    # orientation: same shape, and pixel by pixel the image is a non-increasing function of the
+    # raw value (MONOCHROME1: low = white); a flipped copy breaks that order almost everywhere
+    assert img.shape == raw.shape
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+
+    def order_violations(raw_values: np.ndarray) -> float:
+        order = np.argsort(raw_values.ravel(), kind="stable")
+        return float(np.mean(np.diff(img.ravel()[order].astype(np.float64)) > 1e-6))
+
+    assert order_violations(raw) == 0.0
+    for moved in (raw[::-1], raw[:, ::-1]):
+        assert order_violations(moved) > 0.05
+    # bit depth: the stored bits are read, values lie in [0, 1] and use the range
+    assert loaded.bit_depth == int(ds.BitsStored)
+    assert img.dtype == np.float32 and img.min() >= 0.0 and img.max() <= 1.0
+    lo, hi = np.percentile(img, [1, 99])
+    assert hi - lo > 0.5
+    # spacing: whatever the tags say (RG1's PixelSpacing is 0.000 = unknown; RG3 has none)
+    spacing, tag = _tag_spacing(ds)
+    assert loaded.spacing_source == tag
+    if spacing is None:
+        assert loaded.spacing_mm is None
+    else:
+        np.testing.assert_allclose(loaded.spacing_mm, spacing)
+
+
+def test_real_rg3_matches_hand_windowing():
+    """RG3 (10-bit, window 550/1024): our image equals the DICOM linear window by hand, inverted,
+    normalised by the window's output over the storable values 0..1023."""
+    path = _real("RG3_UNCI.dcm")
+    ds = pydicom.dcmread(path)
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    y = _dicom_linear_window(ds.pixel_array.astype(np.float64), c, w)
+    ramp = _dicom_linear_window(np.arange(2 ** int(ds.BitsStored), dtype=np.float64), c, w)
+    expected = 1.0 - (y - ramp.min()) / (ramp.max() - ramp.min())
+    np.testing.assert_allclose(load_image(path).image, expected, atol=2e-3)
