@@ -1,0 +1,286 @@
+"""Training callbacks: GradNorm weight curves (PNG), validation pictures, metric history, config.
+
+* :class:`GradNormHistory` records every hourglass's weights each step (kept in checkpoints, so
+  a resumed run's curves are complete) and writes ``gradnorm_weights.png`` (paper Fig. 4 style,
+  one panel per hourglass) into the run folder when training ends.
+* :class:`ValidationImages` draws a few validation images with true (left) and predicted (right)
+  bone masks, landmarks and the cortex-line ROI, saves them as PNG in ``val_images/`` and sends
+  them to W&B when a ``WandbLogger`` is attached.
+* :class:`MetricsHistory` keeps the first and the latest validation metrics (for printing and
+  for :func:`lightning_modules.train.fit`).
+* :class:`ConfigInCheckpoint` stores the resolved YAML config in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from datamodules.sample import BONES, LANDMARKS
+
+TASK_COLOURS = {"seg": "tab:blue", "lm": "tab:red", "roi": "tab:green"}
+# RGB colours of the bones and landmarks in validation pictures
+BONE_RGB = {"femur": (230, 60, 60), "patella": (240, 200, 40), "tibia": (60, 120, 240),
+            "fibula": (60, 200, 90)}
+LANDMARK_RGB = {"p_blum": (255, 0, 255), "p_tmc": (0, 255, 255)}
+
+
+def plot_gradnorm_weights(
+    steps: np.ndarray, weights: np.ndarray, task_names: list[str], path: str | Path,
+    title: str = "GradNorm task weights per hourglass",
+) -> Path:
+    """Write Fig.-4-style curves: one panel per hourglass, one line per task.
+
+    Args:
+        steps: ``(N,)`` global steps.
+        weights: ``(N, L, T)`` weights.
+        task_names: ``T`` names.
+        path: output PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 3 or weights.shape[0] != len(steps) or weights.shape[2] != len(task_names):
+        raise ValueError(
+            f"callbacks.py: weights {weights.shape} do not match {len(steps)} steps and tasks "
+            f"{task_names}"
+        )
+    num_stacks = weights.shape[1]
+    fig, axes = plt.subplots(1, num_stacks, figsize=(3.6 * num_stacks, 3.2), sharey=True,
+                             squeeze=False)
+    top = max(float(weights.max()) * 1.05, 1.5) if weights.size else 3.0
+    for l, ax in enumerate(axes[0]):
+        for t, name in enumerate(task_names):
+            ax.plot(steps, weights[:, l, t], label=f"w_{name}",
+                    color=TASK_COLOURS.get(name), lw=1.2)
+        ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
+        ax.set_title(f"hourglass {l + 1} (hg{l})")
+        ax.set_xlabel("step")
+        ax.set_ylim(0.0, top)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("weight")
+    axes[0][-1].legend(loc="best", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class GradNormHistory(pl.Callback):
+    """Record ``pl_module.gradnorm.weights`` after every training batch; plot at the end.
+
+    Args:
+        run_dir: folder that receives ``gradnorm_weights.png`` (None: ``trainer.default_root_dir``).
+        every_n_steps: record every n-th step (1 = all).
+    """
+
+    def __init__(self, run_dir: str | Path | None = None, every_n_steps: int = 1) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.every_n_steps = max(int(every_n_steps), 1)
+        self.steps: list[int] = []
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 or step == 1:
+            self.steps.append(step)
+            self.weights.append(pl_module.gradnorm.weights.detach().float().cpu().clone())
+
+    def state_dict(self) -> dict[str, Any]:
+        stacked = torch.stack(self.weights) if self.weights else torch.zeros(0)
+        return {"steps": torch.tensor(self.steps, dtype=torch.int64), "weights": stacked}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = [int(s) for s in state_dict["steps"].tolist()]
+        w = state_dict["weights"]
+        self.weights = list(w.unbind(0)) if w.numel() else []
+
+    def output_path(self, trainer: pl.Trainer) -> Path:
+        return Path(self.run_dir or trainer.default_root_dir) / "gradnorm_weights.png"
+
+    @rank_zero_only
+    def write_png(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+        if not self.weights:
+            return None
+        return plot_gradnorm_weights(
+            np.asarray(self.steps), torch.stack(self.weights).numpy(),
+            list(pl_module.gradnorm.task_names), self.output_path(trainer),
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write_png(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.write_png(trainer, pl_module)
+
+
+def _overlay(image: np.ndarray, seg: np.ndarray, lm_xy: np.ndarray, lm_ok: np.ndarray,
+             roi: np.ndarray | None, scale: int) -> np.ndarray:
+    """RGB picture: image, bone masks (tinted fill + outline), ROI (magenta), landmarks."""
+    img = np.clip(image, 0.0, 1.0)
+    rgb = np.repeat((img * 255).astype(np.uint8)[..., None], 3, axis=2)
+    side = img.shape[0] * scale
+    rgb = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    if roi is not None:
+        r = cv2.resize(np.clip(roi, 0, 1).astype(np.float32), (side, side))[..., None]
+        rgb = rgb * (1 - 0.5 * r) + 0.5 * r * np.array([255, 0, 255], np.float32)
+    for c, name in enumerate(BONES):
+        m = cv2.resize(seg[c].astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
+        colour = np.array(BONE_RGB[name], np.float32)
+        rgb[m > 0] = 0.75 * rgb[m > 0] + 0.25 * colour
+    out = np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    for c, name in enumerate(BONES):
+        m = cv2.resize(seg[c].astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, BONE_RGB[name], 1)
+    for k, name in enumerate(LANDMARKS):
+        if not lm_ok[k]:
+            continue
+        x, y = ((lm_xy[k] + 0.5) * scale - 0.5).round().astype(int)
+        cv2.drawMarker(out, (int(x), int(y)), LANDMARK_RGB[name], cv2.MARKER_CROSS, 12, 2)
+    return out
+
+
+def validation_picture(batch: dict, maps: dict[str, torch.Tensor], n: int = 4) -> np.ndarray:
+    """Grid of ``n`` rows: true (left) vs predicted (right) masks, landmarks and ROI.
+
+    Args:
+        batch: a validation batch (docs/ARCHITECTURE.md keys).
+        maps: ``predict_maps`` output for ``batch["image"][:n]`` (seg probabilities).
+    """
+    from lightning_modules.metrics import heatmap_argmax
+
+    n = min(n, batch["image"].shape[0])
+    s = batch["image"].shape[-1]
+    scale = max(1, 256 // s)
+    pred_xy = heatmap_argmax(maps["lm"][:n].float()).cpu().numpy()
+    rows = []
+    for i in range(n):
+        image = batch["image"][i, 0].float().cpu().numpy()
+        true = _overlay(image, batch["seg"][i].cpu().numpy() > 0.5,
+                        batch["landmarks"][i].float().cpu().numpy(),
+                        batch["lm_visible"][i].cpu().numpy(),
+                        batch["roi"][i, 0].float().cpu().numpy(), scale)
+        pred = _overlay(image, maps["seg"][i].float().cpu().numpy() > 0.5, pred_xy[i],
+                        np.ones(len(LANDMARKS), bool),
+                        maps["roi"][i, 0].float().cpu().numpy(), scale)
+        gap = np.full((true.shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([true, gap, pred], axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    return np.concatenate(rows[:-1], axis=0)
+
+
+class ValidationImages(pl.Callback):
+    """Save (and log to W&B) pictures of the first validation batch every ``every_n_epochs``.
+
+    Args:
+        run_dir: run folder; pictures go to ``<run_dir>/val_images/epoch_XXX.png``.
+        num_images: images per picture.
+        every_n_epochs: how often.
+    """
+
+    def __init__(self, run_dir: str | Path | None = None, num_images: int = 4,
+                 every_n_epochs: int = 1) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.num_images = num_images
+        self.every_n_epochs = max(int(every_n_epochs), 1)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        if (batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero
+                or trainer.current_epoch % self.every_n_epochs):
+            return
+        n = min(self.num_images, batch["image"].shape[0])
+        maps = pl_module.predict_maps(batch["image"][:n])
+        picture = validation_picture(batch, maps, n)
+        folder = Path(self.run_dir or trainer.default_root_dir) / "val_images"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch_{trainer.current_epoch:03d}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/images", [picture], step=trainer.global_step,
+                                 caption=["left: truth, right: prediction"])
+
+
+class MetricsHistory(pl.Callback):
+    """First and latest validation metrics (``val/...`` floats), sanity check excluded."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items()
+                  if k.startswith("val/")}
+        if not self.first:
+            self.first = values
+        self.last = values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": dict(self.first)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first = dict(state_dict.get("first", {}))
+
+
+class ConfigInCheckpoint(pl.Callback):
+    """Store the resolved YAML config (a string) in every checkpoint as ``kneeplan_config``."""
+
+    def __init__(self, config_yaml: str) -> None:
+        self.config_yaml = config_yaml
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kneeplan_config"] = self.config_yaml
+
+
+def _fmt(v: float) -> str:
+    return f"{v:12.4f}" if math.isfinite(v) else f"{'nan':>12}"
+
+
+def format_metric_comparison(first: dict[str, float], last: dict[str, float]) -> str:
+    """Table of the first vs the last validation metrics (keys in both)."""
+    keys = [k for k in sorted(first) if k in last]
+    lines = [f"{'metric':<28}{'first':>12}{'last':>12}"]
+    for k in keys:
+        lines.append(f"{k:<28}{_fmt(first[k])}{_fmt(last[k])}")
+    return "\n".join(lines)
+
+
+class ReseedAugmentation(pl.Callback):
+    """Reseed the training set's augmentation at every epoch start from (seed, epoch, rank).
+
+    With ``num_workers=0`` the augmentation's own random state lives in the main process and is
+    not part of any checkpoint, so a resumed run would replay epoch 0's augmentations. Seeding it
+    from the epoch makes every epoch's augmentations the same whether or not the run was
+    interrupted. (With workers, ``datamodules.datasets.seed_worker`` reseeds each worker from
+    torch's per-epoch worker seed, which follows the checkpointed global RNG.)
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        dataset = getattr(dm, "train_set", None) if dm is not None else None
+        transform = getattr(dataset, "transform", None)
+        if transform is not None and hasattr(transform, "reseed"):
+            seed = getattr(dm, "seed", self.seed)
+            transform.reseed((seed * 1_000_003 + trainer.current_epoch * 7919
+                              + trainer.global_rank * 104_729) % 2**32)

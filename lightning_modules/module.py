@@ -1,0 +1,271 @@
+"""LightningModule: multi-task stacked hourglass + per-hourglass GradNorm, manual optimisation.
+
+One training step (paper; DESIGN.md sec. 4):
+
+1. forward all hourglasses, task losses ``(L, T)`` (deep supervision);
+2. ``GradNorm.backward_weights`` sets the gradient of the weights ``w^l`` (closed form, no
+   network ``.grad`` touched);
+3. the network's RMSProp steps on ``sum_l sum_t w_t^l L_t^l`` (weights constant), optionally
+   with gradient clipping;
+4. the weights' own RMSProp steps, then ``renormalise`` (each ``w^l`` sums to ``T``).
+
+``trainer.global_step`` counts batches: under manual optimisation Lightning counts every
+``LightningOptimizer.step()``, so the GradNorm optimiser is stepped through the raw torch
+optimiser (``opt.optimizer.step()``) and only the network's step is counted.
+
+The network's learning rate is halved every ``lr_step_epochs`` epochs by a ``StepLR`` that is
+brought up to date at the start of every training epoch (``last_epoch == current_epoch``), which
+is the same as stepping it at the end of each epoch but also stays right when a run is resumed
+from a checkpoint written at the end of validation, before the epoch-end hooks.
+
+Checkpoints carry, besides Lightning's state (network, GradNorm weights and ``L(0)``, both
+optimisers, the scheduler, epoch/step, callbacks), the torch/numpy/python RNG states; they are
+restored at the start of the resumed training so that a resumed run continues exactly.
+
+Example:
+    >>> module = load_module("runs/quick/20260101-120000/checkpoints/last.ckpt")
+    >>> maps = module.predict_maps(torch.zeros(1, 1, module.image_size, module.image_size))
+    >>> maps["seg"].shape   # probabilities
+    torch.Size([1, 4, 128, 128])
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lightning_modules.gradnorm import GradNorm
+from lightning_modules.losses import MultiTaskLoss
+from lightning_modules.metrics import ValidationMetrics
+from lightning_modules.shgn import MultiTaskSHGN
+
+TASKS: dict[str, int] = {"seg": 4, "lm": 2, "roi": 1}
+RNG_KEY = "kneeplan_rng_states"
+
+
+class KneePlanModule(pl.LightningModule):
+    """Multi-task SHGN trained with per-hourglass GradNorm (Kordon et al. 2019).
+
+    Args:
+        image_size: network input side ``S`` (square); linked to ``data.size`` by the CLI.
+        num_stacks: number of hourglasses ``L`` (paper 4).
+        depth: pooling levels per hourglass (paper 4).
+        c1: stem width ``C1`` (paper 64).
+        c2: stem residual width ``C2`` (paper 128).
+        c_star: hourglass width ``C*`` (paper 256).
+        norm: ``instance`` (paper), ``batch``, ``group`` or ``none``.
+        lr: network RMSProp learning rate (paper 2.5e-4).
+        gradnorm_lr: RMSProp learning rate of the GradNorm weights (paper 0.025).
+        lr_step_epochs: the network's learning rate is multiplied by ``lr_gamma`` every this
+            many epochs (paper 60).
+        lr_gamma: factor of that step (paper 0.5).
+        alpha: GradNorm asymmetry (paper 1.0).
+        beta: overlap weight of the segmentation loss (paper 0.6).
+        grad_clip_val: clip the network's gradients at this value; None = no clipping.
+        grad_clip_algorithm: ``norm`` or ``value``.
+        net_kwargs: further keyword arguments of ``MultiTaskSHGN`` (head/skip widths ...).
+
+    Shape:
+        ``batch["image"] (B, 1, S, S)`` -> ``SHGNOutput`` with ``stacks[l][task] (B, C_t, S, S)``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        num_stacks: int = 4,
+        depth: int = 4,
+        c1: int = 64,
+        c2: int = 128,
+        c_star: int = 256,
+        norm: str = "instance",
+        lr: float = 2.5e-4,
+        gradnorm_lr: float = 0.025,
+        lr_step_epochs: int = 60,
+        lr_gamma: float = 0.5,
+        alpha: float = 1.0,
+        beta: float = 0.6,
+        grad_clip_val: float | None = None,
+        grad_clip_algorithm: str = "norm",
+        net_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if grad_clip_algorithm not in ("norm", "value"):
+            raise ValueError(
+                f"module.py: grad_clip_algorithm must be 'norm' or 'value', got "
+                f"{grad_clip_algorithm!r}"
+            )
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.image_size = int(image_size)
+        self.net = MultiTaskSHGN(
+            in_channels=1,
+            stem_channels=c1,
+            stem_residual_channels=c2,
+            hourglass_channels=c_star,
+            num_stacks=num_stacks,
+            depth=depth,
+            tasks=dict(TASKS),
+            norm=norm,
+            **(net_kwargs or {}),
+        )
+        self.task_names: list[str] = self.net.task_names
+        self.gradnorm = GradNorm(num_stacks, len(self.task_names), alpha,
+                                 task_names=self.task_names)
+        self.criterion = MultiTaskLoss(beta)
+        self.val_metrics = ValidationMetrics()
+        self._pending_rng: dict | None = None
+        # Under DDP the GradNorm parameters get no gradient from the network's backward (their
+        # own gradient is set in closed form and all-reduced inside GradNorm), so DDP must not
+        # wait for them; its buffers (L(0)) are kept identical by GradNorm's own all-reduce.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"gradnorm.{n}" for n, _ in self.gradnorm.named_parameters()
+        ] + [f"gradnorm.{n}" for n, _ in self.gradnorm.named_buffers()]
+
+    # ----------------------------------------------------------------------------- inference
+    def forward(self, x: Tensor):  # noqa: D102 - returns SHGNOutput
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """Final hourglass's maps for ``x (B, 1, S, S)``: ``seg`` sigmoid probabilities
+        ``(B, 4, S, S)``, ``lm`` ``(B, 2, S, S)`` and ``roi`` ``(B, 1, S, S)`` heat-maps."""
+        final = self.net(x.to(self.device, dtype=self.dtype)).final
+        return {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
+
+    # ----------------------------------------------------------------------------- training
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_net = torch.optim.RMSprop(self.net.parameters(), lr=hp.lr)
+        opt_gn = torch.optim.RMSprop(self.gradnorm.parameters(), lr=hp.gradnorm_lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt_net, step_size=hp.lr_step_epochs,
+                                                gamma=hp.lr_gamma)
+        return [opt_net, opt_gn], [{"scheduler": sched, "interval": "epoch"}]
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:
+            _set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_epoch_start(self) -> None:
+        sched = self.lr_schedulers()
+        while sched.last_epoch < self.current_epoch:
+            sched.step()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        opt_net, opt_gn = self.optimizers()
+        out = self.net(batch["image"])
+        losses = self.criterion(out, batch)  # (L, T)
+        num_stacks = self.net.num_stacks
+        shared = [self.net.shared_params(l) for l in range(num_stacks)]
+
+        opt_gn.zero_grad()
+        self.gradnorm.backward_weights(losses, shared)
+        total = self.gradnorm.total_loss(losses)
+        opt_net.zero_grad()
+        self.manual_backward(total)
+        if self.hparams.grad_clip_val is not None:
+            self.clip_gradients(opt_net, gradient_clip_val=self.hparams.grad_clip_val,
+                                gradient_clip_algorithm=self.hparams.grad_clip_algorithm)
+        opt_net.step()  # counted: global_step += 1
+        opt_gn.optimizer.step()  # raw torch step: not counted as a global step
+        self.gradnorm.renormalise()
+
+        self._log_train(losses.detach(), total.detach(), batch["image"].shape[0])
+        return total.detach()
+
+    def _log_train(self, losses: Tensor, total: Tensor, batch_size: int) -> None:
+        logs: dict[str, Tensor | float] = {"train/loss": total}
+        for l in range(losses.shape[0]):
+            for t, name in enumerate(self.task_names):
+                logs[f"train/loss/hg{l}/{name}"] = losses[l, t]
+        logs.update(self.gradnorm.weight_dict("gradnorm"))
+        opt_net, opt_gn = self.optimizers()
+        logs["lr/net"] = opt_net.param_groups[0]["lr"]
+        logs["lr/gradnorm"] = opt_gn.param_groups[0]["lr"]
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
+        # progress bar: the loss and the last hourglass's weights
+        w_last = self.gradnorm.weights[-1].tolist()
+        bar = {"loss": total, **{f"w_{n}": w for n, w in zip(self.task_names, w_last, strict=True)}}
+        self.log_dict(bar, prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                      batch_size=batch_size)
+        self.log("train/loss_epoch", total, on_step=False, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
+
+    # --------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.net(batch["image"])
+        losses = self.criterion(out, batch)
+        b = batch["image"].shape[0]
+        logs = {"val/loss": losses.sum()}
+        for t, name in enumerate(self.task_names):
+            logs[f"val/loss/{name}"] = losses[-1, t]
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        self.val_metrics.update(out.final, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        bar = {"val/lm_err_px", "val/iou_mean"}
+        for k, v in values.items():
+            # already synced by torchmetrics; plain floats are identical on every rank
+            self.log(k, v, prog_bar=k in bar)
+
+    # --------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = _get_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get(RNG_KEY)
+
+
+def _get_rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_to_tensors(),
+        "python": random.getstate(),  # nested tuples of ints/floats: safe for weights_only
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    _numpy_state_from_tensors(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _numpy_state_to_tensors() -> dict[str, Any]:
+    """numpy's global RNG state in types ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_tensors(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"],
+                         state["cached_gaussian"]))
+
+
+def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> KneePlanModule:
+    """Rebuild a trained :class:`KneePlanModule` from a checkpoint alone, in eval mode.
+
+    The hyper-parameters saved in the checkpoint rebuild the network; ``module.image_size`` is
+    the input side it was trained with.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"module.py: checkpoint {path} does not exist")
+    module = KneePlanModule.load_from_checkpoint(path, map_location=map_location,
+                                                 weights_only=False)
+    module.eval()
+    return module

@@ -1,0 +1,307 @@
+"""Training entry point: LightningCLI (typed YAML configs) + run folders, loggers, checkpoints.
+
+Command line (what ``make train`` calls)::
+
+    python -m lightning_modules.train [--config YAML ...] [--data-root DIR] [--devices N]
+        [--num-nodes N] [--resume PATH|last] [--run-name NAME] [--wandb-project P]
+        [--wandb-group G] [--wandb-name N] [LightningCLI overrides, e.g. --trainer.max_epochs=3]
+
+Without ``--config`` the quick CPU preset (``configs/quick.yaml``) is used when no GPU is found
+and the paper preset (``configs/paper.yaml``) when CUDA is available; which one is printed.
+``--print_config`` prints the resolved config and exits. Every run gets its own folder
+``<run.root>/<run.name>/<YYYYmmdd-HHMMSS>/`` with ``config.yaml`` (resolved), ``metrics.csv``
+(CSV logger, always), ``wandb/`` (W&B, offline unless ``WANDB_MODE=online``),
+``checkpoints/`` (``last.ckpt`` every epoch, ``best-*.ckpt`` by ``run.monitor``),
+``val_images/`` and ``gradnorm_weights.png``.
+
+Programmatic use (sweeps, tests)::
+
+    result = fit(["--config", "configs/tiny.yaml", "--model.beta=0.3"], callbacks=[...])
+    result.run_dir, result.metrics["val/lm_err_px"], result.first_metrics
+
+Multi-GPU: ``--devices 4`` (DDP on one node); multi-node: ``--num-nodes 2 --devices 4`` launched
+once per node by SLURM (``srun``) or ``torchrun``; Lightning reads the cluster environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_info
+
+from datamodules.datamodule import KneeDataModule
+from lightning_modules.callbacks import (
+    ConfigInCheckpoint,
+    GradNormHistory,
+    MetricsHistory,
+    ReseedAugmentation,
+    ValidationImages,
+    format_metric_comparison,
+)
+from lightning_modules.module import KneePlanModule
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
+PAPER_CONFIG = REPO_ROOT / "configs" / "paper.yaml"
+RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
+
+
+@dataclass
+class RunOptions:
+    """Run folder, loggers and checkpointing (the ``run:`` section of a config).
+
+    Args:
+        name: run name; the run folder is ``<root>/<name>/<timestamp>``.
+        root: folder that holds all runs.
+        resume: checkpoint to resume from, or ``last`` = the newest ``last.ckpt`` of ``name``.
+        wandb: attach a W&B logger (its mode: ``WANDB_MODE`` if set, else ``wandb_mode``).
+        wandb_mode: ``offline`` (default, never asks or blocks), ``online`` or ``disabled``.
+        wandb_project: W&B project.
+        wandb_group: W&B group (e.g. a sweep's study name).
+        wandb_name: W&B run name (default: ``<name>-<timestamp>``).
+        monitor: validation metric of the best checkpoint (lower is better).
+        val_images: validation images drawn per epoch (0 = none).
+    """
+
+    name: str = "kneeplan"
+    root: str = "runs"
+    resume: str | None = None
+    wandb: bool = True
+    wandb_mode: str = "offline"
+    wandb_project: str = "kneeplan"
+    wandb_group: str | None = None
+    wandb_name: str | None = None
+    monitor: str = "val/lm_err_px"
+    val_images: int = 4
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    trainer: pl.Trainer
+    module: KneePlanModule
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)  # last validation
+    first_metrics: dict[str, float] = field(default_factory=dict)  # first validation
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+
+
+# ------------------------------------------------------------------------ convenience flags
+def translate_args(argv: list[str], announce: bool = True) -> list[str]:
+    """Turn the Makefile's convenience flags into LightningCLI arguments.
+
+    ``--config`` files come first (later arguments override them); with none given the quick
+    or paper preset is chosen by GPU availability.
+    """
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--config", action="append", default=[])
+    p.add_argument("--data-root")
+    p.add_argument("--devices")
+    p.add_argument("--num-nodes")
+    p.add_argument("--resume")
+    p.add_argument("--run-name")
+    p.add_argument("--wandb-project")
+    p.add_argument("--wandb-group")
+    p.add_argument("--wandb-name")
+    known, rest = p.parse_known_args(argv)
+    configs = list(known.config)
+    if not configs:
+        if torch.cuda.is_available():
+            configs = [str(PAPER_CONFIG)]
+            msg = f"GPU found: using {PAPER_CONFIG.relative_to(REPO_ROOT)} (paper preset)"
+        else:
+            configs = [str(QUICK_CONFIG)]
+            msg = f"no GPU found: using {QUICK_CONFIG.relative_to(REPO_ROOT)} (quick CPU preset)"
+        if announce and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(msg, flush=True)
+    out: list[str] = []
+    for c in configs:
+        out += ["--config", c]
+    flags = {
+        "data_root": "--data.data_root", "devices": "--trainer.devices",
+        "num_nodes": "--trainer.num_nodes", "resume": "--run.resume", "run_name": "--run.name",
+        "wandb_project": "--run.wandb_project", "wandb_group": "--run.wandb_group",
+        "wandb_name": "--run.wandb_name",
+    }
+    for attr, option in flags.items():
+        value = getattr(known, attr)
+        if value is not None:
+            out.append(f"{option}={value}")
+    return out + rest
+
+
+# -------------------------------------------------------------------------------- run folder
+def _run_stamp() -> str:
+    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID"):
+        if os.environ.get(var):
+            return os.environ[var] if var != "SLURM_JOB_ID" else f"slurm{os.environ[var]}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv not in ("", "none"):
+        return f"torchrun-{rdzv}"
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def make_run_dir(root: str | Path, name: str) -> Path:
+    """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``).
+
+    The folder is not created here (rank 0's loggers create it).
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return Path(inherited)
+    base = Path(root) / name
+    run_dir = base / _run_stamp()
+    k = 1
+    while run_dir.exists() and "KNEEPLAN_RUN_STAMP" not in os.environ:
+        run_dir = base / f"{_run_stamp()}-{k}"
+        k += 1
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir.resolve()
+
+
+def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = None) -> Path:
+    """The newest ``<root>/<name>/*/checkpoints/last.ckpt`` (for ``--resume last``)."""
+    base = Path(root) / name
+    found = [p for p in base.glob("*/checkpoints/last.ckpt")
+             if exclude is None or p.resolve().parents[1] != exclude.resolve()]
+    if not found:
+        raise FileNotFoundError(
+            f"train.py: --resume last: no {base}/*/checkpoints/last.ckpt found; give a path"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _as_run_options(value: Any) -> RunOptions:
+    if isinstance(value, RunOptions):
+        return value
+    return RunOptions(**{k: v for k, v in dict(vars(value)).items() if not k.startswith("_")})
+
+
+# ------------------------------------------------------------------------------------- CLI
+class KneePlanCLI(LightningCLI):
+    """LightningCLI with a ``run:`` section, ``data.size -> model.image_size`` and our folders."""
+
+    def __init__(self, *args: Any, user_callbacks: list | None = None, **kwargs: Any) -> None:
+        self.user_callbacks = list(user_callbacks or [])
+        self.run_dir: Path | None = None
+        self.resume_path: str | None = None
+        self.own: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.link_arguments("data.size", "model.image_size")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        run = _as_run_options(self._get(self.config_init, "run"))
+        self.run_dir = run_dir = make_run_dir(run.root, run.name)
+        if run.resume:
+            self.resume_path = str(
+                find_last_checkpoint(run.root, run.name, exclude=run_dir)
+                if run.resume == "last" else Path(run.resume).resolve()
+            )
+            if not Path(self.resume_path).is_file():
+                raise FileNotFoundError(f"train.py: --resume {self.resume_path}: no such file")
+        loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+        mode = os.environ.get("WANDB_MODE") or run.wandb_mode
+        if run.wandb and mode not in ("disabled", "false", "off"):
+            # mode= goes to wandb.init; offline=True would set WANDB_MODE for the whole process
+            loggers.append(WandbLogger(
+                save_dir=str(run_dir), project=run.wandb_project, group=run.wandb_group,
+                name=run.wandb_name or f"{run.name}-{run_dir.name}", mode=mode,
+                offline=False, log_model=False,
+            ))
+        checkpoint = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
+            auto_insert_metric_name=False, monitor=run.monitor, mode="min", save_top_k=1,
+            save_last=True,
+        )
+        history = MetricsHistory()
+        self.own = {"checkpoint": checkpoint, "history": history}
+        config_yaml = self.parser.dump(self.config, skip_none=False)
+        ours = [checkpoint, history, GradNormHistory(run_dir), ConfigInCheckpoint(config_yaml),
+                ReseedAugmentation()]
+        if run.val_images > 0:
+            ours.append(ValidationImages(run_dir, num_images=run.val_images))
+        keys = self._parser(self.subcommand).callback_keys
+        extra = [self._get(self.config_init, c) for c in keys]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
+                          "logger": loggers, "default_root_dir": str(run_dir)}
+        return self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
+
+
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the W&B run (Lightning never does; a second fit would reuse it)."""
+    if not any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(quiet=True)
+
+
+def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResult:
+    """Parse ``args`` (as on the command line), train, and return a :class:`FitResult`.
+
+    Args:
+        args: command-line style arguments (convenience flags and LightningCLI overrides);
+            None = ``sys.argv[1:]``.
+        callbacks: extra Lightning callbacks (e.g. an Optuna pruning callback).
+    """
+    argv = translate_args(list(sys.argv[1:] if args is None else args))
+    cli = KneePlanCLI(
+        KneePlanModule, KneeDataModule, args=argv, run=False, user_callbacks=callbacks,
+        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+    )
+    trainer, module = cli.trainer, cli.model
+    assert cli.run_dir is not None
+    if cli.resume_path:
+        rank_zero_info(f"resuming from {cli.resume_path}")
+    try:
+        trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
+                    weights_only=False)
+    finally:
+        _finish_wandb(trainer)
+    history: MetricsHistory = cli.own["history"]
+    checkpoint: ModelCheckpoint = cli.own["checkpoint"]
+    result = FitResult(
+        trainer=trainer, module=module, run_dir=cli.run_dir, metrics=dict(history.last),
+        first_metrics=dict(history.first),
+        best_checkpoint=checkpoint.best_model_path or None,
+        last_checkpoint=checkpoint.last_model_path or None,
+    )
+    if trainer.is_global_zero:
+        if history.first:
+            print("\nvalidation metrics, first vs last epoch:")
+            print(format_metric_comparison(history.first, history.last))
+        print(f"\nrun folder: {cli.run_dir}")
+        if result.best_checkpoint:
+            print(f"best checkpoint: {result.best_checkpoint}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry (``python -m lightning_modules.train``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith("--print_config") for a in argv):
+        KneePlanCLI(KneePlanModule, KneeDataModule, args=translate_args(argv, announce=False),
+                    run=False, auto_configure_optimizers=False)
+        return
+    fit(argv)
+
+
+if __name__ == "__main__":
+    main()
