@@ -3,7 +3,9 @@
 Steps (DESIGN.md section 5):
 1. decode p_blum and p_tmc from their heat-maps in the network frame; map to original pixels;
 2. femur outline (of the largest component of femur probability >= 0.5) in the network frame,
-   kept where the ROI heat-map >= ``roi_threshold``; map the points to original pixels;
+   kept where the ROI heat-map >= ``roi_threshold``; map the points to original pixels and drop
+   those within one network pixel of the image border (where the bone is cut by the image edge
+   the outline follows the edge, not the cortex);
 3. everything geometric is built in an isotropic "physical" frame: mm (x * col_mm, y * row_mm)
    when the spacing is known, original pixels otherwise (perpendicularity and the inscribed
    circle are not preserved by anisotropic scaling); LM1 is fitted there, LM2, LM3 and the
@@ -207,6 +209,12 @@ def plan_from_maps(
             reasons.append(f"{name} lies outside the original image (in the padding)")
 
     pts = to_orig(cortex_points(seg[0], roi_map, roi_threshold, subpixel_outline))
+    # Where the femur is cut by the image edge, the outline follows the edge, not the cortex:
+    # drop points within one network pixel of the original image's border.
+    margin = 1.0 / scale
+    keep = (pts[:, 0] > -0.5 + margin) & (pts[:, 0] < w - 0.5 - margin)
+    keep &= (pts[:, 1] > -0.5 + margin) & (pts[:, 1] < h - 0.5 - margin)
+    pts = pts[keep]
     band = robust_band_px / scale * mean_sp
     fit = fit_points(to_phys(pts), method=line_fit, threshold=band)
     nan2 = np.full(2, np.nan)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geometry.frame import PadResize
-from geometry.lines import Line, from_mm, to_mm
+from geometry.lines import Line, cortex_points, from_mm, to_mm
 from geometry.plan_geometry import plan_from_maps
 from geometry.schoettle import schoettle_point
 
@@ -35,16 +35,17 @@ def gaussians(centres: np.ndarray, sigma: float = 6.0) -> np.ndarray:
     return np.max(g, axis=0)
 
 
-def truth_maps(binary: bool):
-    frame = PadResize.from_shape(H, W, S)
-    femur = frame.apply(femur_coverage())
+def truth_maps(binary: bool, roi_from: float = 0.0, width: int = W):
+    """Ground-truth maps; ``width`` > W widens the image (zeros on the right)."""
+    frame = PadResize.from_shape(H, width, S)
+    femur = frame.apply(np.pad(femur_coverage(), ((0, 0), (0, width - W))))
     if binary:  # as the datamodule renders targets: area resize, then >= 0.5
         femur = (femur >= 0.5).astype(np.float32)
     seg = np.zeros((4, S, S), np.float32)
     seg[0] = femur
     lm = np.stack([gaussians(frame.to_network(P_BLUM[None])),
                    gaussians(frame.to_network(P_TMC[None]))])  # fmt: skip
-    ends = frame.to_network(np.stack([P_PROX, P_DIST]))
+    ends = frame.to_network(np.stack([P_PROX + roi_from * (P_DIST - P_PROX), P_DIST]))
     n = int(np.ceil(np.linalg.norm(ends[1] - ends[0]) / 4.0)) + 1
     roi = gaussians(np.linspace(ends[0], ends[1], n))[None]
     return seg, lm, roi, frame
@@ -97,6 +98,19 @@ def test_other_options_stay_close():
                          subpixel_outline=False)  # fmt: skip
     shift = pix.lm1.distance(P_DIST)
     assert 0.5 / frame.scale * 0.6 < shift < 0.5 / frame.scale * 1.4
+
+
+def test_outline_along_the_image_edge_is_ignored():
+    # the ROI runs up to the top edge, where the shaft is cut: the cut must not enter the fit.
+    # A wide image puts the top edge inside the network frame (padding above).
+    seg, lm, roi, frame = truth_maps(True, roi_from=-20.0 / 310.0, width=700)
+    assert frame.pad_top > 0
+    cut = frame.to_original(cortex_points(seg[0], roi[0]))
+    assert (cut[:, 1] < 0.5).sum() >= 5  # the cut is in the ROI ...
+    plan = plan_from_maps(seg, lm, roi, frame=frame, decode="quadratic")
+    assert plan.lm1_points[:, 1].min() > 1.0  # ... but not in the fit
+    assert plan.lm1.distance(np.stack([P_PROX, P_DIST])).max() < 0.5
+    assert np.hypot(*(plan.schoettle - true_schoettle(None)[0])) < 0.25
 
 
 def test_needs_review_reasons():
