@@ -1,0 +1,202 @@
+"""Tests of the synthetic knee phantoms: determinism, sizes, ground-truth geometry checked
+independently (numpy / OpenCV on the masks), the Schoettle construction, disk round trip and
+additive overlap intensities."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from datamodules.annotations import read_annotation
+from datamodules.dataset_io import write_sample
+from datamodules.phantoms import PhantomConfig, generate_phantom, sample_seed
+from datamodules.phantoms.__main__ import main as phantoms_main
+
+SMALL = PhantomConfig(min_side=160, max_side=256)
+SEEDS = range(20)
+
+
+@pytest.fixture(scope="module")
+def small_samples():
+    return [generate_phantom(sample_seed(3, i), SMALL) for i in SEEDS]
+
+
+def _fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Total-least-squares line (point, unit direction) through points, via SVD."""
+    c = points.mean(0)
+    _, _, vt = np.linalg.svd(points - c)
+    return c, vt[0]
+
+
+def _signed_dist(p: np.ndarray, c: np.ndarray, u: np.ndarray) -> float:
+    return float(u[0] * (p[1] - c[1]) - u[1] * (p[0] - c[0]))
+
+
+def _mask_at(mask: np.ndarray, p: np.ndarray) -> int:
+    return int(mask[int(round(p[1])), int(round(p[0]))])
+
+
+def test_same_seed_byte_identical_and_seeds_differ():
+    for cfg in (SMALL, None):
+        a, b = generate_phantom(11, cfg), generate_phantom(11, cfg)
+        assert a.image.tobytes() == b.image.tobytes()
+        assert a.masks.tobytes() == b.masks.tobytes()
+        assert np.array_equal(a.landmarks, b.landmarks)
+        assert np.array_equal(a.cortex_points, b.cortex_points)
+        assert a.meta == b.meta
+        c = generate_phantom(12, cfg)
+        assert a.image.shape != c.image.shape or not np.array_equal(a.image, c.image)
+        assert not np.allclose(a.landmarks, c.landmarks)
+
+
+def test_default_sizes_spacing_and_types():
+    for seed in range(6):
+        s = generate_phantom(seed)
+        h, w = s.shape
+        assert 512 <= h <= 1500 and 512 <= w <= 1500 and h != w
+        assert 0.1 <= s.spacing_mm[0] <= 0.2 and s.spacing_mm[0] == s.spacing_mm[1]
+        assert s.spacing_source == "phantom"
+        assert s.image.dtype == np.float32 and s.image.min() >= 0 and s.image.max() <= 1
+        assert s.masks.shape == (4, h, w) and s.masks.dtype == np.uint8
+        assert set(np.unique(s.masks)) <= {0, 1}
+        assert s.cortex_points.shape[0] >= 2 and s.cortex_points.shape[1] == 2
+        assert s.meta["side"] in ("left", "right")
+
+
+def test_small_config_sizes(small_samples):
+    for s in small_samples:
+        h, w = s.shape
+        assert 160 <= h <= 256 and 160 <= w <= 256 and h != w
+        # anatomy still fits: the femoral field of view is >= 135 mm tall
+        assert h * s.spacing_mm[0] >= 130.0
+
+
+def test_masks_overlap_where_bones_overlap(small_samples):
+    fib_tib = sum(bool((s.masks[2] & s.masks[3]).any()) for s in small_samples)
+    pat_fem = sum(bool((s.masks[0] & s.masks[1]).any()) for s in small_samples)
+    assert fib_tib >= 15, fib_tib
+    assert pat_fem >= 15, pat_fem
+    for s in small_samples:  # every bone is visible in every sample
+        assert all(s.masks[b].sum() > 0 for b in (0, 2)), s.id
+
+
+def test_landmarks_on_femur_and_relative_to_cortex_line(small_samples):
+    for s in small_samples:
+        mm = s.spacing_mm[0]
+        femur = s.masks[0]
+        p_blum, p_tmc = s.landmarks
+        inside = cv2.distanceTransform(femur, cv2.DIST_L2, 5)
+        outside = cv2.distanceTransform(1 - femur, cv2.DIST_L2, 5)
+        assert (
+            _mask_at(femur, p_blum) == 1
+            or outside[int(round(p_blum[1])), int(round(p_blum[0]))] <= 1.0
+        )
+        r, c = int(round(p_tmc[1])), int(round(p_tmc[0]))
+        assert max(inside[r, c], outside[r, c]) * mm <= 4.0, s.id  # on/near the femur outline
+        lc, lu = _fit_line(s.cortex_points)
+        d_blum = _signed_dist(p_blum, lc, lu)
+        assert abs(_signed_dist(p_tmc, lc, lu)) * mm < 2.0
+        assert abs(d_blum) * mm > 2.0
+        # anterior = the patella's side of the cortex line
+        pat = np.argwhere(s.masks[1])[:, ::-1].mean(0) if s.masks[1].any() else None
+        if pat is not None:
+            assert np.sign(_signed_dist(pat, lc, lu)) == np.sign(d_blum), s.id
+
+
+def test_cortex_points_lie_on_posterior_femoral_cortex():
+    for seed in range(4):
+        s = generate_phantom(seed, PhantomConfig(min_side=700, max_side=900))
+        mm = s.spacing_mm[0]
+        lc, lu = _fit_line(s.cortex_points)
+        resid = [abs(_signed_dist(p, lc, lu)) for p in s.cortex_points]
+        assert max(resid) < 1e-6  # exactly collinear
+        n = np.array([-lu[1], lu[0]])  # unit normal; flipped to point anterior (p_blum's side)
+        if np.dot(n, s.landmarks[0] - lc) < 0:
+            n = -n
+        prox, dist = s.cortex_points[0], s.cortex_points[-1]
+        assert np.linalg.norm(prox - s.landmarks[1]) > np.linalg.norm(dist - s.landmarks[1])
+        for p in s.cortex_points[:-1]:
+            ant = p + n * 1.5 / mm
+            post = p - n * 1.5 / mm
+            assert _mask_at(s.masks[0], ant) == 1, (s.id, p)
+            assert _mask_at(s.masks[0], post) == 0, (s.id, p)
+
+
+def test_schoettle_point_satisfies_tangency(small_samples):
+    for s in small_samples:
+        p_blum, p_tmc = s.landmarks
+        lc, lu = _fit_line(s.cortex_points)
+        sp = s.schoettle_point
+        d1 = abs(_signed_dist(sp, lc, lu))  # to LM1
+        d2 = abs(float(np.dot(sp - p_tmc, lu)))  # to LM2 (perpendicular to LM1 through p_tmc)
+        d3 = abs(float(np.dot(sp - p_blum, lu)))  # to LM3
+        half = abs(float(np.dot(p_blum - p_tmc, lu))) / 2
+        np.testing.assert_allclose([d1, d2, d3], [half, half, half], rtol=1e-6, atol=1e-6)
+        assert np.sign(_signed_dist(sp, lc, lu)) == np.sign(_signed_dist(p_blum, lc, lu))
+        assert s.meta["schoettle_radius_px"] == pytest.approx(half)
+
+
+def test_disk_round_trip_of_spacing_and_truth(tmp_path):
+    s = generate_phantom(5, SMALL, sample_id="phantom_00000")
+    write_sample(tmp_path, s)
+    ann = read_annotation(tmp_path / "annotations" / "phantom_00000.json")
+    assert ann["spacing_mm"] == s.spacing_mm
+    assert ann["side"] == s.meta["side"]
+    np.testing.assert_array_equal(ann["raters"][0].landmarks, s.landmarks)
+    np.testing.assert_array_equal(ann["raters"][0].cortex_points, s.cortex_points)
+    np.testing.assert_array_equal(ann["schoettle_point"], s.schoettle_point)
+    img = cv2.imread(str(tmp_path / "images" / "phantom_00000.png"), cv2.IMREAD_UNCHANGED)
+    assert np.abs(img / 65535.0 - s.image).max() <= 0.5 / 65535 + 1e-7
+    femur = cv2.imread(str(tmp_path / "masks" / "phantom_00000_femur.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(femur > 0, s.masks[0] > 0)
+
+
+def test_cli_writes_numbered_samples_from_derived_seeds(tmp_path):
+    phantoms_main(
+        [
+            "--out",
+            str(tmp_path),
+            "--n",
+            "2",
+            "--seed",
+            "4",
+            "--min-side",
+            "160",
+            "--max-side",
+            "256",
+        ]
+    )
+    ann = read_annotation(tmp_path / "annotations" / "phantom_00001.json")
+    ref = generate_phantom(sample_seed(4, 1), SMALL)
+    np.testing.assert_array_equal(ann["raters"][0].landmarks, ref.landmarks)
+    assert ann["meta"]["seed"] == sample_seed(4, 1)
+
+
+def _region_means(img, a, b, mm):
+    """Mean intensity of the overlap a&b and of a-only / b-only pixels within 8 mm of it,
+    all eroded by 1 mm so that blur at the outlines does not mix regions."""
+    k = np.ones((3, 3), np.uint8)
+    it = max(1, int(round(1.0 / mm)))
+    ov = cv2.erode(a & b, k, iterations=it)
+    near = cv2.dilate(a & b, k, iterations=int(round(8.0 / mm))) > 0
+    a_only = cv2.erode(a & (1 - b), k, iterations=it).astype(bool) & near
+    b_only = cv2.erode(b & (1 - a), k, iterations=it).astype(bool) & near
+    if ov.sum() < 20 or a_only.sum() < 20 or b_only.sum() < 20:
+        return None
+    return img[ov.astype(bool)].mean(), img[a_only].mean(), img[b_only].mean()
+
+
+def test_overlap_regions_are_brighter_than_either_bone_alone():
+    cfg = PhantomConfig(min_side=500, max_side=700).clean()
+    checked = 0
+    for seed in range(8):
+        s = generate_phantom(seed, cfg)
+        for a, b in ((2, 3), (0, 1)):
+            r = _region_means(s.image, s.masks[a], s.masks[b], s.spacing_mm[0])
+            if r is None:
+                continue
+            ov, a_only, b_only = r
+            assert ov > a_only and ov > b_only, (s.id, a, b, r)
+            checked += 1
+    assert checked >= 10
