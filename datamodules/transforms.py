@@ -11,7 +11,9 @@ check keypoints against the warped image. Rotation and scaling keep the image si
 ``fit_output``), uncovered corners are filled with 0 (like the padding). Keypoints pushed out of
 the image are kept at their exact transformed position and flagged invisible (``*_visible``);
 nothing is dropped or clamped. Linear contrast scaling is albumentations'
-``RandomBrightnessContrast`` with brightness fixed to 0: x' = clip((x - mean) * c + mean, 0, 1).
+``RandomBrightnessContrast`` with brightness fixed to 0, which in 2.0.8 computes
+x' = clip(c * x, 0, 1), a gain about 0 (its docstring claims scaling about the mean; the code and
+our test say otherwise). The black background and padding stay black.
 
 Note: with augmentation on, ``frame`` maps the network frame back to the AUGMENTED image, which
 is the original image only when no augmentation is applied (validation, test, inference).
@@ -41,7 +43,7 @@ class AugmentConfig:
         scale: (min, max) isotropic zoom factor about the image centre.
         p_scale: probability of scaling.
         p_hflip: probability of a horizontal flip.
-        contrast: (min, max) contrast factor c in x' = (x - mean) * c + mean.
+        contrast: (min, max) contrast factor c in x' = clip(c * x, 0, 1).
         p_contrast: probability of contrast scaling.
     """
 
@@ -149,6 +151,10 @@ class SampleTransform:
         size: side S of the network input.
         augment: augmentation config; None or ``enabled=False`` for none (validation/test).
         seed: seed of the augmentation's own random state (see ``reseed`` for workers).
+
+    Attributes:
+        last_applied: (name, params) of each transform applied in the last call (albumentations'
+            ``applied_transforms``: flip, angle, zoom, contrast factor); [] without augmentation.
 
     Example:
         >>> view = SampleTransform(256)(sample)      # sample.image (600, 800)

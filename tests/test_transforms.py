@@ -1,0 +1,180 @@
+"""Augmentation + pad/resize: keypoints vs hand-computed positions and vs the warped image."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from datamodules.datasets import TargetConfig, make_item
+from datamodules.sample import RaterAnnotation, Sample
+from datamodules.transforms import AugmentConfig, SampleTransform, inside_image
+
+H, W, S = 90, 130, 64
+ONLY = {"p_rotate": 0.0, "p_scale": 0.0, "p_hflip": 0.0, "p_contrast": 0.0}
+
+
+def blob_image(points: np.ndarray, sigma: float = 4.0) -> np.ndarray:
+    ys, xs = np.mgrid[:H, :W]
+    img = np.zeros((H, W))
+    for x, y in points:
+        img = np.maximum(img, np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
+    return img.astype(np.float32)
+
+
+def centroid(img: np.ndarray, near: np.ndarray, radius: float) -> np.ndarray:
+    """Intensity-weighted (x, y) centroid of ``img`` within ``radius`` of ``near``."""
+    ys, xs = np.mgrid[: img.shape[0], : img.shape[1]]
+    win = (xs - near[0]) ** 2 + (ys - near[1]) ** 2 <= radius**2
+    w = np.where(win, img, 0.0)
+    return np.array([(xs * w).sum(), (ys * w).sum()]) / w.sum()
+
+
+def make_sample(landmarks: np.ndarray, cortex: np.ndarray, image: np.ndarray | None = None,
+                disk_radius: float = 6.0) -> Sample:
+    """Masks: one disk per keypoint (landmarks then cortex points), bone channel = point index."""
+    pts = np.concatenate([landmarks, cortex])
+    ys, xs = np.mgrid[:H, :W]
+    masks = np.zeros((4, H, W), dtype=np.uint8)
+    for c, (x, y) in enumerate(pts[:4]):
+        masks[c] = (xs - x) ** 2 + (ys - y) ** 2 <= disk_radius**2
+    img = blob_image(pts) if image is None else image
+    return Sample("s", img, masks, [RaterAnnotation(landmarks, cortex)], (0.2, 0.25))
+
+
+def hand_augmented(points: np.ndarray, applied: list, shape=(H, W)) -> np.ndarray:
+    """Apply the recorded flip / affine parameters with our own formulas (pixel centres on
+    integers, centre ((W-1)/2, (H-1)/2), positive angle counter-clockwise on screen)."""
+    h, w = shape
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    out = np.asarray(points, dtype=np.float64).copy()
+    for name, params in applied:
+        if name == "HorizontalFlip":
+            out[:, 0] = (w - 1) - out[:, 0]
+        elif name == "Affine":
+            t = math.radians(params["rotate"])
+            rot = np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+            zoom = np.array([params["scale"]["x"], params["scale"]["y"]])
+            out = c + ((out - c) @ rot.T) * zoom
+    return out
+
+
+# well apart (blobs do not touch) and near enough to the centre to stay inside when augmented
+LMS = np.array([[40.0, 30.0], [90.0, 58.0]])
+CORTEX = np.array([[86.0, 26.0], [42.0, 62.0]])
+
+
+def test_no_augmentation_round_trip_and_image_alignment():
+    sample = make_sample(LMS, CORTEX)
+    view = SampleTransform(S)(sample)
+    assert view.image.shape == (S, S) and view.masks.shape == (4, S, S)
+    assert view.frame.pad_top == 20 and view.frame.pad_left == 0
+    back = view.frame.to_original(view.landmarks)
+    np.testing.assert_allclose(back, LMS, atol=1e-9)
+    np.testing.assert_allclose(view.frame.to_original(view.cortex_points), CORTEX, atol=1e-9)
+    # the network-frame keypoint sits on its blob in the resized image
+    for p in np.concatenate([view.landmarks, view.cortex_points]):
+        assert np.linalg.norm(centroid(view.image, p, 8.0) - p) < 0.05
+    assert view.landmark_visible.all()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AugmentConfig(**{**ONLY, "p_hflip": 1.0}),
+        AugmentConfig(**{**ONLY, "p_rotate": 1.0, "rotate_deg": 30.0}),
+        AugmentConfig(**{**ONLY, "p_scale": 1.0, "scale": (0.8, 1.25)}),
+        AugmentConfig(**{**ONLY, "p_hflip": 1.0, "p_rotate": 1.0, "p_scale": 1.0,
+                         "rotate_deg": 30.0, "scale": (0.8, 1.25)}),
+    ],
+    ids=["flip", "rotate", "scale", "flip+rotate+scale"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_augmented_keypoints_match_hand_computation_and_invert(cfg, seed):
+    sample = make_sample(LMS, CORTEX)
+    tf = SampleTransform(S, cfg, seed=seed)
+    view = tf(sample)
+    names = [n for n, _ in tf.last_applied]
+    assert ("HorizontalFlip" in names) == (cfg.p_hflip == 1.0)
+    expected = hand_augmented(np.concatenate([LMS, CORTEX]), tf.last_applied)
+    got = view.frame.to_original(np.concatenate([view.landmarks, view.cortex_points]))
+    np.testing.assert_allclose(got, expected, atol=0.5)
+    assert np.abs(got - expected).max() < 1e-3  # in fact exact up to float32
+    # and the keypoints sit on their blobs in the warped image (original px; a half-pixel
+    # convention error would show as >= 0.5) and in the resized one (network px, 0.25 then)
+    for p in np.concatenate([view.landmarks, view.cortex_points]):
+        assert np.linalg.norm(centroid(view.image, p, 8.0) - p) < 0.05
+    warped, _, kps = tf.augment_arrays(sample.image, sample.masks, np.concatenate([LMS, CORTEX]))
+    for p in kps:
+        assert np.linalg.norm(centroid(warped, p, 12.0) - p) < 0.05
+
+
+def test_flip_is_w_minus_1_minus_x_and_mirrors_the_image():
+    sample = make_sample(LMS, CORTEX)
+    tf = SampleTransform(S, AugmentConfig(**{**ONLY, "p_hflip": 1.0}))
+    img, masks, kps = tf.augment_arrays(sample.image, sample.masks, LMS)
+    np.testing.assert_array_equal(img, sample.image[:, ::-1])
+    np.testing.assert_array_equal(masks, sample.masks[:, :, ::-1])
+    np.testing.assert_allclose(kps, np.column_stack([W - 1 - LMS[:, 0], LMS[:, 1]]))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_masks_and_keypoints_stay_aligned_under_every_augmentation(seed):
+    cfg = AugmentConfig(rotate_deg=30.0, scale=(0.8, 1.2), p_rotate=1.0, p_scale=1.0,
+                        p_hflip=0.5, p_contrast=1.0)
+    sample = make_sample(LMS, CORTEX, disk_radius=7.0)
+    tf = SampleTransform(S, cfg, seed=seed)
+    view = tf(sample)
+    pts = np.concatenate([view.landmarks, view.cortex_points])
+    for c, p in enumerate(pts):
+        col, row = int(round(p[0])), int(round(p[1]))
+        assert view.masks[c, row, col] == 1, f"keypoint {c} left its mask"
+        ys, xs = np.nonzero(view.masks[c])
+        assert np.hypot(xs.mean() - p[0], ys.mean() - p[1]) < 0.75
+
+
+def test_keypoint_pushed_out_is_flagged_not_moved_and_gets_zero_heatmap():
+    lms = np.array([[125.0, 45.0], [60.0, 45.0]])  # the first one leaves the image when zoomed
+    sample = make_sample(lms, CORTEX)
+    tf = SampleTransform(S, AugmentConfig(**{**ONLY, "p_scale": 1.0, "scale": (1.5, 1.5)}))
+    item = make_item(sample, tf, TargetConfig(sigma=2.0))
+    cx = (W - 1) / 2
+    expected_x = cx + 1.5 * (125.0 - cx)  # 155.25 > W - 0.5
+    assert item["lm_visible"].tolist() == [False, True]
+    frame = tf(sample).frame
+    np.testing.assert_allclose(frame.to_original(item["landmarks"].numpy().astype(float))[0],
+                               [expected_x, (H - 1) / 2 + 1.5 * (45.0 - (H - 1) / 2)], atol=1e-3)
+    assert not item["lm"][0].any() and item["lm"][1].max() > 0.9
+    assert item["cortex_points"].shape == (2, 2)
+    # spacing follows the zoom: 1.5x magnified image has 1/1.5 the mm per pixel
+    np.testing.assert_allclose(item["spacing"].numpy(), [0.2 / 1.5, 0.25 / 1.5], rtol=1e-6)
+
+
+def test_inside_image_uses_pixel_edges():
+    pts = np.array([[-0.5, 0.0], [-0.51, 0.0], [W - 0.5, H - 0.5], [W - 0.49, 0.0], [np.nan, 1]])
+    assert inside_image(pts, (H, W)).tolist() == [True, False, True, False, False]
+
+
+def test_contrast_is_a_linear_gain():
+    """albumentations 2.0.8 multiplies by the contrast factor (about 0, not about the mean)."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.3, 0.7, (H, W)).astype(np.float32)
+    masks = np.zeros((4, H, W), np.uint8)
+    tf = SampleTransform(S, AugmentConfig(**{**ONLY, "p_contrast": 1.0, "contrast": (0.6, 1.4)}))
+    out, _, kps = tf.augment_arrays(img, masks, LMS)
+    params = dict(tf.last_applied)["RandomBrightnessContrast"]
+    alpha = params["alpha"]
+    assert 0.6 <= alpha <= 1.4 and params["beta"] == 0.0
+    expected = np.clip(img * alpha, 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(kps, LMS)
+
+
+def test_augment_config_from_any():
+    assert AugmentConfig.from_any(None).enabled is False
+    assert AugmentConfig.from_any(True) == AugmentConfig()
+    cfg = AugmentConfig.from_any({"rotate_deg": 5, "scale": [0.9, 1.1]})
+    assert cfg.rotate_deg == 5 and cfg.scale == (0.9, 1.1) and cfg.p_hflip == 0.5
+    with pytest.raises(ValueError, match="rotation"):
+        AugmentConfig.from_any({"rotation": 5})
