@@ -134,6 +134,21 @@ class Plan:
         }
 
 
+def masks_to_original(seg_prob: Any, frame: PadResize, threshold: float = 0.5) -> np.ndarray:
+    """(C, S, S) network-frame probabilities -> (C, orig_h, orig_w) boolean masks.
+
+    The probabilities are resized back with bilinear interpolation (``PadResize.invert_image``)
+    and thresholded afterwards, so the outline is interpolated rather than blocky.
+    """
+    seg = as_numpy(seg_prob)
+    if seg.ndim != 3 or seg.shape[1:] != (frame.size, frame.size):
+        raise ValueError(
+            f"masks_to_original: expected (C, {frame.size}, {frame.size}), got {seg.shape}"
+        )
+    up = np.stack([frame.invert_image(ch.astype(np.float32)) for ch in seg])
+    return up >= threshold
+
+
 def _check_spacing(spacing: Any) -> tuple[float, float] | None:
     if spacing is None:
         return None

@@ -5,10 +5,11 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from geometry.frame import PadResize
 from geometry.lines import Line, cortex_points, from_mm, to_mm
-from geometry.plan_geometry import plan_from_maps
+from geometry.plan_geometry import masks_to_original, plan_from_maps
 from geometry.schoettle import schoettle_point
 
 H, W, S = 520, 400, 256
@@ -141,3 +142,22 @@ def test_bad_shapes_are_rejected():
         plan_from_maps(np.zeros((4, 8, 8)), np.zeros((3, 8, 8)), np.zeros((8, 8)))
     with pytest.raises(ValueError, match="differ"):
         plan_from_maps(np.zeros((4, 8, 8)), np.zeros((2, 8, 8)), np.zeros((9, 9)))
+
+
+def test_masks_back_to_original_and_torch_input():
+    seg, lm, roi, frame = truth_maps(False)
+    back = masks_to_original(torch.from_numpy(seg), frame)
+    assert back.shape == (4, H, W) and not back[1:].any()
+    truth = femur_coverage() >= 0.5
+    assert (back[0] != truth).sum() / truth.sum() < 0.01
+    plan = plan_from_maps(
+        torch.from_numpy(seg),
+        torch.from_numpy(lm),
+        torch.from_numpy(roi),
+        frame=frame,
+        spacing=torch.tensor([0.15, 0.15]),
+        decode="quadratic",
+    )
+    assert np.hypot(*(plan.schoettle - true_schoettle((0.15, 0.15))[0])) < 0.25
+    with pytest.raises(ValueError, match="masks_to_original"):
+        masks_to_original(seg[:, :100], frame)
