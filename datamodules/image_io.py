@@ -76,7 +76,7 @@ def _looks_like_dicom(path: Path) -> bool:
 def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
     """(significant bits from sBIT or None, whether the IEND chunk is present)."""
     if not data.startswith(PNG_SIGNATURE):
-        raise ImageReadError(f"{path}: not a PNG file (bad signature)")
+        raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     pos, sbit, has_end = len(PNG_SIGNATURE), None, False
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
