@@ -28,6 +28,9 @@ _CROSS = generate_binary_structure(2, 1)
 
 
 def _bool(mask: np.ndarray) -> np.ndarray:
+    """Boolean view of a mask (probabilities are thresholded at 0.5)."""
+    if isinstance(mask, np.ndarray) and mask.dtype == bool:
+        return mask
     return as_numpy(mask) > 0.5
 
 
@@ -55,6 +58,10 @@ def surface_distances(
     sa, sb = surface(pred), surface(true)
     if not sa.any() or not sb.any():
         return np.zeros(0), np.zeros(0)
+    # Crop to the surfaces' bounding box: every nearest surface pixel lies inside it.
+    rows, cols = np.nonzero(sa | sb)
+    crop = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    sa, sb = sa[crop], sb[crop]
     dt_b = distance_transform_edt(~sb, sampling=sp)
     dt_a = distance_transform_edt(~sa, sampling=sp)
     return dt_b[sa], dt_a[sb]
