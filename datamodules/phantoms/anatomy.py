@@ -72,16 +72,20 @@ def build_femur(rng: np.random.Generator, k: float) -> dict:
     x_ant = ap_depth - bulge
     phi1 = rng.uniform(135.0, 155.0)
     q_drop = k * rng.uniform(4.0, 8.0)
-    cx = rc - bulge
-    cy = -q_drop - rc * np.sin(np.deg2rad(phi1))
+    # Condyle profile: an ellipse, flatter distally than posteriorly.
+    radii = rc * np.array([rng.uniform(1.0, 1.12), rng.uniform(0.86, 0.97)])
+    cx = radii[0] - bulge
+    a1 = np.deg2rad(phi1)
+    cy = -q_drop - radii[1] * np.sin(a1)
     centre = np.array([cx, cy])
-    q = centre + rc * np.array([np.cos(np.deg2rad(phi1)), np.sin(np.deg2rad(phi1))])
+    q = centre + radii * np.array([np.cos(a1), np.sin(a1)])
     q[0] = min(q[0], -0.5)
-    tq = np.array([-np.sin(np.deg2rad(phi1)), np.cos(np.deg2rad(phi1))])
+    tq = np.array([-radii[0] * np.sin(a1), radii[1] * np.cos(a1)])
+    tq /= np.linalg.norm(tq)
     l1, l2 = 0.45 * q_drop, 0.35 * q_drop
     bez = cubic_bezier([0.0, 0.0], [0.0, -l1], q - l2 * tq, q, samples=10)
     phi2 = rng.uniform(335.0, 355.0)
-    cond = arc(centre, rc, phi1, phi2, 4.0)
+    cond = arc(centre, radii, phi1, phi2, 4.0)
     bow = k * rng.uniform(0.5, 3.0)
     ant_ctrl = np.array(
         [
@@ -103,7 +107,7 @@ def build_femur(rng: np.random.Generator, k: float) -> dict:
         [[[0.0, SHAFT_TOP_MM]], bez[:-1], cond[:-1], ant, shaft_ant]
     )  # counter-clockwise (y up): posterior shaft down, condyle, anterior side up
     # Lateral condyle: offset copy of the condylar circle, fading out proximally.
-    lat_r = rc * rng.uniform(0.86, 0.97)
+    lat_r = radii * rng.uniform(0.86, 0.97)
     lat_c = centre + k * np.array([rng.uniform(-3.5, 3.5), rng.uniform(-3.5, 2.0)])
     lateral = arc(lat_c, lat_r, 0.0, 356.0, 6.0)
     # Blumensaat's line: from p_blum anterior-distal until shortly before the outline.
@@ -137,8 +141,8 @@ def build_femur(rng: np.random.Generator, k: float) -> dict:
         "p_blum": p_blum,
         "blum_end": blum_end,
         "notch": notch,
-        "distal_y": cy - rc,
-        "lat_top": lat_c[1] + lat_r,
+        "distal_y": cy - radii[1],
+        "lat_top": lat_c[1] + lat_r[1],
     }
 
 
@@ -322,9 +326,10 @@ def build_knee(rng: np.random.Generator, scale: float, flexion: float) -> KneeAn
         k * rng.uniform(18.0, 24.0)
     )
     calf_p = k * rng.uniform(45.0, 70.0)
-    skin = k * rng.uniform(6.0, 14.0)
+    skin = k * rng.uniform(8.0, 16.0)
     calf = tib(
         [
+            [h + 1.0 * k + skin, -2.0 * k],
             [h + 5.0 * k + skin, -30.0 * k],
             [sw / 2 + skin, -SHAFT_TOP_MM],
             [-sw / 2 - calf_p * 0.8, -SHAFT_TOP_MM],

@@ -41,11 +41,13 @@ def cubic_bezier(p0, p1, p2, p3, samples: int = 12) -> np.ndarray:
     return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
-def arc(centre, radius: float, start_deg: float, stop_deg: float, step_deg: float = 4.0):
-    """Points on a circular arc from ``start_deg`` to ``stop_deg`` (counter-clockwise if rising)."""
+def arc(centre, radius, start_deg: float, stop_deg: float, step_deg: float = 4.0):
+    """Points on an arc from ``start_deg`` to ``stop_deg`` (counter-clockwise if rising);
+    ``radius`` is a number (circle) or (rx, ry) semi-axes (axis-aligned ellipse)."""
     n = max(2, int(abs(stop_deg - start_deg) / step_deg) + 1)
     a = np.deg2rad(np.linspace(start_deg, stop_deg, n))
-    return np.asarray(centre, dtype=np.float64) + radius * np.stack([np.cos(a), np.sin(a)], 1)
+    r = np.asarray(radius, dtype=np.float64)
+    return np.asarray(centre, dtype=np.float64) + r * np.stack([np.cos(a), np.sin(a)], 1)
 
 
 def rotation(deg: float) -> np.ndarray:

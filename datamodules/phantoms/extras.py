@@ -200,10 +200,15 @@ def burn_text(
         th = max(1, int(scale * 1.5))
         x = int(rng.uniform(0.02, 0.6) * w)
         y = int(rng.uniform(0.6, 0.85) * h)
-        for i in range(int(rng.integers(1, 4))):
-            s = lines[int(rng.integers(0, len(lines)))]
+        picks = rng.choice(len(lines), size=int(rng.integers(1, 4)), replace=False)
+        for i, j in enumerate(picks):
+            s = lines[int(j)]
             cv2.putText(layer, s, (x, y + int(i * 30 * scale)), font, scale, 242, th, cv2.LINE_AA)
             written.append(s)
     if written:
-        np.maximum(img, layer.astype(np.float32) * np.float32(1 / 255), out=img)
+        x, y, bw, bh = cv2.boundingRect(layer)
+        roi = img[y : y + bh, x : x + bw]
+        np.maximum(
+            roi, layer[y : y + bh, x : x + bw].astype(np.float32) * np.float32(1 / 255), out=roi
+        )
     return written

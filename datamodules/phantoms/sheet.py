@@ -29,7 +29,8 @@ def _full_line(p: np.ndarray, d: np.ndarray, scale: float) -> tuple[tuple[int, i
 
 
 def draw_sample(sample: Sample, cell: int = 420, outlines: bool = True) -> np.ndarray:
-    """An annotated BGR uint8 picture of one sample, its longer side ``cell`` px."""
+    """An annotated BGR uint8 picture of one sample, its longer side ``cell`` px (without
+    ``outlines`` only the raw image)."""
     h, w = sample.shape
     scale = cell / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -40,6 +41,8 @@ def draw_sample(sample: Sample, cell: int = 420, outlines: bool = True) -> np.nd
             m = cv2.resize(sample.masks[b], size, interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(out, contours, -1, colour, 1, cv2.LINE_AA)
+    else:
+        return out
     cp = sample.cortex_points
     d = cp[-1] - cp[0]
     a, b = _full_line(cp[0], d, scale)
@@ -61,13 +64,18 @@ def draw_sample(sample: Sample, cell: int = 420, outlines: bool = True) -> np.nd
 
 
 def contact_sheet(
-    seed: int, rows: int = 3, cols: int = 4, cell: int = 420, config: PhantomConfig | None = None
+    seed: int,
+    rows: int = 3,
+    cols: int = 4,
+    cell: int = 420,
+    config: PhantomConfig | None = None,
+    outlines: bool = True,
 ) -> np.ndarray:
     """A rows x cols grid: per cell the raw phantom's annotated picture and a caption."""
     sheet = np.full((rows * (cell + 22), cols * cell, 3), 30, np.uint8)
     for i in range(rows * cols):
         s = generate_phantom(sample_seed(seed, i), config, sample_id=f"phantom_{i:05d}")
-        pic = draw_sample(s, cell)
+        pic = draw_sample(s, cell, outlines)
         r, c = divmod(i, cols)
         y0, x0 = r * (cell + 22), c * cell
         sheet[y0 : y0 + pic.shape[0], x0 : x0 + pic.shape[1]] = pic
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet = contact_sheet(args.seed, args.rows, args.cols, args.cell)
+    sheet = contact_sheet(args.seed, args.rows, args.cols, args.cell, outlines=not args.no_outlines)
     if not cv2.imwrite(str(out), sheet):
         raise OSError(f"{out}: OpenCV could not write the contact sheet")
     print(f"wrote {out}")
