@@ -1,0 +1,367 @@
+"""``make evaluate``: run a checkpoint (or the ground-truth "oracle") over a test set and write the
+paper's tables.
+
+Usage:
+    python -m planning.evaluate [--ckpt PATH | --oracle] [--data-root DIR] [--out DIR]
+        [--subset FILE] [--n-phantoms N] [--decode argmax|quadratic|soft_argmax]
+        [--line-fit lstsq|robust]
+
+Test set: a dataset folder (``--data-root``), else a fixed-seed phantom test set generated on the
+fly (seeds ``--phantom-seed`` .. + N - 1; the default base seed lies far from the training
+phantoms' seeds). Every prediction is mapped back to ORIGINAL pixels before anything is measured;
+distances are in mm where the spacing is known (else px, said in the tables).
+
+Writes into ``--out`` (default ``runs/evaluate/<checkpoint stem | oracle>``):
+- ``table1.md`` / ``table1.csv``: per bone IoU, ASD, HD (mean ± std), then p_blum, p_tmc, line
+  and Schoettle point errors (median [80 % CI], seeded percentile bootstrap of the median);
+- ``table2.md`` / ``table2.csv`` (only when images have several raters): median ED [80 % CI]
+  of Schoettle points for every pair of raters, model vs each rater, model vs the raters'
+  centroid, on all images and on the ``--subset`` list;
+- ``per_image.csv``: one row per image with every value above.
+
+The Table 1 reference is the primary (first) rater. Each rater's Schoettle point is
+constructed from that rater's own landmarks and cortex line (``planning.references``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.sample import BONES, LANDMARKS, Sample
+from geometry.heatmaps import DECODE_METHODS
+from geometry.lines import LINE_FIT_METHODS
+from geometry.plan_geometry import Plan, plan_from_maps
+from geometry.point_metrics import line_error, point_error
+from geometry.segmentation_metrics import segmentation_metrics
+from planning.predict import NetworkMaps
+from planning.references import rater_schoettle
+from planning.tables import (
+    BootstrapSpec,
+    pair_column,
+    schoettle_pair_distances,
+    table1,
+    table2,
+    write_rows,
+    write_table,
+)
+
+DEFAULT_PHANTOM_SEED = 2_000_000  # = the DataModule's phantom test split (seed 0): test + 2*10^6
+DEFAULT_N_PHANTOMS = 24
+
+
+def original_masks(maps: NetworkMaps) -> np.ndarray:
+    """(4, H, W) bool predicted masks in original pixels (probabilities mapped back, >= 0.5)."""
+    seg = np.moveaxis(np.asarray(maps.seg, dtype=np.float32), 0, -1)
+    back = maps.frame.invert_image(seg)
+    back = back.reshape(maps.frame.orig_h, maps.frame.orig_w, -1)
+    return np.moveaxis(back, -1, 0) >= 0.5
+
+
+@dataclass
+class SampleResult:
+    """Evaluation of one image: its CSV row, its plan and the named Schoettle points (px)."""
+
+    row: dict[str, Any]
+    plan: Plan
+    schoettle_points: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def rater_names(sample: Sample) -> list[str]:
+    """Rater ids of a sample; anonymous raters are named r1, r2, ... by position."""
+    return [a.rater or f"r{i + 1}" for i, a in enumerate(sample.annotations)]
+
+
+def evaluate_sample(
+    sample: Sample, maps: NetworkMaps, decode: str = "argmax", line_fit: str = "lstsq"
+) -> SampleResult:
+    """Plan from ``maps``, then every Table 1 value against the primary rater and the masks.
+
+    Distances are in mm when ``sample.spacing_mm`` is known, else in original pixels; the row's
+    ``unit`` says which.
+    """
+    spacing = sample.spacing_mm
+    plan = plan_from_maps(
+        maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
+        line_fit=line_fit,
+    )  # fmt: skip
+    row: dict[str, Any] = {
+        "id": sample.id,
+        "unit": "px" if spacing is None else "mm",
+        "spacing_source": sample.spacing_source or "",
+        "row_mm": math.nan if spacing is None else float(spacing[0]),
+        "col_mm": math.nan if spacing is None else float(spacing[1]),
+        "height": sample.shape[0],
+        "width": sample.shape[1],
+    }
+    seg = segmentation_metrics(original_masks(maps), sample.masks > 0, spacing)
+    for b, bone in enumerate(BONES):
+        for metric in ("iou", "asd", "hd"):
+            row[f"{metric}_{bone}"] = float(seg[metric][b])
+    primary = sample.annotations[0]
+    for i, name in enumerate(LANDMARKS):
+        err = point_error(plan.landmark(name), primary.landmarks[i], spacing)
+        row[f"ed_{name}"] = float(err)
+    row["line"] = line_error(plan.lm1, primary.cortex_points, spacing)
+    names = rater_names(sample)
+    points = {"model": plan.schoettle}
+    for name, ann in zip(names, sample.annotations, strict=True):
+        points[name] = rater_schoettle(ann, spacing)
+    row["schoettle"] = float(point_error(plan.schoettle, points[names[0]], spacing))
+    if sample.schoettle_point is not None:  # phantoms: exact truth of the construction
+        row["reference_vs_exact"] = float(
+            point_error(points[names[0]], sample.schoettle_point, spacing)
+        )
+    row["radius"] = plan.radius_mm if spacing is not None else plan.radius_px
+    row["lm1_support"] = plan.lm1_support
+    row["peak_p_blum"], row["peak_p_tmc"] = (float(p) for p in plan.peaks)
+    row["roi_peak"] = plan.roi_peak
+    row["needs_review"] = int(plan.needs_review)
+    row["review_reasons"] = "; ".join(plan.review_reasons)
+    if len(names) > 1:
+        for (a, b), d in schoettle_pair_distances(points, names, spacing).items():
+            row[pair_column(a, b)] = d
+    return SampleResult(row, plan, points)
+
+
+def read_subset(path: str | Path) -> set[str]:
+    """Image ids listed one per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise SystemExit(f"evaluate: cannot read subset list {path}: {err}") from err
+    return {s.split("#", 1)[0].strip() for s in lines} - {""}
+
+
+def phantom_samples(n: int, seed: int, config: Any = None) -> Iterator[Sample]:
+    """The fixed-seed phantom test set: ``generate_phantom(seed + i, config)`` for i < n."""
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+
+    cfg = config if config is not None else PhantomConfig()
+    for i in range(n):
+        yield generate_phantom(seed + i, cfg)
+
+
+def dataset_samples(root: str | Path) -> Iterator[Sample]:
+    """Every sample of a dataset folder, in id order."""
+    from datamodules.dataset_io import list_ids, read_sample
+
+    ids = list_ids(root)
+    if not ids:
+        raise SystemExit(f"evaluate: no images found in {Path(root) / 'images'}")
+    for sid in ids:
+        yield read_sample(root, sid)
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image rows, the Markdown tables and where they were written."""
+
+    rows: list[dict[str, Any]]
+    table1_md: str
+    table2_md: str | None
+    out_dir: Path
+    unit: str
+
+
+def _table_rows(rows: list[dict[str, Any]], unit: str) -> list[dict[str, Any]]:
+    """Rows for a table in ``unit``: distances of rows in another unit become NaN."""
+    out = []
+    for r in rows:
+        if r["unit"] == unit:
+            out.append(r)
+            continue
+        keep = {k: v for k, v in r.items() if k == "id" or k.startswith("iou_")}
+        out.append(keep)
+    return out
+
+
+def evaluate(
+    samples: Iterator[Sample] | Sequence[Sample],
+    out_dir: str | Path,
+    module: Any = None,
+    oracle: bool = False,
+    decode: str = "argmax",
+    line_fit: str = "lstsq",
+    subset: set[str] | None = None,
+    subset_name: str = "subset",
+    spec: BootstrapSpec | None = None,
+    image_size: int = 256,
+    log: Any = print,
+) -> EvaluationResult:
+    """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
+
+    Args:
+        samples: test samples (original resolution, with masks and annotations).
+        out_dir: output folder (created).
+        module: loaded module with ``image_size`` and ``predict_maps``; ignored when ``oracle``.
+        oracle: use ground-truth target maps instead of predictions.
+        decode, line_fit: plan geometry options (see ``geometry.plan_geometry``).
+        subset: image ids for Table 2's second column (None: no subset column).
+        subset_name: label of the subset column.
+        spec: bootstrap settings of the median CIs.
+        image_size: network side for oracle maps (a module brings its own).
+        log: progress printer (``None`` to stay quiet).
+    """
+    from planning.oracle import oracle_maps
+    from planning.predict import predict_image
+
+    if not oracle and module is None:
+        raise ValueError("evaluate: give a module or oracle=True")
+    spec = spec or BootstrapSpec()
+    out = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    raters: list[str] | None = None
+    multi_rater = True
+    t0 = time.perf_counter()
+    for sample in samples:
+        maps = oracle_maps(sample, image_size) if oracle else predict_image(module, sample.image)
+        res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit)
+        names = rater_names(sample)
+        if raters is None:
+            raters = names
+        elif names != raters:
+            multi_rater = False  # Table 2 needs the same raters on every image
+        rows.append(res.row)
+        if log:
+            r = res.row
+            log(
+                f"[{len(rows)}] {sample.id}: Schoettle {r['schoettle']:.2f} {r['unit']}, "
+                f"p_blum {r['ed_p_blum']:.2f}, p_tmc {r['ed_p_tmc']:.2f}, line {r['line']:.2f}, "
+                f"IoU femur {r['iou_femur']:.3f}" + (" (needs review)" if r["needs_review"] else "")
+            )
+    if not rows:
+        raise SystemExit("evaluate: the test set is empty")
+    units = {r["unit"] for r in rows}
+    unit = "mm" if "mm" in units else "px"
+    if len(units) > 1 and log:
+        n_px = sum(r["unit"] == "px" for r in rows)
+        log(f"note: {n_px} image(s) without pixel spacing are left out of the mm distances")
+    trows = _table_rows(rows, unit)
+    md1, sum1 = table1(trows, unit, spec)
+    title = "oracle (ground-truth maps)" if oracle else "model"
+    header = f"## Evaluation of the {title}; decode={decode}, line fit={line_fit}\n\n"
+    write_table(out, "table1", header + md1, sum1)
+    md2 = None
+    if raters is not None and len(raters) > 1 and multi_rater:
+        md2, sum2 = table2(trows, raters, unit, spec, subset=subset, subset_name=subset_name)
+        write_table(out, "table2", header + md2, sum2)
+    elif log and raters is not None and len(raters) > 1:
+        log("note: raters differ between images; Table 2 is not written")
+    write_rows(out / "per_image.csv", rows)
+    if log:
+        log(f"evaluated {len(rows)} images in {time.perf_counter() - t0:.1f} s -> {out}")
+    return EvaluationResult(rows, md1, md2, out, unit)
+
+
+def _newest_checkpoint(root: Path = Path("runs")) -> Path | None:
+    ckpts = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    return ckpts[-1] if ckpts else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m planning.evaluate``."""
+    p = argparse.ArgumentParser(
+        prog="python -m planning.evaluate",
+        description="Table 1 / Table 2 of Kordon et al. 2019 for a checkpoint or the oracle.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ckpt", type=Path, help="checkpoint (default: newest under runs/)")
+    src.add_argument(
+        "--oracle", action="store_true", help="ground-truth maps instead of predictions"
+    )
+    p.add_argument("--data-root", type=Path, help="dataset folder (default: phantom test set)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/evaluate/<name>)")
+    p.add_argument("--subset", type=Path, help="file of image ids (one per line) for Table 2")
+    p.add_argument("--n-phantoms", type=int, default=DEFAULT_N_PHANTOMS)
+    p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED)
+    p.add_argument(
+        "--phantom-max-side", type=int, help="cap phantom image sides (px) for quick runs"
+    )
+    p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
+    p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
+    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--image-size", type=int, default=256, help="oracle network side")
+    p.add_argument("--device", default="cpu", help="torch device for the model")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (errors are one clear line, no traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    module = None
+    if not args.oracle:
+        ckpt = args.ckpt or _newest_checkpoint()
+        if ckpt is None:
+            print(
+                "evaluate: no checkpoint: pass --ckpt PATH (make evaluate CKPT=...) or --oracle; "
+                "none found under runs/",
+                file=sys.stderr,
+            )
+            return 2
+        if not Path(ckpt).is_file():
+            print(f"evaluate: checkpoint {ckpt} does not exist", file=sys.stderr)
+            return 2
+        from lightning_modules.module import load_module
+
+        module = load_module(ckpt, map_location=args.device)
+        name = Path(ckpt).stem
+        print(f"checkpoint: {ckpt}")
+    else:
+        name = "oracle"
+    if args.data_root is not None:
+        if not (args.data_root / "images").is_dir():
+            print(f"evaluate: {args.data_root} has no images/ folder", file=sys.stderr)
+            return 2
+        samples: Any = dataset_samples(args.data_root)
+        print(f"test set: {args.data_root}")
+    else:
+        from datamodules.phantoms import PhantomConfig
+
+        cfg = PhantomConfig()
+        if args.phantom_max_side:
+            cfg.max_side = args.phantom_max_side
+            cfg.min_side = min(cfg.min_side, args.phantom_max_side)
+        samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
+        print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
+    subset = read_subset(args.subset) if args.subset else None
+    out = args.out or Path("runs") / "evaluate" / name
+    res = evaluate(
+        samples, out, module=module, oracle=args.oracle, decode=args.decode,
+        line_fit=args.line_fit, subset=subset,
+        subset_name=args.subset.stem if args.subset else "subset",
+        spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
+    )  # fmt: skip
+    print()
+    print(res.table1_md)
+    if res.table2_md:
+        print()
+        print(res.table2_md)
+    n_review = sum(r["needs_review"] for r in res.rows)
+    if n_review:
+        print(f"\n{n_review}/{len(res.rows)} plans flagged needs_review (see per_image.csv)")
+    if any(not math.isfinite(float(r["schoettle"])) for r in res.rows):
+        print("note: some Schoettle points could not be constructed (NaN in per_image.csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

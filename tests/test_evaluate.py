@@ -1,0 +1,187 @@
+"""make evaluate: tables against hand computations, reference Schoettle points, the oracle on
+phantoms (geometry alone must give near-zero Schoettle errors) and Table 2 with several raters.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.dataset_io import write_sample
+from datamodules.phantoms import PhantomConfig, generate_phantom
+from datamodules.sample import BONES, RaterAnnotation
+from geometry.frame import PadResize
+from planning.evaluate import (
+    DEFAULT_PHANTOM_SEED,
+    evaluate,
+    main,
+    original_masks,
+    phantom_samples,
+    read_subset,
+)
+from planning.predict import NetworkMaps
+from planning.references import rater_schoettle
+from planning.tables import (
+    BootstrapSpec,
+    pair_column,
+    rater_pairs,
+    schoettle_pair_distances,
+    summarise_median,
+    table1,
+)
+
+SPEC = BootstrapSpec(n_boot=500, seed=3)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------ tables
+def test_table1_mean_std_and_median_match_numpy():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(9):
+        row = {"id": f"im{i}"}
+        for bone in BONES:
+            row[f"iou_{bone}"] = rng.uniform(0.8, 1.0)
+            row[f"asd_{bone}"] = rng.uniform(0.0, 1.0)
+            row[f"hd_{bone}"] = rng.uniform(1.0, 5.0)
+        row.update(ed_p_blum=rng.uniform(0, 3), ed_p_tmc=rng.uniform(0, 3), line=rng.uniform(0, 1))
+        row["schoettle"] = math.nan if i == 0 else float(i)  # one NaN is left out
+        rows.append(row)
+    text, summary = table1(rows, "mm", SPEC)
+    by_target = {r["target"]: r for r in summary}
+    for bone in BONES:
+        vals = np.array([r[f"hd_{bone}"] for r in rows])
+        assert by_target[bone]["hd_mean"] == pytest.approx(vals.mean())
+        assert by_target[bone]["hd_std"] == pytest.approx(vals.std(ddof=1))
+    sp = by_target["schoettle"]
+    assert sp["median"] == pytest.approx(4.5)  # median of 1..8
+    assert sp["n"] == 8
+    assert sp["ci_low"] <= 4.5 <= sp["ci_high"]
+    assert "percentile bootstrap of the median" in text and "seed 3" in text
+    assert "| Femur |" in text and "8/9" in text
+
+
+def test_median_ci_is_stable_for_a_seed_and_degenerate_sample_is_exact():
+    vals = [0.3, 1.2, 0.7, 2.5, 0.9, 1.1, 0.4]
+    a, b = summarise_median(vals, SPEC), summarise_median(vals, SPEC)
+    assert (a.median, a.low, a.high) == (b.median, b.low, b.high)
+    assert a.median == pytest.approx(np.median(vals))
+    const = summarise_median([1.25] * 6, SPEC)
+    assert (const.median, const.low, const.high) == (1.25, 1.25, 1.25)
+    assert summarise_median([math.nan], SPEC).text() == "n/a"
+
+
+def test_schoettle_pair_distances_hand_computed_anisotropic():
+    pts = {"model": np.array([0.0, 0.0]), "r1": np.array([3.0, 4.0]), "r2": np.array([0.0, 8.0])}
+    d = schoettle_pair_distances(pts, ["r1", "r2"], spacing=(1.0, 2.0))  # row 1 mm, col 2 mm
+    assert set(d) == {("r1", "r2"), ("model", "r1"), ("model", "r2"), ("model", "centroid")}
+    assert d[("r1", "r2")] == pytest.approx(math.hypot(6.0, 4.0))
+    assert d[("model", "r1")] == pytest.approx(math.hypot(6.0, 4.0))
+    assert d[("model", "r2")] == pytest.approx(8.0)
+    assert d[("model", "centroid")] == pytest.approx(math.hypot(3.0, 6.0))  # centroid (1.5, 6)
+    assert rater_pairs(["a"]) == [("model", "a")]
+
+
+# ----------------------------------------------------------------------------- references
+def test_rater_schoettle_hand_computed_isotropic_and_anisotropic():
+    ann = RaterAnnotation(
+        landmarks=np.array([[30.0, 40.0], [10.0, 60.0]]),  # p_blum, p_tmc
+        cortex_points=np.array([[10.0, 0.0], [10.0, 50.0], [10.0, 100.0]]),
+    )
+    # LM1 x = 10; feet at y = 60 and 40 -> r = 10, centre 10 px anterior (towards p_blum).
+    np.testing.assert_allclose(rater_schoettle(ann, None), [20.0, 50.0], atol=1e-9)
+    # row 0.1, col 0.2 mm: in mm LM1 x = 2, p_tmc (2, 6), p_blum (6, 4) -> r = 1, centre (3, 5).
+    np.testing.assert_allclose(rater_schoettle(ann, (0.1, 0.2)), [15.0, 50.0], atol=1e-9)
+
+
+def test_original_masks_map_back_to_original_pixels():
+    h, w = 300, 180
+    mask = np.zeros((4, h, w), np.uint8)
+    mask[0, 40:250, 30:120] = 1
+    mask[2, 100:290, 60:170] = 1
+    frame = PadResize.from_shape(h, w, 256)
+    seg = np.moveaxis(frame.apply(np.moveaxis(mask.astype(np.float32), 0, -1)), -1, 0)
+    maps = NetworkMaps(seg, np.zeros((2, 256, 256)), np.zeros((1, 256, 256)), frame)
+    back = original_masks(maps)
+    assert back.shape == (4, h, w)
+    for c in (0, 2):
+        inter = np.logical_and(back[c], mask[c]).sum()
+        union = np.logical_or(back[c], mask[c]).sum()
+        assert inter / union > 0.99
+    assert not back[1].any() and not back[3].any()
+
+
+# ------------------------------------------------------------------------------------ oracle
+def test_oracle_on_phantoms_gives_near_zero_schoettle_error(tmp_path):
+    """Ground-truth maps through the whole geometry: errors must be a small fraction of 1 mm."""
+    samples = phantom_samples(5, DEFAULT_PHANTOM_SEED, PhantomConfig())
+    res = evaluate(samples, tmp_path, oracle=True, decode="quadratic", spec=SPEC, log=None)
+    rows = res.rows
+    sch = np.array([r["schoettle"] for r in rows])
+    print("oracle Schoettle errors (mm):", np.round(sch, 3))
+    assert res.unit == "mm"
+    assert np.median(sch) < 1.0 and sch.max() < 1.5
+    for name in ("ed_p_blum", "ed_p_tmc"):  # log-quadratic decoding of exact Gaussians
+        assert max(r[name] for r in rows) < 0.05
+    assert np.median([r["line"] for r in rows]) < 0.5
+    for bone in BONES:
+        assert min(r[f"iou_{bone}"] for r in rows) > 0.9
+    # the reference construction agrees with the phantom's exact Schoettle point
+    assert max(r["reference_vs_exact"] for r in rows) < 1e-6
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"table1.md", "table1.csv", "per_image.csv"} <= files and "table2.md" not in files
+    per_image = _read_csv(tmp_path / "per_image.csv")
+    assert [r["id"] for r in per_image] == [r["id"] for r in rows]
+    assert float(per_image[0]["schoettle"]) == pytest.approx(rows[0]["schoettle"], rel=1e-5)
+
+
+def _shifted(ann: RaterAnnotation, shift: np.ndarray, name: str) -> RaterAnnotation:
+    return RaterAnnotation(ann.landmarks + shift, ann.cortex_points + shift, name)
+
+
+def test_table2_with_three_raters_and_subset_via_cli(tmp_path):
+    """Rater 2 and 3 are rater 1 translated: their Schoettle points move by the same vector, so
+    every rater-pair distance is known exactly; the model (oracle of rater 1) sits on rater 1."""
+    root = tmp_path / "data"
+    cfg = PhantomConfig(min_side=400, max_side=600).clean()
+    s2, s3 = np.array([6.0, -8.0]), np.array([0.0, 12.0])  # px
+    ids = []
+    for i in range(3):
+        smp = generate_phantom(100 + i, cfg)
+        a = smp.annotations[0]
+        smp.annotations = [
+            RaterAnnotation(a.landmarks, a.cortex_points, "A"),
+            _shifted(a, s2, "B"),
+            _shifted(a, s3, "C"),
+        ]
+        write_sample(root, smp)
+        ids.append(smp.id)
+    (tmp_path / "ok.txt").write_text(f"# suitable\n{ids[0]}\n{ids[2]}\n")
+    assert read_subset(tmp_path / "ok.txt") == {ids[0], ids[2]}
+    out = tmp_path / "out"
+    rc = main(["--oracle", "--data-root", str(root), "--out", str(out), "--subset",
+               str(tmp_path / "ok.txt"), "--decode", "quadratic", "--n-boot", "200"])
+    assert rc == 0
+    md = (out / "table2.md").read_text()
+    assert "3/3 images" in md and "2/3 images, ok" in md and "Raters' centroid" in md
+    summary = {(r["first"], r["second"]): r for r in _read_csv(out / "table2.csv")}
+    assert set(summary) == {("A", "B"), ("A", "C"), ("B", "C"), ("model", "A"), ("model", "B"),
+                            ("model", "C"), ("model", "centroid")}
+    rows = _read_csv(out / "per_image.csv")
+    for pair, shift_px in ((("A", "B"), s2), (("A", "C"), s3), (("B", "C"), s3 - s2)):
+        expect = [np.hypot(*shift_px) * float(r["row_mm"]) for r in rows]  # square pixels
+        got = [float(r[pair_column(*pair)]) for r in rows]
+        np.testing.assert_allclose(got, expect, rtol=1e-6)
+        assert float(summary[pair]["median"]) == pytest.approx(np.median(expect), rel=1e-5)
+    model_a = [float(r[pair_column("model", "A")]) for r in rows]
+    np.testing.assert_allclose(model_a, [float(r["schoettle"]) for r in rows], rtol=1e-6)
+    assert max(model_a) < 1.5
+    assert float(summary[("model", "A")]["subset_n"]) == 2
