@@ -1,9 +1,12 @@
-"""Write (and list) samples in the on-disk dataset format: images/, masks/, annotations/.
+"""Write, list and read samples in the on-disk dataset format: images/, masks/, annotations/.
 
 Layout of a dataset folder ROOT:
     ROOT/images/<id>.png|.tif|.tiff|.dcm   grayscale, 8 or 16 bit (DICOM any bit depth)
     ROOT/masks/<id>_<bone>.png              one binary mask per bone in BONES (0 / nonzero)
     ROOT/annotations/<id>.json              schema of datamodules.annotations
+
+The id is the image file's stem; two images with the same stem (a.png, a.dcm) are an error.
+``datamodules.validate`` checks a whole folder before training.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 PNG and TIFF: 8 or 16 bit (any integer type, or float); colour is converted to gray (ITU-R 601
 weights). Integers are divided by the largest value of the stored bit depth: a PNG ``sBIT`` chunk
 (e.g. 12 significant bits in a 16-bit PNG) when present, else the dtype's range. Values are not
-stretched per image, so intensities stay comparable between files.
+stretched per image, so intensities stay comparable between files (a 12-bit image in a 16-bit
+PNG without sBIT therefore looks dark: add sBIT or rescale it). Float TIFFs in [0, 1] pass
+through; other float ranges are min-max stretched (they carry no stored range).
 
 DICOM (pydicom): the modality LUT (rescale or LUT sequence) and then the VOI LUT (LUT sequence,
 else the first window centre/width) are applied as the standard display pipeline prescribes; the
@@ -112,7 +114,7 @@ def _normalise_stored(
         if not np.all(np.isfinite(gray)):
             raise ImageReadError(f"{path}: float image contains NaN or infinity")
         lo, hi = float(gray.min()), float(gray.max())
-        if lo < 0.0 or hi > 1.0:  # arbitrary float range: stretch, and say so in meta
+        if lo < 0.0 or hi > 1.0:  # float outside [0, 1]: no stored range to go by, so stretch
             gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
         return gray.astype(np.float32), 8 * arr.dtype.itemsize
     if not np.issubdtype(arr.dtype, np.integer):
