@@ -4,6 +4,8 @@ additive overlap intensities."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -93,7 +95,8 @@ def test_landmarks_on_femur_and_relative_to_cortex_line(small_samples):
             or outside[int(round(p_blum[1])), int(round(p_blum[0]))] <= 1.0
         )
         r, c = int(round(p_tmc[1])), int(round(p_tmc[0]))
-        assert max(inside[r, c], outside[r, c]) * mm <= 4.0, s.id  # on/near the femur outline
+        # on/near the femur outline (the lateral condyle may project up to ~3.5 mm behind it)
+        assert max(inside[r, c], outside[r, c]) * mm <= 4.0 + 1.5 * mm, s.id
         lc, lu = _fit_line(s.cortex_points)
         d_blum = _signed_dist(p_blum, lc, lu)
         assert abs(_signed_dist(p_tmc, lc, lu)) * mm < 2.0
@@ -171,6 +174,25 @@ def test_cli_writes_numbered_samples_from_derived_seeds(tmp_path):
     ref = generate_phantom(sample_seed(4, 1), SMALL)
     np.testing.assert_array_equal(ann["raters"][0].landmarks, ref.landmarks)
     assert ann["meta"]["seed"] == sample_seed(4, 1)
+
+
+def test_calibration_sphere_is_a_bright_disc_of_30_mm():
+    cfg = replace(PhantomConfig(min_side=400, max_side=600).clean(), p_sphere=1.0)
+    found = 0
+    for seed in range(6):
+        s = generate_phantom(seed, cfg)
+        if "sphere" not in s.meta:
+            continue
+        found += 1
+        sph = s.meta["sphere"]
+        assert sph["radius_px"] * s.spacing_mm[0] == pytest.approx(15.0)
+        (cx, cy), r = sph["centre_px"], sph["radius_px"]
+        yy, xx = np.mgrid[0 : s.shape[0], 0 : s.shape[1]]
+        rr = np.hypot(xx - cx, yy - cy)
+        disc = s.image[rr < 0.7 * r].mean()
+        ring = s.image[(rr > 1.15 * r) & (rr < 1.5 * r)].mean()
+        assert disc > 0.9 and disc > ring + 0.2, (s.id, disc, ring)
+    assert found >= 3
 
 
 def _region_means(img, a, b, mm):

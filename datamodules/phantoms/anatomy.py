@@ -227,7 +227,7 @@ def build_tibia_fibula(rng: np.random.Generator, k: float):
     )
     # Fibula: head behind the posterior tibia just below the plateau, shaft running down.
     hx = -h + k * rng.uniform(3.0, 8.0)
-    hy = -k * rng.uniform(12.0, 18.0)
+    hy = -k * rng.uniform(16.0, 22.0)  # apex 7-13 mm below the plateau
     fw = k * rng.uniform(8.5, 11.0)
     fib_ctrl = np.array(
         [

@@ -82,6 +82,10 @@ def generate_phantom(
         config: ranges and probabilities; default ``PhantomConfig()`` (full realism).
         sample_id: id of the Sample; default ``phantom_seed<seed>``.
 
+    The masks are the exact projections of the bone outlines, restricted to the exposed part of
+    the image (inside the collimation and any black border); landmarks, cortex points and the
+    Schoettle point always lie in that exposed part.
+
     Returns:
         Sample with image (H, W) float32 in [0, 1], masks (4, H, W) uint8, one annotation
         (landmarks p_blum, p_tmc; 5 cortex points proximal to distal), spacing (s, s) mm,
@@ -216,28 +220,25 @@ def generate_phantom(
     )
     if text:
         meta["burned_text"] = text
+    visible = np.zeros((h, w), np.uint8)
+    fx0, fy0 = int(np.ceil(field[0])), int(np.ceil(field[1]))
+    visible[fy0 : int(field[3]) + 1, fx0 : int(field[2]) + 1] = 1
     if rng.random() < cfg.p_black_border:
-        bw = [int(rng.uniform(0, 0.05) * n) for n in (h, h, w, w)]
-        img[: bw[0]] = 0.0
-        img[h - bw[1] :] = 0.0
-        img[:, : bw[2]] = 0.0
-        img[:, w - bw[3] :] = 0.0
+        # Digitiser borders: black strips that never reach the landmarks or the cortex points.
+        pts = np.concatenate([keep, cortex])
+        room = [pts[:, 1].min(), h - 1 - pts[:, 1].max(), pts[:, 0].min(), w - 1 - pts[:, 0].max()]
+        bw = [
+            int(max(0.0, min(rng.uniform(0, 0.05) * n, r - 0.02 * n)))
+            for n, r in zip((h, h, w, w), room, strict=True)
+        ]
+        for arr in (img, visible):
+            arr[: bw[0]] = 0
+            arr[h - bw[1] :] = 0
+            arr[:, : bw[2]] = 0
+            arr[:, w - bw[3] :] = 0
         meta["black_border_px"] = bw
     img = np.clip(img, 0.0, 1.0, out=img)
-    visible = fill(
-        (h, w),
-        [
-            np.array(
-                [
-                    [field[0], field[1]],
-                    [field[2], field[1]],
-                    [field[2], field[3]],
-                    [field[0], field[3]],
-                ]
-            )
-        ],
-    )
-    masks &= visible[None]
+    masks &= visible[None]  # ground truth covers what the radiograph shows
     ann = RaterAnnotation(np.stack([p_blum, p_tmc]), cortex, rater=None)
     return Sample(
         id=sample_id or f"phantom_seed{int(seed)}",

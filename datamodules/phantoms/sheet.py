@@ -28,7 +28,7 @@ def _full_line(p: np.ndarray, d: np.ndarray, scale: float) -> tuple[tuple[int, i
     return (int(a[0]), int(a[1])), (int(b[0]), int(b[1]))
 
 
-def draw_sample(sample: Sample, cell: int = 420, outlines: bool = True) -> np.ndarray:
+def draw_sample(sample: Sample, cell: int = 380, outlines: bool = True) -> np.ndarray:
     """An annotated BGR uint8 picture of one sample, its longer side ``cell`` px (without
     ``outlines`` only the raw image)."""
     h, w = sample.shape
@@ -67,7 +67,7 @@ def contact_sheet(
     seed: int,
     rows: int = 3,
     cols: int = 4,
-    cell: int = 420,
+    cell: int = 380,
     config: PhantomConfig | None = None,
     outlines: bool = True,
 ) -> np.ndarray:
@@ -102,13 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", type=int, default=3)
     parser.add_argument("--cols", type=int, default=4)
-    parser.add_argument("--cell", type=int, default=420)
+    parser.add_argument("--cell", type=int, default=380)
     parser.add_argument("--no-outlines", action="store_true", help="raw images only")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet(args.seed, args.rows, args.cols, args.cell, outlines=not args.no_outlines)
-    if not cv2.imwrite(str(out), sheet):
+    if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f"{out}: OpenCV could not write the contact sheet")
     print(f"wrote {out}")
 
