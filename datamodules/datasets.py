@@ -72,8 +72,11 @@ def make_item(sample: Sample, transform: SampleTransform, targets: TargetConfig)
         zy, zx = _applied_zoom(transform)
         spacing[:] = (sample.spacing_mm[0] / zy, sample.spacing_mm[1] / zx)
     lm = landmark_heatmaps(view.landmarks, view.landmark_visible, size, targets.sigma)
-    roi = roi_heatmap(view.cortex_points, size, targets.sigma, targets.roi_spacing_px,
-                      targets.roi_extent)
+    try:
+        roi = roi_heatmap(view.cortex_points, size, targets.sigma, targets.roi_spacing_px,
+                          targets.roi_extent)
+    except ValueError as err:
+        raise ValueError(f"sample {sample.id!r}: cannot build the ROI target: {err}") from err
     return {
         "image": torch.from_numpy(view.image[None].astype(np.float32)),
         "seg": torch.from_numpy(view.masks.astype(np.float32)),

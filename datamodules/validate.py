@@ -5,10 +5,10 @@ Usage: ``python -m datamodules.validate ROOT [ROOT ...]``; exit status 1 when an
 Errors: missing folders, unreadable or truncated images, duplicate ids (``a.png`` and ``a.dcm``),
 missing / unreadable / wrongly sized / non-binary bone masks, missing or unparsable annotations,
 unknown schema version, id or image name that disagrees with the file, missing landmarks, NaN
-coordinates, landmarks outside the image, fewer than two cortex points, invalid spacing, and
-orphan files (a mask or annotation with no image). Warnings (training still runs): no pixel
-spacing anywhere (file or annotation), an empty bone mask, a cortex point outside the image,
-files of unknown type in images/.
+coordinates, landmarks outside the image, fewer than two (distinct) cortex points, invalid
+spacing, and orphan files (a mask or annotation with no image). Warnings (training still runs):
+no pixel spacing anywhere (file or annotation), an empty bone mask, a cortex point outside the
+image, files of unknown type in images/.
 """
 
 from __future__ import annotations
@@ -177,6 +177,13 @@ def _check_annotation(
         if isinstance(line, list):
             for j, p in enumerate(line):
                 _check_point(p, f"{where}.cortex_line[{j}]", shape, report, path, False)
+            try:
+                pts = np.asarray(line, dtype=np.float64)
+                same = len(line) >= 2 and pts.ndim == 2 and bool(np.all(pts == pts[0]))
+            except (TypeError, ValueError):
+                same = False
+            if same:
+                report.error(path, f"{where}: all cortex_line points coincide (no line)")
     if len(report.errors) == n_before:  # anything the reader itself would still refuse
         try:
             parse_annotation(data, str(path))

@@ -102,6 +102,8 @@ def broken(tmp_path) -> Path:
                lambda d: d["raters"][0]["landmarks"].update(p_tmc=[W + 10.0, 5.0]))
     _edit_json(ann / "onecortex.json",
                lambda d: d["raters"][1].update(cortex_line=[[1.0, 2.0]]))
+    _edit_json(ann / "onecortex.json",  # and rater 0's points coincide
+               lambda d: d["raters"][0].update(cortex_line=[[4.0, 5.0], [4.0, 5.0]]))
     _edit_json(ann / "nan.json", lambda d: d["raters"][0]["landmarks"].update(p_blum=[np.nan, 3]))
     _edit_json(ann / "version.json", lambda d: d.update(schema_version=99))
     _write_dicom(img / "dup.dcm")
@@ -119,6 +121,7 @@ EXPECTED_ERRORS = [  # (file name, words in the message)
     ("nomask_fibula.png", "missing bone mask"),
     ("outside.json", "p_tmc: (60, 5) lies outside"),
     ("onecortex.json", "raters[1]: 'cortex_line' needs at least two points"),
+    ("onecortex.json", "raters[0]: all cortex_line points coincide"),
     ("nan.json", "p_blum: NaN"),
     ("version.json", "unknown schema_version 99"),
     ("dup.dcm", "duplicate id 'dup'"),
