@@ -211,7 +211,8 @@ def generate_phantom(
         (wr * grid.factor, hr * grid.factor),
         interpolation=cv2.INTER_LINEAR,
     )[:h, :w]
-    sigma = rng.uniform(*cfg.noise_sigma)
+    # Coarse pixels (small test images) average several detector elements: less noise.
+    sigma = rng.uniform(*cfg.noise_sigma) * min(1.0, float(np.sqrt(0.15 / s)))
     if sigma > 0:
         noise = _noise_window(rng, h, w)
         img += noise * (np.float32(sigma) * (0.5 + img))
