@@ -99,7 +99,8 @@ class KneeDataModule(pl.LightningDataModule):
         seed: split shuffle, phantom seeds and the augmentation's random state.
         size: network input side S.
         sigma: heat-map Gaussian sigma in network pixels.
-        roi_spacing_px: cortex pseudo-landmark spacing in network pixels.
+        roi_spacing_px: cortex pseudo-landmark spacing in network pixels (None: 2/3 sigma,
+            i.e. 4 px at the paper's sigma = 6).
         roi_extent: "segment" or "image" (datamodules.targets).
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
         augment: True (defaults), False (none) or a dict of AugmentConfig fields.
@@ -125,7 +126,7 @@ class KneeDataModule(pl.LightningDataModule):
         seed: int = 0,
         size: int = 256,
         sigma: float = 6.0,
-        roi_spacing_px: float = 4.0,
+        roi_spacing_px: float | None = None,
         roi_extent: str = "segment",
         batch_size: int = 2,
         num_workers: int = 0,

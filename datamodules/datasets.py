@@ -25,7 +25,12 @@ from torch.utils.data import Dataset, get_worker_info
 
 from datamodules.dataset_io import read_sample
 from datamodules.sample import Sample
-from datamodules.targets import ROI_EXTENTS, landmark_heatmaps, roi_heatmap
+from datamodules.targets import (
+    ROI_EXTENTS,
+    default_roi_spacing,
+    landmark_heatmaps,
+    roi_heatmap,
+)
 from datamodules.transforms import SampleTransform
 
 FRAME_KEYS = ("orig_h", "orig_w", "pad_top", "pad_left", "size")
@@ -37,15 +42,17 @@ class TargetConfig:
 
     Args:
         sigma: Gaussian sigma of landmark and ROI heat-maps (paper: 6 at S = 256).
-        roi_spacing_px: distance between cortex pseudo-landmarks.
+        roi_spacing_px: distance between cortex pseudo-landmarks; None: 2/3 sigma (4 px at 6).
         roi_extent: "segment" (annotated stretch) or "image" (whole line), see targets.py.
     """
 
     sigma: float = 6.0
-    roi_spacing_px: float = 4.0
+    roi_spacing_px: float | None = None
     roi_extent: str = "segment"
 
     def __post_init__(self) -> None:
+        if self.roi_spacing_px is None:
+            self.roi_spacing_px = default_roi_spacing(self.sigma)
         if self.roi_extent not in ROI_EXTENTS:
             raise ValueError(f"roi_extent must be one of {ROI_EXTENTS}, got {self.roi_extent!r}")
         if self.sigma <= 0 or self.roi_spacing_px <= 0:

@@ -92,6 +92,13 @@ def test_roi_heatmap_equals_brute_force_over_hand_pseudo_landmarks():
     assert roi[0, 30, 50 + 3] == pytest.approx(math.exp(-0.5), rel=1e-6)  # 1 sigma past the end
 
 
+def test_roi_default_spacing_is_two_thirds_sigma():
+    pts = np.array([[10.0, 30.0], [50.0, 30.0]])
+    np.testing.assert_array_equal(roi_heatmap(pts, 64, 6.0), roi_heatmap(pts, 64, 6.0, 4.0))
+    np.testing.assert_array_equal(roi_heatmap(pts, 64, 1.5), roi_heatmap(pts, 64, 1.5, 1.0))
+    assert roi_heatmap(pts, 64, 1.5)[0, 30, 10:51].min() > 0.94  # ridge ripple < 6 %
+
+
 def test_roi_image_extent_runs_through_the_whole_image():
     roi = roi_heatmap(np.array([[10.0, 30.0], [50.0, 30.0]]), 64, 3.0, 4.0, "image")
     assert roi[0, 30, 0] == pytest.approx(1.0) and roi[0, 30, 63] == pytest.approx(1.0)
