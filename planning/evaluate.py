@@ -42,6 +42,7 @@ from geometry.lines import LINE_FIT_METHODS
 from geometry.plan_geometry import Plan, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
+from planning.checks import plausibility_reasons
 from planning.predict import NetworkMaps
 from planning.references import rater_schoettle
 from planning.tables import (
@@ -102,7 +103,9 @@ def evaluate_sample(
         "height": sample.shape[0],
         "width": sample.shape[1],
     }
-    seg = segmentation_metrics(original_masks(maps), sample.masks > 0, spacing)
+    masks = original_masks(maps)
+    plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
+    seg = segmentation_metrics(masks, sample.masks > 0, spacing)
     for b, bone in enumerate(BONES):
         for metric in ("iou", "asd", "hd"):
             row[f"{metric}_{bone}"] = float(seg[metric][b])

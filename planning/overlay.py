@@ -1,0 +1,251 @@
+"""The plan drawn over the radiograph at its ORIGINAL resolution (OpenCV, anti-aliased).
+
+Shows: bone outlines (femur, patella, tibia, fibula in distinct colours), p_blum and p_tmc,
+the posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole image), the
+Schoettle point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is
+anisotropic; omitted when the spacing is unknown), a mm scale bar and a small legend. A plan that
+needs review gets a red banner with its first reason. Line widths and text scale with the image
+so labels stay legible on 500 px and 3000 px images alike.
+
+Example:
+    >>> rgb = draw_plan(image, plan, masks)    # image (H, W) in [0, 1], masks (4, H, W) bool
+    >>> cv2.imwrite("plan.png", rgb[..., ::-1])
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from datamodules.sample import BONES
+from geometry.lines import Line
+from geometry.plan_geometry import Plan
+
+# RGB colours; chosen to stay distinct from each other and from gray.
+BONE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "femur": (255, 210, 0),
+    "patella": (255, 80, 255),
+    "tibia": (0, 200, 255),
+    "fibula": (120, 255, 120),
+}
+LM1_COLOUR = (255, 40, 40)
+LM23_COLOUR = (255, 150, 0)
+LANDMARK_COLOURS = {"p_blum": (0, 255, 255), "p_tmc": (255, 255, 255)}
+SCHOETTLE_COLOUR = (0, 255, 0)
+REVIEW_COLOUR = (255, 40, 40)
+REFERENCE_RADIUS_MM = 2.5
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+_ONE = 1 << _SHIFT
+
+
+class Style:
+    """Sizes derived from the image size (line width, font scale, marker size)."""
+
+    def __init__(self, h: int, w: int):
+        side = min(h, w)
+        self.thick = max(1, round(side / 450))
+        self.font_scale = max(0.4, side / 1100)
+        self.font_thick = max(1, round(side / 550))
+        self.marker = max(6, round(side / 70))
+        self.pad = max(4, round(side / 120))
+
+    def text_size(self, text: str) -> tuple[int, int]:
+        (tw, th), base = cv2.getTextSize(
+            text, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thick
+        )
+        return tw, th + base
+
+
+def _fixed(p: np.ndarray) -> tuple[int, int]:
+    return int(round(float(p[0]) * _ONE)), int(round(float(p[1]) * _ONE))
+
+
+def _finite(p: np.ndarray | None) -> bool:
+    return p is not None and bool(np.all(np.isfinite(p)))
+
+
+def _text(
+    img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, int, int], st: Style
+) -> None:
+    """Text with a dark outline so it reads on bright and dark bone alike."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, text, org, font, st.font_scale, (0, 0, 0), st.font_thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, org, font, st.font_scale, colour, st.font_thick, cv2.LINE_AA)
+
+
+def clip_line(line: Line, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The segment of an infinite line inside the image box [0, W-1] x [0, H-1], or None."""
+    t0, t1 = -math.inf, math.inf
+    for axis, hi in ((0, w - 1), (1, h - 1)):
+        d, c = line.direction[axis], line.point[axis]
+        if abs(d) < 1e-12:
+            if not 0 <= c <= hi:
+                return None
+            continue
+        a, b = (0 - c) / d, (hi - c) / d
+        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+    if t0 > t1:
+        return None
+    return line.point + t0 * line.direction, line.point + t1 * line.direction
+
+
+def _draw_line(img: np.ndarray, line: Line | None, colour, st: Style, dashed: bool = False):
+    if line is None:
+        return
+    seg = clip_line(line, *img.shape[:2])
+    if seg is None:
+        return
+    a, b = seg
+    if not dashed:
+        cv2.line(img, _fixed(a), _fixed(b), colour, st.thick, cv2.LINE_AA, _SHIFT)
+        return
+    length = float(np.hypot(*(b - a)))
+    dash = 6.0 * st.marker / 4
+    for s in np.arange(0.0, length, 2 * dash):
+        p = a + (b - a) * (s / length)
+        q = a + (b - a) * (min(s + dash, length) / length)
+        cv2.line(img, _fixed(p), _fixed(q), colour, st.thick, cv2.LINE_AA, _SHIFT)
+
+
+def _marker(img: np.ndarray, p: np.ndarray, colour, st: Style, label: str) -> None:
+    """A cross with a gap at the centre (the point itself stays visible) and a label."""
+    m, g = st.marker, max(2, st.marker // 3)
+    x, y = float(p[0]), float(p[1])
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        a = np.array([x + dx * g, y + dy * g])
+        b = np.array([x + dx * m, y + dy * m])
+        cv2.line(img, _fixed(a), _fixed(b), (0, 0, 0), st.thick + 2, cv2.LINE_AA, _SHIFT)
+        cv2.line(img, _fixed(a), _fixed(b), colour, st.thick, cv2.LINE_AA, _SHIFT)
+    _text(img, label, (int(x + m + st.pad / 2), int(y - m / 2)), colour, st)
+
+
+def _outline(img: np.ndarray, mask: np.ndarray, colour, st: Style) -> None:
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    cv2.drawContours(img, contours, -1, colour, st.thick, cv2.LINE_AA)
+
+
+def _nice_length(target_mm: float) -> float:
+    """1, 2, 5 x 10^k mm not above ``target_mm``."""
+    k = 10 ** math.floor(math.log10(target_mm))
+    return max(m * k for m in (1, 2, 5) if m * k <= target_mm)
+
+
+def _scale_bar(img: np.ndarray, spacing: tuple[float, float] | None, st: Style) -> None:
+    h, w = img.shape[:2]
+    x0, y0 = st.pad * 2, h - st.pad * 3
+    if spacing is None:
+        _text(img, "scale unknown (no pixel spacing)", (x0, y0), (255, 255, 255), st)
+        return
+    col_mm = spacing[1]
+    length_mm = _nice_length(0.2 * w * col_mm)
+    length_px = length_mm / col_mm
+    bar_h = max(3, st.thick * 3)
+    cv2.rectangle(img, (x0 - 2, y0 - bar_h - 2), (int(x0 + length_px) + 2, y0 + 2), (0, 0, 0), -1)
+    cv2.rectangle(img, (x0, y0 - bar_h), (int(x0 + length_px), y0), (255, 255, 255), -1)
+    for frac in (0.0, 0.5, 1.0):  # ticks
+        xt = int(x0 + frac * length_px)
+        cv2.line(img, (xt, y0 - bar_h * 2), (xt, y0), (255, 255, 255), st.thick, cv2.LINE_AA)
+    _text(img, f"{length_mm:g} mm", (x0, y0 - bar_h * 2 - st.pad), (255, 255, 255), st)
+
+
+def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]], st: Style) -> None:
+    sizes = [st.text_size(t) for t, _ in entries]
+    line_h = max(h for _, h in sizes) + st.pad
+    swatch = line_h - st.pad
+    box_w = max(w for w, _ in sizes) + swatch + 4 * st.pad
+    box_h = line_h * len(entries) + st.pad
+    x0, y0 = st.pad, st.pad
+    roi = img[y0 : y0 + box_h, x0 : x0 + box_w]
+    roi[:] = (roi * 0.35).astype(img.dtype)  # darken behind the legend
+    for i, (text, colour) in enumerate(entries):
+        y = y0 + st.pad + i * line_h
+        cv2.rectangle(img, (x0 + st.pad, y), (x0 + st.pad + swatch, y + swatch), colour, -1)
+        _text(img, text, (x0 + 2 * st.pad + swatch, y + swatch), colour, st)
+
+
+def _banner(img: np.ndarray, text: str, st: Style) -> None:
+    h, w = img.shape[:2]
+    tw, th = st.text_size(text)
+    y1 = h - 1
+    y0 = max(0, y1 - th - 2 * st.pad)
+    x1 = w - st.pad
+    x0 = max(0, x1 - tw - 2 * st.pad)
+    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), -1)
+    _text(img, text, (x0 + st.pad, y1 - st.pad), REVIEW_COLOUR, st)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) float image in [0, 1] -> (H, W, 3) uint8 gray RGB."""
+    g = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    g8 = np.round(g * 255.0).astype(np.uint8)
+    return np.repeat(g8[..., None], 3, axis=2)
+
+
+def draw_plan(
+    image: np.ndarray, plan: Plan, masks: np.ndarray | None = None, title: str | None = None
+) -> np.ndarray:
+    """Draw ``plan`` over ``image`` at its resolution; returns (H, W, 3) uint8 RGB.
+
+    Args:
+        image: (H, W) float image in [0, 1] (original resolution).
+        plan: the plan, points in original pixels (``geometry.plan_geometry.Plan``).
+        masks: (4, H, W) bool bone masks in original pixels (``BONES`` order), or None.
+        title: optional first legend line (e.g. the file name).
+    """
+    img = to_rgb(image)
+    h, w = img.shape[:2]
+    st = Style(h, w)
+    if masks is not None:
+        for b, bone in enumerate(BONES):
+            _outline(img, masks[b], BONE_COLOURS[bone], st)
+    _draw_line(img, plan.lm1, LM1_COLOUR, st)
+    _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
+    _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
+    for name in ("p_blum", "p_tmc"):
+        p = plan.landmark(name)
+        if _finite(p):
+            _marker(img, p, LANDMARK_COLOURS[name], st, name)
+    sp = plan.schoettle
+    if _finite(sp):
+        centre = _fixed(sp)
+        if plan.spacing is not None:
+            axes = (
+                int(round(REFERENCE_RADIUS_MM / plan.spacing[1] * _ONE)),
+                int(round(REFERENCE_RADIUS_MM / plan.spacing[0] * _ONE)),
+            )
+            cv2.ellipse(img, centre, axes, 0, 0, 360, (0, 0, 0), st.thick + 2, cv2.LINE_AA,
+                        _SHIFT)
+            cv2.ellipse(img, centre, axes, 0, 0, 360, SCHOETTLE_COLOUR, st.thick, cv2.LINE_AA,
+                        _SHIFT)
+        dot = max(2, st.thick + 1) * _ONE
+        cv2.circle(img, centre, dot + 2 * _ONE, (0, 0, 0), -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(img, centre, dot, SCHOETTLE_COLOUR, -1, cv2.LINE_AA, _SHIFT)
+        r_txt = 2.5 * st.marker if plan.spacing is None else REFERENCE_RADIUS_MM / plan.spacing[1]
+        _text(img, "Schoettle", (int(sp[0] + r_txt + st.pad), int(sp[1] + st.marker)),
+              SCHOETTLE_COLOUR, st)
+    entries: list[tuple[str, tuple[int, int, int]]] = []
+    if title:
+        entries.append((title, (255, 255, 255)))
+    if masks is not None:
+        entries += [(bone, BONE_COLOURS[bone]) for bone in BONES]
+    entries += [
+        ("LM1 posterior cortex", LM1_COLOUR),
+        ("LM2 / LM3 perpendiculars", LM23_COLOUR),
+        ("p_blum / p_tmc", LANDMARK_COLOURS["p_blum"]),
+        (
+            "Schoettle point, r = 2.5 mm"
+            if plan.spacing is not None
+            else "Schoettle point (no mm: spacing unknown)",
+            SCHOETTLE_COLOUR,
+        ),
+    ]
+    _legend(img, entries, st)
+    _scale_bar(img, plan.spacing, st)
+    if plan.needs_review:
+        more = f" (+{len(plan.review_reasons) - 1} more)" if len(plan.review_reasons) > 1 else ""
+        _banner(img, f"NEEDS REVIEW: {plan.review_reasons[0]}{more}", st)
+    return img

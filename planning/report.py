@@ -1,0 +1,153 @@
+"""The JSON plan report: every point in original pixels and mm, spacing and its source,
+per-task confidence and the ``needs_review`` verdict with reasons.
+
+Coordinates: (x, y) = (column, row) in original pixels, pixel centres on integers; ``mm``
+values are the same points scaled by the spacing, (x * col_mm, y * row_mm), i.e. measured from
+the centre of the top-left pixel; they are null when the spacing is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.sample import BONES
+from geometry.lines import Line, to_mm
+from geometry.plan_geometry import LANDMARK_NAMES, Plan
+
+REPORT_VERSION = 1
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _pt(p: np.ndarray | None) -> list[float | None] | None:
+    if p is None:
+        return None
+    arr = np.asarray(p, dtype=np.float64).reshape(2)
+    return None if not np.all(np.isfinite(arr)) else [float(arr[0]), float(arr[1])]
+
+
+def _pt_mm(p: np.ndarray | None, spacing: tuple[float, float] | None) -> list[float] | None:
+    if p is None or spacing is None:
+        return None
+    return _pt(to_mm(np.asarray(p, dtype=np.float64), spacing))
+
+
+def _line(line: Line | None, spacing: tuple[float, float] | None) -> dict[str, Any] | None:
+    if line is None:
+        return None
+    out: dict[str, Any] = {
+        "point_px": _pt(line.point),
+        "direction_px": _pt(line.direction),
+    }
+    if spacing is not None:
+        mm = line.map(lambda q: to_mm(q, spacing))
+        out["point_mm"], out["direction_mm"] = _pt(mm.point), _pt(mm.direction)
+    return out
+
+
+def segmentation_confidence(seg_prob: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per bone: predicted area fraction and the share of it that is uncertain (0.25..0.75).
+
+    Args:
+        seg_prob: (4, S, S) bone probabilities in the network frame.
+    """
+    out = {}
+    for b, bone in enumerate(BONES):
+        p = np.asarray(seg_prob[b], dtype=np.float64)
+        area = int((p >= 0.5).sum())
+        uncertain = int(((p >= 0.25) & (p <= 0.75)).sum())
+        out[bone] = {
+            "area_fraction": area / p.size,
+            "uncertain_fraction": None if area == 0 else uncertain / area,
+            "max_probability": float(p.max()),
+        }
+    return out
+
+
+def build_report(
+    plan: Plan,
+    *,
+    image_path: str | Path,
+    image_shape: tuple[int, int],
+    spacing_source: str | None,
+    checkpoint: str | Path | None,
+    overlay_path: str | Path | None,
+    seg_prob: np.ndarray | None = None,
+    settings: dict[str, Any] | None = None,
+    sphere: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report dict (JSON-ready; NaN -> null).
+
+    Args:
+        plan: the plan (original pixels).
+        image_path, image_shape: the input image and its (H, W).
+        spacing_source: how the spacing was found (DICOM tag, annotation, sphere, user) or None.
+        checkpoint: checkpoint file used.
+        overlay_path: where the overlay PNG was written.
+        seg_prob: (4, S, S) network-frame bone probabilities, for segmentation confidence.
+        settings: decode / line-fit options used.
+        sphere: calibration-sphere detection details, when one was run.
+    """
+    sp = plan.spacing
+    landmarks = {
+        name: {
+            "px": _pt(plan.landmarks[i]),
+            "mm": _pt_mm(plan.landmarks[i], sp),
+            "heatmap_peak": _num(plan.peaks[i]),
+        }
+        for i, name in enumerate(LANDMARK_NAMES)
+    }
+    confidence: dict[str, Any] = {
+        "landmark_peaks": {n: _num(plan.peaks[i]) for i, n in enumerate(LANDMARK_NAMES)},
+        "roi_peak": _num(plan.roi_peak),
+        "roi_support_points": int(plan.lm1_support),
+        "lm1_rms": _num(plan.lm1_rms),
+        "lm1_rms_unit": "mm" if sp is not None else "px",
+    }
+    if seg_prob is not None:
+        confidence["segmentation"] = segmentation_confidence(seg_prob)
+    radius_px = _num(plan.radius_px)
+    return {
+        "report_version": REPORT_VERSION,
+        "image": {"path": str(image_path), "height": image_shape[0], "width": image_shape[1]},
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "overlay": None if overlay_path is None else str(overlay_path),
+        "coordinates": "(x, y) = (column, row) in original pixels, pixel centres on integers; "
+        "mm = (x * col_mm, y * row_mm)",
+        "spacing": {
+            "row_mm": None if sp is None else sp[0],
+            "col_mm": None if sp is None else sp[1],
+            "source": spacing_source if sp is not None else "unknown",
+            "sphere": sphere,
+        },
+        "settings": settings or {},
+        "landmarks": landmarks,
+        "lm1": _line(plan.lm1, sp),
+        "lm2": _line(plan.lm2, sp),
+        "lm3": _line(plan.lm3, sp),
+        "schoettle_point": {
+            "px": _pt(plan.schoettle),
+            "mm": _pt_mm(plan.schoettle, sp),
+            "inscribed_radius_px": radius_px,
+            "inscribed_radius_mm": None if plan.radius_mm is None else _num(plan.radius_mm),
+            "reference_radius_mm": 2.5,
+            "lm2_lm3_distance": _num(plan.lm_separation),
+            "lm2_lm3_distance_unit": "mm" if sp is not None else "px",
+        },
+        "confidence": confidence,
+        "needs_review": bool(plan.review_reasons),
+        "review_reasons": list(plan.review_reasons),
+    }
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Write the report as indented JSON (strict: no NaN)."""
+    Path(path).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
