@@ -169,7 +169,10 @@ class KneeDataModule(pl.LightningDataModule):
     # -- building datasets -------------------------------------------------------------------
     def _transform(self, split: str) -> SampleTransform:
         augment = self.augment_config if split == "train" else None
-        return SampleTransform(self.size, augment, seed=self.seed)
+        # DDP: every rank gets its own augmentation stream (workers reseed again, seed_worker)
+        trainer = getattr(self, "trainer", None)
+        rank = int(getattr(trainer, "global_rank", 0) or 0)
+        return SampleTransform(self.size, augment, seed=self.seed + 7919 * rank)
 
     def _phantom_config(self) -> Any:
         from datamodules.phantoms import PhantomConfig  # lazy: only phantom runs need it
