@@ -39,6 +39,8 @@ class ObjectiveSpec:
         weight_lm: weight of the median landmark error.
         weight_iou: weight of (1 - mean IoU); 0 leaves segmentation out.
         lm_mm_key, lm_px_key, iou_key: metric names logged by the LightningModule.
+        health_keys: losses that must stay finite; a NaN/inf one means the run diverged
+            (landmark errors stay finite then: the arg max of a NaN heat-map is pixel 0).
     """
 
     unit: str = "auto"
@@ -47,6 +49,7 @@ class ObjectiveSpec:
     lm_mm_key: str = "val/lm_err_mm"
     lm_px_key: str = "val/lm_err_px"
     iou_key: str = "val/iou_mean"
+    health_keys: tuple[str, ...] = ("val/loss", "train/loss", "train/loss_epoch")
 
     def __post_init__(self) -> None:
         if self.unit not in ("auto", "mm", "px"):
@@ -63,6 +66,19 @@ class ObjectiveSpec:
             return self.lm_px_key
         mm = metrics.get(self.lm_mm_key)
         return self.lm_mm_key if mm is not None and math.isfinite(mm) else self.lm_px_key
+
+    def divergence(self, metrics: Mapping[str, float]) -> str | None:
+        """Why the run diverged (non-finite loss or objective), or None when healthy."""
+        bad = [f"{k}={metrics[k]}" for k in self.health_keys
+               if k in metrics and not math.isfinite(metrics[k])]
+        if not bad:
+            try:
+                value = self(metrics)
+            except KeyError:
+                return None
+            if not math.isfinite(value):
+                bad = [f"objective={value}"]
+        return ", ".join(bad) or None
 
     def describe(self) -> str:
         """Human-readable formula, e.g. `1*(val/lm_err_mm if finite else val/lm_err_px)`."""
@@ -140,7 +156,7 @@ class TrainObjective:
         trial.set_user_attr("run_dir", str(run_dir))
         args = (self.base_args + cli_overrides(params)
                 + self.trial_args(trial.number, run_dir, self.study_name))
-        pruning = OptunaPruning(trial, self.spec)
+        pruning = OptunaPruning(trial, self.spec, self.spec.divergence)
         fit = self.fit or _default_fit()
         try:
             result = fit(args, callbacks=[pruning])
@@ -151,6 +167,7 @@ class TrainObjective:
         finally:
             _finish_wandb()
         metrics = {k: float(v) for k, v in dict(result.metrics).items()}
+        trial.set_user_attr("run_dir", str(result.run_dir))
         trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if math.isfinite(v)})
         trial.set_user_attr("epochs", int(result.trainer.current_epoch))
         if pruning.diverged is not None:
@@ -159,9 +176,10 @@ class TrainObjective:
         if pruning.pruned_at is not None:
             value = pruning.reported[pruning.pruned_at]
             raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at} (objective {value:.4g})")
-        value = self.spec(metrics)
-        if not math.isfinite(value):
-            trial.set_user_attr("fail_reason", f"diverged: objective is {value} after training")
+        diverged = self.spec.divergence(metrics)
+        if diverged is not None:
+            trial.set_user_attr("fail_reason", f"diverged: {diverged} after training")
             return float("nan")
+        value = self.spec(metrics)
         trial.set_user_attr("objective_metric", self.spec.landmark_key(metrics))
         return value

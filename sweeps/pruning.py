@@ -27,16 +27,24 @@ class OptunaPruning(pl.Callback):
     Args:
         trial: the running Optuna trial.
         value_fn: maps the trainer's `callback_metrics` (floats) to the objective value.
+        health_fn: maps them to a reason when the run diverged (NaN loss...), else None;
+            default: the objective is not finite.
 
     After `fit`: `pruned_at` is the epoch whose value made the pruner stop the trial (else
     None); `diverged` holds a reason when the objective was NaN/inf (else None); `reported`
     maps epoch -> value reported to Optuna.
     """
 
-    def __init__(self, trial: optuna.Trial, value_fn: Callable[[Mapping[str, float]], float]):
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        value_fn: Callable[[Mapping[str, float]], float],
+        health_fn: Callable[[Mapping[str, float]], str | None] | None = None,
+    ) -> None:
         super().__init__()
         self.trial = trial
         self.value_fn = value_fn
+        self.health_fn = health_fn
         self.pruned_at: int | None = None
         self.diverged: str | None = None
         self.reported: dict[int, float] = {}
@@ -54,8 +62,11 @@ class OptunaPruning(pl.Callback):
             except KeyError as err:
                 raise KeyError(f"pruning: objective metric {err} missing at epoch {epoch}; "
                                f"logged metrics: {sorted(metrics)}") from None
-            if not math.isfinite(value):
-                self.diverged = f"objective is {value} at epoch {epoch}"
+            reason = self.health_fn(metrics) if self.health_fn is not None else None
+            if reason is None and not math.isfinite(value):
+                reason = f"objective={value}"
+            if reason is not None:
+                self.diverged = f"{reason} at epoch {epoch}"
                 stop = True
             else:
                 self.trial.report(value, step=epoch)
