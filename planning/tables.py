@@ -143,7 +143,8 @@ def table1(
             k = int(finite(vals).size)
             cells.append(_fmt_mean_std(mean, std, digits))
             rec.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_n": k})
-        cells.append(str(rec["iou_n"]))
+        n_iou, n_dist = rec["iou_n"], min(rec["asd_n"], rec["hd_n"])  # type: ignore[type-var]
+        cells.append(str(n_iou) if n_dist == n_iou else f"{n_iou} (ASD/HD: {n_dist})")
         seg_md.append(cells)
         summary.append(rec)
     loc_md = []
@@ -164,8 +165,8 @@ def table1(
             f"{unit})",
             _markdown(["Target", f"Median error [{spec.level:.0%} CI] ({unit})", "n"], loc_md),
             "Distances are measured in the original image after mapping predictions back "
-            f"through the pad + resize frame. {spec.note()} NaN values (e.g. an empty "
-            "prediction or a missing line fit) are left out; n counts the values used.",
+            f"through the pad + resize frame. {spec.note()} Undefined values (ASD/HD of an "
+            "empty predicted mask, a missing line fit) are left out; n counts the values used.",
         ]
     )
     return text, summary
