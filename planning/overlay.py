@@ -71,7 +71,12 @@ def _text(
 ) -> None:
     """Text with a dark outline so it reads on bright and dark bone alike."""
     font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(img, text, org, font, st.font_scale, (0, 0, 0), st.font_thick + 2, cv2.LINE_AA)
+    # The outline is the same text shifted around (a thicker stroke would also be wider and
+    # drift out of register along the string).
+    o = max(1, st.font_thick)
+    for dx, dy in ((-o, 0), (o, 0), (0, -o), (0, o), (-o, -o), (o, o), (-o, o), (o, -o)):
+        cv2.putText(img, text, (org[0] + dx, org[1] + dy), font, st.font_scale, (0, 0, 0),
+                    st.font_thick, cv2.LINE_AA)
     cv2.putText(img, text, org, font, st.font_scale, colour, st.font_thick, cv2.LINE_AA)
 
 
@@ -109,8 +114,8 @@ def _draw_line(img: np.ndarray, line: Line | None, colour, st: Style, dashed: bo
         cv2.line(img, _fixed(p), _fixed(q), colour, st.thick, cv2.LINE_AA, _SHIFT)
 
 
-def _marker(img: np.ndarray, p: np.ndarray, colour, st: Style, label: str) -> None:
-    """A cross with a gap at the centre (the point itself stays visible) and a label."""
+def _marker(img: np.ndarray, p: np.ndarray, colour, st: Style) -> None:
+    """A cross with a gap at the centre, so the point itself stays visible."""
     m, g = st.marker, max(2, st.marker // 3)
     x, y = float(p[0]), float(p[1])
     for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
@@ -118,7 +123,29 @@ def _marker(img: np.ndarray, p: np.ndarray, colour, st: Style, label: str) -> No
         b = np.array([x + dx * m, y + dy * m])
         cv2.line(img, _fixed(a), _fixed(b), (0, 0, 0), st.thick + 2, cv2.LINE_AA, _SHIFT)
         cv2.line(img, _fixed(a), _fixed(b), colour, st.thick, cv2.LINE_AA, _SHIFT)
-    _text(img, label, (int(x + m + st.pad / 2), int(y - m / 2)), colour, st)
+
+
+def _place_labels(
+    img: np.ndarray, items: list[tuple[str, np.ndarray, tuple[int, int, int], float]], st: Style
+) -> None:
+    """Label each point on the side facing away from the other labelled points.
+
+    ``items`` are (text, point, colour, clearance in px from the point to the label).
+    """
+    pts = np.array([p for _, p, _, _ in items], dtype=np.float64)
+    h, w = img.shape[:2]
+    for i, (text, p, colour, clear) in enumerate(items):
+        others = np.delete(pts, i, axis=0)
+        away = p - others.mean(axis=0) if len(others) else np.array([1.0, -1.0])
+        n = float(np.hypot(*away))
+        d = away / n if n > 1e-6 else np.array([1.0, -1.0])
+        tw, th = st.text_size(text)
+        anchor = p + d * (clear + st.pad)
+        x = anchor[0] - (tw if d[0] < -0.3 else tw / 2 if abs(d[0]) <= 0.3 else 0)
+        y = anchor[1] + (th if d[1] > 0.3 else th / 2 if abs(d[1]) <= 0.3 else 0)
+        x = float(np.clip(x, 0, max(0, w - tw)))
+        y = float(np.clip(y, th, h - 1))
+        _text(img, text, (int(round(x)), int(round(y))), colour, st)
 
 
 def _outline(img: np.ndarray, mask: np.ndarray, colour, st: Style) -> None:
@@ -205,10 +232,12 @@ def draw_plan(
     _draw_line(img, plan.lm1, LM1_COLOUR, st)
     _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
     _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
+    labels = []
     for name in ("p_blum", "p_tmc"):
         p = plan.landmark(name)
         if _finite(p):
-            _marker(img, p, LANDMARK_COLOURS[name], st, name)
+            _marker(img, p, LANDMARK_COLOURS[name], st)
+            labels.append((name, p, LANDMARK_COLOURS[name], float(st.marker)))
     sp = plan.schoettle
     if _finite(sp):
         centre = _fixed(sp)
@@ -224,9 +253,10 @@ def draw_plan(
         dot = max(2, st.thick + 1) * _ONE
         cv2.circle(img, centre, dot + 2 * _ONE, (0, 0, 0), -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(img, centre, dot, SCHOETTLE_COLOUR, -1, cv2.LINE_AA, _SHIFT)
-        r_txt = 2.5 * st.marker if plan.spacing is None else REFERENCE_RADIUS_MM / plan.spacing[1]
-        _text(img, "Schoettle", (int(sp[0] + r_txt + st.pad), int(sp[1] + st.marker)),
-              SCHOETTLE_COLOUR, st)
+        clear = st.marker if plan.spacing is None else REFERENCE_RADIUS_MM / min(plan.spacing)
+        labels.append(("Schoettle", sp, SCHOETTLE_COLOUR, float(clear)))
+    if labels:
+        _place_labels(img, labels, st)
     entries: list[tuple[str, tuple[int, int, int]]] = []
     if title:
         entries.append((title, (255, 255, 255)))
@@ -235,7 +265,8 @@ def draw_plan(
     entries += [
         ("LM1 posterior cortex", LM1_COLOUR),
         ("LM2 / LM3 perpendiculars", LM23_COLOUR),
-        ("p_blum / p_tmc", LANDMARK_COLOURS["p_blum"]),
+        ("p_blum", LANDMARK_COLOURS["p_blum"]),
+        ("p_tmc", LANDMARK_COLOURS["p_tmc"]),
         (
             "Schoettle point, r = 2.5 mm"
             if plan.spacing is not None
