@@ -29,6 +29,10 @@ all-reduce before anything else is computed, so every rank computes the same wei
 with identically initialised optimisers, holds identical weights. The mean of per-rank norms is
 used as the gradient norm of the global batch (exact for the losses, a cheap estimate for the
 norms: it avoids all-reducing the gradients of ``W^l`` themselves).
+``log_weights`` gets its gradient outside autograd, so a ``DistributedDataParallel`` wrapping a
+module that contains a ``GradNorm`` would wait for it and fail ("Expected to have finished
+reduction in the prior iteration"): call :func:`ddp_ignore_gradnorm` on that module before
+wrapping it (or use ``find_unused_parameters=True``).
 
 Zero cases. A task whose loss does not reach ``W^l`` has ``n_t = 0``; a task with ``L(0) = 0``
 gets ``L~_t = 1`` (neutral); if all ``L~`` are 0 then ``r = 1``. Nothing divides by zero.
@@ -42,6 +46,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 class GradNorm(nn.Module):
@@ -223,3 +228,22 @@ class GradNorm(nn.Module):
             for l in range(self.num_stacks)
             for t, name in enumerate(self.task_names)
         }
+
+
+def ddp_ignore_gradnorm(model: nn.Module) -> list[str]:
+    """Make DDP skip the parameters and buffers of every ``GradNorm`` inside ``model``.
+
+    Call before wrapping ``model`` in ``DistributedDataParallel`` (e.g. in a LightningModule's
+    ``__init__``): ``GradNorm`` synchronises itself, and its ``log_weights`` never receives an
+    autograd gradient that DDP could wait for. Returns the ignored names.
+    """
+    names = [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in model.named_modules()
+        if isinstance(sub, GradNorm)
+        for name in ("log_weights", "initial_losses", "initialised")
+    ]
+    already = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    merged = already + [n for n in names if n not in already]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, merged)
+    return names

@@ -1,9 +1,10 @@
 """GradNorm under DDP: a 2-process gloo group on CPU ends with identical weights on both ranks.
 
 Each rank trains the same DDP-wrapped toy network on its own data. Two GradNorm instances run
-side by side on the same losses: ``synced`` (all-reduce on, it weights the network loss) and
-``local`` (``sync=False``), which shows that the reduction really matters: without it the ranks'
-weights drift apart.
+side by side on the same losses: ``synced`` (all-reduce on, it weights the network loss; it lives
+inside the DDP-wrapped module, as in a LightningModule, made DDP-safe by ``ddp_ignore_gradnorm``)
+and ``local`` (``sync=False``), which shows that the reduction really matters: without it the
+ranks' weights drift apart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_modules.gradnorm import GradNorm
+from lightning_modules.gradnorm import GradNorm, ddp_ignore_gradnorm
 
 WORLD = 2
 STEPS = 8
@@ -31,6 +32,7 @@ class TwoTaskNet(nn.Module):
         self.trunk = nn.Linear(6, 8)
         self.shared = nn.Linear(8, 8)  # W: last shared layer
         self.heads = nn.ModuleList([nn.Linear(8, 3), nn.Linear(8, 1)])
+        self.gradnorm = GradNorm(num_stacks=1, num_tasks=2, alpha=1.0)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = torch.relu(self.shared(torch.relu(self.trunk(x))))
@@ -49,10 +51,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)  # same network init on every rank
-        net = DistributedDataParallel(TwoTaskNet())
-        synced = GradNorm(num_stacks=1, num_tasks=2, alpha=1.0)
+        module = TwoTaskNet()
+        ignored = ddp_ignore_gradnorm(module)
+        state = ("log_weights", "initial_losses", "initialised")
+        assert ignored == [f"gradnorm.{n}" for n in state]
+        net = DistributedDataParallel(module)  # find_unused_parameters=False
+        synced = module.gradnorm
         local = GradNorm(num_stacks=1, num_tasks=2, alpha=1.0, sync=False)
-        net_opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        net_params = [p for name, p in module.named_parameters() if not name.startswith("gradnorm")]
+        net_opt = torch.optim.Adam(net_params, lr=1e-2)
         opts = [torch.optim.RMSprop(g.parameters(), lr=0.025) for g in (synced, local)]
         gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
         first_local_losses = None
@@ -67,8 +74,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             w_params = [list(net.module.shared.parameters())]
             synced.backward_weights(losses, w_params)
             local.backward_weights(losses, w_params)
+            weight_grad = synced.log_weights.grad.clone()
             net_opt.zero_grad()
             synced.total_loss(losses).backward()
+            assert torch.equal(synced.log_weights.grad, weight_grad)  # DDP left it alone
             net_opt.step()
             for opt, g in zip(opts, (synced, local), strict=True):
                 opt.step()
