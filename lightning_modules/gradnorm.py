@@ -16,9 +16,11 @@ needed: no second-order graph, no ``.backward()`` through the network; each ``n_
 Positivity. The trainable parameter is ``log_weights`` (``w = exp(log_weights)``), so every
 optimiser step is multiplicative in ``w`` and ``w`` can never reach or cross zero. The paper's
 literal additive update cannot guarantee that: at ``T = 2`` with loss scales 1 and 100 the
-balancing weight of the large-scale task (~0.02) is smaller than one RMSProp step (the first
-RMSProp step at lr 0.025 is ~0.25), so it swings through zero; a floor would pin it at the floor
-instead. By the chain rule the gradient handed to the optimiser is
+balancing weight of the large-scale task (~0.03 in tests/test_gradnorm_toy.py) is smaller than
+one RMSProp step (the first RMSProp step at lr 0.025 is ~0.25), so it swings through zero (the toy
+test shows it); a floor would pin it at the floor instead. With RMSProp each step changes a
+weight by a factor of about ``exp(+-lr)`` (~2.5 % at lr 0.025).
+By the chain rule the gradient handed to the optimiser is
 ``d L_grad / d log w_t = w_t * sign(G_t - target_t) * n_t = sign(G_t - target_t) * G_t``.
 ``renormalise()`` then rescales each hourglass's weights to sum to ``T`` (a shift in log space),
 with a floor ``min_weight`` (default 1e-6) so that ``exp`` cannot underflow to 0 after huge steps.
