@@ -24,16 +24,23 @@ MAX_LM_SEPARATION_MM = 30.0
 MAX_OFF_FEMUR_MM = 5.0
 
 
-def _distance_to_mask(mask: np.ndarray, p: np.ndarray, spacing: tuple[float, float]) -> float:
-    """Distance in mm from point p (x, y) to the nearest mask pixel (0 inside)."""
-    h, w = mask.shape
-    x, y = int(round(float(p[0]))), int(round(float(p[1])))
-    if not (0 <= x < w and 0 <= y < h):
-        return float("inf")
-    if mask[y, x]:
-        return 0.0
-    dist = distance_transform_edt(~mask, sampling=spacing)
-    return float(dist[y, x])
+class _MaskDistance:
+    """Distance in mm from a point (x, y) to the nearest mask pixel (0 inside); the distance
+    transform is computed once, and only when a point lies outside the mask."""
+
+    def __init__(self, mask: np.ndarray, spacing: tuple[float, float]):
+        self.mask, self.spacing, self._dist = mask, spacing, None
+
+    def __call__(self, p: np.ndarray) -> float:
+        h, w = self.mask.shape
+        x, y = int(round(float(p[0]))), int(round(float(p[1])))
+        if not (0 <= x < w and 0 <= y < h):
+            return float("inf")
+        if self.mask[y, x]:
+            return 0.0
+        if self._dist is None:
+            self._dist = distance_transform_edt(~self.mask, sampling=self.spacing)
+        return float(self._dist[y, x])
 
 
 def plausibility_reasons(plan: Plan, femur_mask: np.ndarray | None = None) -> list[str]:
@@ -68,13 +75,13 @@ def plausibility_reasons(plan: Plan, femur_mask: np.ndarray | None = None) -> li
             f"(> {MAX_LM_SEPARATION_MM:g} mm)"
         )
     if femur_mask is not None and np.asarray(femur_mask).any():
-        mask = np.asarray(femur_mask, dtype=bool)
+        dist = _MaskDistance(np.asarray(femur_mask, dtype=bool), sp)
         named = [(n, plan.landmark(n)) for n in LANDMARK_NAMES] + [("Schoettle point",
                                                                      plan.schoettle)]
         for name, p in named:
             if not np.all(np.isfinite(p)):
                 continue
-            d = _distance_to_mask(mask, p, sp)
+            d = dist(p)
             if d > MAX_OFF_FEMUR_MM:
                 where = "outside the image" if not np.isfinite(d) else f"{d:.1f} mm"
                 reasons.append(f"{name} lies off the predicted femur ({where})")

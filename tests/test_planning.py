@@ -258,3 +258,24 @@ def test_clip_line_to_image_box():
     a, b = clip_line(Line(np.array([10.0, 10.0]), np.array([1.0, 1.0])), h=50, w=100)
     np.testing.assert_allclose(sorted([a.tolist(), b.tolist()]), [[0.0, 0.0], [49.0, 49.0]])
     assert clip_line(Line(np.array([0.0, 80.0]), np.array([1.0, 0.0])), h=50, w=100) is None
+
+
+def test_plausibility_checks_hand_made_plans():
+    from planning.checks import plausibility_reasons
+
+    femur = np.zeros((200, 160), bool)
+    femur[80:161, 40:101] = True
+    good = _plan(np.array([70.0, 120.0]))  # spacing 0.2 mm, everything on the femur
+    assert plausibility_reasons(good, femur) == []
+    bad = _plan(np.array([130.0, 120.0]))  # Schoettle 30 px = 6 mm right of the femur (x=100)
+    bad.peaks = np.array([3.0, 0.9])
+    bad.landmarks = np.array([[90.0, 100.0], [100.0, 140.0]])  # p_tmc 50 px = 10 mm from LM1
+    bad.lm_separation = 41.0
+    reasons = plausibility_reasons(bad, femur)
+    assert len(reasons) == 4, reasons
+    assert "p_blum peaks at 3.00" in reasons[0]
+    assert "p_tmc lies 10.0 mm from LM1" in reasons[1]
+    assert "41.0 mm is implausible" in reasons[2]
+    assert reasons[3] == "Schoettle point lies off the predicted femur (6.0 mm)"
+    no_spacing = _plan(np.array([130.0, 120.0]), spacing=None)
+    assert plausibility_reasons(no_spacing, femur) == []  # mm checks need the spacing
