@@ -161,9 +161,11 @@ def _nice_length(target_mm: float) -> float:
     return max(m * k for m in (1, 2, 5) if m * k <= target_mm)
 
 
-def _scale_bar(img: np.ndarray, spacing: tuple[float, float] | None, st: Style) -> None:
+def _scale_bar(
+    img: np.ndarray, spacing: tuple[float, float] | None, st: Style, bottom: int = 0
+) -> None:
     h, w = img.shape[:2]
-    x0, y0 = st.pad * 2, h - st.pad * 3
+    x0, y0 = st.pad * 2, h - bottom - st.pad * 3
     if spacing is None:
         _text(img, "scale unknown (no pixel spacing)", (x0, y0), (255, 255, 255), st)
         return
@@ -194,15 +196,30 @@ def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]], st
         _text(img, text, (x0 + 2 * st.pad + swatch, y + swatch), colour, st)
 
 
-def _banner(img: np.ndarray, text: str, st: Style) -> None:
+def _fit_text(text: str, width: int, st: Style) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
+    if st.text_size(text)[0] <= width:
+        return text
+    while len(text) > 4 and st.text_size(text + "...")[0] > width:
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
+def _banner(img: np.ndarray, reasons: list[str], st: Style) -> int:
+    """Red 'NEEDS REVIEW' lines (up to three reasons) at the bottom; returns the banner height."""
     h, w = img.shape[:2]
-    tw, th = st.text_size(text)
-    y1 = h - 1
-    y0 = max(0, y1 - th - 2 * st.pad)
-    x1 = w - st.pad
-    x0 = max(0, x1 - tw - 2 * st.pad)
-    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), -1)
-    _text(img, text, (x0 + st.pad, y1 - st.pad), REVIEW_COLOUR, st)
+    lines = [f"NEEDS REVIEW ({len(reasons)} reason{'s' if len(reasons) > 1 else ''}):"]
+    lines += [f"- {r}" for r in reasons[:3]]
+    if len(reasons) > 3:
+        lines.append(f"  (+{len(reasons) - 3} more in the JSON report)")
+    lines = [_fit_text(t, w - 2 * st.pad, st) for t in lines]
+    line_h = max(st.text_size(t)[1] for t in lines) + st.pad // 2
+    top = max(0, h - line_h * len(lines) - st.pad)
+    band = img[top:, :]
+    band[:] = (band * 0.3).astype(img.dtype)
+    for i, t in enumerate(lines):
+        _text(img, t, (st.pad, top + (i + 1) * line_h), REVIEW_COLOUR, st)
+    return h - top
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -254,7 +271,9 @@ def draw_plan(
         cv2.circle(img, centre, dot + 2 * _ONE, (0, 0, 0), -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(img, centre, dot, SCHOETTLE_COLOUR, -1, cv2.LINE_AA, _SHIFT)
         clear = st.marker if plan.spacing is None else REFERENCE_RADIUS_MM / min(plan.spacing)
-        labels.append(("Schoettle", sp, SCHOETTLE_COLOUR, float(clear)))
+        inside = -0.5 <= sp[0] <= w - 0.5 and -0.5 <= sp[1] <= h - 0.5
+        name = "Schoettle" if inside else "Schoettle (outside the image)"
+        labels.append((name, sp, SCHOETTLE_COLOUR, float(clear)))
     if labels:
         _place_labels(img, labels, st)
     entries: list[tuple[str, tuple[int, int, int]]] = []
@@ -275,8 +294,6 @@ def draw_plan(
         ),
     ]
     _legend(img, entries, st)
-    _scale_bar(img, plan.spacing, st)
-    if plan.needs_review:
-        more = f" (+{len(plan.review_reasons) - 1} more)" if len(plan.review_reasons) > 1 else ""
-        _banner(img, f"NEEDS REVIEW: {plan.review_reasons[0]}{more}", st)
+    banner_h = _banner(img, plan.review_reasons, st) if plan.needs_review else 0
+    _scale_bar(img, plan.spacing, st, bottom=banner_h)
     return img
