@@ -185,3 +185,12 @@ def test_table2_with_three_raters_and_subset_via_cli(tmp_path):
     np.testing.assert_allclose(model_a, [float(r["schoettle"]) for r in rows], rtol=1e-6)
     assert max(model_a) < 1.5
     assert float(summary[("model", "A")]["subset_n"]) == 2
+
+
+def test_cli_without_checkpoint_or_data_fails_cleanly(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    assert main([]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert main(["--oracle", "--data-root", str(tmp_path)]) == 2
+    assert "no images/ folder" in capsys.readouterr().err
