@@ -264,19 +264,19 @@ def format_metric_comparison(first: dict[str, float], last: dict[str, float]) ->
 
 
 class ReseedAugmentation(pl.Callback):
-    """Reseed the training set's augmentation at every epoch start from (seed, epoch, rank).
+    """Under DDP: reseed each rank's augmentation at every epoch start from (seed, epoch, rank).
 
-    With ``num_workers=0`` the augmentation's own random state lives in the main process and is
-    not part of any checkpoint, so a resumed run would replay epoch 0's augmentations. Seeding it
-    from the epoch makes every epoch's augmentations the same whether or not the run was
-    interrupted. (With workers, ``datamodules.datasets.seed_worker`` reseeds each worker from
-    torch's per-epoch worker seed, which follows the checkpointed global RNG.)
+    With ``num_workers=0`` the augmentation's random state lives in the main process; without
+    this every rank would draw the same augmentation parameters. Single-process runs are seeded
+    by ``lightning_modules.epoch_seeding.EpochSeededSampler`` instead (exact resume).
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1:
+            return
         dm = trainer.datamodule
         dataset = getattr(dm, "train_set", None) if dm is not None else None
         transform = getattr(dataset, "transform", None)

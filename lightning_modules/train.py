@@ -29,6 +29,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from lightning_modules.callbacks import (
     ValidationImages,
     format_metric_comparison,
 )
+from lightning_modules.epoch_seeding import make_train_order_resumable
 from lightning_modules.module import KneePlanModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -250,7 +252,15 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(quiet=True)
+        wandb.finish()
+
+
+def _make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
+    with warnings.catch_warnings():
+        # fit(args) from a script that has its own sys.argv is intended, not a mistake
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return KneePlanCLI(KneePlanModule, KneeDataModule, args=argv, run=False,
+                           auto_configure_optimizers=False, **kwargs)
 
 
 def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResult:
@@ -262,11 +272,9 @@ def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResu
         callbacks: extra Lightning callbacks (e.g. an Optuna pruning callback).
     """
     argv = translate_args(list(sys.argv[1:] if args is None else args))
-    cli = KneePlanCLI(
-        KneePlanModule, KneeDataModule, args=argv, run=False, user_callbacks=callbacks,
-        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-    )
+    cli = _make_cli(argv, user_callbacks=callbacks, save_config_kwargs={"overwrite": True})
     trainer, module = cli.trainer, cli.model
+    make_train_order_resumable(cli.datamodule)
     assert cli.run_dir is not None
     if cli.resume_path:
         rank_zero_info(f"resuming from {cli.resume_path}")
@@ -297,8 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry (``python -m lightning_modules.train``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a.startswith("--print_config") for a in argv):
-        KneePlanCLI(KneePlanModule, KneeDataModule, args=translate_args(argv, announce=False),
-                    run=False, auto_configure_optimizers=False)
+        _make_cli(translate_args(argv, announce=False))
         return
     fit(argv)
 
