@@ -1,0 +1,175 @@
+"""Multi-task stacked hourglass network: size, shapes, gradients, GradNorm's W^l, overfitting."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from lightning_modules.losses import MultiTaskLoss
+from lightning_modules.shgn import MultiTaskSHGN
+
+PAPER_PARAMS = 12_996_072  # documented in the lightning_modules.shgn module docstring
+TINY = dict(stem_channels=8, stem_residual_channels=16, hourglass_channels=32, depth=2)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine OpenMP spin-waiting with 2
+    threads made these small convolutions up to 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def bottleneck_params(i: int, o: int) -> int:
+    m = o // 2
+    norms = 2 * i + 2 * m + 2 * m
+    convs = i * m + 9 * m * m + m * o + o
+    return norms + convs + (i * o if i != o else 0)
+
+
+def hourglass_params(depth: int, c: int) -> int:
+    inner = hourglass_params(depth - 1, c) if depth > 1 else bottleneck_params(c, c)
+    return 3 * bottleneck_params(c, c) + inner
+
+
+def count_from_layout(cin=1, c1=64, c2=128, cs=256, stacks=4, depth=4, tasks=None,
+                      head=128, skip=16, refine=16) -> int:
+    """Parameter count derived by hand from the layout in the shgn module docstring."""
+    tasks = tasks or {"seg": 4, "lm": 2, "roi": 1}
+    stem = 49 * cin * c1 + 2 * c1 + bottleneck_params(c1, c2) + bottleneck_params(c2, c2)
+    stem += bottleneck_params(c2, cs)
+    skips = 9 * cin * skip + 2 * skip + 2 * c2 + c2 * skip
+    heads = sum(
+        2 * cs + cs * head + 2 * head + head * ct + ct  # coarse predictor at S/4
+        + 9 * (ct + skip) * refine + 2 * refine + 9 * (refine + skip) * ct + ct  # refinement
+        for ct in tasks.values()
+    )
+    reinject = cs * cs + cs + sum(ct * cs for ct in tasks.values())
+    per_stack = hourglass_params(depth, cs) + bottleneck_params(cs, cs) + heads
+    return stem + skips + stacks * per_stack + (stacks - 1) * reinject
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_paper_configuration_size_and_output_shapes() -> None:
+    torch.manual_seed(0)
+    net = MultiTaskSHGN()
+    print(f"\npaper MultiTaskSHGN: {n_params(net):,} parameters")
+    assert n_params(net) == PAPER_PARAMS == count_from_layout()
+    assert net.num_stacks == 4 and net.task_names == ["seg", "lm", "roi"]
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 256, 256))
+    assert len(out.stacks) == 4
+    for preds in out.stacks:
+        assert {k: tuple(v.shape) for k, v in preds.items()} == {
+            "seg": (2, 4, 256, 256), "lm": (2, 2, 256, 256), "roi": (2, 1, 256, 256)
+        }
+        assert all(torch.isfinite(v).all() for v in preds.values())
+    assert out.final is out.stacks[-1]
+
+
+def test_configurable_tasks_widths_and_count() -> None:
+    tasks = {"a": 3, "b": 1}
+    net = MultiTaskSHGN(in_channels=2, num_stacks=3, tasks=tasks, head_channels=12,
+                        skip_channels=4, refine_channels=6, **TINY)
+    expected = count_from_layout(cin=2, c1=8, c2=16, cs=32, stacks=3, depth=2, tasks=tasks,
+                                 head=12, skip=4, refine=6)
+    assert n_params(net) == expected
+    out = net(torch.rand(1, 2, 128, 64))
+    assert [tuple(s["a"].shape) for s in out.stacks] == [(1, 3, 128, 64)] * 3
+    assert tuple(out.final["b"].shape) == (1, 1, 128, 64)
+
+
+def test_input_size_must_fit_depth() -> None:
+    net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
+                        num_stacks=1, depth=4)
+    with pytest.raises(ValueError, match="depth 4"):
+        net(torch.zeros(1, 1, 64, 64))  # bottom would be 1x1: instance norm cannot run
+    with pytest.raises(ValueError, match="expected input"):
+        net(torch.zeros(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="norm"):
+        MultiTaskSHGN(norm="layer")
+
+
+def test_every_parameter_gets_a_gradient_from_all_outputs() -> None:
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(num_stacks=2, **TINY)
+    out = net(torch.rand(2, 1, 64, 64))
+    gen = torch.Generator().manual_seed(1)
+    total = sum((v * torch.randn(v.shape, generator=gen)).sum()
+                for preds in out.stacks for v in preds.values())
+    total.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_shared_params_are_last_shared_unit_and_reach_only_own_heads() -> None:
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(num_stacks=3, **TINY)
+    names = {id(p): n for n, p in net.named_parameters()}
+    for l in range(3):
+        (w,) = net.shared_params(l)
+        assert names[id(w)] == f"stacks.{l}.shared.expand.2.weight"
+        assert w is net.shared_layer(l).last_conv.weight
+    out = net(torch.rand(1, 1, 64, 64))
+    for l in range(3):
+        for task, pred in out.stacks[l].items():
+            grads = torch.autograd.grad(pred.square().mean(), [net.shared_params(m)[0]
+                                        for m in range(3)], retain_graph=True, allow_unused=True)
+            for m, g in enumerate(grads):
+                if m > l:  # a later hourglass's layer cannot influence hourglass l's output
+                    assert g is None, (l, task, m)
+                else:
+                    assert g is not None and g.abs().sum() > 0, (l, task, m)
+    with pytest.raises(IndexError):
+        net.shared_params(3)
+
+
+def make_overfit_batch(size: int = 64) -> dict[str, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+
+    def disc(cx: float, cy: float, r: float) -> torch.Tensor:
+        return (((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r).float()
+
+    def gauss(cx: float, cy: float) -> torch.Tensor:
+        return torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 3.0**2))
+
+    seg = torch.stack([torch.stack([disc(20, 22, 14), disc(34, 18, 9), disc(30, 44, 14),
+                                    disc(44, 48, 8)]),
+                       torch.stack([disc(40, 30, 16), disc(22, 20, 8), disc(28, 46, 12),
+                                    disc(16, 50, 7)])])
+    lm = torch.stack([torch.stack([gauss(12, 30), gauss(40, 12)]),
+                      torch.stack([gauss(50, 36), gauss(20, 40)])])
+    roi = torch.stack([gauss(24, 10)[None], gauss(46, 54)[None]])
+    image = (0.3 * seg.sum(1, keepdim=True)).clamp(0, 1)
+    return {"image": image, "seg": seg, "lm": lm, "roi": roi}
+
+
+def test_tiny_network_overfits_tiny_batch() -> None:
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(num_stacks=2, **TINY)
+    crit = MultiTaskLoss(beta=0.6)
+    batch = make_overfit_batch()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    t0 = time.perf_counter()
+    history = []
+    for _ in range(150):
+        opt.zero_grad()
+        loss = crit(net(batch["image"]), batch).sum()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        if history[-1] < history[0] / 10:
+            break
+    elapsed = time.perf_counter() - t0
+    print(f"\noverfit: loss {history[0]:.4f} -> {history[-1]:.4f} in {len(history)} steps, "
+          f"{elapsed:.1f} s")
+    assert math.isfinite(history[-1])
+    assert history[-1] < history[0] / 10
