@@ -19,6 +19,32 @@ from lightning_modules.shgn import SHGNOutput
 DEFAULT_TASK_LOSSES: dict[str, str] = {"seg": "weighted_bce", "lm": "mse", "roi": "mse"}
 
 
+class _StackTerms(torch.autograd.Function):
+    """``torch.stack`` of scalar loss terms whose backward sends nothing to a term whose incoming
+    gradient is exactly zero.
+
+    With a plain ``torch.stack``, differentiating one entry (GradNorm's
+    ``autograd.grad(losses[l, t], W^l)``) sends zero tensors down *every* term that depends on
+    ``W^l`` -- for the first hourglass that is the whole rest of the network (measured: 45 instead
+    of 1.6 GFLOP per entry in the paper setting). Returning ``None`` for zero-gradient terms lets
+    autograd skip their graphs; gradients are otherwise identical to ``torch.stack``.
+    """
+
+    @staticmethod
+    def forward(ctx, *terms: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.stack(terms)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        nonzero = grad.ne(0).tolist()
+        return tuple(grad[i] if nz else None for i, nz in enumerate(nonzero))
+
+
+def stack_terms(terms: list[Tensor]) -> Tensor:
+    """Stack scalar losses into a vector; see :class:`_StackTerms` for the backward."""
+    return _StackTerms.apply(*terms)
+
+
 def _check_pair(pred: Tensor, target: Tensor, what: str) -> None:
     if pred.ndim != 4 or pred.shape != target.shape:
         raise ValueError(
@@ -103,17 +129,13 @@ class MultiTaskLoss(nn.Module):
         missing = [name for name in self.task_losses if name not in batch]
         if missing:
             raise KeyError(f"losses.py: batch lacks target keys {missing} (has {list(batch)})")
-        rows = []
+        terms: list[Tensor] = []
         for l, preds in enumerate(out.stacks):
             absent = [name for name in self.task_losses if name not in preds]
             if absent:
                 raise KeyError(
                     f"losses.py: hourglass {l} predicts {list(preds)} but not {absent}"
                 )
-            rows.append(
-                torch.stack(
-                    [self._loss_fn(kind)(preds[name], batch[name])
-                     for name, kind in self.task_losses.items()]
-                )
-            )
-        return torch.stack(rows)
+            terms.extend(self._loss_fn(kind)(preds[name], batch[name])
+                         for name, kind in self.task_losses.items())
+        return stack_terms(terms).view(len(out.stacks), len(self.task_losses))
