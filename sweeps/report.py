@@ -3,10 +3,11 @@
 Writes into `<studies-dir>/<study>/`:
 - `best_trial.json`: the best completed trial (number, objective, params, metrics);
 - `trials.csv`, `trials.md`: every trial (number, state, objective, params, fail reason, ...);
-- `contour_beta_alpha.png`: Optuna's contour of the objective over beta x alpha with the
-  trials on top (needs >= 2 completed trials with distinct beta and alpha), and
-  `param_importance.png` (PED-ANOVA, needs enough completed trials). When there are too few
-  trials, a plain scatter of the sampled (beta, alpha) coloured by state is written instead.
+- `trials_beta_alpha.png`: every trial's (beta, alpha), marked by state (complete, pruned,
+  failed) and labelled with its objective;
+- `contour_beta_alpha.png`: Optuna's contour of the objective over beta x alpha, and
+  `param_importance.png` (PED-ANOVA), once >= 3 completed trials with distinct beta and alpha
+  exist (with fewer, a contour is an interpolation artefact; a message says so).
 """
 
 from __future__ import annotations
@@ -127,32 +128,36 @@ def _complete_with(study: optuna.Study, params: Sequence[str]) -> list[FrozenTri
             if all(p in t.params for p in params)]
 
 
+MIN_CONTOUR_TRIALS = 3  # a contour through fewer points is an interpolation artefact
+
+
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna contour (beta x alpha) and importance when possible, else a plain scatter."""
+    """Scatter of all trials by state; Optuna contour (beta x alpha) and importance when the
+    study holds at least MIN_CONTOUR_TRIALS completed trials with distinct beta and alpha."""
     from optuna.visualization import matplotlib as ovm
 
-    written: list[Path] = []
-    done = _complete_with(study, ("beta", "alpha"))
-    distinct = (len({t.params["beta"] for t in done}) >= 2
-                and len({t.params["alpha"] for t in done}) >= 2)
     for stale in ("contour_beta_alpha.png", "param_importance.png", "trials_beta_alpha.png"):
         (folder / stale).unlink(missing_ok=True)
+    written = [_scatter(study, folder / "trials_beta_alpha.png")]
+    done = _complete_with(study, ("beta", "alpha"))
+    enough = all(len({t.params[p] for t in done}) >= MIN_CONTOUR_TRIALS for p in ("beta", "alpha"))
+    if not enough:
+        print(f"sweeps.report: {len(done)} completed trials; the contour and importance plots "
+              f"need {MIN_CONTOUR_TRIALS} with distinct beta and alpha")
+        return written
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if distinct:
-            ax = ovm.plot_contour(study, params=["beta", "alpha"])
-            ax.set_title(f"{study.study_name}: objective over beta x alpha "
-                         f"({len(done)} completed trials)")
-            written.append(_save(ax, folder / "contour_beta_alpha.png"))
-            try:
-                ev = optuna.importance.PedAnovaImportanceEvaluator()
-                ax = ovm.plot_param_importances(study, evaluator=ev)
-                written.append(_save(ax, folder / "param_importance.png"))
-            except (ValueError, RuntimeError, ZeroDivisionError) as err:
-                print(f"sweeps.report: parameter importance skipped ({err})")
-                plt.close("all")
-        else:
-            written.append(_scatter(study, folder / "trials_beta_alpha.png"))
+        ax = ovm.plot_contour(study, params=["beta", "alpha"])
+        ax.set_title(f"{study.study_name}: objective over beta x alpha "
+                     f"({len(done)} completed trials)")
+        written.append(_save(ax, folder / "contour_beta_alpha.png"))
+        try:
+            ev = optuna.importance.PedAnovaImportanceEvaluator()
+            ax = ovm.plot_param_importances(study, evaluator=ev)
+            written.append(_save(ax, folder / "param_importance.png"))
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            print(f"sweeps.report: parameter importance skipped ({err})")
+            plt.close("all")
     return written
 
 
@@ -166,7 +171,7 @@ def _save(ax: object, path: Path) -> Path:
 
 
 def _scatter(study: optuna.Study, path: Path) -> Path:
-    """Fallback plot with too few completed trials: where each trial sampled, by state."""
+    """Where each trial sampled (beta, alpha), marked by state and labelled with its value."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     styles = {TrialState.COMPLETE: ("o", "tab:green"), TrialState.PRUNED: ("s", "tab:orange"),
               TrialState.FAIL: ("x", "tab:red"), TrialState.RUNNING: ("^", "tab:blue"),
@@ -183,9 +188,8 @@ def _scatter(study: optuna.Study, path: Path) -> Path:
                             textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("beta")
     ax.set_ylabel("alpha")
-    ax.set_title(f"{study.study_name}: too few completed trials with distinct beta, alpha "
-                 "for a contour"
-                 f" ({len(_complete_with(study, ('beta', 'alpha')))} completed)", fontsize=10)
+    ax.set_title(f"{study.study_name}: sampled beta, alpha of {len(trials)} trials "
+                 "(label: #number objective)", fontsize=10)
     if trials:
         ax.legend(fontsize=8)
     else:

@@ -191,6 +191,11 @@ def format_best(study: optuna.Study) -> str:
 def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> optuna.Study:
     """Parse `argv` like the command line, run this worker's trials, return the study."""
     args, train_extra = build_parser().parse_known_args(argv)
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # Lightning's DDP launcher re-runs the command line in each extra rank: that would start
+        # a second sweep worker. Trials use one device; run more workers instead.
+        raise SystemExit("sweeps.run: started as DDP rank > 0; sweep trials train on one device "
+                         "each (do not pass --devices/--trainer.devices > 1); start more workers")
     if args.trials < 0:
         raise SystemExit("sweeps.run: --trials must be >= 0")
     space = SearchSpace(beta=args.beta, alpha=args.alpha, lr=args.lr)

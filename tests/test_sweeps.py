@@ -194,7 +194,8 @@ def test_report_tables_best_and_plot(tmp_path):
     study = _synthetic_study(tmp_path, 5)
     paths = write_report(study, tmp_path / "rep")
     names = {p.name for p in paths}
-    assert {"trials.csv", "trials.md", "best_trial.json", "contour_beta_alpha.png"} <= names
+    assert {"trials.csv", "trials.md", "best_trial.json", "contour_beta_alpha.png",
+            "trials_beta_alpha.png"} <= names
     best = json.loads((tmp_path / "rep" / "best_trial.json").read_text())
     # values: k=0 (0.2, 2.5): 0.16+2.25; k=1 (0.5, 2.1): 0.01+1.21; k=2 (0.8, 1.7): 0.04+0.49
     # k=3 (1.1, 1.3): 0.25+0.09 = 0.34 (min); k=4 (1.4, 0.9): 0.64+0.01
@@ -231,10 +232,10 @@ def _load(tmp_path, name):
     return optuna.load_study(study_name=name, storage=default_storage_url(name, tmp_path))
 
 
-def _wait_for_running(tmp_path, name, number, proc, timeout=240.0):
+def _wait_for_running(tmp_path, name, number, proc, log, timeout=300.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"worker exited early: {proc.stdout.read()}"
+        assert proc.poll() is None, f"worker exited early: {log.read_text()}"
         trials = _load(tmp_path, name).get_trials(deepcopy=False)
         if any(t.number == number and t.state == TrialState.RUNNING for t in trials):
             return
@@ -244,23 +245,29 @@ def _wait_for_running(tmp_path, name, number, proc, timeout=240.0):
 
 @pytest.mark.slow
 def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path, monkeypatch):
-    """3 real trials in-process (normal / NaN / pruned), then worker processes join the study."""
+    """3 real trials in-process (normal / NaN / pruned), then worker processes join the study.
+
+    Trial 0 completes, trial 1 diverges (FAIL), trial 2 is pruned at epoch 0 through
+    `OptunaPruning`; a worker process killed mid-trial leaves trial 3 to the heartbeat check,
+    and the next worker fails it and re-runs its parameters as trial 4.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     name = "e2e"
     common = ["--study", name, "--studies-dir", str(tmp_path), "--config", str(TINY),
               "--lr", "1e-9,1e5", "--heartbeat-interval", "1", "--grace-period", "1",
-              "--trainer.enable_progress_bar=false"]
-    # Trial 0 learns (lr 3e-3, 2 epochs); trial 1 diverges (lr 1e4: NaN losses); trial 2 is
-    # bad: lr 1e-9 leaves the network at its initialisation, its epoch-0 landmark error
-    # (~73 mm on the tiny phantoms) is far above trial 0's (~54 mm), so the median pruner
-    # (1 start-up trial, no warm-up) prunes it at epoch 0 through our callback.
-    study = run_sweep(["--trials", "3", *common, "--pruner", "median",
-                       "--prune-startup-trials", "1", "--prune-warmup-epochs", "0",
+              "--trainer.enable_progress_bar=false", "--data.num_train=4"]
+    # Trial 0 trains normally (lr 3e-3, 2 epochs); trial 1 diverges (lr 1e4: NaN losses).
+    study = run_sweep(["--trials", "2", *common, "--run.wandb=true",
                        "--enqueue", "beta=0.6,alpha=1,lr=3e-3",
-                       "--enqueue", "beta=0.6,alpha=1,lr=1e4",
-                       "--enqueue", "beta=0.6,alpha=1,lr=1e-9", "--run.wandb=true"])
+                       "--enqueue", "beta=0.6,alpha=1,lr=1e4"])
+    # Trial 2 is bad: lr 1e-9 leaves the network at its initialisation. The tiny preset learns
+    # too little in 2 epochs to separate it reliably from trial 0 by a median rule (measured:
+    # 77.0 vs 78.0 mm), so this worker prunes against an absolute bound: a landmark error above
+    # 5 mm at any epoch (an untrained network is tens of mm off). Same study, next number.
+    study = run_sweep(["--trials", "1", *common, "--pruner", "threshold",
+                       "--prune-above", "5", "--enqueue", "beta=0.6,alpha=1,lr=1e-9"])
     t0, t1, t2 = study.get_trials(deepcopy=False)
     assert t0.state == TrialState.COMPLETE and t0.user_attrs["epochs"] == 2
     assert sorted(t0.intermediate_values) == [0, 1]
@@ -269,14 +276,14 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
     assert t1.state == TrialState.FAIL
     assert t1.user_attrs["fail_reason"].startswith("diverged") and "nan" in t1.user_attrs[
         "fail_reason"]
-    assert t2.state == TrialState.PRUNED
+    assert t2.state == TrialState.PRUNED and t2.params["lr"] == pytest.approx(1e-9)
     assert list(t2.intermediate_values) == [0] and t2.user_attrs["epochs"] == 1  # stopped early
-    assert t2.intermediate_values[0] > t0.intermediate_values[0]
+    assert t2.intermediate_values[0] > 5.0
     # one W&B run per trial, grouped by study, each finished before the next trial
     import wandb
 
     assert wandb.run is None
-    for t in (t0, t1, t2):
+    for t in (t0, t1):
         run_dir = Path(t.user_attrs["run_dir"])
         assert run_dir.is_relative_to(tmp_path / name / "trials" / f"t{t.number:04d}")
         assert list((run_dir / "wandb").glob("offline-run-*")), f"no W&B run in {run_dir}"
@@ -286,12 +293,14 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
 
     # A second worker process joins the same SQLite study and is killed mid-trial ...
     worker = [sys.executable, "-m", "sweeps.run", *common, "--pruner", "none",
-              "--trainer.max_epochs=1", "--data.num_train=4"]
-    p1 = subprocess.Popen([*worker, "--trials", "1", "--enqueue", "beta=1.2,alpha=0.5,lr=3e-3"],
-                          cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+              "--trainer.max_epochs=1"]
+    log = tmp_path / "worker1.log"
+    with log.open("w") as out:
+        p1 = subprocess.Popen([*worker, "--trials", "1", "--enqueue",
+                               "beta=1.2,alpha=0.5,lr=3e-3"], cwd=tmp_path, env=_env(),
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_running(tmp_path, name, 3, p1)
+        _wait_for_running(tmp_path, name, 3, p1, log)
     finally:
         os.killpg(p1.pid, signal.SIGKILL)
         p1.wait(timeout=30)
@@ -319,4 +328,5 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
     best = json.loads((tmp_path / name / "best_trial.json").read_text())
     assert best["number"] in (0, 4) and best["value"] == pytest.approx(
         min(trials[0].value, trials[4].value))
-    assert (tmp_path / name / "contour_beta_alpha.png").is_file()
+    assert (tmp_path / name / "trials_beta_alpha.png").is_file()
+    assert not (tmp_path / name / "contour_beta_alpha.png").exists()  # only 2 completed
