@@ -159,7 +159,13 @@ class TrainObjective:
         pruning = OptunaPruning(trial, self.spec, self.spec.divergence)
         fit = self.fit or _default_fit()
         try:
-            result = fit(args, callbacks=[pruning])
+            try:
+                result = fit(args, callbacks=[pruning])
+            except SystemExit as err:
+                # LightningCLI/jsonargparse exit on a bad option; Optuna does not catch
+                # SystemExit and would leave the trial RUNNING: make it a failure.
+                raise RuntimeError(f"training exited with status {err.code} (invalid "
+                                   "arguments? see the message above)") from err
         except Exception as err:
             tb = traceback.format_exception_only(type(err), err)[-1].strip()
             trial.set_user_attr("fail_reason", f"training raised {tb}"[:1000])

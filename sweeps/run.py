@@ -10,6 +10,7 @@ most the number of other workers).
 Arguments this parser does not know are passed to the training entry unchanged, e.g.
 `python -m sweeps.run --trials 4 --study s --trainer.max_epochs=3`.
 
+Exit status 0 when the study holds at least one completed trial, else 1.
 Outputs go to `<studies-dir>/<study>/`: `study.db` (the default SQLite storage) and `trials/tNNNN`
 (each trial's training run). `python -m sweeps.report` writes the reports there.
 """
@@ -30,7 +31,8 @@ from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
 from sweeps.space import SearchSpace
 from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, study_dir
 
-DEFAULT_CONFIG = "configs/quick.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/quick.yaml"  # relative to the working directory, else the repository
 # No per-epoch validation pictures in sweeps (time, disk); pass --run.val_images=4 to get them.
 SWEEP_TRAIN_DEFAULTS = ("--run.val_images=0",)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -202,8 +204,10 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
     spec = ObjectiveSpec(unit=args.objective_unit, weight_lm=args.weight_lm,
                          weight_iou=args.weight_iou)
     config = Path(args.config)
+    if not config.is_file() and not config.is_absolute() and (REPO_ROOT / config).is_file():
+        config = REPO_ROOT / config
     if not config.is_file():
-        raise SystemExit(f"sweeps.run: training config {config} not found")
+        raise SystemExit(f"sweeps.run: training config {args.config} not found")
     # Sweep defaults go before the user's extra arguments, which may override them.
     base_args = ["--config", str(config), *SWEEP_TRAIN_DEFAULTS]
     if args.data_root is not None:
@@ -231,6 +235,11 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
     if args.trials:
         study.optimize(objective, n_trials=args.trials, catch=(Exception,),
                        callbacks=callbacks, gc_after_trial=True)
+    # Optuna checks heartbeats when a trial starts; check once more so a dead worker's trial
+    # does not stay RUNNING when this was the study's last trial (its retry waits in the queue).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     print(format_best(study), flush=True)
     return study
 
