@@ -71,7 +71,9 @@ class OptunaPruning(pl.Callback):
             else:
                 self.trial.report(value, step=epoch)
                 self.reported[epoch] = value
-                if self.trial.should_prune():
+                # Pruning after the last epoch would throw away a finished result.
+                last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch + 1
+                if not last and self.trial.should_prune():
                     self.pruned_at = epoch
                     stop = True
         # Under DDP every rank must stop together; only rank 0 holds the decision.

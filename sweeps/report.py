@@ -154,6 +154,8 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
         try:
             ev = optuna.importance.PedAnovaImportanceEvaluator()
             ax = ovm.plot_param_importances(study, evaluator=ev)
+            ax.set_title(f"{study.study_name}: parameter importance (PED-ANOVA, "
+                         f"{len(done)} completed trials)")
             written.append(_save(ax, folder / "param_importance.png"))
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             print(f"sweeps.report: parameter importance skipped ({err})")
@@ -177,15 +179,25 @@ def _scatter(study: optuna.Study, path: Path) -> Path:
               TrialState.FAIL: ("x", "tab:red"), TrialState.RUNNING: ("^", "tab:blue"),
               TrialState.WAITING: ("v", "tab:gray")}
     trials = [t for t in study.get_trials(deepcopy=False) if {"beta", "alpha"} <= set(t.params)]
+    labels: dict[tuple[float, float], list[str]] = {}
     for state, (marker, color) in styles.items():
         pts = [t for t in trials if t.state == state]
         if pts:
             ax.scatter([t.params["beta"] for t in pts], [t.params["alpha"] for t in pts],
                        marker=marker, color=color, s=60, label=f"{state.name.lower()} ({len(pts)})")
-            for t in pts:
-                label = f"#{t.number}" + (f" {t.value:.3g}" if t.value is not None else "")
-                ax.annotate(label, (t.params["beta"], t.params["alpha"]),
-                            textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for t in trials:  # a retried trial sits on its original: one label per point
+        value = f" {t.value:.3g}" if t.value is not None and t.state != TrialState.FAIL else ""
+        labels.setdefault((t.params["beta"], t.params["alpha"]), []).append(f"#{t.number}{value}")
+    for (beta, alpha), text in labels.items():
+        ax.annotate(", ".join(text), (beta, alpha), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    if trials:  # show the whole searched box, so its coverage is visible
+        for name, setter in (("beta", ax.set_xlim), ("alpha", ax.set_ylim)):
+            dist = trials[-1].distributions[name]
+            low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+            if low is not None and high is not None and high > low:
+                pad = 0.04 * (high - low)
+                setter(low - pad, high + pad)
     ax.set_xlabel("beta")
     ax.set_ylabel("alpha")
     ax.set_title(f"{study.study_name}: sampled beta, alpha of {len(trials)} trials "
