@@ -81,7 +81,10 @@ start_postgres() {
         fi
     fi
 
-    _PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kneeplan-pg.XXXXXX")" || return 1
+    # As root the cluster owner must reach the folder: use /tmp, not a private $TMPDIR.
+    local tmp="${TMPDIR:-/tmp}"
+    if [ "$(id -u)" -eq 0 ]; then tmp=/tmp; fi
+    _PG_DIR="$(mktemp -d "$tmp/kneeplan-pg.XXXXXX")" || return 1
     chmod 0755 "$_PG_DIR"
     mkdir -p "$_PG_DIR/data" "$_PG_DIR/sock"
     if [ "$(id -u)" -eq 0 ]; then
