@@ -16,6 +16,10 @@ Layout for an ``S x S`` input (``S = 256`` in the paper; widths ``C_in, C1, C2, 
 ``unit`` = pre-activation bottleneck, ``nr`` = norm -> ReLU, ``nrc1x1`` = norm -> ReLU -> 1x1
 conv, ``up2``/``up4`` = bilinear upsampling.
 
+Input sizes. ``S`` must be a multiple of ``4 * 2**depth``; with instance norm the hourglass bottom
+(``S / (4 * 2**depth)``) must be at least 2x2, so depth 4 needs ``S >= 128`` (256 px: 4x4 bottom)
+and 64 px inputs need ``depth <= 3`` (the tests use depth 2). Violations raise a ValueError.
+
 Getting back to the input resolution. Targets are compared at ``S`` (heat-map sigma 6 px is
 meant at 256 px), but all wide work stays at ``S/4``: each task head predicts a coarse ``C_t``
 channel map at ``S/4`` (this is also what is re-injected), which is upsampled bilinearly to ``S``
@@ -29,7 +33,8 @@ single 256-channel 3x3 convolution at 256 px.
 
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
 seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,996,072 parameters; one forward of
-a 1x256x256 image costs ~32.3 GFLOP (``torch.utils.flop_counter``, which counts convolutions).
+a 1x256x256 image costs ~32.3 GFLOP (``torch.utils.flop_counter``, 2 FLOP per multiply-add), a
+training step of batch 2 ~193.5 GFLOP; per-hourglass GradNorm adds ~17 GFLOP (ratio 1.089).
 
 GradNorm. ``shared_params(l)`` returns the weight of the final 1x1 convolution of hourglass
 ``l``'s last shared unit (``C*/2 -> C*``, 32,768 numbers in the paper setting). It is the last

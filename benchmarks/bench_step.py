@@ -1,0 +1,137 @@
+"""Training-step time of the paper network with per-hourglass GradNorm vs fixed task weights.
+
+Paper configuration (4 hourglasses, C*=256, 256 px), batch 2, CPU, RMSProp as in the paper.
+Both modes run in one process on the same batch, interleaved step by step (so drifts of the
+machine hit both alike); after warm-up the median of ``--steps`` steps is reported, with the
+ratio GradNorm / fixed (target <= 1.10, issue 4). Also prints the forward GFLOP and the FLOP
+count of one step in each mode (``torch.utils.flop_counter``), the machine-independent ratio.
+
+    python benchmarks/bench_step.py [--steps 7] [--warmup 2] [--threads 2] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_modules.gradnorm import GradNorm  # noqa: E402
+from lightning_modules.losses import MultiTaskLoss  # noqa: E402
+from lightning_modules.shgn import MultiTaskSHGN  # noqa: E402
+
+
+def make_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Synthetic batch with overlapping masks and Gaussian heat-maps (sigma 6 px)."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+
+    def blob(cx: float, cy: float, sigma: float) -> torch.Tensor:
+        return torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+
+    centres = torch.rand(batch_size, 7, 2, generator=g) * size
+    seg = torch.stack([torch.stack([(blob(*centres[b, c], size / 5) > 0.3).float()
+                                    for c in range(4)]) for b in range(batch_size)])
+    lm = torch.stack([torch.stack([blob(*centres[b, 4 + c], 6.0) for c in range(2)])
+                      for b in range(batch_size)])
+    roi = torch.stack([blob(*centres[b, 6], 6.0)[None] for b in range(batch_size)])
+    image = (0.5 * seg.sum(1, keepdim=True) + 0.1 * torch.rand(batch_size, 1, size, size,
+                                                               generator=g)).clamp(0, 1)
+    return {"image": image, "seg": seg, "lm": lm, "roi": roi}
+
+
+class Stepper:
+    """One network + optimiser; ``step`` runs a full training step in one of the two modes."""
+
+    def __init__(self, net: MultiTaskSHGN, use_gradnorm: bool) -> None:
+        self.net = net
+        self.crit = MultiTaskLoss(beta=0.6)
+        self.use_gradnorm = use_gradnorm
+        self.gn = GradNorm(net.num_stacks, len(net.task_names), alpha=1.0,
+                           task_names=net.task_names)
+        self.opt = torch.optim.RMSprop(net.parameters(), lr=2.5e-4)
+        self.w_opt = torch.optim.RMSprop(self.gn.parameters(), lr=0.025)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        losses = self.crit(self.net(batch["image"]), batch)
+        if self.use_gradnorm:
+            self.w_opt.zero_grad(set_to_none=True)
+            shared = [self.net.shared_params(l) for l in range(self.net.num_stacks)]
+            self.gn.backward_weights(losses, shared)
+        total = self.gn.total_loss(losses)  # fixed mode: weights stay at their initial 1
+        total.backward()
+        self.opt.step()
+        if self.use_gradnorm:
+            self.w_opt.step()
+            self.gn.renormalise()
+        return float(total.detach())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=7, help="timed steps per mode (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--size", type=int, default=256, help="input side in px")
+    p.add_argument("--batch-size", type=int, default=2)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    net = MultiTaskSHGN()
+    n_params = sum(q.numel() for q in net.parameters())
+    batch = make_batch(args.batch_size, args.size)
+    fixed = Stepper(net, use_gradnorm=False)
+    gradnorm = Stepper(copy.deepcopy(net), use_gradnorm=True)
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(batch["image"][:1])
+    print(f"paper network: {n_params:,} parameters; forward of 1x1x{args.size}x{args.size}: "
+          f"{fc.get_total_flops() / 1e9:.1f} GFLOP")
+
+    step_flops = {}
+    for name, stepper in (("fixed", fixed), ("gradnorm", gradnorm)):
+        with FlopCounterMode(display=False) as fc:
+            stepper.step(batch)  # also the first warm-up step (sets GradNorm's L(0))
+        step_flops[name] = fc.get_total_flops()
+    print(f"FLOP per training step (batch {args.batch_size}): fixed "
+          f"{step_flops['fixed'] / 1e9:.1f} G, gradnorm {step_flops['gradnorm'] / 1e9:.1f} G, "
+          f"ratio {step_flops['gradnorm'] / step_flops['fixed']:.3f}")
+
+    for _ in range(max(args.warmup - 1, 0)):
+        fixed.step(batch)
+        gradnorm.step(batch)
+    wall: dict[str, list[float]] = {"fixed": [], "gradnorm": []}
+    cpu: dict[str, list[float]] = {"fixed": [], "gradnorm": []}
+    for _ in range(args.steps):
+        for name, stepper in (("fixed", fixed), ("gradnorm", gradnorm)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            stepper.step(batch)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    print(f"training step, batch {args.batch_size}, {args.size} px, {args.threads} threads, "
+          f"median of {args.steps} (CPU time = process time, robust to other load):")
+    ratio = 0.0
+    for clock, times in (("wall", wall), ("CPU", cpu)):
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med["gradnorm"] / med["fixed"]
+        for name in ("fixed", "gradnorm"):
+            print(f"  {clock:4s} {name:8s} {med[name]:.3f} s  (all: "
+                  f"{', '.join(f'{t:.2f}' for t in times[name])})")
+        print(f"  {clock:4s} ratio GradNorm / fixed = {ratio:.3f}  (target <= 1.10: "
+              f"{'met' if ratio <= 1.10 else 'NOT met'})")
+    print(f"  GradNorm weights after the run: {gradnorm.gn.weights.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
