@@ -224,7 +224,8 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--study", required=True)
     p.add_argument("--storage", default=None, help="database URL (default: the study's SQLite)")

@@ -70,7 +70,8 @@ def _params(text: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs")
     p.add_argument("--study", required=True, help="study name (shared by all its workers)")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -168,6 +169,39 @@ def test_pruning_callback_stops_diverged_run_without_reporting():
     cb, trainer = _fit_toy(study.ask(), [3.0, 3.0, 3.0], loss=math.nan)
     assert cb.diverged is not None and "val/loss" in cb.diverged and cb.pruned_at is None
     assert cb.reported == {} and trainer.current_epoch == 1
+
+
+def _toy_fit(args, callbacks=None):
+    """Test double of `lightning_modules.train.fit` for the runner's bookkeeping only: a real
+    Trainer on `_Toy`, whose per-epoch value is (beta - 0.6)^2 + (alpha - 1)^2 + 1 / (epoch + 1).
+    """
+    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    beta, alpha = float(opts["model.beta"]), float(opts["model.alpha"])
+    values = [(beta - 0.6) ** 2 + (alpha - 1.0) ** 2 + 1.0 / (k + 1) for k in range(2)]
+    trainer = pl.Trainer(max_epochs=2, callbacks=callbacks, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_Toy(values))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return SimpleNamespace(trainer=trainer, run_dir=Path(opts["run.root"]) / opts["run.name"],
+                           metrics=metrics)
+
+
+def test_runner_counts_enqueues_and_caps_total_trials(tmp_path, capsys):
+    argv = ["--study", "cap", "--studies-dir", str(tmp_path), "--config", str(TINY),
+            "--pruner", "none", "--max-total-trials", "3", "--enqueue", "beta=0.6,alpha=1"]
+    study = run_sweep(["--trials", "10", *argv], fit=_toy_fit)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].params == {"beta": 0.6, "alpha": 1.0}  # the enqueued point ran first
+    assert trials[0].value == pytest.approx(0.5)  # 0 + 0 + 1/2 after epoch 1
+    assert trials[0].user_attrs["run_dir"].endswith("t0000")
+    out = capsys.readouterr().out
+    assert "best trial #0" in out and "best params: beta=0.6, alpha=1" in out
+    # a restarted worker finds the cap reached and runs nothing; the enqueue is not repeated
+    study = run_sweep(["--trials", "5", *argv], fit=_toy_fit)
+    assert len(study.get_trials(deepcopy=False)) == 3
+    assert "nothing to run" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- report
