@@ -57,7 +57,7 @@ def plot_gradnorm_weights(
             f"{task_names}"
         )
     num_stacks = weights.shape[1]
-    fig, axes = plt.subplots(1, num_stacks, figsize=(3.6 * num_stacks, 3.2), sharey=True,
+    fig, axes = plt.subplots(1, num_stacks, figsize=(3.6 * num_stacks, 3.5), sharey=True,
                              squeeze=False)
     top = max(float(weights.max()) * 1.05, 1.5) if weights.size else 3.0
     for l, ax in enumerate(axes[0]):
@@ -70,9 +70,11 @@ def plot_gradnorm_weights(
         ax.set_ylim(0.0, top)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("weight")
-    axes[0][-1].legend(loc="best", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(task_names), fontsize=9,
+               frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
