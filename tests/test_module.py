@@ -158,3 +158,31 @@ def test_predict_maps_and_load_module_roundtrip(tmp_path):
         torch.testing.assert_close(a[key], b[key])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_module(tmp_path / "missing.ckpt")
+
+
+class _GradNormRecorder(pl.Callback):
+    """Network gradient norm seen by the network optimiser (after clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.flatten() for p in pl_module.net.parameters() if p.grad is not None]
+        self.norms.append(float(torch.cat(grads).norm()))
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_gradient_clipping_from_config(tmp_path, clip):
+    pl.seed_everything(0)
+    module = KneePlanModule(**TINY_MODEL, grad_clip_val=clip)
+    rec = _GradNormRecorder()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, callbacks=[rec],
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_tiny_datamodule())
+    assert len(rec.norms) == 2  # only the network optimiser goes through Lightning's step
+    if clip is None:
+        assert min(rec.norms) > 1e-2
+    else:
+        assert max(rec.norms) <= clip * (1 + 1e-4)
