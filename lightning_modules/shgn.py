@@ -9,8 +9,10 @@ Layout for an ``S x S`` input (``S = 256`` in the paper; widths ``C_in, C1, C2, 
     hourglass l = 0..L-1 (all at S/4):
            h_l = Hourglass(x_l); f_l = unit(h_l)       <- f_l's unit = the LAST SHARED LAYER
            per task t: coarse_t = nrc1x1(C*->head) -> nrc1x1(head->C_t)         at S/4
+                       r_t = nr(conv3x3([up2(coarse_t), k_half]))                  at S/2
                        out_t = up4(coarse_t)
-                               + conv3x3([up2(nr(conv3x3([up2(coarse_t), k_half]))), k_full])
+                               + conv1x1(relu(up2(r_t) + conv1x1(k_full)))          at S
+                       ([a, b] = channel concatenation, computed as two added convs)
            x_{l+1} = x_l + conv1x1(f_l) + sum_t conv1x1(coarse_t)   (re-injection, l < L-1)
 
 ``unit`` = pre-activation bottleneck, ``nr`` = norm -> ReLU, ``nrc1x1`` = norm -> ReLU -> 1x1
@@ -23,17 +25,19 @@ and 64 px inputs need ``depth <= 3`` (the tests use depth 2). Violations raise a
 Getting back to the input resolution. Targets are compared at ``S`` (heat-map sigma 6 px is
 meant at 256 px), but all wide work stays at ``S/4``: each task head predicts a coarse ``C_t``
 channel map at ``S/4`` (this is also what is re-injected), which is upsampled bilinearly to ``S``
-and corrected by a light two-step refinement that sees narrow (``s = 16`` channel) skip features
-of the stem at ``S/2`` and of the image at ``S``; the skips are computed once and shared by all
-hourglasses. The refinement is residual (``up4(coarse) + correction``), so the coarse map is a
-meaningful low-resolution prediction. Cost of the refinement, paper setting: per task and
-hourglass ``(C_t + 16) * 16 * 9 * 128^2 + 32 * C_t * 9 * 256^2`` MAC = 47/42/40 M + 75/38/19 M
-for seg/lm/roi, i.e. ~0.52 GFLOP per hourglass and ~2.1 GFLOP for four, against ~77 GFLOP for a
-single 256-channel 3x3 convolution at 256 px.
+and corrected by a light refinement: a 3x3 conv at ``S/2`` over the upsampled coarse map and a
+narrow (``s = 16`` channel) skip of the stem, then at ``S`` a per-pixel one-hidden-layer mix
+(ReLU of the upsampled refinement plus a 1x1 projection of a 16-channel 3x3 feature map of the
+image), projected to ``C_t``. The skips are computed once and shared by all hourglasses; the
+refinement is residual (``up4(coarse) + correction``), so the coarse map is a meaningful
+low-resolution prediction. Cost per task and hourglass, paper setting, in MAC per image:
+``(C_t + 16) * 16 * 9 * 128^2`` at S/2 (47/42/40 M for seg/lm/roi) plus
+``(16 * 16 + 16 * C_t) * 256^2`` at S (21/19/18 M): ~0.37 GFLOP per hourglass, ~1.5 GFLOP for
+four, against ~77 GFLOP for a single 256-channel 3x3 convolution at 256 px.
 
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
-seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,996,072 parameters; one forward of
-a 1x256x256 image costs ~32.3 GFLOP (``torch.utils.flop_counter``, 2 FLOP per multiply-add), a
+seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters; one forward of
+a 1x256x256 image costs ~31.7 GFLOP (``torch.utils.flop_counter``, 2 FLOP per multiply-add), a
 training step of batch 2 ~193.5 GFLOP; per-hourglass GradNorm adds ~17 GFLOP (ratio 1.089).
 
 GradNorm. ``shared_params(l)`` returns the weight of the final 1x1 convolution of hourglass
@@ -54,7 +58,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -132,15 +135,23 @@ class TaskHead(nn.Module):
             NormReLUConv(channels, head_channels, 1, norm, bias=False),
             NormReLUConv(head_channels, out_channels, 1, norm, bias=True),
         )
-        self.refine_half = conv3x3(out_channels + skip_channels, refine_channels, bias=False)
+        # Convs over [prediction path, skip] are written as two added convs (same function as
+        # one conv over the concatenation), so that gradients towards W^l (GradNorm) skip the
+        # skip channels. At full resolution only 1x1 convs: a 3x3 conv with 1-4 output channels
+        # at 256 px runs at a few GFLOP/s on CPU (measured), and 1x1 conv and bilinear upsampling
+        # commute, so the spatial work is done at S/2.
+        self.refine_half = conv3x3(out_channels, refine_channels, bias=False)
+        self.refine_half_skip = conv3x3(skip_channels, refine_channels, bias=False)
         self.refine_norm = make_norm(norm, refine_channels)
-        self.refine_full = conv3x3(refine_channels + skip_channels, out_channels, bias=True)
+        self.refine_full_skip = conv1x1(skip_channels, refine_channels, bias=True)
+        self.refine_full = conv1x1(refine_channels, out_channels, bias=True)
 
     def forward(self, f: Tensor, k_half: Tensor, k_full: Tensor) -> tuple[Tensor, Tensor]:
         coarse = self.coarse(f)
-        r = self.refine_half(torch.cat([_up(coarse, 2), k_half], dim=1))
-        r = _up(F.relu(self.refine_norm(r)), 2)
-        out = _up(coarse, 4) + self.refine_full(torch.cat([r, k_full], dim=1))
+        r = self.refine_half(_up(coarse, 2)) + self.refine_half_skip(k_half)
+        r = F.relu(self.refine_norm(r))
+        z = F.relu(_up(r, 2) + self.refine_full_skip(k_full))
+        out = _up(coarse, 4) + self.refine_full(z)
         return coarse, out
 
 

@@ -11,7 +11,7 @@ import torch
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.shgn import MultiTaskSHGN
 
-PAPER_PARAMS = 12_996_072  # documented in the lightning_modules.shgn module docstring
+PAPER_PARAMS = 12_991_720  # documented in the lightning_modules.shgn module docstring
 TINY = dict(stem_channels=8, stem_residual_channels=16, hourglass_channels=32, depth=2)
 
 
@@ -46,7 +46,8 @@ def count_from_layout(cin=1, c1=64, c2=128, cs=256, stacks=4, depth=4, tasks=Non
     skips = 9 * cin * skip + 2 * skip + 2 * c2 + c2 * skip
     heads = sum(
         2 * cs + cs * head + 2 * head + head * ct + ct  # coarse predictor at S/4
-        + 9 * (ct + skip) * refine + 2 * refine + 9 * (refine + skip) * ct + ct  # refinement
+        + 9 * (ct + skip) * refine + 2 * refine  # refinement at S/2 (3x3 conv, norm)
+        + skip * refine + refine + refine * ct + ct  # full-resolution 1x1 mix
         for ct in tasks.values()
     )
     reinject = cs * cs + cs + sum(ct * cs for ct in tasks.values())
