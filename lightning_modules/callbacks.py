@@ -30,7 +30,8 @@ TASK_COLOURS = {"seg": "tab:blue", "lm": "tab:red", "roi": "tab:green"}
 # RGB colours of the bones and landmarks in validation pictures
 BONE_RGB = {"femur": (230, 60, 60), "patella": (240, 200, 40), "tibia": (60, 120, 240),
             "fibula": (60, 200, 90)}
-LANDMARK_RGB = {"p_blum": (255, 0, 255), "p_tmc": (0, 255, 255)}
+LANDMARK_RGB = {"p_blum": (255, 0, 255), "p_tmc": (0, 255, 255)}  # magenta, cyan
+ROI_RGB = (255, 140, 0)  # orange
 
 
 def plot_gradnorm_weights(
@@ -132,14 +133,14 @@ class GradNormHistory(pl.Callback):
 
 def _overlay(image: np.ndarray, seg: np.ndarray, lm_xy: np.ndarray, lm_ok: np.ndarray,
              roi: np.ndarray | None, scale: int) -> np.ndarray:
-    """RGB picture: image, bone masks (tinted fill + outline), ROI (magenta), landmarks."""
+    """RGB picture: image, bone masks (tinted fill + outline), ROI (orange), landmarks."""
     img = np.clip(image, 0.0, 1.0)
     rgb = np.repeat((img * 255).astype(np.uint8)[..., None], 3, axis=2)
     side = img.shape[0] * scale
     rgb = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_NEAREST).astype(np.float32)
     if roi is not None:
         r = cv2.resize(np.clip(roi, 0, 1).astype(np.float32), (side, side))[..., None]
-        rgb = rgb * (1 - 0.5 * r) + 0.5 * r * np.array([255, 0, 255], np.float32)
+        rgb = rgb * (1 - 0.5 * r) + 0.5 * r * np.array(ROI_RGB, np.float32)
     for c, name in enumerate(BONES):
         m = cv2.resize(seg[c].astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
         colour = np.array(BONE_RGB[name], np.float32)
