@@ -263,7 +263,8 @@ def _env(**extra):
 
 
 def _load(tmp_path, name):
-    return optuna.load_study(study_name=name, storage=default_storage_url(name, tmp_path))
+    # open_storage waits on SQLite's lock while a worker process writes
+    return optuna.load_study(study_name=name, storage=open_storage(None, name, tmp_path))
 
 
 def _wait_for_running(tmp_path, name, number, proc, log, timeout=300.0):
@@ -272,6 +273,9 @@ def _wait_for_running(tmp_path, name, number, proc, log, timeout=300.0):
         assert proc.poll() is None, f"worker exited early: {log.read_text()}"
         trials = _load(tmp_path, name).get_trials(deepcopy=False)
         if any(t.number == number and t.state == TrialState.RUNNING for t in trials):
+            # Optuna writes the first heartbeat just after creating the trial; a trial killed
+            # before it has none and is never found stale (an Optuna limit): let it beat once.
+            time.sleep(1.5)
             return
         time.sleep(0.5)
     raise AssertionError(f"trial {number} never started running")
@@ -320,7 +324,11 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
     for t in (t0, t1):
         run_dir = Path(t.user_attrs["run_dir"])
         assert run_dir.is_relative_to(tmp_path / name / "trials" / f"t{t.number:04d}")
-        assert list((run_dir / "wandb").glob("offline-run-*")), f"no W&B run in {run_dir}"
+        runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, f"expected one W&B run in {run_dir}"
+        record = runs[0].read_bytes()  # protobuf records: group, run name, config keys
+        assert name.encode() in record and f"{name}-t{t.number:04d}".encode() in record
+        assert b"beta" in record and b"alpha" in record
         config = (run_dir / "config.yaml").read_text()
         assert f"wandb_group: {name}\n" in config
         assert f"wandb_name: {name}-t{t.number:04d}\n" in config
@@ -330,7 +338,8 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
               "--trainer.max_epochs=1"]
     log = tmp_path / "worker1.log"
     with log.open("w") as out:
-        p1 = subprocess.Popen([*worker, "--trials", "1", "--enqueue",
+        # (many epochs: it must still be training when it is killed)
+        p1 = subprocess.Popen([*worker, "--trials", "1", "--trainer.max_epochs=100", "--enqueue",
                                "beta=1.2,alpha=0.5,lr=3e-3"], cwd=tmp_path, env=_env(),
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
