@@ -38,7 +38,8 @@ four, against ~77 GFLOP for a single 256-channel 3x3 convolution at 256 px.
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
 seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters; one forward of
 a 1x256x256 image costs ~31.7 GFLOP (``torch.utils.flop_counter``, 2 FLOP per multiply-add), a
-training step of batch 2 ~193.5 GFLOP; per-hourglass GradNorm adds ~17 GFLOP (ratio 1.089).
+training step of batch 2 ~189.9 GFLOP; per-hourglass GradNorm adds ~13.4 GFLOP (FLOP ratio
+1.070; ``benchmarks/bench_step.py`` measures the time ratio).
 
 GradNorm. ``shared_params(l)`` returns the weight of the final 1x1 convolution of hourglass
 ``l``'s last shared unit (``C*/2 -> C*``, 32,768 numbers in the paper setting). It is the last
