@@ -23,7 +23,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MultilabelJaccardIndex
 
 from datamodules.sample import BONES, LANDMARKS
@@ -71,6 +71,8 @@ class ValidationMetrics(nn.Module):
     ``compute()`` returns floats under these keys: ``val/iou/<bone>``, ``val/iou_mean``,
     ``val/lm_err_px`` (network frame), ``val/lm_err_orig_px``, ``val/lm_err_mm`` (NaN if no
     spacing was known) and per landmark ``val/lm_err_px/<name>``, ``val/lm_err_mm/<name>``.
+    ``val/lm_err_px_median`` and ``val/lm_err_mm_median`` are the median over all scored
+    landmarks of all images (the paper reports medians; sweeps optimise these).
     IoU is pooled over all validation pixels (torchmetrics ``MultilabelJaccardIndex``, sigmoid
     probabilities thresholded at 0.5).
     """
@@ -83,6 +85,9 @@ class ValidationMetrics(nn.Module):
         self.err_px = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
         self.err_orig = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
         self.err_mm = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
+        # Every scored error, pooled over landmarks, for the medians (CatMetric syncs over ranks).
+        self.all_px = CatMetric(nan_strategy="ignore")
+        self.all_mm = CatMetric(nan_strategy="ignore")
 
     @torch.no_grad()
     def update(self, final: dict[str, Tensor], batch: dict) -> None:
@@ -100,6 +105,8 @@ class ValidationMetrics(nn.Module):
             self.err_px[k].update(e_px[vis, k].float())
             self.err_orig[k].update(e_orig[vis, k].float())
             self.err_mm[k].update(e_mm[vis, k].float())
+            self.all_px.update(e_px[vis, k].float())
+            self.all_mm.update(e_mm[vis, k].float())
 
     def compute(self) -> dict[str, float]:
         """Epoch values (synced over ranks); a landmark never visible gives NaN."""
@@ -117,6 +124,8 @@ class ValidationMetrics(nn.Module):
                     out[f"val/{key}/{name}"] = v
             finite = [v for v in vals if math.isfinite(v)]
             out[f"val/{key}"] = sum(finite) / len(finite) if finite else math.nan
+        out["val/lm_err_px_median"] = _median(self.all_px)
+        out["val/lm_err_mm_median"] = _median(self.all_mm)
         return out
 
     def reset(self) -> None:
@@ -125,6 +134,8 @@ class ValidationMetrics(nn.Module):
         for group in (self.err_px, self.err_orig, self.err_mm):
             for m in group:
                 m.reset()
+        self.all_px.reset()
+        self.all_mm.reset()
 
 
 def _safe_compute(metric: MeanMetric) -> float:
@@ -133,6 +144,16 @@ def _safe_compute(metric: MeanMetric) -> float:
         return math.nan
     v = float(metric.compute())
     return v if math.isfinite(v) else math.nan
+
+
+def _median(metric: CatMetric) -> float:
+    """Median of the finite values collected, NaN when there are none."""
+    if not metric.value and not _distributed():
+        return math.nan
+    values = metric.compute()
+    values = values[torch.isfinite(values)] if values.numel() else values
+    # quantile interpolates like numpy.median (torch.median takes the lower middle value).
+    return float(torch.quantile(values.double(), 0.5)) if values.numel() else math.nan
 
 
 def _distributed() -> bool:

@@ -1,9 +1,9 @@
 """The sweep objective: train one model with a trial's parameters, return its validation score.
 
-Lower is better. Default: the landmark error in mm when the validation data has pixel spacing
-(the mm metric is logged and finite), else in px (the module logs the mean over samples of each
-landmark's error, averaged over landmarks; point `lm_mm_key`/`lm_px_key` at a median metric when
-one is logged). `weight_iou > 0` adds
+Lower is better. Default: the median landmark error (over all landmarks of all validation
+images) in mm when the validation data has pixel spacing (the mm metric is logged and finite),
+else in px; `lm_mm_key`/`lm_px_key` select other logged metrics (e.g. the means). `weight_iou > 0`
+adds
 `weight_iou * (1 - mean IoU)` to `weight_lm * landmark error`.
 
 A trial that raises, or whose objective is NaN/inf, ends FAILED with its reason in the user
@@ -46,8 +46,8 @@ class ObjectiveSpec:
     unit: str = "auto"
     weight_lm: float = 1.0
     weight_iou: float = 0.0
-    lm_mm_key: str = "val/lm_err_mm"
-    lm_px_key: str = "val/lm_err_px"
+    lm_mm_key: str = "val/lm_err_mm_median"
+    lm_px_key: str = "val/lm_err_px_median"
     iou_key: str = "val/iou_mean"
     health_keys: tuple[str, ...] = ("val/loss", "train/loss", "train/loss_epoch")
 
@@ -81,7 +81,7 @@ class ObjectiveSpec:
         return ", ".join(bad) or None
 
     def describe(self) -> str:
-        """Human-readable formula, e.g. `1*(val/lm_err_mm if finite else val/lm_err_px)`."""
+        """Human-readable formula, e.g. `1*(val/lm_err_mm_median if finite else ...)`."""
         lm = {"mm": self.lm_mm_key, "px": self.lm_px_key,
               "auto": f"{self.lm_mm_key} if finite else {self.lm_px_key}"}[self.unit]
         text = f"{self.weight_lm:g}*({lm})"

@@ -93,6 +93,16 @@ def test_validation_metrics_against_numpy():
     assert out["val/lm_err_px"] == pytest.approx((5.0 / 3 + 2.0) / 2)
     # frame 32 x 16 -> side 32, scale 16 / 32 = 0.5: original px = 2 * network px; 0.1 mm/px
     assert out["val/lm_err_mm/p_tmc"] == pytest.approx(0.4, rel=1e-6)
+    scored = [5.0, 0.0, 0.0, 0.0, 4.0]  # every visible landmark of every image, pooled
+    assert out["val/lm_err_px_median"] == pytest.approx(float(np.median(scored)))
+    assert out["val/lm_err_mm_median"] == pytest.approx(float(np.median(scored)) * 2 * 0.1)
+    # An even count: images 0 and 2 give 5, 0 and 0, 4 -> numpy's median 2 (not the lower 0).
+    m.reset()
+    pick = torch.tensor([0, 2])
+    m.update({"seg": logits[pick], "lm": lm[pick]},
+             {k: (v[pick] if torch.is_tensor(v) else {a: t[pick] for a, t in v.items()})
+              for k, v in batch.items()})
+    assert m.compute()["val/lm_err_px_median"] == pytest.approx(np.median([5.0, 0.0, 0.0, 4.0]))
     m.reset()
     m.update({"seg": logits, "lm": lm}, {**batch, "spacing": torch.full((b, 2), math.nan)})
     assert math.isnan(m.compute()["val/lm_err_mm"])

@@ -41,18 +41,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # ----------------------------------------------------------------------------- objective
 def test_objective_auto_unit_uses_mm_when_finite_else_px():
     spec = ObjectiveSpec()
-    assert spec({"val/lm_err_mm": 3.5, "val/lm_err_px": 9.0}) == 3.5
-    assert spec({"val/lm_err_mm": math.nan, "val/lm_err_px": 9.0}) == 9.0
-    assert spec({"val/lm_err_px": 9.0}) == 9.0
-    assert ObjectiveSpec(unit="px")({"val/lm_err_mm": 3.5, "val/lm_err_px": 9.0}) == 9.0
+    assert spec({"val/lm_err_mm_median": 3.5, "val/lm_err_px_median": 9.0}) == 3.5
+    assert spec({"val/lm_err_mm_median": math.nan, "val/lm_err_px_median": 9.0}) == 9.0
+    assert spec({"val/lm_err_px_median": 9.0}) == 9.0
+    both = {"val/lm_err_mm_median": 3.5, "val/lm_err_px_median": 9.0}
+    assert ObjectiveSpec(unit="px")(both) == 9.0
     with pytest.raises(KeyError):
-        ObjectiveSpec(unit="mm")({"val/lm_err_px": 9.0})
+        ObjectiveSpec(unit="mm")({"val/lm_err_px_median": 9.0})
 
 
 def test_objective_weighted_sum_with_iou_hand_computed():
     spec = ObjectiveSpec(weight_lm=0.5, weight_iou=10.0)
     # 0.5 * 4 mm + 10 * (1 - 0.8) = 2 + 2
-    assert spec({"val/lm_err_mm": 4.0, "val/iou_mean": 0.8}) == pytest.approx(4.0)
+    assert spec({"val/lm_err_mm_median": 4.0, "val/iou_mean": 0.8}) == pytest.approx(4.0)
     assert ObjectiveSpec(weight_lm=0.0, weight_iou=1.0)({"val/iou_mean": 0.25}) == 0.75
     with pytest.raises(ValueError, match="weights"):
         ObjectiveSpec(weight_lm=0.0, weight_iou=0.0)
@@ -60,12 +61,12 @@ def test_objective_weighted_sum_with_iou_hand_computed():
 
 def test_divergence_is_detected_from_losses_not_only_objective():
     spec = ObjectiveSpec()
-    healthy = {"val/loss": 1.0, "val/lm_err_px": 5.0}
+    healthy = {"val/loss": 1.0, "val/lm_err_px_median": 5.0}
     assert spec.divergence(healthy) is None
     # a NaN network still yields a finite arg-max landmark error: the loss must tell
-    reason = spec.divergence({"val/loss": math.nan, "val/lm_err_px": 5.0})
+    reason = spec.divergence({"val/loss": math.nan, "val/lm_err_px_median": 5.0})
     assert reason is not None and "val/loss" in reason
-    assert spec.divergence({"val/loss": 1.0, "val/lm_err_px": math.inf}) is not None
+    assert spec.divergence({"val/loss": 1.0, "val/lm_err_px_median": math.inf}) is not None
 
 
 def test_search_space_and_cli_overrides():
@@ -112,7 +113,7 @@ def test_lost_heartbeat_fails_trial_and_enqueues_retry(tmp_path):
 
 # ----------------------------------------------------------------------------- pruning
 class _Toy(pl.LightningModule):
-    """Logs val/lm_err_px = values[epoch] (and a finite val/loss unless told otherwise)."""
+    """Logs val/lm_err_px_median = values[epoch] (and a finite val/loss unless told otherwise)."""
 
     def __init__(self, values, loss=1.0):
         super().__init__()
@@ -123,7 +124,7 @@ class _Toy(pl.LightningModule):
         return (self.w - batch).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/lm_err_px", float(self.values[self.current_epoch]))
+        self.log("val/lm_err_px_median", float(self.values[self.current_epoch]))
         self.log("val/loss", self.loss)
 
     def configure_optimizers(self):
@@ -310,7 +311,8 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
     assert t0.state == TrialState.COMPLETE and t0.user_attrs["epochs"] == 2
     assert sorted(t0.intermediate_values) == [0, 1]
     assert math.isfinite(t0.value) and t0.value == pytest.approx(t0.intermediate_values[1])
-    assert t0.user_attrs["objective_metric"] == "val/lm_err_mm"  # phantoms know their spacing
+    # phantoms know their spacing
+    assert t0.user_attrs["objective_metric"] == "val/lm_err_mm_median"
     assert t1.state == TrialState.FAIL
     assert t1.user_attrs["fail_reason"].startswith("diverged") and "nan" in t1.user_attrs[
         "fail_reason"]
