@@ -16,7 +16,7 @@ training set of 5,000 samples, batch 100, 500 steps (kept small for CI time on 2
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,15 +30,6 @@ from lightning_modules.gradnorm import GradNorm
 D_IN, D_OUT, HIDDEN = 250, 100, 100
 N_TRAIN, N_TEST, BATCH, STEPS = 5000, 2000, 100, 500
 ALPHA, NET_LR, WEIGHT_LR, SEED = 0.12, 1e-3, 0.025, 0
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices: extra intra-op threads only add contention on a 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class ToyNet(nn.Module):

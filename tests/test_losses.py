@@ -19,15 +19,6 @@ from lightning_modules.losses import (
 from lightning_modules.shgn import MultiTaskSHGN, SHGNOutput
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread (see tests/test_shgn.py: 2 threads on a loaded 2-core box crawl)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def numpy_eq1(logits: np.ndarray, y: np.ndarray, beta: float) -> float:
     """Eq. (1) written out literally: log of the sigmoid, float64, no library loss."""
     sig = 1.0 / (1.0 + np.exp(-logits))

@@ -17,15 +17,6 @@ TINY_MODEL = dict(image_size=64, num_stacks=2, depth=2, c1=4, c2=8, c_star=16,
                   net_kwargs={"skip_channels": 4, "refine_channels": 4})
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and do not thrash a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _frame(h, w, size, b=1):
     return {"orig_h": torch.full((b,), h), "orig_w": torch.full((b,), w),
             "pad_top": torch.zeros(b, dtype=torch.int64),

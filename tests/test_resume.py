@@ -14,15 +14,6 @@ from lightning_modules.epoch_seeding import EpochSeededSampler
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and do not thrash a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():
     data = list(range(10))
     a, b = EpochSeededSampler(data, seed=3), EpochSeededSampler(data, seed=3)

@@ -15,16 +15,6 @@ PAPER_PARAMS = 12_991_720  # documented in the lightning_modules.shgn module doc
 TINY = dict(stem_channels=8, stem_residual_channels=16, hourglass_channels=32, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine OpenMP spin-waiting with 2
-    threads made these small convolutions up to 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bottleneck_params(i: int, o: int) -> int:
     m = o // 2
     norms = 2 * i + 2 * m + 2 * m
