@@ -325,7 +325,12 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         from lightning_modules.module import load_module
 
-        module = load_module(ckpt, map_location=args.device)
+        try:
+            module = load_module(ckpt, map_location=args.device)
+        except Exception as err:  # a broken checkpoint is a usage error, not a crash
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            print(f"evaluate: cannot load checkpoint {ckpt}: {first}", file=sys.stderr)
+            return 2
         name = Path(ckpt).stem
         print(f"checkpoint: {ckpt}")
     else:

@@ -239,7 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         module = load_module(args.ckpt, map_location=args.device)
     except Exception as err:  # a broken checkpoint is a usage error, not a crash
-        print(f"plan: error: cannot load checkpoint {args.ckpt}: {err}", file=sys.stderr)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = ""
+        if "state_dict" in first:
+            hint = " (the checkpoint does not match this version of the network)"
+        print(f"plan: error: cannot load checkpoint {args.ckpt}: {first}{hint}", file=sys.stderr)
         return 2
     try:
         res = run_plan(
