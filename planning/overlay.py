@@ -3,7 +3,8 @@
 Shows: bone outlines (femur, patella, tibia, fibula in distinct colours), p_blum and p_tmc,
 the posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole image), the
 Schoettle point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is
-anisotropic; omitted when the spacing is unknown), a mm scale bar and a small legend. A plan that
+anisotropic; omitted when the spacing is unknown), a mm scale bar, and a legend in a panel to the
+right of the image (it hides no anatomy). A plan that
 needs review gets a red banner with its first reason. Line widths and text scale with the image
 so labels stay legible on 500 px and 3000 px images alike.
 
@@ -181,19 +182,20 @@ def _scale_bar(
     _text(img, f"{length_mm:g} mm", (x0, y0 - bar_h * 2 - st.pad), (255, 255, 255), st)
 
 
-def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]], st: Style) -> None:
+def _legend_panel(
+    h: int, entries: list[tuple[str, tuple[int, int, int]]], st: Style
+) -> np.ndarray:
+    """A dark (h, width, 3) panel with the legend, set beside the image so it hides no anatomy."""
     sizes = [st.text_size(t) for t, _ in entries]
-    line_h = max(h for _, h in sizes) + st.pad
+    line_h = max(th for _, th in sizes) + st.pad
     swatch = line_h - st.pad
-    box_w = max(w for w, _ in sizes) + swatch + 4 * st.pad
-    box_h = line_h * len(entries) + st.pad
-    x0, y0 = st.pad, st.pad
-    roi = img[y0 : y0 + box_h, x0 : x0 + box_w]
-    roi[:] = (roi * 0.35).astype(img.dtype)  # darken behind the legend
+    width = max(tw for tw, _ in sizes) + swatch + 4 * st.pad
+    panel = np.full((h, width, 3), 24, np.uint8)
     for i, (text, colour) in enumerate(entries):
-        y = y0 + st.pad + i * line_h
-        cv2.rectangle(img, (x0 + st.pad, y), (x0 + st.pad + swatch, y + swatch), colour, -1)
-        _text(img, text, (x0 + 2 * st.pad + swatch, y + swatch), colour, st)
+        y = st.pad + i * line_h
+        cv2.rectangle(panel, (st.pad, y), (st.pad + swatch, y + swatch), colour, -1)
+        _text(panel, text, (2 * st.pad + swatch, y + swatch), colour, st)
+    return panel
 
 
 def _fit_text(text: str, width: int, st: Style) -> str:
@@ -232,7 +234,10 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 def draw_plan(
     image: np.ndarray, plan: Plan, masks: np.ndarray | None = None, title: str | None = None
 ) -> np.ndarray:
-    """Draw ``plan`` over ``image`` at its resolution; returns (H, W, 3) uint8 RGB.
+    """Draw ``plan`` over ``image`` at its resolution; returns (H, W + legend, 3) uint8 RGB.
+
+    The radiograph keeps its original resolution in ``[:, :W]``; the legend stands in a panel to
+    its right so that it never hides anatomy.
 
     Args:
         image: (H, W) float image in [0, 1] (original resolution).
@@ -293,7 +298,6 @@ def draw_plan(
             SCHOETTLE_COLOUR,
         ),
     ]
-    _legend(img, entries, st)
     banner_h = _banner(img, plan.review_reasons, st) if plan.needs_review else 0
     _scale_bar(img, plan.spacing, st, bottom=banner_h)
-    return img
+    return np.hstack([img, _legend_panel(h, entries, st)])

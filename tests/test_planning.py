@@ -25,7 +25,7 @@ from datamodules.sample import Sample
 from geometry.lines import Line
 from geometry.plan_geometry import Plan
 from planning.oracle import oracle_maps
-from planning.overlay import SCHOETTLE_COLOUR, clip_line, draw_plan
+from planning.overlay import SCHOETTLE_COLOUR, clip_line, draw_plan, to_rgb
 from planning.plan import main, run_plan
 from planning.predict import network_input, predict_images
 from planning.references import rater_schoettle
@@ -96,7 +96,7 @@ def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     assert rep["confidence"]["roi_support_points"] >= 10
     # overlay at the original resolution; Schoettle dot and 2.5 mm circle drawn in green
     over = cv2.imread(str(res.overlay))[..., ::-1]
-    assert over.shape == (*sample.shape, 3)
+    assert over.shape[0] == sample.shape[0] and over.shape[1] > sample.shape[1]  # + legend panel
     cx, cy = np.round(px).astype(int)
     assert _is_colour(over[cy, cx], SCHOETTLE_COLOUR)
     r = 2.5 / sp[1]
@@ -148,7 +148,7 @@ def test_plan_cli_with_tiny_checkpoint(phantom, tiny_ckpt, tmp_path, capsys):
     rc = main(["--image", str(img_path), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().err
     over = cv2.imread(str(tmp_path / f"{img_path.stem}_plan.png"))
-    assert over.shape == (*sample.shape, 3)
+    assert over.shape[0] == sample.shape[0] and over.shape[1] > sample.shape[1]
     text = (tmp_path / f"{img_path.stem}_plan.json").read_text()
     rep = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     assert rep["checkpoint"] == str(tiny_ckpt) and rep["settings"]["network_size"] == 64
@@ -242,7 +242,11 @@ def test_overlay_draws_lines_circle_and_banner():
     img = np.full((200, 160), 0.3, np.float32)
     plan = _plan(np.array([70.0, 120.0]))
     rgb = draw_plan(img, plan)
-    assert rgb.shape == (200, 160, 3) and rgb.dtype == np.uint8
+    assert rgb.shape[0] == 200 and rgb.shape[1] > 160 and rgb.dtype == np.uint8
+    # the legend stands beside the radiograph: the image's empty top corners stay untouched
+    gray = to_rgb(img)[0, 0, 0]
+    assert (rgb[:20, :20] == gray).all() and (rgb[:20, 140:160] == gray).all()
+    assert (rgb[:, 160:] != gray).any()  # the panel holds the legend
     assert _is_colour(rgb[170, 50], (255, 40, 40), 60)  # LM1 is the vertical line x = 50
     assert _is_colour(rgb[120, 70], SCHOETTLE_COLOUR)
     r = 2.5 / 0.2  # 12.5 px
