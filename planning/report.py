@@ -54,7 +54,8 @@ def _line(line: Line | None, spacing: tuple[float, float] | None) -> dict[str, A
 
 
 def segmentation_confidence(seg_prob: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per bone: predicted area fraction and the share of it that is uncertain (0.25..0.75).
+    """Per bone: predicted area fraction, and the uncertain area (p in 0.25..0.75) relative to
+    the predicted area (``uncertain_fraction``; can exceed 1 for a thin, unsure bone).
 
     Args:
         seg_prob: (4, S, S) bone probabilities in the network frame.
