@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from geometry.lines import fit_line_tls
+
 ROI_EXTENTS = ("segment", "image")
 
 
@@ -60,35 +62,6 @@ def landmark_heatmaps(
     return out
 
 
-def fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Total-least-squares line through (K >= 2, 2) points: (point on it, unit direction)."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(pts) < 2:
-        raise ValueError(f"a line needs at least two points, got {len(pts)}")
-    centre = pts.mean(axis=0)
-    _, _, vt = np.linalg.svd(pts - centre)
-    direction = vt[0]
-    if np.linalg.norm(direction) == 0 or not np.all(np.isfinite(direction)):
-        raise ValueError("cortex points are degenerate (all equal)")
-    return centre, direction / np.linalg.norm(direction)
-
-
-def _clip_line_to_box(
-    centre: np.ndarray, direction: np.ndarray, h: int, w: int
-) -> tuple[float, float] | None:
-    """Parameter interval [t0, t1] of centre + t*direction inside [0, W-1] x [0, H-1]."""
-    t0, t1 = -math.inf, math.inf
-    for axis, hi in ((0, w - 1), (1, h - 1)):
-        d, c = direction[axis], centre[axis]
-        if abs(d) < 1e-12:
-            if not 0 <= c <= hi:
-                return None
-            continue
-        a, b = (0 - c) / d, (hi - c) / d
-        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
-    return (t0, t1) if t0 <= t1 else None
-
-
 def cortex_pseudo_landmarks(
     cortex_points: np.ndarray,
     spacing_px: float = 4.0,
@@ -103,20 +76,20 @@ def cortex_pseudo_landmarks(
         raise ValueError(f"roi extent must be one of {ROI_EXTENTS}, got {extent!r}")
     if spacing_px <= 0:
         raise ValueError(f"spacing_px must be positive, got {spacing_px}")
-    centre, direction = fit_line(cortex_points)
+    line = fit_line_tls(np.asarray(cortex_points, dtype=np.float64).reshape(-1, 2))
     if extent == "segment":
-        t = (np.asarray(cortex_points, dtype=np.float64) - centre) @ direction
+        t = line.coordinate(cortex_points)
         t0, t1 = float(t.min()), float(t.max())
     else:
         if size is None:
             raise ValueError("extent='image' needs the image size")
-        span = _clip_line_to_box(centre, direction, *_size_hw(size))
+        span = line.box_span(*_size_hw(size))
         if span is None:
             return np.zeros((0, 2))
         t0, t1 = span
     n = int(math.ceil((t1 - t0) / spacing_px - 1e-9)) + 1
     ts = np.linspace(t0, t1, max(n, 2))
-    return centre + ts[:, None] * direction
+    return line.point + ts[:, None] * line.direction
 
 
 def roi_heatmap(

@@ -71,6 +71,26 @@ class Line:
         t = self.coordinate(pts)
         return self.point + np.multiply.outer(t, self.direction)
 
+    def box_span(self, h: int, w: int) -> tuple[float, float] | None:
+        """Interval [t0, t1] of ``point + t * direction`` inside [0, W-1] x [0, H-1], or None."""
+        t0, t1 = -np.inf, np.inf
+        for axis, hi in ((0, w - 1), (1, h - 1)):
+            d, c = self.direction[axis], self.point[axis]
+            if abs(d) < 1e-12:
+                if not 0 <= c <= hi:
+                    return None
+                continue
+            a, b = (0 - c) / d, (hi - c) / d
+            t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+        return (float(t0), float(t1)) if t0 <= t1 else None
+
+    def clip_to_box(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """End points of the segment of the line inside the image box, or None if it misses."""
+        span = self.box_span(h, w)
+        if span is None:
+            return None
+        return self.point + span[0] * self.direction, self.point + span[1] * self.direction
+
     def perpendicular_through(self, p: np.ndarray) -> Line:
         """The line through p perpendicular to this one."""
         return Line(np.asarray(p, dtype=np.float64), self.normal)

@@ -81,26 +81,10 @@ def _text(
     cv2.putText(img, text, org, font, st.font_scale, colour, st.font_thick, cv2.LINE_AA)
 
 
-def clip_line(line: Line, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The segment of an infinite line inside the image box [0, W-1] x [0, H-1], or None."""
-    t0, t1 = -math.inf, math.inf
-    for axis, hi in ((0, w - 1), (1, h - 1)):
-        d, c = line.direction[axis], line.point[axis]
-        if abs(d) < 1e-12:
-            if not 0 <= c <= hi:
-                return None
-            continue
-        a, b = (0 - c) / d, (hi - c) / d
-        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
-    if t0 > t1:
-        return None
-    return line.point + t0 * line.direction, line.point + t1 * line.direction
-
-
 def _draw_line(img: np.ndarray, line: Line | None, colour, st: Style, dashed: bool = False):
     if line is None:
         return
-    seg = clip_line(line, *img.shape[:2])
+    seg = line.clip_to_box(*img.shape[:2])
     if seg is None:
         return
     a, b = seg

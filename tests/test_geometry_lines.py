@@ -130,3 +130,22 @@ def test_no_overlap_gives_no_line():
     mask, roi, _, _ = edge_case(False)
     fit = fit_cortex_line(mask, np.zeros_like(roi))
     assert fit.line is None and fit.n_support == 0
+
+
+def test_fit_line_tls_matches_polyfit_for_noisy_points():
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 50, 12)
+    y = 0.3 * x + 7 + rng.normal(0, 0.01, x.size)
+    line = fit_line_tls(np.column_stack([x, y]))
+    slope, intercept = np.polyfit(x, y, 1)
+    assert line.direction[1] / line.direction[0] == pytest.approx(slope, abs=1e-3)
+    assert line.point[1] == pytest.approx(slope * line.point[0] + intercept, abs=1e-3)
+
+
+def test_clip_to_image_box():
+    a, b = Line(np.array([10.0, 10.0]), np.array([1.0, 1.0])).clip_to_box(h=50, w=100)
+    np.testing.assert_allclose(sorted([a.tolist(), b.tolist()]), [[0.0, 0.0], [49.0, 49.0]])
+    assert Line(np.array([0.0, 80.0]), np.array([1.0, 0.0])).clip_to_box(h=50, w=100) is None
+    # vertical line inside the box: spans all rows
+    a, b = Line(np.array([3.0, 7.0]), np.array([0.0, -2.0])).clip_to_box(h=20, w=10)
+    np.testing.assert_allclose(sorted([a.tolist(), b.tolist()]), [[3.0, 0.0], [3.0, 19.0]])

@@ -25,7 +25,7 @@ from datamodules.sample import Sample
 from geometry.lines import Line
 from geometry.plan_geometry import Plan
 from planning.oracle import oracle_maps
-from planning.overlay import SCHOETTLE_COLOUR, clip_line, draw_plan, to_rgb
+from planning.overlay import SCHOETTLE_COLOUR, draw_plan, to_rgb
 from planning.plan import main, run_plan
 from planning.predict import network_input, predict_images
 from planning.references import rater_schoettle
@@ -256,12 +256,6 @@ def test_overlay_draws_lines_circle_and_banner():
     flagged = draw_plan(img, plan)
     bottom = flagged[-12:, :]
     assert (np.abs(bottom.astype(int) - rgb[-12:, :].astype(int)).sum(-1) > 60).any()
-
-
-def test_clip_line_to_image_box():
-    a, b = clip_line(Line(np.array([10.0, 10.0]), np.array([1.0, 1.0])), h=50, w=100)
-    np.testing.assert_allclose(sorted([a.tolist(), b.tolist()]), [[0.0, 0.0], [49.0, 49.0]])
-    assert clip_line(Line(np.array([0.0, 80.0]), np.array([1.0, 0.0])), h=50, w=100) is None
 
 
 def test_plausibility_checks_hand_made_plans():

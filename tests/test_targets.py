@@ -11,7 +11,6 @@ from scipy.spatial import cKDTree
 
 from datamodules.targets import (
     cortex_pseudo_landmarks,
-    fit_line,
     gaussian_heatmap,
     landmark_heatmaps,
     roi_heatmap,
@@ -55,16 +54,6 @@ def test_invisible_landmark_has_all_zero_map():
     assert maps.shape == (2, 32, 32)
     assert maps[0, 12, 10] == pytest.approx(1.0)
     assert not maps[1].any()
-
-
-def test_fit_line_matches_polyfit_for_noisy_points():
-    rng = np.random.default_rng(3)
-    x = np.linspace(0, 50, 12)
-    y = 0.3 * x + 7 + rng.normal(0, 0.01, x.size)
-    centre, d = fit_line(np.column_stack([x, y]))
-    slope, intercept = np.polyfit(x, y, 1)
-    assert d[1] / d[0] == pytest.approx(slope, abs=1e-3)
-    assert centre[1] == pytest.approx(slope * centre[0] + intercept, abs=1e-3)
 
 
 def test_pseudo_landmarks_equidistant_on_segment_with_ends():
