@@ -8,9 +8,14 @@ Lightning calls ``set_epoch`` before every training epoch (also the first epoch 
 run), and the permutation is drawn, and the dataset's ``transform.reseed`` called, lazily when
 the epoch's first batch is requested.
 
+With ``num_workers > 0`` the workers reseed their augmentation from torch's worker seed
+(``datamodules.datasets.seed_worker``), which the DataLoader draws from its ``generator`` when an
+epoch's iterator is created: ``set_epoch`` reseeds that generator from ``(seed, epoch)`` too, and
+the loader does not keep persistent workers (they would not redraw it), so a resumed run gets the
+same worker augmentations as an uninterrupted one.
+
 Scope: single-process training. Under DDP Lightning installs its own ``DistributedSampler``
-(also seeded by epoch); with ``num_workers > 0`` the workers reseed their augmentation from
-torch's per-epoch worker seed (``datamodules.datasets.seed_worker``).
+(also seeded by epoch).
 """
 
 from __future__ import annotations
@@ -34,15 +39,22 @@ class EpochSeededSampler(Sampler[int]):
             reseeded with ``epoch_seed(seed, epoch) + 1`` when the epoch starts (in-process data
             loading only; workers have their own copies).
         seed: base seed.
+        loader_generator: the DataLoader's ``generator``, reseeded with
+            ``epoch_seed(seed, epoch) + 2`` by ``set_epoch`` (it seeds the workers).
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, seed: int = 0, loader_generator: torch.Generator | None = None
+    ) -> None:
         self.dataset = dataset
         self.seed = int(seed)
-        self.epoch = 0
+        self.loader_generator = loader_generator
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed((epoch_seed(self.seed, self.epoch) + 2) % 2**32)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -57,14 +69,18 @@ class EpochSeededSampler(Sampler[int]):
 
 
 def epoch_seeded_loader(loader: DataLoader, seed: int) -> DataLoader:
-    """The same DataLoader, but shuffled (and augmented) by :class:`EpochSeededSampler`."""
+    """The same DataLoader, but shuffled (and augmented) by :class:`EpochSeededSampler`.
+
+    Workers are not persistent here: a persistent worker keeps its augmentation stream across
+    epochs, which a resumed run could not reproduce.
+    """
+    generator = torch.Generator()
     return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=EpochSeededSampler(loader.dataset,
-                                                                                  seed),
+        loader.dataset, batch_size=loader.batch_size,
+        sampler=EpochSeededSampler(loader.dataset, seed, loader_generator=generator),
         num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers,
-        generator=torch.Generator().manual_seed(int(seed)),
+        worker_init_fn=loader.worker_init_fn, persistent_workers=False, generator=generator,
     )
 
 
@@ -80,7 +96,13 @@ class _ResumableTrainLoader:
         trainer = getattr(dm, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
             return loader
-        return epoch_seeded_loader(loader, int(getattr(dm, "seed", 0)))
+        loader = epoch_seeded_loader(loader, int(getattr(dm, "seed", 0)))
+        # Lightning creates the first epoch's iterator (which, with workers, draws the worker
+        # seed and prefetches indices) before it calls set_epoch; on resume that first epoch
+        # is the restored one, not 0. The fit loop will call set_epoch with `processed`.
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        loader.sampler.set_epoch(epoch)
+        return loader
 
 
 def make_train_order_resumable(datamodule) -> None:
