@@ -41,7 +41,11 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from datamodules.annotations import AnnotationError
 from datamodules.datamodule import KneeDataModule
+from datamodules.dataset_io import DatasetError
+from datamodules.image_io import ImageReadError
+from datamodules.validate import DatasetValidationError
 from lightning_modules.callbacks import (
     ConfigInCheckpoint,
     GradNormHistory,
@@ -296,6 +300,9 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     try:
         trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
                     weights_only=False)
+    except DATA_ERRORS:
+        _remove_if_empty(cli.run_dir)  # refused before anything was written
+        raise
     finally:
         _finish_wandb(trainer)
     history: MetricsHistory = cli.own["history"]
@@ -316,13 +323,33 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     return result
 
 
+# Problems with the user's data: reported in one message (the validator lists every one).
+DATA_ERRORS = (DatasetValidationError, DatasetError, AnnotationError, ImageReadError)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove a run folder that holds nothing (a run refused before it wrote anything)."""
+    try:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry (``python -m lightning_modules.train``)."""
+    """Command-line entry (``python -m lightning_modules.train``).
+
+    A dataset that cannot be used ends the run with its report and exit status 1, no traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a.startswith("--print_config") for a in argv):
         _make_cli(translate_args(argv, announce=False))
         return
-    fit(argv)
+    try:
+        fit(argv)
+    except DATA_ERRORS as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -123,3 +123,19 @@ def test_fit_tiny_two_epochs_writes_everything(tmp_path, monkeypatch):
     second = list((again.run_dir / "wandb").glob("offline-run-*"))
     assert len(second) == 1 and second[0].name != offline[0].name
     assert len(list(offline[0].parent.glob("offline-run-*"))) == 1
+
+
+def test_invalid_dataset_is_refused_with_the_report_and_no_traceback(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "a.png").write_bytes(b"not a png")
+    root = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--config", TINY, "--data-root", str(data), "--run.root", str(root),
+                    "--run.wandb=false"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train: error: invalid dataset")
+    assert "a.png: unreadable PNG" in err and "masks: missing folder" in err
+    assert "Traceback" not in err
+    assert not [p for p in root.rglob("*") if p.is_file()]  # no run folder content left behind
