@@ -97,8 +97,13 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return (mask > 0).astype(np.uint8)
 
 
-def read_sample(root: str | Path, sample_id: str) -> Sample:
+def read_sample(
+    root: str | Path, sample_id: str, files: dict[str, list[Path]] | None = None
+) -> Sample:
     """Read one sample (image, four masks, annotation) of a dataset folder.
+
+    ``files`` is ``image_files(root)`` when the caller reads many samples (listing the images
+    folder once, not once per sample).
 
     Spacing: the annotation's ``pixel_spacing_mm`` when given (``spacing_source="annotation"``),
     else the image file's (DICOM ``PixelSpacing``, then ``ImagerPixelSpacing``), else None.
@@ -107,11 +112,11 @@ def read_sample(root: str | Path, sample_id: str) -> Sample:
     from datamodules.annotations import read_annotation
     from datamodules.image_io import load_image
 
-    files = image_files(root).get(sample_id, [])
-    if len(files) != 1:
-        what = "no image" if not files else f"duplicate images {[p.name for p in files]}"
+    paths = (image_files(root) if files is None else files).get(sample_id, [])
+    if len(paths) != 1:
+        what = "no image" if not paths else f"duplicate images {[p.name for p in paths]}"
         raise DatasetError(f"{Path(root) / 'images'}: {what} for id {sample_id!r}")
-    loaded = load_image(files[0])
+    loaded = load_image(paths[0])
     ann = read_annotation(annotation_path(root, sample_id))
     masks = np.stack([read_mask(mask_path(root, sample_id, b), loaded.image.shape) for b in BONES])
     spacing, source = loaded.spacing_mm, loaded.spacing_source
@@ -120,7 +125,7 @@ def read_sample(root: str | Path, sample_id: str) -> Sample:
     meta = dict(ann["meta"])
     if ann["side"] is not None:
         meta["side"] = ann["side"]
-    meta["image_file"] = files[0].name
+    meta["image_file"] = paths[0].name
     return Sample(
         id=sample_id,
         image=loaded.image,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from datamodules.dataset_io import read_sample
+from datamodules.dataset_io import image_files, read_sample
 from datamodules.sample import Sample
 from datamodules.targets import (
     ROI_EXTENTS,
@@ -150,12 +150,13 @@ class FolderDataset(SampleDataset):
         super().__init__(transform, targets)
         self.root = Path(root)
         self.ids = list(ids)
+        self.files = image_files(self.root)  # listed once, not per item
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load(self, index: int) -> Sample:
-        return read_sample(self.root, self.ids[index])
+        return read_sample(self.root, self.ids[index], self.files)
 
 
 class PhantomDataset(SampleDataset):

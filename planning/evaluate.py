@@ -55,7 +55,8 @@ from planning.tables import (
     write_table,
 )
 
-DEFAULT_PHANTOM_SEED = 2_000_000  # = the DataModule's phantom test split (seed 0): test + 2*10^6
+DEFAULT_PHANTOM_SEED = 2_000_000  # same seeds as the DataModule's phantom test split (seed 0);
+# the images match it only where the phantom sizes match too (presets may shrink them).
 DEFAULT_N_PHANTOMS = 24
 
 
@@ -156,13 +157,13 @@ def phantom_samples(n: int, seed: int, config: Any = None) -> Iterator[Sample]:
 
 def dataset_samples(root: str | Path) -> Iterator[Sample]:
     """Every sample of a dataset folder, in id order."""
-    from datamodules.dataset_io import list_ids, read_sample
+    from datamodules.dataset_io import image_files, read_sample
 
-    ids = list_ids(root)
-    if not ids:
+    files = image_files(root)
+    if not files:
         raise SystemExit(f"evaluate: no images found in {Path(root) / 'images'}")
-    for sid in ids:
-        yield read_sample(root, sid)
+    for sid in sorted(files):
+        yield read_sample(root, sid, files)
 
 
 @dataclass
