@@ -3,6 +3,9 @@ GradNorm weights and network parameters."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,24 @@ def test_two_process_cpu_ddp_keeps_gradnorm_weights_identical(tmp_path, monkeypa
     torch.testing.assert_close(r0["weights"], r1["weights"], atol=0, rtol=0)
     torch.testing.assert_close(r0["initial_losses"], r1["initial_losses"], atol=0, rtol=0)
     torch.testing.assert_close(r0["net"], r1["net"], atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_make_train_devices_2_launches_two_ddp_processes(tmp_path):
+    """The path `make train DEVICES=2` takes: plain `ddp`, Lightning re-launching the script;
+    both ranks join one process group and write one run folder."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    cmd = [sys.executable, "-m", "lightning_modules.train", "--config",
+           str(REPO / "configs" / "tiny.yaml"), "--devices", "2", "--run.root", str(tmp_path),
+           "--run.wandb=false", "--run.val_images=0", "--trainer.max_epochs=1",
+           "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    runs = [p for p in (tmp_path / "tiny").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # both ranks agreed on one run folder
+    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    w = ckpt["state_dict"]["gradnorm.log_weights"].exp()
+    torch.testing.assert_close(w.sum(dim=1), torch.full((w.shape[0],), 3.0))
