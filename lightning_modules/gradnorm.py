@@ -11,7 +11,9 @@ Closed-form weight gradient. ``G_t`` is linear in ``w_t`` and the target is a co
 ``d L_grad^l / d w_t = sign(G_t - target_t) * n_t``. Only the first-order norms ``n_t`` are
 needed: no second-order graph, no ``.backward()`` through the network; each ``n_t`` comes from
 ``torch.autograd.grad(L_t^l, W^l, retain_graph=True)``, which walks back only from the loss to
-``W^l`` (the heads of hourglass ``l``) and never writes any network ``.grad``.
+``W^l`` (the heads of hourglass ``l``) and never writes any network ``.grad``. For losses from
+``MultiTaskLoss`` the call starts at the loss term itself (``losses.term_gradient_edges``), so the
+engine does not also walk the other terms' graphs with empty gradients.
 
 Positivity. The trainable parameter is ``log_weights`` (``w = exp(log_weights)``), so every
 optimiser step is multiplicative in ``w`` and ``w`` can never reach or cross zero. The paper's
@@ -49,6 +51,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+
+from lightning_modules.losses import term_gradient_edges
 
 
 class GradNorm(nn.Module):
@@ -140,16 +144,26 @@ class GradNorm(nn.Module):
         """``n[l, t] = || grad_{W^l} L_t^l ||_2`` without touching any ``.grad``."""
         ref = self.initial_losses
         norms = torch.zeros(self.num_stacks, self.num_tasks, dtype=ref.dtype, device=ref.device)
+        edges = term_gradient_edges(losses)
+        one = torch.ones((), dtype=losses.dtype, device=losses.device)
         for l in range(self.num_stacks):
             params = list(shared_params[l])
             if not params:
                 raise ValueError(f"gradnorm.py: hourglass {l} has no shared parameters W^{l}")
             for t in range(self.num_tasks):
-                if not losses[l, t].requires_grad:
-                    continue  # constant loss: no gradient reaches W^l
-                grads = torch.autograd.grad(
-                    losses[l, t], params, retain_graph=True, allow_unused=True
-                )
+                if edges is None:
+                    if not losses[l, t].requires_grad:
+                        continue  # constant loss: no gradient reaches W^l
+                    grads = torch.autograd.grad(
+                        losses[l, t], params, retain_graph=True, allow_unused=True
+                    )
+                else:  # same gradient, started at the loss term itself (losses.py)
+                    edge = edges[l * self.num_tasks + t]
+                    if edge is None:
+                        continue
+                    grads = torch.autograd.grad(
+                        [edge], params, grad_outputs=[one], retain_graph=True, allow_unused=True
+                    )
                 sq = [g.detach().to(ref).pow(2).sum() for g in grads if g is not None]
                 if sq:
                     norms[l, t] = torch.stack(sq).sum().sqrt()

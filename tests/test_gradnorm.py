@@ -331,3 +331,30 @@ def test_weight_dict_and_validation() -> None:
         gn.total_loss(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="one per hourglass"):
         gn.backward_weights(torch.zeros(2, 3), [[nn.Parameter(torch.zeros(1))]])
+
+
+def test_norms_from_loss_term_edges_equal_norms_from_loss_entries() -> None:
+    """GradNorm starts each per-task gradient at the loss term itself (losses.py edges); the
+    norms must equal those from differentiating ``losses[l, t]`` (the generic path)."""
+    from lightning_modules.losses import MultiTaskLoss, term_gradient_edges
+    from lightning_modules.shgn import MultiTaskSHGN
+
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(stem_channels=4, stem_residual_channels=8, hourglass_channels=8,
+                        num_stacks=2, depth=2, skip_channels=4, refine_channels=4)
+    x = torch.rand(2, 1, 64, 64)
+    batch = {"image": x, "seg": (torch.rand(2, 4, 64, 64) > 0.5).float(),
+             "lm": torch.rand(2, 2, 64, 64), "roi": torch.rand(2, 1, 64, 64)}
+    losses = MultiTaskLoss()(net(x), batch)
+    assert term_gradient_edges(losses) is not None
+    assert term_gradient_edges(losses * 1.0) is None  # not a view of the stacked terms
+    shared = [net.shared_params(l) for l in range(2)]
+    gn = GradNorm(2, 3)
+    fast = gn._task_grad_norms(losses, shared)
+    generic = gn._task_grad_norms(losses * 1.0, shared)
+    by_hand = torch.stack([torch.stack([torch.autograd.grad(losses[l, t], shared[l],
+                                                            retain_graph=True)[0].norm()
+                                        for t in range(3)]) for l in range(2)])
+    assert (fast > 0).all()
+    assert torch.allclose(fast, by_hand, rtol=1e-6, atol=0)
+    assert torch.allclose(generic, by_hand, rtol=1e-6, atol=0)

@@ -164,3 +164,44 @@ def test_tiny_network_overfits_tiny_batch() -> None:
           f"{elapsed:.1f} s")
     assert math.isfinite(history[-1])
     assert history[-1] < history[0] / 10
+
+
+@pytest.mark.parametrize(("shape", "factor"), [((2, 3, 5, 7), 2), ((1, 2, 4, 3), 4),
+                                               ((1, 1, 1, 1), 2), ((2, 1, 1, 2), 4)])
+def test_upsample_bilinear_matches_interpolate_values_and_gradient(shape, factor) -> None:
+    """The fast adjoint equals upsample_bilinear2d's own backward (float64, incl. 1-px edges)."""
+    from lightning_modules.blocks import upsample_bilinear
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
+    ref = torch.nn.functional.interpolate(x, scale_factor=float(factor), mode="bilinear",
+                                          align_corners=False)
+    out = upsample_bilinear(x, factor)
+    assert out.shape == ref.shape
+    assert torch.equal(out, ref)
+    grad_out = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    (want,) = torch.autograd.grad(ref, x, grad_out)
+    (got,) = torch.autograd.grad(out, x, grad_out)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    # float32 as in training
+    x32 = x.detach().float().requires_grad_()
+    ref32 = torch.nn.functional.interpolate(x32, scale_factor=float(factor), mode="bilinear",
+                                            align_corners=False)
+    (want32,) = torch.autograd.grad(ref32, x32, grad_out.float())
+    (got32,) = torch.autograd.grad(upsample_bilinear(x32, factor), x32, grad_out.float())
+    assert torch.allclose(got32, want32, rtol=1e-6, atol=1e-6)
+    small = torch.randn(1, 2, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: upsample_bilinear(t, factor), (small,))
+
+
+def test_upsample_bilinear_unused_output_sends_no_gradient() -> None:
+    """An output that gets no gradient must not send zeros back (GradNorm relies on it)."""
+    from lightning_modules.blocks import upsample_bilinear
+
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    used, unused = x * 2, x * 3
+    loss = upsample_bilinear(used, 2).sum() + 0 * unused.sum()
+    (gx,) = torch.autograd.grad(loss, x)
+    assert torch.allclose(gx, torch.full_like(x, 8.0))  # 4 outputs per input, each weight sum 1
+    with pytest.raises(ValueError, match="even factor"):
+        upsample_bilinear(x, 3)
