@@ -240,13 +240,18 @@ class KneePlanCLI(LightningCLI):
         checkpoint = ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
             auto_insert_metric_name=False, monitor=run.monitor, mode="min", save_top_k=1,
-            save_last=True,
+        )
+        # last.ckpt every epoch: a callback of its own, since Lightning's save_last=True only
+        # refreshes last.ckpt in epochs where the monitored metric improved.
+        last = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
+            enable_version_counter=False,
         )
         history = MetricsHistory()
-        self.own = {"checkpoint": checkpoint, "history": history}
+        self.own = {"checkpoint": checkpoint, "last": last, "history": history}
         config_yaml = self.parser.dump(self.config, skip_none=False)
-        ours = [checkpoint, history, GradNormHistory(run_dir), ConfigInCheckpoint(config_yaml),
-                ReseedAugmentation()]
+        ours = [checkpoint, last, history, GradNormHistory(run_dir),
+                ConfigInCheckpoint(config_yaml), ReseedAugmentation()]
         if run.val_images > 0:
             ours.append(ValidationImages(run_dir, num_images=run.val_images))
         keys = self._parser(self.subcommand).callback_keys
@@ -311,7 +316,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
         trainer=trainer, module=module, run_dir=cli.run_dir, metrics=dict(history.last),
         first_metrics=dict(history.first),
         best_checkpoint=checkpoint.best_model_path or None,
-        last_checkpoint=checkpoint.last_model_path or None,
+        last_checkpoint=cli.own["last"].best_model_path or None,
     )
     if trainer.is_global_zero:
         if history.first:

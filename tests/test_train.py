@@ -139,3 +139,17 @@ def test_invalid_dataset_is_refused_with_the_report_and_no_traceback(tmp_path, c
     assert "a.png: unreadable PNG" in err and "masks: missing folder" in err
     assert "Traceback" not in err
     assert not [p for p in root.rglob("*") if p.is_file()]  # no run folder content left behind
+
+
+def test_last_checkpoint_is_refreshed_every_epoch_without_improvement(tmp_path):
+    """With lr 0 the monitored metric never improves after epoch 0; last.ckpt must still hold
+    the final epoch (Lightning's own save_last only follows the best checkpoint)."""
+    res = train.fit(["--config", TINY, "--run.root", str(tmp_path), "--run.wandb=false",
+                     "--run.val_images=0", "--trainer.max_epochs=3", "--model.lr=0.0",
+                     "--model.gradnorm_lr=0.0", "--data.augment=false",
+                     "--trainer.enable_progress_bar=false"])
+    ckpts = res.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == res.trainer.global_step
+    assert res.last_checkpoint == str(ckpts / "last.ckpt")
