@@ -62,13 +62,15 @@ class Stepper:
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         self.opt.zero_grad(set_to_none=True)
-        losses = self.crit(self.net(batch["image"]), batch)
-        if self.use_gradnorm:
+        out = self.net(batch["image"])
+        losses = self.crit(out, batch)
+        total = self.gn.total_loss(losses)  # fixed mode: weights stay at their initial 1
+        if self.use_gradnorm:  # the training step's path (module.py): one fused backward
             self.w_opt.zero_grad(set_to_none=True)
             shared = [self.net.shared_params(l) for l in range(self.net.num_stacks)]
-            self.gn.backward_weights(losses, shared)
-        total = self.gn.total_loss(losses)  # fixed mode: weights stay at their initial 1
-        total.backward()
+            self.gn.backward_fused(losses, out.gradnorm_taps(self.crit.task_names), shared)
+        else:
+            total.backward()
         self.opt.step()
         if self.use_gradnorm:
             self.w_opt.step()

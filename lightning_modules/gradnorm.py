@@ -15,6 +15,16 @@ needed: no second-order graph, no ``.backward()`` through the network; each ``n_
 ``MultiTaskLoss`` the call starts at the loss term itself (``losses.term_gradient_edges``), so the
 engine does not also walk the other terms' graphs with empty gradients.
 
+Fused path (:meth:`GradNorm.backward_fused`, what the training step uses with ``MultiTaskSHGN``).
+The per-task calls above walk back through each head's full-resolution output path, which the
+network's backward then walks again. Given taps ``p_1..p_k`` of ``(l, t)`` -- tensors that
+together carry every path from ``W^l`` to ``L_t^l`` and each reach no other loss -- a hook on
+``p_i`` sees, during the one backward of ``sum w L``, exactly ``w_t^l dL_t^l / d p_i``;
+``autograd.grad(p_i, W^l, grad_outputs=that)`` (retaining the graph the running backward still
+needs) walks back only from ``p_i``; the sum over ``i`` is ``w_t^l grad_{W^l} L_t^l``, so
+``n_t = ||.|| / w_t`` (``w_t > 0`` always). Same norms, same weight gradient, and the network
+gradients come from that single, unchanged backward (DDP's reducer) bit for bit.
+
 Positivity. The trainable parameter is ``log_weights`` (``w = exp(log_weights)``), so every
 optimiser step is multiplicative in ``w`` and ``w`` can never reach or cross zero. The paper's
 literal additive update cannot guarantee that: at ``T = 2`` with loss scales 1 and 100 the
@@ -45,7 +55,7 @@ gets ``L~_t = 1`` (neutral); if all ``L~`` are 0 then ``r = 1``. Nothing divides
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -64,6 +74,10 @@ class GradNorm(nn.Module):
         gn.backward_weights(losses, [net.shared_params(l) for l in range(L)])
         gn.total_loss(losses).backward()                      # network gradients only
         net_opt.step(); w_opt.step(); gn.renormalise()
+
+    or, for a network that provides taps (``MultiTaskSHGN``), both gradients in one backward::
+
+        gn.backward_fused(losses, out.gradnorm_taps(criterion.task_names), shared)
 
     Args:
         num_stacks: number of hourglasses ``L`` (one weight vector each).
@@ -193,12 +207,76 @@ class GradNorm(nn.Module):
             shared_params: ``shared_params[l]`` = the parameters ``W^l`` of hourglass ``l``.
         """
         self._check_losses(losses)
+        self._check_shared(shared_params)
+        norms = self._task_grad_norms(losses, shared_params)
+        return self._set_weight_grad(norms, losses)
+
+    def _check_shared(self, shared_params: Sequence[Sequence[nn.Parameter]]) -> None:
         if len(shared_params) != self.num_stacks:
             raise ValueError(
                 f"gradnorm.py: shared_params has {len(shared_params)} entries, expected one per "
                 f"hourglass ({self.num_stacks})"
             )
-        norms = self._task_grad_norms(losses, shared_params)
+
+    def backward_fused(
+        self,
+        losses: Tensor,
+        taps: Sequence[Sequence[Sequence[Tensor]]],
+        shared_params: Sequence[Sequence[nn.Parameter]],
+        backward: Callable[[Tensor], object] | None = None,
+    ) -> Tensor:
+        """Backward of ``total_loss(losses)`` that also sets ``log_weights.grad``; returns it.
+
+        Same ``log_weights.grad`` and network gradients as ``backward_weights(losses, shared)``
+        followed by ``backward(total_loss(losses))``, but the norms ``n`` are taken from the taps
+        during that one backward (module docstring, "Fused path"); returns ``L_grad`` ``(L,)``.
+
+        Args:
+            losses: ``(L, T)`` task losses per hourglass, attached to the network graph.
+            taps: ``taps[l][t]``: tensors that together carry every path from ``W^l`` to
+                ``L_t^l`` and each reach no other loss (e.g. ``SHGNOutput.gradnorm_taps``).
+            shared_params: ``shared_params[l]`` = the parameters ``W^l`` of hourglass ``l``.
+            backward: runs the network backward of the total loss (e.g. Lightning's
+                ``manual_backward``); default ``Tensor.backward``.
+        """
+        self._check_losses(losses)
+        self._check_shared(shared_params)
+        if len(taps) != self.num_stacks or any(len(row) != self.num_tasks for row in taps):
+            raise ValueError(
+                f"gradnorm.py: taps must be ({self.num_stacks}, {self.num_tasks}) tensor groups "
+                "(hourglasses, tasks)"
+            )
+        w = self.weights
+        total = (w.to(losses.dtype) * losses).sum()
+        ref = self.initial_losses
+        # partial[l][t]: per-parameter sums of w_t * grad_{W^l} L_t^l over the taps seen so far
+        partial: list[list[list[Tensor | None]]] = []
+        handles = []
+        try:
+            for l in range(self.num_stacks):
+                params = list(shared_params[l])
+                if not params:
+                    raise ValueError(f"gradnorm.py: hourglass {l} has no shared parameters W^{l}")
+                partial.append([[None] * len(params) for _ in range(self.num_tasks)])
+                for t in range(self.num_tasks):
+                    for tap in taps[l][t]:
+                        if tap.requires_grad:
+                            hook = _tap_hook(partial[l][t], tap, params)
+                            handles.append(tap.register_hook(hook))
+            (Tensor.backward if backward is None else backward)(total)
+        finally:
+            for handle in handles:
+                handle.remove()
+        norms = torch.zeros(self.num_stacks, self.num_tasks, dtype=ref.dtype, device=ref.device)
+        for l in range(self.num_stacks):
+            for t in range(self.num_tasks):
+                sq = [g.to(ref).pow(2).sum() for g in partial[l][t] if g is not None]
+                if sq:
+                    norms[l, t] = torch.stack(sq).sum().sqrt() / w[l, t].to(ref)
+        return self._set_weight_grad(norms, losses)
+
+    def _set_weight_grad(self, norms: Tensor, losses: Tensor) -> Tensor:
+        """The weight update from this step's norms ``n`` and losses; returns ``L_grad``."""
         stats = torch.stack([norms, losses.detach().to(self.initial_losses)])
         norms, loss_vals = self._all_reduce_mean(stats).unbind(0)
         if not bool(self.initialised):
@@ -244,6 +322,34 @@ class GradNorm(nn.Module):
             for l in range(self.num_stacks)
             for t, name in enumerate(self.task_names)
         }
+
+
+def _tap_hook(
+    acc: list[Tensor | None], tap: Tensor, params: list[nn.Parameter]
+) -> Callable[[Tensor], None]:
+    """Hook for a tap ``p``: add ``grad_{W} p . grad`` (``grad = w_t dL_t / d p``) to ``acc``.
+
+    The nested ``autograd.grad`` retains the graph (the running backward still needs it) and
+    writes no ``.grad``; the hook returns None, so the running backward's gradient is unchanged.
+    """
+
+    busy = False  # the nested call starts at ``tap`` and would fire this hook again
+
+    def hook(grad: Tensor) -> None:
+        nonlocal busy
+        if busy:
+            return
+        busy = True
+        try:
+            grads = torch.autograd.grad(tap, params, grad_outputs=grad, retain_graph=True,
+                                        allow_unused=True)
+        finally:
+            busy = False
+        for i, g in enumerate(grads):
+            if g is not None:
+                acc[i] = g.detach() if acc[i] is None else acc[i] + g.detach()
+
+    return hook
 
 
 def ddp_ignore_gradnorm(model: nn.Module) -> list[str]:

@@ -3,10 +3,11 @@
 One training step (paper; DESIGN.md sec. 4):
 
 1. forward all hourglasses, task losses ``(L, T)`` (deep supervision);
-2. ``GradNorm.backward_weights`` sets the gradient of the weights ``w^l`` (closed form, no
-   network ``.grad`` touched);
-3. the network's RMSProp steps on ``sum_l sum_t w_t^l L_t^l`` (weights constant), optionally
-   with gradient clipping;
+2. one ``manual_backward`` of ``sum_l sum_t w_t^l L_t^l`` (weights constant) gives the network
+   gradients; ``GradNorm.backward_fused`` runs it and, from the network's GradNorm taps during
+   that backward, sets the gradient of the weights ``w^l`` (closed form; same result as
+   ``GradNorm.backward_weights`` before the backward, the path used for outputs without taps);
+3. the network's RMSProp steps (optionally after gradient clipping);
 4. the weights' own RMSProp steps, then ``renormalise`` (each ``w^l`` sums to ``T``).
 
 ``trainer.global_step`` counts batches: under manual optimisation Lightning counts every
@@ -165,10 +166,15 @@ class KneePlanModule(pl.LightningModule):
         shared = [self.net.shared_params(l) for l in range(num_stacks)]
 
         opt_gn.zero_grad()
-        self.gradnorm.backward_weights(losses, shared)
-        total = self.gradnorm.total_loss(losses)
         opt_net.zero_grad()
-        self.manual_backward(total)
+        taps = out.gradnorm_taps(self.criterion.task_names)
+        if taps is None:
+            self.gradnorm.backward_weights(losses, shared)
+            total = self.gradnorm.total_loss(losses)
+            self.manual_backward(total)
+        else:  # same gradients, GradNorm's norms taken during the one backward (gradnorm.py)
+            total = self.gradnorm.total_loss(losses.detach())  # for logging: same value
+            self.gradnorm.backward_fused(losses, taps, shared, backward=self.manual_backward)
         if self.hparams.grad_clip_val is not None:
             self.clip_gradients(opt_net, gradient_clip_val=self.hparams.grad_clip_val,
                                 gradient_clip_algorithm=self.hparams.grad_clip_algorithm)

@@ -47,6 +47,13 @@ parameterised operation before the task heads branch off, so ``grad_{W^l} L_t^l`
 through hourglass ``l``'s head ``t`` and one weight-gradient of a 1x1 convolution; taking the
 whole unit instead would add a backward pass through three convolutions per task.
 
+GradNorm taps. Each head feeds its coarse map to its output path through an alias
+(``coarse.view_as(coarse)``) and to the re-injection through the map itself, so the gradient that
+the network's backward of ``sum w_t^l L_t^l`` leaves at the alias is exactly
+``w_t^l dL_t^l / d coarse_t^l``. ``SHGNOutput.gradnorm_taps`` hands the aliases to
+``GradNorm.backward_fused``, which gets ``grad_{W^l} L_t^l`` from there through the coarse
+predictor's two 1x1 layers only, during that one backward, instead of walking the refinement again.
+
 Example:
     >>> net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
     ...                     num_stacks=2, depth=2)
@@ -57,7 +64,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -83,14 +90,27 @@ class SHGNOutput:
     Attributes:
         stacks: ``stacks[l][task]`` is ``(B, C_task, S, S)`` for hourglass ``l`` (0 = first);
             ``seg`` holds logits, ``lm`` and ``roi`` heat-maps; task order = network's tasks.
+        taps: ``taps[l][task] = (alias,)``: a view of the head's coarse map, the only way from
+            ``W^l`` to ``stacks[l][task]``, reaching nothing else (GradNorm taps, module
+            docstring); empty when the producer has none.
     """
 
     stacks: list[dict[str, Tensor]]
+    taps: list[dict[str, tuple[Tensor, ...]]] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, Tensor]:
         """Predictions of the last hourglass (what inference uses)."""
         return self.stacks[-1]
+
+    def gradnorm_taps(self, task_names: list[str]) -> list[list[tuple[Tensor, ...]]] | None:
+        """``taps`` as ``[l][t]`` in the order of ``task_names`` (the loss columns), or None if
+        this output has no taps for every hourglass and task."""
+        if len(self.taps) != len(self.stacks) or not all(
+            name in taps for taps in self.taps for name in task_names
+        ):
+            return None
+        return [[taps[name] for name in task_names] for taps in self.taps]
 
 
 def _up(x: Tensor, factor: int) -> Tensor:
@@ -128,7 +148,8 @@ class TaskHead(nn.Module):
         norm: normalisation name.
 
     Shapes: ``f (B, C*, S/4, S/4), k_half (B, s, S/2, S/2), k_full (B, s, S, S)`` ->
-    ``coarse (B, C_t, S/4, S/4), out (B, C_t, S, S)``.
+    ``coarse (B, C_t, S/4, S/4)`` (re-injected), taps ``(alias,)`` (a view of ``coarse``, the
+    output's only input from it), ``out (B, C_t, S, S)``.
     """
 
     def __init__(
@@ -156,13 +177,16 @@ class TaskHead(nn.Module):
         self.refine_full_skip = conv1x1(skip_channels, refine_channels, bias=True)
         self.refine_full = conv1x1(refine_channels, out_channels, bias=True)
 
-    def forward(self, f: Tensor, k_half: Tensor, k_full: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, f: Tensor, k_half: Tensor, k_full: Tensor
+    ) -> tuple[Tensor, tuple[Tensor], Tensor]:
         coarse = self.coarse(f)
-        r = self.refine_half(_up(coarse, 2)) + self.refine_half_skip(k_half)
+        alias = coarse.view_as(coarse)  # the GradNorm tap: feeds this head's output only
+        r = self.refine_half(_up(alias, 2)) + self.refine_half_skip(k_half)
         r = F.relu(self.refine_norm(r))
         z = F.relu(_up(r, 2) + self.refine_full_skip(k_full))
-        out = _up(coarse, 4) + self.refine_full(z)
-        return coarse, out
+        out = _up(alias, 4) + self.refine_full(z)
+        return coarse, (alias,), out
 
 
 class HourglassStack(nn.Module):
@@ -197,19 +221,21 @@ class HourglassStack(nn.Module):
 
     def forward(
         self, x: Tensor, k_half: Tensor, k_full: Tensor
-    ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Return the task predictions at S and the next hourglass's input (None if last)."""
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, ...]], Tensor | None]:
+        """Return the task predictions at S, the GradNorm taps per task and the next
+        hourglass's input (None if last)."""
         f = self.shared(self.hourglass(x))
         outs: dict[str, Tensor] = {}
         coarse: dict[str, Tensor] = {}
+        taps: dict[str, tuple[Tensor, ...]] = {}
         for name, head in self.heads.items():
-            coarse[name], outs[name] = head(f, k_half, k_full)
+            coarse[name], taps[name], outs[name] = head(f, k_half, k_full)
         if self.reinject_features is None or self.reinject_predictions is None:
-            return outs, None
+            return outs, taps, None
         x_next = x + self.reinject_features(f)
         for name, proj in self.reinject_predictions.items():
             x_next = x_next + proj(coarse[name])
-        return outs, x_next
+        return outs, taps, x_next
 
 
 class MultiTaskSHGN(nn.Module):
@@ -315,12 +341,14 @@ class MultiTaskSHGN(nn.Module):
         k_half = self.skip_half(f_half)
         k_full = self.skip_full(x)
         stacks: list[dict[str, Tensor]] = []
+        taps: list[dict[str, tuple[Tensor, ...]]] = []
         for stack in self.stacks:
-            outs, x_next = stack(feats, k_half, k_full)
+            outs, stack_taps, x_next = stack(feats, k_half, k_full)
             stacks.append(outs)
+            taps.append(stack_taps)
             if x_next is not None:
                 feats = x_next
-        return SHGNOutput(stacks=stacks)
+        return SHGNOutput(stacks=stacks, taps=taps)
 
 
 def _check_config(tasks: dict[str, int], num_stacks: int, depth: int, norm: str) -> None:

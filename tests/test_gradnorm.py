@@ -358,3 +358,92 @@ def test_norms_from_loss_term_edges_equal_norms_from_loss_entries() -> None:
     assert (fast > 0).all()
     assert torch.allclose(fast, by_hand, rtol=1e-6, atol=0)
     assert torch.allclose(generic, by_hand, rtol=1e-6, atol=0)
+
+
+def _tiny_net_and_batch(num_stacks: int):
+    from lightning_modules.shgn import MultiTaskSHGN
+
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(stem_channels=4, stem_residual_channels=8, hourglass_channels=8,
+                        num_stacks=num_stacks, depth=2, skip_channels=4, refine_channels=4)
+    x = torch.rand(2, 1, 64, 64)
+    batch = {"image": x, "seg": (torch.rand(2, 4, 64, 64) > 0.5).float(),
+             "lm": torch.rand(2, 2, 64, 64), "roi": torch.rand(2, 1, 64, 64)}
+    return net, batch
+
+
+@pytest.mark.parametrize("num_stacks", [2, 3])
+def test_fused_backward_equals_per_task_gradients_then_backward(num_stacks: int) -> None:
+    """``backward_fused`` (norms from the network's taps during the one backward) must give the
+    norms of ``autograd.grad(losses[l, t], W^l)``, the same weight gradient and ``L_grad`` as
+    ``backward_weights`` + ``total_loss(...).backward()``, and bit-identical network gradients;
+    with non-uniform weights (the tap gradient carries ``w_t``) over two steps (L(0) set)."""
+    import copy
+
+    from lightning_modules.losses import MultiTaskLoss
+
+    net, batch = _tiny_net_and_batch(num_stacks)
+    crit = MultiTaskLoss()
+    nets = {"old": copy.deepcopy(net), "fused": copy.deepcopy(net)}
+    gns = {k: GradNorm(num_stacks, 3, alpha=1.5) for k in nets}
+    init = torch.randn(num_stacks, 3, generator=torch.Generator().manual_seed(3))
+    for gn in gns.values():
+        with torch.no_grad():
+            gn.log_weights.copy_(init)
+    for step in range(2):
+        res = {}
+        for k, n in nets.items():
+            n.zero_grad(set_to_none=True)
+            out = n(batch["image"] * (1 + step))
+            losses = crit(out, batch)
+            shared = [n.shared_params(l) for l in range(num_stacks)]
+            by_hand = torch.stack([torch.stack([
+                torch.autograd.grad(losses[l, t], shared[l], retain_graph=True)[0].norm()
+                for t in range(3)]) for l in range(num_stacks)])
+            if k == "old":
+                l_grad = gns[k].backward_weights(losses, shared)
+                gns[k].total_loss(losses).backward()
+            else:
+                taps = out.gradnorm_taps(crit.task_names)
+                assert taps is not None
+                l_grad = gns[k].backward_fused(losses, taps, shared)
+            w = gns[k].weights
+            # log_weights.grad = sign(.) * w * n: recover n and compare with autograd by hand
+            torch.testing.assert_close(gns[k].log_weights.grad.abs() / w, by_hand,
+                                       rtol=1e-5, atol=0)
+            res[k] = (l_grad, gns[k].log_weights.grad.clone(),
+                      {name: p.grad.clone() for name, p in n.named_parameters()})
+        torch.testing.assert_close(res["fused"][0], res["old"][0], rtol=1e-5, atol=0)
+        torch.testing.assert_close(res["fused"][1], res["old"][1], rtol=1e-5, atol=0)
+        assert res["fused"][2].keys() == res["old"][2].keys()
+        for name, g in res["old"][2].items():
+            assert torch.equal(res["fused"][2][name], g), name
+        assert torch.equal(gns["fused"].initial_losses, gns["old"].initial_losses)
+
+
+def test_fused_backward_uses_given_backward_and_validates_taps() -> None:
+    from lightning_modules.losses import MultiTaskLoss
+
+    net, batch = _tiny_net_and_batch(2)
+    crit = MultiTaskLoss()
+    out = net(batch["image"])
+    losses = crit(out, batch)
+    shared = [net.shared_params(l) for l in range(2)]
+    gn = GradNorm(2, 3)
+    taps = out.gradnorm_taps(crit.task_names)
+    with pytest.raises(ValueError, match="taps must be"):
+        gn.backward_fused(losses, taps[:1], shared)
+    calls = []
+
+    def backward(total: torch.Tensor) -> None:
+        calls.append(float(total))
+        total.backward()
+
+    gn.backward_fused(losses, taps, shared, backward=backward)
+    assert calls == [pytest.approx(float(losses.detach().sum()))]  # weights 1 at start
+    assert gn.log_weights.grad is not None and (gn.log_weights.grad != 0).all()
+    assert all(p.grad is not None for p in net.parameters())
+    # hooks removed: a second backward through a fresh graph leaves log_weights.grad alone
+    before = gn.log_weights.grad.clone()
+    crit(net(batch["image"]), batch).sum().backward()
+    assert torch.equal(gn.log_weights.grad, before)

@@ -187,3 +187,31 @@ def test_gradient_clipping_from_config(tmp_path, clip):
         assert min(rec.norms) > 1e-2
     else:
         assert max(rec.norms) <= clip * (1 + 1e-4)
+
+
+def test_training_step_uses_fused_gradnorm_backward(tmp_path, monkeypatch):
+    """The module takes GradNorm's norms from the network's taps in its one backward
+    (``backward_fused``), not from the separate per-task gradients (``backward_weights``)."""
+    from lightning_modules.gradnorm import GradNorm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training_step used the per-task path")
+
+    calls = []
+    fused = GradNorm.backward_fused
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return fused(self, *args, **kwargs)
+
+    monkeypatch.setattr(GradNorm, "backward_weights", refuse)
+    monkeypatch.setattr(GradNorm, "backward_fused", counting)
+    pl.seed_everything(0)
+    module = KneePlanModule(**TINY_MODEL)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_tiny_datamodule())
+    assert len(calls) == 2
+    assert (module.gradnorm.weights - 1).abs().max() > 1e-3

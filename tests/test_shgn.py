@@ -205,3 +205,33 @@ def test_upsample_bilinear_unused_output_sends_no_gradient() -> None:
     assert torch.allclose(gx, torch.full_like(x, 8.0))  # 4 outputs per input, each weight sum 1
     with pytest.raises(ValueError, match="even factor"):
         upsample_bilinear(x, 3)
+
+
+def test_gradnorm_taps_carry_all_paths_from_w_to_own_output_only() -> None:
+    """Each head's taps reach only its own output, and the gradient of that output w.r.t.
+    ``W^l`` is the sum of the gradients through the taps (GradNorm's fused path relies on it)."""
+    torch.manual_seed(0)
+    net = MultiTaskSHGN(num_stacks=2, **TINY)
+    out = net(torch.rand(1, 1, 64, 64))
+    taps = out.gradnorm_taps(net.task_names)
+    assert taps is not None and len(taps) == 2 and all(len(row) == 3 for row in taps)
+    assert out.gradnorm_taps(["seg", "nope"]) is None
+    gen = torch.Generator().manual_seed(1)
+    for l in range(2):
+        (w,) = net.shared_params(l)
+        for t, task in enumerate(net.task_names):
+            for m in range(2):
+                for other, pred in out.stacks[m].items():
+                    grads = torch.autograd.grad(pred.sum(), list(taps[l][t]), retain_graph=True,
+                                                allow_unused=True)
+                    own = (m, other) == (l, task)
+                    assert all((g is not None and g.abs().sum() > 0) if own else g is None
+                               for g in grads), (l, task, m, other)
+            pred = out.stacks[l][task]
+            seed = torch.randn(pred.shape, generator=gen)
+            (direct,) = torch.autograd.grad(pred, [w], grad_outputs=seed, retain_graph=True)
+            at_taps = torch.autograd.grad(pred, list(taps[l][t]), grad_outputs=seed,
+                                          retain_graph=True)
+            via_taps = sum(torch.autograd.grad(p, [w], grad_outputs=g, retain_graph=True)[0]
+                           for p, g in zip(taps[l][t], at_taps, strict=True))
+            assert (via_taps - direct).norm() <= 1e-5 * direct.norm(), (l, task)
