@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 
 from datamodules.dataset_io import list_ids, read_sample, write_sample
 from datamodules.sample import BONES, RaterAnnotation, Sample
@@ -63,24 +64,6 @@ def _edit_json(path: Path, fn) -> None:
     path.write_text(json.dumps(data))  # json writes NaN as the bare NaN literal
 
 
-def _write_dicom(path: Path) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = H, W, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.zeros((H, W), np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.fixture
 def broken(tmp_path) -> Path:
     """One fault per id (plus a clean one); returns the dataset root."""
@@ -106,7 +89,7 @@ def broken(tmp_path) -> Path:
                lambda d: d["raters"][0].update(cortex_line=[[4.0, 5.0], [4.0, 5.0]]))
     _edit_json(ann / "nan.json", lambda d: d["raters"][0]["landmarks"].update(p_blum=[np.nan, 3]))
     _edit_json(ann / "version.json", lambda d: d.update(schema_version=99))
-    _write_dicom(img / "dup.dcm")
+    write_dicom(img / "dup.dcm", np.zeros((H, W), np.uint16))
     (ann / "noann.json").unlink()
     cv2.imwrite(str(msk / "ghost_femur.png"), np.zeros((H, W), np.uint8))
     (ann / "ghost2.json").write_text((ann / "clean.json").read_text())
