@@ -71,20 +71,24 @@ def average_surface_distance(
     pred: np.ndarray, true: np.ndarray, spacing: tuple[float, float] | None = None
 ) -> float:
     """Average symmetric surface distance (pooled, see module docstring); NaN if a mask is empty."""
-    ab, ba = surface_distances(pred, true, spacing)
-    if ab.size == 0:
-        return float("nan")
-    return float((ab.sum() + ba.sum()) / (ab.size + ba.size))
+    return _asd(*surface_distances(pred, true, spacing))
 
 
 def hausdorff_distance(
     pred: np.ndarray, true: np.ndarray, spacing: tuple[float, float] | None = None
 ) -> float:
     """Symmetric Hausdorff distance between the surfaces; NaN if a mask is empty."""
-    ab, ba = surface_distances(pred, true, spacing)
-    if ab.size == 0:
-        return float("nan")
-    return float(max(ab.max(), ba.max()))
+    return _hd(*surface_distances(pred, true, spacing))
+
+
+def _asd(ab: np.ndarray, ba: np.ndarray) -> float:
+    """Pooled mean of both directed surface-distance sets; NaN when they are empty."""
+    return float("nan") if ab.size == 0 else float((ab.sum() + ba.sum()) / (ab.size + ba.size))
+
+
+def _hd(ab: np.ndarray, ba: np.ndarray) -> float:
+    """Largest of both directed surface-distance sets; NaN when they are empty."""
+    return float("nan") if ab.size == 0 else float(max(ab.max(), ba.max()))
 
 
 def segmentation_metrics(
@@ -108,11 +112,7 @@ def segmentation_metrics(
     out = {"iou": [], "asd": [], "hd": []}
     for pc, tc in zip(p, t, strict=True):
         out["iou"].append(iou(pc, tc))
-        ab, ba = surface_distances(pc, tc, spacing)
-        if ab.size == 0:
-            out["asd"].append(np.nan)
-            out["hd"].append(np.nan)
-        else:
-            out["asd"].append((ab.sum() + ba.sum()) / (ab.size + ba.size))
-            out["hd"].append(max(ab.max(), ba.max()))
+        ab, ba = surface_distances(pc, tc, spacing)  # once per bone, for both metrics
+        out["asd"].append(_asd(ab, ba))
+        out["hd"].append(_hd(ab, ba))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
