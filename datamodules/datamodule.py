@@ -16,6 +16,10 @@ point to a folder of real images.
 
 Training batches are augmented (``augment``); validation and test batches never are, so their
 ``frame`` maps predictions back to the original image pixels.
+
+Training order and augmentation are reseeded every epoch from ``(seed, epoch, rank)`` by the
+training loader's own sampler (``datamodules.seeding``), so a resumed run continues exactly; under
+DDP each rank takes its share of the same permutation with its own augmentation stream.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from datamodules.datasets import (
     SampleDataset,
     TargetConfig,
     collate_batch,
-    seed_worker,
 )
 from datamodules.sample import Sample
+from datamodules.seeding import AUGMENT, epoch_seeded_loader, stream_seed
 from datamodules.transforms import AugmentConfig, SampleTransform
 from datamodules.validate import ValidationReport, validate_dataset
 
@@ -102,7 +106,9 @@ class KneeDataModule(pl.LightningDataModule):
         roi_spacing_px: cortex pseudo-landmark spacing in network pixels (None: 2/3 sigma,
             i.e. 4 px at the paper's sigma = 6).
         roi_extent: "segment" or "image" (datamodules.targets).
-        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        batch_size, num_workers, pin_memory: DataLoader settings.
+        persistent_workers: keep validation/test workers alive between epochs (training
+            workers are restarted every epoch so that their seeds follow the epoch).
         augment: True (defaults), False (none) or a dict of AugmentConfig fields.
         num_train, num_val, num_test: phantom counts.
         min_side, max_side: phantom image side range (None: PhantomConfig defaults).
@@ -167,12 +173,19 @@ class KneeDataModule(pl.LightningDataModule):
         return dm
 
     # -- building datasets -------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int, int]:
+        """(global rank, world size, epoch to start at) of the attached trainer, if any."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1, 0
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        return int(trainer.global_rank), int(trainer.world_size), int(epoch)
+
     def _transform(self, split: str) -> SampleTransform:
         augment = self.augment_config if split == "train" else None
-        # DDP: every rank gets its own augmentation stream (workers reseed again, seed_worker)
-        trainer = getattr(self, "trainer", None)
-        rank = int(getattr(trainer, "global_rank", 0) or 0)
-        return SampleTransform(self.size, augment, seed=self.seed + 7919 * rank)
+        # reseeded per epoch by the training sampler; this seed serves direct indexing only
+        return SampleTransform(self.size, augment, seed=stream_seed(self.seed, 0, AUGMENT,
+                                                                    self._rank()[0]))
 
     def _phantom_config(self) -> Any:
         from datamodules.phantoms import PhantomConfig  # lazy: only phantom runs need it
@@ -233,30 +246,40 @@ class KneeDataModule(pl.LightningDataModule):
                                           self.targets)
 
     # -- loaders -------------------------------------------------------------------------------
-    def _loader(self, dataset: SampleDataset | None, split: str) -> DataLoader:
-        if dataset is None:
+    def _dataset(self, split: str) -> SampleDataset:
+        if self.train_set is None:
             self.setup()
-            dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         if dataset is None or len(dataset) == 0:
             hint = " (give test_root or a split file with 'test')" if split == "test" else ""
             raise ValueError(f"no {split} samples{hint}")
+        return dataset
+
+    def _loader(self, split: str) -> DataLoader:
+        """Validation/test loader: fixed order, no augmentation."""
         return DataLoader(
-            dataset,
+            self._dataset(split),
             batch_size=self.batch_size,
-            shuffle=split == "train",
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_batch,
-            worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train")
+        """Shuffled, augmented batches seeded by ``(seed, epoch, rank)`` (datamodules.seeding);
+        it starts at the trainer's current epoch, so a resumed run continues exactly."""
+        rank, world_size, epoch = self._rank()
+        return epoch_seeded_loader(
+            self._dataset("train"), self.seed, epoch=epoch, rank=rank, num_replicas=world_size,
+            batch_size=self.batch_size, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, collate_fn=collate_batch,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val")
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test")
+        return self._loader("test")

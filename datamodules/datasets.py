@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from datamodules.dataset_io import image_files, read_sample
 from datamodules.sample import Sample
@@ -201,12 +201,3 @@ class InMemoryDataset(SampleDataset):
 
     def load(self, index: int) -> Sample:
         return self.samples[index]
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker (and each epoch) its own augmentation
-    stream; torch's per-worker seed differs between workers and between epochs."""
-    info = get_worker_info()
-    if info is not None and isinstance(info.dataset, SampleDataset):
-        info.dataset.transform.reseed(int(torch.initial_seed() % 2**32))
-

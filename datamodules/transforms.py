@@ -150,7 +150,7 @@ class SampleTransform:
     Args:
         size: side S of the network input.
         augment: augmentation config; None or ``enabled=False`` for none (validation/test).
-        seed: seed of the augmentation's own random state (see ``reseed`` for workers).
+        seed: seed of the augmentation's own random state (see ``reseed``).
 
     Attributes:
         last_applied: (name, params) of each transform applied in the last call (albumentations'
@@ -169,7 +169,7 @@ class SampleTransform:
         self.last_applied: list[tuple[str, dict[str, Any]]] = []
 
     def reseed(self, seed: int) -> None:
-        """Reset the augmentation's random state (each DataLoader worker calls this)."""
+        """Reset the augmentation's random state (``datamodules.seeding`` calls this per epoch)."""
         if self._pipeline is not None:
             self._pipeline.set_random_seed(int(seed))
 

@@ -265,25 +265,3 @@ def format_metric_comparison(first: dict[str, float], last: dict[str, float]) ->
         lines.append(f"{k:<28}{_fmt(first[k])}{_fmt(last[k])}")
     return "\n".join(lines)
 
-
-class ReseedAugmentation(pl.Callback):
-    """Under DDP: reseed each rank's augmentation at every epoch start from (seed, epoch, rank).
-
-    With ``num_workers=0`` the augmentation's random state lives in the main process; without
-    this every rank would draw the same augmentation parameters. Single-process runs are seeded
-    by ``lightning_modules.epoch_seeding.EpochSeededSampler`` instead (exact resume).
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.world_size == 1:
-            return
-        dm = trainer.datamodule
-        dataset = getattr(dm, "train_set", None) if dm is not None else None
-        transform = getattr(dataset, "transform", None)
-        if transform is not None and hasattr(transform, "reseed"):
-            seed = getattr(dm, "seed", self.seed)
-            transform.reseed((seed * 1_000_003 + trainer.current_epoch * 7919
-                              + trainer.global_rank * 104_729) % 2**32)

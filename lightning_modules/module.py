@@ -32,22 +32,20 @@ Example:
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from lightning_modules.gradnorm import GradNorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
 from lightning_modules.shgn import MultiTaskSHGN
 
 TASKS: dict[str, int] = {"seg": 4, "lm": 2, "roi": 1}
-RNG_KEY = "kneeplan_rng_states"
 
 
 class KneePlanModule(pl.LightningModule):
@@ -150,7 +148,7 @@ class KneePlanModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:
-            _set_rng_states(self._pending_rng)
+            set_rng_state(self._pending_rng)
             self._pending_rng = None
 
     def on_train_epoch_start(self) -> None:
@@ -224,42 +222,10 @@ class KneePlanModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RNG_KEY] = _get_rng_states()
+        checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get(RNG_KEY)
-
-
-def _get_rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state_to_tensors(),
-        "python": random.getstate(),  # nested tuples of ints/floats: safe for weights_only
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    _numpy_state_from_tensors(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _numpy_state_to_tensors() -> dict[str, Any]:
-    """numpy's global RNG state in types ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-
-
-def _numpy_state_from_tensors(state: dict[str, Any]) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"],
-                         state["cached_gaussian"]))
 
 
 def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> KneePlanModule:

@@ -50,11 +50,9 @@ from lightning_modules.callbacks import (
     ConfigInCheckpoint,
     GradNormHistory,
     MetricsHistory,
-    ReseedAugmentation,
     ValidationImages,
     format_metric_comparison,
 )
-from lightning_modules.epoch_seeding import make_train_order_resumable
 from lightning_modules.module import KneePlanModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +249,7 @@ class KneePlanCLI(LightningCLI):
         self.own = {"checkpoint": checkpoint, "last": last, "history": history}
         config_yaml = self.parser.dump(self.config, skip_none=False)
         ours = [checkpoint, last, history, GradNormHistory(run_dir),
-                ConfigInCheckpoint(config_yaml), ReseedAugmentation()]
+                ConfigInCheckpoint(config_yaml)]
         if run.val_images > 0:
             ours.append(ValidationImages(run_dir, num_images=run.val_images))
         keys = self._parser(self.subcommand).callback_keys
@@ -298,7 +296,6 @@ def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResu
 def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     cli = _make_cli(argv, user_callbacks=callbacks, save_config_kwargs={"overwrite": True})
     trainer, module = cli.trainer, cli.model
-    make_train_order_resumable(cli.datamodule)
     assert cli.run_dir is not None
     if cli.resume_path:
         rank_zero_info(f"resuming from {cli.resume_path}")

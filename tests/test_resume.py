@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from datamodules.datamodule import KneeDataModule
+from datamodules.seeding import EpochSeededSampler
 from lightning_modules import train
-from lightning_modules.epoch_seeding import EpochSeededSampler, epoch_seeded_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_resumed_epoch_gets_the_same_batches_with_and_without_workers(workers):
     dm.setup("fit")
 
     def first_batch_images(epochs: range) -> list[torch.Tensor]:
-        loader = epoch_seeded_loader(dm.train_dataloader(), seed=0)
+        loader = dm.train_dataloader()  # epoch-seeded with the DataModule's seed (0)
         out = []
         for e in epochs:
             loader.sampler.set_epoch(e)
