@@ -12,6 +12,8 @@ import numpy as np
 
 BONES: tuple[str, ...] = ("femur", "patella", "tibia", "fibula")
 LANDMARKS: tuple[str, ...] = ("p_blum", "p_tmc")
+# network tasks and their output channels, in head order: bone masks, landmark heat-maps, ROI
+TASKS: dict[str, int] = {"seg": len(BONES), "lm": len(LANDMARKS), "roi": 1}
 
 
 @dataclass

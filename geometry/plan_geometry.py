@@ -1,6 +1,6 @@
 """From network outputs (or ground-truth maps) to a Schoettle plan in original pixels and mm.
 
-Steps (DESIGN.md section 5):
+Steps (docs/ARCHITECTURE.md, "Planning geometry"):
 1. decode p_blum and p_tmc from their heat-maps in the network frame; map to original pixels;
 2. femur outline (of the largest component of femur probability >= 0.5) in the network frame,
    kept where the ROI heat-map >= ``roi_threshold``; map the points to original pixels and drop

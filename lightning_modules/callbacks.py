@@ -24,13 +24,9 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from datamodules.colours import BONE_RGB, LANDMARK_RGB, TASK_COLOURS
 from datamodules.sample import BONES, LANDMARKS
 
-TASK_COLOURS = {"seg": "tab:blue", "lm": "tab:red", "roi": "tab:green"}
-# RGB colours of the bones and landmarks in validation pictures
-BONE_RGB = {"femur": (230, 60, 60), "patella": (240, 200, 40), "tibia": (60, 120, 240),
-            "fibula": (60, 200, 90)}
-LANDMARK_RGB = {"p_blum": (255, 0, 255), "p_tmc": (0, 255, 255)}  # magenta, cyan
 ROI_RGB = (255, 140, 0)  # orange
 
 

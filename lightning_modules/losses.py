@@ -1,4 +1,4 @@
-"""Task losses of the paper (DESIGN.md section 3) with deep supervision over all hourglasses.
+"""Task losses of the paper (eqs. 1, 2; docs/ARCHITECTURE.md) with deep supervision per hourglass.
 
 * eq. (1) :func:`weighted_multilabel_bce`: sigmoid BCE per bone channel on logits, each pixel
   weighted by ``1 + beta * g`` with ``g = [sum_c y_c > 1]`` (bones overlap there), summed over

@@ -1,6 +1,6 @@
 """LightningModule: multi-task stacked hourglass + per-hourglass GradNorm, manual optimisation.
 
-One training step (paper; DESIGN.md sec. 4):
+One training step (paper; docs/ARCHITECTURE.md, "Training step"):
 
 1. forward all hourglasses, task losses ``(L, T)`` (deep supervision);
 2. one ``manual_backward`` of ``sum_l sum_t w_t^l L_t^l`` (weights constant) gives the network
@@ -39,13 +39,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from datamodules.sample import TASKS
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from lightning_modules.gradnorm import GradNorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
 from lightning_modules.shgn import MultiTaskSHGN
-
-TASKS: dict[str, int] = {"seg": 4, "lm": 2, "roi": 1}
 
 
 class KneePlanModule(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""Multi-task stacked hourglass network (Kordon et al. 2019, Fig. 2; DESIGN.md section 2).
+"""Multi-task stacked hourglass network (Kordon et al. 2019, Fig. 2; docs/ARCHITECTURE.md).
 
 Layout for an ``S x S`` input (``S = 256`` in the paper; widths ``C_in, C1, C2, C*``)::
 
@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.sample import TASKS
 from lightning_modules.blocks import (
     NormReLUConv,
     PreActBottleneck,
@@ -79,7 +80,6 @@ from lightning_modules.blocks import (
 )
 from lightning_modules.hourglass import Hourglass
 
-DEFAULT_TASKS: dict[str, int] = {"seg": 4, "lm": 2, "roi": 1}
 STEM_STRIDE = 4  # the stem reduces the input side by 4 (conv stride 2, then max-pool 2)
 
 
@@ -274,7 +274,7 @@ class MultiTaskSHGN(nn.Module):
         norm: str = "instance",
     ) -> None:
         super().__init__()
-        tasks = dict(DEFAULT_TASKS if tasks is None else tasks)
+        tasks = dict(TASKS if tasks is None else tasks)
         _check_config(tasks, num_stacks, depth, norm)
         widths = (in_channels, stem_channels, stem_residual_channels, hourglass_channels)
         if min(widths + (skip_channels, refine_channels)) < 1:

@@ -20,20 +20,15 @@ import math
 import cv2
 import numpy as np
 
+from datamodules.colours import BONE_RGB as BONE_COLOURS
+from datamodules.colours import LANDMARK_RGB as LANDMARK_COLOURS
 from datamodules.sample import BONES
 from geometry.lines import Line
 from geometry.plan_geometry import Plan
 
-# RGB colours; chosen to stay distinct from each other and from gray.
-BONE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "femur": (255, 210, 0),
-    "patella": (255, 80, 255),
-    "tibia": (0, 200, 255),
-    "fibula": (120, 255, 120),
-}
+# RGB colours (bones and landmarks: datamodules.colours)
 LM1_COLOUR = (255, 40, 40)
 LM23_COLOUR = (255, 150, 0)
-LANDMARK_COLOURS = {"p_blum": (0, 255, 255), "p_tmc": (255, 255, 255)}
 SCHOETTLE_COLOUR = (0, 255, 0)
 REVIEW_COLOUR = (255, 40, 40)
 REFERENCE_RADIUS_MM = 2.5
