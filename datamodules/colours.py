@@ -14,5 +14,7 @@ BONE_RGB: dict[str, tuple[int, int, int]] = {
     "fibula": (120, 255, 120),
 }
 LANDMARK_RGB: dict[str, tuple[int, int, int]] = {"p_blum": (0, 255, 255), "p_tmc": (255, 255, 255)}
+CORTEX_RGB = (255, 40, 40)  # the posterior cortex line (LM1) and its ROI
+SCHOETTLE_RGB = (0, 255, 0)  # the Schoettle point and its reference circle
 # matplotlib colour names of the tasks (GradNorm weight curves)
 TASK_COLOURS: dict[str, str] = {"seg": "tab:blue", "lm": "tab:red", "roi": "tab:green"}

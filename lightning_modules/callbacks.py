@@ -25,9 +25,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules.colours import BONE_RGB, LANDMARK_RGB, TASK_COLOURS
+from datamodules.colours import CORTEX_RGB as ROI_RGB
 from datamodules.sample import BONES, LANDMARKS
-
-ROI_RGB = (255, 140, 0)  # orange
 
 
 def plot_gradnorm_weights(
@@ -129,7 +128,7 @@ class GradNormHistory(pl.Callback):
 
 def _overlay(image: np.ndarray, seg: np.ndarray, lm_xy: np.ndarray, lm_ok: np.ndarray,
              roi: np.ndarray | None, scale: int) -> np.ndarray:
-    """RGB picture: image, bone masks (tinted fill + outline), ROI (orange), landmarks."""
+    """RGB picture: image, bone masks (tinted fill + outline), ROI (cortex colour), landmarks."""
     img = np.clip(image, 0.0, 1.0)
     rgb = np.repeat((img * 255).astype(np.uint8)[..., None], 3, axis=2)
     side = img.shape[0] * scale

@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 
 from datamodules.colours import BONE_RGB as BONE_COLOURS
+from datamodules.colours import CORTEX_RGB as LM1_COLOUR
 from datamodules.colours import LANDMARK_RGB as LANDMARK_COLOURS
+from datamodules.colours import SCHOETTLE_RGB as SCHOETTLE_COLOUR
 from datamodules.sample import BONES
 from geometry.lines import Line
 from geometry.plan_geometry import Plan
 
-# RGB colours (bones and landmarks: datamodules.colours)
-LM1_COLOUR = (255, 40, 40)
+# RGB colours (bones, landmarks, LM1, Schoettle point: datamodules.colours)
 LM23_COLOUR = (255, 150, 0)
-SCHOETTLE_COLOUR = (0, 255, 0)
 REVIEW_COLOUR = (255, 40, 40)
 REFERENCE_RADIUS_MM = 2.5
 _SHIFT = 4  # sub-pixel bits for cv2 drawing

@@ -14,14 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.colours import BONE_RGB, LANDMARK_RGB
+from datamodules.colours import BONE_RGB, CORTEX_RGB, LANDMARK_RGB, SCHOETTLE_RGB
 from datamodules.phantoms.config import PhantomConfig
 from datamodules.phantoms.generate import generate_phantom, sample_seed
 from datamodules.sample import BONES, LANDMARKS, Sample
 
 BONE_COLOURS = tuple(BONE_RGB[b][::-1] for b in BONES)  # BGR
 P_BLUM, P_TMC = (LANDMARK_RGB[n][::-1] for n in LANDMARKS)
-LINE, SP = (255, 120, 0), (255, 255, 255)
+LINE, SP = CORTEX_RGB[::-1], SCHOETTLE_RGB[::-1]
 
 
 def _full_line(p: np.ndarray, d: np.ndarray, scale: float) -> tuple[tuple[int, int], ...]:
