@@ -173,7 +173,7 @@ class KneeDataModule(pl.LightningDataModule):
         return dm
 
     # -- building datasets -------------------------------------------------------------------
-    def _rank(self) -> tuple[int, int, int]:
+    def _placement(self) -> tuple[int, int, int]:
         """(global rank, world size, epoch to start at) of the attached trainer, if any."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
@@ -185,7 +185,7 @@ class KneeDataModule(pl.LightningDataModule):
         augment = self.augment_config if split == "train" else None
         # reseeded per epoch by the training sampler; this seed serves direct indexing only
         return SampleTransform(self.size, augment, seed=stream_seed(self.seed, 0, AUGMENT,
-                                                                    self._rank()[0]))
+                                                                    self._placement()[0]))
 
     def _phantom_config(self) -> Any:
         from datamodules.phantoms import PhantomConfig  # lazy: only phantom runs need it
@@ -271,7 +271,7 @@ class KneeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented batches seeded by ``(seed, epoch, rank)`` (datamodules.seeding);
         it starts at the trainer's current epoch, so a resumed run continues exactly."""
-        rank, world_size, epoch = self._rank()
+        rank, world_size, epoch = self._placement()
         return epoch_seeded_loader(
             self._dataset("train"), self.seed, epoch=epoch, rank=rank, num_replicas=world_size,
             batch_size=self.batch_size, num_workers=self.num_workers,
