@@ -72,7 +72,7 @@ class Hourglass(nn.Module):
 
 
 class PoseNet(nn.Module):
-    """princeton-vl's stacked hourglass: ``(B, in_channels, S, S)`` -> ``(B, nstack, oup, S/4, S/4)``."""
+    """princeton-vl's network: ``(B, in_channels, S, S)`` -> ``(B, nstack, oup, S/4, S/4)``."""
 
     def __init__(self, nstack: int = 4, inp_dim: int = 256, oup_dim: int = 16,
                  in_channels: int = 3) -> None:

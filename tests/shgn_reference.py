@@ -30,12 +30,14 @@ def _nrc(p: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
 
 def _unit(p: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
     skip = _conv(p, f"{name}.skip", x) if f"{name}.skip.weight" in p else x
-    return skip + _nrc(p, f"{name}.expand", _nrc(p, f"{name}.spatial", _nrc(p, f"{name}.reduce", x)))
+    inner = _nrc(p, f"{name}.spatial", _nrc(p, f"{name}.reduce", x))
+    return skip + _nrc(p, f"{name}.expand", inner)
 
 
 def _hourglass(p: dict[str, Tensor], name: str, x: Tensor, depth: int) -> Tensor:
     low = _unit(p, f"{name}.low1", F.max_pool2d(x, kernel_size=2, stride=2))
-    low = _hourglass(p, f"{name}.inner", low, depth - 1) if depth > 1 else _unit(p, f"{name}.inner", low)
+    inner = f"{name}.inner"
+    low = _hourglass(p, inner, low, depth - 1) if depth > 1 else _unit(p, inner, low)
     low = _unit(p, f"{name}.low3", low)
     return _unit(p, f"{name}.up", x) + F.interpolate(low, scale_factor=2.0, mode="nearest")
 
