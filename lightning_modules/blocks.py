@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_modules.inference_ops import add_residual
 from lightning_modules.instance_norm import InstanceNorm2d, norm_relu
 
 NORMS = ("instance", "batch", "group", "none")
@@ -103,4 +104,4 @@ class PreActBottleneck(nn.Module):
         return self.expand[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.skip(x) + self.expand(self.spatial(self.reduce(x)))
+        return add_residual(self.expand(self.spatial(self.reduce(x))), self.skip(x))

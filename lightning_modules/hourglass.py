@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_modules.blocks import PreActBottleneck
-from lightning_modules.fast_resample import add_upsampled_nearest, max_pool2
+from lightning_modules.inference_ops import add_upsampled_nearest, max_pool2
 
 
 class Hourglass(nn.Module):

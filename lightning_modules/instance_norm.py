@@ -14,11 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def plain_ops() -> bool:
-    """True when the network must run PyTorch's plain ops: autograd recording (training and its
-    gradients stay those of the plain ops) or ONNX export (standard ONNX operators)."""
-    return torch.is_grad_enabled() or torch.onnx.is_in_onnx_export()
+from lightning_modules.inference_ops import plain_ops
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):

@@ -19,8 +19,9 @@ map is refined to S cheaply (~0.37 GFLOP per hourglass in the paper setting).
 
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
 seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters, ~31.7 GFLOP
-per 1x256x256 forward. The CPU speed tricks (fused instance norm, resampling kernels, the bilinear
-adjoint) live in ``instance_norm.py`` and ``fast_resample.py``, the GradNorm taps in ``taps.py``.
+per 1x256x256 forward. The CPU speed tricks live beside it: ``instance_norm.py`` (fused norm +
+ReLU), ``inference_ops.py`` (pooling, nearest and residual adds), ``fast_upsample.py`` (bilinear
+adjoint); the GradNorm taps in ``taps.py``.
 
 Example:
     >>> net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
@@ -35,9 +36,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_modules.blocks import NormReLUConv, PreActBottleneck, conv1x1, conv3x3, make_norm
-from lightning_modules.fast_resample import max_pool2
-from lightning_modules.fast_resample import upsample_bilinear as up
+from lightning_modules.fast_upsample import upsample_bilinear as up
 from lightning_modules.hourglass import Hourglass
+from lightning_modules.inference_ops import max_pool2
 from lightning_modules.instance_norm import norm_relu
 from lightning_modules.taps import SHGNOutput, tap
 

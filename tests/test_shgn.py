@@ -9,7 +9,7 @@ import pytest
 import torch
 from shgn_reference import reference_forward
 
-from lightning_modules.fast_resample import add_upsampled_nearest, max_pool2
+from lightning_modules.inference_ops import add_upsampled_nearest, max_pool2
 from lightning_modules.instance_norm import InstanceNorm2d, norm_relu
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.shgn import MultiTaskSHGN
@@ -173,7 +173,7 @@ def test_tiny_network_overfits_tiny_batch() -> None:
                                                ((1, 1, 1, 1), 2), ((2, 1, 1, 2), 4)])
 def test_upsample_bilinear_matches_interpolate_values_and_gradient(shape, factor) -> None:
     """The fast adjoint equals upsample_bilinear2d's own backward (float64, incl. 1-px edges)."""
-    from lightning_modules.fast_resample import upsample_bilinear
+    from lightning_modules.fast_upsample import upsample_bilinear
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
@@ -199,7 +199,7 @@ def test_upsample_bilinear_matches_interpolate_values_and_gradient(shape, factor
 
 def test_upsample_bilinear_unused_output_sends_no_gradient() -> None:
     """An output that gets no gradient must not send zeros back (GradNorm relies on it)."""
-    from lightning_modules.fast_resample import upsample_bilinear
+    from lightning_modules.fast_upsample import upsample_bilinear
 
     x = torch.randn(1, 1, 4, 4, requires_grad=True)
     used, unused = x * 2, x * 3

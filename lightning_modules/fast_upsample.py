@@ -1,11 +1,8 @@
-"""Resampling ops of the network with cheaper CPU kernels, beside the network.
+"""Bilinear upsampling with a fast exact adjoint, beside the network.
 
-* :func:`upsample_bilinear`: ``F.interpolate(bilinear, align_corners=False)`` with a fast exact
-  adjoint (its backward runs ~5x faster on 2 CPU threads at 256 px, most of what GradNorm's
-  per-task gradients cost there).
-* :func:`max_pool2` and :func:`add_upsampled_nearest`: 2x2 max-pooling and ``a + nearest-up2(b)``.
-  At inference (no autograd, not exporting) they use strided slices and a broadcast add, exact
-  and ~5-10x faster than PyTorch's NCHW kernels at 64 px (measured); otherwise the plain ops.
+:func:`upsample_bilinear` has the values of ``F.interpolate(bilinear, align_corners=False)``; its
+backward is one depthwise strided convolution (~5x faster than PyTorch's own on 2 CPU threads at
+256 px, most of what GradNorm's per-task gradients cost there).
 """
 
 from __future__ import annotations
@@ -13,27 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from lightning_modules.instance_norm import plain_ops
-
-
-def max_pool2(x: Tensor) -> Tensor:
-    """``F.max_pool2d(x, 2, 2)`` (even sides); same values."""
-    if plain_ops():
-        return F.max_pool2d(x, kernel_size=2, stride=2)
-    top = torch.maximum(x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2])
-    top = torch.maximum(top, x[:, :, 1::2, 0::2], out=top)
-    return torch.maximum(top, x[:, :, 1::2, 1::2], out=top)
-
-
-def add_upsampled_nearest(a: Tensor, low: Tensor) -> Tensor:
-    """``a + F.interpolate(low, scale_factor=2, mode="nearest")`` (``a`` twice ``low``'s size);
-    at inference the sum is written into ``a``."""
-    if plain_ops():
-        return a + F.interpolate(low, scale_factor=2.0, mode="nearest")
-    b, c, h, w = low.shape
-    a.view(b, c, h, 2, w, 2).add_(low[:, :, :, None, :, None])
-    return a
 
 
 def _upsample_bilinear_adjoint(grad: Tensor, factor: int) -> Tensor:
@@ -95,7 +71,7 @@ def upsample_bilinear(x: Tensor, factor: int) -> Tensor:
         return x
     if factor < 2 or factor % 2 or x.ndim != 4:
         raise ValueError(
-            f"fast_resample.py: upsample_bilinear needs a (B, C, H, W) tensor and an even "
+            f"fast_upsample.py: upsample_bilinear needs a (B, C, H, W) tensor and an even "
             f"factor, got shape {tuple(x.shape)} and factor {factor}"
         )
     if not x.requires_grad or torch.onnx.is_in_onnx_export():
