@@ -2,16 +2,16 @@
 
 At inference (no autograd recording, not exporting to ONNX) these run cheaper CPU kernels with the
 same values: 2x2 max-pooling from strided slices, ``a + nearest-up2(b)`` as a broadcast add into
-``a``, and residual sums written into a fresh operand (~5-10x faster than PyTorch's NCHW pooling
-and nearest kernels at 64 px, measured). Otherwise the plain ops run, so training, its gradients
-and the exported graph are those of the plain network.
+``a`` (~5-10x faster than PyTorch's NCHW pooling and nearest kernels at 64 px, measured), residual
+sums written into a fresh operand, and the re-injection as one convolution. Otherwise the plain
+ops run, so training, its gradients and the exported graph are those of the plain network.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def plain_ops() -> bool:
@@ -42,3 +42,16 @@ def add_upsampled_nearest(a: Tensor, low: Tensor) -> Tensor:
 def add_residual(fresh: Tensor, skip: Tensor) -> Tensor:
     """``skip + fresh``; at inference written into ``fresh`` (a tensor nothing else holds)."""
     return skip + fresh if plain_ops() else fresh.add_(skip)
+
+
+def reinject(x: Tensor, f: Tensor, features: nn.Conv2d, coarse: list[Tensor],
+             predictions: list[nn.Conv2d]) -> Tensor:
+    """``x + features(f) + sum_t predictions[t](coarse[t])`` (1x1 convs); at inference one conv
+    over the channel concatenation (same sum, in another order) instead of four full-size ones."""
+    if plain_ops():
+        out = x + features(f)
+        for proj, c in zip(predictions, coarse, strict=True):
+            out = out + proj(c)
+        return out
+    weight = torch.cat([features.weight, *(p.weight for p in predictions)], dim=1)
+    return F.conv2d(torch.cat([f, *coarse], dim=1), weight, features.bias).add_(x)

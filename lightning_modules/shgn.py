@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from lightning_modules.blocks import NormReLUConv, PreActBottleneck, conv1x1, conv3x3, make_norm
 from lightning_modules.fast_upsample import upsample_bilinear as up
 from lightning_modules.hourglass import Hourglass
-from lightning_modules.inference_ops import max_pool2
+from lightning_modules.inference_ops import max_pool2, reinject
 from lightning_modules.instance_norm import norm_relu
 from lightning_modules.taps import SHGNOutput, tap
 
@@ -158,9 +158,9 @@ class HourglassStack(nn.Module):
             coarse[name], taps[name], outs[name] = head(f, k_half, k_full)
         if self.reinject_features is None or self.reinject_predictions is None:
             return outs, taps, None
-        x_next = x + self.reinject_features(f)
-        for name, proj in self.reinject_predictions.items():
-            x_next = x_next + proj(coarse[name])
+        preds = self.reinject_predictions
+        x_next = reinject(x, f, self.reinject_features, [coarse[n] for n in preds],
+                          [preds[n] for n in preds])
         return outs, taps, x_next
 
 
