@@ -1,6 +1,6 @@
 """LightningModule: multi-task stacked hourglass + per-hourglass GradNorm, manual optimisation.
 
-One training step (paper; DESIGN.md sec. 4):
+One training step (paper; gradnorm.py):
 
 1. forward all hourglasses, task losses ``(L, T)`` (deep supervision);
 2. one ``manual_backward`` of ``sum_l sum_t w_t^l L_t^l`` (weights constant) gives the network

@@ -53,7 +53,7 @@ def numpy_stats(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def numpy_log_weight_grad(
     w: np.ndarray, loss: np.ndarray, norm: np.ndarray, l0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient of L_grad w.r.t. log w, written out from DESIGN.md section 4, and L_grad."""
+    """Gradient of L_grad w.r.t. log w, written out from the gradnorm.py docstring, and L_grad."""
     grad = np.zeros((2, 2))
     l_grad = np.zeros(2)
     for l in range(2):

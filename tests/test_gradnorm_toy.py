@@ -4,7 +4,7 @@ Task i regresses ``sigma_i * tanh((B + eps_i) x)`` with ``x ~ N(0, I_250)``, 100
 ``B`` and ``eps_i`` with entries from N(0, 10^2) and N(0, 3.5^2). A 4-layer, 100-unit ReLU trunk
 (the 4th layer is ``W``, the last shared layer) feeds one linear head per task; squared loss;
 alpha = 0.12. The network is trained with Adam (lr 1e-3), the GradNorm weights with RMSProp at
-lr 0.025 (the weight optimiser of this project, DESIGN.md section 4). Fixed seed, a fixed
+lr 0.025 (the weight optimiser of this project, docs/ARCHITECTURE.md). Fixed seed, a fixed
 training set of 5,000 samples, batch 100, 500 steps (kept small for CI time on 2 cores).
 
 (a) T = 10, sigma linearly spread over [1, 100]: GradNorm ends with a lower task-normalised test
