@@ -1,4 +1,4 @@
-"""Per-hourglass GradNorm task weighting (Chen et al. 2018; Kordon et al. 2019, sec. 2.3).
+"""Per-hourglass GradNorm task weighting (Chen et al. 2018; Kordon et al. 2019).
 
 For every hourglass ``l`` separately, with ``W^l`` its last shared layer and ``T`` tasks:
 
