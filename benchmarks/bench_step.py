@@ -3,8 +3,10 @@
 Paper configuration (4 hourglasses, C*=256, 256 px), batch 2, CPU, RMSProp as in the paper.
 Both modes run in one process on the same batch, interleaved step by step (so drifts of the
 machine hit both alike); after warm-up the median of ``--steps`` steps is reported, with the
-ratio GradNorm / fixed (target <= 1.10, issue 4). Also prints the forward GFLOP and the FLOP
-count of one step in each mode (``torch.utils.flop_counter``), the machine-independent ratio.
+ratio GradNorm / fixed (target <= 1.10). Also prints the forward GFLOP and the FLOP count of one
+step in each mode (``torch.utils.flop_counter``), the machine-independent ratio, and times the
+original stacked hourglass's training step (``reference_hourglass.PoseNet``, BatchNorm, MSE on its
+16 heat-maps per stack, RMSProp) in the same rounds: the per-FLOP ratio of the GradNorm step to it.
 
     python benchmarks/bench_step.py [--steps 7] [--warmup 2] [--threads 2] [--size 256]
 """
@@ -22,6 +24,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_hourglass import PoseNet  # noqa: E402
 
 from lightning_modules.gradnorm import GradNorm  # noqa: E402
 from lightning_modules.losses import MultiTaskLoss  # noqa: E402
@@ -78,6 +83,22 @@ class Stepper:
         return float(total.detach())
 
 
+class ReferenceStepper:
+    """The original stacked hourglass trained on heat-maps at S/4 (MSE, RMSProp)."""
+
+    def __init__(self, batch_size: int, size: int) -> None:
+        self.net = PoseNet(in_channels=1).train()
+        self.opt = torch.optim.RMSprop(self.net.parameters(), lr=2.5e-4)
+        self.target = torch.rand(batch_size, 4, 16, size // 4, size // 4)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(self.net(batch["image"]), self.target)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=7, help="timed steps per mode (median)")
@@ -94,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch(args.batch_size, args.size)
     fixed = Stepper(net, use_gradnorm=False)
     gradnorm = Stepper(copy.deepcopy(net), use_gradnorm=True)
+    reference = ReferenceStepper(args.batch_size, args.size)
+    steppers = {"fixed": fixed, "gradnorm": gradnorm, "reference": reference}
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         net(batch["image"][:1])
@@ -101,21 +124,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{fc.get_total_flops() / 1e9:.1f} GFLOP")
 
     step_flops = {}
-    for name, stepper in (("fixed", fixed), ("gradnorm", gradnorm)):
+    for name, stepper in steppers.items():
         with FlopCounterMode(display=False) as fc:
             stepper.step(batch)  # also the first warm-up step (sets GradNorm's L(0))
         step_flops[name] = fc.get_total_flops()
     print(f"FLOP per training step (batch {args.batch_size}): fixed "
           f"{step_flops['fixed'] / 1e9:.1f} G, gradnorm {step_flops['gradnorm'] / 1e9:.1f} G, "
-          f"ratio {step_flops['gradnorm'] / step_flops['fixed']:.3f}")
+          f"ratio {step_flops['gradnorm'] / step_flops['fixed']:.3f}; reference stacked "
+          f"hourglass {step_flops['reference'] / 1e9:.1f} G")
 
     for _ in range(max(args.warmup - 1, 0)):
-        fixed.step(batch)
-        gradnorm.step(batch)
-    wall: dict[str, list[float]] = {"fixed": [], "gradnorm": []}
-    cpu: dict[str, list[float]] = {"fixed": [], "gradnorm": []}
+        for stepper in steppers.values():
+            stepper.step(batch)
+    wall: dict[str, list[float]] = {k: [] for k in steppers}
+    cpu: dict[str, list[float]] = {k: [] for k in steppers}
     for _ in range(args.steps):
-        for name, stepper in (("fixed", fixed), ("gradnorm", gradnorm)):
+        for name, stepper in steppers.items():
             t0, c0 = time.perf_counter(), time.process_time()
             stepper.step(batch)
             wall[name].append(time.perf_counter() - t0)
@@ -126,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     for clock, times in (("wall", wall), ("CPU", cpu)):
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["gradnorm"] / med["fixed"]
-        for name in ("fixed", "gradnorm"):
-            print(f"  {clock:4s} {name:8s} {med[name]:.3f} s  (all: "
+        for name in steppers:
+            print(f"  {clock:4s} {name:9s} {med[name]:.3f} s  (all: "
                   f"{', '.join(f'{t:.2f}' for t in times[name])})")
         print(f"  {clock:4s} ratio GradNorm / fixed = {ratio:.3f}  (target <= 1.10: "
               f"{'met' if ratio <= 1.10 else 'NOT met'})")
+        per_flop = (med["gradnorm"] / step_flops["gradnorm"]) / (
+            med["reference"] / step_flops["reference"])
+        print(f"  {clock:4s} time per FLOP, GradNorm step / reference step = {per_flop:.2f}")
     print(f"  GradNorm weights after the run: {gradnorm.gn.weights.tolist()}")
     return 0
 

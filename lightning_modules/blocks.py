@@ -15,9 +15,10 @@ network (the bottom of the hourglass) must be at least 2x2 (checked by the netwo
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_modules.inference_ops import add_residual
+from lightning_modules.instance_norm import InstanceNorm2d, norm_relu
 
 NORMS = ("instance", "batch", "group", "none")
 
@@ -36,7 +37,7 @@ def make_norm(name: str, channels: int) -> nn.Module:
     """Normalisation layer by name: ``instance`` (default of the network), ``batch``, ``group``
     (32 groups, or fewer when ``channels`` is not divisible), ``none``."""
     if name == "instance":
-        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+        return InstanceNorm2d(channels)  # nn.InstanceNorm2d, cheaper at inference
     if name == "batch":
         return nn.BatchNorm2d(channels)
     if name == "group":
@@ -61,6 +62,9 @@ class NormReLUConv(nn.Sequential):
             nn.ReLU(inplace=False),
             conv(in_channels, out_channels, bias=bias),
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self[2](norm_relu(self[0], x))
 
 
 class PreActBottleneck(nn.Module):
@@ -100,68 +104,4 @@ class PreActBottleneck(nn.Module):
         return self.expand[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.skip(x) + self.expand(self.spatial(self.reduce(x)))
-
-
-def _upsample_bilinear_adjoint(grad: Tensor, factor: int) -> Tensor:
-    """Exact adjoint of bilinear upsampling (``align_corners=False``, even ``factor``).
-
-    The clamped upsampling equals: replicate-pad the input by one sample per side, then the
-    interior stencil (output ``j`` reads ``(j + 0.5) / factor - 0.5`` of the padded grid, never
-    clamped). Its adjoint is therefore one depthwise strided convolution of the gradient with the
-    separable ``2 * factor``-tap triangle ``1 - |(k + 0.5) / factor - 1|`` (giving the gradient
-    of the padded input), then the adjoint of replicate padding: the ghost rows and columns are
-    added onto the border ones.
-
-    Shape: ``(B, C, factor * H, factor * W)`` -> ``(B, C, H, W)``.
-    """
-    channels = grad.shape[1]
-    taps = torch.tensor(
-        [1.0 - abs((k + 0.5) / factor - 1.0) for k in range(2 * factor)],
-        dtype=grad.dtype,
-        device=grad.device,
-    )
-    kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, -1, -1)
-    padded = F.conv2d(grad, kernel, stride=factor, padding=factor + factor // 2, groups=channels)
-    padded[:, :, 1].add_(padded[:, :, 0])
-    padded[:, :, -2].add_(padded[:, :, -1])
-    padded[:, :, :, 1].add_(padded[:, :, :, 0])
-    padded[:, :, :, -2].add_(padded[:, :, :, -1])
-    return padded[:, :, 1:-1, 1:-1]
-
-
-class _BilinearUpsample(torch.autograd.Function):
-    """``F.interpolate(bilinear, align_corners=False)`` by an integer factor, with a fast adjoint.
-
-    The forward is PyTorch's own; the backward is :func:`_upsample_bilinear_adjoint`, built from
-    differentiable ops (double backward works), ~5x faster on 2 CPU threads than
-    ``upsample_bilinear2d_backward`` for a ``(2, 16, 256, 256)`` gradient (measured).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, factor: int) -> Tensor:  # type: ignore[override]
-        ctx.factor = factor
-        ctx.set_materialize_grads(False)  # an unused output stays None: no zeros to propagate
-        return F.interpolate(x, scale_factor=float(factor), mode="bilinear", align_corners=False)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor | None) -> tuple[Tensor | None, None]:  # type: ignore[override]
-        if grad is None:
-            return None, None
-        return _upsample_bilinear_adjoint(grad, ctx.factor), None
-
-
-def upsample_bilinear(x: Tensor, factor: int) -> Tensor:
-    """Bilinear upsampling of ``(B, C, H, W)`` by an even integer ``factor`` (or 1), same values
-    as ``F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)``.
-
-    Shape: ``(B, C, H, W)`` -> ``(B, C, factor * H, factor * W)``.
-    """
-    if factor == 1:
-        return x
-    if factor < 2 or factor % 2 or x.ndim != 4:
-        raise ValueError(
-            f"blocks.py: upsample_bilinear needs a (B, C, H, W) tensor and an even factor, got "
-            f"shape {tuple(x.shape)} and factor {factor}"
-        )
-    return _BilinearUpsample.apply(x, factor)
+        return add_residual(self.expand(self.spatial(self.reduce(x))), self.skip(x))

@@ -8,22 +8,18 @@ For every hourglass ``l`` separately, with ``W^l`` its last shared layer and ``T
 * the network is trained on ``sum_l sum_t w_t^l L_t^l`` with ``w`` treated as constants.
 
 Closed-form weight gradient. ``G_t`` is linear in ``w_t`` and the target is a constant, so
-``d L_grad^l / d w_t = sign(G_t - target_t) * n_t``. Only the first-order norms ``n_t`` are
-needed: no second-order graph, no ``.backward()`` through the network; each ``n_t`` comes from
-``torch.autograd.grad(L_t^l, W^l, retain_graph=True)``, which walks back only from the loss to
-``W^l`` (the heads of hourglass ``l``) and never writes any network ``.grad``. For losses from
-``MultiTaskLoss`` the call starts at the loss term itself (``losses.term_gradient_edges``), so the
-engine does not also walk the other terms' graphs with empty gradients.
+``d L_grad^l / d w_t = sign(G_t - target_t) * n_t``: only the first-order norms ``n_t`` are
+needed, no second-order graph.
 
-Fused path (:meth:`GradNorm.backward_fused`, what the training step uses with ``MultiTaskSHGN``).
-The per-task calls above walk back through each head's full-resolution output path, which the
-network's backward then walks again. Given taps ``p_1..p_k`` of ``(l, t)`` -- tensors that
-together carry every path from ``W^l`` to ``L_t^l`` and each reach no other loss -- a hook on
-``p_i`` sees, during the one backward of ``sum w L``, exactly ``w_t^l dL_t^l / d p_i``;
+One path (:meth:`GradNorm.backward_fused`): the norms are taken during the network's one backward
+of ``sum w L``. Given taps ``p_1..p_k`` of ``(l, t)`` -- tensors that together carry every path
+from ``W^l`` to ``L_t^l`` and each reach no other loss (``SHGNOutput.gradnorm_taps``; see
+docs/ARCHITECTURE.md, "GradNorm taps") -- a hook on ``p_i`` sees exactly ``w_t^l dL_t^l / d p_i``;
 ``autograd.grad(p_i, W^l, grad_outputs=that)`` (retaining the graph the running backward still
 needs) walks back only from ``p_i``; the sum over ``i`` is ``w_t^l grad_{W^l} L_t^l``, so
-``n_t = ||.|| / w_t`` (``w_t > 0`` always). Same norms, same weight gradient, and the network
-gradients come from that single, unchanged backward (DDP's reducer) bit for bit.
+``n_t = ||.|| / w_t`` (``w_t > 0`` always). The network gradients come from that single, unchanged
+backward (DDP's reducer) bit for bit. The tests check the norms against separate per-task
+``autograd.grad(L_t^l, W^l)`` calls (``tests/gradnorm_reference.py``).
 
 Positivity. The trainable parameter is ``log_weights`` (``w = exp(log_weights)``), so every
 optimiser step is multiplicative in ``w`` and ``w`` can never reach or cross zero. The paper's
@@ -62,22 +58,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_modules.losses import term_gradient_edges
-
 
 class GradNorm(nn.Module):
     """Per-hourglass GradNorm task weights; its only trainable parameter is ``log_weights``.
 
     Typical step (weights stepped by their own optimiser, e.g. ``RMSprop(gn.parameters(), lr)``)::
 
-        losses = criterion(out, batch)                        # (L, T), attached to the graph
-        gn.backward_weights(losses, [net.shared_params(l) for l in range(L)])
-        gn.total_loss(losses).backward()                      # network gradients only
-        net_opt.step(); w_opt.step(); gn.renormalise()
-
-    or, for a network that provides taps (``MultiTaskSHGN``), both gradients in one backward::
-
+        out = net(batch["image"]); losses = criterion(out, batch)     # (L, T), on the graph
+        shared = [net.shared_params(l) for l in range(L)]
         gn.backward_fused(losses, out.gradnorm_taps(criterion.task_names), shared)
+        net_opt.step(); w_opt.step(); gn.renormalise()
 
     Args:
         num_stacks: number of hourglasses ``L`` (one weight vector each).
@@ -152,37 +142,6 @@ class GradNorm(nn.Module):
         self._check_losses(losses)
         return (self.weights.to(losses.dtype) * losses).sum()
 
-    def _task_grad_norms(
-        self, losses: Tensor, shared_params: Sequence[Sequence[nn.Parameter]]
-    ) -> Tensor:
-        """``n[l, t] = || grad_{W^l} L_t^l ||_2`` without touching any ``.grad``."""
-        ref = self.initial_losses
-        norms = torch.zeros(self.num_stacks, self.num_tasks, dtype=ref.dtype, device=ref.device)
-        edges = term_gradient_edges(losses)
-        one = torch.ones((), dtype=losses.dtype, device=losses.device)
-        for l in range(self.num_stacks):
-            params = list(shared_params[l])
-            if not params:
-                raise ValueError(f"gradnorm.py: hourglass {l} has no shared parameters W^{l}")
-            for t in range(self.num_tasks):
-                if edges is None:
-                    if not losses[l, t].requires_grad:
-                        continue  # constant loss: no gradient reaches W^l
-                    grads = torch.autograd.grad(
-                        losses[l, t], params, retain_graph=True, allow_unused=True
-                    )
-                else:  # same gradient, started at the loss term itself (losses.py)
-                    edge = edges[l * self.num_tasks + t]
-                    if edge is None:
-                        continue
-                    grads = torch.autograd.grad(
-                        [edge], params, grad_outputs=[one], retain_graph=True, allow_unused=True
-                    )
-                sq = [g.detach().to(ref).pow(2).sum() for g in grads if g is not None]
-                if sq:
-                    norms[l, t] = torch.stack(sq).sum().sqrt()
-        return norms
-
     def _all_reduce_mean(self, stats: Tensor) -> Tensor:
         if not (self.sync and dist.is_available() and dist.is_initialized()):
             return stats
@@ -192,24 +151,6 @@ class GradNorm(nn.Module):
         stats = stats.clone()
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         return stats / world
-
-    def backward_weights(
-        self, losses: Tensor, shared_params: Sequence[Sequence[nn.Parameter]]
-    ) -> Tensor:
-        """Set ``log_weights.grad`` from ``L_grad`` of every hourglass; return ``L_grad`` ``(L,)``.
-
-        Overwrites ``log_weights.grad``; never writes a network parameter's ``.grad``. The first
-        call also stores ``L(0)`` (rank-averaged under DDP). The graph of ``losses`` is retained
-        for the following ``total_loss(losses).backward()``.
-
-        Args:
-            losses: ``(L, T)`` task losses per hourglass, attached to the network graph.
-            shared_params: ``shared_params[l]`` = the parameters ``W^l`` of hourglass ``l``.
-        """
-        self._check_losses(losses)
-        self._check_shared(shared_params)
-        norms = self._task_grad_norms(losses, shared_params)
-        return self._set_weight_grad(norms, losses)
 
     def _check_shared(self, shared_params: Sequence[Sequence[nn.Parameter]]) -> None:
         if len(shared_params) != self.num_stacks:
@@ -221,15 +162,15 @@ class GradNorm(nn.Module):
     def backward_fused(
         self,
         losses: Tensor,
-        taps: Sequence[Sequence[Sequence[Tensor]]],
+        taps: Sequence[Sequence[Sequence[Tensor]]] | None,
         shared_params: Sequence[Sequence[nn.Parameter]],
         backward: Callable[[Tensor], object] | None = None,
     ) -> Tensor:
-        """Backward of ``total_loss(losses)`` that also sets ``log_weights.grad``; returns it.
+        """Backward of ``total_loss(losses)`` that also sets ``log_weights.grad``.
 
-        Same ``log_weights.grad`` and network gradients as ``backward_weights(losses, shared)``
-        followed by ``backward(total_loss(losses))``, but the norms ``n`` are taken from the taps
-        during that one backward (module docstring, "Fused path"); returns ``L_grad`` ``(L,)``.
+        The network gets the gradients of ``total_loss(losses)``; the norms ``n`` are taken from
+        the taps during that one backward (module docstring) and give ``log_weights.grad`` via
+        :meth:`set_weight_grad`; returns ``L_grad`` ``(L,)``. The first call also stores ``L(0)``.
 
         Args:
             losses: ``(L, T)`` task losses per hourglass, attached to the network graph.
@@ -241,6 +182,9 @@ class GradNorm(nn.Module):
         """
         self._check_losses(losses)
         self._check_shared(shared_params)
+        if taps is None:
+            raise ValueError("gradnorm.py: the network output has no GradNorm taps for every "
+                             "hourglass and task (SHGNOutput.gradnorm_taps returned None)")
         if len(taps) != self.num_stacks or any(len(row) != self.num_tasks for row in taps):
             raise ValueError(
                 f"gradnorm.py: taps must be ({self.num_stacks}, {self.num_tasks}) tensor groups "
@@ -273,10 +217,11 @@ class GradNorm(nn.Module):
                 sq = [g.to(ref).pow(2).sum() for g in partial[l][t] if g is not None]
                 if sq:
                     norms[l, t] = torch.stack(sq).sum().sqrt() / w[l, t].to(ref)
-        return self._set_weight_grad(norms, losses)
+        return self.set_weight_grad(norms, losses)
 
-    def _set_weight_grad(self, norms: Tensor, losses: Tensor) -> Tensor:
-        """The weight update from this step's norms ``n`` and losses; returns ``L_grad``."""
+    def set_weight_grad(self, norms: Tensor, losses: Tensor) -> Tensor:
+        """Set ``log_weights.grad`` from this step's norms ``n[l, t]`` and losses (rank-averaged
+        under DDP; the first call stores ``L(0)``); return ``L_grad`` ``(L,)``."""
         stats = torch.stack([norms, losses.detach().to(self.initial_losses)])
         norms, loss_vals = self._all_reduce_mean(stats).unbind(0)
         if not bool(self.initialised):

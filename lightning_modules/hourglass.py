@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.blocks import PreActBottleneck
+from lightning_modules.inference_ops import add_upsampled_nearest, max_pool2
 
 
 class Hourglass(nn.Module):
@@ -42,5 +42,5 @@ class Hourglass(nn.Module):
         self.low3 = PreActBottleneck(channels, channels, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        low = self.low3(self.inner(self.low1(F.max_pool2d(x, kernel_size=2, stride=2))))
-        return self.up(x) + F.interpolate(low, scale_factor=2.0, mode="nearest")
+        low = self.low3(self.inner(self.low1(max_pool2(x))))
+        return add_upsampled_nearest(self.up(x), low)

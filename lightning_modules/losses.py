@@ -13,60 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge
 
 from lightning_modules.shgn import SHGNOutput
 
 DEFAULT_TASK_LOSSES: dict[str, str] = {"seg": "weighted_bce", "lm": "mse", "roi": "mse"}
-
-
-class _StackTerms(torch.autograd.Function):
-    """``torch.stack`` of scalar loss terms whose backward sends nothing to a term whose incoming
-    gradient is exactly zero.
-
-    With a plain ``torch.stack``, differentiating one entry (GradNorm's
-    ``autograd.grad(losses[l, t], W^l)``) sends zero tensors down *every* term that depends on
-    ``W^l`` -- for the first hourglass that is the whole rest of the network (measured: 45 instead
-    of 1.6 GFLOP per entry in the paper setting). Returning ``None`` for zero-gradient terms lets
-    autograd skip their graphs; gradients are otherwise identical to ``torch.stack``.
-    """
-
-    @staticmethod
-    def forward(ctx, *terms: Tensor) -> Tensor:  # type: ignore[override]
-        return torch.stack(terms)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        nonzero = grad.ne(0).tolist()
-        return tuple(grad[i] if nz else None for i, nz in enumerate(nonzero))
-
-
-def stack_terms(terms: list[Tensor]) -> Tensor:
-    """Stack scalar losses into a vector; see :class:`_StackTerms` for the backward."""
-    return _StackTerms.apply(*terms)
-
-
-def term_gradient_edges(losses: Tensor) -> list[GradientEdge | None] | None:
-    """Gradient edges of the scalar terms behind ``losses`` (row-major), or None if unknown.
-
-    For a contiguous view of :func:`stack_terms` output (what :class:`MultiTaskLoss` returns),
-    ``torch.autograd.grad(edges[i], W, grad_outputs=one)`` equals
-    ``torch.autograd.grad(losses.flatten()[i], W)`` but starts at term ``i`` itself, so the
-    autograd engine does not walk (with empty gradients) through the graphs of all other terms
-    (measured: ~30 ms of GradNorm's per-task gradients in the paper setting). An entry is None
-    for a term without a graph (constant). Returns None when ``losses`` is not such a view.
-    """
-    base = losses if losses._base is None else losses._base
-    node = base.grad_fn
-    if (
-        type(node) is not _StackTerms._backward_cls
-        or base.ndim != 1
-        or not losses.is_contiguous()
-        or losses.numel() != base.numel()
-        or losses.storage_offset() != base.storage_offset()
-    ):
-        return None
-    return [None if fn is None else GradientEdge(fn, nr) for fn, nr in node.next_functions]
 
 
 def _check_pair(pred: Tensor, target: Tensor, what: str) -> None:
@@ -162,4 +112,4 @@ class MultiTaskLoss(nn.Module):
                 )
             terms.extend(self._loss_fn(kind)(preds[name], batch[name])
                          for name, kind in self.task_losses.items())
-        return stack_terms(terms).view(len(out.stacks), len(self.task_losses))
+        return torch.stack(terms).view(len(out.stacks), len(self.task_losses))

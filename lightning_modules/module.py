@@ -5,8 +5,7 @@ One training step (paper; docs/ARCHITECTURE.md, "Training step"):
 1. forward all hourglasses, task losses ``(L, T)`` (deep supervision);
 2. one ``manual_backward`` of ``sum_l sum_t w_t^l L_t^l`` (weights constant) gives the network
    gradients; ``GradNorm.backward_fused`` runs it and, from the network's GradNorm taps during
-   that backward, sets the gradient of the weights ``w^l`` (closed form; same result as
-   ``GradNorm.backward_weights`` before the backward, the path used for outputs without taps);
+   that backward, sets the gradient of the weights ``w^l`` (closed form, gradnorm.py);
 3. the network's RMSProp steps (optionally after gradient clipping);
 4. the weights' own RMSProp steps, then ``renormalise`` (each ``w^l`` sums to ``T``).
 
@@ -41,7 +40,7 @@ from torch import Tensor
 
 from datamodules.sample import TASKS
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
-from lightning_modules.gradnorm import GradNorm
+from lightning_modules.gradnorm import GradNorm, ddp_ignore_gradnorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
 from lightning_modules.shgn import MultiTaskSHGN
@@ -118,12 +117,7 @@ class KneePlanModule(pl.LightningModule):
         self.criterion = MultiTaskLoss(beta)
         self.val_metrics = ValidationMetrics()
         self._pending_rng: dict | None = None
-        # Under DDP the GradNorm parameters get no gradient from the network's backward (their
-        # own gradient is set in closed form and all-reduced inside GradNorm), so DDP must not
-        # wait for them; its buffers (L(0)) are kept identical by GradNorm's own all-reduce.
-        self._ddp_params_and_buffers_to_ignore = [
-            f"gradnorm.{n}" for n, _ in self.gradnorm.named_parameters()
-        ] + [f"gradnorm.{n}" for n, _ in self.gradnorm.named_buffers()]
+        ddp_ignore_gradnorm(self)  # GradNorm synchronises itself; DDP must not wait for it
 
     # ----------------------------------------------------------------------------- inference
     def forward(self, x: Tensor):  # noqa: D102 - returns SHGNOutput
@@ -165,13 +159,8 @@ class KneePlanModule(pl.LightningModule):
         opt_gn.zero_grad()
         opt_net.zero_grad()
         taps = out.gradnorm_taps(self.criterion.task_names)
-        if taps is None:
-            self.gradnorm.backward_weights(losses, shared)
-            total = self.gradnorm.total_loss(losses)
-            self.manual_backward(total)
-        else:  # same gradients, GradNorm's norms taken during the one backward (gradnorm.py)
-            total = self.gradnorm.total_loss(losses.detach())  # for logging: same value
-            self.gradnorm.backward_fused(losses, taps, shared, backward=self.manual_backward)
+        total = self.gradnorm.total_loss(losses.detach())  # for logging: the value backpropagated
+        self.gradnorm.backward_fused(losses, taps, shared, backward=self.manual_backward)
         if self.hparams.grad_clip_val is not None:
             self.clip_gradients(opt_net, gradient_clip_val=self.hparams.grad_clip_val,
                                 gradient_clip_algorithm=self.hparams.grad_clip_algorithm)

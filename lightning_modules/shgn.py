@@ -2,57 +2,26 @@
 
 Layout for an ``S x S`` input (``S = 256`` in the paper; widths ``C_in, C1, C2, C*``)::
 
-    stem:  conv7x7/2 (C_in->C1) -> norm -> ReLU -> unit(C1->C2)         at S/2  -> f_half
-           maxpool/2 -> unit(C2->C2) -> unit(C2->C*)                      at S/4  -> x_0
-    skips: conv3x3(image -> s) -> norm -> ReLU                            at S    -> k_full
-           norm -> ReLU -> conv1x1(f_half -> s)                           at S/2  -> k_half
+    stem:  conv7x7/2 (C_in->C1) -> nr -> unit(C1->C2)                       at S/2 -> f_half
+           maxpool/2 -> unit(C2->C2) -> unit(C2->C*)                        at S/4 -> x_0
+    skips: nr(conv3x3(image -> s)) at S -> k_full;  nrc1x1(f_half -> s) at S/2 -> k_half
     hourglass l = 0..L-1 (all at S/4):
-           h_l = Hourglass(x_l); f_l = unit(h_l)       <- f_l's unit = the LAST SHARED LAYER
-           per task t: coarse_t = nrc1x1(C*->head) -> nrc1x1(head->C_t)         at S/4
-                       r_t = nr(conv3x3([up2(coarse_t), k_half]))                  at S/2
-                       out_t = up4(coarse_t)
-                               + conv1x1(relu(up2(r_t) + conv1x1(k_full)))          at S
-                       ([a, b] = channel concatenation, computed as two added convs)
+           f_l = unit(Hourglass(x_l))                 <- its last conv is W^l (GradNorm)
+           per task t: coarse_t = nrc1x1(C*->head) -> nrc1x1(head->C_t)          at S/4
+                       r_t = nr(conv3x3(up2(coarse_t)) + conv3x3(k_half))          at S/2
+                       out_t = up4(coarse_t) + conv1x1(relu(up2(r_t) + conv1x1(k_full)))
            x_{l+1} = x_l + conv1x1(f_l) + sum_t conv1x1(coarse_t)   (re-injection, l < L-1)
 
-``unit`` = pre-activation bottleneck, ``nr`` = norm -> ReLU, ``nrc1x1`` = norm -> ReLU -> 1x1
-conv, ``up2``/``up4`` = bilinear upsampling.
-
-Input sizes. ``S`` must be a multiple of ``4 * 2**depth``; with instance norm the hourglass bottom
-(``S / (4 * 2**depth)``) must be at least 2x2, so depth 4 needs ``S >= 128`` (256 px: 4x4 bottom)
-and 64 px inputs need ``depth <= 3`` (the tests use depth 2). Violations raise a ValueError.
-
-Getting back to the input resolution. Targets are compared at ``S`` (heat-map sigma 6 px is
-meant at 256 px), but all wide work stays at ``S/4``: each task head predicts a coarse ``C_t``
-channel map at ``S/4`` (this is also what is re-injected), which is upsampled bilinearly to ``S``
-and corrected by a light refinement: a 3x3 conv at ``S/2`` over the upsampled coarse map and a
-narrow (``s = 16`` channel) skip of the stem, then at ``S`` a per-pixel one-hidden-layer mix
-(ReLU of the upsampled refinement plus a 1x1 projection of a 16-channel 3x3 feature map of the
-image), projected to ``C_t``. The skips are computed once and shared by all hourglasses; the
-refinement is residual (``up4(coarse) + correction``), so the coarse map is a meaningful
-low-resolution prediction. Cost per task and hourglass, paper setting, in MAC per image:
-``(C_t + 16) * 16 * 9 * 128^2`` at S/2 (47/42/40 M for seg/lm/roi) plus
-``(16 * 16 + 16 * C_t) * 256^2`` at S (21/19/18 M): ~0.37 GFLOP per hourglass, ~1.5 GFLOP for
-four, against ~77 GFLOP for a single 256-channel 3x3 convolution at 256 px.
+``unit`` = pre-activation bottleneck, ``nr`` = norm -> ReLU, ``nrc1x1`` = nr -> 1x1 conv,
+``up2``/``up4`` = bilinear. ``S`` must be a multiple of ``4 * 2**depth`` with a bottom of at least
+2x2 for instance norm (depth 4 needs ``S >= 128``). All wide work stays at S/4; each head's coarse
+map is refined to S cheaply (~0.37 GFLOP per hourglass in the paper setting).
 
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
-seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters; one forward of
-a 1x256x256 image costs ~31.7 GFLOP (``torch.utils.flop_counter``, 2 FLOP per multiply-add), a
-training step of batch 2 ~189.9 GFLOP; per-hourglass GradNorm adds ~13.4 GFLOP (FLOP ratio
-1.070; ``benchmarks/bench_step.py`` measures the time ratio).
-
-GradNorm. ``shared_params(l)`` returns the weight of the final 1x1 convolution of hourglass
-``l``'s last shared unit (``C*/2 -> C*``, 32,768 numbers in the paper setting). It is the last
-parameterised operation before the task heads branch off, so ``grad_{W^l} L_t^l`` walks back only
-through hourglass ``l``'s head ``t`` and one weight-gradient of a 1x1 convolution; taking the
-whole unit instead would add a backward pass through three convolutions per task.
-
-GradNorm taps. Each head feeds its coarse map to its output path through an alias
-(``coarse.view_as(coarse)``) and to the re-injection through the map itself, so the gradient that
-the network's backward of ``sum w_t^l L_t^l`` leaves at the alias is exactly
-``w_t^l dL_t^l / d coarse_t^l``. ``SHGNOutput.gradnorm_taps`` hands the aliases to
-``GradNorm.backward_fused``, which gets ``grad_{W^l} L_t^l`` from there through the coarse
-predictor's two 1x1 layers only, during that one backward, instead of walking the refinement again.
+seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters, ~31.7 GFLOP
+per 1x256x256 forward. The CPU speed tricks live beside it: ``instance_norm.py`` (fused norm +
+ReLU), ``inference_ops.py`` (pooling, nearest and residual adds), ``fast_upsample.py`` (bilinear
+adjoint); the GradNorm taps in ``taps.py``.
 
 Example:
     >>> net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
@@ -64,59 +33,19 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.sample import TASKS
-from lightning_modules.blocks import (
-    NormReLUConv,
-    PreActBottleneck,
-    conv1x1,
-    conv3x3,
-    make_norm,
-    upsample_bilinear,
-)
+from lightning_modules.blocks import NormReLUConv, PreActBottleneck, conv1x1, conv3x3, make_norm
+from lightning_modules.fast_upsample import upsample_bilinear as up
 from lightning_modules.hourglass import Hourglass
+from lightning_modules.inference_ops import max_pool2, reinject
+from lightning_modules.instance_norm import norm_relu
+from lightning_modules.taps import SHGNOutput, tap
+
+__all__ = ["MultiTaskSHGN", "SHGNOutput"]
 
 STEM_STRIDE = 4  # the stem reduces the input side by 4 (conv stride 2, then max-pool 2)
-
-
-@dataclass
-class SHGNOutput:
-    """Predictions of every hourglass (deep supervision).
-
-    Attributes:
-        stacks: ``stacks[l][task]`` is ``(B, C_task, S, S)`` for hourglass ``l`` (0 = first);
-            ``seg`` holds logits, ``lm`` and ``roi`` heat-maps; task order = network's tasks.
-        taps: ``taps[l][task] = (alias,)``: a view of the head's coarse map, the only way from
-            ``W^l`` to ``stacks[l][task]``, reaching nothing else (GradNorm taps, module
-            docstring); empty when the producer has none.
-    """
-
-    stacks: list[dict[str, Tensor]]
-    taps: list[dict[str, tuple[Tensor, ...]]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, Tensor]:
-        """Predictions of the last hourglass (what inference uses)."""
-        return self.stacks[-1]
-
-    def gradnorm_taps(self, task_names: list[str]) -> list[list[tuple[Tensor, ...]]] | None:
-        """``taps`` as ``[l][t]`` in the order of ``task_names`` (the loss columns), or None if
-        this output has no taps for every hourglass and task."""
-        if len(self.taps) != len(self.stacks) or not all(
-            name in taps for taps in self.taps for name in task_names
-        ):
-            return None
-        return [[taps[name] for name in task_names] for taps in self.taps]
-
-
-def _up(x: Tensor, factor: int) -> Tensor:
-    # = F.interpolate(bilinear, align_corners=False); its backward runs ~5x faster on CPU at
-    # 256 px, which is most of what GradNorm's per-task gradients cost there (blocks.py).
-    return upsample_bilinear(x, factor)
 
 
 class Stem(nn.Module):
@@ -131,8 +60,8 @@ class Stem(nn.Module):
         self.unit_out = PreActBottleneck(c2, c_star, norm)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f_half = self.unit_half(F.relu(self.norm(self.conv(x))))
-        x0 = self.unit_out(self.unit_quarter(F.max_pool2d(f_half, kernel_size=2, stride=2)))
+        f_half = self.unit_half(norm_relu(self.norm, self.conv(x)))
+        x0 = self.unit_out(self.unit_quarter(max_pool2(f_half)))
         return x0, f_half
 
 
@@ -166,11 +95,8 @@ class TaskHead(nn.Module):
             NormReLUConv(channels, head_channels, 1, norm, bias=False),
             NormReLUConv(head_channels, out_channels, 1, norm, bias=True),
         )
-        # Convs over [prediction path, skip] are written as two added convs (same function as
-        # one conv over the concatenation), so that gradients towards W^l (GradNorm) skip the
-        # skip channels. At full resolution only 1x1 convs: a 3x3 conv with 1-4 output channels
-        # at 256 px runs at a few GFLOP/s on CPU (measured), and 1x1 conv and bilinear upsampling
-        # commute, so the spatial work is done at S/2.
+        # [prediction, skip] convs are two added convs, so gradients towards W^l skip the skips;
+        # only 1x1 convs at S (a 3x3 conv with 1-4 outputs runs at a few GFLOP/s on CPU).
         self.refine_half = conv3x3(out_channels, refine_channels, bias=False)
         self.refine_half_skip = conv3x3(skip_channels, refine_channels, bias=False)
         self.refine_norm = make_norm(norm, refine_channels)
@@ -181,11 +107,11 @@ class TaskHead(nn.Module):
         self, f: Tensor, k_half: Tensor, k_full: Tensor
     ) -> tuple[Tensor, tuple[Tensor], Tensor]:
         coarse = self.coarse(f)
-        alias = coarse.view_as(coarse)  # the GradNorm tap: feeds this head's output only
-        r = self.refine_half(_up(alias, 2)) + self.refine_half_skip(k_half)
-        r = F.relu(self.refine_norm(r))
-        z = F.relu(_up(r, 2) + self.refine_full_skip(k_full))
-        out = _up(alias, 4) + self.refine_full(z)
+        alias = tap(coarse)  # the GradNorm tap: feeds this head's output only (taps.py)
+        r = self.refine_half(up(alias, 2)) + self.refine_half_skip(k_half)
+        r = norm_relu(self.refine_norm, r)
+        z = (up(r, 2) + self.refine_full_skip(k_full)).relu_()
+        out = up(alias, 4) + self.refine_full(z)
         return coarse, (alias,), out
 
 
@@ -232,9 +158,9 @@ class HourglassStack(nn.Module):
             coarse[name], taps[name], outs[name] = head(f, k_half, k_full)
         if self.reinject_features is None or self.reinject_predictions is None:
             return outs, taps, None
-        x_next = x + self.reinject_features(f)
-        for name, proj in self.reinject_predictions.items():
-            x_next = x_next + proj(coarse[name])
+        preds = self.reinject_predictions
+        x_next = reinject(x, f, self.reinject_features, [coarse[n] for n in preds],
+                          [preds[n] for n in preds])
         return outs, taps, x_next
 
 

