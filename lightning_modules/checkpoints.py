@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -36,7 +37,7 @@ class CheckpointError(ValueError):
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -55,6 +56,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({_first_line(err)})") from None
+    if not is_zip:  # torch.save writes a zip archive; its directory sits at the very end
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a file "
+                              "written by torch.save (no complete zip archive)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -173,8 +181,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     stale = sorted(folder.glob(f"{TMP_PREFIX}*")) if folder.is_dir() else []
     for p in stale:
-        try:
+        with contextlib.suppress(OSError):
             p.unlink()
-        except OSError:
-            pass
     return stale
