@@ -19,6 +19,7 @@ images/, a dataset of one image (no validation image after the split).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,7 @@ def _check_links(folder: Path, report: ValidationReport) -> None:
         except RuntimeError:
             report.error(p, "symlink loop")
         except OSError as err:
-            loop = "loop" in str(err).lower() or getattr(err, "errno", None) == 40
+            loop = err.errno == errno.ELOOP
             report.error(p, "symlink loop" if loop else "broken symlink (target missing)")
 
 
