@@ -35,6 +35,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot or must not be used; the message is one line naming the file."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a FileNotFoundError)."""
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
@@ -49,7 +53,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise MissingCheckpointError(f"{path}: no such checkpoint file (does not exist)")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():

@@ -339,6 +339,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     try:
         with warnings.catch_warnings():  # a resumed run continues its own (non-empty) folder
             warnings.filterwarnings("ignore", message="Experiment logs directory")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not")
             trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
                         weights_only=True)
     except DATA_ERRORS:

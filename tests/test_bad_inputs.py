@@ -168,6 +168,7 @@ def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow  # three fresh interpreters (~15-25 s each on 2 busy cores); runs in make test
 @pytest.mark.parametrize("entry", ["plan", "evaluate", "train"])
 def test_pickle_payload_never_runs_through_the_entry_points(entry, tmp_path):
     marker = tmp_path / "PAYLOAD_RAN"
