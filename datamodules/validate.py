@@ -147,19 +147,23 @@ def _check_image(f: Path, report: ValidationReport) -> tuple[tuple[int, int] | N
 
 
 def _check_links(folder: Path, report: ValidationReport) -> None:
-    """Symlinks that lead nowhere (broken, or a loop) are errors, not silently skipped."""
+    """Entries that are not files are errors, not silently skipped: broken symlinks, symlink
+    loops, pipes and devices."""
     if not folder.is_dir():
         return
     for p in sorted(folder.iterdir()):
-        if not p.is_symlink():
-            continue
-        try:
-            p.resolve(strict=True)
-        except RuntimeError:
-            report.error(p, "symlink loop")
-        except OSError as err:
-            loop = err.errno == errno.ELOOP
-            report.error(p, "symlink loop" if loop else "broken symlink (target missing)")
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+            except RuntimeError:
+                report.error(p, "symlink loop")
+                continue
+            except OSError as err:
+                loop = err.errno == errno.ELOOP
+                report.error(p, "symlink loop" if loop else "broken symlink (target missing)")
+                continue
+        if p.exists() and not p.is_file() and not p.is_dir():
+            report.error(p, "not a regular file (a pipe, socket or device)")
 
 
 def validate_dataset(root: str | Path) -> ValidationReport:

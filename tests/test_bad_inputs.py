@@ -374,7 +374,9 @@ def test_symlink_loop_in_images_is_an_error(tmp_path):
     loop = tmp_path / "images" / "loop.png"
     os.symlink(loop, loop)
     (tmp_path / "images" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "images" / "pipe.png")
     errors, _ = _messages(validate_dataset(tmp_path))
+    assert any("pipe.png: not a regular file" in e for e in errors), errors
     assert any("loop.png: symlink loop" in e for e in errors), errors
     assert any("dangling.png: broken symlink" in e for e in errors), errors
 
