@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DEFAULT_MAX_PIXELS = 60_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
+DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
 _GRAY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])
 
 
@@ -75,7 +75,8 @@ def load_image(path: str | Path) -> LoadedImage:
 
 
 def max_pixels() -> int:
-    """The pixel-count limit: ``KNEEPLAN_MAX_PIXELS`` if set (a positive integer), else 60 MP."""
+    """The pixel-count limit: ``KNEEPLAN_MAX_PIXELS`` if set (a positive integer), else 40 MP
+    (planning one image stays under 2 GB up to about that size)."""
     raw = os.environ.get("KNEEPLAN_MAX_PIXELS", "").strip()
     try:
         value = int(float(raw)) if raw else DEFAULT_MAX_PIXELS

@@ -28,7 +28,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
-TMP_PREFIX = ".tmp-"
+TMP_GLOB = ".*.tmp"  # ``.<name>.<pid>.tmp``: never matches ``*.ckpt``
 
 
 class CheckpointError(ValueError):
@@ -162,13 +162,13 @@ class FiniteModelCheckpoint(ModelCheckpoint):
 
 
 class SameFolderCheckpointIO(TorchCheckpointIO):
-    """Write ``<dir>/.tmp-<pid>-<name>`` then rename it over ``<dir>/<name>`` (atomic, no
+    """Write ``<dir>/.<name>.<pid>.tmp`` then rename it over ``<dir>/<name>`` (atomic, no
     file in the system temp folder); the temporary is removed when the write fails."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
@@ -181,9 +181,9 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporaries left in ``folder`` by a killed run (``.tmp-*``); return them."""
+    """Delete temporaries left in ``folder`` by a killed run (``.<name>.<pid>.tmp``)."""
     folder = Path(folder)
-    stale = sorted(folder.glob(f"{TMP_PREFIX}*")) if folder.is_dir() else []
+    stale = sorted(folder.glob(TMP_GLOB)) if folder.is_dir() else []
     for p in stale:
         with contextlib.suppress(OSError):
             p.unlink()
