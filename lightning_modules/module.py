@@ -73,8 +73,8 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_algorithm: ``norm`` or ``value``.
         net_kwargs: further keyword arguments of ``MultiTaskSHGN`` (head/skip widths ...).
         max_nonfinite_steps: a step whose loss or gradient is NaN/inf is skipped (no optimiser
-            step) and counted (``train/nonfinite_steps``); this many in a row stop training
-            with :class:`NonFiniteTrainingError`.
+            step), counted (``train/nonfinite_steps``) and logged with ``train/loss`` NaN;
+            this many in a row stop training with :class:`NonFiniteTrainingError`.
 
     Shape:
         ``batch["image"] (B, 1, S, S)`` -> ``SHGNOutput`` with ``stacks[l][task] (B, C_t, S, S)``.
@@ -186,6 +186,12 @@ class KneePlanModule(pl.LightningModule):
         if not self._step_is_finite(total):
             opt_net.zero_grad()
             opt_gn.zero_grad()
+            # a skipped step logs its loss as NaN (no update was made), and so does the epoch's
+            # mean: monitors and sweeps (health check on train/loss) see the bad step
+            b, nan = batch["image"].shape[0], torch.full_like(total.detach(), math.nan)
+            self.log("train/loss", nan, on_step=True, on_epoch=False, batch_size=b)
+            self.log("train/loss_epoch", nan, on_step=False, on_epoch=True, batch_size=b,
+                     sync_dist=True)
             return total.detach()
         if self.hparams.grad_clip_val is not None:
             self.clip_gradients(opt_net, gradient_clip_val=self.hparams.grad_clip_val,
