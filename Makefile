@@ -30,6 +30,11 @@ STUDY ?= kneeplan
 CKPT ?=
 IMAGE ?=
 
+# $(call q,VALUE): VALUE as one shell word in single quotes (spaces, non-ASCII, $, " and '
+# survive), so IMAGE="a b ü.png" reaches the program as one argument. ARGS stays unquoted: it
+# holds several arguments.
+q = '$(subst ','\'',$(1))'
+
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
         validate-data evaluate plan bench clean
 
@@ -57,34 +62,38 @@ lint: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m lightning_modules.train \
-	  $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data-root $(DATA)) \
-	  $(if $(DEVICES),--devices $(DEVICES)) $(if $(NODES),--num-nodes $(NODES)) \
-	  $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+	  $(if $(CONFIG),--config $(call q,$(CONFIG))) $(if $(DATA),--data-root $(call q,$(DATA))) \
+	  $(if $(DEVICES),--devices $(call q,$(DEVICES))) \
+	  $(if $(NODES),--num-nodes $(call q,$(NODES))) \
+	  $(if $(RESUME),--resume $(call q,$(RESUME))) $(ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m sweeps.run --trials $(TRIALS) --study $(STUDY) \
-	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(CONFIG),--config $(CONFIG)) \
-	  $(if $(DATA),--data-root $(DATA)) $(ARGS)
+	$(PY) -m sweeps.run --trials $(call q,$(TRIALS)) --study $(call q,$(STUDY)) \
+	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(if $(CONFIG),--config $(call q,$(CONFIG))) \
+	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
 
 sweep-report: $(STAMP)
-	$(PY) -m sweeps.report --study $(STUDY) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+	$(PY) -m sweeps.report --study $(call q,$(STUDY)) \
+	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(ARGS)
 
 phantoms: $(STAMP)
-	$(PY) -m datamodules.phantoms --out $(OUT) --n $(N) --seed $(SEED)
+	$(PY) -m datamodules.phantoms --out $(call q,$(OUT)) --n $(call q,$(N)) --seed $(call q,$(SEED))
 
 phantoms-sheet: $(STAMP)
-	$(PY) -m datamodules.phantoms.sheet --out docs/phantoms_sheet.png --seed $(SEED)
+	$(PY) -m datamodules.phantoms.sheet --out docs/phantoms_sheet.png --seed $(call q,$(SEED))
 
 validate-data: $(STAMP)
-	@test -n "$(DATA)" || (echo "usage: make validate-data DATA=path/to/dataset" && exit 2)
-	$(PY) -m datamodules.validate $(DATA)
+	@test -n $(call q,$(DATA)) || (echo "usage: make validate-data DATA=path/to/dataset" >&2 && exit 2)
+	$(PY) -m datamodules.validate $(call q,$(DATA))
 
 evaluate: $(STAMP)
-	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(CKPT)) $(if $(DATA),--data-root $(DATA)) $(ARGS)
+	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(call q,$(CKPT))) \
+	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
 
 plan: $(STAMP)
-	@test -n "$(IMAGE)" -a -n "$(CKPT)" || (echo "usage: make plan IMAGE=... CKPT=..." && exit 2)
-	$(PY) -m planning.plan --image $(IMAGE) --ckpt $(CKPT) $(ARGS)
+	@test -n $(call q,$(IMAGE)) -a -n $(call q,$(CKPT)) || \
+	  (echo "usage: make plan IMAGE=... CKPT=..." >&2 && exit 2)
+	$(PY) -m planning.plan --image $(call q,$(IMAGE)) --ckpt $(call q,$(CKPT)) $(ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

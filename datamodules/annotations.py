@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,166 @@ class AnnotationError(ValueError):
     """An annotation file that cannot be used; the message names the file and the field."""
 
 
-def _point(value: Any, where: str) -> np.ndarray:
-    """Parse one [x, y] pair, raising AnnotationError on anything else (NaN included)."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise AnnotationError(f"{where}: not a pair of numbers: {value!r}") from err
-    if arr.shape != (2,):
-        raise AnnotationError(f"{where}: expected [x, y], got {value!r}")
-    if not np.all(np.isfinite(arr)):
-        raise AnnotationError(f"{where}: NaN or infinite coordinate {value!r}")
-    return arr
+MAX_SPACING_MM = 1000.0  # one metre per pixel: anything above is a typo or an overflow
+MAX_JSON_BYTES = 10_000_000
+
+
+@dataclass
+class AnnotationCheck:
+    """Every problem found in one annotation dict (messages without the file name)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number: int or float, not a bool and not a numeric string."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_spacing(value: Any) -> tuple[float, float]:
+    """``(row_mm, col_mm)`` from one number or a pair; raises ValueError saying what is wrong.
+
+    Each value must be a finite number in (0, ``MAX_SPACING_MM``] mm (booleans and strings are
+    not numbers).
+    """
+    pair = [value, value] if is_number(value) else value
+    if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(map(is_number, pair)):
+        raise ValueError(f"pixel spacing must be a number or [row_mm, col_mm], got {value!r}")
+    row, col = float(pair[0]), float(pair[1])
+    if not all(math.isfinite(v) and 0 < v <= MAX_SPACING_MM for v in (row, col)):
+        raise ValueError(f"pixel spacing must be positive and at most {MAX_SPACING_MM:g} mm, "
+                         f"got {value!r}")
+    return row, col
+
+
+def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | None, bool]:
+    """(problem or None, whether it is only "outside the image") for one [x, y]."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return f"expected [x, y], got {_short(value)}", False
+    if not all(is_number(v) for v in value):
+        return f"not a pair of numbers: {_short(value)}", False
+    x, y = float(value[0]), float(value[1])
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return f"NaN or infinite coordinate {_short(value)}", False
+    if shape is not None:
+        h, w = shape
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            return f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image", True
+    return None, False
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if _shallow(value) else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shallow(value: Any, depth: int = 4) -> bool:
+    """True when ``value`` nests no deeper than ``depth`` (safe to print)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, list | tuple | dict):
+            if d >= depth:
+                return False
+            stack += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return True
+
+
+def check_annotation(
+    data: Any, sample_id: str | None = None, image_name: str | None = None,
+    shape: tuple[int, int] | None = None, has_file_spacing: bool = True,
+) -> AnnotationCheck:
+    """THE schema checker: every problem of one loaded annotation (the validator lists them all,
+    the reader refuses on the first). ``shape`` (H, W) checks points against the image; a
+    landmark outside is an error, a cortex point outside only a warning."""
+    out = AnnotationCheck()
+    err = out.errors.append
+    if not isinstance(data, dict):
+        err("top level must be a JSON object")
+        return out
+    version = data.get("schema_version")
+    if not (is_number(version) and version in SUPPORTED_VERSIONS):
+        err(f"unknown schema_version {_short(version)} (supported: {SUPPORTED_VERSIONS})")
+    ann_id = data.get("id")
+    if not isinstance(ann_id, str) or not ann_id:
+        err("missing or empty 'id'")
+    elif sample_id is not None and ann_id != sample_id:
+        err(f"'id' is {ann_id!r}, expected {sample_id!r} (the file name)")
+    image = data.get("image")
+    if image is not None and not isinstance(image, str):
+        err(f"'image' must be a file name, got {_short(image)}")
+    elif image_name is not None and image not in (None, image_name):
+        err(f"'image' is {image!r}, but the image is {image_name!r}")
+    spacing = data.get("pixel_spacing_mm")
+    if spacing is None:
+        if not has_file_spacing:
+            out.warnings.append("no pixel spacing (neither in the annotation nor the image "
+                                "file): errors cannot be given in mm")
+    else:
+        try:
+            check_spacing(spacing)
+        except ValueError as e:
+            err(f"pixel_spacing_mm: {e}")
+    side = data.get("side")
+    if side is not None and side not in ("left", "right"):
+        err(f"'side' must be \"left\", \"right\" or null, got {_short(side)}")
+    meta = data.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        err(f"'meta' must be an object, got {_short(meta)}")
+    raters = data.get("raters")
+    if not isinstance(raters, list) or not raters:
+        err("'raters' must be a non-empty list")
+        raters = []
+    for i, rater in enumerate(raters):
+        _check_rater(rater, f"raters[{i}]", shape, out)
+    names = [r.get("rater") for r in raters if isinstance(r, dict)]
+    if len(raters) > 1 and (None in names or len(set(map(str, names))) != len(names)):
+        err(f"several raters need distinct 'rater' ids, got {_short(names)}")
+    sp_point = data.get("schoettle_point")
+    if sp_point is not None:
+        problem, _ = _point_problem(sp_point, None)
+        if problem:
+            err(f"schoettle_point: {problem}")
+    return out
+
+
+def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
+                 out: AnnotationCheck) -> None:
+    if not isinstance(rater, dict):
+        out.errors.append(f"{where}: must be an object")
+        return
+    name = rater.get("rater")
+    if name is not None and not isinstance(name, str):
+        out.errors.append(f"{where}: 'rater' must be a string, got {_short(name)}")
+    lms = rater.get("landmarks")
+    if not isinstance(lms, dict):
+        out.errors.append(f"{where}: missing 'landmarks'")
+    else:
+        for lm in LANDMARKS:
+            if lm not in lms:
+                out.errors.append(f"{where}: missing landmark {lm}")
+                continue
+            problem, _ = _point_problem(lms[lm], shape)
+            if problem:
+                out.errors.append(f"{where}.landmarks.{lm}: {problem}")
+    line = rater.get("cortex_line")
+    if not isinstance(line, list) or len(line) < 2:
+        n = len(line) if isinstance(line, list) else 0
+        out.errors.append(f"{where}: 'cortex_line' needs at least two points, got {n}")
+    if not isinstance(line, list):
+        return
+    good = []
+    for j, p in enumerate(line):
+        problem, outside = _point_problem(p, shape)
+        if problem and outside:
+            out.warnings.append(f"{where}.cortex_line[{j}]: {problem}")
+        elif problem:
+            out.errors.append(f"{where}.cortex_line[{j}]: {problem}")
+            continue
+        good.append((float(p[0]), float(p[1])))
+    if len(good) == len(line) >= 2 and len(set(good)) == 1:
+        out.errors.append(f"{where}: all cortex_line points coincide (no line)")
 
 
 def parse_annotation(data: dict[str, Any], source: str = "<annotation>") -> dict[str, Any]:
@@ -48,70 +198,52 @@ def parse_annotation(data: dict[str, Any], source: str = "<annotation>") -> dict
 
     Returns a dict with keys ``id``, ``image``, ``spacing_mm`` ((row, col) or None), ``side``,
     ``raters`` (list of RaterAnnotation), ``schoettle_point`` and ``meta``.
-    Raises AnnotationError naming ``source`` and the first problem found.
+    Raises AnnotationError naming ``source`` and the first problem :func:`check_annotation`
+    finds.
     """
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{source}: top level must be a JSON object")
-    version = data.get("schema_version")
-    if version not in SUPPORTED_VERSIONS:
-        raise AnnotationError(
-            f"{source}: unknown schema_version {version!r} (supported: {SUPPORTED_VERSIONS})"
-        )
-    ann_id = data.get("id")
-    if not isinstance(ann_id, str) or not ann_id:
-        raise AnnotationError(f"{source}: missing or empty 'id'")
+    check = check_annotation(data)
+    if check.errors:
+        raise AnnotationError(f"{source}: {check.errors[0]}")
     spacing = data.get("pixel_spacing_mm")
-    if spacing is not None:
-        if isinstance(spacing, int | float):
-            spacing = [spacing, spacing]
-        sp = _point(spacing, f"{source}: pixel_spacing_mm")
-        if np.any(sp <= 0):
-            raise AnnotationError(f"{source}: pixel_spacing_mm must be positive, got {spacing!r}")
-        spacing = (float(sp[0]), float(sp[1]))
-    raters_raw = data.get("raters")
-    if not isinstance(raters_raw, list) or not raters_raw:
-        raise AnnotationError(f"{source}: 'raters' must be a non-empty list")
     raters = []
-    for i, r in enumerate(raters_raw):
-        where = f"{source}: raters[{i}]"
-        if not isinstance(r, dict):
-            raise AnnotationError(f"{where}: must be an object")
-        lms = r.get("landmarks")
-        if not isinstance(lms, dict):
-            raise AnnotationError(f"{where}: missing 'landmarks'")
-        missing = [n for n in LANDMARKS if n not in lms]
-        if missing:
-            raise AnnotationError(f"{where}: missing landmark(s) {missing}")
-        landmarks = np.stack([_point(lms[n], f"{where}.landmarks.{n}") for n in LANDMARKS])
-        line = r.get("cortex_line")
-        if not isinstance(line, list) or len(line) < 2:
-            raise AnnotationError(f"{where}: 'cortex_line' needs at least two points")
-        cortex = np.stack([_point(p, f"{where}.cortex_line[{j}]") for j, p in enumerate(line)])
+    for r in data["raters"]:
+        landmarks = np.array([r["landmarks"][n] for n in LANDMARKS], dtype=np.float64)
+        cortex = np.array(r["cortex_line"], dtype=np.float64)
         raters.append(RaterAnnotation(landmarks, cortex, r.get("rater")))
-    names = [r.rater for r in raters]
-    if len(raters) > 1 and (None in names or len(set(names)) != len(names)):
-        raise AnnotationError(f"{source}: several raters need distinct 'rater' ids, got {names}")
     sp_point = data.get("schoettle_point")
-    schoettle = None if sp_point is None else _point(sp_point, f"{source}: schoettle_point")
     return {
-        "id": ann_id,
+        "id": data["id"],
         "image": data.get("image"),
-        "spacing_mm": spacing,
+        "spacing_mm": None if spacing is None else check_spacing(spacing),
         "side": data.get("side"),
         "raters": raters,
-        "schoettle_point": schoettle,
+        "schoettle_point": None if sp_point is None else np.array(sp_point, dtype=np.float64),
         "meta": data.get("meta") or {},
     }
 
 
-def read_annotation(path: str | Path) -> dict[str, Any]:
-    """Read and check ``annotations/<id>.json``; errors name the file."""
+def load_json(path: str | Path) -> Any:
+    """Parse a JSON file; any problem (unreadable, not UTF-8, malformed, too large, nested too
+    deeply) raises AnnotationError naming the file, never a RecursionError."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise AnnotationError(f"{path}: cannot read JSON: {err}") from err
-    return parse_annotation(data, str(path))
+        if not path.is_file():
+            raise AnnotationError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise AnnotationError(f"{path}: larger than {MAX_JSON_BYTES // 1_000_000} MB: not "
+                                  "an annotation")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise AnnotationError(f"{path}: cannot read JSON: nested too deeply") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+        if isinstance(err, AnnotationError):
+            raise
+        raise AnnotationError(f"{path}: cannot read JSON: {err}") from None
+
+
+def read_annotation(path: str | Path) -> dict[str, Any]:
+    """Read and check ``annotations/<id>.json``; errors name the file."""
+    return parse_annotation(load_json(path), str(Path(path)))
 
 
 def _pt(p: np.ndarray) -> list[float]:
@@ -145,10 +277,10 @@ def annotation_dict(
         "schoettle_point": None if schoettle_point is None else _pt(schoettle_point),
         "meta": meta or {},
     }
-    for r in out["raters"]:
-        for p in [*r["landmarks"].values(), *r["cortex_line"]]:
-            if not all(math.isfinite(v) for v in p):
-                raise AnnotationError(f"{ann_id}: refusing to write a non-finite coordinate")
+    check = check_annotation(out)
+    if check.errors:
+        raise AnnotationError(f"{ann_id}: refusing to write an invalid annotation: "
+                              f"{check.errors[0]}")
     return out
 
 

@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.dataset_io import list_ids
+from datamodules.dataset_io import DatasetError, list_ids
 from datamodules.datasets import (
     FolderDataset,
     InMemoryDataset,
@@ -233,6 +233,10 @@ class KneeDataModule(pl.LightningDataModule):
                 train, val, split_test = split["train"], split["val"], split["test"]
             else:
                 train, val = seeded_split(ids, self.val_fraction, self.seed)
+            if train and not val:  # e.g. a one-image dataset: validate on the training images
+                log.warning("dataset %s: the split leaves no validation image; validating on "
+                            "the training images", self.data_root)
+                val = list(train)
             self.train_set = FolderDataset(self.data_root, train, self._transform("train"),
                                            self.targets)
             self.val_set = FolderDataset(self.data_root, val, self._transform("val"), self.targets)
@@ -252,7 +256,7 @@ class KneeDataModule(pl.LightningDataModule):
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         if dataset is None or len(dataset) == 0:
             hint = " (give test_root or a split file with 'test')" if split == "test" else ""
-            raise ValueError(f"no {split} samples{hint}")
+            raise DatasetError(f"{self.data_root or 'phantoms'}: no {split} samples{hint}")
         return dataset
 
     def _loader(self, split: str) -> DataLoader:

@@ -80,20 +80,41 @@ def annotation_path(root: str | Path, sample_id: str) -> Path:
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a binary mask PNG as (H, W) uint8 {0, 1}; any nonzero value is foreground.
+    """THE mask reader: a bone mask PNG as (H, W) uint8 {0, 1}.
 
-    Raises DatasetError naming the file when it is missing, unreadable or of another shape.
+    Accepted: one channel, or 3/4 channels whose colour channels are equal (a gray mask saved
+    as RGB; alpha ignored), holding 0 and at most one other value (any nonzero value = bone).
+    Raises DatasetError naming the file when it is missing, unreadable, too large, coloured,
+    non-binary or of another size than ``shape`` (H, W).
     """
+    from datamodules.image_io import ImageReadError, check_pixel_limit
+
     path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: missing bone mask")
     if not path.is_file():
-        raise DatasetError(f"{path}: missing mask")
+        raise DatasetError(f"{path}: not a regular file")
+    try:
+        check_pixel_limit(path)
+    except (ImageReadError, OSError) as err:
+        raise DatasetError(str(err)) from None
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise DatasetError(f"{path}: unreadable mask")
+        raise DatasetError(f"{path}: unreadable or truncated mask")
     if mask.ndim == 3:
-        mask = mask.max(axis=2)
+        colour = mask[..., :3] if mask.shape[2] >= 3 else mask
+        if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[2])):
+            raise DatasetError(f"{path}: colour mask ({mask.shape[2]} channels that differ); "
+                               "expected a single-channel (gray) PNG")
+        mask = colour[..., 0]
     if shape is not None and mask.shape != tuple(shape):
-        raise DatasetError(f"{path}: mask size {mask.shape} differs from its image {tuple(shape)}")
+        raise DatasetError(f"{path}: mask size {mask.shape[::-1]} (W x H) differs from its "
+                           f"image {tuple(shape)[::-1]}")
+    values = np.unique(mask)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise DatasetError(f"{path}: non-binary mask: values {{{shown}}} (expected 0 and one "
+                           "other value)")
     return (mask > 0).astype(np.uint8)
 
 

@@ -19,6 +19,7 @@ in the patient) when present and positive, else from ``ImagerPixelSpacing`` (at 
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
 _GRAY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])
 
 
@@ -57,8 +59,11 @@ class LoadedImage:
 def load_image(path: str | Path) -> LoadedImage:
     """Read a PNG, TIFF or DICOM radiograph; raises ImageReadError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ImageReadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device)")
+    check_pixel_limit(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm" or (suffix not in (".png", ".tif", ".tiff") and _looks_like_dicom(path)):
         return _load_dicom(path)
@@ -67,6 +72,95 @@ def load_image(path: str | Path) -> LoadedImage:
     if suffix in (".tif", ".tiff"):
         return _load_tiff(path)
     raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .dcm)")
+
+
+def max_pixels() -> int:
+    """The pixel-count limit: ``KNEEPLAN_MAX_PIXELS`` if set (a positive integer), else 40 MP
+    (planning one image stays under 2 GB up to about that size)."""
+    raw = os.environ.get("KNEEPLAN_MAX_PIXELS", "").strip()
+    try:
+        value = int(float(raw)) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        value = DEFAULT_MAX_PIXELS
+    return value if value > 0 else DEFAULT_MAX_PIXELS
+
+
+def header_size(path: str | Path) -> tuple[int, int, int] | None:
+    """``(width, height, frames)`` from the file header alone (PNG IHDR, TIFF tags, JPEG SOF,
+    DICOM Rows/Columns), without decoding pixels; None when the header does not say."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(32)
+    if head.startswith(PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return w, h, 1
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return _tiff_size(path)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(path)
+    if path.suffix.lower() == ".dcm" or _looks_like_dicom(path):
+        return _dicom_size(path)
+    return None
+
+
+def _tiff_size(path: Path) -> tuple[int, int, int] | None:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth), int(page.imagelength), len(tif.pages)
+    except Exception:  # a broken header is reported by the decoder with its own message
+        return None
+
+
+def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
+    """Width and height from the first SOF segment of a JPEG."""
+    with path.open("rb") as fh:
+        fh.read(2)
+        while True:
+            marker = fh.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return None
+            if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                continue
+            seg = fh.read(2)
+            if len(seg) < 2:
+                return None
+            length = struct.unpack(">H", seg)[0]
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                body = fh.read(5)
+                if len(body) < 5:
+                    return None
+                h, w = struct.unpack(">HH", body[1:5])
+                return w, h, 1
+            fh.seek(length - 2, 1)
+
+
+def _dicom_size(path: Path) -> tuple[int, int, int] | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # reported by the decoder with its own message
+        return None
+    return (cols, rows, frames) if rows and cols else None
+
+
+def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
+    """Refuse, before decoding, an image whose header declares more than ``limit`` pixels
+    (default :func:`max_pixels`); a decompression bomb of a few kB would otherwise take GBs."""
+    size = header_size(path)
+    limit = max_pixels() if limit is None else int(limit)
+    if size is None:
+        return
+    w, h, frames = size
+    if w * h * max(frames, 1) > limit:
+        raise ImageReadError(
+            f"{path}: {w} x {h} px{f' x {frames} frames' if frames > 1 else ''} exceeds the "
+            f"limit of {limit / 1e6:g} megapixels (set KNEEPLAN_MAX_PIXELS to raise it)")
 
 
 def _looks_like_dicom(path: Path) -> bool:

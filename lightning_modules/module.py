@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_val: clip the network's gradients at this value; None = no clipping.
         grad_clip_algorithm: ``norm`` or ``value``.
         net_kwargs: further keyword arguments of ``MultiTaskSHGN`` (head/skip widths ...).
+        max_nonfinite_steps: a step whose loss or gradient is NaN/inf is skipped (no optimiser
+            step), counted (``train/nonfinite_steps``) and logged with ``train/loss`` NaN;
+            this many in a row stop training with :class:`NonFiniteTrainingError`.
 
     Shape:
         ``batch["image"] (B, 1, S, S)`` -> ``SHGNOutput`` with ``stacks[l][task] (B, C_t, S, S)``.
@@ -90,6 +94,7 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_val: float | None = None,
         grad_clip_algorithm: str = "norm",
         net_kwargs: dict[str, Any] | None = None,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         super().__init__()
         if grad_clip_algorithm not in ("norm", "value"):
@@ -118,6 +123,9 @@ class KneePlanModule(pl.LightningModule):
         self.val_metrics = ValidationMetrics()
         self._pending_rng: dict | None = None
         ddp_ignore_gradnorm(self)  # GradNorm synchronises itself; DDP must not wait for it
+        self._nonfinite_streak = 0  # consecutive skipped steps
+        self._nonfinite_total = 0
+        self._val_nonfinite = False  # a validation map held NaN/inf this epoch
 
     # ----------------------------------------------------------------------------- inference
     def forward(self, x: Tensor):  # noqa: D102 - returns SHGNOutput
@@ -161,6 +169,16 @@ class KneePlanModule(pl.LightningModule):
         taps = out.gradnorm_taps(self.criterion.task_names)
         total = self.gradnorm.total_loss(losses.detach())  # for logging: the value backpropagated
         self.gradnorm.backward_fused(losses, taps, shared, backward=self.manual_backward)
+        if not self._step_is_finite(total):
+            opt_net.zero_grad()
+            opt_gn.zero_grad()
+            # a skipped step logs its loss as NaN (no update was made), and so does the epoch's
+            # mean: monitors and sweeps (health check on train/loss) see the bad step
+            b, nan = batch["image"].shape[0], torch.full_like(total.detach(), math.nan)
+            self.log("train/loss", nan, on_step=True, on_epoch=False, batch_size=b)
+            self.log("train/loss_epoch", nan, on_step=False, on_epoch=True, batch_size=b,
+                     sync_dist=True)
+            return total.detach()
         if self.hparams.grad_clip_val is not None:
             self.clip_gradients(opt_net, gradient_clip_val=self.hparams.grad_clip_val,
                                 gradient_clip_algorithm=self.hparams.grad_clip_algorithm)
@@ -170,6 +188,31 @@ class KneePlanModule(pl.LightningModule):
 
         self._log_train(losses.detach(), total.detach(), batch["image"].shape[0])
         return total.detach()
+
+    def _step_is_finite(self, total: Tensor) -> bool:
+        """False (and counted, stopping after ``max_nonfinite_steps`` in a row) when the loss or
+        any network/GradNorm gradient is NaN or infinite; all ranks agree (gradients are
+        all-reduced, the loss is not)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else total.new_zeros(())
+        ok = bool(torch.isfinite(total.detach()).all() and torch.isfinite(norm))
+        if self._trainer is not None:
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if ok:
+            self._nonfinite_streak = 0
+            return True
+        self._nonfinite_streak += 1
+        self._nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self._nonfinite_total), on_step=True,
+                 on_epoch=False, batch_size=1)
+        limit = int(self.hparams.get("max_nonfinite_steps", 5))
+        if self._nonfinite_streak >= limit:
+            raise NonFiniteTrainingError(
+                f"training stopped at epoch {self.current_epoch}, step {self.global_step}: "
+                f"{self._nonfinite_streak} consecutive steps with a NaN/infinite loss or "
+                f"gradient (loss {float(total):.3g}); lower --model.lr or set "
+                "--model.grad_clip_val")
+        return False
 
     def _log_train(self, losses: Tensor, total: Tensor, batch_size: int) -> None:
         logs: dict[str, Tensor | float] = {"train/loss": total}
@@ -199,10 +242,20 @@ class KneePlanModule(pl.LightningModule):
             logs[f"val/loss/{name}"] = losses[-1, t]
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.val_metrics.update(out.final, batch)
+        finite = bool(torch.isfinite(losses).all()) and all(
+            bool(torch.isfinite(v).all()) for v in out.final.values())
+        self._val_nonfinite = self._val_nonfinite or not finite
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
+        bad = self._val_nonfinite
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        self._val_nonfinite = False
+        if bad:  # argmax of a NaN map is still a pixel: make the monitor see the divergence
+            # (a non-finite map or validation loss turns every metric NaN)
+            values = {k: math.nan for k in values}
         bar = {"val/lm_err_px", "val/iou_mean"}
         for k, v in values.items():
             # already synced by torchmetrics; plain floats are identical on every rank
@@ -216,16 +269,32 @@ class KneePlanModule(pl.LightningModule):
         self._pending_rng = checkpoint.get(RNG_KEY)
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped after too many consecutive steps with a NaN/infinite loss or gradient."""
+
+
 def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> KneePlanModule:
     """Rebuild a trained :class:`KneePlanModule` from a checkpoint alone, in eval mode.
 
-    The hyper-parameters saved in the checkpoint rebuild the network; ``module.image_size`` is
-    the input side it was trained with.
+    The file is read with ``weights_only=True`` (a pickled object is refused, never run); the
+    hyper-parameters saved in it rebuild the network; ``module.image_size`` is the input side
+    it was trained with. Raises ``CheckpointError`` (one line naming the file) on any problem.
     """
+    from lightning_modules.checkpoints import CheckpointError, check_architecture, read_checkpoint
+
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"module.py: checkpoint {path} does not exist")
-    module = KneePlanModule.load_from_checkpoint(path, map_location=map_location,
-                                                 weights_only=False)
+    ckpt = read_checkpoint(path, map_location=map_location)
+    hparams = ckpt["hyper_parameters"]
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path}: 'hyper_parameters' is not a dict")
+    try:
+        module = KneePlanModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its hyper-parameters do not build this network "
+                              f"({str(err).splitlines()[0] if str(err) else err!r})") from None
+    check_architecture(path, ckpt["state_dict"], module)
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.to(map_location)
     module.eval()
     return module

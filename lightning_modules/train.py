@@ -36,7 +36,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
@@ -53,7 +52,15 @@ from lightning_modules.callbacks import (
     ValidationImages,
     format_metric_comparison,
 )
-from lightning_modules.module import KneePlanModule
+from lightning_modules.checkpoints import (
+    CheckpointError,
+    FiniteModelCheckpoint,
+    SameFolderCheckpointIO,
+    check_architecture,
+    read_checkpoint,
+    remove_stale_temporaries,
+)
+from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
@@ -163,14 +170,18 @@ def _run_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def make_run_dir(root: str | Path, name: str) -> Path:
-    """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``).
+def make_run_dir(root: str | Path, name: str, reuse: Path | None = None) -> Path:
+    """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``);
+    ``reuse`` (a resumed run's folder) is continued instead of opening a new one.
 
     The folder is not created here (rank 0's loggers create it).
     """
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
         return Path(inherited)
+    if reuse is not None:
+        os.environ[RUN_DIR_ENV] = str(reuse.resolve())
+        return reuse.resolve()
     base = Path(root) / name
     run_dir = base / _run_stamp()
     k = 1
@@ -187,10 +198,33 @@ def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = Non
     found = [p for p in base.glob("*/checkpoints/last.ckpt")
              if exclude is None or p.resolve().parents[1] != exclude.resolve()]
     if not found:
-        raise FileNotFoundError(
-            f"train.py: --resume last: no {base}/*/checkpoints/last.ckpt found; give a path"
+        raise CheckpointError(
+            f"{base}: --resume last: no earlier run with checkpoints/last.ckpt here; give a "
+            "checkpoint path"
         )
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def resume_checkpoint(run: RunOptions, module: KneePlanModule) -> Path:
+    """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
+    ``module``'s architecture; raises CheckpointError (one line naming the file)."""
+    path = (find_last_checkpoint(run.root, run.name) if run.resume == "last"
+            else Path(str(run.resume)).expanduser().absolute())
+    ckpt = read_checkpoint(path)
+    missing = [k for k in ("optimizer_states", "loops", "epoch") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
+                              "cannot resume from it (plan/evaluate can still use it)")
+    check_architecture(path, ckpt["state_dict"], module)
+    return path
+
+
+def run_folder_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt``), else None."""
+    run = ckpt.absolute().parent.parent
+    if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
 
 
 def _as_run_options(value: Any) -> RunOptions:
@@ -216,16 +250,15 @@ class KneePlanCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         run = _as_run_options(self._get(self.config_init, "run"))
-        self.run_dir = run_dir = make_run_dir(run.root, run.name)
+        reuse = None
+        if run.resume:  # checked here, before any folder is made: one line on any problem
+            resume = resume_checkpoint(run, self.model)
+            self.resume_path = str(resume)
+            reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
+        self.run_dir = run_dir = make_run_dir(run.root, run.name, reuse=reuse)
+        remove_stale_temporaries(run_dir / "checkpoints")
         if run.cpu_threads is not None:
             torch.set_num_threads(max(int(run.cpu_threads), 1))
-        if run.resume:
-            self.resume_path = str(
-                find_last_checkpoint(run.root, run.name, exclude=run_dir)
-                if run.resume == "last" else Path(run.resume).resolve()
-            )
-            if not Path(self.resume_path).is_file():
-                raise FileNotFoundError(f"train.py: --resume {self.resume_path}: no such file")
         loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
         mode = os.environ.get("WANDB_MODE") or run.wandb_mode
         if run.wandb and mode not in ("disabled", "false", "off"):
@@ -235,13 +268,13 @@ class KneePlanCLI(LightningCLI):
                 name=run.wandb_name or f"{run.name}-{run_dir.name}", mode=mode,
                 offline=False, log_model=False,
             ))
-        checkpoint = ModelCheckpoint(
+        checkpoint = FiniteModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
             auto_insert_metric_name=False, monitor=run.monitor, mode="min", save_top_k=1,
         )
         # last.ckpt every epoch: a callback of its own, since Lightning's save_last=True only
         # refreshes last.ckpt in epochs where the monitored metric improved.
-        last = ModelCheckpoint(
+        last = FiniteModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
             enable_version_counter=False,
         )
@@ -255,7 +288,8 @@ class KneePlanCLI(LightningCLI):
         keys = self._parser(self.subcommand).callback_keys
         extra = [self._get(self.config_init, c) for c in keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
-                          "logger": loggers, "default_root_dir": str(run_dir)}
+                          "logger": loggers, "default_root_dir": str(run_dir),
+                          "plugins": [SameFolderCheckpointIO()]}
         return self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
 
 
@@ -300,20 +334,23 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     if cli.resume_path:
         rank_zero_info(f"resuming from {cli.resume_path}")
     try:
-        trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
-                    weights_only=False)
+        with warnings.catch_warnings():  # a resumed run continues its own (non-empty) folder
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not")
+            trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
+                        weights_only=True)
     except DATA_ERRORS:
         _remove_if_empty(cli.run_dir)  # refused before anything was written
         raise
     finally:
         _finish_wandb(trainer)
     history: MetricsHistory = cli.own["history"]
-    checkpoint: ModelCheckpoint = cli.own["checkpoint"]
+    checkpoint: FiniteModelCheckpoint = cli.own["checkpoint"]
     result = FitResult(
         trainer=trainer, module=module, run_dir=cli.run_dir, metrics=dict(history.last),
         first_metrics=dict(history.first),
         best_checkpoint=checkpoint.best_model_path or None,
-        last_checkpoint=cli.own["last"].best_model_path or None,
+        last_checkpoint=_existing(cli.own["last"].best_model_path),
     )
     if trainer.is_global_zero:
         if history.first:
@@ -327,6 +364,12 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
 
 # Problems with the user's data: reported in one message (the validator lists every one).
 DATA_ERRORS = (DatasetValidationError, DatasetError, AnnotationError, ImageReadError)
+# Exit statuses of the command line (README "Exit codes").
+EXIT_BAD_INPUT, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path and Path(path).is_file() else None
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -341,7 +384,9 @@ def _remove_if_empty(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry (``python -m lightning_modules.train``).
 
-    A dataset that cannot be used ends the run with its report and exit status 1, no traceback.
+    No traceback for what the user can fix: an unusable dataset ends with its report and exit
+    status 1; a bad ``--resume`` checkpoint with one line and status 2; a diverged training
+    (non-finite steps, ``model.max_nonfinite_steps`` in a row) with one line and status 3.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a.startswith("--print_config") for a in argv):
@@ -351,7 +396,14 @@ def main(argv: list[str] | None = None) -> None:
         fit(argv)
     except DATA_ERRORS as err:
         print(f"train: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except CheckpointError as err:
+        print(f"train: error: cannot resume: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except NonFiniteTrainingError as err:
+        print(f"train: error: {err}; no checkpoint with non-finite weights was written",
+              file=sys.stderr)
+        raise SystemExit(EXIT_DIVERGED) from None
 
 
 if __name__ == "__main__":

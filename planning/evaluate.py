@@ -267,6 +267,9 @@ def evaluate(
     return EvaluationResult(rows, md1, md2, out, unit)
 
 
+MIN_PHANTOM_SIDE = 2  # the generator needs min_side < max_side
+
+
 def _newest_checkpoint(root: Path = Path("runs")) -> Path | None:
     ckpts = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     return ckpts[-1] if ckpts else None
@@ -346,9 +349,15 @@ def _run(args: argparse.Namespace) -> int:
         from datamodules.phantoms import PhantomConfig
 
         cfg = PhantomConfig()
-        if args.phantom_max_side:
+        if args.phantom_max_side is not None:
+            if args.phantom_max_side < MIN_PHANTOM_SIDE:
+                print(f"evaluate: --phantom-max-side must be at least {MIN_PHANTOM_SIDE}, got "
+                      f"{args.phantom_max_side}", file=sys.stderr)
+                return 2
+            # sides are drawn from [min_side, max_side) and images are never square; the
+            # shorter side of a knee view is >= 0.68 of the longer (PhantomConfig.aspect)
             cfg.max_side = args.phantom_max_side
-            cfg.min_side = min(cfg.min_side, args.phantom_max_side)
+            cfg.min_side = min(cfg.min_side, max(1, args.phantom_max_side * 3 // 5))
         samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
     subset = read_subset(args.subset) if args.subset else None

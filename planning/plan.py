@@ -78,8 +78,12 @@ def find_spacing(
     if user_spacing:
         vals = [float(v) for v in user_spacing]
         row, col = (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
-        if not (row > 0 and col > 0 and np.isfinite([row, col]).all()):
-            raise PlanInputError(f"--spacing must be positive, got {user_spacing}")
+        from datamodules.annotations import check_spacing
+
+        try:
+            row, col = check_spacing([row, col])
+        except ValueError as err:
+            raise PlanInputError(f"--spacing: {err}") from None
         return SpacingInfo((row, col), "user")
     ann = annotation_spacing(image_path)
     sphere = None
@@ -108,6 +112,8 @@ def load_input(path: Path) -> Any:
         raise PlanInputError(f"{path}: no such file")
     if path.is_dir():
         raise PlanInputError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise PlanInputError(f"{path}: not a regular file (a pipe or device)")
     if path.stat().st_size == 0:
         raise PlanInputError(f"{path}: the file is empty (0 bytes)")
     try:

@@ -139,12 +139,38 @@ def worker_index(explicit: int | None) -> int:
     return 0
 
 
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random draws are reseeded from (seed, trial number) before every trial.
+
+    Trial numbers are unique within a study (the storage hands them out), so workers started
+    at the same moment on a new study (same seed, same empty history) still draw distinct
+    start-up samples, and a trial's draw does not depend on which worker runs it.
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs) -> None:
+        super().__init__(*args, seed=seed, **kwargs)
+        self._base_seed = int(seed)
+
+    def trial_seed(self, number: int) -> int:
+        """The seed of trial ``number``."""
+        return (self._base_seed * 1_000_003 + number * 7_919 + 17) % 2**32
+
+    def before_trial(self, study: optuna.Study, trial) -> None:
+        seed = self.trial_seed(trial.number)
+        # Optuna keeps the TPE and the start-up RandomSampler generators in these attributes
+        # (optuna 4-5); reseed both so that every draw of this trial follows from its number.
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
 def open_study(args: argparse.Namespace) -> optuna.Study:
     """Create or join the study (load_if_exists) with a seeded TPE sampler and the pruner.
 
-    The seed is `seed + 1009 * worker_index + trials already in the study`, so a fresh local
-    study is reproducible while parallel or restarted workers do not repeat each other's
-    random start-up samples.
+    The seed is `seed + 1009 * worker_index + trials already in the study`, and every trial
+    reseeds the sampler's draws from that seed and its trial number (unique in the study), so a
+    fresh local study is reproducible while parallel workers, even two started at the same
+    moment on a new study, and restarted workers do not repeat each other's samples.
     """
     storage = open_storage(args.storage, args.study, args.studies_dir,
                            heartbeat_interval=args.heartbeat_interval,
@@ -154,7 +180,7 @@ def open_study(args: argparse.Namespace) -> optuna.Study:
     seed = args.seed + 1009 * worker_index(args.worker_index) + n_existing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
+        sampler = TrialSeededTPESampler(
             seed=seed, n_startup_trials=args.tpe_startup_trials, multivariate=True,
             constant_liar=True,
         )

@@ -63,7 +63,7 @@ def test_resume_after_epoch_one_matches_uninterrupted(tmp_path, workers):
     part = train.fit(_args(tmp_path / "part", 1, w))
     assert part.trainer.global_step == 4
     resumed = train.fit(_args(tmp_path / "part", 2, w, "--resume", "last"))
-    assert resumed.run_dir != part.run_dir
+    assert resumed.run_dir == part.run_dir  # a resumed run continues its folder (issue 12)
     assert resumed.trainer.global_step == full.trainer.global_step == 8
     assert resumed.trainer.current_epoch == full.trainer.current_epoch
 
@@ -85,3 +85,42 @@ def test_resume_after_epoch_one_matches_uninterrupted(tmp_path, workers):
     assert resumed.metrics["val/loss"] == pytest.approx(full.metrics["val/loss"], abs=1e-6)
     # the resumed run keeps the first epoch's metrics from the checkpoint
     assert resumed.first_metrics["val/loss"] == pytest.approx(part.metrics["val/loss"])
+
+
+def test_resume_continues_the_run_folder_and_keeps_the_best_score(tmp_path):
+    """lr 0: no epoch after the first improves, so the resumed run must keep best-epoch000 (a
+    new folder, or a forgotten best score, would write a new best-epoch file)."""
+    frozen = ("--model.lr=0.0", "--model.gradnorm_lr=0.0", "--data.num_train=2",
+              "--data.num_val=2", "--data.augment=false")
+    part = train.fit(_args(tmp_path, 1, *frozen))
+    resumed = train.fit(_args(tmp_path, 3, *frozen, "--resume", "last"))
+    assert resumed.run_dir == part.run_dir
+    assert sorted(p.name for p in (part.run_dir / "checkpoints").iterdir()) == [
+        "best-epoch000.ckpt", "last.ckpt"]
+    assert resumed.best_checkpoint == part.best_checkpoint
+    best = resumed.trainer.checkpoint_callback.best_model_score
+    assert float(best) == pytest.approx(part.metrics["val/lm_err_px"])
+    last = torch.load(part.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2
+    steps = [r.split(",") for r in (part.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(steps) > 3  # one metrics.csv for both parts
+
+
+def test_diverging_training_stops_with_status_3_and_no_nan_checkpoint(tmp_path, capsys):
+    """lr 1e6 on the tiny preset: non-finite steps are skipped and counted, five in a row stop
+    the run with one clear line and exit status 3; no checkpoint on disk holds NaN/inf."""
+    with pytest.raises(SystemExit) as stop:
+        train.main(_args(tmp_path, 6, "--model.lr=1e6", "--data.num_train=4",
+                         "--data.num_val=2"))
+    assert stop.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("train: error:")]
+    assert len(lines) == 1 and "5 consecutive steps with a NaN/infinite loss" in lines[0]
+    for ckpt in tmp_path.rglob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    csv = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()
+    header = csv[0].split(",")
+    counted = [r.split(",")[header.index("train/nonfinite_steps")] for r in csv[1:]]
+    assert max(float(c) for c in counted if c) >= 4  # the fifth is logged, not yet flushed

@@ -160,3 +160,46 @@ def test_read_sample_refuses_bad_mask(tmp_path):
     cv2.imwrite(str(tmp_path / "masks" / f"k_{BONES[0]}.png"), np.zeros((3, 3), np.uint8))
     with pytest.raises(ValueError, match="k_femur.png"):
         read_sample(tmp_path, "k")
+
+
+def test_validator_and_reader_share_one_schema_checker(tmp_path):
+    """Every annotation the reader refuses, the validator reports with the same first message,
+    and vice versa (one checker: datamodules.annotations.check_annotation)."""
+    from datamodules.annotations import AnnotationError, read_annotation
+
+    write_sample(tmp_path, small_sample("k1"))
+    path = tmp_path / "annotations" / "k1.json"
+    clean = json.loads(path.read_text())
+    variants = {
+        "bool landmark": ("landmarks", "p_blum", [True, False]),
+        "string landmark": ("landmarks", "p_tmc", ["1", "2"]),
+        "nested": ("landmarks", "p_tmc", [[1.0], [2.0]]),
+        "spacing bool": ("pixel_spacing_mm", None, True),
+        "spacing string": ("pixel_spacing_mm", None, "0.2"),
+    }
+    for name, (field, key, value) in variants.items():
+        data = json.loads(json.dumps(clean))
+        if key is None:
+            data[field] = value
+        else:
+            data["raters"][0][field][key] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(AnnotationError) as err:
+            read_annotation(path)
+        report = validate_dataset(tmp_path)
+        assert [str(i) for i in report.errors] == [str(err.value)], name
+
+
+def test_validator_and_reader_share_one_mask_reader(tmp_path):
+    """A gray mask stored as RGB is accepted by both; a coloured one refused by both."""
+    write_sample(tmp_path, small_sample("k1"))
+    path = tmp_path / "masks" / "k1_femur.png"
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(path), np.dstack([m, m, m]))
+    assert validate_dataset(tmp_path).ok
+    np.testing.assert_array_equal(read_sample(tmp_path, "k1").masks[0], m > 0)
+    cv2.imwrite(str(path), np.dstack([m, m * 0, m]))
+    errors = [str(i) for i in validate_dataset(tmp_path).errors]
+    assert len(errors) == 1 and "colour mask" in errors[0]
+    with pytest.raises(Exception, match="colour mask"):
+        read_sample(tmp_path, "k1")
