@@ -53,8 +53,10 @@ def main() -> None:
             continue
         errs.append(100 * (det.radius_px / truth["radius_px"] - 1))
     e = np.abs(errs)
-    print(f"phantoms with a sphere: {len(errs)} found, {missed} missed; |radius error| % "
-          f"median {np.median(e):.2f}, max {e.max():.2f}, within 1 %: {np.mean(e <= 1):.0%}")
+    print(
+        f"phantoms with a sphere: {len(errs)} found, {missed} missed; |radius error| % "
+        f"median {np.median(e):.2f}, max {e.max():.2f}, within 1 %: {np.mean(e <= 1):.0%}"
+    )
     for seed in range(args.n):
         s = generate_phantom(20_000 + seed, PhantomConfig(p_sphere=0.0))
         false_pos += detect_calibration_sphere(s.image) is not None

@@ -286,7 +286,10 @@ def _verify(
     d, v, w = _sector_profiles(crop, c, r)
     p_dome, amp, rss_dome = _fit_profile(d, v, w, r, dome=True)
     _, _, rss_flat = _fit_profile(d, v, w, r, dome=False)
-    tss = sum(float(np.sum(wi * (vi - np.average(vi, weights=wi)) ** 2)) for vi, wi in zip(v, w))
+    tss = sum(
+        float(np.sum(wi * (vi - np.average(vi, weights=wi)) ** 2))
+        for vi, wi in zip(v, w, strict=True)
+    )
     r, sigma, log_k = (float(v) for v in p_dome)
     metrics.update(
         r2=1 - rss_dome / (tss + 1e-12), dome_ratio=rss_dome / max(rss_flat, 1e-12),
