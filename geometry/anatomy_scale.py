@@ -5,7 +5,7 @@ Two sizes of the femur in a lateral view, both measured perpendicular to the sha
   slice of the femur mask. Published adult values lie around 55-72 mm (e.g. TKA sizing and
   3-D morphometry studies: smaller in women and East-Asian cohorts, larger in men), adolescents
   from about 12 years down to ~48 mm; we take ``CONDYLE_AP_MM`` = 48-76 mm;
-- the AP width of the femoral diaphysis, the median of the narrowest third of the shaft slices.
+- the AP width of the femoral diaphysis, the median width of the proximal third of the slices.
   Adult mid-shaft sagittal diameters are ~24-33 mm, the distal diaphysis a little wider,
   adolescents narrower; we take ``SHAFT_AP_MM`` = 20-38 mm.
 
@@ -113,11 +113,11 @@ def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
     normal = np.array([-axis[1], axis[0]])
     u, v = (pts - centre) @ axis, (pts - centre) @ normal
     uc, width, _ = _slices(u, v, 40)
-    if np.median(width[: len(uc) // 3]) > np.median(width[-(len(uc) // 3) :]):
-        width = width[::-1]
+    if np.median(width[: len(uc) // 3]) < np.median(width[-(len(uc) // 3) :]):
+        width = width[::-1]  # distal (wide) end first, shaft last
     third = len(uc) // 3
     depth = float(np.max(width[: 2 * third]))  # widest slice of the distal two thirds
-    shaft_w = float(np.median(np.sort(width[len(uc) - third : len(uc) - 1])[: max(1, third // 3)]))
+    shaft_w = float(np.median(width[len(uc) - third : len(uc) - 1]))
     length = float(np.ptp(u))
     ivs, methods = [], []
     if depth > 4 * EDGE_PX:
