@@ -12,7 +12,8 @@ image's clip level). So a candidate is accepted only when ALL of these hold:
 3. edge sharpness: the fitted blur sigma <= max(2 px, 8 % of the radius) (at the fit scale);
 4. profile: the chord model explains the radial profile (R^2 >= 0.95), and either it explains
    it clearly better than a flat disc (a visible dome, residual <= 0.5 x the flat disc's) or the
-   disc is saturated (>= 30 % of its inner pixels at the image's maximum, as clipping gives).
+   disc is saturated (>= 30 % of its inner pixels within 1 % of the image's maximum, as clipping
+   gives; its radius is then fitted with the clip, which happens after the blur).
    A flat disc below the clip level is a coin, a lid or an electrode seen face-on, not a sphere.
 
 Cost is bounded by a fixed pixel budget, whatever the image size: candidates come from
@@ -41,6 +42,7 @@ MIN_CONTRAST = 0.05  # display units (image in [0, 1])
 MIN_CIRCULARITY = 0.9
 MIN_R2 = 0.95
 DOME_RATIO = 0.5  # chord-model residual / flat-disc residual below this = a visible dome
+SAT_TOL = 0.01  # "at the clip level": within 1 % of the display range of the image maximum
 MIN_SATURATED = 0.3  # fraction of inner pixels at the clip level for a saturated ball
 MAX_DOME_K = 10.0  # beyond this the profile is flat inside (the dome is not visible)
 
@@ -172,6 +174,15 @@ def _profile_model(d: np.ndarray, p: np.ndarray, dome: bool) -> np.ndarray:
     return np.interp(d, x, f)
 
 
+def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted least-squares slope and intercept of y = a x + b (closed form)."""
+    sw = w.sum()
+    mx, my = (w * x).sum() / sw, (w * y).sum() / sw
+    vx = (w * (x - mx) ** 2).sum()
+    a = float((w * (x - mx) * (y - my)).sum() / vx) if vx > 1e-12 else 0.0
+    return a, float(my - a * mx)
+
+
 def _fit_profile(
     d: list[np.ndarray], v: list[np.ndarray], w: list[np.ndarray], r0: float, dome: bool
 ) -> tuple[np.ndarray, float, float]:
@@ -184,8 +195,7 @@ def _fit_profile(
         resid, amps = [], []
         for ds, vs, ws in zip(d, v, w, strict=True):
             m = _profile_model(ds, p, dome)
-            a = np.column_stack([m, np.ones_like(m)]) * np.sqrt(ws)[:, None]
-            (amp, base), *_ = np.linalg.lstsq(a, vs * np.sqrt(ws), rcond=None)
+            amp, base = _weighted_line(m, vs, ws)
             resid.append((base + amp * m - vs) * np.sqrt(ws))
             amps.append(amp)
         return np.concatenate(resid), float(np.median(amps))
@@ -198,7 +208,9 @@ def _fit_profile(
         starts = [[r0, 1.0]]
     best = None
     for start in starts:
-        res = least_squares(lambda p: linear(p)[0], start, bounds=(lo, hi), x_scale="jac")
+        res = least_squares(
+            lambda p: linear(p)[0], start, bounds=(lo, hi), x_scale="jac", max_nfev=80
+        )
         if best is None or res.cost < best.cost:
             best = res
     resid, amp = linear(best.x)
@@ -206,6 +218,32 @@ def _fit_profile(
 
 
 N_SECTORS = 1
+
+
+def _fit_clipped(d: np.ndarray, v: np.ndarray, w: np.ndarray, r0: float) -> tuple[float, float]:
+    """Radius and blur of a saturated disc: v = min(top, base + (top - base) a Phi((R - d)/s)).
+
+    A saturated ball is clipped by the display AFTER the detector blur, so its visible edge
+    lies outside R by about s Phi^-1(1 - 1/a); fitting the clip (a >= 1) removes that bias.
+    """
+    from scipy.special import ndtr
+
+    top = float(np.median(v[d < 0.6 * r0]))
+    base = float(np.median(v[d > 1.2 * r0])) if np.any(d > 1.2 * r0) else float(v.min())
+    sw = np.sqrt(w)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        m = base + (top - base) * np.exp(p[2]) * ndtr((p[0] - d) / p[1])
+        return (np.minimum(m, top) - v) * sw
+
+    best = None
+    for log_a in (0.0, 1.0, 2.5):
+        res = least_squares(
+            resid, [r0, 1.0, log_a], bounds=([0.8 * r0, 0.1, 0.0], [1.2 * r0, 0.2 * r0 + 2.0, 6.0])
+        )
+        if best is None or res.cost < best.cost:
+            best = res
+    return float(best.x[0]), float(best.x[1])
 
 
 def _sector_profiles(
@@ -302,7 +340,7 @@ def _verify(
     px = np.clip(np.round(cf[0] + np.outer(np.cos(ang), rr)).astype(int), 0, levels[0].shape[1] - 1)
     py = np.clip(np.round(cf[1] + np.outer(np.sin(ang), rr)).astype(int), 0, levels[0].shape[0] - 1)
     inner_full = levels[0][py, px]
-    metrics["saturated"] = float(np.mean(inner_full >= sat - 1e-3 * max(sat, 1e-6)))
+    metrics["saturated"] = float(np.mean(inner_full >= sat - SAT_TOL))
     score = float(
         np.clip(metrics["r2"], 0, 1)
         * metrics["circularity"]
@@ -316,6 +354,9 @@ def _verify(
     if metrics["dome_ratio"] <= DOME_RATIO and amp > 0 and metrics["k"] <= MAX_DOME_K:
         return result("sphere: path-length dome", score, True)
     if metrics["saturated"] >= MIN_SATURATED:
+        r_flat = r
+        r, _ = _fit_clipped(np.concatenate(d), np.concatenate(v), np.concatenate(w), r_flat)
+        metrics["r_unclipped"] = r_flat / s
         return result("sphere: saturated disc at the clip level", score, True)
     return result("flat disc below the clip level (not a sphere's profile)", score)
 
