@@ -220,11 +220,14 @@ def _fit_profile(
 N_SECTORS = 1
 
 
-def _fit_clipped(d: np.ndarray, v: np.ndarray, w: np.ndarray, r0: float) -> tuple[float, float]:
+def _fit_clipped(
+    d: np.ndarray, v: np.ndarray, w: np.ndarray, r0: float, sigma0: float
+) -> tuple[float, float]:
     """Radius and blur of a saturated disc: v = min(top, base + (top - base) a Phi((R - d)/s)).
 
     A saturated ball is clipped by the display AFTER the detector blur, so its visible edge
     lies outside R by about s Phi^-1(1 - 1/a); fitting the clip (a >= 1) removes that bias.
+    ``r0``, ``sigma0``: the unclipped fit; the correction is inward, by at most 2 sigma0 + 0.5.
     """
     from scipy.special import ndtr
 
@@ -237,10 +240,11 @@ def _fit_clipped(d: np.ndarray, v: np.ndarray, w: np.ndarray, r0: float) -> tupl
         return (np.minimum(m, top) - v) * sw
 
     best = None
+    lo = [r0 - 2 * sigma0 - 0.5, 0.05, 0.0]
+    hi = [r0 + 0.25, max(2 * sigma0, 0.1) + 0.5, 6.0]
     for log_a in (0.0, 1.0, 2.5):
-        res = least_squares(
-            resid, [r0, 1.0, log_a], bounds=([0.8 * r0, 0.1, 0.0], [1.2 * r0, 0.2 * r0 + 2.0, 6.0])
-        )
+        start = np.clip([r0, max(sigma0, 0.06), log_a], lo, hi)
+        res = least_squares(resid, start, bounds=(lo, hi))
         if best is None or res.cost < best.cost:
             best = res
     return float(best.x[0]), float(best.x[1])
@@ -355,7 +359,8 @@ def _verify(
         return result("sphere: path-length dome", score, True)
     if metrics["saturated"] >= MIN_SATURATED:
         r_flat = r
-        r, _ = _fit_clipped(np.concatenate(d), np.concatenate(v), np.concatenate(w), r_flat)
+        if sigma >= 0.5:  # the clip bias is ~sigma: below half a pixel it is not measurable
+            r, _ = _fit_clipped(np.concatenate(d), np.concatenate(v), np.concatenate(w), r, sigma)
         metrics["r_unclipped"] = r_flat / s
         return result("sphere: saturated disc at the clip level", score, True)
     return result("flat disc below the clip level (not a sphere's profile)", score)
