@@ -80,12 +80,12 @@ def test_flat_disc_is_rejected_for_its_profile():
 
 
 @pytest.mark.parametrize(
-    ("k", "r", "rel"), [(0.5, 41.3, 0.01), (3.0, 57.8, 0.01), (25.0, 33.6, 0.04)]
+    ("k", "r", "rel"), [(0.5, 41.3, 0.01), (3.0, 57.8, 0.01), (25.0, 33.6, 0.025)]
 )
 def test_path_length_sphere_found(k, r, rel):
     """Unsaturated spheres within 1 %. k = 25 with amp 2 saturates and is clipped AFTER the
     blur (as a display window does): the clipped disc is larger than the ball by about the blur
-    (1.2 px here, 3 %), a known bias of saturated spheres that the flat-disc fit does not model."""
+    (+3.3 % here without the clip fit); the clip fit brings it to -1 .. -2 % (blur 0.6-2 px)."""
     img = background()
     sphere(img, (410.4, 330.7), r, k, amp=0.6 if k < 10 else 2.0)
     img = finish(img, seed=int(k))
