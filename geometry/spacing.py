@@ -11,13 +11,16 @@ image's clip level). So a candidate is accepted only when ALL of these hold:
 2. circularity: >= 90 % of 72 rays find the steepest edge within 5 % of the fitted radius;
 3. edge sharpness: the fitted blur sigma <= max(2 px, 8 % of the radius) (at the fit scale);
 4. profile: the chord model explains the radial profile (R^2 >= 0.95), and either it explains
-   it clearly better than a flat disc (a visible dome, residual <= 0.5 x the flat disc's) or the
+   it clearly better than a flat disc (a visible dome: residual <= 0.5 x the flat disc's and
+   k <= 10) or the
    disc is saturated (>= 30 % of its inner pixels within 1 % of the image's maximum, as clipping
    gives; its radius is then fitted with the clip, which happens after the blur).
    A flat disc below the clip level is a coin, a lid or an electrode seen face-on, not a sphere.
 
-Cost is bounded by a fixed pixel budget, whatever the image size: candidates come from
-``cv2.HoughCircles`` on a copy halved until its longer side is <= ``WORK_SIDE``; each of at most
+Cost is bounded by a fixed pixel budget, whatever the image size: candidates are round bright
+connected components (several thresholds) of a copy halved until its longer side is
+<= ``WORK_SIDE`` (a Hough transform was tried: on noise it ran for seconds and it ranked the knee
+outline above the sphere); each of at most
 ``MAX_CANDIDATES`` is fitted on a crop of the pyramid level where its radius is about
 ``FIT_RADIUS`` px; only the saturation test reads full-resolution pixels (a few thousand).
 
@@ -217,7 +220,7 @@ def _fit_profile(
     return best.x, amp, float(np.sum(resid**2))
 
 
-N_SECTORS = 1
+N_SECTORS = 1  # angular sectors with their own level and background (1: pooled, fastest)
 
 
 def _fit_clipped(

@@ -129,3 +129,21 @@ def test_plan_and_evaluate_give_the_same_mm(tmp_path, pixel, source):
     assert rep["spacing"]["col_mm"] == pytest.approx(row["col_mm"], rel=1e-12)
     expected = 0.9 * true if pixel else true
     assert row["row_mm"] == pytest.approx(expected, rel=0.02)
+    cands = {c["source"]: c for c in rep["spacing"]["candidates"]}
+    assert not cands["ImagerPixelSpacing"]["accepted"] and cands[source]["accepted"]
+    if source == "sphere":  # the JSON names the candidate, its score and why it was accepted
+        sph = rep["spacing"]["sphere"]
+        assert sph["accepted"] and sph["why"].startswith("sphere") and 0 < sph["score"] <= 1
+
+
+def test_real_rg1_pixel_spacing_is_invalid_not_absent():
+    from pathlib import Path
+
+    data_store = pytest.importorskip("data_store")
+    path = Path(data_store.__file__).parent / "data" / "RG1_UNCI.dcm"
+    if not path.is_file():
+        pytest.skip("RG1_UNCI.dcm not in pydicom-data")
+    loaded = load_image(path)
+    assert [t for t, _ in loaded.invalid_spacing_tags] == ["PixelSpacing"]
+    res = resolve_pixel_spacing(None, **loaded.spacing_inputs())
+    assert any("DICOM PixelSpacing is present but invalid" in r for r in res.reasons)
