@@ -189,9 +189,12 @@ def resolve_pixel_spacing(
             entry["why"] = f"a higher source ({res.spacing.source}) was used"
         res.candidates.append(entry)
     if res.spacing is None:
+        hint = "" if anatomy is None else (
+            f" (the femur's size suggests {anatomy.lo:.3f}-{anatomy.hi:.3f} mm/px)"
+        )
         res.reasons.append(
             "pixel spacing unknown (no valid DICOM spacing, annotation, user value or "
-            "calibration sphere): distances in pixels, no 2.5 mm circle"
+            f"calibration sphere): distances in pixels, no 2.5 mm circle{hint}"
         )
     elif anatomy is not None:
         why = spacing_disagreement(res.spacing, anatomy)

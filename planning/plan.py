@@ -1,5 +1,5 @@
-"""``make plan``: one radiograph (DICOM, PNG or TIFF) and a checkpoint in; an overlay PNG at the
-original resolution and a JSON report out.
+"""``make plan``: one radiograph (DICOM, PNG, TIFF or JPEG) and a checkpoint in; an overlay PNG at
+the original resolution and a JSON report out.
 
 Usage:
     python -m planning.plan --image PATH --ckpt PATH [--out DIR] [--decode quadratic]
@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.plan``."""
     p = argparse.ArgumentParser(
         prog="python -m planning.plan",
-        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF).",
+        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF, JPG).",
     )
-    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif)")
+    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif, .jpg)")
     p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint")
     p.add_argument("--out", type=Path, default=Path("plans"), help="output folder (plans/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")

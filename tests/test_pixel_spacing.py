@@ -79,6 +79,8 @@ def test_anatomy_rejects_sphere_and_flags_tags():
     assert any("spacing from ImagerPixelSpacing disagrees with anatomy by 4.2x" in r
                for r in res.reasons)  # fmt: skip
     assert res.as_dict()["anatomy"]["lo"] == 0.08
+    res = resolve_pixel_spacing(None, anatomy=far)  # unknown: the reason carries the hint
+    assert any("spacing unknown" in r and "0.080-0.120 mm/px" in r for r in res.reasons)
 
 
 def test_jpeg_is_read_and_marked_lossy(tmp_path):
