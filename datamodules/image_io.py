@@ -171,12 +171,7 @@ def _load_png(path: Path) -> LoadedImage:
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
-    try:
-        gray = _to_gray(arr, bgr=True)
-    except ValueError as err:
-        raise ImageReadError(f"{path}: {err}") from err
-    image, depth = _normalise_stored(path, arr, gray, sbit)
-    return LoadedImage(image, depth, {"format": "png", "dtype": str(arr.dtype)})
+    return _from_decoded(path, arr, sbit, "png")
 
 
 def _load_tiff(path: Path) -> LoadedImage:
@@ -199,13 +194,19 @@ def _load_jpeg(path: Path) -> LoadedImage:
     arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
+    return _from_decoded(path, arr, None, "jpeg", lossy=True)
+
+
+def _from_decoded(
+    path: Path, arr: np.ndarray, bits: int | None, fmt: str, lossy: bool = False
+) -> LoadedImage:
+    """An OpenCV-decoded (BGR or gray) array as a LoadedImage, values by the stored range."""
     try:
         gray = _to_gray(arr, bgr=True)
     except ValueError as err:
         raise ImageReadError(f"{path}: {err}") from err
-    image, depth = _normalise_stored(path, arr, gray, None)
-    meta = {"format": "jpeg", "dtype": str(arr.dtype)}
-    return LoadedImage(image, depth, meta, lossy=True)
+    image, depth = _normalise_stored(path, arr, gray, bits)
+    return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy)
 
 
 def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
+
+from geometry.lines import largest_component
 
 if TYPE_CHECKING:
     from geometry.pixel_spacing import PixelSpacing
@@ -57,13 +58,6 @@ class ScaleEstimate:
         }
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros_like(mask, dtype=bool)
-    return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
 def _slices(u: np.ndarray, v: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slice along u: centre u, width (max v - min v + 1) and mid v; empty slices dropped."""
     edges = np.linspace(u.min(), u.max() + 1e-9, n_bins + 1)
@@ -82,7 +76,7 @@ def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
 
     None when the mask is empty or too small (< 2000 px), or shows no shaft-like end.
     """
-    mask = _largest_component(np.asarray(femur_mask) > 0)
+    mask = largest_component(np.asarray(femur_mask) > 0)
     ys, xs = np.nonzero(mask)
     if ys.size < 2000:
         return None
