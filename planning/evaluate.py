@@ -94,8 +94,11 @@ def sample_spacing(sample: Sample, femur_mask: np.ndarray, detect_sphere: bool =
 
     inputs = dict(sample.meta.get("spacing_inputs") or {})
     if not inputs and sample.spacing_mm is not None:
-        src = sample.spacing_source or "annotation"
-        inputs["annotation"] = PixelSpacing(*sample.spacing_mm, source=src, note="sample")
+        try:  # keep the sample's own source name (e.g. "phantom")
+            src = sample.spacing_source or "annotation"
+            inputs["annotation"] = PixelSpacing(*sample.spacing_mm, source=src, note="sample")
+        except ValueError:  # implausible: the resolver reports it as an invalid annotation
+            inputs["annotation"] = sample.spacing_mm
     inputs["invalid_tags"] = [tuple(t) for t in inputs.get("invalid_tags") or []]
     return resolve_pixel_spacing(
         sample.image, detect_sphere=detect_sphere, anatomy=estimate_scale(femur_mask), **inputs

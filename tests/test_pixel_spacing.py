@@ -149,3 +149,16 @@ def test_real_rg1_pixel_spacing_is_invalid_not_absent():
     assert [t for t, _ in loaded.invalid_spacing_tags] == ["PixelSpacing"]
     res = resolve_pixel_spacing(None, **loaded.spacing_inputs())
     assert any("DICOM PixelSpacing is present but invalid" in r for r in res.reasons)
+
+
+def test_evaluate_keeps_phantom_source_and_reports_implausible_spacing():
+    from planning.evaluate import sample_spacing
+
+    s = generate_phantom(3, PhantomConfig(min_side=400, max_side=640).clean())
+    res = sample_spacing(s, s.masks[0] > 0)
+    assert res.source == "phantom" and res.spacing.as_tuple() == pytest.approx(s.spacing_mm)
+    assert res.anatomy is not None and res.anatomy.lo <= s.spacing_mm[0] <= res.anatomy.hi
+    assert res.reasons == []  # true spacing, agreeing anatomy: nothing to review
+    bad = dataclasses.replace(s, spacing_mm=(8.0, 8.0))
+    res = sample_spacing(bad, s.masks[0] > 0, detect_sphere=False)
+    assert res.spacing is None and any("invalid" in r for r in res.reasons)
