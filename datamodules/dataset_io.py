@@ -126,8 +126,10 @@ def read_sample(
     ``files`` is ``image_files(root)`` when the caller reads many samples (listing the images
     folder once, not once per sample).
 
-    Spacing: the annotation's ``pixel_spacing_mm`` when given (``spacing_source="annotation"``),
-    else the image file's (DICOM ``PixelSpacing``, then ``ImagerPixelSpacing``), else None.
+    Spacing: ``geometry.pixel_spacing.resolve_pixel_spacing`` over the annotation's
+    ``pixel_spacing_mm`` and the file's DICOM tags (no sphere search here: it needs the predicted
+    anatomy). The raw inputs are kept in ``meta["spacing_inputs"]`` so that ``make evaluate``
+    resolves them again exactly as ``make plan`` does (with the sphere and the anatomy).
     Raises DatasetError / ImageReadError / AnnotationError naming the file.
     """
     from datamodules.annotations import read_annotation
@@ -140,10 +142,17 @@ def read_sample(
     loaded = load_image(paths[0])
     ann = read_annotation(annotation_path(root, sample_id))
     masks = np.stack([read_mask(mask_path(root, sample_id, b), loaded.image.shape) for b in BONES])
-    spacing, source = loaded.spacing_mm, loaded.spacing_source
-    if ann["spacing_mm"] is not None:
-        spacing, source = ann["spacing_mm"], "annotation"
+    from geometry.pixel_spacing import resolve_pixel_spacing
+
+    inputs = {"annotation": ann["spacing_mm"], **loaded.spacing_inputs()}
+    resolved = resolve_pixel_spacing(None, detect_sphere=False, **inputs).spacing
+    spacing = None if resolved is None else resolved.as_tuple()
+    source = None if resolved is None else resolved.source
     meta = dict(ann["meta"])
+    meta["spacing_inputs"] = {
+        k: (None if v is None else [list(t) for t in v] if k == "invalid_tags" else list(v))
+        for k, v in inputs.items()
+    }
     if ann["side"] is not None:
         meta["side"] = ann["side"]
     meta["image_file"] = paths[0].name

@@ -1,20 +1,23 @@
-"""Read one radiograph (PNG, TIFF or DICOM) as a float32 (H, W) image in [0, 1], bright = bone.
+"""Read one radiograph (PNG, TIFF, JPEG, DICOM) as a float32 (H, W) image in [0, 1], bright = bone.
 
 PNG and TIFF: 8 or 16 bit (any integer type, or float); colour is converted to gray (ITU-R 601
 weights). Integers are divided by the largest value of the stored bit depth: a PNG ``sBIT`` chunk
 (e.g. 12 significant bits in a 16-bit PNG) when present, else the dtype's range. Values are not
 stretched per image, so intensities stay comparable between files (a 12-bit image in a 16-bit
 PNG without sBIT therefore looks dark: add sBIT or rescale it). Float TIFFs in [0, 1] pass
-through; other float ranges are min-max stretched (they carry no stored range).
+through; other float ranges are min-max stretched (they carry no stored range). JPEG (8 bit,
+OpenCV) is read the same way and marked ``lossy=True``: compression artefacts blur edges, so the
+plan report warns.
 
 DICOM (pydicom): the modality LUT (rescale or LUT sequence) and then the VOI LUT (LUT sequence,
 else the first window centre/width) are applied as the standard display pipeline prescribes; the
 result is normalised by the output range of that same pipeline over every storable value (not
 by the image's own min/max), and MONOCHROME1 images (low value = white) are inverted, which
 pydicom does not do. ``PresentationLUTShape`` is not applied on top: for MONOCHROME1 it says
-INVERSE and describes the same inversion. Pixel spacing comes from ``PixelSpacing`` (calibrated,
-in the patient) when present and positive, else from ``ImagerPixelSpacing`` (at the detector);
-``spacing_source`` records which tag was used. A zero or malformed spacing counts as missing.
+INVERSE and describes the same inversion. The DICOM spacing tags are only READ here
+(``dicom_pixel`` = ``PixelSpacing``, ``dicom_imager`` = ``ImagerPixelSpacing``); a tag present but
+invalid (``0\\0``, one value, text) is listed in ``invalid_spacing_tags`` with its raw text, not
+treated as absent. Which spacing wins is decided by ``geometry.pixel_spacing`` only.
 """
 
 from __future__ import annotations
@@ -43,17 +46,46 @@ class LoadedImage:
 
     Args:
         image: (H, W) float32 in [0, 1], bright = bone.
-        spacing_mm: (row_mm, col_mm) per pixel, or None when the file does not say.
-        spacing_source: "PixelSpacing", "ImagerPixelSpacing" or None.
         bit_depth: significant bits per stored pixel (8, 10, 12, 16, ...).
         meta: extras (format, photometric interpretation, window used, ...).
+        dicom_pixel: valid DICOM ``PixelSpacing`` (row_mm, col_mm), or None.
+        dicom_imager: valid DICOM ``ImagerPixelSpacing`` (row_mm, col_mm), or None.
+        invalid_spacing_tags: (tag, raw text) of spacing tags present but invalid.
+        lossy: the file was lossy-compressed (JPEG).
     """
 
     image: np.ndarray
-    spacing_mm: tuple[float, float] | None = None
-    spacing_source: str | None = None
     bit_depth: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    dicom_pixel: tuple[float, float] | None = None
+    dicom_imager: tuple[float, float] | None = None
+    invalid_spacing_tags: list[tuple[str, str]] = field(default_factory=list)
+    lossy: bool = False
+
+    def spacing_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of ``geometry.pixel_spacing.resolve_pixel_spacing`` from the file."""
+        return {
+            "dicom_pixel": self.dicom_pixel,
+            "dicom_imager": self.dicom_imager,
+            "invalid_tags": list(self.invalid_spacing_tags),
+        }
+
+    def _file_spacing(self) -> Any:
+        from geometry.pixel_spacing import resolve_pixel_spacing
+
+        return resolve_pixel_spacing(None, detect_sphere=False, **self.spacing_inputs()).spacing
+
+    @property
+    def spacing_mm(self) -> tuple[float, float] | None:
+        """The file's own spacing by the one precedence order (no sphere search), or None."""
+        sp = self._file_spacing()
+        return None if sp is None else sp.as_tuple()
+
+    @property
+    def spacing_source(self) -> str | None:
+        """Tag that ``spacing_mm`` came from, or None."""
+        sp = self._file_spacing()
+        return None if sp is None else sp.source
 
 
 def load_image(path: str | Path) -> LoadedImage:
@@ -65,13 +97,16 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device)")
     check_pixel_limit(path)
     suffix = path.suffix.lower()
-    if suffix == ".dcm" or (suffix not in (".png", ".tif", ".tiff") and _looks_like_dicom(path)):
+    known = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+    if suffix == ".dcm" or (suffix not in known and _looks_like_dicom(path)):
         return _load_dicom(path)
     if suffix == ".png":
         return _load_png(path)
     if suffix in (".tif", ".tiff"):
         return _load_tiff(path)
-    raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .dcm)")
+    if suffix in (".jpg", ".jpeg"):
+        return _load_jpeg(path)
+    raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .jpg, .dcm)")
 
 
 def max_pixels() -> int:
@@ -230,12 +265,7 @@ def _load_png(path: Path) -> LoadedImage:
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
-    try:
-        gray = _to_gray(arr, bgr=True)
-    except ValueError as err:
-        raise ImageReadError(f"{path}: {err}") from err
-    image, depth = _normalise_stored(path, arr, gray, sbit)
-    return LoadedImage(image, None, None, depth, {"format": "png", "dtype": str(arr.dtype)})
+    return _from_decoded(path, arr, sbit, "png")
 
 
 def _load_tiff(path: Path) -> LoadedImage:
@@ -251,21 +281,46 @@ def _load_tiff(path: Path) -> LoadedImage:
     except ValueError as err:
         raise ImageReadError(f"{path}: {err} (one grayscale or RGB page expected)") from err
     image, depth = _normalise_stored(path, arr, gray, None)
-    return LoadedImage(image, None, None, depth, {"format": "tiff", "dtype": str(arr.dtype)})
+    return LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)})
 
 
-def _spacing(ds: Any, tag: str) -> tuple[float, float] | None:
-    """A positive (row_mm, col_mm) from a DICOM spacing tag, else None."""
-    value = ds.get(tag)
-    if value is None:
-        return None
+def _load_jpeg(path: Path) -> LoadedImage:
+    arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
+    return _from_decoded(path, arr, None, "jpeg", lossy=True)
+
+
+def _from_decoded(
+    path: Path, arr: np.ndarray, bits: int | None, fmt: str, lossy: bool = False
+) -> LoadedImage:
+    """An OpenCV-decoded (BGR or gray) array as a LoadedImage, values by the stored range."""
     try:
-        vals = [float(v) for v in value]
+        gray = _to_gray(arr, bgr=True)
+    except ValueError as err:
+        raise ImageReadError(f"{path}: {err}") from err
+    image, depth = _normalise_stored(path, arr, gray, bits)
+    return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy)
+
+
+def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:
+    """(valid (row_mm, col_mm) or None, raw text when the tag is present but invalid)."""
+    from geometry.pixel_spacing import PixelSpacing
+
+    if tag not in ds:
+        return None, None
+    from pydicom.multival import MultiValue
+
+    value = ds[tag].value
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    raw = "\\".join("" if v is None else str(v) for v in items)
+    try:
+        vals = [float(v) for v in items]
+        if len(vals) != 2:
+            raise ValueError(f"{len(vals)} value(s)")
+        return PixelSpacing(vals[0], vals[1], tag).as_tuple(), None
     except (TypeError, ValueError):
-        return None
-    if len(vals) != 2 or not all(np.isfinite(v) and v > 0 for v in vals):
-        return None
-    return vals[0], vals[1]
+        return None, raw
 
 
 def _display_pipeline(ds: Any, arr: np.ndarray) -> np.ndarray:
@@ -313,9 +368,10 @@ def _load_dicom(path: Path) -> LoadedImage:
     image = np.clip(image, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
-    spacing, source = _spacing(ds, "PixelSpacing"), "PixelSpacing"
-    if spacing is None:
-        spacing, source = _spacing(ds, "ImagerPixelSpacing"), "ImagerPixelSpacing"
+    pixel, bad_pixel = _spacing_tag(ds, "PixelSpacing")
+    imager, bad_imager = _spacing_tag(ds, "ImagerPixelSpacing")
+    invalid = [(t, r) for t, r in (("PixelSpacing", bad_pixel), ("ImagerPixelSpacing", bad_imager))
+               if r is not None]  # fmt: skip
     meta = {
         "format": "dicom",
         "photometric": photometric,
@@ -325,6 +381,4 @@ def _load_dicom(path: Path) -> LoadedImage:
         else None,
         "output_range": [lo, hi],
     }
-    return LoadedImage(
-        image.astype(np.float32), spacing, source if spacing else None, bits, meta
-    )
+    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, invalid)

@@ -1,66 +1,132 @@
-"""Pixel spacing: detection of a calibration sphere, and choosing among the available sources.
+"""Calibration-sphere detection: find a metal calibration ball and derive mm per pixel from it.
 
-Sphere detection (a metal calibration ball, 30 mm by default, projects as a bright, uniform,
-circular disc):
-1. the image is scaled to at most ``max_side`` px, converted to 8 bit, median-blurred, and
-   ``cv2.HoughCircles`` (HOUGH_GRADIENT) proposes circles with radii in ``expected_px_range``;
-2. each candidate is refined at full resolution: along 90 rays from its centre the edge is the
-   sub-pixel position where the profile crosses half-way between the disc level (median of the
-   inner 60 % of the radius) and the surrounding level (median of a ring 1.3-1.6 r); a circle is
-   fitted to these edge points by algebraic least squares (Kasa), after dropping rays whose edge
-   is more than 3 MAD off the median radius (overlapping bone);
-3. score = contrast x uniformity x circularity, each in [0, 1]: contrast = disc level minus ring
-   level; uniformity = 1 - (inner std / contrast); circularity = fraction of rays whose edge lies
-   within 5 % of the fitted radius. The best candidate with score >= ``min_score`` wins.
-mm per pixel = diameter_mm / (2 x radius_px).
+A solid sphere of radius R projects as a bright disc whose attenuation follows its path length,
+chord(d) = 2 sqrt(R^2 - d^2) at distance d from the centre, with a sharp circular edge. After the
+detector's response the displayed profile is B + A g_k(c) with c = sqrt(1 - (d/R)^2) and
+g_k(c) = (1 - exp(-k c)) / (1 - exp(-k)) (Beer-Lambert; k -> 0 gives the chord itself), blurred
+by the detector. A steel ball usually saturates the display (k large: a flat white disc at the
+image's clip level). So a candidate is accepted only when ALL of these hold:
 
-Spacing priority in :func:`resolve_spacing` (first available wins), and why:
-1. ``annotation``: a researcher's explicit spacing for this image (may encode their own
-   calibration) overrides everything;
-2. ``PixelSpacing`` (DICOM): spacing calibrated by the modality at the patient plane;
-3. ``sphere``: calibrated in the image at the object plane (corrects X-ray magnification);
-4. ``ImagerPixelSpacing`` (DICOM): detector-plane spacing, overstates sizes by the magnification
-   factor (typically 5-20 %), hence after the sphere;
-5. none: spacing unknown (``(None, None)``); errors are then reported in pixels.
+1. contrast: disc level minus surrounding level >= ``MIN_CONTRAST`` and >= 8 x the noise;
+2. circularity: >= 90 % of 72 rays find the steepest edge within 5 % of the fitted radius;
+3. edge sharpness: the fitted blur sigma <= max(2 px, 8 % of the radius) (at the fit scale);
+4. profile: the chord model explains the radial profile (R^2 >= 0.95), and either it explains
+   it clearly better than a flat disc (a visible dome: residual <= 0.5 x the flat disc's and
+   k <= 10) or the
+   disc is saturated (>= 30 % of its inner pixels within 1 % of the image's maximum, as clipping
+   gives; its radius is then fitted with the clip, which happens after the blur).
+   A flat disc below the clip level is a coin, a lid or an electrode seen face-on, not a sphere.
+
+Cost is bounded by a fixed pixel budget, whatever the image size: candidates are round bright
+connected components (several thresholds) of a copy halved until its longer side is
+<= ``WORK_SIDE`` (a Hough transform was tried: on noise it ran for seconds and it ranked the knee
+outline above the sphere); each of at most
+``MAX_CANDIDATES`` is fitted on a crop of the pyramid level where its radius is about
+``FIT_RADIUS`` px; only the saturation test reads full-resolution pixels (a few thousand).
+
+mm per pixel = diameter_mm / (2 x radius_px). Which source of spacing wins is decided in
+``geometry.pixel_spacing`` (the only place that knows the order).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import gaussian_filter1d, map_coordinates
+from scipy.optimize import least_squares
 
-SPACING_SOURCES = ("annotation", "PixelSpacing", "sphere", "ImagerPixelSpacing")
+WORK_SIDE = 512  # Hough runs on a copy whose longer side is at most this
+FIT_RADIUS = 40.0  # candidates are fitted at the pyramid level where the radius is ~this (px)
+MAX_CANDIDATES = 8
+MIN_CONTRAST = 0.05  # display units (image in [0, 1])
+MIN_CIRCULARITY = 0.9
+MIN_R2 = 0.95
+DOME_RATIO = 0.5  # chord-model residual / flat-disc residual below this = a visible dome
+SAT_TOL = 0.01  # "at the clip level": within 1 % of the display range of the image maximum
+MIN_SATURATED = 0.3  # fraction of inner pixels at the clip level for a saturated ball
+MAX_DOME_K = 10.0  # beyond this the profile is flat inside (the dome is not visible)
 
 
 @dataclass(frozen=True)
 class SphereDetection:
-    """A detected calibration sphere: centre (x, y) px, radius px, mm per px, score in [0, 1]."""
+    """A calibration-sphere candidate: centre (x, y) px, radius px, mm per px, score in [0, 1].
+
+    ``accepted`` says whether every test passed; ``why`` names the first failed test (or the
+    kind of sphere accepted), ``metrics`` holds each tested value.
+    """
 
     center: np.ndarray
     radius_px: float
     mm_per_px: float
     score: float
+    accepted: bool = True
+    why: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float]:
         """(row_mm, col_mm) implied by the sphere (isotropic)."""
         return (self.mm_per_px, self.mm_per_px)
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready description of the candidate."""
+        return {
+            "center_px": [round(float(v), 2) for v in self.center],
+            "radius_px": round(float(self.radius_px), 3),
+            "mm_per_px": round(float(self.mm_per_px), 5),
+            "score": round(float(self.score), 3),
+            "accepted": bool(self.accepted),
+            "why": self.why,
+            "metrics": {k: round(float(v), 4) for k, v in self.metrics.items()},
+        }
 
-def _ring_median(img: np.ndarray, c: np.ndarray, r0: float, r1: float) -> tuple[float, float]:
-    """Median and std of the pixels between radii r0 and r1 around c (x, y)."""
-    h, w = img.shape
-    x0, x1 = int(max(0, np.floor(c[0] - r1))), int(min(w, np.ceil(c[0] + r1) + 1))
-    y0, y1 = int(max(0, np.floor(c[1] - r1))), int(min(h, np.ceil(c[1] + r1) + 1))
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    d = np.hypot(xs - c[0], ys - c[1])
-    vals = img[y0:y1, x0:x1][(d >= r0) & (d <= r1)]
-    if vals.size == 0:
-        return float("nan"), float("nan")
-    return float(np.median(vals)), float(np.std(vals))
+
+def _pyramid(img: np.ndarray) -> list[np.ndarray]:
+    """Levels halved by area averaging until the longer side is <= WORK_SIDE (level 0 = input)."""
+    levels = [img]
+    while max(levels[-1].shape) > WORK_SIDE:
+        h, w = levels[-1].shape
+        levels.append(cv2.resize(levels[-1], (max(1, w // 2), max(1, h // 2)), cv2.INTER_AREA))
+    return levels
+
+
+def _blobs(small: np.ndarray, r_lo: float, r_hi: float) -> np.ndarray:
+    """(N, 3) disc proposals (x, y, r) in ``small`` pixels: round bright connected components.
+
+    The image is thresholded at several levels between its 1st percentile and its maximum; a
+    component of the right size whose outline is compact (4 pi area / perimeter^2 >= 0.7) and
+    fills its enclosing circle (>= 0.7) is proposed. Cost: a few passes over ``small``.
+    """
+    sm = cv2.GaussianBlur(small, (0, 0), 1.0)
+    lo, hi = float(np.percentile(sm, 1)), float(sm.max())
+    props: list[tuple[float, float, float, float]] = []
+    for q in (0.3, 0.45, 0.6, 0.75, 0.85, 0.92, 0.97):
+        binary = (sm >= lo + q * (hi - lo)).astype(np.uint8)
+        n, lab, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        area = stats[1:, cv2.CC_STAT_AREA]
+        for i in np.nonzero((area >= np.pi * (0.6 * r_lo) ** 2) & (area <= np.pi * r_hi**2))[0]:
+            x, y, w, h = stats[i + 1, :4]
+            comp = (lab[y : y + h, x : x + w] == i + 1).astype(np.uint8)
+            contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cnt = max(contours, key=cv2.contourArea)
+            perim = cv2.arcLength(cnt, True)
+            _, r_enc = cv2.minEnclosingCircle(cnt)
+            compact = 4 * np.pi * area[i] / max(perim, 1.0) ** 2
+            fill = area[i] / (np.pi * max(r_enc, 0.5) ** 2)
+            if compact >= 0.7 and fill >= 0.7:
+                props.append((*cents[i + 1], float(np.sqrt(area[i] / np.pi)), compact * fill))
+    props.sort(key=lambda p: -p[3])
+    out: list[list[float]] = []
+    for x, y, r, _ in props:  # one proposal per disc: concentric levels keep the largest
+        near = [o for o in out if np.hypot(x - o[0], y - o[1]) <= 0.5 * max(r, o[2])]
+        if near:
+            near[0][2] = max(near[0][2], r)
+        else:
+            out.append([x, y, r])
+    return np.array(out[:MAX_CANDIDATES]).reshape(-1, 3)
 
 
 def _fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
@@ -71,135 +137,277 @@ def _fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([cx, cy]), float(np.sqrt(max(k + cx * cx + cy * cy, 0.0)))
 
 
-def _refine(img: np.ndarray, c: np.ndarray, r: float) -> tuple[np.ndarray, float, float] | None:
-    """Sub-pixel centre, radius and score of a candidate disc at (c, r); None if implausible."""
-    inner, inner_std = _ring_median(img, c, 0.0, 0.6 * r)
-    outer, _ = _ring_median(img, c, 1.3 * r, 1.6 * r)
-    contrast = inner - outer
-    if not np.isfinite(contrast) or contrast <= 0.02:
-        return None
-    mid = (inner + outer) / 2.0
-    angles = np.linspace(0, 2 * np.pi, 90, endpoint=False)
-    radii = np.linspace(0.5 * r, 1.5 * r, max(40, int(4 * r)))
+def _edges(img: np.ndarray, c: np.ndarray, r: float, n: int = 72) -> np.ndarray:
+    """(n, 2) steepest bright-to-dark edge point along each ray in [0.6 r, 1.4 r] (NaN: none)."""
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    radii = np.arange(0.6 * r, 1.4 * r, 0.25)
     xs = c[0] + np.outer(np.cos(angles), radii)
     ys = c[1] + np.outer(np.sin(angles), radii)
-    prof = map_coordinates(img, [ys, xs], order=1, mode="nearest") - mid
-    edges = []
-    for a, p in zip(angles, prof, strict=True):
-        idx = np.nonzero((p[:-1] >= 0) & (p[1:] < 0))[0]  # bright inside -> dark outside
-        if idx.size == 0:
-            continue
-        i = idx[np.argmin(np.abs(radii[idx] - r))]
-        t = p[i] / (p[i] - p[i + 1])
-        rr = radii[i] + t * (radii[i + 1] - radii[i])
-        edges.append(c + rr * np.array([np.cos(a), np.sin(a)]))
-    if len(edges) < 10:
-        return None
-    pts = np.array(edges)
-    rad = np.hypot(*(pts - c).T)
-    mad = 1.4826 * np.median(np.abs(rad - np.median(rad))) + 1e-6
-    keep = np.abs(rad - np.median(rad)) <= 3 * mad + 0.5
-    if keep.sum() < 10:
-        return None
-    center, radius = _fit_circle(pts[keep])
-    circularity = float(np.mean(np.abs(np.hypot(*(pts - center).T) - radius) <= 0.05 * radius))
-    uniformity = float(np.clip(1.0 - inner_std / contrast, 0.0, 1.0))
-    score = float(np.clip(contrast, 0.0, 1.0)) * uniformity * circularity
-    return center, radius, score
+    prof = gaussian_filter1d(map_coordinates(img, [ys, xs], order=1, mode="nearest"), 2.0, axis=1)
+    grad = np.diff(prof, axis=1)
+    i = np.clip(np.argmin(grad, axis=1), 1, grad.shape[1] - 2)
+    rows = np.arange(n)
+    g0, g1, g2 = grad[rows, i - 1], grad[rows, i], grad[rows, i + 1]
+    den = g0 - 2 * g1 + g2
+    off = np.where(np.abs(den) > 1e-12, 0.5 * (g0 - g2) / np.where(den == 0, 1, den), 0.0)
+    rr = radii[0] + (i + 0.5 + np.clip(off, -1, 1)) * 0.25
+    strength = -g1
+    ok = strength > 0.3 * max(float(np.median(strength)), 1e-9)
+    pts = np.column_stack([c[0] + rr * np.cos(angles), c[1] + rr * np.sin(angles)])
+    pts[~ok] = np.nan
+    return pts
+
+
+def _profile_model(d: np.ndarray, p: np.ndarray, dome: bool) -> np.ndarray:
+    """Unit-height sphere profile at distances ``d`` for params p = (R, sigma, log k).
+
+    Path length c = sqrt(1 - (d/R)^2) through the detector curve g_k(c) = (1 - exp(-k c)) /
+    (1 - exp(-k)), blurred by sigma px. ``dome`` False: a flat disc (blurred step), p = (R, sigma).
+    """
+    radius, sigma = p[0], p[1]
+    step = 0.1
+    x = np.arange(0.0, float(d.max()) + 4 * sigma + 1.0, step)
+    if dome:
+        k = float(np.exp(p[2]))
+        c = np.sqrt(np.clip(1.0 - (x / radius) ** 2, 0.0, 1.0))
+        f = -np.expm1(-k * c) / -np.expm1(-k)
+    else:
+        f = (x <= radius).astype(np.float64)
+    f = gaussian_filter1d(f, max(sigma, 0.05) / step, mode="mirror")
+    return np.interp(d, x, f)
+
+
+def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted least-squares slope and intercept of y = a x + b (closed form)."""
+    sw = w.sum()
+    mx, my = (w * x).sum() / sw, (w * y).sum() / sw
+    vx = (w * (x - mx) ** 2).sum()
+    a = float((w * (x - mx) * (y - my)).sum() / vx) if vx > 1e-12 else 0.0
+    return a, float(my - a * mx)
+
+
+def _fit_profile(
+    d: list[np.ndarray], v: list[np.ndarray], w: list[np.ndarray], r0: float, dome: bool
+) -> tuple[np.ndarray, float, float]:
+    """Fit B_s + A_s model(d) to each angular sector s, sharing the model's parameters.
+
+    Returns (params), the median amplitude A and the weighted RSS.
+    """
+
+    def linear(p: np.ndarray) -> tuple[np.ndarray, float]:
+        resid, amps = [], []
+        for ds, vs, ws in zip(d, v, w, strict=True):
+            m = _profile_model(ds, p, dome)
+            amp, base = _weighted_line(m, vs, ws)
+            resid.append((base + amp * m - vs) * np.sqrt(ws))
+            amps.append(amp)
+        return np.concatenate(resid), float(np.median(amps))
+
+    if dome:
+        lo, hi = [0.7 * r0, 0.05, np.log(0.01)], [1.3 * r0, 0.3 * r0 + 2.0, np.log(60.0)]
+        starts = [[r0, 1.0, np.log(2.0)], [r0, 1.0, np.log(20.0)]]
+    else:
+        lo, hi = [0.7 * r0, 0.05], [1.3 * r0, 0.3 * r0 + 2.0]
+        starts = [[r0, 1.0]]
+    best = None
+    for start in starts:
+        res = least_squares(
+            lambda p: linear(p)[0], start, bounds=(lo, hi), x_scale="jac", max_nfev=80
+        )
+        if best is None or res.cost < best.cost:
+            best = res
+    resid, amp = linear(best.x)
+    return best.x, amp, float(np.sum(resid**2))
+
+
+N_SECTORS = 1  # angular sectors with their own level and background (1: pooled, fastest)
+
+
+def _fit_clipped(
+    d: np.ndarray, v: np.ndarray, w: np.ndarray, r0: float, sigma0: float
+) -> tuple[float, float]:
+    """Radius and blur of a saturated disc: v = min(top, base + (top - base) a Phi((R - d)/s)).
+
+    A saturated ball is clipped by the display AFTER the detector blur, so its visible edge
+    lies outside R by about s Phi^-1(1 - 1/a); fitting the clip (a >= 1) removes that bias.
+    ``r0``, ``sigma0``: the unclipped fit; the correction is inward, by at most 2 sigma0 + 0.5.
+    """
+    from scipy.special import ndtr
+
+    top = float(np.median(v[d < 0.6 * r0]))
+    base = float(np.median(v[d > 1.2 * r0])) if np.any(d > 1.2 * r0) else float(v.min())
+    sw = np.sqrt(w)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        m = base + (top - base) * np.exp(p[2]) * ndtr((p[0] - d) / p[1])
+        return (np.minimum(m, top) - v) * sw
+
+    best = None
+    lo = [r0 - 2 * sigma0 - 0.5, 0.05, 0.0]
+    hi = [r0 + 0.25, max(2 * sigma0, 0.1) + 0.5, 6.0]
+    for log_a in (0.0, 1.0, 2.5):
+        start = np.clip([r0, max(sigma0, 0.06), log_a], lo, hi)
+        res = least_squares(resid, start, bounds=(lo, hi))
+        if best is None or res.cost < best.cost:
+            best = res
+    return float(best.x[0]), float(best.x[1])
+
+
+def _sector_profiles(
+    crop: np.ndarray, c: np.ndarray, r: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per angular sector: bin centres d (0.5 px bins up to 1.5 r), median values, weights."""
+    ys, xs = np.mgrid[0 : crop.shape[0], 0 : crop.shape[1]]
+    dx, dy = (xs - c[0]).ravel(), (ys - c[1]).ravel()
+    dist = np.hypot(dx, dy)
+    sector = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * N_SECTORS).astype(int) % N_SECTORS
+    sel = dist <= 1.5 * r
+    key = sector[sel] * 100_000 + np.floor(dist[sel] / 0.5).astype(int)
+    order = np.argsort(key, kind="stable")
+    k_sorted, v_sorted = key[order], crop.ravel()[sel][order]
+    starts = np.r_[0, np.nonzero(np.diff(k_sorted))[0] + 1]
+    med = np.array([np.median(g) for g in np.split(v_sorted, starts[1:])])
+    counts = np.diff(np.r_[starts, len(k_sorted)])
+    keys = k_sorted[starts]
+    d_all, s_all = (keys % 100_000 + 0.5) * 0.5, keys // 100_000
+    out: tuple[list, list, list] = ([], [], [])
+    for s in range(N_SECTORS):
+        m = s_all == s
+        if m.sum() >= 8:
+            out[0].append(d_all[m])
+            out[1].append(med[m])
+            out[2].append(np.sqrt(counts[m]).astype(np.float64))
+    return out
+
+
+def _verify(
+    levels: list[np.ndarray], cand: np.ndarray, f_hough: float, diameter_mm: float, sat: float
+) -> SphereDetection:
+    """Fit one Hough candidate (x, y, r in Hough pixels) and run every test of the module."""
+    r_full = float(cand[2]) / f_hough
+    c_full = (cand[:2] + 0.5) / f_hough - 0.5
+    lvl = int(np.clip(np.floor(np.log2(max(r_full / FIT_RADIUS, 1.0))), 0, len(levels) - 1))
+    img, s = levels[lvl], 2.0**-lvl
+    c, r = (c_full + 0.5) * s - 0.5, r_full * s
+    half = int(np.ceil(1.9 * r)) + 3
+    x0, y0 = max(0, int(c[0]) - half), max(0, int(c[1]) - half)
+    crop = img[y0 : int(c[1]) + half + 1, x0 : int(c[0]) + half + 1].astype(np.float64)
+    c = c - [x0, y0]
+    metrics: dict[str, float] = {}
+
+    def result(why: str, score: float = 0.0, ok: bool = False) -> SphereDetection:
+        centre = (c + [x0, y0] + 0.5) / s - 0.5
+        rad = r / s
+        return SphereDetection(centre, rad, diameter_mm / (2 * rad), score, ok, why, metrics)
+
+    for _ in range(2):  # edge points -> circle, twice (the second from the refined centre)
+        pts = _edges(crop, c, r)
+        good = pts[np.all(np.isfinite(pts), axis=1)]
+        if len(good) < 12:
+            return result("too few edge points")
+        rad = np.hypot(*(good - c).T)
+        keep = np.abs(rad - np.median(rad)) <= 0.1 * np.median(rad)
+        if keep.sum() < 12:
+            return result("edge points not on a circle")
+        c, r = _fit_circle(good[keep])
+    metrics["r_edges"] = r / s
+    on_circle = np.abs(np.hypot(*(pts - c).T) - r) <= 0.05 * r  # NaN rays count as misses
+    metrics["circularity"] = float(np.mean(on_circle))
+    ys, xs = np.mgrid[0 : crop.shape[0], 0 : crop.shape[1]]
+    dist = np.hypot(xs - c[0], ys - c[1]).ravel()
+    vals = crop.ravel()
+    ring = (dist > 1.15 * r) & (dist <= 1.5 * r)
+    inner = dist <= 0.5 * r
+    if ring.sum() < 20 or inner.sum() < 10:
+        return result("candidate too close to the image border")
+    outer = vals[ring]
+    noise = 1.4826 * float(np.median(np.abs(np.diff(outer))) / np.sqrt(2)) + 1e-6
+    metrics["contrast"] = float(np.median(vals[inner]) - np.median(outer))
+    metrics["noise"] = noise
+    if metrics["contrast"] < max(MIN_CONTRAST, 8 * noise):
+        return result("too little contrast", 0.0)
+    if metrics["circularity"] < MIN_CIRCULARITY:
+        return result("edge not circular", 0.0)
+    d, v, w = _sector_profiles(crop, c, r)
+    p_dome, amp, rss_dome = _fit_profile(d, v, w, r, dome=True)
+    _, _, rss_flat = _fit_profile(d, v, w, r, dome=False)
+    tss = sum(
+        float(np.sum(wi * (vi - np.average(vi, weights=wi)) ** 2))
+        for vi, wi in zip(v, w, strict=True)
+    )
+    r, sigma, log_k = (float(v) for v in p_dome)
+    metrics.update(
+        r2=1 - rss_dome / (tss + 1e-12), dome_ratio=rss_dome / max(rss_flat, 1e-12),
+        blur_px=sigma, k=float(np.exp(log_k)),
+    )  # fmt: skip
+    # saturation, read at full resolution (pyramid levels average the clipped pixels away)
+    ang = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    rr = np.linspace(0.0, 0.8, 40) * (r / s)
+    cf = (c + [x0, y0] + 0.5) / s - 0.5
+    px = np.clip(np.round(cf[0] + np.outer(np.cos(ang), rr)).astype(int), 0, levels[0].shape[1] - 1)
+    py = np.clip(np.round(cf[1] + np.outer(np.sin(ang), rr)).astype(int), 0, levels[0].shape[0] - 1)
+    inner_full = levels[0][py, px]
+    metrics["saturated"] = float(np.mean(inner_full >= sat - SAT_TOL))
+    score = float(
+        np.clip(metrics["r2"], 0, 1)
+        * metrics["circularity"]
+        * min(1.0, metrics["contrast"] / 0.2)
+        * min(1.0, max(2.0, 0.08 * r) / max(sigma, 1e-6))
+    )
+    if sigma > max(2.0, 0.08 * r):
+        return result("edge not sharp", score)
+    if metrics["r2"] < MIN_R2:
+        return result("radial profile does not follow a sphere's path length", score)
+    if metrics["dome_ratio"] <= DOME_RATIO and amp > 0 and metrics["k"] <= MAX_DOME_K:
+        return result("sphere: path-length dome", score, True)
+    if metrics["saturated"] >= MIN_SATURATED:
+        r_flat = r
+        if sigma >= 0.5:  # the clip bias is ~sigma: below half a pixel it is not measurable
+            r, _ = _fit_clipped(np.concatenate(d), np.concatenate(v), np.concatenate(w), r, sigma)
+        metrics["r_unclipped"] = r_flat / s
+        return result("sphere: saturated disc at the clip level", score, True)
+    return result("flat disc below the clip level (not a sphere's profile)", score)
+
+
+def find_sphere_candidates(
+    image: np.ndarray,
+    diameter_mm: float = 30.0,
+    expected_px_range: tuple[float, float] | None = None,
+) -> list[SphereDetection]:
+    """Every tested candidate, best first (accepted before rejected, then by score).
+
+    Args:
+        image: (H, W) float image in [0, 1], bright = dense.
+        diameter_mm: the sphere's true diameter.
+        expected_px_range: (min, max) radius in pixels of the sphere; default 1.5 % to 30 % of
+            the shorter image side.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"find_sphere_candidates: expected (H, W) image, got {img.shape}")
+    h, w = img.shape
+    lo, hi = expected_px_range or (0.015 * min(h, w), 0.3 * min(h, w))
+    levels = _pyramid(img)
+    small = levels[-1]
+    f = small.shape[1] / w
+    sat = float(img.max())
+    out = []
+    for cand in _blobs(small, lo * f, hi * f):
+        det = _verify(levels, np.asarray(cand, np.float64), f, diameter_mm, sat)
+        if not (0.9 * lo <= det.radius_px <= 1.1 * hi) and det.accepted:
+            det = SphereDetection(
+                det.center, det.radius_px, det.mm_per_px, det.score, False,
+                "radius outside the expected range", det.metrics,
+            )  # fmt: skip
+        out.append(det)
+    return sorted(out, key=lambda d: (not d.accepted, -d.score))
 
 
 def detect_calibration_sphere(
     image: np.ndarray,
     diameter_mm: float = 30.0,
     expected_px_range: tuple[float, float] | None = None,
-    min_score: float = 0.1,
-    max_side: int = 1024,
 ) -> SphereDetection | None:
-    """Find a bright calibration disc and derive mm per pixel (see module docstring).
-
-    Args:
-        image: (H, W) float image in [0, 1], bright = dense.
-        diameter_mm: the sphere's true diameter.
-        expected_px_range: (min, max) radius in pixels of the sphere in this image; default
-            2 % to 25 % of the shorter image side.
-        min_score: candidates scoring below this are rejected.
-        max_side: Hough runs on a copy downscaled to at most this side (refinement is full-res).
-
-    Returns:
-        The best detection, or None when no candidate passes.
-    """
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"detect_calibration_sphere: expected (H, W) image, got {img.shape}")
-    h, w = img.shape
-    lo, hi = expected_px_range or (0.02 * min(h, w), 0.25 * min(h, w))
-    f = min(1.0, max_side / max(h, w))
-    small = img
-    if f < 1:
-        size = (max(1, round(w * f)), max(1, round(h * f)))
-        small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    u8 = cv2.medianBlur(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), 5)
-    circles = cv2.HoughCircles(
-        u8,
-        cv2.HOUGH_GRADIENT,
-        dp=1,
-        minDist=max(4.0, lo * f),
-        param1=80,
-        param2=20,
-        minRadius=max(1, int(np.floor(lo * f))),
-        maxRadius=max(2, int(np.ceil(hi * f))),
-    )
-    if circles is None:
-        return None
-    best: SphereDetection | None = None
-    for cx, cy, r in circles[0][:20]:
-        refined = _refine(img, np.array([cx, cy]) / f, float(r) / f)
-        if refined is None:
-            continue
-        center, radius, score = refined
-        if not (lo * 0.9 <= radius <= hi * 1.1) or score < min_score:
-            continue
-        if best is None or score > best.score:
-            best = SphereDetection(center, radius, diameter_mm / (2.0 * radius), score)
-    return best
-
-
-def resolve_spacing(
-    dicom_spacing: tuple[float, float] | None = None,
-    annotation_spacing: tuple[float, float] | None = None,
-    sphere: SphereDetection | None = None,
-    dicom_tag: str = "PixelSpacing",
-) -> tuple[tuple[float, float] | None, str | None]:
-    """Choose the pixel spacing (row_mm, col_mm) and its source, by the module's priority.
-
-    Args:
-        dicom_spacing: spacing read from DICOM, tag named by ``dicom_tag``.
-        annotation_spacing: spacing from the annotation file.
-        sphere: a calibration-sphere detection.
-        dicom_tag: ``PixelSpacing`` or ``ImagerPixelSpacing``.
-
-    Returns:
-        (spacing, source) with source in ``SPACING_SOURCES``, or (None, None).
-    """
-    if dicom_tag not in ("PixelSpacing", "ImagerPixelSpacing"):
-        raise ValueError(f"resolve_spacing: unknown DICOM tag {dicom_tag!r}")
-
-    def valid(sp: tuple[float, float] | None) -> tuple[float, float] | None:
-        if sp is None:
-            return None
-        arr = np.asarray(sp, dtype=np.float64).reshape(-1)
-        arr = np.repeat(arr, 2) if arr.size == 1 else arr
-        if arr.size != 2 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            return None
-        return float(arr[0]), float(arr[1])
-
-    candidates = {
-        "annotation": valid(annotation_spacing),
-        "PixelSpacing": valid(dicom_spacing) if dicom_tag == "PixelSpacing" else None,
-        "sphere": valid(sphere.spacing) if sphere is not None else None,
-        "ImagerPixelSpacing": valid(dicom_spacing) if dicom_tag == "ImagerPixelSpacing" else None,
-    }
-    for source in SPACING_SOURCES:
-        if candidates[source] is not None:
-            return candidates[source], source
-    return None, None
+    """The best accepted calibration sphere (see the module docstring), or None."""
+    cands = find_sphere_candidates(image, diameter_mm, expected_px_range)
+    return cands[0] if cands and cands[0].accepted else None

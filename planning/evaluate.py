@@ -82,15 +82,40 @@ def rater_names(sample: Sample) -> list[str]:
     return [a.rater or f"r{i + 1}" for i, a in enumerate(sample.annotations)]
 
 
+def sample_spacing(sample: Sample, femur_mask: np.ndarray, detect_sphere: bool = True) -> Any:
+    """``SpacingResolution`` of a test sample, by the same resolver and inputs as ``make plan``.
+
+    A sample read from a dataset folder carries its raw inputs (``meta["spacing_inputs"]``:
+    annotation and DICOM tags); an in-memory sample (phantom) brings its known spacing, which
+    wins as an annotation would.
+    """
+    from geometry.anatomy_scale import estimate_scale
+    from geometry.pixel_spacing import PixelSpacing, resolve_pixel_spacing
+
+    inputs = dict(sample.meta.get("spacing_inputs") or {})
+    if not inputs and sample.spacing_mm is not None:
+        try:  # keep the sample's own source name (e.g. "phantom")
+            src = sample.spacing_source or "annotation"
+            inputs["annotation"] = PixelSpacing(*sample.spacing_mm, source=src, note="sample")
+        except ValueError:  # implausible: the resolver reports it as an invalid annotation
+            inputs["annotation"] = sample.spacing_mm
+    inputs["invalid_tags"] = [tuple(t) for t in inputs.get("invalid_tags") or []]
+    return resolve_pixel_spacing(
+        sample.image, detect_sphere=detect_sphere, anatomy=estimate_scale(femur_mask), **inputs
+    )
+
+
 def evaluate_sample(
     sample: Sample, maps: NetworkMaps, decode: str = "argmax", line_fit: str = "lstsq"
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks.
 
-    Distances are in mm when ``sample.spacing_mm`` is known, else in original pixels; the row's
-    ``unit`` says which.
+    Distances are in mm when the spacing is known (``sample_spacing``: the same resolver as
+    ``make plan``), else in original pixels; the row's ``unit`` says which.
     """
-    spacing = sample.spacing_mm
+    masks = original_masks(maps)
+    resolution = sample_spacing(sample, masks[0])
+    spacing = None if resolution.spacing is None else resolution.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
         line_fit=line_fit,
@@ -98,13 +123,13 @@ def evaluate_sample(
     row: dict[str, Any] = {
         "id": sample.id,
         "unit": "px" if spacing is None else "mm",
-        "spacing_source": sample.spacing_source or "",
+        "spacing_source": resolution.source or "",
         "row_mm": math.nan if spacing is None else float(spacing[0]),
         "col_mm": math.nan if spacing is None else float(spacing[1]),
         "height": sample.shape[0],
         "width": sample.shape[1],
     }
-    masks = original_masks(maps)
+    plan.review_reasons.extend(resolution.reasons)
     plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)
     for b, bone in enumerate(BONES):

@@ -1,15 +1,16 @@
-"""``make plan``: one radiograph (DICOM, PNG or TIFF) and a checkpoint in; an overlay PNG at the
-original resolution and a JSON report out.
+"""``make plan``: one radiograph (DICOM, PNG, TIFF or JPEG) and a checkpoint in; an overlay PNG at
+the original resolution and a JSON report out.
 
 Usage:
     python -m planning.plan --image PATH --ckpt PATH [--out DIR] [--decode quadratic]
         [--line-fit robust] [--spacing MM | --spacing ROW_MM COL_MM] [--no-sphere]
 
-Pixel spacing (first available wins, see ``geometry.spacing.resolve_spacing``): ``--spacing``
-given by the user; the annotation JSON when the image sits in a dataset folder
-(``ROOT/images/<id>.png`` with ``ROOT/annotations/<id>.json``); DICOM ``PixelSpacing``; a
-detected 30 mm calibration sphere; DICOM ``ImagerPixelSpacing``; else unknown (the plan is then
-in pixels, without the 2.5 mm circle, and flagged for review).
+Pixel spacing: ``geometry.pixel_spacing.resolve_pixel_spacing`` decides (the one precedence
+order: ``--spacing``; the annotation JSON when the image sits in a dataset folder
+(``ROOT/images/<id>.png`` with ``ROOT/annotations/<id>.json``); DICOM ``PixelSpacing``; a 30 mm
+calibration sphere; DICOM ``ImagerPixelSpacing``; else unknown: the plan is in pixels, without
+the 2.5 mm circle, and flagged). The predicted femur gives an anatomical scale estimate that
+rejects a sphere of the wrong size and flags a spacing that disagrees with it.
 
 Outputs ``<out>/<stem>_plan.png`` and ``<out>/<stem>_plan.json`` (default ``out``: ``plans/``).
 A bad input (missing, empty, unreadable, not an image, blank) prints one line saying what is
@@ -39,15 +40,6 @@ class PlanInputError(ValueError):
     """An input that cannot be planned; the message says which file and why."""
 
 
-@dataclass
-class SpacingInfo:
-    """Chosen spacing, its source, and the sphere detection when one was run."""
-
-    spacing: tuple[float, float] | None
-    source: str | None
-    sphere: dict[str, Any] | None = None
-
-
 def annotation_spacing(image_path: Path) -> tuple[float, float] | None:
     """Spacing from ``ROOT/annotations/<id>.json`` when the image is ``ROOT/images/<id>.*``."""
     if image_path.parent.name != "images":
@@ -64,44 +56,26 @@ def annotation_spacing(image_path: Path) -> tuple[float, float] | None:
         return None
 
 
-def find_spacing(
-    image: np.ndarray,
+def resolve_plan_spacing(
+    loaded: Any,
     image_path: Path,
-    file_spacing: tuple[float, float] | None,
-    file_source: str | None,
+    femur_mask: np.ndarray | None,
     user_spacing: Sequence[float] | None = None,
     detect_sphere: bool = True,
-) -> SpacingInfo:
-    """Resolve the pixel spacing of one image (see the module docstring for the order)."""
-    from geometry.spacing import detect_calibration_sphere, resolve_spacing
+) -> Any:
+    """``SpacingResolution`` of one image: its file, its annotation, the user and the anatomy."""
+    from geometry.anatomy_scale import estimate_scale
+    from geometry.pixel_spacing import resolve_pixel_spacing
 
-    if user_spacing:
-        vals = [float(v) for v in user_spacing]
-        row, col = (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
-        from datamodules.annotations import check_spacing
-
-        try:
-            row, col = check_spacing([row, col])
-        except ValueError as err:
-            raise PlanInputError(f"--spacing: {err}") from None
-        return SpacingInfo((row, col), "user")
-    ann = annotation_spacing(image_path)
-    sphere = None
-    if ann is None and file_source != "PixelSpacing" and detect_sphere:
-        sphere = detect_calibration_sphere(image)
-    tag = file_source if file_source in ("PixelSpacing", "ImagerPixelSpacing") else "PixelSpacing"
-    spacing, source = resolve_spacing(
-        dicom_spacing=file_spacing, annotation_spacing=ann, sphere=sphere, dicom_tag=tag
-    )
-    sphere_info = None
-    if sphere is not None:
-        sphere_info = {
-            "center_px": [float(v) for v in sphere.center],
-            "radius_px": float(sphere.radius_px),
-            "mm_per_px": float(sphere.mm_per_px),
-            "score": float(sphere.score),
-        }
-    return SpacingInfo(spacing, source, sphere_info)
+    anatomy = estimate_scale(femur_mask) if femur_mask is not None else None
+    try:
+        return resolve_pixel_spacing(
+            loaded.image, user=list(user_spacing) if user_spacing else None,
+            annotation=annotation_spacing(image_path), detect_sphere=detect_sphere,
+            anatomy=anatomy, **loaded.spacing_inputs(),
+        )  # fmt: skip
+    except ValueError as err:
+        raise PlanInputError(str(err)) from err
 
 
 def load_input(path: Path) -> Any:
@@ -169,20 +143,17 @@ def run_plan(
     path = Path(image_path)
     loaded = load_input(path)
     image = np.asarray(loaded.image, dtype=np.float32)
-    sp = find_spacing(
-        image, path, loaded.spacing_mm, loaded.spacing_source, user_spacing, detect_sphere
-    )
+    if user_spacing:  # a bad --spacing is a usage error: say so before running the network
+        resolve_plan_spacing(loaded, path, None, user_spacing, detect_sphere=False)
     maps = predict_image(module, image)
+    masks = original_masks(maps)
+    sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere)
+    spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
-        maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=sp.spacing, decode=decode,
+        maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
         line_fit=line_fit,
     )  # fmt: skip
-    if sp.spacing is None:
-        plan.review_reasons.append(
-            "pixel spacing unknown (no DICOM spacing, annotation or calibration sphere): "
-            "distances in pixels, no 2.5 mm circle"
-        )
-    masks = original_masks(maps)
+    plan.review_reasons.extend(sp.reasons)
     plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +173,7 @@ def run_plan(
         settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size},
         sphere=sp.sphere,
     )
+    report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report)
 
@@ -210,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.plan``."""
     p = argparse.ArgumentParser(
         prog="python -m planning.plan",
-        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF).",
+        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF, JPG).",
     )
-    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif)")
+    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif, .jpg)")
     p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint")
     p.add_argument("--out", type=Path, default=Path("plans"), help="output folder (plans/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")

@@ -1,17 +1,26 @@
-"""Calibration-sphere detection on synthetic radiographs, and the spacing priority."""
+"""Calibration-sphere detection on synthetic radiographs, and the spacing priority.
+
+The discs are drawn as spheres (path-length profile): a flat disc below the clip level is, by
+design, no longer taken for a sphere (tests/test_sphere_detector.py).
+"""
 
 import cv2
 import numpy as np
 import pytest
 
-from geometry.spacing import SphereDetection, detect_calibration_sphere, resolve_spacing
+from geometry.pixel_spacing import resolve_pixel_spacing
+from geometry.spacing import detect_calibration_sphere
 
 
 def draw_disc(img: np.ndarray, cx: float, cy: float, r: float, value: float) -> None:
-    """Anti-aliased filled disc (coverage ramps over one pixel at the edge), blended in place."""
+    """Add a sphere's projection in place: path length sqrt(r^2 - d^2) through 1 - exp(-2 c),
+    peak ``value`` above the background, anti-aliased at the edge."""
     ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
-    cov = np.clip(r - np.hypot(xs - cx, ys - cy) + 0.5, 0.0, 1.0)
-    img[:] = img * (1 - cov) + value * cov
+    d = np.hypot(xs - cx, ys - cy)
+    cov = np.clip(r - d + 0.5, 0.0, 1.0)
+    c = np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))
+    level = value * (1 - np.exp(-2.0 * c)) / (1 - np.exp(-2.0))
+    img += cov * level
 
 
 def radiograph(rng, h=300, w=360) -> np.ndarray:
@@ -52,20 +61,32 @@ def test_large_image_is_downscaled_for_hough_and_refined_at_full_size():
     assert det.radius_px == pytest.approx(101.3, rel=0.005)
 
 
+def sphere_image(mm_per_px: float = 0.3) -> np.ndarray:
+    """A radiograph with one 30 mm sphere at ``mm_per_px``."""
+    img = np.clip(radiograph(None) + np.random.default_rng(3).normal(0, 0.01, (300, 360)), 0, 1)
+    draw_disc(img, 250.0, 150.0, 15.0 / mm_per_px, 0.95)
+    return img
+
+
 def test_resolve_spacing_priority():
-    sphere = SphereDetection(np.zeros(2), 50.0, 0.3, 0.9)
-    assert resolve_spacing((0.1, 0.1), (0.2, 0.2), sphere) == ((0.2, 0.2), "annotation")
-    assert resolve_spacing((0.1, 0.12), None, sphere) == ((0.1, 0.12), "PixelSpacing")
-    assert resolve_spacing((0.1, 0.1), None, sphere, "ImagerPixelSpacing") == (
-        (0.3, 0.3),
-        "sphere",
+    img = sphere_image(0.3)
+
+    def res(**kw):
+        r = resolve_pixel_spacing(img, **kw)
+        return (None, None) if r.spacing is None else (r.spacing.as_tuple(), r.source)
+
+    assert res(dicom_pixel=(0.1, 0.1), annotation=(0.2, 0.2)) == ((0.2, 0.2), "annotation")
+    assert res(dicom_pixel=(0.1, 0.12)) == ((0.1, 0.12), "PixelSpacing")
+    (sp, src) = res(dicom_imager=(0.1, 0.1))
+    assert src == "sphere" and sp == pytest.approx((0.3, 0.3), rel=0.02)
+    assert resolve_pixel_spacing(
+        img, dicom_imager=(0.1, 0.1), detect_sphere=False
+    ).spacing.as_tuple() == (
+        0.1,
+        0.1,
     )
-    assert resolve_spacing((0.1, 0.1), None, None, "ImagerPixelSpacing") == (
-        (0.1, 0.1),
-        "ImagerPixelSpacing",
-    )
-    assert resolve_spacing(None, 0.15) == ((0.15, 0.15), "annotation")
-    assert resolve_spacing((np.nan, np.nan), None, None) == (None, None)
-    assert resolve_spacing() == (None, None)
-    with pytest.raises(ValueError, match="tag"):
-        resolve_spacing((0.1, 0.1), dicom_tag="Spacing")
+    assert res(annotation=0.15) == ((0.15, 0.15), "annotation")
+    assert resolve_pixel_spacing(None, dicom_pixel=(np.nan, np.nan)).spacing is None
+    assert resolve_pixel_spacing(None).spacing is None
+    with pytest.raises(ValueError, match="spacing"):
+        resolve_pixel_spacing(None, user=(0.1, -1.0))

@@ -1,0 +1,246 @@
+"""Pixel spacing: one value type (``PixelSpacing``) and ONE resolver that every command uses.
+
+Precedence of :func:`resolve_pixel_spacing` (first valid source wins), and why:
+1. ``user``: spacing given on the command line (the user knows best, e.g. their own calibration);
+2. ``annotation``: a researcher's explicit spacing for this image in its annotation JSON;
+3. ``PixelSpacing`` (DICOM): calibrated by the modality at the patient plane;
+4. ``sphere``: a 30 mm calibration ball found in the image (``geometry.spacing``): calibrated at
+   the object plane, corrects the X-ray magnification;
+5. ``ImagerPixelSpacing`` (DICOM): detector plane; overstates sizes by the magnification
+   (typically 5-20 %), hence after the sphere;
+6. unknown: distances stay in pixels and the plan is flagged for review.
+
+Every source seen is listed in ``SpacingResolution.candidates`` (value, valid, accepted, why).
+A value that is present but invalid (``PixelSpacing = 0\\0``) is reported as such, never silently
+treated as absent. When an anatomical scale estimate (``geometry.anatomy_scale``) is given, a
+sphere whose implied spacing falls outside its interval is rejected, and a chosen spacing that
+disagrees with it becomes a review reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geometry.anatomy_scale import ScaleEstimate, spacing_disagreement
+
+PRECEDENCE = ("user", "annotation", "PixelSpacing", "sphere", "ImagerPixelSpacing")
+MIN_MM, MAX_MM = 0.01, 5.0  # plausible mm per pixel of a radiograph (mammography .. scout)
+
+
+@dataclass(frozen=True)
+class PixelSpacing:
+    """Row and column spacing in mm per pixel, where it came from, and a note (why)."""
+
+    row_mm: float
+    col_mm: float
+    source: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("row_mm", "col_mm"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float | np.floating | np.integer) or not math.isfinite(v):
+                raise ValueError(f"pixel spacing from {self.source}: {name}={v!r} is not a number")
+            if not MIN_MM <= float(v) <= MAX_MM:
+                raise ValueError(
+                    f"pixel spacing from {self.source}: {name}={float(v):g} mm/px is outside the "
+                    f"plausible range {MIN_MM:g}..{MAX_MM:g}"
+                )
+        object.__setattr__(self, "row_mm", float(self.row_mm))
+        object.__setattr__(self, "col_mm", float(self.col_mm))
+
+    @classmethod
+    def from_value(cls, value: Any, source: str, note: str = "") -> PixelSpacing:
+        """From one number (square pixels), a (row, col) pair or a PixelSpacing; ValueError."""
+        if isinstance(value, PixelSpacing):
+            return value
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr.size == 1:
+            arr = np.repeat(arr, 2)
+        if arr.size != 2:
+            raise ValueError(f"pixel spacing from {source}: expected 1 or 2 values, got {value!r}")
+        return cls(float(arr[0]), float(arr[1]), source, note)
+
+    def as_tuple(self) -> tuple[float, float]:
+        """(row_mm, col_mm), as the geometry functions take it."""
+        return (self.row_mm, self.col_mm)
+
+    @property
+    def mean_mm(self) -> float:
+        """Mean of row and column spacing (mm per pixel)."""
+        return 0.5 * (self.row_mm + self.col_mm)
+
+
+@dataclass
+class SpacingResolution:
+    """The chosen spacing (or None), every source seen, the sphere search, review reasons."""
+
+    spacing: PixelSpacing | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    sphere: dict[str, Any] | None = None
+    reasons: list[str] = field(default_factory=list)
+    anatomy: ScaleEstimate | None = None
+
+    @property
+    def source(self) -> str | None:
+        """Source of the chosen spacing, or None when unknown."""
+        return None if self.spacing is None else self.spacing.source
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for the plan report."""
+        sp = self.spacing
+        return {
+            "row_mm": None if sp is None else sp.row_mm,
+            "col_mm": None if sp is None else sp.col_mm,
+            "source": "unknown" if sp is None else sp.source,
+            "note": "" if sp is None else sp.note,
+            "precedence": list(PRECEDENCE),
+            "candidates": self.candidates,
+            "sphere": self.sphere,
+            "anatomy": None if self.anatomy is None else self.anatomy.as_dict(),
+            "reasons": list(self.reasons),
+        }
+
+
+_NOTES = {
+    "user": "given on the command line",
+    "annotation": "from the annotation file",
+    "PixelSpacing": "DICOM PixelSpacing (calibrated at the patient)",
+    "sphere": "calibration sphere in the image (object plane)",
+    "ImagerPixelSpacing": "DICOM ImagerPixelSpacing (detector plane: sizes overstated by the "
+    "magnification, typically 5-20 %)",
+}
+
+
+def _fmt(value: Any) -> Any:
+    """A JSON-friendly copy of a raw spacing value."""
+    if isinstance(value, PixelSpacing):
+        return [value.row_mm, value.col_mm]
+    try:
+        return [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def resolve_pixel_spacing(
+    image: np.ndarray | None,
+    *,
+    user: Any = None,
+    annotation: Any = None,
+    dicom_pixel: Any = None,
+    dicom_imager: Any = None,
+    invalid_tags: Iterable[tuple[str, str] | str] = (),
+    detect_sphere: bool = True,
+    anatomy: ScaleEstimate | None = None,
+    sphere_diameter_mm: float = 30.0,
+) -> SpacingResolution:
+    """Choose the pixel spacing by the module's precedence; the only place that knows it.
+
+    Args:
+        image: (H, W) image in [0, 1] for the sphere search (None: no search).
+        user, annotation, dicom_pixel, dicom_imager: raw values (one number, a (row, col) pair or
+            a PixelSpacing) or None when the source is absent.
+        invalid_tags: DICOM tags present but unreadable or invalid, as (tag, raw text) pairs.
+        detect_sphere: search for a calibration sphere when no higher source is valid.
+        anatomy: scale estimated from the predicted femur; rejects disagreeing spheres and
+            flags a disagreeing chosen spacing.
+        sphere_diameter_mm: true diameter of the calibration sphere.
+
+    Raises:
+        ValueError: the user's spacing is invalid (a usage error, not a review reason).
+    """
+    res = SpacingResolution(None, anatomy=anatomy)
+    raw = {"user": user, "annotation": annotation, "PixelSpacing": dicom_pixel,
+           "ImagerPixelSpacing": dicom_imager}  # fmt: skip
+    for item in invalid_tags:
+        tag, text = (item, "") if isinstance(item, str) else item
+        res.candidates.append(
+            {"source": tag, "value": text, "valid": False, "accepted": False,
+             "why": "present but invalid"}
+        )  # fmt: skip
+        res.reasons.append(f"DICOM {tag} is present but invalid ({text!r}): not used")
+    for source in PRECEDENCE:
+        if source == "sphere":
+            if res.spacing is None:
+                _sphere(res, image, detect_sphere, anatomy, sphere_diameter_mm)
+            continue
+        value = raw[source]
+        if value is None:
+            continue
+        entry = {"source": source, "value": _fmt(value), "valid": True, "accepted": False}
+        try:
+            sp = PixelSpacing.from_value(value, source, _NOTES[source])
+        except (TypeError, ValueError) as err:
+            if source == "user":
+                raise ValueError(f"--spacing: {err}") from err
+            entry.update(valid=False, why=str(err))
+            res.reasons.append(f"{_NOTES[source]} is invalid: {err}")
+            res.candidates.append(entry)
+            continue
+        if res.spacing is None:
+            res.spacing = sp
+            entry.update(accepted=True, why="first valid source in the precedence order")
+        else:
+            entry["why"] = f"a higher source ({res.spacing.source}) was used"
+        res.candidates.append(entry)
+    if res.spacing is None:
+        hint = "" if anatomy is None else (
+            f" (the femur's size suggests {anatomy.lo:.3f}-{anatomy.hi:.3f} mm/px)"
+        )
+        res.reasons.append(
+            "pixel spacing unknown (no valid DICOM spacing, annotation, user value or "
+            f"calibration sphere): distances in pixels, no 2.5 mm circle{hint}"
+        )
+    elif anatomy is not None:
+        why = spacing_disagreement(res.spacing, anatomy)
+        if why:
+            res.reasons.append(why)
+    return res
+
+
+def _sphere(
+    res: SpacingResolution,
+    image: np.ndarray | None,
+    detect: bool,
+    anatomy: ScaleEstimate | None,
+    diameter_mm: float,
+) -> None:
+    """Run the sphere search into ``res`` (candidate, its score, accepted or rejected and why)."""
+    if not detect or image is None:
+        return
+    from geometry.spacing import find_sphere_candidates
+
+    cands = find_sphere_candidates(np.asarray(image), diameter_mm)
+    if not cands:
+        res.sphere = {"found": False, "why": "no round bright candidate"}
+        return
+    best = cands[0]
+    info = {"found": best.accepted, **best.as_dict(), "n_candidates": len(cands)}
+    entry = {"source": "sphere", "value": [best.mm_per_px] * 2, "valid": best.accepted,
+             "accepted": False, "why": best.why}  # fmt: skip
+    if best.accepted:
+        sp = PixelSpacing.from_value(best.mm_per_px, "sphere", _NOTES["sphere"])
+        clash = spacing_disagreement(sp, anatomy) if anatomy is not None else None
+        if clash:
+            info.update(accepted=False, found=False, why=f"rejected: {clash}")
+            entry.update(valid=False, why=info["why"])
+            res.reasons.append(f"calibration-sphere candidate rejected: {clash}")
+        else:
+            res.spacing = sp
+            entry.update(accepted=True)
+    res.sphere = info
+    res.candidates.append(entry)
+
+
+def spacing_tuple(spacing: PixelSpacing | Sequence[float] | None) -> tuple[float, float] | None:
+    """(row_mm, col_mm) of a PixelSpacing or pair, None stays None (for geometry functions)."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, PixelSpacing):
+        return spacing.as_tuple()
+    return (float(spacing[0]), float(spacing[1]))

@@ -1,0 +1,164 @@
+"""One PixelSpacing value, one resolver: precedence, invalid tags, anatomy, JPEG, and the same mm
+from ``make plan`` and ``make evaluate`` for the same DICOM file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datamodules.dataset_io import read_sample, write_sample
+from datamodules.image_io import load_image
+from datamodules.phantoms import PhantomConfig, generate_phantom
+from geometry.anatomy_scale import ScaleEstimate
+from geometry.pixel_spacing import PRECEDENCE, PixelSpacing, resolve_pixel_spacing
+from planning.evaluate import evaluate_sample
+from planning.oracle import oracle_maps
+from planning.plan import run_plan
+from tests.dicom_files import write_dicom
+
+
+def test_pixel_spacing_value():
+    sp = PixelSpacing(0.1, 0.12, "PixelSpacing")
+    assert sp.as_tuple() == (0.1, 0.12) and sp.mean_mm == pytest.approx(0.11)
+    for bad in (0.0, -0.1, float("nan"), float("inf"), 6.0, 0.001):
+        with pytest.raises(ValueError, match="PixelSpacing"):
+            PixelSpacing(bad, 0.1, "PixelSpacing")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sp.row_mm = 0.2  # type: ignore[misc]
+    assert PixelSpacing.from_value(0.2, "user").as_tuple() == (0.2, 0.2)
+
+
+def test_precedence_every_pair():
+    """Each source beats every later one (no sphere search: image None)."""
+    vals = {"user": 0.11, "annotation": 0.12, "PixelSpacing": 0.13, "ImagerPixelSpacing": 0.15}
+    keys = {"user": "user", "annotation": "annotation", "PixelSpacing": "dicom_pixel",
+            "ImagerPixelSpacing": "dicom_imager"}  # fmt: skip
+    order = [s for s in PRECEDENCE if s != "sphere"]
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            res = resolve_pixel_spacing(None, **{keys[a]: vals[a], keys[b]: vals[b]})
+            assert res.source == a and res.spacing.row_mm == vals[a]
+            assert [c["accepted"] for c in res.candidates] == [True, False]
+
+
+def test_invalid_tag_is_reported_not_absent():
+    res = resolve_pixel_spacing(None, invalid_tags=[("PixelSpacing", "0\\0")],
+                                dicom_imager=(0.2, 0.2))  # fmt: skip
+    assert res.source == "ImagerPixelSpacing"
+    assert any("PixelSpacing is present but invalid ('0\\\\0')" in r for r in res.reasons)
+    res = resolve_pixel_spacing(None, annotation=(0.0, 0.1))  # invalid annotation: a reason
+    assert res.spacing is None and any("annotation" in r and "invalid" in r for r in res.reasons)
+    assert any("pixel spacing unknown" in r for r in res.reasons)
+
+
+def test_dicom_zero_pixel_spacing_is_invalid_not_absent(tmp_path):
+    write_dicom(tmp_path / "z.dcm", np.zeros((40, 40), np.uint16), pixel_spacing=[0.0, 0.0])
+    loaded = load_image(tmp_path / "z.dcm")
+    assert loaded.dicom_pixel is None and loaded.invalid_spacing_tags[0][0] == "PixelSpacing"
+    assert loaded.invalid_spacing_tags[0][1] in ("0\\0", "0.0\\0.0")
+    res = resolve_pixel_spacing(None, **loaded.spacing_inputs())
+    assert res.spacing is None and any("present but invalid" in r for r in res.reasons)
+
+
+def test_anatomy_rejects_sphere_and_flags_tags():
+    img = np.full((300, 360), 0.2, np.float32)
+    ys, xs = np.mgrid[0:300, 0:360]
+    c = np.sqrt(np.clip(1 - ((xs - 250) ** 2 + (ys - 150) ** 2) / 50.0**2, 0, 1))
+    img += (0.7 * (1 - np.exp(-2 * c)) / (1 - np.exp(-2))).astype(np.float32)  # 0.3 mm/px
+    ok = ScaleEstimate(0.3, 0.25, 0.36, "test", "test")
+    res = resolve_pixel_spacing(img, dicom_imager=0.5, anatomy=ok)
+    assert res.source == "sphere" and res.sphere["accepted"]
+    far = ScaleEstimate(0.1, 0.08, 0.12, "test", "test")
+    res = resolve_pixel_spacing(img, dicom_imager=0.5, anatomy=far)
+    assert res.source == "ImagerPixelSpacing" and not res.sphere["accepted"]
+    assert any("sphere candidate rejected" in r and "2.5x" in r for r in res.reasons)
+    assert any("spacing from ImagerPixelSpacing disagrees with anatomy by 4.2x" in r
+               for r in res.reasons)  # fmt: skip
+    assert res.as_dict()["anatomy"]["lo"] == 0.08
+    res = resolve_pixel_spacing(None, anatomy=far)  # unknown: the reason carries the hint
+    assert any("spacing unknown" in r and "0.080-0.120 mm/px" in r for r in res.reasons)
+
+
+def test_jpeg_is_read_and_marked_lossy(tmp_path):
+    img = (np.linspace(0, 255, 64 * 80).reshape(64, 80)).astype(np.uint8)
+    assert cv2.imwrite(str(tmp_path / "x.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    loaded = load_image(tmp_path / "x.jpg")
+    assert loaded.lossy and loaded.meta["format"] == "jpeg" and loaded.spacing_mm is None
+    np.testing.assert_allclose(loaded.image, img / 255.0, atol=4 / 255)
+    assert not load_image(write_png(tmp_path / "x.png", img)).lossy
+
+
+def write_png(path, img):
+    cv2.imwrite(str(path), img)
+    return path
+
+
+class OracleModule:
+    """Stands in for a trained module: the ground-truth maps of one sample."""
+
+    image_size = 256
+
+    def __init__(self, sample):
+        self.maps = oracle_maps(sample, self.image_size)
+
+    def predict_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(getattr(self.maps, k))[None].copy())
+                for k in ("seg", "lm", "roi")}  # fmt: skip
+
+
+@pytest.mark.parametrize(("pixel", "source"), [(True, "PixelSpacing"), (False, "sphere")])
+def test_plan_and_evaluate_give_the_same_mm(tmp_path, pixel, source):
+    """A DICOM with ImagerPixelSpacing (and PixelSpacing or not) and a calibration sphere."""
+    cfg = PhantomConfig(min_side=400, max_side=640, p_sphere=1.0).clean()
+    cfg = dataclasses.replace(cfg, p_sphere=1.0)
+    sample = next(s for s in (generate_phantom(i, cfg) for i in range(10)) if "sphere" in s.meta)
+    true = sample.spacing_mm[0]
+    write_sample(tmp_path, dataclasses.replace(sample, spacing_mm=None))  # annotation: null
+    (tmp_path / "images" / f"{sample.id}.png").unlink()
+    dcm = tmp_path / "images" / f"{sample.id}.dcm"
+    write_dicom(dcm, np.round(sample.image * 65535), bits=16,
+                pixel_spacing=[0.9 * true] * 2 if pixel else None,
+                imager_spacing=[1.15 * true] * 2)  # fmt: skip
+    rep = run_plan(dcm, OracleModule(sample), tmp_path / "out").report
+    read = read_sample(tmp_path, sample.id)
+    row = evaluate_sample(read, oracle_maps(read, 256)).row
+    assert rep["spacing"]["source"] == row["spacing_source"] == source
+    assert rep["spacing"]["row_mm"] == pytest.approx(row["row_mm"], rel=1e-12)
+    assert rep["spacing"]["col_mm"] == pytest.approx(row["col_mm"], rel=1e-12)
+    expected = 0.9 * true if pixel else true
+    assert row["row_mm"] == pytest.approx(expected, rel=0.02)
+    cands = {c["source"]: c for c in rep["spacing"]["candidates"]}
+    assert not cands["ImagerPixelSpacing"]["accepted"] and cands[source]["accepted"]
+    if source == "sphere":  # the JSON names the candidate, its score and why it was accepted
+        sph = rep["spacing"]["sphere"]
+        assert sph["accepted"] and sph["why"].startswith("sphere") and 0 < sph["score"] <= 1
+
+
+def test_real_rg1_pixel_spacing_is_invalid_not_absent():
+    from pathlib import Path
+
+    data_store = pytest.importorskip("data_store")
+    path = Path(data_store.__file__).parent / "data" / "RG1_UNCI.dcm"
+    if not path.is_file():
+        pytest.skip("RG1_UNCI.dcm not in pydicom-data")
+    loaded = load_image(path)
+    assert [t for t, _ in loaded.invalid_spacing_tags] == ["PixelSpacing"]
+    res = resolve_pixel_spacing(None, **loaded.spacing_inputs())
+    assert any("DICOM PixelSpacing is present but invalid" in r for r in res.reasons)
+
+
+def test_evaluate_keeps_phantom_source_and_reports_implausible_spacing():
+    from planning.evaluate import sample_spacing
+
+    s = generate_phantom(3, PhantomConfig(min_side=400, max_side=640).clean())
+    res = sample_spacing(s, s.masks[0] > 0)
+    assert res.source == "phantom" and res.spacing.as_tuple() == pytest.approx(s.spacing_mm)
+    assert res.anatomy is not None and res.anatomy.lo <= s.spacing_mm[0] <= res.anatomy.hi
+    assert res.reasons == []  # true spacing, agreeing anatomy: nothing to review
+    bad = dataclasses.replace(s, spacing_mm=(8.0, 8.0))
+    res = sample_spacing(bad, s.masks[0] > 0, detect_sphere=False)
+    assert res.spacing is None and any("invalid" in r for r in res.reasons)

@@ -1,0 +1,114 @@
+"""The calibration-sphere detector does not invent spheres, and finds true ones within 1 %.
+
+Every image is built here: distractors (metal box, ring, flat disc, knee without a sphere, noise)
+and spheres (path-length profile with blur and noise; a phantom with its sphere enabled).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from datamodules.phantoms import PhantomConfig, generate_phantom
+from geometry.spacing import detect_calibration_sphere, find_sphere_candidates
+
+H, W = 480, 560
+
+
+def background(seed: int = 0) -> np.ndarray:
+    """A soft-tissue-like gradient with a bright bone band."""
+    ys, xs = np.mgrid[0:H, 0:W]
+    img = 0.15 + 0.1 * xs / W + 0.3 * (np.abs(xs - 0.35 * W - 0.2 * ys) < 35)
+    return img.astype(np.float32)
+
+
+def finish(img: np.ndarray, seed: int = 0, blur: float = 1.2, noise: float = 0.01) -> np.ndarray:
+    """Detector blur and noise, clipped to [0, 1]."""
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), blur)
+    rng = np.random.default_rng(seed)
+    return np.clip(img + rng.normal(0, noise, img.shape), 0, 1).astype(np.float32)
+
+
+def sphere(img: np.ndarray, c: tuple[float, float], r: float, k: float, amp: float) -> None:
+    """Add a sphere in place: amp (1 - exp(-k c)) / (1 - exp(-k)), c = sqrt(1 - (d/r)^2)."""
+    ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    cc = np.sqrt(np.clip(1 - ((xs - c[0]) ** 2 + (ys - c[1]) ** 2) / r**2, 0, 1))
+    img += (amp * -np.expm1(-k * cc) / -np.expm1(-k)).astype(np.float32)
+
+
+def metal_box() -> np.ndarray:
+    img = background()
+    cv2.rectangle(img, (380, 120), (470, 200), 1.0, -1)  # saturated, like a metal plate
+    return finish(img)
+
+
+def ring() -> np.ndarray:
+    img = background()
+    cv2.circle(img, (430, 300), 50, 0.9, 8)
+    return finish(img)
+
+
+def flat_disc() -> np.ndarray:
+    """A uniform disc below the clip level (a coin or an electrode seen face-on)."""
+    img = background()
+    img[np.hypot(*np.mgrid[0:H, 0:W][::-1] - np.array([430.0, 300.0])[:, None, None]) < 45] = 0.7
+    img[10:20, 10:20] = 1.0  # something else reaches the clip level
+    return finish(img)
+
+
+def knee_without_sphere() -> np.ndarray:
+    return generate_phantom(5, PhantomConfig(min_side=400, max_side=640, p_sphere=0.0)).image
+
+
+def noise() -> np.ndarray:
+    return np.random.default_rng(1).random((800, 800), dtype=np.float32)
+
+
+@pytest.mark.parametrize("make", [metal_box, ring, flat_disc, knee_without_sphere, noise])
+def test_no_sphere_is_invented(make):
+    img = make()
+    assert detect_calibration_sphere(img) is None
+    for cand in find_sphere_candidates(img):  # every candidate says why it was rejected
+        assert not cand.accepted and cand.why
+
+
+def test_flat_disc_is_rejected_for_its_profile():
+    cands = find_sphere_candidates(flat_disc())
+    disc = [c for c in cands if np.hypot(*(c.center - [430, 300])) < 5]
+    assert disc and "flat" in disc[0].why and disc[0].metrics["circularity"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("k", "r", "rel"), [(0.5, 41.3, 0.01), (3.0, 57.8, 0.01), (25.0, 33.6, 0.025)]
+)
+def test_path_length_sphere_found(k, r, rel):
+    """Unsaturated spheres within 1 %. k = 25 with amp 2 saturates and is clipped AFTER the
+    blur (as a display window does): the clipped disc is larger than the ball by about the blur
+    (+3.3 % here without the clip fit); the clip fit brings it to -1 .. -2 % (blur 0.6-2 px)."""
+    img = background()
+    sphere(img, (410.4, 330.7), r, k, amp=0.6 if k < 10 else 2.0)
+    img = finish(img, seed=int(k))
+    det = detect_calibration_sphere(img, diameter_mm=30.0)
+    assert det is not None and det.accepted
+    assert det.mm_per_px == pytest.approx(15.0 / r, rel=rel)
+    np.testing.assert_allclose(det.center, (410.4, 330.7), atol=0.5)
+
+
+def test_phantom_sphere_found():
+    """The phantom's own sphere (saturated steel ball). The phantom blurs attenuation before
+    the display saturates, which enlarges a saturated disc by about the blur; hence 2 % here
+    (benchmarks/bench_sphere.py reports the distribution)."""
+    cfg = PhantomConfig(min_side=400, max_side=640, p_sphere=1.0)
+    found = 0
+    for seed in range(3):
+        s = generate_phantom(seed, cfg)
+        truth = s.meta.get("sphere")
+        if truth is None:
+            continue
+        det = detect_calibration_sphere(s.image, truth["diameter_mm"])
+        assert det is not None, f"seed {seed}: sphere missed"
+        assert np.hypot(*(det.center - truth["centre_px"])) < 1.0
+        assert det.mm_per_px == pytest.approx(s.spacing_mm[0], rel=0.02)
+        found += 1
+    assert found >= 2
