@@ -139,6 +139,29 @@ class PlanOutputs:
     report: dict[str, Any]
 
 
+def anatomy_scale(femur_mask: np.ndarray) -> Any:
+    """The anatomical scale estimate (``mm_per_px``, ``lo``, ``hi``) of the predicted femur, or
+    None (no estimate, or the estimator is not installed in this version)."""
+    try:
+        from geometry.anatomy_scale import estimate_scale  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return estimate_scale(femur_mask)
+
+
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def input_warnings(path: Path) -> list[str]:
+    """Warnings about the input file that do not by themselves flag the plan."""
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        return [
+            "lossy JPEG input: compression blurs the cortex edges and adds block artefacts; "
+            "use the original DICOM or a lossless PNG/TIFF where possible"
+        ]
+    return []
+
+
 def run_plan(
     image_path: str | Path,
     module: Any,
@@ -148,17 +171,21 @@ def run_plan(
     user_spacing: Sequence[float] | None = None,
     detect_sphere: bool = True,
     checkpoint: str | Path | None = None,
+    tta: int = 8,
+    review_config: Any = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
+    ``tta`` test-time augmentations (< 2: none) measure the model's own uncertainty; the verdict
+    is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
-    from geometry.plan_geometry import plan_from_maps
-    from planning.checks import plausibility_reasons
-    from planning.evaluate import original_masks
+    from geometry.plan_geometry import masks_to_original, plan_from_maps
     from planning.overlay import draw_plan
     from planning.predict import predict_image
     from planning.report import build_report, write_report
+    from planning.review import ReviewConfig, ReviewContext, review, spacing_reasons
+    from planning.tta import TTAConfig, tta_uncertainty
 
     path = Path(image_path)
     loaded = load_input(path)
@@ -171,18 +198,22 @@ def run_plan(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=sp.spacing, decode=decode,
         line_fit=line_fit,
     )  # fmt: skip
-    if sp.spacing is None:
-        plan.review_reasons.append(
-            "pixel spacing unknown (no DICOM spacing, annotation or calibration sphere): "
-            "distances in pixels, no 2.5 mm circle"
-        )
-    masks = original_masks(maps)
-    plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
+    masks = masks_to_original(maps.seg, maps.frame)
+    unc = None
+    if tta >= 2:
+        unc = tta_uncertainty(module, image, maps, spacing=sp.spacing,
+                              config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
+    context = ReviewContext(
+        masks=masks, image=image, spacing_reasons=spacing_reasons(sp.spacing),
+        scale=anatomy_scale(masks[0]), uncertainty=unc,
+        config=review_config or ReviewConfig.load(),
+    )  # fmt: skip
+    reasons = review(plan, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     overlay_path = out / f"{path.stem}_plan.png"
     report_path = out / f"{path.stem}_plan.json"
-    rgb = draw_plan(image, plan, masks, title=path.name)
+    rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc)
     if not cv2.imwrite(str(overlay_path), np.ascontiguousarray(rgb[..., ::-1])):
         raise OSError(f"{overlay_path}: OpenCV could not write the overlay")
     report = build_report(
@@ -193,9 +224,14 @@ def run_plan(
         checkpoint=checkpoint,
         overlay_path=overlay_path,
         seg_prob=maps.seg,
-        settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size},
+        settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
+                  "tta": tta},
         sphere=sp.sphere,
-    )
+        reasons=reasons,
+        uncertainty=unc,
+        evidence=context.evidence(),
+        warnings=input_warnings(path),
+    )  # fmt: skip
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report)
 
@@ -217,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-sphere", action="store_true", help="skip calibration-sphere detection")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--tta", type=int, default=8,
+                   help="test-time augmentations for the uncertainty check (0: off)")
+    p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
     return p
 
 
@@ -249,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_plan(
             args.image, module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
+            tta=args.tta, review_config=_review_config(args.review_config),
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
@@ -266,8 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("NEEDS REVIEW:")
         for reason in rep["review_reasons"]:
             print(f"  - {reason}")
+    for warning in rep.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"overlay: {res.overlay}\nreport:  {res.report_path}")
     return 0
+
+
+def _review_config(path: Path | None) -> Any:
+    from planning.review import ReviewConfig
+
+    return ReviewConfig.load(path)
 
 
 if __name__ == "__main__":
