@@ -138,7 +138,7 @@ def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
 
 def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, float]:
     """(bone contrast, saturated fraction, unexposed fraction) of the image under the femur."""
-    img, _ = image.astype(np.float32), None
+    img = image.astype(np.float32)
     femur = masks[0]
     vals = img[femur]
     if vals.size == 0:
@@ -147,12 +147,20 @@ def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, floa
     span = max(top - bottom, 1e-6)
     saturated = float(np.mean(vals >= top - 0.02 * span))
     unexposed = float(np.mean(vals <= bottom + 0.02 * span))
-    side = max(3, int(round(0.03 * max(img.shape))))
+    # the soft tissue around the femur: a ring of 3 % of the image side, on a downscaled copy
+    h, w = img.shape
+    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
+    size = (max(1, w // f), max(1, h // f))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    bones = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                      for m in masks]).astype(bool)  # fmt: skip
+    side = max(3, int(round(0.03 * max(size))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1, 2 * side + 1))
-    ring = cv2.dilate(femur.astype(np.uint8), kernel) > 0
-    ring &= ~np.any(masks, axis=0)
-    if not ring.any():
+    ring = cv2.dilate(bones[0].astype(np.uint8), kernel) > 0
+    ring &= ~np.any(bones, axis=0)
+    if not ring.any() or not bones[0].any():
         return float("nan"), saturated, unexposed
+    vals, img = small[bones[0]], small
     contrast = float((np.median(vals) - np.median(img[ring])) / span)
     return contrast, saturated, unexposed
 
