@@ -33,8 +33,8 @@ class FemurShape:
         area_fraction: largest component's area / image area.
         main_fraction: largest component's area / all femur pixels (1: one piece).
         elongation: length / mean width along the principal axis.
-        widening: widest slice (the condyles) / narrowest slice of the proximal half (the
-            shaft), the outermost slice left out (a cut end).
+        widening: widest slice of the distal half (the condyles) / narrowest slice of the
+            proximal half (the shaft), the outermost slice left out (a cut end).
         tilt_deg: angle between the proximal direction (condyles -> shaft) and image "up".
         length_px: extent along the principal axis.
         distal_end: (2,) (x, y) of the distal end on the axis; ``proximal_dir`` (2,) unit vector.
@@ -114,12 +114,18 @@ def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
     idx = np.clip(np.digitize(u, edges) - 1, 0, N_SLICES - 1)
     widths = np.array([np.ptp(v[idx == i]) + 1.0 if np.any(idx == i) else 0.0
                        for i in range(N_SLICES)])  # fmt: skip
-    # the condyles: the widest part of the bone; the distal end is the end nearer to it
+    # the proximal end is where the shaft leaves the image; without a cut, the distal end is
+    # the one nearer to the widest part of the bone (the condyles)
+    on_border = (xs == 0) | (ys == 0) | (xs == small.shape[1] - 1) | (ys == small.shape[0] - 1)
     peak = int(np.argmax(widths))
-    distal_hi = peak >= (N_SLICES - 1) / 2
+    if on_border.sum() >= 3 and abs(float(u[on_border].mean())) > 0.25 * (hi - lo):
+        distal_hi = float(u[on_border].mean()) < 0
+    else:
+        distal_hi = peak >= (N_SLICES - 1) / 2
     prox = widths[1 : N_SLICES // 2] if distal_hi else widths[N_SLICES // 2 : -1]
     prox = prox[prox > 0]
-    widening = float(widths[peak] / max(float(prox.min()) if prox.size else 1.0, 1.0))
+    dist = widths[N_SLICES // 2 :] if distal_hi else widths[: N_SLICES // 2]
+    widening = float(dist.max() / max(float(prox.min()) if prox.size else 1.0, 1.0))
     proximal_dir = -axis if distal_hi else axis
     distal_end = c + (hi if distal_hi else lo) * axis
     cos_up = float(np.clip(proximal_dir @ np.array([0.0, -1.0]), -1.0, 1.0))

@@ -56,11 +56,11 @@ class ReviewConfig:
     min_main_fraction: float = 0.85
     min_elongation: float = 1.3
     min_widening: float = 1.2
-    max_tilt_deg: float = 45.0
+    max_tilt_deg: float = 60.0
     min_tibia_area: float = 0.01
     max_patella_on_femur: float = 0.75
     min_bone_contrast: float = 0.02
-    max_saturated: float = 0.2
+    max_saturated: float = 0.5
     max_unexposed: float = 0.2
     max_landmark_spread_mm: float = 3.0
     max_schoettle_spread_mm: float = 2.5
