@@ -10,6 +10,8 @@ that on the test phantoms (risk-coverage table).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -110,3 +112,40 @@ def test_hourglass_shift_from_the_second_to_last_stack():
     np.testing.assert_allclose(hourglass_shift(maps), [6.0, 6.0], atol=1e-9)
     plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame)
     np.testing.assert_allclose(plan.landmarks, [DOT_A, DOT_B], atol=1.0)
+
+
+
+def test_overlay_draws_the_two_sigma_ellipse():
+    from planning.overlay import LANDMARK_COLOURS, draw_plan
+
+    img = scene()
+    maps = predict_image(BlobNet(), img)
+    plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame)
+    pts = np.tile(np.array([DOT_A, DOT_B, [np.nan, np.nan]], float), (4, 1, 1))
+    cov = np.full((3, 2, 2), np.nan)
+    cov[0] = np.diag([100.0, 25.0])  # p_blum: sigma 10 px along x, 5 px along y
+    plain = draw_plan(img, plan)
+    rgb = draw_plan(img, plan, uncertainty=Uncertainty(pts, cov, 0.0))
+    colour = np.array(LANDMARK_COLOURS["p_blum"])
+    x, y = DOT_A
+    for px, py in ((x + 20, y), (x - 20, y), (x, y + 10), (x, y - 10)):  # 2-sigma semi-axes
+        window = rgb[py - 1 : py + 2, px - 1 : px + 2].reshape(-1, 3).astype(int)
+        assert (np.abs(window - colour).max(axis=1) < 60).any(), (px, py)
+        before = plain[py - 1 : py + 2, px - 1 : px + 2].reshape(-1, 3).astype(int)
+        assert not (np.abs(before - colour).max(axis=1) < 60).any(), (px, py)
+
+
+def test_report_carries_the_uncertainty(tmp_path):
+    from planning.plan import input_warnings, run_plan
+
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), np.round(scene() * 65535).astype(np.uint16))
+    rep = run_plan(path, BlobNet(), tmp_path / "out", tta=6, detect_sphere=False).report
+    unc = rep["uncertainty"]
+    assert set(unc["points"]) == {"p_blum", "p_tmc", "schoettle"}
+    blum = unc["points"]["p_blum"]
+    assert blum["spread_unit"] == "px" and blum["ellipse_mm"] is None
+    assert blum["ellipse_px"]["major"] == pytest.approx(blum["spread"], rel=1e-9)
+    assert blum["spread"] < 1.5 and unc["hourglass_shift_px"] is None
+    assert rep["warnings"] == [] and rep["settings"]["tta"] == 6
+    assert input_warnings(Path("knee.JPG")) and "lossy JPEG" in input_warnings(Path("a.jpeg"))[0]
