@@ -10,9 +10,9 @@ a well-trained model whose heat-map peaks are high everywhere, so peaks are one 
   stays on the femur side, see ``geometry.plan_geometry``), p_tmc far from LM1, the Schoettle
   point outside the image;
 - the anatomy (``planning.ood``): landmarks and the Schoettle point on the predicted femur AND in
-  its distal part; the femur one elongated piece with condyles, shaft up; tibia distal; the
-  patella not lying on the femur (AP view); bone brighter than the tissue around it and not
-  predicted over saturated or unexposed pixels;
+  its distal part; LM1 parallel to the femoral shaft; the femur one elongated piece with
+  condyles, shaft up; tibia distal; the patella not lying on the femur (AP view); bone
+  brighter than the tissue around it and not predicted over saturated or unexposed pixels;
 - the model's own uncertainty (``planning.tta``): test-time-augmentation spread of each point,
   augmented plans that fail, disagreement of the last two hourglasses;
 - the pixel spacing: the resolver's reasons (unknown, disagreeing with the anatomy, ...).
@@ -50,6 +50,7 @@ class ReviewConfig:
     max_tmc_to_lm1_mm: float = 6.0
     max_off_femur_mm: float = 5.0
     max_from_distal_end_mm: float = 55.0
+    max_lm1_axis_deg: float = 20.0
     nominal_field_mm: float = 250.0
     min_femur_area: float = 0.02
     max_femur_area: float = 0.60
@@ -222,6 +223,12 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
     if np.isfinite(ev.unexposed_fraction) and ev.unexposed_fraction > cfg.max_unexposed:
         out.append(Reason("unexposed", f"{ev.unexposed_fraction:.0%} of the predicted femur lies "
                           "on unexposed pixels"))  # fmt: skip
+    if plan.lm1 is not None:
+        cos = abs(float(np.asarray(plan.lm1.direction) @ f.proximal_dir))
+        angle = float(np.degrees(np.arccos(min(cos, 1.0))))
+        if angle > cfg.max_lm1_axis_deg:
+            out.append(Reason("lm1_axis", f"LM1 is {angle:.0f} deg off the femoral shaft axis "
+                              f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
     dist = None

@@ -15,6 +15,7 @@ import torch
 
 from datamodules.dataset_io import write_sample
 from datamodules.phantoms import PhantomConfig, generate_phantom
+from geometry.lines import Line
 from geometry.plan_geometry import masks_to_original, plan_from_maps
 from planning.oracle import oracle_maps
 from planning.report import segmentation_confidence
@@ -163,6 +164,9 @@ def test_each_reason_fires_on_its_case(case):
     ys, xs = np.nonzero(~masks[0])
     far = np.argmax(np.hypot(xs - plan.schoettle[0], ys - plan.schoettle[1]))
     check("off_femur", replace(plan, schoettle=np.array([xs[far], ys[far]], float)))
+    t = np.radians(30.0)
+    turned = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ plan.lm1.direction
+    check("lm1_axis", replace(plan, lm1=Line(plan.lm1.point, turned)))
     fy, fx = np.nonzero(masks[0])
     top = np.argmin(fy)  # the most proximal femur pixel, far up the shaft
     check("not_distal", replace(plan, schoettle=np.array([fx[top], fy[top] + 2.0])))
