@@ -238,3 +238,20 @@ def test_json_and_csv_give_the_same_reasons(tmp_path):
     assert rep["needs_review"] and row["needs_review"] == 1
     assert "; ".join(rep["review_reasons"]) == row["review_reasons"]
     assert " ".join(sorted(set(rep["review_codes"]))) == row["review_codes"]
+
+
+def test_confident_wrong_landmarks_are_flagged(case):
+    """A 'well-trained' model that is confidently wrong: both landmark heat-maps peak at 1, but
+    up the femoral shaft (the top of the femur in this image). Peaks alone would pass it; the
+    anatomy must not."""
+    sample, maps, plan, masks = case
+    sp = sample.spacing_mm
+    fy, _ = np.nonzero(masks[0])
+    up = np.array([0.0, fy.min() + 12.0 - plan.landmark("p_blum")[1]])
+    assert -up[1] * sp[0] > 60.0  # the phantom's shaft is long enough for the case
+    lm = np.stack([gaussian(maps.frame, plan.landmark(n) + up) for n in ("p_blum", "p_tmc")])
+    wrong = plan_from_maps(maps.seg, lm, maps.roi, frame=maps.frame, spacing=sp)
+    assert wrong.peaks.min() > 0.9
+    found = codes(wrong, ctx(sample, masks))
+    assert "not_distal" in found, found
+    assert not found & {"low_peak", "uncalibrated_peak"}  # it is not the peaks that catch it
