@@ -136,7 +136,7 @@ def evaluate_sample(
     row["lm1_support"] = plan.lm1_support
     row["peak_p_blum"], row["peak_p_tmc"] = (float(p) for p in plan.peaks)
     row["roi_peak"] = plan.roi_peak
-    if uncertainty is not None:
+    if uncertainty is not None and len(uncertainty.points) > 1:
         row["spread_schoettle"] = uncertainty.spread("schoettle", spacing or 1.0)
     row["needs_review"] = int(bool(reasons))
     row["review_codes"] = " ".join(sorted({r.code for r in reasons}))
@@ -235,7 +235,7 @@ def evaluate(
     """
     from planning.oracle import oracle_maps
     from planning.predict import predict_image
-    from planning.tta import TTAConfig, tta_uncertainty
+    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
     if not oracle and module is None:
         raise ValueError("evaluate: give a module or oracle=True")
@@ -250,7 +250,7 @@ def evaluate(
     t0 = time.perf_counter()
     for sample in samples:
         maps = oracle_maps(sample, image_size) if oracle else predict_image(module, sample.image)
-        unc = None
+        unc = None if oracle else hourglass_only(maps, decode)
         if not oracle and tta >= 2:
             unc = tta_uncertainty(module, sample.image, maps, spacing=sample.spacing_mm,
                                   config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)

@@ -185,7 +185,7 @@ def run_plan(
     from planning.predict import predict_image
     from planning.report import build_report, write_report
     from planning.review import ReviewConfig, ReviewContext, review, spacing_reasons
-    from planning.tta import TTAConfig, tta_uncertainty
+    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
     path = Path(image_path)
     loaded = load_input(path)
@@ -199,7 +199,7 @@ def run_plan(
         line_fit=line_fit,
     )  # fmt: skip
     masks = masks_to_original(maps.seg, maps.frame)
-    unc = None
+    unc = hourglass_only(maps, decode)
     if tta >= 2:
         unc = tta_uncertainty(module, image, maps, spacing=sp.spacing,
                               config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)

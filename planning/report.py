@@ -107,8 +107,10 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
             "spread_unit": "mm" if spacing is not None else "px",
         }
     shift = unc.hourglass_shift_px
+    n = len(unc.points)
+    method = f"test-time augmentation, {n} plans (flip, scale, shift, rotate)"
     return {
-        "method": f"test-time augmentation, {len(unc.points)} plans (flip, scale, shift, rotate)",
+        "method": method if n > 1 else "hourglass agreement only (no test-time augmentation)",
         "points": points,
         "failed_fraction": _num(unc.failures),
         "hourglass_shift_px": None

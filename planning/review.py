@@ -256,7 +256,7 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
         return []
     out: list[Reason] = []
     sp = spacing if spacing is not None else mmpp
-    for name in ("p_blum", "p_tmc", "schoettle"):
+    for name in ("p_blum", "p_tmc", "schoettle") if len(unc.points) > 1 else ():
         limit = cfg.max_schoettle_spread_mm if name == "schoettle" else cfg.max_landmark_spread_mm
         s = unc.spread(name, sp)
         if s > limit:

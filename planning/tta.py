@@ -113,6 +113,14 @@ def hourglass_shift(maps: NetworkMaps, decode: str = "argmax") -> np.ndarray | N
     return np.hypot(*(a - b).T)
 
 
+def hourglass_only(base: NetworkMaps, decode: str = "argmax") -> Uncertainty | None:
+    """Without TTA: the hourglass agreement alone (None when the model gives no ``lm_prev``)."""
+    shift = hourglass_shift(base, decode)
+    if shift is None:
+        return None
+    return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift)
+
+
 def tta_uncertainty(
     module: Any,
     image: np.ndarray,

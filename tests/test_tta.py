@@ -112,6 +112,14 @@ def test_hourglass_shift_from_the_second_to_last_stack():
     np.testing.assert_allclose(hourglass_shift(maps), [6.0, 6.0], atol=1e-9)
     plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame)
     np.testing.assert_allclose(plan.landmarks, [DOT_A, DOT_B], atol=1.0)
+    # without TTA the hourglass agreement still reaches the review; no spread is claimed
+    from planning.review import ReviewContext, review
+    from planning.tta import hourglass_only
+
+    only = hourglass_only(maps)
+    assert only is not None and len(only.points) == 1
+    found = {r.code for r in review(plan, ReviewContext(uncertainty=only))}
+    assert "hourglass_disagree" in found and "tta_spread" not in found
 
 
 
