@@ -10,17 +10,21 @@ Steps (docs/ARCHITECTURE.md, "Planning geometry"):
    when the spacing is known, original pixels otherwise (perpendicularity and the inscribed
    circle are not preserved by anisotropic scaling); LM1 is fitted there, LM2, LM3 and the
    Schoettle point constructed there, and points and lines are mapped back to original pixels;
-4. ``needs_review`` collects every reason to distrust the plan (see :class:`Plan`).
+4. the anterior side of LM1 is the side where the predicted femur lies (not the side of p_blum:
+   a p_blum predicted a few mm behind LM1 must not flip the circle to the posterior side).
+
+The :class:`Plan` is immutable and holds facts only; whether to trust it is decided in one place,
+``planning.review.review(plan, context)``.
 
 Example:
     >>> plan = plan_from_maps(seg, lm, roi, frame=PadResize.from_shape(900, 700, 256),
     ...                       spacing=(0.15, 0.15), decode="quadratic")
-    >>> plan.schoettle, plan.radius_mm, plan.needs_review, plan.review_reasons
+    >>> plan.schoettle, plan.radius_mm, plan.femur_side, plan.blum_offset
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +37,10 @@ from geometry.schoettle import schoettle_point
 LANDMARK_NAMES = ("p_blum", "p_tmc")  # heat-map channel order (datamodules.sample.LANDMARKS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """A Schoettle plan. Points are (x, y) in ORIGINAL pixels unless named ``*_network``/``*_mm``.
+    """A Schoettle plan (immutable). Points are (x, y) in ORIGINAL pixels unless named
+    ``*_network``/``*_mm``; "unit" is mm when the spacing is known, else original pixels.
 
     Attributes:
         landmarks: (2, 2) p_blum, p_tmc (channel order ``LANDMARK_NAMES``).
@@ -44,15 +49,20 @@ class Plan:
         lm1: posterior cortex line, or None when it could not be fitted.
         lm1_support: number of outline points the LM1 fit rests on.
         lm1_points: (K, 2) the ROI-masked outline points LM1 was fitted to.
-        lm1_rms: RMS orthogonal residual of the fit (mm when spacing is known, else px).
+        lm1_rms: RMS orthogonal residual of the fit (unit).
         roi_peak: maximum of the ROI heat-map (line confidence).
         lm2, lm3: perpendiculars to LM1 through p_tmc and p_blum (None without LM1).
         schoettle: (2,) Schoettle point (NaN when not constructible).
         radius_mm: circle radius in mm (None without spacing).
         radius_px: circle radius in px (exact for isotropic spacing; else at the mean spacing).
-        lm_separation: distance between LM2 and LM3 (mm when spacing is known, else px).
+        lm_separation: distance between LM2 and LM3 (unit).
         spacing: (row_mm, col_mm) or None.
-        review_reasons: human-readable reasons; empty when the plan looks trustworthy.
+        image_shape: (H, W) of the original image.
+        femur_side: +1 / -1, the side of LM1's normal where the predicted femur lies (anterior);
+            0 when there is no femur or no LM1.
+        blum_offset: signed distance of p_blum from LM1, positive on the femur side (unit); NaN
+            without LM1 or femur side. Negative: p_blum lies posterior of the cortex line.
+        tmc_offset: distance of p_tmc from LM1 (unit), NaN without LM1.
     """
 
     landmarks: np.ndarray
@@ -70,12 +80,15 @@ class Plan:
     radius_px: float
     lm_separation: float
     spacing: tuple[float, float] | None
-    review_reasons: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int] = (0, 0)
+    femur_side: int = 0
+    blum_offset: float = float("nan")
+    tmc_offset: float = float("nan")
 
     @property
-    def needs_review(self) -> bool:
-        """True when any review reason was raised."""
-        return bool(self.review_reasons)
+    def unit(self) -> str:
+        """``mm`` when the spacing is known, else ``px``."""
+        return "px" if self.spacing is None else "mm"
 
     def landmark(self, name: str) -> np.ndarray:
         """(2,) original-pixel position of ``p_blum`` or ``p_tmc``."""
@@ -129,8 +142,9 @@ class Plan:
             "radius_mm": clean(self.radius_mm),
             "lm_separation": clean(self.lm_separation),
             "spacing": clean(self.spacing),
-            "needs_review": self.needs_review,
-            "review_reasons": list(self.review_reasons),
+            "femur_side": int(self.femur_side),
+            "blum_offset": clean(self.blum_offset),
+            "tmc_offset": clean(self.tmc_offset),
         }
 
 
@@ -158,6 +172,20 @@ def _check_spacing(spacing: Any) -> tuple[float, float] | None:
     return float(sp[0]), float(sp[1])
 
 
+def femur_side(seg_femur: np.ndarray, line: Line, to_phys) -> int:
+    """+1 / -1: the side of ``line``'s normal where the largest femur component lies (the mean
+    signed distance of its pixels, in the physical frame); 0 without femur pixels.
+
+    ``to_phys`` maps (N, 2) network-frame pixel centres to the frame ``line`` lives in.
+    """
+    femur = largest_component(np.asarray(seg_femur) >= 0.5)
+    ys, xs = np.nonzero(femur)
+    if xs.size == 0:
+        return 0
+    d = line.signed_distance(to_phys(np.column_stack([xs, ys]).astype(np.float64)))
+    return int(np.sign(np.mean(d)))
+
+
 def plan_from_maps(
     seg_prob: Any,
     lm_heatmaps: Any,
@@ -167,10 +195,6 @@ def plan_from_maps(
     decode: str = "argmax",
     line_fit: str = "lstsq",
     roi_threshold: float = 0.5,
-    min_peak: float = 0.3,
-    min_support: int = 10,
-    min_separation_mm: float = 2.0,
-    min_separation_px: float = 10.0,
     robust_band_px: float = 1.0,
     subpixel_outline: bool = True,
 ) -> Plan:
@@ -185,10 +209,6 @@ def plan_from_maps(
         decode: heat-map decoding (``argmax`` as in the paper, ``quadratic``, ``soft_argmax``).
         line_fit: ``lstsq`` (paper) or ``robust``.
         roi_threshold: outline points with ROI below this are dropped (paper: 0.5).
-        min_peak: a landmark peak below this raises a review reason.
-        min_support: an LM1 fit on fewer outline points raises a review reason.
-        min_separation_mm: LM2-LM3 distance below this raises a review reason (with spacing).
-        min_separation_px: the same, in original pixels, when spacing is unknown.
         robust_band_px: RANSAC inlier band of the robust fit, in network pixels.
         subpixel_outline: outline points on the 0.5 iso-line (True) or at boundary pixel
             centres (False; biased half a network pixel into the bone), see
@@ -209,20 +229,12 @@ def plan_from_maps(
     to_orig = (lambda p: np.asarray(p, np.float64)) if frame is None else frame.to_original
     to_phys = (lambda p: np.asarray(p, np.float64)) if sp is None else (lambda p: to_mm(p, sp))
     to_px = (lambda p: np.asarray(p, np.float64)) if sp is None else (lambda p: from_mm(p, sp))
-    unit = "px" if sp is None else "mm"
     scale = 1.0 if frame is None else frame.scale
     mean_sp = 1.0 if sp is None else float(np.mean(sp))
-    reasons: list[str] = []
 
     lm_net, peaks = decode_heatmap(lm, method=decode)
     lms = to_orig(lm_net)
     h, w = roi_map.shape if frame is None else (frame.orig_h, frame.orig_w)
-    for name, pk, p in zip(LANDMARK_NAMES, peaks, lms, strict=True):
-        if pk < min_peak:
-            reasons.append(f"low heat-map peak for {name}: {pk:.2f} < {min_peak}")
-        if not (-0.5 <= p[0] <= w - 0.5 and -0.5 <= p[1] <= h - 0.5):
-            reasons.append(f"{name} lies outside the original image (in the padding)")
-
     pts = to_orig(cortex_points(seg[0], roi_map, roi_threshold, subpixel_outline))
     # Where the femur is cut by the image edge, the outline follows the edge, not the cortex:
     # drop points within one network pixel of the original image's border.
@@ -233,38 +245,24 @@ def plan_from_maps(
     band = robust_band_px / scale * mean_sp
     fit = fit_points(to_phys(pts), method=line_fit, threshold=band)
     nan2 = np.full(2, np.nan)
-    plan = Plan(
-        landmarks=lms, landmarks_network=lm_net, peaks=peaks, lm1=None,
-        lm1_support=fit.n_support, lm1_points=pts, lm1_rms=fit.rms,
-        roi_peak=float(roi_map.max()), lm2=None, lm3=None, schoettle=nan2,
-        radius_mm=None, radius_px=float("nan"), lm_separation=float("nan"), spacing=sp,
-        review_reasons=reasons,
+    common = dict(
+        landmarks=lms, landmarks_network=lm_net, peaks=peaks, lm1_support=fit.n_support,
+        lm1_points=pts, lm1_rms=fit.rms, roi_peak=float(roi_map.max()), spacing=sp,
+        image_shape=(int(h), int(w)),
     )  # fmt: skip
-    if fit.n_support < min_support:
-        reasons.append(f"LM1 fit rests on {fit.n_support} outline points (< {min_support})")
     if fit.line is None:
-        reasons.append("no cortex line: femur outline and ROI do not overlap")
-        return plan
+        return Plan(
+            lm1=None, lm2=None, lm3=None, schoettle=nan2, radius_mm=None,
+            radius_px=float("nan"), lm_separation=float("nan"), **common,
+        )  # fmt: skip
 
     p_blum, p_tmc = to_phys(lms)
-    res = schoettle_point(fit.line, p_tmc, p_blum)
-    plan.lm1 = fit.line.map(to_px)
-    plan.lm2, plan.lm3 = res.lm2.map(to_px), res.lm3.map(to_px)
-    plan.schoettle = to_px(res.point)
-    plan.radius_mm = None if sp is None else res.radius
-    plan.radius_px = res.radius / mean_sp
-    plan.lm_separation = 2.0 * res.radius
-    min_sep = min_separation_px if sp is None else min_separation_mm
-    if plan.lm_separation < min_sep:
-        reasons.append(
-            f"LM2 and LM3 nearly coincide: {plan.lm_separation:.2f} {unit} apart (< {min_sep})"
-        )
-    if "blum_on_lm1" in res.degenerate:
-        reasons.append("p_blum lies on LM1: the anterior side is undefined")
-    else:
-        femur = largest_component(seg[0] >= 0.5)
-        ys, xs = np.nonzero(femur)
-        d = fit.line.signed_distance(to_phys(to_orig(np.column_stack([xs, ys]))))
-        if d.size and np.sign(np.mean(d)) != np.sign(res.blum_distance):
-            reasons.append("p_blum lies posterior of LM1 (on the side away from the femur)")
-    return plan
+    side = femur_side(seg[0], fit.line, lambda q: to_phys(to_orig(q)))
+    res = schoettle_point(fit.line, p_tmc, p_blum, anterior=side or None)
+    return Plan(
+        lm1=fit.line.map(to_px), lm2=res.lm2.map(to_px), lm3=res.lm3.map(to_px),
+        schoettle=to_px(res.point), radius_mm=None if sp is None else res.radius,
+        radius_px=res.radius / mean_sp, lm_separation=2.0 * res.radius, femur_side=side,
+        blum_offset=side * res.blum_distance if side else float("nan"),
+        tmc_offset=abs(float(fit.line.signed_distance(p_tmc))), **common,
+    )  # fmt: skip

@@ -2,10 +2,11 @@
 
 LM2 and LM3 are the perpendiculars to LM1 through p_tmc and p_blum, so they are parallel and the
 circle tangent to all three has radius r = half their distance. Its centre lies on the anterior
-side of LM1, defined as the side of p_blum (p_blum lies anterior of the posterior cortex): the
-midpoint of the feet of the two perpendiculars on LM1, moved by r along LM1's normal toward
-p_blum. Build it in an isotropic frame (mm, or pixels of square spacing): perpendicularity is not
-preserved by anisotropic scaling.
+side of LM1: the midpoint of the feet of the two perpendiculars on LM1, moved by r along LM1's
+normal toward the anterior side, which the caller gives (``anterior``: the side the femur lies
+on) or, by default, the side of p_blum (p_blum lies anterior of the posterior cortex). Build it
+in an isotropic frame (mm, or pixels of square spacing): perpendicularity is not preserved by
+anisotropic scaling.
 
 Example:
     >>> res = schoettle_point(Line(np.zeros(2), np.array([0.0, 1.0])), [0, 10], [4, 30])
@@ -52,7 +53,11 @@ class SchoettleResult:
 
 
 def schoettle_point(
-    lm1: Line, p_tmc: np.ndarray, p_blum: np.ndarray, eps: float = 1e-9
+    lm1: Line,
+    p_tmc: np.ndarray,
+    p_blum: np.ndarray,
+    eps: float = 1e-9,
+    anterior: float | None = None,
 ) -> SchoettleResult:
     """Construct LM2, LM3 and the Schoettle point from LM1 and the two landmarks.
 
@@ -61,6 +66,8 @@ def schoettle_point(
         p_tmc: (2,) posterior origin of the medial femoral condyle.
         p_blum: (2,) posterior point of Blumensaat's line (defines the anterior side).
         eps: distances at or below this count as zero (degenerate).
+        anterior: +1 or -1, the side of ``lm1.normal`` that is anterior (where the femur
+            lies); None: the side of p_blum. With it the circle never follows a misplaced p_blum.
     """
     p_tmc = np.asarray(p_tmc, dtype=np.float64).reshape(2)
     p_blum = np.asarray(p_blum, dtype=np.float64).reshape(2)
@@ -74,8 +81,7 @@ def schoettle_point(
         degenerate.append("blum_on_lm1")
     if radius <= eps:
         degenerate.append("lm2_lm3_coincide")
-    if "blum_on_lm1" in degenerate:
-        point = np.full(2, np.nan)
-    else:
-        point = (f_tmc + f_blum) / 2.0 + np.sign(d_blum) * radius * lm1.normal
+    side = np.sign(d_blum) if anterior is None or not anterior else np.sign(anterior)
+    centre = (f_tmc + f_blum) / 2.0 + side * radius * lm1.normal
+    point = np.full(2, np.nan) if side == 0 else centre
     return SchoettleResult(point, radius, lm2, lm3, f_tmc, f_blum, d_blum, tuple(degenerate))

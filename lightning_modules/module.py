@@ -134,9 +134,14 @@ class KneePlanModule(pl.LightningModule):
     @torch.no_grad()
     def predict_maps(self, x: Tensor) -> dict[str, Tensor]:
         """Final hourglass's maps for ``x (B, 1, S, S)``: ``seg`` sigmoid probabilities
-        ``(B, 4, S, S)``, ``lm`` ``(B, 2, S, S)`` and ``roi`` ``(B, 1, S, S)`` heat-maps."""
-        final = self.net(x.to(self.device, dtype=self.dtype)).final
-        return {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
+        ``(B, 4, S, S)``, ``lm`` ``(B, 2, S, S)`` and ``roi`` ``(B, 1, S, S)`` heat-maps; with two
+        or more hourglasses also ``lm_prev``, the second-to-last one's landmark heat-maps."""
+        stacks = self.net(x.to(self.device, dtype=self.dtype)).stacks
+        final = stacks[-1]
+        out = {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
+        if len(stacks) > 1:
+            out["lm_prev"] = stacks[-2]["lm"]
+        return out
 
     # ----------------------------------------------------------------------------- training
     def configure_optimizers(self):

@@ -17,7 +17,9 @@ Writes into ``--out`` (default ``runs/evaluate/<checkpoint stem | oracle>``):
 - ``table2.md`` / ``table2.csv`` (only when images have several raters): median ED [80 % CI]
   of Schoettle points for every pair of raters, model vs each rater, model vs the raters'
   centroid, on all images and on the ``--subset`` list;
-- ``per_image.csv``: one row per image with every value above.
+- ``per_image.csv``: one row per image with every value above and the review verdict;
+- ``risk_coverage.md`` / ``.csv`` / ``.png``: the review gate's coverage and the Schoettle error
+  of unflagged / flagged plans, how often each review reason fired, the risk-coverage curve.
 
 The Table 1 reference is the primary (first) rater. Each rater's Schoettle point is
 constructed from that rater's own landmarks and cortex line (``planning.references``).
@@ -39,15 +41,18 @@ import numpy as np
 from datamodules.sample import BONES, LANDMARKS, Sample
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
-from geometry.plan_geometry import Plan, plan_from_maps
+from geometry.plan_geometry import Plan, masks_to_original, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
-from planning.checks import plausibility_reasons
 from planning.predict import NetworkMaps
 from planning.references import rater_schoettle
+from planning.review import ReviewConfig, ReviewContext, review
 from planning.tables import (
     BootstrapSpec,
     pair_column,
+    reason_counts,
+    risk_coverage,
+    risk_coverage_curve,
     schoettle_pair_distances,
     table1,
     table2,
@@ -60,14 +65,6 @@ DEFAULT_PHANTOM_SEED = 2_000_000  # same seeds as the DataModule's phantom test 
 DEFAULT_N_PHANTOMS = 24
 
 
-def original_masks(maps: NetworkMaps) -> np.ndarray:
-    """(4, H, W) bool predicted masks in original pixels (probabilities mapped back, >= 0.5)."""
-    seg = np.moveaxis(np.asarray(maps.seg, dtype=np.float32), 0, -1)
-    back = maps.frame.invert_image(seg)
-    back = back.reshape(maps.frame.orig_h, maps.frame.orig_w, -1)
-    return np.moveaxis(back, -1, 0) >= 0.5
-
-
 @dataclass
 class SampleResult:
     """Evaluation of one image: its CSV row, its plan and the named Schoettle points (px)."""
@@ -75,6 +72,7 @@ class SampleResult:
     row: dict[str, Any]
     plan: Plan
     schoettle_points: dict[str, np.ndarray] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
 
 
 def rater_names(sample: Sample) -> list[str]:
@@ -106,14 +104,20 @@ def sample_spacing(sample: Sample, femur_mask: np.ndarray, detect_sphere: bool =
 
 
 def evaluate_sample(
-    sample: Sample, maps: NetworkMaps, decode: str = "argmax", line_fit: str = "lstsq"
+    sample: Sample,
+    maps: NetworkMaps,
+    decode: str = "argmax",
+    line_fit: str = "lstsq",
+    uncertainty: Any = None,
+    review_config: Any = None,
 ) -> SampleResult:
-    """Plan from ``maps``, then every Table 1 value against the primary rater and the masks.
+    """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
+    and the review verdict (``planning.review.review``, the same call as ``make plan``).
 
     Distances are in mm when the spacing is known (``sample_spacing``: the same resolver as
     ``make plan``), else in original pixels; the row's ``unit`` says which.
     """
-    masks = original_masks(maps)
+    masks = masks_to_original(maps.seg, maps.frame)
     resolution = sample_spacing(sample, masks[0])
     spacing = None if resolution.spacing is None else resolution.spacing.as_tuple()
     plan = plan_from_maps(
@@ -129,8 +133,12 @@ def evaluate_sample(
         "height": sample.shape[0],
         "width": sample.shape[1],
     }
-    plan.review_reasons.extend(resolution.reasons)
-    plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
+    context = ReviewContext(
+        masks=masks, image=sample.image, spacing_reasons=resolution.reasons,
+        scale=resolution.anatomy, uncertainty=uncertainty,
+        config=review_config or ReviewConfig.load(),
+    )  # fmt: skip
+    reasons = review(plan, context)
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)
     for b, bone in enumerate(BONES):
         for metric in ("iou", "asd", "hd"):
@@ -153,12 +161,15 @@ def evaluate_sample(
     row["lm1_support"] = plan.lm1_support
     row["peak_p_blum"], row["peak_p_tmc"] = (float(p) for p in plan.peaks)
     row["roi_peak"] = plan.roi_peak
-    row["needs_review"] = int(plan.needs_review)
-    row["review_reasons"] = "; ".join(plan.review_reasons)
+    if uncertainty is not None and len(uncertainty.points) > 1:
+        row["spread_schoettle"] = uncertainty.spread("schoettle", spacing or 1.0)
+    row["needs_review"] = int(bool(reasons))
+    row["review_codes"] = " ".join(sorted({r.code for r in reasons}))
+    row["review_reasons"] = "; ".join(reasons)
     if len(names) > 1:
         for (a, b), d in schoettle_pair_distances(points, names, spacing).items():
             row[pair_column(a, b)] = d
-    return SampleResult(row, plan, points)
+    return SampleResult(row, plan, points, reasons)
 
 
 def read_subset(path: str | Path) -> set[str]:
@@ -200,6 +211,7 @@ class EvaluationResult:
     table2_md: str | None
     out_dir: Path
     unit: str
+    risk_coverage_md: str = ""
 
 
 def _table_rows(rows: list[dict[str, Any]], unit: str) -> list[dict[str, Any]]:
@@ -209,7 +221,7 @@ def _table_rows(rows: list[dict[str, Any]], unit: str) -> list[dict[str, Any]]:
         if r["unit"] == unit:
             out.append(r)
             continue
-        keep = {k: v for k, v in r.items() if k == "id" or k.startswith("iou_")}
+        keep = {k: v for k, v in r.items() if k in ("id", "needs_review") or k.startswith("iou_")}
         out.append(keep)
     return out
 
@@ -226,6 +238,8 @@ def evaluate(
     spec: BootstrapSpec | None = None,
     image_size: int = 256,
     log: Any = print,
+    tta: int = 8,
+    review_config: Any = None,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -240,9 +254,13 @@ def evaluate(
         spec: bootstrap settings of the median CIs.
         image_size: network side for oracle maps (a module brings its own).
         log: progress printer (``None`` to stay quiet).
+        tta: test-time augmentations per image for the review's uncertainty (< 2: none; the
+            oracle has no model and gets none).
+        review_config: review thresholds (default ``configs/review.yaml``).
     """
     from planning.oracle import oracle_maps
     from planning.predict import predict_image
+    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
     if not oracle and module is None:
         raise ValueError("evaluate: give a module or oracle=True")
@@ -251,10 +269,22 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     raters: list[str] | None = None
     multi_rater = True
+    codes: list[list[str]] = []
+    scores: list[float] = []
+    review_config = review_config or ReviewConfig.load()
     t0 = time.perf_counter()
     for sample in samples:
         maps = oracle_maps(sample, image_size) if oracle else predict_image(module, sample.image)
-        res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit)
+        unc = None if oracle else hourglass_only(maps, decode)
+        if not oracle and tta >= 2:
+            unc = tta_uncertainty(module, sample.image, maps, spacing=sample.spacing_mm,
+                                  config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
+        res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit, uncertainty=unc,
+                              review_config=review_config)  # fmt: skip
+        codes.append([r.code for r in res.reasons])
+        spread = float(res.row.get("spread_schoettle", 0.0))
+        scores.append(1e6 * bool(res.reasons) + 1e3 * len(res.reasons)
+                      + (min(spread, 999.0) if math.isfinite(spread) else 999.0))
         names = rater_names(sample)
         if raters is None:
             raters = names
@@ -287,9 +317,43 @@ def evaluate(
     elif log and raters is not None and len(raters) > 1:
         log("note: raters differ between images; Table 2 is not written")
     write_rows(out / "per_image.csv", rows)
+    md_rc, sum_rc = risk_coverage(trows, unit)
+    md_rs, sum_rs = reason_counts(codes)
+    write_table(out, "risk_coverage", header + md_rc + "\n\n" + md_rs, sum_rc + sum_rs)
+    plot_risk_coverage(out / "risk_coverage.png", [r.get("schoettle", math.nan) for r in trows],
+                       scores, [bool(r["needs_review"]) for r in rows], unit)
     if log:
         log(f"evaluated {len(rows)} images in {time.perf_counter() - t0:.1f} s -> {out}")
-    return EvaluationResult(rows, md1, md2, out, unit)
+    return EvaluationResult(rows, md1, md2, out, unit, md_rc + "\n\n" + md_rs)
+
+
+def plot_risk_coverage(
+    path: Path, errors: Sequence[float], scores: Sequence[float], flagged: Sequence[bool],
+    unit: str,
+) -> None:
+    """Risk-coverage plot: median and 95th-percentile Schoettle error of the k most trusted
+    plans (unflagged first, then by number of reasons and TTA spread) against coverage k/n; the
+    gate's operating point (unflagged plans only) is marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cov, med, p95 = risk_coverage_curve(errors, scores)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(cov, np.where(np.isfinite(med), med, np.nan), label="median")
+    ax.plot(cov, np.where(np.isfinite(p95), p95, np.nan), label="95th percentile")
+    op = 1.0 - float(np.mean(flagged)) if len(flagged) else 0.0
+    ax.axvline(op, color="k", linestyle="--", label=f"review gate ({op:.0%} not flagged)")
+    ax.set_xlabel("coverage (fraction of plans trusted)")
+    ax.set_ylabel(f"Schoettle point error ({unit})")
+    ax.set_xlim(0, 1.02)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 MIN_PHANTOM_SIDE = 2  # the generator needs min_side < max_side
@@ -325,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--image-size", type=int, default=256, help="oracle network side")
     p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--tta", type=int, default=8,
+                   help="test-time augmentations per image for the review gate (0: off)")
+    p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
     return p
 
 
@@ -392,15 +459,15 @@ def _run(args: argparse.Namespace) -> int:
         line_fit=args.line_fit, subset=subset,
         subset_name=args.subset.stem if args.subset else "subset",
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
+        tta=args.tta, review_config=ReviewConfig.load(args.review_config),
     )  # fmt: skip
     print()
     print(res.table1_md)
     if res.table2_md:
         print()
         print(res.table2_md)
-    n_review = sum(r["needs_review"] for r in res.rows)
-    if n_review:
-        print(f"\n{n_review}/{len(res.rows)} plans flagged needs_review (see per_image.csv)")
+    print()
+    print(res.risk_coverage_md)
     if any(not math.isfinite(float(r["schoettle"])) for r in res.rows):
         print("note: some Schoettle points could not be constructed (NaN in per_image.csv)")
     return 0

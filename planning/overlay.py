@@ -5,7 +5,9 @@ the posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole 
 Schoettle point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is
 anisotropic; omitted when the spacing is unknown), a mm scale bar, and a legend in a panel to the
 right of the image (it hides no anatomy). A plan that
-needs review gets a red banner with its first reason. Line widths and text scale with the image
+needs review gets a red banner with its first reasons. With the model's uncertainty
+(``planning.tta.Uncertainty``) each landmark and the Schoettle point carry their 2-sigma TTA
+ellipse. Line widths and text scale with the image
 so labels stay legible on 500 px and 3000 px images alike.
 
 Example:
@@ -203,6 +205,27 @@ def _banner(img: np.ndarray, reasons: list[str], st: Style) -> int:
     return h - top
 
 
+def _uncertainty_ellipses(img: np.ndarray, uncertainty, st: Style) -> None:
+    """2-sigma TTA scatter ellipses of p_blum, p_tmc and the Schoettle point (original px)."""
+    colours = (LANDMARK_COLOURS["p_blum"], LANDMARK_COLOURS["p_tmc"], SCHOETTLE_COLOUR)
+    for j, colour in enumerate(colours):
+        cov = np.asarray(uncertainty.covariance[j], dtype=np.float64)
+        pts = np.asarray(uncertainty.points[:, j], dtype=np.float64)
+        pts = pts[np.all(np.isfinite(pts), axis=1)]
+        if not np.all(np.isfinite(cov)) or len(pts) == 0:
+            continue
+        vals, vecs = np.linalg.eigh(cov)
+        axes = 2.0 * np.sqrt(np.clip(vals[::-1], 0.0, None))  # major, minor
+        if axes[0] < 0.5:
+            continue  # below a pixel: nothing to draw
+        angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
+        centre = _fixed(pts.mean(axis=0))
+        size = (int(round(axes[0] * _ONE)), int(round(max(axes[1], 0.5) * _ONE)))
+        cv2.ellipse(img, centre, size, angle, 0, 360, (0, 0, 0), st.thick + 2, cv2.LINE_AA,
+                    _SHIFT)
+        cv2.ellipse(img, centre, size, angle, 0, 360, colour, st.thick, cv2.LINE_AA, _SHIFT)
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """(H, W) float image in [0, 1] -> (H, W, 3) uint8 gray RGB."""
     g = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
@@ -211,7 +234,12 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def draw_plan(
-    image: np.ndarray, plan: Plan, masks: np.ndarray | None = None, title: str | None = None
+    image: np.ndarray,
+    plan: Plan,
+    masks: np.ndarray | None = None,
+    title: str | None = None,
+    reasons: list[str] | None = None,
+    uncertainty=None,
 ) -> np.ndarray:
     """Draw ``plan`` over ``image`` at its resolution; returns (H, W + legend, 3) uint8 RGB.
 
@@ -223,6 +251,8 @@ def draw_plan(
         plan: the plan, points in original pixels (``geometry.plan_geometry.Plan``).
         masks: (4, H, W) bool bone masks in original pixels (``BONES`` order), or None.
         title: optional first legend line (e.g. the file name).
+        reasons: review reasons (``planning.review.review``); any gives the red banner.
+        uncertainty: ``planning.tta.Uncertainty`` for the 2-sigma ellipses, or None.
     """
     img = to_rgb(image)
     h, w = img.shape[:2]
@@ -233,6 +263,8 @@ def draw_plan(
     _draw_line(img, plan.lm1, LM1_COLOUR, st)
     _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
     _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
+    if uncertainty is not None:
+        _uncertainty_ellipses(img, uncertainty, st)
     labels = []
     for name in ("p_blum", "p_tmc"):
         p = plan.landmark(name)
@@ -277,6 +309,8 @@ def draw_plan(
             SCHOETTLE_COLOUR,
         ),
     ]
-    banner_h = _banner(img, plan.review_reasons, st) if plan.needs_review else 0
+    if uncertainty is not None:
+        entries.append(("ellipses: 2-sigma TTA spread", (200, 200, 200)))
+    banner_h = _banner(img, list(reasons), st) if reasons else 0
     _scale_bar(img, plan.spacing, st, bottom=banner_h)
     return np.hstack([img, _legend_panel(h, entries, st)])

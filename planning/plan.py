@@ -119,6 +119,17 @@ class PlanOutputs:
     report: dict[str, Any]
 
 
+LOSSY_WARNING = (
+    "lossy JPEG input: compression blurs the cortex edges and adds block artefacts; "
+    "use the original DICOM or a lossless PNG/TIFF where possible"
+)
+
+
+def input_warnings(loaded: Any) -> list[str]:
+    """Warnings about the input file that do not by themselves flag the plan."""
+    return [LOSSY_WARNING] if getattr(loaded, "lossy", False) else []
+
+
 def run_plan(
     image_path: str | Path,
     module: Any,
@@ -128,17 +139,21 @@ def run_plan(
     user_spacing: Sequence[float] | None = None,
     detect_sphere: bool = True,
     checkpoint: str | Path | None = None,
+    tta: int = 8,
+    review_config: Any = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
+    ``tta`` test-time augmentations (< 2: none) measure the model's own uncertainty; the verdict
+    is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
-    from geometry.plan_geometry import plan_from_maps
-    from planning.checks import plausibility_reasons
-    from planning.evaluate import original_masks
+    from geometry.plan_geometry import masks_to_original, plan_from_maps
     from planning.overlay import draw_plan
     from planning.predict import predict_image
     from planning.report import build_report, write_report
+    from planning.review import ReviewConfig, ReviewContext, review
+    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
     path = Path(image_path)
     loaded = load_input(path)
@@ -146,20 +161,28 @@ def run_plan(
     if user_spacing:  # a bad --spacing is a usage error: say so before running the network
         resolve_plan_spacing(loaded, path, None, user_spacing, detect_sphere=False)
     maps = predict_image(module, image)
-    masks = original_masks(maps)
+    masks = masks_to_original(maps.seg, maps.frame)
     sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
         line_fit=line_fit,
     )  # fmt: skip
-    plan.review_reasons.extend(sp.reasons)
-    plan.review_reasons.extend(plausibility_reasons(plan, masks[0]))
+    unc = hourglass_only(maps, decode)
+    if tta >= 2:
+        unc = tta_uncertainty(module, image, maps, spacing=spacing,
+                              config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
+    context = ReviewContext(
+        masks=masks, image=image, spacing_reasons=sp.reasons,
+        scale=sp.anatomy, uncertainty=unc,
+        config=review_config or ReviewConfig.load(),
+    )  # fmt: skip
+    reasons = review(plan, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     overlay_path = out / f"{path.stem}_plan.png"
     report_path = out / f"{path.stem}_plan.json"
-    rgb = draw_plan(image, plan, masks, title=path.name)
+    rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc)
     if not cv2.imwrite(str(overlay_path), np.ascontiguousarray(rgb[..., ::-1])):
         raise OSError(f"{overlay_path}: OpenCV could not write the overlay")
     report = build_report(
@@ -170,9 +193,14 @@ def run_plan(
         checkpoint=checkpoint,
         overlay_path=overlay_path,
         seg_prob=maps.seg,
-        settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size},
+        settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
+                  "tta": tta},
         sphere=sp.sphere,
-    )
+        reasons=reasons,
+        uncertainty=unc,
+        evidence=context.evidence(),
+        warnings=input_warnings(loaded),
+    )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report)
@@ -195,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-sphere", action="store_true", help="skip calibration-sphere detection")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--tta", type=int, default=8,
+                   help="test-time augmentations for the uncertainty check (0: off)")
+    p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
     return p
 
 
@@ -227,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_plan(
             args.image, module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
+            tta=args.tta, review_config=_review_config(args.review_config),
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
@@ -244,8 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("NEEDS REVIEW:")
         for reason in rep["review_reasons"]:
             print(f"  - {reason}")
+    for warning in rep.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"overlay: {res.overlay}\nreport:  {res.report_path}")
     return 0
+
+
+def _review_config(path: Path | None) -> Any:
+    from planning.review import ReviewConfig
+
+    return ReviewConfig.load(path)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ class NetworkMaps:
         lm: (2, S, S) landmark heat-maps (``LANDMARKS`` order).
         roi: (1, S, S) cortex-line ROI heat-map.
         frame: the pad + resize that took the original image to the network frame.
+        lm_prev: (2, S, S) the second-to-last hourglass's landmark heat-maps, when the model
+            gives them (used for the hourglass-agreement check), else None.
     """
 
     seg: np.ndarray
     lm: np.ndarray
     roi: np.ndarray
     frame: PadResize
+    lm_prev: np.ndarray | None = None
 
 
 def network_input(image: np.ndarray, size: int) -> tuple[np.ndarray, PadResize]:
@@ -77,8 +80,11 @@ def predict_images(
         with torch.inference_mode():
             maps = module.predict_maps(x)
         seg, lm, roi = (maps[k].detach().float().cpu().numpy() for k in ("seg", "lm", "roi"))
+        prev = maps.get("lm_prev")
+        prev = None if prev is None else prev.detach().float().cpu().numpy()
         for i, (_, frame) in enumerate(chunk):
-            out.append(NetworkMaps(seg[i], lm[i], roi[i].reshape(1, size, size), frame))
+            out.append(NetworkMaps(seg[i], lm[i], roi[i].reshape(1, size, size), frame,
+                                   None if prev is None else prev[i]))
     return out
 
 

@@ -1,5 +1,7 @@
 """The JSON plan report: every point in original pixels and mm, spacing and its source,
-per-task confidence and the ``needs_review`` verdict with reasons.
+per-task confidence, the model's uncertainty (TTA covariance ellipse of every landmark and of
+the Schoettle point, hourglass agreement), the lateral-knee evidence, input warnings (lossy
+JPEG) and the ``needs_review`` verdict with its reasons (``planning.review.review``).
 
 Coordinates: (x, y) = (column, row) in original pixels, pixel centres on integers; ``mm``
 values are the same points scaled by the spacing, (x * col_mm, y * row_mm), i.e. measured from
@@ -19,7 +21,7 @@ from datamodules.sample import BONES
 from geometry.lines import Line, to_mm
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 def _num(v: Any) -> float | None:
@@ -54,8 +56,9 @@ def _line(line: Line | None, spacing: tuple[float, float] | None) -> dict[str, A
 
 
 def segmentation_confidence(seg_prob: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per bone: predicted area fraction, and the uncertain area (p in 0.25..0.75) relative to
-    the predicted area (``uncertain_fraction``; can exceed 1 for a thin, unsure bone).
+    """Per bone: predicted area fraction, and ``uncertain_fraction``: the uncertain area
+    (p in 0.25..0.75) relative to the area where the bone is at all likely (p >= 0.25), so it
+    lies in [0, 1] (1: nowhere sure).
 
     Args:
         seg_prob: (4, S, S) bone probabilities in the network frame.
@@ -64,13 +67,56 @@ def segmentation_confidence(seg_prob: np.ndarray) -> dict[str, dict[str, float |
     for b, bone in enumerate(BONES):
         p = np.asarray(seg_prob[b], dtype=np.float64)
         area = int((p >= 0.5).sum())
+        likely = int((p >= 0.25).sum())
         uncertain = int(((p >= 0.25) & (p <= 0.75)).sum())
         out[bone] = {
             "area_fraction": area / p.size,
-            "uncertain_fraction": None if area == 0 else uncertain / area,
+            "uncertain_fraction": None if likely == 0 else uncertain / likely,
             "max_probability": float(p.max()),
         }
     return out
+
+
+def ellipse(cov: np.ndarray) -> dict[str, float] | None:
+    """1-sigma ellipse of a (2, 2) covariance: semi-axes (major, minor) and the major axis'
+    angle in degrees from +x (image x right, y down); None when not finite."""
+    cov = np.asarray(cov, dtype=np.float64)
+    if not np.all(np.isfinite(cov)):
+        return None
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.clip(vals, 0.0, None)
+    return {
+        "major": float(np.sqrt(vals[1])),
+        "minor": float(np.sqrt(vals[0])),
+        "angle_deg": float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))),
+    }
+
+
+def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[str, Any]:
+    """Per point (p_blum, p_tmc, Schoettle point): TTA covariance ellipse in px (and mm) and
+    its 1-sigma spread; the hourglass shift per landmark."""
+    from planning.tta import POINT_NAMES
+
+    cov_mm = None if spacing is None else unc.covariance_mm(spacing)
+    points = {}
+    for j, name in enumerate(POINT_NAMES):
+        points[name] = {
+            "ellipse_px": ellipse(unc.covariance[j]),
+            "ellipse_mm": None if cov_mm is None else ellipse(cov_mm[j]),
+            "spread": _num(unc.spread(name, spacing if spacing is not None else 1.0)),
+            "spread_unit": "mm" if spacing is not None else "px",
+        }
+    shift = unc.hourglass_shift_px
+    n = len(unc.points)
+    method = f"test-time augmentation, {n} plans (flip, scale, shift, rotate)"
+    return {
+        "method": method if n > 1 else "hourglass agreement only (no test-time augmentation)",
+        "points": points,
+        "failed_fraction": _num(unc.failures),
+        "hourglass_shift_px": None
+        if shift is None
+        else {n: _num(shift[i]) for i, n in enumerate(LANDMARK_NAMES)},
+    }
 
 
 def build_report(
@@ -84,6 +130,10 @@ def build_report(
     seg_prob: np.ndarray | None = None,
     settings: dict[str, Any] | None = None,
     sphere: dict[str, Any] | None = None,
+    reasons: list[str] | None = None,
+    uncertainty: Any = None,
+    evidence: Any = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """The report dict (JSON-ready; NaN -> null).
 
@@ -96,6 +146,10 @@ def build_report(
         seg_prob: (4, S, S) network-frame bone probabilities, for segmentation confidence.
         settings: decode / line-fit options used.
         sphere: calibration-sphere detection details, when one was run.
+        reasons: ``planning.review.review(plan, context)`` (the verdict; None: not reviewed).
+        uncertainty: ``planning.tta.Uncertainty`` or None.
+        evidence: ``planning.ood.KneeEvidence`` or None.
+        warnings: input warnings (e.g. lossy JPEG) that do not flag the plan by themselves.
     """
     sp = plan.spacing
     landmarks = {
@@ -144,8 +198,13 @@ def build_report(
             "lm2_lm3_distance_unit": "mm" if sp is not None else "px",
         },
         "confidence": confidence,
-        "needs_review": bool(plan.review_reasons),
-        "review_reasons": list(plan.review_reasons),
+        "uncertainty": None if uncertainty is None else uncertainty_report(uncertainty, sp),
+        "knee_evidence": None if evidence is None else evidence.as_dict(),
+        "warnings": list(warnings or []),
+        "reviewed": reasons is not None,
+        "needs_review": bool(reasons),
+        "review_reasons": [str(r) for r in reasons or []],
+        "review_codes": [getattr(r, "code", "") for r in reasons or []],
     }
 
 

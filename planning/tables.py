@@ -281,8 +281,88 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     path.write_text(_csv(rows))
 
 
+def _error_stats(errors: np.ndarray) -> tuple[float, float, float]:
+    """(median, 95th percentile, max) of finite errors; NaN when there are none."""
+    e = errors[np.isfinite(errors)]
+    if e.size == 0:
+        return math.nan, math.nan, math.nan
+    return float(np.median(e)), float(np.percentile(e, 95)), float(e.max())
+
+
+def risk_coverage(
+    rows: Sequence[Mapping[str, object]], unit: str
+) -> tuple[str, list[dict[str, object]]]:
+    """The review gate's operating point: coverage (plans not flagged) and the Schoettle error
+    among the unflagged and the flagged plans (median, 95th percentile, max), as Markdown and CSV
+    rows. A plan without a Schoettle point counts as an infinite error (it is not a plan).
+
+    Args:
+        rows: per-image rows with ``schoettle`` (in ``unit``) and ``needs_review`` (0/1).
+        unit: "mm" or "px".
+    """
+    err = np.array([float(r.get("schoettle", math.nan)) for r in rows], dtype=np.float64)
+    err = np.where(np.isfinite(err), err, np.inf)
+    flagged = np.array([bool(int(r.get("needs_review", 0))) for r in rows])  # type: ignore[call-overload]
+    n = len(rows)
+    md, summary = [], []
+    for label, sel in (("not flagged", ~flagged), ("flagged", flagged), ("all", np.ones(n, bool))):
+        e = err[sel]
+        med, p95, mx = _error_stats(np.where(np.isinf(e), np.nan, e))
+        n_inf = int(np.isinf(e).sum())
+        md.append([label, f"{int(sel.sum())}/{n}", f"{med:.2f}", f"{p95:.2f}", f"{mx:.2f}",
+                   str(n_inf)])  # fmt: skip
+        summary.append({"table": "risk_coverage", "group": label, "n": int(sel.sum()),
+                        "n_total": n, "unit": unit, "median": med, "p95": p95, "max": mx,
+                        "no_point": n_inf})  # fmt: skip
+    cov = float((~flagged).mean()) if n else math.nan
+    text = "\n\n".join(
+        [
+            f"### Review gate: coverage {cov:.0%} ({int((~flagged).sum())}/{n} plans not flagged)",
+            _markdown(["Plans", "n", f"Median ({unit})", f"95th pct ({unit})", f"Max ({unit})",
+                       "no point"], md),  # fmt: skip
+            "Schoettle point error against the reference. The gate should pass most clean plans "
+            "and catch the wrong ones: the unflagged plans' 95th percentile and max are the risk "
+            "a surgeon takes by trusting an unflagged plan.",
+        ]
+    )
+    return text, summary
+
+
+def risk_coverage_curve(
+    errors: Sequence[float], scores: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coverage, median and 95th-percentile error when keeping the k plans of lowest ``score``
+    (k = 1..n; ties keep the input order). Missing points count as infinite errors."""
+    e = np.array([float(v) for v in errors], dtype=np.float64)
+    e = np.where(np.isfinite(e), e, np.inf)
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+    e = e[order]
+    k = np.arange(1, e.size + 1)
+    med = np.array([np.median(e[:i]) for i in k])
+    p95 = np.array([np.percentile(e[:i], 95) if np.isfinite(e[:i]).all() else np.inf
+                    for i in k])  # fmt: skip
+    return k / max(e.size, 1), med, p95
+
+
+def reason_counts(codes: Iterable[Iterable[str]]) -> tuple[str, list[dict[str, object]]]:
+    """How often each review reason fired (one count per image), as Markdown and CSV rows."""
+    counts: dict[str, int] = {}
+    n = 0
+    for per_image in codes:
+        n += 1
+        for c in set(per_image):
+            counts[c] = counts.get(c, 0) + 1
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    md = [[c, f"{k}/{n}"] for c, k in items] or [["(none)", f"0/{n}"]]
+    rows = [{"table": "review_reasons", "reason": c, "count": k, "n": n} for c, k in items]
+    return "### Review reasons fired (images)\n\n" + _markdown(["Reason", "Images"], md), rows
+
+
 __all__ = [
     "BootstrapSpec",
+    "reason_counts",
+    "risk_coverage",
+    "risk_coverage_curve",
     "MedianCI",
     "pair_column",
     "rater_pairs",

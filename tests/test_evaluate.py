@@ -15,11 +15,11 @@ from datamodules.dataset_io import write_sample
 from datamodules.phantoms import PhantomConfig, generate_phantom
 from datamodules.sample import BONES, RaterAnnotation
 from geometry.frame import PadResize
+from geometry.plan_geometry import masks_to_original
 from planning.evaluate import (
     DEFAULT_PHANTOM_SEED,
     evaluate,
     main,
-    original_masks,
     phantom_samples,
     read_subset,
 )
@@ -110,7 +110,7 @@ def test_original_masks_map_back_to_original_pixels():
     frame = PadResize.from_shape(h, w, 256)
     seg = np.moveaxis(frame.apply(np.moveaxis(mask.astype(np.float32), 0, -1)), -1, 0)
     maps = NetworkMaps(seg, np.zeros((2, 256, 256)), np.zeros((1, 256, 256)), frame)
-    back = original_masks(maps)
+    back = masks_to_original(maps.seg, maps.frame)
     assert back.shape == (4, h, w)
     for c in (0, 2):
         inter = np.logical_and(back[c], mask[c]).sum()

@@ -11,6 +11,7 @@ from geometry.frame import PadResize
 from geometry.lines import Line, cortex_points, from_mm, to_mm
 from geometry.plan_geometry import masks_to_original, plan_from_maps
 from geometry.schoettle import schoettle_point
+from planning.review import review
 
 H, W, S = 520, 400, 256
 P_PROX, P_DIST = np.array([150.0, 20.0]), np.array([165.0, 330.0])  # posterior cortex line
@@ -76,7 +77,7 @@ def test_oracle_maps_reproduce_the_true_schoettle_point(binary, spacing):
     else:
         assert plan.radius_mm == pytest.approx(radius, abs=0.1)
         np.testing.assert_allclose(plan.schoettle_mm, to_mm(plan.schoettle, spacing))
-    assert plan.lm1_support >= 50 and not plan.needs_review, plan.review_reasons
+    assert plan.lm1_support >= 50 and not review(plan), review(plan)
     # LM2 / LM3 pass through the landmarks; in mm they are perpendicular to LM1
     assert plan.lm2.distance(P_TMC) < 1e-6 and plan.lm3.distance(P_BLUM) < 1e-6
     sp = spacing or (1.0, 1.0)
@@ -117,23 +118,23 @@ def test_outline_along_the_image_edge_is_ignored():
 def test_needs_review_reasons():
     seg, lm, roi, frame = truth_maps(True)
     weak = plan_from_maps(seg, 0.2 * lm, roi, frame=frame, spacing=(0.15, 0.15))
-    assert any("low heat-map peak for p_blum" in r for r in weak.review_reasons)
+    assert any("low heat-map peak for p_blum" in r for r in review(weak))
     # ROI confined to a few points -> too little support
     small_roi = gaussians(frame.to_network(P_PROX[None] + [0, 150]), sigma=1.0)[None]
     few = plan_from_maps(seg, lm, small_roi, frame=frame, spacing=(0.15, 0.15))
-    assert any("LM1 fit rests on" in r for r in few.review_reasons)
+    assert any("LM1 fit rests on" in r for r in review(few))
     # both landmarks at the same height along LM1 -> LM2 and LM3 coincide
     lm_close = np.stack([gaussians(frame.to_network(P_BLUM[None])),
                          gaussians(frame.to_network(P_BLUM[None] - [40.0, 0.0]))])  # fmt: skip
     close = plan_from_maps(seg, lm_close, roi, frame=frame, spacing=(0.15, 0.15))
-    assert any("nearly coincide" in r for r in close.review_reasons)
+    assert any("nearly coincide" in r for r in review(close))
     # p_blum posterior of the cortex (away from the bone)
     lm_post = np.stack([gaussians(frame.to_network(np.array([[100.0, 390.0]]))), lm[1]])
     post = plan_from_maps(seg, lm_post, roi, frame=frame, spacing=(0.15, 0.15))
-    assert any("posterior of LM1" in r for r in post.review_reasons)
+    assert any("posterior of LM1" in r for r in review(post))
     # no femur at all: no line, NaN point, still a plan
     empty = plan_from_maps(np.zeros_like(seg), lm, roi, frame=frame)
-    assert empty.lm1 is None and np.isnan(empty.schoettle).all() and empty.needs_review
+    assert empty.lm1 is None and np.isnan(empty.schoettle).all() and review(empty)
     assert empty.as_dict()["schoettle"] == [None, None]
 
 

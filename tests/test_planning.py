@@ -80,7 +80,7 @@ def _is_colour(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool
 
 def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     sample, img_path = phantom
-    res = run_plan(img_path, OracleModule(sample), tmp_path, decode="quadratic")
+    res = run_plan(img_path, OracleModule(sample), tmp_path, decode="quadratic", tta=0)
     rep = res.report
     assert rep["spacing"]["source"] == "annotation"
     sp = sample.spacing_mm
@@ -128,18 +128,20 @@ def test_plan_dicom_spacing_and_unknown_spacing(phantom, tmp_path):
     ds.PixelData = np.round(sample.image * 65535).astype(np.uint16).tobytes()
     dcm = tmp_path / "knee.dcm"
     ds.save_as(dcm, enforce_file_format=True)
-    rep = run_plan(dcm, OracleModule(sample), tmp_path / "out").report
+    rep = run_plan(dcm, OracleModule(sample), tmp_path / "out", tta=0).report
     assert rep["spacing"]["source"] == "PixelSpacing"
     assert (rep["spacing"]["row_mm"], rep["spacing"]["col_mm"]) == (0.21, 0.21)
 
     bare = tmp_path / "bare.png"  # not in a dataset folder, no sphere search: spacing unknown
     shutil.copy(img_path, bare)
-    rep = run_plan(bare, OracleModule(sample), tmp_path / "out", detect_sphere=False).report
+    rep = run_plan(bare, OracleModule(sample), tmp_path / "out", detect_sphere=False,
+                   tta=0).report
     assert rep["spacing"]["source"] == "unknown" and rep["spacing"]["row_mm"] is None
     assert rep["schoettle_point"]["mm"] is None and rep["schoettle_point"]["px"] is not None
     assert rep["needs_review"] and any("spacing unknown" in r for r in rep["review_reasons"])
     # the user's spacing wins over everything
-    rep = run_plan(bare, OracleModule(sample), tmp_path / "out", user_spacing=[0.3]).report
+    rep = run_plan(bare, OracleModule(sample), tmp_path / "out", user_spacing=[0.3],
+                   tta=0).report
     assert rep["spacing"]["source"] == "user" and rep["spacing"]["col_mm"] == 0.3
 
 
@@ -211,13 +213,16 @@ def test_predict_images_batches_like_single_images(tiny_ckpt):
 
 
 def _plan(schoettle: np.ndarray, spacing=(0.2, 0.2)) -> Plan:
+    """LM1 is x = 50; the femur side is +x (normal (-1, 0): side -1); p_blum 40 px anterior."""
     lm1 = Line(np.array([50.0, 0.0]), np.array([0.0, 1.0]))
+    unit = 1.0 if spacing is None else spacing[1]
     return Plan(
         landmarks=np.array([[90.0, 100.0], [50.0, 140.0]]), landmarks_network=np.zeros((2, 2)),
         peaks=np.array([0.9, 0.8]), lm1=lm1, lm1_support=40, lm1_points=np.zeros((0, 2)),
         lm1_rms=0.1, roi_peak=0.95, lm2=lm1.perpendicular_through(np.array([50.0, 140.0])),
         lm3=lm1.perpendicular_through(np.array([90.0, 100.0])), schoettle=schoettle,
-        radius_mm=4.0, radius_px=20.0, lm_separation=8.0, spacing=spacing,
+        radius_mm=4.0, radius_px=20.0, lm_separation=8.0, spacing=spacing, image_shape=(200, 160),
+        femur_side=-1, blum_offset=40.0 * unit, tmc_offset=0.0,
     )  # fmt: skip
 
 
@@ -230,9 +235,9 @@ def test_report_values_and_strict_json_with_degenerate_plan():
     assert rep["lm1"]["direction_px"] == pytest.approx([0.0, 1.0])
     assert rep["spacing"]["source"] == "sphere" and rep["needs_review"] is False
     nan_plan = _plan(np.full(2, np.nan), spacing=None)
-    nan_plan.review_reasons.append("p_blum lies on LM1: the anterior side is undefined")
     rep = build_report(nan_plan, image_path="x.png", image_shape=(200, 160), spacing_source=None,
-                       checkpoint=None, overlay_path=None)
+                       checkpoint=None, overlay_path=None,
+                       reasons=["p_blum lies on LM1: the anterior side is undefined"])
     json.dumps(rep, allow_nan=False)
     assert rep["schoettle_point"]["px"] is None and rep["spacing"]["source"] == "unknown"
     assert rep["needs_review"] is True
@@ -252,28 +257,43 @@ def test_overlay_draws_lines_circle_and_banner():
     r = 2.5 / 0.2  # 12.5 px
     assert _is_colour(rgb[120, int(round(70 + r))], SCHOETTLE_COLOUR, 100)
     assert _is_colour(rgb[int(round(120 - r)), 70], SCHOETTLE_COLOUR, 100)
-    plan.review_reasons.append("something is off")
-    flagged = draw_plan(img, plan)
+    flagged = draw_plan(img, plan, reasons=["something is off"])
     bottom = flagged[-12:, :]
     assert (np.abs(bottom.astype(int) - rgb[-12:, :].astype(int)).sum(-1) > 60).any()
 
 
 def test_plausibility_checks_hand_made_plans():
-    from planning.checks import plausibility_reasons
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from planning.review import ReviewContext, review
 
     femur = np.zeros((200, 160), bool)
     femur[80:161, 40:101] = True
+    masks = np.stack([femur] + [np.zeros_like(femur)] * 3)
+    checked = {"uncalibrated_peak", "tmc_far", "separation_large", "off_femur"}
+
+    def reasons(plan, scale=None):
+        found = review(plan, ReviewContext(masks=masks, scale=scale))
+        return [r for r in found if r.code in checked]
+
     good = _plan(np.array([70.0, 120.0]))  # spacing 0.2 mm, everything on the femur
-    assert plausibility_reasons(good, femur) == []
-    bad = _plan(np.array([130.0, 120.0]))  # Schoettle 30 px = 6 mm right of the femur (x=100)
-    bad.peaks = np.array([3.0, 0.9])
-    bad.landmarks = np.array([[90.0, 100.0], [100.0, 140.0]])  # p_tmc 50 px = 10 mm from LM1
-    bad.lm_separation = 41.0
-    reasons = plausibility_reasons(bad, femur)
-    assert len(reasons) == 4, reasons
-    assert "p_blum peaks at 3.00" in reasons[0]
-    assert "p_tmc lies 10.0 mm from LM1" in reasons[1]
-    assert "41.0 mm is implausible" in reasons[2]
-    assert reasons[3] == "Schoettle point lies off the predicted femur (6.0 mm)"
-    no_spacing = _plan(np.array([130.0, 120.0]), spacing=None)
-    assert plausibility_reasons(no_spacing, femur) == []  # mm checks need the spacing
+    assert reasons(good) == []
+    bad = replace(
+        _plan(np.array([130.0, 120.0])),  # Schoettle 30 px = 6 mm right of the femur (x=100)
+        peaks=np.array([3.0, 0.9]),
+        landmarks=np.array([[90.0, 100.0], [100.0, 140.0]]),  # p_tmc 50 px = 10 mm from LM1
+        tmc_offset=10.0, lm_separation=41.0,
+    )  # fmt: skip
+    found = reasons(bad)
+    assert len(found) == 4, found
+    assert "p_blum peaks at 3.00" in found[0]
+    assert "p_tmc lies 10.0 mm from LM1" in found[1]
+    assert "41.0 mm is implausible" in found[2]
+    assert found[3] == "Schoettle point lies off the predicted femur (6.0 mm)"
+    # without spacing no mm check is skipped: the anatomical scale (0.2 mm/px) stands in
+    no_spacing = replace(bad, spacing=None, tmc_offset=50.0, lm_separation=205.0)
+    found = reasons(no_spacing, scale=SimpleNamespace(mm_per_px=0.2))
+    assert [r.code for r in found] == ["uncalibrated_peak", "tmc_far", "separation_large",
+                                       "off_femur"], found  # fmt: skip
+    assert "p_tmc lies 10.0 mm from LM1" in found[1] and "(6.0 mm)" in found[3]

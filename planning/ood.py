@@ -1,0 +1,194 @@
+"""Evidence that an image is (or is not) a lateral knee radiograph, from the predicted bones.
+
+A network answers every input, so "is this a lateral knee at all?" must be asked of its output:
+- the femur mask: one connected component of reasonable area, elongated (a shaft) and wider at
+  one end (the condyles), with the shaft running up from the knee (not rotated by 90 degrees);
+- the other bones: the tibia distal of the femur, the patella not lying on the femur (as it does
+  in an AP view);
+- the radiograph under the predicted femur: bone is brighter than the soft tissue next to it, and
+  is not predicted over saturated (metal, burnt-out) or unexposed regions;
+- where the plan's points lie along the femur: the landmarks and the Schoettle point belong to
+  the distal femur, not to the shaft.
+
+:func:`knee_evidence` measures; ``planning.review`` compares with the thresholds of
+``configs/review.yaml``. Masks are analysed on a copy downscaled to at most ``MAX_SIDE`` px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+MAX_SIDE = 384  # shape statistics on a downscaled mask: fast on 4k images, ample for ratios
+N_SLICES = 20  # slices across the femur's principal axis for its width profile
+
+
+@dataclass(frozen=True)
+class FemurShape:
+    """Shape of the predicted femur (lengths in ORIGINAL pixels).
+
+    Attributes:
+        area_fraction: largest component's area / image area.
+        main_fraction: largest component's area / all femur pixels (1: one piece).
+        elongation: length / mean width along the principal axis.
+        widening: widest slice of the distal half (the condyles) / narrowest slice of the
+            proximal half (the shaft), the outermost slice left out (a cut end).
+        tilt_deg: angle between the proximal direction (condyles -> shaft) and image "up".
+        length_px: extent along the principal axis.
+        distal_end: (2,) (x, y) of the distal end on the axis; ``proximal_dir`` (2,) unit vector.
+        centroid: (2,) (x, y).
+    """
+
+    area_fraction: float
+    main_fraction: float
+    elongation: float
+    widening: float
+    tilt_deg: float
+    length_px: float
+    distal_end: np.ndarray
+    proximal_dir: np.ndarray
+    centroid: np.ndarray
+
+    def along(self, p: np.ndarray) -> float:
+        """Distance of point ``p`` (x, y) from the distal end along the proximal direction (px)."""
+        return float((np.asarray(p, np.float64) - self.distal_end) @ self.proximal_dir)
+
+
+@dataclass(frozen=True)
+class KneeEvidence:
+    """Everything :func:`knee_evidence` measured; NaN / None where it does not apply."""
+
+    femur: FemurShape | None
+    tibia_fraction: float
+    tibia_distal_px: float  # tibia centroid beyond the femur centroid toward the knee (px)
+    patella_on_femur: float  # fraction of the patella mask inside the femur mask
+    bone_contrast: float  # median image under the femur - median of the soft tissue around it
+    saturated_fraction: float  # femur pixels at the image's top intensity (metal, burnt out)
+    unexposed_fraction: float  # femur pixels at the image's bottom intensity (no exposure)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        d = {k: v for k, v in asdict(self).items() if k != "femur"}
+        if self.femur is not None:
+            f = self.femur
+            d["femur"] = {
+                "area_fraction": f.area_fraction, "main_fraction": f.main_fraction,
+                "elongation": f.elongation, "widening": f.widening, "tilt_deg": f.tilt_deg,
+                "length_px": f.length_px,
+            }  # fmt: skip
+        else:
+            d["femur"] = None
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                for k, v in d.items()}  # fmt: skip
+
+
+def _downscale(mask: np.ndarray) -> tuple[np.ndarray, float]:
+    h, w = mask.shape
+    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
+    if f == 1:
+        return mask.astype(bool), 1.0
+    small = cv2.resize(mask.astype(np.uint8), (w // f, h // f), interpolation=cv2.INTER_AREA)
+    return small > 0, float(f)
+
+
+def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
+    """Shape statistics of the largest femur component; None when there is no femur."""
+    small, f = _downscale(np.asarray(femur_mask, bool))
+    total = int(small.sum())
+    if total < 20:
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(small.astype(np.uint8), 8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    ys, xs = np.nonzero(labels == k)
+    pts = np.column_stack([xs, ys]).astype(np.float64)
+    c = pts.mean(axis=0)
+    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
+    axis = evecs[:, 1]
+    u = (pts - c) @ axis
+    v = (pts - c) @ evecs[:, 0]
+    lo, hi = float(u.min()), float(u.max())
+    length = hi - lo + 1.0
+    edges = np.linspace(lo, hi + 1e-9, N_SLICES + 1)
+    idx = np.clip(np.digitize(u, edges) - 1, 0, N_SLICES - 1)
+    widths = np.array([np.ptp(v[idx == i]) + 1.0 if np.any(idx == i) else 0.0
+                       for i in range(N_SLICES)])  # fmt: skip
+    # the proximal end is where the shaft leaves the image; without a cut, the distal end is
+    # the one nearer to the widest part of the bone (the condyles)
+    on_border = (xs == 0) | (ys == 0) | (xs == small.shape[1] - 1) | (ys == small.shape[0] - 1)
+    peak = int(np.argmax(widths))
+    if on_border.sum() >= 3 and abs(float(u[on_border].mean())) > 0.25 * (hi - lo):
+        distal_hi = float(u[on_border].mean()) < 0
+    else:
+        distal_hi = peak >= (N_SLICES - 1) / 2
+    prox = widths[1 : N_SLICES // 2] if distal_hi else widths[N_SLICES // 2 : -1]
+    prox = prox[prox > 0]
+    dist = widths[N_SLICES // 2 :] if distal_hi else widths[: N_SLICES // 2]
+    widening = float(dist.max() / max(float(prox.min()) if prox.size else 1.0, 1.0))
+    proximal_dir = -axis if distal_hi else axis
+    distal_end = c + (hi if distal_hi else lo) * axis
+    cos_up = float(np.clip(proximal_dir @ np.array([0.0, -1.0]), -1.0, 1.0))
+    return FemurShape(
+        area_fraction=float(len(pts) / small.size),
+        main_fraction=float(len(pts) / total),
+        elongation=float(length / max(float(widths[widths > 0].mean()), 1.0)),
+        widening=widening,
+        tilt_deg=float(np.degrees(np.arccos(cos_up))),
+        length_px=float(length * f),
+        distal_end=(distal_end + 0.5) * f - 0.5,
+        proximal_dir=proximal_dir,
+        centroid=(c + 0.5) * f - 0.5,
+    )
+
+
+def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, float]:
+    """(bone contrast, saturated fraction, unexposed fraction) of the image under the femur."""
+    img = image.astype(np.float32)
+    femur = masks[0]
+    vals = img[femur]
+    if vals.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    top, bottom = float(img.max()), float(img.min())
+    span = max(top - bottom, 1e-6)
+    saturated = float(np.mean(vals >= top - 0.02 * span))
+    unexposed = float(np.mean(vals <= bottom + 0.02 * span))
+    # the soft tissue around the femur: a ring of 3 % of the image side, on a downscaled copy
+    h, w = img.shape
+    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
+    size = (max(1, w // f), max(1, h // f))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    bones = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                      for m in masks]).astype(bool)  # fmt: skip
+    side = max(3, int(round(0.03 * max(size))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1, 2 * side + 1))
+    ring = cv2.dilate(bones[0].astype(np.uint8), kernel) > 0
+    ring &= ~np.any(bones, axis=0)
+    if not ring.any() or not bones[0].any():
+        return float("nan"), saturated, unexposed
+    vals, img = small[bones[0]], small
+    contrast = float((np.median(vals) - np.median(img[ring])) / span)
+    return contrast, saturated, unexposed
+
+
+def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
+    """Measure the evidence for a lateral knee from (4, H, W) bool masks (``BONES`` order) in
+    original pixels and the (H, W) original image in [0, 1] (None: no intensity evidence)."""
+    masks = np.asarray(masks, bool)
+    shape = femur_shape(masks[0])
+    area = masks[0].size
+    tibia = masks[2]
+    tibia_fraction = float(tibia.sum() / area)
+    tibia_distal = float("nan")
+    if shape is not None and tibia.any():
+        ys, xs = np.nonzero(tibia)
+        tc = np.array([xs.mean(), ys.mean()])
+        tibia_distal = float(-(tc - shape.centroid) @ shape.proximal_dir)
+    patella = masks[1]
+    on_femur = float((patella & masks[0]).sum() / patella.sum()) if patella.any() else float("nan")
+    if image is None:
+        contrast = saturated = unexposed = float("nan")
+    else:
+        contrast, saturated, unexposed = _intensity(np.asarray(image), masks)
+    return KneeEvidence(shape, tibia_fraction, tibia_distal, on_femur, contrast, saturated,
+                        unexposed)  # fmt: skip

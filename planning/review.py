@@ -1,0 +1,285 @@
+"""The one review verdict: ``review(plan, context) -> reasons`` (empty: the plan may be trusted).
+
+Every caller (``make plan``, ``make evaluate``) asks this function and nothing else, so the JSON
+report and ``per_image.csv`` always agree. The plan is never changed; the reasons are returned.
+A surgeon-facing plan must be right or flagged, also on images unlike the training data and from
+a well-trained model whose heat-map peaks are high everywhere, so peaks are one signal among:
+
+- the construction: low / uncalibrated peaks, landmarks in the padding, LM1 on too few points or
+  missing, LM2 and LM3 coinciding or implausibly far apart, p_blum on or behind LM1 (the circle
+  stays on the femur side, see ``geometry.plan_geometry``), p_tmc far from LM1, the Schoettle
+  point outside the image;
+- the anatomy (``planning.ood``): landmarks and the Schoettle point on the predicted femur AND in
+  its distal part; LM1 parallel to the femoral shaft; the femur one elongated piece with
+  condyles, shaft up; tibia distal; the patella not lying on the femur (AP view); bone
+  brighter than the tissue around it and not predicted over saturated or unexposed pixels;
+- the model's own uncertainty (``planning.tta``): test-time-augmentation spread of each point,
+  augmented plans that fail, disagreement of the last two hourglasses;
+- the pixel spacing: the resolver's reasons (unknown, disagreeing with the anatomy, ...).
+
+mm thresholds use the spacing, else the anatomical scale estimate (``context.scale.mm_per_px``),
+else a nominal field of view: every check always runs. Thresholds: ``configs/review.yaml``.
+Each reason is a ``str`` carrying a ``code`` (for per-reason counts in ``make evaluate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+
+from geometry.plan_geometry import LANDMARK_NAMES, Plan
+from planning.ood import KneeEvidence, knee_evidence
+from planning.tta import Uncertainty
+
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """Thresholds (rationale for each in ``configs/review.yaml``; defaults equal that file)."""
+
+    min_peak: float = 0.3
+    max_peak: float = 1.5
+    min_support: int = 10
+    min_separation_mm: float = 2.0
+    max_separation_mm: float = 30.0
+    max_tmc_to_lm1_mm: float = 6.0
+    max_off_femur_mm: float = 5.0
+    max_from_distal_end_mm: float = 55.0
+    max_lm1_axis_deg: float = 20.0
+    nominal_field_mm: float = 250.0
+    min_femur_area: float = 0.02
+    max_femur_area: float = 0.60
+    min_main_fraction: float = 0.85
+    min_elongation: float = 1.3
+    min_widening: float = 1.2
+    max_tilt_deg: float = 60.0
+    min_tibia_area: float = 0.01
+    max_patella_on_femur: float = 0.75
+    min_bone_contrast: float = 0.02
+    max_saturated: float = 0.5
+    max_unexposed: float = 0.2
+    max_landmark_spread_mm: float = 3.0
+    max_schoettle_spread_mm: float = 2.5
+    max_tta_failures: float = 0.25
+    max_hourglass_shift_mm: float = 4.0
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> ReviewConfig:
+        """Thresholds from a YAML file (default ``configs/review.yaml``); unknown keys refused."""
+        import yaml
+
+        p = Path(path) if path is not None else CONFIG_PATH
+        data = yaml.safe_load(p.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{p}: unknown review thresholds {sorted(unknown)}")
+        return cls(**{k: type(getattr(cls(), k))(v) for k, v in data.items()})
+
+
+class Reason(str):
+    """A review reason: the text, plus ``code``, a stable key for counting."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> Reason:
+        obj = super().__new__(cls, text)
+        obj.code = code
+        return obj
+
+
+@dataclass
+class ReviewContext:
+    """What the verdict needs beside the plan (all optional; missing evidence is itself a reason
+    only where it matters, e.g. no femur).
+
+    Attributes:
+        masks: (4, H, W) bool predicted bones in original pixels (``original_masks``).
+        image: (H, W) original image in [0, 1], for the intensity evidence.
+        spacing_reasons: reasons from the pixel-spacing resolution (unknown, disagreement, ...).
+        scale: the anatomical scale estimate (anything with ``mm_per_px``) used when the
+            spacing is unknown.
+        uncertainty: TTA / hourglass spread (``planning.tta.Uncertainty``), or None.
+        config: thresholds.
+    """
+
+    masks: np.ndarray | None = None
+    image: np.ndarray | None = None
+    spacing_reasons: list[str] = field(default_factory=list)
+    scale: Any = None
+    uncertainty: Uncertainty | None = None
+    config: ReviewConfig = field(default_factory=ReviewConfig)
+    _evidence: KneeEvidence | None = field(default=None, repr=False)
+
+    def evidence(self) -> KneeEvidence | None:
+        """The knee evidence from the masks (computed once)."""
+        if self._evidence is None and self.masks is not None:
+            self._evidence = knee_evidence(self.image, self.masks)
+        return self._evidence
+
+
+def mm_per_px(plan: Plan, context: ReviewContext) -> tuple[float, str]:
+    """(mm per pixel, where it came from): the spacing, the anatomy, or the nominal field."""
+    if plan.spacing is not None:
+        return float(np.mean(plan.spacing)), "spacing"
+    est = getattr(context.scale, "mm_per_px", None)
+    if est is not None and np.isfinite(est) and est > 0:
+        return float(est), "anatomy"
+    return context.config.nominal_field_mm / max(max(plan.image_shape), 1), "nominal"
+
+
+def _construction(plan: Plan, mmpp: float, cfg: ReviewConfig) -> list[Reason]:
+    """Reasons from the plan's own geometry (lengths converted to mm with ``mmpp``)."""
+    out: list[Reason] = []
+    to_mm = 1.0 if plan.spacing is not None else mmpp  # plan lengths are mm or px
+    h, w = plan.image_shape
+    for name, pk, p in zip(LANDMARK_NAMES, plan.peaks, plan.landmarks, strict=True):
+        if pk < cfg.min_peak:
+            out.append(Reason("low_peak", f"low heat-map peak for {name}: {pk:.2f} < "
+                                          f"{cfg.min_peak}"))  # fmt: skip
+        if pk > cfg.max_peak:
+            out.append(Reason("uncalibrated_peak", f"heat-map of {name} peaks at {pk:.2f} "
+                              "(targets peak at 1): uncalibrated output"))  # fmt: skip
+        if not (-0.5 <= p[0] <= w - 0.5 and -0.5 <= p[1] <= h - 0.5):
+            out.append(Reason("landmark_outside",
+                              f"{name} lies outside the original image (in the padding)"))
+    if plan.lm1_support < cfg.min_support:
+        out.append(Reason("lm1_support", f"LM1 fit rests on {plan.lm1_support} outline points "
+                                         f"(< {cfg.min_support})"))  # fmt: skip
+    if plan.lm1 is None:
+        out.append(Reason("no_lm1", "no cortex line: femur outline and ROI do not overlap"))
+        return out
+    tmc = plan.tmc_offset * to_mm
+    if tmc > cfg.max_tmc_to_lm1_mm:
+        out.append(Reason("tmc_far", f"p_tmc lies {tmc:.1f} mm from LM1 (expected on the "
+                          f"posterior cortex line, <= {cfg.max_tmc_to_lm1_mm:g} mm)"))  # fmt: skip
+    sep = plan.lm_separation * to_mm
+    if sep < cfg.min_separation_mm:
+        out.append(Reason("lm_coincide", f"LM2 and LM3 nearly coincide: {sep:.2f} mm apart "
+                                         f"(< {cfg.min_separation_mm:g})"))  # fmt: skip
+    if sep > cfg.max_separation_mm:
+        out.append(Reason("separation_large", f"LM2-LM3 distance {sep:.1f} mm is implausible "
+                          f"for a knee (> {cfg.max_separation_mm:g} mm)"))  # fmt: skip
+    if plan.femur_side == 0:
+        out.append(Reason("no_femur_side", "no femur next to LM1: the anterior side is unknown"))
+    elif not plan.blum_offset > 1e-9:
+        where = "on" if abs(plan.blum_offset) <= 1e-9 else "posterior of"
+        out.append(Reason("blum_posterior", f"p_blum lies {where} LM1 (on the side away from "
+                          "the femur); the circle is kept on the femur side"))  # fmt: skip
+    s = plan.schoettle
+    if np.all(np.isfinite(s)) and not (-0.5 <= s[0] <= w - 0.5 and -0.5 <= s[1] <= h - 0.5):
+        out.append(Reason("schoettle_outside", "the Schoettle point lies outside the image"))
+    return out
+
+
+def _points(plan: Plan) -> list[tuple[str, np.ndarray]]:
+    named = [(n, plan.landmark(n)) for n in LANDMARK_NAMES] + [("Schoettle point", plan.schoettle)]
+    return [(n, p) for n, p in named if np.all(np.isfinite(p))]
+
+
+def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
+    """Reasons from the predicted bones and the image under them (``planning.ood``)."""
+    cfg, ev = ctx.config, ctx.evidence()
+    if ev is None:
+        return []
+    out: list[Reason] = []
+    f = ev.femur
+    if f is None:
+        return [Reason("no_femur", "no femur predicted: not a lateral knee radiograph?")]
+    knee = "not a lateral knee radiograph?"
+    if not cfg.min_femur_area <= f.area_fraction <= cfg.max_femur_area:
+        out.append(Reason("femur_area", f"predicted femur covers {f.area_fraction:.0%} of the "
+                          f"image (expected {cfg.min_femur_area:.0%}-{cfg.max_femur_area:.0%}): "
+                          f"{knee}"))  # fmt: skip
+    if f.main_fraction < cfg.min_main_fraction:
+        out.append(Reason("femur_fragmented", f"predicted femur is in pieces (largest "
+                          f"{f.main_fraction:.0%}): {knee}"))  # fmt: skip
+    if f.elongation < cfg.min_elongation or f.widening < cfg.min_widening:
+        out.append(Reason("femur_shape", f"predicted femur has no shaft and condyles (length/"
+                          f"width {f.elongation:.2f}, condyles/shaft {f.widening:.2f}): "
+                          f"{knee}"))  # fmt: skip
+    if f.tilt_deg > cfg.max_tilt_deg:
+        out.append(Reason("femur_rotated", f"femoral shaft points {f.tilt_deg:.0f} deg away "
+                          f"from up (> {cfg.max_tilt_deg:g}): rotated image or {knee}"))
+    if ev.tibia_fraction < cfg.min_tibia_area:
+        out.append(Reason("no_tibia", f"no tibia predicted ({ev.tibia_fraction:.1%} of the "
+                          f"image): {knee}"))  # fmt: skip
+    elif not ev.tibia_distal_px > 0:
+        out.append(Reason("tibia_position", f"predicted tibia is not distal of the femur: {knee}"))
+    if np.isfinite(ev.patella_on_femur) and ev.patella_on_femur > cfg.max_patella_on_femur:
+        out.append(Reason("patella_on_femur", f"patella lies on the femur "
+                          f"({ev.patella_on_femur:.0%}): an AP view?"))  # fmt: skip
+    if np.isfinite(ev.bone_contrast) and ev.bone_contrast < cfg.min_bone_contrast:
+        out.append(Reason("bone_contrast", f"predicted femur is not brighter than the tissue "
+                          f"around it (contrast {ev.bone_contrast:.2f}): not bone?"))
+    if np.isfinite(ev.saturated_fraction) and ev.saturated_fraction > cfg.max_saturated:
+        out.append(Reason("saturated", f"{ev.saturated_fraction:.0%} of the predicted femur lies "
+                          "on saturated pixels (metal or burnt out)"))  # fmt: skip
+    if np.isfinite(ev.unexposed_fraction) and ev.unexposed_fraction > cfg.max_unexposed:
+        out.append(Reason("unexposed", f"{ev.unexposed_fraction:.0%} of the predicted femur lies "
+                          "on unexposed pixels"))  # fmt: skip
+    if plan.lm1 is not None:
+        cos = abs(float(np.asarray(plan.lm1.direction) @ f.proximal_dir))
+        angle = float(np.degrees(np.arccos(min(cos, 1.0))))
+        if angle > cfg.max_lm1_axis_deg:
+            out.append(Reason("lm1_axis", f"LM1 is {angle:.0f} deg off the femoral shaft axis "
+                              f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
+    femur = np.asarray(ctx.masks[0], bool)
+    sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
+    dist = None
+    for name, p in _points(plan):
+        x, y = int(round(float(p[0]))), int(round(float(p[1])))
+        if not (0 <= x < femur.shape[1] and 0 <= y < femur.shape[0]):
+            continue  # outside the image: its own reason
+        if not femur[y, x]:
+            if dist is None:
+                dist = distance_transform_edt(~femur, sampling=sampling)
+            if dist[y, x] > cfg.max_off_femur_mm:
+                out.append(Reason("off_femur", f"{name} lies off the predicted femur "
+                                               f"({dist[y, x]:.1f} mm)"))  # fmt: skip
+        from_end = f.along(p) * mmpp
+        if from_end > cfg.max_from_distal_end_mm:
+            out.append(Reason("not_distal", f"{name} lies {from_end:.0f} mm up the femur from its "
+                              f"distal end (> {cfg.max_from_distal_end_mm:g} mm)"))
+    return out
+
+
+def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
+    """Reasons from the TTA spread and the hourglass agreement."""
+    cfg, unc = ctx.config, ctx.uncertainty
+    if unc is None:
+        return []
+    out: list[Reason] = []
+    sp = spacing if spacing is not None else mmpp
+    for name in ("p_blum", "p_tmc", "schoettle") if len(unc.points) > 1 else ():
+        limit = cfg.max_schoettle_spread_mm if name == "schoettle" else cfg.max_landmark_spread_mm
+        s = unc.spread(name, sp)
+        if s > limit:
+            label = "Schoettle point" if name == "schoettle" else name
+            out.append(Reason("tta_spread", f"{label} moves {s:.1f} mm (1 sigma) under small "
+                              f"shifts/flips of the image (> {limit:g} mm): unstable"))
+    if unc.failures > cfg.max_tta_failures:
+        out.append(Reason("tta_failures", f"{unc.failures:.0%} of augmented plans have no "
+                          "Schoettle point"))  # fmt: skip
+    if unc.hourglass_shift_px is not None:
+        for name, d in zip(LANDMARK_NAMES, unc.hourglass_shift_px, strict=True):
+            if d * mmpp > cfg.max_hourglass_shift_mm:
+                out.append(Reason("hourglass_disagree", f"the last two hourglasses disagree on "
+                                  f"{name} by {d * mmpp:.1f} mm"))  # fmt: skip
+    return out
+
+
+def review(plan: Plan, context: ReviewContext | None = None) -> list[Reason]:
+    """Every reason to distrust ``plan`` (empty: none found). Never changes the plan."""
+    ctx = context or ReviewContext()
+    mmpp, _ = mm_per_px(plan, ctx)
+    reasons = [Reason("spacing", str(r)) for r in ctx.spacing_reasons]
+    reasons += _construction(plan, mmpp, ctx.config)
+    reasons += _anatomy(plan, ctx, mmpp)
+    reasons += _uncertainty(ctx, mmpp, plan.spacing)
+    return reasons

@@ -1,0 +1,170 @@
+"""Uncertainty from the model itself: test-time augmentation (TTA) and hourglass agreement.
+
+The network-frame input is warped by K small affine maps (horizontal flip, scale, shift,
+rotation; the first is the identity), every warped copy goes through the network, and each
+output map is warped back into the unaugmented frame (``cv2.WARP_INVERSE_MAP``), so a model that
+"knows" the anatomy answers the same wherever the knee sits. From each back-warped set of maps a
+plan is built; the scatter of p_blum, p_tmc and the Schoettle point over the K plans is the
+spread (covariance in original pixels). A second, free signal: the second-to-last hourglass's
+landmark heat-maps (``lm_prev``) decoded beside the last one's; a large shift means the stack did
+not converge on one answer.
+
+Example:
+    >>> unc = tta_uncertainty(module, image, base_maps, spacing=(0.15, 0.15), count=8)
+    >>> unc.spread_px("schoettle"), unc.hourglass_shift_px
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from geometry.heatmaps import decode_heatmap
+from geometry.plan_geometry import plan_from_maps
+from planning.predict import NetworkMaps, module_device, network_input
+
+POINT_NAMES = ("p_blum", "p_tmc", "schoettle")
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """How many augmentations and how strong (ranges are uniform, seeded)."""
+
+    count: int = 8
+    flip: bool = True
+    max_scale: float = 0.08  # +-8 % zoom
+    max_shift: float = 0.04  # +-4 % of the network side
+    max_rotate_deg: float = 8.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """Spread of the plan's points over TTA, in ORIGINAL pixels.
+
+    Attributes:
+        points: (K, 3, 2) p_blum, p_tmc, Schoettle point of each augmented plan (NaN: none).
+        covariance: (3, 2, 2) covariance of each point over the finite plans (px^2).
+        failures: fraction of augmented plans without a Schoettle point.
+        hourglass_shift_px: (2,) distance between the last two hourglasses' landmarks, or None.
+    """
+
+    points: np.ndarray
+    covariance: np.ndarray
+    failures: float
+    hourglass_shift_px: np.ndarray | None = None
+
+    def covariance_mm(self, spacing: tuple[float, float] | float) -> np.ndarray:
+        """(3, 2, 2) covariances in mm: spacing (row_mm, col_mm), or one mm/px value."""
+        sp = (spacing, spacing) if np.isscalar(spacing) else spacing
+        d = np.diag([float(sp[1]), float(sp[0])])  # x scales by col_mm, y by row_mm
+        return d @ self.covariance @ d
+
+    def spread(self, name: str, spacing: tuple[float, float] | float = 1.0) -> float:
+        """1-sigma major semi-axis of ``name``'s scatter (px, or mm with ``spacing``)."""
+        cov = self.covariance_mm(spacing)[POINT_NAMES.index(name)]
+        if not np.all(np.isfinite(cov)):
+            return float("inf")
+        return float(np.sqrt(max(np.linalg.eigvalsh(cov).max(), 0.0)))
+
+
+def _affines(cfg: TTAConfig, size: int) -> list[np.ndarray]:
+    """K (2, 3) forward warps of the network frame; the first is the identity."""
+    rng = np.random.default_rng(cfg.seed)
+    c = (size - 1) / 2.0
+    out = [np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])]
+    for k in range(1, cfg.count):
+        s = 1.0 + rng.uniform(-cfg.max_scale, cfg.max_scale)
+        a = rng.uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg)
+        t = rng.uniform(-cfg.max_shift, cfg.max_shift, 2) * size
+        m = cv2.getRotationMatrix2D((c, c), a, s)
+        m[:, 2] += t
+        if cfg.flip and k % 2 == 1:  # x -> size-1-x first, then the similarity
+            m = m @ np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        out.append(m)
+    return out
+
+
+def _warp(maps: np.ndarray, m: np.ndarray, inverse: bool) -> np.ndarray:
+    """Warp (C, S, S) maps by ``m`` (forward), or pull them back through it (``inverse``)."""
+    size = maps.shape[-1]
+    flags = cv2.INTER_LINEAR | (cv2.WARP_INVERSE_MAP if inverse else 0)
+    chans = [cv2.warpAffine(ch.astype(np.float32), m, (size, size), flags=flags,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+             for ch in maps]  # fmt: skip
+    return np.stack(chans)
+
+
+def _points(plan: Any) -> np.ndarray:
+    return np.stack([plan.landmarks[0], plan.landmarks[1], plan.schoettle])
+
+
+def hourglass_shift(maps: NetworkMaps, decode: str = "argmax") -> np.ndarray | None:
+    """(2,) original-pixel distance between the last two hourglasses' landmarks (None: one)."""
+    if getattr(maps, "lm_prev", None) is None:
+        return None
+    last, _ = decode_heatmap(maps.lm, method=decode)
+    prev, _ = decode_heatmap(maps.lm_prev, method=decode)
+    a, b = maps.frame.to_original(last), maps.frame.to_original(prev)
+    return np.hypot(*(a - b).T)
+
+
+def hourglass_only(base: NetworkMaps, decode: str = "argmax") -> Uncertainty | None:
+    """Without TTA: the hourglass agreement alone (None when the model gives no ``lm_prev``)."""
+    shift = hourglass_shift(base, decode)
+    if shift is None:
+        return None
+    return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift)
+
+
+def tta_uncertainty(
+    module: Any,
+    image: np.ndarray,
+    base: NetworkMaps,
+    spacing: tuple[float, float] | None = None,
+    config: TTAConfig | None = None,
+    decode: str = "argmax",
+    line_fit: str = "lstsq",
+    batch_size: int = 4,
+) -> Uncertainty:
+    """Spread of the plan over ``config.count`` augmentations (the identity is ``base``).
+
+    Args:
+        module: anything with ``image_size`` and ``predict_maps(x) -> dict(seg, lm, roi)``.
+        image: (H, W) original image in [0, 1].
+        base: the unaugmented prediction (its plan is the reported one).
+        spacing: (row_mm, col_mm) or None, for the plans' construction.
+        config: augmentation settings.
+        decode, line_fit: as for the reported plan.
+        batch_size: augmented copies per forward pass.
+    """
+    cfg = config or TTAConfig()
+    size = int(module.image_size)
+    x, frame = network_input(image, size)
+    affines = _affines(cfg, size)
+    plans = [plan_from_maps(base.seg, base.lm, base.roi, frame=base.frame, spacing=spacing,
+                            decode=decode, line_fit=line_fit)]  # fmt: skip
+    device = module_device(module)
+    rest = affines[1:]
+    for start in range(0, len(rest), batch_size):
+        chunk = rest[start : start + batch_size]
+        batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk])
+        with torch.inference_mode():
+            out = module.predict_maps(torch.from_numpy(batch).to(device))
+        arrs = {k: out[k].detach().float().cpu().numpy() for k in ("seg", "lm", "roi")}
+        for i, m in enumerate(chunk):
+            back = {k: _warp(arrs[k][i].reshape(-1, size, size), m, inverse=True) for k in arrs}
+            plans.append(plan_from_maps(back["seg"], back["lm"], back["roi"], frame=frame,
+                                        spacing=spacing, decode=decode, line_fit=line_fit))
+    pts = np.stack([_points(p) for p in plans])
+    cov = np.full((3, 2, 2), np.nan)
+    for j in range(3):
+        ok = np.all(np.isfinite(pts[:, j]), axis=1)
+        if ok.sum() >= 2:
+            cov[j] = np.cov(pts[ok, j].T)
+    failures = float(np.mean(~np.all(np.isfinite(pts[:, 2]), axis=1)))
+    return Uncertainty(pts, cov, failures, hourglass_shift(base, decode))

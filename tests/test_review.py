@@ -1,0 +1,257 @@
+"""The one review verdict: the oracle plan of a phantom passes; every reason fires on a case
+built for it; the femur-side rule flags a p_blum behind LM1 and never flips the circle; the JSON
+report and evaluate's per-image row give the same reasons for the same image."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.dataset_io import write_sample
+from datamodules.phantoms import PhantomConfig, generate_phantom
+from geometry.lines import Line
+from geometry.plan_geometry import masks_to_original, plan_from_maps
+from planning.oracle import oracle_maps
+from planning.report import segmentation_confidence
+from planning.review import CONFIG_PATH, ReviewConfig, ReviewContext, review
+from planning.tta import Uncertainty
+
+CFG = PhantomConfig(min_side=400, max_side=560)
+REVIEW_PY = Path(__file__).resolve().parents[1] / "planning" / "review.py"
+
+
+@pytest.fixture(scope="module")
+def case():
+    """A clean phantom, its oracle maps, plan and review context (which must pass)."""
+    sample = generate_phantom(11, CFG.clean())
+    maps = oracle_maps(sample, 256)
+    plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
+                          spacing=sample.spacing_mm, decode="quadratic")  # fmt: skip
+    masks = masks_to_original(maps.seg, maps.frame)
+    return sample, maps, plan, masks
+
+
+def ctx(sample, masks, **kw) -> ReviewContext:
+    return ReviewContext(masks=masks, image=sample.image, **kw)
+
+
+def gaussian(frame, p_orig, size=256, sigma=6.0) -> np.ndarray:
+    x, y = frame.to_network(np.asarray(p_orig, float)[None])[0]
+    ys, xs = np.mgrid[0:size, 0:size]
+    return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
+
+
+def codes(plan, context) -> set[str]:
+    return {r.code for r in review(plan, context)}
+
+
+def test_oracle_plans_pass_the_gate():
+    """Ground-truth maps of clean and standard phantoms: no reason at all (the gate must not
+    flag good plans)."""
+    for seed, cfg in ((11, CFG.clean()), (3, CFG), (5, CFG), (8, CFG)):
+        sample = generate_phantom(seed, cfg)
+        maps = oracle_maps(sample, 256)
+        plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
+                              spacing=sample.spacing_mm)  # fmt: skip
+        masks = masks_to_original(maps.seg, maps.frame)
+        assert review(plan, ctx(sample, masks)) == [], seed
+
+
+def test_config_file_matches_the_defaults_and_refuses_unknown_keys(tmp_path):
+    assert ReviewConfig.load() == ReviewConfig()
+    assert ReviewConfig.load(CONFIG_PATH).max_schoettle_spread_mm == 2.5
+    bad = tmp_path / "r.yaml"
+    bad.write_text("min_peak: 0.2\nmax_pek: 3\n")
+    with pytest.raises(ValueError, match="max_pek"):
+        ReviewConfig.load(bad)
+
+
+def test_femur_side_rule_flags_and_never_flips(case):
+    sample, maps, plan, masks = case
+    assert plan.femur_side != 0 and plan.blum_offset > 0
+    # move p_blum 4 mm behind LM1 (posterior, away from the femur)
+    sp = sample.spacing_mm
+    n_px = plan.lm1.normal * plan.femur_side  # unit normal toward the femur (px frame, iso)
+    behind = plan.lm1.foot(plan.landmark("p_blum")) - n_px * 4.0 / sp[1]
+    lm = maps.lm.copy()
+    lm[0] = gaussian(maps.frame, behind)
+    moved = plan_from_maps(maps.seg, lm, maps.roi, frame=maps.frame, spacing=sp,
+                           decode="quadratic")  # fmt: skip
+    assert moved.blum_offset < 0
+    found = review(moved, ctx(sample, masks))
+    assert "blum_posterior" in {r.code for r in found}
+    assert any("posterior of LM1" in r for r in found)
+    # the circle stays on the femur side: same side as the clean plan's point, same radius
+    side_clean = np.sign(plan.lm1.signed_distance(plan.schoettle))
+    side_moved = np.sign(moved.lm1.signed_distance(moved.schoettle))
+    assert side_moved == side_clean == plan.femur_side
+    d = moved.lm1.distance(moved.schoettle) * sp[1]
+    assert d == pytest.approx(moved.radius_mm, rel=1e-6)
+
+
+def test_each_reason_fires_on_its_case(case):
+    sample, maps, plan, masks = case
+    sp = sample.spacing_mm
+    fired: dict[str, set[str]] = {}
+    base = ctx(sample, masks)
+
+    def check(code, p=plan, c=base):
+        got = codes(p, c)
+        fired[code] = got
+        assert code in got, (code, got)
+
+    # --- construction
+    check("spacing", c=ctx(sample, masks, spacing_reasons=["pixel spacing unknown"]))
+    low = plan_from_maps(maps.seg, 0.2 * maps.lm, maps.roi, frame=maps.frame, spacing=sp)
+    check("low_peak", low)
+    check("uncalibrated_peak", replace(plan, peaks=np.array([3.0, 0.9])))
+    h, w = sample.shape
+    pad = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=sp)
+    check("landmark_outside", replace(pad, landmarks=np.array([[-30.0, 10.0],
+                                                                pad.landmarks[1]])))
+    small_roi = gaussian(maps.frame, plan.lm1_points[len(plan.lm1_points) // 2], sigma=0.7)
+    check("lm1_support", plan_from_maps(maps.seg, maps.lm, small_roi[None], frame=maps.frame,
+                                        spacing=sp))  # fmt: skip
+    check("no_lm1", plan_from_maps(maps.seg, maps.lm, 0 * maps.roi, frame=maps.frame,
+                                   spacing=sp))  # fmt: skip
+    check("lm_coincide", replace(plan, lm_separation=0.5))
+    check("separation_large", replace(plan, lm_separation=45.0))
+    check("blum_posterior", replace(plan, blum_offset=-3.0))
+    check("no_femur_side", replace(plan, femur_side=0))
+    check("tmc_far", replace(plan, tmc_offset=12.0))
+    check("schoettle_outside", replace(plan, schoettle=np.array([w + 40.0, h / 2])))
+    # --- anatomy
+    none = masks.copy()
+    none[0] = False
+    check("no_femur", c=ctx(sample, none))
+    full = masks.copy()
+    full[0] = True
+    check("femur_area", c=ctx(sample, full))
+    split = masks.copy()
+    fe = np.nonzero(split[0].any(axis=1))[0]
+    mid = (fe.min() + fe.max()) // 2
+    split[0, mid - 8 : mid + 8] = False
+    check("femur_fragmented", c=ctx(sample, split))
+    disc = masks.copy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc[0] = (xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (0.3 * min(h, w)) ** 2
+    check("femur_shape", c=ctx(sample, disc))
+    rot = np.stack([np.rot90(m) for m in masks])
+    check("femur_rotated", c=ReviewContext(masks=rot, image=np.rot90(sample.image)))
+    no_tib = masks.copy()
+    no_tib[2] = False
+    check("no_tibia", c=ctx(sample, no_tib))
+    up_tib = masks.copy()
+    up_tib[2] = np.flipud(masks[2])
+    check("tibia_position", c=ctx(sample, up_tib))
+    ap = masks.copy()
+    ap[1] = masks[0] & (np.abs(yy - np.nonzero(masks[0])[0].mean()) < 20)
+    check("patella_on_femur", c=ctx(sample, ap))
+    check("bone_contrast", c=ReviewContext(masks=masks, image=1.0 - sample.image))
+    sat = sample.image.copy()
+    sat[masks[0]] = 1.0
+    sat[0, 0] = 1.0
+    check("saturated", c=ReviewContext(masks=masks, image=sat))
+    dark = sample.image.copy()
+    dark[masks[0]] = 0.0
+    check("unexposed", c=ReviewContext(masks=masks, image=dark))
+    ys, xs = np.nonzero(~masks[0])
+    far = np.argmax(np.hypot(xs - plan.schoettle[0], ys - plan.schoettle[1]))
+    check("off_femur", replace(plan, schoettle=np.array([xs[far], ys[far]], float)))
+    t = np.radians(30.0)
+    turned = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ plan.lm1.direction
+    check("lm1_axis", replace(plan, lm1=Line(plan.lm1.point, turned)))
+    fy, fx = np.nonzero(masks[0])
+    top = np.argmin(fy)  # the most proximal femur pixel, far up the shaft
+    check("not_distal", replace(plan, schoettle=np.array([fx[top], fy[top] + 2.0])))
+    # --- model uncertainty (TTA / hourglass)
+    pts = np.zeros((8, 3, 2))
+    calm = np.stack([np.eye(2) * 0.01] * 3)
+    wild = calm.copy()
+    wild[2] = np.eye(2) * (5.0 / sp[1]) ** 2  # Schoettle point 5 mm (1 sigma)
+    check("tta_spread", c=ctx(sample, masks, uncertainty=Uncertainty(pts, wild, 0.0)))
+    check("tta_failures", c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.5)))
+    shift = np.array([0.0, 6.0 / sp[1]])  # p_tmc: 6 mm between the last two hourglasses
+    check("hourglass_disagree",
+          c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, shift)))
+    assert codes(plan, ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0))) == set()
+    # every reason review.py can give is exercised above
+    all_codes = set(re.findall(r'Reason\(\s*"(\w+)"', REVIEW_PY.read_text()))
+    assert all_codes == set(fired), all_codes ^ set(fired)
+
+
+def test_unknown_spacing_still_runs_every_mm_check(case):
+    sample, maps, plan, masks = case
+    px = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=None)
+    scale = SimpleNamespace(mm_per_px=float(np.mean(sample.spacing_mm)))
+    assert review(px, ctx(sample, masks, scale=scale)) == []
+    far = replace(px, tmc_offset=12.0 / scale.mm_per_px)  # 12 mm in px
+    got = [r for r in review(far, ctx(sample, masks, scale=scale)) if r.code == "tmc_far"]
+    assert got and "12.0 mm" in got[0]
+    # a Schoettle point 90 mm up the shaft is caught with the nominal scale alone
+    fy, fx = np.nonzero(masks[0])
+    top = np.argmin(fy)
+    shaft = replace(px, schoettle=np.array([fx[top], fy[top] + 2.0]))
+    assert "not_distal" in codes(shaft, ctx(sample, masks))
+
+
+def test_uncertain_fraction_is_at_most_one():
+    p = np.zeros((4, 32, 32))
+    p[0, 10:20, :] = 0.4  # a thin, unsure band
+    p[0, 14:16, :] = 0.6  # with a thinner predicted core
+    conf = segmentation_confidence(p)
+    # uncertain = the whole band (320 px), likely (p >= 0.25) = the band too: 1.0
+    assert conf["femur"]["uncertain_fraction"] == pytest.approx(1.0)
+    p[0, 12:18, :] = 0.9  # core sure: uncertain 4 rows of 10
+    assert segmentation_confidence(p)["femur"]["uncertain_fraction"] == pytest.approx(0.4)
+    assert segmentation_confidence(p)["tibia"]["uncertain_fraction"] is None
+
+
+class _Oracle:
+    image_size = 256
+
+    def __init__(self, sample, scale_lm=1.0):
+        m = oracle_maps(sample, 256)
+        self.maps = {"seg": m.seg, "lm": m.lm * scale_lm, "roi": m.roi}
+
+    def predict_maps(self, x):
+        return {k: torch.from_numpy(np.asarray(v, np.float32)[None].copy())
+                for k, v in self.maps.items()}  # fmt: skip
+
+
+def test_json_and_csv_give_the_same_reasons(tmp_path):
+    from planning.evaluate import evaluate_sample
+    from planning.plan import run_plan
+    from planning.predict import predict_image
+
+    sample = generate_phantom(11, CFG.clean())
+    path = write_sample(tmp_path / "data", sample)
+    module = _Oracle(sample, scale_lm=0.25)  # weak peaks: a flagged plan
+    rep = run_plan(path, module, tmp_path / "out", tta=0).report
+    row = evaluate_sample(sample, predict_image(module, sample.image)).row
+    assert rep["needs_review"] and row["needs_review"] == 1
+    assert "; ".join(rep["review_reasons"]) == row["review_reasons"]
+    assert " ".join(sorted(set(rep["review_codes"]))) == row["review_codes"]
+
+
+def test_confident_wrong_landmarks_are_flagged(case):
+    """A 'well-trained' model that is confidently wrong: both landmark heat-maps peak at 1, but
+    up the femoral shaft (the top of the femur in this image). Peaks alone would pass it; the
+    anatomy must not."""
+    sample, maps, plan, masks = case
+    sp = sample.spacing_mm
+    fy, _ = np.nonzero(masks[0])
+    up = np.array([0.0, fy.min() + 12.0 - plan.landmark("p_blum")[1]])
+    assert -up[1] * sp[0] > 60.0  # the phantom's shaft is long enough for the case
+    lm = np.stack([gaussian(maps.frame, plan.landmark(n) + up) for n in ("p_blum", "p_tmc")])
+    wrong = plan_from_maps(maps.seg, lm, maps.roi, frame=maps.frame, spacing=sp)
+    assert wrong.peaks.min() > 0.9
+    found = codes(wrong, ctx(sample, masks))
+    assert "not_distal" in found, found
+    assert not found & {"low_peak", "uncalibrated_peak"}  # it is not the peaks that catch it
