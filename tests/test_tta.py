@@ -10,8 +10,6 @@ that on the test phantoms (risk-coverage table).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -144,7 +142,7 @@ def test_overlay_draws_the_two_sigma_ellipse():
 
 
 def test_report_carries_the_uncertainty(tmp_path):
-    from planning.plan import input_warnings, run_plan
+    from planning.plan import run_plan
 
     path = tmp_path / "scene.png"
     cv2.imwrite(str(path), np.round(scene() * 65535).astype(np.uint16))
@@ -156,4 +154,7 @@ def test_report_carries_the_uncertainty(tmp_path):
     assert blum["ellipse_px"]["major"] == pytest.approx(blum["spread"], rel=1e-9)
     assert blum["spread"] < 1.5 and unc["hourglass_shift_px"] is None
     assert rep["warnings"] == [] and rep["settings"]["tta"] == 6
-    assert input_warnings(Path("knee.JPG")) and "lossy JPEG" in input_warnings(Path("a.jpeg"))[0]
+    jpg = tmp_path / "knee.JPG"  # the decoder, not the suffix, marks the input lossy
+    cv2.imwrite(str(jpg), np.round(scene() * 255).astype(np.uint8))
+    rep = run_plan(jpg, BlobNet(), tmp_path / "out", tta=0, detect_sphere=False).report
+    assert len(rep["warnings"]) == 1 and "lossy JPEG" in rep["warnings"][0]
