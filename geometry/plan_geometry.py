@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from geometry.frame import PadResize
-from geometry.heatmaps import as_numpy, decode_heatmap
+from geometry.heatmaps import HeatmapCodec, as_numpy, decode_heatmap
 from geometry.lines import Line, cortex_points, fit_points, from_mm, largest_component, to_mm
 from geometry.schoettle import schoettle_point
 
@@ -173,6 +173,7 @@ def plan_from_maps(
     min_separation_px: float = 10.0,
     robust_band_px: float = 1.0,
     subpixel_outline: bool = True,
+    codec: HeatmapCodec | None = None,
 ) -> Plan:
     """Build the plan from (S, S) network-frame maps (predictions or ground truth).
 
@@ -193,6 +194,8 @@ def plan_from_maps(
         subpixel_outline: outline points on the 0.5 iso-line (True) or at boundary pixel
             centres (False; biased half a network pixel into the bone), see
             :func:`geometry.lines.femur_outline`.
+        codec: the model's heat-map codec (None: heat-maps in the network frame, default
+            soft-argmax window).
     """
     seg, lm, roi_map = as_numpy(seg_prob), as_numpy(lm_heatmaps), as_numpy(roi)
     roi_map = roi_map[0] if roi_map.ndim == 3 else roi_map
@@ -214,7 +217,7 @@ def plan_from_maps(
     mean_sp = 1.0 if sp is None else float(np.mean(sp))
     reasons: list[str] = []
 
-    lm_net, peaks = decode_heatmap(lm, method=decode)
+    lm_net, peaks = codec.decode(lm, decode) if codec else decode_heatmap(lm, method=decode)
     lms = to_orig(lm_net)
     h, w = roi_map.shape if frame is None else (frame.orig_h, frame.orig_w)
     for name, pk, p in zip(LANDMARK_NAMES, peaks, lms, strict=True):

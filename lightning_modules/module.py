@@ -41,6 +41,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from geometry.heatmaps import HeatmapCodec
 from lightning_modules.gradnorm import GradNorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
@@ -71,6 +72,8 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_val: clip the network's gradients at this value; None = no clipping.
         grad_clip_algorithm: ``norm`` or ``value``.
         net_kwargs: further keyword arguments of ``MultiTaskSHGN`` (head/skip widths ...).
+        heatmap_codec: ``HeatmapCodec.to_dict()`` of the targets; None: taken from the
+            DataModule when a checkpoint is saved (so plan and evaluate can rebuild it).
 
     Shape:
         ``batch["image"] (B, 1, S, S)`` -> ``SHGNOutput`` with ``stacks[l][task] (B, C_t, S, S)``.
@@ -94,6 +97,7 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_val: float | None = None,
         grad_clip_algorithm: str = "norm",
         net_kwargs: dict[str, Any] | None = None,
+        heatmap_codec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if grad_clip_algorithm not in ("norm", "value"):
@@ -119,7 +123,8 @@ class KneePlanModule(pl.LightningModule):
         self.gradnorm = GradNorm(num_stacks, len(self.task_names), alpha,
                                  task_names=self.task_names)
         self.criterion = MultiTaskLoss(beta)
-        self.val_metrics = ValidationMetrics()
+        self.val_metrics = ValidationMetrics(
+            codec=HeatmapCodec.from_dict(heatmap_codec) if heatmap_codec else None)
         self._pending_rng: dict | None = None
         # Under DDP the GradNorm parameters get no gradient from the network's backward (their
         # own gradient is set in closed form and all-reduced inside GradNorm), so DDP must not
@@ -225,9 +230,21 @@ class KneePlanModule(pl.LightningModule):
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = _get_rng_states()
+        codec = self.hparams.get("heatmap_codec") or _datamodule_codec(self)
+        if codec is not None:  # plain types, for torch.load(weights_only=True)
+            checkpoint.setdefault("hyper_parameters", {})["heatmap_codec"] = codec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get(RNG_KEY)
+
+
+def _datamodule_codec(module: pl.LightningModule) -> dict[str, Any] | None:
+    """The DataModule's heat-map codec as plain types, None without one."""
+    dm = getattr(module._trainer, "datamodule", None) if module._trainer else None
+    targets = getattr(dm, "targets", None)
+    if dm is None or targets is None or not hasattr(dm, "size"):
+        return None
+    return HeatmapCodec(dm.size, dm.size, targets.sigma).to_dict()
 
 
 def _get_rng_states() -> dict[str, Any]:

@@ -2,8 +2,14 @@
 original resolution and a JSON report out.
 
 Usage:
-    python -m planning.plan --image PATH --ckpt PATH [--out DIR] [--decode quadratic]
-        [--line-fit robust] [--spacing MM | --spacing ROW_MM COL_MM] [--no-sphere]
+    python -m planning.plan --image PATH|FOLDER|'GLOB' --ckpt MODEL.ckpt|MODEL.onnx [--out DIR]
+        [--decode quadratic] [--line-fit robust] [--spacing MM | --spacing ROW_MM COL_MM]
+        [--no-sphere] [--workers N]
+
+The model is a checkpoint (rebuilt without Lightning, ``planning.model_io``) or a model exported
+by ``make export`` (run by ONNX Runtime; that path does not import torch). A folder or a glob
+plans every image with one model load (``planning.batch``): progress on stderr, one row per
+image in ``<out>/summary.csv``, a bad image reported and skipped (exit status 1 if any failed).
 
 Pixel spacing (first available wins, see ``geometry.spacing.resolve_spacing``): ``--spacing``
 given by the user; the annotation JSON when the image sits in a dataset folder
@@ -169,7 +175,7 @@ def run_plan(
     maps = predict_image(module, image)
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=sp.spacing, decode=decode,
-        line_fit=line_fit,
+        line_fit=line_fit, codec=getattr(module, "codec", None),
     )  # fmt: skip
     if sp.spacing is None:
         plan.review_reasons.append(
@@ -204,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.plan``."""
     p = argparse.ArgumentParser(
         prog="python -m planning.plan",
-        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF).",
+        description="Schoettle-point plan for lateral knee radiographs (DICOM, PNG, TIFF).",
     )
-    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif)")
-    p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint")
+    p.add_argument("--image", required=True,
+                   help="radiograph (.dcm, .png, .tif), a folder of them, or a quoted glob")
+    p.add_argument("--ckpt", type=Path, required=True,
+                   help="trained checkpoint (.ckpt) or exported model (.onnx, make export)")
     p.add_argument("--out", type=Path, default=Path("plans"), help="output folder (plans/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
@@ -216,12 +224,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel spacing in mm: one value (square pixels) or ROW_MM COL_MM",
     )  # fmt: skip
     p.add_argument("--no-sphere", action="store_true", help="skip calibration-sphere detection")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda); checkpoints only")
+    p.add_argument("--workers", type=int, default=1,
+                   help="batch mode: worker processes (each loads the model once)")
+    p.add_argument("--summary", type=Path, help="batch mode: summary CSV (<out>/summary.csv)")
+    p.add_argument("--progress-every", type=int, default=10, metavar="N",
+                   help="batch mode without a terminal: one progress line per N images")
     return p
 
 
+def load_model(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """The predictor for a checkpoint or an exported ``.onnx`` (``planning.predict``)."""
+    from planning.predict import load_predictor
+
+    return load_predictor(path, device=device, threads=threads)
+
+
+def _load_or_explain(path: Path, device: str) -> Any:
+    """``load_model``, or None after printing one line saying why the model is unusable."""
+    try:
+        return load_model(path, device)
+    except Exception as err:  # a broken model file is a usage error, not a crash
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "" if str(path) in first else f"{path}: "
+        print(f"plan: error: cannot load model {where}{first}", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code. Errors are one clear line on stderr."""
+    """Entry point; returns the exit code. Errors are one clear line on stderr.
+
+    Exit codes: 0 all planned; 1 a bad image (batch mode: at least one image failed);
+    2 a usage problem (bad arguments, missing or unusable model).
+    """
     args = build_parser().parse_args(argv)
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
@@ -229,32 +264,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.ckpt.is_file():
         print(f"plan: error: checkpoint {args.ckpt} does not exist", file=sys.stderr)
         return 2
+    from planning.batch import expand_images
+
+    images, many = expand_images(args.image)
+    if many:
+        return _main_batch(args, images)
     try:
-        load_input(args.image)  # fail fast on a bad image, before loading the network
+        load_input(images[0])  # fail fast on a bad image, before loading the network
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
         return 1
-    try:
-        from lightning_modules.module import load_module
-
-        module = load_module(args.ckpt, map_location=args.device)
-    except Exception as err:  # a broken checkpoint is a usage error, not a crash
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = ""
-        if "state_dict" in first:
-            hint = " (the checkpoint does not match this version of the network)"
-        print(f"plan: error: cannot load checkpoint {args.ckpt}: {first}{hint}", file=sys.stderr)
+    module = _load_or_explain(args.ckpt, args.device)
+    if module is None:
         return 2
     try:
         res = run_plan(
-            args.image, module, args.out, decode=args.decode, line_fit=args.line_fit,
+            images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
         return 1
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"plan: error: planning {args.image} failed: {err}", file=sys.stderr)
+        print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
         return 1
     rep = res.report
     sp = rep["schoettle_point"]
@@ -268,6 +300,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  - {reason}")
     print(f"overlay: {res.overlay}\nreport:  {res.report_path}")
     return 0
+
+
+def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
+    """Batch mode of ``main``: every image of a folder or glob, one summary CSV."""
+    import time
+
+    from planning.batch import PlanOptions, plan_many, write_summary
+
+    if not images:
+        print(f"plan: error: {args.image}: no image files (.png, .tif, .tiff, .dcm) found",
+              file=sys.stderr)
+        return 1
+    if args.workers < 1:
+        print("plan: error: --workers must be >= 1", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    workers = min(args.workers, len(images))
+    predictor = None
+    if workers == 1:
+        predictor = _load_or_explain(args.ckpt, args.device)
+        if predictor is None:
+            return 2
+    opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
+                       str(args.ckpt))
+    rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
+                     device=args.device, progress_every=args.progress_every)
+    summary = write_summary(args.summary or args.out / "summary.csv", rows)
+    failed = sum(r["status"] != "ok" for r in rows)
+    review = sum(r["needs_review"] is True for r in rows)
+    print(f"planned {len(rows) - failed}/{len(rows)} images in {time.perf_counter() - t0:.1f} s "
+          f"({failed} failed, {review} need review); summary: {summary}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
