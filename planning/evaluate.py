@@ -324,10 +324,10 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(ckpt).is_file():
             print(f"evaluate: checkpoint {ckpt} does not exist", file=sys.stderr)
             return 2
-        from lightning_modules.module import load_module
+        from planning.predict import load_predictor  # no Lightning (planning.model_io)
 
         try:
-            module = load_module(ckpt, map_location=args.device)
+            module = load_predictor(ckpt, device=args.device)
         except Exception as err:  # a broken checkpoint is a usage error, not a crash
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             print(f"evaluate: cannot load checkpoint {ckpt}: {first}", file=sys.stderr)

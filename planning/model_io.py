@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(safe):
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        why = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
         raise CheckpointError(
-            f"{p}: refused: the file needs objects outside plain tensors and containers "
-            f"({why[:160]})"
+            f"{p}: refused: it needs the Python object {found.group(1)} to load, which a "
+            "kneeplan checkpoint never does (not ours, or not safe to unpickle)"
         ) from err
     except Exception as err:  # truncated, not a torch file, ...
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(err).__name__}: "
-                              f"{str(err).strip()[:160]})") from err
+        raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{p}: not a kneeplan checkpoint (no state_dict)")
     if not isinstance(ckpt.get("hyper_parameters"), dict):
         raise CheckpointError(f"{p}: not a kneeplan checkpoint (no hyper_parameters)")
     return ckpt
+
+
+def _first_line(err: BaseException) -> str:
+    """First meaningful line of an error, for one-line messages."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    msg = lines[-1] if lines and "Weights only load failed" in lines[0] else (lines or [""])[0]
+    return f"{type(err).__name__}: {msg[:160]}"
 
 
 def build_network(hparams: dict[str, Any]) -> MultiTaskSHGN:
