@@ -29,13 +29,16 @@ STUDY ?= kneeplan
 # Evaluation / planning.
 CKPT ?=
 IMAGE ?=
+ONNX ?=
+WORKERS ?=
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data evaluate plan bench clean
+        validate-data evaluate plan export bench clean
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
-	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=... CKPT=... | bench | lint"
+	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=file|folder|'glob' CKPT=.ckpt|.onnx"
+	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint"
 
 venv: $(STAMP)
 
@@ -84,7 +87,12 @@ evaluate: $(STAMP)
 
 plan: $(STAMP)
 	@test -n "$(IMAGE)" -a -n "$(CKPT)" || (echo "usage: make plan IMAGE=... CKPT=..." && exit 2)
-	$(PY) -m planning.plan --image $(IMAGE) --ckpt $(CKPT) $(ARGS)
+	$(PY) -m planning.plan --image "$(IMAGE)" --ckpt "$(CKPT)" \
+	  $(if $(WORKERS),--workers "$(WORKERS)") $(ARGS)
+
+export: $(STAMP)
+	@test -n "$(CKPT)" || (echo "usage: make export CKPT=path/to/last.ckpt [ONNX=out.onnx]" && exit 2)
+	$(PY) -m planning.export --ckpt "$(CKPT)" $(if $(ONNX),--out "$(ONNX)") $(ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

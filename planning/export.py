@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
     s = model.image_size
     x = torch.zeros(2, 1, s, s)
     wrapper = _ExportNet(model.net).eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # tracer notes about the input-size checks and instance norm (always per-image stats)
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (x,), str(out), input_names=[INPUT_NAME], output_names=names,
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
