@@ -207,7 +207,8 @@ def evaluate(
     Args:
         samples: test samples (original resolution, with masks and annotations).
         out_dir: output folder (created).
-        module: loaded module with ``image_size`` and ``predict_maps``; ignored when ``oracle``.
+        module: loaded predictor (``planning.predict.load_predictor``); with ``oracle`` only its
+            heat-map codec is used (the oracle then draws that model's sigma and size).
         oracle: use ground-truth target maps instead of predictions.
         decode, line_fit: plan geometry options (see ``geometry.plan_geometry``).
         subset: image ids for Table 2's second column (None: no subset column).
@@ -228,7 +229,8 @@ def evaluate(
     multi_rater = True
     t0 = time.perf_counter()
     for sample in samples:
-        maps = oracle_maps(sample, image_size) if oracle else predict_image(module, sample.image)
+        maps = (oracle_maps(sample, image_size, codec=getattr(module, "codec", None)) if oracle
+                else predict_image(module, sample.image))
         res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit)
         names = rater_names(sample)
         if raters is None:

@@ -108,3 +108,23 @@ def test_oracle_draws_the_codec_sigma():
     pts, _ = codec.decode(maps.lm, "quadratic")
     for c in range(2):  # each map is the sigma-2 Gaussian about its own centre
         np.testing.assert_allclose(maps.lm[c], numpy_gaussian(64, *pts[c], 2.0), atol=1e-4)
+
+
+def test_validation_metrics_decode_through_the_codec():
+    from lightning_modules.metrics import ValidationMetrics
+
+    codec = HeatmapCodec(128, 64, 2.0)  # heat-maps at half the input size
+    true = np.array([[[20.5, 40.5], [100.5, 60.5]]])  # land on heat-map pixel centres
+    batch = {
+        "seg": torch.zeros(1, 4, 8, 8), "landmarks": torch.tensor(true, dtype=torch.float32),
+        "lm_visible": torch.ones(1, 2, dtype=torch.bool), "spacing": torch.tensor([[0.5, 0.5]]),
+        "frame": {k: torch.tensor([v]) for k, v in
+                  {"orig_h": 128, "orig_w": 128, "size": 128}.items()},
+    }  # fmt: skip
+    final = {"seg": torch.zeros(1, 4, 8, 8), "lm": torch.from_numpy(codec.encode(true[0]))[None]}
+    with_codec = ValidationMetrics(codec=codec)
+    with_codec.update(final, batch)
+    assert with_codec.compute()["val/lm_err_px"] == pytest.approx(0.0, abs=1e-6)
+    naive = ValidationMetrics()  # would read heat-map pixels as input pixels
+    naive.update(final, batch)
+    assert naive.compute()["val/lm_err_px"] > 10

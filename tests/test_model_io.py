@@ -25,6 +25,8 @@ def test_checkpoint_rebuilds_network_and_codec(ckpt):
     assert model.image_size == 64 and model.net.num_stacks == 2
     assert model.codec == HeatmapCodec(64, 64, 2.0)  # configs/tiny.yaml: size 64, sigma 2
     assert not model.net.training
+    saved = read_checkpoint(ckpt)["hyper_parameters"]["heatmap_codec"]
+    assert saved == {"input_size": 64, "heatmap_size": 64, "sigma": 2.0}  # plain types
     # same maps as the Lightning module loaded the old way
     from lightning_modules.module import load_module
 
