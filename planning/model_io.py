@@ -139,10 +139,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     ckpt = read_checkpoint(p)
     hp = dict(ckpt["hyper_parameters"])
     try:
-        net = build_network(hp)
         weights = {k[len(_NET_PREFIX):]: v for k, v in ckpt["state_dict"].items()
                    if k.startswith(_NET_PREFIX)}
-        net.load_state_dict(weights, strict=True)
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced
+            net = build_network(hp)
+        net.load_state_dict(weights, strict=True, assign=True)
+        if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # non-persistent buffers
+            net = build_network(hp)
+            net.load_state_dict(weights, strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{p}: the weights do not match this version of the network "
