@@ -69,13 +69,23 @@ def test_plan_via_export_equals_plan_via_checkpoint(ckpt, onnx_model, tmp_path_f
     assert reps[0]["review_reasons"] == reps[1]["review_reasons"]
 
 
-def test_planning_with_onnx_never_imports_torch(onnx_model, tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("kind", ["png", "dicom"])
+def test_planning_with_onnx_never_imports_torch(onnx_model, tmp_path_factory, tmp_path, kind):
     image = phantom_images(tmp_path_factory)[0]
+    if kind == "dicom":  # the DICOM reader's modules are on the path too
+        import cv2
+        from dicom_files import write_dicom
+
+        pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED) >> 4  # 16 -> 12 bit
+        image = tmp_path / "knee.dcm"
+        write_dicom(image, pixels, bits=12, pixel_spacing=[0.2, 0.2])
     res = plan_in_subprocess(image, onnx_model, tmp_path)
     assert res["rc"] == 0, res["stderr"]
     assert not any(res["imported"].values()), res["imported"]
     rep = json.loads((tmp_path / f"{image.stem}_plan.json").read_text())
     assert rep["settings"]["network_size"] == 64
+    if kind == "dicom":
+        assert rep["spacing"]["source"] == "PixelSpacing"
 
 
 def test_export_cli_refuses_a_bad_checkpoint(tmp_path, capsys):
