@@ -29,6 +29,8 @@ STUDY ?= kneeplan
 # Evaluation / planning.
 CKPT ?=
 IMAGE ?=
+ONNX ?=
+WORKERS ?=
 
 # $(call q,VALUE): VALUE as one shell word in single quotes (spaces, non-ASCII, $, " and '
 # survive), so IMAGE="a b ü.png" reaches the program as one argument. ARGS stays unquoted: it
@@ -36,11 +38,12 @@ IMAGE ?=
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data evaluate plan bench clean
+        validate-data evaluate plan export bench clean
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
-	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=... CKPT=... | bench | lint"
+	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=file|folder|'glob' CKPT=.ckpt|.onnx"
+	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint"
 
 venv: $(STAMP)
 
@@ -93,7 +96,13 @@ evaluate: $(STAMP)
 plan: $(STAMP)
 	@test -n $(call q,$(IMAGE)) -a -n $(call q,$(CKPT)) || \
 	  (echo "usage: make plan IMAGE=... CKPT=..." >&2 && exit 2)
-	$(PY) -m planning.plan --image $(call q,$(IMAGE)) --ckpt $(call q,$(CKPT)) $(ARGS)
+	$(PY) -m planning.plan --image $(call q,$(IMAGE)) --ckpt $(call q,$(CKPT)) \
+	  $(if $(WORKERS),--workers $(call q,$(WORKERS))) $(ARGS)
+
+export: $(STAMP)
+	@test -n $(call q,$(CKPT)) || \
+	  (echo "usage: make export CKPT=path/to/last.ckpt [ONNX=out.onnx]" >&2 && exit 2)
+	$(PY) -m planning.export --ckpt $(call q,$(CKPT)) $(if $(ONNX),--out $(call q,$(ONNX))) $(ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

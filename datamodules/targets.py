@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from geometry.heatmaps import HeatmapCodec, gaussian_heatmap
 from geometry.lines import fit_line_tls
 
 ROI_EXTENTS = ("segment", "image")
@@ -39,27 +40,12 @@ def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def gaussian_heatmap(
-    size: int | tuple[int, int], center_xy: np.ndarray | tuple[float, float], sigma: float = 6.0
-) -> np.ndarray:
-    """(H, W) float32 Gaussian with peak 1 at ``center_xy`` = (x, y); ``size`` is S or (H, W)."""
-    h, w = _size_hw(size)
-    cx, cy = (float(v) for v in np.asarray(center_xy, dtype=np.float64).reshape(2))
-    gx = np.exp(-((np.arange(w) - cx) ** 2) / (2.0 * sigma**2))
-    gy = np.exp(-((np.arange(h) - cy) ** 2) / (2.0 * sigma**2))
-    return np.outer(gy, gx).astype(np.float32)
-
-
 def landmark_heatmaps(
     landmarks: np.ndarray, visible: np.ndarray, size: int, sigma: float = 6.0
 ) -> np.ndarray:
-    """(N, S, S) heat-maps for (N, 2) landmarks; an invisible landmark gets an all-zero map."""
-    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
-    out = np.zeros((len(pts), size, size), dtype=np.float32)
-    for i, (p, vis) in enumerate(zip(pts, np.asarray(visible, dtype=bool), strict=True)):
-        if vis and np.all(np.isfinite(p)):
-            out[i] = gaussian_heatmap(size, p, sigma)
-    return out
+    """(N, S, S) heat-maps for (N, 2) landmarks; an invisible landmark gets an all-zero map
+    (``geometry.heatmaps.HeatmapCodec(size, size, sigma).encode``)."""
+    return HeatmapCodec(size, size, sigma).encode(landmarks, visible)
 
 
 def cortex_pseudo_landmarks(

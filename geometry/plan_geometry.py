@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from geometry.frame import PadResize
-from geometry.heatmaps import as_numpy, decode_heatmap
+from geometry.heatmaps import HeatmapCodec, as_numpy, decode_heatmap
 from geometry.lines import Line, cortex_points, fit_points, from_mm, largest_component, to_mm
 from geometry.schoettle import schoettle_point
 
@@ -197,6 +197,7 @@ def plan_from_maps(
     roi_threshold: float = 0.5,
     robust_band_px: float = 1.0,
     subpixel_outline: bool = True,
+    codec: HeatmapCodec | None = None,
 ) -> Plan:
     """Build the plan from (S, S) network-frame maps (predictions or ground truth).
 
@@ -213,6 +214,8 @@ def plan_from_maps(
         subpixel_outline: outline points on the 0.5 iso-line (True) or at boundary pixel
             centres (False; biased half a network pixel into the bone), see
             :func:`geometry.lines.femur_outline`.
+        codec: the model's heat-map codec (None: heat-maps in the network frame, default
+            soft-argmax window).
     """
     seg, lm, roi_map = as_numpy(seg_prob), as_numpy(lm_heatmaps), as_numpy(roi)
     roi_map = roi_map[0] if roi_map.ndim == 3 else roi_map
@@ -232,7 +235,7 @@ def plan_from_maps(
     scale = 1.0 if frame is None else frame.scale
     mean_sp = 1.0 if sp is None else float(np.mean(sp))
 
-    lm_net, peaks = decode_heatmap(lm, method=decode)
+    lm_net, peaks = codec.decode(lm, decode) if codec else decode_heatmap(lm, method=decode)
     lms = to_orig(lm_net)
     h, w = roi_map.shape if frame is None else (frame.orig_h, frame.orig_w)
     pts = to_orig(cortex_points(seg[0], roi_map, roi_threshold, subpixel_outline))

@@ -1,6 +1,7 @@
 """Validation metrics: per-bone IoU and landmark error (network px, original px, mm).
 
-Landmarks are decoded by the arg max of each predicted heat-map (paper). Errors are measured
+Landmarks are decoded by the arg max of each predicted heat-map (paper), through the run's
+``geometry.heatmaps.HeatmapCodec`` (heat-map -> input frame). Errors are measured
 between the decoded and the true landmark in the network frame, then mapped back: the pad offset
 cancels in a difference, so an error vector ``(dx, dy)`` in network pixels is
 ``(dx, dy) / scale`` original pixels with ``scale = size / max(orig_h, orig_w)``
@@ -27,6 +28,7 @@ from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MultilabelJaccardIndex
 
 from datamodules.sample import BONES, LANDMARKS
+from geometry.heatmaps import HeatmapCodec
 
 
 def heatmap_argmax(heatmaps: Tensor) -> Tensor:
@@ -77,8 +79,10 @@ class ValidationMetrics(nn.Module):
     probabilities thresholded at 0.5).
     """
 
-    def __init__(self, bones: tuple[str, ...] = BONES, landmarks: tuple[str, ...] = LANDMARKS):
+    def __init__(self, bones: tuple[str, ...] = BONES, landmarks: tuple[str, ...] = LANDMARKS,
+                 codec: HeatmapCodec | None = None):
         super().__init__()
+        self.codec = codec  # None: heat-maps at the input size (arg max needs no sigma)
         self.bones = tuple(bones)
         self.landmarks = tuple(landmarks)
         self.iou = MultilabelJaccardIndex(num_labels=len(bones), average="none", threshold=0.5)
@@ -94,7 +98,9 @@ class ValidationMetrics(nn.Module):
         """Add one batch: ``final`` = the last hourglass's ``{"seg": logits, "lm": maps}``."""
         probs = torch.sigmoid(final["seg"].float())
         self.iou.update(probs, batch["seg"].round().long())
-        pred = heatmap_argmax(final["lm"].float())
+        lm = final["lm"].float()
+        codec = self.codec or HeatmapCodec(lm.shape[-1], lm.shape[-1], 1.0)
+        pred = torch.from_numpy(codec.decode(lm, "argmax")[0]).to(lm.device, torch.float32)
         e_px, e_orig, e_mm = landmark_errors(pred, batch["landmarks"].float(), batch["frame"],
                                              batch["spacing"])
         visible = batch["lm_visible"].bool()

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from datamodules.sample import TASKS
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
+from geometry.heatmaps import HeatmapCodec
 from lightning_modules.gradnorm import GradNorm, ddp_ignore_gradnorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
@@ -71,6 +72,8 @@ class KneePlanModule(pl.LightningModule):
         max_nonfinite_steps: a step whose loss or gradient is NaN/inf is skipped (no optimiser
             step), counted (``train/nonfinite_steps``) and logged with ``train/loss`` NaN;
             this many in a row stop training with :class:`NonFiniteTrainingError`.
+        heatmap_codec: ``HeatmapCodec.to_dict()`` of the targets; None: taken from the
+            DataModule when a checkpoint is saved (so plan and evaluate can rebuild it).
 
     Shape:
         ``batch["image"] (B, 1, S, S)`` -> ``SHGNOutput`` with ``stacks[l][task] (B, C_t, S, S)``.
@@ -95,6 +98,7 @@ class KneePlanModule(pl.LightningModule):
         grad_clip_algorithm: str = "norm",
         net_kwargs: dict[str, Any] | None = None,
         max_nonfinite_steps: int = 5,
+        heatmap_codec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if grad_clip_algorithm not in ("norm", "value"):
@@ -120,7 +124,8 @@ class KneePlanModule(pl.LightningModule):
         self.gradnorm = GradNorm(num_stacks, len(self.task_names), alpha,
                                  task_names=self.task_names)
         self.criterion = MultiTaskLoss(beta)
-        self.val_metrics = ValidationMetrics()
+        self.val_metrics = ValidationMetrics(
+            codec=HeatmapCodec.from_dict(heatmap_codec) if heatmap_codec else None)
         self._pending_rng: dict | None = None
         ddp_ignore_gradnorm(self)  # GradNorm synchronises itself; DDP must not wait for it
         self._nonfinite_streak = 0  # consecutive skipped steps
@@ -269,6 +274,9 @@ class KneePlanModule(pl.LightningModule):
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = rng_state()
+        codec = self.hparams.get("heatmap_codec") or _datamodule_codec(self)
+        if codec is not None:  # plain types, for torch.load(weights_only=True)
+            checkpoint.setdefault("hyper_parameters", {})["heatmap_codec"] = codec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get(RNG_KEY)
@@ -276,6 +284,15 @@ class KneePlanModule(pl.LightningModule):
 
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped after too many consecutive steps with a NaN/infinite loss or gradient."""
+
+
+def _datamodule_codec(module: pl.LightningModule) -> dict[str, Any] | None:
+    """The DataModule's heat-map codec as plain types, None without one."""
+    dm = getattr(module._trainer, "datamodule", None) if module._trainer else None
+    targets = getattr(dm, "targets", None)
+    if dm is None or targets is None or not hasattr(dm, "size"):
+        return None
+    return HeatmapCodec(dm.size, dm.size, targets.sigma).to_dict()
 
 
 def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> KneePlanModule:

@@ -110,20 +110,35 @@ def evaluate_sample(
     line_fit: str = "lstsq",
     uncertainty: Any = None,
     review_config: Any = None,
+    predictor: Any = None,
+    tta: int = 0,
+    codec: Any = None,
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
     and the review verdict (``planning.review.review``, the same call as ``make plan``).
 
     Distances are in mm when the spacing is known (``sample_spacing``: the same resolver as
-    ``make plan``), else in original pixels; the row's ``unit`` says which.
+    ``make plan``), else in original pixels; the row's ``unit`` says which. With a
+    ``predictor`` its codec decodes the heat-maps, and ``tta >= 2`` measures the uncertainty as
+    ``make plan`` does (else ``uncertainty`` is used as given); ``codec`` defaults to the
+    predictor's.
     """
+    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
+
+    codec = codec or getattr(predictor, "codec", None)
     masks = masks_to_original(maps.seg, maps.frame)
     resolution = sample_spacing(sample, masks[0])
     spacing = None if resolution.spacing is None else resolution.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
-        line_fit=line_fit,
+        line_fit=line_fit, codec=codec,
     )  # fmt: skip
+    if predictor is not None and uncertainty is None:
+        uncertainty = hourglass_only(maps, decode, codec)
+        if tta >= 2:
+            uncertainty = tta_uncertainty(predictor, sample.image, maps, spacing=spacing,
+                                          config=TTAConfig(count=tta), decode=decode,
+                                          line_fit=line_fit)  # fmt: skip
     row: dict[str, Any] = {
         "id": sample.id,
         "unit": "px" if spacing is None else "mm",
@@ -246,7 +261,8 @@ def evaluate(
     Args:
         samples: test samples (original resolution, with masks and annotations).
         out_dir: output folder (created).
-        module: loaded module with ``image_size`` and ``predict_maps``; ignored when ``oracle``.
+        module: loaded predictor (``planning.predict.load_predictor``); with ``oracle`` only its
+            heat-map codec is used (the oracle then draws that model's sigma and size).
         oracle: use ground-truth target maps instead of predictions.
         decode, line_fit: plan geometry options (see ``geometry.plan_geometry``).
         subset: image ids for Table 2's second column (None: no subset column).
@@ -259,8 +275,7 @@ def evaluate(
         review_config: review thresholds (default ``configs/review.yaml``).
     """
     from planning.oracle import oracle_maps
-    from planning.predict import predict_image
-    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
+    from planning.predict import as_predictor, predict_image
 
     if not oracle and module is None:
         raise ValueError("evaluate: give a module or oracle=True")
@@ -272,15 +287,18 @@ def evaluate(
     codes: list[list[str]] = []
     scores: list[float] = []
     review_config = review_config or ReviewConfig.load()
+    predictor = None if module is None else as_predictor(module)
+    codec = getattr(predictor, "codec", None)
     t0 = time.perf_counter()
     for sample in samples:
-        maps = oracle_maps(sample, image_size) if oracle else predict_image(module, sample.image)
-        unc = None if oracle else hourglass_only(maps, decode)
-        if not oracle and tta >= 2:
-            unc = tta_uncertainty(module, sample.image, maps, spacing=sample.spacing_mm,
-                                  config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
-        res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit, uncertainty=unc,
-                              review_config=review_config)  # fmt: skip
+        if oracle:  # no model: no uncertainty; the checkpoint's codec draws and decodes
+            maps = oracle_maps(sample, image_size, codec=codec)
+            res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
+                                  review_config=review_config, codec=codec)
+        else:
+            maps = predict_image(predictor, sample.image)
+            res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
+                                  review_config=review_config, predictor=predictor, tta=tta)
         codes.append([r.code for r in res.reasons])
         spread = float(res.row.get("spread_schoettle", 0.0))
         scores.append(1e6 * bool(res.reasons) + 1e3 * len(res.reasons)
@@ -419,10 +437,10 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(ckpt).is_file():
             print(f"evaluate: checkpoint {ckpt} does not exist", file=sys.stderr)
             return 2
-        from lightning_modules.module import load_module
+        from planning.predict import load_predictor  # no Lightning (planning.model_io)
 
         try:
-            module = load_module(ckpt, map_location=args.device)
+            module = load_predictor(ckpt, device=args.device)
         except Exception as err:  # a broken checkpoint is a usage error, not a crash
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             print(f"evaluate: cannot load checkpoint {ckpt}: {first}", file=sys.stderr)

@@ -2,8 +2,14 @@
 the original resolution and a JSON report out.
 
 Usage:
-    python -m planning.plan --image PATH --ckpt PATH [--out DIR] [--decode quadratic]
-        [--line-fit robust] [--spacing MM | --spacing ROW_MM COL_MM] [--no-sphere]
+    python -m planning.plan --image PATH|FOLDER|'GLOB' --ckpt MODEL.ckpt|MODEL.onnx [--out DIR]
+        [--decode quadratic] [--line-fit robust] [--spacing MM | --spacing ROW_MM COL_MM]
+        [--no-sphere] [--workers N]
+
+The model is a checkpoint (rebuilt without Lightning, ``planning.model_io``) or a model exported
+by ``make export`` (run by ONNX Runtime; that path does not import torch). A folder or a glob
+plans every image with one model load (``planning.batch``): progress on stderr, one row per
+image in ``<out>/summary.csv``, a bad image reported and skipped (exit status 1 if any failed).
 
 Pixel spacing: ``geometry.pixel_spacing.resolve_pixel_spacing`` decides (the one precedence
 order: ``--spacing``; the annotation JSON when the image sits in a dataset folder
@@ -78,10 +84,17 @@ def resolve_plan_spacing(
         raise PlanInputError(str(err)) from err
 
 
+_LAST_INPUT: dict[tuple, Any] = {}  # main() checks the image before loading the model
+
+
 def load_input(path: Path) -> Any:
     """Read the image, raising PlanInputError with a clear message on any problem."""
     from datamodules.image_io import ImageReadError, load_image
 
+    path = Path(path)
+    key = (str(path.resolve()), *_stat_key(path))
+    if key in _LAST_INPUT:  # the same unchanged file read a moment ago (main's early check)
+        return _LAST_INPUT[key]
     if not path.exists():
         raise PlanInputError(f"{path}: no such file")
     if path.is_dir():
@@ -107,7 +120,18 @@ def load_input(path: Path) -> Any:
         raise PlanInputError(f"{path}: image contains NaN or infinite values")
     if float(img.max() - img.min()) < 1e-6:
         raise PlanInputError(f"{path}: image is blank (constant intensity {float(img.min()):.3g})")
+    _LAST_INPUT.clear()
+    _LAST_INPUT[key] = loaded
     return loaded
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of a file, (-1, -1) when it cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
 
 
 @dataclass
@@ -150,7 +174,7 @@ def run_plan(
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
     from planning.overlay import draw_plan
-    from planning.predict import predict_image
+    from planning.predict import as_predictor, predict_image
     from planning.report import build_report, write_report
     from planning.review import ReviewConfig, ReviewContext, review
     from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
@@ -160,17 +184,19 @@ def run_plan(
     image = np.asarray(loaded.image, dtype=np.float32)
     if user_spacing:  # a bad --spacing is a usage error: say so before running the network
         resolve_plan_spacing(loaded, path, None, user_spacing, detect_sphere=False)
-    maps = predict_image(module, image)
+    predictor = as_predictor(module)
+    codec = getattr(predictor, "codec", None)
+    maps = predict_image(predictor, image)
     masks = masks_to_original(maps.seg, maps.frame)
     sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
-        line_fit=line_fit,
+        line_fit=line_fit, codec=codec,
     )  # fmt: skip
-    unc = hourglass_only(maps, decode)
+    unc = hourglass_only(maps, decode, codec)
     if tta >= 2:
-        unc = tta_uncertainty(module, image, maps, spacing=spacing,
+        unc = tta_uncertainty(predictor, image, maps, spacing=spacing,
                               config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
     context = ReviewContext(
         masks=masks, image=image, spacing_reasons=sp.reasons,
@@ -210,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.plan``."""
     p = argparse.ArgumentParser(
         prog="python -m planning.plan",
-        description="Schoettle-point plan for one lateral knee radiograph (DICOM, PNG, TIFF, JPG).",
+        description="Schoettle-point plan for lateral knee radiographs (DICOM, PNG, TIFF, JPEG).",
     )
-    p.add_argument("--image", type=Path, required=True, help="radiograph (.dcm, .png, .tif, .jpg)")
-    p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint")
+    p.add_argument("--image", required=True,
+                   help="radiograph (.dcm, .png, .tif, .jpg), a folder of them, or a quoted glob")
+    p.add_argument("--ckpt", type=Path, required=True,
+                   help="trained checkpoint (.ckpt) or exported model (.onnx, make export)")
     p.add_argument("--out", type=Path, default=Path("plans"), help="output folder (plans/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
@@ -222,41 +250,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel spacing in mm: one value (square pixels) or ROW_MM COL_MM",
     )  # fmt: skip
     p.add_argument("--no-sphere", action="store_true", help="skip calibration-sphere detection")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda); checkpoints only")
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations for the uncertainty check (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of the network (torch or ONNX Runtime); 1, the "
+                        "default, is fastest for the small networks on a few shared cores")
+    p.add_argument("--workers", type=int, default=1,
+                   help="batch mode: worker processes (each loads the model once)")
+    p.add_argument("--summary", type=Path, help="batch mode: summary CSV (<out>/summary.csv)")
+    p.add_argument("--progress-every", type=int, default=10, metavar="N",
+                   help="batch mode without a terminal: one progress line per N images")
     return p
 
 
+def load_model(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """The predictor for a checkpoint or an exported ``.onnx`` (``planning.predict``)."""
+    from planning.predict import load_predictor
+
+    return load_predictor(path, device=device, threads=threads)
+
+
+def _load_or_explain(path: Path, device: str, threads: int | None = None) -> Any:
+    """``load_model``, or None after printing one line saying why the model is unusable."""
+    try:
+        return load_model(path, device, threads)
+    except Exception as err:  # a broken model file is a usage error, not a crash
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "" if str(path) in first else f"{path}: "
+        print(f"plan: error: cannot load model {where}{first}", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code. Errors are one clear line on stderr."""
+    """Entry point; returns the exit code. Errors are one clear line on stderr.
+
+    Exit codes: 0 all planned; 1 a bad image (batch mode: at least one image failed);
+    2 a usage problem (bad arguments, missing or unusable model).
+    """
     args = build_parser().parse_args(argv)
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
         return 2
+    if args.workers < 1 or args.threads < 1:
+        print("plan: error: --workers and --threads must be >= 1", file=sys.stderr)
+        return 2
     if not args.ckpt.is_file():
         print(f"plan: error: checkpoint {args.ckpt} does not exist", file=sys.stderr)
         return 2
-    try:
-        load_input(args.image)  # fail fast on a bad image, before loading the network
-    except PlanInputError as err:
-        print(f"plan: error: {err}", file=sys.stderr)
-        return 1
-    try:
-        from lightning_modules.module import load_module
+    from planning.batch import expand_images
 
-        module = load_module(args.ckpt, map_location=args.device)
-    except Exception as err:  # a broken checkpoint is a usage error, not a crash
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = ""
-        if "state_dict" in first:
-            hint = " (the checkpoint does not match this version of the network)"
-        print(f"plan: error: cannot load checkpoint {args.ckpt}: {first}{hint}", file=sys.stderr)
+    images, many = expand_images(args.image)
+    if many:
+        return _main_batch(args, images)
+    if args.ckpt.suffix.lower() != ".onnx":  # an exported model loads in well under a second
+        try:
+            load_input(images[0])  # fail fast on a bad image, before importing torch
+        except PlanInputError as err:
+            print(f"plan: error: {err}", file=sys.stderr)
+            return 1
+    module = _load_or_explain(args.ckpt, args.device, args.threads)
+    if module is None:
         return 2
     try:
         res = run_plan(
-            args.image, module, args.out, decode=args.decode, line_fit=args.line_fit,
+            images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
             tta=args.tta, review_config=_review_config(args.review_config),
         )  # fmt: skip
@@ -264,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plan: error: {err}", file=sys.stderr)
         return 1
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"plan: error: planning {args.image} failed: {err}", file=sys.stderr)
+        print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
         return 1
     rep = res.report
     sp = rep["schoettle_point"]
@@ -286,6 +345,35 @@ def _review_config(path: Path | None) -> Any:
     from planning.review import ReviewConfig
 
     return ReviewConfig.load(path)
+
+
+def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
+    """Batch mode of ``main``: every image of a folder or glob, one summary CSV."""
+    import time
+
+    from planning.batch import IMAGE_SUFFIXES, PlanOptions, plan_many, write_summary
+
+    if not images:
+        print(f"plan: error: {args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found",
+              file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    workers = min(args.workers, len(images))
+    predictor = None
+    if workers == 1:
+        predictor = _load_or_explain(args.ckpt, args.device, args.threads)
+        if predictor is None:
+            return 2
+    opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
+                       str(args.ckpt), args.tta, _review_config(args.review_config))
+    rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
+                     device=args.device, progress_every=args.progress_every)
+    summary = write_summary(args.summary or args.out / "summary.csv", rows)
+    failed = sum(r["status"] != "ok" for r in rows)
+    review = sum(r["needs_review"] is True for r in rows)
+    print(f"planned {len(rows) - failed}/{len(rows)} images in {time.perf_counter() - t0:.1f} s "
+          f"({failed} failed, {review} need review); summary: {summary}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,31 +1,44 @@
 """Image in original pixels -> the network's maps in the network frame (pad + resize + forward).
 
-The image is zero-padded (centred) to a square and resized to the module's input size with
+The image is zero-padded (centred) to a square and resized to the predictor's input size with
 ``geometry.frame.PadResize``, exactly as in training; the returned ``NetworkMaps`` carries that
 frame so every decoded point can be mapped back to original pixels.
 
+A *predictor* (``Predictor`` protocol) has ``image_size``, ``codec`` and
+``predict_maps(x: (B, 1, S, S) float32 numpy) -> dict of numpy`` with ``seg`` (probabilities),
+``lm``, ``roi`` and optionally ``lm_prev`` (the second-to-last hourglass's landmark maps).
+Two implementations: ``TorchPredictor`` (a checkpoint, through ``planning.model_io``; no
+Lightning) and ``OnnxPredictor`` (an exported model through ONNX Runtime; no torch at all).
+``load_predictor`` picks one by the file's suffix. Anything else with a torch-style
+``predict_maps(tensor) -> dict of tensors`` (e.g. a ``KneePlanModule``) is wrapped on the fly.
+
 Example:
-    >>> module = load_module("runs/quick/last.ckpt")
-    >>> maps = predict_image(module, image)          # image: (H, W) float32 in [0, 1]
+    >>> predictor = load_predictor("runs/quick/last.ckpt")    # or "model.onnx"
+    >>> maps = predict_image(predictor, image)                 # image: (H, W) float32 in [0, 1]
     >>> maps.seg.shape, maps.lm.shape, maps.roi.shape
-    ((4, 256, 256), (2, 256, 256), (1, 256, 256))
+    ((4, 128, 128), (2, 128, 128), (1, 128, 128))
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from geometry.frame import PadResize
+from geometry.heatmaps import HeatmapCodec
+
+OUTPUT_NAMES = ("seg", "lm", "roi", "lm_prev")  # exported model outputs, in this order
+INPUT_NAME = "image"
 
 
 @dataclass
 class NetworkMaps:
-    """The three task outputs of one image in the (S, S) network frame.
+    """The task outputs of one image in the (S, S) network frame.
 
     Args:
         seg: (4, S, S) bone probabilities in [0, 1] (multi-label, ``BONES`` order).
@@ -43,6 +56,135 @@ class NetworkMaps:
     lm_prev: np.ndarray | None = None
 
 
+@runtime_checkable
+class Predictor(Protocol):
+    """What planning needs from a model (numpy in, numpy out)."""
+
+    image_size: int
+    codec: HeatmapCodec
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 1, S, S) float32 -> seg (probabilities), lm, roi [, lm_prev] as numpy arrays."""
+        ...
+
+
+class TorchPredictor:
+    """A plain ``MultiTaskSHGN`` (from ``planning.model_io``) behind the ``Predictor`` protocol."""
+
+    def __init__(self, net: Any, image_size: int, codec: HeatmapCodec, device: str = "cpu"):
+        self.net, self.image_size, self.codec, self.device = net, int(image_size), codec, device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
+        """Load a checkpoint safely (no Lightning); see ``planning.model_io``."""
+        from planning.model_io import load_checkpoint
+
+        m = load_checkpoint(path, device=device)
+        return cls(m.net, m.image_size, m.codec, device)
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Final (and second-to-last) hourglass maps of ``x`` (B, 1, S, S)."""
+        import torch
+
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            out = self.net(xt)
+            final = out.stacks[-1]
+            maps = {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
+            if len(out.stacks) > 1:
+                maps["lm_prev"] = out.stacks[-2]["lm"]
+        return {k: v.float().cpu().numpy() for k, v in maps.items()}
+
+
+class OnnxPredictor:
+    """An exported model (``planning.export``) run by ONNX Runtime on the CPU; needs no torch."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        meta = read_export_meta(self.path)
+        self.image_size = int(meta["input_size"])
+        self.codec = HeatmapCodec.from_dict(meta["codec"])
+        self.output_names = [str(n) for n in meta["outputs"]]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the session on ``x`` (B, 1, S, S) float32."""
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        outs = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, outs, strict=True))
+
+
+class _TensorModulePredictor:
+    """Wraps a torch-style ``predict_maps(tensor) -> dict of tensors`` (e.g. KneePlanModule)."""
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.image_size = int(module.image_size)
+        codec = getattr(module, "codec", None)
+        self.codec = codec or HeatmapCodec(self.image_size, self.image_size, 6.0)
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        try:
+            device = next(self.module.parameters()).device
+        except (StopIteration, AttributeError):
+            device = torch.device("cpu")
+        with torch.inference_mode():
+            maps = self.module.predict_maps(torch.from_numpy(x).to(device))
+        return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
+
+
+def export_meta_path(onnx_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.json`` (what planning needs besides the graph)."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
+    """The JSON written beside an exported model; ValueError naming the file when bad."""
+    meta_path = export_meta_path(onnx_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "kneeplan-onnx":
+            raise ValueError("not a kneeplan export description")
+        for key in ("input_size", "codec", "outputs", "tasks"):
+            if key not in meta:
+                raise ValueError(f"missing {key!r}")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{meta_path}: cannot use the exported model's description ({err})"
+                         ) from err
+    return meta
+
+
+def as_predictor(model: Any) -> Any:
+    """``model`` itself when it takes numpy (our predictors), else a tensor-module wrapper."""
+    if isinstance(model, TorchPredictor | OnnxPredictor | _TensorModulePredictor):
+        return model
+    if getattr(model, "takes_numpy", False):
+        return model
+    return _TensorModulePredictor(model)
+
+
+def load_predictor(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """An ``OnnxPredictor`` for ``*.onnx``, else a ``TorchPredictor`` from a checkpoint."""
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxPredictor(path, threads=threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return TorchPredictor.from_checkpoint(path, device=device)
+
+
 def network_input(image: np.ndarray, size: int) -> tuple[np.ndarray, PadResize]:
     """Pad (centred) and resize an (H, W) image to (size, size) as in training."""
     img = np.asarray(image, dtype=np.float32)
@@ -52,39 +194,28 @@ def network_input(image: np.ndarray, size: int) -> tuple[np.ndarray, PadResize]:
     return frame.apply(img).astype(np.float32), frame
 
 
-def module_device(module: Any) -> torch.device:
-    """The device of the module's parameters (CPU when it has none)."""
-    try:
-        return next(module.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 def predict_images(
     module: Any, images: Sequence[np.ndarray], batch_size: int = 4
 ) -> list[NetworkMaps]:
-    """Run ``module.predict_maps`` on original-resolution images, in batches.
+    """Run a predictor on original-resolution images, in batches.
 
     Args:
-        module: a loaded module with ``image_size`` and ``predict_maps(x) -> dict(seg, lm, roi)``
-            (seg as probabilities), e.g. from ``lightning_modules.module.load_module``.
+        module: a ``Predictor`` (``load_predictor``) or a module with a torch-style
+            ``predict_maps`` and ``image_size`` (wrapped by ``as_predictor``).
         images: (H_i, W_i) float32 images in [0, 1]; sizes may differ.
         batch_size: images per forward pass.
     """
-    size = int(module.image_size)
-    device = module_device(module)
+    predictor = as_predictor(module)
+    size = int(predictor.image_size)
     out: list[NetworkMaps] = []
     for start in range(0, len(images), batch_size):
         chunk = [network_input(img, size) for img in images[start : start + batch_size]]
-        x = torch.from_numpy(np.stack([c[0] for c in chunk])[:, None]).to(device)
-        with torch.inference_mode():
-            maps = module.predict_maps(x)
-        seg, lm, roi = (maps[k].detach().float().cpu().numpy() for k in ("seg", "lm", "roi"))
+        maps = predictor.predict_maps(np.stack([c[0] for c in chunk])[:, None])
+        seg, lm, roi = (np.asarray(maps[k], dtype=np.float32) for k in ("seg", "lm", "roi"))
         prev = maps.get("lm_prev")
-        prev = None if prev is None else prev.detach().float().cpu().numpy()
         for i, (_, frame) in enumerate(chunk):
             out.append(NetworkMaps(seg[i], lm[i], roi[i].reshape(1, size, size), frame,
-                                   None if prev is None else prev[i]))
+                                   None if prev is None else np.asarray(prev[i], np.float32)))
     return out
 
 

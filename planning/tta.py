@@ -21,11 +21,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from geometry.heatmaps import decode_heatmap
+from geometry.heatmaps import HeatmapCodec, decode_heatmap
 from geometry.plan_geometry import plan_from_maps
-from planning.predict import NetworkMaps, module_device, network_input
+from planning.predict import NetworkMaps, as_predictor, network_input
 
 POINT_NAMES = ("p_blum", "p_tmc", "schoettle")
 
@@ -103,19 +102,27 @@ def _points(plan: Any) -> np.ndarray:
     return np.stack([plan.landmarks[0], plan.landmarks[1], plan.schoettle])
 
 
-def hourglass_shift(maps: NetworkMaps, decode: str = "argmax") -> np.ndarray | None:
-    """(2,) original-pixel distance between the last two hourglasses' landmarks (None: one)."""
+def hourglass_shift(
+    maps: NetworkMaps, decode: str = "argmax", codec: HeatmapCodec | None = None
+) -> np.ndarray | None:
+    """(2,) original-pixel distance between the last two hourglasses' landmarks (None: one);
+    ``codec``: the model's heat-map codec (None: maps in the network frame)."""
     if getattr(maps, "lm_prev", None) is None:
         return None
-    last, _ = decode_heatmap(maps.lm, method=decode)
-    prev, _ = decode_heatmap(maps.lm_prev, method=decode)
+    if codec is not None:
+        (last, _), (prev, _) = codec.decode(maps.lm, decode), codec.decode(maps.lm_prev, decode)
+    else:
+        last, _ = decode_heatmap(maps.lm, method=decode)
+        prev, _ = decode_heatmap(maps.lm_prev, method=decode)
     a, b = maps.frame.to_original(last), maps.frame.to_original(prev)
     return np.hypot(*(a - b).T)
 
 
-def hourglass_only(base: NetworkMaps, decode: str = "argmax") -> Uncertainty | None:
+def hourglass_only(
+    base: NetworkMaps, decode: str = "argmax", codec: HeatmapCodec | None = None
+) -> Uncertainty | None:
     """Without TTA: the hourglass agreement alone (None when the model gives no ``lm_prev``)."""
-    shift = hourglass_shift(base, decode)
+    shift = hourglass_shift(base, decode, codec)
     if shift is None:
         return None
     return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift)
@@ -134,7 +141,8 @@ def tta_uncertainty(
     """Spread of the plan over ``config.count`` augmentations (the identity is ``base``).
 
     Args:
-        module: anything with ``image_size`` and ``predict_maps(x) -> dict(seg, lm, roi)``.
+        module: a ``planning.predict`` predictor (torch or ONNX) or a module with a torch-style
+            ``predict_maps`` (wrapped by ``as_predictor``); its ``codec`` decodes the heat-maps.
         image: (H, W) original image in [0, 1].
         base: the unaugmented prediction (its plan is the reported one).
         spacing: (row_mm, col_mm) or None, for the plans' construction.
@@ -143,23 +151,24 @@ def tta_uncertainty(
         batch_size: augmented copies per forward pass.
     """
     cfg = config or TTAConfig()
-    size = int(module.image_size)
+    predictor = as_predictor(module)
+    codec = getattr(predictor, "codec", None)
+    size = int(predictor.image_size)
     x, frame = network_input(image, size)
     affines = _affines(cfg, size)
     plans = [plan_from_maps(base.seg, base.lm, base.roi, frame=base.frame, spacing=spacing,
-                            decode=decode, line_fit=line_fit)]  # fmt: skip
-    device = module_device(module)
+                            decode=decode, line_fit=line_fit, codec=codec)]  # fmt: skip
     rest = affines[1:]
     for start in range(0, len(rest), batch_size):
         chunk = rest[start : start + batch_size]
-        batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk])
-        with torch.inference_mode():
-            out = module.predict_maps(torch.from_numpy(batch).to(device))
-        arrs = {k: out[k].detach().float().cpu().numpy() for k in ("seg", "lm", "roi")}
+        batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk]).astype(np.float32)
+        out = predictor.predict_maps(batch)
+        arrs = {k: np.asarray(out[k], dtype=np.float32) for k in ("seg", "lm", "roi")}
         for i, m in enumerate(chunk):
             back = {k: _warp(arrs[k][i].reshape(-1, size, size), m, inverse=True) for k in arrs}
             plans.append(plan_from_maps(back["seg"], back["lm"], back["roi"], frame=frame,
-                                        spacing=spacing, decode=decode, line_fit=line_fit))
+                                        spacing=spacing, decode=decode, line_fit=line_fit,
+                                        codec=codec))  # fmt: skip
     pts = np.stack([_points(p) for p in plans])
     cov = np.full((3, 2, 2), np.nan)
     for j in range(3):

@@ -1,0 +1,185 @@
+"""Batch planning: many radiographs, one model load, a progress bar and a summary CSV.
+
+``python -m planning.plan --image FOLDER/ (or 'GLOB') --ckpt MODEL`` plans every image (see
+``expand_images``), writes each image's overlay and JSON as in single-image mode, and
+``<out>/summary.csv`` with one row per image (``SUMMARY_FIELDS``). A bad image is reported on
+stderr and in its CSV row (``status`` = failed, ``error``) and the others are still planned.
+With ``workers > 1`` the images are shared among that many processes (spawned; each loads the
+model once and runs one thread).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
+GLOB_CHARS = set("*?[")
+SUMMARY_FIELDS = (
+    "image", "status", "schoettle_x_px", "schoettle_y_px", "schoettle_x_mm", "schoettle_y_mm",
+    "spacing_source", "needs_review", "reasons", "seconds", "error", "report",
+)  # fmt: skip
+
+
+def expand_images(spec: str) -> tuple[list[Path], bool]:
+    """Image paths named by ``spec`` and whether it names several (a folder or a glob).
+
+    A folder gives its files with an image suffix (``IMAGE_SUFFIXES``, not recursive, sorted);
+    a pattern with ``* ? [`` that is not itself an existing path gives its sorted matches;
+    anything else is one path (checked later, when it is read).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return files, True
+    if GLOB_CHARS & set(spec) and not path.exists():
+        return sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file()), True
+    return [path], False
+
+
+@dataclass
+class PlanOptions:
+    """Per-image settings of ``planning.plan.run_plan``."""
+
+    out_dir: Path
+    decode: str = "argmax"
+    line_fit: str = "lstsq"
+    user_spacing: list[float] | None = None
+    detect_sphere: bool = True
+    checkpoint: str | None = None
+    tta: int = 8
+    review_config: Any = None
+
+
+def plan_one(path: Path, predictor: Any, opts: PlanOptions) -> dict[str, Any]:
+    """Plan one image; a summary row, with ``status`` failed and ``error`` when it could not."""
+    from planning.plan import PlanInputError, run_plan
+
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS, "")
+    row["image"] = str(path)
+    t0 = time.perf_counter()
+    try:
+        res = run_plan(
+            path, predictor, opts.out_dir, decode=opts.decode, line_fit=opts.line_fit,
+            user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
+            checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
+        )  # fmt: skip
+    except PlanInputError as err:
+        row.update(status="failed", error=str(err))
+    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        row.update(status="failed", error=f"{path}: planning failed: {err}")
+    else:
+        rep = res.report
+        sp = rep["schoettle_point"]
+        px, mm = sp.get("px") or ["", ""], sp.get("mm") or ["", ""]
+        row.update(
+            status="ok", schoettle_x_px=px[0], schoettle_y_px=px[1], schoettle_x_mm=mm[0],
+            schoettle_y_mm=mm[1], spacing_source=rep["spacing"]["source"],
+            needs_review=bool(rep["needs_review"]), reasons="; ".join(rep["review_reasons"]),
+            report=str(res.report_path),
+        )  # fmt: skip
+    row["seconds"] = round(time.perf_counter() - t0, 4)
+    return row
+
+
+class Progress:
+    """tqdm bar on a terminal; otherwise one line per ``every`` images (logs stay readable)."""
+
+    def __init__(self, total: int, every: int = 10, stream: Any = None):
+        self.total, self.every, self.done, self.failed = total, max(1, every), 0, 0
+        self.stream = stream or sys.stderr
+        self.bar = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="image", file=self.stream, dynamic_ncols=True)
+
+    def update(self, ok: bool) -> None:
+        """Count one finished image."""
+        self.done += 1
+        self.failed += not ok
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=self.failed)
+        elif self.done % self.every == 0 or self.done == self.total:
+            print(f"plan: {self.done}/{self.total} images ({self.failed} failed)",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_path: str, device: str) -> None:
+    from planning.predict import load_predictor
+
+    _WORKER["predictor"] = load_predictor(model_path, device=device, threads=1)
+
+
+def _worker_plan(path: Path, opts: PlanOptions) -> dict[str, Any]:
+    return plan_one(path, _WORKER["predictor"], opts)
+
+
+def plan_many(
+    paths: list[Path],
+    opts: PlanOptions,
+    predictor: Any = None,
+    model_path: str | Path | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+    progress_every: int = 10,
+    on_error: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Plan ``paths`` (in order of the returned rows) with one loaded ``predictor``, or with
+    ``workers`` processes that each load ``model_path``; failures are rows, never raised."""
+    report = on_error or (lambda msg: print(f"plan: error: {msg}", file=sys.stderr, flush=True))
+    progress = Progress(len(paths), progress_every)
+    rows: list[dict[str, Any] | None] = [None] * len(paths)
+
+    def finish(i: int, row: dict[str, Any]) -> None:
+        rows[i] = row
+        if row["status"] != "ok":
+            report(row["error"])
+        progress.update(row["status"] == "ok")
+
+    try:
+        if workers <= 1:
+            if predictor is None:
+                raise ValueError("plan_many: give a predictor (or workers > 1 and model_path)")
+            for i, path in enumerate(paths):
+                finish(i, plan_one(path, predictor, opts))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(str(model_path), device)) as pool:
+                futures = {pool.submit(_worker_plan, p, opts): i for i, p in enumerate(paths)}
+                for fut in as_completed(futures):
+                    finish(futures[fut], fut.result())
+    finally:
+        progress.close()
+    return [r for r in rows if r is not None]
+
+
+def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write the summary CSV (``SUMMARY_FIELDS``, one row per image)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in SUMMARY_FIELDS})
+    return path

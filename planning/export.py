@@ -1,0 +1,141 @@
+"""``make export CKPT=...``: a checkpoint -> ``model.onnx`` (dynamic batch) + ``model.json``.
+
+The graph takes ``image (B, 1, S, S)`` float32 and returns, in this order, ``seg`` (sigmoid
+probabilities), ``lm``, ``roi`` of the last hourglass and ``lm_prev`` (the second-to-last
+hourglass's landmark maps; only when the network has two or more hourglasses). The JSON beside
+it holds what planning needs without torch: input size, heat-map codec, task order and channels,
+output names. ``python -m planning.plan --ckpt model.onnx`` plans with ONNX Runtime.
+
+Usage:
+    python -m planning.export --ckpt PATH [--out model.onnx] [--opset 18] [--no-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
+from planning.predict import INPUT_NAME, OUTPUT_NAMES, export_meta_path
+
+DEFAULT_OPSET = 18
+
+
+class _ExportNet(nn.Module):
+    """The network with planning's outputs as a flat tuple (sigmoid inside the graph)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.net(x)
+        final = out.stacks[-1]
+        res = (torch.sigmoid(final["seg"]), final["lm"], final["roi"])
+        if len(out.stacks) > 1:
+            res = res + (out.stacks[-2]["lm"],)
+        return res
+
+
+def output_names(model: LoadedModel) -> list[str]:
+    """Output names of the exported graph for this network."""
+    return list(OUTPUT_NAMES[: 4 if model.net.num_stacks > 1 else 3])
+
+
+def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Write ``out`` (ONNX, dynamic batch) and its JSON description; return the description."""
+    model = load_checkpoint(ckpt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = output_names(model)
+    s = model.image_size
+    x = torch.zeros(2, 1, s, s)
+    wrapper = _ExportNet(model.net).eval()
+    with torch.inference_mode(), warnings.catch_warnings():
+        # tracer notes about the input-size checks and instance norm (always per-image stats)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (x,), str(out), input_names=[INPUT_NAME], output_names=names,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            opset_version=opset, dynamo=False,
+        )  # fmt: skip
+    meta = {
+        "format": "kneeplan-onnx",
+        "version": 1,
+        "input_name": INPUT_NAME,
+        "input_size": s,
+        "codec": model.codec.to_dict(),
+        "tasks": model.net.task_names,
+        "task_channels": dict(model.net.tasks),
+        "outputs": names,
+        "seg": "sigmoid probabilities",
+        "opset": opset,
+        "checkpoint": Path(ckpt).name,
+    }
+    export_meta_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def max_difference(ckpt: str | Path, onnx_path: str | Path, batch: int = 2, seed: int = 0
+                   ) -> float:
+    """Largest |torch - ONNX Runtime| over every output on random input (uniform [0, 1]), each
+    output's difference divided by max(1, its largest |value|) (float32 rounding grows with it;
+    heat-maps of a trained model peak near 1, where this is the absolute difference)."""
+    from planning.predict import OnnxPredictor, TorchPredictor
+
+    torch_pred = TorchPredictor.from_checkpoint(ckpt)
+    onnx_pred = OnnxPredictor(onnx_path)
+    s = torch_pred.image_size
+    x = np.random.default_rng(seed).random((batch, 1, s, s), dtype=np.float32)
+    a, b = torch_pred.predict_maps(x), onnx_pred.predict_maps(x)
+    return max(float(np.abs(a[k] - b[k]).max() / max(1.0, float(np.abs(a[k]).max())))
+               for k in onnx_pred.output_names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m planning.export``."""
+    p = argparse.ArgumentParser(prog="python -m planning.export",
+                                description="Export a checkpoint to ONNX for planning.")
+    p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint (.ckpt)")
+    p.add_argument("--out", type=Path, help="output .onnx (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the torch vs ONNX Runtime comparison on random input")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; errors are one line on stderr (exit 2 for a bad checkpoint)."""
+    args = build_parser().parse_args(argv)
+    out = args.out or args.ckpt.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        print(f"export: error: {out}: the output must end in .onnx", file=sys.stderr)
+        return 2
+    try:
+        meta = export_onnx(args.ckpt, out, args.opset)
+    except CheckpointError as err:
+        print(f"export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} and {export_meta_path(out)} (input {meta['input_size']} px, "
+          f"outputs {', '.join(meta['outputs'])}, opset {meta['opset']})")
+    if not args.no_check:
+        diff = max_difference(args.ckpt, out)
+        print(f"torch vs ONNX Runtime on random input: max |difference| = {diff:.2e} "
+              "(relative to max(1, output scale); limit 1e-4)")
+        if not diff <= 1e-4:
+            print("export: error: the exported model disagrees with torch", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

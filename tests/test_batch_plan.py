@@ -1,0 +1,110 @@
+"""Batch planning: a folder (or glob) with one bad image among good ones is planned with one
+model load; the bad one is reported and in the summary CSV, the others are planned."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+from model_files import exported_tiny_model, phantom_images
+
+from planning.batch import Progress, expand_images
+from planning.plan import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    good = phantom_images(tmp_path_factory, n=2)
+    root = tmp_path_factory.mktemp("batch_in")
+    for p in good:
+        shutil.copy(p, root / p.name)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # truncated PNG
+    (root / "notes.txt").write_text("not an image, not listed\n")
+    return root
+
+
+def _rows(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_expand_images(folder):
+    files, many = expand_images(str(folder))
+    assert many and [p.name for p in files] == sorted(
+        p.name for p in folder.iterdir() if p.suffix == ".png")
+    files, many = expand_images(str(folder / "*.png"))
+    assert many and len(files) == 3
+    files, many = expand_images(str(folder / "broken.png"))
+    assert not many and files == [folder / "broken.png"]
+    assert expand_images(str(folder / "*.dcm")) == ([], True)
+
+
+def test_folder_with_one_bad_image(folder, tmp_path_factory, tmp_path, capsys):
+    model = exported_tiny_model(tmp_path_factory)
+    rc = main(["--image", str(folder), "--ckpt", str(model), "--out", str(tmp_path),
+               "--progress-every", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 1  # some failed
+    rows = _rows(tmp_path / "summary.csv")
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == sorted(
+        p.name for p in folder.glob("*.png"))
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert len(bad) == 1 and "broken.png" in bad[0]["error"]
+    assert "plan: error: " in err and "broken.png" in err and "Traceback" not in err
+    # not a terminal: one progress line per 2 images and one at the end, no bar
+    assert "plan: 2/3 images" in err and "plan: 3/3 images (1 failed)" in err
+    for r in rows:
+        if r["status"] == "ok":
+            assert float(r["seconds"]) > 0 and r["spacing_source"] in ("sphere", "unknown")
+            assert r["needs_review"] in ("True", "False")
+            stem = r["image"].rsplit("/", 1)[-1][:-4]
+            assert (tmp_path / f"{stem}_plan.png").is_file()
+            assert r["report"].endswith(f"{stem}_plan.json")
+    assert "planned 2/3 images" in out
+
+
+def test_glob_all_good_exits_zero_and_workers(folder, tmp_path_factory, tmp_path, capsys):
+    model = exported_tiny_model(tmp_path_factory)
+    pattern = str(folder / "phantom_*.png")
+    assert len(expand_images(pattern)[0]) == 2
+    assert main(["--image", pattern, "--ckpt", str(model), "--out", str(tmp_path / "a")]) == 0
+    rows = _rows(tmp_path / "a" / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    rc = main(["--image", str(folder), "--ckpt", str(model), "--out", str(tmp_path / "b"),
+               "--workers", "2"])
+    assert rc == 1
+    rows2 = _rows(tmp_path / "b" / "summary.csv")
+    assert [r["status"] for r in rows2] == ["failed" if "broken" in r["image"] else "ok"
+                                            for r in rows2]
+    same = {r["image"]: r["schoettle_x_px"] for r in rows}
+    for r in rows2:
+        if r["image"] in same:
+            assert r["schoettle_x_px"] == same[r["image"]]
+    capsys.readouterr()
+
+
+def test_empty_folder_and_progress_on_a_terminal(tmp_path, tmp_path_factory, capsys):
+    model = exported_tiny_model(tmp_path_factory)
+    assert main(["--image", str(tmp_path), "--ckpt", str(model)]) == 1
+    assert "no image files" in capsys.readouterr().err
+
+    class Tty:
+        def __init__(self):
+            self.text = ""
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+    tty = Tty()
+    bar = Progress(3, every=1, stream=tty)
+    for ok in (True, False, True):
+        bar.update(ok)
+    bar.close()
+    assert "3/3" in tty.text and "failed=1" in tty.text and "plan: " not in tty.text

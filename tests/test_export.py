@@ -1,0 +1,97 @@
+"""ONNX export: the graph agrees with torch on random input (any batch size), the JSON says what
+planning needs, a plan through ONNX Runtime equals the plan through the checkpoint, and that
+path never imports torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from model_files import (
+    exported_tiny_model,
+    phantom_images,
+    plan_in_subprocess,
+    trained_tiny_checkpoint,
+)
+
+from planning.export import main as export_main
+from planning.export import max_difference
+from planning.plan import run_plan
+from planning.predict import OnnxPredictor, TorchPredictor, load_predictor
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return trained_tiny_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return exported_tiny_model(tmp_path_factory)
+
+
+def test_export_description(onnx_model):
+    meta = json.loads(onnx_model.with_suffix(".json").read_text())
+    assert meta["format"] == "kneeplan-onnx" and meta["input_size"] == 64
+    assert meta["codec"] == {"input_size": 64, "heatmap_size": 64, "sigma": 2.0}
+    assert meta["tasks"] == ["seg", "lm", "roi"]
+    assert meta["task_channels"] == {"seg": 4, "lm": 2, "roi": 1}
+    assert meta["outputs"] == ["seg", "lm", "roi", "lm_prev"]
+    pred = load_predictor(onnx_model)
+    assert isinstance(pred, OnnxPredictor) and pred.codec.sigma == 2.0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_runtime_agrees_with_torch(ckpt, onnx_model, batch):
+    assert max_difference(ckpt, onnx_model, batch=batch, seed=batch) <= 1e-4
+    x = np.random.default_rng(5).random((batch, 1, 64, 64), dtype=np.float32)
+    a = TorchPredictor.from_checkpoint(ckpt).predict_maps(x)
+    b = OnnxPredictor(onnx_model).predict_maps(x)
+    assert set(a) == set(b) == {"seg", "lm", "roi", "lm_prev"}
+    for k in a:
+        assert a[k].shape == b[k].shape
+        np.testing.assert_allclose(b[k], a[k], atol=1e-4)
+
+
+def test_plan_via_export_equals_plan_via_checkpoint(ckpt, onnx_model, tmp_path_factory,
+                                                      tmp_path):
+    image = phantom_images(tmp_path_factory)[0]
+    reps = [run_plan(image, load_predictor(m), tmp_path / m.suffix[1:], decode="quadratic").report
+            for m in (ckpt, onnx_model)]
+    for name in ("p_blum", "p_tmc"):
+        a, b = (np.array(r["landmarks"][name]["px"]) for r in reps)
+        assert np.abs(a - b).max() <= 0.01, (name, a, b)
+    a, b = (r["schoettle_point"]["px"] for r in reps)
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert np.abs(np.subtract(a, b)).max() <= 0.01
+    assert reps[0]["review_reasons"] == reps[1]["review_reasons"]
+
+
+@pytest.mark.parametrize("kind", ["png", "dicom"])
+def test_planning_with_onnx_never_imports_torch(onnx_model, tmp_path_factory, tmp_path, kind):
+    image = phantom_images(tmp_path_factory)[0]
+    if kind == "dicom":  # the DICOM reader's modules are on the path too
+        import cv2
+        from dicom_files import write_dicom
+
+        pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED) >> 4  # 16 -> 12 bit
+        image = tmp_path / "knee.dcm"
+        write_dicom(image, pixels, bits=12, pixel_spacing=[0.2, 0.2])
+    res = plan_in_subprocess(image, onnx_model, tmp_path)
+    assert res["rc"] == 0, res["stderr"]
+    assert not any(res["imported"].values()), res["imported"]
+    rep = json.loads((tmp_path / f"{image.stem}_plan.json").read_text())
+    assert rep["settings"]["network_size"] == 64
+    if kind == "dicom":
+        assert rep["spacing"]["source"] == "PixelSpacing"
+
+
+def test_export_cli_refuses_a_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"nothing")
+    assert export_main(["--ckpt", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("export: error: ") and "bad.ckpt" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,105 @@
+"""Lightning-free loading: a real (one-step) Lightning checkpoint rebuilt as the plain network
+with its codec, old checkpoints, refused files, and no Lightning in the planning process."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from model_files import phantom_images, plan_in_subprocess, trained_tiny_checkpoint
+
+from geometry.heatmaps import HeatmapCodec
+from planning.model_io import CheckpointError, checkpoint_codec, load_checkpoint, read_checkpoint
+from planning.predict import TorchPredictor, predict_images
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return trained_tiny_checkpoint(tmp_path_factory)
+
+
+def test_checkpoint_rebuilds_network_and_codec(ckpt):
+    model = load_checkpoint(ckpt)
+    assert model.image_size == 64 and model.net.num_stacks == 2
+    assert model.codec == HeatmapCodec(64, 64, 2.0)  # configs/tiny.yaml: size 64, sigma 2
+    assert not model.net.training
+    saved = read_checkpoint(ckpt)["hyper_parameters"]["heatmap_codec"]
+    assert saved == {"input_size": 64, "heatmap_size": 64, "sigma": 2.0}  # plain types
+    # same maps as the Lightning module loaded the old way
+    from lightning_modules.module import load_module
+
+    module = load_module(ckpt)
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    ref = module.predict_maps(x)
+    got = TorchPredictor(model.net, 64, model.codec).predict_maps(x.numpy())
+    for k in ("seg", "lm", "roi"):
+        np.testing.assert_allclose(got[k], ref[k].numpy(), atol=1e-6)
+    assert got["lm_prev"].shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(got["lm_prev"], module.net(x).stacks[0]["lm"].detach().numpy(),
+                               atol=1e-6)
+
+
+def test_old_checkpoints_derive_the_codec(ckpt, tmp_path):
+    state = read_checkpoint(ckpt)
+    del state["hyper_parameters"]["heatmap_codec"]
+    assert checkpoint_codec(state) == HeatmapCodec(64, 64, 2.0)  # DataModule's size and sigma
+    state["datamodule_hyper_parameters"] = {}
+    assert checkpoint_codec(state).sigma == 2.0  # the run's YAML config
+    state["kneeplan_config"] = None
+    assert checkpoint_codec(state) == HeatmapCodec(64, 64, 6.0)  # the DataModule default
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    assert load_checkpoint(old).codec.sigma == 6.0
+
+
+def _one_line(err: Exception) -> str:
+    msg = str(err)
+    assert "\n" not in msg
+    return msg
+
+
+def test_foreign_and_unsafe_files_are_refused(ckpt, tmp_path):
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(a=1)}, unsafe)
+    with pytest.raises(CheckpointError, match="refused") as err:
+        load_checkpoint(unsafe)
+    assert str(unsafe) in _one_line(err.value)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a kneeplan checkpoint"):
+        load_checkpoint(foreign)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as err:
+        load_checkpoint(junk)
+    assert str(junk) in _one_line(err.value)
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"]["c_star"] = 32  # weights of a different network
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(other)
+
+
+def test_predict_images_with_a_torch_predictor(ckpt):
+    pred = TorchPredictor.from_checkpoint(ckpt)
+    rng = np.random.default_rng(1)
+    imgs = [rng.random((90, 70), dtype=np.float32), rng.random((50, 120), dtype=np.float32)]
+    maps = predict_images(pred, imgs, batch_size=2)
+    assert [m.lm_prev.shape for m in maps] == [(2, 64, 64)] * 2
+    single = predict_images(pred, imgs[1:], batch_size=1)[0]
+    np.testing.assert_allclose(maps[1].lm, single.lm, atol=1e-5)
+    assert maps[0].seg.min() >= 0 and maps[0].seg.max() <= 1
+
+
+def test_planning_with_a_checkpoint_never_imports_lightning(ckpt, tmp_path_factory, tmp_path):
+    image = phantom_images(tmp_path_factory)[0]
+    res = plan_in_subprocess(image, ckpt, tmp_path)
+    assert res["rc"] == 0, res["stderr"]
+    assert res["imported"]["torch"]
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric", "wandb", "optuna",
+                 "torchmetrics"):
+        assert not res["imported"][name], name
+    assert (tmp_path / f"{image.stem}_plan.json").is_file()
