@@ -371,6 +371,7 @@ def build_knee(
         "femur_centre": fem["centre"],
         "x_ant": fem["x_ant"],
         "distal_y": fem["distal_y"],
+        "plateau": tib([[0.0, 0.0]])[0],
         "soft_radius_mm": float(np.clip(0.5 * (thigh_a + thigh_p), 35.0, 110.0)),
         "lines": [],  # (polyline mm, width mm, kind): sclerotic lines (+) and physes (-)
     }

@@ -37,6 +37,8 @@ class PhantomConfig:
             ``adolescent_scale``).
         p_osteophytes: osteophytes at the joint margins; soft_tissue_scale: thin to obese.
         p_contralateral: the other knee partly in the background.
+        render_grid_px: longest side of the render grid (the network sees 128-256 px; finer
+            rendering would be invisible to it); the image is upsampled, detector grain added.
         mu_*: attenuation per mm at the effective energy (physics style).
         beam_hardening, heel, scatter_fraction, scatter_sigma_mm, mtf_sigma_mm, photons,
         electronic_noise: image formation (physics style).
@@ -75,6 +77,7 @@ class PhantomConfig:
     p_osteophytes: float = 0.25
     soft_tissue_scale: Range = (0.7, 1.8)
     p_contralateral: float = 0.25
+    render_grid_px: int = 400  # rendering grid's longer side (px); the image is upsampled
     # physics: attenuation per mm
     mu_cortex: Range = (0.045, 0.09)
     mu_cancellous: Range = (0.016, 0.03)

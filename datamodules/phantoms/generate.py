@@ -42,8 +42,9 @@ def sample_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
 
 
-def _render_factor(h: int, w: int) -> int:
-    return max(1, -(-max(h, w) // 640))
+def _render_factor(h: int, w: int, max_px: int = 640) -> int:
+    """Coarse-grid factor: the grid's longer side stays <= ``max_px``."""
+    return max(1, -(-max(h, w) // max_px))
 
 
 def _inside_convex(poly: np.ndarray, pts: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -128,7 +129,8 @@ def render_phantom(
 ) -> tuple[Sample, dict]:
     """``generate_phantom`` plus the raw physics layers on the coarse grid (for tests): the
     line integral ``line_integral`` before beam hardening and the processing chain, ``bone``
-    (the bones' share of it) and the grid ``factor`` (empty dict for the classic style)."""
+    (the bones' share of it), the ``metal`` and ``plastic`` path lengths (mm), the log image
+    ``log`` and the grid ``factor`` (an empty dict for the classic style)."""
     cfg = config or PhantomConfig()
     rng = np.random.default_rng(int(seed))
     h, w, s, _ = sample_size_and_spacing(rng, cfg)
@@ -139,8 +141,14 @@ def render_phantom(
     flexion = float(rng.uniform(*cfg.flexion_deg))
     adolescent = bool(rng.random() < cfg.p_open_physes)
     k = float(rng.uniform(*(cfg.adolescent_scale if adolescent else cfg.scale)))
-    frame = place_knee(rng, cfg, h, w, s, mirror, rot)
     knee = build_knee(rng, k, flexion, cfg, adolescent)
+    for _ in range(8):  # the tibial plateau stays in view: less rotation until it does
+        frame = place_knee(rng, cfg, h, w, s, mirror, rot)
+        plateau = frame.to_px(knee.info["plateau"][None])[0]
+        m = 0.06 * min(h, w)
+        if m <= plateau[0] <= w - 1 - m and m <= plateau[1] <= h - 1 - m:
+            break
+        rot *= 0.6
 
     # --- ground truth (full resolution) ---
     masks = np.zeros((len(BONES), h, w), np.uint8)
@@ -171,7 +179,7 @@ def render_phantom(
             if key in knee.info
         },
     }
-    grid = RenderGrid(frame, _render_factor(h, w))
+    grid = RenderGrid(frame, _render_factor(h, w, cfg.render_grid_px))
     render = _render_classic if style == "classic" else _render_physics
     img, raw = render(rng, cfg, knee, grid, field, masks, np.stack([p_blum, p_tmc]), s, meta)
     text = extras.burn_text(
@@ -195,10 +203,6 @@ def render_phantom(
             arr[:, w - bw[3] :] = 0
         meta["black_border_px"] = bw
     img = np.clip(img, 0.0, 1.0, out=img)
-    if style == "physics":
-        bits = int(rng.choice(np.asarray(cfg.bits)))
-        img = quantise(img, bits).astype(np.float32)
-        meta["bits"] = bits
     masks &= visible[None]  # ground truth covers what the radiograph shows
     ann = RaterAnnotation(np.stack([p_blum, p_tmc]), cortex, rater=None)
     sample = Sample(
@@ -212,6 +216,16 @@ def render_phantom(
         meta=meta,
     )
     return sample, raw
+
+
+def _upsample(img: np.ndarray, f: int, h: int, w: int) -> np.ndarray:
+    """Bilinear upsampling of a grid image by ``f`` to exactly (h, w), pixel centres aligned
+    (the same values as resizing to (f hr, f wr) and cropping, without the copy)."""
+    if f == 1:
+        return np.ascontiguousarray(img[:h, :w])
+    m = np.array([[1.0 / f, 0.0, 0.5 / f - 0.5], [0.0, 1.0 / f, 0.5 / f - 0.5]])
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def _place_sphere(rng, cfg, masks, field, s, meta) -> np.ndarray | None:
@@ -307,12 +321,15 @@ def _render_physics(rng, cfg, knee, grid, field, masks, landmarks, s, meta):
     if rng.random() < cfg.p_monochrome1:
         disp = 1.0 - disp
         meta["monochrome1"] = True
-    img = cv2.resize(disp, (wr * grid.factor, hr * grid.factor), interpolation=cv2.INTER_LINEAR)
-    img = np.ascontiguousarray(img[:h, :w])
-    if grid.factor > 1 and cfg.photons[0] < 1e8:
-        grain = rng.uniform(0.002, 0.012)
-        img += noise_window(rng, h, w) * np.float32(grain)
-    return img, {"line_integral": line, "bone": bone, "factor": grid.factor, "log": log_img}
+    # Stored bit depth (quantised on the grid: the upsampling below keeps the level steps).
+    bits = int(rng.choice(np.asarray(cfg.bits)))
+    disp = quantise(np.clip(disp, 0.0, 1.0), bits).astype(np.float32)
+    meta["bits"] = bits
+    img = _upsample(disp, grid.factor, h, w)
+    if grid.factor > 1 and cfg.photons[0] < 1e8:  # detector grain finer than the grid
+        img = cv2.scaleAdd(noise_window(rng, h, w), rng.uniform(0.002, 0.012), img)
+    raw = {"line_integral": line, "bone": bone, "metal": maps.metal, "plastic": maps.plastic}
+    return img, {**raw, "factor": grid.factor, "log": log_img}
 
 
 def _contralateral(rng, cfg, knee, grid, maps) -> dict:
@@ -400,12 +417,7 @@ def _render_classic(rng, cfg, knee, grid, field, masks, landmarks, s, meta):
         outside_val = 0.0 if rng.random() < 0.5 else rng.uniform(0.6, 0.9)
         soft_edge = cv2.GaussianBlur(inside, (0, 0), 1.0)
         disp = disp * soft_edge + np.float32(outside_val) * (1.0 - soft_edge)
-    img = cv2.resize(
-        disp.astype(np.float32),
-        (wr * grid.factor, hr * grid.factor),
-        interpolation=cv2.INTER_LINEAR,
-    )[:h, :w]
-    img = np.ascontiguousarray(img)
+    img = _upsample(disp.astype(np.float32), grid.factor, h, w)
     # Coarse pixels (small test images) average several detector elements: less noise.
     sigma = rng.uniform(*cfg.noise_sigma) * min(1.0, float(np.sqrt(0.15 / s)))
     if sigma > 0:

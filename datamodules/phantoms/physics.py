@@ -25,6 +25,8 @@ from datamodules.phantoms.config import PhantomConfig
 from datamodules.phantoms.noise import noise_window
 from datamodules.phantoms.render import MU_CANCELLOUS, RenderGrid, fill, shell_chords
 
+LUT_SIZE = 4096
+
 
 @dataclass
 class PathMaps:
@@ -184,7 +186,8 @@ def form_image(
     spr = rng.uniform(*cfg.scatter_fraction)
     scat = lowpass(2.0 * primary * p, rng.uniform(*cfg.scatter_sigma_mm) / spacing)
     img = primary + np.float32(spr) * scat
-    img = lowpass(img, rng.uniform(*cfg.mtf_sigma_mm) / spacing)
+    # detector MTF (at least half a grid pixel: it also anti-aliases the rasterised outlines)
+    img = cv2.GaussianBlur(img, (0, 0), max(0.5, rng.uniform(*cfg.mtf_sigma_mm) / spacing))
     n0 = rng.uniform(*cfg.photons) * (spacing / 0.3) ** 2  # photons per coarse pixel
     q = np.sqrt(np.maximum(img, 0.0) / np.float32(n0)) * noise_window(rng, hr, wr)
     e = np.float32(rng.uniform(*cfg.electronic_noise)) * noise_window(rng, hr, wr)
@@ -226,12 +229,13 @@ def process(
             x = x + np.float32(g) * (x - lowpass(x, s))
     # S-shaped LUT, normalised to map 0 -> 0 and 1 -> 1, blended with the identity.
     a, c, mix = rng.uniform(*cfg.lut_slope), rng.uniform(*cfg.lut_centre), rng.uniform(*cfg.lut_mix)
-    x = np.clip(x, 0.0, 1.0)
+    gamma = rng.uniform(*cfg.gamma)
+    t = np.linspace(0.0, 1.0, LUT_SIZE)  # the LUT as a table, applied by indexing
     s0, s1 = 1 / (1 + np.exp(a * c)), 1 / (1 + np.exp(-a * (1 - c)))
-    sx = (1.0 / (1.0 + np.exp(-np.float32(a) * (x - np.float32(c)))) - s0) / (s1 - s0)
-    x = np.float32(mix) * sx + np.float32(1 - mix) * x
-    x = np.clip(x, 0.0, 1.0) ** np.float32(rng.uniform(*cfg.gamma))
-    return x.astype(np.float32)
+    st = (1.0 / (1.0 + np.exp(-a * (t - c))) - s0) / (s1 - s0)
+    table = (np.clip(mix * st + (1 - mix) * t, 0.0, 1.0) ** gamma).astype(np.float32)
+    idx = np.clip(x * np.float32(LUT_SIZE - 1) + np.float32(0.5), 0, LUT_SIZE - 1)
+    return table[idx.astype(np.int32)]
 
 
 def quantise(img: np.ndarray, bits: int) -> np.ndarray:
