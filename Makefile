@@ -26,12 +26,16 @@ SEED ?= 0
 TRIALS ?= 4
 STORAGE ?=
 STUDY ?= kneeplan
+# Leave-one-factor-out protocol (make generalisation MINUTES=30 FACTORS=metal,collimation).
+MINUTES ?= 30
+FACTORS ?= physics,processing,noise,scatter,trabecular,pose,imperfect_lateral,metal,calibration,collimation,text,cast,contralateral
+LOFO_OUT ?= runs/generalisation
 # Evaluation / planning.
 CKPT ?=
 IMAGE ?=
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data evaluate plan bench clean
+        validate-data evaluate plan bench clean generalisation
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
@@ -81,6 +85,10 @@ validate-data: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(CKPT)) $(if $(DATA),--data-root $(DATA)) $(ARGS)
+
+generalisation: $(STAMP)
+	$(PY) -m planning.generalisation --minutes $(MINUTES) --factors $(FACTORS) --out $(LOFO_OUT) \
+	  $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 plan: $(STAMP)
 	@test -n "$(IMAGE)" -a -n "$(CKPT)" || (echo "usage: make plan IMAGE=... CKPT=..." && exit 2)

@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--phantom-max-side", type=int, help="cap phantom image sides (px) for quick runs"
     )
+    p.add_argument("--phantom-config", type=Path,
+                   help="phantom generator YAML for the test set (configs/phantoms/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
@@ -345,10 +347,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from datamodules.phantoms import PhantomConfig
 
-        cfg = PhantomConfig()
+        try:
+            cfg = (PhantomConfig.from_yaml(args.phantom_config) if args.phantom_config
+                   else PhantomConfig())
+        except ValueError as err:
+            print(f"evaluate: {err}", file=sys.stderr)
+            return 2
         if args.phantom_max_side:
             cfg.max_side = args.phantom_max_side
-            cfg.min_side = min(cfg.min_side, args.phantom_max_side)
+            cfg.min_side = min(cfg.min_side, args.phantom_max_side * 3 // 4)  # never square
         samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
     subset = read_subset(args.subset) if args.subset else None
