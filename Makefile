@@ -28,7 +28,7 @@ STORAGE ?=
 STUDY ?= kneeplan
 # Leave-one-factor-out protocol (make generalisation MINUTES=30 FACTORS=metal,collimation).
 MINUTES ?= 30
-FACTORS ?= physics,processing,noise,scatter,trabecular,pose,imperfect_lateral,metal,calibration,collimation,text,cast,contralateral
+FACTORS ?= physics,processing,pose,metal,calibration,collimation
 LOFO_OUT ?= runs/generalisation
 # Evaluation / planning.
 CKPT ?=

@@ -43,7 +43,8 @@ class PhantomConfig:
         beam_hardening, heel, scatter_fraction, scatter_sigma_mm, mtf_sigma_mm, photons,
         electronic_noise: image formation (physics style).
         window_lo_q / window_hi_q: window quantiles of the log image; usm_gain_*: multi-scale
-        unsharp masking gains (fine, medium, coarse) with usm_sigma_* in mm; lut_slope,
+        unsharp masking gains (fine, medium, coarse; a negative coarse gain compresses the
+            latitude, as CR systems do) with usm_sigma_* in mm; lut_slope,
         lut_centre, lut_mix: S-shaped LUT; gamma; bits: output bit depths to choose from;
         p_monochrome1: probability of an inverted (MONOCHROME1-like) image.
         exposure, window_gamma, noise_sigma, blur_mm: classic style display and detector.
@@ -72,7 +73,7 @@ class PhantomConfig:
     p_double_blumensaat: float = 0.5
     patella_height_deg: Range = (15.0, 55.0)
     p_dysplasia: float = 0.2
-    p_open_physes: float = 0.25
+    p_open_physes: float = 0.2
     adolescent_scale: Range = (0.75, 0.95)
     p_osteophytes: float = 0.25
     soft_tissue_scale: Range = (0.7, 1.8)
@@ -94,19 +95,19 @@ class PhantomConfig:
     scatter_fraction: Range = (0.05, 0.8)
     scatter_sigma_mm: Range = (15.0, 60.0)
     mtf_sigma_mm: Range = (0.05, 0.25)
-    photons: Range = (150.0, 4000.0)
+    photons: Range = (600.0, 10000.0)
     electronic_noise: Range = (0.0, 0.004)
     # physics: processing chain
     window_lo_q: Range = (0.0, 0.3)
     window_hi_q: Range = (0.95, 1.0)
     window_headroom: Range = (0.0, 0.35)
-    usm_gain_fine: Range = (0.0, 1.0)
-    usm_gain_medium: Range = (0.0, 1.0)
-    usm_gain_coarse: Range = (0.0, 0.8)
+    usm_gain_fine: Range = (0.0, 0.7)
+    usm_gain_medium: Range = (0.0, 0.8)
+    usm_gain_coarse: Range = (-0.3, 0.6)
     usm_sigma_fine_mm: Range = (0.5, 2.0)
     usm_sigma_medium_mm: Range = (3.0, 10.0)
-    usm_sigma_coarse_mm: Range = (15.0, 40.0)
-    lut_slope: Range = (2.0, 7.0)
+    usm_sigma_coarse_mm: Range = (25.0, 60.0)
+    lut_slope: Range = (2.0, 6.0)
     lut_centre: Range = (0.35, 0.65)
     lut_mix: Range = (0.0, 1.0)
     gamma: Range = (0.6, 1.6)

@@ -188,9 +188,13 @@ def form_image(
     img = primary + np.float32(spr) * scat
     # detector MTF (at least half a grid pixel: it also anti-aliases the rasterised outlines)
     img = cv2.GaussianBlur(img, (0, 0), max(0.5, rng.uniform(*cfg.mtf_sigma_mm) / spacing))
-    n0 = rng.uniform(*cfg.photons) * (spacing / 0.3) ** 2  # photons per coarse pixel
+    # Photons per coarse pixel; automatic exposure control scales the dose to the anatomy's
+    # median transmission, so thick limbs are not starved.
+    body = primary[::4, ::4][line_integral[::4, ::4] > 0.5]
+    aec = float(np.median(body)) if body.size else 1.0
+    n0 = rng.uniform(*cfg.photons) * (spacing / 0.3) ** 2 / max(aec, 1e-3)
     q = np.sqrt(np.maximum(img, 0.0) / np.float32(n0)) * noise_window(rng, hr, wr)
-    e = np.float32(rng.uniform(*cfg.electronic_noise)) * noise_window(rng, hr, wr)
+    e = np.float32(rng.uniform(*cfg.electronic_noise) * min(aec, 1.0)) * noise_window(rng, hr, wr)
     img = img + q + e
     return -np.log(np.maximum(img, np.float32(1e-4)))
 
@@ -225,7 +229,7 @@ def process(
     ):
         g = rng.uniform(*gain)
         s = rng.uniform(*sig) / spacing
-        if g > 0 and s > 0.5:
+        if g != 0 and s > 0.5:
             x = x + np.float32(g) * (x - lowpass(x, s))
     # S-shaped LUT, normalised to map 0 -> 0 and 1 -> 1, blended with the identity.
     a, c, mix = rng.uniform(*cfg.lut_slope), rng.uniform(*cfg.lut_centre), rng.uniform(*cfg.lut_mix)
