@@ -214,3 +214,18 @@ def test_quantise_hits_the_bit_depth_levels():
         q = quantise(x, bits)
         assert len(np.unique(q)) == min(1001, 2**bits)
         assert np.abs(q - x).max() <= 0.5 / (2**bits - 1) + 1e-6
+
+
+def test_cli_config_option(tmp_path, capsys):
+    from datamodules.phantoms.__main__ import main as phantoms_main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("styles: {classic: 1.0}\n")
+    phantoms_main(["--out", str(tmp_path / "d"), "--n", "1", "--min-side", "160",
+                   "--max-side", "200", "--config", str(cfg)])  # fmt: skip
+    text = (tmp_path / "d" / "annotations" / "phantom_00000.json").read_text()
+    assert "kneeplan.phantoms.v2.classic" in text
+    cfg.write_text("p_nope: 1\n")
+    with pytest.raises(SystemExit):
+        phantoms_main(["--out", str(tmp_path / "e"), "--n", "1", "--config", str(cfg)])
+    assert "unknown PhantomConfig field" in capsys.readouterr().err
