@@ -400,9 +400,8 @@ def _render_classic(rng, cfg, knee, grid, field, masks, landmarks, s, meta):
     if rng.random() < cfg.p_cassette_edge:
         extras.cassette_edge(rng, acc)
         meta["cassette_edge"] = True
-    blur = rng.uniform(*cfg.blur_mm) / gs
-    if blur > 0.3:
-        acc = cv2.GaussianBlur(acc, (0, 0), blur)
+    blur = max(0.6, rng.uniform(*cfg.blur_mm) / gs)  # at least ~half a grid px: anti-aliasing
+    acc = cv2.GaussianBlur(acc, (0, 0), blur)
     exposure = rng.uniform(*cfg.exposure)
     gamma = rng.uniform(*cfg.window_gamma)
     black = rng.uniform(0.0, 0.06)

@@ -137,21 +137,22 @@ def lowpass(x: np.ndarray, sigma_px: float) -> np.ndarray:
 
 def trabecular_texture(rng: np.random.Generator, shape: tuple[int, int], spacing: float,
                        cfg: PhantomConfig, axis_deg: float) -> np.ndarray:
-    """Zero-mean, unit-std oriented texture: white noise through two Gabor filters (principal
-    trabeculae along ``axis_deg``, thinner cross struts at 90 degrees)."""
+    """Zero-mean texture in [-1, 1]: isotropic mottle (difference of Gaussians of white noise)
+    plus struts (Gabor-filtered noise) along ``axis_deg`` and two weaker directions, so the
+    pattern is oriented but irregular; wavelengths never below 4 grid px (no aliasing)."""
     h, w = shape
     noise = noise_window(rng, h, w).astype(np.float32)
-    lam = max(2.5, rng.uniform(*cfg.trabecular_scale_mm) * 2.0 / spacing)
-    # isotropic mottle (difference of Gaussians) plus oriented struts
-    out = cv2.GaussianBlur(noise, (0, 0), 0.25 * lam) - cv2.GaussianBlur(noise, (0, 0), 0.6 * lam)
-    out *= np.float32(rng.uniform(0.5, 2.0) / max(float(out.std()), 1e-6))
-    for dth, wt in ((0.0, 1.0), (90.0, rng.uniform(0.2, 0.6))):
+    lam = max(4.0, rng.uniform(*cfg.trabecular_scale_mm) * 2.0 / spacing)
+    out = cv2.GaussianBlur(noise, (0, 0), 0.2 * lam) - cv2.GaussianBlur(noise, (0, 0), 0.5 * lam)
+    out *= np.float32(rng.uniform(0.6, 1.5) / max(float(out.std()), 1e-6))
+    for dth, wt in ((0.0, 1.0), (60.0, rng.uniform(0.1, 0.5)), (120.0, rng.uniform(0.1, 0.5))):
         th = np.deg2rad(axis_deg + dth + rng.uniform(-15, 15))
-        sig = 0.5 * lam
+        sig = 0.45 * lam
         ks = int(2 * np.ceil(2.5 * sig) + 1)
-        kern = cv2.getGaborKernel((ks, ks), sig, th + np.pi / 2, lam, 0.35, 0.0, cv2.CV_32F)
+        kern = cv2.getGaborKernel((ks, ks), sig, th + np.pi / 2, lam, 0.5, 0.0, cv2.CV_32F)
         kern -= kern.mean()
-        out += np.float32(wt) * cv2.filter2D(noise, cv2.CV_32F, kern)
+        g = cv2.filter2D(noise, cv2.CV_32F, kern)
+        out += np.float32(wt / max(float(g.std()), 1e-6)) * g
     out /= np.float32(max(float(out.std()), 1e-6))
     return np.tanh(out)  # bounded: struts and pores, not extreme values
 
@@ -187,7 +188,7 @@ def form_image(
     scat = lowpass(2.0 * primary * p, rng.uniform(*cfg.scatter_sigma_mm) / spacing)
     img = primary + np.float32(spr) * scat
     # detector MTF (at least half a grid pixel: it also anti-aliases the rasterised outlines)
-    img = cv2.GaussianBlur(img, (0, 0), max(0.5, rng.uniform(*cfg.mtf_sigma_mm) / spacing))
+    img = cv2.GaussianBlur(img, (0, 0), max(0.7, rng.uniform(*cfg.mtf_sigma_mm) / spacing))
     # Photons per coarse pixel; automatic exposure control scales the dose to the anatomy's
     # median transmission, so thick limbs are not starved.
     body = primary[::4, ::4][line_integral[::4, ::4] > 0.5]
