@@ -43,6 +43,9 @@ def test_default_yaml_equals_defaults_and_factors_are_fields():
     for factor, values in FACTORS.items():
         assert set(values) <= names, factor
         assert PhantomConfig().without(factor) != PhantomConfig(), factor
+    classic = PhantomConfig.from_yaml(REPO / "configs" / "phantoms" / "classic.yaml",
+                                      min_side=160, max_side=200)
+    assert generate_phantom(3, classic).meta["style"] == "classic"
     on = PhantomConfig.from_yaml(ALL_ON)
     assert all(getattr(on, p) == 1.0 for p in DISTRACTORS)
     off = PhantomConfig().with_overrides({"factors_off": "metal,text", "p_rings": [0.5]})

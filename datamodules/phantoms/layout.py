@@ -60,9 +60,10 @@ def sample_size_and_spacing(
     if rng.random() < cfg.p_landscape:
         aspect = 1.0 / aspect
     fov_w = fov_h * aspect
-    # Shrink a field of view that cannot fit at the preferred spacing (down to the smallest one).
+    # Shrink a field of view that cannot fit at the preferred spacing (down to the smallest
+    # one); small images (tests, quick training) keep their random field and coarser spacing.
     limit = cfg.max_side * cfg.spacing_mm[1]
-    if max(fov_h, fov_w) > limit:
+    if limit >= cfg.fov_height_mm[0] and max(fov_h, fov_w) > limit:
         f = max(limit / max(fov_h, fov_w), min(1.0, cfg.fov_height_mm[0] / fov_h))
         fov_h, fov_w = fov_h * f, fov_w * f
     lo_size = max(fov_h, fov_w) / cfg.max_side
