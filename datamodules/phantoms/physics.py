@@ -145,14 +145,17 @@ def trabecular_texture(rng: np.random.Generator, shape: tuple[int, int], spacing
     lam = max(4.0, rng.uniform(*cfg.trabecular_scale_mm) * 2.0 / spacing)
     out = cv2.GaussianBlur(noise, (0, 0), 0.2 * lam) - cv2.GaussianBlur(noise, (0, 0), 0.5 * lam)
     out *= np.float32(rng.uniform(0.6, 1.5) / max(float(out.std()), 1e-6))
+    # One combined kernel: for white noise a kernel's response std is its L2 norm, so
+    # normalising each Gabor by its norm weights the three directions as intended.
+    sig = 0.45 * lam
+    ks = int(2 * np.ceil(2.5 * sig) + 1)
+    kern = np.zeros((ks, ks), np.float32)
     for dth, wt in ((0.0, 1.0), (60.0, rng.uniform(0.1, 0.5)), (120.0, rng.uniform(0.1, 0.5))):
         th = np.deg2rad(axis_deg + dth + rng.uniform(-15, 15))
-        sig = 0.45 * lam
-        ks = int(2 * np.ceil(2.5 * sig) + 1)
-        kern = cv2.getGaborKernel((ks, ks), sig, th + np.pi / 2, lam, 0.5, 0.0, cv2.CV_32F)
-        kern -= kern.mean()
-        g = cv2.filter2D(noise, cv2.CV_32F, kern)
-        out += np.float32(wt / max(float(g.std()), 1e-6)) * g
+        k = cv2.getGaborKernel((ks, ks), sig, th + np.pi / 2, lam, 0.5, 0.0, cv2.CV_32F)
+        k -= k.mean()
+        kern += np.float32(wt / max(float(np.linalg.norm(k)), 1e-6)) * k
+    out += cv2.filter2D(noise, cv2.CV_32F, kern)
     out /= np.float32(max(float(out.std()), 1e-6))
     return np.tanh(out)  # bounded: struts and pores, not extreme values
 
