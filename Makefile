@@ -26,6 +26,10 @@ SEED ?= 0
 TRIALS ?= 4
 STORAGE ?=
 STUDY ?= kneeplan
+# Leave-one-factor-out protocol (make generalisation MINUTES=30 FACTORS=metal,collimation).
+MINUTES ?= 30
+FACTORS ?= physics,processing,pose,metal,calibration,collimation
+LOFO_OUT ?= runs/generalisation
 # Evaluation / planning.
 CKPT ?=
 IMAGE ?=
@@ -38,7 +42,7 @@ WORKERS ?=
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data evaluate plan export bench clean
+        validate-data evaluate plan export bench clean generalisation
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
@@ -92,6 +96,10 @@ validate-data: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(call q,$(CKPT))) \
 	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
+
+generalisation: $(STAMP)
+	$(PY) -m planning.generalisation --minutes $(call q,$(MINUTES)) --factors $(call q,$(FACTORS)) \
+	  --out $(call q,$(LOFO_OUT)) $(if $(CONFIG),--config $(call q,$(CONFIG))) $(ARGS)
 
 plan: $(STAMP)
 	@test -n $(call q,$(IMAGE)) -a -n $(call q,$(CKPT)) || \

@@ -112,6 +112,9 @@ class KneeDataModule(pl.LightningDataModule):
         augment: True (defaults), False (none) or a dict of AugmentConfig fields.
         num_train, num_val, num_test: phantom counts.
         min_side, max_side: phantom image side range (None: PhantomConfig defaults).
+        phantom_config: YAML of phantom generator ranges (configs/phantoms/; None: defaults).
+        phantom_overrides: PhantomConfig fields to replace, e.g. ``{"p_metal": 0}`` or
+            ``{"factors_off": ["metal", "collimation"]}`` (leave-one-factor-out runs).
         cache_phantoms: keep generated phantoms in memory (per worker).
         validate: validate dataset folders in setup() (refuse invalid ones).
 
@@ -146,6 +149,8 @@ class KneeDataModule(pl.LightningDataModule):
         max_side: int | None = None,
         cache_phantoms: bool = False,
         validate: bool = True,
+        phantom_config: str | None = None,
+        phantom_overrides: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -158,6 +163,7 @@ class KneeDataModule(pl.LightningDataModule):
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.min_side, self.max_side = min_side, max_side
         self.cache_phantoms, self.validate = cache_phantoms, validate
+        self.phantom_config, self.phantom_overrides = phantom_config, phantom_overrides
         self.train_set: SampleDataset | None = None
         self.val_set: SampleDataset | None = None
         self.test_set: SampleDataset | None = None
@@ -192,7 +198,10 @@ class KneeDataModule(pl.LightningDataModule):
 
         kwargs = {k: v for k, v in (("min_side", self.min_side), ("max_side", self.max_side))
                   if v is not None}
-        return PhantomConfig(**kwargs)
+        if self.phantom_config:
+            return PhantomConfig.from_yaml(self.phantom_config, **kwargs).with_overrides(
+                self.phantom_overrides)
+        return PhantomConfig(**kwargs).with_overrides(self.phantom_overrides)
 
     def _phantoms(self, split: str, count: int) -> PhantomDataset:
         base = self.seed * 10_000_000 + _PHANTOM_SPLIT_OFFSET[split]

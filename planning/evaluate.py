@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--phantom-max-side", type=int, help="cap phantom image sides (px) for quick runs"
     )
+    p.add_argument("--phantom-config", type=Path,
+                   help="phantom generator YAML for the test set (configs/phantoms/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
@@ -458,7 +460,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from datamodules.phantoms import PhantomConfig
 
-        cfg = PhantomConfig()
+        try:
+            cfg = (PhantomConfig.from_yaml(args.phantom_config) if args.phantom_config
+                   else PhantomConfig())
+        except ValueError as err:
+            print(f"evaluate: {err}", file=sys.stderr)
+            return 2
         if args.phantom_max_side is not None:
             if args.phantom_max_side < MIN_PHANTOM_SIDE:
                 print(f"evaluate: --phantom-max-side must be at least {MIN_PHANTOM_SIDE}, got "

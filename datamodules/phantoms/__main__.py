@@ -1,4 +1,5 @@
-"""Write phantoms as a dataset: ``python -m datamodules.phantoms --out DIR --n N --seed S``.
+"""Write phantoms as a dataset: ``python -m datamodules.phantoms --out DIR --n N --seed S
+[--config configs/phantoms/X.yaml]``.
 
 Sample i is ``phantom_{i:05d}``, generated with seed ``sample_seed(S, i)``, so any sample can be
 regenerated alone and runs with different N share their first samples.
@@ -34,10 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed")
     parser.add_argument("--min-side", type=int, default=None, help="smallest image side (px)")
     parser.add_argument("--max-side", type=int, default=None, help="largest image side (px)")
+    parser.add_argument("--config", default=None, help="phantom YAML (configs/phantoms/)")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("--n must be >= 0")
-    cfg = PhantomConfig()
+    try:
+        cfg = PhantomConfig.from_yaml(args.config) if args.config else PhantomConfig()
+    except ValueError as err:
+        parser.error(str(err))
     if args.min_side is not None:
         cfg.min_side = args.min_side
     if args.max_side is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from datamodules.phantoms.config import PhantomConfig
 from datamodules.phantoms.curves import arc, catmull_rom, cubic_bezier, ray_exit, rotation
 
 SHAFT_TOP_MM = 420.0  # shafts run far beyond any field of view
@@ -63,7 +64,7 @@ def _transform(points: np.ndarray, deg: float, pivot: np.ndarray, shift: np.ndar
     return (points - pivot) @ rotation(deg).T + pivot + shift
 
 
-def build_femur(rng: np.random.Generator, k: float) -> dict:
+def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     """Medial-condyle femur outline, lateral condyle, notch roof; returns a dict of parts."""
     shaft_w = k * rng.uniform(25.0, 30.0)
     bulge = k * rng.uniform(7.0, 11.0)
@@ -108,7 +109,10 @@ def build_femur(rng: np.random.Generator, k: float) -> dict:
     )  # counter-clockwise (y up): posterior shaft down, condyle, anterior side up
     # Lateral condyle: offset copy of the condylar circle, fading out proximally.
     lat_r = radii * rng.uniform(0.86, 0.97)
-    lat_c = centre + k * np.array([rng.uniform(-3.5, 3.5), rng.uniform(-3.5, 2.0)])
+    lat_off = np.array(
+        [rng.uniform(*cfg.lateral_offset_x_mm), rng.uniform(*cfg.lateral_offset_y_mm)]
+    )
+    lat_c = centre + k * lat_off
     lateral = arc(lat_c, lat_r, 0.0, 356.0, 6.0)
     # Blumensaat's line: from p_blum anterior-distal until shortly before the outline.
     p_blum = np.array([k * rng.uniform(5.0, 11.0), -k * rng.uniform(4.0, 10.0)])
@@ -143,10 +147,15 @@ def build_femur(rng: np.random.Generator, k: float) -> dict:
         "notch": notch,
         "distal_y": cy - radii[1],
         "lat_top": lat_c[1] + lat_r[1],
+        "lat_offset": k * lat_off,
+        "ant": ant,
+        "cond_top": cy + 1.35 * rc,
     }
 
 
-def build_patella(rng: np.random.Generator, k: float, femur: dict, flexion: float):
+def build_patella(
+    rng: np.random.Generator, k: float, femur: dict, flexion: float, height: tuple = (25.0, 45.0)
+):
     """Patella outline placed on the trochlea, sliding distally with flexion."""
     hp = k * rng.uniform(19.0, 23.0)
     tp = k * rng.uniform(9.0, 11.5)
@@ -164,7 +173,7 @@ def build_patella(rng: np.random.Generator, k: float, femur: dict, flexion: floa
         ]
     ) * np.array([tp, hp])
     local = catmull_rom(local, samples=6, closed=True)
-    beta = rng.uniform(25.0, 45.0) - 0.75 * flexion  # angle above the anterior horizontal
+    beta = rng.uniform(*height) - 0.75 * flexion  # angle above the anterior horizontal
     radial = np.array([np.cos(np.deg2rad(beta)), np.sin(np.deg2rad(beta))])
     rho = ray_exit(femur["outline"], femur["centre"], radial)
     overlap = k * rng.uniform(2.0, 6.0)
@@ -256,12 +265,19 @@ def build_tibia_fibula(rng: np.random.Generator, k: float):
     return tibia, fibula, {"ap": ap, "shaft_w": sw, "fib_w": fw}
 
 
-def build_knee(rng: np.random.Generator, scale: float, flexion: float) -> KneeAnatomy:
+def build_knee(
+    rng: np.random.Generator,
+    scale: float,
+    flexion: float,
+    cfg: PhantomConfig | None = None,
+    adolescent: bool = False,
+) -> KneeAnatomy:
     """Sample one knee: bone outlines and landmarks in femur-frame mm, tibia flexed about the
     medial condyle centre by ``flexion`` degrees (distal tibia moves posterior)."""
+    cfg = cfg or PhantomConfig()
     k = scale
-    fem = build_femur(rng, k)
-    patella = build_patella(rng, k, fem, flexion)
+    fem = build_femur(rng, k, cfg)
+    patella = build_patella(rng, k, fem, flexion, cfg.patella_height_deg)
     tibia_t, fibula_t, tinfo = build_tibia_fibula(rng, k)
     gap = k * rng.uniform(3.0, 6.0)
     origin = np.array([fem["centre"][0] + k * rng.uniform(2.0, 8.0), fem["distal_y"] - gap])
@@ -319,14 +335,15 @@ def build_knee(rng: np.random.Generator, scale: float, flexion: float) -> KneeAn
     def tib(points):
         return _transform(np.asarray(points) + origin + rollback, -flexion, pivot, np.zeros(2))
 
+    soft_k = k * rng.uniform(*cfg.soft_tissue_scale)
     thigh_c = k * rng.uniform(10.0, 22.0)
-    thigh_a, thigh_p = k * rng.uniform(40.0, 55.0), k * rng.uniform(45.0, 70.0)
+    thigh_a, thigh_p = soft_k * rng.uniform(40.0, 55.0), soft_k * rng.uniform(45.0, 70.0)
     pat_c = patella.mean(0)
     pat_front = pat_c + (pat_c - fem["centre"]) / np.linalg.norm(pat_c - fem["centre"]) * (
         k * rng.uniform(18.0, 24.0)
     )
-    calf_p = k * rng.uniform(45.0, 70.0)
-    skin = k * rng.uniform(8.0, 16.0)
+    calf_p = soft_k * rng.uniform(45.0, 70.0)
+    skin = soft_k * rng.uniform(8.0, 16.0)
     calf = tib(
         [
             [h + 1.0 * k + skin, -2.0 * k],
@@ -354,7 +371,58 @@ def build_knee(rng: np.random.Generator, scale: float, flexion: float) -> KneeAn
         "femur_centre": fem["centre"],
         "x_ant": fem["x_ant"],
         "distal_y": fem["distal_y"],
+        "plateau": tib([[0.0, 0.0]])[0],
+        "soft_radius_mm": float(np.clip(0.5 * (thigh_a + thigh_p), 35.0, 110.0)),
+        "lines": [],  # (polyline mm, width mm, kind): sclerotic lines (+) and physes (-)
     }
+    # Blumensaat's line of the second condyle (imperfect laterals: double roof line).
+    if rng.random() < cfg.p_double_blumensaat:
+        off = fem["lat_offset"]
+        info["lines"].append((np.stack([fem["p_blum"], fem["blum_end"]]) + off, 1.0, "cortex"))
+    # Trochlear groove floor: parallel to the anterior condyle contour, crossing it when
+    # dysplastic (crossing sign).
+    ant = fem["ant"]
+    sel = ant[(ant[:, 1] > fem["centre"][1]) & (ant[:, 1] < fem["cond_top"] + 8.0 * k)]
+    if len(sel) >= 3:
+        dysplastic = rng.random() < cfg.p_dysplasia
+        t = np.linspace(0.0, 1.0, len(sel))[:, None]
+        d_top = k * (rng.uniform(-3.0, 0.5) if dysplastic else rng.uniform(3.0, 6.0))
+        d_bot = k * rng.uniform(5.0, 9.0)
+        depth = d_bot + (d_top - d_bot) * t
+        groove = sel - np.concatenate([depth, np.zeros_like(depth)], 1)
+        info["lines"].append((groove, 0.8, "cortex"))
+        info["dysplasia"] = bool(dysplastic)
+    # Open growth plates (adolescents): a wavy radiolucent band across femur and tibia.
+    if adolescent:
+        yf = fem["centre"][1] + fem["rc"] * rng.uniform(0.7, 1.1)
+        xs = np.linspace(-4.0, fem["x_ant"] + 4.0, 12)
+        wav = k * rng.uniform(1.0, 3.0) * np.sin(np.linspace(0, rng.uniform(2, 4) * np.pi, 12))
+        info["lines"].append((np.stack([xs, yf + wav], 1), k * rng.uniform(1.0, 2.0), "physis"))
+        yt = -k * rng.uniform(14.0, 20.0)
+        xt = np.linspace(-h - 4.0, h + 6.0, 12)
+        tw = k * rng.uniform(0.5, 2.0) * np.sin(np.linspace(0, rng.uniform(2, 4) * np.pi, 12))
+        info["lines"].append((tib(np.stack([xt, yt + tw], 1)), k * rng.uniform(1.0, 2.0),
+                              "physis"))  # fmt: skip
+        info["open_physes"] = True
+    # Osteophytes: small spurs at the joint margins, part of their bone.
+    if rng.random() < cfg.p_osteophytes:
+        spots = [
+            (2, tib([[h, h * 0.1]]), np.array([1.0, 0.6])),
+            (2, tib([[-h, -h * 0.1]]), np.array([-1.0, 0.6])),
+            (0, fem["ant"][-20:-19], np.array([1.0, 0.3])),
+            (1, patella[:1], patella[0] - patella.mean(0)),
+        ]
+        for i in rng.choice(len(spots), size=int(rng.integers(1, 4)), replace=False):
+            bone, base, out = spots[int(i)]
+            out = out / np.linalg.norm(out)
+            if bone == 2:
+                out = rotation(-flexion) @ out
+            nrm = np.array([-out[1], out[0]])
+            ln, wd = k * rng.uniform(2.0, 6.0), k * rng.uniform(2.0, 5.0)
+            b0 = base[0] - 2.0 * out
+            spur = np.stack([b0 - wd * nrm, b0 + wd * nrm, b0 + ln * out + 0.3 * wd * nrm])
+            bodies.append(Body(spur, bone, max(wd, 2.0), 1.0, canc))
+        info["osteophytes"] = True
     return KneeAnatomy(
         bodies=bodies,
         p_blum=fem["p_blum"],

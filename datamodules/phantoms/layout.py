@@ -60,6 +60,12 @@ def sample_size_and_spacing(
     if rng.random() < cfg.p_landscape:
         aspect = 1.0 / aspect
     fov_w = fov_h * aspect
+    # Shrink a field of view that cannot fit at the preferred spacing (down to the smallest
+    # one); small images (tests, quick training) keep their random field and coarser spacing.
+    limit = cfg.max_side * cfg.spacing_mm[1]
+    if limit >= cfg.fov_height_mm[0] and max(fov_h, fov_w) > limit:
+        f = max(limit / max(fov_h, fov_w), min(1.0, cfg.fov_height_mm[0] / fov_h))
+        fov_h, fov_w = fov_h * f, fov_w * f
     lo_size = max(fov_h, fov_w) / cfg.max_side
     hi_size = min(fov_h, fov_w) / cfg.min_side
     lo = max(lo_size, cfg.spacing_mm[0])
@@ -86,9 +92,9 @@ def place_knee(
     """Place p_tmc so that a random length of femoral shaft is visible above it and the knee
     (about 18 mm anterior of p_tmc) sits near the horizontal centre."""
     fov_h = h * s
-    vis_hi = min(cfg.visible_shaft_mm[1], fov_h - 80.0, 0.62 * fov_h)
+    vis_hi = min(cfg.visible_shaft_mm[1], fov_h - 80.0, 0.7 * fov_h)
     vis = rng.uniform(cfg.visible_shaft_mm[0], max(cfg.visible_shaft_mm[0], vis_hi))
-    jitter = rng.uniform(-0.08, 0.08) * w * s
+    jitter = rng.uniform(*cfg.knee_shift) * w * s
     y0 = vis / s
     x0 = w / 2 + (jitter - mirror * 18.0) / s
     # p_tmc is the frame origin, so the frame's centre is its pixel position.

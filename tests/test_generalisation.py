@@ -1,0 +1,100 @@
+"""Leave-one-factor-out runner: argument building, summary and table by hand, CLI errors, and
+one end-to-end run on the tiny preset (two models, three test phantoms)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planning import generalisation as gen
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def test_max_time_format():
+    assert gen.max_time(30) == "00:00:30:00"
+    assert gen.max_time(0.1) == "00:00:00:06"
+    assert gen.max_time(61.5) == "00:01:01:30"
+    assert gen.max_time(0.0) == "00:00:00:01"
+
+
+def test_train_args_switch_the_factor_off(tmp_path):
+    args = gen.train_args("c.yaml", 2, tmp_path, "metal", ["metal"], "p.yaml", -1)
+    assert args[:2] == ["--config", "c.yaml"]
+    assert "--trainer.max_time=00:00:02:00" in args and "--trainer.max_epochs=-1" in args
+    over = [a for a in args if a.startswith("--data.phantom_overrides=")][0]
+    assert json.loads(over.split("=", 1)[1]) == {"factors_off": ["metal"]}
+    assert "--data.phantom_config=p.yaml" in args and "--run.name=metal" in args
+
+
+def test_summarise_and_table_by_hand():
+    def row(s, b, t, iou):
+        r = {"schoettle": s, "ed_p_blum": b, "ed_p_tmc": t}
+        r.update({f"iou_{x}": iou for x in ("femur", "patella", "tibia", "fibula")})
+        return r
+
+    on = gen.summarise([row(1.0, 2.0, 3.0, 0.9), row(3.0, math.nan, 5.0, 0.7),
+                        row(2.0, 4.0, 4.0, 0.8)])  # fmt: skip
+    assert on["schoettle"] == 2.0 and on["ed_p_blum"] == 3.0 and on["ed_p_tmc"] == 4.0
+    assert on["iou_femur"] == pytest.approx(0.8)
+    off = gen.summarise([row(5.0, 5.0, 5.0, 0.5)])
+    md = gen.lofo_table({"all_on": on, "metal": off}, 3, 1.0)
+    lines = md.splitlines()
+    assert lines[-2].startswith("| (nothing: all on) | 2.00 |  | 3.00 |")
+    assert lines[-1].startswith("| metal | 5.00 | +3.00 | 5.00 | +2.00 | 5.00 | +1.00 | 0.500")
+    assert lines[-1].endswith("| -0.300 |")
+
+
+def test_cli_rejects_unknown_factor_and_bad_values(tmp_path, capsys):
+    assert gen.main(["--minutes", "1", "--factors", "metal,nope", "--out", str(tmp_path)]) == 2
+    assert "unknown factor(s) ['nope']" in capsys.readouterr().err
+    assert gen.main(["--minutes", "0", "--factors", "metal", "--out", str(tmp_path)]) == 2
+    assert gen.main(["--minutes", "1", "--factors", "metal", "--out", str(tmp_path),
+                     "--config", str(tmp_path / "none.yaml")]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_end_to_end_tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "lofo"
+    rc = gen.main(["--minutes", "0.2", "--factors", "metal", "--out", str(out), "--config", TINY,
+                   "--n-test", "2", "--max-epochs", "1"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "lofo.json").read_text())
+    assert list(res) == ["all_on", "metal"]
+    for r in res.values():
+        assert set(r) == {"schoettle", "ed_p_blum", "ed_p_tmc", "iou_femur", "iou_patella",
+                          "iou_tibia", "iou_fibula"}  # fmt: skip
+        assert all(0.0 <= r[f"iou_{b}"] <= 1.0 for b in ("femur", "tibia"))
+    md = (out / "lofo.md").read_text()
+    assert "| metal |" in md and "2 phantoms with every factor on" in md
+    cfg = yaml.safe_load(next((out / "runs" / "metal").glob("*/config.yaml")).read_text())
+    assert cfg["data"]["phantom_overrides"] == {"factors_off": ["metal"]}
+    base = yaml.safe_load(next((out / "runs" / "all_on").glob("*/config.yaml")).read_text())
+    assert base["data"]["phantom_overrides"] == {"factors_off": []}
+    # one shared test set: both models were evaluated on the same images
+    ids = [sorted(p.read_text().splitlines()[1:]) for p in
+           sorted((out / "eval").glob("*/per_image.csv"))]  # fmt: skip
+    assert len(ids) == 2
+    assert [r.split(",")[0] for r in ids[0]] == [r.split(",")[0] for r in ids[1]]
+
+
+def test_evaluate_phantom_config_option(tmp_path, capsys):
+    from planning.evaluate import main as evaluate_main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("p_nope: 1\n")
+    assert evaluate_main(["--oracle", "--phantom-config", str(bad), "--out", str(tmp_path)]) == 2
+    assert "bad.yaml: unknown PhantomConfig field(s): ['p_nope']" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text("styles: {physics: 1.0}\nfactors_off: [metal]\n")
+    rc = evaluate_main(["--oracle", "--phantom-config", str(good), "--n-phantoms", "1",
+                        "--phantom-max-side", "200", "--n-boot", "10", "--image-size", "64",
+                        "--out", str(tmp_path / "ev")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "ev" / "per_image.csv").is_file()
