@@ -56,6 +56,7 @@ from lightning_modules.callbacks import (
 )
 from lightning_modules.epoch_seeding import make_train_order_resumable
 from lightning_modules.module import KneePlanModule
+from lightning_modules.progress import progress_callback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
@@ -258,6 +259,8 @@ class KneePlanCLI(LightningCLI):
         extra = [self._get(self.config_init, c) for c in keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
                           "logger": loggers, "default_root_dir": str(run_dir)}
+        # a bar on a terminal, plain lines in a log file (no carriage returns)
+        ours += progress_callback(trainer_config, extra + self.user_callbacks)
         return self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
 
 
