@@ -201,6 +201,7 @@ def evaluate(
     spec: BootstrapSpec | None = None,
     image_size: int = 256,
     log: Any = print,
+    gallery: Any = None,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -215,6 +216,7 @@ def evaluate(
         spec: bootstrap settings of the median CIs.
         image_size: network side for oracle maps (a module brings its own).
         log: progress printer (``None`` to stay quiet).
+        gallery: a ``planning.gallery.Gallery`` offered every image, written to ``gallery/``.
     """
     from planning.oracle import oracle_maps
     from planning.predict import predict_image
@@ -236,6 +238,8 @@ def evaluate(
         elif names != raters:
             multi_rater = False  # Table 2 needs the same raters on every image
         rows.append(res.row)
+        if gallery is not None:
+            gallery.offer(sample, res, maps)
         if log:
             r = res.row
             log(
@@ -262,6 +266,8 @@ def evaluate(
     elif log and raters is not None and len(raters) > 1:
         log("note: raters differ between images; Table 2 is not written")
     write_rows(out / "per_image.csv", rows)
+    if gallery is not None:
+        gallery.write(out / "gallery")
     if log:
         log(f"evaluated {len(rows)} images in {time.perf_counter() - t0:.1f} s -> {out}")
     return EvaluationResult(rows, md1, md2, out, unit)
@@ -297,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--image-size", type=int, default=256, help="oracle network side")
     p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--gallery", type=int, default=8, metavar="N",
+                   help="gallery/: pictures of the N worst and N random images (0: none)")
     return p
 
 
@@ -308,6 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 1
+
+
+def _gallery(n: int, seed: int) -> Any:
+    """The error gallery of ``--gallery N`` (None for 0)."""
+    from planning.gallery import Gallery
+
+    return Gallery(n, seed=seed) if n > 0 else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -358,6 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         line_fit=args.line_fit, subset=subset,
         subset_name=args.subset.stem if args.subset else "subset",
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
+        gallery=_gallery(args.gallery, args.seed),
     )  # fmt: skip
     print()
     print(res.table1_md)
