@@ -59,9 +59,10 @@ class LineProgress(ProgressBar):
             print(*args, **kwargs)
 
     def _epochs(self, trainer: pl.Trainer) -> str:
-        m = trainer.max_epochs
-        return f"{trainer.current_epoch + 1}/{m}" if m is not None and m > 0 else str(
-            trainer.current_epoch + 1)
+        """``3 (4/10)``: the epoch number as in metrics.csv, checkpoint and picture names
+        (from 0), then how far along the run is."""
+        e, m = trainer.current_epoch, trainer.max_epochs
+        return f"{e} ({e + 1}/{m})" if m is not None and m > 0 else str(e)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t_fit = time.perf_counter()
@@ -80,8 +81,10 @@ class LineProgress(ProgressBar):
         total = self.total_train_batches
         elapsed = time.perf_counter() - self._t_epoch
         of = f"/{int(total)}" if math.isfinite(total) else ""
-        shown = [f"{k} {v}" for k, v in self.get_metrics(trainer, pl_module).items()
-                 if k != "v_num"]  # the bar's metrics: loss and GradNorm weights
+        # the bar's step metrics (loss, GradNorm weights); val/ ones go in the epoch line
+        shown = [f"{k} {_fmt(float(v)) if isinstance(v, float | int) else v}"
+                 for k, v in self.get_metrics(trainer, pl_module).items()
+                 if k != "v_num" and not k.startswith("val/")]
         self.print(f"epoch {self._epochs(trainer)} step {done}{of}: " + ", ".join(
             [*shown, f"{elapsed / done:.2f} s/step"]))
 

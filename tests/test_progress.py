@@ -70,6 +70,6 @@ def test_train_into_a_file_writes_no_carriage_return(tmp_path):
     assert b"\r" not in data
     text = data.decode()
     # tiny: 8 train images, batch 2 -> 4 steps: lines at steps 2 and 4, then the epoch line
-    assert "epoch 1/1 step 2/4: loss " in text and "epoch 1/1 step 4/4" in text
-    assert "epoch 1/1 done in" in text and "val/lm_err_px" in text
+    assert "epoch 0 (1/1) step 2/4: loss " in text and "epoch 0 (1/1) step 4/4" in text
+    assert "epoch 0 (1/1) done in" in text and "val/lm_err_px" in text
     assert "training finished in" in text
