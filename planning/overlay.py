@@ -331,7 +331,7 @@ def draw_truth(
 
     Same colours as a plan, but dashed outlines and LM1 and open diamonds, so truth and a
     solid-line prediction read apart. With ``predicted_schoettle`` a white segment joins the two
-    Schoettle points, labelled ``error_text``.
+    Schoettle points, labelled ``error_text`` beyond the true end.
 
     Args:
         img: (H, W, 3) uint8 RGB, contiguous; drawn on.
@@ -362,11 +362,7 @@ def draw_truth(
     a, b = _fixed(schoettle), _fixed(predicted_schoettle)
     cv2.line(img, a, b, (0, 0, 0), st.thick + 2, cv2.LINE_AA, _SHIFT)
     cv2.line(img, a, b, ERROR_COLOUR, st.thick, cv2.LINE_AA, _SHIFT)
-    if error_text:
-        mid = (np.asarray(schoettle, float) + np.asarray(predicted_schoettle, float)) / 2
-        d = np.asarray(predicted_schoettle, float) - np.asarray(schoettle, float)
-        n = float(np.hypot(*d))
-        normal = np.array([-d[1], d[0]]) / n if n > 1e-6 else np.array([0.0, -1.0])
-        if normal[1] > 0:  # label above the segment
-            normal = -normal
-        _place_labels(img, [(error_text, mid + normal * st.marker, ERROR_COLOUR, 0.0)], st)
+    if error_text:  # beyond the true end, away from the segment (and the predicted labels)
+        _place_labels(img, [(error_text, np.asarray(schoettle, float), ERROR_COLOUR,
+                             float(st.marker)),
+                            ("", np.asarray(predicted_schoettle, float), ERROR_COLOUR, 0.0)], st)

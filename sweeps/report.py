@@ -263,13 +263,19 @@ def scatter_figure(study: optuna.Study, note: str | None = None) -> Figure:
     if done:
         fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
     if trials:
-        ax.legend(fontsize=8, loc="upper right")
+        _legend(fig, ax, note)
     else:
         ax.text(0.5, 0.5, "no trials yet", ha="center", va="center", transform=ax.transAxes)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=8, color="0.3", ha="left", va="bottom")
-        fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+        if note:
+            ax.set_xlabel(f"{ax.get_xlabel()}\n{note}")
     return fig
+
+
+def _legend(fig: Figure, ax: Axes, note: str | None = None) -> None:
+    """The trial-state legend below the axes (never over a point), ``note`` as its title."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               title=note, title_fontsize=8, frameon=False)
 
 
 def contour_figure(study: optuna.Study) -> Figure:
@@ -290,7 +296,7 @@ def contour_figure(study: optuna.Study) -> Figure:
     _axes(ax, box)
     ax.set_title(f"Study {study.study_name}: objective between {len(done)} completed trials")
     fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
-    ax.legend(fontsize=8, loc="upper right")
+    _legend(fig, ax)
     return fig
 
 

@@ -76,7 +76,7 @@ def test_too_few_trials_give_the_scatter_alone_and_say_why(tmp_path, capsys):
     reason = contour_reason(study)
     assert reason is not None and f"needs {MIN_CONTOUR_TRIALS}" in reason
     fig = scatter_figure(study, note=reason)
-    assert any(reason in t.get_text() for t in fig.texts)  # said on the picture itself
+    assert reason in fig.legends[0].get_title().get_text()  # said on the picture itself
     paths = write_report(study, tmp_path / "rep")
     names = {p.name for p in paths}
     assert "trials_beta_alpha.png" in names and "contour_beta_alpha.png" not in names
