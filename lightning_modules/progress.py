@@ -68,7 +68,8 @@ class LineProgress(ProgressBar):
         self._t_fit = time.perf_counter()
         total = self.total_train_batches
         n = "?" if not math.isfinite(total) else int(total)
-        self.print(f"training: {trainer.max_epochs} epochs of {n} steps "
+        e = trainer.max_epochs
+        self.print(f"training: {e} epoch{'' if e == 1 else 's'} of {n} steps "
                    f"(progress lines: no terminal; every {self.every_n_steps} steps and epoch)")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
