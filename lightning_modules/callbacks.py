@@ -4,8 +4,9 @@
   a resumed run's curves are complete) and writes ``gradnorm_weights.png`` (paper Fig. 4 style,
   one panel per hourglass) into the run folder when training ends.
 * :class:`ValidationImages` draws a few validation images with true (left) and predicted (right)
-  bone masks, landmarks and the cortex-line ROI, saves them as PNG in ``val_images/`` and sends
-  them to W&B when a ``WandbLogger`` is attached.
+  bone masks, landmarks and the cortex-line ROI (column titles, a colour legend, the epoch and
+  its metrics), saves them as PNG in ``val_images/`` and sends them to W&B when a
+  ``WandbLogger`` is attached.
 * :class:`MetricsHistory` keeps the first and the latest validation metrics (for printing and
   for :func:`lightning_modules.train.fit`).
 * :class:`ConfigInCheckpoint` stores the resolved YAML config in every checkpoint.
@@ -153,12 +154,83 @@ def _overlay(image: np.ndarray, seg: np.ndarray, lm_xy: np.ndarray, lm_ok: np.nd
     return out
 
 
-def validation_picture(batch: dict, maps: dict[str, torch.Tensor], n: int = 4) -> np.ndarray:
-    """Grid of ``n`` rows: true (left) vs predicted (right) masks, landmarks and ROI.
+# Metrics written in a validation picture's header, in this order (when logged).
+PICTURE_METRICS = ("val/loss", "val/lm_err_px", "val/lm_err_mm", "val/iou_mean")
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _put(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5,
+         colour: tuple[int, int, int] = (0, 0, 0), thick: int = 1) -> int:
+    """Text at ``org`` (baseline left); returns its width in px."""
+    cv2.putText(img, text, org, _FONT, scale, colour, thick, cv2.LINE_AA)
+    return cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+
+
+def _legend_band(width: int) -> np.ndarray:
+    """White band: a swatch and name per bone, landmark (cross) and the ROI, wrapped to rows."""
+    entries = [(name, BONE_RGB[name], "fill") for name in BONES]
+    entries += [(name, LANDMARK_RGB[name], "cross") for name in LANDMARKS]
+    entries.append(("cortex ROI", ROI_RGB, "fill"))
+    row_h, x, y = 22, 6, 16
+    rows = [[]]
+    for name, colour, kind in entries:  # lay out first, to size the band
+        w = 18 + cv2.getTextSize(name, _FONT, 0.45, 1)[0][0] + 14
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x = 6
+        rows[-1].append((x, name, colour, kind))
+        x += w
+    band = np.full((row_h * len(rows) + 6, width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        y = 16 + r * row_h
+        for x, name, colour, kind in row:
+            if kind == "fill":
+                cv2.rectangle(band, (x, y - 11), (x + 12, y + 1), colour, -1)
+            else:
+                cv2.drawMarker(band, (x + 6, y - 5), colour, cv2.MARKER_CROSS, 12, 2)
+            _put(band, name, (x + 18, y), 0.45, (0, 0, 0))
+    return band
+
+
+def _header(width: int, col_w: int, gap: int, epoch: int | None,
+            metrics: dict[str, float] | None) -> np.ndarray:
+    """White band: the epoch and its metrics, then the column titles truth / prediction."""
+    parts = [] if epoch is None else [f"epoch {epoch} validation:"]
+    for k in PICTURE_METRICS:
+        v = (metrics or {}).get(k)
+        if v is not None and math.isfinite(v):
+            parts.append(f"{k.removeprefix('val/')} {v:.3g}")
+    lines: list[str] = []
+    for part in parts:  # wrap " | "-joined parts to the width
+        sep = " " if lines and lines[-1].endswith(":") else " | "
+        trial = f"{lines[-1]}{sep}{part}" if lines else part
+        if lines and cv2.getTextSize(trial, _FONT, 0.5, 1)[0][0] > width - 12:
+            lines.append(part)
+        else:
+            lines[-1:] = [trial]
+    band = np.full((22 * len(lines) + 30, width, 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        _put(band, line, (6, 18 + 22 * i), 0.5)
+    y = 22 * len(lines) + 22
+    for c, title in enumerate(("truth", "prediction")):
+        tw = cv2.getTextSize(title, _FONT, 0.6, 2)[0][0]
+        _put(band, title, (c * (col_w + gap) + (col_w - tw) // 2, y), 0.6, (0, 0, 0), 2)
+    return band
+
+
+def validation_picture(batch: dict, maps: dict[str, torch.Tensor], n: int = 4,
+                       epoch: int | None = None,
+                       metrics: dict[str, float] | None = None) -> np.ndarray:
+    """``n`` rows of truth (left) vs prediction (right): masks, landmarks and the cortex ROI.
+
+    A header names the columns and gives the epoch and its ``val/`` metrics; a legend below
+    names the colours.
 
     Args:
         batch: a validation batch (docs/ARCHITECTURE.md keys).
         maps: ``predict_maps`` output for ``batch["image"][:n]`` (seg probabilities).
+        epoch: epoch number shown in the header (None: not shown).
+        metrics: validation metrics shown in the header (``PICTURE_METRICS``).
     """
     from lightning_modules.metrics import heatmap_argmax
 
@@ -167,6 +239,7 @@ def validation_picture(batch: dict, maps: dict[str, torch.Tensor], n: int = 4) -
     scale = max(1, 256 // s)
     pred_xy = heatmap_argmax(maps["lm"][:n].float()).cpu().numpy()
     rows = []
+    gap = 4
     for i in range(n):
         image = batch["image"][i, 0].float().cpu().numpy()
         true = _overlay(image, batch["seg"][i].cpu().numpy() > 0.5,
@@ -176,14 +249,20 @@ def validation_picture(batch: dict, maps: dict[str, torch.Tensor], n: int = 4) -
         pred = _overlay(image, maps["seg"][i].float().cpu().numpy() > 0.5, pred_xy[i],
                         np.ones(len(LANDMARKS), bool),
                         maps["roi"][i, 0].float().cpu().numpy(), scale)
-        gap = np.full((true.shape[0], 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([true, gap, pred], axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    return np.concatenate(rows[:-1], axis=0)
+        sep = np.full((true.shape[0], gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([true, sep, pred], axis=1))
+        rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
+    grid = np.concatenate(rows[:-1], axis=0)
+    width, col_w = grid.shape[1], (grid.shape[1] - gap) // 2
+    return np.concatenate([_header(width, col_w, gap, epoch, metrics), grid,
+                           _legend_band(width)], axis=0)
 
 
 class ValidationImages(pl.Callback):
     """Save (and log to W&B) pictures of the first validation batch every ``every_n_epochs``.
+
+    The maps are taken at the first batch; the picture is drawn when validation ends, so its
+    header carries that epoch's metrics.
 
     Args:
         run_dir: run folder; pictures go to ``<run_dir>/val_images/epoch_XXX.png``.
@@ -196,6 +275,7 @@ class ValidationImages(pl.Callback):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.num_images = num_images
         self.every_n_epochs = max(int(every_n_epochs), 1)
+        self._pending: tuple[dict, dict] | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0) -> None:
@@ -204,7 +284,19 @@ class ValidationImages(pl.Callback):
             return
         n = min(self.num_images, batch["image"].shape[0])
         maps = pl_module.predict_maps(batch["image"][:n])
-        picture = validation_picture(batch, maps, n)
+        keys = ("image", "seg", "landmarks", "lm_visible", "roi")
+        self._pending = ({k: batch[k][:n].detach().cpu() for k in keys},
+                         {k: v.detach().cpu() for k, v in maps.items()})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        batch, maps = self._pending
+        self._pending = None
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
+        picture = validation_picture(batch, maps, batch["image"].shape[0],
+                                     epoch=trainer.current_epoch, metrics=metrics)
         folder = Path(self.run_dir or trainer.default_root_dir) / "val_images"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch_{trainer.current_epoch:03d}.png"

@@ -61,6 +61,7 @@ from lightning_modules.checkpoints import (
     remove_stale_temporaries,
 )
 from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
+from lightning_modules.progress import progress_callback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
@@ -290,6 +291,8 @@ class KneePlanCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
                           "logger": loggers, "default_root_dir": str(run_dir),
                           "plugins": [SameFolderCheckpointIO()]}
+        # a bar on a terminal, plain lines in a log file (no carriage returns)
+        ours += progress_callback(trainer_config, extra + self.user_callbacks)
         return self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
 
 

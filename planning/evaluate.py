@@ -255,6 +255,7 @@ def evaluate(
     log: Any = print,
     tta: int = 8,
     review_config: Any = None,
+    gallery: Any = None,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -273,6 +274,7 @@ def evaluate(
         tta: test-time augmentations per image for the review's uncertainty (< 2: none; the
             oracle has no model and gets none).
         review_config: review thresholds (default ``configs/review.yaml``).
+        gallery: a ``planning.gallery.Gallery`` offered every image, written to ``gallery/``.
     """
     from planning.oracle import oracle_maps
     from planning.predict import as_predictor, predict_image
@@ -309,6 +311,8 @@ def evaluate(
         elif names != raters:
             multi_rater = False  # Table 2 needs the same raters on every image
         rows.append(res.row)
+        if gallery is not None:
+            gallery.offer(sample, res, maps)
         if log:
             r = res.row
             log(
@@ -340,6 +344,8 @@ def evaluate(
     write_table(out, "risk_coverage", header + md_rc + "\n\n" + md_rs, sum_rc + sum_rs)
     plot_risk_coverage(out / "risk_coverage.png", [r.get("schoettle", math.nan) for r in trows],
                        scores, [bool(r["needs_review"]) for r in rows], unit)
+    if gallery is not None:
+        gallery.write(out / "gallery")
     if log:
         log(f"evaluated {len(rows)} images in {time.perf_counter() - t0:.1f} s -> {out}")
     return EvaluationResult(rows, md1, md2, out, unit, md_rc + "\n\n" + md_rs)
@@ -412,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations per image for the review gate (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
+    p.add_argument("--gallery", type=int, default=8, metavar="N",
+                   help="gallery/: pictures of the N worst and N random images (0: none)")
     return p
 
 
@@ -423,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 1
+
+
+def _gallery(n: int, seed: int) -> Any:
+    """The error gallery of ``--gallery N`` (None for 0)."""
+    from planning.gallery import Gallery
+
+    return Gallery(n, seed=seed) if n > 0 else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -485,6 +500,7 @@ def _run(args: argparse.Namespace) -> int:
         subset_name=args.subset.stem if args.subset else "subset",
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
         tta=args.tta, review_config=ReviewConfig.load(args.review_config),
+        gallery=_gallery(args.gallery, args.seed),
     )  # fmt: skip
     print()
     print(res.table1_md)

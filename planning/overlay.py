@@ -314,3 +314,84 @@ def draw_plan(
     banner_h = _banner(img, list(reasons), st) if reasons else 0
     _scale_bar(img, plan.spacing, st, bottom=banner_h)
     return np.hstack([img, _legend_panel(h, entries, st)])
+
+
+# ------------------------------------------------------------------ reference (ground truth)
+TRUTH_STYLE = "truth: dashed outlines and LM1, diamonds"
+PREDICTION_STYLE = "prediction: solid outlines and LM1, crosses, dot"
+ERROR_COLOUR = (255, 255, 255)
+
+
+def _dashed_contour(img: np.ndarray, contour: np.ndarray, colour, st: Style) -> None:
+    """A closed (K, 1, 2) OpenCV contour drawn dashed (dash = gap, a few line widths long)."""
+    pts = contour.reshape(-1, 2).astype(np.float64)
+    if len(pts) < 2:
+        return
+    pts = np.vstack([pts, pts[:1]])
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    dash = max(4.0, 3.0 * st.marker / 4)
+    total = float(s[-1])
+    for start in np.arange(0.0, total, 2 * dash):
+        ts = np.linspace(start, min(start + dash, total), 8)
+        run = np.stack([np.interp(ts, s, pts[:, 0]), np.interp(ts, s, pts[:, 1])], axis=1)
+        cv2.polylines(img, [np.round(run * _ONE).astype(np.int32)], False, colour, st.thick,
+                      cv2.LINE_AA, _SHIFT)
+
+
+def _diamond(img: np.ndarray, p: np.ndarray, colour, st: Style) -> None:
+    """An open diamond (with a dark rim) centred on ``p``: the truth's point marker."""
+    c = (int(round(float(p[0]))), int(round(float(p[1]))))
+    size = int(round(st.marker * 1.5))
+    cv2.drawMarker(img, c, (0, 0, 0), cv2.MARKER_DIAMOND, size, st.thick + 2, cv2.LINE_AA)
+    cv2.drawMarker(img, c, colour, cv2.MARKER_DIAMOND, size, st.thick, cv2.LINE_AA)
+
+
+def draw_truth(
+    img: np.ndarray,
+    masks: np.ndarray | None = None,
+    landmarks: np.ndarray | None = None,
+    lm1: Line | None = None,
+    schoettle: np.ndarray | None = None,
+    predicted_schoettle: np.ndarray | None = None,
+    error_text: str | None = None,
+) -> None:
+    """Draw a reference planning IN PLACE on an RGB image (e.g. ``draw_plan``'s ``[:, :W]``).
+
+    Same colours as a plan, but dashed outlines and LM1 and open diamonds, so truth and a
+    solid-line prediction read apart. With ``predicted_schoettle`` a white segment joins the two
+    Schoettle points, labelled ``error_text`` beyond the true end.
+
+    Args:
+        img: (H, W, 3) uint8 RGB, contiguous; drawn on.
+        masks: (4, H, W) true bone masks (``BONES`` order).
+        landmarks: (2, 2) true p_blum, p_tmc (x, y).
+        lm1: true posterior cortex line.
+        schoettle: (2,) true Schoettle point.
+    """
+    h, w = img.shape[:2]
+    st = Style(h, w)
+    if masks is not None:
+        for b, bone in enumerate(BONES):
+            contours, _ = cv2.findContours(
+                np.asarray(masks[b]).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
+            for c in contours:
+                _dashed_contour(img, c, BONE_COLOURS[bone], st)
+    _draw_line(img, lm1, LM1_COLOUR, st, dashed=True)
+    if landmarks is not None:
+        for name, p in zip(("p_blum", "p_tmc"), landmarks, strict=True):
+            if _finite(p):
+                _diamond(img, p, LANDMARK_COLOURS[name], st)
+    if not _finite(schoettle):
+        return
+    _diamond(img, schoettle, SCHOETTLE_COLOUR, st)
+    if not _finite(predicted_schoettle):
+        return
+    a, b = _fixed(schoettle), _fixed(predicted_schoettle)
+    cv2.line(img, a, b, (0, 0, 0), st.thick + 2, cv2.LINE_AA, _SHIFT)
+    cv2.line(img, a, b, ERROR_COLOUR, st.thick, cv2.LINE_AA, _SHIFT)
+    if error_text:  # beyond the true end, away from the segment (and the predicted labels)
+        _place_labels(img, [(error_text, np.asarray(schoettle, float), ERROR_COLOUR,
+                             float(st.marker)),
+                            ("", np.asarray(predicted_schoettle, float), ERROR_COLOUR, 0.0)], st)

@@ -3,11 +3,15 @@
 Writes into `<studies-dir>/<study>/`:
 - `best_trial.json`: the best completed trial (number, objective, params, metrics);
 - `trials.csv`, `trials.md`: every trial (number, state, objective, params, fail reason, ...);
-- `trials_beta_alpha.png`: every trial's (beta, alpha), marked by state (complete, pruned,
-  failed) and labelled with its objective;
-- `contour_beta_alpha.png`: Optuna's contour of the objective over beta x alpha, and
-  `param_importance.png` (PED-ANOVA), once >= 3 completed trials with distinct beta and alpha
-  exist (with fewer, a contour is an interpolation artefact; a message says so).
+- `trials_beta_alpha.png`: every trial's (beta, alpha) in the searched box, completed ones
+  coloured by their objective (colour bar with its unit), others marked by state (pruned,
+  failed, running), each labelled `#number objective`;
+- `contour_beta_alpha.png`: the objective linearly interpolated between completed trials
+  (inside their convex hull only), and `param_importance.png` (PED-ANOVA), once the study holds
+  MIN_CONTOUR_TRIALS (8) completed trials with >= 3 distinct beta and alpha; with fewer a
+  contour is an interpolation artefact: it is not drawn, the scatter says so, and so does the
+  report's output.
+Every plot has beta on x and alpha on y, and one title.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeps.storage import DEFAULT_STUDIES_DIR, default_storage_url, normalise_url  # noqa: E402
@@ -128,88 +137,185 @@ def _complete_with(study: optuna.Study, params: Sequence[str]) -> list[FrozenTri
             if all(p in t.params for p in params)]
 
 
-MIN_CONTOUR_TRIALS = 3  # a contour through fewer points is an interpolation artefact
+# A contour interpolated between fewer completed trials draws a landscape that is not there.
+MIN_CONTOUR_TRIALS = 8
+AXES = ("beta", "alpha")  # x, y in every plot
+STATE_STYLES = {TrialState.PRUNED: ("s", "tab:orange"), TrialState.FAIL: ("x", "tab:red"),
+                TrialState.RUNNING: ("^", "tab:blue"), TrialState.WAITING: ("v", "tab:gray")}
+CMAP = "viridis"
+
+
+def objective_label(study: optuna.Study) -> str:
+    """Colour-bar label with the objective's unit, e.g. ``objective (mm), lower is better``."""
+    metrics = {t.user_attrs.get("objective_metric") or "" for t in
+               study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    units = {"mm" if "_mm" in m else "px" if "_px" in m else "" for m in metrics} - {""}
+    unit = " or ".join(sorted(units)) if units else "unit unknown"
+    formula = str(study.user_attrs.get("objective", ""))
+    extra = " + IoU term" if "iou" in formula.lower() else ""
+    return f"objective ({unit}{extra}), lower is better"
+
+
+def contour_reason(study: optuna.Study) -> str | None:
+    """Why no contour is drawn (too few completed trials or distinct values), or None."""
+    done = _complete_with(study, AXES)
+    distinct = min((len({t.params[p] for t in done}) for p in AXES), default=0)
+    if len(done) < MIN_CONTOUR_TRIALS or distinct < 3:
+        return (f"no contour: {len(done)} completed trials (needs {MIN_CONTOUR_TRIALS}); "
+                "between fewer points it would be an interpolation artefact")
+    return None
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Scatter of all trials by state; Optuna contour (beta x alpha) and importance when the
-    study holds at least MIN_CONTOUR_TRIALS completed trials with distinct beta and alpha."""
-    from optuna.visualization import matplotlib as ovm
+    """The scatter of all trials; the contour and importance plots only with enough trials.
 
+    Every plot has beta on x and alpha on y over the searched box, and one title; completed
+    trials are coloured by the objective on one colour scale, labelled with its unit.
+    """
     for stale in ("contour_beta_alpha.png", "param_importance.png", "trials_beta_alpha.png"):
         (folder / stale).unlink(missing_ok=True)
-    written = [_scatter(study, folder / "trials_beta_alpha.png")]
-    done = _complete_with(study, ("beta", "alpha"))
-    enough = all(len({t.params[p] for t in done}) >= MIN_CONTOUR_TRIALS for p in ("beta", "alpha"))
-    if not enough:
-        print(f"sweeps.report: {len(done)} completed trials; the contour and importance plots "
-              f"need {MIN_CONTOUR_TRIALS} with distinct beta and alpha")
+    reason = contour_reason(study)
+    written = [_save(scatter_figure(study, note=reason), folder / "trials_beta_alpha.png")]
+    if reason:
+        print(f"sweeps.report: {reason}")
         return written
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = ovm.plot_contour(study, params=["beta", "alpha"])
-        ax.set_title(f"{study.study_name}: objective over beta x alpha "
-                     f"({len(done)} completed trials)")
-        written.append(_save(ax, folder / "contour_beta_alpha.png"))
-        try:
-            ev = optuna.importance.PedAnovaImportanceEvaluator()
-            ax = ovm.plot_param_importances(study, evaluator=ev)
-            ax.set_title(f"{study.study_name}: parameter importance (PED-ANOVA, "
-                         f"{len(done)} completed trials)")
-            written.append(_save(ax, folder / "param_importance.png"))
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:
-            print(f"sweeps.report: parameter importance skipped ({err})")
-            plt.close("all")
+    written.append(_save(contour_figure(study), folder / "contour_beta_alpha.png"))
+    try:
+        written.append(_save(importance_figure(study), folder / "param_importance.png"))
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        print(f"sweeps.report: parameter importance skipped ({err})")
+        plt.close("all")
     return written
 
 
-def _save(ax: object, path: Path) -> Path:
-    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure  # type: ignore[union-attr]
-    fig.set_size_inches(7, 5.5)
-    fig.tight_layout()
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _scatter(study: optuna.Study, path: Path) -> Path:
-    """Where each trial sampled (beta, alpha), marked by state and labelled with its value."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    styles = {TrialState.COMPLETE: ("o", "tab:green"), TrialState.PRUNED: ("s", "tab:orange"),
-              TrialState.FAIL: ("x", "tab:red"), TrialState.RUNNING: ("^", "tab:blue"),
-              TrialState.WAITING: ("v", "tab:gray")}
-    trials = [t for t in study.get_trials(deepcopy=False) if {"beta", "alpha"} <= set(t.params)]
-    labels: dict[tuple[float, float], list[str]] = {}
-    for state, (marker, color) in styles.items():
+def _search_box(trials: list[FrozenTrial]) -> dict[str, tuple[float, float]]:
+    """(low, high) of beta and alpha from the trials' distributions (padded by 4 %)."""
+    box = {}
+    for name in AXES:
+        dists = [t.distributions[name] for t in trials if name in t.distributions]
+        lows = [getattr(d, "low", None) for d in dists]
+        highs = [getattr(d, "high", None) for d in dists]
+        values = [t.params[name] for t in trials if name in t.params]
+        low = min([v for v in lows if v is not None] + values, default=0.0)
+        high = max([v for v in highs if v is not None] + values, default=1.0)
+        pad = 0.04 * (high - low) if high > low else 0.5
+        box[name] = (low - pad, high + pad)
+    return box
+
+
+def _norm(done: list[FrozenTrial]) -> Normalize:
+    values = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    return Normalize(low, high if high > low else low + 1e-9)
+
+
+def _axes(ax: Axes, box: dict[str, tuple[float, float]]) -> None:
+    ax.set_xlim(*box["beta"])
+    ax.set_ylim(*box["alpha"])
+    ax.set_xlabel("beta (loss weight)")
+    ax.set_ylabel("alpha (GradNorm asymmetry)")
+
+
+def _points(ax: Axes, trials: list[FrozenTrial], norm: Normalize) -> None:
+    """Completed trials coloured by objective; others by state marker; '#n value' labels."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if done:
+        ax.scatter([t.params["beta"] for t in done], [t.params["alpha"] for t in done],
+                   c=[t.value for t in done], cmap=CMAP, norm=norm, s=70, marker="o",
+                   edgecolors="black", linewidths=0.8, label=f"complete ({len(done)})",
+                   zorder=3)
+    for state, (marker, colour) in STATE_STYLES.items():
         pts = [t for t in trials if t.state == state]
         if pts:
             ax.scatter([t.params["beta"] for t in pts], [t.params["alpha"] for t in pts],
-                       marker=marker, color=color, s=60, label=f"{state.name.lower()} ({len(pts)})")
+                       marker=marker, color=colour, s=60, zorder=3,
+                       label=f"{state.name.lower()} ({len(pts)})")
+    labels: dict[tuple[float, float], list[str]] = {}
     for t in trials:  # a retried trial sits on its original: one label per point
         value = f" {t.value:.3g}" if t.value is not None and t.state != TrialState.FAIL else ""
         labels.setdefault((t.params["beta"], t.params["alpha"]), []).append(f"#{t.number}{value}")
     for (beta, alpha), text in labels.items():
-        ax.annotate(", ".join(text), (beta, alpha), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    if trials:  # show the whole searched box, so its coverage is visible
-        for name, setter in (("beta", ax.set_xlim), ("alpha", ax.set_ylim)):
-            dist = trials[-1].distributions[name]
-            low, high = getattr(dist, "low", None), getattr(dist, "high", None)
-            if low is not None and high is not None and high > low:
-                pad = 0.04 * (high - low)
-                setter(low - pad, high + pad)
-    ax.set_xlabel("beta")
-    ax.set_ylabel("alpha")
-    ax.set_title(f"{study.study_name}: sampled beta, alpha of {len(trials)} trials "
-                 "(label: #number objective)", fontsize=10)
+        ax.annotate(", ".join(text), (beta, alpha), textcoords="offset points", xytext=(6, 5),
+                    fontsize=8, zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.7})
+
+
+def _trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if set(AXES) <= set(t.params)]
+
+
+def scatter_figure(study: optuna.Study, note: str | None = None) -> Figure:
+    """Where each trial sampled (beta, alpha): completed ones coloured by their objective."""
+    trials = _trials(study)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+    norm = _norm(done)
+    _points(ax, trials, norm)
+    _axes(ax, _search_box(trials))
+    ax.set_title(f"Study {study.study_name}: {len(trials)} trials in the searched box")
+    if done:
+        fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
     if trials:
-        ax.legend(fontsize=8)
+        _legend(fig, ax, note)
     else:
         ax.text(0.5, 0.5, "no trials yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        if note:
+            ax.set_xlabel(f"{ax.get_xlabel()}\n{note}")
+    return fig
+
+
+def _legend(fig: Figure, ax: Axes, note: str | None = None) -> None:
+    """The trial-state legend below the axes (never over a point), ``note`` as its title."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               title=note, title_fontsize=8, frameon=False)
+
+
+def contour_figure(study: optuna.Study) -> Figure:
+    """Objective linearly interpolated between completed trials (inside their hull only)."""
+    from scipy.interpolate import griddata
+
+    trials = _trials(study)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            and math.isfinite(t.value)]
+    box = _search_box(trials)
+    norm = _norm(done)
+    xy = np.array([[t.params["beta"], t.params["alpha"]] for t in done])
+    gx, gy = np.meshgrid(np.linspace(*box["beta"], 120), np.linspace(*box["alpha"], 120))
+    gz = griddata(xy, np.array([t.value for t in done]), (gx, gy), method="linear")
+    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+    ax.contourf(gx, gy, gz, levels=np.linspace(norm.vmin, norm.vmax, 13), cmap=CMAP, norm=norm)
+    _points(ax, trials, norm)
+    _axes(ax, box)
+    ax.set_title(f"Study {study.study_name}: objective between {len(done)} completed trials")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
+    _legend(fig, ax)
+    return fig
+
+
+def importance_figure(study: optuna.Study) -> Figure:
+    """PED-ANOVA importance of each sampled parameter (horizontal bars)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.5 * len(names)), layout="constrained")
+    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    for i, n in enumerate(names):
+        ax.text(imp[n], i, f" {imp[n]:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, max(1.0, max(imp.values(), default=0) * 1.15))
+    ax.set_xlabel("importance (PED-ANOVA, sums to 1)")
+    n = len(_complete_with(study, AXES))
+    ax.set_title(f"Study {study.study_name}: parameter importance ({n} completed trials)")
+    return fig
 
 
 def write_report(study: optuna.Study, folder: Path) -> list[Path]:
@@ -220,6 +326,10 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
     if best is not None:
         paths.append(best)
     paths += write_plots(study, folder)
+    reason = contour_reason(study)
+    if reason:  # the table says why a plot is missing, not only the console
+        with paths[1].open("a") as fh:
+            fh.write(f"\nPlots: {reason}.\n")
     return paths
 
 
