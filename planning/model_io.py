@@ -2,9 +2,10 @@
 
 Planning and evaluation need only the network's weights, its hyper-parameters and the heat-map
 codec; importing ``pytorch_lightning`` for that costs seconds. This module reads a Lightning
-checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling: a file that needs
-other globals is refused), rebuilds ``lightning_modules.shgn.MultiTaskSHGN`` from the saved
-hyper-parameters and loads the ``net.*`` weights. It imports torch and ``lightning_modules.shgn``
+checkpoint with the one reader, ``lightning_modules.checkpoint_file.read_checkpoint``
+(``torch.load(weights_only=True)``: a file that needs other globals is refused), rebuilds
+``lightning_modules.shgn.MultiTaskSHGN`` from the saved hyper-parameters and loads the ``net.*``
+weights. It imports torch and ``lightning_modules.shgn``
 (plain torch) only; never Lightning, W&B or Optuna.
 
 Codec: ``hyper_parameters["heatmap_codec"]`` (saved by ``KneePlanModule``); for older checkpoints
@@ -19,31 +20,22 @@ Example:
 
 from __future__ import annotations
 
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
-from lightning_modules.shgn import DEFAULT_TASKS, MultiTaskSHGN
+from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+from lightning_modules.shgn import MultiTaskSHGN
+
+__all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
+           "load_checkpoint", "read_checkpoint"]
 
 DEFAULT_SIGMA = 6.0  # KneeDataModule's default, used when a checkpoint records none
 _NET_PREFIX = "net."
-# Lightning pickles the *type* of its hyper-parameter container; a plain dict stands in for it
-# (this names a class, it runs no code) so that weights_only loading accepts real checkpoints.
-_LIGHTNING_TYPES = ("lightning_fabric.utilities.data.AttributeDict",
-                    "pytorch_lightning.utilities.parsing.AttributeDict")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-class _AttributeDict(dict):
-    """Stand-in for Lightning's AttributeDict when unpickling (never instantiated with code)."""
 
 
 @dataclass
@@ -57,39 +49,6 @@ class LoadedModel:
     path: Path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a kneeplan checkpoint, refusing anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
-    try:
-        with torch.serialization.safe_globals(safe):
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found is None:
-            raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
-        raise CheckpointError(
-            f"{p}: refused: it needs the Python object {found.group(1)} to load, which a "
-            "kneeplan checkpoint never does (not ours, or not safe to unpickle)"
-        ) from err
-    except Exception as err:  # truncated, not a torch file, ...
-        raise CheckpointError(f"{p}: not a readable checkpoint ({_first_line(err)})") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{p}: not a kneeplan checkpoint (no state_dict)")
-    if not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise CheckpointError(f"{p}: not a kneeplan checkpoint (no hyper_parameters)")
-    return ckpt
-
-
-def _first_line(err: BaseException) -> str:
-    """First meaningful line of an error, for one-line messages."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    msg = lines[-1] if lines and "Weights only load failed" in lines[0] else (lines or [""])[0]
-    return f"{type(err).__name__}: {msg[:160]}"
-
-
 def build_network(hparams: dict[str, Any]) -> MultiTaskSHGN:
     """``MultiTaskSHGN`` from ``KneePlanModule``'s hyper-parameters (same names and defaults)."""
     return MultiTaskSHGN(
@@ -99,7 +58,7 @@ def build_network(hparams: dict[str, Any]) -> MultiTaskSHGN:
         hourglass_channels=int(hparams.get("c_star", 256)),
         num_stacks=int(hparams.get("num_stacks", 4)),
         depth=int(hparams.get("depth", 4)),
-        tasks=dict(DEFAULT_TASKS),
+        tasks=dict(TASKS),
         norm=str(hparams.get("norm", "instance")),
         **dict(hparams.get("net_kwargs") or {}),
     )

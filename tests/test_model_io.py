@@ -37,8 +37,9 @@ def test_checkpoint_rebuilds_network_and_codec(ckpt):
     for k in ("seg", "lm", "roi"):
         np.testing.assert_allclose(got[k], ref[k].numpy(), atol=1e-6)
     assert got["lm_prev"].shape == (2, 2, 64, 64)
-    np.testing.assert_allclose(got["lm_prev"], module.net(x).stacks[0]["lm"].detach().numpy(),
-                               atol=1e-6)
+    with torch.inference_mode():  # the same (inference) ops as the predictor
+        prev = module.net(x).stacks[0]["lm"].numpy()
+    np.testing.assert_allclose(got["lm_prev"], prev, atol=1e-6)
 
 
 def test_old_checkpoints_derive_the_codec(ckpt, tmp_path):
@@ -90,7 +91,7 @@ def test_predict_images_with_a_torch_predictor(ckpt):
     maps = predict_images(pred, imgs, batch_size=2)
     assert [m.lm_prev.shape for m in maps] == [(2, 64, 64)] * 2
     single = predict_images(pred, imgs[1:], batch_size=1)[0]
-    np.testing.assert_allclose(maps[1].lm, single.lm, atol=1e-5)
+    np.testing.assert_allclose(maps[1].lm, single.lm, rtol=1e-5, atol=1e-5)  # float32, batch 2 vs 1
     assert maps[0].seg.min() >= 0 and maps[0].seg.max() <= 1
 
 
