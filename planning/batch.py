@@ -91,27 +91,33 @@ def plan_one(path: Path, predictor: Any, opts: PlanOptions) -> dict[str, Any]:
 
 
 class Progress:
-    """tqdm bar on a terminal; otherwise one line per ``every`` images (logs stay readable)."""
+    """Batch progress with a failure count; bar or plain lines as ``datamodules.progress``
+    decides (a terminal, or ``KNEEPLAN_PROGRESS``), so logs never fill with redraws."""
 
     def __init__(self, total: int, every: int = 10, stream: Any = None):
+        from datamodules.progress import use_bar
+
         self.total, self.every, self.done, self.failed = total, max(1, every), 0, 0
         self.stream = stream or sys.stderr
         self.bar = None
-        if getattr(self.stream, "isatty", lambda: False)():
+        self.t0 = time.perf_counter()
+        if use_bar(self.stream):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="image", file=self.stream, dynamic_ncols=True)
 
     def update(self, ok: bool) -> None:
         """Count one finished image."""
+        from datamodules.progress import progress_line
+
         self.done += 1
         self.failed += not ok
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(failed=self.failed)
         elif self.done % self.every == 0 or self.done == self.total:
-            print(f"plan: {self.done}/{self.total} images ({self.failed} failed)",
-                  file=self.stream, flush=True)
+            line = progress_line("plan", self.done, self.total, time.perf_counter() - self.t0)
+            print(f"{line} ({self.failed} failed)", file=self.stream, flush=True)
 
     def close(self) -> None:
         """Finish the bar."""

@@ -53,7 +53,7 @@ def test_folder_with_one_bad_image(folder, tmp_path_factory, tmp_path, capsys):
     assert len(bad) == 1 and "broken.png" in bad[0]["error"]
     assert "plan: error: " in err and "broken.png" in err and "Traceback" not in err
     # not a terminal: one progress line per 2 images and one at the end, no bar
-    assert "plan: 2/3 images" in err and "plan: 3/3 images (1 failed)" in err
+    assert "plan: 2/3 (67 %)" in err and "plan: 3/3 (100 %)" in err and err.count("(1 failed)") == 2
     for r in rows:
         if r["status"] == "ok":
             assert float(r["seconds"]) > 0 and r["spacing_source"] in ("sphere", "unknown")
