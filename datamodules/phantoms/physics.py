@@ -23,7 +23,7 @@ import numpy as np
 from datamodules.phantoms.anatomy import Body
 from datamodules.phantoms.config import PhantomConfig
 from datamodules.phantoms.noise import noise_window
-from datamodules.phantoms.render import MU_CANCELLOUS, RenderGrid, fill, shell_chords
+from datamodules.phantoms.render import MU_CANCELLOUS, RenderGrid, body_chords, fill
 
 LUT_SIZE = 4096
 
@@ -47,38 +47,15 @@ class PathMaps:
 def add_body_paths(maps: PathMaps, body: Body, grid: RenderGrid, gain: float = 1.0) -> None:
     """Add one body's cortical and cancellous-equivalent paths (marrow counts as a fraction of
     cancellous bone, by its attenuation) to ``maps`` in place."""
-    hr, wr = maps.cortex.shape
-    poly = grid.to_grid(body.polygon)
-    r_max = body.radius_mm if body.profile is None else float(np.max(body.profile[1]))
-    pad = int(np.ceil(r_max / grid.spacing)) + 2
-    x0 = max(int(np.floor(poly[:, 0].min())) - 1, -pad)
-    y0 = max(int(np.floor(poly[:, 1].min())) - 1, -pad)
-    x1 = min(int(np.ceil(poly[:, 0].max())) + 2, wr + pad)
-    y1 = min(int(np.ceil(poly[:, 1].max())) + 2, hr + pad)
-    if x1 <= max(x0, 0) or y1 <= max(y0, 0) or x0 >= wr or y0 >= hr:
+    ch = body_chords(body, grid, maps.cortex.shape)
+    if ch is None:
         return
-    local = fill((y1 - y0, x1 - x0), [poly], offset=(x0, y0))
-    dist = cv2.distanceTransform(local, cv2.DIST_L2, cv2.DIST_MASK_5)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, wr), min(y1, hr)
-    d = dist[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    d = np.maximum(d - 0.5, 0.0) * np.float32(grid.spacing)
-    if body.profile is None:
-        radius, cortex, weight, inner = body.radius_mm, body.cortex_mm, 1.0, body.inner_mu
-    else:
-        yf = grid.femur_y(cx0, cy0, cx1 - cx0, cy1 - cy0)
-        ys, rs, cs, ws, mus = body.profile
-        radius = np.interp(yf, ys, rs).astype(np.float32)
-        cortex = np.interp(yf, ys, cs).astype(np.float32)
-        weight = np.interp(yf, ys, ws).astype(np.float32)
-        inner = np.interp(yf, ys, mus).astype(np.float32)
-    t_cort, t_canc = shell_chords(d, radius, cortex)
-    inside = d > 0
-    w = np.float32(gain) * weight
-    maps.cortex[cy0:cy1, cx0:cx1] += np.where(inside, t_cort * w, 0.0).astype(np.float32)
-    rel = np.asarray(inner, np.float32) / np.float32(MU_CANCELLOUS)
-    maps.cancellous[cy0:cy1, cx0:cx1] += np.where(inside, t_canc * w * rel, 0.0).astype(
-        np.float32
-    )
+    w = np.float32(gain) * ch.weight
+    maps.cortex[ch.rows, ch.cols] += np.where(ch.inside, ch.cortex * w, 0.0).astype(np.float32)
+    rel = np.asarray(ch.inner_mu, np.float32) / np.float32(MU_CANCELLOUS)
+    maps.cancellous[ch.rows, ch.cols] += np.where(
+        ch.inside, ch.cancellous * w * rel, 0.0
+    ).astype(np.float32)
 
 
 def soft_paths(

@@ -78,9 +78,24 @@ def shell_chords(d: np.ndarray, radius, cortex) -> tuple[np.ndarray, np.ndarray]
     return t_outer - t_inner, t_inner
 
 
-def render_body(acc: np.ndarray, body: Body, grid: RenderGrid, gain: float = 1.0) -> None:
-    """Add one body's line integral to ``acc`` (grid shape, float32) in place."""
-    hr, wr = acc.shape
+@dataclass
+class BodyChords:
+    """One body's cortical and cancellous chord lengths (mm) on the window ``rows, cols`` of a
+    render grid, with the per-pixel ``weight`` and inner attenuation ``inner_mu``."""
+
+    rows: slice
+    cols: slice
+    cortex: np.ndarray
+    cancellous: np.ndarray
+    inside: np.ndarray
+    weight: np.ndarray | float
+    inner_mu: np.ndarray | float
+
+
+def body_chords(body: Body, grid: RenderGrid, shape: tuple[int, int]) -> BodyChords | None:
+    """Chord lengths of ``body`` on a grid of ``shape`` (None when it lies outside): the
+    distance to the outline gives each pixel's path through a shell of elliptic section."""
+    hr, wr = shape
     poly = grid.to_grid(body.polygon)
     r_max = body.radius_mm if body.profile is None else float(np.max(body.profile[1]))
     pad = int(np.ceil(r_max / grid.spacing)) + 2
@@ -89,7 +104,7 @@ def render_body(acc: np.ndarray, body: Body, grid: RenderGrid, gain: float = 1.0
     x1 = min(int(np.ceil(poly[:, 0].max())) + 2, wr + pad)
     y1 = min(int(np.ceil(poly[:, 1].max())) + 2, hr + pad)
     if x1 <= max(x0, 0) or y1 <= max(y0, 0) or x0 >= wr or y0 >= hr:
-        return
+        return None
     local = fill((y1 - y0, x1 - x0), [poly], offset=(x0, y0))
     dist = cv2.distanceTransform(local, cv2.DIST_L2, cv2.DIST_MASK_5)
     cx0, cy0 = max(x0, 0), max(y0, 0)
@@ -106,9 +121,17 @@ def render_body(acc: np.ndarray, body: Body, grid: RenderGrid, gain: float = 1.0
         weight = np.interp(yf, ys, ws).astype(np.float32)
         inner = np.interp(yf, ys, mus).astype(np.float32)
     t_cort, t_canc = shell_chords(d, radius, cortex)
-    att = (MU_CORTEX * t_cort + inner * t_canc) * (weight * gain)
-    att[d <= 0] = 0.0
-    acc[cy0:cy1, cx0:cx1] += att.astype(np.float32)
+    return BodyChords(slice(cy0, cy1), slice(cx0, cx1), t_cort, t_canc, d > 0, weight, inner)
+
+
+def render_body(acc: np.ndarray, body: Body, grid: RenderGrid, gain: float = 1.0) -> None:
+    """Add one body's line integral to ``acc`` (grid shape, float32) in place."""
+    ch = body_chords(body, grid, acc.shape)
+    if ch is None:
+        return
+    att = (MU_CORTEX * ch.cortex + ch.inner_mu * ch.cancellous) * (ch.weight * gain)
+    att[~ch.inside] = 0.0
+    acc[ch.rows, ch.cols] += att.astype(np.float32)
 
 
 def render_soft_tissue(
