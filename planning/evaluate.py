@@ -441,6 +441,11 @@ def _gallery(n: int, seed: int) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        review_config = ReviewConfig.load(args.review_config)
+    except ValueError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
     module = None
     if not args.oracle:
         ckpt = args.ckpt or _newest_checkpoint()
@@ -499,7 +504,7 @@ def _run(args: argparse.Namespace) -> int:
         line_fit=args.line_fit, subset=subset,
         subset_name=args.subset.stem if args.subset else "subset",
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
-        tta=args.tta, review_config=ReviewConfig.load(args.review_config),
+        tta=args.tta, review_config=review_config,
         gallery=_gallery(args.gallery, args.seed),
     )  # fmt: skip
     print()

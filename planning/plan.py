@@ -299,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.ckpt.is_file():
         print(f"plan: error: checkpoint {args.ckpt} does not exist", file=sys.stderr)
         return 2
+    try:
+        args.review = _review_config(args.review_config)
+    except ValueError as err:
+        print(f"plan: error: {err}", file=sys.stderr)
+        return 2
     from planning.batch import expand_images
 
     images, many = expand_images(args.image)
@@ -317,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_plan(
             images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
-            tta=args.tta, review_config=_review_config(args.review_config),
+            tta=args.tta, review_config=args.review,
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
@@ -365,7 +370,7 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         if predictor is None:
             return 2
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
-                       str(args.ckpt), args.tta, _review_config(args.review_config))
+                       str(args.ckpt), args.tta, args.review)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every)
     summary = write_summary(args.summary or args.out / "summary.csv", rows)

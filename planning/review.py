@@ -70,16 +70,40 @@ class ReviewConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ReviewConfig:
-        """Thresholds from a YAML file (default ``configs/review.yaml``); unknown keys refused."""
+        """Thresholds from a YAML file (default ``configs/review.yaml``); unknown keys refused.
+
+        Raises:
+            ValueError: one line naming the file and the problem (missing, not YAML, not a
+                mapping, an unknown key, a value that is not a finite number).
+        """
+        import math
+
         import yaml
 
         p = Path(path) if path is not None else CONFIG_PATH
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{p}: cannot read the review thresholds ({err.__class__.__name__}: "
+                             f"{getattr(err, 'strerror', None) or err})") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"{p}: not valid YAML{line}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of threshold: value, got "
+                             f"{type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{p}: unknown review thresholds {sorted(unknown)}")
-        return cls(**{k: type(getattr(cls(), k))(v) for k, v in data.items()})
+        values = {}
+        for k, v in data.items():
+            kind = type(getattr(cls(), k))
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"{p}: {k} must be a finite number, got {v!r}")
+            values[k] = kind(v)
+        return cls(**values)
 
 
 class Reason(str):

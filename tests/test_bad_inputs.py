@@ -485,3 +485,37 @@ def test_plan_refuses_nan_checkpoint_with_status_2_and_absurd_spacing_with_1(tmp
     assert main(["--image", str(image), "--ckpt", str(good), "--out", str(tmp_path),
                  "--spacing", "1e300"]) == 1
     assert "--spacing" in one_line(capsys.readouterr().err)
+
+
+REVIEW_CONFIG_CASES = {
+    "missing": (None, "cannot read"),
+    "not_yaml": ("min_peak: [\n", "not valid YAML"),
+    "a_list": ("- 1\n- 2\n", "expected a mapping"),
+    "unknown_key": ("min_pek: 0.2\n", "unknown review thresholds"),
+    "a_string": ("min_peak: high\n", "must be a finite number"),
+    "a_bool": ("min_peak: true\n", "must be a finite number"),
+    "nan": ("min_peak: .nan\n", "must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REVIEW_CONFIG_CASES))
+@pytest.mark.parametrize("entry", ["plan", "evaluate"])
+def test_bad_review_config_is_one_line_with_status_2(kind, entry, tmp_path, capsys):
+    text, expected = REVIEW_CONFIG_CASES[kind]
+    cfg = tmp_path / "review.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    good = save_ckpt(tmp_path / "good.ckpt")
+    if entry == "plan":
+        from planning.plan import main
+
+        image = _png(tmp_path / "knee.png",
+                     (np.random.default_rng(0).uniform(0, 255, (64, 80))).astype(np.uint8))
+        argv = ["--image", str(image), "--ckpt", str(good), "--out", str(tmp_path)]
+    else:
+        from planning.evaluate import main
+
+        argv = ["--ckpt", str(good), "--n-phantoms", "1", "--out", str(tmp_path / "ev")]
+    assert main([*argv, "--review-config", str(cfg)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(cfg) in line and expected in line
