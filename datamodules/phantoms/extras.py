@@ -4,6 +4,8 @@ electrodes, cassette edge (added as attenuation), collimation, borders and burne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -28,9 +30,18 @@ def sphere_attenuation(
 
 
 def place_sphere(
-    rng: np.random.Generator, bone_union: np.ndarray, radius_px: float, field_box: np.ndarray
+    rng: np.random.Generator,
+    bone_union: np.ndarray,
+    radius_px: float,
+    field_box: np.ndarray,
+    inside: Callable[[np.ndarray, float], bool] | None = None,
 ) -> np.ndarray | None:
-    """A sphere centre (px) inside the field, clear of bone (< 1 % of its box), or None."""
+    """A sphere centre (px) inside the field, clear of bone (< 1 % of its box), or None.
+
+    ``field_box`` is the field's bounding box; ``inside(centre, margin)`` (the field polygon
+    test) keeps the whole ball inside a tilted field too: a ball in the unexposed border is not
+    imaged, so its truth would name a sphere that is not drawn.
+    """
     h, w = bone_union.shape
     x_lo, y_lo, x_hi, y_hi = field_box
     for _ in range(24):
@@ -44,6 +55,8 @@ def place_sphere(
         ys = slice(max(int(cy) - r, 0), min(int(cy) + r + 1, h))
         xs = slice(max(int(cx) - r, 0), min(int(cx) + r + 1, w))
         patch = bone_union[ys, xs]
+        if inside is not None and not inside(np.array([cx, cy]), radius_px * 1.1):
+            continue
         if patch.size and patch.mean() < 0.01:
             return np.array([cx, cy])
     return None

@@ -235,7 +235,13 @@ def _place_sphere(rng, cfg, masks, field, s, meta) -> np.ndarray | None:
     r_px = cfg.sphere_diameter_mm / 2 / s
     x0, y0 = field.min(0)
     x1, y1 = field.max(0)
-    c = extras.place_sphere(rng, masks.max(0), r_px, np.array([x0, y0, x1, y1]))
+    h, w = masks.shape[1:]
+
+    def inside(p: np.ndarray, margin: float) -> bool:
+        in_image = margin - 0.5 <= min(p[0], p[1], w - 0.5 - p[0], h - 0.5 - p[1])
+        return bool(in_image and _inside_convex(field, p[None], margin)[0])
+
+    c = extras.place_sphere(rng, masks.max(0), r_px, np.array([x0, y0, x1, y1]), inside)
     if c is not None:
         meta["sphere"] = {
             "centre_px": [float(c[0]), float(c[1])],
