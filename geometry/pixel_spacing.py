@@ -30,6 +30,7 @@ from geometry.anatomy_scale import ScaleEstimate, spacing_disagreement
 
 PRECEDENCE = ("user", "annotation", "PixelSpacing", "sphere", "ImagerPixelSpacing")
 MIN_MM, MAX_MM = 0.01, 5.0  # plausible mm per pixel of a radiograph (mammography .. scout)
+MAX_SPHERE_UNCERTAINTY = 0.02  # a sphere spacing less certain than +-2 % flags the plan
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,29 @@ def _sphere(
         else:
             res.spacing = sp
             entry.update(accepted=True)
+            bound = sphere_uncertainty(best)
+            info["uncertainty"] = round(bound, 4)
+            if bound > MAX_SPHERE_UNCERTAINTY:
+                res.reasons.append(
+                    f"calibration sphere edge blurred ({best.metrics.get('blur_px', 0.0):.1f} px "
+                    f"on a radius of {best.radius_px:.0f} px): the spacing may be off by up to "
+                    f"{100 * bound:.0f} % (the display curve moves the visible edge by up to "
+                    "three blur widths); give --spacing or a higher-resolution image"
+                )
     res.sphere = info
     res.candidates.append(entry)
+
+
+def sphere_uncertainty(det: Any) -> float:
+    """Relative bound on a sphere's spacing error: ``3 * blur / radius``.
+
+    A ball blurred by sigma px shows its edge up to 2-3 fitted blur widths from its true radius,
+    depending on the unknown display curve: a log display of a blurred opaque disc puts the half
+    level ~2 sigma inside (and the fitted sigma underestimates that ramp), a clip after the blur
+    moves it outwards. On the phantoms (tests/test_sphere_detector.py) the error stays within.
+    """
+    blur = float(det.metrics.get("blur_px", 0.0)) if det.metrics else 0.0
+    return 3.0 * max(blur, 0.0) / max(float(det.radius_px), 1e-6)
 
 
 def spacing_tuple(spacing: PixelSpacing | Sequence[float] | None) -> tuple[float, float] | None:

@@ -130,7 +130,13 @@ def test_plan_and_evaluate_give_the_same_mm(tmp_path, pixel, source):
     assert rep["spacing"]["row_mm"] == pytest.approx(row["row_mm"], rel=1e-12)
     assert rep["spacing"]["col_mm"] == pytest.approx(row["col_mm"], rel=1e-12)
     expected = 0.9 * true if pixel else true
-    assert row["row_mm"] == pytest.approx(expected, rel=0.02)
+    err = abs(row["row_mm"] / expected - 1.0)
+    if pixel:
+        assert err <= 0.02
+    else:  # right or flagged: within 2 %, or flagged with a bound that covers the error
+        bound = rep["spacing"]["sphere"]["uncertainty"]
+        flagged = any("sphere edge blurred" in r for r in rep["review_reasons"])
+        assert err <= 0.02 or (flagged and rep["needs_review"] and err <= bound), (err, bound)
     cands = {c["source"]: c for c in rep["spacing"]["candidates"]}
     assert not cands["ImagerPixelSpacing"]["accepted"] and cands[source]["accepted"]
     if source == "sphere":  # the JSON names the candidate, its score and why it was accepted
