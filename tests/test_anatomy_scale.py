@@ -67,3 +67,8 @@ def test_disagreement_reason():
     assert why is not None and why.startswith("spacing from sphere disagrees with anatomy by 2.3x")
     why = spacing_disagreement(PixelSpacing(1.04, 1.04, "user"), est)
     assert "by 2.6x" in why
+    # just outside (the prior's own error) is no reason; beyond 1.25x it is
+    assert spacing_disagreement(PixelSpacing(0.26, 0.26, "PixelSpacing"), est) is None  # 1.15x
+    assert spacing_disagreement(PixelSpacing(0.46, 0.46, "PixelSpacing"), est) is None  # 1.15x
+    assert spacing_disagreement(PixelSpacing(0.22, 0.22, "PixelSpacing"), est) is not None
+    assert spacing_disagreement(PixelSpacing(0.52, 0.52, "PixelSpacing"), est) is not None
