@@ -2,7 +2,7 @@
 
     python -m planning.generalisation --minutes M --factors metal,collimation --out DIR
         [--config configs/quick.yaml] [--phantom-config configs/phantoms/default.yaml]
-        [--n-test 50] [--test-seed 2000000] [--max-epochs -1]
+        [--n-test 50] [--test-seed 2000000] [--max-epochs -1] [--seed N]
 
 Trains one model with every factor on and one per factor switched off (``PhantomConfig.without``;
 factors: ``datamodules.phantoms.config.FACTORS``), each for M minutes of wall time, evaluates
@@ -38,14 +38,17 @@ def max_time(minutes: float) -> str:
 
 
 def train_args(config: str, minutes: float, out: Path, name: str, factors_off: list[str],
-               phantom_config: str | None, max_epochs: int) -> list[str]:
-    """LightningCLI arguments of one variant's training run."""
+               phantom_config: str | None, max_epochs: int, seed: int | None = None) -> list[str]:
+    """LightningCLI arguments of one variant's training run (``seed``: the run's global seed,
+    for repeats that measure run-to-run noise; None keeps the preset's)."""
     args = ["--config", config, f"--trainer.max_time={max_time(minutes)}",
             f"--trainer.max_epochs={max_epochs}", f"--run.root={out / 'runs'}",
             f"--run.name={name}", "--run.wandb=false",
             f"--data.phantom_overrides={json.dumps({'factors_off': factors_off})}"]
     if phantom_config:
         args.append(f"--data.phantom_config={phantom_config}")
+    if seed is not None:
+        args.append(f"--seed_everything={seed}")
     return args
 
 
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for name, off in variants:
         print(f"== {name}: training {args.minutes:g} min without {off or 'nothing'}", flush=True)
         res = fit(train_args(args.config, args.minutes, out, name, off, args.phantom_config,
-                             args.max_epochs))
+                             args.max_epochs, args.seed))
         ckpt = res.best_checkpoint or res.last_checkpoint
         module = load_module(ckpt) if ckpt else res.module
         module.eval()
@@ -131,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-seed", type=int, default=DEFAULT_PHANTOM_SEED)
     p.add_argument("--max-epochs", type=int, default=-1,
                    help="epoch cap (-1: none, the wall time decides)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed of every variant (default: the preset's); repeat the "
+                   "protocol with other seeds to see how large run-to-run differences are")
     return p
 
 

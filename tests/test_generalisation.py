@@ -30,6 +30,10 @@ def test_train_args_switch_the_factor_off(tmp_path):
     over = [a for a in args if a.startswith("--data.phantom_overrides=")][0]
     assert json.loads(over.split("=", 1)[1]) == {"factors_off": ["metal"]}
     assert "--data.phantom_config=p.yaml" in args and "--run.name=metal" in args
+    assert not any(a.startswith("--seed_everything") for a in args)
+    seeded = gen.train_args("c.yaml", 2, tmp_path, "metal", ["metal"], None, -1, seed=7)
+    assert "--seed_everything=7" in seeded
+    assert not any(a.startswith("--data.phantom_config") for a in seeded)
 
 
 def test_summarise_and_table_by_hand():

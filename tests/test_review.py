@@ -147,8 +147,11 @@ def test_each_reason_fires_on_its_case(case):
     no_tib = masks.copy()
     no_tib[2] = False
     check("no_tibia", c=ctx(sample, no_tib))
+    # a "tibia" up the femoral shaft (the femur's half farthest from the knee): proximal of the
+    # femur at any rotation of the image
     up_tib = masks.copy()
-    up_tib[2] = np.flipud(masks[2])
+    far_from_knee = np.hypot(xx - plan.landmark("p_blum")[0], yy - plan.landmark("p_blum")[1])
+    up_tib[2] = masks[0] & (far_from_knee > np.median(far_from_knee[masks[0]]))
     check("tibia_position", c=ctx(sample, up_tib))
     ap = masks.copy()
     ap[1] = masks[0] & (np.abs(yy - np.nonzero(masks[0])[0].mean()) < 20)
@@ -240,11 +243,25 @@ def test_json_and_csv_give_the_same_reasons(tmp_path):
     assert " ".join(sorted(set(rep["review_codes"]))) == row["review_codes"]
 
 
-def test_confident_wrong_landmarks_are_flagged(case):
+@pytest.fixture(scope="module")
+def long_shaft_case():
+    """A clean, nearly upright phantom with a long femoral shaft in view (the default mixture
+    rotates up to 45 deg and may cut the shaft at 30 mm)."""
+    cfg = replace(CFG.clean(), rotation_deg=(-8.0, 8.0), fov_height_mm=(250.0, 290.0),
+                  visible_shaft_mm=(100.0, 140.0))
+    sample = generate_phantom(11, cfg)
+    maps = oracle_maps(sample, 256)
+    plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
+                          spacing=sample.spacing_mm, decode="quadratic")  # fmt: skip
+    return sample, maps, plan, masks_to_original(maps.seg, maps.frame)
+
+
+def test_confident_wrong_landmarks_are_flagged(long_shaft_case):
     """A 'well-trained' model that is confidently wrong: both landmark heat-maps peak at 1, but
     up the femoral shaft (the top of the femur in this image). Peaks alone would pass it; the
     anatomy must not."""
-    sample, maps, plan, masks = case
+    sample, maps, plan, masks = long_shaft_case
+    assert review(plan, ctx(sample, masks)) == []  # the right plan passes
     sp = sample.spacing_mm
     fy, _ = np.nonzero(masks[0])
     up = np.array([0.0, fy.min() + 12.0 - plan.landmark("p_blum")[1]])

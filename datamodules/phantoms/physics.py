@@ -196,7 +196,9 @@ def process(
     if hard.size < 16:
         hard = soft
     lo = float(np.quantile(soft, rng.uniform(*cfg.window_lo_q)))
-    hi = float(np.quantile(hard, rng.uniform(*cfg.window_hi_q)))
+    q_hi = rng.uniform(*cfg.window_hi_q)
+    hi = float(np.quantile(hard, q_hi))
+    bone_top = hi
     if rng.random() < 0.3:  # some systems keep the air in range: lower the low end
         air = float(np.quantile(sub[sel] if sel.any() else sub, 0.01))
         lo -= rng.uniform(0.0, 1.0) * (lo - air)
@@ -212,6 +214,15 @@ def process(
         s = rng.uniform(*sig) / spacing
         if g != 0 and s > 0.5:
             x = x + np.float32(g) * (x - lowpass(x, s))
+    # Real systems choose the display window on the processed image: edge enhancement adds halos
+    # but does not push the bone into saturation (a coarse positive gain lifts the whole bone).
+    # So the bone's window quantile goes back to where it was before the frequency processing.
+    target = (bone_top - lo) / (hi - lo)
+    bone_sel = sel & bone[::3, ::3] if bone is not None else sel
+    if bone_sel.sum() >= 16:
+        now = float(np.quantile(x[::3, ::3][bone_sel], q_hi))
+        if now > target > 0:
+            x = x * np.float32(target / now)
     # S-shaped LUT, normalised to map 0 -> 0 and 1 -> 1, blended with the identity.
     a, c, mix = rng.uniform(*cfg.lut_slope), rng.uniform(*cfg.lut_centre), rng.uniform(*cfg.lut_mix)
     gamma = rng.uniform(*cfg.gamma)
