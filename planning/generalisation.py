@@ -3,6 +3,7 @@
     python -m planning.generalisation --minutes M --factors metal,collimation --out DIR
         [--config configs/quick.yaml] [--phantom-config configs/phantoms/default.yaml]
         [--n-test 50] [--test-seed 2000000] [--max-epochs -1] [--seed N]
+        [--train-args "--data.num_train=4000 --data.cache_phantoms=false"]
 
 Trains one model with every factor on and one per factor switched off (``PhantomConfig.without``;
 factors: ``datamodules.phantoms.config.FACTORS``), each for M minutes of wall time, evaluates
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,9 +40,11 @@ def max_time(minutes: float) -> str:
 
 
 def train_args(config: str, minutes: float, out: Path, name: str, factors_off: list[str],
-               phantom_config: str | None, max_epochs: int, seed: int | None = None) -> list[str]:
+               phantom_config: str | None, max_epochs: int, seed: int | None = None,
+               extra: Sequence[str] = ()) -> list[str]:
     """LightningCLI arguments of one variant's training run (``seed``: the run's global seed,
-    for repeats that measure run-to-run noise; None keeps the preset's)."""
+    for repeats that measure run-to-run noise; None keeps the preset's; ``extra``: further
+    arguments for every variant, after the protocol's own)."""
     args = ["--config", config, f"--trainer.max_time={max_time(minutes)}",
             f"--trainer.max_epochs={max_epochs}", f"--run.root={out / 'runs'}",
             f"--run.name={name}", "--run.wandb=false",
@@ -49,7 +53,7 @@ def train_args(config: str, minutes: float, out: Path, name: str, factors_off: l
         args.append(f"--data.phantom_config={phantom_config}")
     if seed is not None:
         args.append(f"--seed_everything={seed}")
-    return args
+    return args + list(extra)
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for name, off in variants:
         print(f"== {name}: training {args.minutes:g} min without {off or 'nothing'}", flush=True)
         res = fit(train_args(args.config, args.minutes, out, name, off, args.phantom_config,
-                             args.max_epochs, args.seed))
+                             args.max_epochs, args.seed, shlex.split(args.train_args)))
         ckpt = res.best_checkpoint or res.last_checkpoint
         module = load_module(ckpt) if ckpt else res.module
         module.eval()
@@ -137,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="training seed of every variant (default: the preset's); repeat the "
                    "protocol with other seeds to see how large run-to-run differences are")
+    p.add_argument("--train-args", default="",
+                   help="extra training arguments for every variant, one string, e.g. "
+                   "'--data.num_train=4000 --data.cache_phantoms=false'")
     return p
 
 
@@ -155,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not Path(args.config).is_file():
         print(f"generalisation: config {args.config} does not exist", file=sys.stderr)
+        return 2
+    try:
+        shlex.split(args.train_args)
+    except ValueError as exc:
+        print(f"generalisation: --train-args {args.train_args!r}: {exc}", file=sys.stderr)
         return 2
     run(args)
     return 0

@@ -34,6 +34,9 @@ def test_train_args_switch_the_factor_off(tmp_path):
     seeded = gen.train_args("c.yaml", 2, tmp_path, "metal", ["metal"], None, -1, seed=7)
     assert "--seed_everything=7" in seeded
     assert not any(a.startswith("--data.phantom_config") for a in seeded)
+    more = gen.train_args("c.yaml", 2, tmp_path, "all_on", [], None, -1,
+                          extra=["--data.num_train=9"])  # fmt: skip
+    assert more[-1] == "--data.num_train=9"  # after the protocol's own: it wins
 
 
 def test_summarise_and_table_by_hand():
@@ -61,6 +64,9 @@ def test_cli_rejects_unknown_factor_and_bad_values(tmp_path, capsys):
     assert gen.main(["--minutes", "1", "--factors", "metal", "--out", str(tmp_path),
                      "--config", str(tmp_path / "none.yaml")]) == 2  # fmt: skip
     assert "does not exist" in capsys.readouterr().err
+    assert gen.main(["--minutes", "1", "--factors", "metal", "--out", str(tmp_path),
+                     "--train-args=--run.name='open"]) == 2  # fmt: skip
+    assert "--train-args" in capsys.readouterr().err
 
 
 def test_end_to_end_tiny(tmp_path, monkeypatch):
