@@ -3,7 +3,8 @@
 :func:`read_checkpoint` loads a ``.ckpt`` with ``torch.load(weights_only=True)`` (tensors and
 plain containers only: a pickled object that would run code is refused, never executed) and
 turns every way a file can be wrong (missing, empty, a FIFO, random bytes, truncated, a plain
-``state_dict``, non-finite weights) into one :class:`CheckpointError` line naming the file.
+``state_dict``, non-finite weights, a file or hyper-parameters beyond
+``lightning_modules.model_limits``) into one :class:`CheckpointError` line naming the file.
 :func:`check_architecture` compares a checkpoint's ``state_dict`` with a module's. Imports torch
 only, so the Lightning-free planning path (``planning.model_io``) uses the same reader as
 training (``lightning_modules.checkpoints``).
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_modules.model_limits import check_archive, check_file_size, check_hyper_parameters
 
 # Lightning pickles the *type* of its hyper-parameter container in some versions; a plain dict
 # stands in for it (this names a class, it runs no code) so that weights_only loading accepts it.
@@ -66,6 +69,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not is_zip:  # torch.save writes a zip archive; its directory sits at the very end
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a file "
                               "written by torch.save (no complete zip archive)")
+    try:  # before anything is unpacked: a huge file or a decompression bomb is refused
+        check_file_size(path)
+        check_archive(path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: cannot read ({_first_line(err)})") from None
+    except ValueError as err:  # the limits' own one-line message, naming the file
+        raise CheckpointError(str(err)) from None
     safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
     try:
         with torch.serialization.safe_globals(safe):
@@ -96,6 +106,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if require_lightning and not isinstance(ckpt["hyper_parameters"], Mapping):
         raise CheckpointError(f"{path}: not a kneeplan checkpoint ('hyper_parameters' is not a "
                               "dict)")
+    if require_lightning:
+        try:  # before a network is built from them: bounded size, time and memory
+            check_hyper_parameters(path, ckpt["hyper_parameters"])
+        except ValueError as err:
+            raise CheckpointError(f"{err} (refused: outside what a kneeplan model may ask for)"
+                                  ) from None
     state = ckpt.get("state_dict", ckpt)
     bad = nonfinite_tensors(state)
     if bad:

@@ -31,6 +31,13 @@ import numpy as np
 
 from geometry.frame import PadResize
 from geometry.heatmaps import HeatmapCodec
+from lightning_modules.model_limits import (
+    INT_LIMITS,
+    MAX_DESCRIPTION_BYTES,
+    bounded_int,
+    check_codec,
+    check_file_size,
+)
 
 OUTPUT_NAMES = ("seg", "lm", "roi", "lm_prev")  # exported model outputs, in this order
 INPUT_NAME = "image"
@@ -103,6 +110,7 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         self.path = Path(path)
+        check_file_size(self.path)
         meta = read_export_meta(self.path)
         self.image_size = int(meta["input_size"])
         self.codec = HeatmapCodec.from_dict(meta["codec"])
@@ -153,15 +161,23 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
     """The JSON written beside an exported model; ValueError naming the file when bad."""
     meta_path = export_meta_path(onnx_path)
     try:
+        check_file_size(meta_path, MAX_DESCRIPTION_BYTES)
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "kneeplan-onnx":
+        if not isinstance(meta, dict) or meta.get("format") != "kneeplan-onnx":
             raise ValueError("not a kneeplan export description")
         for key in ("input_size", "codec", "outputs", "tasks"):
             if key not in meta:
                 raise ValueError(f"missing {key!r}")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{meta_path}: cannot use the exported model's description ({err})"
-                         ) from err
+        bounded_int("", "input_size", meta["input_size"], *INT_LIMITS["image_size"])
+        check_codec("", meta["codec"])
+        outs = meta["outputs"]
+        if not (isinstance(outs, list) and 0 < len(outs) <= 64
+                and all(isinstance(o, str) for o in outs)):
+            raise ValueError("'outputs' must be a list of up to 64 names")
+    except (OSError, ValueError, RecursionError) as err:
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(f"{meta_path}: cannot use the exported model's description ({first})"
+                         ) from None
     return meta
 
 

@@ -95,3 +95,39 @@ def test_export_cli_refuses_a_bad_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("export: error: ") and "bad.ckpt" in err and err.count("\n") == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"input_size": 10**6}, "input_size=1000000"),  # every image resized to 10^6 px
+        ({"input_size": "64"}, "input_size='64'"),
+        ({"codec": {"input_size": 64, "heatmap_size": 64, "sigma": -1.0}}, "sigma=-1.0"),
+        ({"codec": [64, 64, 2.0]}, "codec is not a mapping"),
+        ({"outputs": "seg"}, "'outputs' must be a list"),
+        ({"format": "other"}, "not a kneeplan export description"),
+    ],
+)
+def test_hostile_export_descriptions_are_refused(onnx_model, tmp_path, change, words):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(onnx_model, model)
+    meta = json.loads(onnx_model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(ValueError) as err:
+        load_predictor(model)
+    msg = str(err.value)
+    assert "\n" not in msg and str(model.with_suffix(".json")) in msg and words in msg, msg
+
+
+def test_oversized_export_description_is_refused(onnx_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(onnx_model, model)
+    meta = json.loads(onnx_model.with_suffix(".json").read_text())
+    meta["padding"] = "x" * 2 * 1024**2  # 2 MB of nothing: the description may have 1 MB
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="larger than the 1 MB"):
+        load_predictor(model)

@@ -104,3 +104,72 @@ def test_planning_with_a_checkpoint_never_imports_lightning(ckpt, tmp_path_facto
                  "torchmetrics"):
         assert not res["imported"][name], name
     assert (tmp_path / f"{image.stem}_plan.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("num_stacks", 3000, "num_stacks=3000"),  # building 3000 hourglasses takes minutes
+        ("depth", 64, "depth=64"),
+        ("c_star", 10**6, "c_star=1000000"),
+        ("image_size", 10**6, "image_size=1000000"),  # every image resized to 10^6 px
+        ("num_stacks", True, "num_stacks=True"),
+        ("c1", "64", "c1='64'"),
+        ("net_kwargs", {"skip_channels": 10**7}, "net_kwargs.skip_channels=10000000"),
+        ("net_kwargs", {"evil": 1}, "unknown key 'evil'"),
+        ("net_kwargs", [1, 2], "net_kwargs is not a mapping"),
+        ("heatmap_codec", {"input_size": 64, "heatmap_size": 64, "sigma": float("nan")}, "sigma"),
+        ("heatmap_codec", {"input_size": 10**7, "heatmap_size": 64, "sigma": 2.0}, "input_size"),
+    ],
+)
+def test_hostile_hyper_parameters_are_refused_before_building(ckpt, tmp_path, key, value, words):
+    """A checkpoint's hyper-parameters decide the network's size and the input side: values no
+    kneeplan model uses are refused with one line, fast, before anything is built."""
+    import time
+
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"][key] = value
+    path = tmp_path / "hostile.ckpt"
+    torch.save(state, path)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert time.perf_counter() - start < 5.0
+    msg = _one_line(err.value)
+    assert str(path) in msg and words in msg, msg
+
+
+def test_hostile_checkpoint_through_make_plan_is_a_usage_error(ckpt, tmp_path_factory, tmp_path,
+                                                              capsys):
+    from planning.plan import main
+
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"]["num_stacks"] = 10**6
+    path = tmp_path / "hostile.ckpt"
+    torch.save(state, path)
+    image = phantom_images(tmp_path_factory)[0]
+    assert main(["--image", str(image), "--ckpt", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_stacks=1000000" in err[0] and str(path) in err[0]
+
+
+def test_large_files_and_decompression_bombs_are_refused(ckpt, tmp_path, monkeypatch):
+    import zipfile
+
+    from lightning_modules import model_limits
+
+    monkeypatch.setattr(model_limits, "MAX_MODEL_BYTES", 10**7)  # 10 MB for the test
+    big = tmp_path / "big.ckpt"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (11 * 10**6))
+    with pytest.raises(CheckpointError, match="larger than the 10 MB") as err:
+        read_checkpoint(big)
+    assert str(big) in _one_line(err.value)
+    bomb = tmp_path / "bomb.ckpt"  # 20 MB of zeros deflated to ~20 KB: small on disk
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (20 * 10**6))
+    assert bomb.stat().st_size < 10**6
+    with pytest.raises(CheckpointError, match="unpacks to 19 MB") as err:
+        read_checkpoint(bomb)
+    assert str(bomb) in _one_line(err.value)
+    assert load_checkpoint(ckpt).image_size == 64  # the real (small) checkpoint still loads

@@ -1,0 +1,105 @@
+"""What a model file may ask for: bounds on a checkpoint's or an export's description.
+
+A checkpoint's hyper-parameters (and an export's JSON) decide how large a network is built and
+to what side every image is resized before inference. A hostile or corrupt file could otherwise
+ask for 3000 hourglasses (building them alone takes minutes) or a 10^6 px input (terabytes), or
+be a compressed archive that expands to far more than its size. These checks run before anything
+is built or allocated; each failure is a ``ValueError`` naming the file and the value. Plain
+Python (no torch), so the ONNX planning path uses the same bounds.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Generous for research (the paper network: 4 stacks, depth 4, widths <= 256, 256 px input) and
+# small enough that building and running the network stays bounded.
+MAX_MODEL_BYTES = 2 * 1024**3  # a checkpoint or ONNX file, and what a checkpoint unpacks to
+MAX_DESCRIPTION_BYTES = 1024**2  # an export's JSON description
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "num_stacks": (1, 32),
+    "depth": (1, 10),
+    "c1": (1, 4096),
+    "c2": (1, 4096),
+    "c_star": (1, 4096),
+    "image_size": (8, 4096),
+}
+NET_KWARG_LIMITS: dict[str, tuple[int, int]] = {
+    "head_channels": (1, 4096),
+    "skip_channels": (1, 4096),
+    "refine_channels": (1, 4096),
+}
+MAX_SIGMA = 256.0
+
+
+def _at(source: str | Path) -> str:
+    """``"source: "`` as a message prefix; empty when there is no source to name."""
+    return f"{source}: " if str(source) else ""
+
+
+def bounded_int(source: str | Path, name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in ``[lo, hi]``, else ValueError naming ``source`` and ``name``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    if not ok and isinstance(value, float) and value.is_integer() and lo <= value <= hi:
+        ok, value = True, int(value)
+    if not ok:
+        raise ValueError(f"{_at(source)}{name}={value!r:.40} is not a whole number in "
+                         f"[{lo}, {hi}]")
+    return int(value)
+
+
+def check_file_size(path: str | Path, limit: int | None = None) -> None:
+    """ValueError when ``path`` is larger than ``limit`` bytes (default ``MAX_MODEL_BYTES``)."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
+    size = Path(path).stat().st_size
+    if size > limit:
+        raise ValueError(f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f}"
+                         " MB a model file may have")
+
+
+def check_archive(path: str | Path, limit: int | None = None) -> None:
+    """ValueError when the zip archive ``path`` (a ``torch.save`` file) unpacks to more than
+    ``limit`` bytes (default ``MAX_MODEL_BYTES``) or holds more than 100 000 entries (a
+    decompression bomb)."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+    total = sum(i.file_size for i in infos)
+    if len(infos) > 100_000 or total > limit:
+        raise ValueError(f"{path}: the archive unpacks to {total / 1024**2:.0f} MB in {len(infos)}"
+                         f" entries, more than the {limit / 1024**2:.0f} MB a model may have")
+
+
+def check_codec(source: str | Path, codec: Any) -> None:
+    """Bounds of a saved heat-map codec description (sizes and sigma)."""
+    if not isinstance(codec, Mapping):
+        raise ValueError(f"{_at(source)}the heat-map codec is not a mapping "
+                         f"({type(codec).__name__})")
+    for key in ("input_size", "heatmap_size"):
+        bounded_int(source, f"codec {key}", codec.get(key), 1, INT_LIMITS["image_size"][1])
+    sigma = codec.get("sigma")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma <= MAX_SIGMA:
+        raise ValueError(f"{_at(source)}codec sigma={sigma!r:.40} is not a number in "
+                         f"(0, {MAX_SIGMA:g}]")
+
+
+def check_hyper_parameters(source: str | Path, hp: Mapping[str, Any]) -> None:
+    """Bounds of the network-shaping hyper-parameters a checkpoint holds (absent keys keep their
+    defaults); ValueError naming ``source`` and the first bad value."""
+    for name, (lo, hi) in INT_LIMITS.items():
+        if name in hp:
+            bounded_int(source, name, hp[name], lo, hi)
+    kwargs = hp.get("net_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{_at(source)}net_kwargs is not a mapping ({type(kwargs).__name__})")
+    for name, value in kwargs.items():
+        if name not in NET_KWARG_LIMITS:
+            raise ValueError(f"{_at(source)}net_kwargs has an unknown key {name!r:.40} (known: "
+                             f"{', '.join(sorted(NET_KWARG_LIMITS))})")
+        if value is not None:
+            bounded_int(source, f"net_kwargs.{name}", value, *NET_KWARG_LIMITS[name])
+    if hp.get("heatmap_codec"):
+        check_codec(source, hp["heatmap_codec"])
