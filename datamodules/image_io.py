@@ -186,9 +186,16 @@ def _dicom_size(path: Path) -> tuple[int, int, int] | None:
 
 def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
     """Refuse, before decoding, an image whose header declares more than ``limit`` pixels
-    (default :func:`max_pixels`); a decompression bomb of a few kB would otherwise take GBs."""
-    size = header_size(path)
+    (default :func:`max_pixels`); a decompression bomb of a few kB would otherwise take GBs.
+    A file larger than any image of that many pixels can be (8 bytes a pixel, plus 16 MB of
+    metadata) is refused too, before it is read into memory."""
     limit = max_pixels() if limit is None else int(limit)
+    n_bytes = Path(path).stat().st_size
+    if n_bytes > 8 * limit + 16 * 1024**2:
+        raise ImageReadError(
+            f"{path}: the file is {n_bytes / 1024**2:.0f} MB, more than an image within the "
+            f"limit of {limit / 1e6:g} megapixels can need (set KNEEPLAN_MAX_PIXELS to raise it)")
+    size = header_size(path)
     if size is None:
         return
     w, h, frames = size

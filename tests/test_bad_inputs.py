@@ -334,6 +334,19 @@ def test_pixel_limit_is_read_from_the_header_before_decoding(tmp_path, monkeypat
     assert load_image(files["png"]).image.shape == (40, 50)
 
 
+def test_a_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, monkeypatch):
+    """A small header followed by gigabytes (here a sparse 40 MB file against a 1000 px limit):
+    refused from its size, before ``read_bytes`` would load it."""
+    big = _png_header_only(tmp_path / "big.png", 20, 20)
+    with big.open("r+b") as fh:
+        fh.truncate(40 * 1024**2)
+    monkeypatch.setenv("KNEEPLAN_MAX_PIXELS", "1000")
+    with pytest.raises(ImageReadError) as err:
+        load_image(big)
+    assert "the file is 40 MB, more than an image within the limit" in one_line(err.value)
+    assert str(big) in one_line(err.value)
+
+
 @pytest.mark.parametrize("kind", ["empty", "random", "folder", "fifo", "missing"])
 def test_bad_image_file_is_one_line(kind, tmp_path):
     path = tmp_path / "x.png"
