@@ -52,6 +52,8 @@ class LoadedImage:
         dicom_imager: valid DICOM ``ImagerPixelSpacing`` (row_mm, col_mm), or None.
         invalid_spacing_tags: (tag, raw text) of spacing tags present but invalid.
         lossy: the file was lossy-compressed (JPEG).
+        notes: what the reader ignored or changed in the file (e.g. a broken DICOM window),
+            one sentence each; planning reports them as warnings.
     """
 
     image: np.ndarray
@@ -61,6 +63,7 @@ class LoadedImage:
     dicom_imager: tuple[float, float] | None = None
     invalid_spacing_tags: list[tuple[str, str]] = field(default_factory=list)
     lossy: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def spacing_inputs(self) -> dict[str, Any]:
         """Keyword arguments of ``geometry.pixel_spacing.resolve_pixel_spacing`` from the file."""
@@ -230,6 +233,8 @@ def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
 
 def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
     """Colour (H, W, 3|4) to gray float64; gray passes through."""
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"unsupported pixel type {arr.dtype}")
     if arr.ndim == 2:
         return arr.astype(np.float64)
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
@@ -257,6 +262,10 @@ def _normalise_stored(
         raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
     info = np.iinfo(arr.dtype)
     depth = bits if bits is not None else 8 * arr.dtype.itemsize
+    if bits is None and arr.dtype.itemsize > 2:  # 32/64-bit integers: no detector stores that
+        lo, hi = float(gray.min()), float(gray.max())  # many bits, so the data's own range
+        gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
+        return gray.astype(np.float32), depth
     if info.min < 0:  # signed: shift to start at 0
         lo, hi = float(info.min), float(info.max)
     else:
@@ -281,12 +290,13 @@ def _load_tiff(path: Path) -> LoadedImage:
     try:
         arr = tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for broken files
-        raise ImageReadError(f"{path}: unreadable or truncated TIFF ({err})") from err
+        raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
     arr = np.squeeze(arr)
     try:
         gray = _to_gray(arr, bgr=False)
     except ValueError as err:
-        raise ImageReadError(f"{path}: {err} (one grayscale or RGB page expected)") from err
+        hint = "" if "pixel type" in str(err) else " (one grayscale or RGB page expected)"
+        raise ImageReadError(f"{path}: {err}{hint}") from err
     image, depth = _normalise_stored(path, arr, gray, None)
     return LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)})
 
@@ -310,6 +320,27 @@ def _from_decoded(
     return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy)
 
 
+def _brief(err: BaseException) -> str:
+    """A decoder's message on one line (some span several: one message, one line)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _window_problem(ds: Any) -> str | None:
+    """Why the file's VOI window (WindowCenter/WindowWidth) cannot be used, or None when it can
+    (or there is none, or a VOI LUT sequence takes precedence)."""
+    if "VOILUTSequence" in ds or not ("WindowCenter" in ds and "WindowWidth" in ds):
+        return None
+    try:
+        centre = float(np.ravel([ds.WindowCenter])[0])
+        width = float(np.ravel([ds.WindowWidth])[0])
+    except (TypeError, ValueError, IndexError):
+        return "its values are not numbers"
+    if not (np.isfinite(centre) and np.isfinite(width)) or width < 1:
+        return f"centre {centre:g}, width {width:g}"
+    return None
+
+
 def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:
     """(valid (row_mm, col_mm) or None, raw text when the tag is present but invalid)."""
     from geometry.pixel_spacing import PixelSpacing
@@ -330,12 +361,12 @@ def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | N
         return None, raw
 
 
-def _display_pipeline(ds: Any, arr: np.ndarray) -> np.ndarray:
+def _display_pipeline(ds: Any, arr: np.ndarray, use_window: bool = True) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     out = apply_modality_lut(arr, ds)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
+    if has_voi and use_window:
         out = apply_voi_lut(out, ds, index=0)
     return np.asarray(out, dtype=np.float64)
 
@@ -347,13 +378,13 @@ def _load_dicom(path: Path) -> LoadedImage:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
-        raise ImageReadError(f"{path}: unreadable DICOM ({err})") from err
+        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
     if "PixelData" not in ds:
         raise ImageReadError(f"{path}: DICOM has no pixel data (truncated?)")
     try:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
-        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from err
+        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({_brief(err)})") from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise ImageReadError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected 1")
@@ -361,16 +392,20 @@ def _load_dicom(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: photometric interpretation {photometric} is not grayscale")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
+    window_problem = _window_problem(ds)  # a broken window is ignored (with a note), not applied
+    notes = [] if window_problem is None else [
+        f"DICOM window ignored ({window_problem}): the stored value range is shown instead"]
     try:
-        values = _display_pipeline(ds, arr)
+        values = _display_pipeline(ds, arr, window_problem is None)
         if bits <= 16:  # output range of the pipeline over every storable value
             lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-            ramp = _display_pipeline(ds, np.arange(lo_s, hi_s + 1, dtype=arr.dtype))
+            ramp = _display_pipeline(ds, np.arange(lo_s, hi_s + 1, dtype=arr.dtype),
+                                     window_problem is None)  # fmt: skip
             lo, hi = float(ramp.min()), float(ramp.max())
         else:
             lo, hi = float(values.min()), float(values.max())
     except Exception as err:
-        raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({err})") from err
+        raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({_brief(err)})") from err
     image = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     image = np.clip(image, 0.0, 1.0)
     if photometric == "MONOCHROME1":
@@ -384,8 +419,8 @@ def _load_dicom(path: Path) -> LoadedImage:
         "photometric": photometric,
         "bits_stored": bits,
         "window": [float(np.ravel([ds.WindowCenter])[0]), float(np.ravel([ds.WindowWidth])[0])]
-        if "WindowCenter" in ds and "WindowWidth" in ds
+        if "WindowCenter" in ds and "WindowWidth" in ds and window_problem is None
         else None,
         "output_range": [lo, hi],
     }
-    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, invalid)
+    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, invalid, notes=notes)

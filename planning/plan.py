@@ -151,7 +151,8 @@ LOSSY_WARNING = (
 
 def input_warnings(loaded: Any) -> list[str]:
     """Warnings about the input file that do not by themselves flag the plan."""
-    return [LOSSY_WARNING] if getattr(loaded, "lossy", False) else []
+    lossy = [LOSSY_WARNING] if getattr(loaded, "lossy", False) else []
+    return lossy + list(getattr(loaded, "notes", []) or [])
 
 
 def run_plan(

@@ -222,3 +222,70 @@ def test_real_rg3_matches_hand_windowing():
     ramp = _dicom_linear_window(np.arange(2 ** int(ds.BitsStored), dtype=np.float64), c, w)
     expected = 1.0 - (y - ramp.min()) / (ramp.max() - ramp.min())
     np.testing.assert_allclose(load_image(path).image, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("window, why", [((100.0, 0.0), "centre 100, width 0"),
+                                         ("nan", "centre nan, width nan")])  # fmt: skip
+def test_broken_dicom_window_is_ignored_with_a_note(tmp_path, window, why):
+    """A window that cannot be applied (width < 1, NaN) is not a reason to refuse the image, nor
+    to show it blank: the stored 12-bit range is used, and the plan says so."""
+    px = (np.arange(60 * 50).reshape(60, 50) % 4096).astype(np.uint16)
+    path = tmp_path / "w.dcm"
+    if window == "nan":
+        write_dicom(path, px, bits=12, window=(777, 778))
+        path.write_bytes(path.read_bytes().replace(b"777", b"nan").replace(b"778", b"nan"))
+    else:
+        write_dicom(path, px, bits=12, window=window)
+    loaded = load_image(path)
+    np.testing.assert_allclose(loaded.image, px / 4095.0, atol=1e-6)  # by hand: stored range
+    # "nan" parses as NaN or stays text, by pydicom's validation mode: either is a broken window
+    whys = [why, "its values are not numbers"] if window == "nan" else [why]
+    assert loaded.notes in [[f"DICOM window ignored ({w}): the stored value range is shown "
+                             "instead"] for w in whys]  # fmt: skip
+    assert load_image(_dicom_without_window(tmp_path, px)).notes == []
+    from planning.plan import input_warnings
+
+    assert loaded.notes[0] in input_warnings(loaded)
+
+
+def _dicom_without_window(tmp_path, px):
+    path = tmp_path / "plain.dcm"
+    write_dicom(path, px, bits=12)
+    return path
+
+
+def test_exotic_pixel_types(tmp_path):
+    import warnings
+
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "c.tif", (rng.random((40, 40)) + 1j).astype(np.complex64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way to the error
+        with pytest.raises(ImageReadError) as err:
+            load_image(tmp_path / "c.tif")
+    assert str(err.value) == f"{tmp_path / 'c.tif'}: unsupported pixel type complex64"
+    # 64-bit integers: no detector stores that many bits; the data's own range is used
+    big = rng.integers(-(2**40), 2**40, (40, 40))
+    tifffile.imwrite(tmp_path / "i.tif", big)
+    want = (big - big.min()) / (big.max() - big.min())
+    np.testing.assert_allclose(load_image(tmp_path / "i.tif").image, want, atol=1e-6)
+
+
+def test_multi_line_decoder_messages_become_one_line(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = tmp_path / "j.dcm"
+    write_dicom(path, np.zeros((40, 40), np.uint16))
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 100])  # a broken J2K stream
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: cannot decode DICOM pixel data")
