@@ -19,6 +19,9 @@ from typing import Any
 # small enough that building and running the network stays bounded.
 MAX_MODEL_BYTES = 2 * 1024**3  # a checkpoint or ONNX file, and what a checkpoint unpacks to
 MAX_DESCRIPTION_BYTES = 1024**2  # an export's JSON description
+# The pickled structure of a checkpoint (everything but the tensors: hyper-parameters, config,
+# loop state; ~0.1 MB for ours). Unpickled objects take ~10x their bytes, so this is kept small.
+MAX_PICKLE_BYTES = 64 * 1024**2
 INT_LIMITS: dict[str, tuple[int, int]] = {
     "num_stacks": (1, 32),
     "depth": (1, 10),
@@ -71,6 +74,11 @@ def check_archive(path: str | Path, limit: int | None = None) -> None:
     if len(infos) > 100_000 or total > limit:
         raise ValueError(f"{path}: the archive unpacks to {total / 1024**2:.0f} MB in {len(infos)}"
                          f" entries, more than the {limit / 1024**2:.0f} MB a model may have")
+    pickled = sum(i.file_size for i in infos if i.filename.endswith(".pkl"))
+    if pickled > MAX_PICKLE_BYTES:
+        raise ValueError(f"{path}: {pickled / 1024**2:.0f} MB of pickled structure besides the "
+                         f"tensors, more than the {MAX_PICKLE_BYTES / 1024**2:.0f} MB a model "
+                         "may have")
 
 
 def check_codec(source: str | Path, codec: Any) -> None:

@@ -173,3 +173,10 @@ def test_large_files_and_decompression_bombs_are_refused(ckpt, tmp_path, monkeyp
         read_checkpoint(bomb)
     assert str(bomb) in _one_line(err.value)
     assert load_checkpoint(ckpt).image_size == 64  # the real (small) checkpoint still loads
+    monkeypatch.setattr(model_limits, "MAX_PICKLE_BYTES", 10**6)  # structure, not tensors
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"]["notes"] = list(range(300_000))  # ~1.5 MB pickled, 10 MB unpickled
+    fat = tmp_path / "fat.ckpt"
+    torch.save(state, fat)
+    with pytest.raises(CheckpointError, match="MB of pickled structure besides the tensors"):
+        read_checkpoint(fat)
