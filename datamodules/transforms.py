@@ -2,7 +2,8 @@
 
 Paper setup: rotation, scaling, horizontal flip and linear contrast scaling, each with p = 0.5,
 applied to the image, the four bone masks and every keypoint (landmarks and cortex points)
-together; then centred zero-padding to a square and resizing to ``size``
+together (beyond the paper, with ``p_style``: two photometric "style" changes, image only);
+then centred zero-padding to a square and resizing to ``size``
 (``geometry.frame.PadResize``, whose record maps predictions back to original pixels exactly).
 
 Coordinate conventions: albumentations 2.0.8 puts pixel centres on integers like we do (its
@@ -45,6 +46,11 @@ class AugmentConfig:
         p_hflip: probability of a horizontal flip.
         contrast: (min, max) contrast factor c in x' = clip(c * x, 0, 1).
         p_contrast: probability of contrast scaling.
+        p_style: probability of two photometric "style" changes drawn from ``STYLE_STEPS``
+            (gamma, CLAHE, blur, unsharp mask, noise, JPEG, downscaling, tone curve): what other
+            detectors and processing chains do to the same anatomy. Not in the paper (0 in
+            ``configs/paper.yaml``); on by default because a model must not learn one
+            generator's look. Masks and keypoints are untouched.
     """
 
     enabled: bool = True
@@ -55,6 +61,7 @@ class AugmentConfig:
     p_hflip: float = 0.5
     contrast: tuple[float, float] = (0.75, 1.25)
     p_contrast: float = 0.5
+    p_style: float = 0.5
 
     @classmethod
     def from_any(cls, value: AugmentConfig | dict[str, Any] | bool | None) -> AugmentConfig:
@@ -82,6 +89,27 @@ class AugmentConfig:
         return asdict(self)
 
 
+STYLE_STEPS = ("RandomGamma", "CLAHE", "GaussianBlur", "UnsharpMask", "GaussNoise",
+               "ImageCompression", "Downscale", "RandomToneCurve")
+
+
+def style_steps() -> list[Any]:
+    """Photometric transforms (albumentations, float32 in [0, 1] in and out) for ``p_style``:
+    one each of ``STYLE_STEPS``, with ranges of what real CR/DR processing and storage do."""
+    import albumentations as A
+
+    return [
+        A.RandomGamma(gamma_limit=(70, 150), p=1.0),
+        A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=1.0),
+        A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.3, 1.5), p=1.0),
+        A.UnsharpMask(blur_limit=(3, 15), alpha=(0.2, 0.6), threshold=0, p=1.0),
+        A.GaussNoise(std_range=(0.005, 0.03), p=1.0),
+        A.ImageCompression(quality_range=(40, 95), p=1.0),
+        A.Downscale(scale_range=(0.5, 0.9), p=1.0),
+        A.RandomToneCurve(scale=0.2, p=1.0),
+    ]
+
+
 def build_augmentation(cfg: AugmentConfig, seed: int | None = None):
     """The albumentations pipeline for ``cfg`` (image + masks + 'xy' keypoints)."""
     import albumentations as A
@@ -103,6 +131,8 @@ def build_augmentation(cfg: AugmentConfig, seed: int | None = None):
             p=cfg.p_contrast,
         ),
     ]
+    if cfg.p_style > 0:
+        steps.append(A.SomeOf(style_steps(), n=2, p=cfg.p_style))
     return A.Compose(
         steps,
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),

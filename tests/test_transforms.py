@@ -12,7 +12,7 @@ from datamodules.sample import RaterAnnotation, Sample
 from datamodules.transforms import AugmentConfig, SampleTransform, inside_image
 
 H, W, S = 90, 130, 64
-ONLY = {"p_rotate": 0.0, "p_scale": 0.0, "p_hflip": 0.0, "p_contrast": 0.0}
+ONLY = {"p_rotate": 0.0, "p_scale": 0.0, "p_hflip": 0.0, "p_contrast": 0.0, "p_style": 0.0}
 
 
 def blob_image(points: np.ndarray, sigma: float = 4.0) -> np.ndarray:
@@ -178,3 +178,32 @@ def test_augment_config_from_any():
     assert cfg.rotate_deg == 5 and cfg.scale == (0.9, 1.1) and cfg.p_hflip == 0.5
     with pytest.raises(ValueError, match="rotation"):
         AugmentConfig.from_any({"rotation": 5})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_style_changes_the_image_only(seed):
+    """The photometric style steps leave masks and keypoints exactly as they were, keep the
+    image finite in [0, 1] and are drawn from STYLE_STEPS, two at a time."""
+    from datamodules.transforms import STYLE_STEPS
+
+    sample = make_sample(LMS, CORTEX, disk_radius=7.0)
+    tf = SampleTransform(S, AugmentConfig(**{**ONLY, "p_style": 1.0}), seed=seed)
+    img, masks, kps = tf.augment_arrays(sample.image, sample.masks, LMS)
+    np.testing.assert_array_equal(masks, sample.masks)
+    np.testing.assert_array_equal(kps, LMS)
+    assert img.dtype == np.float32 and np.isfinite(img).all()
+    assert img.min() >= 0.0 and img.max() <= 1.0
+    assert not np.array_equal(img, sample.image)
+    names = [n for n, _ in tf.last_applied]
+    assert len([n for n in names if n in STYLE_STEPS]) == 2, names
+
+
+def test_paper_preset_has_no_style_changes():
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
+                         .read_text())  # fmt: skip
+    assert AugmentConfig.from_any(cfg["data"]["augment"]).p_style == 0.0
+    assert AugmentConfig().p_style > 0  # the other presets randomise the look
