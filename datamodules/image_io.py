@@ -326,19 +326,19 @@ def _brief(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _window_problem(ds: Any) -> str | None:
-    """Why the file's VOI window (WindowCenter/WindowWidth) cannot be used, or None when it can
-    (or there is none, or a VOI LUT sequence takes precedence)."""
-    if "VOILUTSequence" in ds or not ("WindowCenter" in ds and "WindowWidth" in ds):
-        return None
+def _dicom_window(ds: Any) -> tuple[list[float] | None, str | None]:
+    """The file's first VOI window [centre, width] (None when absent or unusable) and why it
+    cannot be used (non-numeric, non-finite or width < 1; None when it can or there is none)."""
+    if not ("WindowCenter" in ds and "WindowWidth" in ds):
+        return None, None
     try:
         centre = float(np.ravel([ds.WindowCenter])[0])
         width = float(np.ravel([ds.WindowWidth])[0])
     except (TypeError, ValueError, IndexError):
-        return "its values are not numbers"
+        return None, "its values are not numbers"
     if not (np.isfinite(centre) and np.isfinite(width)) or width < 1:
-        return f"centre {centre:g}, width {width:g}"
-    return None
+        return None, f"centre {centre:g}, width {width:g}"
+    return [centre, width], None
 
 
 def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:
@@ -392,7 +392,9 @@ def _load_dicom(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: photometric interpretation {photometric} is not grayscale")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    window_problem = _window_problem(ds)  # a broken window is ignored (with a note), not applied
+    window, window_problem = _dicom_window(ds)
+    if "VOILUTSequence" in ds:  # a VOI LUT sequence takes precedence over the window
+        window_problem = None
     notes = [] if window_problem is None else [
         f"DICOM window ignored ({window_problem}): the stored value range is shown instead"]
     try:
@@ -418,9 +420,7 @@ def _load_dicom(path: Path) -> LoadedImage:
         "format": "dicom",
         "photometric": photometric,
         "bits_stored": bits,
-        "window": [float(np.ravel([ds.WindowCenter])[0]), float(np.ravel([ds.WindowWidth])[0])]
-        if "WindowCenter" in ds and "WindowWidth" in ds and window_problem is None
-        else None,
+        "window": window,
         "output_range": [lo, hi],
     }
     return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, invalid, notes=notes)

@@ -46,7 +46,7 @@ class AugmentConfig:
         p_hflip: probability of a horizontal flip.
         contrast: (min, max) contrast factor c in x' = clip(c * x, 0, 1).
         p_contrast: probability of contrast scaling.
-        p_style: probability of two photometric "style" changes drawn from ``STYLE_STEPS``
+        p_style: probability of two photometric "style" changes drawn from ``style_steps()``
             (gamma, CLAHE, blur, unsharp mask, noise, JPEG, downscaling, tone curve): what other
             detectors and processing chains do to the same anatomy. Not in the paper (0 in
             ``configs/paper.yaml``); on by default because a model must not learn one
@@ -89,13 +89,10 @@ class AugmentConfig:
         return asdict(self)
 
 
-STYLE_STEPS = ("RandomGamma", "CLAHE", "GaussianBlur", "UnsharpMask", "GaussNoise",
-               "ImageCompression", "Downscale", "RandomToneCurve")
-
-
 def style_steps() -> list[Any]:
     """Photometric transforms (albumentations, float32 in [0, 1] in and out) for ``p_style``:
-    one each of ``STYLE_STEPS``, with ranges of what real CR/DR processing and storage do."""
+    gamma, CLAHE, blur, unsharp mask, noise, JPEG, downscaling, tone curve, with ranges of
+    what real CR/DR processing and storage do."""
     import albumentations as A
 
     return [

@@ -189,8 +189,9 @@ def process(
     unsharp masking (halos), S-shaped LUT blended with linear, gamma; returns [0, 1] float32."""
     sel = field[::3, ::3] > 0.5
     sub = log_img[::3, ::3]
+    bone_sel = sel & bone[::3, ::3] if bone is not None else sel
     soft = sub[sel & tissue[::3, ::3]] if tissue is not None else sub[sel]
-    hard = sub[sel & bone[::3, ::3]] if bone is not None else sub[sel]
+    hard = sub[bone_sel]
     if soft.size < 16:
         soft = sub.ravel()
     if hard.size < 16:
@@ -218,7 +219,6 @@ def process(
     # but does not push the bone into saturation (a coarse positive gain lifts the whole bone).
     # So the bone's window quantile goes back to where it was before the frequency processing.
     target = (bone_top - lo) / (hi - lo)
-    bone_sel = sel & bone[::3, ::3] if bone is not None else sel
     if bone_sel.sum() >= 16:
         now = float(np.quantile(x[::3, ::3][bone_sel], q_hi))
         if now > target > 0:
