@@ -30,6 +30,7 @@ mm per pixel = diameter_mm / (2 x radius_px). Which source of spacing wins is de
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,27 @@ def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, 
     return a, float(my - a * mx)
 
 
+def _bounded_lsq(
+    fun: Callable[[np.ndarray], np.ndarray], start: Sequence[float], lo: Sequence[float],
+    hi: Sequence[float],
+) -> tuple[np.ndarray, float]:
+    """Least squares of ``fun(p)`` with ``lo < p < hi``: (p, cost = half the squared norm).
+
+    The box is mapped onto the real line by ``p = lo + (hi - lo) (1 + tanh u) / 2`` so that
+    MINPACK's Levenberg-Marquardt (``method="lm"``) can run: on these 2-3 parameter fits it gives
+    the same optimum as scipy's bounded ``trf`` at ~1/3 less CPU (its loop is compiled).
+    """
+    lo_a, hi_a = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+
+    def to_p(u: np.ndarray) -> np.ndarray:
+        return lo_a + (hi_a - lo_a) * (0.5 + 0.5 * np.tanh(u))
+
+    frac = 2 * (np.asarray(start, np.float64) - lo_a) / (hi_a - lo_a) - 1
+    res = least_squares(lambda u: fun(to_p(u)), np.arctanh(np.clip(frac, -0.999, 0.999)),
+                        method="lm", max_nfev=200)  # fmt: skip
+    return to_p(res.x), float(res.cost)
+
+
 def _fit_profile(
     d: list[np.ndarray], v: list[np.ndarray], w: list[np.ndarray], r0: float, dome: bool
 ) -> tuple[np.ndarray, float, float]:
@@ -209,15 +231,10 @@ def _fit_profile(
     else:
         lo, hi = [0.7 * r0, 0.05], [1.3 * r0, 0.3 * r0 + 2.0]
         starts = [[r0, 1.0]]
-    best = None
-    for start in starts:
-        res = least_squares(
-            lambda p: linear(p)[0], start, bounds=(lo, hi), x_scale="jac", max_nfev=80
-        )
-        if best is None or res.cost < best.cost:
-            best = res
-    resid, amp = linear(best.x)
-    return best.x, amp, float(np.sum(resid**2))
+    fits = [_bounded_lsq(lambda p: linear(p)[0], start, lo, hi) for start in starts]
+    best = min(fits, key=lambda f: f[1])[0]
+    resid, amp = linear(best)
+    return best, amp, float(np.sum(resid**2))
 
 
 N_SECTORS = 1  # angular sectors with their own level and background (1: pooled, fastest)
@@ -242,15 +259,12 @@ def _fit_clipped(
         m = base + (top - base) * np.exp(p[2]) * ndtr((p[0] - d) / p[1])
         return (np.minimum(m, top) - v) * sw
 
-    best = None
     lo = [r0 - 2 * sigma0 - 0.5, 0.05, 0.0]
     hi = [r0 + 0.25, max(2 * sigma0, 0.1) + 0.5, 6.0]
-    for log_a in (0.0, 1.0, 2.5):
-        start = np.clip([r0, max(sigma0, 0.06), log_a], lo, hi)
-        res = least_squares(resid, start, bounds=(lo, hi))
-        if best is None or res.cost < best.cost:
-            best = res
-    return float(best.x[0]), float(best.x[1])
+    fits = [_bounded_lsq(resid, np.clip([r0, max(sigma0, 0.06), log_a], lo, hi), lo, hi)
+            for log_a in (0.0, 1.0, 2.5)]  # fmt: skip
+    best = min(fits, key=lambda f: f[1])[0]
+    return float(best[0]), float(best[1])
 
 
 def _sector_profiles(
