@@ -36,6 +36,17 @@ NET_KWARG_LIMITS: dict[str, tuple[int, int]] = {
     "refine_channels": (1, 4096),
 }
 MAX_SIGMA = 256.0
+# An exported graph (checked by ``planning.onnx_graph`` before ONNX Runtime runs it): the
+# operators ``make export`` writes for every norm choice (plus a few shape-preserving ones other
+# exporters emit); no control flow (Loop, Scan, If run without bound) and no custom domains.
+ONNX_OPS = frozenset({
+    "Add", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Div", "Identity",
+    "InstanceNormalization", "MaxPool", "Mul", "Relu", "Reshape", "Resize", "Shape", "Sigmoid",
+    "Sub", "Unsqueeze", "Squeeze",
+})  # fmt: skip
+MAX_GRAPH_NODES = 100_000  # the paper network exports ~600
+MAX_TENSOR_ELEMENTS = 2**28  # any tensor at batch 1 (1 GB of float32; the paper's largest: 1 M)
+MAX_GRAPH_FLOP = 10**12  # convolutions at batch 1 (the paper network: 3.2e10)
 
 
 def _at(source: str | Path) -> str:

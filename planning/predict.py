@@ -38,6 +38,7 @@ from lightning_modules.model_limits import (
     check_codec,
     check_file_size,
 )
+from planning.onnx_graph import check_onnx_graph
 
 OUTPUT_NAMES = ("seg", "lm", "roi", "lm_prev")  # exported model outputs, in this order
 INPUT_NAME = "image"
@@ -115,6 +116,7 @@ class OnnxPredictor:
         self.image_size = int(meta["input_size"])
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
+        check_onnx_graph(self.path, self.image_size, self.output_names)  # before ORT runs it
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
