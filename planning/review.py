@@ -38,6 +38,9 @@ from planning.tta import Uncertainty
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
 
 
+_DEFAULT: list[ReviewConfig] = []  # ReviewConfig.load() of the default file, once per process
+
+
 @dataclass(frozen=True)
 class ReviewConfig:
     """Thresholds (rationale for each in ``configs/review.yaml``; defaults equal that file)."""
@@ -76,6 +79,8 @@ class ReviewConfig:
             ValueError: one line naming the file and the problem (missing, not YAML, not a
                 mapping, an unknown key, a value that is not a finite number).
         """
+        if path is None and _DEFAULT:  # the default file, read once per process (batch plans)
+            return _DEFAULT[0]
         import math
 
         import yaml
@@ -103,7 +108,10 @@ class ReviewConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"{p}: {k} must be a finite number, got {v!r}")
             values[k] = kind(v)
-        return cls(**values)
+        config = cls(**values)
+        if path is None:
+            _DEFAULT.append(config)
+        return config
 
 
 class Reason(str):
