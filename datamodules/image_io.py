@@ -31,6 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datamodules.decoder_messages import brief, decoder_messages
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
 _GRAY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])
@@ -98,7 +100,23 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageReadError(f"{path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device)")
-    check_pixel_limit(path)
+    with decoder_messages() as said:  # decoders' own prints go into the error or a note
+        try:
+            check_pixel_limit(path)  # reads the header: pydicom may warn already
+            loaded, error = _decode(path), None
+        except ImageReadError as err:
+            loaded, error = None, err
+    if error is not None:
+        extra = f" (decoder said: {brief(said)})" if said else ""
+        raise ImageReadError(f"{error}{extra}") from error
+    assert loaded is not None
+    if said:
+        loaded.notes.append(f"the image decoder reported: {brief(said)}")
+    return loaded
+
+
+def _decode(path: Path) -> LoadedImage:
+    """Dispatch by suffix (DICOM also by its magic bytes)."""
     suffix = path.suffix.lower()
     known = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
     if suffix == ".dcm" or (suffix not in known and _looks_like_dicom(path)):
@@ -290,7 +308,12 @@ def _load_tiff(path: Path) -> LoadedImage:
     try:
         arr = tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for broken files
-        raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
+        # tifffile needs the optional `imagecodecs` for LZW, Deflate, JPEG-in-TIFF (common in
+        # exported radiographs); OpenCV's libtiff reads those, so it gets a second try.
+        arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
+        return _from_decoded(path, arr, None, "tiff")
     arr = np.squeeze(arr)
     try:
         gray = _to_gray(arr, bgr=False)

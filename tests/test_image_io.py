@@ -289,3 +289,75 @@ def test_multi_line_decoder_messages_become_one_line(tmp_path):
         load_image(path)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{path}: cannot decode DICOM pixel data")
+
+
+# --- what decoders print: found by fuzzing PNG, TIFF, JPEG and DICOM files (one line each) ---
+
+
+def _gradient(h: int = 96, w: int = 120) -> np.ndarray:
+    return (np.add.outer(np.arange(h), np.arange(w)) * (65535 / (h + w))).astype(np.uint16)
+
+
+def test_png_crc_error_is_one_line_naming_libpng_and_prints_nothing(tmp_path, capfd):
+    cv2.imwrite(str(tmp_path / "ok.png"), _gradient())
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat + 20] ^= 0xFF  # damage the compressed pixels: the chunk's CRC no longer matches
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError) as err:
+        load_image(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and "libpng error" in msg, msg
+    out, printed = capfd.readouterr()
+    assert printed == "" and out == ""  # libpng wrote to fd 2 before: now it is in the message
+
+
+def test_damaged_tiff_logs_nothing(tmp_path, capfd):
+    tifffile.imwrite(tmp_path / "ok.tif", _gradient())
+    data = bytearray((tmp_path / "ok.tif").read_bytes())
+    data[4:8] = struct.pack("<I", len(data) + 1000)  # first-page offset beyond the file
+    bad = tmp_path / "offset.tif"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError) as err:
+        load_image(bad)
+    assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    assert capfd.readouterr().err == ""  # tifffile logged "invalid offset to first page" before
+
+
+def test_corrupt_but_decodable_jpeg_is_planned_with_a_note(tmp_path, capfd):
+    cv2.imwrite(str(tmp_path / "ok.jpg"), (_gradient() >> 8).astype(np.uint8))
+    data = (tmp_path / "ok.jpg").read_bytes()
+    bad = tmp_path / "extra.jpg"
+    bad.write_bytes(data[:-2] + b"\x00" * 40 + data[-2:])  # junk before the end marker
+    loaded = load_image(bad)
+    assert loaded.image.shape == (96, 120)
+    assert any("Corrupt JPEG data" in n for n in loaded.notes), loaded.notes
+    assert capfd.readouterr().err == ""
+
+
+def test_lzw_tiff_is_read_without_imagecodecs(tmp_path):
+    a = _gradient()
+    path = tmp_path / "lzw.tif"
+    assert cv2.imwrite(str(path), a, [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # LZW, as PACS exports
+    loaded = load_image(path)
+    np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-6)
+
+
+def test_decoder_messages_gathers_warnings_logs_and_raw_stderr(capfd):
+    import logging
+    import os
+    import warnings
+
+    from datamodules.decoder_messages import brief, decoder_messages
+
+    with decoder_messages() as said:
+        warnings.warn("Invalid value for VR UI: '1.2|3'", UserWarning, stacklevel=1)  # pydicom
+        logging.getLogger("tifffile").warning("invalid offset to first page")  # tifffile
+        os.write(2, b"libpng error: IDAT: CRC error\n")  # a C library, below Python
+    assert said == ["invalid offset to first page", "Invalid value for VR UI: '1.2|3'",
+                    "libpng error: IDAT: CRC error"]  # fmt: skip
+    assert brief(said) == "invalid offset to first page" and brief([]) == ""
+    assert capfd.readouterr().err == ""
+    os.write(2, b"after\n")  # descriptor 2 is restored
+    assert capfd.readouterr().err == "after\n"

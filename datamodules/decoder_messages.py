@@ -1,0 +1,77 @@
+"""Collect what image decoders print, so a bad file gives one line and a good one a note.
+
+Decoders talk on three channels besides exceptions: libpng (inside OpenCV) writes
+``libpng error: ...`` straight to file descriptor 2, tifffile logs through ``logging``, pydicom
+issues ``UserWarning``s. Left alone, a damaged file prints several lines before our one-line
+error (found by fuzzing PNG, TIFF, JPEG and DICOM files). :func:`decoder_messages` gathers all
+three for the duration of a read; the reader puts them into its error or the plan's warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+LOGGERS = ("tifffile", "pydicom")
+
+
+class _Collect(logging.Handler):
+    """A logging handler that keeps each record's message."""
+
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextmanager
+def decoder_messages() -> Iterator[list[str]]:
+    """Yield a list that receives, one string each, the decoders' warnings, log records and
+    raw stderr lines written during the ``with`` block (none of them reach the terminal)."""
+    messages: list[str] = []
+    handler = _Collect(messages)
+    saved = []
+    for name in LOGGERS:
+        log = logging.getLogger(name)
+        saved.append((log, log.propagate))
+        log.addHandler(handler)
+        log.propagate = False
+    sys.stderr.flush()  # C libraries write to descriptor 2 itself, whatever sys.stderr is
+    try:
+        os.fstat(2)
+        fd: int | None = 2
+    except OSError:  # no descriptor 2 (a daemon): nothing to catch there
+        fd = None
+    with tempfile.TemporaryFile() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = os.dup(fd) if fd is not None else None
+        if kept is not None:
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield messages
+        finally:
+            if kept is not None:
+                os.dup2(kept, fd)
+                os.close(kept)
+            for log, propagate in saved:
+                log.removeHandler(handler)
+                log.propagate = propagate
+            messages.extend(str(w.message) for w in caught)
+            tmp.seek(0)
+            raw = tmp.read(64 * 1024).decode("utf-8", "replace")
+            messages.extend(line.strip() for line in raw.splitlines() if line.strip())
+
+
+def brief(messages: list[str], limit: int = 200) -> str:
+    """The first message on one line, shortened to ``limit`` characters ('' when none)."""
+    if not messages:
+        return ""
+    text = " ".join(messages[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
