@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from datamodules.annotations import annotation_dict, write_annotation
+from datamodules.decoder_messages import brief, decoder_messages
 from datamodules.sample import BONES, Sample
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
@@ -98,9 +99,11 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         check_pixel_limit(path)
     except (ImageReadError, OSError) as err:
         raise DatasetError(str(err)) from None
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    with decoder_messages() as said:  # libpng's own prints go into the error line
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise DatasetError(f"{path}: unreadable or truncated mask")
+        extra = f" (decoder said: {brief(said)})" if said else ""
+        raise DatasetError(f"{path}: unreadable or truncated mask{extra}")
     if mask.ndim == 3:
         colour = mask[..., :3] if mask.shape[2] >= 3 else mask
         if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[2])):

@@ -532,3 +532,17 @@ def test_bad_review_config_is_one_line_with_status_2(kind, entry, tmp_path, caps
     assert main([*argv, "--review-config", str(cfg)]) == 2
     line = one_line(capsys.readouterr().err)
     assert str(cfg) in line and expected in line
+
+
+def test_damaged_mask_is_one_line_and_prints_nothing(tmp_path, capfd):
+    m = np.zeros((40, 50), np.uint8)
+    m[5:20, 5:20] = 255
+    data = bytearray(_png(tmp_path / "ok.png", m).read_bytes())
+    data[data.index(b"IDAT") + 12] ^= 0xFF  # compressed pixels damaged: libpng complains
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as err:
+        read_mask(bad, (40, 50))
+    line = one_line(err.value)
+    assert line.startswith(str(bad)) and "libpng error" in line, line
+    assert capfd.readouterr().err == ""
