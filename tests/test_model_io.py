@@ -180,3 +180,59 @@ def test_large_files_and_decompression_bombs_are_refused(ckpt, tmp_path, monkeyp
     torch.save(state, fat)
     with pytest.raises(CheckpointError, match="MB of pickled structure besides the tensors"):
         read_checkpoint(fat)
+
+
+def _member_data_offset(path, name: str) -> int:
+    """Byte offset of a stored zip member's data (after its local header)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    raw = path.read_bytes()
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + n + m
+
+
+def test_a_flipped_byte_in_the_weights_is_refused_not_loaded(ckpt, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename),
+                     key=lambda i: i.file_size)  # fmt: skip
+    raw = bytearray(ckpt.read_bytes())
+    raw[_member_data_offset(ckpt, member.filename) + 17] ^= 0x40  # one bit of one weight
+    bad = tmp_path / "bitrot.ckpt"
+    bad.write_bytes(bytes(raw))
+    # torch itself loads it silently, with one tensor changed ...
+    def tensors(x):
+        if isinstance(x, torch.Tensor):
+            return [x]
+        items = x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else []
+        return [t for v in items for t in tensors(v)]
+
+    from lightning_modules.checkpoint_file import _LIGHTNING_TYPES, _AttributeDict
+
+    with torch.serialization.safe_globals([(_AttributeDict, n) for n in _LIGHTNING_TYPES]):
+        a, b = (tensors(torch.load(p, weights_only=True, map_location="cpu")) for p in (ckpt, bad))
+    assert len(a) == len(b)
+    assert sum(not torch.equal(x, y) for x, y in zip(a, b, strict=True)) == 1
+    # ... the reader refuses it, naming the damaged record
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and f"{member.filename} fails its CRC-32" in msg
+
+
+def test_a_damaged_zip_directory_is_one_line(ckpt, tmp_path):
+    raw = bytearray(ckpt.read_bytes())
+    end = raw.rindex(b"PK\x01\x02")  # the last central-directory entry: its file name
+    raw[end + 46] = 0xFF  # not UTF-8 (zipfile decodes names flagged as UTF-8)
+    raw[end + 8] |= 0x08  # general-purpose flags: bit 11 (UTF-8 names) lives in byte 9
+    raw[end + 9] |= 0x08
+    bad = tmp_path / "directory.ckpt"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and ("cannot read" in msg or "damaged" in msg)
