@@ -116,6 +116,10 @@ class OnnxPredictor:
         self.image_size = int(meta["input_size"])
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
+        if "sha256" in meta and file_sha256(self.path) != meta["sha256"]:  # older exports: none
+            raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
+                             f"in {export_meta_path(self.path).name} at export (a corrupted or "
+                             "partial copy, or a different model); export or copy it again")
         check_onnx_graph(self.path, self.image_size, self.output_names)  # before ORT runs it
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -154,6 +158,17 @@ class _TensorModulePredictor:
         return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (read in 1 MB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def export_meta_path(onnx_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.json`` (what planning needs besides the graph)."""
     return Path(onnx_path).with_suffix(".json")
@@ -172,6 +187,10 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"missing {key!r}")
         bounded_int("", "input_size", meta["input_size"], *INT_LIMITS["image_size"])
         check_codec("", meta["codec"])
+        sha = meta.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                    and all(c in "0123456789abcdef" for c in sha)):
+            raise ValueError("'sha256' must be 64 lower-case hex digits")
         outs = meta["outputs"]
         if not (isinstance(outs, list) and 0 < len(outs) <= 64
                 and all(isinstance(o, str) for o in outs)):

@@ -5,6 +5,7 @@ path never imports torch."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -106,6 +107,7 @@ def test_export_cli_refuses_a_bad_checkpoint(tmp_path, capsys):
         ({"codec": [64, 64, 2.0]}, "codec is not a mapping"),
         ({"outputs": "seg"}, "'outputs' must be a list"),
         ({"format": "other"}, "not a kneeplan export description"),
+    ({"sha256": 12}, "'sha256' must be 64 lower-case hex digits"),
     ],
 )
 def test_hostile_export_descriptions_are_refused(onnx_model, tmp_path, change, words):
@@ -131,3 +133,24 @@ def test_oversized_export_description_is_refused(onnx_model, tmp_path):
     model.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="larger than the 1 MB"):
         load_predictor(model)
+
+
+def test_export_records_the_graph_hash_and_planning_checks_it(onnx_model, tmp_path):
+    import hashlib
+
+    meta = json.loads(onnx_model.with_suffix(".json").read_text())
+    assert meta["sha256"] == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
+    raw = bytearray(onnx_model.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit of the weights: the graph still parses and runs
+    model = tmp_path / "bitrot.onnx"
+    model.write_bytes(bytes(raw))
+    shutil.copy(onnx_model.with_suffix(".json"), model.with_suffix(".json"))
+    with pytest.raises(ValueError) as err:
+        load_predictor(model)
+    msg = str(err.value)
+    assert "\n" not in msg and str(model) in msg and "damaged" in msg and "SHA-256" in msg
+    older = tmp_path / "older.onnx"  # an export written before the hash existed still loads
+    shutil.copy(onnx_model, older)
+    older.with_suffix(".json").write_text(json.dumps({k: v for k, v in meta.items()
+                                                      if k != "sha256"}))  # fmt: skip
+    assert load_predictor(older).image_size == meta["input_size"]
