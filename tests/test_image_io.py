@@ -361,3 +361,18 @@ def test_decoder_messages_gathers_warnings_logs_and_raw_stderr(capfd):
     assert capfd.readouterr().err == ""
     os.write(2, b"after\n")  # descriptor 2 is restored
     assert capfd.readouterr().err == "after\n"
+
+
+@pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm",
+                                  "MR_small_jpeg_ls_lossless.dcm"])  # fmt: skip
+def test_compressed_dicom_as_pacs_exports_it(name):
+    """JPEG Lossless (process 14, the usual CR/DX export) and JPEG-LS decode (python-gdcm)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path, f"{name} is missing from pydicom / pydicom-data"
+    ds = pydicom.dcmread(path)
+    assert "Lossless" in ds.file_meta.TransferSyntaxUID.name
+    loaded = load_image(path)
+    assert loaded.image.shape == ds.pixel_array.shape[-2:]
+    assert loaded.image.dtype == np.float32 and float(loaded.image.std()) > 0  # not blank
