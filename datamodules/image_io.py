@@ -384,6 +384,22 @@ def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | N
         return None, raw
 
 
+def _display_image(
+    ds: Any, arr: np.ndarray, bits: int, signed: bool, use_window: bool
+) -> tuple[np.ndarray, float, float]:
+    """Pixels through the modality LUT (and the window when ``use_window``), scaled to [0, 1]
+    by the pipeline's output range over every storable value; with that range (lo, hi)."""
+    values = _display_pipeline(ds, arr, use_window)
+    if bits <= 16:  # output range of the pipeline over every storable value
+        lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        ramp = _display_pipeline(ds, np.arange(lo_s, hi_s + 1, dtype=arr.dtype), use_window)
+        lo, hi = float(ramp.min()), float(ramp.max())
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    image = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return np.clip(image, 0.0, 1.0), lo, hi
+
+
 def _display_pipeline(ds: Any, arr: np.ndarray, use_window: bool = True) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -413,6 +429,9 @@ def _load_dicom(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames), expected 1")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageReadError(f"{path}: photometric interpretation {photometric} is not grayscale")
+    if arr.ndim != 2:  # e.g. Columns smaller than the data: the rest is read as extra frames
+        raise ImageReadError(f"{path}: pixel data of shape {arr.shape} is not one grayscale "
+                             f"frame of Rows x Columns = {ds.get('Rows')} x {ds.get('Columns')}")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     window, window_problem = _dicom_window(ds)
@@ -421,18 +440,15 @@ def _load_dicom(path: Path) -> LoadedImage:
     notes = [] if window_problem is None else [
         f"DICOM window ignored ({window_problem}): the stored value range is shown instead"]
     try:
-        values = _display_pipeline(ds, arr, window_problem is None)
-        if bits <= 16:  # output range of the pipeline over every storable value
-            lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-            ramp = _display_pipeline(ds, np.arange(lo_s, hi_s + 1, dtype=arr.dtype),
-                                     window_problem is None)  # fmt: skip
-            lo, hi = float(ramp.min()), float(ramp.max())
-        else:
-            lo, hi = float(values.min()), float(values.max())
+        image, lo, hi = _display_image(ds, arr, bits, signed, window_problem is None)
+        if window_problem is None and np.ptp(image) == 0:
+            plain, lo_p, hi_p = _display_image(ds, arr, bits, signed, False)
+            if np.ptp(plain) > 0:  # the window (or VOI LUT) maps every pixel to one value
+                image, lo, hi = plain, lo_p, hi_p
+                notes.append("DICOM window ignored (it shows every pixel at one level): the "
+                             "stored value range is shown instead")
     except Exception as err:
         raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({_brief(err)})") from err
-    image = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    image = np.clip(image, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     pixel, bad_pixel = _spacing_tag(ds, "PixelSpacing")

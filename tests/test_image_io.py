@@ -376,3 +376,26 @@ def test_compressed_dicom_as_pacs_exports_it(name):
     loaded = load_image(path)
     assert loaded.image.shape == ds.pixel_array.shape[-2:]
     assert loaded.image.dtype == np.float32 and float(loaded.image.std()) > 0  # not blank
+
+
+def test_a_window_that_blanks_the_image_is_ignored_with_a_note(tmp_path):
+    px = _gradient() >> 4  # 12-bit
+    plain, off = tmp_path / "plain.dcm", tmp_path / "off.dcm"
+    write_dicom(plain, px, bits=12)
+    write_dicom(off, px, bits=12, window=(90000.0, 10.0))  # far above every stored value
+    a, b = load_image(plain), load_image(off)
+    assert float(b.image.std()) > 0.1 and any("window ignored" in n for n in b.notes), b.notes
+    np.testing.assert_allclose(b.image, a.image)  # as if the file had no window
+    assert not a.notes
+
+
+def test_pixel_data_that_does_not_fit_rows_and_columns_is_one_line(tmp_path):
+    path = tmp_path / "cols.dcm"
+    write_dicom(path, _gradient() >> 4, bits=12)
+    ds = pydicom.dcmread(path)
+    ds.Columns = 30  # the stored bytes now read as several frames of 96 x 30
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "not one grayscale frame" in msg, msg
