@@ -399,6 +399,11 @@ def find_sphere_candidates(
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"find_sphere_candidates: expected (H, W) image, got {img.shape}")
+    # The tests' levels (contrast, clip level) are fractions of the image's own range: a 12-bit
+    # detector stored in a 16-bit file without sBIT or window reads as [0, 0.06], not [0, 1].
+    v_lo, v_hi = float(img.min()), float(img.max())
+    if v_hi > v_lo and (v_lo > 0.0 or v_hi < 1.0):
+        img = (img - np.float32(v_lo)) * np.float32(1.0 / (v_hi - v_lo))
     h, w = img.shape
     lo, hi = expected_px_range or (0.015 * min(h, w), 0.3 * min(h, w))
     levels = _pyramid(img)

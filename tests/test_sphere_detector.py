@@ -137,3 +137,16 @@ def test_sphere_spacing_is_right_or_its_bound_covers_the_error(clean):
         assert err <= max(MAX_SPHERE_UNCERTAINTY, sphere_uncertainty(det)), (seed, err)
         checked += 1
     assert checked >= 6
+
+
+@pytest.mark.parametrize("scale, offset", [(4095 / 65535, 0.0), (0.3, 0.5)])
+def test_sphere_found_in_the_images_own_range(scale, offset):
+    """A 12-bit detector stored in a 16-bit file (values in [0, 0.06]) or a narrow, lifted
+    range: the same sphere as at full range (the tests' levels are fractions of the range)."""
+    for seed in (11, 13):
+        img = generate_phantom(seed, PhantomConfig(p_sphere=1.0)).image
+        full = detect_calibration_sphere(img)
+        narrow = detect_calibration_sphere((img * scale + offset).astype(np.float32))
+        assert full is not None and narrow is not None, seed
+        assert np.hypot(*(full.center - narrow.center)) < 0.5
+        assert abs(narrow.radius_px / full.radius_px - 1) < 0.005
