@@ -226,9 +226,20 @@ def _uncertainty_ellipses(img: np.ndarray, uncertainty, st: Style) -> None:
         cv2.ellipse(img, centre, size, angle, 0, 360, colour, st.thick, cv2.LINE_AA, _SHIFT)
 
 
+MIN_SHOWN_RANGE = 0.25  # an image using less of [0, 1] than this is stretched for display
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W) float image in [0, 1] -> (H, W, 3) uint8 gray RGB."""
+    """(H, W) float image in [0, 1] -> (H, W, 3) uint8 gray RGB.
+
+    An image whose 0.5-99.5 % percentiles span less than ``MIN_SHOWN_RANGE`` (e.g. a 12-bit
+    detector in a 16-bit file without a window: values in [0, 0.06], a black overlay) is shown
+    stretched to those percentiles; any other image as it is.
+    """
     g = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(g[::4, ::4], (0.5, 99.5)))
+    if 0.0 < hi - lo < MIN_SHOWN_RANGE:
+        g = np.clip((g - lo) / (hi - lo), 0.0, 1.0)
     g8 = np.round(g * 255.0).astype(np.uint8)
     return np.repeat(g8[..., None], 3, axis=2)
 

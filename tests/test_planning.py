@@ -297,3 +297,12 @@ def test_plausibility_checks_hand_made_plans():
     assert [r.code for r in found] == ["uncalibrated_peak", "tmc_far", "separation_large",
                                        "off_femur"], found  # fmt: skip
     assert "p_tmc lies 10.0 mm from LM1" in found[1] and "(6.0 mm)" in found[3]
+
+
+def test_overlay_shows_a_narrow_range_image_stretched_and_others_as_they_are():
+    ramp = np.tile(np.linspace(0.0, 1.0, 200, dtype=np.float32), (50, 1))
+    np.testing.assert_array_equal(to_rgb(ramp)[..., 0], np.round(ramp * 255).astype(np.uint8))
+    dark = ramp * np.float32(4095 / 65535)  # 12 bits in a 16-bit file, no window
+    shown = to_rgb(dark)[..., 0]
+    assert shown.min() == 0 and shown.max() == 255  # not a black picture
+    assert np.all(np.diff(shown.astype(int), axis=1) >= 0)  # order kept
