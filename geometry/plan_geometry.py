@@ -159,8 +159,8 @@ def masks_to_original(seg_prob: Any, frame: PadResize, threshold: float = 0.5) -
         raise ValueError(
             f"masks_to_original: expected (C, {frame.size}, {frame.size}), got {seg.shape}"
         )
-    up = np.stack([frame.invert_image(ch.astype(np.float32)) for ch in seg])
-    return up >= threshold
+    # thresholded channel by channel: a 36 MP image would otherwise stack 4 float copies (576 MB)
+    return np.stack([frame.invert_image(ch.astype(np.float32)) >= threshold for ch in seg])
 
 
 def _check_spacing(spacing: Any) -> tuple[float, float] | None:
