@@ -150,11 +150,13 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
     if head.startswith(PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return w, h, 1
+    if _looks_like_dicom(path):  # before the TIFF magic: DICOM preambles may start with II*\0
+        return _dicom_size(path)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return _tiff_size(path)
     if head[:2] == b"\xff\xd8":
         return _jpeg_size(path)
-    if path.suffix.lower() == ".dcm" or _looks_like_dicom(path):
+    if path.suffix.lower() == ".dcm":
         return _dicom_size(path)
     return None
 

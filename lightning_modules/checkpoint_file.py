@@ -85,14 +85,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         check_file_size(path)
         check_archive(path)
         damaged = _damaged_member(path)
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read, the zip directory is damaged "
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError,
+            NotImplementedError) as err:  # also encrypted or oddly compressed members
+        raise CheckpointError(f"{path}: cannot read the zip archive "
                               f"({_first_line(err)})") from None
     except ValueError as err:  # the limits' own one-line message, naming the file
         raise CheckpointError(str(err)) from None
     if damaged:
-        raise CheckpointError(f"{path}: damaged: {damaged} fails its CRC-32 check (a corrupted "
-                              "or partial copy); copy the checkpoint again")
+        raise CheckpointError(f"{path}: damaged: {damaged[:80]!r} fails its CRC-32 check (a "
+                              "corrupted or partial copy); copy the checkpoint again")
     safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
     try:
         with torch.serialization.safe_globals(safe):

@@ -546,3 +546,22 @@ def test_damaged_mask_is_one_line_and_prints_nothing(tmp_path, capfd):
     line = one_line(err.value)
     assert line.startswith(str(bad)) and "libpng error" in line, line
     assert capfd.readouterr().err == ""
+
+
+def test_dicom_with_a_tiff_like_preamble_is_held_to_the_pixel_limit(tmp_path):
+    """pydicom's own CT_small/MR_small start their 128-byte preamble with II*\\0 (a TIFF magic):
+    the header must still be read as DICOM, so the pixel cap applies."""
+    import pydicom
+    from dicom_files import write_dicom
+
+    path = tmp_path / "big.dcm"
+    write_dicom(path, np.zeros((40, 50), np.uint16), bits=12)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 20000, 20000  # a header that asks for 400 megapixels
+    ds.save_as(path, enforce_file_format=True)
+    raw = bytearray(path.read_bytes())
+    raw[:4] = b"II*\x00"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    assert "20000 x 20000 px exceeds the limit" in one_line(err.value)
