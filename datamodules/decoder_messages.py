@@ -13,11 +13,13 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGERS = ("tifffile", "pydicom")
+_LOCK = threading.RLock()
 
 
 class _Collect(logging.Handler):
@@ -37,33 +39,35 @@ def decoder_messages() -> Iterator[list[str]]:
     raw stderr lines written during the ``with`` block (none of them reach the terminal)."""
     messages: list[str] = []
     handler = _Collect(messages)
-    saved = []
-    for name in LOGGERS:
-        log = logging.getLogger(name)
-        saved.append((log, log.propagate))
-        log.addHandler(handler)
-        log.propagate = False
     sys.stderr.flush()  # C libraries write to descriptor 2 itself, whatever sys.stderr is
     try:
         os.fstat(2)
         fd: int | None = 2
     except OSError:  # no descriptor 2 (a daemon): nothing to catch there
         fd = None
-    with tempfile.TemporaryFile() as tmp, warnings.catch_warnings(record=True) as caught:
+    # One reader at a time per process: descriptor 2 and the loggers are process-wide.
+    with _LOCK, tempfile.TemporaryFile() as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        kept = os.dup(fd) if fd is not None else None
-        if kept is not None:
-            os.dup2(tmp.fileno(), fd)
+        saved = [(log, log.propagate) for log in map(logging.getLogger, LOGGERS)]
+        kept = None
         try:
+            for log, _ in saved:
+                log.addHandler(handler)
+                log.propagate = False
+            if fd is not None:
+                kept = os.dup(fd)
+                os.dup2(tmp.fileno(), fd)
             yield messages
         finally:
             if kept is not None:
-                os.dup2(kept, fd)
+                os.dup2(kept, fd)  # type: ignore[arg-type]
                 os.close(kept)
             for log, propagate in saved:
                 log.removeHandler(handler)
                 log.propagate = propagate
-            messages.extend(str(w.message) for w in caught)
+            # decoders warn with UserWarning; numpy's or deprecation warnings are not theirs
+            messages.extend(str(w.message) for w in caught
+                            if issubclass(w.category, UserWarning))  # fmt: skip
             tmp.seek(0)
             raw = tmp.read(64 * 1024).decode("utf-8", "replace")
             messages.extend(line.strip() for line in raw.splitlines() if line.strip())

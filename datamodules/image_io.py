@@ -446,7 +446,7 @@ def _load_dicom(path: Path) -> LoadedImage:
         if window_problem is None and np.ptp(image) == 0:
             plain, lo_p, hi_p = _display_image(ds, arr, bits, signed, False)
             if np.ptp(plain) > 0:  # the window (or VOI LUT) maps every pixel to one value
-                image, lo, hi = plain, lo_p, hi_p
+                image, lo, hi, window = plain, lo_p, hi_p, None
                 notes.append("DICOM window ignored (it shows every pixel at one level): the "
                              "stored value range is shown instead")
     except Exception as err:

@@ -46,7 +46,10 @@ ONNX_OPS = frozenset({
 })  # fmt: skip
 MAX_GRAPH_NODES = 100_000  # the paper network exports ~600
 MAX_TENSOR_ELEMENTS = 2**28  # any tensor at batch 1 (1 GB of float32; the paper's largest: 1 M)
-MAX_GRAPH_FLOP = 10**12  # convolutions at batch 1 (the paper network: 3.2e10)
+# all node outputs at batch 1 together, a bound on work and on memory even if every tensor
+# stayed alive (8 GB of float32); the paper network at 256 px: 2.3e8
+MAX_TOTAL_ELEMENTS = 2**31
+MAX_GRAPH_FLOP = 10**12  # convolutions and pooling at batch 1 (the paper network: 3.1e10)
 
 
 def _at(source: str | Path) -> str:

@@ -31,6 +31,7 @@ from lightning_modules.model_limits import (
     MAX_GRAPH_FLOP,
     MAX_GRAPH_NODES,
     MAX_TENSOR_ELEMENTS,
+    MAX_TOTAL_ELEMENTS,
     ONNX_OPS,
 )
 
@@ -57,6 +58,21 @@ _SCHEMA = {  # message -> [(field name, number, type, repeated, message type)]; 
     "Dim": [("dim_value", 1, "int64", False, None), ("dim_param", 2, "str", False, None)],
 }  # fmt: skip
 _MODEL_CLASS: Any = None
+# The attributes each operator may carry (the shape rules below model exactly these; anything
+# else, e.g. Shape's start/end or Resize's axes, could make the real output differ: refused).
+_ATTRIBUTES = {
+    "Constant": {"value"}, "Identity": set(), "Relu": set(), "Sigmoid": set(), "Cast": {"to"},
+    "InstanceNormalization": {"epsilon"}, "BatchNormalization": {"epsilon", "momentum"},
+    "Shape": set(), "Add": set(), "Sub": set(), "Mul": set(), "Div": set(),
+    "Conv": {"strides", "pads", "dilations", "group", "kernel_shape"},
+    "MaxPool": {"kernel_shape", "strides", "pads", "dilations", "ceil_mode"},
+    "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
+               "exclude_outside", "extrapolation_value"},
+    "Reshape": set(), "Concat": {"axis"}, "Unsqueeze": {"axes"}, "Squeeze": {"axes"},
+}  # fmt: skip
+_DEFAULTS = {("Reshape", "allowzero"): 0, ("BatchNormalization", "training_mode"): 0,
+             ("Resize", "keep_aspect_ratio_policy"): b"stretch", ("Resize", "antialias"): 0,
+             ("Cast", "saturate"): 1}  # fmt: skip
 
 
 def _model_class() -> Any:
@@ -129,6 +145,13 @@ def _window_out(size: int, k: int, stride: int, pad: int, dil: int, ceil: bool =
 def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray]) -> None:
     """Add the output shape (and small values) of one allowed node; ValueError if unknowable."""
     op, a = node.op_type, _attrs(node)
+    unknown = {k for k in set(a) - _ATTRIBUTES.get(op, set())
+               if _DEFAULTS.get((op, k), ...) != a[k]}  # written at its default: harmless
+    if unknown:
+        raise ValueError(f"{op} with attribute(s) {sorted(unknown)!r:.80} that this check does "
+                         "not model")
+    if len([o for o in node.output if o]) != 1:
+        raise ValueError(f"{op} with {len(node.output)} outputs (one expected)")
     ins = [shapes.get(i) if i else None for i in node.input]
     x = ins[0] if ins else None
 
@@ -161,8 +184,12 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
             if len(ins) < 2 or ins[1] is None or len(ins[1]) != 4:
                 raise ValueError("Conv without a 4-d weight")
             k, channels = ins[1][2:], ins[1][0]
+            if ins[1][1] * int(a.get("group", 1)) != x[1] or a.get("kernel_shape", k) != k:
+                raise ValueError(f"Conv weight {ins[1]} does not fit its input {x}")
         else:
             k, channels = a.get("kernel_shape", [1, 1]), x[1]
+            if len(k) != 2 or math.prod(k) > 9:  # ORT pools at ~5e9 comparisons/s: keep it small
+                raise ValueError(f"MaxPool with kernel {k} (at most 3 x 3 allowed)")
         strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
         pads = a.get("pads", [0, 0, 0, 0])
         ceil = bool(a.get("ceil_mode", 0))
@@ -176,6 +203,8 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         if sizes is not None and sizes.size == len(x):
             shape = [int(s) for s in sizes]
         elif scales is not None and scales.size == len(x):
+            if not np.all(np.isfinite(scales)) or np.any(scales <= 0) or np.any(scales > 64):
+                raise ValueError(f"Resize by {scales.tolist()} (factors in (0, 64] allowed)")
             shape = [int(math.floor(d * float(s))) for d, s in zip(x, scales, strict=True)]
         else:
             raise ValueError("Resize whose scales or sizes are not constants")
@@ -201,6 +230,8 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         parts = [val(i) for i in range(len(ins))]
         v = np.concatenate(parts, axis=axis) if all(p is not None for p in parts) else None
     elif op in ("Unsqueeze", "Squeeze"):
+        if len(node.input) > 1 and node.input[1] and val(1) is None:
+            raise ValueError(f"{op} along axes that are not known before running it")
         axes = val(1) if val(1) is not None else np.array(a.get("axes", []), dtype=np.int64)
         v0 = val(0)
         if op == "Unsqueeze":
@@ -224,10 +255,15 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
             values[name] = v
 
 
-def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str]) -> None:
-    """ValueError ``"<path>: <problem>"`` unless the graph passes every check of this module."""
+def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str],
+                     data: bytes | None = None) -> None:
+    """ValueError ``"<path>: <problem>"`` unless the graph passes every check of this module.
+
+    ``data``: the file's bytes when the caller already read them (the caller then hands the
+    same bytes to ONNX Runtime, so the file cannot change between check and use).
+    """
     try:
-        graph = read_graph(path)
+        graph = read_graph(path, data)
         if not len(graph.node) or len(graph.node) > MAX_GRAPH_NODES:
             raise ValueError(f"{len(graph.node):,} nodes (1 to {MAX_GRAPH_NODES:,} allowed)")
         for node in graph.node:
@@ -235,18 +271,23 @@ def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str]) -> N
                 op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
                 raise ValueError(f"operator {op!r:.60} is not one kneeplan exports (allowed: "
                                  f"{', '.join(sorted(ONNX_OPS))})")
-        if any(t.data_location == EXTERNAL for t in graph.initializer):
+        constants = [a.t for n in graph.node for a in n.attribute if a.HasField("t")]
+        if any(t.data_location == EXTERNAL for t in (*graph.initializer, *constants)):
             raise ValueError("weights stored in external files are not accepted")
-        _check_graph(graph, int(input_size), list(outputs))
+        try:
+            _check_graph(graph, int(input_size), list(outputs))
+        except (IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as err:
+            raise ValueError(f"malformed graph ({type(err).__name__}: {str(err)[:80]})"
+                             ) from None
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{path}: {' '.join(str(err).split())}") from None
 
 
-def read_graph(path: str | Path) -> Any:
-    """The ``GraphProto`` subset of an ONNX file (ValueError when it is not one)."""
+def read_graph(path: str | Path, data: bytes | None = None) -> Any:
+    """The ``GraphProto`` subset of an ONNX file or its bytes (ValueError when not one)."""
     model = _model_class()()
     try:
-        model.ParseFromString(Path(path).read_bytes())
+        model.ParseFromString(Path(path).read_bytes() if data is None else data)
     except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends
         raise ValueError(f"not an ONNX model ({type(err).__name__})") from None
     return model.graph
@@ -265,11 +306,17 @@ def graph_shapes(graph: Any, size: int) -> tuple[dict[str, list[int]], int]:
         raise ValueError(f"the graph's input is {dims}, expected float (batch, 1, {size}, "
                          f"{size}) as its description says")
     shapes[inputs[0].name] = [1, 1, size, size]
-    flop = 0
+    flop, total = 0, 0
     for node in graph.node:  # ONNX stores nodes in topological order
         _infer(node, shapes, values)
+        out = math.prod(shapes[node.output[0]])
+        total += out
         if node.op_type == "Conv":
-            flop += 2 * math.prod(shapes[node.output[0]]) * math.prod(shapes[node.input[1]][1:])
+            flop += 2 * out * math.prod(shapes[node.input[1]][1:])
+        elif node.op_type == "MaxPool":  # one comparison per window element
+            flop += out * math.prod(_attrs(node).get("kernel_shape", [1]))
+        if total > MAX_TOTAL_ELEMENTS:
+            raise ValueError(f"its tensors hold more than {MAX_TOTAL_ELEMENTS:,} values in all")
     return shapes, flop
 
 
@@ -277,8 +324,8 @@ def _check_graph(graph: Any, size: int, outputs: list[str]) -> None:
     """Signature against the description, then shapes and FLOPs node by node at batch 1."""
     shapes, flop = graph_shapes(graph, size)
     if flop > MAX_GRAPH_FLOP:
-        raise ValueError(f"its convolutions need {flop:.2e} FLOP per image, more than the "
-                         f"{MAX_GRAPH_FLOP:.0e} allowed")
+        raise ValueError(f"its convolutions and pooling need {flop:.2e} operations per image, "
+                         f"more than the {MAX_GRAPH_FLOP:.0e} allowed")
     declared = {o.name: o for o in graph.output}
     for name in outputs:
         got = shapes.get(name)

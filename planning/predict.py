@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,18 +117,19 @@ class OnnxPredictor:
         self.image_size = int(meta["input_size"])
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
-        if "sha256" in meta and file_sha256(self.path) != meta["sha256"]:  # older exports: none
+        data = self.path.read_bytes()  # read once: hashed, checked and run are the same bytes
+        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
                              f"in {export_meta_path(self.path).name} at export (a corrupted or "
                              "partial copy, or a different model); export or copy it again")
-        check_onnx_graph(self.path, self.image_size, self.output_names)  # before ORT runs it
+        check_onnx_graph(self.path, self.image_size, self.output_names, data)  # before ORT
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), opts,
-                                            providers=["CPUExecutionProvider"])
+        # from the checked bytes (which also refuses weights in external files)
+        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -160,8 +162,6 @@ class _TensorModulePredictor:
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file (read in 1 MB blocks)."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -336,10 +336,15 @@ def test_corrupt_but_decodable_jpeg_is_planned_with_a_note(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
-def test_lzw_tiff_is_read_without_imagecodecs(tmp_path):
+def test_lzw_tiff_is_read_without_imagecodecs(tmp_path, monkeypatch):
     a = _gradient()
     path = tmp_path / "lzw.tif"
     assert cv2.imwrite(str(path), a, [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # LZW, as PACS exports
+
+    def no_codec(*args, **kwargs):  # what tifffile does without the optional imagecodecs
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile, "imread", no_codec)
     loaded = load_image(path)
     np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-6)
 

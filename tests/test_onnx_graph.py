@@ -67,7 +67,12 @@ def test_flop_count_equals_torch_flop_counter(tmp_path):
     net = _tiny("instance", 1)  # one stack: every convolution feeds an exported output
     path = tmp_path / "m.onnx"
     _export(net, path, 64)
-    _, flop = graph_shapes(read_graph(path), 64)
+    graph = read_graph(path)
+    shapes, flop = graph_shapes(graph, 64)
+    pooling = sum(int(np.prod(shapes[n.output[0]])) * 4 for n in graph.node
+                  if n.op_type == "MaxPool")  # 2 x 2 windows: one comparison per element
+    assert pooling > 0
+    flop -= pooling  # torch's counter counts convolutions only
     with FlopCounterMode(display=False) as fc:  # autograd on: the plain ops, as exported
         net(torch.zeros(1, 1, 64, 64))
     counts = fc.get_flop_counts()["Global"]
@@ -108,6 +113,39 @@ def _hostile(kind: str):
     if kind == "resize":
         scales = numpy_helper.from_array(np.array([1, 4, 1000, 1000], np.float32), "scales")
         return _graph([helper.make_node("Resize", ["image", "", "scales"], ["seg"])], [scales])
+    if kind == "resize_sizes":
+        sizes = numpy_helper.from_array(np.array([1, 4, 32000, 32000], np.int64), "sizes")
+        return _graph([helper.make_node("Resize", ["image", "", "", "sizes"], ["seg"])], [sizes])
+    if kind == "runtime_axes":  # axes computed at run time: its real output could be N x N
+        one = numpy_helper.from_array(np.array([1.0], np.float32), "one")
+        return _graph([helper.make_node("Cast", ["one"], ["ax"], to=TensorProto.INT64),
+                       helper.make_node("Unsqueeze", ["image", "ax"], ["seg"])], [one])
+    if kind == "shape_start":
+        return _graph([helper.make_node("Shape", ["image"], ["s"], start=2),
+                       helper.make_node("Reshape", ["image", "s"], ["seg"])])
+    if kind == "resize_policy":
+        sizes = numpy_helper.from_array(np.array([1, 1, 32, 256], np.int64), "sizes")
+        return _graph([helper.make_node("Resize", ["image", "", "", "sizes"], ["seg"],
+                                        keep_aspect_ratio_policy="not_smaller")], [sizes])
+    if kind == "pool_kernel":
+        return _graph([helper.make_node("MaxPool", ["image"], ["seg"], kernel_shape=[64, 64],
+                                        pads=[32, 32, 31, 31])])  # fmt: skip
+    if kind == "many_copies":  # each tensor allowed alone, together 64 GB if all kept alive
+        scales = numpy_helper.from_array(np.array([1, 64, 64, 64], np.float32), "scales")
+        nodes = [helper.make_node("Resize", ["image", "", "scales"], ["big"])]
+        nodes += [helper.make_node("Relu", ["big"], [f"r{i}"]) for i in range(64)]
+        nodes += [helper.make_node("Relu", ["image"], ["seg"])]
+        return _graph(nodes, [scales])
+    if kind == "constant_external":
+        t = numpy_helper.from_array(np.zeros((4, 1, 1, 1), np.float32), "w")
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.add(key="location", value="secret.bin")
+        return _graph([helper.make_node("Constant", [], ["w"], value=t),
+                       helper.make_node("Conv", ["image", "w"], ["seg"])])
+    if kind == "short_pads":
+        w = numpy_helper.from_array(np.zeros((4, 1, 1, 1), np.float32), "w")
+        return _graph([helper.make_node("Conv", ["image", "w"], ["seg"], pads=[0, 0])], [w])
     if kind == "wide_conv":
         return _conv_graph(channels=10**6)  # 4 MB of weights, 10^9 output values at 32 px
     if kind == "runtime_reshape":
@@ -131,7 +169,15 @@ def _hostile(kind: str):
 @pytest.mark.parametrize("kind, words", [
     ("loop", "operator 'Loop' is not one kneeplan exports"),
     ("custom", "operator 'com.evil::Evil'"),
-    ("resize", "Resize output would hold 4,096,000,000 values"),
+    ("resize", "Resize by [1.0, 4.0, 1000.0, 1000.0] (factors in (0, 64] allowed)"),
+    ("resize_sizes", "Resize output would hold 4,096,000,000 values"),
+    ("runtime_axes", "Unsqueeze along axes that are not known before running it"),
+    ("shape_start", "Shape with attribute(s) ['start'] that this check does not model"),
+    ("resize_policy", "attribute(s) ['keep_aspect_ratio_policy']"),
+    ("pool_kernel", "MaxPool with kernel [64, 64] (at most 3 x 3 allowed)"),
+    ("many_copies", "its tensors hold more than 2,147,483,648 values in all"),
+    ("constant_external", "weights stored in external files"),
+    ("short_pads", "malformed graph (IndexError"),
     ("wide_conv", "Conv output would hold 1,024,000,000 values"),
     ("runtime_reshape", "Reshape to a shape that is not known"),
     ("external", "weights stored in external files"),
