@@ -38,12 +38,23 @@ NET_KWARG_LIMITS: dict[str, tuple[int, int]] = {
 MAX_SIGMA = 256.0
 # An exported graph (checked by ``planning.onnx_graph`` before ONNX Runtime runs it): the
 # operators ``make export`` writes for every norm choice (plus a few shape-preserving ones other
-# exporters emit); no control flow (Loop, Scan, If run without bound) and no custom domains.
-ONNX_OPS = frozenset({
-    "Add", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Div", "Identity",
-    "InstanceNormalization", "MaxPool", "Mul", "Relu", "Reshape", "Resize", "Shape", "Sigmoid",
-    "Sub", "Unsqueeze", "Squeeze",
-})  # fmt: skip
+# exporters emit), each with the attributes the check's shape rules model (anything else, e.g.
+# Shape's start/end or Resize's axes, could make the real output differ); no control flow
+# (Loop, Scan, If run without bound) and no custom domains.
+ONNX_OPS: dict[str, frozenset[str]] = {
+    "Constant": frozenset({"value"}), "Identity": frozenset(), "Relu": frozenset(),
+    "Sigmoid": frozenset(), "Cast": frozenset({"to"}),
+    "InstanceNormalization": frozenset({"epsilon"}),
+    "BatchNormalization": frozenset({"epsilon", "momentum"}),
+    "Shape": frozenset(), "Add": frozenset(), "Sub": frozenset(), "Mul": frozenset(),
+    "Div": frozenset(),
+    "Conv": frozenset({"strides", "pads", "dilations", "group", "kernel_shape"}),
+    "MaxPool": frozenset({"kernel_shape", "strides", "pads", "dilations", "ceil_mode"}),
+    "Resize": frozenset({"mode", "coordinate_transformation_mode", "nearest_mode",
+                         "cubic_coeff_a", "exclude_outside", "extrapolation_value"}),
+    "Reshape": frozenset(), "Concat": frozenset({"axis"}), "Unsqueeze": frozenset({"axes"}),
+    "Squeeze": frozenset({"axes"}),
+}  # fmt: skip
 MAX_GRAPH_NODES = 100_000  # the paper network exports ~600
 MAX_TENSOR_ELEMENTS = 2**28  # any tensor at batch 1 (1 GB of float32; the paper's largest: 1 M)
 # all node outputs at batch 1 together, a bound on work and on memory even if every tensor

@@ -58,21 +58,11 @@ _SCHEMA = {  # message -> [(field name, number, type, repeated, message type)]; 
     "Dim": [("dim_value", 1, "int64", False, None), ("dim_param", 2, "str", False, None)],
 }  # fmt: skip
 _MODEL_CLASS: Any = None
-# The attributes each operator may carry (the shape rules below model exactly these; anything
-# else, e.g. Shape's start/end or Resize's axes, could make the real output differ: refused).
-_ATTRIBUTES = {
-    "Constant": {"value"}, "Identity": set(), "Relu": set(), "Sigmoid": set(), "Cast": {"to"},
-    "InstanceNormalization": {"epsilon"}, "BatchNormalization": {"epsilon", "momentum"},
-    "Shape": set(), "Add": set(), "Sub": set(), "Mul": set(), "Div": set(),
-    "Conv": {"strides", "pads", "dilations", "group", "kernel_shape"},
-    "MaxPool": {"kernel_shape", "strides", "pads", "dilations", "ceil_mode"},
-    "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
-               "exclude_outside", "extrapolation_value"},
-    "Reshape": set(), "Concat": {"axis"}, "Unsqueeze": {"axes"}, "Squeeze": {"axes"},
-}  # fmt: skip
+# Attributes outside ``ONNX_OPS`` that are harmless when written at their ONNX default.
 _DEFAULTS = {("Reshape", "allowzero"): 0, ("BatchNormalization", "training_mode"): 0,
              ("Resize", "keep_aspect_ratio_policy"): b"stretch", ("Resize", "antialias"): 0,
-             ("Cast", "saturate"): 1}  # fmt: skip
+             ("Cast", "saturate"): 1, ("Conv", "auto_pad"): b"NOTSET",
+             ("MaxPool", "auto_pad"): b"NOTSET"}  # fmt: skip
 
 
 def _model_class() -> Any:
@@ -145,7 +135,7 @@ def _window_out(size: int, k: int, stride: int, pad: int, dil: int, ceil: bool =
 def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray]) -> None:
     """Add the output shape (and small values) of one allowed node; ValueError if unknowable."""
     op, a = node.op_type, _attrs(node)
-    unknown = {k for k in set(a) - _ATTRIBUTES.get(op, set())
+    unknown = {k for k in set(a) - ONNX_OPS.get(op, frozenset())
                if _DEFAULTS.get((op, k), ...) != a[k]}  # written at its default: harmless
     if unknown:
         raise ValueError(f"{op} with attribute(s) {sorted(unknown)!r:.80} that this check does "
@@ -178,8 +168,8 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         if v0 is not None and v1 is not None and op != "Div":
             v = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](v0, v1)
     elif op in ("Conv", "MaxPool"):
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"", 0) or len(x) != 4:
-            raise ValueError(f"{op} with auto_pad or on a {len(x)}-d tensor")
+        if len(x) != 4:  # (auto_pad other than NOTSET is refused with the attributes)
+            raise ValueError(f"{op} on a {len(x)}-d tensor")
         if op == "Conv":
             if len(ins) < 2 or ins[1] is None or len(ins[1]) != 4:
                 raise ValueError("Conv without a 4-d weight")
