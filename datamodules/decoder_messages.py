@@ -73,9 +73,13 @@ def decoder_messages() -> Iterator[list[str]]:
             messages.extend(line.strip() for line in raw.splitlines() if line.strip())
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space), shortened to
+    ``limit`` characters with "..." (some decoders' messages span several lines)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def brief(messages: list[str], limit: int = 200) -> str:
     """The first message on one line, shortened to ``limit`` characters ('' when none)."""
-    if not messages:
-        return ""
-    text = " ".join(messages[0].split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(messages[0], limit) if messages else ""

@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datamodules.decoder_messages import brief, decoder_messages
+from datamodules.decoder_messages import brief, decoder_messages, one_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
@@ -346,9 +346,8 @@ def _from_decoded(
 
 
 def _brief(err: BaseException) -> str:
-    """A decoder's message on one line (some span several: one message, one line)."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    """A decoder's exception on one line (its type when it says nothing)."""
+    return one_line(str(err), 300) or type(err).__name__
 
 
 def _dicom_window(ds: Any) -> tuple[list[float] | None, str | None]:
