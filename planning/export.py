@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
-from planning.predict import INPUT_NAME, OUTPUT_NAMES, export_meta_path, file_sha256
+from planning.predict import INPUT_NAME, OUTPUT_NAMES, export_meta_path, graph_sha256
 
 DEFAULT_OPSET = 18
 
@@ -80,7 +80,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
         "seg": "sigmoid probabilities",
         "opset": opset,
         "checkpoint": Path(ckpt).name,
-        "sha256": file_sha256(out),  # planning refuses a graph that no longer matches (bit rot)
+        # planning refuses a graph that no longer matches (bit rot, a partial copy)
+        "sha256": graph_sha256(out.read_bytes()),
     }
     export_meta_path(out).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -118,7 +118,7 @@ class OnnxPredictor:
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
         data = self.path.read_bytes()  # read once: hashed, checked and run are the same bytes
-        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        if "sha256" in meta and graph_sha256(data) != meta["sha256"]:
             raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
                              f"in {export_meta_path(self.path).name} at export (a corrupted or "
                              "partial copy, or a different model); export or copy it again")
@@ -160,13 +160,9 @@ class _TensorModulePredictor:
         return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (read in 1 MB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def graph_sha256(data: bytes) -> str:
+    """Hex SHA-256 of an exported graph's bytes (recorded at export, checked before planning)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def export_meta_path(onnx_path: str | Path) -> Path:
