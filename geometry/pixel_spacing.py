@@ -139,6 +139,7 @@ def resolve_pixel_spacing(
     detect_sphere: bool = True,
     anatomy: ScaleEstimate | None = None,
     sphere_diameter_mm: float = 30.0,
+    sphere_candidates: Sequence[Any] | None = None,
 ) -> SpacingResolution:
     """Choose the pixel spacing by the module's precedence; the only place that knows it.
 
@@ -151,6 +152,8 @@ def resolve_pixel_spacing(
         anatomy: scale estimated from the predicted femur; rejects disagreeing spheres and
             flags a disagreeing chosen spacing.
         sphere_diameter_mm: true diameter of the calibration sphere.
+        sphere_candidates: ``geometry.spacing.find_sphere_candidates`` already run on ``image``
+            (so the search can run beside the network); None: searched here when needed.
 
     Raises:
         ValueError: the user's spacing is invalid (a usage error, not a review reason).
@@ -168,7 +171,7 @@ def resolve_pixel_spacing(
     for source in PRECEDENCE:
         if source == "sphere":
             if res.spacing is None:
-                _sphere(res, image, detect_sphere, anatomy, sphere_diameter_mm)
+                _sphere(res, image, detect_sphere, anatomy, sphere_diameter_mm, sphere_candidates)
             continue
         value = raw[source]
         if value is None:
@@ -204,19 +207,35 @@ def resolve_pixel_spacing(
     return res
 
 
+def sphere_search_needed(**inputs: Any) -> bool:
+    """Whether ``resolve_pixel_spacing(image, **inputs)`` would search for a sphere: no valid
+    source above it in the precedence (so the search can start before the call, e.g. beside
+    the network). ``inputs``: its keyword arguments; a bad user spacing searches nothing."""
+    inputs = {**inputs, "detect_sphere": False, "sphere_candidates": None}
+    try:
+        res = resolve_pixel_spacing(None, **inputs)
+    except ValueError:
+        return False
+    rank = PRECEDENCE.index
+    return res.spacing is None or rank(res.spacing.source) > rank("sphere")
+
+
 def _sphere(
     res: SpacingResolution,
     image: np.ndarray | None,
     detect: bool,
     anatomy: ScaleEstimate | None,
     diameter_mm: float,
+    cands: Sequence[Any] | None = None,
 ) -> None:
-    """Run the sphere search into ``res`` (candidate, its score, accepted or rejected and why)."""
-    if not detect or image is None:
+    """Run the sphere search into ``res`` (candidate, its score, accepted or rejected and why);
+    ``cands``: the search's result when it already ran."""
+    if not detect or (image is None and cands is None):
         return
-    from geometry.spacing import find_sphere_candidates
+    if cands is None:
+        from geometry.spacing import find_sphere_candidates
 
-    cands = find_sphere_candidates(np.asarray(image), diameter_mm)
+        cands = find_sphere_candidates(np.asarray(image), diameter_mm)
     if not cands:
         res.sphere = {"found": False, "why": "no round bright candidate"}
         return

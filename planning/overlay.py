@@ -183,9 +183,11 @@ def _fit_text(text: str, width: int, st: Style) -> str:
     """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
     if st.text_size(text)[0] <= width:
         return text
-    while len(text) > 4 and st.text_size(text + "...")[0] > width:
-        text = text[:-1]
-    return text.rstrip() + "..."
+    lo, hi = 4, len(text)  # the longest prefix that fits, by bisection (width grows with length)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if st.text_size(text[:mid] + "...")[0] <= width else (lo, mid - 1)
+    return text[:lo].rstrip() + "..."
 
 
 def _banner(img: np.ndarray, reasons: list[str], st: Style) -> int:

@@ -46,8 +46,9 @@ class PlanInputError(ValueError):
     """An input that cannot be planned; the message says which file and why."""
 
 
-def annotation_spacing(image_path: Path) -> tuple[float, float] | None:
-    """Spacing from ``ROOT/annotations/<id>.json`` when the image is ``ROOT/images/<id>.*``."""
+def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, float] | None:
+    """Spacing from ``ROOT/annotations/<id>.json`` when the image is ``ROOT/images/<id>.*``
+    (``warn``: say on stderr when that file is unusable)."""
     if image_path.parent.name != "images":
         return None
     ann = image_path.parent.parent / "annotations" / f"{image_path.stem}.json"
@@ -58,7 +59,8 @@ def annotation_spacing(image_path: Path) -> tuple[float, float] | None:
     try:
         return read_annotation(ann)["spacing_mm"]
     except AnnotationError as err:
-        print(f"plan: warning: ignoring annotation spacing: {err}", file=sys.stderr)
+        if warn:
+            print(f"plan: warning: ignoring annotation spacing: {err}", file=sys.stderr)
         return None
 
 
@@ -68,8 +70,10 @@ def resolve_plan_spacing(
     femur_mask: np.ndarray | None,
     user_spacing: Sequence[float] | None = None,
     detect_sphere: bool = True,
+    sphere_candidates: Sequence[Any] | None = None,
 ) -> Any:
-    """``SpacingResolution`` of one image: its file, its annotation, the user and the anatomy."""
+    """``SpacingResolution`` of one image: its file, its annotation, the user and the anatomy
+    (``sphere_candidates``: the sphere search's result when it already ran)."""
     from geometry.anatomy_scale import estimate_scale
     from geometry.pixel_spacing import resolve_pixel_spacing
 
@@ -78,10 +82,22 @@ def resolve_plan_spacing(
         return resolve_pixel_spacing(
             loaded.image, user=list(user_spacing) if user_spacing else None,
             annotation=annotation_spacing(image_path), detect_sphere=detect_sphere,
-            anatomy=anatomy, **loaded.spacing_inputs(),
+            anatomy=anatomy, sphere_candidates=sphere_candidates, **loaded.spacing_inputs(),
         )  # fmt: skip
     except ValueError as err:
         raise PlanInputError(str(err)) from err
+
+
+def sphere_search_needed(
+    loaded: Any, image_path: Path, user_spacing: Sequence[float] | None = None
+) -> bool:
+    """Whether the calibration-sphere search will be asked for this image (the precedence of
+    ``geometry.pixel_spacing`` over its file, annotation and the user's value)."""
+    from geometry.pixel_spacing import sphere_search_needed as needed
+
+    return needed(user=list(user_spacing) if user_spacing else None,
+                  annotation=annotation_spacing(image_path, warn=False),
+                  **loaded.spacing_inputs())  # fmt: skip
 
 
 _LAST_INPUT: dict[tuple, Any] = {}  # main() checks the image before loading the model
@@ -178,7 +194,7 @@ def run_plan(
     from planning.predict import as_predictor, predict_image
     from planning.report import build_report, write_report
     from planning.review import ReviewConfig, ReviewContext, review
-    from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
+    from planning.tta import TTAConfig, augmented_maps, hourglass_only, tta_uncertainty
 
     path = Path(image_path)
     loaded = load_input(path)
@@ -187,18 +203,35 @@ def run_plan(
         resolve_plan_spacing(loaded, path, None, user_spacing, detect_sphere=False)
     predictor = as_predictor(module)
     codec = getattr(predictor, "codec", None)
-    maps = predict_image(predictor, image)
-    masks = masks_to_original(maps.seg, maps.frame)
-    sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere)
+    tta_cfg = TTAConfig(count=tta)
+    # The sphere search needs only the image: it runs in a thread beside the network passes
+    # (ONNX Runtime and OpenCV release the GIL), which need no spacing.
+    pool = search = None
+    if detect_sphere and sphere_search_needed(loaded, path, user_spacing):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from geometry.spacing import find_sphere_candidates
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="sphere-search")
+        search = pool.submit(find_sphere_candidates, image)
+    try:
+        maps = predict_image(predictor, image)
+        masks = masks_to_original(maps.seg, maps.frame)
+        aug = augmented_maps(predictor, image, tta_cfg) if tta >= 2 else None
+        cands = search.result() if search is not None else None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere, cands)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
         line_fit=line_fit, codec=codec,
     )  # fmt: skip
     unc = hourglass_only(maps, decode, codec)
-    if tta >= 2:
-        unc = tta_uncertainty(predictor, image, maps, spacing=spacing,
-                              config=TTAConfig(count=tta), decode=decode, line_fit=line_fit)
+    if aug is not None:
+        unc = tta_uncertainty(predictor, image, maps, spacing=spacing, config=tta_cfg,
+                              decode=decode, line_fit=line_fit, augmented=aug)  # fmt: skip
     context = ReviewContext(
         masks=masks, image=image, spacing_reasons=sp.reasons,
         scale=sp.anatomy, uncertainty=unc,

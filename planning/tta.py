@@ -128,6 +128,38 @@ def hourglass_only(
     return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift)
 
 
+@dataclass(frozen=True)
+class AugmentedMaps:
+    """The network's answers to the augmented copies, pulled back into the unaugmented network
+    frame: one dict of (C, S, S) ``seg``/``lm``/``roi`` maps per augmentation after the identity,
+    and the frame that maps them to original pixels."""
+
+    maps: list[dict[str, np.ndarray]]
+    frame: Any
+
+
+def augmented_maps(
+    module: Any, image: np.ndarray, config: TTAConfig | None = None, batch_size: int = 4
+) -> AugmentedMaps:
+    """Run the network on ``config.count - 1`` augmented copies of ``image`` (the network half
+    of ``tta_uncertainty``: it needs no pixel spacing, so it can run while the spacing is
+    still being resolved)."""
+    cfg = config or TTAConfig()
+    predictor = as_predictor(module)
+    size = int(predictor.image_size)
+    x, frame = network_input(image, size)
+    rest = _affines(cfg, size)[1:]
+    out: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(rest), batch_size):
+        chunk = rest[start : start + batch_size]
+        batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk]).astype(np.float32)
+        res = predictor.predict_maps(batch)
+        arrs = {k: np.asarray(res[k], dtype=np.float32) for k in ("seg", "lm", "roi")}
+        out.extend({k: _warp(arrs[k][i].reshape(-1, size, size), m, inverse=True) for k in arrs}
+                   for i, m in enumerate(chunk))  # fmt: skip
+    return AugmentedMaps(out, frame)
+
+
 def tta_uncertainty(
     module: Any,
     image: np.ndarray,
@@ -137,6 +169,7 @@ def tta_uncertainty(
     decode: str = "argmax",
     line_fit: str = "lstsq",
     batch_size: int = 4,
+    augmented: AugmentedMaps | None = None,
 ) -> Uncertainty:
     """Spread of the plan over ``config.count`` augmentations (the identity is ``base``).
 
@@ -149,26 +182,16 @@ def tta_uncertainty(
         config: augmentation settings.
         decode, line_fit: as for the reported plan.
         batch_size: augmented copies per forward pass.
+        augmented: ``augmented_maps`` already run with the same config (else run here).
     """
     cfg = config or TTAConfig()
-    predictor = as_predictor(module)
-    codec = getattr(predictor, "codec", None)
-    size = int(predictor.image_size)
-    x, frame = network_input(image, size)
-    affines = _affines(cfg, size)
+    codec = getattr(as_predictor(module), "codec", None)
+    aug = augmented or augmented_maps(module, image, cfg, batch_size)
     plans = [plan_from_maps(base.seg, base.lm, base.roi, frame=base.frame, spacing=spacing,
                             decode=decode, line_fit=line_fit, codec=codec)]  # fmt: skip
-    rest = affines[1:]
-    for start in range(0, len(rest), batch_size):
-        chunk = rest[start : start + batch_size]
-        batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk]).astype(np.float32)
-        out = predictor.predict_maps(batch)
-        arrs = {k: np.asarray(out[k], dtype=np.float32) for k in ("seg", "lm", "roi")}
-        for i, m in enumerate(chunk):
-            back = {k: _warp(arrs[k][i].reshape(-1, size, size), m, inverse=True) for k in arrs}
-            plans.append(plan_from_maps(back["seg"], back["lm"], back["roi"], frame=frame,
-                                        spacing=spacing, decode=decode, line_fit=line_fit,
-                                        codec=codec))  # fmt: skip
+    plans += [plan_from_maps(m["seg"], m["lm"], m["roi"], frame=aug.frame, spacing=spacing,
+                             decode=decode, line_fit=line_fit, codec=codec)
+              for m in aug.maps]  # fmt: skip
     pts = np.stack([_points(p) for p in plans])
     cov = np.full((3, 2, 2), np.nan)
     for j in range(3):

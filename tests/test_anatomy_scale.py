@@ -72,3 +72,17 @@ def test_disagreement_reason():
     assert spacing_disagreement(PixelSpacing(0.46, 0.46, "PixelSpacing"), est) is None  # 1.15x
     assert spacing_disagreement(PixelSpacing(0.22, 0.22, "PixelSpacing"), est) is not None
     assert spacing_disagreement(PixelSpacing(0.52, 0.52, "PixelSpacing"), est) is not None
+
+
+def test_large_mask_read_on_a_grid_keeps_the_estimate(monkeypatch):
+    """A mask beyond MAX_POINTS is read on a k x k grid: the interval still holds the truth and
+    moves by at most a few per cent (widths are then known to k px)."""
+    import geometry.anatomy_scale as scale
+
+    mask = drawn_femur(0.3, 20.0)
+    full = estimate_scale(mask)
+    monkeypatch.setattr(scale, "MAX_POINTS", 5_000)  # ~80 k px -> k = 4
+    coarse = estimate_scale(mask)
+    assert full is not None and coarse is not None
+    assert coarse.lo <= 0.3 <= coarse.hi
+    assert abs(coarse.mm_per_px / full.mm_per_px - 1) < 0.03

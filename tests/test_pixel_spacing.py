@@ -168,3 +168,18 @@ def test_evaluate_keeps_phantom_source_and_reports_implausible_spacing():
     bad = dataclasses.replace(s, spacing_mm=(8.0, 8.0))
     res = sample_spacing(bad, s.masks[0] > 0, detect_sphere=False)
     assert res.spacing is None and any("invalid" in r for r in res.reasons)
+
+
+def test_sphere_candidates_searched_ahead_give_the_same_resolution():
+    """Candidates found before the call (beside the network) resolve as the search inside it."""
+    from geometry.pixel_spacing import sphere_search_needed
+    from geometry.spacing import find_sphere_candidates
+
+    s = generate_phantom(2, PhantomConfig(min_side=400, max_side=640, p_sphere=1.0))
+    assert sphere_search_needed(dicom_imager=[0.2, 0.2])  # the sphere ranks above it
+    assert not sphere_search_needed(dicom_pixel=[0.2, 0.2], dicom_imager=[0.3, 0.3])
+    assert not sphere_search_needed(user=[0.0])  # a bad user value stops before any search
+    inside = resolve_pixel_spacing(s.image)
+    ahead = resolve_pixel_spacing(s.image, sphere_candidates=find_sphere_candidates(s.image))
+    assert inside.source == ahead.source == "sphere"
+    assert inside.spacing == ahead.spacing and inside.sphere == ahead.sphere

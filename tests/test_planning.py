@@ -306,3 +306,37 @@ def test_overlay_shows_a_narrow_range_image_stretched_and_others_as_they_are():
     shown = to_rgb(dark)[..., 0]
     assert shown.min() == 0 and shown.max() == 255  # not a black picture
     assert np.all(np.diff(shown.astype(int), axis=1) >= 0)  # order kept
+
+
+def test_sphere_search_needed_follows_the_precedence(tmp_path):
+    """The search runs (beside the network) only when no source above it is valid."""
+    from datamodules.image_io import load_image
+    from planning.plan import sphere_search_needed
+    from tests.dicom_files import write_dicom
+
+    pixels = np.full((64, 64), 800, np.uint16)
+    pixels[20:40, 20:40] = 3000
+    png = tmp_path / "bare.png"
+    cv2.imwrite(str(png), pixels)
+    assert sphere_search_needed(load_image(png), png)
+    assert not sphere_search_needed(load_image(png), png, [0.2])  # the user's spacing wins
+    tagged, imager = tmp_path / "tagged.dcm", tmp_path / "imager.dcm"
+    write_dicom(tagged, pixels, pixel_spacing=[0.2, 0.2])
+    write_dicom(imager, pixels, imager_spacing=[0.2, 0.2])
+    assert not sphere_search_needed(load_image(tagged), tagged)
+    assert sphere_search_needed(load_image(imager), imager)  # the sphere ranks above it
+
+
+def test_plan_spacing_from_the_sphere_searched_beside_the_network(tmp_path):
+    """A bare PNG with the phantom's calibration sphere: the search (run in a thread while the
+    network runs) gives the spacing, within the bench's error of the truth."""
+    sample = generate_phantom(2, PhantomConfig(min_side=400, max_side=640, p_sphere=1.0))
+    truth = sample.meta["sphere"]
+    bare = tmp_path / "bare.png"
+    cv2.imwrite(str(bare), np.round(sample.image * 65535).astype(np.uint16))
+    rep = run_plan(bare, OracleModule(sample), tmp_path / "out", tta=0).report
+    assert rep["spacing"]["source"] == "sphere"
+    expected = truth["diameter_mm"] / (2 * truth["radius_px"])
+    assert rep["spacing"]["col_mm"] == pytest.approx(expected, rel=0.03)
+    assert rep["spacing"]["col_mm"] == pytest.approx(sample.spacing_mm[1], rel=0.03)
+    assert rep["spacing"]["sphere"]["found"] and rep["spacing"]["sphere"]["accepted"]

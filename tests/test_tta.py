@@ -158,3 +158,19 @@ def test_report_carries_the_uncertainty(tmp_path):
     cv2.imwrite(str(jpg), np.round(scene() * 255).astype(np.uint8))
     rep = run_plan(jpg, BlobNet(), tmp_path / "out", tta=0, detect_sphere=False).report
     assert len(rep["warnings"]) == 1 and "lossy JPEG" in rep["warnings"][0]
+
+
+def test_augmented_maps_run_ahead_give_the_same_spread():
+    """The network half (``augmented_maps``, run before the spacing is known) passed in gives
+    exactly the spread that running it inside ``tta_uncertainty`` gives."""
+    from planning.tta import augmented_maps
+
+    net, image = BlobNet(), scene(noise=0.05, seed=2)
+    cfg = TTAConfig(count=6, seed=1)
+    base = predict_image(net, image)
+    inside = tta_uncertainty(net, image, base, spacing=(0.2, 0.2), config=cfg)
+    ahead = augmented_maps(net, image, cfg)
+    assert len(ahead.maps) == cfg.count - 1
+    given = tta_uncertainty(net, image, base, spacing=(0.2, 0.2), config=cfg, augmented=ahead)
+    np.testing.assert_array_equal(given.points, inside.points)
+    np.testing.assert_array_equal(given.covariance, inside.covariance)
