@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 from geometry.heatmaps import as_numpy
 
@@ -177,9 +176,28 @@ def femur_outline(
 
 
 def sample_bilinear(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Values of an (H, W) map at (N, 2) (x, y) points (bilinear, 0 outside)."""
+    """Values of an (H, W) map at (N, 2) (x, y) points (bilinear, 0 outside [0, W-1] x [0, H-1]).
+
+    The values of ``scipy.ndimage.map_coordinates(order=1, mode="constant")``, written out: the
+    plan path then needs no scipy.ndimage, whose import costs a cold ``make plan`` ~0.25 s.
+    """
+    arr = np.asarray(as_numpy(img), dtype=np.float64)
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    return map_coordinates(as_numpy(img), [pts[:, 1], pts[:, 0]], order=1, mode="constant")
+    h, w = arr.shape
+    x, y = pts[:, 0], pts[:, 1]
+    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    out = np.zeros(len(pts), np.float64)
+    if not inside.any():
+        return out
+    x, y = x[inside], y[inside]
+    x0 = np.minimum(np.floor(x).astype(np.intp), max(w - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.intp), max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    top = arr[y0, x0] * (1 - fx) + arr[y0, x1] * fx
+    bottom = arr[y1, x0] * (1 - fx) + arr[y1, x1] * fx
+    out[inside] = top * (1 - fy) + bottom * fy
+    return out
 
 
 @dataclass(frozen=True)

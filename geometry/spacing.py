@@ -24,6 +24,9 @@ outline above the sphere); each of at most
 ``MAX_CANDIDATES`` is fitted on a crop of the pyramid level where its radius is about
 ``FIT_RADIUS`` px; only the saturation test reads full-resolution pixels (a few thousand).
 
+scipy is imported where it is used, not with the module: ``make plan`` starts the search in a
+thread beside the network, so its ~0.4 s import is paid there, off the critical path.
+
 mm per pixel = diameter_mm / (2 x radius_px). Which source of spacing wins is decided in
 ``geometry.pixel_spacing`` (the only place that knows the order).
 """
@@ -36,9 +39,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, map_coordinates
-from scipy.optimize import least_squares
-from scipy.special import ndtr
 
 WORK_SIDE = 512  # Hough runs on a copy whose longer side is at most this
 FIT_RADIUS = 40.0  # candidates are fitted at the pyramid level where the radius is ~this (px)
@@ -142,6 +142,8 @@ def _fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _edges(img: np.ndarray, c: np.ndarray, r: float, n: int = 72) -> np.ndarray:
     """(n, 2) steepest bright-to-dark edge point along each ray in [0.6 r, 1.4 r] (NaN: none)."""
+    from scipy.ndimage import gaussian_filter1d, map_coordinates
+
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
     radii = np.arange(0.6 * r, 1.4 * r, 0.25)
     xs = c[0] + np.outer(np.cos(angles), radii)
@@ -167,6 +169,9 @@ def _profile_model(d: np.ndarray, p: np.ndarray, dome: bool) -> np.ndarray:
     Path length c = sqrt(1 - (d/R)^2) through the detector curve g_k(c) = (1 - exp(-k c)) /
     (1 - exp(-k)), blurred by sigma px. ``dome`` False: a flat disc (blurred step), p = (R, sigma).
     """
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.special import ndtr
+
     radius, sigma = p[0], max(float(p[1]), 0.05)
     if not dome:  # a blurred step, in closed form (the blur's reflection at d = 0 is nil: R >> s)
         return ndtr((radius - d) / sigma)
@@ -197,6 +202,8 @@ def _bounded_lsq(
     MINPACK's Levenberg-Marquardt (``method="lm"``) can run: on these 2-3 parameter fits it gives
     the same optimum as scipy's bounded ``trf`` at ~1/3 less CPU (its loop is compiled).
     """
+    from scipy.optimize import least_squares
+
     lo_a, hi_a = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
 
     def to_p(u: np.ndarray) -> np.ndarray:
@@ -249,6 +256,8 @@ def _fit_clipped(
     lies outside R by about s Phi^-1(1 - 1/a); fitting the clip (a >= 1) removes that bias.
     ``r0``, ``sigma0``: the unclipped fit; the correction is inward, by at most 2 sigma0 + 0.5.
     """
+    from scipy.special import ndtr
+
     top = float(np.median(v[d < 0.6 * r0]))
     base = float(np.median(v[d > 1.2 * r0])) if np.any(d > 1.2 * r0) else float(v.min())
     sw = np.sqrt(w)

@@ -100,6 +100,13 @@ def sphere_search_needed(
                   **loaded.spacing_inputs())  # fmt: skip
 
 
+def _search_spheres(image: np.ndarray) -> list[Any]:
+    """``find_sphere_candidates``, imported here: in the search thread, with its scipy."""
+    from geometry.spacing import find_sphere_candidates
+
+    return find_sphere_candidates(image)
+
+
 _LAST_INPUT: dict[tuple, Any] = {}  # main() checks the image before loading the model
 
 
@@ -210,10 +217,8 @@ def run_plan(
     if detect_sphere and sphere_search_needed(loaded, path, user_spacing):
         from concurrent.futures import ThreadPoolExecutor
 
-        from geometry.spacing import find_sphere_candidates
-
         pool = ThreadPoolExecutor(1, thread_name_prefix="sphere-search")
-        search = pool.submit(find_sphere_candidates, image)
+        search = pool.submit(_search_spheres, image)
     try:
         maps = predict_image(predictor, image)
         masks = masks_to_original(maps.seg, maps.frame)

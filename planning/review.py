@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
 from planning.ood import KneeEvidence, knee_evidence
@@ -263,17 +262,19 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
-    dist = None
+    on = None
     for name, p in _points(plan):
         x, y = int(round(float(p[0]))), int(round(float(p[1])))
         if not (0 <= x < femur.shape[1] and 0 <= y < femur.shape[0]):
             continue  # outside the image: its own reason
         if not femur[y, x]:
-            if dist is None:
-                dist = distance_transform_edt(~femur, sampling=sampling)
-            if dist[y, x] > cfg.max_off_femur_mm:
+            on = np.nonzero(femur) if on is None else on
+            # nearest femur pixel, in mm (a full distance transform for <= 3 points is waste)
+            d2 = ((on[0] - y) * sampling[0]) ** 2 + ((on[1] - x) * sampling[1]) ** 2
+            dist = float(np.sqrt(d2.min())) if d2.size else float("inf")
+            if dist > cfg.max_off_femur_mm:
                 out.append(Reason("off_femur", f"{name} lies off the predicted femur "
-                                               f"({dist[y, x]:.1f} mm)"))  # fmt: skip
+                                               f"({dist:.1f} mm)"))  # fmt: skip
         from_end = f.along(p) * mmpp
         if from_end > cfg.max_from_distal_end_mm:
             out.append(Reason("not_distal", f"{name} lies {from_end:.0f} mm up the femur from its "

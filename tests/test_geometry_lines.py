@@ -149,3 +149,21 @@ def test_clip_to_image_box():
     # vertical line inside the box: spans all rows
     a, b = Line(np.array([3.0, 7.0]), np.array([0.0, -2.0])).clip_to_box(h=20, w=10)
     np.testing.assert_allclose(sorted([a.tolist(), b.tolist()]), [[3.0, 0.0], [3.0, 19.0]])
+
+
+def test_sample_bilinear_equals_scipy_map_coordinates():
+    """Written out in numpy (the plan path imports no scipy.ndimage): the values of
+    map_coordinates(order=1, mode="constant"), inside, on the last row/column and outside."""
+    from scipy.ndimage import map_coordinates
+
+    from geometry.lines import sample_bilinear
+
+    rng = np.random.default_rng(0)
+    img = rng.random((37, 53))
+    pts = np.concatenate([
+        rng.uniform(-3, 56, (500, 2)),
+        [[0, 0], [52, 36], [52, 0], [0, 36], [51.5, 35.5], [52.0001, 10], [-1e-9, 5], [26.25, 36]],
+    ])  # fmt: skip
+    want = map_coordinates(img, [pts[:, 1], pts[:, 0]], order=1, mode="constant")
+    np.testing.assert_allclose(sample_bilinear(img, pts), want, atol=1e-12)
+    assert sample_bilinear(img, np.empty((0, 2))).shape == (0,)

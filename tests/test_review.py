@@ -272,3 +272,19 @@ def test_confident_wrong_landmarks_are_flagged(long_shaft_case):
     found = codes(wrong, ctx(sample, masks))
     assert "not_distal" in found, found
     assert not found & {"low_peak", "uncalibrated_peak"}  # it is not the peaks that catch it
+
+
+def test_off_femur_distance_equals_scipy_edt(case):
+    """The distance in the off-femur reason is the Euclidean distance in mm to the nearest femur
+    pixel, as scipy's distance transform gives it (anisotropic pixels included)."""
+    from scipy.ndimage import distance_transform_edt
+
+    sample, _, plan, masks = case
+    femur = masks[0]
+    ys, xs = np.nonzero(~femur)
+    far = np.argmax(np.hypot(xs - plan.schoettle[0], ys - plan.schoettle[1]))
+    for sp in ((0.2, 0.2), (0.15, 0.25)):
+        moved = replace(plan, schoettle=np.array([xs[far], ys[far]], float), spacing=sp)
+        want = distance_transform_edt(~femur, sampling=sp)[ys[far], xs[far]]
+        text = [r for r in review(moved, ctx(sample, masks)) if r.code == "off_femur"]
+        assert text and f"({want:.1f} mm)" in str(text[0])
