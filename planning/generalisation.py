@@ -2,7 +2,7 @@
 
     python -m planning.generalisation --minutes M --factors metal,collimation --out DIR
         [--config configs/quick.yaml] [--phantom-config configs/phantoms/default.yaml]
-        [--n-test 50] [--test-seed 2000000] [--max-epochs -1] [--seed N]
+        [--n-test 50] [--test-seed 2000000] [--max-epochs -1] [--seed N] [--no-all-on]
         [--train-args "--data.num_train=4000 --data.cache_phantoms=false"]
 
 Trains one model with every factor on and one per factor switched off (``PhantomConfig.without``;
@@ -69,8 +69,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def lofo_table(results: dict[str, dict[str, float]], n_test: int, minutes: float) -> str:
-    """Markdown table: one row per variant, deltas against ``all_on``."""
-    base = results["all_on"]
+    """Markdown table: one row per variant, deltas against ``all_on`` (none without it)."""
+    base = results.get("all_on")
     head = ["trained without", "Schoettle mm", "d", "p_blum mm", "d", "p_tmc mm", "d"]
     head += [f"IoU {b}" for b in BONES] + ["d IoU mean"]
     lines = [
@@ -82,12 +82,13 @@ def lofo_table(results: dict[str, dict[str, float]], n_test: int, minutes: float
     ]
     for name, r in results.items():
         cells = ["(nothing: all on)" if name == "all_on" else name]
+        delta = base is not None and name != "all_on"
         for key in DISTANCES:
             cells.append(f"{r[key]:.2f}")
-            cells.append("" if name == "all_on" else f"{r[key] - base[key]:+.2f}")
+            cells.append(f"{r[key] - base[key]:+.2f}" if delta else "")
         cells += [f"{r[f'iou_{b}']:.3f}" for b in BONES]
-        d_iou = np.mean([r[f"iou_{b}"] - base[f"iou_{b}"] for b in BONES])
-        cells.append("" if name == "all_on" else f"{d_iou:+.3f}")
+        d_iou = np.mean([r[f"iou_{b}"] - base[f"iou_{b}"] for b in BONES]) if delta else 0.0
+        cells.append(f"{d_iou:+.3f}" if delta else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     pcfg = (PhantomConfig.from_yaml(args.phantom_config, **sides) if args.phantom_config
             else PhantomConfig(**sides))
     tests = list(phantom_samples(args.n_test, args.test_seed, pcfg))
-    variants = [("all_on", [])] + [(f, [f]) for f in args.factors]
+    variants = [] if args.no_all_on else [("all_on", [])]
+    variants += [(f, [f]) for f in args.factors]
     results: dict[str, dict[str, float]] = {}
     for name, off in variants:
         print(f"== {name}: training {args.minutes:g} min without {off or 'nothing'}", flush=True)
@@ -130,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, required=True, help="training wall time per model")
     p.add_argument("--factors", required=True,
-                   help=f"comma-separated factors to leave out, of: {','.join(sorted(FACTORS))}")
+                   help=f"comma-separated factors to leave out, of: {','.join(sorted(FACTORS))} "
+                   "('' trains the all-on model only)")
+    p.add_argument("--no-all-on", action="store_true",
+                   help="skip the all-on model (trained by another process, e.g. side by side "
+                   "on a second core, with the same --n-test/--test-seed); no deltas then")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--config", default="configs/quick.yaml", help="training preset")
     p.add_argument("--phantom-config", help="phantom YAML for training and test (default mix)")
@@ -155,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [f for f in args.factors if f not in FACTORS]
     if bad:
         print(f"generalisation: unknown factor(s) {bad}; known: {','.join(sorted(FACTORS))}",
+              file=sys.stderr)
+        return 2
+    if args.no_all_on and not args.factors:
+        print("generalisation: --no-all-on with no --factors leaves nothing to train",
               file=sys.stderr)
         return 2
     if args.minutes <= 0 or args.n_test < 1:

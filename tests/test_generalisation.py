@@ -55,6 +55,9 @@ def test_summarise_and_table_by_hand():
     assert lines[-2].startswith("| (nothing: all on) | 2.00 |  | 3.00 |")
     assert lines[-1].startswith("| metal | 5.00 | +3.00 | 5.00 | +2.00 | 5.00 | +1.00 | 0.500")
     assert lines[-1].endswith("| -0.300 |")
+    alone = gen.lofo_table({"metal": off}, 3, 1.0).splitlines()  # all-on trained elsewhere
+    assert alone[-1].startswith("| metal | 5.00 |  | 5.00 |  | 5.00 |  | 0.500")
+    assert alone[-1].endswith("|  |")
 
 
 def test_cli_rejects_unknown_factor_and_bad_values(tmp_path, capsys):
@@ -67,6 +70,9 @@ def test_cli_rejects_unknown_factor_and_bad_values(tmp_path, capsys):
     assert gen.main(["--minutes", "1", "--factors", "metal", "--out", str(tmp_path),
                      "--train-args=--run.name='open"]) == 2  # fmt: skip
     assert "--train-args" in capsys.readouterr().err
+    assert gen.main(["--minutes", "1", "--factors", "", "--no-all-on", "--out",
+                     str(tmp_path)]) == 2  # fmt: skip
+    assert "nothing to train" in capsys.readouterr().err
 
 
 def test_end_to_end_tiny(tmp_path, monkeypatch):
