@@ -8,13 +8,17 @@ Lightning-free :mod:`lightning_modules.checkpoint_file` and is re-exported here.
 * :class:`SameFolderCheckpointIO` writes a checkpoint to a hidden temporary file beside its
   target and renames it (Lightning's default goes through the system temp folder, where a
   killed run leaves its partial file); stale temporaries are removed by
-  :func:`remove_stale_temporaries`.
+  :func:`remove_stale_temporaries`. It also reads a resumed run's checkpoint through
+  :func:`read_checkpoint` (Lightning's own reader has none of its limits).
+* :func:`check_callback_state` refuses a checkpoint whose ``ModelCheckpoint`` state names files
+  outside its own folder: Lightning deletes a "previous" best/last file it restored from there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +38,8 @@ from lightning_modules.checkpoint_file import (
 
 __all__ = [
     "CheckpointError", "FiniteModelCheckpoint", "MissingCheckpointError", "SameFolderCheckpointIO",
-    "check_architecture", "module_is_finite", "nonfinite_tensors", "read_checkpoint",
-    "remove_stale_temporaries",
+    "check_architecture", "check_callback_state", "module_is_finite", "nonfinite_tensors",
+    "read_checkpoint", "remove_stale_temporaries",
 ]  # fmt: skip
 
 TMP_GLOB = ".*.tmp"  # ``.<name>.<pid>.tmp``: never matches ``*.ckpt``
@@ -92,6 +96,47 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Read with :func:`read_checkpoint` (``weights_only=True``, size, archive and CRC
+        limits) and :func:`check_callback_state`: a resumed run gets exactly what was checked,
+        even when the file was replaced after ``--resume`` checked it."""
+        ckpt = read_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+        check_callback_state(path, ckpt)
+        return ckpt
+
+
+_CALLBACK_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when a ``ModelCheckpoint`` state in ``ckpt`` names a file
+    that is not directly in that state's own ``dirpath``.
+
+    Lightning restores these paths and, when the next checkpoint is written, deletes the
+    "previous" one if it lies under the run's checkpoint folder, a test that
+    ``<folder>/../../x`` passes: a crafted checkpoint deleted a file outside the run folder.
+    Lightning itself writes only ``<dirpath>/<name>`` (a moved run keeps them consistent).
+    """
+    callbacks = ckpt.get("callbacks", {})
+    if not isinstance(callbacks, Mapping):
+        raise CheckpointError(f"{path}: 'callbacks' is not a dict: not a training checkpoint")
+    for key, state in callbacks.items():
+        if not str(key).startswith("ModelCheckpoint"):
+            continue
+        best_k = state.get("best_k_models") if isinstance(state, Mapping) else None
+        if not isinstance(state, Mapping) or not isinstance(best_k or {}, Mapping):
+            raise CheckpointError(f"{path}: the checkpoint-callback state is not a dict")
+        dirpath = state.get("dirpath")
+        for name in [*(state.get(k) for k in _CALLBACK_PATHS), *(best_k or {})]:
+            if name is None or name == "":
+                continue
+            if not (isinstance(name, str) and isinstance(dirpath, str)
+                    and ".." not in Path(name).parts and Path(name).parent == Path(dirpath)):
+                raise CheckpointError(
+                    f"{path}: refused: its checkpoint-callback state names a file outside its "
+                    f"own checkpoint folder ({str(name)[:80]!r}), which resuming would delete")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

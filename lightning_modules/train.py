@@ -26,10 +26,13 @@ once per node by SLURM (``srun``) or ``torchrun``; Lightning reads the cluster e
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +60,12 @@ from lightning_modules.checkpoints import (
     FiniteModelCheckpoint,
     SameFolderCheckpointIO,
     check_architecture,
+    check_callback_state,
     read_checkpoint,
     remove_stale_temporaries,
 )
+from lightning_modules.config_file import ConfigFileError, check_config_file, read_yaml
+from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
 from lightning_modules.progress import progress_callback
 
@@ -160,6 +166,30 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
     return out + rest
 
 
+def check_config_values(config: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`ConfigFileError` for a NaN or infinite number in the ``model`` or ``data``
+    section, or a network beyond what a checkpoint may ask for (``model_limits``): jsonargparse
+    checks types only, so ``lr: .nan`` trained on NaN and ``num_stacks: 100000`` ran out of
+    memory building the network."""
+    for section in ("model", "data"):
+        stack = [(section, config.get(section) or {})]
+        while stack:
+            name, value = stack.pop()
+            if isinstance(value, Mapping):
+                stack += [(f"{name}.{k}", v) for k, v in value.items()]
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ConfigFileError(f"{source}: {name}={value} must be a finite number")
+    model, data = dict(config.get("model") or {}), config.get("data") or {}
+    if data.get("phantom_config"):  # read by the DataModule: bounded first (see read_yaml)
+        read_yaml(data["phantom_config"], what="phantom config")
+    if "size" in data:  # linked to model.image_size
+        model["image_size"] = data["size"]
+    try:
+        check_hyper_parameters(source, model)
+    except ValueError as err:
+        raise ConfigFileError(str(err)) from None
+
+
 # -------------------------------------------------------------------------------- run folder
 def _run_stamp() -> str:
     for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID"):
@@ -212,6 +242,7 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule) -> Path:
     path = (find_last_checkpoint(run.root, run.name) if run.resume == "last"
             else Path(str(run.resume)).expanduser().absolute())
     ckpt = read_checkpoint(path)
+    check_callback_state(path, ckpt)
     missing = [k for k in ("optimizer_states", "loops", "epoch") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
@@ -226,6 +257,30 @@ def run_folder_of(ckpt: Path) -> Path | None:
     if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
         return run
     return None
+
+
+def _refuse_restore_errors(trainer: pl.Trainer, path: str) -> None:
+    """Turn any error while Lightning restores the training state from ``path`` (a loop,
+    optimiser or callback state of the wrong type or shape, a missing version key) into one
+    :class:`CheckpointError` line instead of a traceback from deep inside Lightning."""
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    for name in ("_restore_modules_and_callbacks", "restore_training_state"):
+        restore = getattr(connector, name, None)  # private in Lightning 2.4-2.6: skip if gone
+        if restore is None:
+            continue
+
+        @functools.wraps(restore)
+        def guarded(*args: Any, _restore: Any = restore, **kwargs: Any) -> Any:
+            try:
+                return _restore(*args, **kwargs)
+            except CheckpointError:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever the file made Lightning raise
+                text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+                raise CheckpointError(f"{path}: cannot restore the training state "
+                                      f"({type(err).__name__}: {text})") from None
+
+        setattr(connector, name, guarded)
 
 
 def _as_run_options(value: Any) -> RunOptions:
@@ -244,6 +299,28 @@ class KneePlanCLI(LightningCLI):
         self.resume_path: str | None = None
         self.own: dict[str, Any] = {}
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """jsonargparse's parse, with a wrong type or an unknown key in a config file answered by
+        one :class:`ConfigFileError` line (exit status 2) instead of its usage text."""
+        from jsonargparse import ArgumentError
+
+        parser.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            files = [a for k, a in zip(args, args[1:], strict=False) if k == "--config"]
+            text = " ".join(str(err).split())[:300]
+            raise ConfigFileError(f"config ({', '.join(files) or 'command line'}): {text}"
+                                  ) from None
+        finally:
+            parser.exit_on_error = True
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse non-finite or out-of-bounds values before anything is built."""
+        files = [str(c) for c in (self._get(self.config, "config", default=None) or [])]
+        source = f"config ({', '.join(files)} and the command line)" if files else "config"
+        check_config_values(self.config.as_dict(), source)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
@@ -293,7 +370,10 @@ class KneePlanCLI(LightningCLI):
                           "plugins": [SameFolderCheckpointIO()]}
         # a bar on a terminal, plain lines in a log file (no carriage returns)
         ours += progress_callback(trainer_config, extra + self.user_callbacks)
-        return self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
+        trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
+        if self.resume_path:
+            _refuse_restore_errors(trainer, self.resume_path)
+        return trainer
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:
@@ -307,6 +387,9 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
 
 
 def _make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
+    for flag, value in zip(argv, argv[1:], strict=False):  # before jsonargparse reads them
+        if flag in ("--config", "-c"):
+            check_config_file(value)
     with warnings.catch_warnings():
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -342,7 +425,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not")
             trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
                         weights_only=True)
-    except DATA_ERRORS:
+    except (*DATA_ERRORS, CheckpointError):
         _remove_if_empty(cli.run_dir)  # refused before anything was written
         raise
     finally:
@@ -388,15 +471,19 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry (``python -m lightning_modules.train``).
 
     No traceback for what the user can fix: an unusable dataset ends with its report and exit
-    status 1; a bad ``--resume`` checkpoint with one line and status 2; a diverged training
-    (non-finite steps, ``model.max_nonfinite_steps`` in a row) with one line and status 3.
+    status 1; a bad ``--resume`` checkpoint or ``--config`` file with one line and status 2; a
+    diverged training (non-finite steps, ``model.max_nonfinite_steps`` in a row) with one line
+    and status 3.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a.startswith("--print_config") for a in argv):
-        _make_cli(translate_args(argv, announce=False))
-        return
     try:
+        if any(a.startswith("--print_config") for a in argv):
+            _make_cli(translate_args(argv, announce=False))
+            return
         fit(argv)
+    except ConfigFileError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except DATA_ERRORS as err:
         print(f"train: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None

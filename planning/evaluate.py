@@ -189,11 +189,12 @@ def evaluate_sample(
 
 def read_subset(path: str | Path) -> set[str]:
     """Image ids listed one per line (blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise SystemExit(f"evaluate: cannot read subset list {path}: {err}") from err
+    from lightning_modules.config_file import MAX_CONFIG_BYTES, ConfigFileError, read_text_file
+
+    try:  # bounded: a FIFO, a 2 GB file or a binary one is one line naming it
+        lines = read_text_file(path, "subset list", 8 * MAX_CONFIG_BYTES).splitlines()
+    except ConfigFileError as err:
+        raise SystemExit(f"evaluate: {err}") from None
     return {s.split("#", 1)[0].strip() for s in lines} - {""}
 
 
@@ -479,8 +480,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test set: {args.data_root}")
     else:
         from datamodules.phantoms import PhantomConfig
+        from lightning_modules.config_file import read_yaml
 
         try:
+            if args.phantom_config:  # bounded first: size, FIFO, alias bomb (see read_yaml)
+                read_yaml(args.phantom_config, what="phantom config")
             cfg = (PhantomConfig.from_yaml(args.phantom_config) if args.phantom_config
                    else PhantomConfig())
         except ValueError as err:

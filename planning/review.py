@@ -82,30 +82,24 @@ class ReviewConfig:
             return _DEFAULT[0]
         import math
 
-        import yaml
+        from lightning_modules.config_file import read_yaml
 
         p = Path(path) if path is not None else CONFIG_PATH
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{p}: cannot read the review thresholds ({err.__class__.__name__}: "
-                             f"{getattr(err, 'strerror', None) or err})") from None
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ValueError(f"{p}: not valid YAML{line}") from None
+        # bounded: a FIFO, a 2 GB file or a YAML alias bomb is one line, not a hang
+        data = read_yaml(p, what="review thresholds") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping of threshold: value, got "
                              f"{type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{p}: unknown review thresholds {sorted(unknown)}")
+        if unknown:  # keys may be numbers too: sorted as text; each shown short
+            names = sorted(f"{k!r:.40}" for k in unknown)
+            raise ValueError(f"{p}: unknown review thresholds [{', '.join(names[:10])}]")
         values = {}
         for k, v in data.items():
             kind = type(getattr(cls(), k))
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ValueError(f"{p}: {k} must be a finite number, got {v!r}")
+                raise ValueError(f"{p}: {k} must be a finite number, got {v!r:.40}")
             values[k] = kind(v)
         config = cls(**values)
         if path is None:

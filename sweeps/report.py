@@ -31,13 +31,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
+import sqlalchemy.exc  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from sweeps.storage import DEFAULT_STUDIES_DIR, default_storage_url, normalise_url  # noqa: E402
+from sweeps.storage import (  # noqa: E402
+    DEFAULT_STUDIES_DIR,
+    default_storage_url,
+    normalise_url,
+    storage_problem,
+)
 from sweeps.storage import study_dir as _study_dir  # noqa: E402
 
 
@@ -53,6 +59,10 @@ def load_study(name: str, storage: str | None, studies_dir: str | Path) -> optun
         return optuna.load_study(study_name=name, storage=normalise_url(storage))
     except KeyError:
         raise SystemExit(f"sweeps.report: study {name!r} not found in {storage}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as err:
+        # not a database, a damaged one, or one of another Optuna schema: one line, no traceback
+        raise SystemExit(f"sweeps.report: cannot open the study storage {storage}: "
+                         f"{storage_problem(err)}") from None
 
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:

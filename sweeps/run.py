@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
+from lightning_modules.config_file import ConfigFileError, check_config_file
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
 from sweeps.space import SearchSpace
-from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, study_dir
+from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, storage_problem, study_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/quick.yaml"  # relative to the working directory, else the repository
@@ -235,6 +237,10 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
         config = REPO_ROOT / config
     if not config.is_file():
         raise SystemExit(f"sweeps.run: training config {args.config} not found")
+    try:  # once here, not once per failing trial
+        check_config_file(config)
+    except ConfigFileError as err:
+        raise SystemExit(f"sweeps.run: {err}") from None
     # Sweep defaults go before the user's extra arguments, which may override them.
     base_args = ["--config", str(config), *SWEEP_TRAIN_DEFAULTS]
     if args.data_root is not None:
@@ -243,7 +249,12 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
 
     folder = study_dir(args.study, args.studies_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(args)
+    try:
+        study = open_study(args)
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as err:
+        # not a database, a damaged one, or one of another Optuna schema: one line
+        raise SystemExit(f"sweeps.run: cannot open the study storage "
+                         f"{args.storage or 'default'}: {storage_problem(err)}") from None
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.describe())
         study.set_user_attr("train_args", base_args)

@@ -99,3 +99,10 @@ def open_storage(
                 raise
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+def storage_problem(err: BaseException) -> str:
+    """The first line of a storage error, without SQLAlchemy's SQL echo and background link."""
+    orig = getattr(err, "orig", None)  # the driver's own message (e.g. "file is not a database")
+    text = str(orig if orig is not None else err).strip()
+    return (text.splitlines()[0][:200] if text else type(err).__name__)

@@ -1,0 +1,112 @@
+"""Reading a YAML file a user hands us (``--config``, review thresholds, a phantom config) safely.
+
+``yaml.safe_load`` builds plain values only (a ``!!python/...`` tag is an error, never run), but
+a small file can still cost without bound: a 2 GB file is read whole (train took 30 s and
+4.6 GB to say it was not YAML), and aliases (the "billion laughs") turn 1 kB into a tree of
+10^9 values once a consumer walks or prints it (jsonargparse hung; a repr in an error message
+never finished). :func:`read_yaml` refuses both before anyone walks the tree, and turns every
+problem (missing, a folder, a FIFO, not UTF-8, not YAML, nested too deeply) into one
+:class:`ConfigFileError` line naming the file. Plain Python and PyYAML, no torch.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Our configs are a few kB; these leave room for any hand-written one.
+MAX_CONFIG_BYTES = 1024**2
+MAX_CONFIG_VALUES = 100_000  # values of the tree with every alias expanded
+
+
+class ConfigFileError(ValueError):
+    """A YAML file that cannot or must not be used; the message is one line naming the file."""
+
+
+def _expanded_size_exceeds(data: Any, limit: int) -> bool:
+    """True when ``data`` with every alias expanded holds more than ``limit`` values.
+
+    Walks at most ``limit`` values (shared and self-referencing nodes are counted each time
+    they are reached, as a consumer walking the tree would).
+    """
+    stack, seen = [data], 0
+    while stack:
+        seen += 1
+        if seen > limit:
+            return True
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            stack.extend(item)
+    return False
+
+
+def read_text_file(path: str | Path, what: str = "config",
+                   max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of the small file ``path``; :class:`ConfigFileError` when it is missing,
+    not a regular file (a FIFO would block forever), larger than ``max_bytes`` (refused
+    unread) or not UTF-8. ``what`` names the file's role in the messages."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as err:
+        raise ConfigFileError(f"{p}: cannot read the {what} ({err.strerror or err})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigFileError(f"{p}: cannot read the {what} (a folder, not a file)")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigFileError(f"{p}: cannot read the {what} (not a regular file: a pipe or "
+                              "device?)")
+    too_big = (f"{p}: larger than the {max_bytes // 1024} kB a {what} file may have: refused "
+               "unread")
+    if st.st_size > max_bytes:
+        raise ConfigFileError(too_big)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as err:
+        raise ConfigFileError(f"{p}: cannot read the {what} ({err.strerror or err})") from None
+    if len(raw) > max_bytes:
+        raise ConfigFileError(too_big)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigFileError(f"{p}: the {what} is not UTF-8 text (byte {err.start})") from None
+
+
+def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFIG_BYTES,
+              max_values: int = MAX_CONFIG_VALUES) -> Any:
+    """The plain values of the YAML file ``path``; :class:`ConfigFileError` on any problem.
+
+    ``what`` names the file's role in the messages (``"config"``, ``"review thresholds"``).
+    """
+    p = Path(path)
+    text = read_text_file(p, what, max_bytes)
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigFileError(f"{p}: not valid YAML{line} ({str(problem)[:120]})") from None
+    except RecursionError:
+        raise ConfigFileError(f"{p}: the {what} is nested too deeply") from None
+    if _expanded_size_exceeds(data, max_values):
+        raise ConfigFileError(f"{p}: more than {max_values} values once its YAML aliases are "
+                              f"expanded (an alias bomb?): refused as {what}")
+    return data
+
+
+def check_config_file(path: str | Path) -> None:
+    """Raise :class:`ConfigFileError` for a training ``--config`` that is not a small YAML
+    mapping, before jsonargparse reads it (it read a 2 GB file whole and walked a "billion
+    laughs" alias tree for minutes)."""
+    data = read_yaml(path, what="config")
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigFileError(f"{path}: expected a mapping of sections (trainer:, model:, ...), "
+                              f"got {type(data).__name__}")

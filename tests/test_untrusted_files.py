@@ -1,0 +1,251 @@
+"""Hostile files handed to the entry points other than planning: ``--config`` YAML (train,
+sweep), ``--resume`` checkpoints, review thresholds, evaluate's subset list and phantom config,
+and sweep storages. Each is refused in one line naming the file, before it can cost unbounded
+time or memory, run code, or delete a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules import train
+from lightning_modules.checkpoints import CheckpointError, SameFolderCheckpointIO
+from lightning_modules.module import KneePlanModule
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+TINY_HP = dict(image_size=64, num_stacks=2, depth=2, c1=4, c2=8, c_star=16,
+               net_kwargs={"skip_channels": 4, "refine_channels": 4})
+LAST_KEY = ("ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0, "
+            "'every_n_epochs': 1, 'train_time_interval': None}")
+
+
+def alias_bomb(levels: int, key: str = "a") -> str:
+    """A "billion laughs" YAML: ``key`` holds 9**levels strings through nested aliases."""
+    lines = [f"{key}:", '  - &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"  - &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line, got {lines[:5]}"
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------- --config (train)
+def test_config_alias_bomb_and_huge_file_are_refused_unread(tmp_path):
+    bomb = _write(tmp_path / "bomb.yaml", alias_bomb(9))  # 9**9 values once expanded
+    with pytest.raises(ValueError) as err:
+        train.fit(["--config", TINY, "--config", str(bomb)])
+    assert str(bomb) in one_line(err.value) and "aliases" in str(err.value)
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as fh:  # sparse: 2 GB on paper, nothing on disk
+        fh.truncate(2 * 1024**3)
+    with pytest.raises(ValueError) as err:
+        train.fit(["--config", str(huge)])
+    assert str(huge) in one_line(err.value) and "refused unread" in str(err.value)
+
+
+CONFIG_CASES = {
+    "python_tag": ("model: !!python/object/apply:os.system ['touch {marker}']\n",
+                   "could not determine a constructor"),
+    "a_list": ("- 1\n- 2\n", "expected a mapping"),
+    "string_for_int": ("model:\n  num_stacks: two\n", "model.num_stacks"),
+    "unknown_key": ("model:\n  bogus_key: 3\n", "bogus_key"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_CASES))
+def test_bad_config_is_one_line_naming_the_file_with_status_2(kind, tmp_path, capsys):
+    text, expected = CONFIG_CASES[kind]
+    marker = tmp_path / "PAYLOAD_RAN"
+    cfg = _write(tmp_path / f"{kind}.yaml", text.format(marker=marker))
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", TINY, "--config", str(cfg), "--print_config"])
+    assert stop.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(cfg) in line and expected in line, line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("model:\n  lr: .nan\n", "model.lr=nan must be a finite number"),
+    ("data:\n  sigma: .inf\n", "data.sigma=inf must be a finite number"),
+    ("model:\n  num_stacks: 100000\n", "num_stacks=100000 is not a whole number"),
+    ("data:\n  size: 1000000\n", "image_size=1000000 is not a whole number"),
+])
+def test_non_finite_or_unbounded_config_values_are_refused_before_building(
+        text, expected, tmp_path, capsys):
+    cfg = _write(tmp_path / "values.yaml", text)
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", TINY, "--config", str(cfg), "--run.root", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(cfg) in line and expected in line, line
+    assert not (tmp_path / "r").exists()
+
+
+def test_sweep_refuses_a_bomb_config_once_before_opening_the_study(tmp_path):
+    from sweeps.run import run_sweep
+
+    bomb = _write(tmp_path / "bomb.yaml", alias_bomb(9))
+    with pytest.raises(SystemExit) as stop:
+        run_sweep(["--config", str(bomb), "--trials", "0", "--study", "s",
+                   "--studies-dir", str(tmp_path / "studies")])
+    assert str(bomb) in one_line(stop.value.code)
+    assert not (tmp_path / "studies" / "s" / "study.db").exists()
+
+
+# ------------------------------------------------------------------------- --resume (train)
+def _training_ckpt(path: Path, callbacks: dict) -> Path:
+    torch.manual_seed(0)
+    module = KneePlanModule(**TINY_HP)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "epoch": 0, "global_step": 1, "optimizer_states": [], "loops": {},
+                "pytorch-lightning_version": "2.6.6", "callbacks": callbacks}, path)
+    return path
+
+
+def test_resume_refuses_callback_state_that_would_delete_a_file_outside_the_run(tmp_path):
+    """Lightning restores ModelCheckpoint's "previous" paths and deletes the previous file
+    when it lies under the run's checkpoint folder, a test that ``<dir>/../../x`` passes
+    (a crafted checkpoint deleted such a file on resume, checked by hand)."""
+    folder = str(tmp_path / "run" / "checkpoints")
+    hostile = {LAST_KEY: {"dirpath": folder, "best_model_path": f"{folder}/../../victim.txt"}}
+    ckpt = _training_ckpt(tmp_path / "hostile.ckpt", hostile)
+    module = KneePlanModule(**TINY_HP)
+    with pytest.raises(CheckpointError) as err:
+        train.resume_checkpoint(train.RunOptions(resume=str(ckpt)), module)
+    line = one_line(err.value)
+    assert str(ckpt) in line and "outside its own checkpoint folder" in line
+    with pytest.raises(CheckpointError, match="outside its own checkpoint folder"):
+        SameFolderCheckpointIO().load_checkpoint(ckpt)  # what Lightning itself reads
+    # what Lightning writes passes, also for a run moved elsewhere (old absolute paths)
+    moved = "/elsewhere/run/checkpoints"
+    fine = {LAST_KEY: {"dirpath": moved, "best_model_path": f"{moved}/last.ckpt",
+                       "best_k_models": {f"{moved}/best-epoch000.ckpt": 1.0}}}
+    ok = _training_ckpt(tmp_path / "ok.ckpt", fine)
+    assert train.resume_checkpoint(train.RunOptions(resume=str(ok)), module) == ok
+    assert SameFolderCheckpointIO().load_checkpoint(ok)["callbacks"] == fine
+
+
+def test_lightning_restore_errors_become_one_checkpoint_line():
+    class Connector:
+        def _restore_modules_and_callbacks(self, path, weights_only=None):
+            raise KeyError("pytorch-lightning_version")
+
+        def restore_training_state(self):
+            raise ValueError("loaded state dict has a different number of parameter groups\n"
+                             "second line")
+
+    class Trainer:
+        _checkpoint_connector = Connector()
+
+    trainer = Trainer()
+    train._refuse_restore_errors(trainer, "/x/bad.ckpt")
+    for call in (lambda: trainer._checkpoint_connector._restore_modules_and_callbacks("p"),
+                 trainer._checkpoint_connector.restore_training_state):
+        with pytest.raises(CheckpointError) as err:
+            call()
+        assert one_line(err.value).startswith("/x/bad.ckpt: cannot restore the training state")
+
+
+def test_malformed_rng_state_fails_while_restoring_and_leaves_the_rng_alone():
+    from datamodules.seeding import RNG_KEY, rng_state
+
+    module = KneePlanModule(**TINY_HP)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with pytest.raises((KeyError, TypeError, ValueError, RuntimeError)):
+        module.on_load_checkpoint({RNG_KEY: {"torch": "not a state"}})
+    good = rng_state()
+    torch.manual_seed(5)
+    module.on_load_checkpoint({RNG_KEY: good})  # tried, then the current state is kept
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
+    assert not torch.equal(before, torch.get_rng_state())
+
+
+# ------------------------------------------------------------------------- review thresholds
+def test_review_config_alias_bomb_and_mixed_keys_are_short_lines(tmp_path):
+    from planning.review import ReviewConfig
+
+    bomb = _write(tmp_path / "bomb.yaml", alias_bomb(6, key="min_peak"))  # 531441 strings
+    with pytest.raises(ValueError) as err:
+        ReviewConfig.load(bomb)
+    line = one_line(err.value)
+    assert str(bomb) in line and "aliases" in line and len(line) < 400
+    mixed = _write(tmp_path / "mixed.yaml", "1: 2\nfoo: 3\n")
+    with pytest.raises(ValueError) as err:  # was a TypeError from sorted([1, 'foo'])
+        ReviewConfig.load(mixed)
+    assert "unknown review thresholds" in one_line(err.value)
+
+
+def test_read_yaml_refuses_fifo_folder_binary_and_deep_nesting(tmp_path):
+    from lightning_modules.config_file import ConfigFileError, read_yaml
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    deep = _write(tmp_path / "deep.yaml", "[" * 20000 + "]" * 20000)
+    cases = {fifo: "not a regular file", tmp_path: "a folder", binary: "not UTF-8",
+             deep: "nested too deeply", tmp_path / "none.yaml": "cannot read"}
+    for path, expected in cases.items():
+        with pytest.raises(ConfigFileError) as err:
+            read_yaml(path)
+        line = one_line(err.value)
+        assert str(path) in line and expected in line, line
+    assert read_yaml(REPO / "configs" / "tiny.yaml")["model"]["c1"] == 4
+
+
+# ------------------------------------------------------------------------------ evaluate
+def test_evaluate_subset_list_binary_or_oversized_is_one_line(tmp_path):
+    from planning.evaluate import read_subset
+
+    binary = tmp_path / "ids.txt"
+    binary.write_bytes(b"\x80\x81\x82 not text")
+    with pytest.raises(SystemExit) as stop:  # was a UnicodeDecodeError without the file
+        read_subset(binary)
+    assert str(binary) in one_line(stop.value.code)
+    big = tmp_path / "big.txt"
+    with big.open("wb") as fh:
+        fh.truncate(64 * 1024**2)  # read whole before
+    with pytest.raises(SystemExit) as stop:
+        read_subset(big)
+    assert str(big) in one_line(stop.value.code) and "refused unread" in str(stop.value.code)
+    ok = _write(tmp_path / "ok.txt", "a\n# note\nb  # why\n\n")
+    assert read_subset(ok) == {"a", "b"}
+
+
+def test_evaluate_phantom_config_alias_bomb_is_one_line_with_status_2(tmp_path, capsys):
+    from planning.evaluate import main
+
+    bomb = _write(tmp_path / "bomb.yaml", alias_bomb(9, key="factors_off"))
+    assert main(["--oracle", "--phantom-config", str(bomb), "--out", str(tmp_path)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(bomb) in line and "aliases" in line
+
+
+# ------------------------------------------------------------------------ sweep storage
+def test_sweep_report_on_a_file_that_is_not_a_database_is_one_line(tmp_path):
+    from sweeps.report import load_study
+
+    db = tmp_path / "studies" / "s" / "study.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(os.urandom(8192))
+    for storage in (None, f"sqlite:///{db}"):
+        with pytest.raises(SystemExit) as stop:
+            load_study("s", storage, tmp_path / "studies")
+        line = one_line(stop.value.code)
+        assert str(db) in line and "not a database" in line
