@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datamodules.decoder_messages import printable
 from datamodules.sample import LANDMARKS, RaterAnnotation
 
 SCHEMA_VERSION = 1
@@ -30,9 +32,28 @@ SUPPORTED_VERSIONS = (1,)
 class AnnotationError(ValueError):
     """An annotation file that cannot be used; the message names the file and the field."""
 
+    def __str__(self) -> str:
+        return printable(super().__str__())  # one line, even for a file name with a newline
+
 
 MAX_SPACING_MM = 1000.0  # one metre per pixel: anything above is a typo or an overflow
 MAX_JSON_BYTES = 10_000_000
+# the schema's keys: anything else is a typo (``"pixel_spacing"`` would silently lose the
+# spacing) and is refused; free-form extras belong under ``meta``
+TOP_KEYS = ("schema_version", "id", "image", "pixel_spacing_mm", "side", "raters",
+            "schoettle_point", "meta")
+RATER_KEYS = ("rater", "landmarks", "cortex_line")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 100
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 10
+
+
+def brief_repr(value: Any) -> str:
+    """``repr(value)`` cut to about 100 characters: a message quotes the user's value, but a
+    10 MB id or list must not become a 10 MB error line."""
+    return _REPR.repr(value)
 
 
 @dataclass
@@ -48,6 +69,15 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _as_float(value: int | float) -> float:
+    """``float(value)``, infinity for an integer too large for a float (``1`` and 400 zeros
+    is valid JSON; ``float()`` raises OverflowError on it)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def check_spacing(value: Any) -> tuple[float, float]:
     """``(row_mm, col_mm)`` from one number or a pair; raises ValueError saying what is wrong.
 
@@ -56,11 +86,12 @@ def check_spacing(value: Any) -> tuple[float, float]:
     """
     pair = [value, value] if is_number(value) else value
     if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(map(is_number, pair)):
-        raise ValueError(f"pixel spacing must be a number or [row_mm, col_mm], got {value!r}")
-    row, col = float(pair[0]), float(pair[1])
+        raise ValueError("pixel spacing must be a number or [row_mm, col_mm], got "
+                         f"{brief_repr(value)}")
+    row, col = _as_float(pair[0]), _as_float(pair[1])
     if not all(math.isfinite(v) and 0 < v <= MAX_SPACING_MM for v in (row, col)):
         raise ValueError(f"pixel spacing must be positive and at most {MAX_SPACING_MM:g} mm, "
-                         f"got {value!r}")
+                         f"got {brief_repr(value)}")
     return row, col
 
 
@@ -70,7 +101,7 @@ def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | Non
         return f"expected [x, y], got {_short(value)}", False
     if not all(is_number(v) for v in value):
         return f"not a pair of numbers: {_short(value)}", False
-    x, y = float(value[0]), float(value[1])
+    x, y = _as_float(value[0]), _as_float(value[1])
     if not (math.isfinite(x) and math.isfinite(y)):
         return f"NaN or infinite coordinate {_short(value)}", False
     if shape is not None:
@@ -109,6 +140,7 @@ def check_annotation(
     if not isinstance(data, dict):
         err("top level must be a JSON object")
         return out
+    _check_keys(data, TOP_KEYS, "", "; extras belong under 'meta'", out)
     version = data.get("schema_version")
     if not (is_number(version) and version in SUPPORTED_VERSIONS):
         err(f"unknown schema_version {_short(version)} (supported: {SUPPORTED_VERSIONS})")
@@ -116,12 +148,12 @@ def check_annotation(
     if not isinstance(ann_id, str) or not ann_id:
         err("missing or empty 'id'")
     elif sample_id is not None and ann_id != sample_id:
-        err(f"'id' is {ann_id!r}, expected {sample_id!r} (the file name)")
+        err(f"'id' is {brief_repr(ann_id)}, expected {brief_repr(sample_id)} (the file name)")
     image = data.get("image")
     if image is not None and not isinstance(image, str):
         err(f"'image' must be a file name, got {_short(image)}")
     elif image_name is not None and image not in (None, image_name):
-        err(f"'image' is {image!r}, but the image is {image_name!r}")
+        err(f"'image' is {brief_repr(image)}, but the image is {brief_repr(image_name)}")
     spacing = data.get("pixel_spacing_mm")
     if spacing is None:
         if not has_file_spacing:
@@ -129,9 +161,17 @@ def check_annotation(
                                 "file): errors cannot be given in mm")
     else:
         try:
-            check_spacing(spacing)
+            row, col = check_spacing(spacing)
         except ValueError as e:
             err(f"pixel_spacing_mm: {e}")
+        else:
+            from geometry.pixel_spacing import MAX_MM, MIN_MM
+
+            if not (MIN_MM <= row <= MAX_MM and MIN_MM <= col <= MAX_MM):
+                # the one resolver ignores such a value: training would silently fall back to
+                # the DICOM tags or to no spacing at all
+                err(f"pixel_spacing_mm: {_short(spacing)} mm per pixel is outside the plausible "
+                    f"range {MIN_MM:g}..{MAX_MM:g} of a radiograph (a unit error?)")
     side = data.get("side")
     if side is not None and side not in ("left", "right"):
         err(f"'side' must be \"left\", \"right\" or null, got {_short(side)}")
@@ -160,13 +200,17 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
     if not isinstance(rater, dict):
         out.errors.append(f"{where}: must be an object")
         return
+    _check_keys(rater, RATER_KEYS, f"{where}: ", "", out)
     name = rater.get("rater")
     if name is not None and not isinstance(name, str):
         out.errors.append(f"{where}: 'rater' must be a string, got {_short(name)}")
     lms = rater.get("landmarks")
     if not isinstance(lms, dict):
-        out.errors.append(f"{where}: missing 'landmarks'")
+        what = "missing 'landmarks'" if lms is None else (
+            f"'landmarks' must be an object {{\"p_blum\": [x, y], ...}}, got {_short(lms)}")
+        out.errors.append(f"{where}: {what}")
     else:
+        _check_keys(lms, LANDMARKS, f"{where}.landmarks: ", "", out, "landmark")
         for lm in LANDMARKS:
             if lm not in lms:
                 out.errors.append(f"{where}: missing landmark {lm}")
@@ -193,15 +237,29 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
         out.errors.append(f"{where}: all cortex_line points coincide (no line)")
 
 
-def parse_annotation(data: dict[str, Any], source: str = "<annotation>") -> dict[str, Any]:
+def _check_keys(data: dict[str, Any], known: tuple[str, ...], where: str, hint: str,
+                out: AnnotationCheck, what: str = "key") -> None:
+    """An error for each key of ``data`` not in ``known`` (a typo must not be ignored)."""
+    for key in data:
+        if key not in known:
+            out.errors.append(f"{where}unknown {what} {_short(key)} (expected one of "
+                              f"{', '.join(known)}{hint})")
+
+
+def parse_annotation(
+    data: dict[str, Any], source: str = "<annotation>", sample_id: str | None = None,
+    image_name: str | None = None, shape: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Check a loaded annotation dict and return it with numpy arrays for points.
 
+    ``sample_id``, ``image_name`` and ``shape`` (H, W) are checked as by the validator when
+    given (a reader that knows its image refuses what the validator would).
     Returns a dict with keys ``id``, ``image``, ``spacing_mm`` ((row, col) or None), ``side``,
     ``raters`` (list of RaterAnnotation), ``schoettle_point`` and ``meta``.
     Raises AnnotationError naming ``source`` and the first problem :func:`check_annotation`
     finds.
     """
-    check = check_annotation(data)
+    check = check_annotation(data, sample_id, image_name, shape)
     if check.errors:
         raise AnnotationError(f"{source}: {check.errors[0]}")
     spacing = data.get("pixel_spacing_mm")
@@ -222,9 +280,21 @@ def parse_annotation(data: dict[str, Any], source: str = "<annotation>") -> dict
     }
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of :func:`load_json`: JSON lets a key repeat and Python keeps the
+    last value silently; two ``pixel_spacing_mm`` or two ``p_blum`` are ambiguous, so refuse."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_short(key)} in one object")
+        out[key] = value
+    return out
+
+
 def load_json(path: str | Path) -> Any:
     """Parse a JSON file; any problem (unreadable, not UTF-8, malformed, too large, nested too
-    deeply) raises AnnotationError naming the file, never a RecursionError."""
+    deeply, a key repeated in one object) raises AnnotationError naming the file, never a
+    RecursionError. A UTF-8 byte-order mark (Windows editors write one) is allowed."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -232,7 +302,8 @@ def load_json(path: str | Path) -> Any:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise AnnotationError(f"{path}: larger than {MAX_JSON_BYTES // 1_000_000} MB: not "
                                   "an annotation")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"),
+                          object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise AnnotationError(f"{path}: cannot read JSON: nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
@@ -241,9 +312,13 @@ def load_json(path: str | Path) -> Any:
         raise AnnotationError(f"{path}: cannot read JSON: {err}") from None
 
 
-def read_annotation(path: str | Path) -> dict[str, Any]:
-    """Read and check ``annotations/<id>.json``; errors name the file."""
-    return parse_annotation(load_json(path), str(Path(path)))
+def read_annotation(
+    path: str | Path, sample_id: str | None = None, image_name: str | None = None,
+    shape: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Read and check ``annotations/<id>.json`` (against its id, image name and (H, W) when
+    given); errors name the file."""
+    return parse_annotation(load_json(path), str(Path(path)), sample_id, image_name, shape)
 
 
 def _pt(p: np.ndarray) -> list[float]:

@@ -24,7 +24,6 @@ DDP each rank takes its share of the same permutation with its own augmentation 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.annotations import AnnotationError, brief_repr, load_json
 from datamodules.dataset_io import DatasetError, list_ids
 from datamodules.datasets import (
     FolderDataset,
@@ -51,13 +51,19 @@ from datamodules.validate import ValidationReport, validate_dataset
 log = logging.getLogger(__name__)
 
 _PHANTOM_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+SPLIT_KEYS = ("train", "val", "test")
+
+
+class SplitError(DatasetError):
+    """A split that cannot be made (a bad split file or ``val_fraction``): a data error, so
+    training answers it in one line like any other (a ValueError, as before)."""
 
 
 def seeded_split(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Shuffle ``ids`` with ``seed`` and cut off round(val_fraction * n) (>= 1 if n >= 2 and
     val_fraction > 0) for validation; both lists come back sorted."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise SplitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val = int(round(val_fraction * len(ids)))
     if val_fraction > 0 and len(ids) >= 2:
@@ -68,25 +74,35 @@ def seeded_split(ids: list[str], val_fraction: float, seed: int) -> tuple[list[s
 
 
 def read_split_file(path: str | Path, available: list[str]) -> dict[str, list[str]]:
-    """Read and check a split JSON against the ids present; errors name the file."""
+    """Read and check a split JSON against the ids present; errors (SplitError) name the file.
+
+    Read by the annotations' JSON reader (size, nesting, encoding and repeated keys checked);
+    a key other than train/val/test is refused, since a typo ("tset") would drop the test set.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read split file: {err}") from err
+        data = load_json(path)
+    except AnnotationError as err:
+        raise SplitError(f"split file {err}") from None
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
-        raise ValueError(f"{path}: split file needs 'train' and 'val' lists (and optional 'test')")
+        raise SplitError(f"{path}: split file needs 'train' and 'val' lists (and optional 'test')")
+    unknown = [k for k in data if k not in SPLIT_KEYS]
+    if unknown:
+        raise SplitError(f"{path}: unknown key {brief_repr(unknown[0])} in the split file "
+                         f"(expected {', '.join(SPLIT_KEYS)})")
     known, seen, out = set(available), {}, {}
-    for key in ("train", "val", "test"):
+    for key in SPLIT_KEYS:
         ids = data.get(key, [])
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ValueError(f"{path}: '{key}' must be a list of id strings")
+            raise SplitError(f"{path}: '{key}' must be a list of id strings")
         missing = sorted(set(ids) - known)
         if missing:
-            raise ValueError(f"{path}: '{key}' names ids with no sample: {missing[:10]}")
+            raise SplitError(f"{path}: '{key}' names ids with no sample: {brief_repr(missing)}")
         for i in ids:
             if i in seen:
-                raise ValueError(f"{path}: id {i!r} is in both '{seen[i]}' and '{key}'")
+                where = (f"twice in '{key}'" if seen[i] == key
+                         else f"in both '{seen[i]}' and '{key}'")
+                raise SplitError(f"{path}: id {brief_repr(i)} is {where}")
             seen[i] = key
         out[key] = list(ids)
     return out

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from datamodules.annotations import annotation_dict, write_annotation
-from datamodules.decoder_messages import brief, decoder_messages
+from datamodules.decoder_messages import brief, decoder_messages, printable
 from datamodules.sample import BONES, Sample
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
@@ -52,6 +52,9 @@ def write_sample(root: str | Path, sample: Sample) -> Path:
 
 class DatasetError(ValueError):
     """A dataset folder or sample that cannot be read; the message names the file."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())  # one line, even for a file name with a newline
 
 
 def image_files(root: str | Path) -> dict[str, list[Path]]:
@@ -143,7 +146,10 @@ def read_sample(
         what = "no image" if not paths else f"duplicate images {[p.name for p in paths]}"
         raise DatasetError(f"{Path(root) / 'images'}: {what} for id {sample_id!r}")
     loaded = load_image(paths[0])
-    ann = read_annotation(annotation_path(root, sample_id))
+    # checked against its id and image size as the validator does (``planning.evaluate`` reads
+    # without validating); a stale "image" name (a file converted to DICOM) is only the
+    # validator's concern
+    ann = read_annotation(annotation_path(root, sample_id), sample_id, None, loaded.image.shape)
     masks = np.stack([read_mask(mask_path(root, sample_id, b), loaded.image.shape) for b in BONES])
     from geometry.pixel_spacing import resolve_pixel_spacing
 

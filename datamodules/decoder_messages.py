@@ -73,6 +73,14 @@ def decoder_messages() -> Iterator[list[str]]:
             messages.extend(line.strip() for line in raw.splitlines() if line.strip())
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x00``): a file name may hold a
+    newline, and an error naming the file must stay one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(text: str, limit: int) -> str:
     """``text`` on one line (whitespace runs, newlines included, become one space), shortened to
     ``limit`` characters with "..." (some decoders' messages span several lines)."""

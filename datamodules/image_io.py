@@ -31,15 +31,22 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datamodules.decoder_messages import brief, decoder_messages, one_line
+from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
+# The network frame pads an image to a square of its longer side before resizing, so a 2 x
+# 40000 px strip (80 kpx, a few kB) would need a 40000^2 square (GBs): the padded square may
+# hold at most this many times the pixel limit (an 8000 x 4000 long-leg image passes).
+SQUARE_FACTOR = 2
 _GRAY_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])
 
 
 class ImageReadError(OSError):
     """An image that cannot be read; the message names the file and the reason."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())  # one line, even for a file name with a newline
 
 
 @dataclass
@@ -110,6 +117,8 @@ def load_image(path: str | Path) -> LoadedImage:
         extra = f" (decoder said: {brief(said)})" if said else ""
         raise ImageReadError(f"{error}{extra}") from error
     assert loaded is not None
+    h, w = loaded.image.shape[:2]
+    check_size(path, w, h)  # again from the pixels: not every header states the size
     if said:
         loaded.notes.append(f"the image decoder reported: {brief(said)}")
     return loaded
@@ -209,7 +218,8 @@ def _dicom_size(path: Path) -> tuple[int, int, int] | None:
 
 def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
     """Refuse, before decoding, an image whose header declares more than ``limit`` pixels
-    (default :func:`max_pixels`); a decompression bomb of a few kB would otherwise take GBs.
+    (default :func:`max_pixels`), or whose padded square holds more than ``SQUARE_FACTOR * limit``;
+    a decompression bomb of a few kB would otherwise take GBs.
     A file larger than any image of that many pixels can be (8 bytes a pixel, plus 16 MB of
     metadata) is refused too, before it is read into memory."""
     limit = max_pixels() if limit is None else int(limit)
@@ -219,13 +229,24 @@ def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
             f"{path}: the file is {n_bytes / 1024**2:.0f} MB, more than an image within the "
             f"limit of {limit / 1e6:g} megapixels can need (set KNEEPLAN_MAX_PIXELS to raise it)")
     size = header_size(path)
-    if size is None:
-        return
-    w, h, frames = size
+    if size is not None:
+        check_size(path, *size, limit=limit)
+
+
+def check_size(path: str | Path, w: int, h: int, frames: int = 1, limit: int | None = None) -> None:
+    """Refuse a ``w`` x ``h`` (x ``frames``) image over the pixel limit or whose padded square
+    is over ``SQUARE_FACTOR`` times it (see :func:`check_pixel_limit`)."""
+    limit = max_pixels() if limit is None else int(limit)
     if w * h * max(frames, 1) > limit:
         raise ImageReadError(
             f"{path}: {w} x {h} px{f' x {frames} frames' if frames > 1 else ''} exceeds the "
             f"limit of {limit / 1e6:g} megapixels (set KNEEPLAN_MAX_PIXELS to raise it)")
+    side = max(w, h)
+    if side * side > SQUARE_FACTOR * limit:
+        raise ImageReadError(
+            f"{path}: {w} x {h} px is too elongated: training and planning pad it to a "
+            f"{side} x {side} square, more than {SQUARE_FACTOR} x the limit of "
+            f"{limit / 1e6:g} megapixels (set KNEEPLAN_MAX_PIXELS to raise it)")
 
 
 def _looks_like_dicom(path: Path) -> bool:

@@ -53,10 +53,13 @@ def cortex_pseudo_landmarks(
     spacing_px: float = 4.0,
     extent: str = "segment",
     size: int | tuple[int, int] | None = None,
+    margin: float = 0.0,
 ) -> np.ndarray:
     """(M, 2) equidistant points (at most ``spacing_px`` apart, ends included) on the cortex line.
 
-    ``extent="image"`` needs ``size`` (S or (H, W)); see the module docstring.
+    ``extent="image"`` needs ``size`` (S or (H, W)); see the module docstring. With ``size``, a
+    segment is cut to the image box grown by ``margin`` px (points beyond add nothing to a
+    heat-map of that size when ``margin`` is a few sigma).
     """
     if extent not in ROI_EXTENTS:
         raise ValueError(f"roi extent must be one of {ROI_EXTENTS}, got {extent!r}")
@@ -73,9 +76,36 @@ def cortex_pseudo_landmarks(
         if span is None:
             return np.zeros((0, 2))
         t0, t1 = span
-    n = int(math.ceil((t1 - t0) / spacing_px - 1e-9)) + 1
-    ts = np.linspace(t0, t1, max(n, 2))
+    n = max(int(math.ceil((t1 - t0) / spacing_px - 1e-9)) + 1, 2)
+    c0, c1 = t0, t1
+    if extent == "segment" and size is not None and t1 > t0:
+        # a cortex point far outside the image (only a warning) must not cost unbounded time
+        # and memory: keep the grid points inside the grown box, the same ones as without it
+        c0, c1 = _clip_to_box(line, t0, t1, size, margin)
+        if c0 > c1:
+            return np.zeros((0, 2))
+    if (c0, c1) == (t0, t1):
+        ts = np.linspace(t0, t1, n)
+    else:
+        step = (t1 - t0) / (n - 1)
+        k0, k1 = max(math.ceil((c0 - t0) / step), 0), min(math.floor((c1 - t0) / step), n - 1)
+        ts = t0 + step * np.arange(k0, k1 + 1, dtype=np.float64)
     return line.point + ts[:, None] * line.direction
+
+
+def _clip_to_box(line: object, t0: float, t1: float, size: int | tuple[int, int],
+                 margin: float) -> tuple[float, float]:
+    """[t0, t1] cut to the part of the line inside the (H, W) box grown by ``margin``."""
+    h, w = _size_hw(size)
+    for axis, hi in ((0, w - 1), (1, h - 1)):
+        d, c = float(line.direction[axis]), float(line.point[axis])  # type: ignore[attr-defined]
+        if abs(d) < 1e-12:
+            if not -margin <= c <= hi + margin:
+                return 1.0, 0.0
+            continue
+        a, b = (-margin - c) / d, (hi + margin - c) / d
+        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+    return t0, t1
 
 
 def roi_heatmap(
@@ -90,6 +120,6 @@ def roi_heatmap(
     if spacing_px is None:
         spacing_px = default_roi_spacing(sigma)
     out = np.zeros((size, size), dtype=np.float32)
-    for p in cortex_pseudo_landmarks(cortex_points, spacing_px, extent, size):
+    for p in cortex_pseudo_landmarks(cortex_points, spacing_px, extent, size, 4.0 * sigma):
         np.maximum(out, gaussian_heatmap(size, p, sigma), out=out)
     return out[None]

@@ -10,10 +10,13 @@ unparsable or too deeply nested annotations and every schema problem
 ``annotations.check_annotation`` (the one schema checker) finds: unknown schema version, id or
 image name that disagrees with the file, missing landmarks, wrong JSON types (booleans, numeric
 strings, nested lists where numbers belong), NaN coordinates, landmarks outside the image, fewer
-than two (distinct) cortex points, non-positive or non-numeric spacing; and orphan files (a mask
-or annotation with no image). Warnings (training still runs): no pixel spacing anywhere (file or
-annotation), an empty bone mask, a cortex point outside the image, files of unknown type in
-images/, a dataset of one image (no validation image after the split).
+than two (distinct) cortex points, non-positive, non-numeric or implausible (outside 0.01-5 mm)
+spacing, unknown or repeated keys; orphan files (a mask or annotation with no image), and
+folders named like an image or an annotation. File names are printed with control characters
+escaped, so each problem stays one line. Warnings (training still runs): no pixel spacing
+anywhere (file or annotation), an empty bone mask, a cortex point outside the image, files of
+unknown type or other folders in images/, a dataset of one image (no validation image after
+the split).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from datamodules.dataset_io import (
     mask_path,
     read_mask,
 )
+from datamodules.decoder_messages import printable
 from datamodules.image_io import ImageReadError, load_image
 from datamodules.sample import BONES
 
@@ -47,7 +51,7 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return printable(f"{self.path}: {self.message}")  # one line whatever the file name
 
 
 class DatasetValidationError(ValueError):
@@ -86,7 +90,7 @@ class ValidationReport:
     def format(self) -> str:
         """Human-readable report listing every issue."""
         lines = [
-            f"dataset {', '.join(self.roots)}: {self.num_images} image(s), "
+            f"dataset {printable(', '.join(self.roots))}: {self.num_images} image(s), "
             f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
         ]
         lines += [f"ERROR   {i}" for i in self.errors]
@@ -107,7 +111,7 @@ def _check_annotation(
     try:
         data = load_json(path)
     except AnnotationError as err:
-        report.error(path, str(err).removeprefix(f"{path}: "))
+        report.error(path, str(err).removeprefix(printable(f"{path}: ")))
         return
     check = check_annotation(data, sample_id, image_name, shape, has_file_spacing)
     for message in check.errors:
@@ -121,7 +125,7 @@ def _check_mask(path: Path, shape: tuple[int, int] | None, report: ValidationRep
     try:
         mask = read_mask(path, shape)
     except DatasetError as err:
-        report.error(path, str(err).removeprefix(f"{path}: "))
+        report.error(path, str(err).removeprefix(printable(f"{path}: ")))
         return
     if not mask.any():
         report.warn(path, "empty mask (bone not visible?)")
@@ -133,7 +137,7 @@ def _check_image(f: Path, report: ValidationReport) -> tuple[tuple[int, int] | N
     try:
         loaded = load_image(f)
     except ImageReadError as err:
-        report.error(f, str(err).removeprefix(f"{f}: "))
+        report.error(f, str(err).removeprefix(printable(f"{f}: ")))
         return None, False
     except Exception as err:  # a decoder failure is a bad file, never a crash
         report.error(f, f"cannot read the image ({type(err).__name__}: {err})")
@@ -183,6 +187,10 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     for p in sorted((root / "images").glob("*")) if (root / "images").is_dir() else []:
         if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES:
             report.warn(p, f"ignored: not an image type ({', '.join(IMAGE_SUFFIXES)})")
+        elif p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES:
+            report.error(p, "a folder, not an image file (the dataset would silently lose it)")
+        elif p.is_dir():
+            report.warn(p, "ignored: a folder (images are not searched in subfolders)")
     for sub in ("images", "masks", "annotations"):
         _check_links(root / sub, report)
     if len(images) == 1:
@@ -199,8 +207,11 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         for bone in BONES:
             _check_mask(mask_path(root, sample_id, bone), shape, report)
         ann = annotation_path(root, sample_id)
-        if not ann.is_file():
-            report.error(ann, "missing annotation for image " + files[0].name)
+        if ann.is_dir():
+            report.error(ann, "a folder, not an annotation file")
+        elif not ann.is_file():
+            if not ann.is_symlink():  # a bad link or a device: _check_links said why
+                report.error(ann, "missing annotation for image " + files[0].name)
         else:
             name = files[0].name if len(files) == 1 else None
             _check_annotation(ann, sample_id, name, shape, has_spacing, report)

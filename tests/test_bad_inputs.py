@@ -8,7 +8,6 @@ checkpoint carrying a pickle payload is refused before the payload can run.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shlex
@@ -38,6 +37,7 @@ from lightning_modules.checkpoints import (
 from lightning_modules.module import KneePlanModule, load_module
 from lightning_modules.train import RunOptions, resume_checkpoint
 from sweeps.run import TrialSeededTPESampler
+from tests.small_datasets import annotation
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=64, num_stacks=2, depth=2, c1=4, c2=8, c_star=16,
@@ -198,20 +198,7 @@ def test_pickle_payload_never_runs_through_the_entry_points(entry, tmp_path):
 
 # ------------------------------------------------------------------ annotations (bullet 3)
 def _ann(**change) -> dict:
-    base = {"schema_version": 1, "id": "k", "image": "k.png", "pixel_spacing_mm": [0.2, 0.2],
-            "side": "left", "raters": [{"rater": "r1",
-                                        "landmarks": {"p_blum": [20.0, 12.0], "p_tmc": [15, 25]},
-                                        "cortex_line": [[12, 2], [13, 20], [14, 28]]}],
-            "schoettle_point": None, "meta": {}}
-    out = copy.deepcopy(base)
-    for key, value in change.items():
-        if key.startswith("r_"):
-            out["raters"][0][key[2:]] = value
-        elif key.startswith("lm_"):
-            out["raters"][0]["landmarks"][key[3:]] = value
-        else:
-            out[key] = value
-    return out
+    return annotation('k', **change)
 
 
 ANNOTATION_CASES = {

@@ -13,24 +13,9 @@ import pytest
 from dicom_files import write_dicom
 
 from datamodules.dataset_io import list_ids, read_sample, write_sample
-from datamodules.sample import BONES, RaterAnnotation, Sample
+from datamodules.sample import BONES
 from datamodules.validate import DatasetValidationError, main, validate_dataset
-
-H, W = 40, 50
-
-
-def small_sample(sample_id: str, spacing=(0.2, 0.25), seed: int = 0) -> Sample:
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((4, H, W), dtype=np.uint8)
-    masks[0, 5:30, 10:30] = 1
-    masks[1, 10:20, 30:40] = 1
-    masks[2, 25:40, 10:35] = 1
-    masks[3, 28:40, 35:45] = 1
-    rater = RaterAnnotation(np.array([[20.0, 12.0], [15.0, 25.5]]),
-                            np.array([[12.0, 2.0], [13.0, 20.0], [14.0, 28.0]]), "r1")
-    second = RaterAnnotation(rater.landmarks + 0.5, rater.cortex_points + 0.25, "r2")
-    return Sample(sample_id, rng.uniform(0, 1, (H, W)).astype(np.float32), masks,
-                  [rater, second], spacing, "annotation", meta={"side": "left"})
+from tests.small_datasets import H, W, small_sample
 
 
 def test_write_then_read_round_trip(tmp_path):
