@@ -44,6 +44,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from datamodules.annotations import AnnotationError
+from datamodules.config_file import ConfigFileError, check_config_file, read_yaml
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
@@ -64,7 +65,6 @@ from lightning_modules.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
-from lightning_modules.config_file import ConfigFileError, check_config_file, read_yaml
 from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
 from lightning_modules.progress import progress_callback

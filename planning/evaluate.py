@@ -189,7 +189,7 @@ def evaluate_sample(
 
 def read_subset(path: str | Path) -> set[str]:
     """Image ids listed one per line (blank lines and ``#`` comments ignored)."""
-    from lightning_modules.config_file import MAX_CONFIG_BYTES, ConfigFileError, read_text_file
+    from datamodules.config_file import MAX_CONFIG_BYTES, ConfigFileError, read_text_file
 
     try:  # bounded: a FIFO, a 2 GB file or a binary one is one line naming it
         lines = read_text_file(path, "subset list", 8 * MAX_CONFIG_BYTES).splitlines()
@@ -480,11 +480,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test set: {args.data_root}")
     else:
         from datamodules.phantoms import PhantomConfig
-        from lightning_modules.config_file import read_yaml
 
-        try:
-            if args.phantom_config:  # bounded first: size, FIFO, alias bomb (see read_yaml)
-                read_yaml(args.phantom_config, what="phantom config")
+        try:  # from_yaml reads it bounded (size, FIFO, alias bomb: datamodules/config_file.py)
             cfg = (PhantomConfig.from_yaml(args.phantom_config) if args.phantom_config
                    else PhantomConfig())
         except ValueError as err:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from datamodules.config_file import ConfigFileError, read_yaml
 from datamodules.sample import BONES
 from planning.evaluate import DEFAULT_PHANTOM_SEED, evaluate, phantom_samples
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = (yaml.safe_load(Path(args.config).read_text()) or {}).get("data", {})
+    data = (read_yaml(args.config) or {}).get("data", {})
     sides = {k: data[k] for k in ("min_side", "max_side") if data.get(k)}
     pcfg = (PhantomConfig.from_yaml(args.phantom_config, **sides) if args.phantom_config
             else PhantomConfig(**sides))
@@ -172,6 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not Path(args.config).is_file():
         print(f"generalisation: config {args.config} does not exist", file=sys.stderr)
+        return 2
+    try:
+        conf = read_yaml(args.config)
+    except ConfigFileError as err:
+        print(f"generalisation: {err}", file=sys.stderr)
+        return 2
+    if conf is not None and not isinstance(conf, dict):
+        print(f"generalisation: {args.config}: expected a mapping of sections", file=sys.stderr)
         return 2
     try:
         shlex.split(args.train_args)

@@ -82,7 +82,7 @@ class ReviewConfig:
             return _DEFAULT[0]
         import math
 
-        from lightning_modules.config_file import read_yaml
+        from datamodules.config_file import read_yaml
 
         p = Path(path) if path is not None else CONFIG_PATH
         # bounded: a FIFO, a 2 GB file or a YAML alias bomb is one line, not a hang

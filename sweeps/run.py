@@ -28,7 +28,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from lightning_modules.config_file import ConfigFileError, check_config_file
+from datamodules.config_file import ConfigFileError, check_config_file
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
 from sweeps.space import SearchSpace
 from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, storage_problem, study_dir

@@ -192,7 +192,7 @@ def test_review_config_alias_bomb_and_mixed_keys_are_short_lines(tmp_path):
 
 
 def test_read_yaml_refuses_fifo_folder_binary_and_deep_nesting(tmp_path):
-    from lightning_modules.config_file import ConfigFileError, read_yaml
+    from datamodules.config_file import ConfigFileError, read_yaml
 
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)  # opening it would block until a writer came
@@ -249,3 +249,20 @@ def test_sweep_report_on_a_file_that_is_not_a_database_is_one_line(tmp_path):
             load_study("s", storage, tmp_path / "studies")
         line = one_line(stop.value.code)
         assert str(db) in line and "not a database" in line
+
+
+def test_phantom_and_generalisation_configs_are_bounded(tmp_path, capsys):
+    """``make phantoms`` / ``PhantomConfig.from_yaml`` and ``make generalisation`` read their
+    YAML through the same bounded reader: an alias bomb is one line and status 2."""
+    from datamodules.phantoms.__main__ import main as phantoms_main
+    from planning.generalisation import main as generalisation_main
+
+    bomb = _write(tmp_path / "bomb.yaml", alias_bomb(9, key="p_sphere"))
+    assert phantoms_main(["--out", str(tmp_path / "p"), "--n", "1", "--config", str(bomb)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(bomb) in line and "aliases" in line
+    assert not (tmp_path / "p").exists()
+    assert generalisation_main(["--minutes", "1", "--factors", "metal", "--out",
+                                str(tmp_path / "g"), "--config", str(bomb)]) == 2  # fmt: skip
+    line = one_line(capsys.readouterr().err)
+    assert str(bomb) in line and "aliases" in line

@@ -8,6 +8,7 @@ regenerated alone and runs with different N share their first samples.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,7 +29,8 @@ def write_phantoms(
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """``make phantoms``; 0 when written, 2 for a bad argument or config file."""
     parser = argparse.ArgumentParser(description="Write synthetic lateral knee radiographs.")
     parser.add_argument("--out", required=True, help="dataset folder to create/extend")
     parser.add_argument("--n", type=int, default=200, help="number of samples")
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--n must be >= 0")
     try:
         cfg = PhantomConfig.from_yaml(args.config) if args.config else PhantomConfig()
-    except ValueError as err:
-        parser.error(str(err))
+    except ValueError as err:  # a bad config file is one line naming it, not a usage text
+        print(f"phantoms: error: {err}", file=sys.stderr)
+        return 2
     if args.min_side is not None:
         cfg.min_side = args.min_side
     if args.max_side is not None:
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.min_side > cfg.max_side:
         parser.error(f"--min-side {cfg.min_side} exceeds --max-side {cfg.max_side}")
     write_phantoms(args.out, args.n, args.seed, cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -192,13 +192,10 @@ class PhantomConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PhantomConfig:
         """Defaults updated by a YAML mapping of fields (``factors_off: [..]`` switches factors
         off), then by ``overrides``."""
-        import yaml
+        from datamodules.config_file import read_yaml
 
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read phantom config: {err}") from err
+        data = read_yaml(path, what="phantom config") or {}  # bounded; errors are one line
         if not isinstance(data, dict):
             raise ValueError(f"{path}: phantom config must be a mapping of fields")
         try:

@@ -6,7 +6,8 @@ a small file can still cost without bound: a 2 GB file is read whole (train took
 10^9 values once a consumer walks or prints it (jsonargparse hung; a repr in an error message
 never finished). :func:`read_yaml` refuses both before anyone walks the tree, and turns every
 problem (missing, a folder, a FIFO, not UTF-8, not YAML, nested too deeply) into one
-:class:`ConfigFileError` line naming the file. Plain Python and PyYAML, no torch.
+:class:`ConfigFileError` line naming the file. Plain Python and PyYAML, no torch; it lives in
+``datamodules`` (the lowest layer that reads files) so phantom configs can use it too.
 """
 
 from __future__ import annotations
