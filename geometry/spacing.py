@@ -92,7 +92,8 @@ def _pyramid(img: np.ndarray) -> list[np.ndarray]:
     levels = [img]
     while max(levels[-1].shape) > WORK_SIDE:
         h, w = levels[-1].shape
-        levels.append(cv2.resize(levels[-1], (max(1, w // 2), max(1, h // 2)), cv2.INTER_AREA))
+        levels.append(cv2.resize(levels[-1], (max(1, w // 2), max(1, h // 2)),
+                                 interpolation=cv2.INTER_AREA))  # (3rd positional is dst)
     return levels
 
 

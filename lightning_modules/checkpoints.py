@@ -10,8 +10,8 @@ Lightning-free :mod:`lightning_modules.checkpoint_file` and is re-exported here.
   killed run leaves its partial file); stale temporaries are removed by
   :func:`remove_stale_temporaries`. It also reads a resumed run's checkpoint through
   :func:`read_checkpoint` (Lightning's own reader has none of its limits).
-* :func:`check_callback_state` refuses a checkpoint whose ``ModelCheckpoint`` state names files
-  outside its own folder: Lightning deletes a "previous" best/last file it restored from there.
+* :func:`check_callback_state` refuses a checkpoint whose ``ModelCheckpoint`` state names a file
+  through ``..``: Lightning deletes a "previous" best/last file it restored from under its folder.
 """
 
 from __future__ import annotations
@@ -112,12 +112,14 @@ _CALLBACK_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
     """Raise :class:`CheckpointError` when a ``ModelCheckpoint`` state in ``ckpt`` names a file
-    that is not directly in that state's own ``dirpath``.
+    with a ``..`` component.
 
     Lightning restores these paths and, when the next checkpoint is written, deletes the
-    "previous" one if it lies under the run's checkpoint folder, a test that
-    ``<folder>/../../x`` passes: a crafted checkpoint deleted a file outside the run folder.
-    Lightning itself writes only ``<dirpath>/<name>`` (a moved run keeps them consistent).
+    "previous" one if it lies under the run's checkpoint folder, a test that ``<folder>/../../x``
+    passes (``Path.absolute`` keeps the ``..``): a crafted checkpoint deleted a file outside the
+    run folder. Lightning never writes a ``..`` into these names; names outside the folder, in a
+    subfolder of it or in Windows style are left alone (Lightning does not delete the former and
+    writes the latter itself).
     """
     callbacks = ckpt.get("callbacks", {})
     if not isinstance(callbacks, Mapping):
@@ -128,15 +130,14 @@ def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
         best_k = state.get("best_k_models") if isinstance(state, Mapping) else None
         if not isinstance(state, Mapping) or not isinstance(best_k or {}, Mapping):
             raise CheckpointError(f"{path}: the checkpoint-callback state is not a dict")
-        dirpath = state.get("dirpath")
         for name in [*(state.get(k) for k in _CALLBACK_PATHS), *(best_k or {})]:
             if name is None or name == "":
                 continue
-            if not (isinstance(name, str) and isinstance(dirpath, str)
-                    and ".." not in Path(name).parts and Path(name).parent == Path(dirpath)):
+            parts = str(name).replace("\\", "/").split("/")  # either separator style
+            if not isinstance(name, str) or ".." in parts:
                 raise CheckpointError(
-                    f"{path}: refused: its checkpoint-callback state names a file outside its "
-                    f"own checkpoint folder ({str(name)[:80]!r}), which resuming would delete")
+                    f"{path}: refused: its checkpoint-callback state names a file through "
+                    f"'..' ({str(name)[:80]!r}): resuming could delete a file outside the run")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -279,16 +279,7 @@ class KneePlanModule(pl.LightningModule):
             checkpoint.setdefault("hyper_parameters", {})["heatmap_codec"] = codec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved RNG state for ``on_train_start``, tried here once: a malformed one
-        fails now, while the checkpoint is restored (one line naming the file), not later."""
-        pending = checkpoint.get(RNG_KEY)
-        if pending is not None:
-            current = rng_state()
-            try:
-                set_rng_state(pending)
-            finally:
-                set_rng_state(current)
-        self._pending_rng = pending
+        self._pending_rng = checkpoint.get(RNG_KEY)
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -48,6 +48,7 @@ from datamodules.config_file import ConfigFileError, check_config_file, read_yam
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
+from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.validate import DatasetValidationError
 from lightning_modules.callbacks import (
     ConfigInCheckpoint,
@@ -248,7 +249,23 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule) -> Path:
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
                               "cannot resume from it (plan/evaluate can still use it)")
     check_architecture(path, ckpt["state_dict"], module)
+    _check_rng_state(path, ckpt.get(RNG_KEY))
     return path
+
+
+def _check_rng_state(path: Path, saved: Any) -> None:
+    """Try the saved RNG state once (then put the current one back): a malformed one is refused
+    now, in one line, not at train start (``on_train_start`` applies it)."""
+    if saved is None:
+        return
+    current = rng_state()
+    try:
+        set_rng_state(saved)
+    except Exception as err:  # noqa: BLE001 - any malformed state the file holds
+        raise CheckpointError(f"{path}: its saved random-number state is unusable "
+                              f"({type(err).__name__}: {str(err)[:120]})") from None
+    finally:
+        set_rng_state(current)
 
 
 def run_folder_of(ckpt: Path) -> Path | None:
@@ -309,7 +326,8 @@ class KneePlanCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            files = [a for k, a in zip(args, args[1:], strict=False) if k == "--config"]
+            files = [a for k, a in zip(args, args[1:], strict=False) if k in ("--config", "-c")]
+            files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
             text = " ".join(str(err).split())[:300]
             raise ConfigFileError(f"config ({', '.join(files) or 'command line'}): {text}"
                                   ) from None
@@ -387,9 +405,11 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
 
 
 def _make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
-    for flag, value in zip(argv, argv[1:], strict=False):  # before jsonargparse reads them
-        if flag in ("--config", "-c"):
+    for flag, value in zip(argv, [*argv[1:], None], strict=True):  # before jsonargparse reads
+        if flag in ("--config", "-c") and value is not None:
             check_config_file(value)
+        elif flag.startswith("--config="):
+            check_config_file(flag.split("=", 1)[1])
     with warnings.catch_warnings():
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
