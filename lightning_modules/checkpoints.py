@@ -101,8 +101,11 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
                         ) -> dict[str, Any]:
         """Read with :func:`read_checkpoint` (``weights_only=True``, size, archive and CRC
         limits) and :func:`check_callback_state`: a resumed run gets exactly what was checked,
-        even when the file was replaced after ``--resume`` checked it."""
-        ckpt = read_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+        even when the file was replaced after ``--resume`` checked it. A bare ``state_dict`` is
+        accepted: the DDP-spawn launcher hands its trained weights back through this reader
+        (``.temp.ckpt``); ``--resume`` itself demands a full checkpoint before training starts."""
+        ckpt = read_checkpoint(path, map_location="cpu" if map_location is None else map_location,
+                               require_lightning=False)
         check_callback_state(path, ckpt)
         return ckpt
 

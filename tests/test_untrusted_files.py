@@ -154,6 +154,25 @@ def test_resume_refuses_callback_state_that_would_delete_a_file_outside_the_run(
     assert SameFolderCheckpointIO().load_checkpoint(ok)["callbacks"] == fine
 
 
+
+def test_checkpoint_io_reads_back_spawned_weights_but_never_unpickles(tmp_path):
+    """The DDP-spawn launcher saves the trained weights as a bare ``state_dict``
+    (``.temp.ckpt``) through the checkpoint IO and reads them back through it: that must load
+    (CI broke on it), while a file holding a pickled object is still refused."""
+    io = SameFolderCheckpointIO()
+    weights = {"net.w": torch.arange(6.0).reshape(2, 3)}
+    io.save_checkpoint(weights, tmp_path / ".temp.ckpt")
+    back = io.load_checkpoint(tmp_path / ".temp.ckpt")
+    assert torch.equal(back["net.w"], weights["net.w"])
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"state_dict": weights, "x": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="refused"):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
+
 def test_lightning_restore_errors_become_one_checkpoint_line():
     class Connector:
         def _restore_modules_and_callbacks(self, path, weights_only=None):
