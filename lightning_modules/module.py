@@ -251,10 +251,11 @@ class KneePlanModule(pl.LightningModule):
         for t, name in enumerate(self.task_names):
             logs[f"val/loss/{name}"] = losses[-1, t]
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
-        self.val_metrics.update(out.final, batch)
         finite = bool(torch.isfinite(losses).all()) and all(
             bool(torch.isfinite(v).all()) for v in out.final.values())
         self._val_nonfinite = self._val_nonfinite or not finite
+        if finite:  # a diverged model's NaN maps cannot be decoded; the epoch's metrics go NaN
+            self.val_metrics.update(out.final, batch)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

@@ -19,9 +19,9 @@ map is refined to S cheaply (~0.37 GFLOP per hourglass in the paper setting).
 
 Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, depth 4, tasks
 seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters, ~31.7 GFLOP
-per 1x256x256 forward. The CPU speed tricks live beside it: ``instance_norm.py`` (fused norm +
-ReLU), ``inference_ops.py`` (pooling, nearest and residual adds), ``fast_upsample.py`` (bilinear
-adjoint); the GradNorm taps in ``taps.py``.
+per 1x256x256 forward. The CPU speed tricks live beside it: ``instance_norm.py`` (instance norm
+by the group-norm kernel), ``inference_ops.py`` (pooling, nearest and residual adds),
+``fast_upsample.py`` (bilinear adjoint); the GradNorm taps in ``taps.py``.
 
 Example:
     >>> net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,

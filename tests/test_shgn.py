@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -241,27 +242,38 @@ def test_gradnorm_taps_carry_all_paths_from_w_to_own_output_only() -> None:
 
 
 def test_forward_and_gradients_equal_the_frozen_reference() -> None:
-    """With autograd (training) the network runs the plain ops: its outputs equal the first
-    version's forward (tests/shgn_reference.py) bit for bit, its parameter gradients to float32
-    rounding (1.2e-6 of the largest, measured; the bilinear adjoint sums in another order). The
-    reference reads the parameters by their state-dict names: names and shapes are unchanged."""
+    """With autograd (training) the network's outputs equal the first version's forward
+    (tests/shgn_reference.py, plain ``F.instance_norm``) to float32 rounding (group norm's kernel
+    sums in another order: 6.2e-6 of the largest output, measured). Its parameter gradients are
+    compared with the reference's in float64: float32 through two hourglasses of norms is only
+    good to ~1e-3 of the largest gradient, so the network must be as close to float64 as the
+    plain float32 ops are (measured: 8.4e-4 vs 1.3e-3). The reference reads the parameters by
+    their state-dict names: names and shapes are unchanged."""
     torch.manual_seed(0)
     net = MultiTaskSHGN(num_stacks=2, **TINY)
     x = torch.rand(2, 1, 64, 64)
     gen = torch.Generator().manual_seed(1)
     out, ref = net(x).stacks, reference_forward(net, x)
     seeds = [{k: torch.randn(v.shape, generator=gen) for k, v in s.items()} for s in ref]
-    assert all(torch.equal(out[l][k], ref[l][k]) for l in range(2) for k in ref[l])
-    params = list(net.parameters())
+    for l, preds in enumerate(ref):
+        for k, want in preds.items():
+            torch.testing.assert_close(out[l][k], want, rtol=0,
+                                       atol=2e-5 * float(want.detach().abs().max()))
 
-    def grads(stacks):
-        total = sum((v * seeds[l][k]).sum() for l, s in enumerate(stacks) for k, v in s.items())
-        return torch.autograd.grad(total, params)
+    def grads(model: MultiTaskSHGN, stacks: list) -> list[torch.Tensor]:
+        total = sum((v * seeds[l][k].to(v.dtype)).sum()
+                    for l, s in enumerate(stacks) for k, v in s.items())
+        return [g.double() for g in torch.autograd.grad(total, list(model.parameters()))]
 
-    got, want = grads(out), grads(ref)
-    scale = max(float(b.abs().max()) for b in want)  # biases cancelled by a norm get ~0 +- noise
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+    net64 = copy.deepcopy(net).double()
+    exact = grads(net64, reference_forward(net64, x.double()))
+    scale = max(float(b.abs().max()) for b in exact)  # biases cancelled by a norm get ~0 +- noise
+
+    def error(got: list[torch.Tensor]) -> float:
+        return max(float((a - b).abs().max()) for a, b in zip(got, exact, strict=True)) / scale
+
+    err_net, err_plain = error(grads(net, out)), error(grads(net, ref))
+    assert err_net <= max(1.5 * err_plain, 1e-5) and err_net < 3e-3, (err_net, err_plain)
 
 
 @pytest.mark.parametrize("paper", [False, True])
@@ -285,8 +297,9 @@ def test_inference_path_equals_the_frozen_reference(paper: bool) -> None:
 
 
 def test_fast_kernels_equal_plain_ops() -> None:
-    """max_pool2 and add_upsampled_nearest are exact; the fused instance norm + ReLU equals
-    ``relu(F.instance_norm)`` in float64 (incl. a large mean and tiny spread)."""
+    """max_pool2 and add_upsampled_nearest are exact; instance norm (+ ReLU) by the group-norm
+    kernel equals ``relu(F.instance_norm)`` in float64 (incl. a large mean and tiny spread), at
+    inference and, values and gradients, under autograd."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 8, 6, generator=g)
     low = torch.randn(2, 5, 4, 3, generator=g)
@@ -302,6 +315,14 @@ def test_fast_kernels_equal_plain_ops() -> None:
         torch.testing.assert_close(norm(z), plain, rtol=0, atol=1e-9)
         torch.testing.assert_close(norm_relu(norm, z), plain.relu(), rtol=0, atol=1e-9)
         assert not norm_relu(norm, z).requires_grad
+    # with autograd (training): values and gradients of x, weight and bias equal the plain op's
+    zg = z.clone().requires_grad_()
+    up = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(norm_relu(norm, zg), (zg, norm.weight, norm.bias), up)
+    ref = torch.nn.functional.instance_norm(zg, weight=norm.weight, bias=norm.bias).relu()
+    want = torch.autograd.grad(ref, (zg, norm.weight, norm.bias), up)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
 @pytest.mark.slow
