@@ -154,7 +154,6 @@ def test_resume_refuses_callback_state_that_would_delete_a_file_outside_the_run(
     assert SameFolderCheckpointIO().load_checkpoint(ok)["callbacks"] == fine
 
 
-
 def test_checkpoint_io_reads_back_spawned_weights_but_never_unpickles(tmp_path):
     """The DDP-spawn launcher saves the trained weights as a bare ``state_dict``
     (``.temp.ckpt``) through the checkpoint IO and reads them back through it: that must load
@@ -172,6 +171,7 @@ def test_checkpoint_io_reads_back_spawned_weights_but_never_unpickles(tmp_path):
     torch.save({"state_dict": weights, "x": Payload()}, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="refused"):
         io.load_checkpoint(tmp_path / "evil.ckpt")
+
 
 def test_lightning_restore_errors_become_one_checkpoint_line():
     class Connector:
