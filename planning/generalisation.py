@@ -7,7 +7,8 @@
 
 Trains one model with every factor on and one per factor switched off (``PhantomConfig.without``;
 factors: ``datamodules.phantoms.config.FACTORS``), each for M minutes of wall time, evaluates
-every model on ONE fixed phantom test set drawn with every factor on, and writes ``DIR/lofo.md``
+every model on ONE fixed phantom test set drawn with every factor enabled (the default mixture
+or ``--phantom-config``; no factor switched off), and writes ``DIR/lofo.md``
 (Schoettle, p_blum and p_tmc medians in mm, mean IoU per bone, deltas against all-on) and
 ``DIR/lofo.json``. A positive delta of a distance (or a negative one of an IoU) is the cost of
 training without that factor.
@@ -75,7 +76,7 @@ def lofo_table(results: dict[str, dict[str, float]], n_test: int, minutes: float
     head += [f"IoU {b}" for b in BONES] + ["d IoU mean"]
     lines = [
         f"Leave-one-factor-out: each model trained {minutes:g} min; test set: {n_test} phantoms "
-        "with every factor on (medians of distances, mean IoU).",
+        "with every factor enabled (medians of distances, mean IoU).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

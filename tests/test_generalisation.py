@@ -89,7 +89,7 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
                           "iou_tibia", "iou_fibula"}  # fmt: skip
         assert all(0.0 <= r[f"iou_{b}"] <= 1.0 for b in ("femur", "tibia"))
     md = (out / "lofo.md").read_text()
-    assert "| metal |" in md and "2 phantoms with every factor on" in md
+    assert "| metal |" in md and "2 phantoms with every factor enabled" in md
     cfg = yaml.safe_load(next((out / "runs" / "metal").glob("*/config.yaml")).read_text())
     assert cfg["data"]["phantom_overrides"] == {"factors_off": ["metal"]}
     base = yaml.safe_load(next((out / "runs" / "all_on").glob("*/config.yaml")).read_text())
