@@ -100,13 +100,6 @@ def sphere_search_needed(
                   **loaded.spacing_inputs())  # fmt: skip
 
 
-def _search_spheres(image: np.ndarray) -> list[Any]:
-    """``find_sphere_candidates``, imported here: in the search thread, with its scipy."""
-    from geometry.spacing import find_sphere_candidates
-
-    return find_sphere_candidates(image)
-
-
 _LAST_INPUT: dict[tuple, Any] = {}  # main() checks the image before loading the model
 
 
@@ -189,11 +182,14 @@ def run_plan(
     checkpoint: str | Path | None = None,
     tta: int = 8,
     review_config: Any = None,
+    sphere_search: Any = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
     ``tta`` test-time augmentations (< 2: none) measure the model's own uncertainty; the verdict
     is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
+    ``sphere_search``: a ``planning.sphere_search`` search the caller already started for this
+    image (else one starts here, in a thread, when the spacing needs it).
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
@@ -211,22 +207,21 @@ def run_plan(
     predictor = as_predictor(module)
     codec = getattr(predictor, "codec", None)
     tta_cfg = TTAConfig(count=tta)
-    # The sphere search needs only the image: it runs in a thread beside the network passes
-    # (ONNX Runtime and OpenCV release the GIL), which need no spacing.
-    pool = search = None
+    # The sphere search needs only the image: it runs beside the network passes, which need
+    # no spacing (planning/sphere_search.py).
+    search = None
     if detect_sphere and sphere_search_needed(loaded, path, user_spacing):
-        from concurrent.futures import ThreadPoolExecutor
+        from planning.sphere_search import start_sphere_search
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="sphere-search")
-        search = pool.submit(_search_spheres, image)
+        search = sphere_search or start_sphere_search(image)
     try:
         maps = predict_image(predictor, image)
         masks = masks_to_original(maps.seg, maps.frame)
         aug = augmented_maps(predictor, image, tta_cfg) if tta >= 2 else None
         cands = search.result() if search is not None else None
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for started in {id(x): x for x in (search, sphere_search) if x is not None}.values():
+            started.close()
     sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere, cands)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
@@ -348,20 +343,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, many = expand_images(args.image)
     if many:
         return _main_batch(args, images)
-    if args.ckpt.suffix.lower() != ".onnx":  # an exported model loads in well under a second
-        try:
-            load_input(images[0])  # fail fast on a bad image, before importing torch
-        except PlanInputError as err:
-            print(f"plan: error: {err}", file=sys.stderr)
-            return 1
-    module = _load_or_explain(args.ckpt, args.device, args.threads)
-    if module is None:
-        return 2
     try:
+        loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
+    except PlanInputError as err:
+        print(f"plan: error: {err}", file=sys.stderr)
+        return 1
+    search = None
+    if not args.no_sphere and sphere_search_needed(loaded, images[0], args.spacing):
+        from planning.sphere_search import start_sphere_search
+
+        # its own process: it runs on another core while this one imports torch
+        search = start_sphere_search(np.asarray(loaded.image, np.float32), own_process=True)
+    try:
+        module = _load_or_explain(args.ckpt, args.device, args.threads)
+        if module is None:
+            return 2
         res = run_plan(
             images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
-            tta=args.tta, review_config=args.review,
+            tta=args.tta, review_config=args.review, sphere_search=search,
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
@@ -369,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
         return 1
+    finally:
+        if search is not None:
+            search.close()
     rep = res.report
     sp = rep["schoettle_point"]
     where = f"{sp['px']}" if sp["px"] else "not constructible"
