@@ -419,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations per image for the review gate (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
+    p.add_argument("--perturb", metavar="KINDS",
+                   help="stress test: evaluate again under each perturbation ('all' or a comma "
+                   "list of planning/perturb.py KINDS); writes OUT/stress.md")
+    p.add_argument("--max-unflagged-mm", type=float, default=10.0,
+                   help="stress test: an unflagged plan further off than this is unsafe")
     p.add_argument("--gallery", type=int, default=8, metavar="N",
                    help="gallery/: pictures of the N worst and N random images (0: none)")
     return p
@@ -500,6 +505,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
     subset = read_subset(args.subset) if args.subset else None
     out = args.out or Path("runs") / "evaluate" / name
+    if args.perturb:
+        from planning.stress import parse_kinds, run_stress
+
+        kinds = parse_kinds(args.perturb)
+        run_stress(list(samples), out, kinds, limit=args.max_unflagged_mm, module=module,
+                   oracle=args.oracle, decode=args.decode, line_fit=args.line_fit,
+                   spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),
+                   image_size=args.image_size, tta=args.tta, review_config=review_config)
+        print((out / "stress.md").read_text())
+        return 0
     res = evaluate(
         samples, out, module=module, oracle=args.oracle, decode=args.decode,
         line_fit=args.line_fit, subset=subset,

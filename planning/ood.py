@@ -3,8 +3,8 @@
 A network answers every input, so "is this a lateral knee at all?" must be asked of its output:
 - the femur mask: one connected component of reasonable area, elongated (a shaft) and wider at
   one end (the condyles), with the shaft running up from the knee (not rotated by 90 degrees);
-- the other bones: the tibia distal of the femur, the patella not lying on the femur (as it does
-  in an AP view);
+- the other bones: the tibia distal of the femur, a patella of some size (a lateral view always
+  shows it; an image upside down often gets none), not lying on the femur (as in an AP view);
 - the radiograph under the predicted femur: bone is brighter than the soft tissue next to it, and
   is not predicted over saturated (metal, burnt-out) or unexposed regions;
 - where the plan's points lie along the femur: the landmarks and the Schoettle point belong to
@@ -67,6 +67,7 @@ class KneeEvidence:
     bone_contrast: float  # median image under the femur - median of the soft tissue around it
     saturated_fraction: float  # femur pixels at the image's top intensity (metal, burnt out)
     unexposed_fraction: float  # femur pixels at the image's bottom intensity (no exposure)
+    patella_size: float = float("nan")  # patella pixels / (femur's mean width)^2; NaN: no femur
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary."""
@@ -186,9 +187,12 @@ def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
         tibia_distal = float(-(tc - shape.centroid) @ shape.proximal_dir)
     patella = masks[1]
     on_femur = float((patella & masks[0]).sum() / patella.sum()) if patella.any() else float("nan")
+    # scale-free: the femur's mean width (length / elongation) sets the knee's size in pixels
+    width = shape.length_px / shape.elongation if shape is not None and shape.elongation > 0 else 0
+    patella_size = float(patella.sum() / width**2) if width > 0 else float("nan")
     if image is None:
         contrast = saturated = unexposed = float("nan")
     else:
         contrast, saturated, unexposed = _intensity(np.asarray(image), masks)
     return KneeEvidence(shape, tibia_fraction, tibia_distal, on_femur, contrast, saturated,
-                        unexposed)  # fmt: skip
+                        unexposed, patella_size)  # fmt: skip

@@ -11,7 +11,7 @@ a well-trained model whose heat-map peaks are high everywhere, so peaks are one 
   point outside the image;
 - the anatomy (``planning.ood``): landmarks and the Schoettle point on the predicted femur AND in
   its distal part; LM1 parallel to the femoral shaft; the femur one elongated piece with
-  condyles, shaft up; tibia distal; the patella not lying on the femur (AP view); bone
+  condyles, shaft up; tibia distal; a patella, not lying on the femur (AP view); bone
   brighter than the tissue around it and not predicted over saturated or unexposed pixels;
 - the model's own uncertainty (``planning.tta``): test-time-augmentation spread of each point,
   augmented plans that fail, disagreement of the last two hourglasses;
@@ -62,6 +62,7 @@ class ReviewConfig:
     max_tilt_deg: float = 60.0
     min_tibia_area: float = 0.01
     max_patella_on_femur: float = 0.75
+    min_patella_size: float = 0.04
     min_bone_contrast: float = 0.02
     max_saturated: float = 0.5
     max_unexposed: float = 0.2
@@ -236,6 +237,10 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                           f"image): {knee}"))  # fmt: skip
     elif not ev.tibia_distal_px > 0:
         out.append(Reason("tibia_position", f"predicted tibia is not distal of the femur: {knee}"))
+    if np.isfinite(ev.patella_size) and ev.patella_size < cfg.min_patella_size:
+        out.append(Reason("no_patella", f"hardly any patella predicted ({ev.patella_size:.3f} "
+                          f"of the femur's width squared, < {cfg.min_patella_size:g}): a lateral "
+                          "knee shows it; image upside down, or not a knee?"))  # fmt: skip
     if np.isfinite(ev.patella_on_femur) and ev.patella_on_femur > cfg.max_patella_on_femur:
         out.append(Reason("patella_on_femur", f"patella lies on the femur "
                           f"({ev.patella_on_femur:.0%}): an AP view?"))  # fmt: skip

@@ -25,7 +25,7 @@ from datamodules.phantoms import PhantomConfig, generate_phantom
 # reasons that name "this is not (a plannable part of) a lateral knee" or "the model is unsure"
 PROBLEM_CODES = {
     "no_femur", "femur_area", "femur_fragmented", "femur_shape", "femur_rotated", "no_tibia",
-    "tibia_position", "patella_on_femur", "bone_contrast", "saturated", "unexposed",
+    "tibia_position", "no_patella", "patella_on_femur", "bone_contrast", "saturated", "unexposed",
     "off_femur", "not_distal", "tta_spread", "tta_failures", "hourglass_disagree", "no_lm1",
     "no_femur_side",
 }  # fmt: skip

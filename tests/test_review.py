@@ -147,6 +147,13 @@ def test_each_reason_fires_on_its_case(case):
     no_tib = masks.copy()
     no_tib[2] = False
     check("no_tibia", c=ctx(sample, no_tib))
+    no_pat = masks.copy()
+    no_pat[1] = False
+    check("no_patella", c=ctx(sample, no_pat))
+    tiny_pat = masks.copy()  # a few pixels of patella: 0.1 % of the femur's width squared
+    tiny_pat[1] = False
+    tiny_pat[1, : 2, : 3] = True
+    check("no_patella", c=ctx(sample, tiny_pat))
     # a "tibia" up the femoral shaft (the femur's half farthest from the knee): proximal of the
     # femur at any rotation of the image
     up_tib = masks.copy()
