@@ -100,7 +100,7 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
                                                          [0, sy, 0.5 * sy - 0.5]])), (sy, sx))
     elif kind == "pad":
         ch, cw = int(PAD_SCALE * h), int(PAD_SCALE * w)
-        y0, x0 = int(0.3 * h), int(0.9 * w)
+        y0, x0 = int(0.25 * (PAD_SCALE - 1) * h), int(0.75 * (PAD_SCALE - 1) * w)  # off-centre
 
         def pad(a: np.ndarray, _: bool) -> np.ndarray:
             canvas = np.zeros((ch, cw), a.dtype)
