@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
     p.add_argument("--perturb", metavar="KINDS",
                    help="stress test: evaluate again under each perturbation ('all' or a comma "
-                   "list of planning/perturb.py KINDS); writes OUT/stress.md")
+                   "list of planning/perturb.py KINDS); writes OUT/stress.md instead of the "
+                   "usual tables (no Table 2 subset, no gallery)")
     p.add_argument("--max-unflagged-mm", type=float, default=10.0,
                    help="stress test: an unflagged plan further off than this is unsafe")
     p.add_argument("--gallery", type=int, default=8, metavar="N",

@@ -220,8 +220,8 @@ def run_plan(
         aug = augmented_maps(predictor, image, tta_cfg) if tta >= 2 else None
         cands = search.result() if search is not None else None
     finally:
-        for started in {id(x): x for x in (search, sphere_search) if x is not None}.values():
-            started.close()
+        if search is not None:  # (a caller's search is closed again by the caller: harmless)
+            search.close()
     sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere, cands)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
