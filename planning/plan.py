@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,7 @@ class PlanOutputs:
     overlay: Path
     report_path: Path
     report: dict[str, Any]
+    pending: Any = None  # what ``overlay_writer`` returned (batch mode: the write's Future)
 
 
 LOSSY_WARNING = (
@@ -183,6 +184,7 @@ def run_plan(
     tta: int = 8,
     review_config: Any = None,
     sphere_search: Any = None,
+    overlay_writer: Callable[[Path, np.ndarray], Any] | None = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
@@ -243,8 +245,7 @@ def run_plan(
     overlay_path = out / f"{path.stem}_plan.png"
     report_path = out / f"{path.stem}_plan.json"
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc)
-    if not cv2.imwrite(str(overlay_path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"{overlay_path}: OpenCV could not write the overlay")
+    pending = (overlay_writer or write_overlay)(overlay_path, rgb)
     report = build_report(
         plan,
         image_path=path,
@@ -263,7 +264,13 @@ def run_plan(
     )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
-    return PlanOutputs(overlay_path, report_path, report)
+    return PlanOutputs(overlay_path, report_path, report, pending)
+
+
+def write_overlay(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB overlay as PNG; OSError naming the file when OpenCV cannot."""
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"{path}: OpenCV could not write the overlay")
 
 
 def build_parser() -> argparse.ArgumentParser:

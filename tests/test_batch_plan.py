@@ -108,3 +108,40 @@ def test_empty_folder_and_progress_on_a_terminal(tmp_path, tmp_path_factory, cap
         bar.update(ok)
     bar.close()
     assert "3/3" in tty.text and "failed=1" in tty.text and "plan: " not in tty.text
+
+
+def test_background_overlay_writes(folder, tmp_path_factory, tmp_path, monkeypatch):
+    """One process writes each overlay in a thread while the next image is planned: the files
+    equal a synchronous write's, and a write that fails fails only its own row."""
+    import cv2
+    import numpy as np
+
+    import planning.plan as plan_mod
+    from planning.batch import PlanOptions, plan_many, plan_one
+    from planning.predict import load_predictor
+
+    pred = load_predictor(exported_tiny_model(tmp_path_factory))
+    good = sorted(folder.glob("phantom_*.png"))
+    sync = [plan_one(p, pred, PlanOptions(tmp_path / "sync")) for p in good]
+    rows = plan_many(good, PlanOptions(tmp_path / "bg"), predictor=pred)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for a, b in zip(sync, rows, strict=True):
+        assert a["schoettle_x_px"] == b["schoettle_x_px"]
+        stem = a["image"].rsplit("/", 1)[-1][:-4]
+        pa, pb = (cv2.imread(str(tmp_path / d / f"{stem}_plan.png")) for d in ("sync", "bg"))
+        assert pa is not None and np.array_equal(pa, pb)
+
+    real = plan_mod.write_overlay
+
+    def flaky(path, rgb):
+        if good[0].stem in path.name:
+            raise OSError(f"{path}: disk full")
+        return real(path, rgb)
+
+    monkeypatch.setattr(plan_mod, "write_overlay", flaky)
+    errors = []
+    rows = plan_many(good, PlanOptions(tmp_path / "flaky"), predictor=pred, on_error=errors.append)
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "disk full" in rows[0]["error"] and good[0].stem in rows[0]["error"]
+    assert errors == [rows[0]["error"]]
+    assert (tmp_path / "flaky" / f"{good[1].stem}_plan.png").is_file()
