@@ -4,6 +4,9 @@ Padding is centred (extra pixel on the bottom/right). Resizing follows OpenCV's 
 convention (pixel centres on integers), so a point maps as x' = (x + pad + 0.5) * s - 0.5 with
 s = size / side. The inverse is exact in floating point up to rounding.
 
+:class:`WindowResize` is the same map for any square window of the image (cropping where the
+window lies inside, zeros where it reaches outside): the frame of a zoomed second look.
+
 Example:
     >>> f = PadResize.from_shape(600, 800, 256)
     >>> f.to_original(f.to_network(np.array([[10.0, 20.0]])))
@@ -56,12 +59,20 @@ class PadResize:
         off = np.array([self.pad_left, self.pad_top], dtype=np.float64)
         return (pts + 0.5) / self.scale - 0.5 - off
 
+    def _overlap(self) -> tuple[slice, slice, slice, slice]:
+        """(rows, cols) of the image inside the square, then the same pixels in the square."""
+        r0, c0 = max(0, -self.pad_top), max(0, -self.pad_left)
+        r1 = max(r0, min(self.orig_h, self.side - self.pad_top))
+        c1 = max(c0, min(self.orig_w, self.side - self.pad_left))
+        return (slice(r0, r1), slice(c0, c1), slice(r0 + self.pad_top, r1 + self.pad_top),
+                slice(c0 + self.pad_left, c1 + self.pad_left))
+
     def pad(self, img: np.ndarray) -> np.ndarray:
-        """Zero-pad an (H, W) or (H, W, C) array to the centred square."""
-        bottom = self.side - self.orig_h - self.pad_top
-        right = self.side - self.orig_w - self.pad_left
-        widths = [(self.pad_top, bottom), (self.pad_left, right)] + [(0, 0)] * (img.ndim - 2)
-        return np.pad(img, widths)
+        """The (side, side[, C]) square of an (H, W[, C]) array: zeros where it has no pixels."""
+        rows, cols, sq_rows, sq_cols = self._overlap()
+        out = np.zeros((self.side, self.side) + img.shape[2:], dtype=img.dtype)
+        out[sq_rows, sq_cols] = img[rows, cols]
+        return out
 
     def apply(self, img: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
         """Pad and resize an (H, W) or (H, W, C) image into the (size, size) network frame."""
@@ -74,9 +85,34 @@ class PadResize:
         """Map a (size, size[, C]) network-frame map back to an (orig_h, orig_w[, C]) image."""
         up = cv2.resize(img, (self.side, self.side), interpolation=interpolation)
         up = up.reshape((self.side, self.side) + img.shape[2:])
-        rows = slice(self.pad_top, self.pad_top + self.orig_h)
-        return up[rows, self.pad_left : self.pad_left + self.orig_w]
+        rows, cols, sq_rows, sq_cols = self._overlap()
+        if (rows.stop - rows.start, cols.stop - cols.start) == (self.orig_h, self.orig_w):
+            return up[sq_rows, sq_cols]  # the square holds the whole image (always, unzoomed)
+        out = np.zeros((self.orig_h, self.orig_w) + img.shape[2:], dtype=up.dtype)
+        out[rows, cols] = up[sq_rows, sq_cols]
+        return out
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict (for batching and JSON)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WindowResize(PadResize):
+    """A square window of ``window`` px whose top-left corner is at (-pad_left, -pad_top) in
+    the image (anywhere: outside the image reads as zeros), resized to ``size``."""
+
+    window: int = 1
+
+    @classmethod
+    def around(cls, h: int, w: int, centre_xy: np.ndarray, side: float, size: int) -> WindowResize:
+        """The window of ``side`` px centred on ``centre_xy`` (x, y) of an (h, w) image."""
+        side_i = max(1, int(round(side)))
+        x0 = int(round(float(centre_xy[0]) + 0.5 - side_i / 2))
+        y0 = int(round(float(centre_xy[1]) + 0.5 - side_i / 2))
+        return cls(int(h), int(w), -y0, -x0, int(size), side_i)
+
+    @property
+    def side(self) -> int:
+        """Side of the window, in original pixels."""
+        return self.window

@@ -58,6 +58,7 @@ class PlanOptions:
     checkpoint: str | None = None
     tta: int = 8
     review_config: Any = None
+    zoom: bool = True
 
 
 def plan_one(path: Path, predictor: Any, opts: PlanOptions) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions,
             path, predictor, opts.out_dir, decode=opts.decode, line_fit=opts.line_fit,
             user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
             checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
-            overlay_writer=writer,
+            zoom=opts.zoom, overlay_writer=writer,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))

@@ -257,6 +257,7 @@ def evaluate(
     tta: int = 8,
     review_config: Any = None,
     gallery: Any = None,
+    zoom: bool = True,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -276,6 +277,8 @@ def evaluate(
             oracle has no model and gets none).
         review_config: review thresholds (default ``configs/review.yaml``).
         gallery: a ``planning.gallery.Gallery`` offered every image, written to ``gallery/``.
+        zoom: a second look when the knee is far from the training scale (``planning.zoom``),
+            as ``make plan`` does.
     """
     from planning.oracle import oracle_maps
     from planning.predict import as_predictor, predict_image
@@ -299,7 +302,7 @@ def evaluate(
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
                                   review_config=review_config, codec=codec)
         else:
-            maps = predict_image(predictor, sample.image)
+            maps = predict_image(predictor, sample.image, zoom=zoom)
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
                                   review_config=review_config, predictor=predictor, tta=tta)
         codes.append([r.code for r in res.reasons])
@@ -419,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations per image for the review gate (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="no second look when the knee is far from the training scale")
     p.add_argument("--perturb", metavar="KINDS",
                    help="stress test: evaluate again under each perturbation ('all' or a comma "
                    "list of planning/perturb.py KINDS); writes OUT/stress.md instead of the "
@@ -513,7 +518,8 @@ def _run(args: argparse.Namespace) -> int:
         run_stress(list(samples), out, kinds, limit=args.max_unflagged_mm, module=module,
                    oracle=args.oracle, decode=args.decode, line_fit=args.line_fit,
                    spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),
-                   image_size=args.image_size, tta=args.tta, review_config=review_config)
+                   image_size=args.image_size, tta=args.tta, review_config=review_config,
+                   zoom=not args.no_zoom)
         print((out / "stress.md").read_text())
         return 0
     res = evaluate(
@@ -522,7 +528,7 @@ def _run(args: argparse.Namespace) -> int:
         subset_name=args.subset.stem if args.subset else "subset",
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
         tta=args.tta, review_config=review_config,
-        gallery=_gallery(args.gallery, args.seed),
+        gallery=_gallery(args.gallery, args.seed), zoom=not args.no_zoom,
     )  # fmt: skip
     print()
     print(res.table1_md)

@@ -37,6 +37,7 @@ class FemurShape:
             proximal half (the shaft), the outermost slice left out (a cut end).
         tilt_deg: angle between the proximal direction (condyles -> shaft) and image "up".
         length_px: extent along the principal axis.
+        condyle_width_px: the widest slice of the distal half (the condyles' AP extent).
         distal_end: (2,) (x, y) of the distal end on the axis; ``proximal_dir`` (2,) unit vector.
         centroid: (2,) (x, y).
     """
@@ -47,6 +48,7 @@ class FemurShape:
     widening: float
     tilt_deg: float
     length_px: float
+    condyle_width_px: float
     distal_end: np.ndarray
     proximal_dir: np.ndarray
     centroid: np.ndarray
@@ -77,7 +79,7 @@ class KneeEvidence:
             d["femur"] = {
                 "area_fraction": f.area_fraction, "main_fraction": f.main_fraction,
                 "elongation": f.elongation, "widening": f.widening, "tilt_deg": f.tilt_deg,
-                "length_px": f.length_px,
+                "length_px": f.length_px, "condyle_width_px": f.condyle_width_px,
             }  # fmt: skip
         else:
             d["femur"] = None
@@ -137,6 +139,7 @@ def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
         widening=widening,
         tilt_deg=float(np.degrees(np.arccos(cos_up))),
         length_px=float(length * f),
+        condyle_width_px=float(dist.max() * f),
         distal_end=(distal_end + 0.5) * f - 0.5,
         proximal_dir=proximal_dir,
         centroid=(c + 0.5) * f - 0.5,

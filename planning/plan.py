@@ -184,6 +184,7 @@ def run_plan(
     tta: int = 8,
     review_config: Any = None,
     sphere_search: Any = None,
+    zoom: bool = True,
     overlay_writer: Callable[[Path, np.ndarray], Any] | None = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
@@ -217,9 +218,9 @@ def run_plan(
 
         search = sphere_search or start_sphere_search(image)
     try:
-        maps = predict_image(predictor, image)
+        maps = predict_image(predictor, image, zoom=zoom)
         masks = masks_to_original(maps.seg, maps.frame)
-        aug = augmented_maps(predictor, image, tta_cfg) if tta >= 2 else None
+        aug = augmented_maps(predictor, image, tta_cfg, frame=maps.frame) if tta >= 2 else None
         cands = search.result() if search is not None else None
     finally:
         if search is not None:  # (a caller's search is closed again by the caller: harmless)
@@ -255,7 +256,7 @@ def run_plan(
         overlay_path=overlay_path,
         seg_prob=maps.seg,
         settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
-                  "tta": tta},
+                  "tta": tta, "zoom_window": zoom_window(maps.frame)},
         sphere=sp.sphere,
         reasons=reasons,
         uncertainty=unc,
@@ -265,6 +266,13 @@ def run_plan(
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report, pending)
+
+
+def zoom_window(frame: Any) -> dict[str, int] | None:
+    """The second look's window (x0, y0, side in original pixels), None without one."""
+    if not hasattr(frame, "window"):
+        return None
+    return {"x0": -frame.pad_left, "y0": -frame.pad_top, "side": frame.window}
 
 
 def write_overlay(path: Path, rgb: np.ndarray) -> None:
@@ -295,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations for the uncertainty check (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="no second look when the knee is far from the training scale "
+                        "(planning/zoom.py)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads of the network (torch or ONNX Runtime); 1, the "
                         "default, is fastest for the small networks on a few shared cores")
@@ -368,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_plan(
             images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
-            tta=args.tta, review_config=args.review, sphere_search=search,
+            tta=args.tta, review_config=args.review, sphere_search=search, zoom=not args.no_zoom,
         )  # fmt: skip
     except PlanInputError as err:
         print(f"plan: error: {err}", file=sys.stderr)
@@ -419,7 +430,7 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         if predictor is None:
             return 2
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
-                       str(args.ckpt), args.tta, args.review)
+                       str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every)
     summary = write_summary(args.summary or args.out / "summary.csv", rows)

@@ -218,17 +218,21 @@ def load_predictor(path: str | Path, device: str = "cpu", threads: int | None = 
     return TorchPredictor.from_checkpoint(path, device=device)
 
 
-def network_input(image: np.ndarray, size: int) -> tuple[np.ndarray, PadResize]:
-    """Pad (centred) and resize an (H, W) image to (size, size) as in training."""
+def network_input(
+    image: np.ndarray, size: int, frame: PadResize | None = None
+) -> tuple[np.ndarray, PadResize]:
+    """Pad (centred) and resize an (H, W) image to (size, size) as in training, or through
+    ``frame`` (e.g. a ``WindowResize`` of a second look)."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 1:
         raise ValueError(f"expected a non-empty (H, W) image, got shape {img.shape}")
-    frame = PadResize.from_shape(img.shape[0], img.shape[1], size)
+    frame = frame or PadResize.from_shape(img.shape[0], img.shape[1], size)
     return frame.apply(img).astype(np.float32), frame
 
 
 def predict_images(
-    module: Any, images: Sequence[np.ndarray], batch_size: int = 4
+    module: Any, images: Sequence[np.ndarray], batch_size: int = 4,
+    frames: Sequence[PadResize | None] | None = None,
 ) -> list[NetworkMaps]:
     """Run a predictor on original-resolution images, in batches.
 
@@ -237,12 +241,16 @@ def predict_images(
             ``predict_maps`` and ``image_size`` (wrapped by ``as_predictor``).
         images: (H_i, W_i) float32 images in [0, 1]; sizes may differ.
         batch_size: images per forward pass.
+        frames: per image, the frame into the network (None: pad to the centred square).
     """
     predictor = as_predictor(module)
     size = int(predictor.image_size)
+    frames = list(frames) if frames is not None else [None] * len(images)
     out: list[NetworkMaps] = []
     for start in range(0, len(images), batch_size):
-        chunk = [network_input(img, size) for img in images[start : start + batch_size]]
+        stop = start + batch_size
+        chunk = [network_input(img, size, fr)
+                 for img, fr in zip(images[start:stop], frames[start:stop], strict=True)]
         maps = predictor.predict_maps(np.stack([c[0] for c in chunk])[:, None])
         seg, lm, roi = (np.asarray(maps[k], dtype=np.float32) for k in ("seg", "lm", "roi"))
         prev = maps.get("lm_prev")
@@ -252,6 +260,17 @@ def predict_images(
     return out
 
 
-def predict_image(module: Any, image: np.ndarray) -> NetworkMaps:
-    """``predict_images`` for one image."""
-    return predict_images(module, [image], batch_size=1)[0]
+def predict_image(module: Any, image: np.ndarray, zoom: bool = False) -> NetworkMaps:
+    """``predict_images`` for one image. ``zoom``: when the first pass shows the knee far from
+    the training scale, a second look through ``planning.zoom.knee_window`` (its maps are
+    returned; their ``frame`` is that window)."""
+    maps = predict_images(module, [image], batch_size=1)[0]
+    if zoom:
+        from planning import zoom as zoom_mod
+
+        for _ in range(zoom_mod.MAX_LOOKS):
+            window = zoom_mod.knee_window(maps, np.shape(image))
+            if window is None:
+                break
+            maps = predict_images(module, [image], batch_size=1, frames=[window])[0]
+    return maps

@@ -139,15 +139,16 @@ class AugmentedMaps:
 
 
 def augmented_maps(
-    module: Any, image: np.ndarray, config: TTAConfig | None = None, batch_size: int = 4
+    module: Any, image: np.ndarray, config: TTAConfig | None = None, batch_size: int = 4,
+    frame: Any = None,
 ) -> AugmentedMaps:
     """Run the network on ``config.count - 1`` augmented copies of ``image`` (the network half
     of ``tta_uncertainty``: it needs no pixel spacing, so it can run while the spacing is
-    still being resolved)."""
+    still being resolved); ``frame``: the unaugmented pass's (None: the centred square)."""
     cfg = config or TTAConfig()
     predictor = as_predictor(module)
     size = int(predictor.image_size)
-    x, frame = network_input(image, size)
+    x, frame = network_input(image, size, frame)
     rest = _affines(cfg, size)[1:]
     out: list[dict[str, np.ndarray]] = []
     for start in range(0, len(rest), batch_size):
@@ -186,7 +187,7 @@ def tta_uncertainty(
     """
     cfg = config or TTAConfig()
     codec = getattr(as_predictor(module), "codec", None)
-    aug = augmented or augmented_maps(module, image, cfg, batch_size)
+    aug = augmented or augmented_maps(module, image, cfg, batch_size, frame=base.frame)
     plans = [plan_from_maps(base.seg, base.lm, base.roi, frame=base.frame, spacing=spacing,
                             decode=decode, line_fit=line_fit, codec=codec)]  # fmt: skip
     plans += [plan_from_maps(m["seg"], m["lm"], m["roi"], frame=aug.frame, spacing=spacing,
