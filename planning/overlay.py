@@ -33,6 +33,7 @@ from geometry.plan_geometry import Plan
 # RGB colours (bones, landmarks, LM1, Schoettle point: datamodules.colours)
 LM23_COLOUR = (255, 150, 0)
 REVIEW_COLOUR = (255, 40, 40)
+WINDOW_COLOUR = (170, 170, 255)  # the second look's square (planning/zoom.py)
 REFERENCE_RADIUS_MM = 2.5
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
@@ -253,6 +254,7 @@ def draw_plan(
     title: str | None = None,
     reasons: list[str] | None = None,
     uncertainty=None,
+    window: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Draw ``plan`` over ``image`` at its resolution; returns (H, W + legend, 3) uint8 RGB.
 
@@ -266,10 +268,16 @@ def draw_plan(
         title: optional first legend line (e.g. the file name).
         reasons: review reasons (``planning.review.review``); any gives the red banner.
         uncertainty: ``planning.tta.Uncertainty`` for the 2-sigma ellipses, or None.
+        window: the second look's square (``x0``, ``y0``, ``side``; ``planning.plan.zoom_window``),
+            drawn dashed, or None.
     """
     img = to_rgb(image)
     h, w = img.shape[:2]
     st = Style(h, w)
+    if window is not None:
+        x0, y0, sd = (float(window[k]) for k in ("x0", "y0", "side"))
+        box = np.array([[x0, y0], [x0 + sd, y0], [x0 + sd, y0 + sd], [x0, y0 + sd]]) - 0.5
+        _dashed_contour(img, box[:, None], WINDOW_COLOUR, st)
     if masks is not None:
         for b, bone in enumerate(BONES):
             _outline(img, masks[b], BONE_COLOURS[bone], st)
@@ -324,6 +332,8 @@ def draw_plan(
     ]
     if uncertainty is not None:
         entries.append(("ellipses: 2-sigma TTA spread", (200, 200, 200)))
+    if window is not None:
+        entries.append(("dashed square: the network's second look", WINDOW_COLOUR))
     banner_h = _banner(img, list(reasons), st) if reasons else 0
     _scale_bar(img, plan.spacing, st, bottom=banner_h)
     return np.hstack([img, _legend_panel(h, entries, st)])

@@ -245,7 +245,9 @@ def run_plan(
     out.mkdir(parents=True, exist_ok=True)
     overlay_path = out / f"{path.stem}_plan.png"
     report_path = out / f"{path.stem}_plan.json"
-    rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc)
+    window = zoom_window(maps.frame)
+    rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
+                    window=window)
     pending = (overlay_writer or write_overlay)(overlay_path, rgb)
     report = build_report(
         plan,
@@ -256,7 +258,7 @@ def run_plan(
         overlay_path=overlay_path,
         seg_prob=maps.seg,
         settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
-                  "tta": tta, "zoom_window": zoom_window(maps.frame)},
+                  "tta": tta, "zoom_window": window},
         sphere=sp.sphere,
         reasons=reasons,
         uncertainty=unc,

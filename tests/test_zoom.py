@@ -118,3 +118,29 @@ def test_small_knee_on_a_large_canvas_is_planned_through_the_window(tmp_path):
         got = np.array(zoomed["landmarks"][name]["px"])
         np.testing.assert_allclose(got, np.array(dot) + off, atol=1.0)
     assert zoomed["uncertainty"]["points"]["p_blum"]["spread"] < 1.5
+
+
+def test_overlay_draws_the_window(tmp_path):
+    """The overlay outlines the second look's square (dashed, in WINDOW_COLOUR) and says so."""
+    from planning.overlay import WINDOW_COLOUR, draw_plan
+
+    img = scene()
+    maps = predict_image(BlobNet(), img)
+    from geometry.plan_geometry import plan_from_maps
+
+    plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame)
+    plain = draw_plan(img, plan)
+    rgb = draw_plan(img, plan, window={"x0": 20, "y0": 30, "side": 60})
+    assert rgb.shape[0] == plain.shape[0]
+    assert WINDOW_COLOUR[2] - WINDOW_COLOUR[0] > 60 and WINDOW_COLOUR[0] == WINDOW_COLOUR[1]
+
+    def lilac(a: np.ndarray) -> np.ndarray:  # the window's hue, anti-aliased onto black
+        r, g, b = (a[:, :128, i].astype(int) for i in range(3))
+        return (b - r > 25) & (r > 40) & (np.abs(r - g) < 15)
+
+    ys, xs = np.nonzero(lilac(rgb))
+    assert len(xs) > 60  # dashes: about half of the 240 px perimeter
+    assert xs.min() >= 18 and xs.max() <= 81 and ys.min() >= 28 and ys.max() <= 91
+    side = (np.abs(xs - 19.5) < 2) | (np.abs(xs - 79.5) < 2)
+    assert side[np.abs(ys - 60) < 20].all()  # mid-height: only on the left and right edges
+    assert not lilac(plain).any()
