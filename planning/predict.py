@@ -56,6 +56,8 @@ class NetworkMaps:
         frame: the pad + resize that took the original image to the network frame.
         lm_prev: (2, S, S) the second-to-last hourglass's landmark heat-maps, when the model
             gives them (used for the hourglass-agreement check), else None.
+        first_look: the whole image's maps when these come from a second look through a
+            window (``predict_image(zoom=True)``; used for the look-agreement check), else None.
     """
 
     seg: np.ndarray
@@ -63,6 +65,7 @@ class NetworkMaps:
     roi: np.ndarray
     frame: PadResize
     lm_prev: np.ndarray | None = None
+    first_look: NetworkMaps | None = None
 
 
 @runtime_checkable
@@ -268,9 +271,11 @@ def predict_image(module: Any, image: np.ndarray, zoom: bool = False) -> Network
     if zoom:
         from planning import zoom as zoom_mod
 
+        first = maps
         for _ in range(zoom_mod.MAX_LOOKS):
             window = zoom_mod.knee_window(maps, np.shape(image))
             if window is None:
                 break
             maps = predict_images(module, [image], batch_size=1, frames=[window])[0]
+            maps.first_look = first
     return maps

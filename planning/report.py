@@ -106,16 +106,18 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
             "spread": _num(unc.spread(name, spacing if spacing is not None else 1.0)),
             "spread_unit": "mm" if spacing is not None else "px",
         }
-    shift = unc.hourglass_shift_px
     n = len(unc.points)
+
+    def per_landmark(d: Any) -> dict[str, Any] | None:
+        return None if d is None else {k: _num(d[i]) for i, k in enumerate(LANDMARK_NAMES)}
+
     method = f"test-time augmentation, {n} plans (flip, scale, shift, rotate)"
     return {
         "method": method if n > 1 else "hourglass agreement only (no test-time augmentation)",
         "points": points,
         "failed_fraction": _num(unc.failures),
-        "hourglass_shift_px": None
-        if shift is None
-        else {n: _num(shift[i]) for i, n in enumerate(LANDMARK_NAMES)},
+        "hourglass_shift_px": per_landmark(unc.hourglass_shift_px),
+        "look_shift_px": per_landmark(unc.look_shift_px),
     }
 
 

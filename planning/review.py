@@ -70,6 +70,7 @@ class ReviewConfig:
     max_schoettle_spread_mm: float = 2.5
     max_tta_failures: float = 0.25
     max_hourglass_shift_mm: float = 4.0
+    max_look_shift_mm: float = 10.0
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ReviewConfig:
@@ -303,6 +304,11 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
             if d * mmpp > cfg.max_hourglass_shift_mm:
                 out.append(Reason("hourglass_disagree", f"the last two hourglasses disagree on "
                                   f"{name} by {d * mmpp:.1f} mm"))  # fmt: skip
+    if unc.look_shift_px is not None:
+        for name, d in zip(LANDMARK_NAMES, unc.look_shift_px, strict=True):
+            if d * mmpp > cfg.max_look_shift_mm:
+                out.append(Reason("looks_disagree", f"the whole image and the zoomed second look "
+                                  f"disagree on {name} by {d * mmpp:.1f} mm"))  # fmt: skip
     return out
 
 

@@ -50,12 +50,15 @@ class Uncertainty:
         covariance: (3, 2, 2) covariance of each point over the finite plans (px^2).
         failures: fraction of augmented plans without a Schoettle point.
         hourglass_shift_px: (2,) distance between the last two hourglasses' landmarks, or None.
+        look_shift_px: (2,) distance between the landmarks of the whole image and of the
+            second look (``planning.zoom``), or None without one.
     """
 
     points: np.ndarray
     covariance: np.ndarray
     failures: float
     hourglass_shift_px: np.ndarray | None = None
+    look_shift_px: np.ndarray | None = None
 
     def covariance_mm(self, spacing: tuple[float, float] | float) -> np.ndarray:
         """(3, 2, 2) covariances in mm: spacing (row_mm, col_mm), or one mm/px value."""
@@ -102,6 +105,14 @@ def _points(plan: Any) -> np.ndarray:
     return np.stack([plan.landmarks[0], plan.landmarks[1], plan.schoettle])
 
 
+def _landmarks(maps: NetworkMaps, decode: str, codec: HeatmapCodec | None,
+               prev: bool = False) -> np.ndarray:
+    """(2, 2) decoded landmarks of ``maps`` (``prev``: of ``lm_prev``) in original pixels."""
+    lm = maps.lm_prev if prev else maps.lm
+    pts = codec.decode(lm, decode)[0] if codec is not None else decode_heatmap(lm, method=decode)[0]
+    return maps.frame.to_original(pts)
+
+
 def hourglass_shift(
     maps: NetworkMaps, decode: str = "argmax", codec: HeatmapCodec | None = None
 ) -> np.ndarray | None:
@@ -109,23 +120,30 @@ def hourglass_shift(
     ``codec``: the model's heat-map codec (None: maps in the network frame)."""
     if getattr(maps, "lm_prev", None) is None:
         return None
-    if codec is not None:
-        (last, _), (prev, _) = codec.decode(maps.lm, decode), codec.decode(maps.lm_prev, decode)
-    else:
-        last, _ = decode_heatmap(maps.lm, method=decode)
-        prev, _ = decode_heatmap(maps.lm_prev, method=decode)
-    a, b = maps.frame.to_original(last), maps.frame.to_original(prev)
+    a, b = _landmarks(maps, decode, codec), _landmarks(maps, decode, codec, prev=True)
+    return np.hypot(*(a - b).T)
+
+
+def look_shift(
+    maps: NetworkMaps, decode: str = "argmax", codec: HeatmapCodec | None = None
+) -> np.ndarray | None:
+    """(2,) original-pixel distance between the landmarks of the whole image's pass and of the
+    second look (``planning.zoom``) they come from; None without a second look."""
+    first = getattr(maps, "first_look", None)
+    if first is None:
+        return None
+    a, b = _landmarks(maps, decode, codec), _landmarks(first, decode, codec)
     return np.hypot(*(a - b).T)
 
 
 def hourglass_only(
     base: NetworkMaps, decode: str = "argmax", codec: HeatmapCodec | None = None
 ) -> Uncertainty | None:
-    """Without TTA: the hourglass agreement alone (None when the model gives no ``lm_prev``)."""
-    shift = hourglass_shift(base, decode, codec)
-    if shift is None:
+    """Without TTA: the hourglass and look agreements alone (None when there is neither)."""
+    shift, looks = hourglass_shift(base, decode, codec), look_shift(base, decode, codec)
+    if shift is None and looks is None:
         return None
-    return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift)
+    return Uncertainty(np.full((1, 3, 2), np.nan), np.full((3, 2, 2), np.nan), 0.0, shift, looks)
 
 
 @dataclass(frozen=True)
@@ -200,4 +218,5 @@ def tta_uncertainty(
         if ok.sum() >= 2:
             cov[j] = np.cov(pts[ok, j].T)
     failures = float(np.mean(~np.all(np.isfinite(pts[:, 2]), axis=1)))
-    return Uncertainty(pts, cov, failures, hourglass_shift(base, decode))
+    return Uncertainty(pts, cov, failures, hourglass_shift(base, decode, codec),
+                       look_shift(base, decode, codec))

@@ -190,6 +190,12 @@ def test_each_reason_fires_on_its_case(case):
     shift = np.array([0.0, 6.0 / sp[1]])  # p_tmc: 6 mm between the last two hourglasses
     check("hourglass_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, shift)))
+    looks = np.array([12.0 / sp[1], 0.0])  # p_blum: 12 mm between the whole image and the zoom
+    check("looks_disagree",
+          c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
+    near = np.array([8.0 / sp[1], 8.0 / sp[1]])  # 8 mm: the second look is expected to move
+    assert codes(plan, ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, near))) \
+        == set()
     assert codes(plan, ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0))) == set()
     # every reason review.py can give is exercised above
     all_codes = set(re.findall(r'Reason\(\s*"(\w+)"', REVIEW_PY.read_text()))

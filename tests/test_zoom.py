@@ -118,6 +118,12 @@ def test_small_knee_on_a_large_canvas_is_planned_through_the_window(tmp_path):
         got = np.array(zoomed["landmarks"][name]["px"])
         np.testing.assert_allclose(got, np.array(dot) + off, atol=1.0)
     assert zoomed["uncertainty"]["points"]["p_blum"]["spread"] < 1.5
+    # the whole image's pass saw the 2-px dots at a quarter of a pixel and lost them: the looks
+    # disagree, and the plan is flagged for it (right here, but the model changed its mind)
+    looks = zoomed["uncertainty"]["look_shift_px"]
+    assert set(looks) == {"p_blum", "p_tmc"} and min(looks.values()) > 50.0
+    assert "looks_disagree" in zoomed["review_codes"]
+    assert plain["uncertainty"] is None or plain["uncertainty"]["look_shift_px"] is None
 
 
 def test_overlay_draws_the_window(tmp_path):
