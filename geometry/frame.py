@@ -116,3 +116,55 @@ class WindowResize(PadResize):
     def side(self) -> int:
         """Side of the window, in original pixels."""
         return self.window
+
+    def _affine(self, y0: float, x0: float, k: int = 1) -> np.ndarray:
+        """(2, 3) map to the network frame from a grid of k x k bins of original pixels whose
+        first bin starts at original pixel (x0, y0)."""
+        s = self.scale
+        bx = (x0 + (k - 1) / 2 + self.pad_left + 0.5) * s - 0.5
+        by = (y0 + (k - 1) / 2 + self.pad_top + 0.5) * s - 0.5
+        return np.array([[k * s, 0.0, bx], [0.0, k * s, by]])
+
+    def apply(self, img: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+        """The window of an (H, W[, C <= 4]) image in the (size, size) network frame, in memory
+        of the order of the image (a window may be far larger than the image): the part inside
+        the image with a small margin (zeros where the window leaves the image, image pixels
+        where its edge lies inside), box-averaged by the whole shrink factor as INTER_AREA
+        does, then resampled bilinearly."""
+        if img.shape[:2] != (self.orig_h, self.orig_w):
+            raise ValueError(f"image shape {img.shape[:2]} != frame {(self.orig_h, self.orig_w)}")
+        rows, cols, _, _ = self._overlap()
+        out_shape = (self.size, self.size) + img.shape[2:]
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            return np.zeros(out_shape, dtype=img.dtype)
+        k = max(1, int(1.0 / self.scale)) if interpolation == cv2.INTER_AREA else 1
+        m = 2 * k  # margin: enough for the bilinear taps at the window's edge
+        y0, y1 = max(0, rows.start - m), min(self.orig_h, rows.stop + m)
+        x0, x1 = max(0, cols.start - m), min(self.orig_w, cols.stop + m)
+        zt, zl = m * (self.pad_top > 0), m * (self.pad_left > 0)  # zeros where the window
+        zb = m * (self.side - self.pad_top > self.orig_h)  # reaches beyond the image
+        zr = m * (self.side - self.pad_left > self.orig_w)
+        h, w = y1 - y0 + zt + zb, x1 - x0 + zl + zr
+        crop = cv2.copyMakeBorder(np.ascontiguousarray(img[y0:y1, x0:x1]), zt,
+                                  zb + (-h) % k, zl, zr + (-w) % k, cv2.BORDER_CONSTANT, value=0)
+        if k > 1:  # exact k x k box means
+            crop = cv2.resize(crop, (crop.shape[1] // k, crop.shape[0] // k),
+                              interpolation=cv2.INTER_AREA)
+        out = cv2.warpAffine(crop, self._affine(y0 - zt, x0 - zl, k), (self.size, self.size),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(out_shape)
+
+    def invert_image(self, img: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """A (size, size[, C]) network-frame map back to (orig_h, orig_w[, C]), zeros outside the
+        window; only the window's overlap with the image is computed (memory of the image)."""
+        rows, cols, _, _ = self._overlap()
+        out = np.zeros((self.orig_h, self.orig_w) + img.shape[2:], dtype=img.dtype)
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            return out
+        dsize = (cols.stop - cols.start, rows.stop - rows.start)
+        back = cv2.warpAffine(np.ascontiguousarray(img), self._affine(rows.start, cols.start),
+                              dsize,
+                              flags=interpolation | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)  # as cv2.resize at the border
+        out[rows, cols] = back.reshape(out[rows, cols].shape)
+        return out

@@ -150,3 +150,52 @@ def test_overlay_draws_the_window(tmp_path):
     side = (np.abs(xs - 19.5) < 2) | (np.abs(xs - 79.5) < 2)
     assert side[np.abs(ys - 60) < 20].all()  # mid-height: only on the left and right edges
     assert not lilac(plain).any()
+
+
+def test_window_resampling_matches_the_padded_square():
+    """Shrinking (box means by the whole factor, then bilinear) and growing back give what
+    padding the window and resizing it would, up to interpolation rounding."""
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.random((90, 120)).astype(np.float32), (0, 0), 3.0)
+    for centre, side, size in (((50.0, 40.0), 150, 64), ((30.0, 70.0), 48, 64), ((60.0, 45.0),
+                                                                                 120, 32)):
+        w = WindowResize.around(90, 120, np.array(centre), side, size)
+        square = WindowResize.pad(w, img)  # the whole window, materialised (small here)
+        ref = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+        lo = w.to_network(np.array([[0.0, 0.0]]))[0] + 2  # 2 px inside the image's footprint
+        hi = w.to_network(np.array([[119.0, 89.0]]))[0] - 2
+        yy, xx = np.mgrid[0:size, 0:size]
+        inner = (xx >= lo[0]) & (xx <= hi[0]) & (yy >= lo[1]) & (yy <= hi[1])
+        assert inner.sum() > 100
+        np.testing.assert_allclose(w.apply(img)[inner], ref[inner], atol=0.02)
+        maps = rng.random((size, size)).astype(np.float32)
+        up = cv2.resize(maps, (w.side, w.side), interpolation=cv2.INTER_LINEAR)
+        rows, cols, sq_rows, sq_cols = w._overlap()
+        got = w.invert_image(maps)
+        np.testing.assert_allclose(got[rows, cols], up[sq_rows, sq_cols], atol=0.02)
+
+
+def test_a_huge_window_costs_the_memory_of_the_image():
+    """A strip zoomed out 4x: its window is ~36 kpx square (5 GB as float32), the frame maps
+    never hold more than the image (run in a fresh process: its peak memory is read)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import resource, numpy as np\n"
+        "from geometry.frame import WindowResize\n"
+        "img = np.random.default_rng(0).random((64, 8940)).astype(np.float32)\n"
+        "w = WindowResize.around(64, 8940, np.array([4470.0, 32.0]), 35760, 128)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "x = w.apply(img)\n"
+        "back = w.invert_image(np.ones((128, 128), np.float32))\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "assert x.shape == (128, 128) and back.shape == (64, 8940) and back.all()\n"
+        "print(grown // 1024)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) < 200  # MB (the window alone would be 5000)
