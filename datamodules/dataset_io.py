@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from datamodules.annotations import annotation_dict, write_annotation
@@ -25,18 +24,18 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
 
 def write_sample(root: str | Path, sample: Sample) -> Path:
     """Write one sample (16-bit PNG image, 0/255 masks, schema-v1 JSON); return the image path."""
+    from datamodules.image_io import write_image
+
     root = Path(root)
     for sub in ("images", "masks", "annotations"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     img = np.clip(np.asarray(sample.image, dtype=np.float64), 0.0, 1.0)
     img_path = root / "images" / f"{sample.id}.png"
-    if not cv2.imwrite(str(img_path), np.round(img * 65535.0).astype(np.uint16)):
-        raise OSError(f"{img_path}: OpenCV could not write the image")
+    write_image(img_path, np.round(img * 65535.0).astype(np.uint16))
     for b, bone in enumerate(BONES):
         mask_path = root / "masks" / f"{sample.id}_{bone}.png"
         mask = (np.asarray(sample.masks[b]) > 0).astype(np.uint8) * 255
-        if not cv2.imwrite(str(mask_path), mask):
-            raise OSError(f"{mask_path}: OpenCV could not write the mask")
+        write_image(mask_path, mask)
     data = annotation_dict(
         sample.id,
         img_path.name,
@@ -91,7 +90,7 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     Raises DatasetError naming the file when it is missing, unreadable, too large, coloured,
     non-binary or of another size than ``shape`` (H, W).
     """
-    from datamodules.image_io import ImageReadError, check_pixel_limit
+    from datamodules.image_io import ImageReadError, check_pixel_limit, imdecode
 
     path = Path(path)
     if not path.exists():
@@ -102,8 +101,11 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         check_pixel_limit(path)
     except (ImageReadError, OSError) as err:
         raise DatasetError(str(err)) from None
-    with decoder_messages() as said:  # libpng's own prints go into the error line
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        with decoder_messages() as said:  # libpng's own prints go into the error line
+            mask = imdecode(path, path.read_bytes())
+    except ImageReadError as err:  # over OpenCV's decode cap
+        raise DatasetError(str(err)) from None
     if mask is None:
         extra = f" (decoder said: {brief(said)})" if said else ""
         raise DatasetError(f"{path}: unreadable or truncated mask{extra}")

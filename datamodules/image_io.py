@@ -22,8 +22,8 @@ treated as absent. Which spacing wins is decided by ``geometry.pixel_spacing`` o
 
 from __future__ import annotations
 
-import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
+from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
 # The network frame pads an image to a square of its longer side before resizing, so a 2 x
 # 40000 px strip (80 kpx, a few kB) would need a 40000^2 square (GBs): the padded square may
 # hold at most this many times the pixel limit (an 8000 x 4000 long-leg image passes).
@@ -139,17 +139,6 @@ def _decode(path: Path) -> LoadedImage:
     raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .jpg, .dcm)")
 
 
-def max_pixels() -> int:
-    """The pixel-count limit: ``KNEEPLAN_MAX_PIXELS`` if set (a positive integer), else 40 MP
-    (planning one image stays under 2 GB up to about that size)."""
-    raw = os.environ.get("KNEEPLAN_MAX_PIXELS", "").strip()
-    try:
-        value = int(float(raw)) if raw else DEFAULT_MAX_PIXELS
-    except ValueError:
-        value = DEFAULT_MAX_PIXELS
-    return value if value > 0 else DEFAULT_MAX_PIXELS
-
-
 def header_size(path: str | Path) -> tuple[int, int, int] | None:
     """``(width, height, frames)`` from the file header alone (PNG IHDR, TIFF tags, JPEG SOF,
     DICOM Rows/Columns), without decoding pixels; None when the header does not say."""
@@ -189,6 +178,11 @@ def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
             marker = fh.read(2)
             if len(marker) < 2 or marker[0] != 0xFF:
                 return None
+            while marker[1] == 0xFF:  # fill bytes before a marker are legal (libjpeg skips them)
+                nxt = fh.read(1)
+                if not nxt:
+                    return None
+                marker = b"\xff" + nxt
             if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
                 continue
             seg = fh.read(2)
@@ -315,10 +309,34 @@ def _normalise_stored(
     return out.astype(np.float32), depth
 
 
+def imdecode(path: str | Path, data: np.ndarray | bytes, flags: int = cv2.IMREAD_UNCHANGED) -> Any:
+    """``cv2.imdecode`` of a file's bytes; None when OpenCV cannot decode them, ImageReadError
+    when the decoded image would exceed OpenCV's decode cap (``datamodules.pixel_limit``)."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as err:
+        if "MAX_IMAGE_PIXELS" in str(err):
+            raise ImageReadError(
+                f"{path}: the image inside exceeds the limit of {max_pixels() / 1e6:g} megapixels "
+                "(its header did not say; set KNEEPLAN_MAX_PIXELS to raise it)") from None
+        why = one_line(str(err), 160)
+        raise ImageReadError(f"{path}: OpenCV cannot decode it ({why})") from None
+
+
+def write_image(path: str | Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Encode ``array`` by ``path``'s suffix and write it; OSError naming the file on failure.
+    (Not ``cv2.imwrite``: its Python binding crashes on a path that is not valid UTF-8.)"""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", array, list(params))
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the image")
+    path.write_bytes(buf.tobytes())
+
+
 def _load_png(path: Path) -> LoadedImage:
     data = path.read_bytes()
     sbit, has_end = _png_info(path, data)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = imdecode(path, data)
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
@@ -333,7 +351,7 @@ def _load_tiff(path: Path) -> LoadedImage:
     except Exception as err:  # tifffile raises many types for broken files
         # tifffile needs the optional `imagecodecs` for LZW, Deflate, JPEG-in-TIFF (common in
         # exported radiographs); OpenCV's libtiff reads those, so it gets a second try.
-        arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = imdecode(path, path.read_bytes())
         if arr is None:
             raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
         return _from_decoded(path, arr, None, "tiff")
@@ -348,7 +366,7 @@ def _load_tiff(path: Path) -> LoadedImage:
 
 
 def _load_jpeg(path: Path) -> LoadedImage:
-    arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = imdecode(path, path.read_bytes())
     if arr is None:
         raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
     return _from_decoded(path, arr, None, "jpeg", lossy=True)

@@ -1,5 +1,4 @@
 """kneeplan planning."""
 
-import os
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no run may touch the network
+import datamodules  # noqa: F401 (before anything imports cv2 or albumentations: it sets
+# NO_ALBUMENTATIONS_UPDATE, so no run touches the network, and OpenCV's decode cap)

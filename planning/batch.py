@@ -215,7 +215,8 @@ def plan_many(
 def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write the summary CSV (``SUMMARY_FIELDS``, one row per image)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    # a file name that is not UTF-8 (a lone surrogate) is written escaped, not refused
+    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS))
         writer.writeheader()
         for row in rows:

@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datamodules.image_io import write_image
 from datamodules.sample import BONES, Sample
 from geometry.lines import Line, fit_line_tls
 from geometry.plan_geometry import Plan, masks_to_original
@@ -288,16 +289,16 @@ class Gallery:
                 st = Style(h, case.width)
                 panel = info_panel(h, heading, case.row, case.reasons, st,
                                    width=max(st.text_size("x" * 34)[0], case.width // 2))
-                cv2.imwrite(str(path), np.hstack([case.picture, panel])[..., ::-1])
+                write_image(path, np.hstack([case.picture, panel])[..., ::-1])
                 written.append(path)
                 entries.append((kind, rank, case, path))
         sheet = contact_sheet([(_caption(kind, rank, c), c.picture[:, : c.width], c.reasons)
                                for kind, rank, c, _ in entries],
                               n_worst=len(worst), total=self._count, seed=self.seed)
         sheet_path = folder / "contact_sheet.png"
-        cv2.imwrite(str(sheet_path), sheet[..., ::-1])
+        write_image(sheet_path, sheet[..., ::-1])
         index = folder / "index.csv"
-        with index.open("w", newline="") as fh:
+        with index.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
             w = csv.writer(fh)
             w.writerow(["kind", "rank", "id", "schoettle", "unit", "needs_review",
                         "review_reasons", "file"])
@@ -339,8 +340,8 @@ def contact_sheet(cells: list[tuple[tuple[str, str], np.ndarray, list[str]]], n_
         if not group:
             continue
         head = np.full((line_h + 2 * st.pad, sheet_w, 3), 255, np.uint8)
-        cv2.putText(head, title, (st.pad, line_h), cv2.FONT_HERSHEY_SIMPLEX, st.font_scale,
-                    (0, 0, 0), st.font_thick, cv2.LINE_AA)
+        cv2.putText(head, overlay.printable(title), (st.pad, line_h), cv2.FONT_HERSHEY_SIMPLEX,
+                    st.font_scale, (0, 0, 0), st.font_thick, cv2.LINE_AA)
         blocks.append(head)
         for r in range(0, len(group), cols):
             row = np.full((cell_h, sheet_w, 3), 255, np.uint8)

@@ -29,6 +29,7 @@ import torch
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+from lightning_modules.model_limits import check_codec
 from lightning_modules.shgn import MultiTaskSHGN
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
@@ -72,24 +73,31 @@ def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
         return HeatmapCodec.from_dict(hp["heatmap_codec"])
     data = ckpt.get("datamodule_hyper_parameters")
     if isinstance(data, dict) and data.get("sigma") is not None:
-        s = int(data.get("size", size))
-        return HeatmapCodec(s, s, float(data["sigma"]))
-    sigma = _config_sigma(ckpt.get("kneeplan_config"))
-    return HeatmapCodec(size, size, DEFAULT_SIGMA if sigma is None else sigma)
+        s = data.get("size", size)
+        codec = {"input_size": s, "heatmap_size": s, "sigma": data["sigma"]}
+    else:
+        sigma = _config_sigma(ckpt.get("kneeplan_config"))
+        codec = {"input_size": size, "heatmap_size": size,
+                 "sigma": DEFAULT_SIGMA if sigma is None else sigma}
+    check_codec("", codec)  # the same bounds as a saved codec's
+    return HeatmapCodec.from_dict(codec)
 
 
 def _config_sigma(config_yaml: Any) -> float | None:
-    """``data.sigma`` of the run's YAML config stored in the checkpoint, None if absent."""
-    if not isinstance(config_yaml, str):
+    """``data.sigma`` of the run's YAML config stored in the checkpoint, None if absent (or if
+    the text is larger than any config file we read: ``datamodules.config_file``)."""
+    from datamodules.config_file import MAX_CONFIG_BYTES
+
+    if not isinstance(config_yaml, str) or len(config_yaml) > MAX_CONFIG_BYTES:
         return None
     import yaml
 
     try:
         cfg = yaml.safe_load(config_yaml)
         sigma = cfg["data"]["sigma"]
-    except (yaml.YAMLError, KeyError, TypeError):
+    except (yaml.YAMLError, KeyError, TypeError, RecursionError):
         return None
-    return None if sigma is None else float(sigma)
+    return None if isinstance(sigma, bool) or not isinstance(sigma, int | float) else float(sigma)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -110,5 +118,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{p}: the weights do not match this version of the network "
                               f"({first[:200]})") from err
+    try:
+        codec = checkpoint_codec(ckpt)
+    except ValueError as err:
+        raise CheckpointError(f"{p}: {err}") from None
     net.eval().to(device)
-    return LoadedModel(net, int(hp.get("image_size", 256)), checkpoint_codec(ckpt), hp, p)
+    return LoadedModel(net, int(hp.get("image_size", 256)), codec, hp, p)

@@ -52,9 +52,16 @@ class Style:
 
     def text_size(self, text: str) -> tuple[int, int]:
         (tw, th), base = cv2.getTextSize(
-            text, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thick
+            printable(text), cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thick
         )
         return tw, th + base
+
+
+def printable(text: str) -> str:
+    """``text`` as OpenCV can draw it: ASCII, anything else as a backslash escape. OpenCV's
+    Hershey fonts draw ASCII only, and its Python binding crashes the process on a str holding
+    a lone surrogate (a file name that is not valid UTF-8 decodes to one)."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _fixed(p: np.ndarray) -> tuple[int, int]:
@@ -70,6 +77,7 @@ def _text(
 ) -> None:
     """Text with a dark outline so it reads on bright and dark bone alike."""
     font = cv2.FONT_HERSHEY_SIMPLEX
+    text = printable(text)
     # The outline is the same text shifted around (a thicker stroke would also be wider and
     # drift out of register along the string).
     o = max(1, st.font_thick)
@@ -182,6 +190,7 @@ def _legend_panel(
 
 def _fit_text(text: str, width: int, st: Style) -> str:
     """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
+    text = printable(text)
     if st.text_size(text)[0] <= width:
         return text
     lo, hi = 4, len(text)  # the longest prefix that fits, by bisection (width grows with length)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from geometry.heatmaps import DECODE_METHODS
@@ -278,9 +277,14 @@ def zoom_window(frame: Any) -> dict[str, int] | None:
 
 
 def write_overlay(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB overlay as PNG; OSError naming the file when OpenCV cannot."""
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"{path}: OpenCV could not write the overlay")
+    """Write an RGB overlay as PNG; OSError naming the file when it cannot."""
+    from datamodules.image_io import write_image
+
+    write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
+
+
+MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runtimes fail
+# (--threads 100000 crashed torch and took 7 GB in ONNX Runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
         return 2
-    if args.workers < 1 or args.threads < 1:
-        print("plan: error: --workers and --threads must be >= 1", file=sys.stderr)
+    if not (1 <= args.workers <= MAX_PARALLEL and 1 <= args.threads <= MAX_PARALLEL):
+        print(f"plan: error: --workers and --threads must be 1..{MAX_PARALLEL}", file=sys.stderr)
         return 2
     if not args.ckpt.is_file():
         print(f"plan: error: checkpoint {args.ckpt} does not exist", file=sys.stderr)

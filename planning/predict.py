@@ -194,6 +194,13 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
         if not (isinstance(outs, list) and 0 < len(outs) <= 64
                 and all(isinstance(o, str) for o in outs)):
             raise ValueError("'outputs' must be a list of up to 64 names")
+        missing = [n for n in OUTPUT_NAMES[:3] if n not in outs]
+        if missing:
+            raise ValueError(f"'outputs' lacks {', '.join(missing)} (planning needs seg, lm, roi)")
+        tasks = meta["tasks"]
+        if not (isinstance(tasks, list) and len(tasks) <= 64
+                and all(isinstance(t, str) for t in tasks)):
+            raise ValueError("'tasks' must be a list of up to 64 names")
     except (OSError, ValueError, RecursionError) as err:
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise ValueError(f"{meta_path}: cannot use the exported model's description ({first})"

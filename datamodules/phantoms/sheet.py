@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet(args.seed, args.rows, args.cols, args.cell, outlines=not args.no_outlines)
-    if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f"{out}: OpenCV could not write the contact sheet")
+    from datamodules.image_io import write_image
+
+    write_image(out, sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(f"wrote {out}")
 
 

@@ -1,0 +1,31 @@
+"""The pixel-count limit on input images, without OpenCV (so it can be set before cv2 loads).
+
+``max_pixels`` is the limit every reader checks against the header; ``OPENCV_DECODE_CAP`` is
+the name of OpenCV's own cap on a decode (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when cv2 is
+first imported), set to the same limit by ``datamodules/__init__.py``: a decoder that the header
+check cannot see into (a WebP or BMP named .tif, a JPEG whose size hides behind fill bytes)
+then fails instead of allocating GBs.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
+OPENCV_DECODE_CAP = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel-count limit: ``KNEEPLAN_MAX_PIXELS`` if set (a positive integer), else 40 MP
+    (planning one image stays under 2 GB up to about that size)."""
+    raw = os.environ.get("KNEEPLAN_MAX_PIXELS", "").strip()
+    try:
+        value = int(float(raw)) if raw else DEFAULT_MAX_PIXELS
+    except (ValueError, OverflowError):
+        value = DEFAULT_MAX_PIXELS
+    return value if value > 0 else DEFAULT_MAX_PIXELS
+
+
+def cap_opencv_decodes() -> None:
+    """Set OpenCV's decode cap to ``max_pixels`` unless the user set it (before cv2 loads)."""
+    os.environ.setdefault(OPENCV_DECODE_CAP, str(max_pixels()))
