@@ -59,6 +59,7 @@ class LoadedImage:
         meta: extras (format, photometric interpretation, window used, ...).
         dicom_pixel: valid DICOM ``PixelSpacing`` (row_mm, col_mm), or None.
         dicom_imager: valid DICOM ``ImagerPixelSpacing`` (row_mm, col_mm), or None.
+        dicom_magnification: valid ``EstimatedRadiographicMagnificationFactor``, or None.
         invalid_spacing_tags: (tag, raw text) of spacing tags present but invalid.
         lossy: the file was lossy-compressed (JPEG).
         notes: what the reader ignored or changed in the file (e.g. a broken DICOM window),
@@ -70,6 +71,7 @@ class LoadedImage:
     meta: dict[str, Any] = field(default_factory=dict)
     dicom_pixel: tuple[float, float] | None = None
     dicom_imager: tuple[float, float] | None = None
+    dicom_magnification: float | None = None
     invalid_spacing_tags: list[tuple[str, str]] = field(default_factory=list)
     lossy: bool = False
     notes: list[str] = field(default_factory=list)
@@ -79,6 +81,7 @@ class LoadedImage:
         return {
             "dicom_pixel": self.dicom_pixel,
             "dicom_imager": self.dicom_imager,
+            "dicom_magnification": self.dicom_magnification,
             "invalid_tags": list(self.invalid_spacing_tags),
         }
 
@@ -424,6 +427,26 @@ def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | N
         return None, raw
 
 
+MAGNIFICATION_RANGE = (1.0, 2.0)  # source-to-detector / source-to-object of a radiograph
+
+
+def _magnification(ds: Any, notes: list[str]) -> float | None:
+    """``EstimatedRadiographicMagnificationFactor`` when present and plausible (else a note)."""
+    tag = "EstimatedRadiographicMagnificationFactor"
+    if tag not in ds:
+        return None
+    try:
+        m = float(ds[tag].value)
+    except (TypeError, ValueError):
+        m = float("nan")
+    lo, hi = MAGNIFICATION_RANGE
+    if not lo <= m <= hi:  # (NaN fails too)
+        notes.append(f"DICOM {tag} {printable(str(ds[tag].value))[:40]!r} is outside "
+                     f"[{lo:g}, {hi:g}]: ignored (ImagerPixelSpacing used as the detector's)")
+        return None
+    return m
+
+
 def _display_image(
     ds: Any, arr: np.ndarray, bits: int, signed: bool, use_window: bool
 ) -> tuple[np.ndarray, float, float]:
@@ -493,6 +516,7 @@ def _load_dicom(path: Path) -> LoadedImage:
         image = 1.0 - image
     pixel, bad_pixel = _spacing_tag(ds, "PixelSpacing")
     imager, bad_imager = _spacing_tag(ds, "ImagerPixelSpacing")
+    magnification = _magnification(ds, notes) if imager is not None else None
     invalid = [(t, r) for t, r in (("PixelSpacing", bad_pixel), ("ImagerPixelSpacing", bad_imager))
                if r is not None]  # fmt: skip
     meta = {
@@ -502,4 +526,5 @@ def _load_dicom(path: Path) -> LoadedImage:
         "window": window,
         "output_range": [lo, hi],
     }
-    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, invalid, notes=notes)
+    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, magnification,
+                       invalid, notes=notes)

@@ -31,6 +31,7 @@ from geometry.anatomy_scale import ScaleEstimate, spacing_disagreement
 PRECEDENCE = ("user", "annotation", "PixelSpacing", "sphere", "ImagerPixelSpacing")
 MIN_MM, MAX_MM = 0.01, 5.0  # plausible mm per pixel of a radiograph (mammography .. scout)
 MAX_SPHERE_UNCERTAINTY = 0.02  # a sphere spacing less certain than +-2 % flags the plan
+MAX_ASPECT = 1.1  # radiograph pixels are square; beyond this the network saw a squeezed knee
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def resolve_pixel_spacing(
     annotation: Any = None,
     dicom_pixel: Any = None,
     dicom_imager: Any = None,
+    dicom_magnification: float | None = None,
     invalid_tags: Iterable[tuple[str, str] | str] = (),
     detect_sphere: bool = True,
     anatomy: ScaleEstimate | None = None,
@@ -147,6 +149,8 @@ def resolve_pixel_spacing(
         image: (H, W) image in [0, 1] for the sphere search (None: no search).
         user, annotation, dicom_pixel, dicom_imager: raw values (one number, a (row, col) pair or
             a PixelSpacing) or None when the source is absent.
+        dicom_magnification: DICOM ``EstimatedRadiographicMagnificationFactor`` (valid, >= 1):
+            ``ImagerPixelSpacing`` is divided by it (to the object plane, as the file states).
         invalid_tags: DICOM tags present but unreadable or invalid, as (tag, raw text) pairs.
         detect_sphere: search for a calibration sphere when no higher source is valid.
         anatomy: scale estimated from the predicted femur; rejects disagreeing spheres and
@@ -177,13 +181,20 @@ def resolve_pixel_spacing(
         if value is None:
             continue
         entry = {"source": source, "value": _fmt(value), "valid": True, "accepted": False}
+        note = _NOTES[source]
+        if source == "ImagerPixelSpacing" and dicom_magnification:
+            m = float(dicom_magnification)
+            value = np.asarray(_fmt(value), dtype=np.float64) / m
+            note = (f"DICOM ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor {m:g} "
+                    "(object plane by the file's estimate)")
+            entry["magnification"] = m
         try:
-            sp = PixelSpacing.from_value(value, source, _NOTES[source])
+            sp = PixelSpacing.from_value(value, source, note)
         except (TypeError, ValueError) as err:
             if source == "user":
                 raise ValueError(f"--spacing: {err}") from err
             entry.update(valid=False, why=str(err))
-            res.reasons.append(f"{_NOTES[source]} is invalid: {err}")
+            res.reasons.append(f"{note} is invalid: {err}")
             res.candidates.append(entry)
             continue
         if res.spacing is None:
@@ -200,8 +211,14 @@ def resolve_pixel_spacing(
             "pixel spacing unknown (no valid DICOM spacing, annotation, user value or "
             f"calibration sphere): distances in pixels, no 2.5 mm circle{hint}"
         )
-    elif anatomy is not None:
-        why = spacing_disagreement(res.spacing, anatomy)
+    else:
+        r, c = res.spacing.row_mm, res.spacing.col_mm
+        if max(r, c) > MAX_ASPECT * min(r, c):
+            res.reasons.append(
+                f"pixels are not square ({r:g} x {c:g} mm from {res.spacing.source}, "
+                f"{max(r, c) / min(r, c):.2g}:1): the network saw the knee squeezed, as "
+                "stored; resample the image to square pixels (or check the spacing)")
+        why = spacing_disagreement(res.spacing, anatomy) if anatomy is not None else None
         if why:
             res.reasons.append(why)
     return res

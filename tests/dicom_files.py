@@ -18,6 +18,7 @@ def write_dicom(
     imager_spacing: list[float] | None = None,
     window: tuple[float, float] | None = None,
     rescale: tuple[float, float] | None = None,
+    magnification: float | str | None = None,
 ) -> None:
     """A minimal single-frame CR DICOM file with the given tags (pydicom)."""
     meta = FileMetaDataset()
@@ -38,6 +39,8 @@ def write_dicom(
         ds.PixelSpacing = pixel_spacing
     if imager_spacing is not None:
         ds.ImagerPixelSpacing = imager_spacing
+    if magnification is not None:
+        ds.EstimatedRadiographicMagnificationFactor = magnification
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if rescale is not None:

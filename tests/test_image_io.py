@@ -161,6 +161,28 @@ def test_dicom_spacing_tags(tmp_path, pixel, imager, expected, source):
         np.testing.assert_allclose(loaded.spacing_mm, expected)
 
 
+def test_imager_spacing_is_taken_to_the_object_plane_by_the_stated_magnification(tmp_path):
+    """ImagerPixelSpacing 0.1 with EstimatedRadiographicMagnificationFactor 1.25: the file says
+    the patient's pixels are 0.08 mm (mm were 25 % too large); PixelSpacing still comes first,
+    and an implausible factor is ignored with a note."""
+    write_dicom(tmp_path / "m.dcm", _ramp(), imager_spacing=[0.1, 0.1], magnification=1.25)
+    loaded = load_image(tmp_path / "m.dcm")
+    np.testing.assert_allclose(loaded.spacing_mm, (0.08, 0.08))
+    assert loaded.spacing_source == "ImagerPixelSpacing" and not loaded.notes
+    from geometry.pixel_spacing import resolve_pixel_spacing
+
+    res = resolve_pixel_spacing(None, detect_sphere=False, **loaded.spacing_inputs())
+    assert "EstimatedRadiographicMagnificationFactor 1.25" in res.spacing.note
+    write_dicom(tmp_path / "p.dcm", _ramp(), pixel_spacing=[0.09, 0.09], imager_spacing=[0.1, 0.1],
+                magnification=1.25)
+    np.testing.assert_allclose(load_image(tmp_path / "p.dcm").spacing_mm, (0.09, 0.09))
+    for bad in ("5.0", "0.5"):
+        write_dicom(tmp_path / "b.dcm", _ramp(), imager_spacing=[0.1, 0.1], magnification=bad)
+        loaded = load_image(tmp_path / "b.dcm")
+        np.testing.assert_allclose(loaded.spacing_mm, (0.1, 0.1))
+        assert len(loaded.notes) == 1 and "outside [1, 2]: ignored" in loaded.notes[0]
+
+
 # --------------------------------------------------------------------------- real CR (pydicom-data)
 def _real(name: str) -> Path:
     data_store = pytest.importorskip("data_store")

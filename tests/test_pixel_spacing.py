@@ -183,3 +183,12 @@ def test_sphere_candidates_searched_ahead_give_the_same_resolution():
     ahead = resolve_pixel_spacing(s.image, sphere_candidates=find_sphere_candidates(s.image))
     assert inside.source == ahead.source == "sphere"
     assert inside.spacing == ahead.spacing and inside.sphere == ahead.sphere
+
+
+def test_non_square_pixels_are_a_review_reason():
+    """0.08 x 0.8 mm (10:1, a typo or a broken export): the network saw the knee squeezed."""
+    res = resolve_pixel_spacing(None, dicom_pixel=[0.08, 0.8], detect_sphere=False)
+    assert res.spacing.as_tuple() == (0.08, 0.8)
+    assert len(res.reasons) == 1 and "not square" in res.reasons[0] and "10:1" in res.reasons[0]
+    ok = resolve_pixel_spacing(None, dicom_pixel=[0.14, 0.15], detect_sphere=False)
+    assert ok.reasons == []
