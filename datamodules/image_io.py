@@ -253,9 +253,11 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
-    """(significant bits from sBIT or None, whether the IEND chunk is present)."""
+    """(significant bits from sBIT or None, whether the IEND chunk is present). An sBIT that
+    cannot describe the samples (a palette image's, 0, or more than the bit depth) is None."""
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
+    depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
     pos, sbit, has_end = len(PNG_SIGNATURE), None, False
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -266,6 +268,8 @@ def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
             has_end = True
             break
         pos += 12 + length
+    if sbit is not None and (colour == 3 or not 0 < sbit <= depth):
+        sbit = None
     return sbit, has_end
 
 
@@ -293,8 +297,12 @@ def _normalise_stored(
         if not np.all(np.isfinite(gray)):
             raise ImageReadError(f"{path}: float image contains NaN or infinity")
         lo, hi = float(gray.min()), float(gray.max())
-        if lo < 0.0 or hi > 1.0:  # float outside [0, 1]: no stored range to go by, so stretch
-            gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
+        if lo < 0.0 or hi > 1.0:  # float outside [0, 1]: no stored range to go by, so stretch,
+            # between robust percentiles (one stray -1e30 pixel made a min-max stretch white)
+            lo, hi = (float(q) for q in np.percentile(gray[::2, ::2], [0.1, 99.9]))
+            if hi <= lo:
+                lo, hi = float(gray.min()), float(gray.max())
+            gray = np.clip((gray - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(gray)
         return gray.astype(np.float32), 8 * arr.dtype.itemsize
     if not np.issubdtype(arr.dtype, np.integer):
         raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
@@ -304,8 +312,10 @@ def _normalise_stored(
         lo, hi = float(gray.min()), float(gray.max())  # many bits, so the data's own range
         gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
         return gray.astype(np.float32), depth
-    if info.min < 0:  # signed: shift to start at 0
+    if info.min < 0 and float(gray.min()) < 0:  # signed with negative values: shift to 0
         lo, hi = float(info.min), float(info.max)
+    elif info.min < 0:  # signed type holding non-negative data (e.g. 12-bit in int16)
+        lo, hi = 0.0, float(info.max)
     else:
         lo, hi = 0.0, float(2**depth - 1)
     out = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
@@ -343,14 +353,39 @@ def _load_png(path: Path) -> LoadedImage:
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
+    if sbit is not None and int(arr.max()) > 2**sbit - 1:
+        sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     return _from_decoded(path, arr, sbit, "png")
 
 
-def _load_tiff(path: Path) -> LoadedImage:
+def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """The largest page of a TIFF (a thumbnail may come first; a note when there are several),
+    its palette applied, planes last; and whether it is MinIsWhite (dark = dense)."""
     import tifffile
 
+    with tifffile.TiffFile(path) as tif:
+        pages = list(tif.pages)
+        if not pages:
+            raise ValueError("no pages")
+        k = max(range(len(pages)), key=lambda i: int(np.prod(pages[i].shape)))
+        page = pages[k]
+        if len(pages) > 1:
+            notes.append(f"the TIFF holds {len(pages)} pages: the largest (page {k + 1}, "
+                         f"{'x'.join(str(n) for n in page.shape)}) was read")
+        arr = page.asarray()
+        photometric, colormap = int(page.photometric), page.colormap
+    if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
+        cmap = np.asarray(colormap)
+        arr = cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)]  # (3, H, W)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration 2 (planes first)
+    return arr, photometric == 0
+
+
+def _load_tiff(path: Path) -> LoadedImage:
+    notes: list[str] = []
     try:
-        arr = tifffile.imread(path)
+        arr, min_is_white = _read_tiff_page(path, notes)
     except Exception as err:  # tifffile raises many types for broken files
         # tifffile needs the optional `imagecodecs` for LZW, Deflate, JPEG-in-TIFF (common in
         # exported radiographs); OpenCV's libtiff reads those, so it gets a second try.
@@ -365,7 +400,9 @@ def _load_tiff(path: Path) -> LoadedImage:
         hint = "" if "pixel type" in str(err) else " (one grayscale or RGB page expected)"
         raise ImageReadError(f"{path}: {err}{hint}") from err
     image, depth = _normalise_stored(path, arr, gray, None)
-    return LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)})
+    if min_is_white:  # PhotometricInterpretation MinIsWhite: as DICOM MONOCHROME1
+        image = 1.0 - image
+    return LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)}, notes=notes)
 
 
 def _load_jpeg(path: Path) -> LoadedImage:

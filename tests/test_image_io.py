@@ -426,3 +426,66 @@ def test_pixel_data_that_does_not_fit_rows_and_columns_is_one_line(tmp_path):
         load_image(path)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "not one grayscale frame" in msg, msg
+
+
+def _bar() -> np.ndarray:
+    """Truth for the reader tests: a bright 'bone' bar on the left of a darker background."""
+    y, x = np.mgrid[0:60, 0:40]
+    return (0.2 + 0.6 * (x < 12) + 0.2 * y / 60).clip(0, 1)
+
+
+def _png_with_sbit(path: Path, arr: np.ndarray, sbit: bytes) -> None:
+    """Write ``arr`` as PNG and insert an sBIT chunk after IHDR."""
+    import zlib
+
+    ok, buf = cv2.imencode(".png", arr)
+    data = buf.tobytes()
+    chunk = struct.pack(">I", len(sbit)) + b"sBIT" + sbit
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + sbit) & 0xFFFFFFFF)
+    path.write_bytes(data[:33] + chunk + data[33:])  # 8-byte signature + 25-byte IHDR
+
+
+def test_tiff_photometric_pages_and_planes(tmp_path):
+    """MinIsWhite is inverted (as DICOM MONOCHROME1), a palette is applied, the largest page
+    is read (a thumbnail may come first; a note says so), planes-first RGB is transposed, and a
+    float image with one stray pixel is stretched by robust percentiles (min-max made it white)."""
+    import tifffile
+
+    truth = _bar()
+    u16 = np.round(truth * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "white.tif", 65535 - u16, photometric="miniswhite")
+    ramp = np.linspace(65535, 0, 256).astype(np.uint16)  # an inverting grey palette
+    idx = np.round((1 - truth) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "pal.tif", idx, photometric="palette",
+                     colormap=np.stack([ramp, ramp, ramp]))
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tw:
+        tw.write(u16[::6, ::6])
+        tw.write(u16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([u16] * 3), photometric="rgb",
+                     planarconfig="separate")
+    odd = truth.astype(np.float32) * 3.0
+    odd[5, 5] = -1e30
+    tifffile.imwrite(tmp_path / "float.tif", odd)
+    for name, atol in (("white", 1e-4), ("pal", 0.01), ("thumb", 1e-4), ("planar", 1e-4)):
+        loaded = load_image(tmp_path / f"{name}.tif")
+        np.testing.assert_allclose(loaded.image, truth, atol=atol, err_msg=name)
+    assert load_image(tmp_path / "thumb.tif").notes == [
+        "the TIFF holds 2 pages: the largest (page 2, 60x40) was read"]
+    img = load_image(tmp_path / "float.tif").image
+    assert img[:, :10].mean() > 0.8 and img[:, -10:].mean() < 0.4  # bone bright, not all white
+
+
+def test_png_sbit_that_cannot_describe_the_samples(tmp_path):
+    """sBIT of a palette image (it describes the palette), an sBIT above the bit depth (libpng
+    ignores it), and 16-bit samples scaled to the full range as the PNG spec says (sBIT 12,
+    values up to 65535): each read by the full depth, not divided by 2**sbit - 1 and clipped."""
+    truth = _bar()
+    u16 = np.round(truth * 65535).astype(np.uint16)
+    u8 = np.round(truth * 255).astype(np.uint8)
+    _png_with_sbit(tmp_path / "scaled.png", u16, b"\x0c")
+    _png_with_sbit(tmp_path / "over.png", u8, b"\x10")
+    for name, atol in (("scaled", 1e-4), ("over", 3e-3)):
+        np.testing.assert_allclose(load_image(tmp_path / f"{name}.png").image, truth, atol=atol)
+    low = np.round(truth * 4095).astype(np.uint16)  # unscaled 12-bit data: sBIT still honoured
+    _png_with_sbit(tmp_path / "low.png", low, b"\x0c")
+    np.testing.assert_allclose(load_image(tmp_path / "low.png").image, truth, atol=2e-4)
