@@ -46,6 +46,38 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     return [path], False
 
 
+def output_stems(paths: list[Path]) -> list[str]:
+    """The name each image's ``<stem>_plan.png/.json`` takes: its stem, or, when two images
+    share a stem (knee.png and knee.tif, or one name in two folders of a glob), the name with
+    its suffix and a counter, so that no plan overwrites another."""
+    count: dict[str, int] = {}
+    for p in paths:
+        count[p.stem] = count.get(p.stem, 0) + 1
+    out, seen = [], set()
+    for p in paths:
+        stem = p.stem if count[p.stem] == 1 else f"{p.stem}{p.suffix.replace('.', '_')}"
+        base, k = stem, 1
+        while stem in seen:
+            k += 1
+            stem = f"{base}-{k}"
+        seen.add(stem)
+        out.append(stem)
+    return out
+
+
+def overwritten_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Inputs that a plan's output would overwrite (``--out`` is their folder and one is named
+    like another's ``<stem>_plan.png``, e.g. an earlier run's overlay)."""
+    inputs = {p.resolve() for p in paths}
+    hits = []
+    for stem in output_stems(paths):
+        for suffix in ("_plan.png", "_plan.json"):
+            target = (out_dir / f"{stem}{suffix}").resolve()
+            if target in inputs:
+                hits.append(target)
+    return hits
+
+
 @dataclass
 class PlanOptions:
     """Per-image settings of ``planning.plan.run_plan``."""
@@ -61,14 +93,16 @@ class PlanOptions:
     zoom: bool = True
 
 
-def plan_one(path: Path, predictor: Any, opts: PlanOptions) -> dict[str, Any]:
-    """Plan one image; a summary row, with ``status`` failed and ``error`` when it could not."""
-    row, _ = _plan_one(path, predictor, opts)
+def plan_one(path: Path, predictor: Any, opts: PlanOptions, stem: str | None = None
+             ) -> dict[str, Any]:
+    """Plan one image; a summary row, with ``status`` failed and ``error`` when it could not.
+    ``stem``: the outputs' name (default: the image's stem)."""
+    row, _ = _plan_one(path, predictor, opts, stem=stem)
     return row
 
 
-def _plan_one(path: Path, predictor: Any, opts: PlanOptions,
-              writer: Any = None) -> tuple[dict[str, Any], Future | None]:
+def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
+              stem: str | None = None) -> tuple[dict[str, Any], Future | None]:
     """``plan_one`` with ``run_plan``'s ``overlay_writer``; also returns the pending write."""
     from planning.plan import PlanInputError, run_plan
 
@@ -81,7 +115,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions,
             path, predictor, opts.out_dir, decode=opts.decode, line_fit=opts.line_fit,
             user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
             checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
-            zoom=opts.zoom, overlay_writer=writer,
+            zoom=opts.zoom, overlay_writer=writer, out_stem=stem,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
@@ -156,8 +190,8 @@ def _init_worker(model_path: str, device: str) -> None:
     _WORKER["predictor"] = load_predictor(model_path, device=device, threads=1)
 
 
-def _worker_plan(path: Path, opts: PlanOptions) -> dict[str, Any]:
-    return plan_one(path, _WORKER["predictor"], opts)
+def _worker_plan(path: Path, opts: PlanOptions, stem: str) -> dict[str, Any]:
+    return plan_one(path, _WORKER["predictor"], opts, stem)
 
 
 def plan_many(
@@ -175,6 +209,7 @@ def plan_many(
     report = on_error or (lambda msg: print(f"plan: error: {msg}", file=sys.stderr, flush=True))
     progress = Progress(len(paths), progress_every)
     rows: list[dict[str, Any] | None] = [None] * len(paths)
+    stems = output_stems(paths)
 
     def finish(i: int, row: dict[str, Any]) -> None:
         rows[i] = row
@@ -192,7 +227,8 @@ def plan_many(
                 held: tuple[int, dict[str, Any], Future | None] | None = None
                 for i, path in enumerate(paths):
                     row, pending = _plan_one(path, predictor, opts,
-                                             lambda p, rgb: io.submit(write_overlay, p, rgb))
+                                             lambda p, rgb: io.submit(write_overlay, p, rgb),
+                                             stems[i])
                     if held is not None:  # the previous overlay was written meanwhile
                         finish(held[0], _settle(*held[1:]))
                     held = (i, row, pending)
@@ -204,7 +240,8 @@ def plan_many(
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(str(model_path), device)) as pool:
-                futures = {pool.submit(_worker_plan, p, opts): i for i, p in enumerate(paths)}
+                futures = {pool.submit(_worker_plan, p, opts, stems[i]): i
+                           for i, p in enumerate(paths)}
                 for fut in as_completed(futures):
                     finish(futures[fut], fut.result())
     finally:

@@ -185,6 +185,7 @@ def run_plan(
     sphere_search: Any = None,
     zoom: bool = True,
     overlay_writer: Callable[[Path, np.ndarray], Any] | None = None,
+    out_stem: str | None = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
@@ -242,8 +243,9 @@ def run_plan(
     reasons = review(plan, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    overlay_path = out / f"{path.stem}_plan.png"
-    report_path = out / f"{path.stem}_plan.json"
+    stem = out_stem or path.stem  # (batch mode: unique when two images share a stem)
+    overlay_path = out / f"{stem}_plan.png"
+    report_path = out / f"{stem}_plan.json"
     window = zoom_window(maps.frame)
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
                     window=window)
@@ -422,12 +424,23 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     """Batch mode of ``main``: every image of a folder or glob, one summary CSV."""
     import time
 
-    from planning.batch import IMAGE_SUFFIXES, PlanOptions, plan_many, write_summary
+    from planning.batch import (
+        IMAGE_SUFFIXES,
+        PlanOptions,
+        overwritten_inputs,
+        plan_many,
+        write_summary,
+    )
 
     if not images:
         print(f"plan: error: {args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found",
               file=sys.stderr)
         return 1
+    clash = overwritten_inputs(images, args.out)
+    if clash:
+        print(f"plan: error: --out {args.out}: the plans would overwrite input {clash[0]} (an "
+              "earlier run's output among the images?): choose another --out", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     workers = min(args.workers, len(images))
     predictor = None

@@ -145,3 +145,33 @@ def test_background_overlay_writes(folder, tmp_path_factory, tmp_path, monkeypat
     assert "disk full" in rows[0]["error"] and good[0].stem in rows[0]["error"]
     assert errors == [rows[0]["error"]]
     assert (tmp_path / "flaky" / f"{good[1].stem}_plan.png").is_file()
+
+
+def test_outputs_never_overwrite_each_other_or_an_input(tmp_path_factory, tmp_path, capsys):
+    """knee.png and knee.tif in one folder wrote both plans to knee_plan.* (the first lost);
+    with --out the input folder, a.png's overlay overwrote an input named a_plan.png."""
+    import cv2
+
+    from planning.batch import output_stems
+
+    a, b = (tmp_path / d for d in ("a", "b"))
+    assert output_stems([a / "knee.png", a / "knee.tif", b / "knee.png", a / "x.png"]) == [
+        "knee_png", "knee_tif", "knee_png-2", "x"]
+    model = exported_tiny_model(tmp_path_factory)
+    good = phantom_images(tmp_path_factory, n=1)[0]
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(good, src / "knee.png")
+    img = cv2.imread(str(good), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(src / "knee.tif"), img[:, ::-1])  # another image, same stem
+    assert main(["--image", str(src), "--ckpt", str(model), "--out", str(tmp_path / "o")]) == 0
+    rows = _rows(tmp_path / "o" / "summary.csv")
+    assert sorted(r["report"].rsplit("/", 1)[-1] for r in rows) == [
+        "knee_png_plan.json", "knee_tif_plan.json"]
+    assert rows[0]["schoettle_x_px"] != rows[1]["schoettle_x_px"]
+    shutil.copy(good, src / "a.png")
+    shutil.copy(good, src / "a_plan.png")  # an earlier run's overlay, say
+    before = (src / "a_plan.png").read_bytes()
+    assert main(["--image", str(src), "--ckpt", str(model), "--out", str(src)]) == 2
+    assert "would overwrite input" in capsys.readouterr().err
+    assert (src / "a_plan.png").read_bytes() == before
