@@ -28,7 +28,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "c1": (1, 4096),
     "c2": (1, 4096),
     "c_star": (1, 4096),
-    "image_size": (8, 4096),
+    "image_size": (8, 1024),  # the paper: 256; one 2048 px quick network took 7 GB, > 2 min
 }
 NET_KWARG_LIMITS: dict[str, tuple[int, int]] = {
     "head_channels": (1, 4096),
@@ -56,11 +56,13 @@ ONNX_OPS: dict[str, frozenset[str]] = {
     "Squeeze": frozenset({"axes"}),
 }  # fmt: skip
 MAX_GRAPH_NODES = 100_000  # the paper network exports ~600
-MAX_TENSOR_ELEMENTS = 2**28  # any tensor at batch 1 (1 GB of float32; the paper's largest: 1 M)
+MAX_TENSOR_ELEMENTS = 2**26  # any tensor at batch 1 (256 MB of float32, 1 GB at the TTA's
+# batch of 4; the paper's largest: 1 M)
 # all node outputs at batch 1 together, a bound on work and on memory even if every tensor
 # stayed alive (8 GB of float32); the paper network at 256 px: 2.3e8
 MAX_TOTAL_ELEMENTS = 2**31
-MAX_GRAPH_FLOP = 10**12  # convolutions and pooling at batch 1 (the paper network: 3.1e10)
+MAX_GRAPH_FLOP = 2 * 10**11  # convolutions and pooling at batch 1 (the paper network: 3.1e10
+# at 256 px, 1.2e11 at 512); a plan runs it up to ~10 times (TTA, a second look)
 
 
 def _at(source: str | Path) -> str:

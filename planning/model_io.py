@@ -29,7 +29,7 @@ import torch
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
-from lightning_modules.model_limits import check_codec
+from lightning_modules.model_limits import MAX_GRAPH_FLOP, check_codec
 from lightning_modules.shgn import MultiTaskSHGN
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
@@ -100,6 +100,76 @@ def _config_sigma(config_yaml: Any) -> float | None:
     return None if isinstance(sigma, bool) or not isinstance(sigma, int | float) else float(sigma)
 
 
+def _float32_weights(path: Path, weights: dict[str, Any]) -> dict[str, Any]:
+    """Floating weights as float32 (half/double checkpoints are common and plan the same);
+    complex or otherwise non-real parameters are refused."""
+    out = {}
+    for name, t in weights.items():
+        if isinstance(t, torch.Tensor) and (t.is_complex() or t.layout != torch.strided):
+            raise CheckpointError(f"{path}: weight {name[:80]!r} is {t.dtype} "
+                                  f"({str(t.layout).replace('torch.', '')}): not a real network")
+        out[name] = t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return out
+
+
+def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float:
+    """Convolution FLOP of ``net`` (built from ``hparams``; may be on the meta device) for one
+    ``size`` x ``size`` image: 2 x weights x output pixels, summed over its convolutions.
+
+    Each convolution's output size comes from a forward of a copy with the same layout (its
+    widths replaced by their ranks, so every equal or unequal pair of widths stays so, and the
+    same convolutions exist; batch norm in eval mode, which takes any size) at the smallest
+    input it takes, scaled by area: ~20-120 ms at any width, where a meta-device forward of the
+    paper network took 0.5-1.5 s. Other ops (pooling, norms, upsampling) are not counted.
+    """
+    from lightning_modules.shgn import STEM_STRIDE
+
+    keys = ("c1", "c2", "c_star")
+    kw = dict(hparams.get("net_kwargs") or {})
+    real = {k: int(hparams.get(k, d)) for k, d in zip(keys, (64, 128, 256), strict=True)}
+    real["head_channels"] = int(kw.get("head_channels") or max(real["c_star"] // 2, 1))
+    real["skip_channels"] = int(kw.get("skip_channels") or 16)
+    real["refine_channels"] = int(kw.get("refine_channels") or 16)
+    fixed = {1, *TASKS.values()}  # the input and the task outputs keep their widths' ranks too
+    rank = {v: i + 1 for i, v in enumerate(sorted(fixed | set(real.values())))}
+    rank.update({v: v for v in fixed if rank[v] != v and v not in real.values()})
+    tiny_hp = {**hparams, **{k: rank[real[k]] for k in keys}, "norm": "batch",  # (eval: any size)
+               "net_kwargs": {k: rank[real[k]] for k in
+                              ("head_channels", "skip_channels", "refine_channels")}}
+    tiny = build_network(tiny_hp).eval()
+    depth = int(hparams.get("depth", 4))
+    small = STEM_STRIDE * 2**depth
+    pixels: dict[str, int] = {}
+
+    def record(name: str) -> Any:
+        return lambda m, i, o: pixels.__setitem__(name, o.shape[-2:].numel())
+
+    hooks = [m.register_forward_hook(record(n))
+             for n, m in tiny.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        tiny(torch.zeros(1, 1, small, small))
+    for h in hooks:
+        h.remove()
+    scale = (size / small) ** 2
+    return float(sum(2 * m.weight.numel() * pixels.get(n, 0) * scale
+                     for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)))
+
+
+def check_compute(path: str | Path, net: torch.nn.Module, hparams: dict[str, Any],
+                  size: int) -> None:
+    """Refuse a network that cannot take ``size`` px inputs, or whose convolutions need more
+    than ``MAX_GRAPH_FLOP`` for one image (the bound an exported graph has)."""
+    try:
+        net.check_input(torch.empty(1, 1, size, size, device="meta"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its image_size {size} does not fit its network ({err})"
+                              ) from None
+    flop = conv_flop(net, hparams, size)
+    if flop > MAX_GRAPH_FLOP:
+        raise CheckpointError(f"{path}: its network needs {flop:.1e} FLOP per {size} px image, "
+                              f"more than the {MAX_GRAPH_FLOP:.0e} allowed")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network (eval mode, on ``device``) and codec from a checkpoint alone."""
     p = Path(path)
@@ -110,6 +180,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
                    if k.startswith(_NET_PREFIX)}
         with torch.device("meta"):  # no random initialisation of weights about to be replaced
             net = build_network(hp)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{p}: cannot build its network ({first[:200]})") from err
+    weights = _float32_weights(p, weights)
+    check_compute(p, net, hp, int(hp.get("image_size", 256)))
+    try:
         net.load_state_dict(weights, strict=True, assign=True)
         if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # non-persistent buffers
             net = build_network(hp)
@@ -122,5 +198,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         codec = checkpoint_codec(ckpt)
     except ValueError as err:
         raise CheckpointError(f"{p}: {err}") from None
+    size = int(hp.get("image_size", 256))
+    if codec.input_size != size:
+        raise CheckpointError(f"{p}: its heat-map codec is for {codec.input_size} px inputs, its "
+                              f"network for {size} px (inconsistent hyper-parameters)")
     net.eval().to(device)
     return LoadedModel(net, int(hp.get("image_size", 256)), codec, hp, p)

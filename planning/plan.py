@@ -285,6 +285,7 @@ def write_overlay(path: Path, rgb: np.ndarray) -> None:
     write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
 
 
+MAX_TTA = 64  # test-time augmentations per image (each one more network pass)
 MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runtimes fail
 # (--threads 100000 crashed torch and took 7 GB in ONNX Runtime)
 
@@ -352,6 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
+        return 2
+    if not 0 <= args.tta <= MAX_TTA:
+        print(f"plan: error: --tta must be 0..{MAX_TTA} (0: off)", file=sys.stderr)
+        return 2
+    if args.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+        print(f"plan: error: --device {args.device!r:.40}: expected cpu, cuda[:N], mps or xpu",
+              file=sys.stderr)
         return 2
     if not (1 <= args.workers <= MAX_PARALLEL and 1 <= args.threads <= MAX_PARALLEL):
         print(f"plan: error: --workers and --threads must be 1..{MAX_PARALLEL}", file=sys.stderr)

@@ -129,3 +129,78 @@ def test_codec_fallbacks_of_a_checkpoint_are_bounded(tmp_path_factory, tmp_path)
     assert load_checkpoint(tmp_path / "big.ckpt").codec.sigma == 6.0  # the default
     torch.save({**src, "kneeplan_config": "data:\n  sigma: 3.0\n"}, tmp_path / "small.ckpt")
     assert load_checkpoint(tmp_path / "small.ckpt").codec.sigma == 3.0
+
+
+@pytest.mark.parametrize("hp, size", [
+    ({"num_stacks": 4, "depth": 4, "c1": 64, "c2": 128, "c_star": 256}, 256),  # the paper's
+    ({"num_stacks": 2, "depth": 2, "c1": 4, "c2": 4, "c_star": 4, "norm": "batch",
+      "net_kwargs": {"refine_channels": 4, "skip_channels": 2, "head_channels": 1}}, 64),
+    ({"num_stacks": 1, "depth": 2, "c1": 2, "c2": 16, "c_star": 16, "norm": "group",
+      "net_kwargs": {"refine_channels": 2, "skip_channels": 1}}, 96),
+])
+def test_conv_flop_matches_torchs_flop_counter(hp, size):
+    """The load-time estimate (a tiny copy's conv output sizes, scaled) against torch's own
+    FlopCounterMode on the real network: within 6 % (the counter also counts other ops)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from planning.model_io import build_network, conv_flop
+
+    net = build_network(hp).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, 1, size, size))
+    assert conv_flop(net, hp, size) == pytest.approx(fc.get_total_flops(), rel=0.06)
+
+
+def test_checkpoint_hyper_parameters_must_be_consistent_and_affordable(tmp_path_factory,
+                                                                       tmp_path):
+    """Each once loaded and then failed on every image (blamed on the image, status 1) or ran
+    for minutes: half-precision weights now plan like float32 ones; complex weights, an input
+    side the network cannot take, a codec for another input size and a network over the FLOP
+    budget are refused at load, naming the file."""
+    from planning.model_io import load_checkpoint
+
+    src_path = trained_tiny_checkpoint(tmp_path_factory)
+    src = torch.load(src_path, weights_only=True)
+
+    def variant(name, hp=None, weights=None):
+        ck = {**src, "hyper_parameters": {**src["hyper_parameters"], **(hp or {})},
+              "state_dict": {k: (weights(v) if weights else v)
+                             for k, v in src["state_dict"].items()}}
+        torch.save(ck, tmp_path / name)
+        return tmp_path / name
+
+    half = load_checkpoint(variant("half.ckpt", weights=lambda v: v.half()
+                                   if v.is_floating_point() else v))
+    full = load_checkpoint(src_path)
+    x = torch.rand(1, 1, full.image_size, full.image_size)
+    with torch.no_grad():
+        a, b = (m.net(x).final["lm"] for m in (full, half))
+    assert all(p.dtype == torch.float32 for p in half.net.parameters())
+    # the half checkpoint's weights are rounded to 11 bits: close, not equal
+    assert float((a - b).abs().mean()) < 5e-3 and float((a - b).abs().max()) < 0.1
+    codec = src["hyper_parameters"]["heatmap_codec"]
+    bad = {
+        "complex.ckpt": ({}, lambda v: v.to(torch.complex64) if v.ndim == 4 else v,
+                         "complex64"),
+        "size.ckpt": ({"image_size": 40, "heatmap_codec": {**codec, "input_size": 40}}, None,
+                      "image_size 40 does not fit its network"),
+        "codec.ckpt": ({"heatmap_codec": {**codec, "input_size": 128}}, None,
+                       "codec is for 128 px inputs, its network for 64 px"),
+        "flop.ckpt": ({"c_star": 2048, "c2": 2048, "image_size": 512,
+                       "heatmap_codec": {**codec, "input_size": 512}}, None,
+                      "FLOP per 512 px image, more than"),
+    }
+    for name, (hp, weights, words) in bad.items():
+        path = variant(name, hp, weights)
+        with pytest.raises(Exception, match=words) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value)
+
+
+def test_plan_arguments_that_name_no_usable_setting(tmp_path_factory):
+    image = phantom_images(tmp_path_factory, n=1)[0]
+    ckpt = trained_tiny_checkpoint(tmp_path_factory)
+    for args, words in ((["--tta", "-5"], b"--tta must be 0..64"),
+                        (["--device", "meta"], b"expected cpu, cuda[:N], mps or xpu")):
+        res = plan_cli("--image", str(image), "--ckpt", str(ckpt), *args)
+        assert res.returncode == 2 and words in res.stderr, res.stderr
