@@ -346,6 +346,54 @@ def write_image(path: str | Path, array: np.ndarray, params: Sequence[int] = ())
     path.write_bytes(buf.tobytes())
 
 
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180 deg", 4: "flipped upside down",
+                5: "transposed", 6: "rotated 90 deg clockwise", 7: "transversed",
+                8: "rotated 90 deg counter-clockwise"}  # EXIF/TIFF Orientation (274), 1 = as stored
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (274) of IFD0 of a TIFF-structured EXIF block, 1 when absent."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    end = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(end + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (n,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
+    for i in range(min(n, 512)):
+        at = ifd + 2 + 12 * i
+        if at + 12 > len(tiff):
+            break
+        tag, typ = struct.unpack(end + "HH", tiff[at : at + 4])
+        if tag == 274 and typ == 3:
+            (value,) = struct.unpack(end + "H", tiff[at + 8 : at + 10])
+            return value if value in ORIENTATIONS else 1
+    return 1
+
+
+def _jpeg_exif(data: bytes) -> bytes:
+    """The TIFF block of a JPEG's APP1 Exif segment (empty when there is none)."""
+    at = data.find(b"Exif\x00\x00", 0, 65536)
+    return data[at + 6 : at + 65536] if at >= 4 and data[at - 4 : at - 2] == b"\xff\xe1" else b""
+
+
+def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
+    """``arr`` as displayed under an EXIF/TIFF Orientation (a phone photo of a light box stores
+    the sensor's pixels and this tag); a note says what was done."""
+    if orientation not in ORIENTATIONS:
+        return arr
+    notes.append(f"the file's orientation tag ({orientation}: {ORIENTATIONS[orientation]}) was "
+                 "applied: the image is read as it is displayed")
+    if orientation in (5, 6, 7, 8):
+        arr = np.swapaxes(arr, 0, 1)  # transpose, then flip as for 2, 4, 3
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        arr = arr[:, ::-1]
+    if orientation in (3, 4):
+        arr = arr[::-1]
+    return np.ascontiguousarray(arr)
+
+
 def _load_png(path: Path) -> LoadedImage:
     data = path.read_bytes()
     sbit, has_end = _png_info(path, data)
@@ -355,7 +403,12 @@ def _load_png(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
     if sbit is not None and int(arr.max()) > 2**sbit - 1:
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
-    return _from_decoded(path, arr, sbit, "png")
+    notes: list[str] = []
+    at = data.find(b"eXIf")
+    if at >= 4:
+        (length,) = struct.unpack(">I", data[at - 4 : at])
+        arr = orient(arr, exif_orientation(data[at + 4 : at + 4 + length]), notes)
+    return _from_decoded(path, arr, sbit, "png", notes=notes)
 
 
 def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
@@ -374,12 +427,14 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
                          f"{'x'.join(str(n) for n in page.shape)}) was read")
         arr = page.asarray()
         photometric, colormap = int(page.photometric), page.colormap
+        tag = page.tags.get(274)
+        orientation = int(tag.value) if tag is not None else 1
     if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
         cmap = np.asarray(colormap)
         arr = cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)]  # (3, H, W)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar configuration 2 (planes first)
-    return arr, photometric == 0
+    return orient(arr, orientation, notes), photometric == 0
 
 
 def _load_tiff(path: Path) -> LoadedImage:
@@ -406,14 +461,19 @@ def _load_tiff(path: Path) -> LoadedImage:
 
 
 def _load_jpeg(path: Path) -> LoadedImage:
-    arr = imdecode(path, path.read_bytes())
+    data = path.read_bytes()
+    arr = imdecode(path, data)
     if arr is None:
         raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
-    return _from_decoded(path, arr, None, "jpeg", lossy=True)
+    notes: list[str] = []
+    arr = orient(arr, exif_orientation(_jpeg_exif(data)), notes)
+    # lossy when it is JPEG data (a PNG named .jpg decodes here too)
+    return _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8", notes=notes)
 
 
 def _from_decoded(
-    path: Path, arr: np.ndarray, bits: int | None, fmt: str, lossy: bool = False
+    path: Path, arr: np.ndarray, bits: int | None, fmt: str, lossy: bool = False,
+    notes: list[str] | None = None,
 ) -> LoadedImage:
     """An OpenCV-decoded (BGR or gray) array as a LoadedImage, values by the stored range."""
     try:
@@ -421,7 +481,8 @@ def _from_decoded(
     except ValueError as err:
         raise ImageReadError(f"{path}: {err}") from err
     image, depth = _normalise_stored(path, arr, gray, bits)
-    return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy)
+    return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy,
+                       notes=list(notes or []))
 
 
 def _brief(err: BaseException) -> str:

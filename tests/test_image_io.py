@@ -489,3 +489,27 @@ def test_png_sbit_that_cannot_describe_the_samples(tmp_path):
     low = np.round(truth * 4095).astype(np.uint16)  # unscaled 12-bit data: sBIT still honoured
     _png_with_sbit(tmp_path / "low.png", low, b"\x0c")
     np.testing.assert_allclose(load_image(tmp_path / "low.png").image, truth, atol=2e-4)
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """A JPEG with an APP1 Exif segment whose IFD0 holds only Orientation (tag 274)."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 274, 3, 1, orientation, 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    body = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_opencv_displays_it(tmp_path, orientation):
+    """A phone photo of a light box stores the sensor's pixels plus an orientation tag: it is
+    read as displayed, exactly as OpenCV's own EXIF handling (IMREAD_GRAYSCALE) shows it."""
+    y, x = np.mgrid[0:40, 0:60]
+    img = np.clip(30 + 3 * x + (y < 10) * 60, 0, 255).astype(np.uint8)  # no symmetry
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_with_exif_orientation(buf.tobytes(), orientation))
+    ref = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE) / 255.0
+    loaded = load_image(path)
+    np.testing.assert_allclose(loaded.image, ref, atol=1.5 / 255)
+    assert (len(loaded.notes) == 1) == (orientation != 1)
+    assert loaded.lossy
