@@ -64,6 +64,22 @@ def printable(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
+def _dashed_square(img: np.ndarray, window: dict[str, int], st: Style) -> None:
+    """The second look's square (x0, y0, side in pixels), dashed, in one polylines call."""
+    x0, y0, sd = (float(window[k]) - (0.5 if k != "side" else 0.0) for k in ("x0", "y0", "side"))
+    dash = max(4.0, 3.0 * st.marker / 4)
+    t = np.arange(0.0, sd, 2 * dash)
+    t1 = np.minimum(t + dash, sd)
+    segs = []
+    for (ax, ay), (dx, dy) in (((x0, y0), (1, 0)), ((x0 + sd, y0), (0, 1)),
+                               ((x0 + sd, y0 + sd), (-1, 0)), ((x0, y0 + sd), (0, -1))):
+        a = np.stack([ax + dx * t, ay + dy * t], axis=1)
+        b = np.stack([ax + dx * t1, ay + dy * t1], axis=1)
+        segs.append(np.stack([a, b], axis=1))
+    pts = np.round(np.concatenate(segs) * _ONE).astype(np.int32)
+    cv2.polylines(img, list(pts), False, WINDOW_COLOUR, st.thick, cv2.LINE_AA, _SHIFT)
+
+
 def _fixed(p: np.ndarray) -> tuple[int, int]:
     return int(round(float(p[0]) * _ONE)), int(round(float(p[1]) * _ONE))
 
@@ -284,9 +300,7 @@ def draw_plan(
     h, w = img.shape[:2]
     st = Style(h, w)
     if window is not None:
-        x0, y0, sd = (float(window[k]) for k in ("x0", "y0", "side"))
-        box = np.array([[x0, y0], [x0 + sd, y0], [x0 + sd, y0 + sd], [x0, y0 + sd]]) - 0.5
-        _dashed_contour(img, box[:, None], WINDOW_COLOUR, st)
+        _dashed_square(img, window, st)
     if masks is not None:
         for b, bone in enumerate(BONES):
             _outline(img, masks[b], BONE_COLOURS[bone], st)
