@@ -580,6 +580,13 @@ def _load_dicom(path: Path) -> LoadedImage:
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
         raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
     if "PixelData" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        sop = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+        if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
+            raise ImageReadError(f"{path}: a DICOMDIR (an index of other files), not an image")
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise ImageReadError(f"{path}: DICOM float pixel data is not supported (a "
+                                 "radiograph stores integers)")
         raise ImageReadError(f"{path}: DICOM has no pixel data (truncated?)")
     try:
         arr = ds.pixel_array

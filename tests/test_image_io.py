@@ -513,3 +513,21 @@ def test_exif_orientation_is_applied_as_opencv_displays_it(tmp_path, orientation
     np.testing.assert_allclose(loaded.image, ref, atol=1.5 / 255)
     assert (len(loaded.notes) == 1) == (orientation != 1)
     assert loaded.lossy
+
+
+def test_dicom_without_integer_pixels_says_what_it_is(tmp_path):
+    """A DICOMDIR (an index) and float pixel data were both reported as 'truncated?'."""
+    import pydicom
+
+    write_dicom(tmp_path / "f.dcm", _ramp())
+    ds = pydicom.dcmread(tmp_path / "f.dcm")
+    del ds.PixelData
+    ds.FloatPixelData = np.zeros(ds.Rows * ds.Columns, np.float32).tobytes()
+    ds.save_as(tmp_path / "f.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="float pixel data is not supported"):
+        load_image(tmp_path / "f.dcm")
+    del ds.FloatPixelData
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="a DICOMDIR"):
+        load_image(tmp_path / "d.dcm")
