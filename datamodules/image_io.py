@@ -588,6 +588,17 @@ def _load_dicom(path: Path) -> LoadedImage:
             raise ImageReadError(f"{path}: DICOM float pixel data is not supported (a "
                                  "radiograph stores integers)")
         raise ImageReadError(f"{path}: DICOM has no pixel data (truncated?)")
+    for tag in ("RescaleSlope", "RescaleIntercept"):
+        if tag in ds and "ModalityLUTSequence" not in ds:
+            try:
+                value = float(ds[tag].value)
+            except (TypeError, ValueError):
+                value = float("nan")
+            bad = not np.isfinite(value) or abs(value) > 1e12 or (tag == "RescaleSlope"
+                                                                   and value == 0)
+            if bad:
+                raise ImageReadError(f"{path}: DICOM {tag} {printable(str(ds[tag].value))[:40]!r} "
+                                     "cannot scale the pixels (the file is broken)")
     try:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data

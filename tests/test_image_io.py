@@ -531,3 +531,16 @@ def test_dicom_without_integer_pixels_says_what_it_is(tmp_path):
     ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
     with pytest.raises(ImageReadError, match="a DICOMDIR"):
         load_image(tmp_path / "d.dcm")
+
+
+@pytest.mark.parametrize("slope", ["0", "NaN", "1e308"])
+def test_dicom_rescale_that_cannot_scale(tmp_path, slope):
+    """A zero, NaN or absurd RescaleSlope was reported as 'blank' or 'NaN values'."""
+    import pydicom
+
+    write_dicom(tmp_path / "r.dcm", _ramp(), rescale=(1.0, 0.0))
+    ds = pydicom.dcmread(tmp_path / "r.dcm")
+    ds.RescaleSlope = slope
+    ds.save_as(tmp_path / "r.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="DICOM RescaleSlope .* cannot scale the pixels"):
+        load_image(tmp_path / "r.dcm")
