@@ -26,6 +26,23 @@ def max_pixels() -> int:
     return value if value > 0 else DEFAULT_MAX_PIXELS
 
 
+def env_problem() -> str | None:
+    """One line on a ``KNEEPLAN_MAX_PIXELS`` that is set but not a positive whole number (each
+    command checks it at start: an "inf" failed every image, blaming the image), else None."""
+    raw = os.environ.get("KNEEPLAN_MAX_PIXELS", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        ok = value.is_integer() and 0 < value < 1e15
+    except (ValueError, OverflowError):
+        ok = False
+    if ok:
+        return None
+    return (f"KNEEPLAN_MAX_PIXELS={raw[:40]!r}: expected a positive whole number of pixels "
+            "(e.g. 80000000); unset it for the default of 40 megapixels")
+
+
 def cap_opencv_decodes() -> None:
     """Set OpenCV's decode cap to ``max_pixels`` unless the user set it (before cv2 loads)."""
     os.environ.setdefault(OPENCV_DECODE_CAP, str(max_pixels()))

@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="+", help="dataset folder(s) with images/ masks/ "
                                                  "annotations/")
     args = parser.parse_args(argv)
+    from datamodules.pixel_limit import env_problem
+
+    if env_problem():
+        print(f"validate: error: {env_problem()}", file=sys.stderr)
+        return 2
     report = ValidationReport()
     for root in args.roots:
         report.extend(validate_dataset(root))

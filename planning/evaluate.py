@@ -438,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (errors are one clear line, no traceback)."""
     args = build_parser().parse_args(argv)
+    from datamodules.pixel_limit import env_problem
+
+    if env_problem():
+        print(f"evaluate: error: {env_problem()}", file=sys.stderr)
+        return 2
     try:
         return _run(args)
     except (OSError, ValueError, RuntimeError) as err:

@@ -351,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 a usage problem (bad arguments, missing or unusable model).
     """
     args = build_parser().parse_args(argv)
+    from datamodules.pixel_limit import env_problem
+
+    if env_problem():
+        print(f"plan: error: {env_problem()}", file=sys.stderr)
+        return 2
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
         return 2

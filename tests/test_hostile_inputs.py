@@ -204,3 +204,15 @@ def test_plan_arguments_that_name_no_usable_setting(tmp_path_factory):
                         (["--device", "meta"], b"expected cpu, cuda[:N], mps or xpu")):
         res = plan_cli("--image", str(image), "--ckpt", str(ckpt), *args)
         assert res.returncode == 2 and words in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-5", "abc", "2.5"])
+def test_a_bad_pixel_limit_in_the_environment_is_one_usage_line(tmp_path_factory, value):
+    """KNEEPLAN_MAX_PIXELS=inf made every image fail ('cannot read the image (OverflowError')."""
+    image = phantom_images(tmp_path_factory, n=1)[0]
+    env = {**os.environ, "KNEEPLAN_MAX_PIXELS": value}
+    res = subprocess.run([sys.executable, "-m", "planning.plan", "--image", str(image), "--ckpt",
+                          str(exported_tiny_model(tmp_path_factory))], cwd=REPO, env=env,
+                         capture_output=True, timeout=120)
+    assert res.returncode == 2 and b"KNEEPLAN_MAX_PIXELS" in res.stderr
+    assert res.stderr.count(b"\n") == 1
