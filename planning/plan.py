@@ -455,7 +455,13 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
               "earlier run's output among the images?): choose another --out", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    workers = min(args.workers, len(images))
+    import os
+
+    cores = os.cpu_count() or 1
+    if args.workers > cores:  # each worker holds a model (~300 MB): more than cores only thrash
+        print(f"plan: note: --workers {args.workers} > {cores} CPU cores: using {cores}",
+              file=sys.stderr)
+    workers = min(args.workers, len(images), cores)
     predictor = None
     if workers == 1:
         predictor = _load_or_explain(args.ckpt, args.device, args.threads)
