@@ -161,7 +161,8 @@ def read_sample(
     source = None if resolved is None else resolved.source
     meta = dict(ann["meta"])
     meta["spacing_inputs"] = {
-        k: (None if v is None else [list(t) for t in v] if k == "invalid_tags" else list(v))
+        k: (None if v is None else [list(t) for t in v] if k == "invalid_tags"
+            else float(v) if np.isscalar(v) else list(v))
         for k, v in inputs.items()
     }
     if ann["side"] is not None:

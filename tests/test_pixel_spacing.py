@@ -192,3 +192,16 @@ def test_non_square_pixels_are_a_review_reason():
     assert len(res.reasons) == 1 and "not square" in res.reasons[0] and "10:1" in res.reasons[0]
     ok = resolve_pixel_spacing(None, dicom_pixel=[0.14, 0.15], detect_sphere=False)
     assert ok.reasons == []
+
+
+def test_dataset_dicom_with_a_magnification_factor_reads(tmp_path):
+    """read_sample copied every spacing input as a list: the magnification (one number) made
+    it raise a TypeError, so training and evaluate crashed on such a DICOM."""
+    sample = generate_phantom(3, PhantomConfig(min_side=200, max_side=260).clean())
+    write_sample(tmp_path, dataclasses.replace(sample, spacing_mm=None))
+    (tmp_path / "images" / f"{sample.id}.png").unlink()
+    write_dicom(tmp_path / "images" / f"{sample.id}.dcm", np.round(sample.image * 65535),
+                bits=16, imager_spacing=[0.3, 0.3], magnification=1.2)
+    read = read_sample(tmp_path, sample.id)
+    assert read.spacing_mm == pytest.approx((0.25, 0.25))
+    assert read.meta["spacing_inputs"]["dicom_magnification"] == 1.2
