@@ -90,7 +90,13 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     Raises DatasetError naming the file when it is missing, unreadable, too large, coloured,
     non-binary or of another size than ``shape`` (H, W).
     """
-    from datamodules.image_io import ImageReadError, check_pixel_limit, imdecode
+    from datamodules.image_io import (
+        ImageReadError,
+        check_pixel_limit,
+        imdecode,
+        orient,
+        png_orientation,
+    )  # fmt: skip
 
     path = Path(path)
     if not path.exists():
@@ -102,10 +108,13 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     except (ImageReadError, OSError) as err:
         raise DatasetError(str(err)) from None
     try:
+        data = path.read_bytes()
         with decoder_messages() as said:  # libpng's own prints go into the error line
-            mask = imdecode(path, path.read_bytes())
+            mask = imdecode(path, data)
     except ImageReadError as err:  # over OpenCV's decode cap
         raise DatasetError(str(err)) from None
+    if mask is not None:  # as displayed, like its image (datamodules.image_io.orient)
+        mask = orient(mask, png_orientation(data), [])
     if mask is None:
         extra = f" (decoder said: {brief(said)})" if said else ""
         raise DatasetError(f"{path}: unreadable or truncated mask{extra}")

@@ -252,25 +252,36 @@ def _looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _png_info(path: Path, data: bytes) -> tuple[int | None, bool]:
-    """(significant bits from sBIT or None, whether the IEND chunk is present). An sBIT that
-    cannot describe the samples (a palette image's, 0, or more than the bit depth) is None."""
+def _png_info(path: Path, data: bytes) -> tuple[int | None, bool, int]:
+    """(significant bits from sBIT or None, whether the IEND chunk is present, the eXIf
+    chunk's orientation or 1). An sBIT that cannot describe the samples (a palette image's, 0,
+    or more than the bit depth) is None."""
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
-    pos, sbit, has_end = len(PNG_SIGNATURE), None, False
+    pos, sbit, has_end, orientation = len(PNG_SIGNATURE), None, False, 1
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
         if ctype == b"sBIT" and body:
             sbit = max(body)
+        if ctype == b"eXIf":
+            orientation = exif_orientation(body)
         if ctype == b"IEND":
             has_end = True
             break
         pos += 12 + length
     if sbit is not None and (colour == 3 or not 0 < sbit <= depth):
         sbit = None
-    return sbit, has_end
+    return sbit, has_end, orientation
+
+
+def png_orientation(data: bytes) -> int:
+    """The EXIF orientation of a PNG file's bytes (its eXIf chunk), 1 when none."""
+    try:
+        return _png_info(Path("."), data)[2]
+    except ImageReadError:
+        return 1
 
 
 def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
@@ -396,7 +407,7 @@ def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
 
 def _load_png(path: Path) -> LoadedImage:
     data = path.read_bytes()
-    sbit, has_end = _png_info(path, data)
+    sbit, has_end, orientation = _png_info(path, data)
     arr = imdecode(path, data)
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
@@ -404,10 +415,7 @@ def _load_png(path: Path) -> LoadedImage:
     if sbit is not None and int(arr.max()) > 2**sbit - 1:
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     notes: list[str] = []
-    at = data.find(b"eXIf")
-    if at >= 4:
-        (length,) = struct.unpack(">I", data[at - 4 : at])
-        arr = orient(arr, exif_orientation(data[at + 4 : at + 4 + length]), notes)
+    arr = orient(arr, orientation, notes)
     return _from_decoded(path, arr, sbit, "png", notes=notes)
 
 

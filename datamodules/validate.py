@@ -142,6 +142,9 @@ def _check_image(f: Path, report: ValidationReport) -> tuple[tuple[int, int] | N
     except Exception as err:  # a decoder failure is a bad file, never a crash
         report.error(f, f"cannot read the image ({type(err).__name__}: {err})")
         return None, False
+    for note in loaded.notes:  # what the reader changed or ignored
+        frame = " (its masks and annotation points must be in this displayed frame)"
+        report.warn(f, note + (frame if "orientation tag" in note else ""))
     img = loaded.image
     if not np.all(np.isfinite(img)):
         report.error(f, "image contains NaN or infinite values")

@@ -544,3 +544,39 @@ def test_dicom_rescale_that_cannot_scale(tmp_path, slope):
     ds.save_as(tmp_path / "r.dcm", enforce_file_format=True)
     with pytest.raises(ImageReadError, match="DICOM RescaleSlope .* cannot scale the pixels"):
         load_image(tmp_path / "r.dcm")
+
+
+def test_dataset_images_with_an_orientation_tag_are_named_by_the_validator(tmp_path):
+    """A dataset image is read as displayed; its masks and points must be in that frame, so
+    the validator says when a tag turned the image (a mask PNG's own eXIf tag is applied too)."""
+    import tifffile
+
+    from datamodules.dataset_io import read_mask, write_sample
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+    from datamodules.validate import validate_dataset
+
+    sample = generate_phantom(5, PhantomConfig(min_side=120, max_side=160).clean())
+    write_sample(tmp_path, sample)
+    png = tmp_path / "images" / f"{sample.id}.png"
+    stored = np.round(sample.image[::-1, ::-1] * 65535).astype(np.uint16)  # stored turned
+    tifffile.imwrite(png.with_suffix(".tif"), stored, extratags=[(274, "H", 1, 3, True)])
+    png.unlink()
+    ann = tmp_path / "annotations" / f"{sample.id}.json"
+    ann.write_text(ann.read_text().replace(png.name, png.with_suffix(".tif").name))
+    np.testing.assert_allclose(load_image(png.with_suffix(".tif")).image, sample.image,
+                               atol=1e-4)
+    report = validate_dataset(tmp_path)
+    assert report.ok and any("orientation tag (3: rotated 180 deg)" in w.message
+                             and "displayed frame" in w.message for w in report.warnings)
+    mask = (sample.masks[0] > 0).astype(np.uint8) * 255
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask[::-1, ::-1]))
+    data = buf.tobytes()
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 274, 3, 1, 3, 0)
+    exif = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    import zlib
+
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + exif) & 0xFFFFFFFF)
+    path = tmp_path / "m.png"
+    path.write_bytes(data[:33] + chunk + data[33:])
+    np.testing.assert_array_equal(read_mask(path, sample.image.shape), sample.masks[0] > 0)
