@@ -163,14 +163,33 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
 
 
 def _tiff_size(path: Path) -> tuple[int, int, int] | None:
+    """The largest page's width and height (the one the reader decodes), one frame."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            sizes = [(int(p.imagewidth), int(p.imagelength)) for p in tif.pages]
+    except Exception:  # a broken header is reported by the decoder with its own message
+        return None
+    if not sizes:
+        return None
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return w, h, 1
+
+
+def _tiff_tags(path: Path) -> tuple[int, int, int]:
+    """(photometric of page 1, number of pages, orientation of page 1) from the tags alone
+    (tifffile reads them without the codecs it may lack); (1, 1, 1) when unreadable."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return int(page.imagewidth), int(page.imagelength), len(tif.pages)
-    except Exception:  # a broken header is reported by the decoder with its own message
-        return None
+            tag = page.tags.get(274)
+            return (int(page.photometric), len(tif.pages),
+                    int(tag.value) if tag is not None else 1)
+    except Exception:  # the decode that follows reports a broken file
+        return 1, 1, 1
 
 
 def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
@@ -455,7 +474,19 @@ def _load_tiff(path: Path) -> LoadedImage:
         arr = imdecode(path, path.read_bytes())
         if arr is None:
             raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
-        return _from_decoded(path, arr, None, "tiff")
+        photometric, pages, orientation = _tiff_tags(path)
+        notes.clear()  # (what the failed tifffile read noted does not apply)
+        if pages > 1:
+            notes.append(f"the TIFF holds {pages} pages: OpenCV read the first (its compression "
+                         "needs a codec tifffile lacks; convert it to one-page TIFF or PNG)")
+        if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
+            notes.append(f"the file's orientation tag ({orientation}: "
+                         f"{ORIENTATIONS[orientation]}) was applied: the image is read as it "
+                         "is displayed")
+        loaded = _from_decoded(path, arr, None, "tiff", notes=notes)
+        if photometric == 0:  # MinIsWhite
+            loaded.image = 1.0 - loaded.image
+        return loaded
     arr = np.squeeze(arr)
     try:
         gray = _to_gray(arr, bgr=False)

@@ -580,3 +580,37 @@ def test_dataset_images_with_an_orientation_tag_are_named_by_the_validator(tmp_p
     path = tmp_path / "m.png"
     path.write_bytes(data[:33] + chunk + data[33:])
     np.testing.assert_array_equal(read_mask(path, sample.image.shape), sample.masks[0] > 0)
+
+
+def test_tiffs_tifffile_cannot_decode_keep_their_photometric_and_pages(tmp_path):
+    """LZW TIFFs (common PACS exports) need a codec tifffile lacks and go to OpenCV: MinIsWhite
+    is still inverted and several pages still noted (both were lost on that path)."""
+    from PIL import Image
+
+    truth = _bar()
+    u8 = np.round(truth * 255).astype(np.uint8)
+    Image.fromarray(255 - u8).save(tmp_path / "w.tif", compression="tiff_lzw",
+                                   tiffinfo={262: 0})  # PhotometricInterpretation MinIsWhite
+    np.testing.assert_allclose(load_image(tmp_path / "w.tif").image, truth, atol=3e-3)
+    pages = [Image.fromarray(u8), Image.fromarray(u8[::2, ::2])]
+    pages[0].save(tmp_path / "p.tif", compression="tiff_lzw", save_all=True,
+                  append_images=pages[1:])
+    loaded = load_image(tmp_path / "p.tif")
+    np.testing.assert_allclose(loaded.image, truth, atol=3e-3)
+    assert len(loaded.notes) == 1 and "holds 2 pages: OpenCV read the first" in loaded.notes[0]
+
+
+def test_tiff_header_check_sees_the_largest_page(tmp_path):
+    """The reader decodes the largest page, so the header check must size that page (a small
+    first page hid a 7000^2 one: 3.4 GB decoded from 160 kB before the refusal)."""
+    import tifffile
+
+    from datamodules.image_io import check_pixel_limit, header_size
+
+    with tifffile.TiffWriter(tmp_path / "b.tif") as tw:
+        tw.write(np.zeros((64, 64), np.uint8))
+        tw.write(np.zeros((7000, 7000), np.uint8), compression="zlib")
+    assert (tmp_path / "b.tif").stat().st_size < 500_000
+    assert header_size(tmp_path / "b.tif") == (7000, 7000, 1)
+    with pytest.raises(ImageReadError, match="7000 x 7000 px exceeds the limit"):
+        check_pixel_limit(tmp_path / "b.tif")
