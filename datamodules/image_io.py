@@ -354,7 +354,14 @@ def _normalise_stored(
 
 def imdecode(path: str | Path, data: np.ndarray | bytes, flags: int = cv2.IMREAD_UNCHANGED) -> Any:
     """``cv2.imdecode`` of a file's bytes; None when OpenCV cannot decode them, ImageReadError
-    when the decoded image would exceed OpenCV's decode cap (``datamodules.pixel_limit``)."""
+    when the decoded image would exceed OpenCV's decode cap (``datamodules.pixel_limit``), or,
+    where that cap is off (cv2 imported before this package), when the header gives no size."""
+    from datamodules.pixel_limit import opencv_cap_active
+
+    if not opencv_cap_active() and header_size(path) is None:
+        raise ImageReadError(
+            f"{path}: its size cannot be read from its header, and OpenCV's decode cap is off in "
+            "this process (cv2 was imported before kneeplan's datamodules): refused unread")
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as err:

@@ -10,6 +10,7 @@ then fails instead of allocating GBs.
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
 OPENCV_DECODE_CAP = "OPENCV_IO_MAX_IMAGE_PIXELS"
@@ -43,6 +44,17 @@ def env_problem() -> str | None:
             "(e.g. 80000000); unset it for the default of 40 megapixels")
 
 
+_CAP = {"active": False}
+
+
 def cap_opencv_decodes() -> None:
-    """Set OpenCV's decode cap to ``max_pixels`` unless the user set it (before cv2 loads)."""
+    """Set OpenCV's decode cap to ``max_pixels`` unless the user set it, and record whether it
+    can still take effect (not when cv2 was imported first, e.g. by a user's script)."""
+    preset = OPENCV_DECODE_CAP in os.environ
     os.environ.setdefault(OPENCV_DECODE_CAP, str(max_pixels()))
+    _CAP["active"] = preset or "cv2" not in sys.modules
+
+
+def opencv_cap_active() -> bool:
+    """Whether OpenCV refuses decodes over the pixel limit in this process."""
+    return _CAP["active"]

@@ -10,6 +10,8 @@ import os
 import pytest
 import torch
 
+import datamodules  # noqa: F401  (first: OpenCV's decode cap is read when cv2 loads)
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations: no update check
 os.environ.setdefault("WANDB_MODE", "offline")  # W&B never goes online from a test
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -216,3 +216,24 @@ def test_a_bad_pixel_limit_in_the_environment_is_one_usage_line(tmp_path_factory
                          capture_output=True, timeout=120)
     assert res.returncode == 2 and b"KNEEPLAN_MAX_PIXELS" in res.stderr
     assert res.stderr.count(b"\n") == 1
+
+
+def test_when_cv2_came_first_files_of_unknown_size_are_refused_unread(tmp_path):
+    """OpenCV reads its decode cap once, at import: a script that imports cv2 before kneeplan
+    has none, so a file whose header does not give its size is refused instead of decoded."""
+    ok, buf = cv2.imencode(".webp", np.zeros((100, 100), np.uint8))
+    (tmp_path / "x.tif").write_bytes(buf.tobytes())
+    code = ("import cv2\nimport datamodules\n"
+            "from datamodules.pixel_limit import opencv_cap_active\n"
+            "from datamodules.image_io import load_image\n"
+            "assert not opencv_cap_active()\n"
+            f"try:\n    load_image({str(tmp_path / 'x.tif')!r})\n"
+            "except OSError as err:\n    print(err)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "OpenCV's decode cap is off in this process" in res.stdout
+    from datamodules.pixel_limit import opencv_cap_active
+
+    assert opencv_cap_active()  # this test process: conftest imports datamodules first
