@@ -125,33 +125,40 @@ class WindowResize(PadResize):
         by = (y0 + (k - 1) / 2 + self.pad_top + 0.5) * s - 0.5
         return np.array([[k * s, 0.0, bx], [0.0, k * s, by]])
 
+    def _area_weights(self, first: int, n: int, pad: int) -> np.ndarray:
+        """(size, n) weights of image pixels ``first .. first + n - 1`` (window pixels shifted
+        by ``pad``) in each network pixel: the overlap of their areas, as INTER_AREA."""
+        s = self.scale
+        j = np.arange(self.size, dtype=np.float64)
+        lo, hi = j / s, (j + 1) / s
+        w = np.arange(first, first + n, dtype=np.float64) + pad
+        overlap = np.minimum(hi[:, None], w[None, :] + 1) - np.maximum(lo[:, None], w[None, :])
+        return (np.clip(overlap, 0.0, None) * s).astype(np.float32)
+
     def apply(self, img: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-        """The window of an (H, W[, C <= 4]) image in the (size, size) network frame, in memory
-        of the order of the image (a window may be far larger than the image): the part inside
-        the image with a small margin (zeros where the window leaves the image, image pixels
-        where its edge lies inside), box-averaged by the whole shrink factor as INTER_AREA
-        does, then resampled bilinearly."""
+        """The window of an (H, W[, C]) image in the (size, size) network frame, computed from
+        the window's overlap with the image (a window may be far larger than the image): what
+        resizing the zero-padded window would give. INTER_AREA (either way: OpenCV's is the
+        same area-overlap rule when enlarging) uses the exact area weights as two matrices
+        (``Wr @ crop @ Wc^T``, memory ``size`` x the image's sides); anything else is bilinear
+        (``cv2.warpAffine``; nearest for INTER_NEAREST)."""
         if img.shape[:2] != (self.orig_h, self.orig_w):
             raise ValueError(f"image shape {img.shape[:2]} != frame {(self.orig_h, self.orig_w)}")
         rows, cols, _, _ = self._overlap()
         out_shape = (self.size, self.size) + img.shape[2:]
         if rows.stop <= rows.start or cols.stop <= cols.start:
             return np.zeros(out_shape, dtype=img.dtype)
-        k = max(1, int(1.0 / self.scale)) if interpolation == cv2.INTER_AREA else 1
-        m = 2 * k  # margin: enough for the bilinear taps at the window's edge
-        y0, y1 = max(0, rows.start - m), min(self.orig_h, rows.stop + m)
-        x0, x1 = max(0, cols.start - m), min(self.orig_w, cols.stop + m)
-        zt, zl = m * (self.pad_top > 0), m * (self.pad_left > 0)  # zeros where the window
-        zb = m * (self.side - self.pad_top > self.orig_h)  # reaches beyond the image
-        zr = m * (self.side - self.pad_left > self.orig_w)
-        h, w = y1 - y0 + zt + zb, x1 - x0 + zl + zr
-        crop = cv2.copyMakeBorder(np.ascontiguousarray(img[y0:y1, x0:x1]), zt,
-                                  zb + (-h) % k, zl, zr + (-w) % k, cv2.BORDER_CONSTANT, value=0)
-        if k > 1:  # exact k x k box means
-            crop = cv2.resize(crop, (crop.shape[1] // k, crop.shape[0] // k),
-                              interpolation=cv2.INTER_AREA)
-        out = cv2.warpAffine(crop, self._affine(y0 - zt, x0 - zl, k), (self.size, self.size),
-                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = img[rows, cols]
+        if interpolation == cv2.INTER_AREA:
+            wr = self._area_weights(rows.start, rows.stop - rows.start, self.pad_top)
+            wc = self._area_weights(cols.start, cols.stop - cols.start, self.pad_left)
+            planes = crop.reshape(crop.shape[:2] + (-1,)).astype(np.float32)
+            out = np.stack([wr @ planes[..., c] @ wc.T for c in range(planes.shape[2])], -1)
+            return out.reshape(out_shape).astype(img.dtype)
+        flags = cv2.INTER_NEAREST if interpolation == cv2.INTER_NEAREST else cv2.INTER_LINEAR
+        out = cv2.warpAffine(np.ascontiguousarray(crop), self._affine(rows.start, cols.start),
+                             (self.size, self.size), flags=flags,
+                             borderMode=cv2.BORDER_CONSTANT)
         return out.reshape(out_shape)
 
     def invert_image(self, img: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:

@@ -172,26 +172,23 @@ def test_overlay_draws_the_window(tmp_path):
 
 
 def test_window_resampling_matches_the_padded_square():
-    """Shrinking (box means by the whole factor, then bilinear) and growing back give what
-    padding the window and resizing it would, up to interpolation rounding."""
+    """``apply`` (area weights on the window's overlap with the image) equals OpenCV's
+    INTER_AREA of the materialised zero-padded window, shrinking or enlarging, on unblurred
+    noise (a box-then-bilinear version was 22 % softer and let zeros bleed in at the edges);
+    ``invert_image`` equals INTER_LINEAR of the map grown to the window, then cropped."""
     rng = np.random.default_rng(3)
-    img = cv2.GaussianBlur(rng.random((90, 120)).astype(np.float32), (0, 0), 3.0)
-    for centre, side, size in (((50.0, 40.0), 150, 64), ((30.0, 70.0), 48, 64), ((60.0, 45.0),
-                                                                                 120, 32)):
+    img = rng.random((90, 120)).astype(np.float32)
+    for centre, side, size in (((50.0, 40.0), 150, 64), ((30.0, 70.0), 48, 64),
+                               ((60.0, 45.0), 120, 32), ((10.0, 80.0), 97, 41)):
         w = WindowResize.around(90, 120, np.array(centre), side, size)
         square = WindowResize.pad(w, img)  # the whole window, materialised (small here)
         ref = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-        lo = w.to_network(np.array([[0.0, 0.0]]))[0] + 2  # 2 px inside the image's footprint
-        hi = w.to_network(np.array([[119.0, 89.0]]))[0] - 2
-        yy, xx = np.mgrid[0:size, 0:size]
-        inner = (xx >= lo[0]) & (xx <= hi[0]) & (yy >= lo[1]) & (yy <= hi[1])
-        assert inner.sum() > 100
-        np.testing.assert_allclose(w.apply(img)[inner], ref[inner], atol=0.02)
+        np.testing.assert_allclose(w.apply(img), ref, atol=1e-5)
         maps = rng.random((size, size)).astype(np.float32)
         up = cv2.resize(maps, (w.side, w.side), interpolation=cv2.INTER_LINEAR)
         rows, cols, sq_rows, sq_cols = w._overlap()
         got = w.invert_image(maps)
-        np.testing.assert_allclose(got[rows, cols], up[sq_rows, sq_cols], atol=0.02)
+        np.testing.assert_allclose(got[rows, cols], up[sq_rows, sq_cols], atol=1e-4)
 
 
 def test_a_huge_window_costs_the_memory_of_the_image():
