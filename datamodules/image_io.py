@@ -461,13 +461,14 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
                          f"{'x'.join(str(n) for n in page.shape)}) was read")
         arr = page.asarray()
         photometric, colormap = int(page.photometric), page.colormap
+        planes_first = int(page.planarconfig) == 2 and arr.ndim == 3  # SEPARATE
         tag = page.tags.get(274)
         orientation = int(tag.value) if tag is not None else 1
     if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
         cmap = np.asarray(colormap)
-        arr = cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)]  # (3, H, W)
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar configuration 2 (planes first)
+        arr = np.moveaxis(cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)], 0, -1)
+    if planes_first:  # planar configuration 2: (samples, H, W)
+        arr = np.moveaxis(arr, 0, -1)
     return orient(arr, orientation, notes), photometric == 0
 
 

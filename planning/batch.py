@@ -137,12 +137,16 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
 
 
 def _settle(row: dict[str, Any], pending: Future | None) -> dict[str, Any]:
-    """Wait for a row's overlay write; a failed write fails the row."""
+    """Wait for a row's overlay write; a failed write fails the row (its JSON, which names
+    the missing overlay, is removed with it)."""
     if pending is not None:
         try:
             pending.result()
-        except (OSError, ValueError, RuntimeError, MemoryError) as err:
-            row.update(status="failed", error=str(err))
+        except Exception as err:  # noqa: BLE001 (any encoder or disk failure fails the row)
+            row.update(status="failed", error=str(err) or type(err).__name__)
+            if row.get("report"):
+                Path(row["report"]).unlink(missing_ok=True)
+                row["report"] = ""
     return row
 
 
@@ -231,7 +235,11 @@ def plan_many(
                                              stems[i])
                     if held is not None:  # the previous overlay was written meanwhile
                         finish(held[0], _settle(*held[1:]))
-                    held = (i, row, pending)
+                        held = None
+                    if pending is None:  # nothing to wait for (a failed image): report it now
+                        finish(i, row)
+                    else:
+                        held = (i, row, pending)
                 if held is not None:
                     finish(held[0], _settle(*held[1:]))
         else:

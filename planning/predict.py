@@ -186,6 +186,9 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"missing {key!r}")
         bounded_int("", "input_size", meta["input_size"], *INT_LIMITS["image_size"])
         check_codec("", meta["codec"])
+        if meta["codec"].get("input_size") != meta["input_size"]:
+            raise ValueError(f"its heat-map codec is for {meta['codec'].get('input_size')} px "
+                             f"inputs, the model for {meta['input_size']} px (inconsistent)")
         sha = meta.get("sha256")
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64
                                     and all(c in "0123456789abcdef" for c in sha)):
@@ -283,6 +286,9 @@ def predict_image(module: Any, image: np.ndarray, zoom: bool = False) -> Network
             window = zoom_mod.knee_window(maps, np.shape(image))
             if window is None:
                 break
-            maps = predict_images(module, [image], batch_size=1, frames=[window])[0]
+            looked = predict_images(module, [image], batch_size=1, frames=[window])[0]
+            if not np.any(np.asarray(looked.seg[0]) >= 0.5):
+                break  # the window shows no femur: keep what was seen before
+            maps = looked
             maps.first_look = first
     return maps

@@ -143,6 +143,8 @@ def test_background_overlay_writes(folder, tmp_path_factory, tmp_path, monkeypat
     rows = plan_many(good, PlanOptions(tmp_path / "flaky"), predictor=pred, on_error=errors.append)
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert "disk full" in rows[0]["error"] and good[0].stem in rows[0]["error"]
+    assert rows[0]["report"] == ""  # its JSON (naming the missing overlay) went with it
+    assert not (tmp_path / "flaky" / f"{good[0].stem}_plan.json").exists()
     assert errors == [rows[0]["error"]]
     assert (tmp_path / "flaky" / f"{good[1].stem}_plan.png").is_file()
 

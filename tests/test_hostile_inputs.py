@@ -93,6 +93,11 @@ def test_export_description_must_name_every_output(tmp_path_factory, tmp_path):
     res = plan_cli("--image", str(image), "--ckpt", str(onnx), "--out", str(tmp_path / "o"))
     err = res.stderr.decode()
     assert res.returncode == 2 and "'outputs' lacks lm, roi" in err and "Traceback" not in err
+    meta = json.loads(model.with_suffix(".json").read_text())
+    meta["codec"] = {**meta["codec"], "input_size": meta["input_size"] * 2}
+    onnx.with_suffix(".json").write_text(json.dumps(meta))
+    res = plan_cli("--image", str(image), "--ckpt", str(onnx), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and b"(inconsistent)" in res.stderr
 
 
 def test_thread_and_worker_counts_are_bounded(tmp_path_factory, tmp_path):
