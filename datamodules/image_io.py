@@ -4,8 +4,10 @@ PNG and TIFF: 8 or 16 bit (any integer type, or float); colour is converted to g
 weights). Integers are divided by the largest value of the stored bit depth: a PNG ``sBIT`` chunk
 (e.g. 12 significant bits in a 16-bit PNG) when present, else the dtype's range. Values are not
 stretched per image, so intensities stay comparable between files (a 12-bit image in a 16-bit
-PNG without sBIT therefore looks dark: add sBIT or rescale it). Float TIFFs in [0, 1] pass
-through; other float ranges are min-max stretched (they carry no stored range). JPEG (8 bit,
+PNG without sBIT therefore looks dark: add sBIT or rescale it); signed integers are read from 0
+to the type's maximum (negative values clip to 0). Float TIFFs in [0, 1] pass through; other
+float ranges are stretched between their 0.1 and 99.9 percentiles (they carry no stored range).
+Orientation tags (EXIF, TIFF) are applied: the image is read as displayed. JPEG (8 bit,
 OpenCV) is read the same way and marked ``lossy=True``: compression artefacts blur edges, so the
 plan report warns.
 
@@ -342,9 +344,7 @@ def _normalise_stored(
         lo, hi = float(gray.min()), float(gray.max())  # many bits, so the data's own range
         gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
         return gray.astype(np.float32), depth
-    if info.min < 0 and float(gray.min()) < 0:  # signed with negative values: shift to 0
-        lo, hi = float(info.min), float(info.max)
-    elif info.min < 0:  # signed type holding non-negative data (e.g. 12-bit in int16)
+    if info.min < 0:  # signed: 0 .. the type's maximum, by the type alone (not the data)
         lo, hi = 0.0, float(info.max)
     else:
         lo, hi = 0.0, float(2**depth - 1)
@@ -431,6 +431,19 @@ def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
+    """Whether ``sbit``-bit samples were scaled up to the full depth as the PNG spec says (low
+    bits all zero, or the top bits replicated into them) rather than stored as they are: by
+    the bit pattern, not the maximum (one stray pixel above 2^sbit - 1 would decide that)."""
+    shift = 8 * arr.dtype.itemsize - sbit
+    if shift <= 0 or not np.issubdtype(arr.dtype, np.unsignedinteger) or not arr.any():
+        return False
+    a = arr.astype(np.uint32)
+    low = a & ((1 << shift) - 1)
+    replicated = (a >> sbit) if shift <= sbit else None
+    return bool(not low.any() or (replicated is not None and np.array_equal(low, replicated)))
+
+
 def _load_png(path: Path) -> LoadedImage:
     data = path.read_bytes()
     sbit, has_end, orientation = _png_info(path, data)
@@ -438,7 +451,7 @@ def _load_png(path: Path) -> LoadedImage:
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
-    if sbit is not None and int(arr.max()) > 2**sbit - 1:
+    if sbit is not None and _spec_scaled(arr, sbit):
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     notes: list[str] = []
     arr = orient(arr, orientation, notes)

@@ -480,12 +480,18 @@ def test_png_sbit_that_cannot_describe_the_samples(tmp_path):
     ignores it), and 16-bit samples scaled to the full range as the PNG spec says (sBIT 12,
     values up to 65535): each read by the full depth, not divided by 2**sbit - 1 and clipped."""
     truth = _bar()
-    u16 = np.round(truth * 65535).astype(np.uint16)
+    v12 = np.round(truth * 4095).astype(np.uint16)
     u8 = np.round(truth * 255).astype(np.uint8)
-    _png_with_sbit(tmp_path / "scaled.png", u16, b"\x0c")
+    _png_with_sbit(tmp_path / "replicated.png", (v12 << 4) | (v12 >> 8), b"\x0c")  # the spec's
+    _png_with_sbit(tmp_path / "shifted.png", v12 << 4, b"\x0c")  # left shift, low bits zero
     _png_with_sbit(tmp_path / "over.png", u8, b"\x10")
-    for name, atol in (("scaled", 1e-4), ("over", 3e-3)):
+    for name, atol in (("replicated", 5e-4), ("shifted", 5e-4), ("over", 3e-3)):
         np.testing.assert_allclose(load_image(tmp_path / f"{name}.png").image, truth, atol=atol)
+    stray = v12.copy()
+    stray[0, 0] = 65535  # unscaled 12-bit data with one burnt-in marker pixel: still 12-bit
+    _png_with_sbit(tmp_path / "stray.png", stray, b"\x0c")
+    img = load_image(tmp_path / "stray.png").image
+    np.testing.assert_allclose(img.ravel()[1:], truth.ravel()[1:], atol=2e-4)
     low = np.round(truth * 4095).astype(np.uint16)  # unscaled 12-bit data: sBIT still honoured
     _png_with_sbit(tmp_path / "low.png", low, b"\x0c")
     np.testing.assert_allclose(load_image(tmp_path / "low.png").image, truth, atol=2e-4)
