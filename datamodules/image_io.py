@@ -659,6 +659,10 @@ def _load_dicom(path: Path) -> LoadedImage:
             if bad:
                 raise ImageReadError(f"{path}: DICOM {tag} {printable(str(ds[tag].value))[:40]!r} "
                                      "cannot scale the pixels (the file is broken)")
+    raw_pi = ds.get("PhotometricInterpretation")
+    if isinstance(raw_pi, str) and raw_pi.strip().upper() in ("MONOCHROME1", "MONOCHROME2") \
+            and raw_pi != raw_pi.strip().upper():  # "monochrome1": a writer's case slip
+        ds.PhotometricInterpretation = raw_pi.strip().upper()
     try:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data

@@ -131,6 +131,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{err} (refused: outside what a kneeplan model may ask for)"
                                   ) from None
     state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: its state_dict is a {type(state).__name__}, not a "
+                              "mapping of weight names to tensors")
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            raise CheckpointError(f"{path}: weight {str(name)[:80]!r} is a "
+                                  f"{str(value.layout).replace('torch.', '')} tensor, not a "
+                                  "dense one")
     bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(

@@ -191,9 +191,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             net = build_network(hp)
             net.load_state_dict(weights, strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's first line says only "Error(s) in loading state_dict ..."; the next says what
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        what = (lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else
+                lines[0] if lines else type(err).__name__)
         raise CheckpointError(f"{p}: the weights do not match this version of the network "
-                              f"({first[:200]})") from err
+                              f"({what[:200]})") from err
     try:
         codec = checkpoint_codec(ckpt)
     except ValueError as err:

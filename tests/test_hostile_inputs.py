@@ -242,3 +242,24 @@ def test_when_cv2_came_first_files_of_unknown_size_are_refused_unread(tmp_path):
     from datamodules.pixel_limit import opencv_cap_active
 
     assert opencv_cap_active()  # this test process: conftest imports datamodules first
+
+
+def test_state_dicts_that_are_not_dense_weights_say_what_they_are(tmp_path_factory, tmp_path):
+    """A list, a sparse tensor or an extra key: each one line saying so (torch's own first
+    line is "Error(s) in loading state_dict for MultiTaskSHGN:", which names nothing)."""
+    from planning.model_io import load_checkpoint
+
+    src = torch.load(trained_tiny_checkpoint(tmp_path_factory), weights_only=True)
+    first = next(k for k, v in src["state_dict"].items() if v.ndim == 4)
+    cases = {
+        "list.ckpt": ({"state_dict": list(src["state_dict"].values())}, "is a list, not a mapping"),
+        "sparse.ckpt": ({"state_dict": {**src["state_dict"],
+                                        first: src["state_dict"][first].to_sparse()}},
+                        "is a sparse_coo tensor, not a dense one"),
+        "extra.ckpt": ({"state_dict": {**src["state_dict"], "net.extra": torch.zeros(1)}},
+                       'Unexpected key\\(s\\) in state_dict: "extra"'),
+    }
+    for name, (extra, words) in cases.items():
+        torch.save({**src, **extra}, tmp_path / name)
+        with pytest.raises(Exception, match=words):
+            load_checkpoint(tmp_path / name)

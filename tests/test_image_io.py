@@ -620,3 +620,15 @@ def test_tiff_header_check_sees_the_largest_page(tmp_path):
     assert header_size(tmp_path / "b.tif") == (7000, 7000, 1)
     with pytest.raises(ImageReadError, match="7000 x 7000 px exceeds the limit"):
         check_pixel_limit(tmp_path / "b.tif")
+
+
+def test_dicom_photometric_in_lower_case_is_read(tmp_path):
+    """'monochrome1' (a writer's case slip) was refused by pydicom's decoder."""
+    import pydicom
+
+    write_dicom(tmp_path / "u.dcm", _ramp(), photometric="MONOCHROME1")
+    ds = pydicom.dcmread(tmp_path / "u.dcm")
+    ds.PhotometricInterpretation = "monochrome1"
+    ds.save_as(tmp_path / "l.dcm", enforce_file_format=True)
+    np.testing.assert_array_equal(load_image(tmp_path / "l.dcm").image,
+                                  load_image(tmp_path / "u.dcm").image)
