@@ -220,7 +220,8 @@ def run_plan(
     try:
         maps = predict_image(predictor, image, zoom=zoom)
         masks = masks_to_original(maps.seg, maps.frame)
-        aug = augmented_maps(predictor, image, tta_cfg, frame=maps.frame) if tta >= 2 else None
+        aug = (augmented_maps(predictor, image, tta_cfg, frame=maps.frame,
+                              net_input=maps.net_input) if tta >= 2 else None)
         cands = search.result() if search is not None else None
     finally:
         if search is not None:  # (a caller's search is closed again by the caller: harmless)

@@ -58,6 +58,8 @@ class NetworkMaps:
             gives them (used for the hourglass-agreement check), else None.
         first_look: the whole image's maps when these come from a second look through a
             window (``predict_image(zoom=True)``; used for the look-agreement check), else None.
+        net_input: the (S, S) network-frame image these maps answer (TTA warps it, instead of
+            resampling the original again).
     """
 
     seg: np.ndarray
@@ -66,6 +68,7 @@ class NetworkMaps:
     frame: PadResize
     lm_prev: np.ndarray | None = None
     first_look: NetworkMaps | None = None
+    net_input: np.ndarray | None = None  # the (S, S) image the network saw (reused by TTA)
 
 
 @runtime_checkable
@@ -267,9 +270,10 @@ def predict_images(
         maps = predictor.predict_maps(np.stack([c[0] for c in chunk])[:, None])
         seg, lm, roi = (np.asarray(maps[k], dtype=np.float32) for k in ("seg", "lm", "roi"))
         prev = maps.get("lm_prev")
-        for i, (_, frame) in enumerate(chunk):
+        for i, (x, frame) in enumerate(chunk):
             out.append(NetworkMaps(seg[i], lm[i], roi[i].reshape(1, size, size), frame,
-                                   None if prev is None else np.asarray(prev[i], np.float32)))
+                                   None if prev is None else np.asarray(prev[i], np.float32),
+                                   net_input=x))
     return out
 
 

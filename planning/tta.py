@@ -158,15 +158,19 @@ class AugmentedMaps:
 
 def augmented_maps(
     module: Any, image: np.ndarray, config: TTAConfig | None = None, batch_size: int = 4,
-    frame: Any = None,
+    frame: Any = None, net_input: np.ndarray | None = None,
 ) -> AugmentedMaps:
     """Run the network on ``config.count - 1`` augmented copies of ``image`` (the network half
     of ``tta_uncertainty``: it needs no pixel spacing, so it can run while the spacing is
-    still being resolved); ``frame``: the unaugmented pass's (None: the centred square)."""
+    still being resolved); ``frame``: the unaugmented pass's (None: the centred square), and
+    ``net_input`` the image it saw in that frame (None: resampled here)."""
     cfg = config or TTAConfig()
     predictor = as_predictor(module)
     size = int(predictor.image_size)
-    x, frame = network_input(image, size, frame)
+    if net_input is not None and frame is not None and np.shape(net_input) == (size, size):
+        x = np.asarray(net_input, np.float32)
+    else:
+        x, frame = network_input(image, size, frame)
     rest = _affines(cfg, size)[1:]
     out: list[dict[str, np.ndarray]] = []
     for start in range(0, len(rest), batch_size):
@@ -205,7 +209,8 @@ def tta_uncertainty(
     """
     cfg = config or TTAConfig()
     codec = getattr(as_predictor(module), "codec", None)
-    aug = augmented or augmented_maps(module, image, cfg, batch_size, frame=base.frame)
+    aug = augmented or augmented_maps(module, image, cfg, batch_size, frame=base.frame,
+                                      net_input=getattr(base, "net_input", None))
     plans = [plan_from_maps(base.seg, base.lm, base.roi, frame=base.frame, spacing=spacing,
                             decode=decode, line_fit=line_fit, codec=codec)]  # fmt: skip
     plans += [plan_from_maps(m["seg"], m["lm"], m["roi"], frame=aug.frame, spacing=spacing,
