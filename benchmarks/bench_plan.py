@@ -29,10 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# as `make plan` does: kneeplan's packages first (they set numpy's BLAS threads and OpenCV's
+# decode cap, both read when those libraries load)
+import datamodules  # noqa: E402, F401, I001
+
+import numpy as np  # noqa: E402
 
 QUICK = {"num_stacks": 2, "depth": 3, "c1": 16, "c2": 32, "c_star": 64, "norm": "instance",
          "image_size": 128, "net_kwargs": {},
