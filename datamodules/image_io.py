@@ -164,18 +164,54 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
     return None
 
 
+MAX_TIFF_PAGES = 64  # a radiograph export holds one page, maybe a thumbnail; 700 000 pages
+# (80 MB) took 67 s and 2 GB to list
+MAX_SAMPLES = 4  # gray, gray + alpha, RGB, RGBA
+
+
+def _tiff_pages(tif: Any) -> list[Any]:
+    """The pages of an open TIFF, at most ``MAX_TIFF_PAGES`` (ValueError beyond)."""
+    pages = []
+    for page in tif.pages:
+        pages.append(page)
+        if len(pages) > MAX_TIFF_PAGES:
+            raise ValueError(f"more than {MAX_TIFF_PAGES} pages (one radiograph expected)")
+    return pages
+
+
+def _largest_page(pages: list[Any]) -> int:
+    """Index of the page with the most pixels (width x height: what the header check sizes)."""
+    def pixels(i: int) -> int:
+        return int(pages[i].imagewidth) * int(pages[i].imagelength)
+
+    return max(range(len(pages)), key=pixels)
+
+
 def _tiff_size(path: Path) -> tuple[int, int, int] | None:
     """The largest page's width and height (the one the reader decodes), one frame."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            sizes = [(int(p.imagewidth), int(p.imagelength)) for p in tif.pages]
+            pages = _tiff_pages(tif)
+            if not pages:
+                return None
+            page = pages[_largest_page(pages)]
+            w, h = int(page.imagewidth), int(page.imagelength)
+            spp = int(getattr(page, "samplesperpixel", 1) or 1)
+            bits = int(getattr(page, "bitspersample", 8) or 8)
+    except ValueError as err:
+        if "pages" in str(err):
+            raise ImageReadError(f"{path}: TIFF with {err}") from None
+        return None
     except Exception:  # a broken header is reported by the decoder with its own message
         return None
-    if not sizes:
-        return None
-    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    if spp > MAX_SAMPLES:  # (a 49 kB file of 6000^2 x 200 samples allocated 7 GB)
+        raise ImageReadError(f"{path}: TIFF with {spp} samples per pixel (one grayscale or "
+                             "RGB page expected)")
+    if w * h * spp * bits > 64 * max_pixels():  # more than 8 bytes a pixel at the pixel limit
+        raise ImageReadError(f"{path}: TIFF page of {w} x {h} px x {spp} samples x {bits} bits "
+                             "is larger than an image within the pixel limit can be")
     return w, h, 1
 
 
@@ -409,9 +445,25 @@ def exif_orientation(tiff: bytes) -> int:
 
 
 def _jpeg_exif(data: bytes) -> bytes:
-    """The TIFF block of a JPEG's APP1 Exif segment (empty when there is none)."""
-    at = data.find(b"Exif\x00\x00", 0, 65536)
-    return data[at + 6 : at + 65536] if at >= 4 and data[at - 4 : at - 2] == b"\xff\xe1" else b""
+    """The TIFF block of a JPEG's APP1 Exif segment, found by walking the segments up to the
+    scan (an "Exif" inside a comment is not one); empty when there is none."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan: no header segments after it
+            return b""
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            return body[6:]
+        pos += 2 + length
+    return b""
 
 
 def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
@@ -464,11 +516,14 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        pages = list(tif.pages)
+        pages = _tiff_pages(tif)
         if not pages:
             raise ValueError("no pages")
-        k = max(range(len(pages)), key=lambda i: int(np.prod(pages[i].shape)))
+        k = _largest_page(pages)
         page = pages[k]
+        if int(getattr(page, "samplesperpixel", 1) or 1) > MAX_SAMPLES:
+            raise ImageReadError(f"{path}: TIFF with {page.samplesperpixel} samples per pixel "
+                                 "(one grayscale or RGB page expected)")
         if len(pages) > 1:
             notes.append(f"the TIFF holds {len(pages)} pages: the largest (page {k + 1}, "
                          f"{'x'.join(str(n) for n in page.shape)}) was read")
@@ -489,7 +544,19 @@ def _load_tiff(path: Path) -> LoadedImage:
     notes: list[str] = []
     try:
         arr, min_is_white = _read_tiff_page(path, notes)
+    except ImageReadError:
+        raise
+    except ValueError as err:
+        if "pages (one radiograph expected)" in str(err):
+            raise ImageReadError(f"{path}: TIFF with {err}") from None
+        arr, min_is_white = None, False
+        failure: Exception | None = err
     except Exception as err:  # tifffile raises many types for broken files
+        arr, min_is_white, failure = None, False, err
+    else:
+        failure = None
+    if failure is not None:
+        err = failure
         # tifffile needs the optional `imagecodecs` for LZW, Deflate, JPEG-in-TIFF (common in
         # exported radiographs); OpenCV's libtiff reads those, so it gets a second try.
         arr = imdecode(path, path.read_bytes())

@@ -147,6 +147,8 @@ def _edges(img: np.ndarray, c: np.ndarray, r: float, n: int = 72) -> np.ndarray:
 
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
     radii = np.arange(0.6 * r, 1.4 * r, 0.25)
+    if len(radii) < 4:  # a candidate of under ~1.5 px: no edge to find (np.diff needs 3 taps)
+        return np.full((n, 2), np.nan)
     xs = c[0] + np.outer(np.cos(angles), radii)
     ys = c[1] + np.outer(np.sin(angles), radii)
     prof = gaussian_filter1d(map_coordinates(img, [ys, xs], order=1, mode="nearest"), 2.0, axis=1)

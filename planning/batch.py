@@ -119,8 +119,10 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
-    except (OSError, ValueError, RuntimeError, MemoryError) as err:
-        row.update(status="failed", error=f"{path}: planning failed: {err}")
+    except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, is its row)
+        why = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        row.update(status="failed", error=f"{path}: planning failed: {type(err).__name__}"
+                                          + (f": {why}" if why else ""))
     else:
         rep = res.report
         sp = rep["schoettle_point"]
@@ -246,12 +248,21 @@ def plan_many(
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
+            from concurrent.futures.process import BrokenProcessPool
+
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(str(model_path), device)) as pool:
                 futures = {pool.submit(_worker_plan, p, opts, stems[i]): i
                            for i, p in enumerate(paths)}
                 for fut in as_completed(futures):
-                    finish(futures[fut], fut.result())
+                    i = futures[fut]
+                    try:
+                        finish(i, fut.result())
+                    except BrokenProcessPool as err:  # a worker died (killed, out of memory)
+                        row = dict.fromkeys(SUMMARY_FIELDS, "")
+                        row.update(image=str(paths[i]), status="failed",
+                                   error=f"{paths[i]}: a worker process died ({err})")
+                        finish(i, row)
     finally:
         progress.close()
     return [r for r in rows if r is not None]

@@ -29,7 +29,7 @@ import torch
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
-from lightning_modules.model_limits import MAX_GRAPH_FLOP, check_codec
+from lightning_modules.model_limits import MAX_GRAPH_FLOP, MAX_TOTAL_ELEMENTS, check_codec
 from lightning_modules.shgn import MultiTaskSHGN
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
@@ -113,8 +113,14 @@ def _float32_weights(path: Path, weights: dict[str, Any]) -> dict[str, Any]:
 
 
 def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float:
-    """Convolution FLOP of ``net`` (built from ``hparams``; may be on the meta device) for one
-    ``size`` x ``size`` image: 2 x weights x output pixels, summed over its convolutions.
+    """Convolution FLOP of ``net`` for one ``size`` x ``size`` image (see ``conv_cost``)."""
+    return conv_cost(net, hparams, size)[0]
+
+
+def conv_cost(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> tuple[float, float]:
+    """(FLOP, output values) of ``net``'s convolutions (built from ``hparams``; may be on the
+    meta device) for one ``size`` x ``size`` image: 2 x weights x output pixels, and channels x
+    output pixels, summed over its convolutions.
 
     Each convolution's output size comes from a forward of a copy with the same layout (its
     widths replaced by their ranks, so every equal or unequal pair of widths stays so, and the
@@ -151,23 +157,29 @@ def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float
     for h in hooks:
         h.remove()
     scale = (size / small) ** 2
-    return float(sum(2 * m.weight.numel() * pixels.get(n, 0) * scale
-                     for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)))
+    convs = [(m, pixels.get(n, 0) * scale) for n, m in net.named_modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    return (float(sum(2 * m.weight.numel() * px for m, px in convs)),
+            float(sum(m.weight.shape[0] * px for m, px in convs)))
 
 
 def check_compute(path: str | Path, net: torch.nn.Module, hparams: dict[str, Any],
                   size: int) -> None:
     """Refuse a network that cannot take ``size`` px inputs, or whose convolutions need more
-    than ``MAX_GRAPH_FLOP`` for one image (the bound an exported graph has)."""
+    than ``MAX_GRAPH_FLOP`` or compute more than ``MAX_TOTAL_ELEMENTS`` values for one image
+    (the bounds an exported graph has)."""
     try:
         net.check_input(torch.empty(1, 1, size, size, device="meta"))
     except ValueError as err:
         raise CheckpointError(f"{path}: its image_size {size} does not fit its network ({err})"
                               ) from None
-    flop = conv_flop(net, hparams, size)
+    flop, values = conv_cost(net, hparams, size)
     if flop > MAX_GRAPH_FLOP:
         raise CheckpointError(f"{path}: its network needs {flop:.1e} FLOP per {size} px image, "
                               f"more than the {MAX_GRAPH_FLOP:.0e} allowed")
+    if values > MAX_TOTAL_ELEMENTS:  # (32 stacks of width 8 at 1024 px: 3.5e9 values, 17 s)
+        raise CheckpointError(f"{path}: its network computes {values:.1e} values per {size} px "
+                              f"image, more than the {MAX_TOTAL_ELEMENTS:.1e} allowed")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -409,6 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 (an unforeseen failure is still one line)
+        why = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        print(f"plan: error: planning {images[0]} failed: {type(err).__name__}"
+              + (f": {why}" if why else ""), file=sys.stderr)
+        return 1
     finally:
         if search is not None:
             search.close()
@@ -434,6 +439,27 @@ def _review_config(path: Path | None) -> Any:
     return ReviewConfig.load(path)
 
 
+def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
+    """Why the batch's outputs cannot be written where asked (None: they can)."""
+    from planning.batch import output_stems
+
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    if summary.is_dir():
+        return f"--summary {summary} is a folder"
+    taken = {p.resolve() for p in images}
+    taken |= {(out / f"{stem}{end}").resolve() for stem in output_stems(images)
+              for end in ("_plan.png", "_plan.json")}
+    if summary.resolve() in taken:
+        return f"--summary {summary} would overwrite an input image or a plan"
+    try:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create the output folders ({err})"
+    return None
+
+
 def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     """Batch mode of ``main``: every image of a folder or glob, one summary CSV."""
     import time
@@ -455,6 +481,11 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         print(f"plan: error: --out {args.out}: the plans would overwrite input {clash[0]} (an "
               "earlier run's output among the images?): choose another --out", file=sys.stderr)
         return 2
+    summary_path = args.summary or args.out / "summary.csv"
+    problem = _output_problem(args.out, summary_path, images)
+    if problem:  # before any image is planned, not after all of them
+        print(f"plan: error: {problem}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     import os
 
@@ -463,16 +494,18 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         print(f"plan: note: --workers {args.workers} > {cores} CPU cores: using {cores}",
               file=sys.stderr)
     workers = min(args.workers, len(images), cores)
-    predictor = None
-    if workers == 1:
-        predictor = _load_or_explain(args.ckpt, args.device, args.threads)
-        if predictor is None:
-            return 2
+    # loaded here also for workers > 1: a model the loader refuses is one line, not a
+    # traceback from every worker process
+    predictor = _load_or_explain(args.ckpt, args.device, args.threads)
+    if predictor is None:
+        return 2
+    if workers > 1:
+        predictor = None
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
                        str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every)
-    summary = write_summary(args.summary or args.out / "summary.csv", rows)
+    summary = write_summary(summary_path, rows)
     failed = sum(r["status"] != "ok" for r in rows)
     review = sum(r["needs_review"] is True for r in rows)
     print(f"planned {len(rows) - failed}/{len(rows)} images in {time.perf_counter() - t0:.1f} s "

@@ -263,3 +263,82 @@ def test_state_dicts_that_are_not_dense_weights_say_what_they_are(tmp_path_facto
         torch.save({**src, **extra}, tmp_path / name)
         with pytest.raises(Exception, match=words):
             load_checkpoint(tmp_path / name)
+
+
+def test_second_fuzz_round_files(tmp_path):
+    """TIFF pages with 200 samples (49 kB -> 7 GB) or 700 000 pages, the page with the most
+    pixels (not values) read, an 'Exif' inside a JPEG comment (not an APP1 segment) ignored,
+    and a sphere search on a tiny image (IndexError) all end in a reading or one line."""
+    import tifffile
+
+    from datamodules.image_io import load_image
+    from geometry.spacing import find_sphere_candidates
+
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((8, 8, 5), np.uint8), photometric="rgb",
+                     planarconfig="contig", extrasamples=[0, 0])
+    with pytest.raises(ImageReadError, match="5 samples per pixel"):
+        check_pixel_limit(tmp_path / "s.tif")
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tw:
+        for _ in range(70):
+            tw.write(np.zeros((2, 2), np.uint8))
+    with pytest.raises(ImageReadError, match="more than 64 pages"):
+        load_image(tmp_path / "p.tif")
+    gray = np.tile(np.linspace(0, 60000, 50, dtype=np.uint16), (40, 1))
+    with tifffile.TiffWriter(tmp_path / "rgb_first.tif") as tw:
+        tw.write(np.zeros((25, 25, 3), np.uint16), photometric="rgb")  # 1875 values, 625 px
+        tw.write(gray)  # 2000 px
+    assert load_image(tmp_path / "rgb_first.tif").image.shape == (40, 50)
+    ok, buf = cv2.imencode(".jpg", np.zeros((30, 50), np.uint8))
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack(
+        "<HHIHH", 274, 3, 1, 6, 0) + struct.pack("<I", 0)
+    fake = b"note " + b"\xff\xe1" + struct.pack(">H", len(tiff) + 8) + b"Exif\x00\x00" + tiff
+    data = buf.tobytes()
+    (tmp_path / "c.jpg").write_bytes(data[:2] + b"\xff\xfe" + struct.pack(">H", len(fake) + 2)
+                                     + fake + data[2:])
+    loaded = load_image(tmp_path / "c.jpg")
+    assert loaded.image.shape == (30, 50) and loaded.notes == []
+    noise = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    assert isinstance(find_sphere_candidates(noise), list)
+
+
+def test_checkpoint_computing_too_many_values_is_refused(tmp_path_factory, tmp_path):
+    """32 stacks of width 8 at depth 1 and 1024 px: under the FLOP cap (2e11), but 2.8e9
+    values per image (one pass took 17 s and the plan 5.8 GB)."""
+    from planning.model_io import load_checkpoint
+
+    src = torch.load(trained_tiny_checkpoint(tmp_path_factory), weights_only=True)
+    codec = {**src["hyper_parameters"]["heatmap_codec"], "input_size": 1024}
+    hp = {**src["hyper_parameters"], "num_stacks": 32, "depth": 1, "c1": 8, "c2": 8,
+          "c_star": 8, "image_size": 1024, "heatmap_codec": codec, "net_kwargs": {}}
+    torch.save({**src, "hyper_parameters": hp}, tmp_path / "v.ckpt")
+    with pytest.raises(Exception, match="values per 1024 px image, more than"):
+        load_checkpoint(tmp_path / "v.ckpt")
+
+
+def test_batch_outputs_are_checked_before_planning(tmp_path_factory, tmp_path):
+    """--summary onto an input or a plan, a --summary folder, an --out that is a file, and a
+    refused model with --workers 2: one line and status 2, before any image is planned."""
+    model = exported_tiny_model(tmp_path_factory)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(phantom_images(tmp_path_factory, n=1)[0], src / name)
+    (tmp_path / "file").write_text("x")
+    bad_model = tmp_path / "bad.onnx"
+    bad_model.write_bytes(b"not onnx")
+    bad_model.with_suffix(".json").write_text("{}")
+    cases = [
+        (["--summary", str(src / "b.png")], b"would overwrite an input image or a plan"),
+        (["--summary", str(tmp_path / "o" / "a_plan.json"), "--out", str(tmp_path / "o")],
+         b"would overwrite an input image or a plan"),
+        (["--summary", str(src)], b"is a folder"),
+        (["--out", str(tmp_path / "file")], b"is a file, not a folder"),
+    ]
+    for extra, words in cases:
+        res = plan_cli("--image", str(src), "--ckpt", str(model), *extra)
+        assert res.returncode == 2 and words in res.stderr and b"Traceback" not in res.stderr
+    assert (src / "b.png").read_bytes()[:4] == b"\x89PNG"
+    res = plan_cli("--image", str(src), "--ckpt", str(bad_model), "--workers", "2",
+                   "--out", str(tmp_path / "w"))
+    assert res.returncode == 2 and b"Traceback" not in res.stderr
+    assert res.stderr.count(b"plan: error:") == 1
