@@ -169,14 +169,24 @@ MAX_TIFF_PAGES = 64  # a radiograph export holds one page, maybe a thumbnail; 70
 MAX_SAMPLES = 4  # gray, gray + alpha, RGB, RGBA
 
 
-def _tiff_pages(tif: Any) -> list[Any]:
-    """The pages of an open TIFF, at most ``MAX_TIFF_PAGES`` (ValueError beyond)."""
+def _tiff_pages(path: Path, tif: Any) -> list[Any]:
+    """The pages of an open TIFF, at most ``MAX_TIFF_PAGES`` (ImageReadError beyond)."""
     pages = []
     for page in tif.pages:
         pages.append(page)
         if len(pages) > MAX_TIFF_PAGES:
-            raise ValueError(f"more than {MAX_TIFF_PAGES} pages (one radiograph expected)")
+            raise ImageReadError(f"{path}: TIFF with more than {MAX_TIFF_PAGES} pages (one "
+                                 "radiograph expected)")
     return pages
+
+
+def _check_samples(path: Path, page: Any) -> None:
+    """Refuse a page of more than ``MAX_SAMPLES`` samples a pixel before it is decoded (a 49 kB
+    file of 6000^2 x 200 samples allocated 7 GB)."""
+    spp = int(getattr(page, "samplesperpixel", 1) or 1)
+    if spp > MAX_SAMPLES:
+        raise ImageReadError(f"{path}: TIFF with {spp} samples per pixel (one grayscale or "
+                             "RGB page expected)")
 
 
 def _largest_page(pages: list[Any]) -> int:
@@ -193,22 +203,18 @@ def _tiff_size(path: Path) -> tuple[int, int, int] | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = _tiff_pages(tif)
+            pages = _tiff_pages(path, tif)
             if not pages:
                 return None
             page = pages[_largest_page(pages)]
+            _check_samples(path, page)
             w, h = int(page.imagewidth), int(page.imagelength)
             spp = int(getattr(page, "samplesperpixel", 1) or 1)
             bits = int(getattr(page, "bitspersample", 8) or 8)
-    except ValueError as err:
-        if "pages" in str(err):
-            raise ImageReadError(f"{path}: TIFF with {err}") from None
-        return None
+    except ImageReadError:
+        raise
     except Exception:  # a broken header is reported by the decoder with its own message
         return None
-    if spp > MAX_SAMPLES:  # (a 49 kB file of 6000^2 x 200 samples allocated 7 GB)
-        raise ImageReadError(f"{path}: TIFF with {spp} samples per pixel (one grayscale or "
-                             "RGB page expected)")
     if w * h * spp * bits > 64 * max_pixels():  # more than 8 bytes a pixel at the pixel limit
         raise ImageReadError(f"{path}: TIFF page of {w} x {h} px x {spp} samples x {bits} bits "
                              "is larger than an image within the pixel limit can be")
@@ -466,13 +472,17 @@ def _jpeg_exif(data: bytes) -> bytes:
     return b""
 
 
+def _orientation_note(orientation: int) -> str:
+    return (f"the file's orientation tag ({orientation}: {ORIENTATIONS[orientation]}) was "
+            "applied: the image is read as it is displayed")
+
+
 def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
     """``arr`` as displayed under an EXIF/TIFF Orientation (a phone photo of a light box stores
     the sensor's pixels and this tag); a note says what was done."""
     if orientation not in ORIENTATIONS:
         return arr
-    notes.append(f"the file's orientation tag ({orientation}: {ORIENTATIONS[orientation]}) was "
-                 "applied: the image is read as it is displayed")
+    notes.append(_orientation_note(orientation))
     if orientation in (5, 6, 7, 8):
         arr = np.swapaxes(arr, 0, 1)  # transpose, then flip as for 2, 4, 3
         orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
@@ -516,14 +526,12 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        pages = _tiff_pages(tif)
+        pages = _tiff_pages(path, tif)
         if not pages:
             raise ValueError("no pages")
         k = _largest_page(pages)
         page = pages[k]
-        if int(getattr(page, "samplesperpixel", 1) or 1) > MAX_SAMPLES:
-            raise ImageReadError(f"{path}: TIFF with {page.samplesperpixel} samples per pixel "
-                                 "(one grayscale or RGB page expected)")
+        _check_samples(path, page)
         if len(pages) > 1:
             notes.append(f"the TIFF holds {len(pages)} pages: the largest (page {k + 1}, "
                          f"{'x'.join(str(n) for n in page.shape)}) was read")
@@ -540,41 +548,34 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
     return orient(arr, orientation, notes), photometric == 0
 
 
+def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
+    """A TIFF tifffile could not decode (it needs the optional ``imagecodecs`` for LZW, Deflate,
+    JPEG-in-TIFF, common in exported radiographs), read by OpenCV's libtiff; the page count,
+    MinIsWhite and orientation come from the tags, which tifffile still reads."""
+    arr = imdecode(path, path.read_bytes())
+    if arr is None:
+        raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
+    photometric, pages, orientation = _tiff_tags(path)
+    notes = []
+    if pages > 1:
+        notes.append(f"the TIFF holds {pages} pages: OpenCV read the first (its compression "
+                     "needs a codec tifffile lacks; convert it to one-page TIFF or PNG)")
+    if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
+        notes.append(_orientation_note(orientation))
+    loaded = _from_decoded(path, arr, None, "tiff", notes=notes)
+    if photometric == 0:  # MinIsWhite
+        loaded.image = 1.0 - loaded.image
+    return loaded
+
+
 def _load_tiff(path: Path) -> LoadedImage:
     notes: list[str] = []
     try:
         arr, min_is_white = _read_tiff_page(path, notes)
     except ImageReadError:
         raise
-    except ValueError as err:
-        if "pages (one radiograph expected)" in str(err):
-            raise ImageReadError(f"{path}: TIFF with {err}") from None
-        arr, min_is_white = None, False
-        failure: Exception | None = err
     except Exception as err:  # tifffile raises many types for broken files
-        arr, min_is_white, failure = None, False, err
-    else:
-        failure = None
-    if failure is not None:
-        err = failure
-        # tifffile needs the optional `imagecodecs` for LZW, Deflate, JPEG-in-TIFF (common in
-        # exported radiographs); OpenCV's libtiff reads those, so it gets a second try.
-        arr = imdecode(path, path.read_bytes())
-        if arr is None:
-            raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
-        photometric, pages, orientation = _tiff_tags(path)
-        notes.clear()  # (what the failed tifffile read noted does not apply)
-        if pages > 1:
-            notes.append(f"the TIFF holds {pages} pages: OpenCV read the first (its compression "
-                         "needs a codec tifffile lacks; convert it to one-page TIFF or PNG)")
-        if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
-            notes.append(f"the file's orientation tag ({orientation}: "
-                         f"{ORIENTATIONS[orientation]}) was applied: the image is read as it "
-                         "is displayed")
-        loaded = _from_decoded(path, arr, None, "tiff", notes=notes)
-        if photometric == 0:  # MinIsWhite
-            loaded.image = 1.0 - loaded.image
-        return loaded
+        return _load_tiff_by_opencv(path, err)
     arr = np.squeeze(arr)
     try:
         gray = _to_gray(arr, bgr=False)

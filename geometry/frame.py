@@ -117,13 +117,12 @@ class WindowResize(PadResize):
         """Side of the window, in original pixels."""
         return self.window
 
-    def _affine(self, y0: float, x0: float, k: int = 1) -> np.ndarray:
-        """(2, 3) map to the network frame from a grid of k x k bins of original pixels whose
-        first bin starts at original pixel (x0, y0)."""
+    def _affine(self, y0: int, x0: int) -> np.ndarray:
+        """(2, 3) map to the network frame from the pixels of the image from (x0, y0) on."""
         s = self.scale
-        bx = (x0 + (k - 1) / 2 + self.pad_left + 0.5) * s - 0.5
-        by = (y0 + (k - 1) / 2 + self.pad_top + 0.5) * s - 0.5
-        return np.array([[k * s, 0.0, bx], [0.0, k * s, by]])
+        bx = (x0 + self.pad_left + 0.5) * s - 0.5
+        by = (y0 + self.pad_top + 0.5) * s - 0.5
+        return np.array([[s, 0.0, bx], [0.0, s, by]])
 
     def _area_weights(self, first: int, n: int, pad: int) -> np.ndarray:
         """(size, n) weights of image pixels ``first .. first + n - 1`` (window pixels shifted

@@ -102,12 +102,12 @@ def _config_sigma(config_yaml: Any) -> float | None:
 
 def _float32_weights(path: Path, weights: dict[str, Any]) -> dict[str, Any]:
     """Floating weights as float32 (half/double checkpoints are common and plan the same);
-    complex or otherwise non-real parameters are refused."""
+    complex ones are refused (sparse ones already are, by ``read_checkpoint``)."""
     out = {}
     for name, t in weights.items():
-        if isinstance(t, torch.Tensor) and (t.is_complex() or t.layout != torch.strided):
-            raise CheckpointError(f"{path}: weight {name[:80]!r} is {t.dtype} "
-                                  f"({str(t.layout).replace('torch.', '')}): not a real network")
+        if isinstance(t, torch.Tensor) and t.is_complex():
+            raise CheckpointError(f"{path}: weight {name[:80]!r} is {t.dtype}: not a real "
+                                  "network")
         out[name] = t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
     return out
 
