@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from datamodules.pixel_limit import env_problem
 
-    if env_problem():
-        print(f"validate: error: {env_problem()}", file=sys.stderr)
+    if problem := env_problem():
+        print(f"validate: error: {problem}", file=sys.stderr)
         return 2
     report = ValidationReport()
     for root in args.roots:

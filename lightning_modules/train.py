@@ -498,8 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     from datamodules.pixel_limit import env_problem
 
-    if env_problem():
-        print(f"train: error: {env_problem()}", file=sys.stderr)
+    if problem := env_problem():
+        print(f"train: error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     try:
         if any(a.startswith("--print_config") for a in argv):

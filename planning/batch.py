@@ -65,17 +65,18 @@ def output_stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def output_files(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Every file the plans of ``paths`` write into ``out_dir`` (overlays and reports)."""
+    from planning.plan import plan_files
+
+    return [f for stem in output_stems(paths) for f in plan_files(out_dir, stem)]
+
+
 def overwritten_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
     """Inputs that a plan's output would overwrite (``--out`` is their folder and one is named
     like another's ``<stem>_plan.png``, e.g. an earlier run's overlay)."""
     inputs = {p.resolve() for p in paths}
-    hits = []
-    for stem in output_stems(paths):
-        for suffix in ("_plan.png", "_plan.json"):
-            target = (out_dir / f"{stem}{suffix}").resolve()
-            if target in inputs:
-                hits.append(target)
-    return hits
+    return [f.resolve() for f in output_files(paths, out_dir) if f.resolve() in inputs]
 
 
 @dataclass
@@ -104,7 +105,7 @@ def plan_one(path: Path, predictor: Any, opts: PlanOptions, stem: str | None = N
 def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
               stem: str | None = None) -> tuple[dict[str, Any], Future | None]:
     """``plan_one`` with ``run_plan``'s ``overlay_writer``; also returns the pending write."""
-    from planning.plan import PlanInputError, run_plan
+    from planning.plan import PlanInputError, error_line, run_plan
 
     pending = None
     row: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS, "")
@@ -120,9 +121,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
     except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, is its row)
-        why = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        row.update(status="failed", error=f"{path}: planning failed: {type(err).__name__}"
-                                          + (f": {why}" if why else ""))
+        row.update(status="failed", error=f"{path}: planning failed: {error_line(err)}")
     else:
         rep = res.report
         sp = rep["schoettle_point"]

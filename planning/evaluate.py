@@ -440,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datamodules.pixel_limit import env_problem
 
-    if env_problem():
-        print(f"evaluate: error: {env_problem()}", file=sys.stderr)
+    if problem := env_problem():
+        print(f"evaluate: error: {problem}", file=sys.stderr)
         return 2
     try:
         return _run(args)

@@ -244,9 +244,8 @@ def run_plan(
     reasons = review(plan, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out_stem or path.stem  # (batch mode: unique when two images share a stem)
-    overlay_path = out / f"{stem}_plan.png"
-    report_path = out / f"{stem}_plan.json"
+    # (batch mode: a stem unique when two images share one)
+    overlay_path, report_path = plan_files(out, out_stem or path.stem)
     window = zoom_window(maps.frame)
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
                     window=window)
@@ -270,6 +269,18 @@ def run_plan(
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report, pending)
+
+
+def plan_files(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """The overlay PNG and the JSON report a plan named ``stem`` writes into ``out_dir``."""
+    return out_dir / f"{stem}_plan.png", out_dir / f"{stem}_plan.json"
+
+
+def error_line(err: BaseException) -> str:
+    """An unforeseen exception as one line: its type and its message's first line (at most 300
+    characters)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
 
 
 def zoom_window(frame: Any) -> dict[str, int] | None:
@@ -354,8 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datamodules.pixel_limit import env_problem
 
-    if env_problem():
-        print(f"plan: error: {env_problem()}", file=sys.stderr)
+    if problem := env_problem():
+        print(f"plan: error: {problem}", file=sys.stderr)
         return 2
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
@@ -410,9 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 (an unforeseen failure is still one line)
-        why = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        print(f"plan: error: planning {images[0]} failed: {type(err).__name__}"
-              + (f": {why}" if why else ""), file=sys.stderr)
+        print(f"plan: error: planning {images[0]} failed: {error_line(err)}", file=sys.stderr)
         return 1
     finally:
         if search is not None:
@@ -441,15 +450,13 @@ def _review_config(path: Path | None) -> Any:
 
 def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
     """Why the batch's outputs cannot be written where asked (None: they can)."""
-    from planning.batch import output_stems
+    from planning.batch import output_files
 
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder"
     if summary.is_dir():
         return f"--summary {summary} is a folder"
-    taken = {p.resolve() for p in images}
-    taken |= {(out / f"{stem}{end}").resolve() for stem in output_stems(images)
-              for end in ("_plan.png", "_plan.json")}
+    taken = {p.resolve() for p in [*images, *output_files(images, out)]}
     if summary.resolve() in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
     try:
