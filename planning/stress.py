@@ -12,7 +12,6 @@ lateral knee as shown (``perturb.FOREIGN``) should be flagged nearly always; aft
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import numpy as np
 from datamodules.sample import Sample
 from planning.evaluate import evaluate, sample_spacing
 from planning.perturb import FOREIGN, KINDS, perturb
+from planning.tables import markdown_table, write_table
 
 MAX_UNFLAGGED_MM = 10.0  # issue 11: no unflagged plan more than 10 mm off
 
@@ -83,16 +83,12 @@ def stress_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Markdown table of the stress rows."""
     head = ["perturbation", "expected", "n (skipped)", "median", "femur IoU", "flagged",
             "unflagged: median / max", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summaries:
-        lines.append("| " + " | ".join([
-            s["perturbation"], s["expected"], f"{s['n']} ({s['skipped']})",
-            f"{s['median']:.2f} {s['unit']}", f"{s['femur_iou']:.3f}",
-            f"{s['flagged']}/{s['n']}",
-            f"{s['unflagged_median']:.2f} / {s['unflagged_max']:.2f}" if s["unflagged"] else "-",
-            s["verdict"],
-        ]) + " |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return markdown_table(head, [[
+        s["perturbation"], s["expected"], f"{s['n']} ({s['skipped']})",
+        f"{s['median']:.2f} {s['unit']}", f"{s['femur_iou']:.3f}", f"{s['flagged']}/{s['n']}",
+        f"{s['unflagged_median']:.2f} / {s['unflagged_max']:.2f}" if s["unflagged"] else "-",
+        s["verdict"],
+    ] for s in summaries])  # fmt: skip
 
 
 def run_stress(samples: Sequence[Sample], out_dir: Path, kinds: Sequence[str],
@@ -114,13 +110,7 @@ def run_stress(samples: Sequence[Sample], out_dir: Path, kinds: Sequence[str],
         s = summaries[-1]
         log(f"stress: {kind:11s} median {s['median']:.2f} {s['unit']}, flagged {s['flagged']}/"
             f"{s['n']}, {s['verdict']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = stress_table(summaries)
-    (out_dir / "stress.md").write_text(
-        f"## Review gate under perturbations (unsafe: an unflagged plan more than {limit:g} mm "
-        "off, or without a point)\n\n" + md)
-    with open(out_dir / "stress.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(summaries[0]))
-        w.writeheader()
-        w.writerows(summaries)
+    write_table(out_dir, "stress",
+                f"## Review gate under perturbations (unsafe: an unflagged plan more than "
+                f"{limit:g} mm off, or without a point)\n\n" + stress_table(summaries), summaries)
     return summaries

@@ -89,7 +89,8 @@ def _fmt_mean_std(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of ``rows`` under ``header`` (cells as given)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -158,12 +159,12 @@ def table1(
     text = "\n\n".join(
         [
             f"### Table 1: segmentation on {n} test images (mean ± sample std)",
-            _markdown(
+            markdown_table(
                 ["Anatomy", "IoU", f"ASD ({unit})", f"Hausdorff distance ({unit})", "n"], seg_md
             ),
             f"### Landmarks, cortex line and Schoettle point (median [{spec.level:.0%} CI], "
             f"{unit})",
-            _markdown(["Target", f"Median error [{spec.level:.0%} CI] ({unit})", "n"], loc_md),
+            markdown_table(["Target", f"Median error [{spec.level:.0%} CI] ({unit})", "n"], loc_md),
             "Distances are measured in the original image after mapping predictions back "
             f"through the pad + resize frame. {spec.note()} Undefined values (ASD/HD of an "
             "empty predicted mask, a missing line fit) are left out; n counts the values used.",
@@ -251,7 +252,7 @@ def table2(
     text = "\n\n".join(
         [
             f"### Table 2: Schoettle point agreement (median ED [{spec.level:.0%} CI], {unit})",
-            _markdown(header, md),
+            markdown_table(header, md),
             "Each rater's Schoettle point is constructed from that rater's landmarks and cortex "
             f"line; the centroid is the mean of all raters' points. {spec.note()}",
         ]
@@ -320,7 +321,7 @@ def risk_coverage(
     text = "\n\n".join(
         [
             f"### Review gate: coverage {cov:.0%} ({int((~flagged).sum())}/{n} plans not flagged)",
-            _markdown(["Plans", "n", f"Median ({unit})", f"95th pct ({unit})", f"Max ({unit})",
+            markdown_table(["Plans", "n", f"Median ({unit})", f"95th pct ({unit})", f"Max ({unit})",
                        "no point"], md),  # fmt: skip
             "Schoettle point error against the reference. The gate should pass most clean plans "
             "and catch the wrong ones: the unflagged plans' 95th percentile and max are the risk "
@@ -357,7 +358,7 @@ def reason_counts(codes: Iterable[Iterable[str]]) -> tuple[str, list[dict[str, o
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     md = [[c, f"{k}/{n}"] for c, k in items] or [["(none)", f"0/{n}"]]
     rows = [{"table": "review_reasons", "reason": c, "count": k, "n": n} for c, k in items]
-    return "### Review reasons fired (images)\n\n" + _markdown(["Reason", "Images"], md), rows
+    return "### Review reasons fired (images)\n\n" + markdown_table(["Reason", "Images"], md), rows
 
 
 __all__ = [
