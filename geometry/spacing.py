@@ -13,8 +13,10 @@ image's clip level). So a candidate is accepted only when ALL of these hold:
 4. profile: the chord model explains the radial profile (R^2 >= 0.95), and either it explains
    it clearly better than a flat disc (a visible dome: residual <= 0.7 x the flat disc's and
    k <= 10) or the
-   disc is saturated (>= 30 % of its inner pixels within 1 % of the image's maximum, as clipping
-   gives; its radius is then fitted with the clip, which happens after the blur).
+   disc is saturated (>= 30 % of its inner pixels within 1 % of the clip level, plus 3 x the
+   plateau's own noise, as clipping gives; the clip level is the smoothed image maximum, so one
+   noisy pixel does not set it; its radius is then fitted with the clip, which happens after
+   the blur).
    A flat disc below the clip level is a coin, a lid or an electrode seen face-on, not a sphere.
 
 Cost is bounded by a fixed pixel budget, whatever the image size: candidates are round bright
@@ -48,7 +50,8 @@ MIN_CIRCULARITY = 0.9
 MIN_R2 = 0.95
 DOME_RATIO = 0.7  # chord-model residual / flat-disc residual below this = a visible dome (a flat
 # disc scores ~1.0, a dome with k <= 9 below 0.25, the test phantom's partly processed dome 0.58)
-SAT_TOL = 0.01  # "at the clip level": within 1 % of the display range of the image maximum
+SAT_TOL = 0.01  # "at the clip level": within 1 % of the display range of the clip level (the
+# smoothed maximum of the smallest pyramid level) plus 3 x the plateau's own noise
 MIN_SATURATED = 0.3  # fraction of inner pixels at the clip level for a saturated ball
 MAX_DOME_K = 10.0  # beyond this the profile is flat inside (the dome is not visible)
 
@@ -97,12 +100,53 @@ def _pyramid(img: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
+def _roundness(comp: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, area, compactness x fill) of the largest part of a binary mask (x, y in its px).
+
+    Compactness is 4 pi area / perimeter^2, fill the area over its enclosing circle's; a disc
+    scores ~1 on both.
+    """
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cnt = max(contours, key=cv2.contourArea)
+    area = max(float(cv2.contourArea(cnt)), 1.0)
+    m = cv2.moments(cnt)
+    x, y = m["m10"] / max(m["m00"], 1e-9), m["m01"] / max(m["m00"], 1e-9)
+    _, r_enc = cv2.minEnclosingCircle(cnt)
+    compact = 4 * np.pi * area / max(cv2.arcLength(cnt, True), 1.0) ** 2
+    fill = area / (np.pi * max(r_enc, 0.5) ** 2)
+    return x, y, area, min(compact, 1.0) * fill if compact >= 0.7 and fill >= 0.7 else 0.0
+
+
+def _round_part(comp: np.ndarray, r_lo: float) -> tuple[float, float, float, float] | None:
+    """The round part of a bright component as (x, y, radius, roundness), or None.
+
+    A ball touched by something as bright (a lead wire, burned-in text, a ruler) is one component
+    that is not round: it is opened with a disc of half its inscribed radius, which keeps the
+    ball whole and cuts off whatever is narrower than that radius, and the largest part is tested.
+    """
+    x, y, area, score = _roundness(comp)
+    if score > 0:
+        return x, y, float(np.sqrt(area / np.pi)), score
+    padded = cv2.copyMakeBorder(comp, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # a background
+    r_in = float(cv2.distanceTransform(padded, cv2.DIST_L2, 5).max())  # pixel to measure from
+    if r_in < 0.6 * r_lo:
+        return None
+    k = 2 * int(r_in / 2) + 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    opened = cv2.morphologyEx(padded, cv2.MORPH_OPEN, disc)
+    if not opened.any():
+        return None
+    x, y, area, score = _roundness(opened)
+    return (x - 1, y - 1, float(np.sqrt(area / np.pi)), score) if score > 0 else None
+
+
 def _blobs(small: np.ndarray, r_lo: float, r_hi: float) -> np.ndarray:
     """(N, 3) disc proposals (x, y, r) in ``small`` pixels: round bright connected components.
 
     The image is thresholded at several levels between its 1st percentile and its maximum; a
     component of the right size whose outline is compact (4 pi area / perimeter^2 >= 0.7) and
-    fills its enclosing circle (>= 0.7) is proposed. Cost: a few passes over ``small``.
+    fills its enclosing circle (>= 0.7), or has such a part (``_round_part``), is proposed.
+    Cost: a few passes over ``small``.
     """
     sm = cv2.GaussianBlur(small, (0, 0), 1.0)
     lo, hi = float(np.percentile(sm, 1)), float(sm.max())
@@ -113,15 +157,9 @@ def _blobs(small: np.ndarray, r_lo: float, r_hi: float) -> np.ndarray:
         area = stats[1:, cv2.CC_STAT_AREA]
         for i in np.nonzero((area >= np.pi * (0.6 * r_lo) ** 2) & (area <= np.pi * r_hi**2))[0]:
             x, y, w, h = stats[i + 1, :4]
-            comp = (lab[y : y + h, x : x + w] == i + 1).astype(np.uint8)
-            contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cnt = max(contours, key=cv2.contourArea)
-            perim = cv2.arcLength(cnt, True)
-            _, r_enc = cv2.minEnclosingCircle(cnt)
-            compact = 4 * np.pi * area[i] / max(perim, 1.0) ** 2
-            fill = area[i] / (np.pi * max(r_enc, 0.5) ** 2)
-            if compact >= 0.7 and fill >= 0.7:
-                props.append((*cents[i + 1], float(np.sqrt(area[i] / np.pi)), compact * fill))
+            part = _round_part((lab[y : y + h, x : x + w] == i + 1).astype(np.uint8), r_lo)
+            if part is not None and part[2] >= 0.6 * r_lo:
+                props.append((x + part[0], y + part[1], part[2], part[3]))
     props.sort(key=lambda p: -p[3])
     out: list[list[float]] = []
     for x, y, r, _ in props:  # one proposal per disc: concentric levels keep the largest
@@ -371,7 +409,10 @@ def _verify(
     px = np.clip(np.round(cf[0] + np.outer(np.cos(ang), rr)).astype(int), 0, levels[0].shape[1] - 1)
     py = np.clip(np.round(cf[1] + np.outer(np.sin(ang), rr)).astype(int), 0, levels[0].shape[0] - 1)
     inner_full = levels[0][py, px]
-    metrics["saturated"] = float(np.mean(inner_full >= sat - SAT_TOL))
+    # Noise added after the clip (detector grain, JPEG ringing) spreads a clipped plateau around
+    # its level: the tolerance widens by 3 x the plateau's own robust noise (0 when truly flat).
+    spread = 1.4826 * float(np.median(np.abs(inner_full - np.median(inner_full))))
+    metrics["saturated"] = float(np.mean(inner_full >= sat - SAT_TOL - 3.0 * spread))
     score = float(
         np.clip(metrics["r2"], 0, 1)
         * metrics["circularity"]
@@ -419,7 +460,9 @@ def find_sphere_candidates(
     levels = _pyramid(img)
     small = levels[-1]
     f = small.shape[1] / w
-    sat = float(img.max())
+    # The clip level: the maximum of the smallest level, smoothed, so that one noisy pixel above
+    # a clipped plateau (grain added after the display clip) does not set it.
+    sat = float(cv2.GaussianBlur(small, (0, 0), 1.0).max())
     out = []
     for cand in _blobs(small, lo * f, hi * f):
         det = _verify(levels, np.asarray(cand, np.float64), f, diameter_mm, sat)

@@ -97,6 +97,44 @@ def test_path_length_sphere_found(k, r, rel):
     np.testing.assert_allclose(det.center, (410.4, 330.7), atol=0.5)
 
 
+def saturated_ball(extra=None, grain: float = 0.0) -> np.ndarray:
+    """A steel ball (k = 25, amp 2) clipped after the blur; ``extra`` draws on the attenuation
+    before the blur; ``grain`` is noise added AFTER the clip (a detector's grain, JPEG ringing)."""
+    img = background()
+    sphere(img, (300.3, 250.6), 45.2, 25.0, amp=2.0)
+    if extra is not None:
+        extra(img)
+    img = finish(img, seed=3)
+    return (img + np.random.default_rng(4).normal(0, grain, img.shape)).astype(np.float32)
+
+
+def test_ball_touched_by_a_wire_and_text_is_found():
+    """A lead wire as bright as the ball makes one component with it that is not round; the ball
+    is still proposed (its round part, ``_round_part``) and measured. (Text that covers > 10 % of
+    the ball's outline fails the circularity test instead: a safe "no sphere".)"""
+
+    def wire_and_text(img: np.ndarray) -> None:
+        cv2.line(img, (340, 270), (520, 360), 2.0, 9)
+        text = np.zeros(img.shape, np.uint8)  # OpenCV draws text on 8-bit images only
+        cv2.putText(text, "ID 4", (120, 262), cv2.FONT_HERSHEY_SIMPLEX, 1.6, 255, 5)
+        img[text > 0] = 2.0
+
+    img = saturated_ball(wire_and_text)
+    det = detect_calibration_sphere(img)
+    assert det is not None and det.accepted, [c.why for c in find_sphere_candidates(img)]
+    np.testing.assert_allclose(det.center, (300.3, 250.6), atol=0.5)
+    assert det.radius_px == pytest.approx(45.2, rel=0.025)
+
+
+@pytest.mark.parametrize("grain", [0.004, 0.012])
+def test_saturated_ball_with_grain_after_the_clip_is_found(grain):
+    """Noise added after the display clip lifts the image maximum ~4.5 sigma above the clipped
+    plateau: the ball is still at the clip level (it was called a flat disc below it)."""
+    det = detect_calibration_sphere(saturated_ball(grain=grain))
+    assert det is not None and det.accepted and "saturated" in det.why
+    assert det.radius_px == pytest.approx(45.2, rel=0.025)
+
+
 def test_phantom_sphere_found():
     """The phantom's own sphere (saturated steel ball). The phantom blurs attenuation before
     the display saturates, which enlarges a saturated disc by about the blur; hence 2 % here
