@@ -103,8 +103,10 @@ def plan_one(path: Path, predictor: Any, opts: PlanOptions, stem: str | None = N
 
 
 def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
-              stem: str | None = None) -> tuple[dict[str, Any], Future | None]:
-    """``plan_one`` with ``run_plan``'s ``overlay_writer``; also returns the pending write."""
+              stem: str | None = None, search_server: Any = None
+              ) -> tuple[dict[str, Any], Future | None]:
+    """``plan_one`` with ``run_plan``'s ``overlay_writer`` and ``search_server``; also returns
+    the pending write."""
     from planning.plan import PlanInputError, error_line, run_plan
 
     pending = None
@@ -116,7 +118,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
             path, predictor, opts.out_dir, decode=opts.decode, line_fit=opts.line_fit,
             user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
             checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
-            zoom=opts.zoom, overlay_writer=writer, out_stem=stem,
+            zoom=opts.zoom, overlay_writer=writer, out_stem=stem, search_server=search_server,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
@@ -227,13 +229,14 @@ def plan_many(
             if predictor is None:
                 raise ValueError("plan_many: give a predictor (or workers > 1 and model_path)")
             from planning.plan import write_overlay
+            from planning.sphere_search import SearchServer
 
-            with ThreadPoolExecutor(1, thread_name_prefix="overlay") as io:
+            with ThreadPoolExecutor(1, thread_name_prefix="overlay") as io, SearchServer() as ss:
                 held: tuple[int, dict[str, Any], Future | None] | None = None
                 for i, path in enumerate(paths):
                     row, pending = _plan_one(path, predictor, opts,
                                              lambda p, rgb: io.submit(write_overlay, p, rgb),
-                                             stems[i])
+                                             stems[i], ss)
                     if held is not None:  # the previous overlay was written meanwhile
                         finish(held[0], _settle(*held[1:]))
                         held = None

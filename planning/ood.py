@@ -185,8 +185,8 @@ def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
     tibia_fraction = float(tibia.sum() / area)
     tibia_distal = float("nan")
     if shape is not None and tibia.any():
-        ys, xs = np.nonzero(tibia)
-        tc = np.array([xs.mean(), ys.mean()])
+        m = cv2.moments(tibia.view(np.uint8), binaryImage=True)  # centroid without nonzero()
+        tc = np.array([m["m10"] / m["m00"], m["m01"] / m["m00"]])
         tibia_distal = float(-(tc - shape.centroid) @ shape.proximal_dir)
     patella = masks[1]
     on_femur = float((patella & masks[0]).sum() / patella.sum()) if patella.any() else float("nan")

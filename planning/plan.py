@@ -186,13 +186,15 @@ def run_plan(
     zoom: bool = True,
     overlay_writer: Callable[[Path, np.ndarray], Any] | None = None,
     out_stem: str | None = None,
+    search_server: Any = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
     ``tta`` test-time augmentations (< 2: none) measure the model's own uncertainty; the verdict
     is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
     ``sphere_search``: a ``planning.sphere_search`` search the caller already started for this
-    image (else one starts here, in a thread, when the spacing needs it).
+    image (else one starts here when the spacing needs it: in ``search_server``'s process, a
+    ``planning.sphere_search.SearchServer``, or in a thread).
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
@@ -216,7 +218,8 @@ def run_plan(
     if detect_sphere and sphere_search_needed(loaded, path, user_spacing):
         from planning.sphere_search import start_sphere_search
 
-        search = sphere_search or start_sphere_search(image)
+        search = sphere_search or (search_server.start(image) if search_server is not None
+                                   else start_sphere_search(image))
     try:
         maps = predict_image(predictor, image, zoom=zoom)
         masks = masks_to_original(maps.seg, maps.frame)

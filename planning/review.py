@@ -24,6 +24,7 @@ Each reason is a ``str`` carrying a ``code`` (for per-reason counts in ``make ev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,29 @@ def _points(plan: Plan) -> list[tuple[str, np.ndarray]]:
     return [(n, p) for n, p in named if np.all(np.isfinite(p))]
 
 
+def nearest_pixel_mm(mask: np.ndarray, x: int, y: int, sampling: Sequence[float]) -> float:
+    """Distance (mm) from pixel (x, y) to the nearest True pixel of ``mask`` (inf: none).
+
+    Searched in square boxes around the point, doubling: a pixel outside a box of half-side b
+    is more than b px (b x the finer sampling in mm) away, so the first box whose best distance
+    is within that bound holds the nearest pixel. Costs the box, not the whole mask (a full
+    distance transform, or every mask pixel, for <= 3 points is waste).
+    """
+    h, w = mask.shape
+    b, finest = 8, float(min(sampling))
+    while True:
+        y0, x0 = max(0, y - b), max(0, x - b)
+        ys, xs = np.nonzero(mask[y0 : y + b + 1, x0 : x + b + 1])
+        if ys.size:
+            d2 = ((ys + y0 - y) * sampling[0]) ** 2 + ((xs + x0 - x) * sampling[1]) ** 2
+            best = float(np.sqrt(d2.min()))
+            if best <= b * finest:
+                return best
+        if y0 == 0 and x0 == 0 and y + b + 1 >= h and x + b + 1 >= w:
+            return best if ys.size else float("inf")
+        b *= 2
+
+
 def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
     """Reasons from the predicted bones and the image under them (``planning.ood``)."""
     cfg, ev = ctx.config, ctx.evidence()
@@ -262,16 +286,12 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
-    on = None
     for name, p in _points(plan):
         x, y = int(round(float(p[0]))), int(round(float(p[1])))
         if not (0 <= x < femur.shape[1] and 0 <= y < femur.shape[0]):
             continue  # outside the image: its own reason
         if not femur[y, x]:
-            on = np.nonzero(femur) if on is None else on
-            # nearest femur pixel, in mm (a full distance transform for <= 3 points is waste)
-            d2 = ((on[0] - y) * sampling[0]) ** 2 + ((on[1] - x) * sampling[1]) ** 2
-            dist = float(np.sqrt(d2.min())) if d2.size else float("inf")
+            dist = nearest_pixel_mm(femur, x, y, sampling)
             if dist > cfg.max_off_femur_mm:
                 out.append(Reason("off_femur", f"{name} lies off the predicted femur "
                                                f"({dist:.1f} mm)"))  # fmt: skip

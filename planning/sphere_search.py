@@ -10,14 +10,21 @@ multiprocessing's ``spawn`` it never re-runs the caller's script), which runs on
 while torch loads. The image goes to it on stdin, and the candidates come back on stdout, as
 raw bytes and JSON (nothing is pickled). When that process cannot start,
 dies or takes longer than ``TIMEOUT_S``, the search runs in this process instead: same result.
+
+Batch mode keeps one such process for all its images (:class:`SearchServer`, started with
+``--serve``): a search thread shares the GIL with torch's eager forward (hundreds of small ops,
+each needing the GIL back), which cost ~40 ms per image in a warm checkpoint batch (A/B,
+``benchmarks/bench_plan.py``'s setting); a process per image would wait for its start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,7 @@ from typing import Any
 import numpy as np
 
 TIMEOUT_S = 60.0  # the search is bounded (~1 s at 4k px); a child slower than this is stuck
+READY = b"kneeplan-sphere-search-ready\n"  # a server's first line: its imports are done
 
 
 def search_now(image: np.ndarray) -> list[Any]:
@@ -55,16 +63,50 @@ def _from_json(data: bytes) -> list[Any]:
     ]  # fmt: skip
 
 
-def _child() -> None:
-    """Process body: stdin = one JSON line with the shape, then the float32 pixels; stdout =
-    the candidates as JSON."""
-    shape = tuple(int(v) for v in json.loads(sys.stdin.buffer.readline()))
+def _request(image: np.ndarray) -> bytes:
+    """One request: a JSON line with the shape, then the float32 pixels."""
+    return json.dumps(list(image.shape)).encode() + b"\n" + image.tobytes()
+
+
+def _read_request(stream: Any) -> np.ndarray | None:
+    """The image of the next request on ``stream`` (None: end of input)."""
+    line = stream.readline()
+    if not line:
+        return None
+    shape = tuple(int(v) for v in json.loads(line))
     size = int(np.prod(shape)) * 4
-    data = sys.stdin.buffer.read(size)
+    data = stream.read(size)
     if len(data) != size:
         raise SystemExit("sphere_search: truncated image on stdin")
-    image = np.frombuffer(data, dtype=np.float32).reshape(shape)
-    sys.stdout.buffer.write(_to_json(search_now(image)))
+    return np.frombuffer(data, dtype=np.float32).reshape(shape)
+
+
+def _child(serve: bool = False) -> None:
+    """Process body: one request on stdin, its candidates as JSON on stdout; ``serve``: requests
+    until end of input, each answer an 8-byte little-endian length and the JSON."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    if serve:  # import what the search needs, then say so: images go to a thread until then
+        import scipy.ndimage  # noqa: F401 (what the fits import when they first run)
+        import scipy.optimize  # noqa: F401
+        import scipy.special  # noqa: F401
+
+        search_now(np.zeros((64, 64), np.float32))
+        out.write(READY)
+        out.flush()
+    while (image := _read_request(inp)) is not None:
+        body = _to_json(search_now(image))
+        if not serve:
+            out.write(body)
+            return
+        out.write(len(body).to_bytes(8, "little") + body)
+        out.flush()
+
+
+def _child_env() -> dict[str, str]:
+    """This environment with the folder holding ``planning/`` first on PYTHONPATH."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
 
 
 class SphereSearch:
@@ -82,13 +124,10 @@ class SphereSearch:
         self._future = self._pool.submit(search_now, self._image)
 
     def _start_process(self) -> bool:
-        root = str(Path(__file__).resolve().parents[1])  # the folder holding `planning/`
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "planning.sphere_search"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env(),
             )  # fmt: skip
         except OSError:
             return False
@@ -100,8 +139,7 @@ class SphereSearch:
     def _exchange(self, proc: subprocess.Popen) -> list[Any]:
         """Send the image, read the answer; search here if the process fails (any way)."""
         try:
-            header = json.dumps(list(self._image.shape)).encode() + b"\n"
-            out, _ = proc.communicate(header + self._image.tobytes(), timeout=TIMEOUT_S)
+            out, _ = proc.communicate(_request(self._image), timeout=TIMEOUT_S)
             if proc.returncode == 0:
                 return _from_json(out)
         except (subprocess.TimeoutExpired, OSError, ValueError, KeyError, TypeError):
@@ -133,5 +171,144 @@ def start_sphere_search(image: np.ndarray, own_process: bool = False) -> SphereS
     return SphereSearch(image, own_process)
 
 
+def _read_exact(stream: Any, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError("sphere search server: answer cut short")
+    return data
+
+
+class SearchServer:
+    """One search process that serves many images in turn (batch mode).
+
+    ``start(image)`` returns a search whose ``result()`` and ``close()`` behave as
+    :class:`SphereSearch`'s. When the process cannot start, dies or is stuck (> ``TIMEOUT_S``)
+    that image is searched in this process instead, and the next image starts a new server.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="sphere-server-io")
+        self._cancelled: set[int] = set()
+        self._ready: Future | None = None
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the process; its READY line is awaited in the I/O thread (meanwhile, and
+        whenever it is not up, ``start`` searches in a thread of this process)."""
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "planning.sphere_search", "--serve"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=_child_env(),
+            )  # fmt: skip
+        except OSError:
+            self._proc, self._ready = None, None
+            return
+        self._ready = self._io.submit(self._await_ready, self._proc)
+
+    def _await_ready(self, proc: subprocess.Popen) -> bool:
+        timer = threading.Timer(TIMEOUT_S, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            ok = proc.stdout.readline() == READY
+        except (OSError, ValueError):
+            ok = False
+        finally:
+            timer.cancel()
+        if not ok:
+            proc.kill()
+        return ok
+
+    def _up(self) -> bool:
+        """Whether the server is ready for a request now (restarted if it died)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc, self._ready = None, None
+        if self._proc is None:
+            self._launch()
+            return False
+        return self._ready is not None and self._ready.done() and self._ready.result()
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def _exchange(self, image: np.ndarray, key: int) -> list[Any]:
+        proc = self._proc
+        if proc is not None:
+            assert proc.stdin is not None and proc.stdout is not None
+            timer = threading.Timer(TIMEOUT_S, proc.kill)  # a stuck search ends the read
+            timer.start()
+            try:
+                proc.stdin.write(_request(image))
+                proc.stdin.flush()
+                size = int.from_bytes(_read_exact(proc.stdout, 8), "little")
+                return _from_json(_read_exact(proc.stdout, size))
+            except (OSError, EOFError, ValueError, KeyError, TypeError):
+                self._kill()
+            finally:
+                timer.cancel()
+        return [] if key in self._cancelled else search_now(image)
+
+    def start(self, image: np.ndarray) -> ServedSearch | SphereSearch:
+        """Send ``image`` ((H, W) in [0, 1]) to the server; its candidates come back later.
+        While the server is starting (or cannot), the image is searched in a thread."""
+        if not self._up():
+            return SphereSearch(image, own_process=False)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        handle = ServedSearch(self)
+        handle.future = self._io.submit(self._exchange, image, id(handle))
+        return handle
+
+    def cancel(self, handle: ServedSearch) -> None:
+        """Abandon a search still running: the server is stopped (the next start restarts it)."""
+        if handle.future is not None and not handle.future.done():
+            self._cancelled.add(id(handle))
+            if self._proc is not None:
+                self._proc.kill()
+            with contextlib.suppress(Exception):
+                handle.future.result()
+            self._cancelled.discard(id(handle))
+
+    def close(self) -> None:
+        """Stop the server process and its I/O thread."""
+        self._io.shutdown(wait=True, cancel_futures=True)
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()  # end of input: the server exits
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._kill()
+            self._proc = None
+
+    def __enter__(self) -> SearchServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ServedSearch:
+    """A :class:`SearchServer` request: ``result()`` waits for the candidates, ``close()``
+    abandons it if still running."""
+
+    def __init__(self, server: SearchServer) -> None:
+        self.server = server
+        self.future: Future | None = None
+
+    def result(self) -> list[Any]:
+        """The candidates, best first (waits for the search)."""
+        assert self.future is not None
+        return self.future.result()
+
+    def close(self) -> None:
+        """Abandon the search if it is still running."""
+        self.server.cancel(self)
+
+
 if __name__ == "__main__":
-    _child()
+    _child(serve="--serve" in sys.argv[1:])

@@ -301,3 +301,31 @@ def test_off_femur_distance_equals_scipy_edt(case):
         want = distance_transform_edt(~femur, sampling=sp)[ys[far], xs[far]]
         text = [r for r in review(moved, ctx(sample, masks)) if r.code == "off_femur"]
         assert text and f"({want:.1f} mm)" in str(text[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nearest_pixel_mm_equals_scipy_distance_transform(seed):
+    """The box-doubling search gives the exact Euclidean distance (anisotropic sampling), as
+    scipy's distance transform of the mask's complement does."""
+    from scipy.ndimage import distance_transform_edt
+
+    from planning.review import nearest_pixel_mm
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(40, 300, size=2)
+    mask = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(1, 4))):  # a few blobs, or a single far pixel
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(0, 25)
+        yy, xx = np.ogrid[:h, :w]
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    sampling = (float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.1, 0.5)))
+    edt = distance_transform_edt(~mask, sampling=sampling)
+    for y, x in zip(rng.integers(0, h, 30), rng.integers(0, w, 30), strict=True):
+        got = nearest_pixel_mm(mask, int(x), int(y), sampling)
+        assert got == pytest.approx(edt[y, x], abs=1e-9)
+
+
+def test_nearest_pixel_mm_of_an_empty_mask_is_inf():
+    from planning.review import nearest_pixel_mm
+
+    assert nearest_pixel_mm(np.zeros((50, 70), bool), 10, 20, (0.2, 0.2)) == float("inf")

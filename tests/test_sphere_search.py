@@ -91,3 +91,111 @@ def test_close_stops_a_running_search(image, monkeypatch):
     proc = search._proc
     search.close()
     assert proc.poll() is not None
+
+
+# -- batch mode: one search process serves every image -------------------------------------------
+
+
+def ready(server: sphere_search.SearchServer, timeout: float = 60.0) -> None:
+    """Wait until the server has said it is ready (its imports are done)."""
+    import time
+
+    t0 = time.monotonic()
+    while not server._up():
+        assert time.monotonic() - t0 < timeout, "search server never became ready"
+        time.sleep(0.05)
+
+
+def test_server_serves_many_images_in_one_process(image):
+    images = [image, image[:, ::-1].copy(), np.random.default_rng(0).random((300, 340), np.float32)]
+    with sphere_search.SearchServer() as server:
+        ready(server)
+        pid = server._proc.pid
+        for img in images:
+            search = server.start(img)
+            assert isinstance(search, sphere_search.ServedSearch)
+            try:
+                got = search.result()
+            finally:
+                search.close()
+            want = find_sphere_candidates(img)
+            if want:
+                same(got, want)
+            else:
+                assert got == []
+        assert server._proc.pid == pid  # the same process answered all three
+        proc = server._proc
+    assert proc.poll() is not None  # closed with the server
+
+
+def test_server_not_yet_ready_searches_in_a_thread(image):
+    with sphere_search.SearchServer() as server:
+        search = server.start(image)  # microseconds after the start: imports are not done
+        assert isinstance(search, sphere_search.SphereSearch)
+        same(search.result(), find_sphere_candidates(image))
+        search.close()
+
+
+def test_dead_server_is_replaced_and_the_image_searched_here(image):
+    with sphere_search.SearchServer() as server:
+        ready(server)
+        old = server._proc
+        old.kill()
+        old.wait()
+        search = server.start(image)  # this image: searched here; a new server starts
+        same(search.result(), find_sphere_candidates(image))
+        search.close()
+        ready(server)
+        assert server._proc is not old and server._proc.poll() is None
+        search = server.start(image)
+        assert isinstance(search, sphere_search.ServedSearch)
+        same(search.result(), find_sphere_candidates(image))
+
+
+READY_THEN = "import sys; sys.stdout.buffer.write({ready!r}); sys.stdout.flush(); {then}"
+
+
+@pytest.mark.parametrize("then", [
+    "sys.stdin.buffer.readline(); sys.exit(3)",  # dies on the request
+    "sys.stdin.buffer.readline(); sys.stdout.buffer.write(b'\\x05' + bytes(7) + b'junk!'); "
+    "sys.stdout.flush(); import time; time.sleep(30)",  # answers nonsense
+    "import time; time.sleep(30)",  # stuck: never answers
+])  # fmt: skip
+def test_failing_server_falls_back_to_searching_here(image, monkeypatch, then):
+    monkeypatch.setattr(sphere_search, "TIMEOUT_S", 2.0)
+    run_instead(monkeypatch, [sys.executable, "-c",
+                              READY_THEN.format(ready=sphere_search.READY, then=then)])
+    with sphere_search.SearchServer() as server:
+        ready(server)
+        search = server.start(image)
+        assert isinstance(search, sphere_search.ServedSearch)
+        same(search.result(), find_sphere_candidates(image))
+        search.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ["/nonexistent/python"],
+    [sys.executable, "-c", "print('not ready')"],
+])  # fmt: skip
+def test_server_that_never_gets_ready_leaves_the_search_here(image, monkeypatch, argv):
+    run_instead(monkeypatch, argv)
+    with sphere_search.SearchServer() as server:
+        for _ in range(2):
+            search = server.start(image)
+            assert isinstance(search, sphere_search.SphereSearch)
+            same(search.result(), find_sphere_candidates(image))
+            search.close()
+
+
+def test_closing_a_running_served_search_stops_it(image, monkeypatch):
+    import time
+
+    run_instead(monkeypatch, [sys.executable, "-c", READY_THEN.format(
+        ready=sphere_search.READY, then="import time; time.sleep(30)")])
+    with sphere_search.SearchServer() as server:
+        ready(server)
+        proc = server._proc
+        search = server.start(image)
+        t0 = time.monotonic()
+        search.close()
+        assert time.monotonic() - t0 < 10 and proc.poll() is not None
