@@ -45,7 +45,7 @@ from geometry.heatmaps import HeatmapCodec
 from lightning_modules.gradnorm import GradNorm, ddp_ignore_gradnorm
 from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
-from lightning_modules.shgn import MultiTaskSHGN
+from lightning_modules.shgn import MultiTaskSHGN, final_maps
 
 
 class KneePlanModule(pl.LightningModule):
@@ -141,12 +141,7 @@ class KneePlanModule(pl.LightningModule):
         """Final hourglass's maps for ``x (B, 1, S, S)``: ``seg`` sigmoid probabilities
         ``(B, 4, S, S)``, ``lm`` ``(B, 2, S, S)`` and ``roi`` ``(B, 1, S, S)`` heat-maps; with two
         or more hourglasses also ``lm_prev``, the second-to-last one's landmark heat-maps."""
-        stacks = self.net(x.to(self.device, dtype=self.dtype)).stacks
-        final = stacks[-1]
-        out = {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
-        if len(stacks) > 1:
-            out["lm_prev"] = stacks[-2]["lm"]
-        return out
+        return final_maps(self.net, x.to(self.device, dtype=self.dtype))
 
     # ----------------------------------------------------------------------------- training
     def configure_optimizers(self):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.shgn import final_maps
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
 from planning.predict import INPUT_NAME, OUTPUT_NAMES, export_meta_path, graph_sha256
 
@@ -38,12 +39,7 @@ class _ExportNet(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        out = self.net(x)
-        final = out.stacks[-1]
-        res = (torch.sigmoid(final["seg"]), final["lm"], final["roi"])
-        if len(out.stacks) > 1:
-            res = res + (out.stacks[-2]["lm"],)
-        return res
+        return tuple(final_maps(self.net, x).values())  # seg, lm, roi[, lm_prev]
 
 
 def output_names(model: LoadedModel) -> list[str]:

@@ -101,13 +101,11 @@ class TorchPredictor:
         """Final (and second-to-last) hourglass maps of ``x`` (B, 1, S, S)."""
         import torch
 
+        from lightning_modules.shgn import final_maps
+
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         with torch.inference_mode():
-            out = self.net(xt)
-            final = out.stacks[-1]
-            maps = {"seg": torch.sigmoid(final["seg"]), "lm": final["lm"], "roi": final["roi"]}
-            if len(out.stacks) > 1:
-                maps["lm_prev"] = out.stacks[-2]["lm"]
+            maps = final_maps(self.net, xt)
         return {k: v.float().cpu().numpy() for k, v in maps.items()}
 
 

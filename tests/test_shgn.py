@@ -350,3 +350,48 @@ def test_onnx_export_dynamic_batch_matches_torch(tmp_path) -> None:
         want = Final()(x)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(torch.from_numpy(a), b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("stacks", [1, 2, 3])
+def test_final_maps_are_the_full_forwards_maps(stacks):
+    """Inference computes only what planning reads, and gets exactly the full forward's values."""
+    from lightning_modules.shgn import final_maps
+
+    torch.manual_seed(stacks)
+    net = MultiTaskSHGN(num_stacks=stacks, **TINY).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        full = net(x).stacks
+        got = final_maps(net, x)
+    want = {"seg": torch.sigmoid(full[-1]["seg"]), "lm": full[-1]["lm"], "roi": full[-1]["roi"]}
+    if stacks > 1:
+        want["lm_prev"] = full[-2]["lm"]
+    assert list(got) == list(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_unread_refinements_are_not_computed():
+    """The first hourglass's seg and roi heads (never read at inference) skip their refinement
+    at S; its lm head (``lm_prev``) and every coarse map (re-injected) still run."""
+    from lightning_modules.shgn import final_maps
+
+    net = MultiTaskSHGN(num_stacks=2, **TINY).eval()
+    calls: dict[str, int] = {}
+    for l, stack in enumerate(net.stacks):
+        for name, head in stack.heads.items():
+            for part in ("coarse", "refine_full"):
+                key = f"{l}.{name}.{part}"
+                calls[key] = 0
+                getattr(head, part).register_forward_hook(
+                    lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
+    with torch.no_grad():
+        final_maps(net, torch.rand(1, 1, 64, 64))
+    assert calls["0.seg.refine_full"] == calls["0.roi.refine_full"] == 0
+    assert calls["0.lm.refine_full"] == 1 and calls["0.seg.coarse"] == 1
+    assert all(calls[f"1.{t}.refine_full"] == 1 for t in ("seg", "lm", "roi"))
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 64, 64), outputs={0: ("lm",), -1: ("seg",)}).stacks
+    assert set(out[0]) == {"lm"} and set(out[1]) == {"seg"}
+    with pytest.raises(IndexError, match="hourglass 2"):
+        net(torch.rand(1, 1, 64, 64), outputs={2: ("lm",)})
