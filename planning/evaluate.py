@@ -64,6 +64,8 @@ DEFAULT_PHANTOM_SEED = 2_000_000  # same seeds as the DataModule's phantom test 
 # the images match it only where the phantom sizes match too (presets may shrink them).
 DEFAULT_N_PHANTOMS = 24
 
+MAX_UNFLAGGED_MM = 10.0  # issue 11: no unflagged plan more than 10 mm off (stress verdict)
+
 
 @dataclass
 class SampleResult:
@@ -302,7 +304,7 @@ def evaluate(
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
                                   review_config=review_config, codec=codec)
         else:
-            maps = predict_image(predictor, sample.image, zoom=zoom)
+            maps = predict_image(predictor, sample.image, zoom=zoom, review_config=review_config)
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
                                   review_config=review_config, predictor=predictor, tta=tta)
         codes.append([r.code for r in res.reasons])
@@ -428,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stress test: evaluate again under each perturbation ('all' or a comma "
                    "list of planning/perturb.py KINDS); writes OUT/stress.md instead of the "
                    "usual tables (no Table 2 subset, no gallery)")
-    p.add_argument("--max-unflagged-mm", type=float, default=10.0,
+    p.add_argument("--max-unflagged-mm", type=float, default=MAX_UNFLAGGED_MM,
                    help="stress test: an unflagged plan further off than this is unsafe")
     p.add_argument("--gallery", type=int, default=8, metavar="N",
                    help="gallery/: pictures of the N worst and N random images (0: none)")

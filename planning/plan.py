@@ -204,6 +204,7 @@ def run_plan(
     from planning.review import ReviewConfig, ReviewContext, review
     from planning.tta import TTAConfig, augmented_maps, hourglass_only, tta_uncertainty
 
+    review_config = review_config or ReviewConfig.load()
     path = Path(image_path)
     loaded = load_input(path)
     image = np.asarray(loaded.image, dtype=np.float32)
@@ -221,7 +222,7 @@ def run_plan(
         search = sphere_search or (search_server.start(image) if search_server is not None
                                    else start_sphere_search(image))
     try:
-        maps = predict_image(predictor, image, zoom=zoom)
+        maps = predict_image(predictor, image, zoom=zoom, review_config=review_config)
         masks = masks_to_original(maps.seg, maps.frame)
         aug = (augmented_maps(predictor, image, tta_cfg, frame=maps.frame,
                               net_input=maps.net_input) if tta >= 2 else None)
@@ -242,7 +243,7 @@ def run_plan(
     context = ReviewContext(
         masks=masks, image=image, spacing_reasons=sp.reasons,
         scale=sp.anatomy, uncertainty=unc,
-        config=review_config or ReviewConfig.load(),
+        config=review_config,
     )  # fmt: skip
     reasons = review(plan, context)
     out = Path(out_dir)

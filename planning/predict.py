@@ -275,17 +275,20 @@ def predict_images(
     return out
 
 
-def predict_image(module: Any, image: np.ndarray, zoom: bool = False) -> NetworkMaps:
+def predict_image(
+    module: Any, image: np.ndarray, zoom: bool = False, review_config: Any = None
+) -> NetworkMaps:
     """``predict_images`` for one image. ``zoom``: when the first pass shows the knee far from
     the training scale, a second look through ``planning.zoom.knee_window`` (its maps are
-    returned; their ``frame`` is that window)."""
+    returned; their ``frame`` is that window); ``review_config``: the review's thresholds,
+    whose femur bounds decide whether there is a knee to zoom to (None: configs/review.yaml)."""
     maps = predict_images(module, [image], batch_size=1)[0]
     if zoom:
         from planning import zoom as zoom_mod
 
         first = maps
         for _ in range(zoom_mod.MAX_LOOKS):
-            window = zoom_mod.knee_window(maps, np.shape(image))
+            window = zoom_mod.knee_window(maps, np.shape(image), review_config)
             if window is None:
                 break
             looked = predict_images(module, [image], batch_size=1, frames=[window])[0]

@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from datamodules.sample import Sample
-from planning.evaluate import evaluate, sample_spacing
+from planning.evaluate import MAX_UNFLAGGED_MM, evaluate, sample_spacing
 from planning.perturb import FOREIGN, KINDS, perturb
 from planning.tables import markdown_table, write_table
-
-MAX_UNFLAGGED_MM = 10.0  # issue 11: no unflagged plan more than 10 mm off
 
 
 def parse_kinds(text: str) -> list[str]:

@@ -35,27 +35,31 @@ def condyle_fraction(maps: Any) -> float:
     return float("nan") if shape is None else shape.condyle_width_px / maps.frame.size
 
 
-def _femur_like(shape: Any) -> bool:
+def _femur_like(shape: Any, cfg: Any = None) -> bool:
     """One piece, a shaft, condyles wider than it, not the whole frame: the review's own bounds
-    (``planning.review.ReviewConfig`` defaults, configs/review.yaml). Anything else is no knee
-    to zoom to (the review flags it), and a second look would only cost time."""
-    from planning.review import ReviewConfig
+    (``cfg``, a ``planning.review.ReviewConfig``; None: configs/review.yaml). Anything else is
+    no knee to zoom to (the review flags it), and a second look would only cost time."""
+    if cfg is None:
+        from planning.review import ReviewConfig
 
-    cfg = ReviewConfig()
+        cfg = ReviewConfig.load()
     return (shape.main_fraction >= cfg.min_main_fraction and shape.elongation >= cfg.min_elongation
             and shape.widening >= cfg.min_widening and shape.area_fraction <= cfg.max_femur_area)
 
 
-def knee_window(maps: Any, image_shape: tuple[int, ...]) -> WindowResize | None:
+def knee_window(
+    maps: Any, image_shape: tuple[int, ...], review_config: Any = None
+) -> WindowResize | None:
     """The window for a second look, or None when the knee is already at the training scale
     (or no femur-like shape was found: nothing to zoom to).
 
     Args:
         maps: the first pass's ``planning.predict.NetworkMaps`` (seg ``(C, S, S)``, frame).
         image_shape: ``(H, W)`` of the original image.
+        review_config: the review's thresholds (what counts as femur-like; None: the file's).
     """
     shape = femur_shape(np.asarray(maps.seg[0]) >= 0.5)
-    if shape is None or not _femur_like(shape):
+    if shape is None or not _femur_like(shape, review_config):
         return None
     frac = shape.condyle_width_px / maps.frame.size
     if CONDYLE_RANGE[0] <= frac <= CONDYLE_RANGE[1]:

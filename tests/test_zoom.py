@@ -215,3 +215,18 @@ def test_a_huge_window_costs_the_memory_of_the_image():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) < 200  # MB (the window alone would be 5000)
+
+
+def test_what_counts_as_a_femur_is_the_users_review_config(tmp_path):
+    """The zoom's femur bounds are the review's: a user's --review-config that asks for a longer
+    shaft than this femur has turns the second look off, as it makes the review flag it."""
+    from dataclasses import replace
+
+    from planning.review import ReviewConfig
+
+    side = 400
+    frame = PadResize.from_shape(side, side, 128)
+    first = maps_of(femur_image(side, 24.0, (200.0, 255.0)), frame)  # small: out of range
+    cfg = ReviewConfig.load()
+    assert isinstance(knee_window(first, (side, side), cfg), WindowResize)
+    assert knee_window(first, (side, side), replace(cfg, min_elongation=50.0)) is None
