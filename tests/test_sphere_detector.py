@@ -75,6 +75,18 @@ def test_no_sphere_is_invented(make):
         assert not cand.accepted and cand.why
 
 
+@pytest.mark.parametrize("marker", [4, 6])
+def test_flat_disc_beside_a_small_clipped_marker_is_no_sphere(marker):
+    """A coin at 0.7 and a burned-in marker of a few pixels at the clip level: the clip level is
+    the marker's (full resolution), so the coin is below it (a smoothed or downsampled maximum
+    lost the marker and took the coin for a saturated ball)."""
+    img = background()
+    img[np.hypot(*np.mgrid[0:H, 0:W][::-1] - np.array([430.0, 300.0])[:, None, None]) < 45] = 0.7
+    img = finish(img)
+    img[10 : 10 + marker, 10 : 10 + marker] = 1.0  # burned in after the detector: sharp
+    assert detect_calibration_sphere(img) is None
+
+
 def test_flat_disc_is_rejected_for_its_profile():
     cands = find_sphere_candidates(flat_disc())
     disc = [c for c in cands if np.hypot(*(c.center - [430, 300])) < 5]
