@@ -33,6 +33,8 @@ import numpy as np
 
 TIMEOUT_S = 60.0  # the search is bounded (~1 s at 4k px); a child slower than this is stuck
 READY = b"kneeplan-sphere-search-ready\n"  # a server's first line: its imports are done
+MAX_LAUNCHES = 3  # servers started in a row that never got ready: then threads for the batch
+MAX_ANSWER_BYTES = 64 << 20  # an answer longer than this is a broken server, not candidates
 
 
 def search_now(image: np.ndarray) -> list[Any]:
@@ -85,6 +87,7 @@ def _child(serve: bool = False) -> None:
     """Process body: one request on stdin, its candidates as JSON on stdout; ``serve``: requests
     until end of input, each answer an 8-byte little-endian length and the JSON."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print cannot corrupt the answers
     if serve:  # import what the search needs, then say so: images go to a thread until then
         import scipy.ndimage  # noqa: F401 (what the fits import when they first run)
         import scipy.optimize  # noqa: F401
@@ -182,8 +185,10 @@ class SearchServer:
     """One search process that serves many images in turn (batch mode).
 
     ``start(image)`` returns a search whose ``result()`` and ``close()`` behave as
-    :class:`SphereSearch`'s. When the process cannot start, dies or is stuck (> ``TIMEOUT_S``)
-    that image is searched in this process instead, and the next image starts a new server.
+    :class:`SphereSearch`'s. The process is started by the first ``start`` (a batch that needs
+    no search starts none). When it cannot start, dies or is stuck (> ``TIMEOUT_S``) that image
+    is searched in this process instead and the next image starts a new server, at most
+    ``MAX_LAUNCHES`` in a row that never get ready.
     """
 
     def __init__(self) -> None:
@@ -191,11 +196,12 @@ class SearchServer:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sphere-server-io")
         self._cancelled: set[int] = set()
         self._ready: Future | None = None
-        self._launch()
+        self._launches = 0  # in a row, without one getting ready
 
     def _launch(self) -> None:
         """Start the process; its READY line is awaited in the I/O thread (meanwhile, and
         whenever it is not up, ``start`` searches in a thread of this process)."""
+        self._launches += 1
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "planning.sphere_search", "--serve"],
@@ -226,9 +232,13 @@ class SearchServer:
         if self._proc is not None and self._proc.poll() is not None:
             self._proc, self._ready = None, None
         if self._proc is None:
-            self._launch()
+            if self._launches < MAX_LAUNCHES:
+                self._launch()
             return False
-        return self._ready is not None and self._ready.done() and self._ready.result()
+        up = self._ready is not None and self._ready.done() and self._ready.result()
+        if up:
+            self._launches = 0
+        return up
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -246,8 +256,10 @@ class SearchServer:
                 proc.stdin.write(_request(image))
                 proc.stdin.flush()
                 size = int.from_bytes(_read_exact(proc.stdout, 8), "little")
+                if size > MAX_ANSWER_BYTES:
+                    raise ValueError(f"sphere search server: a {size}-byte answer")
                 return _from_json(_read_exact(proc.stdout, size))
-            except (OSError, EOFError, ValueError, KeyError, TypeError):
+            except Exception:  # noqa: BLE001 (any broken answer: kill it, search here)
                 self._kill()
             finally:
                 timer.cancel()
@@ -274,7 +286,10 @@ class SearchServer:
             self._cancelled.discard(id(handle))
 
     def close(self) -> None:
-        """Stop the server process and its I/O thread."""
+        """Stop the server process and its I/O thread (a server still starting is killed, not
+        waited for)."""
+        if self._proc is not None and not (self._ready is not None and self._ready.done()):
+            self._proc.kill()
         self._io.shutdown(wait=True, cancel_futures=True)
         if self._proc is not None:
             with contextlib.suppress(OSError):

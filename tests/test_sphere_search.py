@@ -199,3 +199,48 @@ def test_closing_a_running_served_search_stops_it(image, monkeypatch):
         t0 = time.monotonic()
         search.close()
         assert time.monotonic() - t0 < 10 and proc.poll() is not None
+
+
+def test_a_server_that_never_gets_ready_is_not_relaunched_for_every_image(image, monkeypatch):
+    launched = []
+    real = subprocess.Popen
+
+    def counting(cmd, **kw):
+        launched.append(cmd)
+        return real([sys.executable, "-c", "print('not ready')"], **kw)
+
+    monkeypatch.setattr(sphere_search.subprocess, "Popen", counting)
+    with sphere_search.SearchServer() as server:
+        assert not launched  # nothing starts before the first image
+        for _ in range(8):
+            search = server.start(image)
+            same(search.result(), find_sphere_candidates(image))
+            search.close()
+            if server._ready is not None:
+                server._ready.result()  # let the READY wait finish before the next image
+    assert len(launched) == sphere_search.MAX_LAUNCHES
+
+
+def test_closing_a_server_still_starting_does_not_wait_for_it(image, monkeypatch):
+    import time
+
+    run_instead(monkeypatch, SLEEP)  # never says READY
+    server = sphere_search.SearchServer()
+    server.start(image).close()  # starts the (hung) server; this image is searched in a thread
+    t0 = time.monotonic()
+    server.close()
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_absurd_answer_length_falls_back(image, monkeypatch):
+    then = ("import json, math; shape = json.loads(sys.stdin.buffer.readline()); "
+            "sys.stdin.buffer.read(4 * math.prod(shape)); sys.stdout.buffer.write(b'\\xff' * 8); "
+            "sys.stdout.flush(); import time; time.sleep(30)")  # reads the request, then lies
+    run_instead(monkeypatch, [sys.executable, "-c",
+                              READY_THEN.format(ready=sphere_search.READY, then=then)])
+    with sphere_search.SearchServer() as server:
+        ready(server)
+        proc = server._proc
+        search = server.start(image)
+        same(search.result(), find_sphere_candidates(image))
+        assert proc.poll() is not None  # the broken server was killed
