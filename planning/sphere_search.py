@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,11 +106,27 @@ def _child(serve: bool = False) -> None:
         out.flush()
 
 
-def _child_env() -> dict[str, str]:
-    """This environment with the folder holding ``planning/`` first on PYTHONPATH."""
+def _spawn(*args: str) -> subprocess.Popen:
+    """``python -m planning.sphere_search [args]`` with pipes (stderr discarded), the folder
+    holding ``planning/`` first on its PYTHONPATH; OSError when it cannot start."""
     root = str(Path(__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "planning.sphere_search", *args], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _deadline(proc: subprocess.Popen) -> Iterator[None]:
+    """Kill ``proc`` if the block takes longer than ``TIMEOUT_S`` (a blocked read then ends)."""
+    timer = threading.Timer(TIMEOUT_S, proc.kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class SphereSearch:
@@ -128,10 +145,7 @@ class SphereSearch:
 
     def _start_process(self) -> bool:
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "planning.sphere_search"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env(),
-            )  # fmt: skip
+            proc = _spawn()
         except OSError:
             return False
         self._proc = proc
@@ -194,7 +208,6 @@ class SearchServer:
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sphere-server-io")
-        self._cancelled: set[int] = set()
         self._ready: Future | None = None
         self._launches = 0  # in a row, without one getting ready
 
@@ -203,26 +216,19 @@ class SearchServer:
         whenever it is not up, ``start`` searches in a thread of this process)."""
         self._launches += 1
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "planning.sphere_search", "--serve"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=_child_env(),
-            )  # fmt: skip
+            self._proc = _spawn("--serve")
         except OSError:
             self._proc, self._ready = None, None
             return
         self._ready = self._io.submit(self._await_ready, self._proc)
 
     def _await_ready(self, proc: subprocess.Popen) -> bool:
-        timer = threading.Timer(TIMEOUT_S, proc.kill)
-        timer.start()
+        assert proc.stdout is not None
         try:
-            assert proc.stdout is not None
-            ok = proc.stdout.readline() == READY
+            with _deadline(proc):
+                ok = proc.stdout.readline() == READY
         except (OSError, ValueError):
             ok = False
-        finally:
-            timer.cancel()
         if not ok:
             proc.kill()
         return ok
@@ -246,24 +252,21 @@ class SearchServer:
             self._proc.wait()
             self._proc = None
 
-    def _exchange(self, image: np.ndarray, key: int) -> list[Any]:
+    def _exchange(self, image: np.ndarray, handle: ServedSearch) -> list[Any]:
         proc = self._proc
         if proc is not None:
             assert proc.stdin is not None and proc.stdout is not None
-            timer = threading.Timer(TIMEOUT_S, proc.kill)  # a stuck search ends the read
-            timer.start()
             try:
-                proc.stdin.write(_request(image))
-                proc.stdin.flush()
-                size = int.from_bytes(_read_exact(proc.stdout, 8), "little")
-                if size > MAX_ANSWER_BYTES:
-                    raise ValueError(f"sphere search server: a {size}-byte answer")
-                return _from_json(_read_exact(proc.stdout, size))
+                with _deadline(proc):  # a stuck search ends the read
+                    proc.stdin.write(_request(image))
+                    proc.stdin.flush()
+                    size = int.from_bytes(_read_exact(proc.stdout, 8), "little")
+                    if size > MAX_ANSWER_BYTES:
+                        raise ValueError(f"sphere search server: a {size}-byte answer")
+                    return _from_json(_read_exact(proc.stdout, size))
             except Exception:  # noqa: BLE001 (any broken answer: kill it, search here)
                 self._kill()
-            finally:
-                timer.cancel()
-        return [] if key in self._cancelled else search_now(image)
+        return [] if handle.cancelled else search_now(image)
 
     def start(self, image: np.ndarray) -> ServedSearch | SphereSearch:
         """Send ``image`` ((H, W) in [0, 1]) to the server; its candidates come back later.
@@ -272,18 +275,17 @@ class SearchServer:
             return SphereSearch(image, own_process=False)
         image = np.ascontiguousarray(image, dtype=np.float32)
         handle = ServedSearch(self)
-        handle.future = self._io.submit(self._exchange, image, id(handle))
+        handle.future = self._io.submit(self._exchange, image, handle)
         return handle
 
     def cancel(self, handle: ServedSearch) -> None:
         """Abandon a search still running: the server is stopped (the next start restarts it)."""
         if handle.future is not None and not handle.future.done():
-            self._cancelled.add(id(handle))
+            handle.cancelled = True
             if self._proc is not None:
                 self._proc.kill()
             with contextlib.suppress(Exception):
                 handle.future.result()
-            self._cancelled.discard(id(handle))
 
     def close(self) -> None:
         """Stop the server process and its I/O thread (a server still starting is killed, not
@@ -314,6 +316,7 @@ class ServedSearch:
     def __init__(self, server: SearchServer) -> None:
         self.server = server
         self.future: Future | None = None
+        self.cancelled = False  # abandoned: a failed exchange then searches nothing here
 
     def result(self) -> list[Any]:
         """The candidates, best first (waits for the search)."""
