@@ -4,7 +4,8 @@
 
 Prints the wall time of ``find_sphere_candidates`` on noise and phantom images up to 4k px
 (target <= 1 s each), and on ``--n`` phantoms with the sphere enabled: the fraction found, the
-radius error (median, max) and how many are within 1 %; on phantoms without a sphere, how many
+radius error (median, max), how many are within 1 % and how often the reported bound
+(``sphere_uncertainty``) covers the error or flags the plan; on phantoms without a sphere, how many
 false spheres.
 """
 
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from datamodules.phantoms import PhantomConfig, generate_phantom
+from geometry.pixel_spacing import MAX_SPHERE_UNCERTAINTY, sphere_uncertainty
 from geometry.spacing import detect_calibration_sphere, find_sphere_candidates
 
 
@@ -40,7 +42,7 @@ def main() -> None:
         f = side / max(base.shape)
         ph = cv2.resize(base, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
         print(f"  {side:>5} px  noise {timed(noise)}  phantom {timed(ph)}")
-    errs, missed, false_pos = [], 0, 0
+    errs, bounds, missed, false_pos = [], [], 0, 0
     for seed in range(args.n):
         s = generate_phantom(10_000 + seed, PhantomConfig(p_sphere=1.0))
         truth = s.meta.get("sphere")
@@ -52,11 +54,15 @@ def main() -> None:
             missed += 1
             continue
         errs.append(100 * (det.radius_px / truth["radius_px"] - 1))
+        bounds.append(100 * sphere_uncertainty(det))
     e = np.abs(errs) if errs else np.full(1, np.nan)
     print(
         f"phantoms with a sphere: {len(errs)} found, {missed} missed; |radius error| % "
         f"median {np.median(e):.2f}, max {e.max():.2f}, within 1 %: {np.mean(e <= 1):.0%}"
     )
+    b, cap = np.array(bounds), 100 * MAX_SPHERE_UNCERTAINTY
+    print(f"spacing bound 3 blur / R: covers the error in {np.sum(e <= np.maximum(b, cap))} of "
+          f"{len(b)}; above {cap:.0f} % (plan flagged) in {np.sum(b > cap)} of {len(b)}")
     for seed in range(args.n):
         s = generate_phantom(20_000 + seed, PhantomConfig(p_sphere=0.0))
         false_pos += detect_calibration_sphere(s.image) is not None

@@ -60,7 +60,8 @@ class SphereDetection:
     """A calibration-sphere candidate: centre (x, y) px, radius px, mm per px, score in [0, 1].
 
     ``accepted`` says whether every test passed; ``why`` names the first failed test (or the
-    kind of sphere accepted), ``metrics`` holds each tested value.
+    kind of sphere accepted), ``metrics`` holds each tested value (lengths such as ``r_edges``
+    and ``blur_px`` in pixels of the input image, whatever pyramid level was fitted).
     """
 
     center: np.ndarray
@@ -412,7 +413,7 @@ def _verify(
     r, sigma, log_k = (float(v) for v in p_dome)
     metrics.update(
         r2=1 - rss_dome / (tss + 1e-12), dome_ratio=rss_dome / max(rss_flat, 1e-12),
-        blur_px=sigma, k=float(np.exp(log_k)),
+        blur_px=sigma / s, k=float(np.exp(log_k)),  # px of the input, like the radius
     )  # fmt: skip
     # saturation, read at full resolution (pyramid levels average the clipped pixels away)
     ang = np.linspace(0, 2 * np.pi, 64, endpoint=False)

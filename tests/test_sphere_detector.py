@@ -109,6 +109,26 @@ def test_path_length_sphere_found(k, r, rel):
     np.testing.assert_allclose(det.center, (410.4, 330.7), atol=0.5)
 
 
+@pytest.mark.parametrize("scale", [1, 3])
+def test_blur_and_radius_in_pixels_of_the_input(scale):
+    """A dome sphere (radius 40 px, blur 1.5 px) and the same scene 3x larger (radius 120 px,
+    blur 4.5 px, fitted on the pyramid's halved level): the reported blur is in pixels of the
+    input, like the radius, so the spacing bound 3 blur / R is scale-free (it was half as large
+    for a sphere fitted on a halved level, and then smaller than the error it bounds)."""
+    from geometry.pixel_spacing import sphere_uncertainty
+
+    h, w = H * scale, W * scale
+    ys, xs = np.mgrid[0:h, 0:w]
+    img = (0.15 + 0.1 * xs / w).astype(np.float32)
+    sphere(img, (300.3 * scale, 250.6 * scale), 40.0 * scale, 3.0, amp=0.6)
+    img = finish(img, seed=5, blur=1.5 * scale, noise=0.005)
+    det = detect_calibration_sphere(img, diameter_mm=30.0)
+    assert det is not None and det.accepted
+    assert det.radius_px == pytest.approx(40.0 * scale, rel=0.02)
+    assert det.metrics["blur_px"] == pytest.approx(1.5 * scale, rel=0.3)
+    assert sphere_uncertainty(det) == pytest.approx(3 * 1.5 / 40.0, rel=0.3)
+
+
 def saturated_ball(extra=None, grain: float = 0.0) -> np.ndarray:
     """A steel ball (k = 25, amp 2) clipped after the blur; ``extra`` draws on the attenuation
     before the blur; ``grain`` is noise added AFTER the clip (a detector's grain, JPEG ringing)."""
