@@ -9,12 +9,19 @@ original stacked hourglass's training step (``reference_hourglass.PoseNet``, Bat
 16 heat-maps per stack, RMSProp) in the same rounds: the per-FLOP ratio of the GradNorm step to it.
 
     python benchmarks/bench_step.py [--steps 7] [--warmup 2] [--threads 2] [--size 256]
+        [--no-malloc-tuning] [--alone]
+
+``--alone`` times only the GradNorm step, one network in the process as in training, and prints
+its minor page faults per step: with and without ``--no-malloc-tuning`` it shows what the
+allocator setting of ``lightning_modules/malloc_tuning.py`` gives a training process (interleaving
+three networks in one process hides it: their steps reuse each other's freed memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import sys
 import time
@@ -30,6 +37,7 @@ from reference_hourglass import PoseNet  # noqa: E402
 
 from lightning_modules.gradnorm import GradNorm  # noqa: E402
 from lightning_modules.losses import MultiTaskLoss  # noqa: E402
+from lightning_modules.malloc_tuning import keep_freed_memory  # noqa: E402
 from lightning_modules.shgn import MultiTaskSHGN  # noqa: E402
 
 
@@ -99,6 +107,27 @@ class ReferenceStepper:
         return float(loss.detach())
 
 
+def time_alone(args: argparse.Namespace) -> int:
+    """Median wall and CPU time and mean minor page faults of the GradNorm step alone."""
+    stepper = Stepper(MultiTaskSHGN(), use_gradnorm=True)
+    batch = make_batch(args.batch_size, args.size)
+    for _ in range(max(args.warmup, 1)):
+        stepper.step(batch)
+    wall, cpu, faults = [], [], []
+    for _ in range(args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        stepper.step(batch)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    print(f"GradNorm training step alone, batch {args.batch_size}, {args.size} px, "
+          f"{args.threads} threads, median of {args.steps}: wall {statistics.median(wall):.3f} s, "
+          f"CPU {statistics.median(cpu):.3f} s, minor page faults per step "
+          f"{statistics.mean(faults):,.0f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=7, help="timed steps per mode (median)")
@@ -106,10 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--size", type=int, default=256, help="input side in px")
     p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc's allocator as it is (training calls keep_freed_memory)")
+    p.add_argument("--alone", action="store_true",
+                   help="time only the GradNorm step (one network per process, as training)")
     args = p.parse_args(argv)
+    if not args.no_malloc_tuning:  # as `python -m lightning_modules.train` does
+        print(f"allocator keeps freed memory (malloc_tuning.py): {keep_freed_memory()}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.alone:
+        return time_alone(args)
     net = MultiTaskSHGN()
     n_params = sum(q.numel() for q in net.parameters())
     batch = make_batch(args.batch_size, args.size)

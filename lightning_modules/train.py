@@ -66,6 +66,7 @@ from lightning_modules.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
+from lightning_modules.malloc_tuning import keep_freed_memory
 from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
 from lightning_modules.progress import progress_callback
@@ -501,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem := env_problem():
         print(f"train: error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+    keep_freed_memory()  # the steps reuse freed activations instead of page-faulting them in
     try:
         if any(a.startswith("--print_config") for a in argv):
             _make_cli(translate_args(argv, announce=False))

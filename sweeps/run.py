@@ -29,6 +29,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from datamodules.config_file import ConfigFileError, check_config_file
+from lightning_modules.malloc_tuning import keep_freed_memory
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
 from sweeps.space import SearchSpace
 from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, storage_problem, study_dir
@@ -283,6 +284,7 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()  # a process that trains: reuse freed activations (malloc_tuning.py)
     study = run_sweep(argv)
     return 0 if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else 1
 
