@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
@@ -189,6 +190,49 @@ def _check_samples(path: Path, page: Any) -> None:
                              "RGB page expected)")
 
 
+def _check_segments(path: Path, page: Any) -> None:
+    """Refuse a page whose tiles are over the pixel limit, or with too many strips or tiles,
+    before it is decoded (``decode_guards.tiff_segment_problem``)."""
+    problem = decode_guards.tiff_segment_problem(page, max_pixels())
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
+
+
+UNSUPPORTED_PHOTOMETRIC = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab",
+                           32803: "colour filter array (raw sensor)", 32844: "LogL",
+                           32845: "LogLuv", 34892: "linear raw (sensor)"}
+YCBCR = 6
+
+
+def _check_photometric(path: Path, photometric: int) -> None:
+    """Refuse a TIFF whose samples are not gray, RGB or palette indices: read as RGB, a CMYK
+    page of a radiograph was refused as blank, or planned inverted without a word."""
+    if photometric in UNSUPPORTED_PHOTOMETRIC:
+        raise ImageReadError(f"{path}: {UNSUPPORTED_PHOTOMETRIC[photometric]} TIFF is not "
+                             "supported (save the radiograph as grayscale)")
+
+
+class _UseOpenCV(Exception):
+    """A TIFF page that tifffile would decode unbounded or wrongly, and OpenCV's libtiff
+    decodes into a buffer of the image's size (the message says why)."""
+
+
+# What tifffile decodes itself without the optional imagecodecs, each with a bound on what a
+# strip may inflate to (decode_guards.tiff_inflate_problem); PackBits is left to OpenCV
+# (tifffile's pure-Python decoder builds a list of ints, 8 bytes a byte, without a bound).
+TIFFFILE_COMPRESSIONS = {1, *decode_guards.INFLATING_TIFF_CODECS}
+
+
+def _compression_name(code: int) -> str:
+    """tifffile's name of a TIFF Compression value ("LZW", "PACKBITS"), else the number."""
+    import tifffile
+
+    try:
+        return tifffile.COMPRESSION(code).name
+    except ValueError:
+        return str(code)
+
+
 def _largest_page(pages: list[Any]) -> int:
     """Index of the page with the most pixels (width x height: what the header check sizes)."""
     def pixels(i: int) -> int:
@@ -208,6 +252,7 @@ def _tiff_size(path: Path) -> tuple[int, int, int] | None:
                 return None
             page = pages[_largest_page(pages)]
             _check_samples(path, page)
+            _check_segments(path, page)
             w, h = int(page.imagewidth), int(page.imagelength)
             spp = int(getattr(page, "samplesperpixel", 1) or 1)
             bits = int(getattr(page, "bitspersample", 8) or 8)
@@ -267,6 +312,7 @@ def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
 def _dicom_size(path: Path) -> tuple[int, int, int] | None:
     import pydicom
 
+    _check_dicom_structure(path)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -274,6 +320,28 @@ def _dicom_size(path: Path) -> tuple[int, int, int] | None:
     except Exception:  # reported by the decoder with its own message
         return None
     return (cols, rows, frames) if rows and cols else None
+
+
+_DICOM_PASSED: dict[str, tuple[int, ...]] = {}  # the last file that passed, by its stat
+
+
+def _check_dicom_structure(path: Path) -> None:
+    """Refuse a DICOM file with more elements than any radiograph, or whose deflated dataset
+    inflates past the byte cap, before pydicom parses it (``decode_guards.dicom_problem``).
+    The header check and the decode both ask: the second time, a file that passed and is
+    unchanged (same inode, size and modification time) is not walked again."""
+    try:
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, max_pixels())
+        if _DICOM_PASSED.get(str(path)) == key:
+            return
+        problem = decode_guards.dicom_problem(path, max_pixels())
+    except (OSError, ValueError, struct.error):  # unreadable: pydicom says why
+        return
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
+    _DICOM_PASSED.clear()
+    _DICOM_PASSED[str(path)] = key
 
 
 def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
@@ -284,7 +352,7 @@ def check_pixel_limit(path: str | Path, limit: int | None = None) -> None:
     metadata) is refused too, before it is read into memory."""
     limit = max_pixels() if limit is None else int(limit)
     n_bytes = Path(path).stat().st_size
-    if n_bytes > 8 * limit + 16 * 1024**2:
+    if n_bytes > decode_guards.image_bytes_cap(limit):
         raise ImageReadError(
             f"{path}: the file is {n_bytes / 1024**2:.0f} MB, more than an image within the "
             f"limit of {limit / 1e6:g} megapixels can need (set KNEEPLAN_MAX_PIXELS to raise it)")
@@ -404,6 +472,7 @@ def imdecode(path: str | Path, data: np.ndarray | bytes, flags: int = cv2.IMREAD
         raise ImageReadError(
             f"{path}: its size cannot be read from its header, and OpenCV's decode cap is off in "
             "this process (cv2 was imported before kneeplan's datamodules): refused unread")
+    _check_container(path, data)
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as err:
@@ -413,6 +482,22 @@ def imdecode(path: str | Path, data: np.ndarray | bytes, flags: int = cv2.IMREAD
                 "(its header did not say; set KNEEPLAN_MAX_PIXELS to raise it)") from None
         why = one_line(str(err), 160)
         raise ImageReadError(f"{path}: OpenCV cannot decode it ({why})") from None
+
+
+def _check_container(path: str | Path, data: np.ndarray | bytes) -> None:
+    """Before OpenCV decodes ``data``, whatever the file's suffix: a PNG's chunk lengths must
+    fit in the file, a JPEG may have at most ``decode_guards.MAX_JPEG_SCANS`` scans."""
+    view = data
+    if isinstance(data, np.ndarray):
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+    if bytes(view[:8]) == PNG_SIGNATURE:
+        problem = decode_guards.png_chunk_problem(view)
+    elif bytes(view[:2]) == b"\xff\xd8":
+        problem = decode_guards.jpeg_scan_problem(view)
+    else:
+        problem = None
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
 
 
 def write_image(path: str | Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
@@ -493,6 +578,30 @@ def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+CONTRADICTED_SHARE = 0.01  # more than this share of the pixels beyond a bit-depth tag: the
+# tag is wrong (a few such pixels are stray bits, or an overlay drawn into the unused bits)
+
+
+def _sbit_in_use(arr: np.ndarray, sbit: int, notes: list[str]) -> int | None:
+    """``sbit`` unless the pixels contradict it: when more than ``CONTRADICTED_SHARE`` of the
+    values lie above its range (a 16-bit PNG stating 4 bits clipped half its pixels to white)
+    the chunk is ignored and the file's bit depth used, with a note; a few such values are
+    clipped, with a note too (sBIT is advice, the PNG's bit depth is what it stores)."""
+    top = 2**sbit - 1
+    n_over = int(np.count_nonzero(arr > top))
+    if not n_over:
+        return sbit
+    share = n_over / arr.size
+    if share > CONTRADICTED_SHARE:
+        notes.append(f"the PNG's sBIT chunk ({sbit} significant bits) is contradicted by the "
+                     f"pixels ({100 * share:.0f} % of the values lie above {top}): ignored, the "
+                     f"file's {8 * arr.dtype.itemsize}-bit range is used")
+        return None
+    notes.append(f"{n_over} values ({100 * share:.2g} %) lie above the {sbit}-bit range the PNG's "
+                 "sBIT chunk states: clipped to white")
+    return sbit
+
+
 def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
     """Whether ``sbit``-bit samples were scaled up to the full depth as the PNG spec says (low
     bits all zero, or the top bits replicated into them) rather than stored as they are: by
@@ -516,6 +625,8 @@ def _load_png(path: Path) -> LoadedImage:
     if sbit is not None and _spec_scaled(arr, sbit):
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     notes: list[str] = []
+    if sbit is not None:
+        sbit = _sbit_in_use(arr, sbit, notes)
     arr = orient(arr, orientation, notes)
     return _from_decoded(path, arr, sbit, "png", notes=notes)
 
@@ -532,6 +643,16 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
         k = _largest_page(pages)
         page = pages[k]
         _check_samples(path, page)
+        _check_photometric(path, int(page.photometric))
+        _check_segments(path, page)
+        if int(page.photometric) == YCBCR:  # tifffile returns Y, Cb, Cr as they are stored
+            raise _UseOpenCV("its YCbCr colour is converted by OpenCV's libtiff")
+        if int(page.compression) not in TIFFFILE_COMPRESSIONS:
+            raise _UseOpenCV(f"its {_compression_name(int(page.compression))} compression is "
+                             "decoded by OpenCV's libtiff")
+        problem = decode_guards.tiff_inflate_problem(path, page)
+        if problem is not None:
+            raise ImageReadError(f"{path}: {problem}")
         if len(pages) > 1:
             notes.append(f"the TIFF holds {len(pages)} pages: the largest (page {k + 1}, "
                          f"{'x'.join(str(n) for n in page.shape)}) was read")
@@ -552,14 +673,17 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
     """A TIFF tifffile could not decode (it needs the optional ``imagecodecs`` for LZW, Deflate,
     JPEG-in-TIFF, common in exported radiographs), read by OpenCV's libtiff; the page count,
     MinIsWhite and orientation come from the tags, which tifffile still reads."""
+    photometric, pages, orientation = _tiff_tags(path)
+    _check_photometric(path, photometric)
     arr = imdecode(path, path.read_bytes())
     if arr is None:
         raise ImageReadError(f"{path}: unreadable or truncated TIFF ({_brief(err)})") from err
-    photometric, pages, orientation = _tiff_tags(path)
     notes = []
     if pages > 1:
-        notes.append(f"the TIFF holds {pages} pages: OpenCV read the first (its compression "
-                     "needs a codec tifffile lacks; convert it to one-page TIFF or PNG)")
+        why = (str(err) if isinstance(err, _UseOpenCV)
+               else "its compression needs a codec tifffile lacks")
+        notes.append(f"the TIFF holds {pages} pages: OpenCV read the first ({why}; convert it "
+                     "to one-page TIFF or PNG)")
     if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
         notes.append(_orientation_note(orientation))
     loaded = _from_decoded(path, arr, None, "tiff", notes=notes)
@@ -699,10 +823,56 @@ def _display_pipeline(ds: Any, arr: np.ndarray, use_window: bool = True) -> np.n
     return np.asarray(out, dtype=np.float64)
 
 
+def _embedded_overlay(ds: Any, bits: int) -> bool:
+    """Whether an overlay plane is stored in the pixel data's unused bits (retired, but old
+    files do: ``OverlayBitPosition`` at or above ``BitsStored``)."""
+    for group in range(0x6000, 0x6020, 2):  # the 16 overlay groups
+        tag = group << 16 | 0x0102
+        try:
+            if tag in ds and int(ds[tag].value) >= bits:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
+def _clear_unused_bits(path: Path, ds: Any, arr: np.ndarray, bits: int,
+                       notes: list[str]) -> np.ndarray:
+    """Clear (or sign-extend) the bits above ``BitsStored`` as the standard prescribes and
+    pydicom does, after checking that they are unused: when more than ``CONTRADICTED_SHARE``
+    of the pixels set them (12-bit values shifted into the top bits, say), BitsStored is
+    contradicted and clearing would garble the image: refused. A few such pixels get a note
+    (none when an overlay plane lives there)."""
+    alloc = 8 * arr.dtype.itemsize
+    if not np.issubdtype(arr.dtype, np.integer) or not 0 < bits < alloc:
+        return arr
+    shift = alloc - bits
+    unsigned = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+    high = unsigned >> bits
+    unused = high != 0
+    if arr.dtype.kind == "i":  # sign extension of a negative value is not a use
+        extended = (high == (1 << shift) - 1) & (((unsigned >> (bits - 1)) & 1) == 1)
+        unused &= ~extended
+    n_bad = int(np.count_nonzero(unused))
+    if n_bad and not _embedded_overlay(ds, bits):
+        share = n_bad / arr.size
+        high_bit = ds.get("HighBit", bits - 1)
+        if share > CONTRADICTED_SHARE:
+            raise ImageReadError(
+                f"{path}: DICOM BitsStored {bits} (HighBit {high_bit}) is contradicted by the "
+                f"pixel data: {100 * share:.0f} % of the pixels set higher bits (values up to "
+                f"{int(unsigned.max())}), so reading {bits} bits would garble the image")
+        notes.append(f"DICOM pixel data sets bits above BitsStored {bits} in {n_bad} pixels "
+                     f"({100 * share:.2g} %): cleared, as the standard prescribes")
+    out = np.left_shift(arr, shift)
+    return np.right_shift(out, shift, out=out)
+
+
 def _load_dicom(path: Path) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_dicom_structure(path)
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
@@ -732,6 +902,7 @@ def _load_dicom(path: Path) -> LoadedImage:
             and raw_pi != raw_pi.strip().upper():  # "monochrome1": a writer's case slip
         ds.PhotometricInterpretation = raw_pi.strip().upper()
     try:
+        ds.pixel_array_options(correct_unused_bits=False)  # _clear_unused_bits looks first
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({_brief(err)})") from err
@@ -745,11 +916,14 @@ def _load_dicom(path: Path) -> LoadedImage:
                              f"frame of Rows x Columns = {ds.get('Rows')} x {ds.get('Columns')}")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
+    notes: list[str] = []
+    arr = _clear_unused_bits(path, ds, arr, bits, notes)
     window, window_problem = _dicom_window(ds)
     if "VOILUTSequence" in ds:  # a VOI LUT sequence takes precedence over the window
         window_problem = None
-    notes = [] if window_problem is None else [
-        f"DICOM window ignored ({window_problem}): the stored value range is shown instead"]
+    if window_problem is not None:
+        notes.append(f"DICOM window ignored ({window_problem}): the stored value range is "
+                     "shown instead")
     try:
         image, lo, hi = _display_image(ds, arr, bits, signed, window_problem is None)
         if window_problem is None and np.ptp(image) == 0:
