@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,7 +97,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                               "corrupted or partial copy); copy the checkpoint again")
     safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
     try:
-        with torch.serialization.safe_globals(safe):
+        # torch warns on deprecated contents (quantized or typed storages): the checks below
+        # say what is wrong in one line, so its multi-line warnings would only add noise
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = _first_line(err)
@@ -139,6 +143,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: weight {str(name)[:80]!r} is a "
                                   f"{str(value.layout).replace('torch.', '')} tensor, not a "
                                   "dense one")
+        if isinstance(value, torch.Tensor) and value.is_quantized:
+            raise CheckpointError(f"{path}: weight {str(name)[:80]!r} is quantized "
+                                  f"({str(value.dtype).replace('torch.', '')}): not supported, "
+                                  "save the float weights")
     bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(

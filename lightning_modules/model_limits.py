@@ -82,9 +82,14 @@ def bounded_int(source: str | Path, name: str, value: Any, lo: int, hi: int) -> 
 
 
 def check_file_size(path: str | Path, limit: int | None = None) -> None:
-    """ValueError when ``path`` is larger than ``limit`` bytes (default ``MAX_MODEL_BYTES``)."""
+    """ValueError when ``path`` is not a regular file (a folder, a pipe that would block the
+    reader for ever, a device) or is larger than ``limit`` bytes (default ``MAX_MODEL_BYTES``)."""
     limit = MAX_MODEL_BYTES if limit is None else limit
-    size = Path(path).stat().st_size
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        kind = "a folder" if p.is_dir() else "not a regular file (a pipe or device)"
+        raise ValueError(f"{path}: {kind}, not a model file")
+    size = p.stat().st_size
     if size > limit:
         raise ValueError(f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f}"
                          " MB a model file may have")
@@ -119,6 +124,15 @@ def check_codec(source: str | Path, codec: Any) -> None:
     if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma <= MAX_SIGMA:
         raise ValueError(f"{_at(source)}codec sigma={sigma!r:.40} is not a number in "
                          f"(0, {MAX_SIGMA:g}]")
+
+
+def check_codec_matches_network(source: str | Path, codec: Mapping[str, Any]) -> None:
+    """This network outputs its heat-maps at its input size: a codec saying otherwise would
+    decode every landmark off the image (after ``check_codec`` and the input-size check)."""
+    if codec.get("heatmap_size") != codec.get("input_size"):
+        raise ValueError(f"{_at(source)}codec heatmap_size={codec.get('heatmap_size')} differs "
+                         f"from its input_size={codec.get('input_size')}: this network outputs "
+                         "heat-maps at its input size, so landmarks would be decoded off the image")
 
 
 def check_hyper_parameters(source: str | Path, hp: Mapping[str, Any]) -> None:

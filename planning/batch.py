@@ -29,6 +29,14 @@ SUMMARY_FIELDS = (
 )  # fmt: skip
 
 
+MODEL_UNUSABLE = "unusable model"  # how a row's error starts when the model, not the image, failed
+
+
+def model_failed(rows: Iterable[dict[str, Any]]) -> bool:
+    """Whether some image failed because of the model's own output (``ModelOutputError``)."""
+    return any(str(r.get("error", "")).startswith(MODEL_UNUSABLE) for r in rows)
+
+
 def expand_images(spec: str) -> tuple[list[Path], bool]:
     """Image paths named by ``spec`` and whether it names several (a folder or a glob).
 
@@ -108,6 +116,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
     """``plan_one`` with ``run_plan``'s ``overlay_writer`` and ``search_server``; also returns
     the pending write."""
     from planning.plan import PlanInputError, error_line, run_plan
+    from planning.predict import ModelOutputError
 
     pending = None
     row: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS, "")
@@ -122,6 +131,8 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
+    except ModelOutputError as err:  # the model's fault: main exits 2 (model_failed)
+        row.update(status="failed", error=f"{MODEL_UNUSABLE} {opts.checkpoint}: {err} ({path})")
     except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, is its row)
         row.update(status="failed", error=f"{path}: planning failed: {error_line(err)}")
     else:
@@ -213,7 +224,10 @@ def plan_many(
 ) -> list[dict[str, Any]]:
     """Plan ``paths`` (in order of the returned rows) with one loaded ``predictor``, or with
     ``workers`` processes that each load ``model_path``; failures are rows, never raised."""
-    report = on_error or (lambda msg: print(f"plan: error: {msg}", file=sys.stderr, flush=True))
+    from datamodules.decoder_messages import printable
+
+    report = on_error or (lambda msg: print(f"plan: error: {printable(msg)}", file=sys.stderr,
+                                            flush=True))
     progress = Progress(len(paths), progress_every)
     rows: list[dict[str, Any] | None] = [None] * len(paths)
     stems = output_stems(paths)

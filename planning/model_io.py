@@ -29,7 +29,12 @@ import torch
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
-from lightning_modules.model_limits import MAX_GRAPH_FLOP, MAX_TOTAL_ELEMENTS, check_codec
+from lightning_modules.model_limits import (
+    MAX_GRAPH_FLOP,
+    MAX_TOTAL_ELEMENTS,
+    check_codec,
+    check_codec_matches_network,
+)
 from lightning_modules.shgn import MultiTaskSHGN
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
@@ -217,5 +222,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if codec.input_size != size:
         raise CheckpointError(f"{p}: its heat-map codec is for {codec.input_size} px inputs, its "
                               f"network for {size} px (inconsistent hyper-parameters)")
+    try:
+        check_codec_matches_network(p, codec.to_dict())
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     net.eval().to(device)
     return LoadedModel(net, int(hp.get("image_size", 256)), codec, hp, p)

@@ -46,8 +46,9 @@ class PlanInputError(ValueError):
 
 
 def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, float] | None:
-    """Spacing from ``ROOT/annotations/<id>.json`` when the image is ``ROOT/images/<id>.*``
-    (``warn``: say on stderr when that file is unusable)."""
+    """Spacing from ``ROOT/annotations/<id>.json`` when the image is ``ROOT/images/<id>.*`` and
+    the annotation does not name another image file (``x.dcm`` beside ``x.png`` shares the
+    stem, not the spacing); ``warn``: say on stderr when that file is unusable."""
     if image_path.parent.name != "images":
         return None
     ann = image_path.parent.parent / "annotations" / f"{image_path.stem}.json"
@@ -56,10 +57,13 @@ def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, floa
     from datamodules.annotations import AnnotationError, read_annotation
 
     try:
-        return read_annotation(ann)["spacing_mm"]
+        return read_annotation(ann, image_name=image_path.name)["spacing_mm"]
     except AnnotationError as err:
         if warn:
-            print(f"plan: warning: ignoring annotation spacing: {err}", file=sys.stderr)
+            from datamodules.decoder_messages import printable
+
+            print(f"plan: warning: ignoring annotation spacing: {printable(str(err))}",
+                  file=sys.stderr)
         return None
 
 
@@ -354,10 +358,42 @@ def _load_or_explain(path: Path, device: str, threads: int | None = None) -> Any
     try:
         return load_model(path, device, threads)
     except Exception as err:  # a broken model file is a usage error, not a crash
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = "" if str(path) in first else f"{path}: "
-        print(f"plan: error: cannot load model {where}{first}", file=sys.stderr)
+        from datamodules.decoder_messages import printable
+
+        text = str(err).replace(str(path), printable(str(path))).strip()  # one line per path
+        first = text.splitlines()[0] if text else type(err).__name__
+        where = "" if printable(str(path)) in first else f"{printable(str(path))}: "
+        _error(f"cannot load model {where}{first}")
         return None
+
+
+def _error(message: str) -> None:
+    """``plan: error: <message>`` on stderr as one line (a file name may hold a newline)."""
+    from datamodules.decoder_messages import printable
+
+    print(f"plan: error: {printable(message)}", file=sys.stderr)
+
+
+def _model_file_problem(path: Path) -> str | None:
+    """Why ``--ckpt`` cannot be a model file before it is opened (None: it may be one)."""
+    if not path.exists():
+        return f"checkpoint {path} does not exist"
+    if path.is_dir():
+        return f"checkpoint {path} is a folder, not a model file"
+    if not path.is_file():
+        return f"checkpoint {path} is not a regular file (a pipe or device)"
+    return None
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why the plans cannot be written into ``--out`` (None: they can; the folder now exists)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"--out {out}: cannot create the output folder ({err.strerror or err})"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,28 +406,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datamodules.pixel_limit import env_problem
 
     if problem := env_problem():
-        print(f"plan: error: {problem}", file=sys.stderr)
+        _error(f"{problem}")
         return 2
     if args.spacing is not None and len(args.spacing) not in (1, 2):
-        print("plan: error: --spacing takes one value or two (ROW_MM COL_MM)", file=sys.stderr)
+        _error("--spacing takes one value or two (ROW_MM COL_MM)")
         return 2
+    if args.spacing is not None:  # checked once here, not once per image of a batch
+        from geometry.pixel_spacing import PixelSpacing
+
+        try:
+            PixelSpacing.from_value(args.spacing, "user", "--spacing")
+        except (TypeError, ValueError) as err:
+            _error(f"--spacing: {err}")
+            return 1  # as for a value that fails later (tests/test_bad_inputs.py: status 1)
     if not 0 <= args.tta <= MAX_TTA:
-        print(f"plan: error: --tta must be 0..{MAX_TTA} (0: off)", file=sys.stderr)
+        _error(f"--tta must be 0..{MAX_TTA} (0: off)")
         return 2
     if args.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
-        print(f"plan: error: --device {args.device!r:.40}: expected cpu, cuda[:N], mps or xpu",
-              file=sys.stderr)
+        _error(f"--device {args.device!r:.40}: expected cpu, cuda[:N], mps or xpu")
         return 2
     if not (1 <= args.workers <= MAX_PARALLEL and 1 <= args.threads <= MAX_PARALLEL):
-        print(f"plan: error: --workers and --threads must be 1..{MAX_PARALLEL}", file=sys.stderr)
+        _error(f"--workers and --threads must be 1..{MAX_PARALLEL}")
         return 2
-    if not args.ckpt.is_file():
-        print(f"plan: error: checkpoint {args.ckpt} does not exist", file=sys.stderr)
+    if not args.image.strip():
+        _error("--image is empty: give an image file, a folder or a quoted glob")
+        return 2
+    if problem := _model_file_problem(args.ckpt):
+        _error(problem)
         return 2
     try:
         args.review = _review_config(args.review_config)
     except ValueError as err:
-        print(f"plan: error: {err}", file=sys.stderr)
+        _error(f"{err}")
         return 2
     from planning.batch import expand_images
 
@@ -401,8 +447,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
     except PlanInputError as err:
-        print(f"plan: error: {err}", file=sys.stderr)
+        _error(f"{err}")
         return 1
+    if problem := _out_problem(args.out):  # a usage error, before the network runs
+        _error(problem)
+        return 2
+    from planning.predict import ModelOutputError
+
     search = None
     if not args.no_sphere and sphere_search_needed(loaded, images[0], args.spacing):
         from planning.sphere_search import start_sphere_search
@@ -419,13 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             tta=args.tta, review_config=args.review, sphere_search=search, zoom=not args.no_zoom,
         )  # fmt: skip
     except PlanInputError as err:
-        print(f"plan: error: {err}", file=sys.stderr)
+        _error(f"{err}")
         return 1
+    except ModelOutputError as err:  # the model's fault, whatever the image
+        _error(f"unusable model {args.ckpt}: {err} ({images[0]})")
+        return 2
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"plan: error: planning {images[0]} failed: {err}", file=sys.stderr)
+        _error(f"planning {images[0]} failed: {err}")
         return 1
     except Exception as err:  # noqa: BLE001 (an unforeseen failure is still one line)
-        print(f"plan: error: planning {images[0]} failed: {error_line(err)}", file=sys.stderr)
+        _error(f"planning {images[0]} failed: {error_line(err)}")
         return 1
     finally:
         if search is not None:
@@ -460,6 +514,8 @@ def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
         return f"--out {out} is a file, not a folder"
     if summary.is_dir():
         return f"--summary {summary} is a folder"
+    if summary.exists() and not summary.is_file():  # a pipe would block the writer for ever
+        return f"--summary {summary} is not a regular file (a pipe or device)"
     taken = {p.resolve() for p in [*images, *output_files(images, out)]}
     if summary.resolve() in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
@@ -478,24 +534,24 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     from planning.batch import (
         IMAGE_SUFFIXES,
         PlanOptions,
+        model_failed,
         overwritten_inputs,
         plan_many,
         write_summary,
     )
 
     if not images:
-        print(f"plan: error: {args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found",
-              file=sys.stderr)
+        _error(f"{args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
         return 1
     clash = overwritten_inputs(images, args.out)
     if clash:
-        print(f"plan: error: --out {args.out}: the plans would overwrite input {clash[0]} (an "
-              "earlier run's output among the images?): choose another --out", file=sys.stderr)
+        _error(f"--out {args.out}: the plans would overwrite input {clash[0]} (an "
+              "earlier run's output among the images?): choose another --out")
         return 2
     summary_path = args.summary or args.out / "summary.csv"
     problem = _output_problem(args.out, summary_path, images)
     if problem:  # before any image is planned, not after all of them
-        print(f"plan: error: {problem}", file=sys.stderr)
+        _error(f"{problem}")
         return 2
     t0 = time.perf_counter()
     import os
@@ -518,6 +574,10 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
                      device=args.device, progress_every=args.progress_every)
     summary = write_summary(summary_path, rows)
     failed = sum(r["status"] != "ok" for r in rows)
+    if model_failed(rows):
+        _error(f"unusable model {args.ckpt}: its output for a valid image is unusable (see the "
+               f"errors above); summary: {summary}")
+        return 2
     review = sum(r["needs_review"] is True for r in rows)
     print(f"planned {len(rows) - failed}/{len(rows)} images in {time.perf_counter() - t0:.1f} s "
           f"({failed} failed, {review} need review); summary: {summary}")

@@ -37,12 +37,42 @@ from lightning_modules.model_limits import (
     MAX_DESCRIPTION_BYTES,
     bounded_int,
     check_codec,
+    check_codec_matches_network,
     check_file_size,
 )
 from planning.onnx_graph import check_onnx_graph
 
 OUTPUT_NAMES = ("seg", "lm", "roi", "lm_prev")  # exported model outputs, in this order
 INPUT_NAME = "image"
+OUTPUT_CHANNELS = {"seg": 4, "lm": 2, "roi": 1, "lm_prev": 2}
+
+
+class ModelOutputError(ValueError):
+    """The model's own output is unusable for a valid input (wrong shape, NaN): the model file is
+    at fault, not the image (``plan`` exits 2, as for a model it cannot load)."""
+
+
+def check_maps(maps: dict[str, Any], batch: int, size: int) -> dict[str, np.ndarray]:
+    """The network outputs as float32 arrays, each ``(batch, C_task, size, size)`` and finite
+    (the input is: ``planning.plan.load_input`` refuses non-finite images); ModelOutputError
+    otherwise (a heat-map of another size would decode landmarks off the image, and a NaN
+    would be blamed on the image)."""
+    out = {}
+    for name, channels in OUTPUT_CHANNELS.items():
+        if name not in maps or (name == "lm_prev" and maps[name] is None):
+            if name == "lm_prev":
+                continue
+            raise ModelOutputError(f"the model gave no {name!r} output")
+        arr = np.asarray(maps[name], dtype=np.float32)
+        want = (batch, channels, size, size)
+        if arr.shape != want and not (name == "roi" and arr.shape == (batch, size, size)):
+            raise ModelOutputError(f"the model's {name!r} output has shape {arr.shape}, expected "
+                                   f"{want} for its {size} px input")
+        if not np.isfinite(arr).all():
+            raise ModelOutputError(f"the model's {name!r} output contains NaN or infinite values "
+                                   "for a finite input image (non-finite or absurd weights)")
+        out[name] = arr
+    return out
 
 
 @dataclass
@@ -122,7 +152,7 @@ class OnnxPredictor:
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
         data = self.path.read_bytes()  # read once: hashed, checked and run are the same bytes
-        if "sha256" in meta and graph_sha256(data) != meta["sha256"]:
+        if meta.get("sha256") is not None and graph_sha256(data) != meta["sha256"]:
             raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
                              f"in {export_meta_path(self.path).name} at export (a corrupted or "
                              "partial copy, or a different model); export or copy it again")
@@ -190,6 +220,7 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
         if meta["codec"].get("input_size") != meta["input_size"]:
             raise ValueError(f"its heat-map codec is for {meta['codec'].get('input_size')} px "
                              f"inputs, the model for {meta['input_size']} px (inconsistent)")
+        check_codec_matches_network("", meta["codec"])
         sha = meta.get("sha256")
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64
                                     and all(c in "0123456789abcdef" for c in sha)):
@@ -265,8 +296,9 @@ def predict_images(
         stop = start + batch_size
         chunk = [network_input(img, size, fr)
                  for img, fr in zip(images[start:stop], frames[start:stop], strict=True)]
-        maps = predictor.predict_maps(np.stack([c[0] for c in chunk])[:, None])
-        seg, lm, roi = (np.asarray(maps[k], dtype=np.float32) for k in ("seg", "lm", "roi"))
+        maps = check_maps(predictor.predict_maps(np.stack([c[0] for c in chunk])[:, None]),
+                          len(chunk), size)
+        seg, lm, roi = maps["seg"], maps["lm"], maps["roi"]
         prev = maps.get("lm_prev")
         for i, (x, frame) in enumerate(chunk):
             out.append(NetworkMaps(seg[i], lm[i], roi[i].reshape(1, size, size), frame,

@@ -24,7 +24,7 @@ import numpy as np
 
 from geometry.heatmaps import HeatmapCodec, decode_heatmap
 from geometry.plan_geometry import plan_from_maps
-from planning.predict import NetworkMaps, as_predictor, network_input
+from planning.predict import NetworkMaps, as_predictor, check_maps, network_input
 
 POINT_NAMES = ("p_blum", "p_tmc", "schoettle")
 
@@ -176,8 +176,8 @@ def augmented_maps(
     for start in range(0, len(rest), batch_size):
         chunk = rest[start : start + batch_size]
         batch = np.stack([_warp(x[None], m, inverse=False) for m in chunk]).astype(np.float32)
-        res = predictor.predict_maps(batch)
-        arrs = {k: np.asarray(res[k], dtype=np.float32) for k in ("seg", "lm", "roi")}
+        res = check_maps(predictor.predict_maps(batch), len(chunk), size)
+        arrs = {k: res[k] for k in ("seg", "lm", "roi")}
         out.extend({k: _warp(arrs[k][i].reshape(-1, size, size), m, inverse=True) for k in arrs}
                    for i, m in enumerate(chunk))  # fmt: skip
     return AugmentedMaps(out, frame)
