@@ -40,14 +40,16 @@ def model_failed(rows: Iterable[dict[str, Any]]) -> bool:
 def expand_images(spec: str) -> tuple[list[Path], bool]:
     """Image paths named by ``spec`` and whether it names several (a folder or a glob).
 
-    A folder gives its files with an image suffix (``IMAGE_SUFFIXES``, not recursive, sorted);
+    A folder gives its entries with an image suffix (``IMAGE_SUFFIXES``, not recursive, sorted;
+    any that is not a readable regular file fails in its own row);
     a pattern with ``* ? [`` that is not itself an existing path gives its sorted matches;
     anything else is one path (checked later, when it is read).
     """
     path = Path(spec)
     if path.is_dir():
+        # a pipe or a dangling link named *.png is listed (its row says what it is), not skipped
         files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                       if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
         return files, True
     if GLOB_CHARS & set(spec) and not path.exists():
         return sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file()), True

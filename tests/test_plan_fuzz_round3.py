@@ -182,3 +182,18 @@ def test_annotation_naming_another_image_gives_no_spacing(tmp_path_factory, tmp_
     other = png.with_suffix(".jpg")
     shutil.copy(png, other)
     assert annotation_spacing(other, warn=False) is None
+
+
+def test_batch_names_a_pipe_and_a_dangling_link_among_the_images(tmp_path_factory, tmp_path):
+    """Before: a FIFO or a dangling symlink named *.png was skipped without a word."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(phantom_images(tmp_path_factory, n=1)[0], src / "a.png")
+    os.mkfifo(src / "b.png")
+    (src / "c.png").symlink_to(tmp_path / "gone.png")
+    res = plan_cli("--image", src, "--ckpt", exported_tiny_model(tmp_path_factory), "--out",
+                   tmp_path / "o", "--tta", "0", timeout=60)
+    assert res.returncode == 1 and b"Traceback" not in res.stderr
+    assert b"b.png: not a regular file" in res.stderr and b"c.png: no such file" in res.stderr
+    rows = (tmp_path / "o" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and sum(",ok," in r for r in rows) == 1
