@@ -190,6 +190,37 @@ def tiff_inflate_problem(path: Path, page: Any) -> str | None:
     return None
 
 
+JPEG_TIFF_CODECS = {6: "old-style JPEG", 7: "JPEG", 34892: "lossy JPEG"}
+
+
+def tiff_jpeg_problem(data: bytes | memoryview, page: Any) -> str | None:
+    """For a JPEG compressed page of a TIFF held in ``data`` (OpenCV's libtiff decodes each
+    strip or tile as a JPEG stream, each scan over the whole strip or tile), every strip or
+    tile, and an old-style JPEG's interchange stream (tags 513/514), may have at most
+    ``MAX_JPEG_SCANS`` scans (``jpeg_scan_problem``). Slices of ``data``, nothing copied."""
+    compression = int(getattr(page, "compression", 1) or 1)
+    if compression not in JPEG_TIFF_CODECS:
+        return None
+    view = memoryview(data)
+    streams = [(f"strip {i + 1} of {{n}}", offset, count) for i, (offset, count) in
+               enumerate(zip(page.dataoffsets, page.databytecounts, strict=False))]
+    if getattr(page, "is_tiled", False):
+        streams = [(name.replace("strip", "tile"), o, c) for name, o, c in streams]
+    tags = getattr(page, "tags", {})
+    if compression == 6 and 513 in tags:  # JPEGInterchangeFormat(Length)
+        length = tags[514].value if 514 in tags else len(view)
+        streams.append(("JPEG interchange stream", int(tags[513].value), int(length)))
+    n = len(page.dataoffsets)
+    for name, offset, count in streams:
+        segment = view[int(offset) : int(offset) + int(count)]
+        if bytes(segment[:2]) != b"\xff\xd8":
+            continue
+        problem = jpeg_scan_problem(segment)
+        if problem is not None:
+            return f"TIFF {name.format(n=n)}: {problem}"
+    return None
+
+
 # ------------------------------------------------------------------------------------- DICOM
 MAX_DICOM_ELEMENTS = 100_000  # a radiograph's header has a few hundred; pydicom spends ~9 us
 # and ~340 bytes on each (7 million empty ones in an 84 MB file took 62 s and 2.4 GB)
@@ -201,6 +232,29 @@ UNDEFINED = 0xFFFFFFFF
 _VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
                  b"TM UC UI UL UN UR US UT UV".split())
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+MAX_DICOM_VALUE = 8 * 1024  # bytes of a value the reader or pydicom's pixel pipeline turns
+# into Python numbers or text (a window, a spacing, a rescale: a real one is a few bytes).
+# 1 million "1" values in WindowCenter (2 MB) took 2.3 s and 400 MB to convert
+MAX_DICOM_LUT = 256 * 1024  # LUT Data: at most 65536 entries of 16 bits (128 kB)
+_OVERLAY_BIT_POSITIONS = {(g, 0x0102) for g in range(0x6000, 0x6020, 2)}
+_CONVERTED = {  # element tag: a bound on its value's length
+    **{(0x0028, e): MAX_DICOM_VALUE for e in range(0x0000, 0x1200)},  # image pixel, window,
+    **{(0x0028, e): MAX_DICOM_VALUE for e in (0x3002, 0x3003, 0x3004)},  # rescale, LUTs
+    **{t: MAX_DICOM_VALUE for t in ((0x0018, 0x1164), (0x0018, 0x1114), (0x2050, 0x0020))},
+    **dict.fromkeys(_OVERLAY_BIT_POSITIONS, MAX_DICOM_VALUE),
+    (0x0028, 0x3006): MAX_DICOM_LUT,
+}
+
+
+def _tag_name(group: int, elem: int) -> str:
+    """"WindowCenter (0028,1050)", or the tag alone."""
+    try:
+        from pydicom.datadict import keyword_for_tag
+
+        keyword = keyword_for_tag(group << 16 | elem)
+    except Exception:  # (no pydicom: the number says it)
+        keyword = ""
+    return f"{keyword + ' ' if keyword else ''}({group:04X},{elem:04X})"
 
 
 def dicom_problem(path: Path, limit: int) -> str | None:
@@ -311,6 +365,13 @@ class _Walk:
             pos += head
             if (group, elem) == (0xFFFE, 0xE00D):  # item delimiter: pydicom ends here too
                 return pos
+            bound = _CONVERTED.get((group, elem))
+            if bound is not None and length != UNDEFINED and min(length, size - pos) > bound:
+                raise _Refused(f"DICOM {_tag_name(group, elem)} holds {length} bytes, more than "
+                               f"the {bound} any real value needs (a broken or hostile file)")
+            if depth == 0 and (group, elem) == (0x7FE0, 0x0010) and length == UNDEFINED:
+                pos = self.fragments(pos)  # encapsulated (compressed) pixel data
+                continue
             starts_items = self.buf[pos : pos + 4] == self.item
             is_sequence = vr == b"SQ" or (vr in (b"", b"UN") and starts_items
                                           and group != 0x7FE0)
@@ -345,4 +406,36 @@ class _Walk:
             else:
                 self.dataset(pos, min(pos + length, size), depth)
                 pos += length
+        return pos
+
+    def fragments(self, pos: int) -> int:
+        """Walk the items of encapsulated Pixel Data from ``pos`` (the Basic Offset Table, then
+        the fragments) to the sequence delimiter; the end. The fragments of each frame (a new
+        one starts with a JPEG SOI) are joined as pydicom joins them, and a JPEG frame may have
+        at most ``MAX_JPEG_SCANS`` scans (``jpeg_scan_problem``): pydicom hands it to
+        libjpeg (Pillow, GDCM), which decodes each scan over the whole frame."""
+        buf, size = self.buf, len(self.buf)
+        spans: list[tuple[int, int]] = []
+        while pos < size:
+            group, elem, _, length, head = self.header(pos)
+            pos += head
+            if (group, elem) == (0xFFFE, 0xE0DD):
+                break
+            if (group, elem) != (0xFFFE, 0xE000) or length == UNDEFINED:
+                raise _Lost  # pydicom cannot follow it either
+            end = min(pos + length, size)
+            spans.append((pos, end))
+            pos = end
+        frames: list[list[tuple[int, int]]] = []
+        for start, end in spans[1:]:  # (the first item is the Basic Offset Table)
+            if not frames or buf[start : start + 2] == b"\xff\xd8":
+                frames.append([])
+            frames[-1].append((start, end))
+        for i, frame in enumerate(frames):
+            if buf[frame[0][0] : frame[0][0] + 2] != b"\xff\xd8":
+                continue
+            problem = jpeg_scan_problem(b"".join(buf[a:b] for a, b in frame))
+            if problem is not None:
+                where = f" frame {i + 1} of {len(frames)}" if len(frames) > 1 else ""
+                raise _Refused(f"DICOM pixel data{where}: {problem}")
         return pos

@@ -494,10 +494,33 @@ def _check_container(path: str | Path, data: np.ndarray | bytes) -> None:
         problem = decode_guards.png_chunk_problem(view)
     elif bytes(view[:2]) == b"\xff\xd8":
         problem = decode_guards.jpeg_scan_problem(view)
+    elif bytes(view[:4]) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        problem = _tiff_jpeg_problem(Path(path), view)
     else:
         problem = None
     if problem is not None:
         raise ImageReadError(f"{path}: {problem}")
+
+
+def _tiff_jpeg_problem(path: Path, view: memoryview) -> str | None:
+    """What is wrong with a JPEG compressed TIFF's strips or tiles, on any page (OpenCV's
+    libtiff decodes them with libjpeg: ``decode_guards.tiff_jpeg_problem``); None when the
+    file has none, or tifffile cannot read its tags (libtiff then reports it)."""
+    import io
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(view)) as tif:
+            for page in _tiff_pages(path, tif):
+                problem = decode_guards.tiff_jpeg_problem(view, page)
+                if problem is not None:
+                    return problem
+    except ImageReadError:
+        raise
+    except Exception:  # broken tags: OpenCV's libtiff judges the file
+        return None
+    return None
 
 
 def write_image(path: str | Path, array: np.ndarray, params: Sequence[int] = ()) -> None:

@@ -409,3 +409,113 @@ def test_opencv_reads_what_the_guards_pass(tmp_path):
         path = tmp_path / f"ramp{suffix}"
         path.write_bytes(buf.tobytes())
         assert load_image(path).image.shape == a.shape
+
+
+# ------------------------------------------------------- JPEG scans inside DICOM and TIFF
+def _encapsulated_dicom(path: Path, jpeg: bytes, syntax: str, split: bool = False) -> None:
+    """A 32 x 32 px 8-bit DICOM whose Pixel Data holds ``jpeg`` encapsulated under
+    ``syntax``: one fragment, or two (cut in the middle: pydicom joins them)."""
+    write_dicom(path, np.zeros((32, 32), np.uint16), bits=8)
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    fragments = [jpeg[: len(jpeg) // 2], jpeg[len(jpeg) // 2 :]] if split else [jpeg]
+
+    def item(body: bytes) -> bytes:
+        body += b"\0" * (len(body) % 2)
+        return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+    ds.PixelData = (item(b"") + b"".join(item(f) for f in fragments)
+                    + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                                    "1.2.840.10008.1.2.4.70"])
+def test_jpeg_scan_bomb_inside_a_dicom_is_refused_unread(tmp_path, syntax):
+    """pydicom hands encapsulated JPEG to libjpeg (Pillow, GDCM), which decodes every scan over
+    the whole frame: 3000 repeats of a scan in a 2000^2 px frame took 1.9 s and 210 MB, and
+    the time grows with the repeats. The fragments are now walked and counted first."""
+    path = tmp_path / "scans.dcm"
+    for split in (False, True):  # the scans in one fragment, or across two
+        _encapsulated_dicom(path, _jpeg_with_repeated_scan(150), syntax, split)
+        for check in (check_pixel_limit, load_image):
+            with pytest.raises(ImageReadError) as err:
+                check(path)
+            assert "DICOM pixel data: JPEG with more than 100 scans" in one_line(err, path)
+    if syntax.endswith(".70"):
+        return  # (lossless: GDCM cannot decode the progressive frame at all)
+    for repeats in (0, 80):  # a plain progressive JPEG, and one of 86 scans, are read
+        _encapsulated_dicom(path, _jpeg_with_repeated_scan(repeats), syntax, split=True)
+        assert load_image(path).image.shape == (32, 32)
+
+
+def test_jpeg_scan_bomb_inside_a_tiff_is_refused_unread(tmp_path):
+    """A JPEG compressed TIFF goes to OpenCV's libtiff, which decodes each strip or tile with
+    libjpeg: its strips are counted like a JPEG file's scans first (libtiff's own cap, where
+    the build has one, only said "unreadable or truncated TIFF")."""
+    def jpeg_tiff(strip: bytes) -> bytes:
+        return _tiff([(256, 3, 1, 32), (257, 3, 1, 32), (258, 3, 1, 8), (259, 3, 1, 7),
+                      (262, 3, 1, 1), (273, 4, 1, 512), (277, 3, 1, 1), (278, 3, 1, 32),
+                      (279, 4, 1, len(strip))], strip)
+
+    path = tmp_path / "scans.tif"
+    path.write_bytes(jpeg_tiff(_jpeg_with_repeated_scan(150)))
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    assert "TIFF strip 1 of 1: JPEG with more than 100 scans" in one_line(err, path)
+    path.write_bytes(jpeg_tiff(_jpeg_with_repeated_scan(0)))
+    assert load_image(path).image.shape == (32, 32)
+
+
+# --------------------------------------------------------------- huge DICOM header values
+def _implicit_dicom_with_value(path: Path, tag: tuple[int, int], value: bytes) -> None:
+    """An Implicit VR Little Endian CR file (4-byte value lengths) whose ``tag`` holds
+    ``value``."""
+    write_dicom(path, np.zeros((16, 16), np.uint16) + 7, window=(2000, 4000),
+                pixel_spacing=[0.1, 0.1], rescale=(1, 0))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    at = raw.index(struct.pack("<HH", *tag), 132 + 100)  # (past the file meta)
+    (length,) = struct.unpack_from("<I", raw, at + 4)
+    value += b" " * (len(value) % 2)
+    path.write_bytes(raw[:at] + struct.pack("<HHI", *tag, len(value)) + value
+                     + raw[at + 8 + length :])
+
+
+@pytest.mark.parametrize(("keyword", "tag"), [("WindowCenter", (0x0028, 0x1050)),
+                                              ("PixelSpacing", (0x0028, 0x0030)),
+                                              ("RescaleSlope", (0x0028, 0x1053))])
+def test_dicom_value_longer_than_any_real_one_is_refused(tmp_path, keyword, tag):
+    """pydicom turns a DS or IS value into Python numbers when the reader touches it: one
+    million values (2 MB) took 2.3 s and 400 MB, and a file may be 300 MB. A value the
+    reader converts may now hold at most 8 kB (here 100 000 values, 200 kB)."""
+    path = tmp_path / "long.dcm"
+    _implicit_dicom_with_value(path, tag, b"\\".join([b"1"] * 100_000))
+    for check in (check_pixel_limit, load_image):
+        with pytest.raises(ImageReadError) as err:
+            check(path)
+        expected = f"DICOM {keyword} ({tag[0]:04X},{tag[1]:04X}) holds 200000 bytes"
+        assert expected in one_line(err, path)
+    real = {"WindowCenter": b"\\".join([b"2000.5"] * 40), "PixelSpacing": b"0.139\\0.139",
+            "RescaleSlope": b"1.0"}[keyword]  # (40 windows: more than any real file)
+    _implicit_dicom_with_value(path, tag, real)
+    assert load_image(path).image.shape == (16, 16)
+
+
+def test_lzma_tiff_strip_that_inflates_far_past_its_size_is_refused(tmp_path):
+    """LZMA strips are inflated with the same bounded budget as Deflate's."""
+    import lzma
+
+    strip = lzma.compress(bytes(16 * 1024**2))
+    path = tmp_path / "lzma.tif"
+    path.write_bytes(_tiff([(256, 3, 1, 64), (257, 3, 1, 64), (258, 3, 1, 8),
+                            (259, 3, 1, 34925), (262, 3, 1, 1), (273, 4, 1, 512),
+                            (277, 3, 1, 1), (278, 3, 1, 64), (279, 4, 1, len(strip))], strip))
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    assert "TIFF strip 1 of 1 inflates to more than 73728 bytes, though it holds 4096 " \
+        "(LZMA decompression bomb)" in one_line(err, path)
