@@ -134,7 +134,7 @@ def check_annotation(
 ) -> AnnotationCheck:
     """THE schema checker: every problem of one loaded annotation (the validator lists them all,
     the reader refuses on the first). ``shape`` (H, W) checks points against the image; a
-    landmark outside is an error, a cortex point outside only a warning."""
+    landmark or Schoettle point outside is an error, a cortex point outside only a warning."""
     out = AnnotationCheck()
     err = out.errors.append
     if not isinstance(data, dict):
@@ -189,7 +189,7 @@ def check_annotation(
         err(f"several raters need distinct 'rater' ids, got {_short(names)}")
     sp_point = data.get("schoettle_point")
     if sp_point is not None:
-        problem, _ = _point_problem(sp_point, None)
+        problem, _ = _point_problem(sp_point, shape)  # a truth point: inside, like landmarks
         if problem:
             err(f"schoettle_point: {problem}")
     return out

@@ -86,9 +86,10 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     """THE mask reader: a bone mask PNG as (H, W) uint8 {0, 1}.
 
     Accepted: one channel, or 3/4 channels whose colour channels are equal (a gray mask saved
-    as RGB; alpha ignored), holding 0 and at most one other value (any nonzero value = bone).
+    as RGB; an alpha channel only when fully opaque or equal to the gray values), holding 0
+    and at most one other value (any nonzero value = bone).
     Raises DatasetError naming the file when it is missing, unreadable, too large, coloured,
-    non-binary or of another size than ``shape`` (H, W).
+    transparent, non-binary or of another size than ``shape`` (H, W).
     """
     from datamodules.image_io import (
         ImageReadError,
@@ -123,6 +124,11 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[2])):
             raise DatasetError(f"{path}: colour mask ({mask.shape[2]} channels that differ); "
                                "expected a single-channel (gray) PNG")
+        alpha = mask[..., 3] if mask.shape[2] == 4 else None
+        if alpha is not None and alpha.min() < np.iinfo(mask.dtype).max and not np.array_equal(
+                alpha, colour[..., 0]):  # e.g. white everywhere, the bone drawn by the alpha
+            raise DatasetError(f"{path}: mask with transparency (an alpha channel that differs "
+                               "from its gray values); expected a single-channel (gray) PNG")
         mask = colour[..., 0]
     if shape is not None and mask.shape != tuple(shape):
         raise DatasetError(f"{path}: mask size {mask.shape[::-1]} (W x H) differs from its "

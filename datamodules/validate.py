@@ -2,21 +2,20 @@
 
 Usage: ``python -m datamodules.validate ROOT [ROOT ...]``; exit status 1 when any error is found.
 
-Errors: missing folders, unreadable, truncated, blank (constant) or oversized images (more
-pixels than ``KNEEPLAN_MAX_PIXELS``, read from the header), duplicate ids (``a.png`` and
-``a.dcm``), missing / unreadable / wrongly sized / coloured / non-binary bone masks (read by
+Errors: missing folders, unreadable, truncated, blank (constant) or oversized images (more pixels
+than ``KNEEPLAN_MAX_PIXELS``, read from the header), duplicate ids (``a.png`` and ``a.dcm``),
+missing / unreadable / wrongly sized / coloured / transparent / non-binary bone masks (read by
 ``dataset_io.read_mask``, the one mask reader), broken symlinks and symlink loops, missing,
 unparsable or too deeply nested annotations and every schema problem
-``annotations.check_annotation`` (the one schema checker) finds: unknown schema version, id or
-image name that disagrees with the file, missing landmarks, wrong JSON types (booleans, numeric
-strings, nested lists where numbers belong), NaN coordinates, landmarks outside the image, fewer
-than two (distinct) cortex points, non-positive, non-numeric or implausible (outside 0.01-5 mm)
-spacing, unknown or repeated keys; orphan files (a mask or annotation with no image), and
+``annotations.check_annotation`` (the one schema checker) finds: unknown schema version, id or image
+name that disagrees with the file, missing landmarks, wrong JSON types (booleans, numeric strings,
+nested lists where numbers belong), NaN coordinates, landmarks or a Schoettle point outside the
+image, fewer than two (distinct) cortex points, non-positive, non-numeric or implausible (outside
+0.01-5 mm) spacing, unknown or repeated keys; orphan files (a mask or annotation with no image), and
 folders named like an image or an annotation. File names are printed with control characters
-escaped, so each problem stays one line. Warnings (training still runs): no pixel spacing
-anywhere (file or annotation), an empty bone mask, a cortex point outside the image, files of
-unknown type or other folders in images/, a dataset of one image (no validation image after
-the split).
+escaped, so each problem stays one line. Warnings (training still runs): no pixel spacing anywhere
+(file or annotation), an empty bone mask, a cortex point outside the image, files of unknown type or
+other folders in images/, a dataset of one image (no validation image after the split).
 """
 
 from __future__ import annotations
