@@ -742,8 +742,10 @@ def _load_jpeg(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
     notes: list[str] = []
     arr = orient(arr, exif_orientation(_jpeg_exif(data)), notes)
-    # lossy when it is JPEG data (a PNG named .jpg decodes here too)
-    return _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8", notes=notes)
+    # lossy when it is JPEG data or lossy WebP (VP8, not VP8L); a PNG named .jpg decodes here too
+    webp_lossy = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] != b"VP8L"
+    return _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8" or webp_lossy,
+                         notes=notes)
 
 
 def _from_decoded(

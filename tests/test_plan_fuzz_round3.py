@@ -197,3 +197,17 @@ def test_batch_names_a_pipe_and_a_dangling_link_among_the_images(tmp_path_factor
     assert b"b.png: not a regular file" in res.stderr and b"c.png: no such file" in res.stderr
     rows = (tmp_path / "o" / "summary.csv").read_text().splitlines()
     assert len(rows) == 4 and sum(",ok," in r for r in rows) == 1
+
+
+@pytest.mark.parametrize(("quality", "lossy"), [(60, True), (101, False)])
+def test_webp_named_jpg_is_lossy_unless_lossless(tmp_path, quality, lossy):
+    """A lossy WebP saved as .jpg got no lossy-compression warning (only JPEG bytes did)."""
+    import cv2
+
+    from datamodules.image_io import load_image
+
+    img = (np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, quality])
+    assert ok
+    (tmp_path / "x.jpg").write_bytes(buf.tobytes())
+    assert load_image(tmp_path / "x.jpg").lossy is lossy
