@@ -16,6 +16,7 @@ import mmap
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +60,27 @@ def _inflated_over(inflater: Any, data: bytes, budget: int) -> int | None:
 PNG_MAX_CHUNK = 2**31 - 1  # the PNG specification's largest chunk length
 
 
-def png_chunk_problem(data: bytes | memoryview) -> str | None:
-    """Walk a PNG's chunks up to IEND: every chunk's length must fit in what is left of the
-    file (OpenCV's libpng allocated the 4 GB a 172-byte file's tEXt chunk claimed)."""
+def png_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset, length)`` of a PNG's chunks after the signature, up to and including
+    IEND (or the last whole chunk header); ``offset`` is where the chunk's length field is."""
     pos = 8
     while pos + 8 <= len(data):
         length, ctype = struct.unpack_from(">I4s", data, pos)
+        yield ctype, pos, length
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
+
+
+def png_chunk_problem(data: bytes | memoryview) -> str | None:
+    """Walk a PNG's chunks up to IEND: every chunk's length must fit in what is left of the
+    file (OpenCV's libpng allocated the 4 GB a 172-byte file's tEXt chunk claimed)."""
+    for ctype, pos, length in png_chunks(data):
         left = len(data) - pos - 8  # after this chunk's length and type
         if length > PNG_MAX_CHUNK or length > left:
             name = f"'{ctype.decode()}'" if ctype.isalpha() else f"of type 0x{ctype.hex()}"
             return (f"truncated or corrupt PNG: chunk {name} at byte {pos} claims {length} "
                     f"bytes, more than the {left} left in the file")
-        if ctype == b"IEND":
-            return None
-        pos += 12 + length
     return None
 
 

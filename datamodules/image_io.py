@@ -390,18 +390,14 @@ def _png_info(path: Path, data: bytes) -> tuple[int | None, bool, int]:
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
-    pos, sbit, has_end, orientation = len(PNG_SIGNATURE), None, False, 1
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+    sbit, has_end, orientation = None, False, 1
+    for ctype, pos, length in decode_guards.png_chunks(data):
         body = data[pos + 8 : pos + 8 + length]
         if ctype == b"sBIT" and body:
             sbit = max(body)
         if ctype == b"eXIf":
             orientation = exif_orientation(body)
-        if ctype == b"IEND":
-            has_end = True
-            break
-        pos += 12 + length
+        has_end = ctype == b"IEND"
     if sbit is not None and (colour == 3 or not 0 < sbit <= depth):
         sbit = None
     return sbit, has_end, orientation

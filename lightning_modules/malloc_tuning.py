@@ -2,12 +2,13 @@
 
 A training step allocates and frees the same few hundred multi-MB activations every step. glibc
 serves blocks above its (dynamic) mmap threshold with fresh ``mmap`` pages and returns freed heap
-tops to the system above 128 kB, so every step page-faults the activations in again: ~54,000
-minor faults and ~0.3 s of system time per paper-network step (batch 2, 256 px, 2 CPU threads),
-~15 % of the step (``benchmarks/bench_step.py`` measures it). Serving blocks up to 32 MB (glibc's
-largest allowed threshold) from the heap and keeping up to 1 GB of freed memory removes nearly
-all of them. Costs: a training process keeps up to 1 GB of freed memory mapped. Not used by
-planning (its peak memory is bounded, and it does not repeat steps). No effect off glibc.
+tops to the system above 128 kB, so every step page-faults the activations in again: 42,000-
+54,000 minor faults and 0.13-0.3 s of system time per paper-network step (batch 2, 256 px, 2 CPU
+threads). Serving blocks up to 32 MB (glibc's largest allowed threshold) from the heap and
+keeping up to 1 GB of freed memory leaves a few hundred, and the step 3-9 % faster
+(``python benchmarks/bench_step.py --alone [--no-malloc-tuning]`` measures both). Costs: a
+training process keeps up to 1 GB of freed memory mapped. Not used by planning (its peak memory
+is bounded, and it does not repeat steps). No effect off glibc.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def check_file_size(path: str | Path, limit: int | None = None) -> None:
     p = Path(path)
     if p.exists() and not p.is_file():
         kind = "a folder" if p.is_dir() else "not a regular file (a pipe or device)"
-        raise ValueError(f"{path}: {kind}, not a model file")
+        raise ValueError(f"{path} is {kind}, not a model file")
     size = p.stat().st_size
     if size > limit:
         raise ValueError(f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f}"

@@ -360,9 +360,10 @@ def _load_or_explain(path: Path, device: str, threads: int | None = None) -> Any
     except Exception as err:  # a broken model file is a usage error, not a crash
         from datamodules.decoder_messages import printable
 
-        text = str(err).replace(str(path), printable(str(path))).strip()  # one line per path
+        shown = printable(str(path))
+        text = str(err).replace(str(path), shown).strip()  # one line per path
         first = text.splitlines()[0] if text else type(err).__name__
-        where = "" if printable(str(path)) in first else f"{printable(str(path))}: "
+        where = "" if shown in first else f"{shown}: "
         _error(f"cannot load model {where}{first}")
         return None
 
@@ -376,12 +377,14 @@ def _error(message: str) -> None:
 
 def _model_file_problem(path: Path) -> str | None:
     """Why ``--ckpt`` cannot be a model file before it is opened (None: it may be one)."""
+    from lightning_modules.model_limits import check_file_size
+
     if not path.exists():
         return f"checkpoint {path} does not exist"
-    if path.is_dir():
-        return f"checkpoint {path} is a folder, not a model file"
-    if not path.is_file():
-        return f"checkpoint {path} is not a regular file (a pipe or device)"
+    try:
+        check_file_size(path)  # a folder, a pipe or device, or larger than any model
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -406,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datamodules.pixel_limit import env_problem
 
     if problem := env_problem():
-        _error(f"{problem}")
+        _error(problem)
         return 2
     if args.spacing is not None and len(args.spacing) not in (1, 2):
         _error("--spacing takes one value or two (ROW_MM COL_MM)")
@@ -437,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.review = _review_config(args.review_config)
     except ValueError as err:
-        _error(f"{err}")
+        _error(str(err))
         return 2
     from planning.batch import expand_images
 
@@ -447,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
     except PlanInputError as err:
-        _error(f"{err}")
+        _error(str(err))
         return 1
     if problem := _out_problem(args.out):  # a usage error, before the network runs
         _error(problem)
@@ -470,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tta=args.tta, review_config=args.review, sphere_search=search, zoom=not args.no_zoom,
         )  # fmt: skip
     except PlanInputError as err:
-        _error(f"{err}")
+        _error(str(err))
         return 1
     except ModelOutputError as err:  # the model's fault, whatever the image
         _error(f"unusable model {args.ckpt}: {err} ({images[0]})")
@@ -546,12 +549,12 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     clash = overwritten_inputs(images, args.out)
     if clash:
         _error(f"--out {args.out}: the plans would overwrite input {clash[0]} (an "
-              "earlier run's output among the images?): choose another --out")
+               "earlier run's output among the images?): choose another --out")
         return 2
     summary_path = args.summary or args.out / "summary.csv"
     problem = _output_problem(args.out, summary_path, images)
     if problem:  # before any image is planned, not after all of them
-        _error(f"{problem}")
+        _error(problem)
         return 2
     t0 = time.perf_counter()
     import os

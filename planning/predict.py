@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from datamodules.sample import TASKS
 from geometry.frame import PadResize
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.model_limits import (
@@ -42,9 +43,11 @@ from lightning_modules.model_limits import (
 )
 from planning.onnx_graph import check_onnx_graph
 
-OUTPUT_NAMES = ("seg", "lm", "roi", "lm_prev")  # exported model outputs, in this order
+# exported model outputs, in this order, with their channels (lm_prev: the second-to-last
+# hourglass's landmarks, optional)
+OUTPUT_CHANNELS = {**TASKS, "lm_prev": TASKS["lm"]}
+OUTPUT_NAMES = tuple(OUTPUT_CHANNELS)
 INPUT_NAME = "image"
-OUTPUT_CHANNELS = {"seg": 4, "lm": 2, "roi": 1, "lm_prev": 2}
 
 
 class ModelOutputError(ValueError):
@@ -59,8 +62,8 @@ def check_maps(maps: dict[str, Any], batch: int, size: int) -> dict[str, np.ndar
     would be blamed on the image)."""
     out = {}
     for name, channels in OUTPUT_CHANNELS.items():
-        if name not in maps or (name == "lm_prev" and maps[name] is None):
-            if name == "lm_prev":
+        if maps.get(name) is None:
+            if name == "lm_prev":  # optional
                 continue
             raise ModelOutputError(f"the model gave no {name!r} output")
         arr = np.asarray(maps[name], dtype=np.float32)
