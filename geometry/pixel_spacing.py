@@ -4,8 +4,9 @@ Precedence of :func:`resolve_pixel_spacing` (first valid source wins), and why:
 1. ``user``: spacing given on the command line (the user knows best, e.g. their own calibration);
 2. ``annotation``: a researcher's explicit spacing for this image in its annotation JSON;
 3. ``PixelSpacing`` (DICOM): calibrated by the modality at the patient plane;
-4. ``sphere``: a 30 mm calibration ball found in the image (``geometry.spacing``): calibrated at
-   the object plane, corrects the X-ray magnification;
+4. ``sphere``: a calibration ball of known diameter (30 mm by default, the paper's; 25 mm balls
+   exist) found in the image (``geometry.spacing``): calibrated at the object plane, corrects
+   the X-ray magnification;
 5. ``ImagerPixelSpacing`` (DICOM): detector plane; overstates sizes by the magnification
    (typically 5-20 %), hence after the sphere;
 6. unknown: distances stay in pixels and the plan is flagged for review.
@@ -32,6 +33,21 @@ PRECEDENCE = ("user", "annotation", "PixelSpacing", "sphere", "ImagerPixelSpacin
 MIN_MM, MAX_MM = 0.01, 5.0  # plausible mm per pixel of a radiograph (mammography .. scout)
 MAX_SPHERE_UNCERTAINTY = 0.02  # a sphere spacing less certain than +-2 % flags the plan
 MAX_ASPECT = 1.1  # radiograph pixels are square; beyond this the network saw a squeezed knee
+SPHERE_MM = 30.0  # the paper's calibration sphere (Kordon et al. 2019, section 3)
+MIN_SPHERE_MM, MAX_SPHERE_MM = 5.0, 100.0  # markers are ~20-50 mm; outside this, a typo (cm?)
+
+
+def check_sphere_diameter(mm: Any) -> float:
+    """The calibration sphere's diameter in mm as a float; ValueError saying what is wrong (a
+    diameter in cm or inches would scale every distance of the plan)."""
+    try:
+        value = float(mm)
+    except (TypeError, ValueError):
+        raise ValueError(f"sphere diameter {mm!r} is not a number") from None
+    if not (math.isfinite(value) and MIN_SPHERE_MM <= value <= MAX_SPHERE_MM):
+        raise ValueError(f"sphere diameter {value:g} mm is outside {MIN_SPHERE_MM:g}.."
+                         f"{MAX_SPHERE_MM:g} mm (give it in millimetres)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -140,7 +156,7 @@ def resolve_pixel_spacing(
     invalid_tags: Iterable[tuple[str, str] | str] = (),
     detect_sphere: bool = True,
     anatomy: ScaleEstimate | None = None,
-    sphere_diameter_mm: float = 30.0,
+    sphere_diameter_mm: float = SPHERE_MM,
     sphere_candidates: Sequence[Any] | None = None,
 ) -> SpacingResolution:
     """Choose the pixel spacing by the module's precedence; the only place that knows it.
@@ -155,13 +171,16 @@ def resolve_pixel_spacing(
         detect_sphere: search for a calibration sphere when no higher source is valid.
         anatomy: scale estimated from the predicted femur; rejects disagreeing spheres and
             flags a disagreeing chosen spacing.
-        sphere_diameter_mm: true diameter of the calibration sphere.
+        sphere_diameter_mm: true diameter of the calibration sphere (mm per pixel =
+            diameter / (2 x fitted radius), whatever diameter the candidates were searched with).
         sphere_candidates: ``geometry.spacing.find_sphere_candidates`` already run on ``image``
             (so the search can run beside the network); None: searched here when needed.
 
     Raises:
-        ValueError: the user's spacing is invalid (a usage error, not a review reason).
+        ValueError: the user's spacing or the sphere diameter is invalid (a usage error, not a
+            review reason).
     """
+    sphere_diameter_mm = check_sphere_diameter(sphere_diameter_mm)
     res = SpacingResolution(None, anatomy=anatomy)
     raw = {"user": user, "annotation": annotation, "PixelSpacing": dicom_pixel,
            "ImagerPixelSpacing": dicom_imager}  # fmt: skip
@@ -257,12 +276,18 @@ def _sphere(
         res.sphere = {"found": False, "why": "no round bright candidate"}
         return
     best = cands[0]
-    info = {"found": best.accepted, **best.as_dict(), "n_candidates": len(cands)}
-    entry = {"source": "sphere", "value": [best.mm_per_px] * 2, "valid": best.accepted,
+    mm_per_px = diameter_mm / (2.0 * best.radius_px)  # (the search may assume another size)
+    info = {"found": best.accepted, **best.as_dict(), "mm_per_px": round(mm_per_px, 5),
+            "diameter_mm": diameter_mm, "n_candidates": len(cands)}  # fmt: skip
+    entry = {"source": "sphere", "value": [mm_per_px] * 2, "valid": best.accepted,
              "accepted": False, "why": best.why}  # fmt: skip
     if best.accepted:
-        sp = PixelSpacing.from_value(best.mm_per_px, "sphere", _NOTES["sphere"])
-        clash = spacing_disagreement(sp, anatomy) if anatomy is not None else None
+        note = f"{diameter_mm:g} mm {_NOTES['sphere']}"
+        try:
+            sp = PixelSpacing.from_value(mm_per_px, "sphere", note)
+            clash = spacing_disagreement(sp, anatomy) if anatomy is not None else None
+        except ValueError as err:  # a few-pixel "ball" implies an implausible spacing
+            clash = str(err)
         if clash:
             info.update(accepted=False, found=False, why=f"rejected: {clash}")
             entry.update(valid=False, why=info["why"])

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geometry.pixel_spacing import SPHERE_MM
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
 GLOB_CHARS = set("*?[")
 SUMMARY_FIELDS = (
@@ -102,6 +104,7 @@ class PlanOptions:
     tta: int = 8
     review_config: Any = None
     zoom: bool = True
+    sphere_mm: float = SPHERE_MM  # the calibration sphere's diameter
 
 
 def plan_one(path: Path, predictor: Any, opts: PlanOptions, stem: str | None = None
@@ -130,6 +133,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
             user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
             checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
             zoom=opts.zoom, overlay_writer=writer, out_stem=stem, search_server=search_server,
+            sphere_mm=opts.sphere_mm,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))

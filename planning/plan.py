@@ -37,6 +37,7 @@ import numpy as np
 
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
+from geometry.pixel_spacing import SPHERE_MM
 
 MIN_SIDE_PX = 32
 
@@ -74,9 +75,11 @@ def resolve_plan_spacing(
     user_spacing: Sequence[float] | None = None,
     detect_sphere: bool = True,
     sphere_candidates: Sequence[Any] | None = None,
+    sphere_mm: float = SPHERE_MM,
 ) -> Any:
     """``SpacingResolution`` of one image: its file, its annotation, the user and the anatomy
-    (``sphere_candidates``: the sphere search's result when it already ran)."""
+    (``sphere_candidates``: the sphere search's result when it already ran; ``sphere_mm``: the
+    calibration sphere's diameter)."""
     from geometry.anatomy_scale import estimate_scale
     from geometry.pixel_spacing import resolve_pixel_spacing
 
@@ -85,7 +88,8 @@ def resolve_plan_spacing(
         return resolve_pixel_spacing(
             loaded.image, user=list(user_spacing) if user_spacing else None,
             annotation=annotation_spacing(image_path), detect_sphere=detect_sphere,
-            anatomy=anatomy, sphere_candidates=sphere_candidates, **loaded.spacing_inputs(),
+            anatomy=anatomy, sphere_candidates=sphere_candidates, sphere_diameter_mm=sphere_mm,
+            **loaded.spacing_inputs(),
         )  # fmt: skip
     except ValueError as err:
         raise PlanInputError(str(err)) from err
@@ -191,6 +195,7 @@ def run_plan(
     overlay_writer: Callable[[Path, np.ndarray], Any] | None = None,
     out_stem: str | None = None,
     search_server: Any = None,
+    sphere_mm: float = SPHERE_MM,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
@@ -198,7 +203,7 @@ def run_plan(
     is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
     ``sphere_search``: a ``planning.sphere_search`` search the caller already started for this
     image (else one starts here when the spacing needs it: in ``search_server``'s process, a
-    ``planning.sphere_search.SearchServer``, or in a thread).
+    ``planning.sphere_search.SearchServer``, or in a thread); ``sphere_mm``: its diameter.
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
@@ -234,7 +239,8 @@ def run_plan(
     finally:
         if search is not None:  # (a caller's search is closed again by the caller: harmless)
             search.close()
-    sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere, cands)
+    sp = resolve_plan_spacing(loaded, path, masks[0], user_spacing, detect_sphere, cands,
+                              sphere_mm)
     spacing = None if sp.spacing is None else sp.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
@@ -267,7 +273,7 @@ def run_plan(
         overlay_path=overlay_path,
         seg_prob=maps.seg,
         settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
-                  "tta": tta, "zoom_window": window},
+                  "tta": tta, "zoom_window": window, "sphere_mm": sphere_mm},
         sphere=sp.sphere,
         reasons=reasons,
         uncertainty=unc,
@@ -328,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel spacing in mm: one value (square pixels) or ROW_MM COL_MM",
     )  # fmt: skip
     p.add_argument("--no-sphere", action="store_true", help="skip calibration-sphere detection")
+    p.add_argument("--sphere-mm", type=float, default=SPHERE_MM, metavar="MM",
+                   help="diameter of the calibration sphere in the images (default: 30, the "
+                        "paper's; 25 mm balls are common too)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda); checkpoints only")
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations for the uncertainty check (0: off)")
@@ -425,6 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.tta <= MAX_TTA:
         _error(f"--tta must be 0..{MAX_TTA} (0: off)")
         return 2
+    from geometry.pixel_spacing import check_sphere_diameter
+
+    try:
+        check_sphere_diameter(args.sphere_mm)
+    except ValueError as err:
+        _error(f"--sphere-mm: {err}")
+        return 2
     if args.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
         _error(f"--device {args.device!r:.40}: expected cpu, cuda[:N], mps or xpu")
         return 2
@@ -471,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
             tta=args.tta, review_config=args.review, sphere_search=search, zoom=not args.no_zoom,
+            sphere_mm=args.sphere_mm,
         )  # fmt: skip
     except PlanInputError as err:
         _error(str(err))
@@ -572,7 +589,8 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     if workers > 1:
         predictor = None
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
-                       str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom)
+                       str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom,
+                       sphere_mm=args.sphere_mm)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every)
     summary = write_summary(summary_path, rows)

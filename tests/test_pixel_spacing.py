@@ -205,3 +205,71 @@ def test_dataset_dicom_with_a_magnification_factor_reads(tmp_path):
     read = read_sample(tmp_path, sample.id)
     assert read.spacing_mm == pytest.approx((0.25, 0.25))
     assert read.meta["spacing_inputs"]["dicom_magnification"] == 1.2
+
+
+def _dome(radius: float = 50.0) -> np.ndarray:
+    """A 300 x 360 image with one ball of ``radius`` px (path-length profile, log display)."""
+    img = np.full((300, 360), 0.2, np.float32)
+    ys, xs = np.mgrid[0:300, 0:360]
+    c = np.sqrt(np.clip(1 - ((xs - 250) ** 2 + (ys - 150) ** 2) / radius**2, 0, 1))
+    return img + (0.7 * (1 - np.exp(-2 * c)) / (1 - np.exp(-2))).astype(np.float32)
+
+
+def test_sphere_diameter_scales_the_spacing_and_is_reported():
+    """A 25 mm ball read as 30 mm would make every distance 20 % too long: the diameter is the
+    user's, the spacing is diameter / (2 x radius) whatever size the search assumed."""
+    from geometry.spacing import find_sphere_candidates
+
+    img = _dome()
+    at30 = resolve_pixel_spacing(img)
+    at25 = resolve_pixel_spacing(img, sphere_diameter_mm=25.0)
+    assert at30.source == at25.source == "sphere"
+    radius = at30.sphere["radius_px"]
+    assert abs(radius - 50.0) < 1.0  # the fit itself (a sharp synthetic ball)
+    assert at25.spacing.row_mm == pytest.approx(25.0 / (2 * radius), rel=1e-3)
+    assert at25.spacing.row_mm / at30.spacing.row_mm == pytest.approx(25.0 / 30.0, rel=1e-9)
+    assert at25.sphere["diameter_mm"] == 25.0 and at30.sphere["diameter_mm"] == 30.0
+    assert "25 mm calibration sphere" in at25.spacing.note
+    ahead = resolve_pixel_spacing(img, sphere_diameter_mm=25.0,
+                                  sphere_candidates=find_sphere_candidates(img))  # 30 mm search
+    assert ahead.spacing == at25.spacing
+
+
+@pytest.mark.parametrize("bad", [0.0, -30.0, 3.0, 300.0, float("nan"), float("inf"), "x"])
+def test_an_implausible_sphere_diameter_is_refused(bad):
+    with pytest.raises(ValueError, match="sphere diameter"):
+        resolve_pixel_spacing(None, sphere_diameter_mm=bad)
+
+
+def test_a_sphere_implying_an_implausible_spacing_is_rejected_not_an_error():
+    """A ball of 6 px radius read as 100 mm would be 8.3 mm/px: the candidate is rejected and the
+    next source used (before, the resolver raised as for a bad --spacing)."""
+    from geometry.spacing import SphereDetection
+
+    tiny = SphereDetection(np.array([50.0, 50.0]), 6.0, 2.5, 0.9, True, "sphere: test")
+    res = resolve_pixel_spacing(None, sphere_diameter_mm=100.0, dicom_imager=0.5,
+                                sphere_candidates=[tiny])  # fmt: skip
+    assert res.source == "ImagerPixelSpacing"
+    assert not res.sphere["accepted"] and "plausible range" in res.sphere["why"]
+    assert res.sphere["mm_per_px"] == pytest.approx(100.0 / 12.0, rel=1e-4)
+
+
+def test_plan_sphere_mm_option(tmp_path, capsys):
+    """``--sphere-mm`` reaches the plan: a usage error when implausible (one line, status 2),
+    recorded in the JSON's settings and used for the spacing otherwise."""
+    from planning.plan import main
+
+    cfg = dataclasses.replace(PhantomConfig(min_side=400, max_side=640).clean(), p_sphere=1.0)
+    sample = next(s for s in (generate_phantom(i, cfg) for i in range(10)) if "sphere" in s.meta)
+    png = write_png(tmp_path / "knee.png", np.round(sample.image * 65535).astype(np.uint16))
+    assert main(["--image", str(png), "--ckpt", str(tmp_path / "none.ckpt"),
+                 "--sphere-mm", "3"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--sphere-mm" in err and "millimetres" in err
+    reps = {mm: run_plan(png, OracleModule(sample), tmp_path / f"o{mm}", tta=0,
+                         sphere_mm=mm).report for mm in (30.0, 25.0)}  # fmt: skip
+    assert reps[25.0]["settings"]["sphere_mm"] == 25.0
+    assert reps[30.0]["spacing"]["source"] == reps[25.0]["spacing"]["source"] == "sphere"
+    ratio = reps[25.0]["spacing"]["row_mm"] / reps[30.0]["spacing"]["row_mm"]
+    assert ratio == pytest.approx(25.0 / 30.0, rel=1e-9)
+    assert reps[25.0]["spacing"]["sphere"]["diameter_mm"] == 25.0
