@@ -222,3 +222,20 @@ def test_overlap_regions_are_brighter_than_either_bone_alone():
             assert ov > a_only and ov > b_only, (s.id, a, b, r)
             checked += 1
     assert checked >= 10
+
+
+def test_inside_convex_ignores_a_repeated_vertex():
+    """A polygon with a vertex twice (a zero-length edge) is the same region: before, 0/0 made
+    every point 'outside' (with a RuntimeWarning)."""
+    import warnings
+
+    from datamodules.phantoms.generate import _inside_convex
+
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    doubled = np.insert(square, 2, square[1], axis=0)
+    pts = np.array([[5.0, 5.0], [0.5, 9.0], [11.0, 5.0], [-1.0, -1.0], [5.0, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _inside_convex(doubled, pts, margin=1.0)
+    np.testing.assert_array_equal(got, [True, False, False, False, False])
+    np.testing.assert_array_equal(got, _inside_convex(square, pts, margin=1.0))

@@ -50,12 +50,13 @@ def _render_factor(h: int, w: int, max_px: int = 640) -> int:
 def _inside_convex(poly: np.ndarray, pts: np.ndarray, margin: float = 0.0) -> np.ndarray:
     """(N,) bool: points inside the convex polygon (any orientation) by at least ``margin``."""
     a = poly
-    b = np.roll(poly, -1, axis=0)
-    e = b - a
+    e = np.roll(poly, -1, axis=0) - a
+    length = np.linalg.norm(e, axis=1)
+    a, e, length = a[length > 0], e[length > 0], length[length > 0]  # repeated vertices: no edge
     cross = e[None, :, 0] * (pts[:, None, 1] - a[None, :, 1]) - e[None, :, 1] * (
         pts[:, None, 0] - a[None, :, 0]
     )
-    cross = cross / np.linalg.norm(e, axis=1)[None]
+    cross = cross / length[None]
     sign = 1.0 if cross.sum() >= 0 else -1.0
     return (sign * cross >= margin).all(1)
 
