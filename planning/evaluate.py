@@ -41,6 +41,7 @@ import numpy as np
 from datamodules.sample import BONES, LANDMARKS, Sample
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
+from geometry.pixel_spacing import SPHERE_MM, check_sphere_diameter
 from geometry.plan_geometry import Plan, masks_to_original, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
@@ -82,8 +83,12 @@ def rater_names(sample: Sample) -> list[str]:
     return [a.rater or f"r{i + 1}" for i, a in enumerate(sample.annotations)]
 
 
-def sample_spacing(sample: Sample, femur_mask: np.ndarray, detect_sphere: bool = True) -> Any:
-    """``SpacingResolution`` of a test sample, by the same resolver and inputs as ``make plan``.
+def sample_spacing(
+    sample: Sample, femur_mask: np.ndarray, detect_sphere: bool = True,
+    sphere_mm: float = SPHERE_MM,
+) -> Any:
+    """``SpacingResolution`` of a test sample, by the same resolver and inputs as ``make plan``
+    (``sphere_mm``: the calibration sphere's diameter).
 
     A sample read from a dataset folder carries its raw inputs (``meta["spacing_inputs"]``:
     annotation and DICOM tags); an in-memory sample (phantom) brings its known spacing, which
@@ -101,8 +106,9 @@ def sample_spacing(sample: Sample, femur_mask: np.ndarray, detect_sphere: bool =
             inputs["annotation"] = sample.spacing_mm
     inputs["invalid_tags"] = [tuple(t) for t in inputs.get("invalid_tags") or []]
     return resolve_pixel_spacing(
-        sample.image, detect_sphere=detect_sphere, anatomy=estimate_scale(femur_mask), **inputs
-    )
+        sample.image, detect_sphere=detect_sphere, anatomy=estimate_scale(femur_mask),
+        sphere_diameter_mm=sphere_mm, **inputs,
+    )  # fmt: skip
 
 
 def evaluate_sample(
@@ -115,6 +121,7 @@ def evaluate_sample(
     predictor: Any = None,
     tta: int = 0,
     codec: Any = None,
+    sphere_mm: float = SPHERE_MM,
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
     and the review verdict (``planning.review.review``, the same call as ``make plan``).
@@ -129,7 +136,7 @@ def evaluate_sample(
 
     codec = codec or getattr(predictor, "codec", None)
     masks = masks_to_original(maps.seg, maps.frame)
-    resolution = sample_spacing(sample, masks[0])
+    resolution = sample_spacing(sample, masks[0], sphere_mm=sphere_mm)
     spacing = None if resolution.spacing is None else resolution.spacing.as_tuple()
     plan = plan_from_maps(
         maps.seg, maps.lm, maps.roi, frame=maps.frame, spacing=spacing, decode=decode,
@@ -260,6 +267,7 @@ def evaluate(
     review_config: Any = None,
     gallery: Any = None,
     zoom: bool = True,
+    sphere_mm: float = SPHERE_MM,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -281,6 +289,7 @@ def evaluate(
         gallery: a ``planning.gallery.Gallery`` offered every image, written to ``gallery/``.
         zoom: a second look when the knee is far from the training scale (``planning.zoom``),
             as ``make plan`` does.
+        sphere_mm: diameter of the calibration sphere in the images (``make plan --sphere-mm``).
     """
     from planning.oracle import oracle_maps
     from planning.predict import as_predictor, predict_image
@@ -302,11 +311,12 @@ def evaluate(
         if oracle:  # no model: no uncertainty; the checkpoint's codec draws and decodes
             maps = oracle_maps(sample, image_size, codec=codec)
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
-                                  review_config=review_config, codec=codec)
+                                  review_config=review_config, codec=codec, sphere_mm=sphere_mm)
         else:
             maps = predict_image(predictor, sample.image, zoom=zoom, review_config=review_config)
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
-                                  review_config=review_config, predictor=predictor, tta=tta)
+                                  review_config=review_config, predictor=predictor, tta=tta,
+                                  sphere_mm=sphere_mm)
         codes.append([r.code for r in res.reasons])
         spread = float(res.row.get("spread_schoettle", 0.0))
         scores.append(1e6 * bool(res.reasons) + 1e3 * len(res.reasons)
@@ -426,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
     p.add_argument("--no-zoom", action="store_true",
                    help="no second look when the knee is far from the training scale")
+    p.add_argument("--sphere-mm", type=float, default=SPHERE_MM, metavar="MM",
+                   help="diameter of the calibration sphere in the images (default: 30)")
     p.add_argument("--perturb", metavar="KINDS",
                    help="stress test: evaluate again under each perturbation ('all' or a comma "
                    "list of planning/perturb.py KINDS); writes OUT/stress.md instead of the "
@@ -462,6 +474,7 @@ def _gallery(n: int, seed: int) -> Any:
 def _run(args: argparse.Namespace) -> int:
     try:
         review_config = ReviewConfig.load(args.review_config)
+        check_sphere_diameter(args.sphere_mm)
     except ValueError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -526,7 +539,7 @@ def _run(args: argparse.Namespace) -> int:
                    oracle=args.oracle, decode=args.decode, line_fit=args.line_fit,
                    spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),
                    image_size=args.image_size, tta=args.tta, review_config=review_config,
-                   zoom=not args.no_zoom)
+                   zoom=not args.no_zoom, sphere_mm=args.sphere_mm)
         print((out / "stress.md").read_text())
         return 0
     res = evaluate(
@@ -536,6 +549,7 @@ def _run(args: argparse.Namespace) -> int:
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
         tta=args.tta, review_config=review_config,
         gallery=_gallery(args.gallery, args.seed), zoom=not args.no_zoom,
+        sphere_mm=args.sphere_mm,
     )  # fmt: skip
     print()
     print(res.table1_md)

@@ -273,3 +273,18 @@ def test_plan_sphere_mm_option(tmp_path, capsys):
     ratio = reps[25.0]["spacing"]["row_mm"] / reps[30.0]["spacing"]["row_mm"]
     assert ratio == pytest.approx(25.0 / 30.0, rel=1e-9)
     assert reps[25.0]["spacing"]["sphere"]["diameter_mm"] == 25.0
+    bare = dataclasses.replace(sample, spacing_mm=None)  # evaluate resolves as plan does
+    row = evaluate_sample(bare, oracle_maps(bare, 256), sphere_mm=25.0).row
+    assert row["spacing_source"] == "sphere"
+    # (the plan read the 16-bit PNG, evaluate the float image: the fits differ by ~1e-6)
+    assert row["row_mm"] == pytest.approx(reps[25.0]["spacing"]["row_mm"], rel=1e-4)
+    row30 = evaluate_sample(bare, oracle_maps(bare, 256)).row
+    assert row["row_mm"] / row30["row_mm"] == pytest.approx(25.0 / 30.0, rel=1e-9)
+
+
+def test_evaluate_sphere_mm_is_checked_before_anything_runs(capsys):
+    from planning.evaluate import main
+
+    assert main(["--oracle", "--sphere-mm", "nan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sphere diameter" in err
