@@ -43,6 +43,7 @@ from datamodules.datasets import (
     TargetConfig,
     collate_batch,
 )
+from datamodules.decoder_messages import printable
 from datamodules.sample import Sample
 from datamodules.seeding import AUGMENT, epoch_seeded_loader, stream_seed
 from datamodules.transforms import AugmentConfig, SampleTransform
@@ -78,6 +79,8 @@ def read_split_file(path: str | Path, available: list[str]) -> dict[str, list[st
 
     Read by the annotations' JSON reader (size, nesting, encoding and repeated keys checked);
     a key other than train/val/test is refused, since a typo ("tset") would drop the test set.
+    Ids of the folder that no list names are left out of training with a warning that counts
+    and names them (leaving images out can be meant; forgetting new ones should not be silent).
     """
     path = Path(path)
     try:
@@ -105,6 +108,10 @@ def read_split_file(path: str | Path, available: list[str]) -> dict[str, list[st
                 raise SplitError(f"{path}: id {brief_repr(i)} is {where}")
             seen[i] = key
         out[key] = list(ids)
+    unused = sorted(known - set(seen))
+    if unused:
+        log.warning("split file %s: %d of the %d ids in the dataset are in no list and are not "
+                    "used: %s", printable(str(path)), len(unused), len(known), brief_repr(unused))
     return out
 
 

@@ -1,7 +1,8 @@
 """Write, list and read samples in the on-disk dataset format: images/, masks/, annotations/.
 
 Layout of a dataset folder ROOT:
-    ROOT/images/<id>.png|.tif|.tiff|.dcm   grayscale, 8 or 16 bit (DICOM any bit depth)
+    ROOT/images/<id>.png|.tif|.tiff|.dcm|.jpg|.jpeg   grayscale, 8 or 16 bit (DICOM any bit
+                                            depth; JPEG is lossy: the validator warns)
     ROOT/masks/<id>_<bone>.png              one binary mask per bone in BONES (0 / nonzero)
     ROOT/annotations/<id>.json              schema of datamodules.annotations
 
@@ -12,6 +13,7 @@ The id is the image file's stem; two images with the same stem (a.png, a.dcm) ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +21,13 @@ from datamodules.annotations import annotation_dict, write_annotation
 from datamodules.decoder_messages import brief, decoder_messages, printable
 from datamodules.sample import BONES, Sample
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
+if TYPE_CHECKING:
+    from datamodules.image_io import LoadedImage
+    from geometry.pixel_spacing import PixelSpacing
+
+# every format ``image_io.load_image`` reads and ``make plan`` accepts: a JPEG export left out
+# here was silently skipped, and its masks and annotation became "orphans"
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
 
 
 def write_sample(root: str | Path, sample: Sample) -> Path:
@@ -141,6 +149,20 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return (mask > 0).astype(np.uint8)
 
 
+def spacing_inputs(annotation_mm: Any, loaded: LoadedImage) -> dict[str, Any]:
+    """``resolve_pixel_spacing``'s keyword arguments of one sample: the annotation's
+    ``pixel_spacing_mm`` (raw or parsed, None when absent) and the image file's tags."""
+    return {"annotation": annotation_mm, **loaded.spacing_inputs()}
+
+
+def resolve_sample_spacing(inputs: dict[str, Any]) -> PixelSpacing | None:
+    """The spacing a dataset sample trains with (no sphere search: it needs the predicted
+    anatomy); the validator asks the same so that what it checks is what training uses."""
+    from geometry.pixel_spacing import resolve_pixel_spacing
+
+    return resolve_pixel_spacing(None, detect_sphere=False, **inputs).spacing
+
+
 def read_sample(
     root: str | Path, sample_id: str, files: dict[str, list[Path]] | None = None
 ) -> Sample:
@@ -168,10 +190,8 @@ def read_sample(
     # validator's concern
     ann = read_annotation(annotation_path(root, sample_id), sample_id, None, loaded.image.shape)
     masks = np.stack([read_mask(mask_path(root, sample_id, b), loaded.image.shape) for b in BONES])
-    from geometry.pixel_spacing import resolve_pixel_spacing
-
-    inputs = {"annotation": ann["spacing_mm"], **loaded.spacing_inputs()}
-    resolved = resolve_pixel_spacing(None, detect_sphere=False, **inputs).spacing
+    inputs = spacing_inputs(ann["spacing_mm"], loaded)
+    resolved = resolve_sample_spacing(inputs)
     spacing = None if resolved is None else resolved.as_tuple()
     source = None if resolved is None else resolved.source
     meta = dict(ann["meta"])

@@ -15,7 +15,10 @@ image, fewer than two (distinct) cortex points, non-positive, non-numeric or imp
 folders named like an image or an annotation. File names are printed with control characters
 escaped, so each problem stays one line. Warnings (training still runs): no pixel spacing anywhere
 (file or annotation), an empty bone mask, a cortex point outside the image, files of unknown type or
-other folders in images/, a dataset of one image (no validation image after the split).
+other folders in images/, a dataset of one image (no validation image after the split), a lossy
+(JPEG) image, an image using under a quarter of its value range, and where the annotation and the
+femur mask disagree: a landmark or cortex point > 5 mm off the femur ((row, col) written for
+(x, y)?), a spacing far from what the femur's size implies (cm written as mm?).
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ import errno
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 
-from datamodules.annotations import AnnotationError, check_annotation, load_json
+from datamodules.annotations import (
+    AnnotationError,
+    check_annotation,
+    load_json,
+    parse_annotation,
+)
 from datamodules.dataset_io import (
     IMAGE_SUFFIXES,
     DatasetError,
@@ -36,10 +46,20 @@ from datamodules.dataset_io import (
     image_files,
     mask_path,
     read_mask,
+    resolve_sample_spacing,
+    spacing_inputs,
 )
 from datamodules.decoder_messages import printable
-from datamodules.image_io import ImageReadError, load_image
-from datamodules.sample import BONES
+from datamodules.image_io import ImageReadError, LoadedImage, load_image
+from datamodules.sample import BONES, LANDMARKS
+from geometry.anatomy_scale import estimate_scale, spacing_disagreement
+
+# an image whose values span less of [0, 1] than this is flat for the network (``make plan``'s
+# overlay stretches such an image for display, planning/overlay.py MIN_SHOWN_RANGE)
+MIN_USED_RANGE = 0.25
+# a landmark or cortex point farther than this from the femur mask is not on the femur (true
+# points lie on it or its outline; the review gate flags predicted points at the same distance)
+OFF_FEMUR_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -105,51 +125,99 @@ class ValidationReport:
 def _check_annotation(
     path: Path, sample_id: str, image_name: str | None, shape: tuple[int, int] | None,
     has_file_spacing: bool, report: ValidationReport,
-) -> None:
-    """Record every problem of one annotation JSON (``annotations.check_annotation``)."""
+) -> dict[str, Any] | None:
+    """Record every problem of one annotation JSON (``annotations.check_annotation``); return
+    the parsed annotation (``annotations.parse_annotation``) when it has no error."""
     try:
         data = load_json(path)
     except AnnotationError as err:
         report.error(path, str(err).removeprefix(printable(f"{path}: ")))
-        return
+        return None
     check = check_annotation(data, sample_id, image_name, shape, has_file_spacing)
     for message in check.errors:
         report.error(path, message)
     for message in check.warnings:
         report.warn(path, message)
+    return None if check.errors else parse_annotation(data, str(path))
 
 
-def _check_mask(path: Path, shape: tuple[int, int] | None, report: ValidationReport) -> None:
-    """One bone mask through THE mask reader (``dataset_io.read_mask``); empty is a warning."""
+def _check_anatomy(ann_path: Path, image: Path, ann: dict[str, Any], loaded: LoadedImage,
+                   femur: np.ndarray, report: ValidationReport) -> None:
+    """Warnings where the annotation and the femur mask disagree grossly, which no schema check
+    sees: a pair written (row, col) instead of (x, y), or the mask of another image, puts the
+    landmarks and cortex points off the femur (true ones lie on it or its outline: < 0.3 mm on
+    the phantoms); a spacing in cm or inches, or of the detector plane of a magnified film,
+    disagrees with the femur's size (``anatomy_scale``, the prior ``make plan`` checks with).
+    The anatomical scale also converts ``OFF_FEMUR_MM`` to pixels, so a wrong spacing cannot
+    hide a swapped point. Points outside the image are reported by the schema check already."""
+    est = estimate_scale(femur)
+    spacing = resolve_sample_spacing(spacing_inputs(ann["spacing_mm"], loaded))
+    if est is not None and spacing is not None and (why := spacing_disagreement(spacing, est)):
+        report.warn(ann_path if spacing.source == "annotation" else image,
+                    f"{why}, measured on the femur mask: a unit error (cm, inches) or "
+                    "another image's spacing?")
+    mm_per_px = est.mm_per_px if est is not None else spacing.mean_mm if spacing else None
+    if mm_per_px is None:
+        return
+    # px to the nearest femur pixel, for every pixel at once (linear time, any point count)
+    to_femur = cv2.distanceTransform((femur == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    h, w = femur.shape
+    for i, rater in enumerate(ann["raters"]):
+        named = [(f"landmarks.{n}", p) for n, p in zip(LANDMARKS, rater.landmarks, strict=True)]
+        named += [(f"cortex_line[{j}]", p) for j, p in enumerate(rater.cortex_points)]
+        for name, point in named:
+            if not (-0.5 <= point[0] <= w - 0.5 and -0.5 <= point[1] <= h - 0.5):
+                continue
+            col, row = (int(round(float(v))) for v in point)
+            dist = float(to_femur[min(max(row, 0), h - 1), min(max(col, 0), w - 1)]) * mm_per_px
+            if dist > OFF_FEMUR_MM:
+                report.warn(ann_path, f"raters[{i}].{name}: ({point[0]:g}, {point[1]:g}) lies "
+                            f"{dist:.0f} mm off the femur mask: written (row, col) instead of "
+                            "(x, y), or the mask of another image?")
+                break  # one line per rater: a swapped annotation would fill the report
+
+
+def _check_mask(path: Path, shape: tuple[int, int] | None,
+                report: ValidationReport) -> np.ndarray | None:
+    """One bone mask through THE mask reader (``dataset_io.read_mask``); empty is a warning.
+    Returns the mask when it is usable."""
     try:
         mask = read_mask(path, shape)
     except DatasetError as err:
         report.error(path, str(err).removeprefix(printable(f"{path}: ")))
-        return
+        return None
     if not mask.any():
         report.warn(path, "empty mask (bone not visible?)")
+    return mask
 
 
-def _check_image(f: Path, report: ValidationReport) -> tuple[tuple[int, int] | None, bool]:
-    """Read one image; record unreadable, non-finite or blank (constant) images as errors.
-    Returns (shape or None, whether the file carries a pixel spacing)."""
+def _check_image(f: Path, report: ValidationReport) -> LoadedImage | None:
+    """Read one image; record unreadable, non-finite or blank (constant) images as errors and
+    low-contrast ones as warnings. Returns the image when it could be read."""
     try:
         loaded = load_image(f)
     except ImageReadError as err:
         report.error(f, str(err).removeprefix(printable(f"{f}: ")))
-        return None, False
+        return None
     except Exception as err:  # a decoder failure is a bad file, never a crash
         report.error(f, f"cannot read the image ({type(err).__name__}: {err})")
-        return None, False
+        return None
     for note in loaded.notes:  # what the reader changed or ignored
         frame = " (its masks and annotation points must be in this displayed frame)"
         report.warn(f, note + (frame if "orientation tag" in note else ""))
+    if loaded.lossy:  # trains, but compression artefacts sit on the edges the masks outline
+        report.warn(f, "lossy (JPEG) image: prefer the PNG/TIFF/DICOM original if you have it")
     img = loaded.image
     if not np.all(np.isfinite(img)):
         report.error(f, "image contains NaN or infinite values")
-    elif float(img.max()) - float(img.min()) < 1e-6:
-        report.error(f, f"blank image: every pixel is {float(img.min()):.3g} (constant)")
-    return img.shape, loaded.spacing_mm is not None
+    elif (lo := float(img.min())) > (hi := float(img.max())) - 1e-6:
+        report.error(f, f"blank image: every pixel is {lo:.3g} (constant)")
+    elif hi - lo < MIN_USED_RANGE:
+        report.warn(f, f"uses only {100 * (hi - lo):.0f} % of its value range ({lo:.2f}-{hi:.2f} "
+                    "after the reader's scaling): the network sees it that flat (e.g. 12-bit data "
+                    "in a 16-bit file, or a DICOM without a window); store it windowed or "
+                    "stretched")
+    return loaded
 
 
 def _check_links(folder: Path, report: ValidationReport) -> None:
@@ -201,13 +269,11 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")
-        shape, has_spacing = None, False
+        loaded = None
         for f in files:
-            got, spacing = _check_image(f, report)
-            if got is not None:
-                shape, has_spacing = got, spacing
-        for bone in BONES:
-            _check_mask(mask_path(root, sample_id, bone), shape, report)
+            loaded = _check_image(f, report) or loaded
+        shape = None if loaded is None else loaded.image.shape
+        femur = [_check_mask(mask_path(root, sample_id, b), shape, report) for b in BONES][0]
         ann = annotation_path(root, sample_id)
         if ann.is_dir():
             report.error(ann, "a folder, not an annotation file")
@@ -216,7 +282,10 @@ def validate_dataset(root: str | Path) -> ValidationReport:
                 report.error(ann, "missing annotation for image " + files[0].name)
         else:
             name = files[0].name if len(files) == 1 else None
-            _check_annotation(ann, sample_id, name, shape, has_spacing, report)
+            has_spacing = loaded is not None and loaded.spacing_mm is not None
+            data = _check_annotation(ann, sample_id, name, shape, has_spacing, report)
+            if data is not None and loaded is not None and femur is not None and femur.any():
+                _check_anatomy(ann, files[0], data, loaded, femur, report)
     known_masks = {mask_path(root, i, b).name for i in images for b in BONES}
     if (root / "masks").is_dir():
         for p in sorted((root / "masks").iterdir()):

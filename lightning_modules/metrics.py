@@ -76,7 +76,7 @@ class ValidationMetrics(nn.Module):
     ``val/lm_err_px_median`` and ``val/lm_err_mm_median`` are the median over all scored
     landmarks of all images (the paper reports medians; sweeps optimise these).
     IoU is pooled over all validation pixels (torchmetrics ``MultilabelJaccardIndex``, sigmoid
-    probabilities thresholded at 0.5).
+    probabilities thresholded at 0.5); NaN for a bone absent from every mask and prediction.
     """
 
     def __init__(self, bones: tuple[str, ...] = BONES, landmarks: tuple[str, ...] = LANDMARKS,
@@ -85,7 +85,11 @@ class ValidationMetrics(nn.Module):
         self.codec = codec  # None: heat-maps at the input size (arg max needs no sigma)
         self.bones = tuple(bones)
         self.landmarks = tuple(landmarks)
-        self.iou = MultilabelJaccardIndex(num_labels=len(bones), average="none", threshold=0.5)
+        # a bone in no truth mask and never predicted has no IoU (NaN, as in
+        # geometry.segmentation_metrics and make evaluate), not 0: a model right to find no
+        # fibula scored 0 and pulled the mean down
+        self.iou = MultilabelJaccardIndex(num_labels=len(bones), average="none", threshold=0.5,
+                                          zero_division=float("nan"))
         self.err_px = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
         self.err_orig = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
         self.err_mm = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in landmarks)
@@ -120,7 +124,7 @@ class ValidationMetrics(nn.Module):
         iou = self.iou.compute()
         for name, v in zip(self.bones, iou.tolist(), strict=True):
             out[f"val/iou/{name}"] = v
-        out["val/iou_mean"] = float(iou.mean())
+        out["val/iou_mean"] = float(iou.nanmean())  # over the bones that were there to find
         groups = (("lm_err_px", self.err_px), ("lm_err_orig_px", self.err_orig),
                   ("lm_err_mm", self.err_mm))
         for key, metrics in groups:

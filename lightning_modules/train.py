@@ -480,12 +480,15 @@ def _existing(path: str | None) -> str | None:
 
 
 def _remove_if_empty(path: Path) -> None:
-    """Remove a run folder that holds nothing (a run refused before it wrote anything)."""
-    try:
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-    except OSError:
-        pass
+    """Remove a run folder that holds nothing (a run refused before it wrote anything), and
+    then its run-name folder when that is left empty too: a first run refused for its data
+    left an empty ``runs/<name>/`` that looked like a run had been made."""
+    for folder in (path, path.parent):
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:
+            return
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -215,3 +215,23 @@ def test_training_step_uses_fused_gradnorm_backward(tmp_path, monkeypatch):
     trainer.fit(module, datamodule=_tiny_datamodule())
     assert len(calls) == 2
     assert (module.gradnorm.weights - 1).abs().max() > 1e-3
+
+
+def test_a_bone_absent_everywhere_has_no_iou_not_zero():
+    """No fibula in any mask and none predicted: its IoU is undefined (NaN, as make evaluate's
+    geometry.segmentation_metrics says), and the mean is over the other bones. Before, 0."""
+    s = 8
+    seg = torch.zeros(1, 4, s, s)
+    seg[0, :3, 2:6, 2:6] = 1.0  # femur, patella, tibia present; fibula absent
+    logits = torch.where(seg > 0, 10.0, -10.0)
+    logits[0, 1, 2:6, 2:4] = -10.0  # patella: half found -> IoU 0.5
+    batch = {"seg": seg, "landmarks": torch.tensor([[[3.0, 3.0], [4.0, 4.0]]]),
+             "lm_visible": torch.tensor([[True, True]]), "frame": _frame(s, s, s),
+             "spacing": torch.tensor([[0.1, 0.1]])}
+    m = ValidationMetrics()
+    m.update({"seg": logits, "lm": torch.rand(1, 2, s, s)}, batch)
+    out = m.compute()
+    assert math.isnan(out["val/iou/fibula"])
+    assert out["val/iou/femur"] == pytest.approx(1.0)
+    assert out["val/iou/patella"] == pytest.approx(0.5)
+    assert out["val/iou_mean"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
