@@ -3,8 +3,9 @@
 :func:`read_checkpoint` loads a ``.ckpt`` with ``torch.load(weights_only=True)`` (tensors and
 plain containers only: a pickled object that would run code is refused, never executed) and
 turns every way a file can be wrong (missing, empty, a FIFO, random bytes, truncated, a plain
-``state_dict``, non-finite weights, a file or hyper-parameters beyond
-``lightning_modules.model_limits``) into one :class:`CheckpointError` line naming the file.
+``state_dict``, non-finite weights, tensors that are not stored values such as broadcast views or
+meta tensors, a file or hyper-parameters beyond ``lightning_modules.model_limits``) into one
+:class:`CheckpointError` line naming the file.
 :func:`check_architecture` compares a checkpoint's ``state_dict`` with a module's. Imports torch
 only, so the Lightning-free planning path (``planning.model_io``) uses the same reader as
 training (``lightning_modules.checkpoints``).
@@ -16,7 +17,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ from lightning_modules.model_limits import check_archive, check_file_size, check
 # stands in for it (this names a class, it runs no code) so that weights_only loading accepts it.
 _LIGHTNING_TYPES = ("lightning_fabric.utilities.data.AttributeDict",
                     "pytorch_lightning.utilities.parsing.AttributeDict")
+
+
+# torch.save's pre-1.6 format: a pickle protocol-2 header, then the pickled magic number
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class _AttributeDict(dict):
@@ -59,6 +65,73 @@ def _damaged_member(path: Path) -> str | None:
         return archive.testzip()
 
 
+def _is_legacy_torch_file(path: Path) -> bool:
+    """True when ``path`` starts like torch's pre-zip format (a pickled magic number), which
+    has no archive directory or CRCs for the checks here (a user's old file, not damage)."""
+    with path.open("rb") as f:
+        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+
+
+def _tensors(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor reachable from a loaded checkpoint, with where it sits (e.g.
+    ``state_dict.net.stem.conv.weight``). Iterative, and each container is visited once: a
+    pickle can nest lists 10^5 deep or hold one list twice at each of 100 levels (2^100 paths
+    from a few bytes)."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield where, item
+        elif isinstance(item, Mapping | list | tuple | set) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+            stack.extend((f"{where}.{str(k)[:80]}".lstrip(".")[:200], v) for k, v in pairs)
+
+
+def _tensor_problem(t: torch.Tensor) -> str | None:
+    """Why ``t`` is not a plain dense array of values a network could hold (None: it is)."""
+    if t.is_nested:
+        return "a nested tensor"
+    if t.layout != torch.strided:
+        return f"a {str(t.layout).replace('torch.', '')} tensor, not a dense one"
+    if t.is_quantized:
+        return (f"quantized ({str(t.dtype).replace('torch.', '')}): not supported, save the "
+                "float weights")
+    if t.is_meta:
+        return "a meta tensor (a shape without values)"
+    if t.is_floating_point() and t.dtype not in _FLOAT_DTYPES:
+        return f"{str(t.dtype).replace('torch.', '')}: not supported, save float16/32/64 weights"
+    room = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+    if t.numel() * t.element_size() > room:
+        return (f"a view of {tuple(t.shape)} values over {room} bytes of storage (overlapping "
+                "or broadcast strides), not saved weights")
+    return None
+
+
+def _check_tensors(path: Path, ckpt: Any, unpacked: int) -> None:
+    """Refuse tensors that are not dense arrays of stored values, and tensors holding more
+    bytes in all than the archive unpacks to (twice, for tied weights).
+
+    A view with zero strides holds as many values as it likes over one stored number: a
+    50 000 x 50 000 view in a 200 kB file took 17 GB and 41 s to check for NaN and cast (fourth
+    fuzz round), and 200 of them never finished. Saved weights never overlap themselves, and
+    together hold about what the file unpacks to.
+    """
+    total = 0
+    for where, t in _tensors(ckpt):
+        problem = _tensor_problem(t)
+        if problem:
+            what = where.removeprefix("state_dict.")
+            raise CheckpointError(f"{path}: {'weight' if what != where else 'tensor'} "
+                                  f"{what[:80]!r} is {problem}")
+        total += t.numel() * t.element_size()
+        if total > 2 * unpacked:
+            raise CheckpointError(f"{path}: its tensors hold at least {total / 1024**2:.0f} MB, "
+                                  f"more than twice the {unpacked / 1024**2:.0f} MB its archive "
+                                  "unpacks to (views sharing their storage), not saved weights")
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     require_lightning: bool = True) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True``; raise :class:`CheckpointError` on any problem.
@@ -67,24 +140,32 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     ``hyper_parameters``), not a bare ``state_dict``. Non-finite weights are refused too.
     """
     path = Path(path)
-    if not path.exists():
-        raise MissingCheckpointError(f"{path}: no such checkpoint file (does not exist)")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
-    try:
+    try:  # (a folder on the way that may not be searched raises, not answers False)
+        if not path.exists():
+            raise MissingCheckpointError(f"{path}: no such checkpoint file (does not exist)")
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
+        # is_zipfile answers False for a file it may not read: the header read says why
         is_zip = zipfile.is_zipfile(path)
+        legacy = not is_zip and _is_legacy_torch_file(path)
+    except CheckpointError:  # (MissingCheckpointError is an OSError too)
+        raise
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({_first_line(err)})") from None
     if not is_zip:  # torch.save writes a zip archive; its directory sits at the very end
+        if legacy:
+            raise CheckpointError(f"{path}: a legacy torch file (torch.save before 1.6, or "
+                                  "_use_new_zipfile_serialization=False): not supported; load it "
+                                  "with torch.load(weights_only=True) and save it again")
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a file "
                               "written by torch.save (no complete zip archive)")
     try:  # before anything is unpacked: a huge file or a decompression bomb is refused
         check_file_size(path)
-        check_archive(path)
+        unpacked = check_archive(path)
         damaged = _damaged_member(path)
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError,
             NotImplementedError) as err:  # also encrypted or oddly compressed members
@@ -138,15 +219,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: its state_dict is a {type(state).__name__}, not a "
                               "mapping of weight names to tensors")
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
-            raise CheckpointError(f"{path}: weight {str(name)[:80]!r} is a "
-                                  f"{str(value.layout).replace('torch.', '')} tensor, not a "
-                                  "dense one")
-        if isinstance(value, torch.Tensor) and value.is_quantized:
-            raise CheckpointError(f"{path}: weight {str(name)[:80]!r} is quantized "
-                                  f"({str(value.dtype).replace('torch.', '')}): not supported, "
-                                  "save the float weights")
+    if not all(isinstance(name, str) for name in state):
+        name = next(n for n in state if not isinstance(n, str))
+        raise CheckpointError(f"{path}: its state_dict has a key of type "
+                              f"{type(name).__name__} ({name!r:.40}), not a weight name")
+    _check_tensors(path, ckpt, unpacked)
     bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(
@@ -167,17 +244,28 @@ def module_is_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def mistyped_weights(state: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of ``state``'s tensors that are integer, bool or complex where the network's
+    (``own``, a module's ``state_dict``) are floating point: torch casts them silently when
+    copying (int weights ran as a rounded network) or fails in a message of several lines."""
+    return [k for k, v in own.items() if v.is_floating_point()
+            and isinstance(state.get(k), torch.Tensor) and not state[k].is_floating_point()]
+
+
 def check_architecture(path: str | Path, state: Mapping[str, Any],
                        module: torch.nn.Module) -> None:
-    """Raise :class:`CheckpointError` when ``state`` does not fit ``module`` (names and shapes)."""
+    """Raise :class:`CheckpointError` when ``state`` does not fit ``module`` (names, shapes, and
+    number kinds: see :func:`mistyped_weights`)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and isinstance(state[k], torch.Tensor)
               and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shapes:
+    types = mistyped_weights(state, own)
+    if missing or extra or shapes or types:
         detail = (f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} of another "
-                  f"shape" + (f", e.g. {(missing + extra + shapes)[0]}"))
+                  f"shape, {len(types)} not floating point"
+                  + (f", e.g. {(missing + extra + shapes + types)[0]}"))
         raise CheckpointError(
             f"{path}: written for another network architecture than the configured one "
             f"({detail})")

@@ -61,6 +61,9 @@ MAX_TENSOR_ELEMENTS = 2**26  # any tensor at batch 1 (256 MB of float32, 1 GB at
 # all node outputs at batch 1 together, a bound on work and on memory even if every tensor
 # stayed alive (8 GB of float32); the paper network at 256 px: 2.3e8
 MAX_TOTAL_ELEMENTS = 2**31
+# a node computed from constants alone (folded by ONNX Runtime at load and kept) may output
+# more values than its largest input only up to this (ours: shape vectors of 4 values)
+MAX_FOLDED_ELEMENTS = 2**16
 MAX_GRAPH_FLOP = 2 * 10**11  # convolutions and pooling at batch 1 (the paper network: 3.1e10
 # at 256 px, 1.2e11 at 512); a plan runs it up to ~10 times (TTA, a second look)
 
@@ -95,9 +98,25 @@ def check_file_size(path: str | Path, limit: int | None = None) -> None:
                          " MB a model file may have")
 
 
-def check_archive(path: str | Path, limit: int | None = None) -> None:
-    """ValueError when the zip archive ``path`` (a ``torch.save`` file) unpacks to more than
-    ``limit`` bytes (default ``MAX_MODEL_BYTES``) or holds more than 100 000 entries (a
+def model_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` (``--ckpt``) cannot be a model file, before it is opened (None: it may be
+    one): missing (a dangling or looping link named as such), a folder, a pipe, too large."""
+    p = Path(path)
+    try:  # (a folder on the way that may not be searched raises, not answers False)
+        if not p.exists():
+            link = " (a symbolic link to nothing, or a loop)" if p.is_symlink() else ""
+            return f"checkpoint {path} does not exist{link}"
+        check_file_size(p)
+    except OSError as err:
+        return f"{path}: cannot read ({err.strerror or err})"
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def check_archive(path: str | Path, limit: int | None = None) -> int:
+    """The bytes the zip archive ``path`` (a ``torch.save`` file) unpacks to; ValueError when
+    more than ``limit`` (default ``MAX_MODEL_BYTES``) or more than 100 000 entries (a
     decompression bomb)."""
     limit = MAX_MODEL_BYTES if limit is None else limit
     with zipfile.ZipFile(path) as archive:
@@ -111,6 +130,7 @@ def check_archive(path: str | Path, limit: int | None = None) -> None:
         raise ValueError(f"{path}: {pickled / 1024**2:.0f} MB of pickled structure besides the "
                          f"tensors, more than the {MAX_PICKLE_BYTES / 1024**2:.0f} MB a model "
                          "may have")
+    return total
 
 
 def check_codec(source: str | Path, codec: Any) -> None:

@@ -488,8 +488,10 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        if not Path(ckpt).is_file():
-            print(f"evaluate: checkpoint {ckpt} does not exist", file=sys.stderr)
+        from lightning_modules.model_limits import model_file_problem
+
+        if problem := model_file_problem(ckpt):  # before a pipe blocks or a folder is read
+            print(f"evaluate: error: {problem}", file=sys.stderr)
             return 2
         from planning.predict import load_predictor  # no Lightning (planning.model_io)
 
@@ -497,7 +499,8 @@ def _run(args: argparse.Namespace) -> int:
             module = load_predictor(ckpt, device=args.device)
         except Exception as err:  # a broken checkpoint is a usage error, not a crash
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            print(f"evaluate: cannot load checkpoint {ckpt}: {first}", file=sys.stderr)
+            where = "" if str(ckpt) in first else f"{ckpt}: "  # the reader's lines name it
+            print(f"evaluate: error: cannot load checkpoint {where}{first}", file=sys.stderr)
             return 2
         name = Path(ckpt).stem
         print(f"checkpoint: {ckpt}")

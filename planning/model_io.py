@@ -28,7 +28,11 @@ import torch
 
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
-from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+from lightning_modules.checkpoint_file import (
+    CheckpointError,
+    mistyped_weights,
+    read_checkpoint,
+)
 from lightning_modules.model_limits import (
     MAX_GRAPH_FLOP,
     MAX_TOTAL_ELEMENTS,
@@ -105,16 +109,18 @@ def _config_sigma(config_yaml: Any) -> float | None:
     return None if isinstance(sigma, bool) or not isinstance(sigma, int | float) else float(sigma)
 
 
-def _float32_weights(path: Path, weights: dict[str, Any]) -> dict[str, Any]:
+def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module
+                     ) -> dict[str, Any]:
     """Floating weights as float32 (half/double checkpoints are common and plan the same);
-    complex ones are refused (sparse ones already are, by ``read_checkpoint``)."""
-    out = {}
-    for name, t in weights.items():
-        if isinstance(t, torch.Tensor) and t.is_complex():
-            raise CheckpointError(f"{path}: weight {name[:80]!r} is {t.dtype}: not a real "
-                                  "network")
-        out[name] = t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-    return out
+    integer, bool or complex ones where ``net`` has floating weights are refused (sparse ones
+    already are, by ``read_checkpoint``)."""
+    wrong = mistyped_weights(weights, net.state_dict())
+    if wrong:
+        raise CheckpointError(f"{path}: weight {wrong[0][:80]!r} holds "
+                              f"{str(weights[wrong[0]].dtype).replace('torch.', '')} values: not "
+                              "a network (its weights are real floating-point numbers)")
+    return {name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for name, t in weights.items()}
 
 
 def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float:
@@ -200,7 +206,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except (RuntimeError, TypeError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{p}: cannot build its network ({first[:200]})") from err
-    weights = _float32_weights(p, weights)
+    if ckpt["state_dict"] and not weights:  # e.g. another project's, or saved around `net`
+        first = str(next(iter(ckpt["state_dict"])))
+        raise CheckpointError(f"{p}: holds no {_NET_PREFIX}* weights (the first is named "
+                              f"{first[:80]!r}): not a checkpoint of a kneeplan network")
+    weights = _float32_weights(p, weights, net)
     check_compute(p, net, hp, int(hp.get("image_size", 256)))
     try:
         net.load_state_dict(weights, strict=True, assign=True)

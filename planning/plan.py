@@ -386,15 +386,9 @@ def _error(message: str) -> None:
 
 def _model_file_problem(path: Path) -> str | None:
     """Why ``--ckpt`` cannot be a model file before it is opened (None: it may be one)."""
-    from lightning_modules.model_limits import check_file_size
+    from lightning_modules.model_limits import model_file_problem
 
-    if not path.exists():
-        return f"checkpoint {path} does not exist"
-    try:
-        check_file_size(path)  # a folder, a pipe or device, or larger than any model
-    except ValueError as err:
-        return str(err)
-    return None
+    return model_file_problem(path)  # missing, a folder, a pipe or device, or too large
 
 
 def _out_problem(out: Path) -> str | None:
