@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from lightning_modules.shgn import final_maps
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
-from planning.predict import INPUT_NAME, OUTPUT_NAMES, export_meta_path, graph_sha256
+from planning.predict import (
+    EXPORT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    export_meta_path,
+    graph_sha256,
+)
 
 DEFAULT_OPSET = 18
 
@@ -66,7 +72,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
         )  # fmt: skip
     meta = {
         "format": "kneeplan-onnx",
-        "version": 1,
+        "version": EXPORT_VERSION,
         "input_name": INPUT_NAME,
         "input_size": s,
         "codec": model.codec.to_dict(),

@@ -46,6 +46,7 @@ from planning.onnx_graph import check_onnx_graph
 # exported model outputs, in this order, with their channels (lm_prev: the second-to-last
 # hourglass's landmarks, optional)
 OUTPUT_CHANNELS = {**TASKS, "lm_prev": TASKS["lm"]}
+EXPORT_VERSION = 1  # layout of the description planning/export.py writes
 OUTPUT_NAMES = tuple(OUTPUT_CHANNELS)
 INPUT_NAME = "image"
 
@@ -215,6 +216,9 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict) or meta.get("format") != "kneeplan-onnx":
             raise ValueError("not a kneeplan export description")
+        if meta.get("version", EXPORT_VERSION) != EXPORT_VERSION:  # a later layout: unknown
+            raise ValueError(f"description version {meta.get('version')!r:.20}; this kneeplan "
+                             f"reads version {EXPORT_VERSION} (export the checkpoint again)")
         for key in ("input_size", "codec", "outputs", "tasks"):
             if key not in meta:
                 raise ValueError(f"missing {key!r}")
@@ -239,6 +243,13 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
         if not (isinstance(tasks, list) and len(tasks) <= 64
                 and all(isinstance(t, str) for t in tasks)):
             raise ValueError("'tasks' must be a list of up to 64 names")
+        channels = meta.get("task_channels", TASKS)  # planning reads seg, lm, roi by name
+        if not isinstance(channels, dict):
+            raise ValueError("'task_channels' must map task names to channel counts")
+        for task, count in TASKS.items():
+            if channels.get(task) != count:
+                raise ValueError(f"'task_channels' gives {task} {channels.get(task)!r:.20} "
+                                 f"channels; planning needs {count}")
     except (OSError, ValueError, RecursionError) as err:
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise ValueError(f"{meta_path}: cannot use the exported model's description ({first})"

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -301,3 +302,27 @@ def test_an_unreadable_checkpoint_says_so(tmp_path_factory, request):
     assert lines[0] == "None" and "cannot read ([Errno 13] Permission denied" in lines[1]
     assert lines[2] == f"{locked_dir}: cannot read (Permission denied)"
     assert "cannot read ([Errno 13] Permission denied" in lines[3]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"version": 2}, "description version 2; this kneeplan reads version 1"),
+    ({"version": "1"}, "description version '1'"),
+    ({"task_channels": {"seg": 4, "lm": 3, "roi": 1}}, "gives lm 3 channels; planning needs 2"),
+    ({"task_channels": {"seg": 4, "lm": 2}}, "gives roi None channels"),
+    ({"task_channels": [4, 2, 1]}, "'task_channels' must map task names"),
+])
+def test_export_description_contradicting_planning_is_refused(tmp_path_factory, tmp_path,
+                                                              change, words):
+    """A description from a later layout, or whose channel counts are not the ones planning
+    reads, is refused (the run-time channel check alone would blame the graph)."""
+    from planning.predict import read_export_meta
+
+    model = exported_tiny_model(tmp_path_factory)
+    onnx = tmp_path / "m.onnx"
+    shutil.copy(model, onnx)
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert read_export_meta(model)["version"] == 1  # what make export writes passes
+    onnx.with_suffix(".json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(ValueError, match="cannot use the exported model's description") as err:
+        read_export_meta(onnx)
+    assert words in str(err.value) and "\n" not in str(err.value)
