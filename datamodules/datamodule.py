@@ -74,6 +74,20 @@ def seeded_split(ids: list[str], val_fraction: float, seed: int) -> tuple[list[s
     return train, val
 
 
+def folder_split(
+    data_root: str | Path, split_file: str | Path | None, val_fraction: float, seed: int
+) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) ids of a dataset folder: the split file's lists, else the seeded
+    split (no test ids). Training uses it, and ``make evaluate`` to tell a checkpoint's own
+    training images."""
+    ids = list_ids(data_root)
+    if split_file:
+        split = read_split_file(split_file, ids)
+        return split["train"], split["val"], split["test"]
+    train, val = seeded_split(ids, val_fraction, seed)
+    return train, val, []
+
+
 def read_split_file(path: str | Path, available: list[str]) -> dict[str, list[str]]:
     """Read and check a split JSON against the ids present; errors (SplitError) name the file.
 
@@ -259,12 +273,8 @@ class KneeDataModule(pl.LightningDataModule):
             self.train_set = self._phantoms("train", self.num_train)
             self.val_set = self._phantoms("val", self.num_val)
         else:
-            ids = list_ids(self.data_root)
-            if self.split_file:
-                split = read_split_file(self.split_file, ids)
-                train, val, split_test = split["train"], split["val"], split["test"]
-            else:
-                train, val = seeded_split(ids, self.val_fraction, self.seed)
+            train, val, split_test = folder_split(self.data_root, self.split_file,
+                                                  self.val_fraction, self.seed)
             if train and not val:  # e.g. a one-image dataset: validate on the training images
                 log.warning("dataset %s: the split leaves no validation image; validating on "
                             "the training images", self.data_root)

@@ -31,7 +31,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,15 +216,41 @@ def phantom_samples(n: int, seed: int, config: Any = None) -> Iterator[Sample]:
         yield generate_phantom(seed + i, cfg)
 
 
-def dataset_samples(root: str | Path) -> Iterator[Sample]:
-    """Every sample of a dataset folder, in id order."""
+def dataset_samples(root: str | Path, skip: Collection[str] = ()) -> Iterator[Sample]:
+    """Every sample of a dataset folder but the ids in ``skip``, in id order."""
     from datamodules.dataset_io import image_files, read_sample
 
     files = image_files(root)
     if not files:
         raise SystemExit(f"evaluate: no images found in {Path(root) / 'images'}")
-    for sid in sorted(files):
+    for sid in sorted(set(files) - set(skip)):
         yield read_sample(root, sid, files)
+
+
+def training_ids(training: dict[str, Any], data_root: str | Path) -> tuple[list[str], str]:
+    """The ids of ``data_root`` a checkpoint trained on (``training``: its
+    ``planning.model_io.training_data``) and how that is known ("" when it trained elsewhere
+    or on phantoms). ValueError when it trained on this folder but its split cannot be rebuilt
+    (a split file gone, settings missing)."""
+    from datamodules.datamodule import folder_split
+
+    root = training.get("data_root")
+    if root is None or Path(root).resolve() != Path(data_root).resolve():
+        return [], ""
+    if training.get("split_file"):
+        how = f"its split file {training['split_file']}"
+    elif "val_fraction" in training and "seed" in training:
+        how = (f"its seeded split, val_fraction {training['val_fraction']:g}, "
+               f"seed {training['seed']}")
+    else:
+        raise ValueError("the checkpoint does not record how it split this folder")
+    try:
+        train, _, _ = folder_split(data_root, training.get("split_file"),
+                                   float(training.get("val_fraction", 0.0)),
+                                   int(training.get("seed", 0)))
+    except Exception as err:  # noqa: BLE001 (a split file gone or changed: say so, go on)
+        raise ValueError(f"cannot rebuild {how} ({str(err).splitlines()[0][:200]})") from None
+    return train, how
 
 
 @dataclass
@@ -416,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle", action="store_true", help="ground-truth maps instead of predictions"
     )
     p.add_argument("--data-root", type=Path, help="dataset folder (default: phantom test set)")
+    p.add_argument("--held-out", action="store_true",
+                   help="with --data-root the folder the checkpoint trained on: leave its "
+                        "training images out (its validation/test images remain)")
     p.add_argument("--out", type=Path, help="output folder (default runs/evaluate/<name>)")
     p.add_argument("--subset", type=Path, help="file of image ids (one per line) for Table 2")
     p.add_argument("--n-phantoms", type=int, default=DEFAULT_N_PHANTOMS)
@@ -471,7 +500,44 @@ def _gallery(n: int, seed: int) -> Any:
     return Gallery(n, seed=seed) if n > 0 else None
 
 
+def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
+    """Ids to leave out of ``--data-root``: the checkpoint's training images with
+    ``--held-out``, else none, with a warning when some were (None: --held-out cannot tell)."""
+    training = getattr(module, "training_data", None) or {}
+    try:
+        train, how = training_ids(training, args.data_root)
+    except ValueError as err:
+        if args.held_out:
+            print(f"evaluate: error: --held-out: {args.data_root} is the folder the checkpoint "
+                  f"trained on, but {err}", file=sys.stderr)
+            return None
+        print(f"evaluate: warning: {args.data_root} is the folder the checkpoint trained on and "
+              f"{err}: some images may be training images", file=sys.stderr)
+        return []
+    if args.held_out:
+        if not how:
+            print(f"evaluate: error: --held-out: the checkpoint did not train on "
+                  f"{args.data_root} (nothing to leave out)", file=sys.stderr)
+            return None
+        from datamodules.dataset_io import list_ids
+
+        if set(train) >= set(list_ids(args.data_root)):
+            print(f"evaluate: error: --held-out: every image of {args.data_root} was a training "
+                  "image of the checkpoint", file=sys.stderr)
+            return None
+        return train
+    if train:  # (ids of this folder: the split was rebuilt from it)
+        print(f"evaluate: warning: {len(train)} images of {args.data_root} are this "
+              f"checkpoint's training images ({how}): their errors are not held-out; pass "
+              "--held-out to leave them out", file=sys.stderr)
+    return []
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.held_out and (args.data_root is None or args.oracle):
+        print("evaluate: error: --held-out needs --data-root and a checkpoint (it leaves out "
+              "the checkpoint's training images of that folder)", file=sys.stderr)
+        return 2
     try:
         review_config = ReviewConfig.load(args.review_config)
         check_sphere_diameter(args.sphere_mm)
@@ -510,8 +576,12 @@ def _run(args: argparse.Namespace) -> int:
         if not (args.data_root / "images").is_dir():
             print(f"evaluate: {args.data_root} has no images/ folder", file=sys.stderr)
             return 2
-        samples: Any = dataset_samples(args.data_root)
-        print(f"test set: {args.data_root}")
+        skip = _training_images(args, module)
+        if skip is None:
+            return 2
+        samples: Any = dataset_samples(args.data_root, skip)
+        print(f"test set: {args.data_root}" + (f" without its {len(skip)} training images"
+                                               if skip else ""))
     else:
         from datamodules.phantoms import PhantomConfig
 

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class LoadedModel:
     codec: HeatmapCodec
     hparams: dict[str, Any]
     path: Path
+    data: dict[str, Any] = field(default_factory=dict)  # training_data(): where it trained
 
 
 def build_network(hparams: dict[str, Any]) -> MultiTaskSHGN:
@@ -237,4 +238,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     net.eval().to(device)
-    return LoadedModel(net, int(hp.get("image_size", 256)), codec, hp, p)
+    return LoadedModel(net, int(hp.get("image_size", 256)), codec, hp, p, training_data(ckpt))
+
+
+def training_data(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a checkpoint trained with (``data_root``, ``split_file``,
+    ``val_fraction``, ``seed``; plain values only, anything else dropped): which images of a
+    folder were its training images."""
+    data = ckpt.get("datamodule_hyper_parameters")
+    if not isinstance(data, dict):
+        return {}
+    kinds = {"data_root": str, "split_file": str, "val_fraction": int | float, "seed": int}
+    return {k: data[k] for k, kind in kinds.items()
+            if isinstance(data.get(k), kind) and not isinstance(data.get(k), bool)
+            and len(str(data[k])) <= 4096}

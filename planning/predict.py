@@ -120,8 +120,10 @@ class Predictor(Protocol):
 class TorchPredictor:
     """A plain ``MultiTaskSHGN`` (from ``planning.model_io``) behind the ``Predictor`` protocol."""
 
-    def __init__(self, net: Any, image_size: int, codec: HeatmapCodec, device: str = "cpu"):
+    def __init__(self, net: Any, image_size: int, codec: HeatmapCodec, device: str = "cpu",
+                 training_data: dict[str, Any] | None = None):
         self.net, self.image_size, self.codec, self.device = net, int(image_size), codec, device
+        self.training_data = training_data or {}  # planning.model_io.training_data
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
@@ -129,7 +131,7 @@ class TorchPredictor:
         from planning.model_io import load_checkpoint
 
         m = load_checkpoint(path, device=device)
-        return cls(m.net, m.image_size, m.codec, device)
+        return cls(m.net, m.image_size, m.codec, device, m.data)
 
     def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Final (and second-to-last) hourglass maps of ``x`` (B, 1, S, S)."""

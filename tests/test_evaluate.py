@@ -194,3 +194,43 @@ def test_cli_without_checkpoint_or_data_fails_cleanly(tmp_path, monkeypatch, cap
     assert main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     assert main(["--oracle", "--data-root", str(tmp_path)]) == 2
     assert "no images/ folder" in capsys.readouterr().err
+
+
+def test_evaluate_knows_the_checkpoints_own_training_images(tmp_path, capsys):
+    """Evaluated on the folder it trained on, the checkpoint's training images are named
+    (warning) or left out (``--held-out``: only its validation images remain, rebuilt by the
+    same seeded split as training); on another folder, nothing is left out."""
+    from datamodules.datamodule import seeded_split
+    from lightning_modules import train
+    from planning.evaluate import main
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    cfg = PhantomConfig(min_side=160, max_side=200)
+    for i in range(5):
+        write_sample(data, generate_phantom(300 + i, cfg))
+    write_sample(other, generate_phantom(400, cfg))
+    train.fit(["--config", str(Path(__file__).parents[1] / "configs" / "tiny.yaml"),
+               "--data.data_root", str(data), "--data.val_fraction", "0.4",
+               "--data.seed", "7", "--run.root", str(tmp_path / "runs"),
+               "--trainer.max_epochs=1", "--run.val_images=0"])
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    ids = sorted(p.stem for p in (data / "images").iterdir())
+    train_ids, val_ids = seeded_split(ids, 0.4, 7)
+    common = ["--ckpt", str(ckpt), "--tta", "0", "--n-boot", "10", "--gallery", "0"]
+    capsys.readouterr()
+    assert main([*common, "--data-root", str(data), "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr()
+    assert f"{len(train_ids)} images of {data} are this checkpoint's training images" in out.err
+    assert "seed 7" in out.err
+    rows = list(csv.DictReader((tmp_path / "all" / "per_image.csv").open()))
+    assert sorted(r["id"] for r in rows) == ids
+    assert main([*common, "--data-root", str(data), "--held-out",
+                 "--out", str(tmp_path / "held")]) == 0
+    rows = list(csv.DictReader((tmp_path / "held" / "per_image.csv").open()))
+    assert sorted(r["id"] for r in rows) == sorted(val_ids) and len(val_ids) == 2
+    capsys.readouterr()
+    assert main([*common, "--data-root", str(other), "--out", str(tmp_path / "o")]) == 0
+    assert "training images" not in capsys.readouterr().err
+    assert main([*common, "--data-root", str(other), "--held-out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not train on" in err
