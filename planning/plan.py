@@ -384,13 +384,6 @@ def _error(message: str) -> None:
     print(f"plan: error: {printable(message)}", file=sys.stderr)
 
 
-def _model_file_problem(path: Path) -> str | None:
-    """Why ``--ckpt`` cannot be a model file before it is opened (None: it may be one)."""
-    from lightning_modules.model_limits import model_file_problem
-
-    return model_file_problem(path)  # missing, a folder, a pipe or device, or too large
-
-
 def _out_problem(out: Path) -> str | None:
     """Why the plans cannot be written into ``--out`` (None: they can; the folder now exists)."""
     if out.exists() and not out.is_dir():
@@ -444,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.image.strip():
         _error("--image is empty: give an image file, a folder or a quoted glob")
         return 2
-    if problem := _model_file_problem(args.ckpt):
+    from lightning_modules.model_limits import model_file_problem
+
+    if problem := model_file_problem(args.ckpt):  # missing, a folder, a pipe, too large
         _error(problem)
         return 2
     try:
