@@ -503,9 +503,13 @@ def _gallery(n: int, seed: int) -> Any:
 def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
     """Ids to leave out of ``--data-root``: the checkpoint's training images with
     ``--held-out``, else none, with a warning when some were (None: --held-out cannot tell)."""
-    training = getattr(module, "training_data", None) or {}
+    training = getattr(module, "training_data", None)
+    if training is None and args.held_out:
+        print(f"evaluate: error: --held-out needs a checkpoint (.ckpt): {args.ckpt} does not "
+              "record the data it trained on", file=sys.stderr)
+        return None
     try:
-        train, how = training_ids(training, args.data_root)
+        train, how = training_ids(training or {}, args.data_root)
     except ValueError as err:
         if args.held_out:
             print(f"evaluate: error: --held-out: {args.data_root} is the folder the checkpoint "

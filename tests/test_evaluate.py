@@ -234,3 +234,16 @@ def test_evaluate_knows_the_checkpoints_own_training_images(tmp_path, capsys):
     assert main([*common, "--data-root", str(other), "--held-out"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did not train on" in err
+
+
+def test_held_out_with_an_export_says_it_cannot_tell(tmp_path_factory, tmp_path, capsys):
+    from model_files import exported_tiny_model
+
+    from planning.evaluate import main
+
+    write_sample(tmp_path / "d", generate_phantom(401, PhantomConfig(min_side=160, max_side=200)))
+    onnx = exported_tiny_model(tmp_path_factory)
+    assert main(["--ckpt", str(onnx), "--data-root", str(tmp_path / "d"), "--held-out",
+                 "--tta", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs a checkpoint (.ckpt)" in err
