@@ -8,7 +8,9 @@ A network answers every input, so "is this a lateral knee at all?" must be asked
 - the radiograph under the predicted femur: bone is brighter than the soft tissue next to it, and
   is not predicted over saturated (metal, burnt-out) or unexposed regions;
 - where the plan's points lie along the femur: the landmarks and the Schoettle point belong to
-  the distal femur, not to the shaft.
+  the distal femur, not to the shaft;
+- what lies under the plan's points (:func:`point_saturation`): not metal or burnt-out pixels,
+  where the contours they mark cannot be seen.
 
 :func:`knee_evidence` measures; ``planning.review`` compares with the thresholds of
 ``configs/review.yaml``. Masks are analysed on a copy downscaled to at most ``MAX_SIDE`` px.
@@ -173,6 +175,35 @@ def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, floa
     vals, img = small[bones[0]], small
     contrast = float((np.median(vals) - np.median(img[ring])) / span)
     return contrast, saturated, unexposed
+
+
+def point_saturation(
+    image: np.ndarray,
+    point: np.ndarray,
+    radius_px: float,
+    value_range: tuple[float, float] | None = None,
+) -> float:
+    """Fraction of the disc of ``radius_px`` around ``point`` (x, y) that lies on saturated
+    pixels (the image's top 2 % of its range, as for ``saturated_fraction``): metal (an implant,
+    a plate, a screw, a calibration sphere, a marker) or a burnt-out region over the point, where
+    the contours a landmark marks cannot be seen. NaN: the point is not finite or off the image.
+    ``value_range``: the image's (min, max), when the caller has it (several points, one image).
+    """
+    img = np.asarray(image)
+    x, y = (float(v) for v in np.asarray(point, np.float64)[:2])
+    h, w = img.shape[:2]
+    if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x < w and 0 <= y < h):
+        return float("nan")
+    r = max(float(radius_px), 1.0)
+    x0, x1 = max(0, int(np.floor(x - r))), min(w, int(np.ceil(x + r)) + 1)
+    y0, y1 = max(0, int(np.floor(y - r))), min(h, int(np.ceil(y + r)) + 1)
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    disc = (xs - x) ** 2 + (ys - y) ** 2 <= r * r
+    if not disc.any():
+        return float("nan")
+    bottom, top = value_range if value_range is not None else (float(img.min()), float(img.max()))
+    span = max(top - bottom, 1e-6)
+    return float(np.mean(img[y0:y1, x0:x1][disc] >= top - 0.02 * span))
 
 
 def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:

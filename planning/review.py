@@ -12,7 +12,8 @@ a well-trained model whose heat-map peaks are high everywhere, so peaks are one 
 - the anatomy (``planning.ood``): landmarks and the Schoettle point on the predicted femur AND in
   its distal part; LM1 parallel to the femoral shaft; the femur one elongated piece with
   condyles, shaft up; tibia distal; a patella, not lying on the femur (AP view); bone
-  brighter than the tissue around it and not predicted over saturated or unexposed pixels;
+  brighter than the tissue around it and not predicted over saturated or unexposed pixels; no
+  landmark or Schoettle point on metal or burnt-out pixels;
 - the model's own uncertainty (``planning.tta``): test-time-augmentation spread of each point,
   augmented plans that fail, disagreement of the last two hourglasses;
 - the pixel spacing: the resolver's reasons (unknown, disagreeing with the anatomy, ...).
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
-from planning.ood import KneeEvidence, knee_evidence
+from planning.ood import KneeEvidence, knee_evidence, point_saturation
 from planning.tta import Uncertainty
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
@@ -67,6 +68,8 @@ class ReviewConfig:
     min_bone_contrast: float = 0.02
     max_saturated: float = 0.5
     max_unexposed: float = 0.2
+    max_point_saturated: float = 0.3
+    point_saturation_radius_mm: float = 3.0
     max_landmark_spread_mm: float = 3.0
     max_schoettle_spread_mm: float = 2.5
     max_tta_failures: float = 0.25
@@ -286,6 +289,8 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
+    if ctx.image is not None:
+        out += _points_on_saturation(plan, ctx, mmpp)
     for name, p in _points(plan):
         x, y = int(round(float(p[0]))), int(round(float(p[1])))
         if not (0 <= x < femur.shape[1] and 0 <= y < femur.shape[0]):
@@ -300,6 +305,30 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
             out.append(Reason("not_distal", f"{name} lies {from_end:.0f} mm up the femur from its "
                               f"distal end (> {cfg.max_from_distal_end_mm:g} mm)"))
     return out
+
+
+def _points_on_saturation(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
+    """A landmark or the Schoettle point on metal or burnt-out pixels (``point_saturation``): the
+    anatomy there cannot be seen, so the point is the network's guess (round 5: a metal disc over
+    the posterior condyle was planned 14 mm off, caught only by a TTA spread just over its
+    limit). Its code is ``saturated``, as for the femur over saturated pixels: the same evidence
+    (metal or burnt out), here under the points rather than under the whole femur."""
+    cfg = ctx.config
+    image = np.asarray(ctx.image)
+    if image.ndim != 2 or image.size == 0:
+        return []
+    radius_px = cfg.point_saturation_radius_mm / max(mmpp, 1e-9)
+    value_range = (float(image.min()), float(image.max()))
+    worst, where = 0.0, ""
+    for name, p in _points(plan):
+        frac = point_saturation(image, p, radius_px, value_range)
+        if np.isfinite(frac) and frac > worst:
+            worst, where = frac, name
+    if worst > cfg.max_point_saturated:
+        return [Reason("saturated", f"{worst:.0%} of the {cfg.point_saturation_radius_mm:g} "
+                       f"mm around {where} is saturated (metal or burnt out, > "
+                       f"{cfg.max_point_saturated:.0%}): the anatomy there is not visible")]
+    return []
 
 
 def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
