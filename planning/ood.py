@@ -148,6 +148,15 @@ def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
     )
 
 
+EXTREME = 0.02  # the top (saturated) and bottom (unexposed) 2 % of an image's own range
+
+
+def saturation_level(bottom: float, top: float) -> float:
+    """The value from which a pixel of an image spanning ``bottom..top`` counts as saturated
+    (metal, burnt out): its top ``EXTREME`` of the range (the femur check and the points')."""
+    return top - EXTREME * max(top - bottom, 1e-6)
+
+
 def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, float]:
     """(bone contrast, saturated fraction, unexposed fraction) of the image under the femur."""
     img = image.astype(np.float32)
@@ -157,8 +166,8 @@ def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, floa
         return float("nan"), float("nan"), float("nan")
     top, bottom = float(img.max()), float(img.min())
     span = max(top - bottom, 1e-6)
-    saturated = float(np.mean(vals >= top - 0.02 * span))
-    unexposed = float(np.mean(vals <= bottom + 0.02 * span))
+    saturated = float(np.mean(vals >= saturation_level(bottom, top)))
+    unexposed = float(np.mean(vals <= bottom + EXTREME * span))
     # the soft tissue around the femur: a ring of 3 % of the image side, on a downscaled copy
     h, w = img.shape
     f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
@@ -202,8 +211,7 @@ def point_saturation(
     if not disc.any():
         return float("nan")
     bottom, top = value_range if value_range is not None else (float(img.min()), float(img.max()))
-    span = max(top - bottom, 1e-6)
-    return float(np.mean(img[y0:y1, x0:x1][disc] >= top - 0.02 * span))
+    return float(np.mean(img[y0:y1, x0:x1][disc] >= saturation_level(bottom, top)))
 
 
 def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
