@@ -21,7 +21,8 @@ Paper configuration (``MultiTaskSHGN()``: C_in=1, C1=64, C2=128, C*=256, L=4, de
 seg 4 / lm 2 / roi 1, head width 128, skips/refinement 16): 12,991,720 parameters, ~31.7 GFLOP
 per 1x256x256 forward. The CPU speed tricks live beside it: ``instance_norm.py`` (instance norm
 by the group-norm kernel), ``inference_ops.py`` (pooling, nearest and residual adds),
-``fast_upsample.py`` (bilinear adjoint); the GradNorm taps in ``taps.py``.
+``fast_upsample.py`` (bilinear adjoint), ``pointwise_conv.py`` (full-resolution 1x1 layers as
+batched products); the GradNorm taps in ``taps.py``.
 
 Example:
     >>> net = MultiTaskSHGN(stem_channels=8, stem_residual_channels=16, hourglass_channels=32,
@@ -44,6 +45,7 @@ from lightning_modules.fast_upsample import upsample_bilinear as up
 from lightning_modules.hourglass import Hourglass
 from lightning_modules.inference_ops import max_pool2, reinject
 from lightning_modules.instance_norm import norm_relu
+from lightning_modules.pointwise_conv import PointwiseConv2d
 from lightning_modules.taps import SHGNOutput, tap
 
 __all__ = ["MultiTaskSHGN", "SHGNOutput", "final_maps"]
@@ -103,8 +105,9 @@ class TaskHead(nn.Module):
         self.refine_half = conv3x3(out_channels, refine_channels, bias=False)
         self.refine_half_skip = conv3x3(skip_channels, refine_channels, bias=False)
         self.refine_norm = make_norm(norm, refine_channels)
-        self.refine_full_skip = conv1x1(skip_channels, refine_channels, bias=True)
-        self.refine_full = conv1x1(refine_channels, out_channels, bias=True)
+        # the full-resolution 1x1 layers as batched products (pointwise_conv.py: faster on CPU)
+        self.refine_full_skip = PointwiseConv2d(skip_channels, refine_channels, bias=True)
+        self.refine_full = PointwiseConv2d(refine_channels, out_channels, bias=True)
 
     def forward(
         self, f: Tensor, k_half: Tensor, k_full: Tensor, full: bool = True

@@ -1,0 +1,72 @@
+"""PointwiseConv2d equals nn.Conv2d(kernel_size=1): values, every gradient, state dict, ONNX."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.pointwise_conv import PointwiseConv2d
+
+
+def _grads(conv: nn.Conv2d, x: torch.Tensor, fn) -> list[torch.Tensor]:
+    """Output and gradients of a non-trivial loss w.r.t. input, weight and bias."""
+    x = x.detach().clone().requires_grad_(True)
+    for p in conv.parameters():
+        p.grad = None
+    y = fn(x)
+    (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    out = [y.detach(), x.grad]
+    return out + [p.grad for p in conv.parameters()]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_values_and_gradients_equal_conv2d(bias, dtype):
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(16, 4, bias=bias).to(dtype)
+    x = torch.randn(3, 16, 9, 11, dtype=dtype)
+    ours = _grads(conv, x, conv)
+    ref = _grads(conv, x, lambda t: F.conv2d(t, conv.weight, conv.bias))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert len(ours) == (4 if bias else 3)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_gradcheck_double():
+    """The hand-written backward against finite differences, for input, weight and bias."""
+    from lightning_modules.pointwise_conv import _Pointwise
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 24, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_Pointwise.apply, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: _Pointwise.apply(x, w, None), (x, w))
+
+
+def test_fallbacks_non_contiguous_and_channels_last():
+    torch.manual_seed(2)
+    conv = PointwiseConv2d(8, 2)
+    x = torch.randn(2, 8, 12, 10)
+    for variant in (x.transpose(2, 3), x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(conv(variant), F.conv2d(variant, conv.weight, conv.bias))
+
+
+def test_state_dict_is_that_of_conv2d():
+    conv, plain = PointwiseConv2d(16, 4), nn.Conv2d(16, 4, kernel_size=1)
+    assert {k: v.shape for k, v in conv.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 16, 5, 5)
+    torch.testing.assert_close(conv(x), plain(x))
+
+
+def test_no_grad_forward_equals_conv2d():
+    conv = PointwiseConv2d(16, 16)
+    x = torch.randn(2, 16, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias))
