@@ -120,8 +120,8 @@ class TaskHead(nn.Module):
         alias = tap(coarse)  # the GradNorm tap: feeds this head's output only (taps.py)
         r = self.refine_half(up(alias, 2)) + self.refine_half_skip(k_half)
         r = norm_relu(self.refine_norm, r)
-        z = (up(r, 2) + self.refine_full_skip(k_full)).relu_()
-        out = up(alias, 4) + self.refine_full(z)
+        z = self.refine_full_skip(k_full, add=up(r, 2)).relu_()  # up(r, 2) + conv(k_full)
+        out = self.refine_full(z, add=up(alias, 4))
         return coarse, (alias,), out
 
 

@@ -40,11 +40,48 @@ def test_gradcheck_double():
     from lightning_modules.pointwise_conv import _Pointwise
 
     torch.manual_seed(1)
-    x = torch.randn(2, 5, 24, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_Pointwise.apply, (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w: _Pointwise.apply(x, w, None), (x, w))
+    a = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _Pointwise.apply(x, w, b, None), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: _Pointwise.apply(x, w, None, None), (x, w))
+    # the sum with ``add`` is written into it: give each evaluation a fresh copy
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, a: _Pointwise.apply(x, w, b, a.clone()), (x, w, b, a))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_add_equals_sum_and_is_written_into_add(bias):
+    """``conv(x, add=a)`` = ``a + conv(x)`` with every gradient, the sum written into ``a``."""
+    torch.manual_seed(3)
+    conv = PointwiseConv2d(16, 4, bias=bias)
+    x, a = torch.randn(2, 16, 10, 12), torch.randn(2, 4, 10, 12)
+    ours = _grads(conv, x, lambda t: conv(t, add=a.clone()))
+    ref = _grads(conv, x, lambda t: a + F.conv2d(t, conv.weight, conv.bias))
+    for u, v in zip(ours, ref, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
+    fresh = a.clone()
+    out = conv(x, add=fresh)
+    assert out.data_ptr() == fresh.data_ptr()
+    # the gradient of ``add`` is the incoming gradient (a leaf that needs one)
+    leaf = a.clone().requires_grad_(True)
+    conv(x, add=leaf * 1.0).sum().backward()
+    torch.testing.assert_close(leaf.grad, torch.ones_like(a))
+
+
+def test_flops_counted_as_the_convolution():
+    """torch's FLOP counter sees the products (the in-place sum runs as ``baddbmm(out=)``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = PointwiseConv2d(16, 4)
+    x, a = torch.randn(2, 16, 10, 12), torch.randn(2, 4, 10, 12)
+    with FlopCounterMode(display=False) as plain:
+        F.conv2d(x, conv.weight, conv.bias)
+    for kwargs in ({}, {"add": a.clone()}):
+        with FlopCounterMode(display=False) as ours:
+            conv(x, **kwargs)
+        assert ours.get_total_flops() == plain.get_total_flops() > 0
 
 
 def test_fallbacks_non_contiguous_and_channels_last():
@@ -52,7 +89,10 @@ def test_fallbacks_non_contiguous_and_channels_last():
     conv = PointwiseConv2d(8, 2)
     x = torch.randn(2, 8, 12, 10)
     for variant in (x.transpose(2, 3), x.contiguous(memory_format=torch.channels_last)):
-        torch.testing.assert_close(conv(variant), F.conv2d(variant, conv.weight, conv.bias))
+        ref = F.conv2d(variant, conv.weight, conv.bias)
+        torch.testing.assert_close(conv(variant), ref)
+        a = torch.randn(ref.shape)
+        torch.testing.assert_close(conv(variant, add=a.clone()), a + ref)
 
 
 def test_state_dict_is_that_of_conv2d():
