@@ -50,7 +50,7 @@ class _Pointwise(torch.autograd.Function):
         g = grad.contiguous().view(b, weight.shape[1], h * w)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = torch.matmul(weight.transpose(1, 2).contiguous(), g).view(b, c, h, w)
+            gx = torch.bmm(weight.transpose(1, 2).expand(b, -1, -1), g).view(b, c, h, w)
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(g, x.view(b, c, h * w).transpose(1, 2)).sum(0, keepdim=True)
         if ctx.has_bias and ctx.needs_input_grad[2]:
