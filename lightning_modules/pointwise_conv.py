@@ -9,8 +9,9 @@ the convolution: for 16 channels at 256 px oneDNN's 1x1 kernel is memory-bound a
 paper network's training step the twelve heads' full-resolution 1x1 layers as products make the
 step ~2 % faster, and the sums in place another ~1 % (interleaved A/B in one process); the quick
 network's inference (batch 9, 128 px) 1.6x faster. The wide 1x1 layers at S/4 are as
-fast or faster as convolutions and stay ``nn.Conv2d``. Elsewhere (CUDA, other layouts or dtypes,
-ONNX export) it is the plain convolution.
+fast or faster as convolutions and stay ``nn.Conv2d``. Elsewhere (CUDA, meta, non-contiguous or
+channels-last tensors, dtypes other than float32/64, CPU autocast, ONNX export) it is the plain
+convolution. Values and gradients equal the convolution's up to float rounding.
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
 
+    def _writable(self, add: Tensor, x: Tensor) -> bool:
+        """Whether the sum may be written into ``add``: its shape and dtype, contiguous, not a
+        view, not a leaf that needs a gradient, not sharing ``x``'s memory (the checks that are
+        cheap; that nothing else reads it is the caller's promise)."""
+        return (add.shape == (x.shape[0], self.out_channels, *x.shape[2:])
+                and add.dtype == x.dtype and add.is_contiguous() and add._base is None
+                and not (add.is_leaf and add.requires_grad)
+                and add.untyped_storage().data_ptr() != x.untyped_storage().data_ptr())
+
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:  # type: ignore[override]
         if not (
             x.dim() == 4
@@ -83,9 +93,9 @@ class PointwiseConv2d(nn.Conv2d):
             and x.dtype == self.weight.dtype
             and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous()
-            and (add is None or (add.shape == (x.shape[0], self.out_channels, *x.shape[2:])
-                                 and add.dtype == x.dtype and add.is_contiguous()))
+            and (add is None or self._writable(add, x))
             and not torch.onnx.is_in_onnx_export()
+            and not torch.is_autocast_enabled("cpu")  # bmm would run in bf16, the grads in fp32
         ):
             y = F.conv2d(x, self.weight, self.bias)
             return y if add is None else add + y

@@ -73,7 +73,7 @@ def test_flop_count_equals_torch_flop_counter(tmp_path):
                   if n.op_type == "MaxPool")  # 2 x 2 windows: one comparison per element
     assert pooling > 0
     flop -= pooling  # torch's counter counts convolutions and matrix products only
-    with FlopCounterMode(display=False) as fc:  # autograd on: the plain ops, as exported
+    with FlopCounterMode(display=False) as fc:  # autograd on: the ops of training
         net(torch.zeros(1, 1, 64, 64))
     counts = fc.get_flop_counts()["Global"]
     # the full-resolution 1x1 layers run as (b)addbmm in torch (pointwise_conv.py), Conv in ONNX

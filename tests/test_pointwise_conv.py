@@ -70,6 +70,23 @@ def test_add_equals_sum_and_is_written_into_add(bias):
     torch.testing.assert_close(leaf.grad, torch.ones_like(a))
 
 
+def test_add_that_may_not_be_written_falls_back():
+    """A view, a leaf that needs a gradient, or the input itself: ``add + conv(x)`` out of place."""
+    torch.manual_seed(4)
+    conv = PointwiseConv2d(4, 4)
+    x = torch.randn(2, 4, 6, 6)
+    ref = x + F.conv2d(x, conv.weight, conv.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, add=x), ref)  # was written while being read
+    base = torch.randn(2, 4, 6, 6)
+    kept = base.clone()
+    torch.testing.assert_close(conv(x, add=base.view(2, 4, 6, 6)), base + ref - x)
+    torch.testing.assert_close(base, kept)
+    leaf = torch.randn(2, 4, 6, 6, requires_grad=True)
+    conv(x, add=leaf).sum().backward()
+    torch.testing.assert_close(leaf.grad, torch.ones_like(leaf))
+
+
 def test_flops_counted_as_the_convolution():
     """torch's FLOP counter sees the products (the in-place sum runs as ``baddbmm(out=)``)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -93,6 +110,19 @@ def test_fallbacks_non_contiguous_and_channels_last():
         torch.testing.assert_close(conv(variant), ref)
         a = torch.randn(ref.shape)
         torch.testing.assert_close(conv(variant, add=a.clone()), a + ref)
+
+
+def test_autocast_falls_back_to_the_convolution():
+    """Under CPU autocast the layer is the plain convolution (a bf16 bmm would hand fp32 inputs
+    a bf16 gradient in the backward)."""
+    conv = PointwiseConv2d(16, 4)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        ref = F.conv2d(x, conv.weight, conv.bias)
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    torch.testing.assert_close(y, ref)
 
 
 def test_state_dict_is_that_of_conv2d():
