@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             PixelSpacing.from_value(args.spacing, "user", "--spacing")
         except (TypeError, ValueError) as err:
             _error(f"--spacing: {err}")
-            return 1  # as for a value that fails later (tests/test_bad_inputs.py: status 1)
+            return 2  # a bad argument (README, exit codes), like --tta and --sphere-mm
     if not 0 <= args.tta <= MAX_TTA:
         _error(f"--tta must be 0..{MAX_TTA} (0: off)")
         return 2

@@ -472,7 +472,7 @@ def test_checkpoint_temporaries_stay_beside_the_target_and_are_cleaned(tmp_path,
     assert remove_stale_temporaries(target.parent) == [stale] and not stale.exists()
 
 
-def test_plan_refuses_nan_checkpoint_with_status_2_and_absurd_spacing_with_1(tmp_path, capsys):
+def test_plan_refuses_nan_checkpoint_and_absurd_spacing_with_status_2(tmp_path, capsys):
     from planning.plan import main
 
     image = _png(tmp_path / "knee.png",
@@ -483,7 +483,7 @@ def test_plan_refuses_nan_checkpoint_with_status_2_and_absurd_spacing_with_1(tmp
     assert str(nan) in line and "NaN" in line and str(image) not in line
     good = save_ckpt(tmp_path / "good.ckpt")
     assert main(["--image", str(image), "--ckpt", str(good), "--out", str(tmp_path),
-                 "--spacing", "1e300"]) == 1
+                 "--spacing", "1e300"]) == 2  # a bad argument (README: exit codes)
     assert "--spacing" in one_line(capsys.readouterr().err)
 
 

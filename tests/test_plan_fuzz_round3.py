@@ -155,7 +155,7 @@ def test_batch_refuses_a_bad_spacing_once(tmp_path_factory, tmp_path):
     """Before: the same line once per image, none naming the image."""
     good = phantom_images(tmp_path_factory, n=2)
     one_error_line(plan_cli("--image", good[0].parent, "--ckpt", exported_tiny_model(
-        tmp_path_factory), "--spacing", "0", "--out", tmp_path / "o"), 1, b"--spacing")
+        tmp_path_factory), "--spacing", "0", "--out", tmp_path / "o"), 2, b"--spacing")
 
 
 def test_quantized_weights_are_one_line(tmp_path_factory, tmp_path):
