@@ -434,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (1 <= args.workers <= MAX_PARALLEL and 1 <= args.threads <= MAX_PARALLEL):
         _error(f"--workers and --threads must be 1..{MAX_PARALLEL}")
         return 2
+    if args.progress_every < 1:
+        _error(f"--progress-every must be at least 1, got {args.progress_every}")
+        return 2
     if not args.image.strip():
         _error("--image is empty: give an image file, a folder or a quoted glob")
         return 2

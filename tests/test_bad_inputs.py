@@ -472,6 +472,17 @@ def test_checkpoint_temporaries_stay_beside_the_target_and_are_cleaned(tmp_path,
     assert remove_stale_temporaries(target.parent) == [stale] and not stale.exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_plan_refuses_progress_every_below_one(tmp_path, capsys, value):
+    from planning.plan import main
+
+    image = _png(tmp_path / "knee.png", np.zeros((64, 80), np.uint8))
+    good = save_ckpt(tmp_path / "good.ckpt")
+    assert main(["--image", str(image), "--ckpt", str(good), "--out", str(tmp_path),
+                 "--progress-every", value]) == 2
+    assert "--progress-every" in one_line(capsys.readouterr().err)
+
+
 def test_plan_refuses_nan_checkpoint_and_absurd_spacing_with_status_2(tmp_path, capsys):
     from planning.plan import main
 
