@@ -537,7 +537,37 @@ def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
     return []
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """Why a numeric argument is out of range (a usage error, status 2), or None."""
+    from planning.plan import MAX_TTA
+
+    bounds = [
+        (args.n_phantoms >= 1, f"--n-phantoms must be at least 1, got {args.n_phantoms}"),
+        (args.phantom_seed >= 0, f"--phantom-seed must be >= 0, got {args.phantom_seed}"),
+        (args.n_boot >= 1, f"--n-boot must be at least 1, got {args.n_boot}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+        (args.image_size >= 32, f"--image-size must be at least 32 px, got {args.image_size}"),
+        (0 <= args.tta <= MAX_TTA, f"--tta must be 0..{MAX_TTA} (0: off), got {args.tta}"),
+        (math.isfinite(args.max_unflagged_mm) and args.max_unflagged_mm > 0,
+         f"--max-unflagged-mm must be a positive number, got {args.max_unflagged_mm}"),
+        (args.gallery >= 0, f"--gallery must be >= 0 (0: none), got {args.gallery}"),
+    ]
+    if why := next((why for ok, why in bounds if not ok), None):
+        return why
+    if args.perturb:
+        from planning.stress import parse_kinds
+
+        try:
+            parse_kinds(args.perturb)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    if problem := _argument_problem(args):
+        print(f"evaluate: error: {problem}", file=sys.stderr)
+        return 2
     if args.held_out and (args.data_root is None or args.oracle):
         print("evaluate: error: --held-out needs --data-root and a checkpoint (it leaves out "
               "the checkpoint's training images of that folder)", file=sys.stderr)
@@ -611,7 +641,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.perturb:
         from planning.stress import parse_kinds, run_stress
 
-        kinds = parse_kinds(args.perturb)
+        kinds = parse_kinds(args.perturb)  # checked by _argument_problem
         run_stress(list(samples), out, kinds, limit=args.max_unflagged_mm, module=module,
                    oracle=args.oracle, decode=args.decode, line_fit=args.line_fit,
                    spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),

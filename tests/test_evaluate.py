@@ -247,3 +247,20 @@ def test_held_out_with_an_export_says_it_cannot_tell(tmp_path_factory, tmp_path,
                  "--tta", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "needs a checkpoint (.ckpt)" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--n-phantoms", "0"), ("--n-boot", "0"), ("--seed", "-1"), ("--phantom-seed", "-4"),
+     ("--image-size", "7"), ("--tta", "-1"), ("--tta", "999"), ("--max-unflagged-mm", "nan"),
+     ("--max-unflagged-mm", "-1"), ("--gallery", "-2"), ("--perturb", "bogus")],
+)
+def test_out_of_range_arguments_are_usage_errors(tmp_path, capsys, flag, value):
+    """One line naming the argument, status 2 (README: exit codes), before any work (some ran
+    silently, some failed later with status 1 or a numpy message)."""
+    from planning.evaluate import main
+
+    assert main(["--oracle", "--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "o").exists()
