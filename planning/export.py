@@ -35,6 +35,10 @@ from planning.predict import (
 )
 
 DEFAULT_OPSET = 18
+# Tested with torch 2.13 and onnxruntime 1.32: opset 9 exports Upsample and 10 a Resize with
+# computed scales (both refused by the graph check before ONNX Runtime runs), 11-23 export and
+# plan; torch refuses anything above 23.
+OPSETS = range(11, 24)
 
 
 class _ExportNet(nn.Module):
@@ -123,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.ckpt.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
         print(f"export: error: {out}: the output must end in .onnx", file=sys.stderr)
+        return 2
+    if args.opset not in OPSETS:
+        print(f"export: error: --opset {args.opset}: choose {OPSETS.start}..{OPSETS.stop - 1} "
+              f"(default {DEFAULT_OPSET})", file=sys.stderr)
         return 2
     try:
         meta = export_onnx(args.ckpt, out, args.opset)

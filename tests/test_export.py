@@ -154,3 +154,17 @@ def test_export_records_the_graph_hash_and_planning_checks_it(onnx_model, tmp_pa
     older.with_suffix(".json").write_text(json.dumps({k: v for k, v in meta.items()
                                                       if k != "sha256"}))  # fmt: skip
     assert load_predictor(older).image_size == meta["input_size"]
+
+
+@pytest.mark.parametrize("opset", ["5", "10", "99"])
+def test_unsupported_opset_is_a_usage_error(tmp_path, capsys, opset):
+    """An opset outside 11..23: one line, status 2 (before: a torch traceback with status 1;
+    opset 10 exported a graph the planner refuses)."""
+    from planning.export import main
+
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"not read")
+    assert main(["--ckpt", str(ckpt), "--opset", opset]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--opset {opset}" in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -239,3 +239,19 @@ def test_inside_convex_ignores_a_repeated_vertex():
         got = _inside_convex(doubled, pts, margin=1.0)
     np.testing.assert_array_equal(got, [True, False, False, False, False])
     np.testing.assert_array_equal(got, _inside_convex(square, pts, margin=1.0))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--seed", "-1"], ["--min-side", "0"], ["--min-side", "500", "--max-side", "500"],
+     ["--min-side", "900", "--max-side", "500"]],
+)
+def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, argv):
+    """A negative seed or side limits the generator cannot honour: status 2 and one line that
+    names the flag (before: a traceback from numpy or the layout)."""
+    with pytest.raises(SystemExit) as exc:
+        phantoms_main(["--out", str(tmp_path / "d"), "--n", "1", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("phantoms: error:") and argv[0] in err
+    assert not (tmp_path / "d").exists()

@@ -31,7 +31,8 @@ def write_phantoms(
 
 def main(argv: list[str] | None = None) -> int:
     """``make phantoms``; 0 when written, 2 for a bad argument or config file."""
-    parser = argparse.ArgumentParser(description="Write synthetic lateral knee radiographs.")
+    parser = argparse.ArgumentParser(prog="phantoms",
+                                     description="Write synthetic lateral knee radiographs.")
     parser.add_argument("--out", required=True, help="dataset folder to create/extend")
     parser.add_argument("--n", type=int, default=200, help="number of samples")
     parser.add_argument("--seed", type=int, default=0, help="base seed")
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("--n must be >= 0")
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
     try:
         cfg = PhantomConfig.from_yaml(args.config) if args.config else PhantomConfig()
     except ValueError as err:  # a bad config file is one line naming it, not a usage text
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.min_side = args.min_side
     if args.max_side is not None:
         cfg.max_side = args.max_side
-    if cfg.min_side > cfg.max_side:
-        parser.error(f"--min-side {cfg.min_side} exceeds --max-side {cfg.max_side}")
+    if not 0 < cfg.min_side < cfg.max_side:  # the generator's own condition (layout.py)
+        parser.error(f"need 0 < --min-side < --max-side (images are never square), got "
+                     f"{cfg.min_side} and {cfg.max_side}")
     write_phantoms(args.out, args.n, args.seed, cfg)
     return 0
 
