@@ -48,9 +48,20 @@ from lightning_modules.instance_norm import norm_relu
 from lightning_modules.pointwise_conv import PointwiseConv2d
 from lightning_modules.taps import SHGNOutput, tap
 
-__all__ = ["MultiTaskSHGN", "SHGNOutput", "final_maps"]
+__all__ = ["MultiTaskSHGN", "SHGNOutput", "final_maps", "input_side_problem"]
 
 STEM_STRIDE = 4  # the stem reduces the input side by 4 (conv stride 2, then max-pool 2)
+
+
+def input_side_problem(side: int, depth: int, norm: str) -> str | None:
+    """Why an input side ``side`` cannot go through a network of ``depth`` (None: it can)."""
+    factor = STEM_STRIDE * 2**depth
+    min_side = factor * (2 if norm == "instance" else 1)
+    if side % factor == 0 and side >= min_side:
+        return None
+    return (f"input side {side} does not fit depth {depth}: it must be a multiple of {factor} "
+            f"(stem /4, then /2 per level) and at least {min_side} (instance norm needs a bottom "
+            "of >= 2x2); lower `depth` or resize the input")
 
 
 class Stem(nn.Module):
@@ -266,15 +277,9 @@ class MultiTaskSHGN(nn.Module):
             raise ValueError(
                 f"shgn.py: expected input (B, {self.in_channels}, S, S), got {tuple(x.shape)}"
             )
-        factor = STEM_STRIDE * 2**self.depth
-        min_side = factor * (2 if self.norm_name == "instance" else 1)
         for side in x.shape[2:]:
-            if side % factor or side < min_side:
-                raise ValueError(
-                    f"shgn.py: input side {side} does not fit depth {self.depth}: it must be a "
-                    f"multiple of {factor} (stem /4, then /2 per level) and at least {min_side} "
-                    "(instance norm needs a bottom of >= 2x2); lower `depth` or resize the input"
-                )
+            if problem := input_side_problem(int(side), self.depth, self.norm_name):
+                raise ValueError(f"shgn.py: {problem}")
 
     def forward(
         self, x: Tensor, outputs: Mapping[int, Collection[str]] | None = None

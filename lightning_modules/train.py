@@ -70,6 +70,7 @@ from lightning_modules.malloc_tuning import keep_freed_memory
 from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
 from lightning_modules.progress import progress_callback
+from lightning_modules.shgn import input_side_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
@@ -190,6 +191,40 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
         check_hyper_parameters(source, model)
     except ValueError as err:
         raise ConfigFileError(str(err)) from None
+    if problem := training_value_problem(model, data):
+        raise ConfigFileError(f"{source}: {problem}")
+
+
+# (section.key, test, what it must be): values the optimiser, the loss or the data loader would
+# refuse later with a traceback (``lr: -1`` in torch.optim, ``batch_size: 0`` in the DataLoader)
+# (a learning rate of 0 is allowed: it freezes the network or the GradNorm weights)
+TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("model.lr", lambda v: v >= 0, "must be >= 0"),
+    ("model.gradnorm_lr", lambda v: v >= 0, "must be >= 0"),
+    ("model.lr_gamma", lambda v: v >= 0, "must be >= 0"),
+    ("model.lr_step_epochs", lambda v: v >= 1, "must be at least 1"),
+    ("model.beta", lambda v: v >= 0, "must be >= 0"),
+    ("data.sigma", lambda v: v > 0, "must be a positive number"),
+    ("data.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
+)
+
+
+def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+    """Why a training value is out of range (``TRAINING_VALUE_RULES``; the input side must fit
+    the network's depth), or None."""
+    sections = {"model": model, "data": data}
+    for key, ok, what in TRAINING_VALUE_RULES:
+        section, name = key.split(".")
+        value = sections[section].get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not ok(value):
+            return f"{key}={value} {what}"
+    size, depth = data.get("size"), model.get("depth", 4)
+    norm = str(model.get("norm", "instance"))
+    if (isinstance(size, int) and isinstance(depth, int) and 1 <= depth <= 10
+            and (problem := input_side_problem(size, depth, norm))):
+        return f"data.size (model.depth={depth}): {problem}"
+    return None
 
 
 # -------------------------------------------------------------------------------- run folder

@@ -88,6 +88,14 @@ def test_bad_config_is_one_line_naming_the_file_with_status_2(kind, tmp_path, ca
     ("data:\n  sigma: .inf\n", "data.sigma=inf must be a finite number"),
     ("model:\n  num_stacks: 100000\n", "num_stacks=100000 is not a whole number"),
     ("data:\n  size: 1000000\n", "image_size=1000000 is not a whole number"),
+    # out of range for training (were tracebacks from torch.optim, the DataLoader, the loss or
+    # the network): one line, status 2
+    ("model:\n  lr: -1\n", "model.lr=-1.0 must be >= 0"),
+    ("model:\n  gradnorm_lr: -0.1\n", "model.gradnorm_lr=-0.1 must be >= 0"),
+    ("model:\n  beta: -2\n", "model.beta=-2.0 must be >= 0"),
+    ("data:\n  batch_size: 0\n", "data.batch_size=0 must be at least 1"),
+    ("data:\n  sigma: 0\n", "data.sigma=0.0 must be a positive number"),
+    ("data:\n  size: 100\n", "input side 100 does not fit depth 2"),
 ])
 def test_non_finite_or_unbounded_config_values_are_refused_before_building(
         text, expected, tmp_path, capsys):
