@@ -42,6 +42,7 @@ import torch
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.annotations import AnnotationError
 from datamodules.config_file import ConfigFileError, check_config_file, read_yaml
@@ -50,6 +51,7 @@ from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.validate import DatasetValidationError
+from lightning_modules.blocks import NORMS
 from lightning_modules.callbacks import (
     ConfigInCheckpoint,
     GradNormHistory,
@@ -204,6 +206,9 @@ TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.lr_gamma", lambda v: v >= 0, "must be >= 0"),
     ("model.lr_step_epochs", lambda v: v >= 1, "must be at least 1"),
     ("model.beta", lambda v: v >= 0, "must be >= 0"),
+    # a negative clip value turns clip_grad_norm_ into a sign flip of every gradient
+    ("model.grad_clip_val", lambda v: v > 0, "must be a positive number (or null: no clipping)"),
+    ("model.max_nonfinite_steps", lambda v: v >= 1, "must be at least 1"),
     ("data.sigma", lambda v: v > 0, "must be a positive number"),
     ("data.batch_size", lambda v: v >= 1, "must be at least 1"),
     ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
@@ -214,6 +219,11 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
     """Why a training value is out of range (``TRAINING_VALUE_RULES``; the input side must fit
     the network's depth), or None."""
     sections = {"model": model, "data": data}
+    for key, allowed in (("model.norm", NORMS), ("model.grad_clip_algorithm", ("norm", "value"))):
+        section, name = key.split(".")
+        value = sections[section].get(name)
+        if value is not None and value not in allowed:
+            return f"{key}={value!r:.40} is not one of {', '.join(allowed)}"
     for key, ok, what in TRAINING_VALUE_RULES:
         section, name = key.split(".")
         value = sections[section].get(name)
@@ -548,6 +558,10 @@ def main(argv: list[str] | None = None) -> None:
         fit(argv)
     except ConfigFileError as err:
         print(f"train: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except MisconfigurationException as err:  # Lightning refusing a trainer setting
+        print(f"train: error: trainer settings: {str(err).strip().splitlines()[0]}",
+              file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except DATA_ERRORS as err:
         print(f"train: error: {err}", file=sys.stderr)

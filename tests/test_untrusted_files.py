@@ -96,6 +96,10 @@ def test_bad_config_is_one_line_naming_the_file_with_status_2(kind, tmp_path, ca
     ("data:\n  batch_size: 0\n", "data.batch_size=0 must be at least 1"),
     ("data:\n  sigma: 0\n", "data.sigma=0.0 must be a positive number"),
     ("data:\n  size: 100\n", "input side 100 does not fit depth 2"),
+    ("model:\n  norm: bogus\n", "model.norm='bogus' is not one of instance"),
+    ("model:\n  grad_clip_algorithm: l3\n", "model.grad_clip_algorithm='l3' is not one of"),
+    ("model:\n  grad_clip_val: -1.0\n", "model.grad_clip_val=-1.0 must be a positive number"),
+    ("model:\n  max_nonfinite_steps: 0\n", "model.max_nonfinite_steps=0 must be at least 1"),
 ])
 def test_non_finite_or_unbounded_config_values_are_refused_before_building(
         text, expected, tmp_path, capsys):
@@ -106,6 +110,16 @@ def test_non_finite_or_unbounded_config_values_are_refused_before_building(
     line = one_line(capsys.readouterr().err)
     assert str(cfg) in line and expected in line, line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag", ["--trainer.max_epochs=-5", "--trainer.devices=0"])
+def test_trainer_settings_lightning_refuses_are_one_line(flag, tmp_path, capsys):
+    """Lightning's MisconfigurationException: one line, status 2 (was a traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", TINY, "--run.root", str(tmp_path / "r"), flag])
+    assert stop.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("train: error: trainer settings:"), line
 
 
 def test_sweep_refuses_a_bomb_config_once_before_opening_the_study(tmp_path):
