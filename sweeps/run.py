@@ -121,6 +121,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """Why a numeric argument is out of range, or an enqueued parameter unknown (None: fine);
+    Optuna would refuse some later, misreported as a storage problem, and take others silently."""
+    import math
+
+    counts = [("--trials", args.trials, 0), ("--seed", args.seed, 0),
+              ("--prune-startup-trials", args.prune_startup_trials, 0),
+              ("--prune-warmup-epochs", args.prune_warmup_epochs, 0),
+              ("--tpe-startup-trials", args.tpe_startup_trials, 0),
+              ("--max-total-trials", args.max_total_trials, 1),
+              ("--heartbeat-interval", args.heartbeat_interval, 1),
+              ("--grace-period", args.grace_period, 1), ("--max-retry", args.max_retry, 0),
+              ("--worker-index", args.worker_index, 0)]
+    for flag, value, least in counts:
+        if value is not None and value < least:
+            return f"{flag} must be at least {least}, got {value}"
+    for flag, value in (("--weight-lm", args.weight_lm), ("--weight-iou", args.weight_iou),
+                        ("--prune-above", args.prune_above)):
+        if value is not None and not math.isfinite(value):
+            return f"{flag} must be a finite number, got {value}"
+    for flag, rng in (("--beta", args.beta), ("--alpha", args.alpha), ("--lr", args.lr)):
+        if rng is not None and not all(math.isfinite(v) for v in rng):
+            return f"{flag} range must be finite, got {rng[0]},{rng[1]}"
+    searched = {"beta", "alpha"} | ({"lr"} if args.lr is not None else set())
+    for params in args.enqueue:
+        if unknown := sorted(set(params) - searched):
+            return (f"--enqueue names {', '.join(unknown)}, which this sweep does not search "
+                    f"(it searches {', '.join(sorted(searched))})")
+    return None
+
+
 def make_pruner(args: argparse.Namespace) -> optuna.pruners.BasePruner:
     if args.pruner == "none":
         return optuna.pruners.NopPruner()
@@ -228,11 +259,16 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
         # a second sweep worker. Trials use one device; run more workers instead.
         raise SystemExit("sweeps.run: started as DDP rank > 0; sweep trials train on one device "
                          "each (do not pass --devices/--trainer.devices > 1); start more workers")
-    if args.trials < 0:
-        raise SystemExit("sweeps.run: --trials must be >= 0")
-    space = SearchSpace(beta=args.beta, alpha=args.alpha, lr=args.lr)
-    spec = ObjectiveSpec(unit=args.objective_unit, weight_lm=args.weight_lm,
-                         weight_iou=args.weight_iou)
+    if problem := argument_problem(args):
+        print(f"sweeps.run: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)  # a usage error (README: exit codes)
+    try:
+        space = SearchSpace(beta=args.beta, alpha=args.alpha, lr=args.lr)
+        spec = ObjectiveSpec(unit=args.objective_unit, weight_lm=args.weight_lm,
+                             weight_iou=args.weight_iou)
+    except ValueError as err:
+        print(f"sweeps.run: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     config = Path(args.config)
     if not config.is_file() and not config.is_absolute() and (REPO_ROOT / config).is_file():
         config = REPO_ROOT / config

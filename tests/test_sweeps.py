@@ -377,3 +377,27 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
         min(trials[0].value, trials[4].value))
     assert (tmp_path / name / "trials_beta_alpha.png").is_file()
     assert not (tmp_path / name / "contour_beta_alpha.png").exists()  # only 2 completed
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["--trials", "-1"], "--trials must be at least 0"),
+     (["--seed", "-1"], "--seed must be at least 0"),  # was "cannot open the study storage"
+     (["--heartbeat-interval", "0"], "--heartbeat-interval must be at least 1"),
+     (["--max-total-trials", "0"], "--max-total-trials must be at least 1"),
+     (["--weight-lm", "nan"], "--weight-lm must be a finite number"),
+     (["--weight-lm", "-1"], "objective weights must be >= 0"),  # was a traceback
+     (["--beta", "1,0"], "low must be <= high"),  # was a traceback
+     (["--lr", "0,1"], "log-uniform needs low > 0"),
+     (["--enqueue", "gamma=1"], "--enqueue names gamma")],  # was enqueued, then ignored
+)
+def test_bad_sweep_arguments_are_one_line_usage_errors(tmp_path, capsys, argv, expected):
+    from sweeps.run import run_sweep
+
+    with pytest.raises(SystemExit) as stop:
+        run_sweep(["--trials", "0", "--study", "s", "--studies-dir", str(tmp_path / "st"),
+                   *argv])
+    assert stop.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("sweeps.run: error:") and expected in err[0], err
+    assert not (tmp_path / "st").exists()  # refused before the study folder is made
