@@ -168,8 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("generalisation: --no-all-on with no --factors leaves nothing to train",
               file=sys.stderr)
         return 2
-    if args.minutes <= 0 or args.n_test < 1:
+    if not (math.isfinite(args.minutes) and args.minutes > 0) or args.n_test < 1:
         print("generalisation: --minutes must be > 0 and --n-test >= 1", file=sys.stderr)
+        return 2
+    for flag, value in (("--test-seed", args.test_seed), ("--seed", args.seed)):
+        if value is not None and value < 0:
+            print(f"generalisation: {flag} must be >= 0, got {value}", file=sys.stderr)
+            return 2
+    if args.max_epochs == 0 or args.max_epochs < -1:
+        print(f"generalisation: --max-epochs must be -1 (no limit) or at least 1, got "
+              f"{args.max_epochs}", file=sys.stderr)
         return 2
     if not Path(args.config).is_file():
         print(f"generalisation: config {args.config} does not exist", file=sys.stderr)

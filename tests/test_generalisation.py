@@ -75,6 +75,17 @@ def test_cli_rejects_unknown_factor_and_bad_values(tmp_path, capsys):
     assert "nothing to train" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--minutes", "nan"), ("--test-seed", "-1"),
+                                             ("--seed", "-1"), ("--max-epochs", "0")])
+def test_cli_rejects_out_of_range_numbers_before_training(tmp_path, capsys, flag, value):
+    """NaN minutes and negative seeds were numpy tracebacks; 0 epochs trained nothing and
+    reported the untrained models' errors."""
+    assert gen.main(["--minutes", "1", "--factors", "metal", "--out", str(tmp_path / "o"),
+                     flag, value]) == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_end_to_end_tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
