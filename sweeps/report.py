@@ -352,6 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--studies-dir", default=str(DEFAULT_STUDIES_DIR))
     p.add_argument("--out", default=None, help="output folder (default: the study folder)")
     args = p.parse_args(argv)
+    try:
+        _study_dir(args.study, args.studies_dir)  # a name that cannot be a folder
+    except ValueError as err:
+        print(f"sweeps.report: error: {err}", file=sys.stderr)
+        return 2
     study = load_study(args.study, args.storage, args.studies_dir)
     folder = Path(args.out) if args.out else _study_dir(args.study, args.studies_dir)
     for path in write_report(study, folder):

@@ -144,6 +144,10 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     for flag, rng in (("--beta", args.beta), ("--alpha", args.alpha), ("--lr", args.lr)):
         if rng is not None and not all(math.isfinite(v) for v in rng):
             return f"{flag} range must be finite, got {rng[0]},{rng[1]}"
+    try:
+        study_dir(args.study, args.studies_dir)  # a name that cannot be a folder
+    except ValueError as err:
+        return str(err)
     searched = {"beta", "alpha"} | ({"lr"} if args.lr is not None else set())
     for params in args.enqueue:
         if unknown := sorted(set(params) - searched):

@@ -389,7 +389,8 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
      (["--weight-lm", "-1"], "objective weights must be >= 0"),  # was a traceback
      (["--beta", "1,0"], "low must be <= high"),  # was a traceback
      (["--lr", "0,1"], "log-uniform needs low > 0"),
-     (["--enqueue", "gamma=1"], "--enqueue names gamma")],  # was enqueued, then ignored
+     (["--enqueue", "gamma=1"], "--enqueue names gamma"),  # was enqueued, then ignored
+     (["--study", "a/b"], "must be a non-empty name without '/'")],  # was a traceback
 )
 def test_bad_sweep_arguments_are_one_line_usage_errors(tmp_path, capsys, argv, expected):
     from sweeps.run import run_sweep
@@ -401,3 +402,9 @@ def test_bad_sweep_arguments_are_one_line_usage_errors(tmp_path, capsys, argv, e
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("sweeps.run: error:") and expected in err[0], err
     assert not (tmp_path / "st").exists()  # refused before the study folder is made
+
+
+def test_report_refuses_a_study_name_that_cannot_be_a_folder(tmp_path, capsys):
+    assert report_main(["--study", "", "--studies-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweeps.report: error:") and "non-empty name" in err
