@@ -242,10 +242,14 @@ def _check_links(folder: Path, report: ValidationReport) -> None:
 
 def validate_dataset(root: str | Path) -> ValidationReport:
     """Check every file of a dataset folder (images/, masks/, annotations/)."""
-    root = Path(root)
     report = ValidationReport(roots=[str(root)])
+    if not str(root).strip():  # Path("") is the current folder
+        report.error(root, "empty path: give the dataset folder")
+        return report
+    root = Path(root)
     if not root.is_dir():
-        report.error(root, "dataset folder does not exist")
+        report.error(root, "is a file, not a dataset folder" if root.exists()
+                     else "dataset folder does not exist")
         return report
     for sub in ("images", "masks", "annotations"):
         if not (root / sub).is_dir():

@@ -158,3 +158,13 @@ def test_dicom_pixel_spacing_is_what_training_uses(tmp_path, bits):
     sample = read_sample(tmp_path, ph.id)
     assert sample.spacing_source == "PixelSpacing"
     assert np.allclose(sample.spacing_mm, ph.spacing_mm, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("root", "expected"), [("", "empty path"),
+                                                 (__file__, "is a file, not a dataset folder")])
+def test_validate_names_an_empty_path_and_a_file(root, expected):
+    """``''`` validated the current folder; a file was said not to exist."""
+    from datamodules.validate import validate_dataset
+
+    report = validate_dataset(root)
+    assert not report.ok and expected in report.format()
