@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors are one line on stderr (exit 2 for a bad checkpoint)."""
     args = build_parser().parse_args(argv)
+    if not args.ckpt.name:  # '' (parsed as '.') or a folder like '..': not a checkpoint file
+        print(f"export: error: --ckpt {str(args.ckpt)!r} does not name a checkpoint file",
+              file=sys.stderr)
+        return 2
     out = args.out or args.ckpt.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
         print(f"export: error: {out}: the output must end in .onnx", file=sys.stderr)

@@ -168,3 +168,12 @@ def test_unsupported_opset_is_a_usage_error(tmp_path, capsys, opset):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--opset {opset}" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("ckpt", ["", ".."])
+def test_ckpt_that_names_no_file_is_a_usage_error(ckpt, capsys):
+    """``--ckpt ''`` was a traceback (``Path('.').with_suffix``)."""
+    from planning.export import main
+
+    assert main(["--ckpt", ckpt]) == 2
+    assert "does not name a checkpoint file" in capsys.readouterr().err
