@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors are one line on stderr (exit 2 for a bad checkpoint)."""
     args = build_parser().parse_args(argv)
-    if not args.ckpt.name:  # '' (parsed as '.') or a folder like '..': not a checkpoint file
+    if args.ckpt.name in ("", ".", ".."):  # '' (parsed as '.'), '..': not a checkpoint file
         print(f"export: error: --ckpt {str(args.ckpt)!r} does not name a checkpoint file",
               file=sys.stderr)
         return 2
