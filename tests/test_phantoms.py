@@ -4,7 +4,9 @@ additive overlap intensities."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -255,3 +257,28 @@ def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, argv):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("phantoms: error:") and argv[0] in err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({"p_sphere": 2.0}, "p_sphere: 2.0 is a probability"),
+     ({"p_metal": "often"}, "p_metal: 'often' is not a finite number"),
+     ({"flexion_deg": [90, 0]}, "flexion_deg: range [90, 0]: low must be <= high"),  # traceback
+     ({"photons": [-5, 10]}, "photons: range [-5, 10]: values must be positive"),  # traceback
+     ({"spacing_mm": [0, 0.1]}, "spacing_mm: range [0, 0.1]: values must be positive"),
+     ({"rotation_deg": 5}, "rotation_deg: 5 is not a range"),
+     ({"sphere_diameter_mm": 0}, "sphere_diameter_mm: 0 must be positive")],
+)
+def test_overrides_that_cannot_drive_the_generator_are_refused(overrides, expected):
+    """A phantom YAML's values: probabilities in [0, 1], ranges low <= high of finite numbers,
+    positive quantities positive (some ran silently, others failed deep in the generator)."""
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        PhantomConfig().with_overrides(overrides)
+
+
+def test_overrides_within_range_and_every_shipped_config_are_accepted():
+    PhantomConfig().with_overrides({"p_sphere": 1.0, "usm_gain_coarse": [-0.5, 0.0],
+                                    "flexion_deg": [30, 30]})
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "phantoms").glob(
+            "*.yaml")):
+        PhantomConfig.from_yaml(path)

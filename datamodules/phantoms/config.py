@@ -7,6 +7,7 @@ factor of variation off, for leave-one-factor-out experiments.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,12 @@ class PhantomConfig:
         if bad:
             raise ValueError(f"unknown PhantomConfig field(s): {bad}")
         vals = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        return replace(cfg, **vals)
+        out = replace(cfg, **vals)
+        for name in vals:
+            if problem := _value_problem(name, getattr(out, name), getattr(PhantomConfig, name,
+                                                                           None)):
+                raise ValueError(f"PhantomConfig.{name}: {problem}")
+        return out
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PhantomConfig:
@@ -203,6 +209,41 @@ class PhantomConfig:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
         return cfg.with_overrides(overrides)
+
+
+# Ranges whose values must be positive (a side, a spacing, a dose, a scale, a blur, a gamma):
+# zero or less is no image (or a traceback deep in the generator).
+POSITIVE_RANGES = frozenset({
+    "spacing_mm", "fov_height_mm", "visible_shaft_mm", "aspect", "scale", "adolescent_scale",
+    "soft_tissue_scale", "trabecular_scale_mm", "scatter_sigma_mm", "mtf_sigma_mm", "photons",
+    "usm_sigma_fine_mm", "usm_sigma_medium_mm", "usm_sigma_coarse_mm", "lut_slope", "gamma",
+    "exposure", "window_gamma",
+})  # fmt: skip
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _value_problem(name: str, value: Any, default: Any) -> str | None:
+    """Why an overridden field's value cannot drive the generator (None: it can): a
+    probability outside [0, 1], a range that is not two finite numbers low <= high, a positive
+    quantity at or below 0 (checked by the shape of the field's default)."""
+    if name.startswith("p_") or name == "sphere_diameter_mm":
+        if not _is_number(value):
+            return f"{value!r:.40} is not a finite number"
+        if name.startswith("p_") and not 0.0 <= value <= 1.0:
+            return f"{value} is a probability: give a value in [0, 1]"
+        if name == "sphere_diameter_mm" and value <= 0:
+            return f"{value} must be positive"
+    elif isinstance(default, tuple) and len(default) == 2 and name != "bits":
+        if not (isinstance(value, tuple) and len(value) == 2 and all(map(_is_number, value))):
+            return f"{value!r:.60} is not a range [low, high] of two finite numbers"
+        if value[0] > value[1]:
+            return f"range [{value[0]}, {value[1]}]: low must be <= high"
+        if name in POSITIVE_RANGES and value[0] <= 0:
+            return f"range [{value[0]}, {value[1]}]: values must be positive"
+    return None
 
 
 DISTRACTORS = (
