@@ -45,7 +45,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.annotations import AnnotationError
-from datamodules.config_file import ConfigFileError, check_config_file, read_yaml
+from datamodules.config_file import ConfigFileError, check_config_file
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
@@ -185,8 +185,16 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ConfigFileError(f"{source}: {name}={value} must be a finite number")
     model, data = dict(config.get("model") or {}), config.get("data") or {}
-    if data.get("phantom_config"):  # read by the DataModule: bounded first (see read_yaml)
-        read_yaml(data["phantom_config"], what="phantom config")
+    if data.get("phantom_config") or data.get("phantom_overrides"):
+        from datamodules.phantoms import PhantomConfig
+
+        try:  # as the DataModule will build it (the YAML read bounded: see read_yaml)
+            base = (PhantomConfig.from_yaml(data["phantom_config"]) if data.get("phantom_config")
+                    else PhantomConfig())
+            base.with_overrides(data.get("phantom_overrides"))
+        except ValueError as err:
+            where = "" if data.get("phantom_config") else "data.phantom_overrides: "
+            raise ConfigFileError(f"{source}: {where}{err}") from None
     if "size" in data:  # linked to model.image_size
         model["image_size"] = data["size"]
     try:

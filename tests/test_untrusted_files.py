@@ -100,6 +100,8 @@ def test_bad_config_is_one_line_naming_the_file_with_status_2(kind, tmp_path, ca
     ("model:\n  grad_clip_algorithm: l3\n", "model.grad_clip_algorithm='l3' is not one of"),
     ("model:\n  grad_clip_val: -1.0\n", "model.grad_clip_val=-1.0 must be a positive number"),
     ("model:\n  max_nonfinite_steps: 0\n", "model.max_nonfinite_steps=0 must be at least 1"),
+    ("data:\n  phantom_overrides: {p_sphere: 2}\n",  # was a traceback at the first batch
+     "data.phantom_overrides: PhantomConfig.p_sphere: 2 is a probability"),
 ])
 def test_non_finite_or_unbounded_config_values_are_refused_before_building(
         text, expected, tmp_path, capsys):
