@@ -22,6 +22,7 @@ is the original image only when no augmentation is applied (validation, test, in
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -63,6 +64,22 @@ class AugmentConfig:
     p_contrast: float = 0.5
     p_style: float = 0.5
 
+    def __post_init__(self) -> None:
+        """Probabilities in [0, 1], an angle in [0, 180], ranges of two positive finite
+        numbers low <= high (albumentations would take some silently, e.g. a reversed range)."""
+        for name in ("p_rotate", "p_scale", "p_hflip", "p_contrast", "p_style"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ValueError(f"augment {name}={v!r:.40} is a probability: give [0, 1]")
+        if not (isinstance(self.rotate_deg, int | float) and 0.0 <= self.rotate_deg <= 180.0):
+            raise ValueError(f"augment rotate_deg={self.rotate_deg!r:.40} must be in [0, 180] "
+                             "(angles are drawn from [-rotate_deg, rotate_deg])")
+        for name in ("scale", "contrast"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"augment {name}=[{lo}, {hi}] must be two positive numbers, "
+                                 "low <= high")
+
     @classmethod
     def from_any(cls, value: AugmentConfig | dict[str, Any] | bool | None) -> AugmentConfig:
         """Build from a config dict (YAML), an instance, True (defaults) or None/False (off)."""
@@ -77,11 +94,16 @@ class AugmentConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"augment has unknown option(s) {unknown}; known: {sorted(known)}")
         kwargs = dict(value)
         for key in ("scale", "contrast"):
             if key in kwargs:
-                kwargs[key] = tuple(float(v) for v in kwargs[key])
+                try:
+                    lo, hi = (float(v) for v in kwargs[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"augment {key}={kwargs[key]!r:.40} must be [low, high]"
+                                     ) from None
+                kwargs[key] = (lo, hi)
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, Any]:

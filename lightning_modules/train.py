@@ -50,6 +50,7 @@ from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
+from datamodules.transforms import AugmentConfig
 from datamodules.validate import DatasetValidationError
 from lightning_modules.blocks import NORMS
 from lightning_modules.callbacks import (
@@ -185,6 +186,10 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ConfigFileError(f"{source}: {name}={value} must be a finite number")
     model, data = dict(config.get("model") or {}), config.get("data") or {}
+    try:  # as the DataModule will build it
+        AugmentConfig.from_any(data.get("augment", True))
+    except (TypeError, ValueError) as err:
+        raise ConfigFileError(f"{source}: data.{err}") from None
     if data.get("phantom_config") or data.get("phantom_overrides"):
         from datamodules.phantoms import PhantomConfig
 

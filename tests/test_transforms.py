@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +212,30 @@ def test_paper_preset_has_no_style_changes():
                          .read_text())  # fmt: skip
     assert AugmentConfig.from_any(cfg["data"]["augment"]).p_style == 0.0
     assert AugmentConfig().p_style > 0  # the other presets randomise the look
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [({"p_style": 2}, "p_style=2 is a probability"), ({"p_hflip": -0.1}, "p_hflip=-0.1"),
+     ({"rotate_deg": -5}, "rotate_deg=-5 must be in [0, 180]"),
+     ({"scale": [1.2, 0.8]}, "scale=[1.2, 0.8] must be two positive numbers, low <= high"),
+     ({"contrast": [0, 1]}, "contrast=[0.0, 1.0] must be two positive numbers"),
+     ({"scale": 3}, "scale=3 must be [low, high]"), ({"bogus": 1}, "unknown option(s)")],
+)
+def test_augment_values_out_of_range_are_refused(value, expected):
+    """Albumentations took a reversed zoom range or a probability of 2 silently."""
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        AugmentConfig.from_any(value)
+
+
+def test_train_refuses_a_bad_augment_value_before_the_run(tmp_path, capsys):
+    from lightning_modules import train
+
+    with pytest.raises(SystemExit) as stop:
+        tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+        train.main(["--config", tiny, "--run.root", str(tmp_path / "r"),
+                    "--data.augment={p_style: 2}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: error:") and "data.augment p_style=2" in err
+    assert not (tmp_path / "r").exists()
