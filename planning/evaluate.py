@@ -45,6 +45,7 @@ from geometry.pixel_spacing import SPHERE_MM, check_sphere_diameter
 from geometry.plan_geometry import Plan, masks_to_original, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
+from planning.plan import MAX_TTA, path_argument
 from planning.predict import NetworkMaps
 from planning.references import rater_schoettle
 from planning.review import ReviewConfig, ReviewContext, review
@@ -437,15 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Table 1 / Table 2 of Kordon et al. 2019 for a checkpoint or the oracle.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--ckpt", type=Path, help="checkpoint (default: newest under runs/)")
+    src.add_argument("--ckpt", type=path_argument,
+                     help="checkpoint (default: newest under runs/)")
     src.add_argument(
         "--oracle", action="store_true", help="ground-truth maps instead of predictions"
     )
-    p.add_argument("--data-root", type=Path, help="dataset folder (default: phantom test set)")
+    p.add_argument("--data-root", type=path_argument,
+                   help="dataset folder (default: phantom test set)")
     p.add_argument("--held-out", action="store_true",
                    help="with --data-root the folder the checkpoint trained on: leave its "
                         "training images out (its validation/test images remain)")
-    p.add_argument("--out", type=Path, help="output folder (default runs/evaluate/<name>)")
+    p.add_argument("--out", type=path_argument,
+                   help="output folder (default runs/evaluate/<name>)")
     p.add_argument("--subset", type=Path, help="file of image ids (one per line) for Table 2")
     p.add_argument("--n-phantoms", type=int, default=DEFAULT_N_PHANTOMS)
     p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED)
@@ -539,8 +543,6 @@ def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
     """Why a numeric argument is out of range (a usage error, status 2), or None."""
-    from planning.plan import MAX_TTA
-
     bounds = [
         (args.n_phantoms >= 1, f"--n-phantoms must be at least 1, got {args.n_phantoms}"),
         (args.phantom_seed >= 0, f"--phantom-seed must be >= 0, got {args.phantom_seed}"),

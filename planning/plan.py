@@ -312,6 +312,14 @@ def write_overlay(path: Path, rgb: np.ndarray) -> None:
 
 
 MAX_TTA = 64  # test-time augmentations per image (each one more network pass)
+
+
+def path_argument(text: str | Path) -> Path:
+    """argparse type of a path flag: an empty string (an unset shell variable) is an error, not
+    the current folder (``Path('')`` is ``.``)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
 MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runtimes fail
 # (--threads 100000 crashed torch and took 7 GB in ONNX Runtime)
 
@@ -324,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image", required=True,
                    help="radiograph (.dcm, .png, .tif, .jpg), a folder of them, or a quoted glob")
-    p.add_argument("--ckpt", type=Path, required=True,
+    p.add_argument("--ckpt", type=path_argument, required=True,
                    help="trained checkpoint (.ckpt) or exported model (.onnx, make export)")
-    p.add_argument("--out", type=Path, default=Path("plans"), help="output folder (plans/)")
+    p.add_argument("--out", type=path_argument, default=Path("plans"),
+                   help="output folder (plans/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
     p.add_argument(
@@ -349,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default, is fastest for the small networks on a few shared cores")
     p.add_argument("--workers", type=int, default=1,
                    help="batch mode: worker processes (each loads the model once)")
-    p.add_argument("--summary", type=Path, help="batch mode: summary CSV (<out>/summary.csv)")
+    p.add_argument("--summary", type=path_argument,
+                   help="batch mode: summary CSV (<out>/summary.csv)")
     p.add_argument("--progress-every", type=int, default=10, metavar="N",
                    help="batch mode without a terminal: one progress line per N images")
     return p

@@ -563,3 +563,23 @@ def test_dicom_with_a_tiff_like_preamble_is_held_to_the_pixel_limit(tmp_path):
     with pytest.raises(ImageReadError) as err:
         load_image(path)
     assert "20000 x 20000 px exceeds the limit" in one_line(err.value)
+
+
+@pytest.mark.parametrize(("module", "flag"), [("planning.plan", "--out"),
+                                              ("planning.plan", "--ckpt"),
+                                              ("planning.plan", "--summary"),
+                                              ("planning.evaluate", "--out"),
+                                              ("planning.evaluate", "--data-root")])
+def test_an_empty_path_flag_is_a_usage_error(tmp_path, capsys, monkeypatch, module, flag):
+    """An unset shell variable (``--out "$OUT"``) was the current folder: plans landed there."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(module).main
+    argv = {"planning.plan": ["--image", "knee.png", "--ckpt", "m.ckpt"],
+            "planning.evaluate": ["--oracle"]}[module]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, flag, ""])
+    assert stop.value.code == 2
+    assert f"argument {flag}: empty path" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
