@@ -47,6 +47,8 @@ from lightning_modules.losses import MultiTaskLoss
 from lightning_modules.metrics import ValidationMetrics
 from lightning_modules.shgn import MultiTaskSHGN, final_maps
 
+GRAD_CLIP_ALGORITHMS = ("norm", "value")  # Lightning's clip_gradients algorithms
+
 
 class KneePlanModule(pl.LightningModule):
     """Multi-task SHGN trained with per-hourglass GradNorm (Kordon et al. 2019).
@@ -101,7 +103,7 @@ class KneePlanModule(pl.LightningModule):
         heatmap_codec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if grad_clip_algorithm not in ("norm", "value"):
+        if grad_clip_algorithm not in GRAD_CLIP_ALGORITHMS:
             raise ValueError(
                 f"module.py: grad_clip_algorithm must be 'norm' or 'value', got "
                 f"{grad_clip_algorithm!r}"

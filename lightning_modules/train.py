@@ -71,7 +71,11 @@ from lightning_modules.checkpoints import (
 )
 from lightning_modules.malloc_tuning import keep_freed_memory
 from lightning_modules.model_limits import check_hyper_parameters
-from lightning_modules.module import KneePlanModule, NonFiniteTrainingError
+from lightning_modules.module import (
+    GRAD_CLIP_ALGORITHMS,
+    KneePlanModule,
+    NonFiniteTrainingError,
+)
 from lightning_modules.progress import progress_callback
 from lightning_modules.shgn import input_side_problem
 
@@ -232,7 +236,8 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
     """Why a training value is out of range (``TRAINING_VALUE_RULES``; the input side must fit
     the network's depth), or None."""
     sections = {"model": model, "data": data}
-    for key, allowed in (("model.norm", NORMS), ("model.grad_clip_algorithm", ("norm", "value"))):
+    choices = (("model.norm", NORMS), ("model.grad_clip_algorithm", GRAD_CLIP_ALGORITHMS))
+    for key, allowed in choices:
         section, name = key.split(".")
         value = sections[section].get(name)
         if value is not None and value not in allowed:

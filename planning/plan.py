@@ -312,6 +312,8 @@ def write_overlay(path: Path, rgb: np.ndarray) -> None:
 
 
 MAX_TTA = 64  # test-time augmentations per image (each one more network pass)
+MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runtimes fail
+# (--threads 100000 crashed torch and took 7 GB in ONNX Runtime)
 
 
 def path_argument(text: str | Path) -> Path:
@@ -320,8 +322,6 @@ def path_argument(text: str | Path) -> Path:
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path")
     return Path(text)
-MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runtimes fail
-# (--threads 100000 crashed torch and took 7 GB in ONNX Runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ Outputs go to `<studies-dir>/<study>/`: `study.db` (the default SQLite storage) 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -124,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 def argument_problem(args: argparse.Namespace) -> str | None:
     """Why a numeric argument is out of range, or an enqueued parameter unknown (None: fine);
     Optuna would refuse some later, misreported as a storage problem, and take others silently."""
-    import math
-
     counts = [("--trials", args.trials, 0), ("--seed", args.seed, 0),
               ("--prune-startup-trials", args.prune_startup_trials, 0),
               ("--prune-warmup-epochs", args.prune_warmup_epochs, 0),
