@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_modules.shgn import final_maps
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
+from planning.plan import path_argument
 from planning.predict import (
     EXPORT_VERSION,
     INPUT_NAME,
@@ -113,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.export``."""
     p = argparse.ArgumentParser(prog="python -m planning.export",
                                 description="Export a checkpoint to ONNX for planning.")
-    p.add_argument("--ckpt", type=Path, required=True, help="trained checkpoint (.ckpt)")
-    p.add_argument("--out", type=Path, help="output .onnx (default: beside the checkpoint)")
+    p.add_argument("--ckpt", type=path_argument, required=True, help="trained checkpoint (.ckpt)")
+    p.add_argument("--out", type=path_argument,
+                   help="output .onnx (default: beside the checkpoint)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--no-check", action="store_true",
                    help="skip the torch vs ONNX Runtime comparison on random input")
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors are one line on stderr (exit 2 for a bad checkpoint)."""
     args = build_parser().parse_args(argv)
-    if args.ckpt.name in ("", ".", ".."):  # '' (parsed as '.'), '..': not a checkpoint file
+    if args.ckpt.name in ("", ".", ".."):  # '.', '..': not a checkpoint file
         print(f"export: error: --ckpt {str(args.ckpt)!r} does not name a checkpoint file",
               file=sys.stderr)
         return 2

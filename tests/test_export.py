@@ -170,10 +170,22 @@ def test_unsupported_opset_is_a_usage_error(tmp_path, capsys, opset):
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("ckpt", ["", ".."])
-def test_ckpt_that_names_no_file_is_a_usage_error(ckpt, capsys):
-    """``--ckpt ''`` was a traceback (``Path('.').with_suffix``)."""
+def test_ckpt_that_names_no_file_is_a_usage_error(capsys):
+    """``--ckpt ..`` was a traceback (``Path('..').with_suffix``)."""
     from planning.export import main
 
-    assert main(["--ckpt", ckpt]) == 2
+    assert main(["--ckpt", ".."]) == 2
     assert "does not name a checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--ckpt", "--out"])
+def test_empty_path_flag_is_a_usage_error(flag, tmp_path, capsys):
+    """An empty ``--ckpt`` or ``--out`` (an unset shell variable) is one usage line, status 2:
+    argparse made it '.', a traceback for --ckpt and '.: must end in .onnx' for --out."""
+    from planning.export import main
+
+    args = {"--ckpt": str(tmp_path / "m.ckpt"), "--out": str(tmp_path / "m.onnx"), flag: ""}
+    with pytest.raises(SystemExit) as exc:
+        main([a for kv in args.items() for a in kv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and f"argument {flag}: empty path" in err[-1]
