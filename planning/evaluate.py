@@ -198,13 +198,14 @@ def evaluate_sample(
 
 
 def read_subset(path: str | Path) -> set[str]:
-    """Image ids listed one per line (blank lines and ``#`` comments ignored)."""
-    from datamodules.config_file import MAX_CONFIG_BYTES, ConfigFileError, read_text_file
+    """Image ids listed one per line (blank lines and ``#`` comments ignored).
 
-    try:  # bounded: a FIFO, a 2 GB file or a binary one is one line naming it
-        lines = read_text_file(path, "subset list", 8 * MAX_CONFIG_BYTES).splitlines()
-    except ConfigFileError as err:
-        raise SystemExit(f"evaluate: {err}") from None
+    Raises ``ConfigFileError`` (a ``ValueError``) in one line naming the file: read bounded, so a
+    FIFO, a 2 GB file or a binary one costs nothing.
+    """
+    from datamodules.config_file import MAX_CONFIG_BYTES, read_text_file
+
+    lines = read_text_file(path, "subset list", 8 * MAX_CONFIG_BYTES).splitlines()
     return {s.split("#", 1)[0].strip() for s in lines} - {""}
 
 
@@ -577,6 +578,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         review_config = ReviewConfig.load(args.review_config)
         check_sphere_diameter(args.sphere_mm)
+        subset = read_subset(args.subset) if args.subset else None  # before the model loads
     except ValueError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -638,7 +640,6 @@ def _run(args: argparse.Namespace) -> int:
             cfg.min_side = min(cfg.min_side, max(1, args.phantom_max_side * 3 // 5))
         samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
-    subset = read_subset(args.subset) if args.subset else None
     out = args.out or Path("runs") / "evaluate" / name
     if args.perturb:
         from planning.stress import parse_kinds, run_stress

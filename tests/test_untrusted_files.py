@@ -282,17 +282,33 @@ def test_evaluate_subset_list_binary_or_oversized_is_one_line(tmp_path):
 
     binary = tmp_path / "ids.txt"
     binary.write_bytes(b"\x80\x81\x82 not text")
-    with pytest.raises(SystemExit) as stop:  # was a UnicodeDecodeError without the file
+    with pytest.raises(ValueError) as err:  # was a UnicodeDecodeError without the file
         read_subset(binary)
-    assert str(binary) in one_line(stop.value.code)
+    assert str(binary) in one_line(str(err.value))
     big = tmp_path / "big.txt"
     with big.open("wb") as fh:
         fh.truncate(64 * 1024**2)  # read whole before
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(ValueError) as err:
         read_subset(big)
-    assert str(big) in one_line(stop.value.code) and "refused unread" in str(stop.value.code)
+    assert str(big) in one_line(str(err.value)) and "refused unread" in str(err.value)
     ok = _write(tmp_path / "ok.txt", "a\n# note\nb  # why\n\n")
     assert read_subset(ok) == {"a", "b"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "binary"])
+def test_evaluate_bad_subset_list_is_a_usage_error_before_the_model_loads(kind, tmp_path, capsys):
+    """A missing or unreadable ``--subset`` list was status 1 (and read after the checkpoint had
+    loaded); it is an argument file: one line naming it, status 2, nothing built."""
+    from planning.evaluate import main
+
+    ids = tmp_path / "ids.txt"
+    if kind == "binary":
+        ids.write_bytes(b"\x80\x81 not text")
+    ckpt = tmp_path / "never_read.ckpt"  # missing too: the subset is checked first
+    rc = main(["--ckpt", str(ckpt), "--subset", str(ids), "--out", str(tmp_path / "out")])
+    err = one_line(capsys.readouterr().err)
+    assert rc == 2 and err.startswith("evaluate: error: ") and str(ids) in err
+    assert str(ckpt) not in err and not (tmp_path / "out").exists()
 
 
 def test_evaluate_phantom_config_alias_bomb_is_one_line_with_status_2(tmp_path, capsys):
