@@ -78,6 +78,13 @@ from lightning_modules.module import (
 )
 from lightning_modules.progress import progress_callback
 from lightning_modules.shgn import input_side_problem
+from lightning_modules.training_state import (
+    ARCHITECTURE_KEYS,
+    TARGET_KEYS,
+    optimizer_state_problem,
+    scheduler_state_problem,
+    settings_mismatch,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
@@ -301,9 +308,12 @@ def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = Non
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def resume_checkpoint(run: RunOptions, module: KneePlanModule) -> Path:
+def resume_checkpoint(run: RunOptions, module: KneePlanModule,
+                      data_hparams: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
-    ``module``'s architecture; raises CheckpointError (one line naming the file)."""
+    ``module``'s architecture and settings (and of ``data_hparams``' targets, when given), with
+    an optimiser and scheduler state in range; raises CheckpointError (one line naming the
+    file)."""
     path = (find_last_checkpoint(run.root, run.name) if run.resume == "last"
             else Path(str(run.resume)).expanduser().absolute())
     ckpt = read_checkpoint(path)
@@ -313,6 +323,19 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule) -> Path:
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
                               "cannot resume from it (plan/evaluate can still use it)")
     check_architecture(path, ckpt["state_dict"], module)
+    problem = (optimizer_state_problem(ckpt["optimizer_states"])
+               or scheduler_state_problem(ckpt.get("lr_schedulers", [])))
+    if problem:
+        raise CheckpointError(f"{path}: its training state is unusable: {problem}")
+    changed = settings_mismatch(ckpt.get("hyper_parameters"), dict(module.hparams),
+                                ARCHITECTURE_KEYS)
+    if changed is None and data_hparams is not None:
+        changed = settings_mismatch(ckpt.get("datamodule_hyper_parameters"), data_hparams,
+                                    TARGET_KEYS)
+    if changed:
+        raise CheckpointError(
+            f"{path}: the config changes what this run trains ({changed}): resume with the run's "
+            "own config.yaml, or start a new run")
     _check_rng_state(path, ckpt.get(RNG_KEY))
     return path
 
@@ -412,7 +435,9 @@ class KneePlanCLI(LightningCLI):
         run = _as_run_options(self._get(self.config_init, "run"))
         reuse = None
         if run.resume:  # checked here, before any folder is made: one line on any problem
-            resume = resume_checkpoint(run, self.model)
+            data = getattr(self, "datamodule", None)
+            resume = resume_checkpoint(run, self.model,
+                                       dict(data.hparams) if data is not None else None)
             self.resume_path = str(resume)
             reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
         self.run_dir = run_dir = make_run_dir(run.root, run.name, reuse=reuse)

@@ -1,0 +1,125 @@
+"""Checks of a resumed checkpoint's training state: optimiser, scheduler and settings.
+
+Lightning restores the optimisers' and the scheduler's state as the file gives it, after the
+config checks have run: a crafted or damaged checkpoint with a negative learning rate,
+``maximize: True`` or a scheduler ``gamma`` of -100 trained the network uphill and exited 0, and
+NaN in RMSProp's ``square_avg`` turned every weight to NaN at the first step. A resume is
+also a continuation of one run: a config that changes the network's norm, the input size or the
+heat-map targets would write checkpoints whose settings describe another training than their
+weights had. Lightning-free (plain dicts and tensors), like ``checkpoint_file``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+# optimiser group settings: (lowest allowed, lower bound included); the upper bound is finite
+_GROUP_RANGES: dict[str, tuple[float, bool]] = {
+    "lr": (0.0, True), "initial_lr": (0.0, True), "momentum": (0.0, True),
+    "weight_decay": (0.0, True), "eps": (0.0, False), "alpha": (0.0, True),
+}  # fmt: skip
+_NONNEGATIVE_STATE = ("square_avg", "step", "exp_avg_sq")  # running averages of squares, counts
+# settings that make a run: module hyper-parameters and the DataModule's target settings
+ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs",
+                     "image_size")  # fmt: skip
+TARGET_KEYS = ("size", "sigma", "roi_spacing_px", "roi_extent")
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (not a bool), else None; a Python int too
+    large for a float is +-inf (``float()`` raises OverflowError on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf
+
+
+def _number_problem(name: str, value: Any, low: float, inclusive: bool) -> str | None:
+    x = _real(value)
+    if x is None or not math.isfinite(x) or x < low or (x == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        return f"{name} is {value!r} (must be a finite number {bound})"
+    return None
+
+
+def _group_problem(where: str, group: Mapping[str, Any]) -> str | None:
+    for key, (low, inclusive) in _GROUP_RANGES.items():
+        if key in group and (p := _number_problem(f"{where} {key}", group[key], low, inclusive)):
+            return p
+    if "alpha" in group and _real(group["alpha"]) is not None and _real(group["alpha"]) > 1:
+        return f"{where} alpha is {group['alpha']!r} (RMSProp's smoothing lies in [0, 1])"
+    if group.get("maximize", False) is not False:
+        return f"{where} maximize is {group['maximize']!r} (kneeplan minimises its loss)"
+    return None
+
+
+def _tensor_problem(where: str, key: str, value: Any) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return None if _real(value) is not None and math.isfinite(_real(value)) else (
+            f"{where} {key} is {value!r} (not a finite number)")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return f"{where} {key} holds NaN or inf"
+    if key in _NONNEGATIVE_STATE and value.numel() and bool((value < 0).any()):
+        return f"{where} {key} holds negative values (a running average of squares or a count)"
+    return None
+
+
+def optimizer_state_problem(states: Any) -> str | None:
+    """What is wrong with Lightning's ``optimizer_states`` (a list of optimiser state dicts), or
+    None: group settings out of range, ``maximize``, or non-finite / negative running state."""
+    if not isinstance(states, list):
+        return f"optimizer_states is a {type(states).__name__}, not a list"
+    for i, opt in enumerate(states):
+        if not isinstance(opt, Mapping):
+            return f"optimiser {i}'s state is a {type(opt).__name__}, not a mapping"
+        for g, group in enumerate(opt.get("param_groups") or []):
+            if not isinstance(group, Mapping):
+                return f"optimiser {i} group {g} is not a mapping"
+            if p := _group_problem(f"optimiser {i} group {g}", group):
+                return p
+        state = opt.get("state") or {}
+        if not isinstance(state, Mapping):
+            return f"optimiser {i}'s per-parameter state is not a mapping"
+        for param, entry in state.items():
+            for key, value in (entry.items() if isinstance(entry, Mapping) else ()):
+                if p := _tensor_problem(f"optimiser {i} parameter {param}", key, value):
+                    return p
+    return None
+
+
+def scheduler_state_problem(states: Any) -> str | None:
+    """What is wrong with Lightning's ``lr_schedulers`` (a list of StepLR state dicts), or None:
+    a step size below 1, a negative or non-finite gamma, negative or non-finite rates."""
+    if not isinstance(states, list):
+        return f"lr_schedulers is a {type(states).__name__}, not a list"
+    for i, sched in enumerate(states):
+        if not isinstance(sched, Mapping):
+            return f"scheduler {i}'s state is not a mapping"
+        checks = {"gamma": (0.0, True), "step_size": (1.0, True), "last_epoch": (-1.0, True)}
+        for key, (low, inclusive) in checks.items():
+            if key in sched and (p := _number_problem(f"scheduler {i} {key}", sched[key], low,
+                                                       inclusive)):
+                return p
+        for key in ("base_lrs", "_last_lr"):
+            for value in sched.get(key) or []:
+                if p := _number_problem(f"scheduler {i} {key}", value, 0.0, True):
+                    return p
+    return None
+
+
+def settings_mismatch(saved: Mapping[str, Any] | None, configured: Mapping[str, Any],
+                      keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` whose saved value differs from the configured one (keys missing on
+    either side, from older checkpoints, are not compared), as ``key: saved -> configured``."""
+    if not isinstance(saved, Mapping):
+        return None
+    for key in keys:
+        if key in saved and key in configured and saved[key] != configured[key]:
+            return f"{key} {saved[key]!r} -> {configured[key]!r}"
+    return None
