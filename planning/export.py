@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -106,8 +107,9 @@ def max_difference(ckpt: str | Path, onnx_path: str | Path, batch: int = 2, seed
     s = torch_pred.image_size
     x = np.random.default_rng(seed).random((batch, 1, s, s), dtype=np.float32)
     a, b = torch_pred.predict_maps(x), onnx_pred.predict_maps(x)
-    return max(float(np.abs(a[k] - b[k]).max() / max(1.0, float(np.abs(a[k]).max())))
-               for k in onnx_pred.output_names)
+    diffs = [float(np.abs(a[k] - b[k]).max() / max(1.0, float(np.abs(a[k]).max())))
+             for k in onnx_pred.output_names]
+    return math.nan if any(math.isnan(d) for d in diffs) else max(diffs)  # max() skips a NaN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,10 +140,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"export: error: --opset {args.opset}: choose {OPSETS.start}..{OPSETS.stop - 1} "
               f"(default {DEFAULT_OPSET})", file=sys.stderr)
         return 2
+    for target in (out, export_meta_path(out)):  # before anything is written
+        if target.is_dir():
+            print(f"export: error: {target}: is a folder, not a file to write", file=sys.stderr)
+            return 2
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        print(f"export: error: {above}: is a file, not a folder to write {out.name} in",
+              file=sys.stderr)
+        return 2
     try:
         meta = export_onnx(args.ckpt, out, args.opset)
     except CheckpointError as err:
         print(f"export: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a parent that is a file, a read-only or virtual folder, ...
+        print(f"export: error: {err.filename or out}: cannot write the export "
+              f"({err.strerror or type(err).__name__})", file=sys.stderr)
         return 2
     print(f"wrote {out} and {export_meta_path(out)} (input {meta['input_size']} px, "
           f"outputs {', '.join(meta['outputs'])}, opset {meta['opset']})")

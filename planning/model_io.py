@@ -120,8 +120,14 @@ def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module
         raise CheckpointError(f"{path}: weight {wrong[0][:80]!r} holds "
                               f"{str(weights[wrong[0]].dtype).replace('torch.', '')} values: not "
                               "a network (its weights are real floating-point numbers)")
-    return {name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for name, t in weights.items()}
+    out = {name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+           for name, t in weights.items()}
+    for name, t in out.items():  # a finite double beyond float32's range (1e300) becomes inf
+        if (isinstance(t, torch.Tensor) and t.is_floating_point() and weights[name].dtype !=
+                torch.float32 and not bool(torch.isfinite(t).all())):
+            raise CheckpointError(f"{path}: weight {name[:80]!r} holds values beyond float32's "
+                                  "range (+-3.4e38): they become inf in the network")
+    return out
 
 
 def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float:

@@ -189,3 +189,46 @@ def test_empty_path_flag_is_a_usage_error(flag, tmp_path, capsys):
         main([a for kv in args.items() for a in kv])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and f"argument {flag}: empty path" in err[-1]
+
+
+def test_max_difference_does_not_hide_a_nan_output(monkeypatch):
+    """``max()`` over the outputs' differences skipped a NaN after the first output, so the
+    export check passed a graph with NaN landmark maps."""
+    import planning.export as export
+    import planning.predict as predict
+
+    maps = {"seg": np.zeros((1, 4, 8, 8)), "lm": np.full((1, 2, 8, 8), np.nan),
+            "roi": np.zeros((1, 1, 8, 8))}
+
+    class Fake:
+        image_size, output_names = 8, list(maps)
+
+        @classmethod
+        def from_checkpoint(cls, _):
+            return cls()
+
+        def __init__(self, *_):
+            pass
+
+        def predict_maps(self, x):
+            return maps
+
+    monkeypatch.setattr(predict, "TorchPredictor", Fake)
+    monkeypatch.setattr(predict, "OnnxPredictor", Fake)
+    assert np.isnan(export.max_difference("a.ckpt", "a.onnx"))
+
+
+def test_output_that_cannot_be_written_is_one_line_before_anything_is_written(ckpt, tmp_path,
+                                                                               capsys):
+    """An --out that is a folder, whose JSON is a folder, or under a file was a traceback (and
+    the .onnx was written before the JSON failed)."""
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "j.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {tmp_path / "dir.onnx": "is a folder", tmp_path / "j.onnx": "is a folder",
+             tmp_path / "file" / "m.onnx": "is a file, not a folder"}
+    for out, words in cases.items():
+        assert export_main(["--ckpt", str(ckpt), "--out", str(out), "--no-check"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "j.onnx").exists()

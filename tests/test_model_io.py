@@ -235,3 +235,20 @@ def test_a_damaged_zip_directory_is_one_line(ckpt, tmp_path):
         read_checkpoint(bad)
     msg = str(err.value)
     assert "\n" not in msg and str(bad) in msg and "cannot read the zip archive" in msg, msg
+
+
+def test_double_weights_beyond_float32_are_refused(ckpt, tmp_path):
+    """A float64 weight of 1e300 is finite where the non-finite check ran, and inf once cast to
+    float32 (red-team round 6: export wrote an inf bias and reported success)."""
+    state = read_checkpoint(ckpt)
+    name = next(k for k in state["state_dict"] if k.startswith("net.") and k.endswith("bias"))
+    state["state_dict"][name] = torch.full_like(state["state_dict"][name], 1e300,
+                                                dtype=torch.float64)
+    big = tmp_path / "big.ckpt"
+    torch.save(state, big)
+    with pytest.raises(CheckpointError, match="beyond float32's range") as err:
+        load_checkpoint(big)
+    assert str(big) in _one_line(err.value) and name[len("net."):] in str(err.value)
+    state["state_dict"][name] = state["state_dict"][name].fill_(0.5)  # in range: loads as before
+    torch.save(state, big)
+    assert torch.isfinite(load_checkpoint(big).net.state_dict()[name[len("net."):]]).all()
