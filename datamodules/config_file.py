@@ -46,6 +46,23 @@ def _expanded_size_exceeds(data: Any, limit: int) -> bool:
     return False
 
 
+def _too_large_number(data: Any) -> int | None:
+    """The first integer of ``data`` too large for a float (``float()`` raises OverflowError:
+    401 digits crashed jsonargparse and every threshold check), or None. ``data`` is already
+    bounded by ``_expanded_size_exceeds``."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**1024:
+            return item
+    return None
+
+
 def read_text_file(path: str | Path, what: str = "config",
                    max_bytes: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of the small file ``path``; :class:`ConfigFileError` when it is missing,
@@ -100,6 +117,10 @@ def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFI
     if _expanded_size_exceeds(data, max_values):
         raise ConfigFileError(f"{p}: more than {max_values} values once its YAML aliases are "
                               f"expanded (an alias bomb?): refused as {what}")
+    if (big := _too_large_number(data)) is not None:
+        digits = len(str(abs(big)))
+        raise ConfigFileError(f"{p}: a number of {digits} digits ({str(big)[:12]}...) is too "
+                              f"large to be read as a number: refused as {what}")
     return data
 
 

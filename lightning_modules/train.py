@@ -89,6 +89,7 @@ from lightning_modules.training_state import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
 PAPER_CONFIG = REPO_ROOT / "configs" / "paper.yaml"
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything refuses others with a traceback
 RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
 
 
@@ -405,8 +406,9 @@ class KneePlanCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        """jsonargparse's parse, with a wrong type or an unknown key in a config file answered by
-        one :class:`ConfigFileError` line (exit status 2) instead of its usage text."""
+        """jsonargparse's parse, with a wrong type or an unknown key in a config file, or a seed
+        outside numpy's range, answered by one :class:`ConfigFileError` line (exit status 2)
+        instead of its usage text or a traceback."""
         from jsonargparse import ArgumentError
 
         parser.exit_on_error = False
@@ -420,6 +422,12 @@ class KneePlanCLI(LightningCLI):
                                   ) from None
         finally:
             parser.exit_on_error = True
+        # Lightning's seed_everything runs before ``before_instantiate_classes`` and raises a
+        # traceback on a seed numpy cannot take
+        seed = self.config.get("seed_everything")  # (no subcommands: run=False)
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_SEED:
+            raise ConfigFileError(f"config: seed_everything={seed!r:.40} must be in "
+                                  f"0..{MAX_SEED} (the seeds numpy takes)")
 
     def before_instantiate_classes(self) -> None:
         """Refuse non-finite or out-of-bounds values before anything is built."""
@@ -502,8 +510,12 @@ def _make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
     with warnings.catch_warnings():
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return KneePlanCLI(KneePlanModule, KneeDataModule, args=argv, run=False,
-                           auto_configure_optimizers=False, **kwargs)
+        try:
+            return KneePlanCLI(KneePlanModule, KneeDataModule, args=argv, run=False,
+                               auto_configure_optimizers=False, **kwargs)
+        except OverflowError:  # jsonargparse's float() of a 400-digit integer on the command
+            raise ConfigFileError("command line: a value is too large to be read as a number"
+                                  ) from None  # line (config files are checked above)
 
 
 def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResult:

@@ -612,7 +612,7 @@ def _run(args: argparse.Namespace) -> int:
         name = "oracle"
     if args.data_root is not None:
         if not (args.data_root / "images").is_dir():
-            print(f"evaluate: {args.data_root} has no images/ folder", file=sys.stderr)
+            print(f"evaluate: error: {args.data_root}: has no images/ folder", file=sys.stderr)
             return 2
         skip = _training_images(args, module)
         if skip is None:
@@ -627,7 +627,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg = (PhantomConfig.from_yaml(args.phantom_config) if args.phantom_config
                    else PhantomConfig())
         except ValueError as err:
-            print(f"evaluate: {err}", file=sys.stderr)
+            print(f"evaluate: error: {err}", file=sys.stderr)
             return 2
         if args.phantom_max_side is not None:
             if args.phantom_max_side < MIN_PHANTOM_SIDE:

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,12 @@ def _config_sigma(config_yaml: Any) -> float | None:
         sigma = cfg["data"]["sigma"]
     except (yaml.YAMLError, KeyError, TypeError, RecursionError):
         return None
-    return None if isinstance(sigma, bool) or not isinstance(sigma, int | float) else float(sigma)
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+        return None
+    try:
+        return float(sigma)
+    except OverflowError:  # an integer of hundreds of digits: refused by the codec's bounds
+        return math.inf
 
 
 def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module

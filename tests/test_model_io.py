@@ -252,3 +252,17 @@ def test_double_weights_beyond_float32_are_refused(ckpt, tmp_path):
     state["state_dict"][name] = state["state_dict"][name].fill_(0.5)  # in range: loads as before
     torch.save(state, big)
     assert torch.isfinite(load_checkpoint(big).net.state_dict()[name[len("net."):]]).all()
+
+
+def test_an_old_checkpoints_config_sigma_too_large_for_a_float_is_refused(ckpt, tmp_path):
+    """``float()`` of a 401-digit ``data.sigma`` in the stored config was an OverflowError
+    traceback in export; now the codec's bounds refuse it in one line."""
+    state = read_checkpoint(ckpt)
+    del state["hyper_parameters"]["heatmap_codec"]
+    state["datamodule_hyper_parameters"] = {}
+    state["kneeplan_config"] = "data:\n  sigma: 1" + "0" * 400 + "\n"
+    bad = tmp_path / "bad.ckpt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="sigma=inf is not a number") as err:
+        load_checkpoint(bad)
+    assert str(bad) in _one_line(err.value)

@@ -114,6 +114,40 @@ def test_non_finite_or_unbounded_config_values_are_refused_before_building(
     assert not (tmp_path / "r").exists()
 
 
+HUGE = "1" + "0" * 400  # valid YAML and JSON; float() raises OverflowError on it
+
+
+@pytest.mark.parametrize("kind", ["review thresholds", "phantom config", "config"])
+def test_an_integer_too_large_for_a_float_is_one_line_in_every_yaml_file(kind, tmp_path):
+    """401 digits crashed jsonargparse (80 lines) and every threshold check (OverflowError in
+    ``math.isfinite``); the shared YAML reader refuses it, naming the file."""
+    from datamodules.config_file import ConfigFileError, read_yaml
+
+    path = _write(tmp_path / "huge.yaml", f"a:\n  b: [1, -{HUGE}]\n")
+    with pytest.raises(ConfigFileError) as err:
+        read_yaml(path, kind)
+    line = one_line(str(err.value))
+    assert str(path) in line and "401 digits" in line and kind in line
+    assert read_yaml(_write(tmp_path / "ok.yaml", "a: 4294967295\nb: 1.0e300\n"), kind)
+
+
+@pytest.mark.parametrize("args", [
+    ["--config", "HUGE_FILE"], [f"--model.lr={HUGE}"], ["--seed_everything=-3"],
+    ["--seed_everything=4294967296"],
+])
+def test_train_refuses_huge_numbers_and_seeds_numpy_cannot_take(args, tmp_path, capsys):
+    """Lightning's seed_everything raised a traceback on a seed outside numpy's 0..2^32-1;
+    jsonargparse raised OverflowError on a 401-digit lr from the command line."""
+    huge = _write(tmp_path / "huge.yaml", f"model:\n  lr: {HUGE}\n")
+    argv = [str(huge) if a == "HUGE_FILE" else a for a in args]
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", TINY, *argv, "--run.root", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("train: error: ") and ("seed_everything" in line or "large" in line)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("flag", ["--trainer.max_epochs=-5", "--trainer.devices=0"])
 def test_trainer_settings_lightning_refuses_are_one_line(flag, tmp_path, capsys):
     """Lightning's MisconfigurationException: one line, status 2 (was a traceback)."""
