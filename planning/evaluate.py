@@ -491,8 +491,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem := env_problem():
         print(f"evaluate: error: {problem}", file=sys.stderr)
         return 2
+    from planning.predict import ModelOutputError
+
     try:
         return _run(args)
+    except ModelOutputError as err:  # the model's fault, not the test set's (as in plan)
+        print(f"evaluate: error: unusable model {args.ckpt or '(newest under runs/)'}: {err}",
+              file=sys.stderr)
+        return 2
     except (OSError, ValueError, RuntimeError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 1

@@ -51,6 +51,10 @@ OUTPUT_NAMES = tuple(OUTPUT_CHANNELS)
 INPUT_NAME = "image"
 
 
+SEG_TOLERANCE = 1e-3  # sigmoid probabilities, after float rounding
+MAX_MAP_VALUE = 1e3  # heat-map targets lie in [0, 1]; trained outputs stay within a few units
+
+
 class ModelOutputError(ValueError):
     """The model's own output is unusable for a valid input (wrong shape, NaN): the model file is
     at fault, not the image (``plan`` exits 2, as for a model it cannot load)."""
@@ -75,6 +79,14 @@ def check_maps(maps: dict[str, Any], batch: int, size: int) -> dict[str, np.ndar
         if not np.isfinite(arr).all():
             raise ModelOutputError(f"the model's {name!r} output contains NaN or infinite values "
                                    "for a finite input image (non-finite or absurd weights)")
+        lo, hi = float(arr.min()), float(arr.max())
+        if name == "seg" and not (lo >= -SEG_TOLERANCE and hi <= 1 + SEG_TOLERANCE):
+            raise ModelOutputError(f"the model's 'seg' output is not probabilities (values in "
+                                   f"[{lo:.3g}, {hi:.3g}], expected [0, 1]: no sigmoid?)")
+        if max(-lo, hi) > MAX_MAP_VALUE:
+            raise ModelOutputError(f"the model's {name!r} output reaches {max(-lo, hi):.3g} "
+                                   f"(targets lie in [0, 1]; beyond {MAX_MAP_VALUE:g} the weights "
+                                   "are absurd)")
         out[name] = arr
     return out
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from datamodules.dataset_io import write_sample
 from datamodules.phantoms import PhantomConfig, generate_phantom
@@ -264,3 +265,23 @@ def test_out_of_range_arguments_are_usage_errors(tmp_path, capsys, flag, value):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_whose_outputs_overflow_is_a_usage_error_naming_it(tmp_path_factory, tmp_path,
+                                                                  capsys):
+    """Red-team round 6: evaluate exited 1 with a line that did not name the model (plan already
+    exited 2 for a model at fault)."""
+    from model_files import trained_tiny_checkpoint
+
+    from planning.model_io import read_checkpoint
+
+    state = read_checkpoint(trained_tiny_checkpoint(tmp_path_factory))
+    for key in [k for k in state["state_dict"] if ".heads.roi.refine_full." in k]:
+        state["state_dict"][key] = state["state_dict"][key] * 1e37  # finite weights, inf maps
+    bad = tmp_path / "overflow.ckpt"
+    torch.save(state, bad)
+    rc = main(["--ckpt", str(bad), "--n-phantoms", "1", "--tta", "0", "--n-boot", "10",
+               "--phantom-max-side", "96", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"evaluate: error: unusable model {bad}: the model's 'roi' output")

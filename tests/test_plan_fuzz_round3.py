@@ -92,6 +92,26 @@ def test_model_output_shape_is_checked():
         check_maps({**good, "seg": np.full((1, 4, 8, 8), np.nan)}, 1, 8)
 
 
+@pytest.mark.parametrize("name, value, words", [
+    ("seg", 10.6, "not probabilities"),  # an export whose sigmoid was removed (logits)
+    ("seg", -19.5, "not probabilities"),
+    ("roi", 9.75e29, "'roi' output reaches"),  # planned unflagged with roi_peak 1e30 before
+    ("lm", -2e3, "'lm' output reaches"),
+])
+def test_model_outputs_out_of_range_are_the_models_fault(name, value, words):
+    """Red-team round 6: only shape and NaN were checked."""
+    from planning.predict import ModelOutputError, check_maps
+
+    good = {"seg": np.full((1, 4, 8, 8), 0.5), "lm": np.zeros((1, 2, 8, 8)),
+            "roi": np.zeros((1, 1, 8, 8))}
+    bad = {**good, name: good[name].copy()}
+    bad[name][0, 0, 3, 3] = value
+    with pytest.raises(ModelOutputError, match=words):
+        check_maps(bad, 1, 8)
+    edge = {**good, "seg": np.where(good["seg"] > 0, 1.0 + 5e-4, 0.0), "lm": good["lm"] + 999.0}
+    check_maps(edge, 1, 8)  # sigmoid rounding and large but plausible maps pass
+
+
 def test_pipes_never_block_planning(tmp_path_factory, tmp_path):
     """A FIFO as the export's description, as --ckpt or as --summary: before, the first and the
     last blocked for ever (killed at 60 s)."""
