@@ -63,6 +63,29 @@ def _too_large_number(data: Any) -> int | None:
     return None
 
 
+def _unique_key_loader() -> Any:
+    """PyYAML's SafeLoader refusing a key written twice in one mapping (it keeps the last one
+    silently: ``max_tilt_deg`` given twice applied whichever came last). Merge keys (``<<``)
+    may still be overridden, as YAML intends."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value[:40]!r} is given twice",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_text_file(path: str | Path, what: str = "config",
                    max_bytes: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of the small file ``path``; :class:`ConfigFileError` when it is missing,
@@ -106,7 +129,7 @@ def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFI
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

@@ -40,6 +40,18 @@ CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
 
 
 _DEFAULT: list[ReviewConfig] = []  # ReviewConfig.load() of the default file, once per process
+# Ranges a threshold may take: beyond them a value is not a looser check but a meaningless one
+# (a fraction above 1, a tilt of 1e300 deg, a negative distance), so a typo cannot switch a
+# check off silently; setting a check to its range's end (e.g. 180 deg) switches it off openly.
+FRACTIONS = frozenset({
+    "min_femur_area", "max_femur_area", "min_main_fraction", "min_tibia_area",
+    "max_patella_on_femur", "min_patella_size", "min_bone_contrast", "max_saturated",
+    "max_unexposed", "max_point_saturated", "max_tta_failures",
+})  # fmt: skip
+MAX_MM = 1000.0  # beyond any knee radiograph
+MAX_PEAK = 1000.0  # heat-map targets lie in [0, 1] (planning.predict.MAX_MAP_VALUE)
+MAX_RATIO = 100.0  # shape ratios (elongation, condyle widening)
+MAX_SUPPORT = 10_000  # points on the cortex line
 
 
 @dataclass(frozen=True)
@@ -106,11 +118,39 @@ class ReviewConfig:
             kind = type(getattr(cls(), k))
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"{p}: {k} must be a finite number, got {v!r:.40}")
+            if kind is int and v != int(v):
+                raise ValueError(f"{p}: {k} must be a whole number, got {v!r:.40}")
+            if problem := threshold_problem(k, v):
+                raise ValueError(f"{p}: {k}={v!r:.40} {problem}")
             values[k] = kind(v)
         config = cls(**values)
+        for low, high in (("min_peak", "max_peak"), ("min_femur_area", "max_femur_area"),
+                          ("min_separation_mm", "max_separation_mm")):
+            if getattr(config, low) > getattr(config, high):
+                raise ValueError(f"{p}: {low}={getattr(config, low)} is above "
+                                 f"{high}={getattr(config, high)}")
         if path is None:
             _DEFAULT.append(config)
         return config
+
+
+def threshold_problem(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be the review threshold ``name`` (None: it can)."""
+    if name in FRACTIONS:
+        low, high, inclusive = 0.0, 1.0, True
+    elif name.endswith("_deg"):
+        low, high, inclusive = 0.0, 180.0, True
+    elif name.endswith("_mm"):
+        low, high, inclusive = 0.0, MAX_MM, False
+    elif name in ("min_peak", "max_peak"):
+        low, high, inclusive = 0.0, MAX_PEAK, True
+    elif name == "min_support":
+        low, high, inclusive = 0.0, MAX_SUPPORT, True
+    else:  # min_elongation, min_widening
+        low, high, inclusive = 0.0, MAX_RATIO, True
+    if value > high or value < low or (value == low and not inclusive):
+        return f"must lie in {'[' if inclusive else '('}{low:g}, {high:g}]"
+    return None
 
 
 class Reason(str):

@@ -310,6 +310,30 @@ def test_read_yaml_refuses_fifo_folder_binary_and_deep_nesting(tmp_path):
     assert read_yaml(REPO / "configs" / "tiny.yaml")["model"]["c1"] == 4
 
 
+@pytest.mark.parametrize("text, words", [
+    ("min_peak: -1.0e+300\n", "min_peak=-1e+300 must lie in [0, 1000]"),
+    ("max_tilt_deg: 1.0e+300\n", "max_tilt_deg=1e+300 must lie in [0, 180]"),
+    ("max_tta_failures: 5\n", "max_tta_failures=5 must lie in [0, 1]"),
+    ("point_saturation_radius_mm: -3\n", "must lie in (0, 1000]"),
+    ("nominal_field_mm: 0\n", "nominal_field_mm=0 must lie in (0, 1000]"),
+    ("min_support: 10.9\n", "min_support must be a whole number"),
+    ("min_peak: 0.9\nmax_peak: 0.5\n", "min_peak=0.9 is above max_peak=0.5"),
+    ("min_peak: 0.3\nmin_peak: -1\n", "'min_peak' is given twice"),  # the last one won
+])
+def test_review_thresholds_out_of_range_or_repeated_are_refused(text, words, tmp_path):
+    """Red-team round 6: thresholds of +-1e300, fractions above 1 or a key given twice switched
+    checks off silently (a 90-degree-rotated knee passed the gate)."""
+    from planning.review import ReviewConfig
+
+    path = _write(tmp_path / "review.yaml", text)
+    with pytest.raises(ValueError) as err:
+        ReviewConfig.load(path)
+    line = one_line(str(err.value))
+    assert str(path) in line and words in line, line
+    relaxed = _write(tmp_path / "relaxed.yaml", "max_tilt_deg: 180\nmax_tta_failures: 1\n")
+    assert ReviewConfig.load(relaxed).max_tilt_deg == 180  # switching a check off openly
+
+
 # ------------------------------------------------------------------------------ evaluate
 def test_evaluate_subset_list_binary_or_oversized_is_one_line(tmp_path):
     from planning.evaluate import read_subset
