@@ -80,9 +80,15 @@ def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
     """The heat-map codec a checkpoint was trained with (see the module docstring)."""
     hp = ckpt["hyper_parameters"]
     size = int(hp.get("image_size", 256))
-    if hp.get("heatmap_codec"):
-        return HeatmapCodec.from_dict(hp["heatmap_codec"])
     data = ckpt.get("datamodule_hyper_parameters")
+    if hp.get("heatmap_codec"):
+        codec = HeatmapCodec.from_dict(hp["heatmap_codec"])
+        trained = data.get("sigma") if isinstance(data, dict) else None
+        if (isinstance(trained, int | float) and not isinstance(trained, bool)
+                and not math.isclose(float(trained), codec.sigma, rel_tol=1e-6)):
+            raise ValueError(f"its heat-map codec has sigma {codec.sigma:g}, its DataModule was "
+                             f"trained with sigma {trained:g} (inconsistent hyper-parameters)")
+        return codec
     if isinstance(data, dict) and data.get("sigma") is not None:
         s = data.get("size", size)
         codec = {"input_size": s, "heatmap_size": s, "sigma": data["sigma"]}

@@ -359,3 +359,6 @@ def _check_graph(graph: Any, size: int, outputs: list[str]) -> None:
                 size, size]:  # fmt: skip
             raise ValueError(f"output {name!r:.40} has shape {got} at batch 1, expected float "
                              f"(1, C, {size}, {size})")
+    if unnamed := sorted(set(declared) - set(outputs)):  # e.g. lm_prev dropped from the JSON:
+        raise ValueError(f"its description omits the graph's output(s) "  # its check would be
+                         f"{', '.join(repr(n[:40]) for n in unnamed[:4])}")  # skipped silently

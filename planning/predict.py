@@ -230,7 +230,8 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict) or meta.get("format") != "kneeplan-onnx":
             raise ValueError("not a kneeplan export description")
-        if meta.get("version", EXPORT_VERSION) != EXPORT_VERSION:  # a later layout: unknown
+        version = meta.get("version", EXPORT_VERSION)
+        if type(version) is not int or version != EXPORT_VERSION:  # a later layout (or `true`)
             raise ValueError(f"description version {meta.get('version')!r:.20}; this kneeplan "
                              f"reads version {EXPORT_VERSION} (export the checkpoint again)")
         for key in ("input_size", "codec", "outputs", "tasks"):

@@ -108,6 +108,7 @@ def test_export_cli_refuses_a_bad_checkpoint(tmp_path, capsys):
         ({"outputs": "seg"}, "'outputs' must be a list"),
         ({"format": "other"}, "not a kneeplan export description"),
     ({"sha256": 12}, "'sha256' must be 64 lower-case hex digits"),
+        ({"version": True}, "description version True"),  # was read as version 1
     ],
 )
 def test_hostile_export_descriptions_are_refused(onnx_model, tmp_path, change, words):

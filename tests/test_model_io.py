@@ -266,3 +266,17 @@ def test_an_old_checkpoints_config_sigma_too_large_for_a_float_is_refused(ckpt, 
     with pytest.raises(CheckpointError, match="sigma=inf is not a number") as err:
         load_checkpoint(bad)
     assert str(bad) in _one_line(err.value)
+
+
+def test_a_codec_sigma_other_than_the_trained_one_is_refused(ckpt, tmp_path):
+    """Red-team round 6: a saved codec sigma of 256 (trained: 2) decoded landmarks ~9 px off
+    with soft-argmax, silently."""
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"]["heatmap_codec"] = {"input_size": 64, "heatmap_size": 64,
+                                                  "sigma": 256.0}
+    bad = tmp_path / "sigma.ckpt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="codec has sigma 256, its DataModule was trained "
+                                              "with sigma 2") as err:
+        load_checkpoint(bad)
+    assert str(bad) in _one_line(err.value)

@@ -164,6 +164,10 @@ def _hostile(kind: str):
         return _graph([helper.make_node("Relu", ["image"], ["seg"])], size=64)
     if kind == "missing_output":
         return _graph([helper.make_node("Relu", ["image"], ["other"])], outputs=("other",))
+    if kind == "unnamed_output":  # an lm_prev the description leaves out: its check is skipped
+        return _graph([helper.make_node("Relu", ["image"], ["seg"]),
+                       helper.make_node("Relu", ["image"], ["lm_prev"])],
+                      outputs=("seg", "lm_prev"))
     raise AssertionError(kind)
 
 
@@ -184,6 +188,7 @@ def _hostile(kind: str):
     ("external", "weights stored in external files"),
     ("wrong_size", "expected float (batch, 1, 32, 32)"),
     ("missing_output", "no output 'seg'"),
+    ("unnamed_output", "its description omits the graph's output(s) 'lm_prev'"),
 ])  # fmt: skip
 def test_hostile_graphs_are_refused(tmp_path, kind, words):
     path = tmp_path / "hostile.onnx"
