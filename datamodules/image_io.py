@@ -7,16 +7,21 @@ stretched per image, so intensities stay comparable between files (a 12-bit imag
 PNG without sBIT therefore looks dark: add sBIT or rescale it); signed integers are read from 0
 to the type's maximum (negative values clip to 0). Float TIFFs in [0, 1] pass through; other
 float ranges are stretched between their 0.1 and 99.9 percentiles (they carry no stored range).
-Orientation tags (EXIF, TIFF) are applied: the image is read as displayed. JPEG (8 bit,
-OpenCV) is read the same way and marked ``lossy=True``: compression artefacts blur edges, so the
-plan report warns.
+Orientation tags (EXIF, TIFF; SHORT or LONG) are applied: the image is read as displayed. JPEG
+(8 bit, OpenCV) is read the same way and marked ``lossy=True``: compression artefacts blur edges,
+so the plan report warns (so are a JPEG-compressed TIFF and a lossy DICOM). The reader is chosen
+by the file's magic bytes (PNG, JPEG, TIFF, DICOM), the suffix only when they say nothing: a
+JPEG named .tif keeps its orientation and lossy mark, with a note. A pixel shape the file
+declares (PNG pHYs, TIFF X/YResolution, JFIF density: their ratio only; DICOM
+PixelAspectRatio) is kept in ``declared_aspect``; the spacing resolver flags it when not square.
 
 DICOM (pydicom): the modality LUT (rescale or LUT sequence) and then the VOI LUT (LUT sequence,
 else the first window centre/width) are applied as the standard display pipeline prescribes; the
 result is normalised by the output range of that same pipeline over every storable value (not
 by the image's own min/max), and MONOCHROME1 images (low value = white) are inverted, which
-pydicom does not do. ``PresentationLUTShape`` is not applied on top: for MONOCHROME1 it says
-INVERSE and describes the same inversion. The DICOM spacing tags are only READ here
+pydicom does not do. ``PresentationLUTShape`` is not applied on top of MONOCHROME1 (it says
+INVERSE and describes the same inversion); a MONOCHROME2 image with INVERSE is inverted, with a
+note. The DICOM spacing tags are only READ here
 (``dicom_pixel`` = ``PixelSpacing``, ``dicom_imager`` = ``ImagerPixelSpacing``); a tag present but
 invalid (``0\\0``, one value, text) is listed in ``invalid_spacing_tags`` with its raw text, not
 treated as absent. Which spacing wins is decided by ``geometry.pixel_spacing`` only.
@@ -64,9 +69,13 @@ class LoadedImage:
         dicom_imager: valid DICOM ``ImagerPixelSpacing`` (row_mm, col_mm), or None.
         dicom_magnification: valid ``EstimatedRadiographicMagnificationFactor``, or None.
         invalid_spacing_tags: (tag, raw text) of spacing tags present but invalid.
-        lossy: the file was lossy-compressed (JPEG).
+        lossy: the file was lossy-compressed (JPEG, JPEG-in-TIFF, a lossy DICOM).
         notes: what the reader ignored or changed in the file (e.g. a broken DICOM window),
             one sentence each; planning reports them as warnings.
+        declared_aspect: the pixel shape the file declares, (height / width of a pixel as
+            read, where it says so), or None: a PNG ``pHYs`` chunk's, a TIFF's or JFIF's
+            resolution ratio (never taken as a spacing: usually a print resolution), a DICOM
+            ``PixelAspectRatio``. The spacing resolver flags it beyond ``MAX_ASPECT``.
     """
 
     image: np.ndarray
@@ -78,15 +87,20 @@ class LoadedImage:
     invalid_spacing_tags: list[tuple[str, str]] = field(default_factory=list)
     lossy: bool = False
     notes: list[str] = field(default_factory=list)
+    declared_aspect: tuple[float, str] | None = None
 
     def spacing_inputs(self) -> dict[str, Any]:
-        """Keyword arguments of ``geometry.pixel_spacing.resolve_pixel_spacing`` from the file."""
-        return {
+        """Keyword arguments of ``geometry.pixel_spacing.resolve_pixel_spacing`` from the file
+        (``declared_aspect`` only when the file declares a pixel shape)."""
+        inputs: dict[str, Any] = {
             "dicom_pixel": self.dicom_pixel,
             "dicom_imager": self.dicom_imager,
             "dicom_magnification": self.dicom_magnification,
             "invalid_tags": list(self.invalid_spacing_tags),
         }
+        if self.declared_aspect is not None:
+            inputs["declared_aspect"] = self.declared_aspect
+        return inputs
 
     def _file_spacing(self) -> Any:
         from geometry.pixel_spacing import resolve_pixel_spacing
@@ -130,19 +144,46 @@ def load_image(path: str | Path) -> LoadedImage:
     return loaded
 
 
+SUFFIX_FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg",
+                  ".jpeg": "jpeg", ".dcm": "dicom"}
+FORMAT_NAMES = {"png": "PNG", "tiff": "TIFF", "jpeg": "JPEG", "dicom": "DICOM"}
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+def content_format(path: str | Path) -> str | None:
+    """The format a file's first bytes declare ("dicom", "png", "jpeg", "tiff"), or None.
+    DICOM first: its 128-byte preamble may itself start with a TIFF header."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(132)
+    if len(head) == 132 and head[128:] == b"DICM":
+        return "dicom"
+    if head.startswith(PNG_SIGNATURE):
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] in TIFF_MAGIC:
+        return "tiff"
+    return None
+
+
 def _decode(path: Path) -> LoadedImage:
-    """Dispatch by suffix (DICOM also by its magic bytes)."""
-    suffix = path.suffix.lower()
-    known = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-    if suffix == ".dcm" or (suffix not in known and _looks_like_dicom(path)):
-        return _load_dicom(path)
-    if suffix == ".png":
-        return _load_png(path)
-    if suffix in (".tif", ".tiff"):
-        return _load_tiff(path)
-    if suffix in (".jpg", ".jpeg"):
-        return _load_jpeg(path)
-    raise ImageReadError(f"{path}: unsupported image type {suffix!r} (use .png, .tif, .jpg, .dcm)")
+    """Dispatch by the file's magic bytes (a JPEG named .tif is read as the JPEG it is, with its
+    EXIF orientation and lossy mark, and a note), else by its suffix."""
+    by_suffix = SUFFIX_FORMATS.get(path.suffix.lower())
+    content = content_format(path)
+    fmt = content or by_suffix
+    if fmt is None:
+        raise ImageReadError(f"{path}: unsupported image type {path.suffix.lower()!r} (use .png, "
+                             ".tif, .jpg, .dcm)")
+    loaded = {"png": _load_png, "tiff": _load_tiff, "jpeg": _load_jpeg,
+              "dicom": _load_dicom}[fmt](path)  # fmt: skip
+    if content is not None and content != by_suffix and not (content == "dicom"
+                                                              and by_suffix is None):
+        named = f"its name ends in {printable(path.suffix)[:20]!r}" if path.suffix else \
+            "its name has no suffix"
+        loaded.notes.insert(0, f"the file holds a {FORMAT_NAMES[content]} image but {named}: "
+                               f"read as {FORMAT_NAMES[content]} (by its content)")
+    return loaded
 
 
 def header_size(path: str | Path) -> tuple[int, int, int] | None:
@@ -156,7 +197,7 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
         return w, h, 1
     if _looks_like_dicom(path):  # before the TIFF magic: DICOM preambles may start with II*\0
         return _dicom_size(path)
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head[:4] in TIFF_MAGIC:
         return _tiff_size(path)
     if head[:2] == b"\xff\xd8":
         return _jpeg_size(path)
@@ -266,19 +307,63 @@ def _tiff_size(path: Path) -> tuple[int, int, int] | None:
     return w, h, 1
 
 
-def _tiff_tags(path: Path) -> tuple[int, int, int]:
-    """(photometric of page 1, number of pages, orientation of page 1) from the tags alone
-    (tifffile reads them without the codecs it may lack); (1, 1, 1) when unreadable."""
+def _tiff_tags(path: Path) -> tuple[int, int, int, tuple[float, str] | None, bool]:
+    """(photometric of page 1, number of pages, orientation of page 1, its declared pixel
+    shape, whether its compression is lossy) from the tags alone (tifffile reads them without
+    the codecs it may lack); (1, 1, 1, None, False) when unreadable."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            tag = page.tags.get(274)
-            return (int(page.photometric), len(tif.pages),
-                    int(tag.value) if tag is not None else 1)
+            orientation = _tiff_orientation(page)
+            return (int(page.photometric), len(tif.pages), orientation,
+                    _tiff_aspect(page, orientation), _tiff_lossy(page))
     except Exception:  # the decode that follows reports a broken file
-        return 1, 1, 1
+        return 1, 1, 1, None, False
+
+
+# JPEG (6 old-style, 7), lossy JPEG (DNG), JPEG XR, WebP, JPEG XL: lossy (JPEG 2000 may not be)
+LOSSY_TIFF_COMPRESSIONS = {6: "JPEG", 7: "JPEG", 34892: "lossy JPEG", 22610: "JPEG XR",
+                           34934: "JPEG XR", 50001: "WebP", 50002: "JPEG XL"}
+
+
+def _tiff_orientation(page: Any) -> int:
+    """A TIFF page's Orientation tag (274), 1 when absent or unreadable."""
+    tag = page.tags.get(274)
+    try:
+        return int(np.ravel([tag.value])[0]) if tag is not None else 1
+    except (TypeError, ValueError, IndexError):
+        return 1
+
+
+def _tiff_lossy(page: Any) -> bool:
+    """Whether a TIFF page's Compression is a lossy one."""
+    try:
+        return int(page.compression) in LOSSY_TIFF_COMPRESSIONS
+    except (TypeError, ValueError):
+        return False
+
+
+def _tiff_aspect(page: Any, orientation: int) -> tuple[float, str] | None:
+    """The pixel shape a TIFF page's XResolution / YResolution declare (their ratio only), or
+    None when either is absent or unusable."""
+    def rational(code: int) -> float | None:
+        tag = page.tags.get(code)
+        if tag is None:
+            return None
+        try:
+            value = tag.value
+            if isinstance(value, tuple | list) and len(value) == 2:
+                return float(value[0]) / float(value[1]) if float(value[1]) else None
+            return float(value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    x, y = rational(282), rational(283)
+    if x is None or y is None:
+        return None
+    return declared_aspect(x, y, f"TIFF XResolution / YResolution ({x:g} / {y:g})", orientation)
 
 
 def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
@@ -383,24 +468,41 @@ def _looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _png_info(path: Path, data: bytes) -> tuple[int | None, bool, int]:
+def _png_info(
+    path: Path, data: bytes
+) -> tuple[int | None, bool, int, tuple[int, int, int] | None]:
     """(significant bits from sBIT or None, whether the IEND chunk is present, the eXIf
-    chunk's orientation or 1). An sBIT that cannot describe the samples (a palette image's, 0,
-    or more than the bit depth) is None."""
+    chunk's orientation or 1, the pHYs chunk's (x, y pixels per unit, unit) or None). An sBIT
+    that cannot describe the samples (a palette image's, 0, or more than the bit depth) is
+    None; of a gray + alpha (or RGBA) sBIT only the gray (colour) channels count, as the gray
+    image is made of them."""
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
-    sbit, has_end, orientation = None, False, 1
+    sbit, has_end, orientation, phys = None, False, 1, None
     for ctype, pos, length in decode_guards.png_chunks(data):
         body = data[pos + 8 : pos + 8 + length]
         if ctype == b"sBIT" and body:
-            sbit = max(body)
+            # gray: 1 byte; gray + alpha: gray, alpha; RGB: 3; RGBA: 3 + alpha
+            sbit = max(body[:1] if colour in (0, 4) else body[:3])
         if ctype == b"eXIf":
             orientation = exif_orientation(body)
+        if ctype == b"pHYs" and len(body) == 9:
+            phys = struct.unpack(">IIB", body)
         has_end = ctype == b"IEND"
     if sbit is not None and (colour == 3 or not 0 < sbit <= depth):
         sbit = None
-    return sbit, has_end, orientation
+    return sbit, has_end, orientation, phys
+
+
+def _png_aspect(phys: tuple[int, int, int] | None, orientation: int) -> tuple[float, str] | None:
+    """The pixel shape a pHYs chunk declares (its ratio only: the unit is metres or unknown,
+    and the values usually a print resolution, not the detector's pitch)."""
+    if phys is None:
+        return None
+    x, y, unit = phys
+    per = "pixels per metre" if unit == 1 else "pixels per unit (unit unknown)"
+    return declared_aspect(x, y, f"PNG pHYs chunk ({x} x {y} {per})", orientation)
 
 
 def png_orientation(data: bytes) -> int:
@@ -490,7 +592,7 @@ def _check_container(path: str | Path, data: np.ndarray | bytes) -> None:
         problem = decode_guards.png_chunk_problem(view)
     elif bytes(view[:2]) == b"\xff\xd8":
         problem = decode_guards.jpeg_scan_problem(view)
-    elif bytes(view[:4]) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    elif bytes(view[:4]) in TIFF_MAGIC:
         problem = _tiff_jpeg_problem(Path(path), view)
     else:
         problem = None
@@ -535,7 +637,9 @@ ORIENTATIONS = {2: "mirrored", 3: "rotated 180 deg", 4: "flipped upside down",
 
 
 def exif_orientation(tiff: bytes) -> int:
-    """The Orientation tag (274) of IFD0 of a TIFF-structured EXIF block, 1 when absent."""
+    """The Orientation tag (274) of IFD0 of a TIFF-structured EXIF block, 1 when absent or
+    outside 1..8. Stored as SHORT (the standard's type) or LONG (some writers; Pillow's
+    ``exif_transpose`` applies it too)."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return 1
     end = "<" if tiff[:2] == b"II" else ">"
@@ -547,9 +651,10 @@ def exif_orientation(tiff: bytes) -> int:
         at = ifd + 2 + 12 * i
         if at + 12 > len(tiff):
             break
-        tag, typ = struct.unpack(end + "HH", tiff[at : at + 4])
-        if tag == 274 and typ == 3:
-            (value,) = struct.unpack(end + "H", tiff[at + 8 : at + 10])
+        tag, typ, count = struct.unpack(end + "HHI", tiff[at : at + 8])
+        if tag == 274 and typ in (3, 4) and count >= 1:  # SHORT or LONG, value inline
+            (value,) = struct.unpack(end + ("H" if typ == 3 else "I"), tiff[at + 8 : at + 8 + (
+                2 if typ == 3 else 4)])
             return value if value in ORIENTATIONS else 1
     return 1
 
@@ -557,6 +662,23 @@ def exif_orientation(tiff: bytes) -> int:
 def _jpeg_exif(data: bytes) -> bytes:
     """The TIFF block of a JPEG's APP1 Exif segment, found by walking the segments up to the
     scan (an "Exif" inside a comment is not one); empty when there is none."""
+    return _jpeg_segment(data, 0xE1, b"Exif\x00\x00")
+
+
+def _jpeg_aspect(data: bytes, orientation: int) -> tuple[float, str] | None:
+    """The pixel shape a JPEG's JFIF APP0 density declares (X and Y density: only their ratio
+    counts), or None."""
+    jfif = _jpeg_segment(data, 0xE0, b"JFIF\x00")
+    if len(jfif) < 7:
+        return None
+    unit, x, y = struct.unpack(">BHH", jfif[2:7])
+    per = {1: "dots per inch", 2: "dots per cm"}.get(unit, "(aspect ratio only)")
+    return declared_aspect(x, y, f"JFIF density ({x} x {y} {per})", orientation)
+
+
+def _jpeg_segment(data: bytes, app: int, prefix: bytes) -> bytes:
+    """The body after ``prefix`` of a JPEG's first ``app`` marker segment that starts with it,
+    found by walking the segments up to the scan; empty when there is none."""
     pos = 2
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
@@ -570,8 +692,8 @@ def _jpeg_exif(data: bytes) -> bytes:
             return b""
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         body = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
-            return body[6:]
+        if marker == app and body.startswith(prefix):
+            return body[len(prefix):]
         pos += 2 + length
     return b""
 
@@ -595,6 +717,44 @@ def orient(arr: np.ndarray, orientation: int, notes: list[str]) -> np.ndarray:
     if orientation in (3, 4):
         arr = arr[::-1]
     return np.ascontiguousarray(arr)
+
+
+def declared_aspect(x: Any, y: Any, where: str, orientation: int = 1) -> tuple[float, str] | None:
+    """(height / width of a pixel as read, ``where``) from a resolution pair in pixels per unit
+    across (``x``) and down (``y``) the stored image (PNG pHYs, TIFF X/YResolution, JFIF
+    density: only their ratio means anything here); an orientation that transposes the image
+    (5-8) swaps them. None when either is not a positive finite number."""
+    try:
+        xf, yf = float(x), float(y)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (np.isfinite(xf) and np.isfinite(yf) and xf > 0 and yf > 0):
+        return None
+    ratio = xf / yf  # pixel height / width = (1 / y) / (1 / x)
+    if orientation in (5, 6, 7, 8):
+        ratio = 1.0 / ratio
+    return ratio, where
+
+
+def aspect_text(ratio: float) -> str:
+    """``2:1`` or ``1:2`` (height:width of a pixel)."""
+    return f"{ratio:.3g}:1" if ratio >= 1 else f"1:{1 / ratio:.3g}"
+
+
+def _set_aspect(loaded: LoadedImage, aspect: tuple[float, str] | None) -> LoadedImage:
+    """Keep the file's declared pixel shape; a note when it is not square (the resolver makes
+    it a review reason)."""
+    from geometry.pixel_spacing import MAX_ASPECT
+
+    if aspect is None:
+        return loaded
+    loaded.declared_aspect = aspect
+    ratio, where = aspect
+    if max(ratio, 1 / ratio) > MAX_ASPECT:
+        loaded.notes.append(f"the file's {where} declares non-square pixels ({aspect_text(ratio)}, "
+                            "height:width): read as stored, not resampled, so the knee is "
+                            "squeezed; the plan is flagged for review")
+    return loaded
 
 
 CONTRADICTED_SHARE = 0.01  # more than this share of the pixels beyond a bit-depth tag: the
@@ -636,23 +796,29 @@ def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
 
 def _load_png(path: Path) -> LoadedImage:
     data = path.read_bytes()
-    sbit, has_end, orientation = _png_info(path, data)
+    sbit, has_end, orientation, phys = _png_info(path, data)
     arr = imdecode(path, data)
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
-    if sbit is not None and _spec_scaled(arr, sbit):
+    # the samples the gray image is made of (not the alpha channel, whose sBIT is its own)
+    samples = arr[..., :3] if arr.ndim == 3 and arr.shape[2] in (3, 4) else arr
+    if sbit is not None and _spec_scaled(samples, sbit):
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     notes: list[str] = []
     if sbit is not None:
-        sbit = _sbit_in_use(arr, sbit, notes)
+        sbit = _sbit_in_use(samples, sbit, notes)
     arr = orient(arr, orientation, notes)
-    return _from_decoded(path, arr, sbit, "png", notes=notes)
+    loaded = _from_decoded(path, arr, sbit, "png", notes=notes)
+    return _set_aspect(loaded, _png_aspect(phys, orientation))
 
 
-def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
+def _read_tiff_page(
+    path: Path, notes: list[str]
+) -> tuple[np.ndarray, bool, tuple[float, str] | None, bool]:
     """The largest page of a TIFF (a thumbnail may come first; a note when there are several),
-    its palette applied, planes last; and whether it is MinIsWhite (dark = dense)."""
+    its palette applied, planes last; whether it is MinIsWhite (dark = dense), the pixel shape
+    it declares, and whether its compression is lossy."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -678,21 +844,21 @@ def _read_tiff_page(path: Path, notes: list[str]) -> tuple[np.ndarray, bool]:
         arr = page.asarray()
         photometric, colormap = int(page.photometric), page.colormap
         planes_first = int(page.planarconfig) == 2 and arr.ndim == 3  # SEPARATE
-        tag = page.tags.get(274)
-        orientation = int(tag.value) if tag is not None else 1
+        orientation = _tiff_orientation(page)
+        aspect, lossy = _tiff_aspect(page, orientation), _tiff_lossy(page)
     if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
         cmap = np.asarray(colormap)
         arr = np.moveaxis(cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)], 0, -1)
     if planes_first:  # planar configuration 2: (samples, H, W)
         arr = np.moveaxis(arr, 0, -1)
-    return orient(arr, orientation, notes), photometric == 0
+    return orient(arr, orientation, notes), photometric == 0, aspect, lossy
 
 
 def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
     """A TIFF tifffile could not decode (it needs the optional ``imagecodecs`` for LZW, Deflate,
     JPEG-in-TIFF, common in exported radiographs), read by OpenCV's libtiff; the page count,
     MinIsWhite and orientation come from the tags, which tifffile still reads."""
-    photometric, pages, orientation = _tiff_tags(path)
+    photometric, pages, orientation, aspect, lossy = _tiff_tags(path)
     _check_photometric(path, photometric)
     arr = imdecode(path, path.read_bytes())
     if arr is None:
@@ -705,16 +871,16 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
                      "to one-page TIFF or PNG)")
     if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
         notes.append(_orientation_note(orientation))
-    loaded = _from_decoded(path, arr, None, "tiff", notes=notes)
+    loaded = _from_decoded(path, arr, None, "tiff", lossy=lossy, notes=notes)
     if photometric == 0:  # MinIsWhite
         loaded.image = 1.0 - loaded.image
-    return loaded
+    return _set_aspect(loaded, aspect)
 
 
 def _load_tiff(path: Path) -> LoadedImage:
     notes: list[str] = []
     try:
-        arr, min_is_white = _read_tiff_page(path, notes)
+        arr, min_is_white, aspect, lossy = _read_tiff_page(path, notes)
     except ImageReadError:
         raise
     except Exception as err:  # tifffile raises many types for broken files
@@ -728,7 +894,9 @@ def _load_tiff(path: Path) -> LoadedImage:
     image, depth = _normalise_stored(path, arr, gray, None)
     if min_is_white:  # PhotometricInterpretation MinIsWhite: as DICOM MONOCHROME1
         image = 1.0 - image
-    return LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)}, notes=notes)
+    loaded = LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)}, lossy=lossy,
+                         notes=notes)
+    return _set_aspect(loaded, aspect)
 
 
 def _load_jpeg(path: Path) -> LoadedImage:
@@ -737,11 +905,14 @@ def _load_jpeg(path: Path) -> LoadedImage:
     if arr is None:
         raise ImageReadError(f"{path}: unreadable JPEG (OpenCV cannot decode it)")
     notes: list[str] = []
-    arr = orient(arr, exif_orientation(_jpeg_exif(data)), notes)
-    # lossy when it is JPEG data or lossy WebP (VP8, not VP8L); a PNG named .jpg decodes here too
+    orientation = exif_orientation(_jpeg_exif(data))
+    arr = orient(arr, orientation, notes)
+    # lossy when it is JPEG data or lossy WebP (VP8, not VP8L); other content named .jpg (BMP,
+    # GIF, WebP: OpenCV reads them) decodes here too
     webp_lossy = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] != b"VP8L"
-    return _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8" or webp_lossy,
-                         notes=notes)
+    loaded = _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8" or webp_lossy,
+                           notes=notes)
+    return _set_aspect(loaded, _jpeg_aspect(data, orientation))
 
 
 def _from_decoded(
@@ -796,6 +967,45 @@ def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | N
         return PixelSpacing(vals[0], vals[1], tag).as_tuple(), None
     except (TypeError, ValueError):
         return None, raw
+
+
+def _dicom_aspect(ds: Any, notes: list[str]) -> tuple[float, str] | None:
+    """``PixelAspectRatio`` (vertical \\ horizontal size of a pixel) when present and valid
+    (else a note), as (height / width, where)."""
+    tag = "PixelAspectRatio"
+    if tag not in ds:
+        return None
+    from pydicom.multival import MultiValue
+
+    raw = "(unreadable)"
+    try:
+        value = ds[tag].value
+        items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        raw = printable("\\".join("" if v is None else str(v) for v in items))[:40]
+        # height / width = vertical / horizontal (declared_aspect's x / y)
+        aspect = (declared_aspect(float(items[0]), float(items[1]), f"DICOM {tag} {raw}")
+                  if len(items) == 2 else None)
+    except Exception:  # pydicom may raise on reading a malformed value
+        aspect = None
+    if aspect is None:
+        notes.append(f"DICOM {tag} {raw!r} is invalid (two positive numbers expected): ignored")
+    return aspect
+
+
+# Transfer syntaxes whose compression is lossy: JPEG Baseline, Extended and the retired lossy
+# JPEG processes, JPEG-LS near-lossless (JPEG 2000 may be either: LossyImageCompression says)
+LOSSY_TRANSFER_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in
+                           (50, 51, 52, 53, 54, 55, 56, 58, 59, 60, 61, 62, 63, 64, 81)}
+
+
+def _dicom_lossy(ds: Any) -> bool:
+    """Whether a DICOM's pixels were lossy compressed: ``LossyImageCompression`` "01" (at any
+    time in their history) or a lossy transfer syntax."""
+    if str(ds.get("LossyImageCompression", "") or "").strip() == "01":
+        return True
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    return syntax.strip() in LOSSY_TRANSFER_SYNTAXES
 
 
 MAGNIFICATION_RANGE = (1.0, 2.0)  # source-to-detector / source-to-object of a radiograph
@@ -957,6 +1167,10 @@ def _load_dicom(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({_brief(err)})") from err
     if photometric == "MONOCHROME1":
         image = 1.0 - image
+    elif str(ds.get("PresentationLUTShape", "") or "").strip().upper() == "INVERSE":
+        image = 1.0 - image  # MONOCHROME2 shown inverted, as MONOCHROME1 is
+        notes.append("DICOM PresentationLUTShape INVERSE on a MONOCHROME2 image: applied (the "
+                     "image is inverted, as a viewer shows it)")
     pixel, bad_pixel = _spacing_tag(ds, "PixelSpacing")
     imager, bad_imager = _spacing_tag(ds, "ImagerPixelSpacing")
     magnification = _magnification(ds, notes) if imager is not None else None
@@ -969,5 +1183,7 @@ def _load_dicom(path: Path) -> LoadedImage:
         "window": window,
         "output_range": [lo, hi],
     }
-    return LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, magnification,
-                       invalid, notes=notes)
+    aspect = _dicom_aspect(ds, notes)
+    loaded = LoadedImage(image.astype(np.float32), bits, meta, pixel, imager, magnification,
+                         invalid, lossy=_dicom_lossy(ds), notes=notes)
+    return _set_aspect(loaded, aspect)

@@ -154,6 +154,7 @@ def resolve_pixel_spacing(
     dicom_imager: Any = None,
     dicom_magnification: float | None = None,
     invalid_tags: Iterable[tuple[str, str] | str] = (),
+    declared_aspect: Any = None,
     detect_sphere: bool = True,
     anatomy: ScaleEstimate | None = None,
     sphere_diameter_mm: float = SPHERE_MM,
@@ -168,6 +169,10 @@ def resolve_pixel_spacing(
         dicom_magnification: DICOM ``EstimatedRadiographicMagnificationFactor`` (valid, >= 1):
             ``ImagerPixelSpacing`` is divided by it (to the object plane, as the file states).
         invalid_tags: DICOM tags present but unreadable or invalid, as (tag, raw text) pairs.
+        declared_aspect: the pixel shape the image file declares (height / width of a pixel,
+            or a (ratio, where) pair: PNG pHYs, TIFF resolution, DICOM PixelAspectRatio; the
+            reader's ``LoadedImage.declared_aspect``); beyond ``MAX_ASPECT`` it is the same
+            review reason as a non-square spacing, whatever spacing is chosen.
         detect_sphere: search for a calibration sphere when no higher source is valid.
         anatomy: scale estimated from the predicted femur; rejects disagreeing spheres and
             flags a disagreeing chosen spacing.
@@ -230,17 +235,46 @@ def resolve_pixel_spacing(
             "pixel spacing unknown (no valid DICOM spacing, annotation, user value or "
             f"calibration sphere): distances in pixels, no 2.5 mm circle{hint}"
         )
-    else:
+    square = True
+    if res.spacing is not None:
         r, c = res.spacing.row_mm, res.spacing.col_mm
         if max(r, c) > MAX_ASPECT * min(r, c):
+            square = False
             res.reasons.append(
                 f"pixels are not square ({r:g} x {c:g} mm from {res.spacing.source}, "
                 f"{max(r, c) / min(r, c):.2g}:1): the network saw the knee squeezed, as "
                 "stored; resample the image to square pixels (or check the spacing)")
+    declared = _declared_aspect(declared_aspect)
+    if declared is not None and square:
+        ratio, where = declared
+        if max(ratio, 1.0 / ratio) > MAX_ASPECT:
+            shape = f"{ratio:.2g}:1" if ratio >= 1 else f"1:{1.0 / ratio:.2g}"
+            res.reasons.append(
+                f"pixels are not square ({where} declares {shape}, height:width): the network "
+                "saw the knee squeezed, as stored; resample the image to square pixels (or "
+                "check the file's tags)")
+    if res.spacing is not None:
         why = spacing_disagreement(res.spacing, anatomy) if anatomy is not None else None
         if why:
             res.reasons.append(why)
     return res
+
+
+def _declared_aspect(value: Any) -> tuple[float, str] | None:
+    """(height / width, where) of a file's declared pixel shape: a number or a (ratio, where)
+    pair (a list after a JSON round trip); None when absent or not a positive finite ratio."""
+    if value is None:
+        return None
+    where = "the image file"
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            return None
+        value, where = value[0], str(value[1])
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        return None
+    return (ratio, where) if math.isfinite(ratio) and ratio > 0 else None
 
 
 def sphere_search_needed(**inputs: Any) -> bool:
