@@ -12,6 +12,9 @@ The id is the image file's stem; two images with the same stem (a.png, a.dcm) ar
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,14 +67,69 @@ class DatasetError(ValueError):
         return printable(super().__str__())  # one line, even for a file name with a newline
 
 
+def os_problem(err: OSError) -> str:
+    """What an ``OSError`` from reading a path (stat, open, listing) says, in words for an
+    error line ``<file>: <problem>``: a symlink loop, permission denied, no such file..."""
+    if err.errno == errno.ELOOP:
+        return "symlink loop (a link that leads back to itself)"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (it, or a folder on its path, may not be read or entered)"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file"
+    return (err.strerror or type(err).__name__).lower()
+
+
+def folder_problem(problem: str) -> str:
+    """``os_problem`` of a folder whose files cannot be listed or reached."""
+    if problem.startswith("permission denied"):
+        return "permission denied: the folder may not be listed or entered"
+    return f"{problem}: cannot list the files in the folder"
+
+
+def stat_problem(path: str | Path) -> os.stat_result | str:
+    """``os.stat`` of ``path`` (following links), or why it cannot be had (``os_problem``).
+    Unlike ``Path.is_file``/``exists``, never raises (a permission error raised there) and
+    says why (a symlink loop or a permission error read there as "no such file")."""
+    try:
+        return os.stat(path)
+    except OSError as err:
+        return os_problem(err)
+    except ValueError:  # a NUL byte in the name
+        return "invalid file name (a NUL character)"
+
+
+def real_path(path: str | Path) -> Path:
+    """The absolute path with links followed as far as they lead; never raises (``Path.resolve``
+    raises RuntimeError on a symlink loop)."""
+    return Path(os.path.realpath(path))
+
+
 def image_files(root: str | Path) -> dict[str, list[Path]]:
-    """Map each id to its image file(s) in ROOT/images (several = duplicate id)."""
+    """Map each id to its image file(s) in ROOT/images (several = duplicate id).
+
+    Raises DatasetError naming the folder when it cannot be listed or entered, or an image
+    that may not be read (permission denied), rather than training without them."""
     out: dict[str, list[Path]] = {}
     folder = Path(root) / "images"
-    if folder.is_dir():
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                out.setdefault(p.stem, []).append(p)
+    if isinstance(stat_problem(folder), str) or not folder.is_dir():
+        return out
+    # "folder/." is reachable only when the folder may be entered (its x bit); pathlib would
+    # drop the "."
+    problem = stat_problem(os.path.join(folder, "."))
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        problem = problem if isinstance(problem, str) else os_problem(err)
+    if isinstance(problem, str):
+        raise DatasetError(f"{folder}: {folder_problem(problem)}")
+    for p in entries:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        st = stat_problem(p)
+        if isinstance(st, str) and st.startswith("permission denied"):  # a link out of reach
+            raise DatasetError(f"{p}: {st}")
+        if not isinstance(st, str) and stat.S_ISREG(st.st_mode):  # (the validator names links
+            out.setdefault(p.stem, []).append(p)                  # and pipes skipped here)
     return out
 
 

@@ -254,7 +254,12 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     for sub in ("images", "masks", "annotations"):
         if not (root / sub).is_dir():
             report.error(root / sub, "missing folder")
-    images = image_files(root)
+    try:
+        images = image_files(root)
+    except DatasetError as err:  # images/ (or an image in it) may not be listed or entered
+        text, head = str(err), f"{root / 'images'}: "
+        report.error(root / "images", text[len(head):] if text.startswith(head) else text)
+        return report
     report.num_images = len(images)
     if (root / "images").is_dir() and not images:
         report.error(root / "images", f"no images ({', '.join(IMAGE_SUFFIXES)})")

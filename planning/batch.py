@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -39,23 +41,84 @@ def model_failed(rows: Iterable[dict[str, Any]]) -> bool:
     return any(str(r.get("error", "")).startswith(MODEL_UNUSABLE) for r in rows)
 
 
+class ImageListError(ValueError):
+    """A folder of images that cannot be listed or entered; the message names it and says why.
+    (Not ``planning.plan.PlanInputError``: under ``python -m planning.plan`` that module is
+    ``__main__``, whose class another import of it does not share.)"""
+
+
 def expand_images(spec: str) -> tuple[list[Path], bool]:
     """Image paths named by ``spec`` and whether it names several (a folder or a glob).
 
     A folder gives its entries with an image suffix (``IMAGE_SUFFIXES``, not recursive, sorted;
-    any that is not a readable regular file fails in its own row);
+    any that is not a readable regular file fails in its own row) and its DICOM files named
+    without one (``IM0001``, a UID: ``is_dicom_file``);
     a pattern with ``* ? [`` that is not itself an existing path gives its sorted matches;
     anything else is one path (checked later, when it is read).
+    Raises ImageListError for a folder that cannot be listed or entered.
     """
+    from datamodules.dataset_io import folder_problem, os_problem, stat_problem
+
     path = Path(spec)
-    if path.is_dir():
+    st = stat_problem(path)  # a loop or a permission error is the single path's own error
+    if not isinstance(st, str) and stat.S_ISDIR(st.st_mode):
+        # "folder/." is reachable only when the folder may be entered (pathlib drops a ".")
+        problem = stat_problem(os.path.join(spec, "."))
+        try:
+            entries = list(path.iterdir())
+        except OSError as err:
+            problem = problem if isinstance(problem, str) else os_problem(err)
+        if isinstance(problem, str):
+            raise ImageListError(f"{path}: {folder_problem(problem)}")
         # a pipe or a dangling link named *.png is listed (its row says what it is), not skipped
-        files = sorted(p for p in path.iterdir()
-                       if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in entries if (p.suffix.lower() in IMAGE_SUFFIXES
+                                              and not _is_dir(p)) or is_dicom_file(p))
         return files, True
-    if GLOB_CHARS & set(spec) and not path.exists():
-        return sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file()), True
+    if GLOB_CHARS & set(spec) and isinstance(st, str):
+        return sorted(Path(p) for p in glob.glob(spec) if _globbed(Path(p))), True
     return [path], False
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder (False when it cannot be told: its row says why)."""
+    from datamodules.dataset_io import stat_problem
+
+    st = stat_problem(path)
+    return not isinstance(st, str) and stat.S_ISDIR(st.st_mode)
+
+
+def _globbed(path: Path) -> bool:
+    """Whether a glob match is planned: a regular file, or one that may not be read (its row
+    says so); not a folder, a pipe or a broken or looping link."""
+    from datamodules.dataset_io import stat_problem
+
+    st = stat_problem(path)
+    if isinstance(st, str):
+        return st.startswith("permission denied")
+    return stat.S_ISREG(st.st_mode)
+
+
+DICOM_NAME_SUFFIXES = ("",)  # and numeric ones: a UID as the name, 1.2.840.113619.2.55.3.604
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether a folder entry without an image suffix is a DICOM file (PACS exports name them
+    ``IM0001`` or by a UID): a regular file with "DICM" at byte 128, as ``load_image`` tells
+    (132 bytes read). One that cannot be read is not listed, like any other non-image file."""
+    from datamodules.dataset_io import stat_problem
+
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or not (suffix in DICOM_NAME_SUFFIXES or suffix[1:].isdigit()):
+        return False
+    st = stat_problem(path)
+    if isinstance(st, str) or not stat.S_ISREG(st.st_mode) or st.st_size < 132:
+        return False  # (a pipe is never opened: the read would block)
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -87,8 +150,10 @@ def output_files(paths: list[Path], out_dir: Path) -> list[Path]:
 def overwritten_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
     """Inputs that a plan's output would overwrite (``--out`` is their folder and one is named
     like another's ``<stem>_plan.png``, e.g. an earlier run's overlay)."""
-    inputs = {p.resolve() for p in paths}
-    return [f.resolve() for f in output_files(paths, out_dir) if f.resolve() in inputs]
+    from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
+
+    inputs = {real_path(p) for p in paths}
+    return [real_path(f) for f in output_files(paths, out_dir) if real_path(f) in inputs]
 
 
 @dataclass

@@ -52,12 +52,27 @@ def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, floa
     stem, not the spacing); ``warn``: say on stderr when that file is unusable."""
     if image_path.parent.name != "images":
         return None
-    ann = image_path.parent.parent / "annotations" / f"{image_path.stem}.json"
-    if not ann.is_file():
-        return None
-    from datamodules.annotations import AnnotationError, read_annotation
+    import errno
+    import os
 
+    from datamodules.annotations import AnnotationError, read_annotation
+    from datamodules.dataset_io import stat_problem
+
+    ann = image_path.parent.parent / "annotations" / f"{image_path.stem}.json"
     try:
+        os.lstat(ann)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None  # no annotation: not a dataset image, nothing to say
+    except ValueError:
+        return None
+    try:
+        if isinstance(problem := stat_problem(ann), str):  # a loop, a broken link, no access:
+            if problem == "no such file":                  # said like an oversized file
+                problem = "broken symlink (its target is missing)"
+            raise AnnotationError(f"{ann}: {problem}")
+        if not ann.is_file():  # a pipe would block the reader; /dev/zero never ends
+            raise AnnotationError(f"{ann}: not a regular file (a pipe or device)")
         return read_annotation(ann, image_name=image_path.name)["spacing_mm"]
     except AnnotationError as err:
         if warn:
@@ -112,24 +127,35 @@ _LAST_INPUT: dict[tuple, Any] = {}  # main() checks the image before loading the
 
 def load_input(path: Path) -> Any:
     """Read the image, raising PlanInputError with a clear message on any problem."""
+    import stat
+
+    from datamodules.dataset_io import os_problem, real_path, stat_problem
     from datamodules.image_io import ImageReadError, load_image
 
     path = Path(path)
-    key = (str(path.resolve()), *_stat_key(path))
+    # one stat, never raising: a symlink loop or a folder that may not be entered is this
+    # image's error line (Path.resolve raised RuntimeError, exists() PermissionError)
+    st = stat_problem(path)
+    if isinstance(st, str):
+        raise PlanInputError(f"{path}: {st}")
+    key = (str(real_path(path)), st.st_mtime_ns, st.st_size)
     if key in _LAST_INPUT:  # the same unchanged file read a moment ago (main's early check)
         return _LAST_INPUT[key]
-    if not path.exists():
-        raise PlanInputError(f"{path}: no such file")
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise PlanInputError(f"{path}: is a folder, not an image file")
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise PlanInputError(f"{path}: not a regular file (a pipe or device)")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise PlanInputError(f"{path}: the file is empty (0 bytes)")
     try:
         loaded = load_image(path)
     except ImageReadError as err:
         raise PlanInputError(str(err)) from err
+    except OSError as err:
+        if err.errno is not None:  # opening it failed (no read permission): said as in stat's
+            raise PlanInputError(f"{path}: {os_problem(err)}") from err
+        raise PlanInputError(f"{path}: cannot read the image ({type(err).__name__}: {err})"
+                             ) from err
     except Exception as err:  # any decoder failure is a bad input, not a crash
         why = f"{type(err).__name__}: {err}"
         raise PlanInputError(f"{path}: cannot read the image ({why})") from err
@@ -146,15 +172,6 @@ def load_input(path: Path) -> Any:
     _LAST_INPUT.clear()
     _LAST_INPUT[key] = loaded
     return loaded
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    """(mtime_ns, size) of a file, (-1, -1) when it cannot be stat'ed."""
-    try:
-        st = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (st.st_mtime_ns, st.st_size)
 
 
 @dataclass
@@ -460,9 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         _error(str(err))
         return 2
-    from planning.batch import expand_images
+    from planning.batch import ImageListError, expand_images
 
-    images, many = expand_images(args.image)
+    try:
+        images, many = expand_images(args.image)
+    except ImageListError as err:  # a folder that cannot be listed or entered
+        _error(str(err))
+        return 1
     if many:
         return _main_batch(args, images)
     try:
@@ -538,8 +559,10 @@ def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
         return f"--summary {summary} is a folder"
     if summary.exists() and not summary.is_file():  # a pipe would block the writer for ever
         return f"--summary {summary} is not a regular file (a pipe or device)"
-    taken = {p.resolve() for p in [*images, *output_files(images, out)]}
-    if summary.resolve() in taken:
+    from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
+
+    taken = {real_path(p) for p in [*images, *output_files(images, out)]}
+    if real_path(summary) in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
     try:
         summary.parent.mkdir(parents=True, exist_ok=True)
