@@ -162,6 +162,7 @@ def evaluate_sample(
         masks=masks, image=sample.image, spacing_reasons=resolution.reasons,
         scale=resolution.anatomy, uncertainty=uncertainty,
         config=review_config or ReviewConfig.load(),
+        tta_count=tta if predictor is not None else None,
     )  # fmt: skip
     reasons = review(plan, context)
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)

@@ -270,7 +270,7 @@ def run_plan(
     context = ReviewContext(
         masks=masks, image=image, spacing_reasons=sp.reasons,
         scale=sp.anatomy, uncertainty=unc,
-        config=review_config,
+        config=review_config, tta_count=tta,
     )  # fmt: skip
     reasons = review(plan, context)
     out = Path(out_dir)
@@ -290,7 +290,8 @@ def run_plan(
         overlay_path=overlay_path,
         seg_prob=maps.seg,
         settings={"decode": decode, "line_fit": line_fit, "network_size": maps.frame.size,
-                  "tta": tta, "zoom_window": window, "sphere_mm": sphere_mm},
+                  "tta": tta, "zoom_window": window, "sphere_mm": sphere_mm,
+                  "review_config": review_config.description()},
         sphere=sp.sphere,
         reasons=reasons,
         uncertainty=unc,

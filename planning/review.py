@@ -52,6 +52,7 @@ MAX_MM = 1000.0  # beyond any knee radiograph
 MAX_PEAK = 1000.0  # heat-map targets lie in [0, 1] (planning.predict.MAX_MAP_VALUE)
 MAX_RATIO = 100.0  # shape ratios (elongation, condyle widening)
 MAX_SUPPORT = 10_000  # points on the cortex line
+MAX_TTA_COUNT = 64  # planning.plan.MAX_TTA (not imported: plan imports this module)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ class ReviewConfig:
     max_tta_failures: float = 0.25
     max_hourglass_shift_mm: float = 4.0
     max_look_shift_mm: float = 10.0
+    min_tta: int = 4
+    source: str = field(default="", compare=False)  # the file read (not a threshold)
+
+    def description(self) -> dict[str, Any]:
+        """What a plan records of its thresholds: the file and the values that differ from the
+        defaults (a review config that relaxes a check is visible in every plan it made)."""
+        default = ReviewConfig()
+        changed = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"
+                   and getattr(self, f.name) != getattr(default, f.name)}
+        return {"file": self.source or "defaults", "changed": changed}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ReviewConfig:
@@ -108,7 +119,7 @@ class ReviewConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping of threshold: value, got "
                              f"{type(data).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"source"}
         unknown = set(data) - known
         if unknown:  # keys may be numbers too: sorted as text; each shown short
             names = sorted(f"{k!r:.40}" for k in unknown)
@@ -123,7 +134,7 @@ class ReviewConfig:
             if problem := threshold_problem(k, v):
                 raise ValueError(f"{p}: {k}={v!r:.40} {problem}")
             values[k] = kind(v)
-        config = cls(**values)
+        config = cls(**values, source=str(p))
         for low, high in (("min_peak", "max_peak"), ("min_femur_area", "max_femur_area"),
                           ("min_separation_mm", "max_separation_mm")):
             if getattr(config, low) > getattr(config, high):
@@ -146,6 +157,8 @@ def threshold_problem(name: str, value: float) -> str | None:
         low, high, inclusive = 0.0, MAX_PEAK, True
     elif name == "min_support":
         low, high, inclusive = 0.0, MAX_SUPPORT, True
+    elif name == "min_tta":
+        low, high, inclusive = 0.0, MAX_TTA_COUNT, True
     else:  # min_elongation, min_widening
         low, high, inclusive = 0.0, MAX_RATIO, True
     if value > high or value < low or (value == low and not inclusive):
@@ -177,6 +190,9 @@ class ReviewContext:
             spacing is unknown.
         uncertainty: TTA / hourglass spread (``planning.tta.Uncertainty``), or None.
         config: thresholds.
+        tta_count: the test-time augmentations the plan was measured with (``--tta``; below
+            ``config.min_tta`` its stability was not measured: a reason), or None where no
+            network ran (an oracle).
     """
 
     masks: np.ndarray | None = None
@@ -185,6 +201,7 @@ class ReviewContext:
     scale: Any = None
     uncertainty: Uncertainty | None = None
     config: ReviewConfig = field(default_factory=ReviewConfig)
+    tta_count: int | None = None
     _evidence: KneeEvidence | None = field(default=None, repr=False)
 
     def evidence(self) -> KneeEvidence | None:
@@ -374,9 +391,13 @@ def _points_on_saturation(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[R
 def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
     """Reasons from the TTA spread and the hourglass agreement."""
     cfg, unc = ctx.config, ctx.uncertainty
-    if unc is None:
-        return []
     out: list[Reason] = []
+    if ctx.tta_count is not None and ctx.tta_count < cfg.min_tta:
+        out.append(Reason("tta_off", f"test-time augmentation {ctx.tta_count} < {cfg.min_tta} "
+                          "(--tta): the plan's stability under small shifts and flips was not "
+                          "measured, and that check alone caught some plans over 10 mm off"))
+    if unc is None:
+        return out
     sp = spacing if spacing is not None else mmpp
     for name in ("p_blum", "p_tmc", "schoettle") if len(unc.points) > 1 else ():
         limit = cfg.max_schoettle_spread_mm if name == "schoettle" else cfg.max_landmark_spread_mm

@@ -80,7 +80,14 @@ def _is_colour(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool
 
 def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     sample, img_path = phantom
-    res = run_plan(img_path, OracleModule(sample), tmp_path, decode="quadratic", tta=0)
+    from planning.review import ReviewConfig
+
+    # the oracle's maps ignore the image, so TTA has nothing to measure: accept plans without it
+    # openly (min_tta 0), as a user's review config would; by default --tta 0 is a reason
+    res = run_plan(img_path, OracleModule(sample), tmp_path, decode="quadratic", tta=0,
+                   review_config=ReviewConfig(min_tta=0))
+    default = run_plan(img_path, OracleModule(sample), tmp_path / "d", decode="quadratic", tta=0)
+    assert default.report["review_codes"] == ["tta_off"], default.report["review_reasons"]
     rep = res.report
     assert rep["spacing"]["source"] == "annotation"
     sp = sample.spacing_mm

@@ -193,6 +193,9 @@ def test_each_reason_fires_on_its_case(case):
     looks = np.array([12.0 / sp[1], 0.0])  # p_blum: 12 mm between the whole image and the zoom
     check("looks_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
+    check("tta_off", c=ctx(sample, masks, tta_count=0))  # --tta 0: the spread is unmeasured
+    assert codes(plan, ctx(sample, masks, tta_count=8)) == set()
+    assert codes(plan, ctx(sample, masks, tta_count=0, config=ReviewConfig(min_tta=0))) == set()
     near = np.array([8.0 / sp[1], 8.0 / sp[1]])  # 8 mm: the second look is expected to move
     assert codes(plan, ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, near))) \
         == set()
@@ -250,7 +253,8 @@ def test_json_and_csv_give_the_same_reasons(tmp_path):
     path = write_sample(tmp_path / "data", sample)
     module = _Oracle(sample, scale_lm=0.25)  # weak peaks: a flagged plan
     rep = run_plan(path, module, tmp_path / "out", tta=0).report
-    row = evaluate_sample(sample, predict_image(module, sample.image)).row
+    row = evaluate_sample(sample, predict_image(module, sample.image), predictor=module,
+                          tta=0).row
     assert rep["needs_review"] and row["needs_review"] == 1
     assert "; ".join(rep["review_reasons"]) == row["review_reasons"]
     assert " ".join(sorted(set(rep["review_codes"]))) == row["review_codes"]
