@@ -89,6 +89,8 @@ def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     default = run_plan(img_path, OracleModule(sample), tmp_path / "d", decode="quadratic", tta=0)
     assert default.report["review_codes"] == ["tta_off"], default.report["review_reasons"]
     rep = res.report
+    assert rep["settings"]["review_config"] == {"file": "defaults", "changed": {"min_tta": 0}}
+    assert default.report["settings"]["review_config"]["changed"] == {}
     assert rep["spacing"]["source"] == "annotation"
     sp = sample.spacing_mm
     assert rep["spacing"]["row_mm"] == pytest.approx(sp[0])
