@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from datamodules.dicom_frames import ENCAPSULATED, FRAME_TAGS, TEXT_VRS, encapsulated_problem
+
 BYTES_PER_PIXEL = 8  # the most a supported image stores per pixel (4 samples of 16 bits)
 METADATA_BYTES = 16 * 1024**2  # allowance for headers, tags and thumbnails
 INFLATE_STEP = 1024**2  # bytes fed, and inflated, at a time while only counting
@@ -271,7 +273,8 @@ def dicom_problem(path: Path, limit: int) -> str | None:
     more than ``MAX_DICOM_DEPTH`` deep are refused. A Deflated Explicit VR Little Endian
     dataset (pydicom inflates it whole, unbounded: a 2.4 MB file held a 2.5 GB element) is
     first inflated while counting, and refused above ``image_bytes_cap(limit)`` bytes, what
-    an uncompressed file may hold."""
+    an uncompressed file may hold. Each frame of encapsulated (JPEG, JPEG-LS, JPEG 2000, RLE)
+    pixel data must agree with the dataset's Rows x Columns (``encapsulated_problem``)."""
     with path.open("rb") as fh:
         if fh.seek(0, 2) < 132:
             return None
@@ -280,7 +283,9 @@ def dicom_problem(path: Path, limit: int) -> str | None:
                 return None  # pydicom refuses a file without the preamble itself
             start, syntax = _file_meta(buf)
             if syntax != DEFLATED_TS:
-                return _Walk(buf, syntax == IMPLICIT_LE_TS, syntax != EXPLICIT_BE_TS).problem(start)
+                walk = _Walk(buf, syntax == IMPLICIT_LE_TS, syntax != EXPLICIT_BE_TS,
+                             syntax=syntax, limit=limit)
+                return walk.problem(start)
             budget, compressed = image_bytes_cap(limit), buf[start:]
             try:
                 if _inflated_over(zlib.decompressobj(-zlib.MAX_WBITS), compressed, budget):
@@ -330,21 +335,52 @@ class _Walk:
     (also those of defined length, which pydicom parses when they are first used). It stops,
     without a verdict, only where the data ends."""
 
-    def __init__(self, buf: Any, implicit: bool, little: bool) -> None:
+    def __init__(self, buf: Any, implicit: bool, little: bool, syntax: str | None = None,
+                 limit: int | None = None) -> None:
         self.buf, self.implicit, self.order = buf, implicit, "<" if little else ">"
         self.item = struct.pack(self.order + "HH", 0xFFFE, 0xE000)
         self.seq_end = struct.pack(self.order + "HH", 0xFFFE, 0xE0DD)
         self.count = 0
+        self.syntax, self.limit = syntax, limit
+        self.values: dict[tuple[int, int], int] = {}  # top-level FRAME_TAGS, as numbers
+        self.spans: list[tuple[int, int]] | None = None  # encapsulated pixel data's items
+        self.offset_table: dict[int, tuple[int, int]] = {}  # Extended Offset Table (7FE0,0001)
+        # and its Lengths (7FE0,0002): element number -> (value offset, value length)
 
     def problem(self, pos: int) -> str | None:
         """What is wrong with the dataset from ``pos`` on, or None."""
         try:
             self.dataset(pos, len(self.buf), 0)
         except _Lost:
-            return None
+            pass  # (pydicom may still reach pixel data read before the damage)
         except _Refused as why:
             return str(why)
-        return None
+        if self.spans is None or self.limit is None:
+            return None
+        return encapsulated_problem(self.buf, self.spans, self.syntax, self.values,
+                                    self.limit, self.offset_table)
+
+    def record(self, group: int, elem: int, vr: bytes, pos: int, length: int) -> None:
+        """Keep a top-level Rows, Columns, SamplesPerPixel, BitsAllocated or NumberOfFrames
+        as a number (US, or the digits pydicom reads from a text VR), and where the Extended
+        Offset Table's values lie."""
+        if (group, elem) in ((0x7FE0, 0x0001), (0x7FE0, 0x0002)) and length != UNDEFINED:
+            self.offset_table[elem] = (pos, length)
+            return
+        if (group, elem) not in FRAME_TAGS or length == UNDEFINED or length > 64:
+            return
+        raw = bytes(self.buf[pos : pos + length])
+        binary = vr in (b"US", b"SS", b"UL", b"SL") or (
+            vr not in TEXT_VRS and (group, elem) != (0x0028, 0x0008))  # (that one is IS)
+        if binary and len(raw) in (2, 4):
+            self.values[(group, elem)] = struct.unpack(self.order + "HI"[len(raw) // 4],
+                                                       raw)[0]
+        else:
+            digits = raw.split(b"\\")[0].strip(b"\x00 ")
+            try:
+                self.values[(group, elem)] = int(float(digits))
+            except (ValueError, OverflowError):
+                self.values.pop((group, elem), None)
 
     def header(self, pos: int) -> tuple[int, int, bytes, int, int]:
         """(group, element, VR or b"" when implicit, value length, header bytes) at ``pos``."""
@@ -380,6 +416,13 @@ class _Walk:
             if depth == 0 and (group, elem) == (0x7FE0, 0x0010) and length == UNDEFINED:
                 pos = self.fragments(pos)  # encapsulated (compressed) pixel data
                 continue
+            if depth == 0 and (group, elem) == (0x7FE0, 0x0010) and self.syntax in \
+                    ENCAPSULATED and self.buf[pos : pos + 4] == self.item:
+                self.fragments(pos, min(pos + length, size))  # (pydicom decodes it too)
+                pos += length
+                continue
+            if depth == 0:
+                self.record(group, elem, vr, pos, length)
             starts_items = self.buf[pos : pos + 4] == self.item
             is_sequence = vr == b"SQ" or (vr in (b"", b"UN") and starts_items
                                           and group != 0x7FE0)
@@ -416,14 +459,17 @@ class _Walk:
                 pos += length
         return pos
 
-    def fragments(self, pos: int) -> int:
+    def fragments(self, pos: int, stop: int | None = None) -> int:
         """Walk the items of encapsulated Pixel Data from ``pos`` (the Basic Offset Table, then
-        the fragments) to the sequence delimiter; the end. The fragments of each frame (a new
+        the fragments) to the sequence delimiter (or ``stop``, for a value of defined length
+        under a compressed transfer syntax); the end. The fragments of each frame (a new
         one starts with a JPEG SOI) are joined as pydicom joins them, and a JPEG frame may have
         at most ``MAX_JPEG_SCANS`` scans (``jpeg_scan_problem``): pydicom hands it to
         libjpeg (Pillow, GDCM), which decodes each scan over the whole frame."""
-        buf, size = self.buf, len(self.buf)
+        buf = self.buf
+        size = len(buf) if stop is None else stop
         spans: list[tuple[int, int]] = []
+        self.spans = spans  # (filled as it goes: checked even when the walk is lost later)
         while pos < size:
             group, elem, _, length, head = self.header(pos)
             pos += head
@@ -447,3 +493,6 @@ class _Walk:
                 where = f" frame {i + 1} of {len(frames)}" if len(frames) > 1 else ""
                 raise _Refused(f"DICOM pixel data{where}: {problem}")
         return pos
+
+
+# ------------------------------------------------------------- DICOM encapsulated pixel data
