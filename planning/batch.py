@@ -273,13 +273,38 @@ class Progress:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model_path: str, device: str) -> None:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MB blocks)."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _init_worker(model_path: str, device: str, sha256: str) -> None:
+    """Load the model the main process checked: the same bytes (a file rewritten meanwhile,
+    e.g. ``last.ckpt`` by a running training, or a link swapped, is refused), and any failure
+    kept as the worker's one-line answer (an initializer that raises breaks the whole pool with
+    a traceback per worker)."""
+    from datamodules.decoder_messages import printable
     from planning.predict import load_predictor
 
-    _WORKER["predictor"] = load_predictor(model_path, device=device, threads=1)
+    try:
+        if file_sha256(model_path) != sha256:
+            raise ValueError(f"{model_path} changed after it was checked (its bytes differ): "
+                             "plan again once it is stable")
+        _WORKER["predictor"] = load_predictor(model_path, device=device, threads=1)
+    except Exception as err:  # noqa: BLE001 - any load failure is the worker's answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _WORKER["error"] = printable(first)[:300]
 
 
 def _worker_plan(path: Path, opts: PlanOptions, stem: str) -> dict[str, Any]:
+    if "error" in _WORKER:  # the model, not the image: main exits 2 (model_failed)
+        row = dict.fromkeys(SUMMARY_FIELDS, "")
+        row.update(image=str(path), status="failed",
+                   error=f"{MODEL_UNUSABLE} {opts.checkpoint}: {_WORKER['error']} ({path})")
+        return row
     return plan_one(path, _WORKER["predictor"], opts, stem)
 
 
@@ -337,8 +362,9 @@ def plan_many(
             ctx = mp.get_context("spawn")
             from concurrent.futures.process import BrokenProcessPool
 
+            sha256 = file_sha256(str(model_path))  # the workers load exactly these bytes
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(str(model_path), device)) as pool:
+                                     initargs=(str(model_path), device, sha256)) as pool:
                 futures = {pool.submit(_worker_plan, p, opts, stems[i]): i
                            for i, p in enumerate(paths)}
                 for fut in as_completed(futures):

@@ -177,3 +177,32 @@ def test_outputs_never_overwrite_each_other_or_an_input(tmp_path_factory, tmp_pa
     assert main(["--image", str(src), "--ckpt", str(model), "--out", str(src)]) == 2
     assert "would overwrite input" in capsys.readouterr().err
     assert (src / "a_plan.png").read_bytes() == before
+
+
+def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_path,
+                                                         monkeypatch):
+    """Red-team round 6: each ``--workers`` process reloaded the model file, so one swapped
+    after the main process checked it was planned with unchecked (or a traceback per worker
+    and "a worker process died" rows, status 1). A worker now loads only the checked bytes,
+    and any failure is a model row (status 2)."""
+    import planning.batch as batch
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(exported_tiny_model(tmp_path_factory), model)
+    shutil.copy(exported_tiny_model(tmp_path_factory).with_suffix(".json"),
+                model.with_suffix(".json"))
+    monkeypatch.setattr(batch, "_WORKER", {})
+    checked = batch.file_sha256(model)
+    model.write_bytes(model.read_bytes() + b"\0")  # rewritten after the check
+    batch._init_worker(str(model), "cpu", checked)
+    assert "changed after it was checked" in batch._WORKER["error"]
+    opts = batch.PlanOptions(out_dir=tmp_path / "out", checkpoint=str(model))
+    row = batch._worker_plan(tmp_path / "knee.png", opts, "knee")
+    assert row["status"] == "failed" and batch.model_failed([row]), row
+    monkeypatch.setattr(batch, "_WORKER", {})
+    batch._init_worker(str(model), "cpu", batch.file_sha256(model))  # checked, but damaged:
+    assert "damaged" in batch._WORKER["error"] and "\n" not in batch._WORKER["error"]
+    shutil.copy(exported_tiny_model(tmp_path_factory), model)
+    monkeypatch.setattr(batch, "_WORKER", {})
+    batch._init_worker(str(model), "cpu", checked)  # the checked bytes: loaded
+    assert "predictor" in batch._WORKER and "error" not in batch._WORKER
