@@ -206,6 +206,11 @@ def resolve_pixel_spacing(
             continue
         entry = {"source": source, "value": _fmt(value), "valid": True, "accepted": False}
         note = _NOTES[source]
+        if source == "PixelSpacing" and (why := _uncalibrated_copy(value, dicom_imager,
+                                                                    dicom_magnification)):
+            entry.update(why=why)  # (valid: a tag, just not at the patient)
+            res.candidates.append(entry)
+            continue
         if source == "ImagerPixelSpacing" and dicom_magnification:
             m = float(dicom_magnification)
             value = np.asarray(_fmt(value), dtype=np.float64) / m
@@ -258,6 +263,25 @@ def resolve_pixel_spacing(
         if why:
             res.reasons.append(why)
     return res
+
+
+def _uncalibrated_copy(pixel: Any, imager: Any, magnification: float | None) -> str | None:
+    """Why ``PixelSpacing`` is not at the patient (None: take it as the file says): equal to
+    ``ImagerPixelSpacing`` while the file states a magnification above 1, it is the detector's
+    pitch copied (PS3.3 C.8.11.4: calibrated spacing differs from the imager's), and sizes in
+    it are overstated by that magnification."""
+    if imager is None or not magnification or float(magnification) <= 1.0 + 1e-6:
+        return None
+    try:
+        a = np.asarray(_fmt(pixel), dtype=np.float64).ravel()
+        b = np.asarray(_fmt(imager), dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return None
+    if a.size != b.size or not np.allclose(a, b, rtol=1e-6, atol=0.0):
+        return None
+    return (f"equals ImagerPixelSpacing while the file states a magnification of "
+            f"{float(magnification):g}: the detector's pitch copied, not calibrated at the "
+            "patient (ImagerPixelSpacing / magnification used instead)")
 
 
 def _declared_aspect(value: Any) -> tuple[float, str] | None:

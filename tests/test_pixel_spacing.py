@@ -288,3 +288,24 @@ def test_evaluate_sphere_mm_is_checked_before_anything_runs(capsys):
     assert main(["--oracle", "--sphere-mm", "nan"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sphere diameter" in err
+
+
+def test_pixel_spacing_equal_to_imager_spacing_with_a_magnification_is_not_at_the_patient():
+    """Red-team round 6: PixelSpacing 0.2 = ImagerPixelSpacing 0.2 with a stated magnification
+    of 1.25 was taken as calibrated at the patient, 25 % too large (within the anatomy's range,
+    so unflagged). Equal tags mean the detector pitch was copied (DICOM PS3.3 C.8.11.4)."""
+    from geometry.pixel_spacing import resolve_pixel_spacing, sphere_search_needed
+
+    img = np.zeros((64, 64), np.float32)
+    kw = {"dicom_pixel": [0.2, 0.2], "dicom_imager": [0.2, 0.2], "dicom_magnification": 1.25}
+    res = resolve_pixel_spacing(img, detect_sphere=False, **kw)
+    assert res.spacing.source == "ImagerPixelSpacing"
+    assert res.spacing.as_tuple() == pytest.approx((0.16, 0.16))  # 0.2 / 1.25 by hand
+    ps = next(c for c in res.candidates if c["source"] == "PixelSpacing")
+    assert not ps["accepted"] and "detector's pitch copied" in ps["why"]
+    assert sphere_search_needed(**kw)  # a sphere outranks the detector's spacing
+    # calibrated (differs from the imager's), or no magnification stated: taken as given
+    for pixel, mag in (([0.16, 0.16], 1.25), ([0.2, 0.2], None), ([0.2, 0.2], 1.0)):
+        res = resolve_pixel_spacing(img, detect_sphere=False, **{**kw, "dicom_pixel": pixel,
+                                                                  "dicom_magnification": mag})
+        assert res.spacing.source == "PixelSpacing" and res.spacing.row_mm == pixel[0]
