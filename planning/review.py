@@ -404,7 +404,8 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
         s = unc.spread(name, sp)
         if s > limit:
             label = "Schoettle point" if name == "schoettle" else name
-            out.append(Reason("tta_spread", f"{label} moves {s:.1f} mm (1 sigma) under small "
+            moved = f"{s:.1f} mm" if np.isfinite(s) else "without bound"  # (was "inf mm")
+            out.append(Reason("tta_spread", f"{label} moves {moved} (1 sigma) under small "
                               f"shifts/flips of the image (> {limit:g} mm): unstable"))
     if unc.failures > cfg.max_tta_failures:
         out.append(Reason("tta_failures", f"{unc.failures:.0%} of augmented plans have no "

@@ -333,3 +333,13 @@ def test_nearest_pixel_mm_of_an_empty_mask_is_inf():
     from planning.review import nearest_pixel_mm
 
     assert nearest_pixel_mm(np.zeros((50, 70), bool), 10, 20, (0.2, 0.2)) == float("inf")
+
+
+def test_an_unbounded_spread_is_said_in_words(case):
+    """A spread of inf read "moves inf mm" in the plan's reasons (red-team round 6)."""
+    sample, _, plan, masks = case
+    cov = np.stack([np.eye(2) * 0.01] * 3)
+    cov[2] = np.eye(2) * np.inf
+    got = review(plan, ctx(sample, masks, uncertainty=Uncertainty(np.zeros((8, 3, 2)), cov, 0.0)))
+    text = [r for r in got if r.code == "tta_spread"]
+    assert text and "moves without bound" in text[0] and "inf" not in text[0]
