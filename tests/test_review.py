@@ -335,6 +335,7 @@ def test_nearest_pixel_mm_of_an_empty_mask_is_inf():
     assert nearest_pixel_mm(np.zeros((50, 70), bool), 10, 20, (0.2, 0.2)) == float("inf")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf in the covariance's eigenvalues
 def test_an_unbounded_spread_is_said_in_words(case):
     """A spread of inf read "moves inf mm" in the plan's reasons (red-team round 6)."""
     sample, _, plan, masks = case
