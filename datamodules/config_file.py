@@ -26,41 +26,29 @@ class ConfigFileError(ValueError):
     """A YAML file that cannot or must not be used; the message is one line naming the file."""
 
 
-def _expanded_size_exceeds(data: Any, limit: int) -> bool:
-    """True when ``data`` with every alias expanded holds more than ``limit`` values.
+def _scan(data: Any, limit: int) -> tuple[bool, int | None]:
+    """(whether ``data`` with every alias expanded holds more than ``limit`` values, its first
+    integer too large for a float or None).
 
     Walks at most ``limit`` values (shared and self-referencing nodes are counted each time
-    they are reached, as a consumer walking the tree would).
+    they are reached, as a consumer walking the tree would). ``float()`` raises OverflowError on
+    such an integer: 401 digits crashed jsonargparse and every threshold check.
     """
-    stack, seen = [data], 0
+    stack, seen, huge = [data], 0, None
     while stack:
         seen += 1
         if seen > limit:
-            return True
+            return True, huge
         item = stack.pop()
         if isinstance(item, Mapping):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set):
             stack.extend(item)
-    return False
-
-
-def _too_large_number(data: Any) -> int | None:
-    """The first integer of ``data`` too large for a float (``float()`` raises OverflowError:
-    401 digits crashed jsonargparse and every threshold check), or None. ``data`` is already
-    bounded by ``_expanded_size_exceeds``."""
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set):
-            stack.extend(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**1024:
-            return item
-    return None
+        elif (huge is None and isinstance(item, int) and not isinstance(item, bool)
+              and abs(item) >= 2**1024):
+            huge = item
+    return False, huge
 
 
 def _unique_key_loader() -> Any:
@@ -137,10 +125,11 @@ def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFI
         raise ConfigFileError(f"{p}: not valid YAML{line} ({str(problem)[:120]})") from None
     except RecursionError:
         raise ConfigFileError(f"{p}: the {what} is nested too deeply") from None
-    if _expanded_size_exceeds(data, max_values):
+    too_many, big = _scan(data, max_values)
+    if too_many:
         raise ConfigFileError(f"{p}: more than {max_values} values once its YAML aliases are "
                               f"expanded (an alias bomb?): refused as {what}")
-    if (big := _too_large_number(data)) is not None:
+    if big is not None:
         digits = len(str(abs(big)))
         raise ConfigFileError(f"{p}: a number of {digits} digits ({str(big)[:12]}...) is too "
                               f"large to be read as a number: refused as {what}")

@@ -104,6 +104,19 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def folder_entries(folder: str | Path) -> list[Path] | str:
+    """The entries of ``folder`` (unsorted), or why they cannot be had (``folder_problem``):
+    it may not be listed, or not entered (its entries could be named but never read)."""
+    # "folder/." is reachable only when the folder may be entered (its x bit); pathlib would
+    # drop the "."
+    problem = stat_problem(os.path.join(folder, "."))
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError as err:
+        problem = problem if isinstance(problem, str) else os_problem(err)
+    return folder_problem(problem) if isinstance(problem, str) else entries
+
+
 def image_files(root: str | Path) -> dict[str, list[Path]]:
     """Map each id to its image file(s) in ROOT/images (several = duplicate id).
 
@@ -113,16 +126,10 @@ def image_files(root: str | Path) -> dict[str, list[Path]]:
     folder = Path(root) / "images"
     if isinstance(stat_problem(folder), str) or not folder.is_dir():
         return out
-    # "folder/." is reachable only when the folder may be entered (its x bit); pathlib would
-    # drop the "."
-    problem = stat_problem(os.path.join(folder, "."))
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        problem = problem if isinstance(problem, str) else os_problem(err)
-    if isinstance(problem, str):
-        raise DatasetError(f"{folder}: {folder_problem(problem)}")
-    for p in entries:
+    entries = folder_entries(folder)
+    if isinstance(entries, str):
+        raise DatasetError(f"{folder}: {entries}")
+    for p in sorted(entries):
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         st = stat_problem(p)

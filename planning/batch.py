@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import os
 import stat
 import sys
 import time
@@ -57,19 +56,14 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     anything else is one path (checked later, when it is read).
     Raises ImageListError for a folder that cannot be listed or entered.
     """
-    from datamodules.dataset_io import folder_problem, os_problem, stat_problem
+    from datamodules.dataset_io import folder_entries, stat_problem
 
     path = Path(spec)
     st = stat_problem(path)  # a loop or a permission error is the single path's own error
     if not isinstance(st, str) and stat.S_ISDIR(st.st_mode):
-        # "folder/." is reachable only when the folder may be entered (pathlib drops a ".")
-        problem = stat_problem(os.path.join(spec, "."))
-        try:
-            entries = list(path.iterdir())
-        except OSError as err:
-            problem = problem if isinstance(problem, str) else os_problem(err)
-        if isinstance(problem, str):
-            raise ImageListError(f"{path}: {folder_problem(problem)}")
+        entries = folder_entries(path)
+        if isinstance(entries, str):
+            raise ImageListError(f"{path}: {entries}")
         # a pipe or a dangling link named *.png is listed (its row says what it is), not skipped
         files = sorted(p for p in entries if (p.suffix.lower() in IMAGE_SUFFIXES
                                               and not _is_dir(p)) or is_dicom_file(p))

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import cr_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.uid import (
     JPEG2000,
@@ -27,7 +27,6 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
 from datamodules import decode_guards, dicom_frames
@@ -40,15 +39,7 @@ def _dicom(path: Path, syntax: str, frames: list[bytes], rows: int = 64, cols: i
            bits: int = 16, samples: int = 1, bot: bool = False, pieces: int = 1,
            extended: bool = False) -> Path:
     """A CR DICOM of ``rows`` x ``cols`` whose encapsulated pixel data holds ``frames``."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
+    ds = cr_dataset(syntax)
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = samples
     ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
