@@ -40,7 +40,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -77,6 +77,7 @@ from lightning_modules.module import (
     NonFiniteTrainingError,
 )
 from lightning_modules.progress import progress_callback
+from lightning_modules.run_csv_logger import RunCSVLogger
 from lightning_modules.shgn import input_side_problem
 from lightning_modules.training_state import (
     ARCHITECTURE_KEYS,
@@ -452,7 +453,7 @@ class KneePlanCLI(LightningCLI):
         remove_stale_temporaries(run_dir / "checkpoints")
         if run.cpu_threads is not None:
             torch.set_num_threads(max(int(run.cpu_threads), 1))
-        loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+        loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
         mode = os.environ.get("WANDB_MODE") or run.wandb_mode
         if run.wandb and mode not in ("disabled", "false", "off"):
             # mode= goes to wandb.init; offline=True would set WANDB_MODE for the whole process
