@@ -45,9 +45,11 @@ def _scan(data: Any, limit: int) -> tuple[bool, int | None]:
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set):
             stack.extend(item)
-        elif (huge is None and isinstance(item, int) and not isinstance(item, bool)
-              and abs(item) >= 2**1024):
-            huge = item
+        elif huge is None and isinstance(item, int) and not isinstance(item, bool):
+            try:
+                float(item)  # (2**1024 - 2**970 and above round past the largest float)
+            except OverflowError:
+                huge = item
     return False, huge
 
 

@@ -256,6 +256,11 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
         value = sections[section].get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and not ok(value):
             return f"{key}={value} {what}"
+    codec, sigma = model.get("heatmap_codec"), data.get("sigma")
+    if isinstance(codec, Mapping) and isinstance(sigma, int | float) and isinstance(
+            codec.get("sigma"), int | float) and not math.isclose(codec["sigma"], sigma):
+        return (f"model.heatmap_codec sigma {codec['sigma']} differs from data.sigma {sigma} "
+                "(the targets): every checkpoint would be refused as inconsistent")
     size, depth = data.get("size"), model.get("depth", 4)
     norm = str(model.get("norm", "instance"))
     if (isinstance(size, int) and isinstance(depth, int) and 1 <= depth <= 10

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import re
 import stat
 import sys
 import time
@@ -92,6 +93,7 @@ def _globbed(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
+MEDIA_DIRECTORY_UID = re.compile(rb"1\.2\.840\.10008\.1\.3\.10(?![0-9.])")  # a DICOMDIR
 DICOM_NAME_SUFFIXES = ("",)  # and numeric ones: a UID as the name, 1.2.840.113619.2.55.3.604
 
 
@@ -107,12 +109,15 @@ def is_dicom_file(path: Path) -> bool:
     st = stat_problem(path)
     if isinstance(st, str) or not stat.S_ISREG(st.st_mode) or st.st_size < 132:
         return False  # (a pipe is never opened: the read would block)
+    if path.name.upper() == "DICOMDIR":  # a CD's or export's index of the files, no image
+        return False
     try:
         with path.open("rb") as f:
-            head = f.read(132)
+            head = f.read(512)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
+    # the file meta's MediaStorageSOPClassUID: a directory (index) is not an image either
+    return head[128:132] == b"DICM" and not MEDIA_DIRECTORY_UID.search(head)
 
 
 def output_stems(paths: list[Path]) -> list[str]:

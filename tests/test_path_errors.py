@@ -275,3 +275,18 @@ def test_validate_a_dataset_whose_images_folder_may_not_be_entered(tmp_path, tmp
         (root / "images").chmod(0o700)
     assert "Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr
     assert f"{root / 'images'}: permission denied" in proc.stdout + proc.stderr
+
+
+def test_folder_mode_skips_a_dicomdir(tmp_path, tmp_path_factory):
+    """A CD or PACS export folder holds a DICOMDIR (DICM at byte 128, an index, no image): it
+    was listed, failed its row and made plan exit 1 (found by review)."""
+    import pydicom.data
+
+    from planning.batch import expand_images
+
+    index = next(f for f in pydicom.data.get_testdata_files() if f.endswith("/DICOMDIR"))
+    shutil.copy(index, tmp_path / "DICOMDIR")
+    shutil.copy(index, tmp_path / "INDEX0")  # the same by its SOP class, whatever its name
+    shutil.copy(phantom_images(tmp_path_factory, n=1)[0], tmp_path / "knee.png")
+    files, many = expand_images(str(tmp_path))
+    assert many and [f.name for f in files] == ["knee.png"]

@@ -131,3 +131,7 @@ def test_settings_missing_on_either_side_are_not_compared():
     assert settings_mismatch({"a": 1}, {"b": 2}, ("a", "b")) is None
     assert settings_mismatch(None, {"a": 1}, ("a",)) is None
     assert settings_mismatch({"a": 1}, {"a": 2}, ("a",)) == "a 1 -> 2"
+    # equivalent forms are the same setting (found by review)
+    assert settings_mismatch({"net_kwargs": None}, {"net_kwargs": {}}, ("net_kwargs",)) is None
+    assert settings_mismatch({"k": {"a": (1, 2)}}, {"k": {"a": [1, 2]}}, ("k",)) is None
+    assert settings_mismatch({"k": {"a": 1}}, {"k": {}}, ("k",)) == "k {'a': 1} -> {}"

@@ -100,6 +100,8 @@ def test_bad_config_is_one_line_naming_the_file_with_status_2(kind, tmp_path, ca
     ("model:\n  grad_clip_algorithm: l3\n", "model.grad_clip_algorithm='l3' is not one of"),
     ("model:\n  grad_clip_val: -1.0\n", "model.grad_clip_val=-1.0 must be a positive number"),
     ("model:\n  max_nonfinite_steps: 0\n", "model.max_nonfinite_steps=0 must be at least 1"),
+    ("model:\n  heatmap_codec: {input_size: 64, heatmap_size: 64, sigma: 9.0}\n",
+     "model.heatmap_codec sigma 9.0 differs from data.sigma"),  # trained, then refused at load
     ("data:\n  phantom_overrides: {p_sphere: 2}\n",  # was a traceback at the first batch
      "data.phantom_overrides: PhantomConfig.p_sphere: 2 is a probability"),
 ])
@@ -123,6 +125,10 @@ def test_an_integer_too_large_for_a_float_is_one_line_in_every_yaml_file(kind, t
     ``math.isfinite``); the shared YAML reader refuses it, naming the file."""
     from datamodules.config_file import ConfigFileError, read_yaml
 
+    edge = str(2**1024 - 2**970)  # 309 digits: the smallest integer float() rounds past inf
+    assert read_yaml(_write(tmp_path / "below.yaml", f"a: {2**1024 - 2**970 - 1}\n"), kind)
+    with pytest.raises(ConfigFileError, match="309 digits"):  # (found by review)
+        read_yaml(_write(tmp_path / "edge.yaml", f"a: {edge}\n"), kind)
     path = _write(tmp_path / "huge.yaml", f"a:\n  b: [1, -{HUGE}]\n")
     with pytest.raises(ConfigFileError) as err:
         read_yaml(path, kind)
