@@ -272,12 +272,21 @@ class Progress:
 _WORKER: dict[str, Any] = {}
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MB blocks)."""
+def model_digest(path: str | Path) -> str:
+    """SHA-256 of a model file's bytes, and of its JSON description beside an ``.onnx`` (codec
+    and output names live there)."""
     import hashlib
 
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    from planning.predict import export_meta_path
+
+    digest = hashlib.sha256()
+    files = [Path(path)]
+    if Path(path).suffix.lower() == ".onnx" and export_meta_path(path).is_file():
+        files.append(export_meta_path(path))
+    for name in files:
+        with open(name, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
 
 
 def _init_worker(model_path: str, device: str, sha256: str) -> None:
@@ -289,7 +298,7 @@ def _init_worker(model_path: str, device: str, sha256: str) -> None:
     from planning.predict import load_predictor
 
     try:
-        if file_sha256(model_path) != sha256:
+        if model_digest(model_path) != sha256:
             raise ValueError(f"{model_path} changed after it was checked (its bytes differ): "
                              "plan again once it is stable")
         _WORKER["predictor"] = load_predictor(model_path, device=device, threads=1)
@@ -316,9 +325,11 @@ def plan_many(
     device: str = "cpu",
     progress_every: int = 10,
     on_error: Callable[[str], None] | None = None,
+    model_sha256: str | None = None,
 ) -> list[dict[str, Any]]:
     """Plan ``paths`` (in order of the returned rows) with one loaded ``predictor``, or with
-    ``workers`` processes that each load ``model_path``; failures are rows, never raised."""
+    ``workers`` processes that each load ``model_path`` (only if its ``model_digest`` is still
+    ``model_sha256``); failures are rows, never raised."""
     from datamodules.decoder_messages import printable
 
     report = on_error or (lambda msg: print(f"plan: error: {printable(msg)}", file=sys.stderr,
@@ -361,7 +372,8 @@ def plan_many(
             ctx = mp.get_context("spawn")
             from concurrent.futures.process import BrokenProcessPool
 
-            sha256 = file_sha256(str(model_path))  # the workers load exactly these bytes
+            # the workers load exactly the checked bytes (digest taken before the main check)
+            sha256 = model_sha256 or model_digest(str(model_path))
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(str(model_path), device, sha256)) as pool:
                 futures = {pool.submit(_worker_plan, p, opts, stems[i]): i

@@ -608,7 +608,16 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
               file=sys.stderr)
     workers = min(args.workers, len(images), cores)
     # loaded here also for workers > 1: a model the loader refuses is one line, not a
-    # traceback from every worker process
+    # traceback from every worker process; the workers then load only these bytes (digest
+    # taken before this check, so a file changed after it is refused by every worker)
+    digest = None
+    if workers > 1:
+        from planning.batch import model_digest
+
+        try:
+            digest = model_digest(args.ckpt)
+        except OSError:
+            digest = None  # the loader below names the problem
     predictor = _load_or_explain(args.ckpt, args.device, args.threads)
     if predictor is None:
         return 2
@@ -618,7 +627,8 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
                        str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom,
                        sphere_mm=args.sphere_mm)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
-                     device=args.device, progress_every=args.progress_every)
+                     device=args.device, progress_every=args.progress_every,
+                     model_sha256=digest)
     summary = write_summary(summary_path, rows)
     failed = sum(r["status"] != "ok" for r in rows)
     if model_failed(rows):

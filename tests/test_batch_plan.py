@@ -192,7 +192,7 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     shutil.copy(exported_tiny_model(tmp_path_factory).with_suffix(".json"),
                 model.with_suffix(".json"))
     monkeypatch.setattr(batch, "_WORKER", {})
-    checked = batch.file_sha256(model)
+    checked = batch.model_digest(model)
     model.write_bytes(model.read_bytes() + b"\0")  # rewritten after the check
     batch._init_worker(str(model), "cpu", checked)
     assert "changed after it was checked" in batch._WORKER["error"]
@@ -200,9 +200,14 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     row = batch._worker_plan(tmp_path / "knee.png", opts, "knee")
     assert row["status"] == "failed" and batch.model_failed([row]), row
     monkeypatch.setattr(batch, "_WORKER", {})
-    batch._init_worker(str(model), "cpu", batch.file_sha256(model))  # checked, but damaged:
+    batch._init_worker(str(model), "cpu", batch.model_digest(model))  # checked, but damaged:
     assert "damaged" in batch._WORKER["error"] and "\n" not in batch._WORKER["error"]
     shutil.copy(exported_tiny_model(tmp_path_factory), model)
     monkeypatch.setattr(batch, "_WORKER", {})
     batch._init_worker(str(model), "cpu", checked)  # the checked bytes: loaded
     assert "predictor" in batch._WORKER and "error" not in batch._WORKER
+    description = model.with_suffix(".json")  # an export's codec and outputs count too
+    description.write_text(description.read_text().replace('"seg"', '"seg" '))
+    monkeypatch.setattr(batch, "_WORKER", {})
+    batch._init_worker(str(model), "cpu", checked)
+    assert "changed after it was checked" in batch._WORKER["error"]
