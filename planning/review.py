@@ -151,8 +151,8 @@ def threshold_problem(name: str, value: float) -> str | None:
         low, high, inclusive = 0.0, 1.0, True
     elif name.endswith("_deg"):
         low, high, inclusive = 0.0, 180.0, True
-    elif name.endswith("_mm"):
-        low, high, inclusive = 0.0, MAX_MM, False
+    elif name.endswith("_mm"):  # a minimum of 0 switches its check off; other lengths > 0
+        low, high, inclusive = 0.0, MAX_MM, name.startswith("min_")
     elif name in ("min_peak", "max_peak"):
         low, high, inclusive = 0.0, MAX_PEAK, True
     elif name == "min_support":
@@ -395,7 +395,8 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
     if ctx.tta_count is not None and ctx.tta_count < cfg.min_tta:
         out.append(Reason("tta_off", f"test-time augmentation {ctx.tta_count} < {cfg.min_tta} "
                           "(--tta): the plan's stability under small shifts and flips was not "
-                          "measured, and that check alone caught some plans over 10 mm off"))
+                          "measured on enough copies, and that check alone caught some plans "
+                          "over 10 mm off"))
     if unc is None:
         return out
     sp = spacing if spacing is not None else mmpp

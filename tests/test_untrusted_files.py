@@ -336,8 +336,18 @@ def test_review_thresholds_out_of_range_or_repeated_are_refused(text, words, tmp
         ReviewConfig.load(path)
     line = one_line(str(err.value))
     assert str(path) in line and words in line, line
-    relaxed = _write(tmp_path / "relaxed.yaml", "max_tilt_deg: 180\nmax_tta_failures: 1\n")
+    relaxed = _write(tmp_path / "relaxed.yaml", "max_tilt_deg: 180\nmax_tta_failures: 1\n"
+                                                "min_separation_mm: 0\nmin_tta: 0\n")
     assert ReviewConfig.load(relaxed).max_tilt_deg == 180  # switching a check off openly
+
+
+def test_review_bounds_are_the_planners_own():
+    """The review's bounds repeat two constants of modules that import it (no cycle)."""
+    from planning.plan import MAX_TTA
+    from planning.predict import MAX_MAP_VALUE
+    from planning.review import MAX_PEAK, MAX_TTA_COUNT
+
+    assert (MAX_TTA_COUNT, MAX_PEAK) == (MAX_TTA, MAX_MAP_VALUE)
 
 
 # ------------------------------------------------------------------------------ evaluate
