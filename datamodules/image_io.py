@@ -212,13 +212,24 @@ MAX_SAMPLES = 4  # gray, gray + alpha, RGB, RGBA
 
 
 def _tiff_pages(path: Path, tif: Any) -> list[Any]:
-    """The pages of an open TIFF, at most ``MAX_TIFF_PAGES`` (ImageReadError beyond)."""
+    """The pages of an open TIFF and their SubIFDs (one level: a writer may keep a thumbnail
+    at the top and the full image in a SubIFD, which was left unread), at most
+    ``MAX_TIFF_PAGES`` in all (ImageReadError beyond)."""
     pages = []
     for page in tif.pages:
-        pages.append(page)
-        if len(pages) > MAX_TIFF_PAGES:
+        offsets = getattr(page, "subifds", None) or ()
+        if len(offsets) > MAX_TIFF_PAGES:
             raise ImageReadError(f"{path}: TIFF with more than {MAX_TIFF_PAGES} pages (one "
                                  "radiograph expected)")
+        try:  # SubIFD pages (tifffile reads them lazily; broken offsets: none)
+            subs = list(page.pages or []) if offsets else []
+        except Exception:  # noqa: BLE001 - a damaged SubIFD is skipped, the page still counts
+            subs = []
+        for item in (page, *subs):
+            pages.append(item)
+            if len(pages) > MAX_TIFF_PAGES:
+                raise ImageReadError(f"{path}: TIFF with more than {MAX_TIFF_PAGES} pages (one "
+                                     "radiograph expected)")
     return pages
 
 

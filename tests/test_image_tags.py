@@ -342,3 +342,22 @@ def test_gray_alpha_png_sbit_uses_the_gray_channels_bits(tmp_path):
     loaded = load_image(path)
     assert loaded.bit_depth == 12
     np.testing.assert_allclose(loaded.image, g12 / 4095.0, atol=1e-6)
+
+
+def test_tiff_full_image_in_a_subifd_is_read_not_its_thumbnail(tmp_path, monkeypatch):
+    """A writer may put a thumbnail at the top level and the full image in a SubIFD: the
+    117 x 143 thumbnail was planned (red-team round 6). SubIFD pages now count as pages, for
+    the reader and the header's pixel limit alike."""
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 65535, (300, 240), dtype=np.uint16)
+    path = tmp_path / "subifd.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(cv2.resize(full, (24, 30), interpolation=cv2.INTER_AREA), subifds=1)
+        tw.write(full)
+    loaded = load_image(path)
+    assert loaded.image.shape == (300, 240)
+    np.testing.assert_allclose(loaded.image, full / 65535.0, atol=1e-6)
+    assert any("largest (page 2, 300x240)" in n for n in loaded.notes)
+    monkeypatch.setenv("KNEEPLAN_MAX_PIXELS", str(300 * 240 - 1))  # the SubIFD is over it
+    with pytest.raises(ImageReadError, match="limit|larger"):
+        load_image(path)
