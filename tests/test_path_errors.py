@@ -129,21 +129,21 @@ def _one_error_line(proc: subprocess.CompletedProcess, prog: str) -> str:
     return errors[0]
 
 
-def test_image_in_a_folder_that_may_not_be_entered(locked, tmp_path):
-    proc = _unprivileged("-m", "planning.plan", "--image", str(locked / "x.png"),
+def _plan_refused(image: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """``plan --image image`` run where file modes apply: status 1 and its one error line."""
+    proc = _unprivileged("-m", "planning.plan", "--image", str(image),
                          "--ckpt", str(_dummy_model(tmp_path)), "--out", str(tmp_path / "out"))
     line = _one_error_line(proc, "plan")
     assert proc.returncode == 1, proc.stderr
-    assert line.startswith(f"plan: error: {locked / 'x.png'}: permission denied"), line
-    assert proc.stderr.count("\n") == 1, proc.stderr
+    return proc, line
 
 
-def test_folder_that_may_not_be_entered_as_image(locked, tmp_path):
-    proc = _unprivileged("-m", "planning.plan", "--image", str(locked),
-                         "--ckpt", str(_dummy_model(tmp_path)), "--out", str(tmp_path / "out"))
-    line = _one_error_line(proc, "plan")
-    assert proc.returncode == 1, proc.stderr
-    assert line.startswith(f"plan: error: {locked}: permission denied"), line
+@pytest.mark.parametrize("inside", [True, False], ids=["image_inside", "the_folder"])
+def test_image_or_folder_that_may_not_be_entered(inside, locked, tmp_path):
+    """An image in a folder of mode 600, or that folder as --image."""
+    image = locked / "x.png" if inside else locked
+    proc, line = _plan_refused(image, tmp_path)
+    assert line.startswith(f"plan: error: {image}: permission denied"), line
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
@@ -151,10 +151,7 @@ def test_image_that_may_not_be_read(tmp_path, tmp_path_factory):
     image = tmp_path / "x.png"
     shutil.copy(phantom_images(tmp_path_factory, n=1)[0], image)
     image.chmod(0o000)
-    proc = _unprivileged("-m", "planning.plan", "--image", str(image),
-                         "--ckpt", str(_dummy_model(tmp_path)), "--out", str(tmp_path / "out"))
-    line = _one_error_line(proc, "plan")
-    assert proc.returncode == 1, proc.stderr
+    _, line = _plan_refused(image, tmp_path)
     assert line.startswith(f"plan: error: {image}: permission denied"), line
 
 
