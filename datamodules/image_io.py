@@ -151,11 +151,20 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and Big
 
 
 def content_format(path: str | Path) -> str | None:
-    """The format a file's first bytes declare ("dicom", "png", "jpeg", "tiff"), or None.
-    DICOM first: its 128-byte preamble may itself start with a TIFF header."""
+    """The format a file's first bytes declare ("dicom", "png", "jpeg", "tiff"), or None."""
+    return _magic_format(_head(path))
+
+
+def _head(path: str | Path) -> bytes:
+    """The first 132 bytes of a file: enough for every magic number, DICOM's "DICM" included."""
     with Path(path).open("rb") as fh:
-        head = fh.read(132)
-    if len(head) == 132 and head[128:] == b"DICM":
+        return fh.read(132)
+
+
+def _magic_format(head: bytes) -> str | None:
+    """``content_format`` of a file's first bytes. DICOM first: its 128-byte preamble may itself
+    start with a TIFF header."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
     if head.startswith(PNG_SIGNATURE):
         return "png"
@@ -190,12 +199,11 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
     """``(width, height, frames)`` from the file header alone (PNG IHDR, TIFF tags, JPEG SOF,
     DICOM Rows/Columns), without decoding pixels; None when the header does not say."""
     path = Path(path)
-    with path.open("rb") as fh:
-        head = fh.read(32)
+    head = _head(path)
     if head.startswith(PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return w, h, 1
-    if _looks_like_dicom(path):  # before the TIFF magic: DICOM preambles may start with II*\0
+    if _magic_format(head) == "dicom":  # before the TIFF magic: a preamble may start with II*\0
         return _dicom_size(path)
     if head[:4] in TIFF_MAGIC:
         return _tiff_size(path)
@@ -471,12 +479,6 @@ def check_size(path: str | Path, w: int, h: int, frames: int = 1, limit: int | N
             f"{path}: {w} x {h} px is too elongated: training and planning pad it to a "
             f"{side} x {side} square, more than {SQUARE_FACTOR} x the limit of "
             f"{limit / 1e6:g} megapixels (set KNEEPLAN_MAX_PIXELS to raise it)")
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _png_info(

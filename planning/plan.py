@@ -54,6 +54,7 @@ def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, floa
         return None
     import errno
     import os
+    import stat
 
     from datamodules.annotations import AnnotationError, read_annotation
     from datamodules.dataset_io import stat_problem
@@ -67,11 +68,11 @@ def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, floa
     except ValueError:
         return None
     try:
-        if isinstance(problem := stat_problem(ann), str):  # a loop, a broken link, no access:
-            if problem == "no such file":                  # said like an oversized file
-                problem = "broken symlink (its target is missing)"
+        if isinstance(st := stat_problem(ann), str):  # a loop, a broken link, no access:
+            problem = ("broken symlink (its target is missing)" if st == "no such file"
+                       else st)  # said like an oversized file
             raise AnnotationError(f"{ann}: {problem}")
-        if not ann.is_file():  # a pipe would block the reader; /dev/zero never ends
+        if not stat.S_ISREG(st.st_mode):  # a pipe would block the reader; /dev/zero never ends
             raise AnnotationError(f"{ann}: not a regular file (a pipe or device)")
         return read_annotation(ann, image_name=image_path.name)["spacing_mm"]
     except AnnotationError as err:
