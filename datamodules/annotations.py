@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.decoder_messages import printable
+from datamodules.real_numbers import real_value
 from datamodules.sample import LANDMARKS, RaterAnnotation
 
 SCHEMA_VERSION = 1
@@ -66,16 +67,14 @@ class AnnotationCheck:
 
 def is_number(value: Any) -> bool:
     """A JSON number: int or float, not a bool and not a numeric string."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return real_value(value) is not None
 
 
 def _as_float(value: int | float) -> float:
-    """``float(value)``, infinity for an integer too large for a float (``1`` and 400 zeros
-    is valid JSON; ``float()`` raises OverflowError on it)."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
+    """``float(value)`` for a JSON number, +-inf for an integer too large for a float."""
+    x = real_value(value)
+    assert x is not None, "callers check is_number first"
+    return x
 
 
 def check_spacing(value: Any) -> tuple[float, float]:

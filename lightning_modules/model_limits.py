@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from datamodules.real_numbers import real_value
+
 # Generous for research (the paper network: 4 stacks, depth 4, widths <= 256, 256 px input) and
 # small enough that building and running the network stays bounded.
 MAX_MODEL_BYTES = 2 * 1024**3  # a checkpoint or ONNX file, and what a checkpoint unpacks to
@@ -141,7 +143,7 @@ def check_codec(source: str | Path, codec: Any) -> None:
     for key in ("input_size", "heatmap_size"):
         bounded_int(source, f"codec {key}", codec.get(key), 1, INT_LIMITS["image_size"][1])
     sigma = codec.get("sigma")
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma <= MAX_SIGMA:
+    if (x := real_value(sigma)) is None or not 0 < x <= MAX_SIGMA:
         raise ValueError(f"{_at(source)}codec sigma={sigma!r:.40} is not a number in "
                          f"(0, {MAX_SIGMA:g}]")
 

@@ -49,6 +49,7 @@ from datamodules.config_file import ConfigFileError, check_config_file
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
+from datamodules.real_numbers import real_value
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.transforms import AugmentConfig
 from datamodules.validate import DatasetValidationError
@@ -254,7 +255,7 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
     for key, ok, what in TRAINING_VALUE_RULES:
         section, name = key.split(".")
         value = sections[section].get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and not ok(value):
+        if (x := real_value(value)) is not None and not ok(x):
             return f"{key}={value} {what}"
     codec, sigma = model.get("heatmap_codec"), data.get("sigma")
     if isinstance(codec, Mapping) and isinstance(sigma, int | float) and isinstance(

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from datamodules.real_numbers import finite_real, real_value
+
 # optimiser group settings: (lowest allowed, lower bound included); the upper bound is finite
 _GROUP_RANGES: dict[str, tuple[float, bool]] = {
     "lr": (0.0, True), "initial_lr": (0.0, True), "momentum": (0.0, True),
@@ -29,19 +31,8 @@ ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_k
 TARGET_KEYS = ("size", "sigma", "roi_spacing_px", "roi_extent")
 
 
-def _real(value: Any) -> float | None:
-    """``value`` as a float when it is a real number (not a bool), else None; a Python int too
-    large for a float is +-inf (``float()`` raises OverflowError on it)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return float(value)
-    except OverflowError:
-        return -math.inf if value < 0 else math.inf
-
-
 def _number_problem(name: str, value: Any, low: float, inclusive: bool) -> str | None:
-    x = _real(value)
+    x = real_value(value)
     if x is None or not math.isfinite(x) or x < low or (x == low and not inclusive):
         bound = f">= {low:g}" if inclusive else f"> {low:g}"
         return f"{name} is {value!r} (must be a finite number {bound})"
@@ -52,7 +43,7 @@ def _group_problem(where: str, group: Mapping[str, Any]) -> str | None:
     for key, (low, inclusive) in _GROUP_RANGES.items():
         if key in group and (p := _number_problem(f"{where} {key}", group[key], low, inclusive)):
             return p
-    if "alpha" in group and _real(group["alpha"]) is not None and _real(group["alpha"]) > 1:
+    if (alpha := real_value(group.get("alpha"))) is not None and alpha > 1:
         return f"{where} alpha is {group['alpha']!r} (RMSProp's smoothing lies in [0, 1])"
     if group.get("maximize", False) is not False:
         return f"{where} maximize is {group['maximize']!r} (kneeplan minimises its loss)"
@@ -61,7 +52,7 @@ def _group_problem(where: str, group: Mapping[str, Any]) -> str | None:
 
 def _tensor_problem(where: str, key: str, value: Any) -> str | None:
     if not isinstance(value, torch.Tensor):
-        return None if _real(value) is not None and math.isfinite(_real(value)) else (
+        return None if finite_real(value) is not None else (
             f"{where} {key} is {value!r} (not a finite number)")
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         return f"{where} {key} holds NaN or inf"

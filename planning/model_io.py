@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from datamodules.real_numbers import real_value
 from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import (
@@ -84,8 +85,8 @@ def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
     if hp.get("heatmap_codec"):
         codec = HeatmapCodec.from_dict(hp["heatmap_codec"])
         trained = data.get("sigma") if isinstance(data, dict) else None
-        if (isinstance(trained, int | float) and not isinstance(trained, bool)
-                and not math.isclose(float(trained), codec.sigma, rel_tol=1e-6)):
+        if (trained := real_value(trained)) is not None and not math.isclose(
+                trained, codec.sigma, rel_tol=1e-6):
             raise ValueError(f"its heat-map codec has sigma {codec.sigma:g}, its DataModule was "
                              f"trained with sigma {trained:g} (inconsistent hyper-parameters)")
         return codec
@@ -114,12 +115,7 @@ def _config_sigma(config_yaml: Any) -> float | None:
         sigma = cfg["data"]["sigma"]
     except (yaml.YAMLError, KeyError, TypeError, RecursionError):
         return None
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float):
-        return None
-    try:
-        return float(sigma)
-    except OverflowError:  # an integer of hundreds of digits: refused by the codec's bounds
-        return math.inf
+    return real_value(sigma)  # an integer of hundreds of digits is inf: refused by the bounds
 
 
 def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.real_numbers import finite_real
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
 from planning.ood import KneeEvidence, knee_evidence, point_saturation
 from planning.tta import Uncertainty
@@ -109,8 +110,6 @@ class ReviewConfig:
         """
         if path is None and _DEFAULT:  # the default file, read once per process (batch plans)
             return _DEFAULT[0]
-        import math
-
         from datamodules.config_file import read_yaml
 
         p = Path(path) if path is not None else CONFIG_PATH
@@ -127,7 +126,7 @@ class ReviewConfig:
         values = {}
         for k, v in data.items():
             kind = type(getattr(cls(), k))
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            if finite_real(v) is None:
                 raise ValueError(f"{p}: {k} must be a finite number, got {v!r:.40}")
             if kind is int and v != int(v):
                 raise ValueError(f"{p}: {k} must be a whole number, got {v!r:.40}")

@@ -7,10 +7,11 @@ factor of variation off, for leave-one-factor-out experiments.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from datamodules.real_numbers import finite_real
 
 Range = tuple[float, float]
 
@@ -222,7 +223,7 @@ POSITIVE_RANGES = frozenset({
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return finite_real(v) is not None
 
 
 def _value_problem(name: str, value: Any, default: Any) -> str | None:
