@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
 GLOB_CHARS = set("*?[")
 SUMMARY_FIELDS = (
     "image", "status", "schoettle_x_px", "schoettle_y_px", "schoettle_x_mm", "schoettle_y_mm",
-    "spacing_source", "needs_review", "reasons", "seconds", "error", "report",
+    "spacing_source", "needs_review", "review_codes", "reasons", "seconds", "error", "report",
 )  # fmt: skip
 
 
@@ -206,13 +206,17 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
     except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, is its row)
         row.update(status="failed", error=f"{path}: planning failed: {error_line(err)}")
     else:
+        from planning.review import reasons_cell
+
         rep = res.report
         sp = rep["schoettle_point"]
         px, mm = sp.get("px") or ["", ""], sp.get("mm") or ["", ""]
         row.update(
             status="ok", schoettle_x_px=px[0], schoettle_y_px=px[1], schoettle_x_mm=mm[0],
             schoettle_y_mm=mm[1], spacing_source=rep["spacing"]["source"],
-            needs_review=bool(rep["needs_review"]), reasons="; ".join(rep["review_reasons"]),
+            needs_review=bool(rep["needs_review"]),
+            review_codes=" ".join(sorted(set(rep["review_codes"]))),
+            reasons=reasons_cell(rep["review_reasons"]),
             report=str(res.report_path),
         )  # fmt: skip
         pending = res.pending

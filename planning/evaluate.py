@@ -48,7 +48,7 @@ from geometry.segmentation_metrics import segmentation_metrics
 from planning.plan import MAX_TTA, path_argument
 from planning.predict import NetworkMaps
 from planning.references import rater_schoettle
-from planning.review import ReviewConfig, ReviewContext, review
+from planning.review import ReviewConfig, ReviewContext, codes_cell, reasons_cell, review
 from planning.tables import (
     BootstrapSpec,
     pair_column,
@@ -190,8 +190,8 @@ def evaluate_sample(
     if uncertainty is not None and len(uncertainty.points) > 1:
         row["spread_schoettle"] = uncertainty.spread("schoettle", spacing or 1.0)
     row["needs_review"] = int(bool(reasons))
-    row["review_codes"] = " ".join(sorted({r.code for r in reasons}))
-    row["review_reasons"] = "; ".join(reasons)
+    row["review_codes"] = codes_cell(reasons)
+    row["review_reasons"] = reasons_cell(reasons)
     if len(names) > 1:
         for (a, b), d in schoettle_pair_distances(points, names, spacing).items():
             row[pair_column(a, b)] = d

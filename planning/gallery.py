@@ -120,22 +120,6 @@ def draw_case(
     return rgb, width
 
 
-def _wrap(text: str, width: int, st: Style) -> list[str]:
-    """``text`` broken into lines of at most ``width`` px (words kept whole where they fit)."""
-    lines: list[str] = []
-    cur = ""
-    for word in text.split():
-        trial = f"{cur} {word}".strip()
-        if cur and st.text_size(trial)[0] > width:
-            lines.append(cur)
-            cur = word
-        else:
-            cur = trial
-    if cur:
-        lines.append(cur)
-    return [overlay._fit_text(t, width, st) for t in lines]
-
-
 def _style_key(panel: np.ndarray, y: int, truth: bool, st: Style) -> None:
     """A line sample and a marker in the truth (dashed, diamond) or prediction style."""
     x0, x1 = st.pad * 2, st.pad * 2 + 5 * st.marker
@@ -174,7 +158,7 @@ def info_panel(h: int, heading: str, row: dict, reasons: list[str], st: Style,
     y += line_h // 2
     key_x = st.pad * 5 + 9 * st.marker
     for truth, label in ((False, PREDICTION_STYLE), (True, TRUTH_STYLE)):
-        for i, part in enumerate(_wrap(label, inner - key_x, st)):
+        for i, part in enumerate(overlay.wrap_text(label, inner - key_x, st)):
             if i == 0:
                 _style_key(panel, y, truth, st)
             put(part, x=key_x)
@@ -183,7 +167,7 @@ def info_panel(h: int, heading: str, row: dict, reasons: list[str], st: Style,
     if reasons:
         put(f"NEEDS REVIEW ({len(reasons)}):", REVIEW_COLOUR)
         for r in reasons:
-            for part in _wrap("- " + r, inner, st):
+            for part in overlay.wrap_text("- " + r, inner, st):
                 put(part, REVIEW_COLOUR)
     else:
         put("no review reason raised", (160, 160, 160))

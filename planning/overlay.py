@@ -3,12 +3,12 @@
 Shows: bone outlines (femur, patella, tibia, fibula in distinct colours), p_blum and p_tmc,
 the posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole image), the
 Schoettle point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is
-anisotropic; omitted when the spacing is unknown), a mm scale bar, and a legend in a panel to the
-right of the image (it hides no anatomy). A plan that
-needs review gets a red banner with its first reasons. With the model's uncertainty
-(``planning.tta.Uncertainty``) each landmark and the Schoettle point carry their 2-sigma TTA
-ellipse. Line widths and text scale with the image
-so labels stay legible on 500 px and 3000 px images alike.
+anisotropic; omitted when the spacing is unknown) and a mm scale bar on a dark plate. A panel to
+the right of the image (it hides no anatomy) states the verdict (NEEDS REVIEW with every reason,
+wrapped, or that none was found), the spacing and where it came from, the input warnings, and a
+legend of what is drawn. With the model's uncertainty (``planning.tta.Uncertainty``) each
+landmark and the Schoettle point carry their dashed 2-sigma TTA ellipse. Line widths and text
+scale with the image so labels stay legible on 500 px and 3000 px images alike.
 
 Example:
     >>> rgb = draw_plan(image, plan, masks)    # image (H, W) in [0, 1], masks (4, H, W) bool
@@ -159,40 +159,31 @@ def _nice_length(target_mm: float) -> float:
     return max(m * k for m in (1, 2, 5) if m * k <= target_mm)
 
 
-def _scale_bar(
-    img: np.ndarray, spacing: tuple[float, float] | None, st: Style, bottom: int = 0
-) -> None:
-    h, w = img.shape[:2]
-    x0, y0 = st.pad * 2, h - bottom - st.pad * 3
+def _scale_bar(img: np.ndarray, spacing: tuple[float, float] | None, st: Style) -> None:
+    """A horizontal mm bar with end and middle ticks and its length, bottom left, on a dark
+    plate sized to the line width (a white bar alone vanished on a bright corner)."""
     if spacing is None:
-        _text(img, "scale unknown (no pixel spacing)", (x0, y0), (255, 255, 255), st)
-        return
+        return  # the panel says "scale unknown"
+    h, w = img.shape[:2]
     col_mm = spacing[1]
     length_mm = _nice_length(0.2 * w * col_mm)
-    length_px = length_mm / col_mm
+    length_px = int(round(length_mm / col_mm))
+    label = f"{length_mm:g} mm" + ("" if math.isclose(spacing[0], col_mm, rel_tol=0.01)
+                                   else " (horizontal)")
     bar_h = max(3, st.thick * 3)
-    cv2.rectangle(img, (x0 - 2, y0 - bar_h - 2), (int(x0 + length_px) + 2, y0 + 2), (0, 0, 0), -1)
-    cv2.rectangle(img, (x0, y0 - bar_h), (int(x0 + length_px), y0), (255, 255, 255), -1)
-    for frac in (0.0, 0.5, 1.0):  # ticks
+    tw, th = st.text_size(label)
+    m = max(3, st.thick * 2)  # the plate's margin
+    x0, y0 = st.pad * 2, h - st.pad * 2 - m
+    label_y = y0 - bar_h * 2 - st.pad
+    top, right = label_y - th - m, max(x0 + length_px, x0 + tw) + m
+    if top < 0 or right > w:
+        return  # an image too small for a bar: the panel states the spacing
+    cv2.rectangle(img, (x0 - m, top), (right, y0 + m), (0, 0, 0), -1)
+    cv2.rectangle(img, (x0, y0 - bar_h), (x0 + length_px, y0), (255, 255, 255), -1)
+    for frac in (0.0, 0.5, 1.0):  # ticks, inside the plate
         xt = int(x0 + frac * length_px)
         cv2.line(img, (xt, y0 - bar_h * 2), (xt, y0), (255, 255, 255), st.thick, cv2.LINE_AA)
-    _text(img, f"{length_mm:g} mm", (x0, y0 - bar_h * 2 - st.pad), (255, 255, 255), st)
-
-
-def _legend_panel(
-    h: int, entries: list[tuple[str, tuple[int, int, int]]], st: Style
-) -> np.ndarray:
-    """A dark (h, width, 3) panel with the legend, set beside the image so it hides no anatomy."""
-    sizes = [st.text_size(t) for t, _ in entries]
-    line_h = max(th for _, th in sizes) + st.pad
-    swatch = line_h - st.pad
-    width = max(tw for tw, _ in sizes) + swatch + 4 * st.pad
-    panel = np.full((h, width, 3), 24, np.uint8)
-    for i, (text, colour) in enumerate(entries):
-        y = st.pad + i * line_h
-        cv2.rectangle(panel, (st.pad, y), (st.pad + swatch, y + swatch), colour, -1)
-        _text(panel, text, (2 * st.pad + swatch, y + swatch), colour, st)
-    return panel
+    _text(img, label, (x0, label_y), (255, 255, 255), st)
 
 
 def _fit_text(text: str, width: int, st: Style) -> str:
@@ -207,26 +198,97 @@ def _fit_text(text: str, width: int, st: Style) -> str:
     return text[:lo].rstrip() + "..."
 
 
-def _banner(img: np.ndarray, reasons: list[str], st: Style) -> int:
-    """Red 'NEEDS REVIEW' lines (up to three reasons) at the bottom; returns the banner height."""
-    h, w = img.shape[:2]
-    lines = [f"NEEDS REVIEW ({len(reasons)} reason{'s' if len(reasons) > 1 else ''}):"]
-    lines += [f"- {r}" for r in reasons[:3]]
-    if len(reasons) > 3:
-        lines.append(f"  (+{len(reasons) - 3} more in the JSON report)")
-    lines = [_fit_text(t, w - 2 * st.pad, st) for t in lines]
-    line_h = max(st.text_size(t)[1] for t in lines) + st.pad // 2
-    top = max(0, h - line_h * len(lines) - st.pad)
-    band = img[top:, :]
-    band[:] = (band * 0.3).astype(img.dtype)
-    for i, t in enumerate(lines):
-        _text(img, t, (st.pad, top + (i + 1) * line_h), REVIEW_COLOUR, st)
-    return h - top
+def wrap_text(text: str, width: int, st: Style) -> list[str]:
+    """``text`` broken into lines of at most ``width`` px (words kept whole where they fit; a
+    word longer than a line is cut with an ellipsis)."""
+    lines: list[str] = []
+    cur = ""
+    for word in printable(text).split():
+        trial = f"{cur} {word}".strip()
+        if cur and st.text_size(trial)[0] > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    if cur:
+        lines.append(cur)
+    return [_fit_text(t, width, st) for t in lines]
 
 
-def _uncertainty_ellipses(img: np.ndarray, uncertainty, st: Style) -> None:
-    """2-sigma TTA scatter ellipses of p_blum, p_tmc and the Schoettle point (original px)."""
+MAX_PANEL_REASONS = 12  # more are in the JSON report
+STATUS_OK_COLOUR = (150, 230, 150)
+WARNING_COLOUR = (255, 200, 80)
+TEXT_COLOUR = (235, 235, 235)
+PANEL_GRAY = 24
+PANEL_CHARS = 44  # wrapped panel text is at least this many characters wide
+
+
+def _panel(h: int, title: str | None, status: list[tuple[str, tuple[int, int, int]]],
+           entries: list[tuple[str, tuple[int, int, int]]], st: Style) -> np.ndarray:
+    """A dark panel for beside the image (it hides no anatomy): the title, the status lines
+    (verdict, scale, warnings; wrapped) and the legend (a swatch per drawn element). At least
+    ``h`` tall; taller when its text needs it (the caller pads the image to match)."""
+    swatch = st.text_size("Ag")[1]
+    line_h = swatch + st.pad
+    legend_w = max((st.text_size(t)[0] for t, _ in entries), default=0) + swatch + st.pad
+    inner = max(legend_w, st.text_size("n" * PANEL_CHARS)[0])
+    rows: list[tuple[str, tuple[int, int, int], bool]] = []  # (text, colour, swatch?)
+    if title:
+        rows.append((_fit_text(title, inner, st), (255, 255, 255), False))
+    for text, colour in status:
+        indent = "  " if text.startswith("- ") else ""
+        parts = wrap_text(text, inner, st)
+        rows += [(p if i == 0 else indent + p, colour, False) for i, p in enumerate(parts)]
+    if entries:
+        rows.append(("", TEXT_COLOUR, False))  # a gap before the legend
+    rows += [(t, c, True) for t, c in entries]
+    width = inner + 3 * st.pad
+    panel = np.full((max(h, 2 * st.pad + len(rows) * line_h), width, 3), PANEL_GRAY, np.uint8)
+    for i, (text, colour, has_swatch) in enumerate(rows):
+        y = st.pad + i * line_h
+        x = st.pad
+        if has_swatch:
+            cv2.rectangle(panel, (x, y), (x + swatch, y + swatch), colour, -1)
+            x += swatch + st.pad
+        if text:
+            _text(panel, text, (x, y + swatch), colour, st)
+    return panel
+
+
+SOURCE_TEXT = {  # geometry.pixel_spacing's source names, as a reader of the overlay knows them
+    "user": "--spacing (given by the user)", "annotation": "the annotation file",
+    "PixelSpacing": "DICOM PixelSpacing", "sphere": "the calibration sphere",
+    "ImagerPixelSpacing": "DICOM ImagerPixelSpacing / magnification",
+}
+
+
+def _scale_line(spacing: tuple[float, float] | None, source: str | None) -> str:
+    """The panel's statement of the pixel spacing and where it came from."""
+    if spacing is None:
+        return "scale unknown: no pixel spacing (no mm values)"
+    row, col = spacing
+    value = (f"{col:.4g} mm/px" if math.isclose(row, col, rel_tol=0.01)
+             else f"{row:.4g} (rows) x {col:.4g} (columns) mm/px")
+    return f"scale: {value}" + (f" from {SOURCE_TEXT.get(source, source)}" if source else "")
+
+
+def _dashed_ellipse(img: np.ndarray, centre: np.ndarray, axes: np.ndarray, angle: float,
+                    colour, st: Style) -> None:
+    """An ellipse (semi-axes in px) drawn dashed over a dark rim, so that it reads apart from
+    the solid 2.5 mm circle of the same colour."""
+    pts = cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 0, 360, 4).astype(np.float64) / 1000.0
+    a = np.radians(angle)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    contour = (pts * axes) @ rot.T + centre
+    _dashed_contour(img, contour[:, None], (0, 0, 0), st, st.thick + 2)
+    _dashed_contour(img, contour[:, None], colour, st)
+
+
+def _uncertainty_ellipses(img: np.ndarray, uncertainty, st: Style) -> int:
+    """Dashed 2-sigma TTA scatter ellipses of p_blum, p_tmc and the Schoettle point (original
+    px), each in its point's colour; returns how many were drawn."""
     colours = (LANDMARK_COLOURS["p_blum"], LANDMARK_COLOURS["p_tmc"], SCHOETTLE_COLOUR)
+    drawn = 0
     for j, colour in enumerate(colours):
         cov = np.asarray(uncertainty.covariance[j], dtype=np.float64)
         pts = np.asarray(uncertainty.points[:, j], dtype=np.float64)
@@ -238,11 +300,20 @@ def _uncertainty_ellipses(img: np.ndarray, uncertainty, st: Style) -> None:
         if axes[0] < 0.5:
             continue  # below a pixel: nothing to draw
         angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
-        centre = _fixed(pts.mean(axis=0))
-        size = (int(round(axes[0] * _ONE)), int(round(max(axes[1], 0.5) * _ONE)))
-        cv2.ellipse(img, centre, size, angle, 0, 360, (0, 0, 0), st.thick + 2, cv2.LINE_AA,
-                    _SHIFT)
-        cv2.ellipse(img, centre, size, angle, 0, 360, colour, st.thick, cv2.LINE_AA, _SHIFT)
+        _dashed_ellipse(img, pts.mean(axis=0), np.array([axes[0], max(axes[1], 0.5)]), angle,
+                        colour, st)
+        drawn += 1
+    return drawn
+
+
+def _window_visible(window: dict[str, int], h: int, w: int) -> bool:
+    """Whether any side of the second look's square crosses the image (a square around the
+    whole image, or beside it, shows nothing)."""
+    x0, y0, sd = (float(window[k]) for k in ("x0", "y0", "side"))
+    x1, y1 = x0 + sd, y0 + sd
+    overlaps = x0 < w and x1 > 0 and y0 < h and y1 > 0
+    encloses = x0 <= 0 and y0 <= 0 and x1 >= w and y1 >= h
+    return overlaps and not encloses
 
 
 MIN_SHOWN_RANGE = 0.25  # an image using less of [0, 1] than this is stretched for display
@@ -263,6 +334,49 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(g8[..., None], 3, axis=2)
 
 
+Colour = tuple[int, int, int]
+
+
+def panel_text(
+    plan: Plan, masks: bool, reasons: list[str] | None, spacing_source: str | None,
+    warnings: list[str] | None, ellipses: bool, window: bool,
+) -> tuple[list[tuple[str, Colour]], list[tuple[str, Colour]]]:
+    """(status lines, legend entries) of the panel: the verdict, whether a Schoettle point
+    exists, the scale and its source, the warnings; a legend entry only for what is drawn
+    (``masks``: bone outlines, ``ellipses``: TTA ellipses, ``window``: the second look)."""
+    sp = plan.schoettle
+    status: list[tuple[str, tuple[int, int, int]]] = []
+    if reasons:
+        status.append((f"NEEDS REVIEW ({len(reasons)} reason{'s' if len(reasons) > 1 else ''}):",
+                       REVIEW_COLOUR))
+        status += [(f"- {r}", REVIEW_COLOUR) for r in reasons[:MAX_PANEL_REASONS]]
+        if len(reasons) > MAX_PANEL_REASONS:
+            status.append((f"  (+{len(reasons) - MAX_PANEL_REASONS} more in the JSON report)",
+                           REVIEW_COLOUR))
+    elif reasons is not None:
+        status.append(("review: no reason found", STATUS_OK_COLOUR))
+    if not _finite(sp):
+        status.append(("no Schoettle point could be constructed", REVIEW_COLOUR))
+    status.append((_scale_line(plan.spacing, spacing_source), TEXT_COLOUR))
+    status += [(f"warning: {t}", WARNING_COLOUR) for t in warnings or []]
+    entries: list[tuple[str, tuple[int, int, int]]] = []
+    if masks:
+        entries += [(bone, BONE_COLOURS[bone]) for bone in BONES]
+    if plan.lm1 is not None:
+        entries.append(("LM1 posterior cortex", LM1_COLOUR))
+    if plan.lm2 is not None or plan.lm3 is not None:
+        entries.append(("LM2 / LM3 perpendiculars", LM23_COLOUR))
+    entries += [(n, LANDMARK_COLOURS[n]) for n in ("p_blum", "p_tmc") if _finite(plan.landmark(n))]
+    if _finite(sp):
+        entries.append(("Schoettle point, 2.5 mm reference circle" if plan.spacing is not None
+                        else "Schoettle point (no circle: no mm)", SCHOETTLE_COLOUR))
+    if ellipses:
+        entries.append(("dashed ellipses: 2-sigma TTA spread", (200, 200, 200)))
+    if window:
+        entries.append(("dashed square: the network's second look", WINDOW_COLOUR))
+    return status, entries
+
+
 def draw_plan(
     image: np.ndarray,
     plan: Plan,
@@ -271,26 +385,35 @@ def draw_plan(
     reasons: list[str] | None = None,
     uncertainty=None,
     window: dict[str, int] | None = None,
+    spacing_source: str | None = None,
+    warnings: list[str] | None = None,
 ) -> np.ndarray:
-    """Draw ``plan`` over ``image`` at its resolution; returns (H, W + legend, 3) uint8 RGB.
+    """Draw ``plan`` over ``image`` at its resolution; returns (max(H, panel), W + panel, 3)
+    uint8 RGB.
 
-    The radiograph keeps its original resolution in ``[:, :W]``; the legend stands in a panel to
-    its right so that it never hides anatomy.
+    The radiograph keeps its original resolution in ``[:H, :W]`` and nothing is written over
+    it but the plan and a scale bar; the verdict, the scale and the legend stand in a panel to
+    its right (below the image, when the panel is taller, the canvas is dark).
 
     Args:
         image: (H, W) float image in [0, 1] (original resolution).
         plan: the plan, points in original pixels (``geometry.plan_geometry.Plan``).
         masks: (4, H, W) bool bone masks in original pixels (``BONES`` order), or None.
-        title: optional first legend line (e.g. the file name).
-        reasons: review reasons (``planning.review.review``); any gives the red banner.
-        uncertainty: ``planning.tta.Uncertainty`` for the 2-sigma ellipses, or None.
+        title: optional first panel line (e.g. the file name).
+        reasons: review reasons (``planning.review.review``): "NEEDS REVIEW" and each reason in
+            red; an empty list says no reason was found; None (not reviewed) says nothing.
+        uncertainty: ``planning.tta.Uncertainty`` for the dashed 2-sigma ellipses, or None.
         window: the second look's square (``x0``, ``y0``, ``side``; ``planning.plan.zoom_window``),
-            drawn dashed, or None.
+            drawn dashed where it crosses the image, or None.
+        spacing_source: where the pixel spacing came from (e.g. ``user``, ``PixelSpacing``),
+            stated beside its value.
+        warnings: input warnings (e.g. lossy compression), shown in the panel.
     """
     img = to_rgb(image)
     h, w = img.shape[:2]
     st = Style(h, w)
-    if window is not None:
+    show_window = window is not None and _window_visible(window, h, w)
+    if show_window:
         _dashed_square(img, window, st)
     if masks is not None:
         for b, bone in enumerate(BONES):
@@ -298,8 +421,7 @@ def draw_plan(
     _draw_line(img, plan.lm1, LM1_COLOUR, st)
     _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
     _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
-    if uncertainty is not None:
-        _uncertainty_ellipses(img, uncertainty, st)
+    ellipses = _uncertainty_ellipses(img, uncertainty, st) if uncertainty is not None else 0
     labels = []
     for name in ("p_blum", "p_tmc"):
         p = plan.landmark(name)
@@ -327,30 +449,13 @@ def draw_plan(
         labels.append((name, sp, SCHOETTLE_COLOUR, float(clear)))
     if labels:
         _place_labels(img, labels, st)
-    entries: list[tuple[str, tuple[int, int, int]]] = []
-    if title:
-        entries.append((title, (255, 255, 255)))
-    if masks is not None:
-        entries += [(bone, BONE_COLOURS[bone]) for bone in BONES]
-    entries += [
-        ("LM1 posterior cortex", LM1_COLOUR),
-        ("LM2 / LM3 perpendiculars", LM23_COLOUR),
-        ("p_blum", LANDMARK_COLOURS["p_blum"]),
-        ("p_tmc", LANDMARK_COLOURS["p_tmc"]),
-        (
-            "Schoettle point, r = 2.5 mm"
-            if plan.spacing is not None
-            else "Schoettle point (no mm: spacing unknown)",
-            SCHOETTLE_COLOUR,
-        ),
-    ]
-    if uncertainty is not None:
-        entries.append(("ellipses: 2-sigma TTA spread", (200, 200, 200)))
-    if window is not None:
-        entries.append(("dashed square: the network's second look", WINDOW_COLOUR))
-    banner_h = _banner(img, list(reasons), st) if reasons else 0
-    _scale_bar(img, plan.spacing, st, bottom=banner_h)
-    return np.hstack([img, _legend_panel(h, entries, st)])
+    _scale_bar(img, plan.spacing, st)
+    status, entries = panel_text(plan, masks is not None, reasons, spacing_source, warnings,
+                                 ellipses > 0, show_window)
+    panel = _panel(h, title, status, entries, st)
+    if panel.shape[0] > h:  # a panel taller than the image: the canvas grows below the image
+        img = np.vstack([img, np.full((panel.shape[0] - h, w, 3), PANEL_GRAY, np.uint8)])
+    return np.hstack([img, panel])
 
 
 # ------------------------------------------------------------------ reference (ground truth)
@@ -359,7 +464,8 @@ PREDICTION_STYLE = "prediction: solid outlines and LM1, crosses, dot"
 ERROR_COLOUR = (255, 255, 255)
 
 
-def _dashed_contour(img: np.ndarray, contour: np.ndarray, colour, st: Style) -> None:
+def _dashed_contour(img: np.ndarray, contour: np.ndarray, colour, st: Style,
+                    thick: int | None = None) -> None:
     """A closed (K, 1, 2) OpenCV contour drawn dashed (dash = gap, a few line widths long), all
     dashes in one polylines call (one call per dash took 25 ms for a long window outline)."""
     pts = contour.reshape(-1, 2).astype(np.float64)
@@ -374,8 +480,8 @@ def _dashed_contour(img: np.ndarray, contour: np.ndarray, colour, st: Style) -> 
     ends = np.minimum(starts + dash, total)
     ts = starts[:, None] + (ends - starts)[:, None] * np.linspace(0.0, 1.0, 8)[None, :]
     runs = np.stack([np.interp(ts, s, pts[:, 0]), np.interp(ts, s, pts[:, 1])], axis=-1)
-    cv2.polylines(img, list(np.round(runs * _ONE).astype(np.int32)), False, colour, st.thick,
-                  cv2.LINE_AA, _SHIFT)
+    cv2.polylines(img, list(np.round(runs * _ONE).astype(np.int32)), False, colour,
+                  st.thick if thick is None else thick, cv2.LINE_AA, _SHIFT)
 
 
 def _diamond(img: np.ndarray, p: np.ndarray, colour, st: Style) -> None:

@@ -279,8 +279,9 @@ def run_plan(
     # (batch mode: a stem unique when two images share one)
     overlay_path, report_path = plan_files(out, out_stem or path.stem)
     window = zoom_window(maps.frame)
+    warnings = input_warnings(loaded)
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
-                    window=window)
+                    window=window, spacing_source=sp.source, warnings=warnings)
     pending = (overlay_writer or write_overlay)(overlay_path, rgb)
     report = build_report(
         plan,
@@ -297,7 +298,7 @@ def run_plan(
         reasons=reasons,
         uncertainty=unc,
         evidence=context.evidence(),
-        warnings=input_warnings(loaded),
+        warnings=warnings,
     )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)

@@ -21,7 +21,7 @@ from datamodules.sample import BONES
 from geometry.lines import Line, to_mm
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 def _num(v: Any) -> float | None:
@@ -78,17 +78,20 @@ def segmentation_confidence(seg_prob: np.ndarray) -> dict[str, dict[str, float |
 
 
 def ellipse(cov: np.ndarray) -> dict[str, float] | None:
-    """1-sigma ellipse of a (2, 2) covariance: semi-axes (major, minor) and the major axis'
-    angle in degrees from +x (image x right, y down); None when not finite."""
+    """1-sigma ellipse of a (2, 2) covariance: semi-axes (major, minor; ``"sigma": 1`` says
+    so: the overlay draws twice these) and the major axis' angle in [0, 180) degrees from +x
+    (image x right, y down; an axis has no direction); None when not finite."""
     cov = np.asarray(cov, dtype=np.float64)
     if not np.all(np.isfinite(cov)):
         return None
     vals, vecs = np.linalg.eigh(cov)
     vals = np.clip(vals, 0.0, None)
+    angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))) % 180.0
     return {
         "major": float(np.sqrt(vals[1])),
         "minor": float(np.sqrt(vals[0])),
-        "angle_deg": float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))),
+        "angle_deg": 0.0 if angle >= 180.0 else angle,  # -1e-17 % 180 is 180.0
+        "sigma": 1,
     }
 
 

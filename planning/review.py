@@ -423,6 +423,19 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
     return out
 
 
+REASON_SEPARATOR = " | "  # between reasons in one CSV cell; a reason may hold "; " itself
+
+
+def reasons_cell(reasons: Sequence[str]) -> str:
+    """The reasons as one CSV cell that splits back into them on ``REASON_SEPARATOR``."""
+    return REASON_SEPARATOR.join(str(r).replace(REASON_SEPARATOR, " / ") for r in reasons)
+
+
+def codes_cell(reasons: Sequence[Reason]) -> str:
+    """The distinct reason codes, sorted, space-separated (one CSV cell)."""
+    return " ".join(sorted({r.code for r in reasons}))
+
+
 def review(plan: Plan, context: ReviewContext | None = None) -> list[Reason]:
     """Every reason to distrust ``plan`` (empty: none found). Never changes the plan."""
     ctx = context or ReviewContext()

@@ -4,7 +4,9 @@ model load; the bad one is reported and in the summary CSV, the others are plann
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 from model_files import exported_tiny_model, phantom_images
@@ -61,6 +63,10 @@ def test_folder_with_one_bad_image(folder, tmp_path_factory, tmp_path, capsys):
             stem = r["image"].rsplit("/", 1)[-1][:-4]
             assert (tmp_path / f"{stem}_plan.png").is_file()
             assert r["report"].endswith(f"{stem}_plan.json")
+            rep = json.loads(Path(r["report"]).read_text())
+            # the cell splits back into the report's reasons (a reason may hold "; ")
+            assert r["reasons"].split(" | ") == rep["review_reasons"] != []
+            assert r["review_codes"].split() == sorted(set(rep["review_codes"]))
     assert "planned 2/3 images" in out
 
 

@@ -134,11 +134,21 @@ def test_overlay_draws_the_two_sigma_ellipse():
     rgb = draw_plan(img, plan, uncertainty=Uncertainty(pts, cov, 0.0))
     colour = np.array(LANDMARK_COLOURS["p_blum"])
     x, y = DOT_A
-    for px, py in ((x + 20, y), (x - 20, y), (x, y + 10), (x, y - 10)):  # 2-sigma semi-axes
-        window = rgb[py - 1 : py + 2, px - 1 : px + 2].reshape(-1, 3).astype(int)
-        assert (np.abs(window - colour).max(axis=1) < 60).any(), (px, py)
-        before = plain[py - 1 : py + 2, px - 1 : px + 2].reshape(-1, 3).astype(int)
-        assert not (np.abs(before - colour).max(axis=1) < 60).any(), (px, py)
+
+    def hits(img: np.ndarray, k: float) -> float:
+        """Fraction of 72 points on the k-sigma ellipse (semi-axes 10k, 5k px) with the
+        colour in their 3x3 neighbourhood."""
+        t = np.linspace(0.0, 2 * np.pi, 72, endpoint=False)
+        found = 0
+        for px, py in zip(np.round(x + 10 * k * np.cos(t)).astype(int),
+                          np.round(y + 5 * k * np.sin(t)).astype(int), strict=True):
+            window = img[py - 1 : py + 2, px - 1 : px + 2].reshape(-1, 3).astype(int)
+            found += bool((np.abs(window - colour).max(axis=1) < 60).any())
+        return found / 72
+
+    # dashed: about half of the outline is drawn (the marker's label crosses a few points)
+    assert hits(rgb, 2.0) - hits(plain, 2.0) > 0.25 and hits(plain, 2.0) < 0.1
+    assert hits(rgb, 1.0) < 0.1 and hits(rgb, 3.0) < 0.1  # the 2-sigma size, not 1 or 3
 
 
 def test_report_carries_the_uncertainty(tmp_path):
