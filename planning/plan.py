@@ -532,8 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             search.close()
     rep = res.report
     sp = rep["schoettle_point"]
-    where = f"{sp['px']}" if sp["px"] else "not constructible"
-    mm = f" = {sp['mm']} mm" if sp["mm"] else ""
+    where = f"({sp['px'][0]:.1f}, {sp['px'][1]:.1f})" if sp["px"] else "not constructible"
+    mm = f" = ({sp['mm'][0]:.2f}, {sp['mm'][1]:.2f}) mm" if sp["mm"] else ""
     print(f"Schoettle point (px): {where}{mm}")
     print(f"spacing: {rep['spacing']['source']}")
     if rep["needs_review"]:
