@@ -184,3 +184,23 @@ def test_augmented_maps_run_ahead_give_the_same_spread():
     given = tta_uncertainty(net, image, base, spacing=(0.2, 0.2), config=cfg, augmented=ahead)
     np.testing.assert_array_equal(given.points, inside.points)
     np.testing.assert_array_equal(given.covariance, inside.covariance)
+
+
+def test_documented_example_report_has_every_field_a_plan_writes(tmp_path):
+    """docs/plan_report.json (the README's example) carries the fields of a fresh report, two
+    levels deep, and its version: a field added to the planner must reach the example."""
+    import json
+    from pathlib import Path
+
+    from planning.plan import run_plan
+    from planning.report import REPORT_VERSION
+
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), np.round(scene() * 65535).astype(np.uint16))
+    rep = run_plan(path, BlobNet(), tmp_path / "out", tta=6, detect_sphere=False).report
+    example = json.loads((Path(__file__).parents[1] / "docs" / "plan_report.json").read_text())
+    assert example["report_version"] == rep["report_version"] == REPORT_VERSION
+    assert set(example) == set(rep)
+    for key, value in rep.items():
+        if isinstance(value, dict) and isinstance(example[key], dict):
+            assert set(value) <= set(example[key]), (key, set(value) - set(example[key]))
