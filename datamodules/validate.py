@@ -11,14 +11,21 @@ unparsable or too deeply nested annotations and every schema problem
 name that disagrees with the file, missing landmarks, wrong JSON types (booleans, numeric strings,
 nested lists where numbers belong), NaN coordinates, landmarks or a Schoettle point outside the
 image, fewer than two (distinct) cortex points, non-positive, non-numeric or implausible (outside
-0.01-5 mm) spacing, unknown or repeated keys; orphan files (a mask or annotation with no image), and
-folders named like an image or an annotation. File names are printed with control characters
+0.01-5 mm) spacing, unknown or repeated keys; orphan files (a mask or annotation with no image),
+an annotation named other than ``<id>.json`` (``.yaml``, ``.JSON``, another case or Unicode form:
+one line saying so), folders named like an image or an annotation, and bone masks that are
+inverted or all white (> 70 % of the image, or all four borders) or identical to another bone's
+(``datamodules.label_checks``). File names are printed with control characters
 escaped, so each problem stays one line. Warnings (training still runs): no pixel spacing anywhere
 (file or annotation), an empty bone mask, a cortex point outside the image, files of unknown type or
 other folders in images/, a dataset of one image (no validation image after the split), a lossy
 (JPEG) image, an image using under a quarter of its value range, and where the annotation and the
 femur mask disagree: a landmark or cortex point > 5 mm off the femur ((row, col) written for
-(x, y)?), a spacing far from what the femur's size implies (cm written as mm?).
+(x, y)?), a spacing far from what the femur's size implies (cm written as mm?), p_blum on the
+cortex line and p_tmc off it (swapped?); an image spacing tag present but invalid (``0\\0``);
+two bone masks mostly one region (IoU > 0.5), the patella and fibula masks swapped, masks that lie
+on the image's edges far worse than flipped or rotated (with a hint when an EXIF orientation tag
+was applied: masks drawn on the stored pixels?).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,14 @@ from datamodules.dataset_io import (
 )
 from datamodules.decoder_messages import printable
 from datamodules.image_io import ImageReadError, LoadedImage, load_image
+from datamodules.label_checks import (
+    landmark_swap,
+    mask_coverage,
+    mask_fit,
+    mask_overlaps,
+    patella_fibula_swap,
+    shrink,
+)
 from datamodules.sample import BONES, LANDMARKS
 from geometry.anatomy_scale import estimate_scale, spacing_disagreement
 
@@ -125,9 +141,12 @@ class ValidationReport:
 def _check_annotation(
     path: Path, sample_id: str, image_name: str | None, shape: tuple[int, int] | None,
     has_file_spacing: bool, report: ValidationReport,
+    invalid_spacing: tuple[Path, str] | None = None,
 ) -> dict[str, Any] | None:
     """Record every problem of one annotation JSON (``annotations.check_annotation``); return
-    the parsed annotation (``annotations.parse_annotation``) when it has no error."""
+    the parsed annotation (``annotations.parse_annotation``) when it has no error.
+    ``invalid_spacing``: (image, line) naming the image's invalid spacing tag, reported instead
+    of "no pixel spacing" (the tag is there, but unusable)."""
     try:
         data = load_json(path)
     except AnnotationError as err:
@@ -137,7 +156,10 @@ def _check_annotation(
     for message in check.errors:
         report.error(path, message)
     for message in check.warnings:
-        report.warn(path, message)
+        if invalid_spacing is not None and message.startswith("no pixel spacing"):
+            report.warn(*invalid_spacing)  # the file has a spacing tag, an invalid one
+        else:
+            report.warn(path, message)
     return None if check.errors else parse_annotation(data, str(path))
 
 
@@ -157,6 +179,12 @@ def _check_anatomy(ann_path: Path, image: Path, ann: dict[str, Any], loaded: Loa
                     f"{why}, measured on the femur mask: a unit error (cm, inches) or "
                     "another image's spacing?")
     mm_per_px = est.mm_per_px if est is not None else spacing.mean_mm if spacing else None
+    ys, xs = np.nonzero(femur)
+    extent = float(max(np.ptp(xs), np.ptp(ys)))
+    for i, rater in enumerate(ann["raters"]):  # the spacing first, then the femur's size
+        scale = spacing.mean_mm if spacing is not None else mm_per_px
+        if why := landmark_swap(rater.landmarks, rater.cortex_points, scale, extent):
+            report.warn(ann_path, f"raters[{i}]: {why}")
     if mm_per_px is None:
         return
     # px to the nearest femur pixel, for every pixel at once (linear time, any point count)
@@ -175,6 +203,61 @@ def _check_anatomy(ann_path: Path, image: Path, ann: dict[str, Any], loaded: Loa
                             f"{dist:.0f} mm off the femur mask: written (row, col) instead of "
                             "(x, y), or the mask of another image?")
                 break  # one line per rater: a swapped annotation would fill the report
+
+
+def _check_labels(root: Path, sample_id: str, image: Path, loaded: LoadedImage | None,
+                  masks: list[np.ndarray | None], report: ValidationReport) -> bool:
+    """The bone masks against each other and the image (``datamodules.label_checks``): an
+    inverted or all-white mask (error), identical or mostly coinciding masks, the patella and
+    fibula swapped, masks that lie on the image's edges far worse than flipped or rotated.
+    Returns False when the femur mask is unusable for the anatomy check (inverted)."""
+    problems = mask_coverage(masks)
+    usable = [None if any(p.bone == b for p in problems) else m for b, m in enumerate(masks)]
+    problems += mask_overlaps(usable)
+    if not any(p.error for p in problems):
+        small, small_masks = shrink(None if loaded is None else loaded.image, usable)
+        problems += patella_fibula_swap(small_masks)
+        if small is not None and loaded is not None:
+            rotated = any("orientation tag" in note for note in loaded.notes)
+            problems += mask_fit(small, small_masks, rotated)
+    for p in problems:
+        path = image if p.bone is None else mask_path(root, sample_id, BONES[p.bone])
+        (report.error if p.error else report.warn)(path, p.message)
+    return usable[0] is not None
+
+
+def _invalid_spacing(image: Path, loaded: LoadedImage | None) -> tuple[Path, str] | None:
+    """(image, line) naming the image's spacing tags that are present but invalid
+    (``LoadedImage.invalid_spacing_tags``: ``PixelSpacing = 0\\0``), or None."""
+    if loaded is None or not loaded.invalid_spacing_tags:
+        return None
+    tags = ", ".join(f"{tag} {text}" for tag, text in loaded.invalid_spacing_tags)
+    return image, (f"invalid {tags} in {image.name} (not used) and no pixel spacing in the "
+                   "annotation: errors cannot be given in mm")
+
+
+def _nfc_fold(name: str) -> str:
+    """A name compared without case and Unicode normalisation (NFC vs NFD)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _misnamed_annotation(p: Path, sample_id: str) -> str:
+    """Why ``p``, which matches ``sample_id`` but for its suffix, case or Unicode form, is not
+    read as its annotation."""
+    expected = f"{sample_id}.json"
+    if p.suffix.lower() != ".json":
+        return (f"annotations must be JSON files named <image id>.json (schema v1), not "
+                f"{p.suffix or 'without suffix'}: not read as the annotation of image "
+                f"{sample_id!r} (expected {expected})")
+    if p.stem == sample_id:
+        return f"the suffix must be lower-case .json: rename it {expected}"
+    if p.stem.casefold() == sample_id.casefold():
+        return f"differs from image id {sample_id!r} only in case: rename it {expected}"
+    form = "NFD" if unicodedata.is_normalized("NFD", p.stem) else "NFC"
+    other = "NFD" if form == "NFC" else "NFC"
+    return (f"differs from image id {sample_id!r} only in Unicode normalisation (file name "
+            f"{form}, image id {other}; e.g. a name made on macOS): rename it {expected} as the "
+            "image spells it")
 
 
 def _check_mask(path: Path, shape: tuple[int, int] | None,
@@ -275,6 +358,13 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     if len(images) == 1:
         report.warn(root / "images", "only one image: a train/val split leaves no validation "
                                      "image, so training validates on the training image")
+    # annotations by their name folded (case, Unicode form) and without suffix, to say why a
+    # file next to a "missing" annotation was not read
+    ann_near: dict[str, list[Path]] = {}
+    explained: set[Path] = set()
+    if (root / "annotations").is_dir():
+        for p in sorted((root / "annotations").iterdir()):
+            ann_near.setdefault(_nfc_fold(p.stem), []).append(p)
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")
@@ -282,17 +372,24 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         for f in files:
             loaded = _check_image(f, report) or loaded
         shape = None if loaded is None else loaded.image.shape
-        femur = [_check_mask(mask_path(root, sample_id, b), shape, report) for b in BONES][0]
+        masks = [_check_mask(mask_path(root, sample_id, b), shape, report) for b in BONES]
+        femur = masks[0] if _check_labels(root, sample_id, files[0], loaded, masks, report) \
+            else None
         ann = annotation_path(root, sample_id)
         if ann.is_dir():
             report.error(ann, "a folder, not an annotation file")
         elif not ann.is_file():
-            if not ann.is_symlink():  # a bad link or a device: _check_links said why
+            near = [p for p in ann_near.get(_nfc_fold(sample_id), []) if p != ann]
+            for p in near:  # one line on the misnamed file, not "missing" + "orphan"
+                report.error(p, _misnamed_annotation(p, sample_id))
+                explained.add(p)
+            if not near and not ann.is_symlink():  # a bad link or a device: _check_links said
                 report.error(ann, "missing annotation for image " + files[0].name)
         else:
             name = files[0].name if len(files) == 1 else None
             has_spacing = loaded is not None and loaded.spacing_mm is not None
-            data = _check_annotation(ann, sample_id, name, shape, has_spacing, report)
+            data = _check_annotation(ann, sample_id, name, shape, has_spacing, report,
+                                     _invalid_spacing(files[0], loaded))
             if data is not None and loaded is not None and femur is not None and femur.any():
                 _check_anatomy(ann, files[0], data, loaded, femur, report)
     known_masks = {mask_path(root, i, b).name for i in images for b in BONES}
@@ -303,7 +400,8 @@ def validate_dataset(root: str | Path) -> ValidationReport:
                                 f"with bone in {BONES}")
     if (root / "annotations").is_dir():
         for p in sorted((root / "annotations").iterdir()):
-            if (p.suffix != ".json" or p.stem not in images) and p.exists():
+            if (p.suffix != ".json" or p.stem not in images) and p.exists() \
+                    and p not in explained:
                 report.error(p, "orphan annotation: no image with this id")
     return report
 
