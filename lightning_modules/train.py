@@ -82,6 +82,7 @@ from lightning_modules.run_csv_logger import RunCSVLogger
 from lightning_modules.shgn import input_side_problem
 from lightning_modules.training_state import (
     ARCHITECTURE_KEYS,
+    OPTIMISER_KEYS,
     TARGET_KEYS,
     optimizer_state_problem,
     scheduler_state_problem,
@@ -344,6 +345,12 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
         raise CheckpointError(
             f"{path}: the config changes what this run trains ({changed}): resume with the run's "
             "own config.yaml, or start a new run")
+    if changed := settings_mismatch(ckpt.get("hyper_parameters"), dict(module.hparams),
+                                    OPTIMISER_KEYS):
+        raise CheckpointError(
+            f"{path}: the config changes the optimiser ({changed}), but a resumed run restores "
+            "the saved optimiser and scheduler state, so the new value would be ignored: resume "
+            "with the run's own config.yaml, or start a new run with it")
     _check_rng_state(path, ckpt.get(RNG_KEY))
     return path
 

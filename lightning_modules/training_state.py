@@ -29,6 +29,10 @@ _NONNEGATIVE_STATE = ("square_avg", "step", "exp_avg_sq")  # running averages of
 ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs",
                      "image_size")  # fmt: skip
 TARGET_KEYS = ("size", "sigma", "roi_spacing_px", "roi_extent")
+# read only when the optimisers and the scheduler are built: a resumed run restores their saved
+# state instead, so a changed value would be ignored while config.yaml and the checkpoint's
+# hyper-parameters recorded it as used
+OPTIMISER_KEYS = ("lr", "gradnorm_lr", "lr_step_epochs", "lr_gamma")
 
 
 def _number_problem(name: str, value: Any, low: float, inclusive: bool) -> str | None:

@@ -126,6 +126,18 @@ def test_config_changing_the_targets_is_refused(good, tmp_path, key, value):
         _resume(tmp_path, module, ckpt, {**DATA_HP, key: value})
 
 
+@pytest.mark.parametrize("key, value", [("lr", 0.5), ("gradnorm_lr", 0.1), ("lr_step_epochs", 3),
+                                        ("lr_gamma", 0.9)])
+def test_config_changing_the_optimiser_is_refused(good, tmp_path, key, value):
+    """The restored optimiser/scheduler state would ignore the new value that config.yaml and
+    the checkpoint's hyper-parameters then record as used (red-team round 7)."""
+    module, ckpt = good
+    other = KneePlanModule(**{**TINY_HP, key: value})
+    with pytest.raises(CheckpointError, match=f"config changes the optimiser \\({key} "):
+        _resume(tmp_path, other, ckpt)
+    _resume(tmp_path, KneePlanModule(**TINY_HP), ckpt)  # its own settings still resume
+
+
 def test_settings_missing_on_either_side_are_not_compared():
     """Checkpoints written before a setting existed still resume."""
     assert settings_mismatch({"a": 1}, {"b": 2}, ("a", "b")) is None
