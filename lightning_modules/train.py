@@ -454,6 +454,7 @@ class KneePlanCLI(LightningCLI):
         parser.link_arguments("data.size", "model.image_size")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        self.wandb_env_set = False
         run = _as_run_options(self._get(self.config_init, "run"))
         reuse = None
         if run.resume:  # checked here, before any folder is made: one line on any problem
@@ -467,8 +468,12 @@ class KneePlanCLI(LightningCLI):
         if run.cpu_threads is not None:
             torch.set_num_threads(max(int(run.cpu_threads), 1))
         loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
-        mode = os.environ.get("WANDB_MODE") or run.wandb_mode
-        if run.wandb and mode not in ("disabled", "false", "off"):
+        mode = wandb_mode(run)
+        if run.wandb and mode != "disabled":
+            if "WANDB_MODE" not in os.environ:  # wandb.init(mode="offline") alone still looked
+                # up its API host (a DNS query): the variable says it; removed after the run
+                os.environ["WANDB_MODE"] = mode
+                self.wandb_env_set = True
             # mode= goes to wandb.init; offline=True would set WANDB_MODE for the whole process
             loggers.append(WandbLogger(
                 save_dir=str(run_dir), project=run.wandb_project, group=run.wandb_group,
@@ -548,6 +553,46 @@ def fit(args: list[str] | None = None, callbacks: list | None = None) -> FitResu
         torch.set_num_threads(threads_before)
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def wandb_mode(run: RunOptions) -> str:
+    """The W&B mode: ``WANDB_MODE`` if set, else ``run.wandb_mode`` (``false``/``off`` mean
+    disabled); anything else is a ConfigFileError line (a typo was a 50-line traceback)."""
+    env = os.environ.get("WANDB_MODE")
+    mode = str(env or run.wandb_mode).strip().lower()
+    mode = "disabled" if mode in ("false", "off") else mode
+    if mode not in WANDB_MODES:
+        where = "WANDB_MODE" if env else "run.wandb_mode"
+        raise ConfigFileError(f"{where}={env or run.wandb_mode!r:.40} is not one of "
+                              f"{', '.join(WANDB_MODES)}")
+    return mode
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after Lightning's graceful shutdown; the message names the last
+    checkpoint to resume from (a KeyboardInterrupt, so a sweep stops on it as on any Ctrl-C)."""
+
+
+class WandbError(RuntimeError):
+    """W&B failed (online without an API key or a network); one line saying so."""
+
+
+def _interrupted(cli: Any, trainer: pl.Trainer) -> TrainingInterrupted:
+    """The interruption, naming ``last.ckpt`` when one was written; SIGINT is given back its
+    default handler (Lightning ignores it after the first, so a second Ctrl-C did nothing)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    last = _existing(cli.own["last"].best_model_path) or _existing(
+        str(cli.run_dir / "checkpoints" / "last.ckpt"))
+    where = (f"last checkpoint {last} (continue with --resume {last}, or make train RESUME=last)"
+             if last else "no checkpoint was written yet")
+    return TrainingInterrupted(f"training interrupted in epoch {trainer.current_epoch}: {where}")
+
+
 def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     cli = _make_cli(argv, user_callbacks=callbacks, save_config_kwargs={"overwrite": True})
     trainer, module = cli.trainer, cli.model
@@ -563,8 +608,21 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     except (*DATA_ERRORS, CheckpointError):
         _remove_if_empty(cli.run_dir)  # refused before anything was written
         raise
+    except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1)
+        if trainer.interrupted:
+            raise _interrupted(cli, trainer) from None
+        raise
+    except Exception as err:
+        if type(err).__module__.split(".")[0] == "wandb":
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise WandbError(f"W&B ({os.environ.get('WANDB_MODE', 'online')}): {first} "
+                             "(runs are offline unless WANDB_MODE=online or run.wandb_mode: "
+                             "online asks for W&B)") from None
+        raise
     finally:
         _finish_wandb(trainer)
+        if cli.wandb_env_set:
+            os.environ.pop("WANDB_MODE", None)
     history: MetricsHistory = cli.own["history"]
     checkpoint: FiniteModelCheckpoint = cli.own["checkpoint"]
     result = FitResult(
@@ -587,6 +645,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
 DATA_ERRORS = (DatasetValidationError, DatasetError, AnnotationError, ImageReadError)
 # Exit statuses of the command line (README "Exit codes").
 EXIT_BAD_INPUT, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C'd command
 
 
 def _existing(path: str | None) -> str | None:
@@ -642,6 +701,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"train: error: {err}; no checkpoint with non-finite weights was written",
               file=sys.stderr)
         raise SystemExit(EXIT_DIVERGED) from None
+    except WandbError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except TrainingInterrupted as err:
+        print(f"train: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 if __name__ == "__main__":
