@@ -353,7 +353,10 @@ def test_bad_image_file_is_one_line(kind, tmp_path):
 # ------------------------------------------------------------------ whole dataset folders
 def _sample(sample_id: str, image: np.ndarray | None = None) -> Sample:
     masks = np.zeros((4, 40, 50), np.uint8)
-    masks[:, 5:30, 10:30] = 1
+    masks[0, 5:30, 10:30] = 1  # each bone its own region (identical masks are an error)
+    masks[1, 5:12, 32:40] = 1
+    masks[2, 31:39, 10:30] = 1
+    masks[3, 31:39, 32:40] = 1
     rater = RaterAnnotation(np.array([[20.0, 12.0], [15.0, 25.5]]),
                             np.array([[12.0, 2.0], [13.0, 20.0]]), "r1")
     img = np.random.default_rng(0).uniform(0, 1, (40, 50)) if image is None else image
