@@ -181,8 +181,8 @@ def _check_anatomy(ann_path: Path, image: Path, ann: dict[str, Any], loaded: Loa
     mm_per_px = est.mm_per_px if est is not None else spacing.mean_mm if spacing else None
     ys, xs = np.nonzero(femur)
     extent = float(max(np.ptp(xs), np.ptp(ys)))
-    for i, rater in enumerate(ann["raters"]):  # the spacing first, then the femur's size
-        scale = spacing.mean_mm if spacing is not None else mm_per_px
+    scale = spacing.mean_mm if spacing is not None else mm_per_px  # spacing, else femur size
+    for i, rater in enumerate(ann["raters"]):
         if why := landmark_swap(rater.landmarks, rater.cortex_points, scale, extent):
             report.warn(ann_path, f"raters[{i}]: {why}")
     if mm_per_px is None:
@@ -362,9 +362,10 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     # file next to a "missing" annotation was not read
     ann_near: dict[str, list[Path]] = {}
     explained: set[Path] = set()
-    if (root / "annotations").is_dir():
-        for p in sorted((root / "annotations").iterdir()):
-            ann_near.setdefault(_nfc_fold(p.stem), []).append(p)
+    ann_files = (sorted((root / "annotations").iterdir()) if (root / "annotations").is_dir()
+                 else [])
+    for p in ann_files:
+        ann_near.setdefault(_nfc_fold(p.stem), []).append(p)
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")
@@ -398,11 +399,9 @@ def validate_dataset(root: str | Path) -> ValidationReport:
             if p.name not in known_masks and not (p.is_symlink() and not p.exists()):
                 report.error(p, "orphan mask: no image with this id, or not <id>_<bone>.png "
                                 f"with bone in {BONES}")
-    if (root / "annotations").is_dir():
-        for p in sorted((root / "annotations").iterdir()):
-            if (p.suffix != ".json" or p.stem not in images) and p.exists() \
-                    and p not in explained:
-                report.error(p, "orphan annotation: no image with this id")
+    for p in ann_files:
+        if (p.suffix != ".json" or p.stem not in images) and p.exists() and p not in explained:
+            report.error(p, "orphan annotation: no image with this id")
     return report
 
 

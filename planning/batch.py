@@ -206,7 +206,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
     except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, is its row)
         row.update(status="failed", error=f"{path}: planning failed: {error_line(err)}")
     else:
-        from planning.review import reasons_cell
+        from planning.review import codes_cell, reasons_cell
 
         rep = res.report
         sp = rep["schoettle_point"]
@@ -215,7 +215,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
             status="ok", schoettle_x_px=px[0], schoettle_y_px=px[1], schoettle_x_mm=mm[0],
             schoettle_y_mm=mm[1], spacing_source=rep["spacing"]["source"],
             needs_review=bool(rep["needs_review"]),
-            review_codes=" ".join(sorted(set(rep["review_codes"]))),
+            review_codes=codes_cell(rep["review_codes"]),
             reasons=reasons_cell(rep["review_reasons"]),
             report=str(res.report_path),
         )  # fmt: skip

@@ -190,7 +190,7 @@ def evaluate_sample(
     if uncertainty is not None and len(uncertainty.points) > 1:
         row["spread_schoettle"] = uncertainty.spread("schoettle", spacing or 1.0)
     row["needs_review"] = int(bool(reasons))
-    row["review_codes"] = codes_cell(reasons)
+    row["review_codes"] = codes_cell([r.code for r in reasons])
     row["review_reasons"] = reasons_cell(reasons)
     if len(names) > 1:
         for (a, b), d in schoettle_pair_distances(points, names, spacing).items():

@@ -431,9 +431,9 @@ def reasons_cell(reasons: Sequence[str]) -> str:
     return REASON_SEPARATOR.join(str(r).replace(REASON_SEPARATOR, " / ") for r in reasons)
 
 
-def codes_cell(reasons: Sequence[Reason]) -> str:
+def codes_cell(codes: Sequence[str]) -> str:
     """The distinct reason codes, sorted, space-separated (one CSV cell)."""
-    return " ".join(sorted({r.code for r in reasons}))
+    return " ".join(sorted(set(codes)))
 
 
 def review(plan: Plan, context: ReviewContext | None = None) -> list[Reason]:
