@@ -36,9 +36,10 @@ IMAGE ?=
 ONNX ?=
 WORKERS ?=
 
-# $(call q,VALUE): VALUE as one shell word in single quotes (spaces, non-ASCII, $, " and '
-# survive), so IMAGE="a b ü.png" reaches the program as one argument. ARGS stays unquoted: it
-# holds several arguments.
+# $(call q,VALUE): VALUE as one shell word in single quotes (spaces, non-ASCII, " and ' survive),
+# so IMAGE="a b ü.png" reaches the program as one argument. make itself expands a $ in a variable
+# given on its command line: write $$ for a literal $. ARGS stays unquoted: it holds several
+# arguments.
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
@@ -47,7 +48,8 @@ q = '$(subst ','\'',$(1))'
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
 	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=file|folder|'glob' CKPT=.ckpt|.onnx"
-	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint"
+	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint | test-fast (no slow tests)"
+	@echo "make generalisation [MINUTES=30] [FACTORS=...] | venv (create .venv only) | clean"
 
 venv: $(STAMP)
 
@@ -74,13 +76,14 @@ train: $(STAMP)
 	  $(if $(NODES),--num-nodes $(call q,$(NODES))) \
 	  $(if $(RESUME),--resume $(call q,$(RESUME))) $(ARGS)
 
+# (not echoed: STORAGE may hold a database password; the programs print it masked)
 sweep: $(STAMP)
-	$(PY) -m sweeps.run --trials $(call q,$(TRIALS)) --study $(call q,$(STUDY)) \
+	@$(PY) -m sweeps.run --trials $(call q,$(TRIALS)) --study $(call q,$(STUDY)) \
 	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(if $(CONFIG),--config $(call q,$(CONFIG))) \
 	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
 
 sweep-report: $(STAMP)
-	$(PY) -m sweeps.report --study $(call q,$(STUDY)) \
+	@$(PY) -m sweeps.report --study $(call q,$(STUDY)) \
 	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(ARGS)
 
 phantoms: $(STAMP)

@@ -520,7 +520,9 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
-def _make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
+def make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
+    """Parse and check translated training arguments (config file, keys, types, value rules,
+    trainer settings) and build the CLI's objects without training; sweeps check with it too."""
     for flag, value in zip(argv, [*argv[1:], None], strict=True):  # before jsonargparse reads
         if flag in ("--config", "-c") and value is not None:
             check_config_file(value)
@@ -594,7 +596,7 @@ def _interrupted(cli: Any, trainer: pl.Trainer) -> TrainingInterrupted:
 
 
 def _fit(argv: list[str], callbacks: list | None) -> FitResult:
-    cli = _make_cli(argv, user_callbacks=callbacks, save_config_kwargs={"overwrite": True})
+    cli = make_cli(argv, user_callbacks=callbacks, save_config_kwargs={"overwrite": True})
     trainer, module = cli.trainer, cli.model
     assert cli.run_dir is not None
     if cli.resume_path:
@@ -681,7 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # the steps reuse freed activations instead of page-faulting them in
     try:
         if any(a.startswith("--print_config") for a in argv):
-            _make_cli(translate_args(argv, announce=False))
+            make_cli(translate_args(argv, announce=False))
             return
         fit(argv)
     except ConfigFileError as err:

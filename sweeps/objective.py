@@ -8,6 +8,9 @@ adds
 
 A trial that raises, or whose objective is NaN/inf, ends FAILED with its reason in the user
 attribute `fail_reason`; the study goes on (the runner passes `catch=(Exception,)`).
+Ctrl-C (with an `InterruptGuard`) ends the running trial FAILED with reason "interrupted" (a NaN
+value: Optuna logs one line, no traceback) and queues its parameters again (they run first when
+the study continues); the runner then stops. A trial whose training had finished keeps its value.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import optuna
 
+from sweeps.guards import InterruptGuard
 from sweeps.pruning import OptunaPruning
 from sweeps.space import SearchSpace, cli_overrides
 
@@ -129,6 +133,7 @@ class TrainObjective:
         trial_args: maps (trial number, run folder, study name) to extra training arguments
             (run folder, W&B group/name); see `sweeps.run.trial_args`.
         fit: the training entry (default `lightning_modules.train.fit`).
+        interrupt: the worker's Ctrl-C handler (None: Ctrl-C is not handled here).
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class TrainObjective:
         spec: ObjectiveSpec,
         trial_args: Callable[[int, Path, str], list[str]],
         fit: FitFn | None = None,
+        interrupt: InterruptGuard | None = None,
     ) -> None:
         self.base_args = list(base_args)
         self.study_name = study_name
@@ -148,6 +154,7 @@ class TrainObjective:
         self.spec = spec
         self.trial_args = trial_args
         self.fit = fit
+        self.interrupt = interrupt or InterruptGuard()  # not installed: never requested
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
@@ -158,14 +165,26 @@ class TrainObjective:
                 + self.trial_args(trial.number, run_dir, self.study_name))
         pruning = OptunaPruning(trial, self.spec, self.spec.divergence)
         fit = self.fit or _default_fit()
+        if self.interrupt.requested:  # Ctrl-C between trials: do not start this one
+            return self._interrupted(trial, "before training")
         try:
             try:
-                result = fit(args, callbacks=[pruning])
-            except SystemExit as err:
-                # LightningCLI/jsonargparse exit on a bad option; Optuna does not catch
-                # SystemExit and would leave the trial RUNNING: make it a failure.
-                raise RuntimeError(f"training exited with status {err.code} (invalid "
-                                   "arguments? see the message above)") from err
+                with self.interrupt.training():
+                    result = fit(args, callbacks=[pruning])
+            except (SystemExit, KeyboardInterrupt, Exception) as err:
+                if not self.interrupt.requested:
+                    if isinstance(err, SystemExit):
+                        # LightningCLI/jsonargparse exit on a bad option; Optuna does not catch
+                        # SystemExit and would leave the trial RUNNING: make it a failure.
+                        raise RuntimeError(f"training exited with status {err.code} (invalid "
+                                           "arguments? see the message above)") from err
+                    raise
+                # Ctrl-C: training raises TrainingInterrupted after Lightning's graceful
+                # shutdown, or a DataLoader worker hit by the same signal raises
+                if pruning.finished and pruning.pruned_at is None and pruning.reported:
+                    return self._finished_value(trial, pruning)
+                epoch = max(pruning.reported, default=-1) + 1
+                return self._interrupted(trial, f"in epoch {epoch}")
         except Exception as err:
             tb = traceback.format_exception_only(type(err), err)[-1].strip()
             trial.set_user_attr("fail_reason", f"training raised {tb}"[:1000])
@@ -189,3 +208,21 @@ class TrainObjective:
         value = self.spec(metrics)
         trial.set_user_attr("objective_metric", self.spec.landmark_key(metrics))
         return value
+
+    def _interrupted(self, trial: optuna.Trial, when: str) -> float:
+        """Record the trial as interrupted (NaN: FAIL) and queue its parameters again."""
+        trial.set_user_attr("fail_reason", f"interrupted (Ctrl-C) {when}")
+        if trial.params:  # the next worker (or this command run again) trains them first
+            trial.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        return float("nan")
+
+    def _finished_value(self, trial: optuna.Trial, pruning: OptunaPruning) -> float:
+        """The value of a trial whose training finished before Ctrl-C (in its teardown)."""
+        metrics = pruning.last_metrics
+        if pruning.diverged is not None:
+            trial.set_user_attr("fail_reason", f"diverged: {pruning.diverged}")
+            return float("nan")
+        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if math.isfinite(v)})
+        trial.set_user_attr("epochs", max(pruning.reported) + 1)
+        trial.set_user_attr("objective_metric", self.spec.landmark_key(metrics))
+        return pruning.reported[max(pruning.reported)]

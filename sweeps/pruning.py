@@ -32,7 +32,9 @@ class OptunaPruning(pl.Callback):
 
     After `fit`: `pruned_at` is the epoch whose value made the pruner stop the trial (else
     None); `diverged` holds a reason when the objective was NaN/inf (else None); `reported`
-    maps epoch -> value reported to Optuna.
+    maps epoch -> value reported to Optuna; `finished` is True once the fit loop ended
+    normally (its last epoch reported), and `last_metrics` holds the last validation's metrics,
+    so that a trial interrupted after training (Ctrl-C during teardown) keeps its value.
     """
 
     def __init__(
@@ -48,6 +50,11 @@ class OptunaPruning(pl.Callback):
         self.pruned_at: int | None = None
         self.diverged: str | None = None
         self.reported: dict[int, float] = {}
+        self.finished = False
+        self.last_metrics: dict[str, float] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finished = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -57,6 +64,7 @@ class OptunaPruning(pl.Callback):
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                        if getattr(v, "numel", lambda: 1)() == 1}
+            self.last_metrics = metrics
             try:
                 value = float(self.value_fn(metrics))
             except KeyError as err:

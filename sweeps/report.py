@@ -31,7 +31,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-import sqlalchemy.exc  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
@@ -40,29 +39,40 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeps.storage import (  # noqa: E402
     DEFAULT_STUDIES_DIR,
+    STORAGE_ERRORS,
     default_storage_url,
+    mask_url,
     normalise_url,
     storage_problem,
 )
 from sweeps.storage import study_dir as _study_dir  # noqa: E402
 
 
+class ReportError(SystemExit):
+    """A usage or storage problem of the report: `main` prints `sweeps.report: error: <reason>`
+    and exits with status 2 (uncaught elsewhere, it exits with its one-line message)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = mask_url(reason)
+        super().__init__(f"sweeps.report: {self.reason}")
+
+
 def load_study(name: str, storage: str | None, studies_dir: str | Path) -> optuna.Study:
-    """Load an existing study; a clear error when it does not exist."""
+    """Load an existing study; :class:`ReportError` (one line) when it cannot be."""
     if storage is None:
         db = _study_dir(name, studies_dir) / "study.db"
         if not db.is_file():
-            raise SystemExit(f"sweeps.report: no study database {db} (run `make sweep` first, "
-                             "or pass --storage URL)")
+            raise ReportError(f"no study database {db} (run `make sweep` first, or pass "
+                              "--storage URL)")
         storage = default_storage_url(name, studies_dir)
     try:
         return optuna.load_study(study_name=name, storage=normalise_url(storage))
     except KeyError:
-        raise SystemExit(f"sweeps.report: study {name!r} not found in {storage}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as err:
-        # not a database, a damaged one, or one of another Optuna schema: one line, no traceback
-        raise SystemExit(f"sweeps.report: cannot open the study storage {storage}: "
-                         f"{storage_problem(err)}") from None
+        raise ReportError(f"study {name!r} not found in {mask_url(storage)}") from None
+    except STORAGE_ERRORS as err:
+        # not a database, a damaged one, one of another Optuna schema, no driver: one line
+        raise ReportError(f"cannot open the study storage {mask_url(storage)}: "
+                          f"{storage_problem(err)}") from None
 
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:
@@ -81,7 +91,8 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:
         row["duration_s"] = (round(t.duration.total_seconds(), 1)
                              if t.duration is not None else None)
         row["worker"] = t.user_attrs.get("worker")
-        row["retry_of"] = t.system_attrs.get("failed_trial")
+        # a re-run after a lost heartbeat (Optuna's attribute) or after Ctrl-C (ours)
+        row["retry_of"] = t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of"))
         row["fail_reason"] = fail_reason(t)
         rows.append(row)
     return header, rows
@@ -357,9 +368,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"sweeps.report: error: {err}", file=sys.stderr)
         return 2
-    study = load_study(args.study, args.storage, args.studies_dir)
     folder = Path(args.out) if args.out else _study_dir(args.study, args.studies_dir)
-    for path in write_report(study, folder):
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ReportError(f"--out {folder}: exists and is not a folder")
+        study = load_study(args.study, args.storage, args.studies_dir)
+        try:
+            paths = write_report(study, folder)
+        except OSError as err:  # a folder above is a file, no permission, disk full
+            name = err.filename or folder
+            raise ReportError(f"cannot write the report into {folder}: {name}: "
+                              f"{err.strerror or err}") from None
+    except ReportError as err:
+        print(f"sweeps.report: error: {err.reason}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path}")
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n == 0:

@@ -10,7 +10,15 @@ most the number of other workers).
 Arguments this parser does not know are passed to the training entry unchanged, e.g.
 `python -m sweeps.run --trials 4 --study s --trainer.max_epochs=3`.
 
-Exit status 0 when the study holds at least one completed trial, else 1.
+Before any trial the training arguments are checked once with the training CLI (at the search
+box's corners), and the settings that define a trial's score and training (objective formula,
+unit and weights, the resolved training config) are recorded in the study; a worker that would
+continue a study with other settings is refused.
+
+Exit status 0 when the study holds at least one completed trial, else 1; 2 for a usage, config
+or storage problem (one line `sweeps.run: error: ...`, before any trial); 130 when Ctrl-C
+stopped the sweep (the running trial is recorded as failed "interrupted" and its parameters are
+queued again; run the same command to continue).
 Outputs go to `<studies-dir>/<study>/`: `study.db` (the default SQLite storage) and `trials/tNNNN`
 (each trial's training run). `python -m sweeps.report` writes the reports there.
 """
@@ -26,20 +34,37 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from datamodules.config_file import ConfigFileError, check_config_file
 from lightning_modules.malloc_tuning import keep_freed_memory
+from sweeps.guards import (
+    SETTINGS_ATTR,
+    InterruptGuard,
+    TrainingArgsError,
+    check_run_root,
+    check_training_args,
+    settings_problem,
+    sweep_settings,
+    training_settings,
+)
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
 from sweeps.space import SearchSpace
-from sweeps.storage import DEFAULT_STUDIES_DIR, open_storage, storage_problem, study_dir
+from sweeps.storage import (
+    DEFAULT_STUDIES_DIR,
+    STORAGE_ERRORS,
+    mask_url,
+    open_storage,
+    storage_problem,
+    study_dir,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/quick.yaml"  # relative to the working directory, else the repository
 # No per-epoch validation pictures in sweeps (time, disk); pass --run.val_images=4 to get them.
 SWEEP_TRAIN_DEFAULTS = ("--run.val_images=0",)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
 
 
 def trial_args(number: int, run_dir: Path, study_name: str) -> list[str]:
@@ -147,20 +172,29 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         study_dir(args.study, args.studies_dir)  # a name that cannot be a folder
     except ValueError as err:
         return str(err)
-    searched = {"beta", "alpha"} | ({"lr"} if args.lr is not None else set())
+    if args.pruner == "threshold" and args.prune_above is None:
+        return "--pruner threshold needs --prune-above VALUE"
+    ranges = {"beta": args.beta, "alpha": args.alpha}
+    if args.lr is not None:
+        ranges["lr"] = args.lr
     for params in args.enqueue:
-        if unknown := sorted(set(params) - searched):
+        if unknown := sorted(set(params) - set(ranges)):
             return (f"--enqueue names {', '.join(unknown)}, which this sweep does not search "
-                    f"(it searches {', '.join(sorted(searched))})")
+                    f"(it searches {', '.join(sorted(ranges))})")
+        for name, value in params.items():
+            low, high = ranges[name]
+            if not math.isfinite(value):
+                return f"--enqueue {name}={value}: values must be finite numbers"
+            if not low <= value <= high:  # Optuna would warn in passing and train it anyway
+                return (f"--enqueue {name}={value:g} is outside the searched range --{name} "
+                        f"{low:g},{high:g} (widen --{name} to include it)")
     return None
 
 
 def make_pruner(args: argparse.Namespace) -> optuna.pruners.BasePruner:
     if args.pruner == "none":
         return optuna.pruners.NopPruner()
-    if args.pruner == "threshold":
-        if args.prune_above is None:
-            raise SystemExit("sweeps.run: --pruner threshold needs --prune-above VALUE")
+    if args.pruner == "threshold":  # --prune-above checked by argument_problem
         return optuna.pruners.ThresholdPruner(upper=args.prune_above)
     return optuna.pruners.MedianPruner(
         n_startup_trials=args.prune_startup_trials, n_warmup_steps=args.prune_warmup_epochs
@@ -254,54 +288,109 @@ def format_best(study: optuna.Study) -> str:
     return "\n".join(lines)
 
 
+def _usage_error(message: str) -> SystemExit:
+    """Print the one-line usage/config/storage error; the caller raises the returned exit."""
+    print(f"sweeps.run: error: {mask_url(message)}", file=sys.stderr)
+    return SystemExit(2)  # README: exit codes
+
+
+def record_settings(study: optuna.Study, settings: dict, base_args: list[str]) -> None:
+    """Record the study's settings (new study), or refuse a worker whose settings differ.
+
+    A study made by an older sweeps.run has no recorded settings: its objective formula (the
+    `objective` attribute) is still compared, the rest is recorded with a warning.
+    """
+    attrs = study.user_attrs
+    recorded = attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        legacy = {"objective": attrs["objective"]} if "objective" in attrs else {}
+        if problem := settings_problem(study.study_name, legacy, settings):
+            raise _usage_error(problem)
+        if legacy or study.get_trials(deepcopy=False):
+            print(f"sweeps.run: warning: study {study.study_name!r} has no recorded training "
+                  "settings (made by an older sweeps.run): recording this run's; its earlier "
+                  "trials are assumed to match them", file=sys.stderr)
+    elif problem := settings_problem(study.study_name, recorded, settings):
+        raise _usage_error(problem)
+    elif new := sorted(set(settings) - set(recorded)):  # options added since: record them
+        print(f"sweeps.run: warning: study {study.study_name!r} did not record "
+              f"{', '.join(new[:4])}{', ...' if len(new) > 4 else ''}: recording this run's",
+              file=sys.stderr)
+    else:
+        return
+    study.set_user_attr(SETTINGS_ATTR, {**(recorded or {}), **settings})
+    if "objective" not in attrs:
+        study.set_user_attr("objective", settings["objective"])
+        study.set_user_attr("train_args", base_args)
+
+
 def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> optuna.Study:
-    """Parse `argv` like the command line, run this worker's trials, return the study."""
+    """Parse `argv` like the command line, run this worker's trials, return the study.
+
+    Raises SystemExit(2) for a usage, config or storage problem (one line, before any trial)
+    and SystemExit(130) after Ctrl-C (the summary printed, the study kept).
+    """
     args, train_extra = build_parser().parse_known_args(argv)
     if os.environ.get("LOCAL_RANK", "0") != "0":
         # Lightning's DDP launcher re-runs the command line in each extra rank: that would start
         # a second sweep worker. Trials use one device; run more workers instead.
-        raise SystemExit("sweeps.run: started as DDP rank > 0; sweep trials train on one device "
-                         "each (do not pass --devices/--trainer.devices > 1); start more workers")
+        raise _usage_error("started as DDP rank > 0; sweep trials train on one device each "
+                           "(do not pass --devices/--trainer.devices > 1); start more workers")
     if problem := argument_problem(args):
-        print(f"sweeps.run: error: {problem}", file=sys.stderr)
-        raise SystemExit(2)  # a usage error (README: exit codes)
+        raise _usage_error(problem)
     try:
         space = SearchSpace(beta=args.beta, alpha=args.alpha, lr=args.lr)
         spec = ObjectiveSpec(unit=args.objective_unit, weight_lm=args.weight_lm,
                              weight_iou=args.weight_iou)
     except ValueError as err:
-        print(f"sweeps.run: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _usage_error(str(err)) from None
     config = Path(args.config)
     if not config.is_file() and not config.is_absolute() and (REPO_ROOT / config).is_file():
         config = REPO_ROOT / config
     if not config.is_file():
-        raise SystemExit(f"sweeps.run: training config {args.config} not found")
+        raise _usage_error(f"training config {args.config}: no such file")
     try:  # once here, not once per failing trial
         check_config_file(config)
     except ConfigFileError as err:
-        raise SystemExit(f"sweeps.run: {err}") from None
+        raise _usage_error(str(err)) from None
     # Sweep defaults go before the user's extra arguments, which may override them.
     base_args = ["--config", str(config), *SWEEP_TRAIN_DEFAULTS]
     if args.data_root is not None:
         base_args += [f"--data-root={args.data_root}"]
     base_args += train_extra
+    try:  # the training CLI's own checks, once, instead of a traceback in every trial
+        resolved = check_training_args(
+            base_args, space, trial_args(0, check_run_root() / "t0000", args.study))
+    except TrainingArgsError as err:
+        raise _usage_error(str(err)) from None
+    settings = sweep_settings(spec, training_settings(resolved, space))
 
     folder = study_dir(args.study, args.studies_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _usage_error(f"--studies-dir {args.studies_dir}: cannot make the study folder "
+                           f"{folder}: {err.strerror or err}") from None
+    storage_name = args.storage or f"sqlite:///{folder / 'study.db'}"
     try:
         study = open_study(args)
-    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as err:
-        # not a database, a damaged one, or one of another Optuna schema: one line
-        raise SystemExit(f"sweeps.run: cannot open the study storage "
-                         f"{args.storage or 'default'}: {storage_problem(err)}") from None
-    if "objective" not in study.user_attrs:
-        study.set_user_attr("objective", spec.describe())
-        study.set_user_attr("train_args", base_args)
+    except STORAGE_ERRORS as err:
+        raise _usage_error(f"cannot open the study storage {storage_name}: "
+                           f"{storage_problem(err)}") from None
+    record_settings(study, settings, base_args)
     for params in args.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 
-    callbacks = []
+    interrupt = InterruptGuard()
+    completed = []  # this worker's completed trials
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            completed.append(trial.number)
+        if interrupt.requested:  # Ctrl-C outside training: stop before the next trial
+            study.stop()
+
+    callbacks = [after_trial]
     if args.max_total_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(args.max_total_trials, states=FINISHED))
         if count_finished(study) >= args.max_total_trials:
@@ -309,22 +398,35 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
                   f"(>= --max-total-trials {args.max_total_trials}); nothing to run")
             args.trials = 0
     objective = TrainObjective(base_args, args.study, folder / "trials", space, spec,
-                               trial_args=trial_args, fit=fit)
+                               trial_args=trial_args, fit=fit, interrupt=interrupt)
     if args.trials:
-        study.optimize(objective, n_trials=args.trials, catch=(Exception,),
-                       callbacks=callbacks, gc_after_trial=True)
+        interrupt.install()
+        try:
+            study.optimize(objective, n_trials=args.trials, catch=(Exception,),
+                           callbacks=callbacks, gc_after_trial=True)
+        finally:
+            interrupt.restore()
     # Optuna checks heartbeats when a trial starts; check once more so a dead worker's trial
     # does not stay RUNNING when this was the study's last trial (its retry waits in the queue).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     print(format_best(study), flush=True)
+    if interrupt.requested:
+        print(f"sweeps.run: interrupted after {len(completed)} completed trials (study "
+              f"{args.study!r} kept; run the same command to continue)", file=sys.stderr,
+              flush=True)
+        raise SystemExit(EXIT_INTERRUPTED)
     return study
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # a process that trains: reuse freed activations (malloc_tuning.py)
-    study = run_sweep(argv)
+    try:
+        study = run_sweep(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside the trials' handler (checks, storage)
+        print("sweeps.run: interrupted (run the same command to continue)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else 1
 
 

@@ -36,6 +36,14 @@ class SearchSpace:
             low, high = rng
             if not low <= high:
                 raise ValueError(f"search range {name}=[{low}, {high}]: low must be <= high")
+        # GradNorm's alpha (the asymmetry) and the loss weight beta are >= 0: a negative alpha
+        # pulls the task losses' training rates apart instead of together (training itself
+        # refuses a negative beta, not a negative alpha)
+        for name, what in (("alpha", "GradNorm's alpha"), ("beta", "the loss weight beta")):
+            low = getattr(self, name)[0]
+            if low < 0:
+                raise ValueError(f"search range {name}=[{low}, {getattr(self, name)[1]}]: "
+                                 f"{what} must be >= 0")
         if self.lr is not None and self.lr[0] <= 0:
             raise ValueError(f"search range lr={list(self.lr)}: log-uniform needs low > 0")
 

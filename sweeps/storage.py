@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -94,15 +95,34 @@ def open_storage(
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                         max_retry=max_retry),
                 )
-        except sqlalchemy.exc.SQLAlchemyError:
+        except sqlalchemy.exc.DBAPIError:  # (not an unknown dialect or a bad URL: no retry)
             if attempt == 4:
                 raise
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
 
 
+# Errors opening a storage that are the user's to fix: not a database, a damaged one, one of
+# another Optuna schema, an unknown dialect, a database driver that is not installed.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError, OSError)
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_url(text: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db` (any URL in the
+    text): no message or record shows a storage password."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
 def storage_problem(err: BaseException) -> str:
-    """The first line of a storage error, without SQLAlchemy's SQL echo and background link."""
+    """The first line of a storage error, without SQLAlchemy's SQL echo and background link,
+    and without any password."""
+    if isinstance(err, ImportError):  # SQLAlchemy imports the dialect's driver on first use
+        cause = err.__cause__ or err.__context__  # (Optuna wraps the ModuleNotFoundError)
+        missing = getattr(cause, "name", None) or err.name
+        return (f"its database driver is not installed (no module {missing!r}); install it "
+                "into .venv, or use sqlite:/// or postgresql://" if missing else
+                f"its database driver could not be imported: {str(err).splitlines()[0][:200]}")
     orig = getattr(err, "orig", None)  # the driver's own message (e.g. "file is not a database")
     text = str(orig if orig is not None else err).strip()
-    return (text.splitlines()[0][:200] if text else type(err).__name__)
+    return mask_url(text.splitlines()[0][:200] if text else type(err).__name__)

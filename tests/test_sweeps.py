@@ -253,14 +253,21 @@ def test_report_with_too_few_trials(tmp_path, capsys):
     assert (folder / "trials_beta_alpha.png").is_file()
     assert not (folder / "contour_beta_alpha.png").exists()
     assert json.loads((folder / "best_trial.json").read_text())["n_complete"] == 1
-    with pytest.raises(SystemExit, match="no study database"):
-        report_main(["--study", "nope", "--studies-dir", str(tmp_path)])
+    capsys.readouterr()
+    # a usage error: one line and status 2 (README: exit codes)
+    assert report_main(["--study", "nope", "--studies-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweeps.report: error: no study database") and "\n" not in err
 
 
 # ----------------------------------------------------------------------------- end to end
 def _env(**extra):
+    # PYTHONPATH: worker processes import this checkout, whatever the venv's editable install
+    # points at (another clone had re-pointed it: workers silently ran that clone's code)
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled",
-               WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+               WANDB_SILENT="true", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+                   "PYTHONPATH")])]))
     env.update(extra)
     return env
 
@@ -271,16 +278,26 @@ def _load(tmp_path, name):
 
 
 def _wait_for_running(tmp_path, name, number, proc, log, timeout=300.0):
+    """Until trial `number` is RUNNING, has written a heartbeat (Optuna writes the first one
+    just after creating the trial; a trial killed before it has none and is never found stale,
+    an Optuna limit) and has all its parameters (its `run_dir` is recorded after them). The
+    worker trains with the study's settings, so it is killed as soon as that holds, long
+    before its 2 epochs end."""
+    import sqlite3
+
     deadline = time.monotonic() + timeout
+    db = tmp_path / name / "study.db"
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"worker exited early: {log.read_text()}"
-        trials = _load(tmp_path, name).get_trials(deepcopy=False)
-        if any(t.number == number and t.state == TrialState.RUNNING for t in trials):
-            # Optuna writes the first heartbeat just after creating the trial; a trial killed
-            # before it has none and is never found stale (an Optuna limit): let it beat once.
-            time.sleep(1.5)
+        with sqlite3.connect(db, timeout=60) as con:
+            rows = con.execute(
+                "SELECT t.state FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id"
+                " JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'run_dir'"
+                " WHERE t.number = ?", (number,)).fetchall()
+        if rows:
+            assert rows[0][0] == "RUNNING", rows
             return
-        time.sleep(0.5)
+        time.sleep(0.05)
     raise AssertionError(f"trial {number} never started running")
 
 
@@ -337,13 +354,12 @@ def test_real_study_prunes_fails_survives_a_killed_worker_and_continues(tmp_path
         assert f"wandb_group: {name}\n" in config
         assert f"wandb_name: {name}-t{t.number:04d}\n" in config
 
-    # A second worker process joins the same SQLite study and is killed mid-trial ...
-    worker = [sys.executable, "-m", "sweeps.run", *common, "--pruner", "none",
-              "--trainer.max_epochs=1"]
+    # A second worker process joins the same SQLite study (with the study's training settings:
+    # another max_epochs would be refused) and is killed mid-trial ...
+    worker = [sys.executable, "-m", "sweeps.run", *common, "--pruner", "none"]
     log = tmp_path / "worker1.log"
     with log.open("w") as out:
-        # (many epochs: it must still be training when it is killed)
-        p1 = subprocess.Popen([*worker, "--trials", "1", "--trainer.max_epochs=100", "--enqueue",
+        p1 = subprocess.Popen([*worker, "--trials", "1", "--enqueue",
                                "beta=1.2,alpha=0.5,lr=3e-3"], cwd=tmp_path, env=_env(),
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

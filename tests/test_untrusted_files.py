@@ -164,14 +164,16 @@ def test_trainer_settings_lightning_refuses_are_one_line(flag, tmp_path, capsys)
     assert line.startswith("train: error: trainer settings:"), line
 
 
-def test_sweep_refuses_a_bomb_config_once_before_opening_the_study(tmp_path):
+def test_sweep_refuses_a_bomb_config_once_before_opening_the_study(tmp_path, capsys):
     from sweeps.run import run_sweep
 
     bomb = _write(tmp_path / "bomb.yaml", alias_bomb(9))
     with pytest.raises(SystemExit) as stop:
         run_sweep(["--config", str(bomb), "--trials", "0", "--study", "s",
                    "--studies-dir", str(tmp_path / "studies")])
-    assert str(bomb) in one_line(stop.value.code)
+    assert stop.value.code == 2  # a usage/config error (README: exit codes)
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("sweeps.run: error:") and str(bomb) in line, line
     assert not (tmp_path / "studies" / "s" / "study.db").exists()
 
 

@@ -1,0 +1,238 @@
+"""Checks a sweep makes before its first trial, and its Ctrl-C handling.
+
+- `check_training_args`: the trials' training arguments go once through the training CLI's own
+  parsing and checks (`lightning_modules.train`: config file, unknown keys, types, value rules,
+  Lightning's trainer settings), with the search box's corners as the sampled values, so a bad
+  option is one line before any trial instead of a traceback in every trial. It returns the
+  resolved training config.
+- `sweep_settings` / `settings_problem`: what defines a trial's score (objective formula, unit,
+  weights) and its training (the resolved config, less the sampled and run-folder keys) is
+  recorded in the study; a worker with other settings is refused, since its trials would be
+  ranked on one scale with trials scored or trained differently.
+- `InterruptGuard`: Ctrl-C stops the sweep instead of failing one trial and starting the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sweeps.space import CLI_KEYS, SearchSpace, cli_overrides
+
+# Resolved-config keys that do not change what a trial learns or how it is scored: display,
+# logging, loader processes. Everything else (trainer, model, data, seed) must match.
+NOT_RESULT_KEYS = frozenset({
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "trainer.enable_checkpointing", "trainer.logger", "trainer.default_root_dir",
+    "trainer.enable_autolog_hparams", "trainer.model_registry", "trainer.profiler",
+    "data.num_workers", "data.pin_memory", "data.persistent_workers",
+})
+# Config keys naming files whose content defines the data (recorded as a hash as well).
+FILE_KEYS = ("data.phantom_config", "data.split_file")
+SETTINGS_ATTR = "sweep_settings"
+
+
+class TrainingArgsError(ValueError):
+    """The training CLI refused the sweep's training arguments (one line)."""
+
+
+def corner_args(space: SearchSpace) -> list[list[str]]:
+    """Training overrides at the search box's low and high corners."""
+    corners = []
+    for end in (0, 1):
+        params = {"beta": space.beta[end], "alpha": space.alpha[end]}
+        if space.lr is not None:
+            params["lr"] = space.lr[end]
+        corners.append(cli_overrides(params))
+    return corners
+
+
+def check_training_args(base_args: Sequence[str], space: SearchSpace,
+                        trial_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Parse and check the trials' training arguments with the training CLI, build nothing
+    that trains, and return the resolved config (at the low corner) as a nested dict.
+
+    Raises :class:`TrainingArgsError` with the training CLI's one-line reason.
+    """
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from datamodules.config_file import ConfigFileError
+    from lightning_modules.checkpoints import CheckpointError
+    from lightning_modules.train import make_cli, translate_args
+
+    config: dict[str, Any] = {}
+    for k, overrides in enumerate(corner_args(space)):
+        argv = translate_args([*base_args, *overrides, *trial_args], announce=False)
+        where = "at the low corner" if k == 0 else "at the high corner"
+        try:
+            with _quiet(), _kept_process_state():
+                cli = make_cli(argv)
+        except (ConfigFileError, MisconfigurationException, CheckpointError) as err:
+            raise TrainingArgsError(f"training arguments: {_first_line(err)}") from None
+        except SystemExit as err:
+            if err.code in (0, None):  # --help / --print_config: the user asked for it
+                raise
+            raise TrainingArgsError(f"training arguments refused (status {err.code})") from None
+        except Exception as err:  # the same would fail every trial
+            raise TrainingArgsError(f"training arguments {where} of the search box: "
+                                    f"{type(err).__name__}: {_first_line(err)}") from None
+        if k == 0:
+            config = cli.config.as_dict()
+        del cli
+    return config
+
+
+def check_run_root() -> Path:
+    """A run root for the check's trial arguments (never created: folders are made lazily)."""
+    return Path(tempfile.gettempdir()) / "kneeplan-sweep-check"
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).strip().splitlines()[:1]) or type(err).__name__
+    return text[:400]
+
+
+@contextlib.contextmanager
+def _kept_process_state() -> Iterator[None]:
+    """Undo what building the trainer sets for its run: environment variables (the run
+    folder, WANDB_MODE) and torch's thread count (`run.cpu_threads`)."""
+    import torch
+
+    env, threads = dict(os.environ), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(env):
+            del os.environ[key]
+        os.environ.update(env)
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No Lightning info lines, warnings or prints during the check (errors still raise)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+# ----------------------------------------------------------------------------- study settings
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def training_settings(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """The resolved training config as `{"trainer.max_epochs": 2, ...}`, without the sampled
+    keys, the run folder section (`run.*`), the config file paths and `NOT_RESULT_KEYS`;
+    files named by `FILE_KEYS` add the hash of their content."""
+    flat: dict[str, Any] = {}
+    _flatten(config, "", flat)
+    sampled = {CLI_KEYS[p] for p in ("beta", "alpha")} | ({CLI_KEYS["lr"]} if space.lr else set())
+    keep = {k: v for k, v in flat.items()
+            if k != "config" and not k.startswith("run.") and k not in NOT_RESULT_KEYS
+            and k not in sampled}
+    for key in FILE_KEYS:
+        if isinstance(keep.get(key), str) and (digest := _sha256(keep[key])):
+            keep[f"{key} content (sha256)"] = digest
+    return json.loads(json.dumps(keep, default=str, sort_keys=True))
+
+
+def sweep_settings(spec: Any, training: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that defines a trial's score and training, flat, objective first."""
+    objective = {"--objective-unit": spec.unit, "--weight-lm": spec.weight_lm,
+                 "--weight-iou": spec.weight_iou, "objective": spec.describe()}
+    return json.loads(json.dumps({**objective, **dict(training)}, default=str))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def settings_problem(study_name: str, recorded: Mapping[str, Any],
+                     current: Mapping[str, Any]) -> str | None:
+    """Why this worker may not continue the study (a recorded setting differs), or None."""
+    differ = [k for k in current if k in recorded and recorded[k] != current[k]]
+    if not differ:
+        return None
+    key = differ[0]
+    more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])}" + (
+        ", ...)" if len(differ) > 4 else ")") if len(differ) > 1 else ""
+    return (f"study {study_name!r} was run with {key}={_show(recorded[key])}, this run has "
+            f"{key}={_show(current[key])}{more}: its trials would be scored or trained "
+            "differently and ranked on one scale with the earlier ones (use a new --study, or "
+            "the study's settings)")
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+class InterruptGuard:
+    """SIGINT handler of a sweep worker.
+
+    Ctrl-C sets `requested`. During training (`training()`) it also raises KeyboardInterrupt
+    once, so Lightning stops the trainer (its graceful shutdown ignores further Ctrl-C until it
+    is done; training then raises TrainingInterrupted); outside training (bookkeeping, storage
+    writes) it only sets the flag, so a finished trial's value is still recorded, and the sweep
+    stops
+    before the next trial. Installed only in the main thread (signals are delivered there).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._training = False
+        self._installed = False
+        self._previous: Any = None
+
+    def install(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self._training:
+            self._training = False  # one KeyboardInterrupt per training
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        self._training = True
+        try:
+            yield
+        finally:
+            self._training = False
+            if self._installed:  # Lightning / training replaced it after a Ctrl-C
+                signal.signal(signal.SIGINT, self._handle)
