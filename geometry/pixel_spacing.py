@@ -217,6 +217,7 @@ def resolve_pixel_spacing(
             note = (f"DICOM ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor {m:g} "
                     "(object plane by the file's estimate)")
             entry["magnification"] = m
+            entry["object_plane_value"] = _fmt(value)  # what is used: the tag's / m
         try:
             sp = PixelSpacing.from_value(value, source, note)
         except (TypeError, ValueError) as err:

@@ -207,6 +207,16 @@ def test_dataset_dicom_with_a_magnification_factor_reads(tmp_path):
     assert read.meta["spacing_inputs"]["dicom_magnification"] == 1.2
 
 
+def test_imager_spacing_candidate_shows_the_value_used():
+    """The candidate showed only the detector-plane tag (0.3) while 0.3 / 1.2 = 0.25 was used."""
+    res = resolve_pixel_spacing(None, dicom_imager=[0.3, 0.3], dicom_magnification=1.2,
+                                detect_sphere=False)
+    (entry,) = [c for c in res.candidates if c["source"] == "ImagerPixelSpacing"]
+    assert entry["value"] == [0.3, 0.3] and entry["magnification"] == 1.2
+    assert entry["object_plane_value"] == pytest.approx([0.25, 0.25])
+    assert res.spacing.as_tuple() == pytest.approx((0.25, 0.25))
+
+
 def _dome(radius: float = 50.0) -> np.ndarray:
     """A 300 x 360 image with one ball of ``radius`` px (path-length profile, log display)."""
     img = np.full((300, 360), 0.2, np.float32)
