@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.decoder_messages import printable
 from datamodules.sample import BONES, LANDMARKS, Sample
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
@@ -45,6 +46,7 @@ from geometry.pixel_spacing import SPHERE_MM, check_sphere_diameter
 from geometry.plan_geometry import Plan, masks_to_original, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
+from planning.output_paths import out_folder_problem
 from planning.plan import MAX_TTA, path_argument
 from planning.predict import NetworkMaps
 from planning.references import rater_schoettle
@@ -67,6 +69,19 @@ DEFAULT_PHANTOM_SEED = 2_000_000  # same seeds as the DataModule's phantom test 
 DEFAULT_N_PHANTOMS = 24
 
 MAX_UNFLAGGED_MM = 10.0  # issue 11: no unflagged plan more than 10 mm off (stress verdict)
+
+# Upper bounds of the numeric options (a typo such as --n-boot 2e9 must not run for hours or
+# allocate gigabytes before it fails; a usage error, status 2):
+# - bootstrap resamples: median_ci keeps one float per resample (1e6: 8 MB) and costs about
+#   1.3 s per table column for 24 images, 3.5 s for 200 (2 CPU cores); the paper's 10,000 is
+#   plenty, 2e9 would take hours and 16 GB per column.
+MAX_N_BOOT = 1_000_000
+# - phantom test set: about 1 s each to generate and plan on a CPU (10,000: hours); --perturb
+#   holds every phantom in memory (about 5 MB each at the default sides), hence its own bound.
+MAX_N_PHANTOMS = 10_000
+MAX_STRESS_PHANTOMS = 1_000
+# - gallery: 3N rendered cases are held in memory until the end and 2N pictures written.
+MAX_GALLERY = 100
 
 
 @dataclass
@@ -426,6 +441,15 @@ def plot_risk_coverage(
 
 
 MIN_PHANTOM_SIDE = 2  # the generator needs min_side < max_side
+MIN_IMAGE_SIZE = 32  # --image-size: the oracle's network side
+
+
+def max_image_size() -> int:
+    """Largest ``--image-size``: the network side a checkpoint may declare
+    (``lightning_modules.model_limits.INT_LIMITS``; one 2048 px network took 7 GB)."""
+    from lightning_modules.model_limits import INT_LIMITS
+
+    return INT_LIMITS["image_size"][1]
 
 
 def _newest_checkpoint(root: Path = Path("runs")) -> Path | None:
@@ -462,10 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phantom generator YAML for the test set (configs/phantoms/)")
     p.add_argument("--decode", choices=DECODE_METHODS, default="argmax")
     p.add_argument("--line-fit", choices=LINE_FIT_METHODS, default="lstsq")
-    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--n-boot", type=int, default=10_000,
+                   help=f"bootstrap resamples (1..{MAX_N_BOOT:,})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--image-size", type=int, default=256, help="oracle network side")
-    p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--image-size", type=int, default=256,
+                   help=f"oracle network side ({MIN_IMAGE_SIZE}..{max_image_size()} px)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for a checkpoint (cpu, cuda, cuda:N, mps)")
     p.add_argument("--tta", type=int, default=8,
                    help="test-time augmentations per image for the review gate (0: off)")
     p.add_argument("--review-config", type=Path, help="review thresholds (configs/review.yaml)")
@@ -550,20 +577,35 @@ def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
 
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
-    """Why a numeric argument is out of range (a usage error, status 2), or None."""
+    """Why a numeric argument is out of range or ``--device`` unusable (a usage error, status
+    2), or None."""
+    from planning.devices import device_problem
+
+    n_max = MAX_STRESS_PHANTOMS if args.perturb else MAX_N_PHANTOMS
+    size_max = max_image_size()
     bounds = [
-        (args.n_phantoms >= 1, f"--n-phantoms must be at least 1, got {args.n_phantoms}"),
+        (1 <= args.n_phantoms <= n_max, f"--n-phantoms must be 1..{n_max:,}"
+         + (" with --perturb" if args.perturb else "") + f", got {args.n_phantoms}"),
         (args.phantom_seed >= 0, f"--phantom-seed must be >= 0, got {args.phantom_seed}"),
-        (args.n_boot >= 1, f"--n-boot must be at least 1, got {args.n_boot}"),
+        (1 <= args.n_boot <= MAX_N_BOOT,
+         f"--n-boot must be 1..{MAX_N_BOOT:,} (bootstrap resamples), got {args.n_boot}"),
         (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
-        (args.image_size >= 32, f"--image-size must be at least 32 px, got {args.image_size}"),
+        (MIN_IMAGE_SIZE <= args.image_size <= size_max,
+         f"--image-size must be {MIN_IMAGE_SIZE}..{size_max} px, got {args.image_size}"),
         (0 <= args.tta <= MAX_TTA, f"--tta must be 0..{MAX_TTA} (0: off), got {args.tta}"),
         (math.isfinite(args.max_unflagged_mm) and args.max_unflagged_mm > 0,
          f"--max-unflagged-mm must be a positive number, got {args.max_unflagged_mm}"),
-        (args.gallery >= 0, f"--gallery must be >= 0 (0: none), got {args.gallery}"),
+        (0 <= args.gallery <= MAX_GALLERY,
+         f"--gallery must be 0..{MAX_GALLERY} (0: none), got {args.gallery}"),
+        (args.phantom_max_side is None or args.phantom_max_side >= MIN_PHANTOM_SIDE,
+         f"--phantom-max-side must be at least {MIN_PHANTOM_SIDE}, got {args.phantom_max_side}"),
     ]
     if why := next((why for ok, why in bounds if not ok), None):
         return why
+    # the device a checkpoint would run on (the oracle and an ONNX model need no torch device)
+    onnx = args.ckpt is not None and args.ckpt.suffix.lower() == ".onnx"
+    if problem := device_problem(args.device, check_available=not (args.oracle or onnx)):
+        return problem
     if args.perturb:
         from planning.stress import parse_kinds
 
@@ -572,6 +614,16 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
         except ValueError as err:
             return str(err)
     return None
+
+
+def _out_usable(out: Path) -> bool:
+    """Whether the tables can be written into ``out``; else False after one usage line. Checked
+    before the evaluation (it failed after it) and without creating anything (``evaluate``
+    makes the folder once there is something to write)."""
+    if problem := out_folder_problem(out, create=False):
+        print(f"evaluate: error: {printable(problem)}", file=sys.stderr)
+        return False
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -594,8 +646,8 @@ def _run(args: argparse.Namespace) -> int:
         ckpt = args.ckpt or _newest_checkpoint()
         if ckpt is None:
             print(
-                "evaluate: no checkpoint: pass --ckpt PATH (make evaluate CKPT=...) or --oracle; "
-                "none found under runs/",
+                "evaluate: error: no checkpoint: pass --ckpt PATH (make evaluate CKPT=...) or "
+                "--oracle; none found under runs/",
                 file=sys.stderr,
             )
             return 2
@@ -603,6 +655,9 @@ def _run(args: argparse.Namespace) -> int:
 
         if problem := model_file_problem(ckpt):  # before a pipe blocks or a folder is read
             print(f"evaluate: error: {problem}", file=sys.stderr)
+            return 2
+        name = Path(ckpt).stem
+        if not _out_usable(args.out or Path("runs") / "evaluate" / name):  # before the load
             return 2
         from planning.predict import load_predictor  # no Lightning (planning.model_io)
 
@@ -613,10 +668,11 @@ def _run(args: argparse.Namespace) -> int:
             where = "" if str(ckpt) in first else f"{ckpt}: "  # the reader's lines name it
             print(f"evaluate: error: cannot load checkpoint {where}{first}", file=sys.stderr)
             return 2
-        name = Path(ckpt).stem
         print(f"checkpoint: {ckpt}")
     else:
         name = "oracle"
+        if not _out_usable(args.out or Path("runs") / "evaluate" / name):  # before any work
+            return 2
     if args.data_root is not None:
         if not (args.data_root / "images").is_dir():
             print(f"evaluate: error: {args.data_root}: has no images/ folder", file=sys.stderr)
@@ -636,11 +692,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"evaluate: error: {err}", file=sys.stderr)
             return 2
-        if args.phantom_max_side is not None:
-            if args.phantom_max_side < MIN_PHANTOM_SIDE:
-                print(f"evaluate: --phantom-max-side must be at least {MIN_PHANTOM_SIDE}, got "
-                      f"{args.phantom_max_side}", file=sys.stderr)
-                return 2
+        if args.phantom_max_side is not None:  # (at least MIN_PHANTOM_SIDE: _argument_problem)
             # sides are drawn from [min_side, max_side) and images are never square; the
             # shorter side of a knee view is >= 0.68 of the longer (PhantomConfig.aspect)
             cfg.max_side = args.phantom_max_side

@@ -140,14 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"export: error: --opset {args.opset}: choose {OPSETS.start}..{OPSETS.stop - 1} "
               f"(default {DEFAULT_OPSET})", file=sys.stderr)
         return 2
-    for target in (out, export_meta_path(out)):  # before anything is written
-        if target.is_dir():
-            print(f"export: error: {target}: is a folder, not a file to write", file=sys.stderr)
-            return 2
-    above = next((p for p in out.absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        print(f"export: error: {above}: is a file, not a folder to write {out.name} in",
-              file=sys.stderr)
+    from planning.output_paths import out_file_problem
+
+    if problem := out_file_problem(out, [export_meta_path(out)]):  # before anything is read
+        from datamodules.decoder_messages import printable
+
+        print(f"export: error: {printable(problem)}", file=sys.stderr)
         return 2
     try:
         meta = export_onnx(args.ckpt, out, args.opset)

@@ -30,8 +30,15 @@ import numpy as np
 from datamodules.config_file import ConfigFileError, read_yaml
 from datamodules.sample import BONES
 from planning.evaluate import DEFAULT_PHANTOM_SEED, evaluate, phantom_samples
+from planning.output_paths import out_folder_problem
+from planning.plan import path_argument
 
 DISTANCES = ("schoettle", "ed_p_blum", "ed_p_tmc")
+# Upper bounds of the numeric options (usage errors, status 2, before any training):
+MAX_MINUTES = 7 * 24 * 60  # one week per model; 1e300 overflowed Lightning's max_time
+# (a timedelta) with a traceback after the test set was drawn
+MAX_N_TEST = 1_000  # the test set is held in memory (about 5 MB a phantom at the default
+# sides) and every model plans all of it (about 1 s each)
 
 
 def max_time(minutes: float) -> str:
@@ -127,21 +134,23 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m planning.generalisation``."""
     from datamodules.phantoms.config import FACTORS
 
     p = argparse.ArgumentParser(prog="python -m planning.generalisation",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, required=True, help="training wall time per model")
+    p.add_argument("--minutes", type=float, required=True,
+                   help=f"training wall time per model (at most {MAX_MINUTES})")
     p.add_argument("--factors", required=True,
                    help=f"comma-separated factors to leave out, of: {','.join(sorted(FACTORS))} "
                    "('' trains the all-on model only)")
     p.add_argument("--no-all-on", action="store_true",
                    help="skip the all-on model (trained by another process, e.g. side by side "
                    "on a second core, with the same --n-test/--test-seed); no deltas then")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=path_argument, required=True, help="output folder")
     p.add_argument("--config", default="configs/quick.yaml", help="training preset")
     p.add_argument("--phantom-config", help="phantom YAML for training and test (default mix)")
-    p.add_argument("--n-test", type=int, default=50, help="test phantoms")
+    p.add_argument("--n-test", type=int, default=50, help=f"test phantoms (1..{MAX_N_TEST})")
     p.add_argument("--test-seed", type=int, default=DEFAULT_PHANTOM_SEED)
     p.add_argument("--max-epochs", type=int, default=-1,
                    help="epoch cap (-1: none, the wall time decides)")
@@ -154,47 +163,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> int:
+    """Print ``generalisation: error: <message>`` as one line; the usage status, 2."""
+    from datamodules.decoder_messages import printable
+
+    print(f"generalisation: error: {printable(message)}", file=sys.stderr)
+    return 2
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """Why a numeric argument is out of range (a usage error), or None."""
+    from lightning_modules.train import MAX_SEED  # the seeds Lightning's seed_everything takes
+
+    if not (math.isfinite(args.minutes) and 0 < args.minutes <= MAX_MINUTES):
+        return f"--minutes must be > 0 and at most {MAX_MINUTES} (a week), got {args.minutes:g}"
+    if not 1 <= args.n_test <= MAX_N_TEST:
+        return f"--n-test must be 1..{MAX_N_TEST}, got {args.n_test}"
+    for flag, value in (("--test-seed", args.test_seed), ("--seed", args.seed)):
+        if value is not None and value < 0:
+            return f"{flag} must be >= 0, got {value}"
+    if args.seed is not None and args.seed > MAX_SEED:
+        return f"--seed must be 0..{MAX_SEED} (the seeds numpy takes), got {args.seed}"
+    if args.max_epochs == 0 or args.max_epochs < -1:
+        return f"--max-epochs must be -1 (no limit) or at least 1, got {args.max_epochs}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code. A usage problem is one line on stderr (status 2),
+    said before any phantom is drawn or model trained."""
     from datamodules.phantoms.config import FACTORS
 
     args = build_parser().parse_args(argv)
     args.factors = [f for f in args.factors.split(",") if f]
     bad = [f for f in args.factors if f not in FACTORS]
     if bad:
-        print(f"generalisation: unknown factor(s) {bad}; known: {','.join(sorted(FACTORS))}",
-              file=sys.stderr)
-        return 2
+        return _error(f"unknown factor(s) {bad}; known: {','.join(sorted(FACTORS))}")
     if args.no_all_on and not args.factors:
-        print("generalisation: --no-all-on with no --factors leaves nothing to train",
-              file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.minutes) and args.minutes > 0) or args.n_test < 1:
-        print("generalisation: --minutes must be > 0 and --n-test >= 1", file=sys.stderr)
-        return 2
-    for flag, value in (("--test-seed", args.test_seed), ("--seed", args.seed)):
-        if value is not None and value < 0:
-            print(f"generalisation: {flag} must be >= 0, got {value}", file=sys.stderr)
-            return 2
-    if args.max_epochs == 0 or args.max_epochs < -1:
-        print(f"generalisation: --max-epochs must be -1 (no limit) or at least 1, got "
-              f"{args.max_epochs}", file=sys.stderr)
-        return 2
+        return _error("--no-all-on with no --factors leaves nothing to train")
+    if problem := _argument_problem(args):
+        return _error(problem)
     if not Path(args.config).is_file():
-        print(f"generalisation: config {args.config} does not exist", file=sys.stderr)
-        return 2
+        return _error(f"config {args.config} does not exist")
     try:
         conf = read_yaml(args.config)
     except ConfigFileError as err:
-        print(f"generalisation: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
     if conf is not None and not isinstance(conf, dict):
-        print(f"generalisation: {args.config}: expected a mapping of sections", file=sys.stderr)
-        return 2
+        return _error(f"{args.config}: expected a mapping of sections")
     try:
         shlex.split(args.train_args)
     except ValueError as exc:
-        print(f"generalisation: --train-args {args.train_args!r}: {exc}", file=sys.stderr)
-        return 2
+        return _error(f"--train-args {args.train_args!r}: {exc}")
+    if problem := out_folder_problem(args.out):  # a file, under a file, a name too long
+        return _error(problem)
     run(args)
     return 0
 

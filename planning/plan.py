@@ -414,17 +414,6 @@ def _error(message: str) -> None:
     print(f"plan: error: {printable(message)}", file=sys.stderr)
 
 
-def _out_problem(out: Path) -> str | None:
-    """Why the plans cannot be written into ``--out`` (None: they can; the folder now exists)."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out} is a file, not a folder"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"--out {out}: cannot create the output folder ({err.strerror or err})"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code. Errors are one clear line on stderr.
 
@@ -458,8 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         _error(f"--sphere-mm: {err}")
         return 2
-    if args.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
-        _error(f"--device {args.device!r:.40}: expected cpu, cuda[:N], mps or xpu")
+    from planning.devices import device_problem
+
+    # an exported model runs on ONNX Runtime's CPU provider (no torch): the name only
+    onnx = args.ckpt.suffix.lower() == ".onnx"
+    if problem := device_problem(args.device, check_available=not onnx):
+        _error(problem)
         return 2
     if not (1 <= args.workers <= MAX_PARALLEL and 1 <= args.threads <= MAX_PARALLEL):
         _error(f"--workers and --threads must be 1..{MAX_PARALLEL}")
@@ -494,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlanInputError as err:
         _error(str(err))
         return 1
-    if problem := _out_problem(args.out):  # a usage error, before the network runs
+    from planning.output_paths import out_folder_problem
+
+    if problem := out_folder_problem(args.out):  # a usage error, before the network runs
         _error(problem)
         return 2
     from planning.predict import ModelOutputError
@@ -553,26 +548,26 @@ def _review_config(path: Path | None) -> Any:
 
 
 def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
-    """Why the batch's outputs cannot be written where asked (None: they can)."""
+    """Why the batch's outputs cannot be written where asked (None: they can; the folders then
+    exist)."""
     from planning.batch import output_files
+    from planning.output_paths import out_folder_problem
 
-    if out.exists() and not out.is_dir():
-        return f"--out {out} is a file, not a folder"
-    if summary.is_dir():
-        return f"--summary {summary} is a folder"
-    if summary.exists() and not summary.is_file():  # a pipe would block the writer for ever
-        return f"--summary {summary} is not a regular file (a pipe or device)"
+    if problem := out_folder_problem(out):  # a file, under a file, a name too long, read-only
+        return problem
+    try:
+        if summary.is_dir():
+            return f"--summary {summary} is a folder"
+        if summary.exists() and not summary.is_file():  # a pipe would block the writer for ever
+            return f"--summary {summary} is not a regular file (a pipe or device)"
+    except OSError as err:  # a name too long, a folder that may not be searched
+        return f"--summary {summary}: cannot write there ({err.strerror or err})"
     from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
 
     taken = {real_path(p) for p in [*images, *output_files(images, out)]}
     if real_path(summary) in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
-    try:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"cannot create the output folders ({err})"
-    return None
+    return out_folder_problem(summary.parent, f"--summary {summary}: its folder")
 
 
 def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:

@@ -1,0 +1,74 @@
+"""Output paths checked before any work: a command that would fail to write its results only
+after minutes of evaluation or training says so first, in one line naming the flag and the path
+(an existing file where a folder is wanted, a path under a file, a name longer than the file
+system takes, a folder that cannot be created or written in)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def out_folder_problem(out: Path, flag: str = "--out", create: bool = True) -> str | None:
+    """Why files cannot be written into the folder ``out`` given as ``flag`` (None: they can).
+    Said before any work: an existing file, a path under a file, a name the file system refuses
+    (too long), a folder that cannot be created or written in (probed with a temporary file:
+    permissions, a read-only mount).
+
+    ``create``: make the folder now (it then exists); False leaves the disk as it was (the
+    nearest existing folder is probed instead, and the names still to be created are checked
+    against the longest name it takes).
+    """
+    try:
+        above = next((p for p in (out, *out.parents) if os.path.lexists(p)), Path("."))
+        if above == out and not out.is_dir():
+            return f"{flag} {out} is a file, not a folder"
+        if not above.is_dir():
+            return f"{flag} {out}: cannot create the output folder ({above} is a file)"
+        probe = out
+        if create:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                return f"{flag} {out}: cannot create the output folder ({err.strerror or err})"
+        elif above != out:
+            name_max = os.pathconf(above, "PC_NAME_MAX")
+            if any(len(os.fsencode(part)) > name_max for part in out.parts[len(above.parts):]):
+                return (f"{flag} {out}: cannot create the output folder (File name too long: "
+                        f"at most {name_max} bytes)")
+            probe = above
+        with tempfile.TemporaryFile(dir=probe, prefix=".write-check-"):
+            pass
+    except OSError as err:  # (is_dir of an unreadable parent, the probe file)
+        return f"{flag} {out}: cannot write into the output folder ({err.strerror or err})"
+    except ValueError as err:  # a NUL byte in the name
+        return f"{flag} {out}: not a usable path ({err})"
+    return None
+
+
+def out_file_problem(out: Path, beside: Sequence[Path] = ()) -> str | None:
+    """Why a file cannot be written as ``out`` (and the files ``beside`` it, e.g. an export's
+    JSON), or None: a folder in the way, a parent that is a file, a name longer than the file
+    system takes, a folder that cannot be written in. Nothing is created."""
+    try:
+        targets = (out, *beside)
+        for target in targets:
+            if target.is_dir():
+                return f"{target}: is a folder, not a file to write"
+        above = next((p for p in out.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            return f"{above}: is a file, not a folder to write {out.name} in"
+        name_max = os.pathconf(above or Path.cwd(), "PC_NAME_MAX")
+        longest = max(len(os.fsencode(t.name)) for t in targets)
+        if longest > name_max:
+            return (f"--out {out}: the file name is too long ({longest} bytes; the file system "
+                    f"takes {name_max})")
+        if above is not None and not os.access(above, os.W_OK | os.X_OK):
+            return f"--out {out}: cannot write in {above} (no permission or a read-only mount)"
+    except OSError as err:  # a parent's name too long, a folder that may not be searched
+        return f"--out {out}: cannot write there ({err.strerror or err})"
+    except ValueError as err:  # a NUL byte
+        return f"--out {out}: not a usable path ({err})"
+    return None
