@@ -94,7 +94,7 @@ phantoms-sheet: $(STAMP)
 
 validate-data: $(STAMP)
 	@test -n $(call q,$(DATA)) || (echo "usage: make validate-data DATA=path/to/dataset" >&2 && exit 2)
-	$(PY) -m datamodules.validate $(call q,$(DATA))
+	$(PY) -m datamodules.validate $(call q,$(DATA)) $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(call q,$(CKPT))) \

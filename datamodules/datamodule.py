@@ -1,9 +1,10 @@
 """LightningDataModule over a dataset folder, or over synthetic phantoms when no folder is given.
 
 Folder data (``data_root``): validated in ``setup()`` (an invalid dataset is refused with the
-full report of ``datamodules.validate``); split into train/val by a seeded shuffle
-(``val_fraction``, default 0.2) or by an explicit ``split_file``; the test set is ``test_root``
-(a separate folder), else the split file's "test" ids.
+full report of ``datamodules.validate``; with ``strict_validation``, one with any warning too);
+split into train/val by a seeded shuffle (``val_fraction``, default 0.2) or by an explicit
+``split_file``; the test set is ``test_root`` (a separate folder), else the split file's "test"
+ids.
 
 Split file (JSON): ``{"train": ["id", ...], "val": ["id", ...], "test": ["id", ...]}``, "test"
 optional; every id must exist in ``data_root`` and no id may be in two lists.
@@ -154,6 +155,8 @@ class KneeDataModule(pl.LightningDataModule):
             ``{"factors_off": ["metal", "collimation"]}`` (leave-one-factor-out runs).
         cache_phantoms: keep generated phantoms in memory (per worker).
         validate: validate dataset folders in setup() (refuse invalid ones).
+        strict_validation: refuse a dataset folder with any validation warning too (e.g. a
+            label warning: a patella mask far from the femur), as ``validate --strict``.
 
     Example:
         >>> dm = KneeDataModule(num_train=4, num_val=2, size=128, min_side=160, max_side=256)
@@ -186,6 +189,7 @@ class KneeDataModule(pl.LightningDataModule):
         max_side: int | None = None,
         cache_phantoms: bool = False,
         validate: bool = True,
+        strict_validation: bool = False,
         phantom_config: str | None = None,
         phantom_overrides: dict[str, Any] | None = None,
     ):
@@ -200,6 +204,7 @@ class KneeDataModule(pl.LightningDataModule):
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.min_side, self.max_side = min_side, max_side
         self.cache_phantoms, self.validate = cache_phantoms, validate
+        self.strict_validation = bool(strict_validation)
         self.phantom_config, self.phantom_overrides = phantom_config, phantom_overrides
         self.train_set: SampleDataset | None = None
         self.val_set: SampleDataset | None = None
@@ -253,7 +258,7 @@ class KneeDataModule(pl.LightningDataModule):
             if root is not None:
                 report.extend(validate_dataset(root))
         self.validation_report = report
-        report.raise_if_invalid()
+        report.raise_if_invalid(self.strict_validation)
         for issue in report.warnings:
             log.warning("dataset: %s", issue)
 

@@ -8,13 +8,18 @@ that are valid files but plainly wrong, which no schema or mask-format check see
   0 = bone, or all white);
 - ``mask_overlaps``: two bone masks that are identical (error) or mostly the same region;
 - ``patella_fibula_swap``: the patella mask lying by the tibia and the fibula by the femur;
+- ``patella_fibula_place``: a lone misplaced patella (far from the femur, or on the tibia) or
+  fibula (far from the tibia), measured in femur widths so that it holds at any image size,
+  spacing, flip or rotation;
 - ``mask_fit``: masks that follow the image's edges far worse than their own flipped or rotated
   copy (a flipped mask; masks drawn on a JPEG's stored pixels while its EXIF orientation tag
   rotates the image);
 - ``landmark_swap``: ``p_blum`` on the posterior cortex line and ``p_tmc`` off it.
 
 Thresholds were set on the built-in and the independent phantoms (no warning on 280 true
-samples; see the module constants). Work is done on a copy of at most ``WORK_SIDE`` px.
+samples; the position checks and the edge fit's size limits on 1250 built-in and 200
+independent ones, and 2400 small built-in ones; see the module constants). Work is done on a
+copy of at most ``WORK_SIDE`` px.
 """
 
 from __future__ import annotations
@@ -36,9 +41,36 @@ MAX_COVER = 0.7
 # drawn twice (true overlaps on 280 phantoms: patella on femur IoU <= 0.09, fibula behind tibia
 # <= 0.37; "of the smaller mask" reaches 0.68 and 1.0 there, so it cannot be the measure)
 MAX_IOU = 0.5
-# a bone needs this many px on the working copy for the edge-fit check (a small bone's edges
-# are too few to compare)
+# the patella lies on the front of the distal femur, touching or near the condyles, and the
+# fibula alongside the proximal tibia, touching or behind it: in FEMUR WIDTHS (the diameter of
+# the largest disc inside the femur mask, i.e. the condyles' depth: ~50 mm whatever the image
+# size, spacing or orientation; 36-63 mm on the phantoms), the gap between the patella
+# mask and the femur mask may be at most PATELLA_GAP and the gap between the fibula and the tibia
+# masks at most FIBULA_GAP (true gaps on 1250 built-in phantoms: both 0; on 200 independent
+# ones: patella <= 0.16, fibula 0). In a radiograph the patellofemoral gap is the cartilage, a
+# few mm, and a high-riding patella lies in front of the femoral metaphysis, ~1-2 cm off, so
+# 0.5 femur widths (~25 mm) is far; the fibular head overlaps or touches the tibia in a lateral
+# view, so 0.3 (~15 mm) is far
+PATELLA_GAP = 0.5
+FIBULA_GAP = 0.3
+# the patellar tendon ties the patella to the tibia: the gap between their masks is at most
+# 1.22 femur widths on the 1450 phantoms above and ~1.6 in an extreme patella alta (tendon twice
+# the patella's length); beyond this the patella is drawn up the femoral shaft or elsewhere
+PATELLA_TIBIA_GAP = 2.5
+# a patella mask with more than this share of its pixels on the tibia mask is drawn on the
+# tibia (true patellae never overlap the tibia in a lateral view: 0 on every phantom)
+PATELLA_ON_TIBIA = 0.3
+# gaps of at most this many px on the working copy are never reported (rasterisation)
+MIN_GAP_PX = 3.0
+# a bone needs this many px on the working copy for the edge-fit check, and the working copy a
+# shorter side of at least MIN_FIT_SIDE px: fewer edges are too few to compare. Tiny images gave
+# false warnings even above 1000 px (true masks fitting 3.1-4.0x better flipped or rotated on
+# phantoms of 116 x 98 and 145 x 128 px), and lowering MIN_FIT_PX to 400 gave more on images of
+# 96-160 px (a true tibia of 459 px: 6.1x); from 150 px up none on 2400 phantoms of 150-400 px
+# (default and all factors on). So small images are not checked; a real radiograph's working
+# copy (256 px long side) has a shorter side of 150 px or more unless narrower than ~3:5
 MIN_FIT_PX = 1000
+MIN_FIT_SIDE = 150
 # a mask whose flipped (or, square image, rotated) copy lies this many times better on the
 # image's edges is misplaced (true femur and tibia: at most 2.45x on 280 phantoms)
 FIT_RATIO = 3.0
@@ -167,6 +199,80 @@ def patella_fibula_swap(small_masks: Sequence[np.ndarray | None]) -> list[LabelP
                          f"{' and '.join(said)}: patella and fibula masks swapped?")]
 
 
+def femur_width(femur: np.ndarray) -> float:
+    """Diameter (px) of the largest disc inside the femur mask, holes filled: the depth of the
+    condyles, a size that neither the image's field of view (how much shaft it shows) nor a
+    flip or rotation changes."""
+    padded = np.pad(femur, 1).astype(np.uint8)  # the image border bounds the disc
+    outside = padded.copy()
+    cv2.floodFill(outside, None, (0, 0), 1)  # background reached from outside; the rest: holes
+    filled = (padded | (outside == 0)).astype(np.uint8)
+    return 2.0 * float(cv2.distanceTransform(filled, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).max())
+
+
+def _distance_to(bone: np.ndarray) -> np.ndarray:
+    """Px to the nearest pixel of ``bone``, for every pixel (1 next to it, 0 on it)."""
+    return cv2.distanceTransform((~bone).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def _gap(to_bone: np.ndarray, m: np.ndarray) -> float:
+    """Px between mask ``m`` and the bone whose distance map is ``to_bone`` (0: they touch or
+    overlap; ``to_bone`` is 1 on the pixels next to the bone)."""
+    return max(0.0, float(to_bone[m].min()) - 1.0)
+
+
+def patella_fibula_place(small_masks: Sequence[np.ndarray | None]) -> list[LabelProblem]:
+    """Warnings for a lone misplaced patella or fibula, which ``patella_fibula_swap`` (both
+    misplaced) does not see: the patella mask more than ``PATELLA_GAP`` femur widths from the
+    femur mask (e.g. drawn in an empty corner), lying more than ``PATELLA_ON_TIBIA`` on the
+    tibia mask (drawn on the tibia) or more than ``PATELLA_TIBIA_GAP`` femur widths from it
+    (drawn up the femoral shaft; one line per patella), the fibula mask more than
+    ``FIBULA_GAP`` femur widths from the tibia mask (shifted away). Distances between the
+    masks' outlines (distance transforms on the working copy), in femur widths
+    (``femur_width``): the same at any image size, spacing, flip or rotation. Needs the femur
+    mask (the scale); ``small_masks``: ``shrink``'s masks."""
+    femur, patella, tibia, fibula = small_masks
+    if femur is None or not femur.any():
+        return []
+    width = femur_width(femur)
+    if width <= 0:
+        return []
+    out = []
+    has_tibia = tibia is not None and tibia.any()
+    if patella is not None and patella.any():
+        gap = _gap(_distance_to(femur), patella)
+        on_tibia = (float(np.count_nonzero(patella & tibia)) / np.count_nonzero(patella)
+                    if has_tibia else 0.0)
+        if on_tibia > PATELLA_ON_TIBIA:
+            out.append(LabelProblem(1, False, f"{100 * on_tibia:.0f} % of the patella mask lies "
+                                              "on the tibia mask (the patella lies in front of "
+                                              "the femoral condyles, never on the tibia): "
+                                              "patella drawn on the tibia, or the mask of "
+                                              "another image?"))
+        elif gap > max(PATELLA_GAP * width, MIN_GAP_PX):
+            out.append(LabelProblem(1, False, f"the patella mask lies {gap / width:.1f} femur "
+                                              f"widths from the femur mask (the patella lies in "
+                                              f"front of the femoral condyles, at most "
+                                              f"{PATELLA_GAP:g} away): patella drawn on another "
+                                              "object, or the mask of another image?"))
+        elif has_tibia and (t_gap := _gap(_distance_to(tibia), patella)) > \
+                PATELLA_TIBIA_GAP * width:
+            out.append(LabelProblem(1, False, f"the patella mask lies {t_gap / width:.1f} femur "
+                                              f"widths from the tibia mask (the patellar tendon "
+                                              f"holds it within ~1.5, the check allows "
+                                              f"{PATELLA_TIBIA_GAP:g}): patella drawn up the "
+                                              "femoral shaft or on another object?"))
+    if has_tibia and fibula is not None and fibula.any():
+        gap = _gap(_distance_to(tibia), fibula)
+        if gap > max(FIBULA_GAP * width, MIN_GAP_PX):
+            out.append(LabelProblem(3, False, f"the fibula mask lies {gap / width:.1f} femur "
+                                              f"widths from the tibia mask (the fibula runs "
+                                              f"alongside the proximal tibia, touching or "
+                                              f"behind it, at most {FIBULA_GAP:g} away): fibula "
+                                              "(or tibia) mask shifted, or of another image?"))
+    return out
+
+
 def _edge_score(grad: np.ndarray, masks: Sequence[np.ndarray]) -> float:
     """Mean gradient magnitude on the outlines of ``masks`` (the image border left out: a bone
     leaving the image has no edge there)."""
@@ -200,10 +306,13 @@ def mask_fit(small: np.ndarray, small_masks: Sequence[np.ndarray | None],
     rotated) copy of themselves: first the femur, patella and tibia together (all masks in
     another frame than the image, e.g. drawn on a JPEG's stored pixels while its EXIF tag
     rotates the image: one warning, bone None), else the femur and the tibia alone (a flipped
-    mask). Only bones of at least ``MIN_FIT_PX`` px on the working copy are compared; the edge
-    measure does not depend on the image's polarity (phantoms with dark bone exist). The message
-    gives the contrast (inside minus a ring around the mask) as given and transformed.
+    mask). Only bones of at least ``MIN_FIT_PX`` px on a working copy whose shorter side has at
+    least ``MIN_FIT_SIDE`` px are compared (smaller images are not checked); the edge measure
+    does not depend on the image's polarity (phantoms with dark bone exist). The message gives
+    the contrast (inside minus a ring around the mask) as given and transformed.
     ``small``, ``small_masks``: ``shrink``'s image and masks."""
+    if min(small.shape[:2]) < MIN_FIT_SIDE:
+        return []
     ms = small_masks
     grad_img = cv2.GaussianBlur(small, (0, 0), 1.0)
     grad = np.hypot(cv2.Sobel(grad_img, cv2.CV_32F, 1, 0), cv2.Sobel(grad_img, cv2.CV_32F, 0, 1))

@@ -1,6 +1,8 @@
 """Check a whole dataset folder and report EVERY problem at once (file and reason).
 
-Usage: ``python -m datamodules.validate ROOT [ROOT ...]``; exit status 1 when any error is found.
+Usage: ``python -m datamodules.validate [--strict] ROOT [ROOT ...]``; exit status 1 when any error
+is found, or with ``--strict`` any warning (warnings count as errors: e.g. a label warning must stop
+a training pipeline; training's ``data.strict_validation: true`` does the same).
 
 Errors: missing folders, unreadable, truncated, blank (constant) or oversized images (more pixels
 than ``KNEEPLAN_MAX_PIXELS``, read from the header), duplicate ids (``a.png`` and ``a.dcm``),
@@ -23,9 +25,11 @@ other folders in images/, a dataset of one image (no validation image after the 
 femur mask disagree: a landmark or cortex point > 5 mm off the femur ((row, col) written for
 (x, y)?), a spacing far from what the femur's size implies (cm written as mm?), p_blum on the
 cortex line and p_tmc off it (swapped?); an image spacing tag present but invalid (``0\\0``);
-two bone masks mostly one region (IoU > 0.5), the patella and fibula masks swapped, masks that lie
-on the image's edges far worse than flipped or rotated (with a hint when an EXIF orientation tag
-was applied: masks drawn on the stored pixels?).
+two bone masks mostly one region (IoU > 0.5), the patella and fibula masks swapped, a lone
+misplaced patella (far from the femur or the tibia, or on the tibia) or fibula (far from the
+tibia), masks that lie on the image's edges far worse than flipped or rotated (with a hint when an
+EXIF orientation tag was applied: masks drawn on the stored pixels?; images under 150 px are not
+checked for this).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from datamodules.label_checks import (
     mask_coverage,
     mask_fit,
     mask_overlaps,
+    patella_fibula_place,
     patella_fibula_swap,
     shrink,
 )
@@ -107,6 +112,10 @@ class ValidationReport:
         """True when there are no errors (warnings allowed)."""
         return not self.errors
 
+    def passes(self, strict: bool = False) -> bool:
+        """True when there are no errors and, ``strict``, no warnings either."""
+        return not self.errors and not (strict and self.warnings)
+
     def error(self, path: str | Path, message: str) -> None:
         """Record an error."""
         self.errors.append(Issue(str(path), message))
@@ -132,10 +141,12 @@ class ValidationReport:
         lines += [f"WARNING {i}" for i in self.warnings]
         return "\n".join(lines)
 
-    def raise_if_invalid(self) -> None:
-        """Raise DatasetValidationError with the full report when there is any error."""
-        if self.errors:
-            raise DatasetValidationError("invalid dataset:\n" + self.format())
+    def raise_if_invalid(self, strict: bool = False) -> None:
+        """Raise DatasetValidationError with the full report when there is any error (``strict``:
+        or any warning)."""
+        if not self.passes(strict):
+            why = "" if self.errors else " (strict: warnings count as errors)"
+            raise DatasetValidationError(f"invalid dataset{why}:\n" + self.format())
 
 
 def _check_annotation(
@@ -216,7 +227,8 @@ def _check_labels(root: Path, sample_id: str, image: Path, loaded: LoadedImage |
     problems += mask_overlaps(usable)
     if not any(p.error for p in problems):
         small, small_masks = shrink(None if loaded is None else loaded.image, usable)
-        problems += patella_fibula_swap(small_masks)
+        # a swapped pair is one line; else a lone misplaced patella or fibula
+        problems += patella_fibula_swap(small_masks) or patella_fibula_place(small_masks)
         if small is not None and loaded is not None:
             rotated = any("orientation tag" in note for note in loaded.notes)
             problems += mask_fit(small, small_masks, rotated)
@@ -411,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", help="dataset folder(s) with images/ masks/ "
                                                  "annotations/")
+    parser.add_argument("--strict", action="store_true",
+                        help="warnings count as errors (exit status 1 on any warning)")
     args = parser.parse_args(argv)
     from datamodules.pixel_limit import env_problem
 
@@ -421,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     for root in args.roots:
         report.extend(validate_dataset(root))
     print(report.format())
-    return 0 if report.ok else 1
+    if args.strict and report.ok and report.warnings:
+        print(f"validate: --strict: {len(report.warnings)} warning(s) count as errors",
+              file=sys.stderr)
+    return 0 if report.passes(args.strict) else 1
 
 
 if __name__ == "__main__":
