@@ -26,6 +26,7 @@ once per node by SLURM (``srun``) or ``torchrun``; Lightning reads the cluster e
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import math
 import os
@@ -34,7 +35,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,6 +51,7 @@ from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
 from datamodules.real_numbers import real_value
+from datamodules.sample import TASKS
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.transforms import AugmentConfig
 from datamodules.validate import DatasetValidationError
@@ -71,6 +73,8 @@ from lightning_modules.checkpoints import (
     remove_stale_temporaries,
 )
 from lightning_modules.malloc_tuning import keep_freed_memory
+from lightning_modules.metrics import ValidationMetrics
+from lightning_modules.model_cost import build_network, compute_problem
 from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import (
     GRAD_CLIP_ALGORITHMS,
@@ -189,9 +193,12 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
 
 def check_config_values(config: Mapping[str, Any], source: str) -> None:
     """Raise :class:`ConfigFileError` for a NaN or infinite number in the ``model`` or ``data``
-    section, or a network beyond what a checkpoint may ask for (``model_limits``): jsonargparse
-    checks types only, so ``lr: .nan`` trained on NaN and ``num_stacks: 100000`` ran out of
-    memory building the network."""
+    section, a network beyond what a checkpoint may ask for (``model_limits``) or cost
+    (``model_cost``: plan, evaluate and export would refuse its checkpoints), a training value
+    out of range (``training_value_problem``), a ``run.monitor`` the module never logs, or a
+    run folder that would be outside ``run.root`` or cannot be made: jsonargparse checks types
+    only, so ``lr: .nan`` trained on NaN and ``num_stacks: 100000`` ran out of memory building
+    the network."""
     for section in ("model", "data"):
         stack = [(section, config.get(section) or {})]
         while stack:
@@ -221,8 +228,16 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
         check_hyper_parameters(source, model)
     except ValueError as err:
         raise ConfigFileError(str(err)) from None
-    if problem := training_value_problem(model, data):
+    if problem := training_value_problem(model, data, config.get("trainer") or {}):
         raise ConfigFileError(f"{source}: {problem}")
+    if problem := model_cost_problem(model):
+        raise ConfigFileError(f"{source}: {problem}")
+    run = config.get("run") or {}
+    if problem := monitor_problem(run.get("monitor"), (config.get("trainer") or {}).get(
+            "callbacks")):
+        raise ConfigFileError(f"{source}: {problem}")
+    if problem := run_folder_problem(run.get("root", "runs"), run.get("name", "kneeplan")):
+        raise ConfigFileError(problem)
 
 
 # (section.key, test, what it must be): values the optimiser, the loss or the data loader would
@@ -234,6 +249,9 @@ TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.lr_gamma", lambda v: v >= 0, "must be >= 0"),
     ("model.lr_step_epochs", lambda v: v >= 1, "must be at least 1"),
     ("model.beta", lambda v: v >= 0, "must be >= 0"),
+    # GradNorm's asymmetry: a negative alpha pushes the weights of the tasks that lag towards
+    # less training (the paper: alpha >= 0, 0 = equal rates)
+    ("model.alpha", lambda v: v >= 0, "must be >= 0 (GradNorm's asymmetry)"),
     # a negative clip value turns clip_grad_norm_ into a sign flip of every gradient
     ("model.grad_clip_val", lambda v: v > 0, "must be a positive number (or null: no clipping)"),
     ("model.max_nonfinite_steps", lambda v: v >= 1, "must be at least 1"),
@@ -243,9 +261,18 @@ TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
-    """Why a training value is out of range (``TRAINING_VALUE_RULES``; the input side must fit
-    the network's depth), or None."""
+# phantom counts (``data.data_root: null``; a folder's own split is checked by the DataModule,
+# an empty folder being a data error, status 1): an empty training or validation set was a
+# DatasetError only when Lightning asked for its loader
+PHANTOM_COUNT_RULES: tuple[tuple[str, int], ...] = (
+    ("num_train", 1), ("num_val", 1), ("num_test", 0))
+
+
+def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any],
+                           trainer: Mapping[str, Any] | None = None) -> str | None:
+    """Why a training value is out of range (``TRAINING_VALUE_RULES``, ``PHANTOM_COUNT_RULES``;
+    the input side must fit the network's depth), or None. ``trainer``: its
+    ``limit_val_batches: 0`` (no validation) allows ``data.num_val: 0``."""
     sections = {"model": model, "data": data}
     choices = (("model.norm", NORMS), ("model.grad_clip_algorithm", GRAD_CLIP_ALGORITHMS))
     for key, allowed in choices:
@@ -258,6 +285,18 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
         value = sections[section].get(name)
         if (x := real_value(value)) is not None and not ok(x):
             return f"{key}={value} {what}"
+    no_validation = (trainer or {}).get("limit_val_batches") == 0
+    if data.get("data_root") is None:  # phantoms
+        for name, least in PHANTOM_COUNT_RULES:
+            value = data.get(name)
+            if name == "num_val" and no_validation:
+                least = 0
+            if isinstance(value, int) and not isinstance(value, bool) and value < least:
+                split = {"num_train": "training", "num_val": "validation",
+                         "num_test": "test"}[name]
+                return (f"data.{name}={value} must be at least {least} (the {split} phantoms"
+                        + ("; 0 only with trainer.limit_val_batches=0" if name == "num_val"
+                           else "") + ")")
     codec, sigma = model.get("heatmap_codec"), data.get("sigma")
     if isinstance(codec, Mapping) and isinstance(sigma, int | float) and isinstance(
             codec.get("sigma"), int | float) and not math.isclose(codec["sigma"], sigma):
@@ -268,6 +307,140 @@ def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any]) ->
     if (isinstance(size, int) and isinstance(depth, int) and 1 <= depth <= 10
             and (problem := input_side_problem(size, depth, norm))):
         return f"data.size (model.depth={depth}): {problem}"
+    return None
+
+
+NETWORK_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs")
+
+
+def model_cost_problem(model: Mapping[str, Any]) -> str | None:
+    """Why the network ``model`` describes, at its ``image_size`` (``data.size``), costs more
+    than plan, evaluate and export accept from a checkpoint (``model_cost.compute_problem``:
+    ``MAX_GRAPH_FLOP`` / ``MAX_TOTAL_ELEMENTS`` for one image), or None. Built on the meta
+    device (no weights), sized analytically: no forward pass at full size. Call after
+    ``check_hyper_parameters`` and ``training_value_problem`` (bounded widths, a fitting side)."""
+    hp = {k: model[k] for k in NETWORK_KEYS if k in model}
+    size = int(model.get("image_size", 256))
+    try:
+        with torch.device("meta"):
+            net = build_network(hp)
+    except (TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return f"model: cannot build the network ({first})"
+    problem = compute_problem(net, hp, size)
+    if problem is None:
+        return None
+    shape = ", ".join(f"{k}={hp[k]}" for k in ("num_stacks", "depth", "c1", "c2", "c_star")
+                      if k in hp)
+    return (f"data.size={size} with model {shape}: the {problem.removeprefix('its ')}; plan, "
+            "evaluate and export would refuse its checkpoints (MAX_GRAPH_FLOP, "
+            "MAX_TOTAL_ELEMENTS in lightning_modules/model_limits.py): lower data.size or the "
+            "widths")
+
+
+def logged_metric_names() -> frozenset[str]:
+    """The metrics ``KneePlanModule`` logs once per epoch that a checkpoint or early stopping
+    may monitor: every ``ValidationMetrics`` key (from its own ``compute``), ``val/loss`` and
+    ``val/loss/<task>`` (``datamodules.sample.TASKS``), ``train/loss_epoch`` and the last
+    step's ``train/loss``."""
+    with warnings.catch_warnings():  # (computed before any update: NaNs, and a warning)
+        warnings.simplefilter("ignore")
+        names = set(ValidationMetrics().compute())
+    names |= {"val/loss", *(f"val/loss/{t}" for t in TASKS), "train/loss_epoch", "train/loss"}
+    return frozenset(names)
+
+
+def monitor_problem(monitor: Any, callbacks: Any = None) -> str | None:
+    """Why ``run.monitor``, or the ``monitor`` of an ``EarlyStopping`` / ``ModelCheckpoint`` in
+    ``trainer.callbacks`` (the config's ``class_path`` / ``init_args`` form), names no metric
+    the module logs (``logged_metric_names``), or None; a misspelling was refused by Lightning
+    only at the end of the first epoch."""
+    wanted: list[tuple[str, Any]] = [("run.monitor", monitor)]
+    items = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    for k, cb in enumerate(items):
+        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).rsplit(".", 1)[-1] in (
+                "EarlyStopping", "ModelCheckpoint"):
+            args = cb.get("init_args") or {}
+            if isinstance(args, Mapping) and isinstance(args.get("monitor"), str):
+                wanted.append((f"trainer.callbacks[{k}].monitor", args["monitor"]))
+    names = logged_metric_names()
+    for key, value in wanted:
+        if value is None or value in names:
+            continue
+        close = difflib.get_close_matches(str(value), sorted(names), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (f"{key}={value!r:.60} is not a metric the module logs ({hint}e.g. "
+                "val/lm_err_px, val/lm_err_mm, val/loss, val/iou_mean; all: "
+                f"{', '.join(sorted(names))})")
+    return None
+
+
+MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 if unknown)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _stamp_source() -> tuple[str, str | None]:
+    """(the run folder's stamp, the environment variable it came from or None)."""
+    stamp = _run_stamp()
+    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        if os.environ.get(var) and os.environ[var] in stamp:
+            return stamp, var
+    return stamp, None
+
+
+def run_folder_problem(root: Any, name: Any) -> str | None:
+    """Why ``<run.root>/<run.name>/<stamp>`` cannot be this run's folder, or None: a
+    ``run.name`` (or a stamp from ``KNEEPLAN_RUN_STAMP``, ``SLURM_JOB_ID``,
+    ``TORCHELASTIC_RUN_ID``) that is absolute or goes up (``..``) out of ``run.root``, a name
+    the file system refuses (too long, a NUL), or a file (not a folder) on the way. Checked
+    before anything is built: these were a traceback, or a run written outside ``run.root``."""
+    root_s, name_s = str(root), str(name)
+    stamp, var = _stamp_source()
+    if "\0" in root_s or "\0" in name_s:
+        return "run.root/run.name holds a NUL character"
+    if not name_s.strip() or PurePath(name_s) == PurePath("."):
+        return f"run.name={name_s!r} is empty: name the run"
+    if PurePath(name_s).is_absolute():
+        return (f"run.name={name_s!r:.80} is an absolute path: the run folder must stay inside "
+                f"run.root ({root_s[:200]}); give a plain name")
+    if ".." in PurePath(name_s).parts:
+        return (f"run.name={name_s!r:.80} goes up (..) out of run.root ({root_s[:200]}): the run "
+                "folder must stay inside it; give a plain name")
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    if var and (any(s in stamp for s in seps) or stamp in (".", "..") or "\0" in stamp):
+        return (f"{var}={os.environ.get(var, '')!r:.80} would make the run folder "
+                f"{stamp!r:.80}: it must be one plain folder name (no path separator, not . or "
+                "..) so the run stays inside run.root")
+    base = Path(root_s)  # (as make_run_dir takes it: no ~ expansion)
+    run_dir = base / name_s / stamp
+    # (os.path's tests never raise: a too long name or a folder that may not be searched is
+    # "not there"; Path.exists raised ENAMETOOLONG)
+    existing = next((p for p in (run_dir, *run_dir.parents) if os.path.exists(p)), Path("."))
+    limit = _name_max(existing if os.path.isdir(existing) else Path("."))
+    for key, text in (("run.name", name_s), (var or "the run stamp", stamp),
+                      ("run.root", root_s)):
+        for part in PurePath(text).parts:
+            if len(os.fsencode(part)) > limit:
+                return (f"{key}: the folder name {part[:40]!r}... is {len(os.fsencode(part))} "
+                        f"bytes, longer than the {limit} a file name may have (run folder "
+                        f"{str(run_dir)[:100]}...)")
+    if len(os.fsencode(str(run_dir.absolute()))) > MAX_PATH_BYTES:
+        return (f"run folder {str(run_dir.absolute())[:80]!r}...: the path is longer than the "
+                f"{MAX_PATH_BYTES} bytes it may have")
+    for p in reversed((run_dir, *run_dir.parents)):
+        if os.path.lexists(p) and not os.path.isdir(p):
+            key = "run.root" if p == base or p in base.parents else "run.name"
+            return (f"{key}: {p} is a file (or a link to nothing), not a folder: the run folder "
+                    f"{run_dir} cannot be made")
+    if existing != run_dir and not os.access(existing, os.W_OK | os.X_OK):
+        return f"run.root: cannot create the run folder in {existing} (no write permission)"
     return None
 
 
@@ -402,6 +575,24 @@ def _refuse_restore_errors(trainer: pl.Trainer, path: str) -> None:
         setattr(connector, name, guarded)
 
 
+# Trainer settings typed ``float | int | None``: jsonargparse reads "1" on the command line as
+# 1.0 (Lightning: 100 % of the batches) where Lightning documents int 1 as one batch (a YAML
+# ``1`` stays an int); a whole number above 1 is made an int by Lightning itself.
+ONE_BATCH_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                  "limit_predict_batches")
+
+
+def _last_flag_value(args: list[str], flag: str) -> str | None:
+    """The text of the last ``flag=value`` / ``flag value`` in ``args`` (None: not given)."""
+    found = None
+    for a, nxt in zip(args, [*args[1:], None], strict=True):
+        if a.startswith(flag + "="):
+            found = a.split("=", 1)[1]
+        elif a == flag and nxt is not None:
+            found = nxt
+    return None if found is None else found.strip()
+
+
 def _as_run_options(value: Any) -> RunOptions:
     if isinstance(value, RunOptions):
         return value
@@ -417,12 +608,14 @@ class KneePlanCLI(LightningCLI):
         self.run_dir: Path | None = None
         self.resume_path: str | None = None
         self.own: dict[str, Any] = {}
+        self.one_batch_keys: list[str] = []  # trainer limits given as 1 batch on the command line
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        """jsonargparse's parse, with a wrong type or an unknown key in a config file, or a seed
-        outside numpy's range, answered by one :class:`ConfigFileError` line (exit status 2)
-        instead of its usage text or a traceback."""
+        """jsonargparse's parse, with a wrong type or an unknown key in a config file, a seed
+        outside numpy's range, or a value ``check_config_values`` refuses, answered by one
+        :class:`ConfigFileError` line (exit status 2) instead of its usage text or a traceback;
+        all before Lightning seeds (which logs "Seed set to ...") or anything is built."""
         from jsonargparse import ArgumentError
 
         parser.exit_on_error = False
@@ -442,12 +635,18 @@ class KneePlanCLI(LightningCLI):
         if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_SEED:
             raise ConfigFileError(f"config: seed_everything={seed!r:.40} must be in "
                                   f"0..{MAX_SEED} (the seeds numpy takes)")
-
-    def before_instantiate_classes(self) -> None:
-        """Refuse non-finite or out-of-bounds values before anything is built."""
-        files = [str(c) for c in (self._get(self.config, "config", default=None) or [])]
+        files = [str(c) for c in (self.config.get("config") or [])]  # (run=False: no subcommand)
         source = f"config ({', '.join(files)} and the command line)" if files else "config"
-        check_config_values(self.config.as_dict(), source)
+        config = self.config.as_dict()
+        check_config_values(config, source)
+        run = config.get("run") or {}  # (a W&B mode typo, checked again when the loggers are made)
+        wandb_mode(RunOptions(**{k: v for k, v in run.items() if k in RunOptions.__annotations__}))
+        # --trainer.limit_train_batches=1: one batch, as Lightning documents, not 100 %
+        self.one_batch_keys = [k for k in ONE_BATCH_KEYS if self.config.get(f"trainer.{k}") == 1
+                               and _last_flag_value(list(args or []), f"--trainer.{k}") in (
+                                   "1", "+1")]
+        for key in self.one_batch_keys:  # (the saved config.yaml says 1, not 1.0)
+            self.config[f"trainer.{key}"] = 1
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
@@ -502,6 +701,8 @@ class KneePlanCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
                           "logger": loggers, "default_root_dir": str(run_dir),
                           "plugins": [SameFolderCheckpointIO()]}
+        for key in self.one_batch_keys:  # (instantiating the trainer config made it 1.0 again)
+            trainer_config[key] = 1
         # a bar on a terminal, plain lines in a log file (no carriage returns)
         ours += progress_callback(trainer_config, extra + self.user_callbacks)
         trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
@@ -532,6 +733,9 @@ def make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         try:
+            # allow_abbrev=False: --trainer.max_ep=3 was taken as --trainer.max_epochs=3 (and a
+            # misspelt key could silently set another that shares its start)
+            kwargs.setdefault("parser_kwargs", {"allow_abbrev": False})
             return KneePlanCLI(KneePlanModule, KneeDataModule, args=argv, run=False,
                                auto_configure_optimizers=False, **kwargs)
         except OverflowError:  # jsonargparse's float() of a 400-digit integer on the command

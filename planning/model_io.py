@@ -28,23 +28,18 @@ from typing import Any
 import torch
 
 from datamodules.real_numbers import real_value
-from datamodules.sample import TASKS
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import (
     CheckpointError,
     mistyped_weights,
     read_checkpoint,
 )
-from lightning_modules.model_limits import (
-    MAX_GRAPH_FLOP,
-    MAX_TOTAL_ELEMENTS,
-    check_codec,
-    check_codec_matches_network,
-)
+from lightning_modules.model_cost import build_network, compute_problem, conv_cost, conv_flop
+from lightning_modules.model_limits import check_codec, check_codec_matches_network
 from lightning_modules.shgn import MultiTaskSHGN
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
-           "load_checkpoint", "read_checkpoint"]
+           "conv_cost", "conv_flop", "load_checkpoint", "read_checkpoint"]
 
 DEFAULT_SIGMA = 6.0  # KneeDataModule's default, used when a checkpoint records none
 _NET_PREFIX = "net."
@@ -60,21 +55,6 @@ class LoadedModel:
     hparams: dict[str, Any]
     path: Path
     data: dict[str, Any] = field(default_factory=dict)  # training_data(): where it trained
-
-
-def build_network(hparams: dict[str, Any]) -> MultiTaskSHGN:
-    """``MultiTaskSHGN`` from ``KneePlanModule``'s hyper-parameters (same names and defaults)."""
-    return MultiTaskSHGN(
-        in_channels=1,
-        stem_channels=int(hparams.get("c1", 64)),
-        stem_residual_channels=int(hparams.get("c2", 128)),
-        hourglass_channels=int(hparams.get("c_star", 256)),
-        num_stacks=int(hparams.get("num_stacks", 4)),
-        depth=int(hparams.get("depth", 4)),
-        tasks=dict(TASKS),
-        norm=str(hparams.get("norm", "instance")),
-        **dict(hparams.get("net_kwargs") or {}),
-    )
 
 
 def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
@@ -138,74 +118,14 @@ def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module
     return out
 
 
-def conv_flop(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> float:
-    """Convolution FLOP of ``net`` for one ``size`` x ``size`` image (see ``conv_cost``)."""
-    return conv_cost(net, hparams, size)[0]
-
-
-def conv_cost(net: torch.nn.Module, hparams: dict[str, Any], size: int) -> tuple[float, float]:
-    """(FLOP, output values) of ``net``'s convolutions (built from ``hparams``; may be on the
-    meta device) for one ``size`` x ``size`` image: 2 x weights x output pixels, and channels x
-    output pixels, summed over its convolutions.
-
-    Each convolution's output size comes from a forward of a copy with the same layout (its
-    widths replaced by their ranks, so every equal or unequal pair of widths stays so, and the
-    same convolutions exist; batch norm in eval mode, which takes any size) at the smallest
-    input it takes, scaled by area: ~20-120 ms at any width, where a meta-device forward of the
-    paper network took 0.5-1.5 s. Other ops (pooling, norms, upsampling) are not counted.
-    """
-    from lightning_modules.shgn import STEM_STRIDE
-
-    keys = ("c1", "c2", "c_star")
-    kw = dict(hparams.get("net_kwargs") or {})
-    real = {k: int(hparams.get(k, d)) for k, d in zip(keys, (64, 128, 256), strict=True)}
-    real["head_channels"] = int(kw.get("head_channels") or max(real["c_star"] // 2, 1))
-    real["skip_channels"] = int(kw.get("skip_channels") or 16)
-    real["refine_channels"] = int(kw.get("refine_channels") or 16)
-    fixed = {1, *TASKS.values()}  # the input and the task outputs keep their widths' ranks too
-    rank = {v: i + 1 for i, v in enumerate(sorted(fixed | set(real.values())))}
-    rank.update({v: v for v in fixed if rank[v] != v and v not in real.values()})
-    tiny_hp = {**hparams, **{k: rank[real[k]] for k in keys}, "norm": "batch",  # (eval: any size)
-               "net_kwargs": {k: rank[real[k]] for k in
-                              ("head_channels", "skip_channels", "refine_channels")}}
-    tiny = build_network(tiny_hp).eval()
-    depth = int(hparams.get("depth", 4))
-    small = STEM_STRIDE * 2**depth
-    pixels: dict[str, int] = {}
-
-    def record(name: str) -> Any:
-        return lambda m, i, o: pixels.__setitem__(name, o.shape[-2:].numel())
-
-    hooks = [m.register_forward_hook(record(n))
-             for n, m in tiny.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        tiny(torch.zeros(1, 1, small, small))
-    for h in hooks:
-        h.remove()
-    scale = (size / small) ** 2
-    convs = [(m, pixels.get(n, 0) * scale) for n, m in net.named_modules()
-             if isinstance(m, torch.nn.Conv2d)]
-    return (float(sum(2 * m.weight.numel() * px for m, px in convs)),
-            float(sum(m.weight.shape[0] * px for m, px in convs)))
-
-
 def check_compute(path: str | Path, net: torch.nn.Module, hparams: dict[str, Any],
                   size: int) -> None:
     """Refuse a network that cannot take ``size`` px inputs, or whose convolutions need more
     than ``MAX_GRAPH_FLOP`` or compute more than ``MAX_TOTAL_ELEMENTS`` values for one image
-    (the bounds an exported graph has)."""
-    try:
-        net.check_input(torch.empty(1, 1, size, size, device="meta"))
-    except ValueError as err:
-        raise CheckpointError(f"{path}: its image_size {size} does not fit its network ({err})"
-                              ) from None
-    flop, values = conv_cost(net, hparams, size)
-    if flop > MAX_GRAPH_FLOP:
-        raise CheckpointError(f"{path}: its network needs {flop:.1e} FLOP per {size} px image, "
-                              f"more than the {MAX_GRAPH_FLOP:.0e} allowed")
-    if values > MAX_TOTAL_ELEMENTS:  # (32 stacks of width 8 at 1024 px: 3.5e9 values, 17 s)
-        raise CheckpointError(f"{path}: its network computes {values:.1e} values per {size} px "
-                              f"image, more than the {MAX_TOTAL_ELEMENTS:.1e} allowed")
+    (the bounds an exported graph has; ``lightning_modules.model_cost``, which training checks
+    too)."""
+    if problem := compute_problem(net, hparams, size):
+        raise CheckpointError(f"{path}: {problem}")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
