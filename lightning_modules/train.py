@@ -26,16 +26,13 @@ once per node by SLURM (``srun``) or ``torchrun``; Lightning reads the cluster e
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
-import math
 import os
 import sys
-import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,12 +47,8 @@ from datamodules.config_file import ConfigFileError, check_config_file
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError
 from datamodules.image_io import ImageReadError
-from datamodules.real_numbers import real_value
-from datamodules.sample import TASKS
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
-from datamodules.transforms import AugmentConfig
 from datamodules.validate import DatasetValidationError
-from lightning_modules.blocks import NORMS
 from lightning_modules.callbacks import (
     ConfigInCheckpoint,
     GradNormHistory,
@@ -72,18 +65,19 @@ from lightning_modules.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
+from lightning_modules.config_checks import check_config_values
 from lightning_modules.malloc_tuning import keep_freed_memory
-from lightning_modules.metrics import ValidationMetrics
-from lightning_modules.model_cost import build_network, compute_problem
-from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import (
-    GRAD_CLIP_ALGORITHMS,
     KneePlanModule,
     NonFiniteTrainingError,
 )
 from lightning_modules.progress import progress_callback
 from lightning_modules.run_csv_logger import RunCSVLogger
-from lightning_modules.shgn import input_side_problem
+from lightning_modules.run_folder import (
+    find_last_checkpoint,
+    make_run_dir,
+    run_folder_of,
+)
 from lightning_modules.training_state import (
     ARCHITECTURE_KEYS,
     OPTIMISER_KEYS,
@@ -97,7 +91,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
 PAPER_CONFIG = REPO_ROOT / "configs" / "paper.yaml"
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything refuses others with a traceback
-RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
 
 
 @dataclass
@@ -191,305 +184,6 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
     return out + rest
 
 
-def check_config_values(config: Mapping[str, Any], source: str) -> None:
-    """Raise :class:`ConfigFileError` for a NaN or infinite number in the ``model`` or ``data``
-    section, a network beyond what a checkpoint may ask for (``model_limits``) or cost
-    (``model_cost``: plan, evaluate and export would refuse its checkpoints), a training value
-    out of range (``training_value_problem``), a ``run.monitor`` the module never logs, or a
-    run folder that would be outside ``run.root`` or cannot be made: jsonargparse checks types
-    only, so ``lr: .nan`` trained on NaN and ``num_stacks: 100000`` ran out of memory building
-    the network."""
-    for section in ("model", "data"):
-        stack = [(section, config.get(section) or {})]
-        while stack:
-            name, value = stack.pop()
-            if isinstance(value, Mapping):
-                stack += [(f"{name}.{k}", v) for k, v in value.items()]
-            elif isinstance(value, float) and not math.isfinite(value):
-                raise ConfigFileError(f"{source}: {name}={value} must be a finite number")
-    model, data = dict(config.get("model") or {}), config.get("data") or {}
-    try:  # as the DataModule will build it
-        AugmentConfig.from_any(data.get("augment", True))
-    except (TypeError, ValueError) as err:
-        raise ConfigFileError(f"{source}: data.{err}") from None
-    if data.get("phantom_config") or data.get("phantom_overrides"):
-        from datamodules.phantoms import PhantomConfig
-
-        try:  # as the DataModule will build it (the YAML read bounded: see read_yaml)
-            base = (PhantomConfig.from_yaml(data["phantom_config"]) if data.get("phantom_config")
-                    else PhantomConfig())
-            base.with_overrides(data.get("phantom_overrides"))
-        except ValueError as err:
-            where = "" if data.get("phantom_config") else "data.phantom_overrides: "
-            raise ConfigFileError(f"{source}: {where}{err}") from None
-    if "size" in data:  # linked to model.image_size
-        model["image_size"] = data["size"]
-    try:
-        check_hyper_parameters(source, model)
-    except ValueError as err:
-        raise ConfigFileError(str(err)) from None
-    if problem := training_value_problem(model, data, config.get("trainer") or {}):
-        raise ConfigFileError(f"{source}: {problem}")
-    if problem := model_cost_problem(model):
-        raise ConfigFileError(f"{source}: {problem}")
-    run = config.get("run") or {}
-    if problem := monitor_problem(run.get("monitor"), (config.get("trainer") or {}).get(
-            "callbacks")):
-        raise ConfigFileError(f"{source}: {problem}")
-    if problem := run_folder_problem(run.get("root", "runs"), run.get("name", "kneeplan")):
-        raise ConfigFileError(problem)
-
-
-# (section.key, test, what it must be): values the optimiser, the loss or the data loader would
-# refuse later with a traceback (``lr: -1`` in torch.optim, ``batch_size: 0`` in the DataLoader)
-# (a learning rate of 0 is allowed: it freezes the network or the GradNorm weights)
-TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("model.lr", lambda v: v >= 0, "must be >= 0"),
-    ("model.gradnorm_lr", lambda v: v >= 0, "must be >= 0"),
-    ("model.lr_gamma", lambda v: v >= 0, "must be >= 0"),
-    ("model.lr_step_epochs", lambda v: v >= 1, "must be at least 1"),
-    ("model.beta", lambda v: v >= 0, "must be >= 0"),
-    # GradNorm's asymmetry: a negative alpha pushes the weights of the tasks that lag towards
-    # less training (the paper: alpha >= 0, 0 = equal rates)
-    ("model.alpha", lambda v: v >= 0, "must be >= 0 (GradNorm's asymmetry)"),
-    # a negative clip value turns clip_grad_norm_ into a sign flip of every gradient
-    ("model.grad_clip_val", lambda v: v > 0, "must be a positive number (or null: no clipping)"),
-    ("model.max_nonfinite_steps", lambda v: v >= 1, "must be at least 1"),
-    ("data.sigma", lambda v: v > 0, "must be a positive number"),
-    ("data.batch_size", lambda v: v >= 1, "must be at least 1"),
-    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
-)
-
-
-# phantom counts (``data.data_root: null``; a folder's own split is checked by the DataModule,
-# an empty folder being a data error, status 1): an empty training or validation set was a
-# DatasetError only when Lightning asked for its loader
-PHANTOM_COUNT_RULES: tuple[tuple[str, int], ...] = (
-    ("num_train", 1), ("num_val", 1), ("num_test", 0))
-
-
-def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any],
-                           trainer: Mapping[str, Any] | None = None) -> str | None:
-    """Why a training value is out of range (``TRAINING_VALUE_RULES``, ``PHANTOM_COUNT_RULES``;
-    the input side must fit the network's depth), or None. ``trainer``: its
-    ``limit_val_batches: 0`` (no validation) allows ``data.num_val: 0``."""
-    sections = {"model": model, "data": data}
-    choices = (("model.norm", NORMS), ("model.grad_clip_algorithm", GRAD_CLIP_ALGORITHMS))
-    for key, allowed in choices:
-        section, name = key.split(".")
-        value = sections[section].get(name)
-        if value is not None and value not in allowed:
-            return f"{key}={value!r:.40} is not one of {', '.join(allowed)}"
-    for key, ok, what in TRAINING_VALUE_RULES:
-        section, name = key.split(".")
-        value = sections[section].get(name)
-        if (x := real_value(value)) is not None and not ok(x):
-            return f"{key}={value} {what}"
-    no_validation = (trainer or {}).get("limit_val_batches") == 0
-    if data.get("data_root") is None:  # phantoms
-        for name, least in PHANTOM_COUNT_RULES:
-            value = data.get(name)
-            if name == "num_val" and no_validation:
-                least = 0
-            if isinstance(value, int) and not isinstance(value, bool) and value < least:
-                split = {"num_train": "training", "num_val": "validation",
-                         "num_test": "test"}[name]
-                return (f"data.{name}={value} must be at least {least} (the {split} phantoms"
-                        + ("; 0 only with trainer.limit_val_batches=0" if name == "num_val"
-                           else "") + ")")
-    codec, sigma = model.get("heatmap_codec"), data.get("sigma")
-    if isinstance(codec, Mapping) and isinstance(sigma, int | float) and isinstance(
-            codec.get("sigma"), int | float) and not math.isclose(codec["sigma"], sigma):
-        return (f"model.heatmap_codec sigma {codec['sigma']} differs from data.sigma {sigma} "
-                "(the targets): every checkpoint would be refused as inconsistent")
-    size, depth = data.get("size"), model.get("depth", 4)
-    norm = str(model.get("norm", "instance"))
-    if (isinstance(size, int) and isinstance(depth, int) and 1 <= depth <= 10
-            and (problem := input_side_problem(size, depth, norm))):
-        return f"data.size (model.depth={depth}): {problem}"
-    return None
-
-
-NETWORK_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs")
-
-
-def model_cost_problem(model: Mapping[str, Any]) -> str | None:
-    """Why the network ``model`` describes, at its ``image_size`` (``data.size``), costs more
-    than plan, evaluate and export accept from a checkpoint (``model_cost.compute_problem``:
-    ``MAX_GRAPH_FLOP`` / ``MAX_TOTAL_ELEMENTS`` for one image), or None. Built on the meta
-    device (no weights), sized analytically: no forward pass at full size. Call after
-    ``check_hyper_parameters`` and ``training_value_problem`` (bounded widths, a fitting side)."""
-    hp = {k: model[k] for k in NETWORK_KEYS if k in model}
-    size = int(model.get("image_size", 256))
-    try:
-        with torch.device("meta"):
-            net = build_network(hp)
-    except (TypeError, ValueError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        return f"model: cannot build the network ({first})"
-    problem = compute_problem(net, hp, size)
-    if problem is None:
-        return None
-    shape = ", ".join(f"{k}={hp[k]}" for k in ("num_stacks", "depth", "c1", "c2", "c_star")
-                      if k in hp)
-    return (f"data.size={size} with model {shape}: the {problem.removeprefix('its ')}; plan, "
-            "evaluate and export would refuse its checkpoints (MAX_GRAPH_FLOP, "
-            "MAX_TOTAL_ELEMENTS in lightning_modules/model_limits.py): lower data.size or the "
-            "widths")
-
-
-def logged_metric_names() -> frozenset[str]:
-    """The metrics ``KneePlanModule`` logs once per epoch that a checkpoint or early stopping
-    may monitor: every ``ValidationMetrics`` key (from its own ``compute``), ``val/loss`` and
-    ``val/loss/<task>`` (``datamodules.sample.TASKS``), ``train/loss_epoch`` and the last
-    step's ``train/loss``."""
-    with warnings.catch_warnings():  # (computed before any update: NaNs, and a warning)
-        warnings.simplefilter("ignore")
-        names = set(ValidationMetrics().compute())
-    names |= {"val/loss", *(f"val/loss/{t}" for t in TASKS), "train/loss_epoch", "train/loss"}
-    return frozenset(names)
-
-
-def monitor_problem(monitor: Any, callbacks: Any = None) -> str | None:
-    """Why ``run.monitor``, or the ``monitor`` of an ``EarlyStopping`` / ``ModelCheckpoint`` in
-    ``trainer.callbacks`` (the config's ``class_path`` / ``init_args`` form), names no metric
-    the module logs (``logged_metric_names``), or None; a misspelling was refused by Lightning
-    only at the end of the first epoch."""
-    wanted: list[tuple[str, Any]] = [("run.monitor", monitor)]
-    items = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
-    for k, cb in enumerate(items):
-        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).rsplit(".", 1)[-1] in (
-                "EarlyStopping", "ModelCheckpoint"):
-            args = cb.get("init_args") or {}
-            if isinstance(args, Mapping) and isinstance(args.get("monitor"), str):
-                wanted.append((f"trainer.callbacks[{k}].monitor", args["monitor"]))
-    names = logged_metric_names()
-    for key, value in wanted:
-        if value is None or value in names:
-            continue
-        close = difflib.get_close_matches(str(value), sorted(names), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return (f"{key}={value!r:.60} is not a metric the module logs ({hint}e.g. "
-                "val/lm_err_px, val/lm_err_mm, val/loss, val/iou_mean; all: "
-                f"{', '.join(sorted(names))})")
-    return None
-
-
-MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name (bytes) the file system of ``folder`` takes (255 if unknown)."""
-    try:
-        return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):
-        return 255
-
-
-def _stamp_source() -> tuple[str, str | None]:
-    """(the run folder's stamp, the environment variable it came from or None)."""
-    stamp = _run_stamp()
-    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
-        if os.environ.get(var) and os.environ[var] in stamp:
-            return stamp, var
-    return stamp, None
-
-
-def run_folder_problem(root: Any, name: Any) -> str | None:
-    """Why ``<run.root>/<run.name>/<stamp>`` cannot be this run's folder, or None: a
-    ``run.name`` (or a stamp from ``KNEEPLAN_RUN_STAMP``, ``SLURM_JOB_ID``,
-    ``TORCHELASTIC_RUN_ID``) that is absolute or goes up (``..``) out of ``run.root``, a name
-    the file system refuses (too long, a NUL), or a file (not a folder) on the way. Checked
-    before anything is built: these were a traceback, or a run written outside ``run.root``."""
-    root_s, name_s = str(root), str(name)
-    stamp, var = _stamp_source()
-    if "\0" in root_s or "\0" in name_s:
-        return "run.root/run.name holds a NUL character"
-    if not name_s.strip() or PurePath(name_s) == PurePath("."):
-        return f"run.name={name_s!r} is empty: name the run"
-    if PurePath(name_s).is_absolute():
-        return (f"run.name={name_s!r:.80} is an absolute path: the run folder must stay inside "
-                f"run.root ({root_s[:200]}); give a plain name")
-    if ".." in PurePath(name_s).parts:
-        return (f"run.name={name_s!r:.80} goes up (..) out of run.root ({root_s[:200]}): the run "
-                "folder must stay inside it; give a plain name")
-    seps = {os.sep, os.altsep or os.sep, "/"}
-    if var and (any(s in stamp for s in seps) or stamp in (".", "..") or "\0" in stamp):
-        return (f"{var}={os.environ.get(var, '')!r:.80} would make the run folder "
-                f"{stamp!r:.80}: it must be one plain folder name (no path separator, not . or "
-                "..) so the run stays inside run.root")
-    base = Path(root_s)  # (as make_run_dir takes it: no ~ expansion)
-    run_dir = base / name_s / stamp
-    # (os.path's tests never raise: a too long name or a folder that may not be searched is
-    # "not there"; Path.exists raised ENAMETOOLONG)
-    existing = next((p for p in (run_dir, *run_dir.parents) if os.path.exists(p)), Path("."))
-    limit = _name_max(existing if os.path.isdir(existing) else Path("."))
-    for key, text in (("run.name", name_s), (var or "the run stamp", stamp),
-                      ("run.root", root_s)):
-        for part in PurePath(text).parts:
-            if len(os.fsencode(part)) > limit:
-                return (f"{key}: the folder name {part[:40]!r}... is {len(os.fsencode(part))} "
-                        f"bytes, longer than the {limit} a file name may have (run folder "
-                        f"{str(run_dir)[:100]}...)")
-    if len(os.fsencode(str(run_dir.absolute()))) > MAX_PATH_BYTES:
-        return (f"run folder {str(run_dir.absolute())[:80]!r}...: the path is longer than the "
-                f"{MAX_PATH_BYTES} bytes it may have")
-    for p in reversed((run_dir, *run_dir.parents)):
-        if os.path.lexists(p) and not os.path.isdir(p):
-            key = "run.root" if p == base or p in base.parents else "run.name"
-            return (f"{key}: {p} is a file (or a link to nothing), not a folder: the run folder "
-                    f"{run_dir} cannot be made")
-    if existing != run_dir and not os.access(existing, os.W_OK | os.X_OK):
-        return f"run.root: cannot create the run folder in {existing} (no write permission)"
-    return None
-
-
-# -------------------------------------------------------------------------------- run folder
-def _run_stamp() -> str:
-    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID"):
-        if os.environ.get(var):
-            return os.environ[var] if var != "SLURM_JOB_ID" else f"slurm{os.environ[var]}"
-    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if rdzv not in ("", "none"):
-        return f"torchrun-{rdzv}"
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def make_run_dir(root: str | Path, name: str, reuse: Path | None = None) -> Path:
-    """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``);
-    ``reuse`` (a resumed run's folder) is continued instead of opening a new one.
-
-    The folder is not created here (rank 0's loggers create it).
-    """
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return Path(inherited)
-    if reuse is not None:
-        os.environ[RUN_DIR_ENV] = str(reuse.resolve())
-        return reuse.resolve()
-    base = Path(root) / name
-    run_dir = base / _run_stamp()
-    k = 1
-    while run_dir.exists() and "KNEEPLAN_RUN_STAMP" not in os.environ:
-        run_dir = base / f"{_run_stamp()}-{k}"
-        k += 1
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    return run_dir.resolve()
-
-
-def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = None) -> Path:
-    """The newest ``<root>/<name>/*/checkpoints/last.ckpt`` (for ``--resume last``)."""
-    base = Path(root) / name
-    found = [p for p in base.glob("*/checkpoints/last.ckpt")
-             if exclude is None or p.resolve().parents[1] != exclude.resolve()]
-    if not found:
-        raise CheckpointError(
-            f"{base}: --resume last: no earlier run with checkpoints/last.ckpt here; give a "
-            "checkpoint path"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def resume_checkpoint(run: RunOptions, module: KneePlanModule,
                       data_hparams: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
@@ -541,14 +235,6 @@ def _check_rng_state(path: Path, saved: Any) -> None:
                               f"({type(err).__name__}: {str(err)[:120]})") from None
     finally:
         set_rng_state(current)
-
-
-def run_folder_of(ckpt: Path) -> Path | None:
-    """The run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt``), else None."""
-    run = ckpt.absolute().parent.parent
-    if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
-        return run
-    return None
 
 
 def _refuse_restore_errors(trainer: pl.Trainer, path: str) -> None:

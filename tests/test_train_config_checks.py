@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from datamodules.config_file import ConfigFileError
-from lightning_modules import train
+from lightning_modules import config_checks, train
 from lightning_modules.model_cost import build_network, conv_cost, conv_flop
 from lightning_modules.model_limits import MAX_GRAPH_FLOP
 
@@ -81,8 +81,9 @@ def test_conv_cost_matches_torchs_flop_counter_on_a_tiny_network():
 @pytest.mark.parametrize("name", ["paper", "quick", "tiny"])
 def test_the_shipped_presets_pass_the_checks(name):
     cfg = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
-    train.check_config_values(cfg, name)  # (raises ConfigFileError on a problem)
-    assert train.model_cost_problem({**cfg["model"], "image_size": cfg["data"]["size"]}) is None
+    config_checks.check_config_values(cfg, name)  # (raises ConfigFileError on a problem)
+    model = {**cfg["model"], "image_size": cfg["data"]["size"]}
+    assert config_checks.model_cost_problem(model) is None
 
 
 # ----------------------------------------------------------------- 2. alpha, 3. the monitor
@@ -104,10 +105,10 @@ def test_a_misspelt_monitor_is_refused_before_the_first_epoch(flags, tmp_path, c
 
 
 def test_monitorable_names_are_the_modules_own():
-    names = train.logged_metric_names()
+    names = config_checks.logged_metric_names()
     assert {"val/lm_err_px", "val/lm_err_mm_median", "val/iou_mean", "val/loss",
             "val/loss/seg", "train/loss_epoch"} <= names
-    assert train.monitor_problem("val/lm_err_mm") is None
+    assert config_checks.monitor_problem("val/lm_err_mm") is None
 
 
 # -------------------------------------------------------------------------- 4. empty splits
@@ -122,10 +123,11 @@ def test_empty_phantom_splits_are_a_usage_error(flag, expected, tmp_path, capsys
 
 
 def test_no_validation_phantoms_are_allowed_without_validation_and_folders_are_data():
-    train.check_config_values({"data": {"num_val": 0}, "trainer": {"limit_val_batches": 0}}, "c")
-    train.check_config_values({"data": {"data_root": "d", "num_train": 0}}, "c")  # (unused)
+    config_checks.check_config_values(
+        {"data": {"num_val": 0}, "trainer": {"limit_val_batches": 0}}, "c")
+    config_checks.check_config_values({"data": {"data_root": "d", "num_train": 0}}, "c")  # (unused)
     with pytest.raises(ConfigFileError, match="num_val=0"):
-        train.check_config_values({"data": {"num_val": 0}}, "c")
+        config_checks.check_config_values({"data": {"num_val": 0}}, "c")
 
 
 def test_an_empty_data_folder_stays_a_data_error(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,134 @@
+"""The run folder ``<run.root>/<run.name>/<stamp>``: its stamp (time, ``KNEEPLAN_RUN_STAMP``,
+SLURM or torchrun ids), whether it can be made inside ``run.root``, the newest ``last.ckpt`` of a
+run name (``--resume last``) and the run folder a checkpoint was written in."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path, PurePath
+from typing import Any
+
+from lightning_modules.checkpoint_file import CheckpointError
+
+RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
+MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 if unknown)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _stamp_source() -> tuple[str, str | None]:
+    """(the run folder's stamp, the environment variable it came from or None)."""
+    stamp = _run_stamp()
+    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        if os.environ.get(var) and os.environ[var] in stamp:
+            return stamp, var
+    return stamp, None
+
+
+def run_folder_problem(root: Any, name: Any) -> str | None:
+    """Why ``<run.root>/<run.name>/<stamp>`` cannot be this run's folder, or None: a
+    ``run.name`` (or a stamp from ``KNEEPLAN_RUN_STAMP``, ``SLURM_JOB_ID``,
+    ``TORCHELASTIC_RUN_ID``) that is absolute or goes up (``..``) out of ``run.root``, a name
+    the file system refuses (too long, a NUL), or a file (not a folder) on the way. Checked
+    before anything is built: these were a traceback, or a run written outside ``run.root``."""
+    root_s, name_s = str(root), str(name)
+    stamp, var = _stamp_source()
+    if "\0" in root_s or "\0" in name_s:
+        return "run.root/run.name holds a NUL character"
+    if not name_s.strip() or PurePath(name_s) == PurePath("."):
+        return f"run.name={name_s!r} is empty: name the run"
+    if PurePath(name_s).is_absolute():
+        return (f"run.name={name_s!r:.80} is an absolute path: the run folder must stay inside "
+                f"run.root ({root_s[:200]}); give a plain name")
+    if ".." in PurePath(name_s).parts:
+        return (f"run.name={name_s!r:.80} goes up (..) out of run.root ({root_s[:200]}): the run "
+                "folder must stay inside it; give a plain name")
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    if var and (any(s in stamp for s in seps) or stamp in (".", "..") or "\0" in stamp):
+        return (f"{var}={os.environ.get(var, '')!r:.80} would make the run folder "
+                f"{stamp!r:.80}: it must be one plain folder name (no path separator, not . or "
+                "..) so the run stays inside run.root")
+    base = Path(root_s)  # (as make_run_dir takes it: no ~ expansion)
+    run_dir = base / name_s / stamp
+    # (os.path's tests never raise: a too long name or a folder that may not be searched is
+    # "not there"; Path.exists raised ENAMETOOLONG)
+    existing = next((p for p in (run_dir, *run_dir.parents) if os.path.exists(p)), Path("."))
+    limit = _name_max(existing if os.path.isdir(existing) else Path("."))
+    for key, text in (("run.name", name_s), (var or "the run stamp", stamp),
+                      ("run.root", root_s)):
+        for part in PurePath(text).parts:
+            if len(os.fsencode(part)) > limit:
+                return (f"{key}: the folder name {part[:40]!r}... is {len(os.fsencode(part))} "
+                        f"bytes, longer than the {limit} a file name may have (run folder "
+                        f"{str(run_dir)[:100]}...)")
+    if len(os.fsencode(str(run_dir.absolute()))) > MAX_PATH_BYTES:
+        return (f"run folder {str(run_dir.absolute())[:80]!r}...: the path is longer than the "
+                f"{MAX_PATH_BYTES} bytes it may have")
+    for p in reversed((run_dir, *run_dir.parents)):
+        if os.path.lexists(p) and not os.path.isdir(p):
+            key = "run.root" if p == base or p in base.parents else "run.name"
+            return (f"{key}: {p} is a file (or a link to nothing), not a folder: the run folder "
+                    f"{run_dir} cannot be made")
+    if existing != run_dir and not os.access(existing, os.W_OK | os.X_OK):
+        return f"run.root: cannot create the run folder in {existing} (no write permission)"
+    return None
+
+
+def _run_stamp() -> str:
+    for var in ("KNEEPLAN_RUN_STAMP", "SLURM_JOB_ID"):
+        if os.environ.get(var):
+            return os.environ[var] if var != "SLURM_JOB_ID" else f"slurm{os.environ[var]}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv not in ("", "none"):
+        return f"torchrun-{rdzv}"
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def make_run_dir(root: str | Path, name: str, reuse: Path | None = None) -> Path:
+    """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``);
+    ``reuse`` (a resumed run's folder) is continued instead of opening a new one.
+
+    The folder is not created here (rank 0's loggers create it).
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return Path(inherited)
+    if reuse is not None:
+        os.environ[RUN_DIR_ENV] = str(reuse.resolve())
+        return reuse.resolve()
+    base = Path(root) / name
+    run_dir = base / _run_stamp()
+    k = 1
+    while run_dir.exists() and "KNEEPLAN_RUN_STAMP" not in os.environ:
+        run_dir = base / f"{_run_stamp()}-{k}"
+        k += 1
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir.resolve()
+
+
+def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = None) -> Path:
+    """The newest ``<root>/<name>/*/checkpoints/last.ckpt`` (for ``--resume last``)."""
+    base = Path(root) / name
+    found = [p for p in base.glob("*/checkpoints/last.ckpt")
+             if exclude is None or p.resolve().parents[1] != exclude.resolve()]
+    if not found:
+        raise CheckpointError(
+            f"{base}: --resume last: no earlier run with checkpoints/last.ckpt here; give a "
+            "checkpoint path"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def run_folder_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt``), else None."""
+    run = ckpt.absolute().parent.parent
+    if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
