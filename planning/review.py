@@ -34,7 +34,7 @@ import numpy as np
 
 from datamodules.real_numbers import finite_real
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
-from planning.ood import KneeEvidence, knee_evidence, point_saturation
+from planning.ood import KneeEvidence, knee_evidence, point_saturation, saturation_levels
 from planning.tta import Uncertainty
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
@@ -374,10 +374,10 @@ def _points_on_saturation(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[R
     if image.ndim != 2 or image.size == 0:
         return []
     radius_px = cfg.point_saturation_radius_mm / max(mmpp, 1e-9)
-    value_range = (float(image.min()), float(image.max()))
+    levels = saturation_levels(image)
     worst, where = 0.0, ""
     for name, p in _points(plan):
-        frac = point_saturation(image, p, radius_px, value_range)
+        frac = point_saturation(image, p, radius_px, levels)
         if np.isfinite(frac) and frac > worst:
             worst, where = frac, name
     if worst > cfg.max_point_saturated:
