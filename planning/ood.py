@@ -259,6 +259,25 @@ def point_saturation(
     return float(np.mean(saturated[disc]))
 
 
+def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.ndarray,
+                     max_pixels: int = 200_000) -> float:
+    """How far (px) the femur mask reaches behind the cortex line LM1 (given by a point and its
+    unit normal, in original pixels): the largest distance of a femur pixel on the side away
+    from the femur's bulk. The posterior condyles bulge behind the posterior cortex line in any
+    lateral knee; a cortex line fitted to something else (a ruler along the shaft taken into
+    the femur mask: red-team round 8) has the whole femur on one side. NaN: no femur pixels.
+    The mask is sampled with a stride so that at most ``max_pixels`` are measured."""
+    m = np.asarray(femur, bool)
+    stride = max(1, int(np.ceil(np.sqrt(m.size / max_pixels))))
+    ys, xs = np.nonzero(m[::stride, ::stride])
+    if xs.size == 0:
+        return float("nan")
+    pts = np.column_stack([xs, ys]).astype(np.float64) * stride
+    d = (pts - np.asarray(line_point, np.float64)) @ np.asarray(line_normal, np.float64)
+    side = np.sign(np.mean(d)) or 1.0
+    return max(0.0, float(np.max(-side * d)))
+
+
 def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
     """Measure the evidence for a lateral knee from (4, H, W) bool masks (``BONES`` order) in
     original pixels and the (H, W) original image in [0, 1] (None: no intensity evidence)."""

@@ -34,7 +34,13 @@ import numpy as np
 
 from datamodules.real_numbers import finite_real
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
-from planning.ood import KneeEvidence, knee_evidence, point_saturation, saturation_levels
+from planning.ood import (
+    KneeEvidence,
+    condyle_bulge_px,
+    knee_evidence,
+    point_saturation,
+    saturation_levels,
+)
 from planning.tta import Uncertainty
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
@@ -69,6 +75,7 @@ class ReviewConfig:
     max_off_femur_mm: float = 5.0
     max_from_distal_end_mm: float = 55.0
     max_lm1_axis_deg: float = 20.0
+    min_condyle_bulge_mm: float = 4.0
     nominal_field_mm: float = 250.0
     min_femur_area: float = 0.02
     max_femur_area: float = 0.60
@@ -344,6 +351,13 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
             out.append(Reason("lm1_axis", f"LM1 is {angle:.0f} deg off the femoral shaft axis "
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
+    if plan.lm1 is not None and cfg.min_condyle_bulge_mm > 0:
+        bulge = condyle_bulge_px(femur, plan.lm1.point, plan.lm1.normal) * mmpp
+        if np.isfinite(bulge) and bulge < cfg.min_condyle_bulge_mm:
+            out.append(Reason("no_condyle_bulge", f"the femur reaches only {bulge:.1f} mm behind "
+                              f"LM1 (the posterior condyles bulge behind the posterior cortex, "
+                              f">= {cfg.min_condyle_bulge_mm:g} mm): LM1 is not the posterior "
+                              "cortex (a ruler or an edge taken into the femur?)"))
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
     if ctx.image is not None:
         out += _points_on_saturation(plan, ctx, mmpp)

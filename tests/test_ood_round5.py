@@ -206,3 +206,19 @@ def test_metal_over_the_whole_femur_is_flagged():
     plan, ctx = build(m, image=np.clip(img, 0, 1).astype(np.float32))
     got = [r for r in review(plan, ctx) if r.code == "saturated"]
     assert len(got) == 2
+
+
+def test_cortex_line_on_a_ruler_taken_into_the_femur_is_flagged():
+    """Red-team round 8: a radiopaque ruler along the posterior shaft was taken into the femur
+    mask and LM1 fitted to its straight edge (plans 10-17 mm off, unflagged): nothing of the
+    femur then lies behind LM1, whereas the posterior condyles bulge behind the posterior cortex
+    in any lateral knee (code ``no_condyle_bulge``)."""
+    m = knee_masks()
+    plan, ctx = build(m)
+    assert "no_condyle_bulge" not in codes(plan, ctx)  # the condyles bulge ~10 mm behind LM1
+    ruler = dict(m)
+    ruler["femur"] = m["femur"] | _poly([[150, -5], [176, -5], [176, 190], [150, 190]])
+    plan, ctx = build(ruler, cortex_x=(176, 176))
+    assert plan.lm1 is not None and abs(plan.lm1.direction[0]) < 0.1  # LM1 on the ruler's edge
+    got = [r for r in review(plan, ctx) if r.code == "no_condyle_bulge"]
+    assert got and "behind LM1" in got[0], review(plan, ctx)

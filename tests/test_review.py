@@ -178,6 +178,11 @@ def test_each_reason_fires_on_its_case(case):
     turned = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ plan.lm1.direction
     check("lm1_axis", replace(plan, lm1=Line(plan.lm1.point, turned)))
     fy, fx = np.nonzero(masks[0])
+    # LM1 moved parallel to just behind the femur's hindmost pixel: no condyle behind it
+    d = (np.column_stack([fx, fy]) - plan.lm1.point) @ plan.lm1.normal
+    side = np.sign(d.mean())
+    behind = plan.lm1.point - side * (float(np.max(-side * d)) + 2.0) * plan.lm1.normal
+    check("no_condyle_bulge", replace(plan, lm1=Line(behind, plan.lm1.direction)))
     top = np.argmin(fy)  # the most proximal femur pixel, far up the shaft
     check("not_distal", replace(plan, schoettle=np.array([fx[top], fy[top] + 2.0])))
     # --- model uncertainty (TTA / hourglass)
