@@ -9,6 +9,7 @@ import difflib
 import math
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from lightning_modules.metrics import ValidationMetrics
 from lightning_modules.model_cost import build_network, compute_problem
 from lightning_modules.model_limits import check_hyper_parameters
 from lightning_modules.module import GRAD_CLIP_ALGORITHMS
-from lightning_modules.run_folder import run_folder_problem
+from lightning_modules.run_folder import run_folder_of, run_folder_problem
 from lightning_modules.shgn import input_side_problem
 
 
@@ -71,7 +72,10 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
     if problem := monitor_problem(run.get("monitor"), (config.get("trainer") or {}).get(
             "callbacks")):
         raise ConfigFileError(f"{source}: {problem}")
-    if problem := run_folder_problem(run.get("root", "runs"), run.get("name", "kneeplan")):
+    resume = run.get("resume")  # a checkpoint in a run folder continues in that folder
+    own_folder = resume not in (None, "", "last") and run_folder_of(Path(str(resume))) is not None
+    if not own_folder and (problem := run_folder_problem(run.get("root", "runs"),
+                                                         run.get("name", "kneeplan"))):
         raise ConfigFileError(problem)
 
 
@@ -183,6 +187,12 @@ def logged_metric_names() -> frozenset[str]:
         names = set(ValidationMetrics().compute())
     names |= {"val/loss", *(f"val/loss/{t}" for t in TASKS), "train/loss_epoch", "train/loss"}
     return frozenset(names)
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"max"`` for a metric where higher is better (the IoUs: ``val/iou_mean``,
+    ``val/iou/<bone>``), else ``"min"`` (errors, losses): the best checkpoint's direction."""
+    return "max" if str(monitor).startswith("val/iou") else "min"
 
 
 def monitor_problem(monitor: Any, callbacks: Any = None) -> str | None:

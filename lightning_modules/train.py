@@ -65,7 +65,7 @@ from lightning_modules.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
-from lightning_modules.config_checks import check_config_values
+from lightning_modules.config_checks import check_config_values, monitor_mode
 from lightning_modules.malloc_tuning import keep_freed_memory
 from lightning_modules.module import (
     KneePlanModule,
@@ -106,7 +106,8 @@ class RunOptions:
         wandb_project: W&B project.
         wandb_group: W&B group (e.g. a sweep's study name).
         wandb_name: W&B run name (default: ``<name>-<timestamp>``).
-        monitor: validation metric of the best checkpoint (lower is better).
+        monitor: validation metric of the best checkpoint (lower is better; higher for the
+            IoUs, ``val/iou*``).
         val_images: validation images drawn per epoch (0 = none).
         cpu_threads: torch intra-op threads (None = torch's default, one per core). Small
             models on a few shared cores train many times faster on 1 thread: OpenMP threads
@@ -367,7 +368,8 @@ class KneePlanCLI(LightningCLI):
             ))
         checkpoint = FiniteModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
-            auto_insert_metric_name=False, monitor=run.monitor, mode="min", save_top_k=1,
+            auto_insert_metric_name=False, monitor=run.monitor,
+            mode=monitor_mode(run.monitor), save_top_k=1,
         )
         # last.ckpt every epoch: a callback of its own, since Lightning's save_last=True only
         # refreshes last.ckpt in epochs where the monitored metric improved.

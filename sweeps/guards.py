@@ -176,19 +176,45 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _one_sided_change(key: str, keys: set[str]) -> bool:
+    """Whether ``key``, set on one side only, is a changed setting: it lies inside a dict-valued
+    option (three or more parts: ``model.net_kwargs.head_channels``, ``data.augment.scale``,
+    ``data.phantom_overrides.factors_off``), or the other side holds the same option as a whole
+    (``data.phantom_overrides: null`` against ``data.phantom_overrides.factors_off``). A
+    two-part key on one side only is an option another code version added or removed."""
+    if key.count(".") >= 2:
+        return True
+    return any(o != key and (o.startswith(key + ".") or key.startswith(o + ".")) for o in keys)
+
+
+def _value(settings: Mapping[str, Any], key: str) -> Any:
+    """``key``'s value, or the dict of its keys (``key.a``, ``key.b``), or "(not set)"."""
+    if key in settings:
+        return settings[key]
+    sub = {k[len(key) + 1:]: v for k, v in settings.items() if k.startswith(key + ".")}
+    return sub if sub else "(not set)"
+
+
 def settings_problem(study_name: str, recorded: Mapping[str, Any],
-                     current: Mapping[str, Any]) -> str | None:
-    """Why this worker may not continue the study (a recorded setting differs), or None."""
+                     current: Mapping[str, Any], complete: bool = True) -> str | None:
+    """Why this worker may not continue the study (a recorded setting differs), or None.
+    ``complete``: ``recorded`` is a full record, so a setting present on one side only can be a
+    change too (``_one_sided_change``); False for the objective alone of an older study."""
     differ = [k for k in current if k in recorded and recorded[k] != current[k]]
+    if complete:
+        keys = set(recorded) | set(current)
+        differ += sorted(k for k in set(recorded) ^ set(current) if _one_sided_change(k, keys))
+    # an option named once: data.phantom_overrides, not also data.phantom_overrides.factors_off
+    differ = [k for k in differ if not any(k.startswith(o + ".") for o in differ)]
     if not differ:
         return None
     key = differ[0]
     more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])}" + (
         ", ...)" if len(differ) > 4 else ")") if len(differ) > 1 else ""
-    return (f"study {study_name!r} was run with {key}={_show(recorded[key])}, this run has "
-            f"{key}={_show(current[key])}{more}: its trials would be scored or trained "
-            "differently and ranked on one scale with the earlier ones (use a new --study, or "
-            "the study's settings)")
+    return (f"study {study_name!r} was run with {key}={_show(_value(recorded, key))}, this "
+            f"run has {key}={_show(_value(current, key))}{more}: its trials would be scored "
+            "or trained differently and ranked on one scale with the earlier ones (use a new "
+            "--study, or the study's settings)")
 
 
 # ----------------------------------------------------------------------------- Ctrl-C

@@ -304,7 +304,7 @@ def record_settings(study: optuna.Study, settings: dict, base_args: list[str]) -
     recorded = attrs.get(SETTINGS_ATTR)
     if recorded is None:
         legacy = {"objective": attrs["objective"]} if "objective" in attrs else {}
-        if problem := settings_problem(study.study_name, legacy, settings):
+        if problem := settings_problem(study.study_name, legacy, settings, complete=False):
             raise _usage_error(problem)
         if legacy or study.get_trials(deepcopy=False):
             print(f"sweeps.run: warning: study {study.study_name!r} has no recorded training "

@@ -74,7 +74,11 @@ def _one_error(capsys, prefix="sweeps.run: error:"):
      (["--objective-unit", "px"], "--objective-unit=auto, this run has --objective-unit=px"),
      (["--trainer.max_epochs=3"], "trainer.max_epochs=2, this run has trainer.max_epochs=3"),
      (["--data.num_train=6"], "data.num_train=8, this run has data.num_train=6"),
-     (["--config", "OTHER"], "model.c1=4, this run has model.c1=8")],
+     (["--config", "OTHER"], "model.c1=4, this run has model.c1=8"),
+     # a dict-valued option set where the study had none (review: accepted as "added since")
+     (['--data.phantom_overrides={"factors_off": ["metal"]}'],
+      'data.phantom_overrides=null, this run has data.phantom_overrides={"factors_off": '
+      '["metal"]}')],
 )
 def test_continued_study_refuses_another_objective_or_training(tmp_path, capsys, change, named):
     """Was accepted: a trial scored in px + 1000 (1 - IoU) was ranked beside trials in mm, and
@@ -316,3 +320,23 @@ def test_best_trial_json_names_the_studys_formula(tmp_path):
     best = json.loads((tmp_path / "st" / "s" / "best_trial.json").read_text())
     assert best["objective"] == ObjectiveSpec(unit="mm", weight_iou=2).describe()
     assert math.isfinite(best["value"])
+
+
+def test_settings_set_on_one_side_only():
+    """A key inside a dict-valued option, or an option given whole on one side and by its keys
+    on the other, is a change; a plain option only one code version knows is not."""
+    from sweeps.guards import settings_problem
+
+    rec = {"model.c1": 4, "data.phantom_overrides": None, "model.net_kwargs.a": 1}
+    assert settings_problem("s", rec, dict(rec)) is None
+    assert settings_problem("s", rec, {**rec, "data.strict_validation": False}) is None
+    moved = {"model.c1": 4, "data.phantom_overrides.factors_off": ["metal"],
+             "model.net_kwargs.a": 1}
+    assert "data.phantom_overrides" in (settings_problem("s", rec, moved) or "")
+    assert "data.phantom_overrides" in (settings_problem("s", moved, rec) or "")  # and back
+    more = {**rec, "model.net_kwargs.b": 2}
+    assert "model.net_kwargs.b=(not set), this run has model.net_kwargs.b=2" in (
+        settings_problem("s", rec, more) or "")
+    # an older study recorded only its objective: the rest is not compared
+    assert settings_problem("s", {"objective": "x"}, {**rec, "objective": "x"},
+                            complete=False) is None

@@ -191,3 +191,37 @@ def test_limit_batches_of_one_on_the_command_line_is_one_batch(flags, expected, 
     assert got == expected and type(got) is type(expected), got
     assert cli.trainer.limit_val_batches == 1.0 and isinstance(cli.trainer.limit_val_batches,
                                                                float)
+
+
+def test_an_iou_monitor_keeps_the_highest_iou_checkpoint(tmp_path):
+    """The best checkpoint was always chosen with mode="min": `--run.monitor=val/iou_mean`
+    (a name the monitor check suggests) kept the WORST-IoU epoch (review, session 16)."""
+    from lightning_modules.checkpoints import FiniteModelCheckpoint
+
+    assert config_checks.monitor_mode("val/iou_mean") == "max"
+    assert config_checks.monitor_mode("val/iou/femur") == "max"
+    assert config_checks.monitor_mode("val/lm_err_px") == "min"
+    assert config_checks.monitor_mode("val/loss") == "min"
+    result = train.fit(tiny(tmp_path, "--run.monitor=val/iou_mean", "--trainer.max_epochs=1",
+                            "--trainer.enable_progress_bar=false"))
+    (best,) = [c for c in result.trainer.callbacks
+               if isinstance(c, FiniteModelCheckpoint) and c.monitor == "val/iou_mean"]
+    assert best.mode == "max"
+
+
+def test_resuming_a_run_folders_checkpoint_does_not_need_run_root(tmp_path):
+    """A resumed checkpoint of a run folder continues in that folder: an unusable run.root
+    (here a file) refused it although nothing is written there (review, session 16); without
+    --resume the same run.root is refused."""
+    root = tmp_path / "root_is_a_file"
+    root.write_text("")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    config_checks.check_config_values(
+        {"run": {"root": str(root), "resume": str(run / "checkpoints" / "last.ckpt")}}, "c")
+    with pytest.raises(ConfigFileError, match="is a file"):
+        config_checks.check_config_values({"run": {"root": str(root)}}, "c")
+    with pytest.raises(ConfigFileError, match="is a file"):  # last: looked up under run.root
+        config_checks.check_config_values({"run": {"root": str(root), "resume": "last"}}, "c")
