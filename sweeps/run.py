@@ -30,11 +30,11 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from datamodules.config_file import ConfigFileError, check_config_file
 from lightning_modules.malloc_tuning import keep_freed_memory
@@ -269,7 +269,21 @@ def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 
 def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count against ``--max-total-trials``: complete, pruned or failed, except the
+    ones Ctrl-C interrupted (their parameters are queued to run again)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if not str(t.user_attrs.get("fail_reason", "")).startswith("interrupted"))
+
+
+def stop_at_total(limit: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna callback: stop this worker once the study holds ``limit`` trials by
+    ``count_finished`` (Optuna's MaxTrialsCallback would also count interrupted ones)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if count_finished(study) >= limit:
+            study.stop()
+
+    return callback
 
 
 def format_best(study: optuna.Study) -> str:
@@ -392,7 +406,7 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
 
     callbacks = [after_trial]
     if args.max_total_trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(args.max_total_trials, states=FINISHED))
+        callbacks.append(stop_at_total(args.max_total_trials))
         if count_finished(study) >= args.max_total_trials:
             print(f"study {args.study!r} already holds {count_finished(study)} finished trials "
                   f"(>= --max-total-trials {args.max_total_trials}); nothing to run")

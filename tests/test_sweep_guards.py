@@ -340,3 +340,28 @@ def test_settings_set_on_one_side_only():
     # an older study recorded only its objective: the rest is not compared
     assert settings_problem("s", {"objective": "x"}, {**rec, "objective": "x"},
                             complete=False) is None
+
+
+def test_interrupted_trials_do_not_use_up_max_total_trials():
+    """A Ctrl-C'd trial is FAILED "interrupted" and its parameters run again: it took one trial of
+    --max-total-trials's budget and its re-run another (review, session 16)."""
+    import optuna
+
+    from sweeps.run import count_finished, stop_at_total
+
+    study = optuna.create_study()
+    for value, reason in ((1.0, None), (None, "interrupted (Ctrl-C) in epoch 1"),
+                          (None, "training raised RuntimeError")):
+        trial = study.ask()
+        if reason:
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    assert count_finished(study) == 2  # the complete and the crashed one, not the interrupted
+    stopped = []
+    study.stop = lambda: stopped.append(True)  # (outside optimize: record the request)
+    stop_at_total(3)(study, study.trials[-1])
+    assert not stopped
+    stop_at_total(2)(study, study.trials[-1])
+    assert stopped
