@@ -239,6 +239,7 @@ def patella_fibula_place(small_masks: Sequence[np.ndarray | None]) -> list[Label
         return []
     out = []
     has_tibia = tibia is not None and tibia.any()
+    to_tibia = _distance_to(tibia) if has_tibia else None  # (both bones are measured to it)
     if patella is not None and patella.any():
         gap = _gap(_distance_to(femur), patella)
         on_tibia = (float(np.count_nonzero(patella & tibia)) / np.count_nonzero(patella)
@@ -255,15 +256,15 @@ def patella_fibula_place(small_masks: Sequence[np.ndarray | None]) -> list[Label
                                               f"front of the femoral condyles, at most "
                                               f"{PATELLA_GAP:g} away): patella drawn on another "
                                               "object, or the mask of another image?"))
-        elif has_tibia and (t_gap := _gap(_distance_to(tibia), patella)) > \
+        elif to_tibia is not None and (t_gap := _gap(to_tibia, patella)) > \
                 PATELLA_TIBIA_GAP * width:
             out.append(LabelProblem(1, False, f"the patella mask lies {t_gap / width:.1f} femur "
                                               f"widths from the tibia mask (the patellar tendon "
                                               f"holds it within ~1.5, the check allows "
                                               f"{PATELLA_TIBIA_GAP:g}): patella drawn up the "
                                               "femoral shaft or on another object?"))
-    if has_tibia and fibula is not None and fibula.any():
-        gap = _gap(_distance_to(tibia), fibula)
+    if to_tibia is not None and fibula is not None and fibula.any():
+        gap = _gap(to_tibia, fibula)
         if gap > max(FIBULA_GAP * width, MIN_GAP_PX):
             out.append(LabelProblem(3, False, f"the fibula mask lies {gap / width:.1f} femur "
                                               f"widths from the tibia mask (the fibula runs "

@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             make_cli(translate_args(argv, announce=False))
             return
         fit(argv)
-    except ConfigFileError as err:
+    except (ConfigFileError, WandbError) as err:
         print(f"train: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except MisconfigurationException as err:  # Lightning refusing a trainer setting
@@ -595,9 +595,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"train: error: {err}; no checkpoint with non-finite weights was written",
               file=sys.stderr)
         raise SystemExit(EXIT_DIVERGED) from None
-    except WandbError as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
     except TrainingInterrupted as err:
         print(f"train: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -89,9 +89,20 @@ class KneeEvidence:
                 for k, v in d.items()}  # fmt: skip
 
 
+def _factor(h: int, w: int) -> int:
+    """The integer factor that brings an h x w image to at most ``MAX_SIDE`` px."""
+    return max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
+
+
+def _small_size(h: int, w: int) -> tuple[int, int]:
+    """(width, height) of the copy of at most ``MAX_SIDE`` px (OpenCV's order)."""
+    f = _factor(h, w)
+    return max(1, w // f), max(1, h // f)
+
+
 def _downscale(mask: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = mask.shape
-    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
+    f = _factor(h, w)
     if f == 1:
         return mask.astype(bool), 1.0
     small = cv2.resize(mask.astype(np.uint8), (w // f, h // f), interpolation=cv2.INTER_AREA)
@@ -151,10 +162,10 @@ def femur_shape(femur_mask: np.ndarray) -> FemurShape | None:
 EXTREME = 0.02  # the top (saturated) and bottom (unexposed) 2 % of an image's own range
 
 
-def saturation_level(bottom: float, top: float) -> float:
+def saturation_level(bottom: float, top: float, extreme: float = EXTREME) -> float:
     """The value from which a pixel of an image spanning ``bottom..top`` counts as saturated
-    (metal, burnt out): its top ``EXTREME`` of the range (the femur check and the points')."""
-    return top - EXTREME * max(top - bottom, 1e-6)
+    (metal, burnt out): its top ``extreme`` of the range (the femur check and the points')."""
+    return top - extreme * max(top - bottom, 1e-6)
 
 
 def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, float]:
@@ -169,9 +180,7 @@ def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, floa
     saturated = float(np.mean(vals >= saturation_level(bottom, top)))
     unexposed = float(np.mean(vals <= bottom + EXTREME * span))
     # the soft tissue around the femur: a ring of 3 % of the image side, on a downscaled copy
-    h, w = img.shape
-    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
-    size = (max(1, w // f), max(1, h // f))
+    size = _small_size(*img.shape)
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     bones = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
                       for m in masks]).astype(bool)  # fmt: skip
@@ -216,14 +225,12 @@ def saturation_levels(image: np.ndarray) -> SaturationLevels:
     """The saturation levels of ``image`` (see ``PLATEAU_STD``)."""
     img = np.asarray(image, np.float32)
     lo, hi = float(img.min()), float(img.max())
-    h, w = img.shape[:2]
-    f = max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
-    small = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(img, _small_size(*img.shape[:2]), interpolation=cv2.INTER_AREA)
     side = max(3, 2 * int(round(PLATEAU_MIN_SIZE * max(small.shape) / 2)) + 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     top = min(hi, float(cv2.morphologyEx(small, cv2.MORPH_OPEN, kernel).max()))
     span = max(hi - lo, 1e-6)
-    return SaturationLevels(saturation_level(lo, hi), top - PLATEAU_EXTREME * max(top - lo, 1e-6),
+    return SaturationLevels(saturation_level(lo, hi), saturation_level(lo, top, PLATEAU_EXTREME),
                             PLATEAU_STD * span)
 
 
@@ -262,13 +269,14 @@ def point_saturation(
 
 
 def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.ndarray,
-                     max_pixels: int = 200_000) -> float:
+                     femur_side: int, max_pixels: int = 200_000) -> float:
     """How far (px) the femur mask reaches behind the cortex line LM1 (given by a point and its
     unit normal, in original pixels): the largest distance of a femur pixel on the side away
-    from the femur's bulk. The posterior condyles bulge behind the posterior cortex line in any
-    lateral knee; a cortex line fitted to something else (a ruler along the shaft taken into
-    the femur mask: red-team round 8) has the whole femur on one side. NaN: no femur pixels.
-    The mask is sampled with a stride so that at most ``max_pixels`` are measured."""
+    from ``femur_side`` (+1 / -1 along the normal: the plan's anterior side, where the femur
+    lies). The posterior condyles bulge behind the posterior cortex line in any lateral knee; a
+    cortex line fitted to something else (a ruler along the shaft taken into the femur mask:
+    red-team round 8) has the whole femur on one side. NaN: no femur pixels. The mask is sampled
+    with a stride so that at most ``max_pixels`` are measured."""
     m = np.asarray(femur, bool)
     stride = max(1, int(np.ceil(np.sqrt(m.size / max_pixels))))
     ys, xs = np.nonzero(m[::stride, ::stride])
@@ -276,8 +284,7 @@ def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.
         return float("nan")
     pts = np.column_stack([xs, ys]).astype(np.float64) * stride
     d = (pts - np.asarray(line_point, np.float64)) @ np.asarray(line_normal, np.float64)
-    side = np.sign(np.mean(d)) or 1.0
-    return max(0.0, float(np.max(-side * d)))
+    return max(0.0, float(np.max(-femur_side * d)))
 
 
 def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:

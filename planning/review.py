@@ -351,8 +351,9 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
             out.append(Reason("lm1_axis", f"LM1 is {angle:.0f} deg off the femoral shaft axis "
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))
     femur = np.asarray(ctx.masks[0], bool)
-    if plan.lm1 is not None and cfg.min_condyle_bulge_mm > 0:
-        bulge = condyle_bulge_px(femur, plan.lm1.point, plan.lm1.normal) * mmpp
+    if plan.lm1 is not None and plan.femur_side and cfg.min_condyle_bulge_mm > 0:
+        # (no femur side: already a reason, no_femur_side; "behind" is then unknown)
+        bulge = condyle_bulge_px(femur, plan.lm1.point, plan.lm1.normal, plan.femur_side) * mmpp
         if np.isfinite(bulge) and bulge < cfg.min_condyle_bulge_mm:
             out.append(Reason("no_condyle_bulge", f"the femur reaches only {bulge:.1f} mm behind "
                               f"LM1 (the posterior condyles bulge behind the posterior cortex, "

@@ -182,7 +182,9 @@ class TrainObjective:
                 # Ctrl-C: training raises TrainingInterrupted after Lightning's graceful
                 # shutdown, or a DataLoader worker hit by the same signal raises
                 if pruning.finished and pruning.pruned_at is None and pruning.reported:
-                    return self._finished_value(trial, pruning)
+                    # training had finished (Ctrl-C in its teardown): scored as usual
+                    return self._score(trial, pruning, pruning.last_metrics,
+                                       max(pruning.reported) + 1)
                 epoch = max(pruning.reported, default=-1) + 1
                 return self._interrupted(trial, f"in epoch {epoch}")
         except Exception as err:
@@ -191,10 +193,16 @@ class TrainObjective:
             raise
         finally:
             _finish_wandb()
-        metrics = {k: float(v) for k, v in dict(result.metrics).items()}
         trial.set_user_attr("run_dir", str(result.run_dir))
+        return self._score(trial, pruning, dict(result.metrics), int(result.trainer.current_epoch))
+
+    def _score(self, trial: optuna.Trial, pruning: OptunaPruning, last: dict[str, Any],
+               epochs: int) -> float:
+        """The trial's value from its last validation metrics ``last``, recorded with them;
+        NaN (FAIL) when it diverged; raises TrialPruned when the pruner stopped it."""
+        metrics = {k: float(v) for k, v in last.items()}
         trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if math.isfinite(v)})
-        trial.set_user_attr("epochs", int(result.trainer.current_epoch))
+        trial.set_user_attr("epochs", epochs)
         if pruning.diverged is not None:
             trial.set_user_attr("fail_reason", f"diverged: {pruning.diverged}")
             return float("nan")
@@ -215,14 +223,3 @@ class TrainObjective:
         if trial.params:  # the next worker (or this command run again) trains them first
             trial.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
         return float("nan")
-
-    def _finished_value(self, trial: optuna.Trial, pruning: OptunaPruning) -> float:
-        """The value of a trial whose training finished before Ctrl-C (in its teardown)."""
-        metrics = pruning.last_metrics
-        if pruning.diverged is not None:
-            trial.set_user_attr("fail_reason", f"diverged: {pruning.diverged}")
-            return float("nan")
-        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if math.isfinite(v)})
-        trial.set_user_attr("epochs", max(pruning.reported) + 1)
-        trial.set_user_attr("objective_metric", self.spec.landmark_key(metrics))
-        return pruning.reported[max(pruning.reported)]
