@@ -9,18 +9,11 @@ import time
 from pathlib import Path, PurePath
 from typing import Any
 
+from datamodules.path_limits import longest_name, name_max, nearest_existing
 from lightning_modules.checkpoint_file import CheckpointError
 
 RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
 MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name (bytes) the file system of ``folder`` takes (255 if unknown)."""
-    try:
-        return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):
-        return 255
 
 
 def _stamp_source() -> tuple[str, str | None]:
@@ -57,17 +50,14 @@ def run_folder_problem(root: Any, name: Any) -> str | None:
                 "..) so the run stays inside run.root")
     base = Path(root_s)  # (as make_run_dir takes it: no ~ expansion)
     run_dir = base / name_s / stamp
-    # (os.path's tests never raise: a too long name or a folder that may not be searched is
-    # "not there"; Path.exists raised ENAMETOOLONG)
-    existing = next((p for p in (run_dir, *run_dir.parents) if os.path.exists(p)), Path("."))
-    limit = _name_max(existing if os.path.isdir(existing) else Path("."))
+    existing = nearest_existing(run_dir, links=False)  # (never raises: Path.exists did)
+    limit = name_max(existing if os.path.isdir(existing) else Path("."))
     for key, text in (("run.name", name_s), (var or "the run stamp", stamp),
                       ("run.root", root_s)):
-        for part in PurePath(text).parts:
-            if len(os.fsencode(part)) > limit:
-                return (f"{key}: the folder name {part[:40]!r}... is {len(os.fsencode(part))} "
-                        f"bytes, longer than the {limit} a file name may have (run folder "
-                        f"{str(run_dir)[:100]}...)")
+        part, size = longest_name(PurePath(text).parts)
+        if size > limit:
+            return (f"{key}: the folder name {part[:40]!r}... is {size} bytes, longer than the "
+                    f"{limit} a file name may have (run folder {str(run_dir)[:100]}...)")
     if len(os.fsencode(str(run_dir.absolute()))) > MAX_PATH_BYTES:
         return (f"run folder {str(run_dir.absolute())[:80]!r}...: the path is longer than the "
                 f"{MAX_PATH_BYTES} bytes it may have")

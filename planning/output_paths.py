@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from datamodules.path_limits import longest_name, name_max, nearest_existing
+
 
 def out_folder_problem(out: Path, flag: str = "--out", create: bool = True) -> str | None:
     """Why files cannot be written into the folder ``out`` given as ``flag`` (None: they can).
@@ -22,7 +24,7 @@ def out_folder_problem(out: Path, flag: str = "--out", create: bool = True) -> s
     against the longest name it takes).
     """
     try:
-        above = next((p for p in (out, *out.parents) if os.path.lexists(p)), Path("."))
+        above = nearest_existing(out)
         if above == out and not out.is_dir():
             return f"{flag} {out} is a file, not a folder"
         if not above.is_dir():
@@ -34,10 +36,10 @@ def out_folder_problem(out: Path, flag: str = "--out", create: bool = True) -> s
             except OSError as err:
                 return f"{flag} {out}: cannot create the output folder ({err.strerror or err})"
         elif above != out:
-            name_max = os.pathconf(above, "PC_NAME_MAX")
-            if any(len(os.fsencode(part)) > name_max for part in out.parts[len(above.parts):]):
+            limit = name_max(above)
+            if longest_name(out.parts[len(above.parts):])[1] > limit:
                 return (f"{flag} {out}: cannot create the output folder (File name too long: "
-                        f"at most {name_max} bytes)")
+                        f"at most {limit} bytes)")
             probe = above
         with tempfile.TemporaryFile(dir=probe, prefix=".write-check-"):
             pass
@@ -57,15 +59,16 @@ def out_file_problem(out: Path, beside: Sequence[Path] = ()) -> str | None:
         for target in targets:
             if target.is_dir():
                 return f"{target}: is a folder, not a file to write"
-        above = next((p for p in out.absolute().parents if p.exists()), None)
-        if above is not None and not above.is_dir():
+        above = nearest_existing(out.absolute().parent, links=False)
+        if not above.is_dir():
             return f"{above}: is a file, not a folder to write {out.name} in"
-        name_max = os.pathconf(above or Path.cwd(), "PC_NAME_MAX")
-        longest = max(len(os.fsencode(t.name)) for t in targets)
-        if longest > name_max:
+        limit = name_max(above)
+        to_make = out.absolute().parent.parts[len(above.parts):]
+        _, longest = longest_name([*to_make, *(t.name for t in targets)])
+        if longest > limit:
             return (f"--out {out}: the file name is too long ({longest} bytes; the file system "
-                    f"takes {name_max})")
-        if above is not None and not os.access(above, os.W_OK | os.X_OK):
+                    f"takes {limit})")
+        if not os.access(above, os.W_OK | os.X_OK):
             return f"--out {out}: cannot write in {above} (no permission or a read-only mount)"
     except OSError as err:  # a parent's name too long, a folder that may not be searched
         return f"--out {out}: cannot write there ({err.strerror or err})"
