@@ -1,4 +1,4 @@
-"""Lines in the image plane, femur outlines and the cortex-line (LM1) fit.
+"""Lines (and circles) in the image plane, femur outlines and the cortex-line (LM1) fit.
 
 A :class:`Line` is a point plus a unit direction; its unit normal is the direction rotated by
 +90 degrees, n = (-d_y, d_x), and the signed distance of p is n . (p - point).
@@ -102,6 +102,15 @@ class Line:
     def as_dict(self) -> dict[str, list[float]]:
         """Plain dict (for JSON)."""
         return {"point": self.point.tolist(), "direction": self.direction.tolist()}
+
+
+def fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Algebraic (Kasa) least-squares circle through (N >= 3, 2) points: (centre, radius).
+    Collinear points have no circle: the radius is then huge (or NaN from a singular fit)."""
+    a = np.column_stack([2 * pts, np.ones(len(pts))])
+    b = (pts**2).sum(1)
+    (cx, cy, k), *_ = np.linalg.lstsq(a, b, rcond=None)
+    return np.array([cx, cy]), float(np.sqrt(max(k + cx * cx + cy * cy, 0.0)))
 
 
 def to_mm(pts: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:

@@ -41,6 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from geometry.lines import fit_circle
+
 WORK_SIDE = 512  # Hough runs on a copy whose longer side is at most this
 FIT_RADIUS = 40.0  # candidates are fitted at the pyramid level where the radius is ~this (px)
 MAX_CANDIDATES = 8
@@ -181,14 +183,6 @@ def _blobs(small: np.ndarray, r_lo: float, r_hi: float) -> np.ndarray:
         else:
             out.append([x, y, r])
     return np.array(out[:MAX_CANDIDATES]).reshape(-1, 3)
-
-
-def _fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
-    """Algebraic (Kasa) least-squares circle through (N >= 3, 2) points: (centre, radius)."""
-    a = np.column_stack([2 * pts, np.ones(len(pts))])
-    b = (pts**2).sum(1)
-    (cx, cy, k), *_ = np.linalg.lstsq(a, b, rcond=None)
-    return np.array([cx, cy]), float(np.sqrt(max(k + cx * cx + cy * cy, 0.0)))
 
 
 def _edges(img: np.ndarray, c: np.ndarray, r: float, n: int = 72) -> np.ndarray:
@@ -384,7 +378,7 @@ def _verify(
         keep = np.abs(rad - np.median(rad)) <= 0.1 * np.median(rad)
         if keep.sum() < 12:
             return result("edge points not on a circle")
-        c, r = _fit_circle(good[keep])
+        c, r = fit_circle(good[keep])
     metrics["r_edges"] = r / s
     on_circle = np.abs(np.hypot(*(pts - c).T) - r) <= 0.05 * r  # NaN rays count as misses
     metrics["circularity"] = float(np.mean(on_circle))

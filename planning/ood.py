@@ -5,6 +5,9 @@ A network answers every input, so "is this a lateral knee at all?" must be asked
   one end (the condyles), with the shaft running up from the knee (not rotated by 90 degrees);
 - the other bones: the tibia distal of the femur, a patella of some size (a lateral view always
   shows it; an image upside down often gets none), not lying on the femur (as in an AP view);
+- the joint: the femur's end at the knee (the condyles) is round, the tibia's (the plateau) is
+  flatter; a tibia rounder than the femur means the bones were taken for each other (an image
+  upside down read as an upright knee: red-team round 9);
 - the radiograph under the predicted femur: bone is brighter than the soft tissue next to it, and
   is not predicted over saturated (metal, burnt-out) or unexposed regions;
 - where the plan's points lie along the femur: the landmarks and the Schoettle point belong to
@@ -72,6 +75,8 @@ class KneeEvidence:
     saturated_fraction: float  # femur pixels at the image's top intensity (metal, burnt out)
     unexposed_fraction: float  # femur pixels at the image's bottom intensity (no exposure)
     patella_size: float = float("nan")  # patella pixels / (femur's mean width)^2; NaN: no femur
+    femur_end_roundness: float = float("nan")  # joint_end_roundness (femur, tibia); NaN: no
+    tibia_end_roundness: float = float("nan")  # femur or tibia
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary."""
@@ -287,6 +292,73 @@ def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.
     return max(0.0, float(np.max(-femur_side * d)))
 
 
+JOINT_RADIUS = 0.35  # each bone's outline is read within this many condyle widths of the joint
+CONTACT = 0.15  # the joint's centre: outline points within the gap + this many condyle widths
+MAX_OUTLINE = 600  # outline points compared to find the contact zone (subsampled)
+
+
+def _largest_outline(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Outline (N, 2) (x, y) of the largest 8-connected component of ``mask``, and the
+    component; None: empty."""
+    from geometry.lines import largest_component
+
+    part = largest_component(mask)
+    if not part.any():
+        return None
+    outlines, _ = cv2.findContours(part.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)  # fmt: skip
+    return max(outlines, key=len)[:, 0, :].astype(np.float64), part
+
+
+def _roundness(outline: np.ndarray, mask: np.ndarray, joint: np.ndarray, radius: float,
+               width: float) -> float:
+    """Signed roundness of ``outline`` near ``joint``: the parabola u = c0 + c1 v + c2 v^2
+    fitted to its points within ``radius`` (v along their principal axis, u across) has the
+    curvature 2 c2 at its vertex, so ``c2 * width`` is width / (2 r) for a circle of radius r.
+    Positive when the bone lies on the concave side (convex toward the joint: a condyle),
+    negative on the other (a concave surface), 0 for a flat one. (A parabola, not a circle:
+    a flat surface's points are collinear, where a circle fit is singular.)"""
+    near = outline[np.hypot(*(outline - joint).T) <= radius]
+    if len(near) < 8:
+        return float("nan")
+    mid = near.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov((near - mid).T))
+    across, along = vecs[:, 0], vecs[:, 1]
+    v, u = (near - mid) @ along, (near - mid) @ across
+    coef = np.polyfit(v, u, 2)  # (c2, c1, c0)
+    inward = mid + np.sign(coef[0]) * across * max(2.0, 0.1 * radius)  # toward the centre
+    x, y = int(round(float(inward[0]))), int(round(float(inward[1])))
+    inside = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(mask[y, x])
+    return (1.0 if inside else -1.0) * abs(float(coef[0])) * width
+
+
+def joint_end_roundness(femur: np.ndarray, tibia: np.ndarray,
+                        condyle_width_px: float) -> tuple[float, float]:
+    """How round the femur's and the tibia's outlines are where they meet (the knee joint): the
+    condyles are convex toward the tibia (~1: a circle of
+    about half the condyle width), the tibial plateau flat or concave (~0 or below). The joint
+    is the centre of both outlines' points within the gap + ``CONTACT`` condyle widths. Each is
+    ``condyle_width_px / (2 r)`` of a circle fitted to the bone's outline within
+    ``JOINT_RADIUS`` condyle widths of the joint, signed by the side of its centre. Measured at
+    the joint, not along the femur's axis, so that flexion does not matter. (NaN, NaN): a bone
+    missing."""
+    f_small, f = _downscale(np.asarray(femur, bool))
+    t_small, _ = _downscale(np.asarray(tibia, bool))
+    f_big, t_big = _largest_outline(f_small), _largest_outline(t_small)
+    if f_big is None or t_big is None or not condyle_width_px > 0:
+        return float("nan"), float("nan")
+    (f_line, f_part), (t_line, t_part) = f_big, t_big
+    fs = f_line[:: max(1, len(f_line) // MAX_OUTLINE)]
+    ts = t_line[:: max(1, len(t_line) // MAX_OUTLINE)]
+    dist = np.sqrt(((fs[:, None, :] - ts[None, :, :]) ** 2).sum(-1))
+    width = condyle_width_px / f
+    reach = float(dist.min()) + CONTACT * width  # the contact zone: the gap and a little more
+    joint = np.concatenate([fs[dist.min(1) <= reach], ts[dist.min(0) <= reach]]).mean(axis=0)
+    radius = JOINT_RADIUS * width
+    return (_roundness(f_line, f_part, joint, radius, width),
+            _roundness(t_line, t_part, joint, radius, width))
+
+
 def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
     """Measure the evidence for a lateral knee from (4, H, W) bool masks (``BONES`` order) in
     original pixels and the (H, W) original image in [0, 1] (None: no intensity evidence)."""
@@ -309,5 +381,8 @@ def knee_evidence(image: np.ndarray | None, masks: np.ndarray) -> KneeEvidence:
         contrast = saturated = unexposed = float("nan")
     else:
         contrast, saturated, unexposed = _intensity(np.asarray(image), masks)
+    femur_end = tibia_end = float("nan")
+    if shape is not None:
+        femur_end, tibia_end = joint_end_roundness(masks[0], tibia, shape.condyle_width_px)
     return KneeEvidence(shape, tibia_fraction, tibia_distal, on_femur, contrast, saturated,
-                        unexposed, patella_size)  # fmt: skip
+                        unexposed, patella_size, femur_end, tibia_end)  # fmt: skip

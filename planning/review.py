@@ -86,6 +86,7 @@ class ReviewConfig:
     min_tibia_area: float = 0.01
     max_patella_on_femur: float = 0.75
     min_patella_size: float = 0.04
+    max_tibia_rounder: float = 0.5
     min_bone_contrast: float = 0.02
     max_saturated: float = 0.5
     max_unexposed: float = 0.2
@@ -165,7 +166,7 @@ def threshold_problem(name: str, value: float) -> str | None:
         low, high, inclusive = 0.0, MAX_SUPPORT, True
     elif name == "min_tta":
         low, high, inclusive = 0.0, MAX_TTA_COUNT, True
-    else:  # min_elongation, min_widening
+    else:  # min_elongation, min_widening, max_tibia_rounder
         low, high, inclusive = 0.0, MAX_RATIO, True
     if value > high or value < low or (value == low and not inclusive):
         return f"must lie in {'[' if inclusive else '('}{low:g}, {high:g}]"
@@ -332,6 +333,12 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
         out.append(Reason("no_patella", f"hardly any patella predicted ({ev.patella_size:.3f} "
                           f"of the femur's width squared, < {cfg.min_patella_size:g}): a lateral "
                           "knee shows it; image upside down, or not a knee?"))  # fmt: skip
+    lead = ev.tibia_end_roundness - ev.femur_end_roundness
+    if np.isfinite(lead) and lead > cfg.max_tibia_rounder:
+        out.append(Reason("tibia_rounder", f"the tibia is rounder than the femur where they meet "
+                          f"(roundness {ev.tibia_end_roundness:.2f} vs "
+                          f"{ev.femur_end_roundness:.2f}; the condyles are the round ones): "
+                          "bones taken for each other, image upside down?"))
     if np.isfinite(ev.patella_on_femur) and ev.patella_on_femur > cfg.max_patella_on_femur:
         out.append(Reason("patella_on_femur", f"patella lies on the femur "
                           f"({ev.patella_on_femur:.0%}): an AP view?"))  # fmt: skip

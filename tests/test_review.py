@@ -160,6 +160,9 @@ def test_each_reason_fires_on_its_case(case):
     far_from_knee = np.hypot(xx - plan.landmark("p_blum")[0], yy - plan.landmark("p_blum")[1])
     up_tib[2] = masks[0] & (far_from_knee > np.median(far_from_knee[masks[0]]))
     check("tibia_position", c=ctx(sample, up_tib))
+    swapped = masks.copy()  # the tibia taken for the femur and the condyles for the tibia
+    swapped[0], swapped[2] = masks[2], masks[0]
+    check("tibia_rounder", c=ctx(sample, swapped))
     ap = masks.copy()
     ap[1] = masks[0] & (np.abs(yy - np.nonzero(masks[0])[0].mean()) < 20)
     check("patella_on_femur", c=ctx(sample, ap))
