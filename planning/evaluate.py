@@ -138,6 +138,7 @@ def evaluate_sample(
     tta: int = 0,
     codec: Any = None,
     sphere_mm: float = SPHERE_MM,
+    zoom: bool = True,
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
     and the review verdict (``planning.review.review``, the same call as ``make plan``).
@@ -146,7 +147,7 @@ def evaluate_sample(
     ``make plan``), else in original pixels; the row's ``unit`` says which. With a
     ``predictor`` its codec decodes the heat-maps, and ``tta >= 2`` measures the uncertainty as
     ``make plan`` does (else ``uncertainty`` is used as given); ``codec`` defaults to the
-    predictor's.
+    predictor's. ``zoom``: as the maps were made (the metal check plans again the same way).
     """
     from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
@@ -179,6 +180,11 @@ def evaluate_sample(
         config=review_config or ReviewConfig.load(),
         tta_count=tta if predictor is not None else None,
     )  # fmt: skip
+    if predictor is not None and tta >= 2:  # as make plan: does it lean on metal near its points?
+        from planning.metal_out import with_metal_shift
+
+        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom)
+        uncertainty = context.uncertainty
     reasons = review(plan, context)
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)
     for b, bone in enumerate(BONES):
@@ -360,7 +366,7 @@ def evaluate(
             maps = predict_image(predictor, sample.image, zoom=zoom, review_config=review_config)
             res = evaluate_sample(sample, maps, decode=decode, line_fit=line_fit,
                                   review_config=review_config, predictor=predictor, tta=tta,
-                                  sphere_mm=sphere_mm)
+                                  sphere_mm=sphere_mm, zoom=zoom)
         codes.append([r.code for r in res.reasons])
         spread = float(res.row.get("spread_schoettle", 0.0))
         scores.append(1e6 * bool(res.reasons) + 1e3 * len(res.reasons)

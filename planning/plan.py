@@ -273,6 +273,11 @@ def run_plan(
         scale=sp.anatomy, uncertainty=unc,
         config=review_config, tta_count=tta,
     )  # fmt: skip
+    if aug is not None:  # with the plan's stability: does it lean on metal near its points?
+        from planning.metal_out import with_metal_shift
+
+        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom)
+        unc = context.uncertainty
     reasons = review(plan, context)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

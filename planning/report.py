@@ -121,6 +121,8 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
         "failed_fraction": _num(unc.failures),
         "hourglass_shift_px": per_landmark(unc.hourglass_shift_px),
         "look_shift_px": per_landmark(unc.look_shift_px),
+        "metal_shift_px": None if unc.metal_shift_px is None else {
+            k: _num(d) for k, d in zip(POINT_NAMES, unc.metal_shift_px, strict=True)},
     }
 
 

@@ -97,6 +97,7 @@ class ReviewConfig:
     max_tta_failures: float = 0.25
     max_hourglass_shift_mm: float = 4.0
     max_look_shift_mm: float = 10.0
+    max_metal_shift_mm: float = 5.0
     min_tta: int = 4
     source: str = field(default="", compare=False)  # the file read (not a threshold)
 
@@ -437,6 +438,16 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
             if d * mmpp > cfg.max_hourglass_shift_mm:
                 out.append(Reason("hourglass_disagree", f"the last two hourglasses disagree on "
                                   f"{name} by {d * mmpp:.1f} mm"))  # fmt: skip
+    if unc.metal_shift_px is not None:
+        labels = ("p_blum", "p_tmc", "the Schoettle point")
+        moved = [(n, d * mmpp) for n, d in zip(labels, unc.metal_shift_px, strict=True)
+                 if not d * mmpp <= cfg.max_metal_shift_mm]  # (NaN: lost, counts)
+        if moved:
+            what = ", ".join(f"{n} {'is lost' if not np.isfinite(d) else f'by {d:.1f} mm'}"
+                             for n, d in moved)
+            out.append(Reason("metal_dependent", f"with the metal near its points painted out "
+                              f"the plan moves ({what}; > {cfg.max_metal_shift_mm:g} mm): an "
+                              "implant or screw may hide the contours the landmarks mark"))
     if unc.look_shift_px is not None:
         for name, d in zip(LANDMARK_NAMES, unc.look_shift_px, strict=True):
             if d * mmpp > cfg.max_look_shift_mm:

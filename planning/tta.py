@@ -52,6 +52,9 @@ class Uncertainty:
         hourglass_shift_px: (2,) distance between the last two hourglasses' landmarks, or None.
         look_shift_px: (2,) distance between the landmarks of the whole image and of the
             second look (``planning.zoom``), or None without one.
+        metal_shift_px: (3,) distance p_blum, p_tmc and the Schoettle point move when the metal
+            near them is painted out (``planning.metal_out``; NaN: lost), or None when no metal
+            was near them.
     """
 
     points: np.ndarray
@@ -59,6 +62,7 @@ class Uncertainty:
     failures: float
     hourglass_shift_px: np.ndarray | None = None
     look_shift_px: np.ndarray | None = None
+    metal_shift_px: np.ndarray | None = None
 
     def covariance_mm(self, spacing: tuple[float, float] | float) -> np.ndarray:
         """(3, 2, 2) covariances in mm: spacing (row_mm, col_mm), or one mm/px value."""
@@ -225,3 +229,4 @@ def tta_uncertainty(
     failures = float(np.mean(~np.all(np.isfinite(pts[:, 2]), axis=1)))
     return Uncertainty(pts, cov, failures, hourglass_shift(base, decode, codec),
                        look_shift(base, decode, codec))
+

@@ -198,6 +198,12 @@ def test_each_reason_fires_on_its_case(case):
     shift = np.array([0.0, 6.0 / sp[1]])  # p_tmc: 6 mm between the last two hourglasses
     check("hourglass_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, shift)))
+    metal = np.array([0.0, 6.0 / sp[1], 1.0])  # p_tmc moves 6 mm with the metal painted out
+    check("metal_dependent",
+          c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, None, metal)))
+    lost = np.array([0.0, 0.0, np.nan])  # the Schoettle point is lost without the metal
+    check("metal_dependent",
+          c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, None, lost)))
     looks = np.array([12.0 / sp[1], 0.0])  # p_blum: 12 mm between the whole image and the zoom
     check("looks_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
