@@ -106,7 +106,7 @@ class Line:
 
 def fit_circle(pts: np.ndarray) -> tuple[np.ndarray, float]:
     """Algebraic (Kasa) least-squares circle through (N >= 3, 2) points: (centre, radius).
-    Collinear points have no circle: the radius is then huge (or NaN from a singular fit)."""
+    Collinear points have no circle: the least-squares answer is then meaningless."""
     a = np.column_stack([2 * pts, np.ones(len(pts))])
     b = (pts**2).sum(1)
     (cx, cy, k), *_ = np.linalg.lstsq(a, b, rcond=None)

@@ -138,7 +138,7 @@ def evaluate_sample(
     tta: int = 0,
     codec: Any = None,
     sphere_mm: float = SPHERE_MM,
-    zoom: bool = True,
+    zoom: bool = False,
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
     and the review verdict (``planning.review.review``, the same call as ``make plan``).
@@ -147,7 +147,8 @@ def evaluate_sample(
     ``make plan``), else in original pixels; the row's ``unit`` says which. With a
     ``predictor`` its codec decodes the heat-maps, and ``tta >= 2`` measures the uncertainty as
     ``make plan`` does (else ``uncertainty`` is used as given); ``codec`` defaults to the
-    predictor's. ``zoom``: as the maps were made (the metal check plans again the same way).
+    predictor's. ``zoom``: whether the maps were made with a second look (``predict_image``'s
+    default: no); the metal check plans again the same way.
     """
     from planning.tta import TTAConfig, hourglass_only, tta_uncertainty
 
@@ -183,7 +184,7 @@ def evaluate_sample(
     if predictor is not None and tta >= 2:  # as make plan: does it lean on metal near its points?
         from planning.metal_out import with_metal_shift
 
-        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom)
+        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom, codec)
         uncertainty = context.uncertainty
     reasons = review(plan, context)
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)

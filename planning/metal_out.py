@@ -24,13 +24,14 @@ from planning.ood import saturation_levels
 NEAR_MM = 10.0  # metal this close to p_blum, p_tmc or the Schoettle point is painted out
 MIN_SIZE_MM = 2.0  # a region at least this many mm square (a marker's letter, noise: smaller)
 MARGIN_PX = 2  # the region grown by this much before painting (its blurred rim)
-MAX_PAINTED = 0.05  # more than this fraction of the image near the points: not an implant
+MAX_PAINTED = 0.05  # regions over more than this fraction of the image: not an implant
 
 
 def metal_near(image: np.ndarray, points: np.ndarray, mm_per_px: float) -> np.ndarray | None:
     """(H, W) uint8 mask of the saturated regions (clipped, or a flat plateau high in the
     image's range) of at least ``MIN_SIZE_MM`` square that come within ``NEAR_MM`` of any of
-    ``points`` ((N, 2) x, y; non-finite ones skipped), grown by ``MARGIN_PX``; None: none."""
+    ``points`` ((N, 2) x, y; non-finite ones skipped), grown by ``MARGIN_PX``; None: none, or
+    more than ``MAX_PAINTED`` of the image (a burnt-out field, not an implant)."""
     img = np.asarray(image, np.float32)
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     pts = pts[np.all(np.isfinite(pts), axis=1)]
@@ -41,23 +42,15 @@ def metal_near(image: np.ndarray, points: np.ndarray, mm_per_px: float) -> np.nd
     var = cv2.blur(img * img, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
     sat = ((img >= lv.clip) | ((img >= lv.plateau) & (var <= lv.flat_std**2))).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(sat, 8)
-    near_px, min_area = NEAR_MM / mm_per_px, (MIN_SIZE_MM / mm_per_px) ** 2
-    keep = np.zeros(img.shape, np.uint8)
-    for k in range(1, n):
-        x, y, w, h, area = stats[k]
-        if area < min_area:
-            continue
-        # the box first (cheap), then the component's own pixels in it
-        dx = np.maximum(np.maximum(x - pts[:, 0], pts[:, 0] - (x + w - 1)), 0)
-        dy = np.maximum(np.maximum(y - pts[:, 1], pts[:, 1] - (y + h - 1)), 0)
-        if not np.any(np.hypot(dx, dy) <= near_px):
-            continue
-        ys, xs = np.nonzero(labels[y : y + h, x : x + w] == k)
-        d = np.hypot(xs[:, None] + x - pts[None, :, 0], ys[:, None] + y - pts[None, :, 1])
-        if d.min() <= near_px:
-            keep[y : y + h, x : x + w][ys, xs] = 1
-    if not keep.any():
+    near = np.zeros(img.shape, np.uint8)  # discs of NEAR_MM around the points
+    radius = max(1, int(round(NEAR_MM / mm_per_px)))
+    for x, y in pts:
+        cv2.circle(near, (int(round(x)), int(round(y))), radius, 1, -1)
+    ids = np.unique(labels[(near > 0) & (sat > 0)])
+    ids = ids[(ids > 0) & (stats[ids, cv2.CC_STAT_AREA] >= (MIN_SIZE_MM / mm_per_px) ** 2)]
+    if not len(ids) or stats[ids, cv2.CC_STAT_AREA].sum() > MAX_PAINTED * img.size:
         return None
+    keep = np.isin(labels, ids).astype(np.uint8)
     return cv2.dilate(keep, np.ones((2 * MARGIN_PX + 1,) * 2, np.uint8))
 
 
@@ -70,9 +63,9 @@ def metal_out_shift(
     """(N,) distance (px) each of ``points`` moves when the metal near them (``metal_near``)
     is painted out and ``replan`` (image -> (N, 2) points, NaN where it finds none) runs
     again; NaN where a point is lost. None: no metal near the points, or so much that it is
-    not an implant (``MAX_PAINTED``), so nothing was re-planned."""
+    not an implant (``MAX_PAINTED``, ``metal_near``), so nothing was re-planned."""
     mask = metal_near(image, points, mm_per_px)
-    if mask is None or mask.mean() > MAX_PAINTED:
+    if mask is None:
         return None
     img = np.asarray(image, np.float32)
     # Navier-Stokes: OpenCV 5.1's Telea fills float32 images with values far outside the
@@ -89,13 +82,15 @@ def _plan_points(plan: Any) -> np.ndarray:
 
 def with_metal_shift(
     context: Any, plan: Any, module: Any, decode: str = "argmax", line_fit: str = "lstsq",
-    zoom: bool = True,
+    zoom: bool = True, codec: Any = None,
 ) -> Any:
     """``context`` (a ``planning.review.ReviewContext``) with its uncertainty's
     ``metal_shift_px`` measured: ``plan`` made again, the same way, from the image with the
     metal near its points painted out. Unchanged when there is no uncertainty to add it to, no
     finite point, or no metal near the points. "Near" is sized by the review's own scale
-    (``planning.review.mm_per_px``: the spacing, the anatomy or the nominal field)."""
+    (``planning.review.mm_per_px``: the spacing, the anatomy or the nominal field). ``zoom``,
+    ``codec``: as the plan's maps were made and decoded. (Run only with TTA on, as part of
+    measuring the plan's stability: ``--tta 0`` turns this check off too.)"""
     from geometry.plan_geometry import plan_from_maps
     from planning.predict import as_predictor, predict_image
     from planning.review import mm_per_px
@@ -104,7 +99,7 @@ def with_metal_shift(
     if context.uncertainty is None or context.image is None or not np.all(np.isfinite(points)):
         return context
     predictor = as_predictor(module)
-    codec = getattr(predictor, "codec", None)
+    codec = codec or getattr(predictor, "codec", None)  # (as the plan was decoded)
 
     def replan(painted: np.ndarray) -> np.ndarray:
         maps = predict_image(predictor, painted, zoom=zoom, review_config=context.config)

@@ -338,8 +338,10 @@ def joint_end_roundness(femur: np.ndarray, tibia: np.ndarray,
     condyles are convex toward the tibia (~1: a circle of
     about half the condyle width), the tibial plateau flat or concave (~0 or below). The joint
     is the centre of both outlines' points within the gap + ``CONTACT`` condyle widths. Each is
-    ``condyle_width_px / (2 r)`` of a circle fitted to the bone's outline within
-    ``JOINT_RADIUS`` condyle widths of the joint, signed by the side of its centre. Measured at
+    ``condyle_width_px / (2 r)``, r the radius of curvature of a parabola fitted to the bone's
+    outline within ``JOINT_RADIUS`` condyle widths of the joint, signed by the side the bone
+    lies on (``_roundness``). Beyond ~100 deg of flexion the tibia's posterior corner meets the
+    condyles and reads as round. Measured at
     the joint, not along the femur's axis, so that flexion does not matter. (NaN, NaN): a bone
     missing."""
     f_small, f = _downscale(np.asarray(femur, bool))

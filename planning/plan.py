@@ -276,7 +276,7 @@ def run_plan(
     if aug is not None:  # with the plan's stability: does it lean on metal near its points?
         from planning.metal_out import with_metal_shift
 
-        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom)
+        context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom, codec)
         unc = context.uncertainty
     reasons = review(plan, context)
     out = Path(out_dir)

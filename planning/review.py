@@ -443,8 +443,8 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
         moved = [(n, d * mmpp) for n, d in zip(labels, unc.metal_shift_px, strict=True)
                  if not d * mmpp <= cfg.max_metal_shift_mm]  # (NaN: lost, counts)
         if moved:
-            what = ", ".join(f"{n} {'is lost' if not np.isfinite(d) else f'by {d:.1f} mm'}"
-                             for n, d in moved)
+            what = ", ".join(f"{n} by {d:.1f} mm" if np.isfinite(d) else
+                             f"{n} can no longer be constructed" for n, d in moved)
             out.append(Reason("metal_dependent", f"with the metal near its points painted out "
                               f"the plan moves ({what}; > {cfg.max_metal_shift_mm:g} mm): an "
                               "implant or screw may hide the contours the landmarks mark"))

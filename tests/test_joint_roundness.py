@@ -80,8 +80,9 @@ def test_missing_bone_is_nan():
 
 @pytest.mark.parametrize("config", ["default", "all_on", "classic"])
 def test_true_knees_never_have_the_tibia_rounder(config):
-    """On the phantoms' own (truth) masks the femur is always the rounder side, by a margin:
-    the check cannot flag a knee whose bones are labelled right. Swapping the labels makes the
+    """On the phantoms' own (truth) masks in their flexion range (0-90 deg) the femur is the
+    rounder side, by a margin (beyond 100 deg the tibia's posterior corner meets the condyles
+    and a knee read right can be flagged: README). Swapping the labels makes the
     tibia the rounder one in most knees."""
     path = Path(__file__).resolve().parents[1] / "configs" / "phantoms" / f"{config}.yaml"
     cfg = PhantomConfig.from_yaml(path, min_side=256, max_side=384)

@@ -84,3 +84,17 @@ def test_the_painted_metal_stays_inside_the_range_of_its_neighbours():
     fill = seen[0][45:155, 108:153]
     around = img[30:170, 90:170][img[30:170, 90:170] < 1.0]
     assert around.min() - 0.02 <= fill.min() and fill.max() <= around.max() + 0.02
+
+
+def test_a_flat_plateau_below_the_clip_counts_as_metal_and_textured_bone_does_not():
+    """Unclipped but noise-free metal (a flat plateau high in the range) is found; bone at the
+    same brightness with its texture is not."""
+    img = _image(None)
+    img[100:160, 120:150] = 0.93  # flat, below the image's maximum of 1.0
+    img[5, 5] = 1.0
+    assert metal_near(img, np.array([[170.0, 130.0]]), MMPP) is not None
+    rng = np.random.default_rng(1)
+    bone = _image(None)
+    bone[100:160, 120:150] = 0.93 + 0.03 * rng.standard_normal((60, 30))
+    bone[5, 5] = 1.0
+    assert metal_near(bone, np.array([[170.0, 130.0]]), MMPP) is None

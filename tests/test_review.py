@@ -201,6 +201,9 @@ def test_each_reason_fires_on_its_case(case):
     metal = np.array([0.0, 6.0 / sp[1], 1.0])  # p_tmc moves 6 mm with the metal painted out
     check("metal_dependent",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, None, metal)))
+    small = np.array([4.0, 4.9, 0.0]) / sp[1]  # within 5 mm: the metal did not matter
+    assert "metal_dependent" not in codes(plan, ctx(sample, masks, uncertainty=Uncertainty(
+        pts, calm, 0.0, None, None, small)))
     lost = np.array([0.0, 0.0, np.nan])  # the Schoettle point is lost without the metal
     check("metal_dependent",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, None, lost)))
