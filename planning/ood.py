@@ -105,9 +105,10 @@ def _small_size(h: int, w: int) -> tuple[int, int]:
     return max(1, w // f), max(1, h // f)
 
 
-def _downscale(mask: np.ndarray) -> tuple[np.ndarray, float]:
+def _downscale(mask: np.ndarray, factor: int | None = None) -> tuple[np.ndarray, float]:
+    """``mask`` shrunk by ``factor`` (default: to at most ``MAX_SIDE`` px) and the factor."""
     h, w = mask.shape
-    f = _factor(h, w)
+    f = _factor(h, w) if factor is None else max(1, int(factor))
     if f == 1:
         return mask.astype(bool), 1.0
     small = cv2.resize(mask.astype(np.uint8), (w // f, h // f), interpolation=cv2.INTER_AREA)
@@ -294,6 +295,7 @@ def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.
 
 JOINT_RADIUS = 0.35  # each bone's outline is read within this many condyle widths of the joint
 CONTACT = 0.15  # the joint's centre: outline points within the gap + this many condyle widths
+JOINT_PX = 100  # the condyle width (px) the joint's outlines are read at
 MAX_OUTLINE = 600  # outline points compared to find the contact zone (subsampled)
 
 
@@ -340,12 +342,18 @@ def joint_end_roundness(femur: np.ndarray, tibia: np.ndarray,
     is the centre of both outlines' points within the gap + ``CONTACT`` condyle widths. Each is
     ``condyle_width_px / (2 r)``, r the radius of curvature of a parabola fitted to the bone's
     outline within ``JOINT_RADIUS`` condyle widths of the joint, signed by the side the bone
-    lies on (``_roundness``). Beyond ~100 deg of flexion the tibia's posterior corner meets the
-    condyles and reads as round. Measured at
+    lies on (``_roundness``), read with the condyles ~``JOINT_PX`` px wide whatever the image
+    size. Beyond ~100 deg of flexion the tibia's posterior corner meets the condyles and reads
+    as round. Measured at
     the joint, not along the femur's axis, so that flexion does not matter. (NaN, NaN): a bone
     missing."""
-    f_small, f = _downscale(np.asarray(femur, bool))
-    t_small, _ = _downscale(np.asarray(tibia, bool))
+    # shrunk so that the condyles keep ~JOINT_PX px (the whole image at MAX_SIDE left a knee
+    # on a whole-leg film ~10 px wide: no measure at all)
+    if not condyle_width_px > 0:
+        return float("nan"), float("nan")
+    factor = max(1, int(condyle_width_px // JOINT_PX))
+    f_small, f = _downscale(np.asarray(femur, bool), factor)
+    t_small, _ = _downscale(np.asarray(tibia, bool), factor)
     f_big, t_big = _largest_outline(f_small), _largest_outline(t_small)
     if f_big is None or t_big is None or not condyle_width_px > 0:
         return float("nan"), float("nan")

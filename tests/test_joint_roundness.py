@@ -105,3 +105,16 @@ def test_knee_evidence_reports_both_sides():
     assert ev.femur_end_roundness > ev.tibia_end_roundness
     d = ev.as_dict()
     assert d["femur_end_roundness"] == ev.femur_end_roundness
+
+
+def test_a_knee_small_on_a_whole_leg_film_is_still_measured():
+    """The outlines are read with the condyles ~100 px wide, not the whole image at 384 px
+    (where a 121 px knee on a 4000 px film was ~12 px wide: no measure, NaN)."""
+    femur = np.zeros((4000, 1200), np.uint8)
+    tibia = np.zeros((4000, 1200), np.uint8)
+    cv2.rectangle(femur, (560, 0), (640, 1950), 1, -1)
+    cv2.circle(femur, (600, 1960), R, 1, -1)
+    cv2.rectangle(tibia, (540, 2040), (660, 3999), 1, -1)
+    f, t = joint_end_roundness(femur.astype(bool), tibia.astype(bool), 2 * R + 1)
+    assert f == pytest.approx(1.0, rel=0.12)
+    assert abs(t) < 0.05
