@@ -251,27 +251,31 @@ def patella_fibula_place(small_masks: Sequence[np.ndarray | None]) -> list[Label
                                               "patella drawn on the tibia, or the mask of "
                                               "another image?"))
         elif gap > max(PATELLA_GAP * width, MIN_GAP_PX):
-            out.append(LabelProblem(1, False, f"the patella mask lies {gap / width:.1f} femur "
-                                              f"widths from the femur mask (the patella lies in "
-                                              f"front of the femoral condyles, at most "
-                                              f"{PATELLA_GAP:g} away): patella drawn on another "
-                                              "object, or the mask of another image?"))
+            out.append(_too_far(1, "femur", gap / width,
+                                f"the patella lies in front of the femoral condyles, at most "
+                                f"{PATELLA_GAP:g} away): patella drawn on another object, or "
+                                "the mask of another image?"))
         elif to_tibia is not None and (t_gap := _gap(to_tibia, patella)) > \
                 PATELLA_TIBIA_GAP * width:
-            out.append(LabelProblem(1, False, f"the patella mask lies {t_gap / width:.1f} femur "
-                                              f"widths from the tibia mask (the patellar tendon "
-                                              f"holds it within ~1.5, the check allows "
-                                              f"{PATELLA_TIBIA_GAP:g}): patella drawn up the "
-                                              "femoral shaft or on another object?"))
+            out.append(_too_far(1, "tibia", t_gap / width,
+                                f"the patellar tendon holds it within ~1.5, the check allows "
+                                f"{PATELLA_TIBIA_GAP:g}): patella drawn up the femoral shaft or "
+                                "on another object?"))
     if to_tibia is not None and fibula is not None and fibula.any():
         gap = _gap(to_tibia, fibula)
         if gap > max(FIBULA_GAP * width, MIN_GAP_PX):
-            out.append(LabelProblem(3, False, f"the fibula mask lies {gap / width:.1f} femur "
-                                              f"widths from the tibia mask (the fibula runs "
-                                              f"alongside the proximal tibia, touching or "
-                                              f"behind it, at most {FIBULA_GAP:g} away): fibula "
-                                              "(or tibia) mask shifted, or of another image?"))
+            out.append(_too_far(3, "tibia", gap / width,
+                                f"the fibula runs alongside the proximal tibia, touching or "
+                                f"behind it, at most {FIBULA_GAP:g} away): fibula (or tibia) "
+                                "mask shifted, or of another image?"))
     return out
+
+
+def _too_far(index: int, other: str, widths: float, why: str) -> LabelProblem:
+    """The warning for bone ``index``'s mask lying ``widths`` femur widths from the ``other``
+    bone's mask; ``why`` closes the parenthesis and says what it may mean."""
+    return LabelProblem(index, False, f"the {BONES[index]} mask lies {widths:.1f} femur widths "
+                                      f"from the {other} mask ({why}")
 
 
 def _edge_score(grad: np.ndarray, masks: Sequence[np.ndarray]) -> float:

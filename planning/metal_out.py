@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from planning.ood import saturation_levels
+from planning.ood import saturated_pixels, saturation_levels
 
 NEAR_MM = 10.0  # metal this close to p_blum, p_tmc or the Schoettle point is painted out
 MIN_SIZE_MM = 2.0  # a region at least this many mm square (a marker's letter, noise: smaller)
@@ -37,10 +37,7 @@ def metal_near(image: np.ndarray, points: np.ndarray, mm_per_px: float) -> np.nd
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if not len(pts) or not (np.isfinite(mm_per_px) and mm_per_px > 0):
         return None
-    lv = saturation_levels(img)
-    mean = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
-    var = cv2.blur(img * img, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
-    sat = ((img >= lv.clip) | ((img >= lv.plateau) & (var <= lv.flat_std**2))).astype(np.uint8)
+    sat = saturated_pixels(img, saturation_levels(img)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(sat, 8)
     near = np.zeros(img.shape, np.uint8)  # discs of NEAR_MM around the points
     radius = max(1, int(round(NEAR_MM / mm_per_px)))
@@ -75,11 +72,6 @@ def metal_out_shift(
     return np.hypot(*(np.asarray(replan(painted), np.float64).reshape(-1, 2) - pts).T)
 
 
-def _plan_points(plan: Any) -> np.ndarray:
-    """(3, 2) p_blum, p_tmc and the Schoettle point (``planning.tta.POINT_NAMES`` order)."""
-    return np.stack([plan.landmarks[0], plan.landmarks[1], plan.schoettle])
-
-
 def with_metal_shift(
     context: Any, plan: Any, module: Any, decode: str = "argmax", line_fit: str = "lstsq",
     zoom: bool = True, codec: Any = None,
@@ -94,8 +86,9 @@ def with_metal_shift(
     from geometry.plan_geometry import plan_from_maps
     from planning.predict import as_predictor, predict_image
     from planning.review import mm_per_px
+    from planning.tta import plan_points
 
-    points = _plan_points(plan)
+    points = plan_points(plan)
     if context.uncertainty is None or context.image is None or not np.all(np.isfinite(points)):
         return context
     predictor = as_predictor(module)
@@ -106,7 +99,7 @@ def with_metal_shift(
         again = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
                                spacing=plan.spacing, decode=decode, line_fit=line_fit,
                                codec=codec)  # fmt: skip
-        return _plan_points(again)  # (a point it cannot construct is NaN: its shift too)
+        return plan_points(again)  # (a point it cannot construct is NaN: its shift too)
 
     shift = metal_out_shift(context.image, points, mm_per_px(plan, context)[0], replan)
     if shift is None:

@@ -240,6 +240,15 @@ def saturation_levels(image: np.ndarray) -> SaturationLevels:
                             PLATEAU_STD * span)
 
 
+def saturated_pixels(image: np.ndarray, levels: SaturationLevels) -> np.ndarray:
+    """(H, W) bool: the pixels of ``image`` at or above ``levels.clip``, or at or above
+    ``levels.plateau`` where flat (5 x 5 px standard deviation at most ``levels.flat_std``)."""
+    img = np.asarray(image, np.float32)
+    mean = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
+    var = cv2.blur(img * img, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
+    return (img >= levels.clip) | ((img >= levels.plateau) & (var <= levels.flat_std**2))
+
+
 def point_saturation(
     image: np.ndarray,
     point: np.ndarray,
@@ -266,12 +275,7 @@ def point_saturation(
     if not disc.any():
         return float("nan")
     lv = levels if levels is not None else saturation_levels(img)
-    crop = img[y0:y1, x0:x1].astype(np.float32)
-    mean = cv2.blur(crop, (5, 5), borderType=cv2.BORDER_REFLECT)
-    var = cv2.blur(crop * crop, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
-    flat = var <= lv.flat_std**2
-    saturated = (crop >= lv.clip) | ((crop >= lv.plateau) & flat)
-    return float(np.mean(saturated[disc]))
+    return float(np.mean(saturated_pixels(img[y0:y1, x0:x1], lv)[disc]))
 
 
 def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.ndarray,
@@ -337,16 +341,15 @@ def _roundness(outline: np.ndarray, mask: np.ndarray, joint: np.ndarray, radius:
 def joint_end_roundness(femur: np.ndarray, tibia: np.ndarray,
                         condyle_width_px: float) -> tuple[float, float]:
     """How round the femur's and the tibia's outlines are where they meet (the knee joint): the
-    condyles are convex toward the tibia (~1: a circle of
-    about half the condyle width), the tibial plateau flat or concave (~0 or below). The joint
+    condyles are convex toward the tibia (~1: a circle about as wide as the condyles), the
+    tibial plateau flat or concave (~0 or below). The joint
     is the centre of both outlines' points within the gap + ``CONTACT`` condyle widths. Each is
     ``condyle_width_px / (2 r)``, r the radius of curvature of a parabola fitted to the bone's
     outline within ``JOINT_RADIUS`` condyle widths of the joint, signed by the side the bone
     lies on (``_roundness``), read with the condyles ~``JOINT_PX`` px wide whatever the image
-    size. Beyond ~100 deg of flexion the tibia's posterior corner meets the condyles and reads
-    as round. Measured at
-    the joint, not along the femur's axis, so that flexion does not matter. (NaN, NaN): a bone
-    missing."""
+    size. Measured at the joint, not along the femur's axis, so that flexion up to ~100 deg
+    does not matter (beyond it the tibia's posterior corner meets the condyles and reads as
+    round). (NaN, NaN): a bone missing."""
     # shrunk so that the condyles keep ~JOINT_PX px (the whole image at MAX_SIDE left a knee
     # on a whole-leg film ~10 px wide: no measure at all)
     if not condyle_width_px > 0:
@@ -355,7 +358,7 @@ def joint_end_roundness(femur: np.ndarray, tibia: np.ndarray,
     f_small, f = _downscale(np.asarray(femur, bool), factor)
     t_small, _ = _downscale(np.asarray(tibia, bool), factor)
     f_big, t_big = _largest_outline(f_small), _largest_outline(t_small)
-    if f_big is None or t_big is None or not condyle_width_px > 0:
+    if f_big is None or t_big is None:
         return float("nan"), float("nan")
     (f_line, f_part), (t_line, t_part) = f_big, t_big
     fs = f_line[:: max(1, len(f_line) // MAX_OUTLINE)]

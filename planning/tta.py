@@ -105,7 +105,8 @@ def _warp(maps: np.ndarray, m: np.ndarray, inverse: bool) -> np.ndarray:
     return np.stack(chans)
 
 
-def _points(plan: Any) -> np.ndarray:
+def plan_points(plan: Any) -> np.ndarray:
+    """(3, 2) p_blum, p_tmc and the Schoettle point of ``plan`` (``POINT_NAMES`` order)."""
     return np.stack([plan.landmarks[0], plan.landmarks[1], plan.schoettle])
 
 
@@ -220,7 +221,7 @@ def tta_uncertainty(
     plans += [plan_from_maps(m["seg"], m["lm"], m["roi"], frame=aug.frame, spacing=spacing,
                              decode=decode, line_fit=line_fit, codec=codec)
               for m in aug.maps]  # fmt: skip
-    pts = np.stack([_points(p) for p in plans])
+    pts = np.stack([plan_points(p) for p in plans])
     cov = np.full((3, 2, 2), np.nan)
     for j in range(3):
         ok = np.all(np.isfinite(pts[:, j]), axis=1)
@@ -229,4 +230,3 @@ def tta_uncertainty(
     failures = float(np.mean(~np.all(np.isfinite(pts[:, 2]), axis=1)))
     return Uncertainty(pts, cov, failures, hourglass_shift(base, decode, codec),
                        look_shift(base, decode, codec))
-
