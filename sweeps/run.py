@@ -29,11 +29,13 @@ import argparse
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from datamodules.config_file import ConfigFileError, check_config_file
@@ -235,13 +237,16 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-def open_study(args: argparse.Namespace) -> optuna.Study:
-    """Create or join the study (load_if_exists) with a seeded TPE sampler and the pruner.
+def open_study(args: argparse.Namespace) -> tuple[optuna.Study, bool]:
+    """Create or join the study with a seeded TPE sampler and the pruner; True if this worker
+    created it.
 
     The seed is `seed + 1009 * worker_index + trials already in the study`, and every trial
     reseeds the sampler's draws from that seed and its trial number (unique in the study), so a
     fresh local study is reproducible while parallel workers, even two started at the same
-    moment on a new study, and restarted workers do not repeat each other's samples.
+    moment on a new study, and restarted workers do not repeat each other's samples. The study
+    name is unique in the storage, so exactly one of several workers started together creates
+    it: that one records the settings, the others wait for them (`record_settings`).
     """
     storage = open_storage(args.storage, args.study, args.studies_dir,
                            heartbeat_interval=args.heartbeat_interval,
@@ -255,9 +260,14 @@ def open_study(args: argparse.Namespace) -> optuna.Study:
             seed=seed, n_startup_trials=args.tpe_startup_trials, multivariate=True,
             constant_liar=True,
         )
-    return optuna.create_study(study_name=args.study, storage=storage, sampler=sampler,
-                               pruner=make_pruner(args), direction="minimize",
-                               load_if_exists=True)
+    try:
+        storage.create_new_study([StudyDirection.MINIMIZE], args.study)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler,
+                              pruner=make_pruner(args))
+    return study, created
 
 
 def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -308,13 +318,33 @@ def _usage_error(message: str) -> SystemExit:
     return SystemExit(2)  # README: exit codes
 
 
-def record_settings(study: optuna.Study, settings: dict, base_args: list[str]) -> None:
+# How long a worker that joined a new, empty study waits for its creator's settings.
+SETTINGS_WAIT_S = 60.0
+
+
+def record_settings(study: optuna.Study, settings: dict, base_args: list[str],
+                    created: bool = True) -> None:
     """Record the study's settings (new study), or refuse a worker whose settings differ.
 
-    A study made by an older sweeps.run has no recorded settings: its objective formula (the
-    `objective` attribute) is still compared, the rest is recorded with a warning.
+    Only the worker that created the study records them; a worker that joined an empty study
+    without settings waits up to `SETTINGS_WAIT_S` for the creator's (two workers started at
+    the same moment would otherwise both write, the last write winning, and the first would
+    train under settings the study no longer records). A study made by an older sweeps.run has
+    no recorded settings: its objective formula (the `objective` attribute) is still compared,
+    the rest is recorded with a warning.
     """
     attrs = study.user_attrs
+    start, said = time.monotonic(), False
+    while (not created and SETTINGS_ATTR not in attrs and "objective" not in attrs
+           and not study.get_trials(deepcopy=False)
+           and time.monotonic() - start < SETTINGS_WAIT_S):
+        if not said and time.monotonic() - start > 2:  # (usually the creator takes ms)
+            print(f"sweeps.run: study {study.study_name!r} is empty and has no settings yet: "
+                  f"waiting up to {SETTINGS_WAIT_S:.0f} s for the worker that created it",
+                  file=sys.stderr)
+            said = True
+        time.sleep(0.2)
+        attrs = study.user_attrs
     recorded = attrs.get(SETTINGS_ATTR)
     if recorded is None:
         legacy = {"objective": attrs["objective"]} if "objective" in attrs else {}
@@ -387,11 +417,11 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
                            f"{folder}: {err.strerror or err}") from None
     storage_name = args.storage or f"sqlite:///{folder / 'study.db'}"
     try:
-        study = open_study(args)
+        study, created = open_study(args)
     except STORAGE_ERRORS as err:
         raise _usage_error(f"cannot open the study storage {storage_name}: "
                            f"{storage_problem(err)}") from None
-    record_settings(study, settings, base_args)
+    record_settings(study, settings, base_args, created)
     for params in args.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 

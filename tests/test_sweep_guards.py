@@ -13,6 +13,8 @@ import json
 import math
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from optuna.trial import TrialState
 
+import sweeps.run
 from sweeps.guards import SETTINGS_ATTR
 from sweeps.objective import ObjectiveSpec
 from sweeps.report import main as report_main
@@ -365,3 +368,42 @@ def test_interrupted_trials_do_not_use_up_max_total_trials():
     assert not stopped
     stop_at_total(2)(study, study.trials[-1])
     assert stopped
+
+
+# ------------------------------------ 6. two workers starting a new study at the same moment
+def _empty_study(tmp_path, name):
+    """A study as its creator leaves it between creating it and recording its settings."""
+    return optuna.create_study(study_name=name, storage=open_storage(None, name, tmp_path / "st"))
+
+
+def test_a_joining_worker_waits_for_the_creators_settings(tmp_path, capsys):
+    """Was: two workers creating a study at once each recorded their own settings (last write
+    won), so one of them trained under settings the study no longer recorded. Now only the
+    creator records them; a worker that joins an empty study waits for them and is compared."""
+    _sweep(tmp_path, study="ref")
+    creator_settings = _load(tmp_path, "ref").user_attrs
+    study = _empty_study(tmp_path, "s")
+
+    def creator_records():
+        time.sleep(0.5)
+        study.set_user_attr(SETTINGS_ATTR, creator_settings[SETTINGS_ATTR])
+        study.set_user_attr("objective", creator_settings["objective"])
+
+    writer = threading.Thread(target=creator_records)
+    writer.start()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "--trainer.max_epochs=3", study="s", fit=_never_fit)
+    writer.join()
+    assert stop.value.code == 2
+    assert "trainer.max_epochs=2, this run has trainer.max_epochs=3" in _one_error(capsys)
+    assert _load(tmp_path, "s").user_attrs[SETTINGS_ATTR] == creator_settings[SETTINGS_ATTR]
+
+
+def test_an_empty_study_whose_creator_never_recorded_is_taken_over(tmp_path, monkeypatch):
+    """A creator that died before recording: after the wait the joiner records its own."""
+    monkeypatch.setattr(sweeps.run, "SETTINGS_WAIT_S", 0.3)
+    _empty_study(tmp_path, "s")
+    study = _sweep(tmp_path, study="s")
+    assert SETTINGS_ATTR in study.user_attrs
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]
