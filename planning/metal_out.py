@@ -24,14 +24,17 @@ from planning.ood import saturated_pixels, saturation_levels
 NEAR_MM = 10.0  # metal this close to p_blum, p_tmc or the Schoettle point is painted out
 MIN_SIZE_MM = 2.0  # a region at least this many mm square (a marker's letter, noise: smaller)
 MARGIN_PX = 2  # the region grown by this much before painting (its blurred rim)
-MAX_PAINTED = 0.05  # regions over more than this fraction of the image: not an implant
+# Regions over more than this many mm^2 together: a burnt-out field, not an implant (a TKA
+# femoral component is about 60 x 40 mm in a lateral view, a screw 8 x 25 mm). In mm, not as a
+# fraction of the image, so the answer does not depend on the field of view.
+MAX_PAINTED_MM2 = 50.0 * 50.0
 
 
 def metal_near(image: np.ndarray, points: np.ndarray, mm_per_px: float) -> np.ndarray | None:
     """(H, W) uint8 mask of the saturated regions (clipped, or a flat plateau high in the
     image's range) of at least ``MIN_SIZE_MM`` square that come within ``NEAR_MM`` of any of
     ``points`` ((N, 2) x, y; non-finite ones skipped), grown by ``MARGIN_PX``; None: none, or
-    more than ``MAX_PAINTED`` of the image (a burnt-out field, not an implant)."""
+    more than ``MAX_PAINTED_MM2`` together (a burnt-out field, not an implant)."""
     img = np.asarray(image, np.float32)
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     pts = pts[np.all(np.isfinite(pts), axis=1)]
@@ -45,7 +48,7 @@ def metal_near(image: np.ndarray, points: np.ndarray, mm_per_px: float) -> np.nd
         cv2.circle(near, (int(round(x)), int(round(y))), radius, 1, -1)
     ids = np.unique(labels[(near > 0) & (sat > 0)])
     ids = ids[(ids > 0) & (stats[ids, cv2.CC_STAT_AREA] >= (MIN_SIZE_MM / mm_per_px) ** 2)]
-    if not len(ids) or stats[ids, cv2.CC_STAT_AREA].sum() > MAX_PAINTED * img.size:
+    if not len(ids) or stats[ids, cv2.CC_STAT_AREA].sum() * mm_per_px**2 > MAX_PAINTED_MM2:
         return None
     keep = np.isin(labels, ids).astype(np.uint8)
     return cv2.dilate(keep, np.ones((2 * MARGIN_PX + 1,) * 2, np.uint8))
@@ -60,7 +63,7 @@ def metal_out_shift(
     """(N,) distance (px) each of ``points`` moves when the metal near them (``metal_near``)
     is painted out and ``replan`` (image -> (N, 2) points, NaN where it finds none) runs
     again; NaN where a point is lost. None: no metal near the points, or so much that it is
-    not an implant (``MAX_PAINTED``, ``metal_near``), so nothing was re-planned."""
+    not an implant (``MAX_PAINTED_MM2``, ``metal_near``), so nothing was re-planned."""
     mask = metal_near(image, points, mm_per_px)
     if mask is None:
         return None

@@ -167,7 +167,9 @@ def threshold_problem(name: str, value: float) -> str | None:
         low, high, inclusive = 0.0, MAX_SUPPORT, True
     elif name == "min_tta":
         low, high, inclusive = 0.0, MAX_TTA_COUNT, True
-    else:  # min_elongation, min_widening, max_tibia_rounder
+    elif name == "max_tibia_rounder":  # a difference of roundness: below 0 is stricter
+        low, high, inclusive = -MAX_RATIO, MAX_RATIO, True
+    else:  # min_elongation, min_widening
         low, high, inclusive = 0.0, MAX_RATIO, True
     if value > high or value < low or (value == low and not inclusive):
         return f"must lie in {'[' if inclusive else '('}{low:g}, {high:g}]"

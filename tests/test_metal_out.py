@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from planning.metal_out import MAX_PAINTED, metal_near, metal_out_shift
+from planning.metal_out import MAX_PAINTED_MM2, metal_near, metal_out_shift
 
 MMPP = 0.2  # mm per px: "near" is 10 mm = 50 px, the smallest region 2 mm = 10 px square
 
@@ -67,11 +67,24 @@ def test_a_lost_point_is_nan_and_a_plan_that_stays_is_zero():
 
 def test_metal_over_much_of_the_image_is_not_painted():
     img = _image(None)
-    img[20:280, 20:280] = 1.0  # a burnt-out image, not an implant
+    img[20:280, 20:280] = 1.0  # a burnt-out image (52 x 52 mm), not an implant
     calls = []
     assert metal_out_shift(img, np.array([[150.0, 150.0]]), MMPP,
                            lambda p: calls.append(p) or np.zeros((1, 2))) is None
-    assert not calls and MAX_PAINTED < 0.5
+    assert not calls and MAX_PAINTED_MM2 < 52.0**2
+
+
+def test_the_painted_limit_does_not_depend_on_the_field_of_view():
+    """Was a fraction of the image: a 40 x 40 mm component filled 18 % of a tight 300 px crop
+    (not painted) but 1 % of a whole-leg film (painted)."""
+    point = np.array([[150.0, 150.0]])
+    for canvas in (300, 1200):
+        img = np.full((canvas, canvas), 0.5, np.float32)
+        img[0, 0] = 0.0
+        img[50:250, 50:250] = 1.0  # 200 px = 40 mm square
+        assert metal_near(img, point, MMPP) is not None, canvas
+        img[20:280, 20:280] = 1.0  # 260 px = 52 mm square: over the limit
+        assert metal_near(img, point, MMPP) is None, canvas
 
 
 def test_the_painted_metal_stays_inside_the_range_of_its_neighbours():

@@ -341,6 +341,11 @@ def test_review_thresholds_out_of_range_or_repeated_are_refused(text, words, tmp
     relaxed = _write(tmp_path / "relaxed.yaml", "max_tilt_deg: 180\nmax_tta_failures: 1\n"
                                                 "min_separation_mm: 0\nmin_tta: 0\n")
     assert ReviewConfig.load(relaxed).max_tilt_deg == 180  # switching a check off openly
+    # a difference of roundness may be set below 0 (stricter), not beyond the ratio bound
+    strict = _write(tmp_path / "strict.yaml", "max_tibia_rounder: -0.2\n")
+    assert ReviewConfig.load(strict).max_tibia_rounder == -0.2
+    with pytest.raises(ValueError, match="max_tibia_rounder=-1000 must lie in"):
+        ReviewConfig.load(_write(tmp_path / "bad.yaml", "max_tibia_rounder: -1000\n"))
 
 
 def test_review_bounds_are_the_planners_own():
