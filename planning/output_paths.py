@@ -56,18 +56,19 @@ def out_file_problem(out: Path, beside: Sequence[Path] = ()) -> str | None:
     system takes, a folder that cannot be written in. Nothing is created."""
     try:
         targets = (out, *beside)
+        above = nearest_existing(out.absolute().parent, links=False)
+        limit = name_max(above)
+        to_make = out.absolute().parent.parts[len(above.parts):]
+        name, longest = longest_name([*to_make, *(t.name for t in targets)])
+        if longest > limit:  # (before is_dir: the OS's own error would not say which name)
+            what = "folder" if name in to_make else "file"
+            return (f"--out {out}: the {what} name {name[:40]!r}{'...' if len(name) > 40 else ''}"
+                    f" is too long ({longest} bytes; the file system takes {limit})")
         for target in targets:
             if target.is_dir():
                 return f"{target}: is a folder, not a file to write"
-        above = nearest_existing(out.absolute().parent, links=False)
         if not above.is_dir():
             return f"{above}: is a file, not a folder to write {out.name} in"
-        limit = name_max(above)
-        to_make = out.absolute().parent.parts[len(above.parts):]
-        _, longest = longest_name([*to_make, *(t.name for t in targets)])
-        if longest > limit:
-            return (f"--out {out}: the file name is too long ({longest} bytes; the file system "
-                    f"takes {limit})")
         if not os.access(above, os.W_OK | os.X_OK):
             return f"--out {out}: cannot write in {above} (no permission or a read-only mount)"
     except OSError as err:  # a parent's name too long, a folder that may not be searched
