@@ -14,6 +14,7 @@ training (``lightning_modules.checkpoints``).
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from lightning_modules.model_limits import check_archive, check_file_size, check_hyper_parameters
+from lightning_modules.pickle_scan import pickle_problem
 
 # Lightning pickles the *type* of its hyper-parameter container in some versions; a plain dict
 # stands in for it (this names a class, it runs no code) so that weights_only loading accepts it.
@@ -65,6 +67,28 @@ def _damaged_member(path: Path) -> str | None:
         return archive.testzip()
 
 
+def _pickled_problem(path: Path) -> str | None:
+    """Why the archive is not one torch.save writes, or its pickled structure would be too
+    costly to load (``pickle_scan``), or None. Its size is bounded already (``check_archive``).
+    """
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save starts with its first member
+            return ("not a torch.save archive: something else comes before the zip archive (a "
+                    "wrapped or self-extracting file?)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        top = names[0].split("/")[0] if names else ""
+        if odd := next((n for n in names if n.split("/")[0] != top or ".." in n.split("/")
+                        or n.startswith("/")), None):
+            return (f"archive member {odd[:80]!r} lies outside the archive's folder {top[:40]!r} "
+                    "(torch.save writes every member into one folder)")
+        for info in archive.infolist():
+            if info.filename.endswith(".pkl") and (problem := pickle_problem(
+                    archive.read(info))):
+                return problem
+    return None
+
+
 def _is_legacy_torch_file(path: Path) -> bool:
     """True when ``path`` starts like torch's pre-zip format (a pickled magic number), which
     has no archive directory or CRCs for the checks here (a user's old file, not damage)."""
@@ -79,14 +103,24 @@ def _tensors(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
     from a few bytes)."""
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", obj)]
+    kinds = (torch.Tensor, Mapping, list, tuple, set)
     while stack:
         where, item = stack.pop()
         if isinstance(item, torch.Tensor):
             yield where, item
-        elif isinstance(item, Mapping | list | tuple | set) and id(item) not in seen:
+        elif id(item) not in seen:
             seen.add(id(item))
             pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
-            stack.extend((f"{where}.{str(k)[:80]}".lstrip(".")[:200], v) for k, v in pairs)
+            # only what may hold a tensor is kept (a flat list of 50 million None cost 8 GB
+            # as (where, value) pairs), and a key is named by its text only when it is a name
+            # or a number (the text of a deeply shared tuple never ends: fifth fuzz round)
+            stack.extend((f"{where}.{_key(k)}".lstrip(".")[:200], v) for k, v in pairs
+                         if isinstance(v, kinds))
+
+
+def _key(key: Any) -> str:
+    """A container key as it appears in a message: its text for a name or number, else its type."""
+    return str(key)[:80] if isinstance(key, str | int | float) else f"<{type(key).__name__}>"
 
 
 def _tensor_problem(t: torch.Tensor) -> str | None:
@@ -176,6 +210,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if damaged:
         raise CheckpointError(f"{path}: damaged: {damaged[:80]!r} fails its CRC-32 check (a "
                               "corrupted or partial copy); copy the checkpoint again")
+    if problem := _pickled_problem(path):  # before torch.load builds anything
+        raise CheckpointError(f"{path}: refused: {problem}")
     safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
     try:
         # torch warns on deprecated contents (quantized or typed storages): the checks below
@@ -185,6 +221,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = _first_line(err)
+        if operand := re.search(r"Unsupported operand (\d+)", str(err)):
+            code = int(operand.group(1))
+            name = next((op.name for op in pickletools.opcodes if ord(op.code) == code), "unknown")
+            raise CheckpointError(
+                f"{path}: refused: its pickled structure uses pickle opcode {code} ({name}), which "
+                "the safe loader does not read (only tensors and plain values are accepted)"
+            ) from None
         if "Weights only load failed" in msg or "Unsupported global" in str(err):
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
             what = f" ({found.group(1)})" if found else ""

@@ -1,0 +1,138 @@
+"""Fifth fuzz round of checkpoints: a few hundred bytes of pickle that ``torch.load(weights_only
+=True)`` would build for ever (a dictionary keyed by a tuple whose halves are shared, 2^64
+leaves to hash) or at gigabytes (a flat list of millions of values walked as pairs), refused in
+one line naming the file before anything is built; the scanner against hand-counted pickles."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import pickletools
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+from lightning_modules.pickle_scan import MAX_KEY_VALUES, MAX_OPS, MAX_VALUES, pickle_problem
+from tests.model_files import trained_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory) -> Path:
+    return trained_tiny_checkpoint(tmp_path_factory)
+
+
+def _shared_tuple(depth: int) -> tuple:
+    """(t, t) ``depth`` times over: 2^depth leaves, ~2 pickle opcodes per level (memoised)."""
+    t: tuple = (None,)
+    for _ in range(depth):
+        t = (t, t)
+    return t
+
+
+def _keyed_by(path: Path, out: Path, key: tuple) -> Path:
+    """``path``'s checkpoint with one more entry, a dict ``{key: 0}``: written as a list
+    ``[key, 0]`` by torch.save, then its two opcodes turned into EMPTY_DICT / SETITEMS (pickle
+    itself cannot write a dict whose key hashing would not end)."""
+    ck = torch.load(path, weights_only=True)
+    ck["zz_junk"] = [key, 0]
+    torch.save(ck, out.with_suffix(".tmp"))
+    with zipfile.ZipFile(out.with_suffix(".tmp")) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in members if n.endswith("data.pkl"))
+    pkl = bytearray(members[name])
+    marker = pkl.find(b"zz_junk")
+    ops = list(pickletools.genops(bytes(pkl)))
+    start = next(pos for op, _, pos in ops if pos > marker and op.name == "EMPTY_LIST")
+    end = next(pos for op, _, pos in ops if pos > start and op.name == "APPENDS")
+    pkl[start], pkl[end] = ord("}"), ord("u")  # EMPTY_DICT, SETITEMS
+    members[name] = bytes(pkl)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    return out
+
+
+def _refused(path: Path, words: str) -> str:
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    line = str(err.value)
+    assert "\n" not in line and str(path) in line and words in line, line
+    assert time.perf_counter() - start < 10, "refused, but only after the work it guards"
+    return line
+
+
+def test_a_tuple_key_shared_64_deep_is_refused_before_loading(ckpt_path, tmp_path):
+    """Was: torch.load hashed 2^64 leaves, plan / evaluate / export / resume never returned
+    (the file is the real checkpoint plus ~500 bytes, every size and CRC check passed)."""
+    _refused(_keyed_by(ckpt_path, tmp_path / "d64.ckpt", _shared_tuple(64)), "bomb")
+    # 20 deep expands to ~3 million values (under the object limit): refused as a key
+    _refused(_keyed_by(ckpt_path, tmp_path / "d20.ckpt", _shared_tuple(20)), "hash bomb")
+
+
+def test_a_flat_list_of_millions_is_refused_and_small_ones_load(ckpt_path, tmp_path):
+    """Was: 50 million None (a 53 MB file) took 113 s and 8 GB to walk, then loaded."""
+    ck = torch.load(ckpt_path, weights_only=True)
+    big = copy.deepcopy(ck)
+    big["loops"]["junk"] = [None] * (MAX_OPS + 10)
+    torch.save(big, tmp_path / "long.ckpt")
+    _refused(tmp_path / "long.ckpt", "opcodes")
+    fine = copy.deepcopy(ck)
+    fine["loops"]["junk"] = [None] * 10_000
+    torch.save(fine, tmp_path / "fine.ckpt")
+    assert read_checkpoint(tmp_path / "fine.ckpt")["loops"]["junk"] == [None] * 10_000
+
+
+def test_the_real_checkpoint_passes_the_scan(ckpt_path):
+    with zipfile.ZipFile(ckpt_path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert pickle_problem(pkl) is None
+    assert sum(1 for _ in pickletools.genops(pkl)) < MAX_OPS / 20
+
+
+@pytest.mark.parametrize("obj, problem", [
+    # (t, t) nested k deep over (None,): 3 * 2^k - 1 values from ~2k opcodes (memo GETs)
+    (_shared_tuple(20), None),  # 3 145 727 values: under MAX_VALUES
+    (_shared_tuple(21), "expands to more than"),  # 6 291 455
+    ({_shared_tuple(12): 1}, "hash bomb"),  # 12 287 values in one key
+    ({_shared_tuple(11): 1}, None),  # 6 143: under MAX_KEY_VALUES
+    ({_shared_tuple(11)}, None),
+    ({_shared_tuple(12)}, "hash bomb"),  # a set: set([...]) hashes its items
+    (frozenset([_shared_tuple(12)]), "hash bomb"),
+    ([list(range(50))] * 3, None),  # a list shared 3 times: small
+    ({"a": [1, 2, 3], 4: (5, 6)}, None),
+])
+def test_scan_counts_by_hand(obj, problem):
+    assert 3 * 2**20 - 1 < MAX_VALUES < 3 * 2**21 - 1
+    assert 3 * 2**11 - 1 < MAX_KEY_VALUES < 3 * 2**12 - 1
+    for protocol in (2, 4):  # torch.save writes protocol 2; 4 adds FRAME, MEMOIZE, sets
+        found = pickle_problem(pickle.dumps(obj, protocol=protocol))
+        assert (found is None) if problem is None else (problem in (found or "")), (protocol,
+                                                                                   found)
+
+
+def test_scan_leaves_unparsable_pickles_to_torch():
+    assert pickle_problem(b"not a pickle") is None
+    assert pickle_problem(b"\x80\x02h\x05.") is None  # a memo reference to nothing
+
+
+def test_messages_name_the_real_problem(ckpt_path, tmp_path):
+    """Were: "holds Python objects that could run code" for a zip with bytes before it and for
+    a huge integer (it holds neither), and torch's "[enforce fail at inline_container.cc]" for
+    a member outside the archive's folder."""
+    wrapped = tmp_path / "wrapped.ckpt"
+    wrapped.write_bytes(b"#!/bin/sh\n" * 400 + ckpt_path.read_bytes())
+    assert "could run code" not in _refused(wrapped, "something else comes before the zip")
+    ck = torch.load(ckpt_path, weights_only=True)
+    ck["hyper_parameters"]["lr"] = 2**100_000  # pickled as LONG4
+    torch.save(ck, tmp_path / "bigint.ckpt")
+    _refused(tmp_path / "bigint.ckpt", "pickle opcode 139 (LONG4)")
+    outside = tmp_path / "outside.ckpt"
+    outside.write_bytes(ckpt_path.read_bytes())
+    with zipfile.ZipFile(outside, "a") as z:
+        z.writestr("../../evil", b"x")
+    _refused(outside, "'../../evil' lies outside the archive's folder")
