@@ -8,6 +8,9 @@ the graph is read (never run) and refused, with one line naming the file and the
 * every operator is one ``make export`` writes (``model_limits.ONNX_OPS``, default domain), at
   most ``MAX_GRAPH_NODES`` nodes, no weights in external files, no model-local functions or
   sparse initializers, no two tensors of one name (what ONNX Runtime would read differently);
+* no node has two attributes of one name, and each attribute holds only the field its declared
+  ``type`` names (FLOAT, INT, STRING, TENSOR, FLOATS or INTS): ONNX Runtime reads the first of
+  two and the field of the type, so any other reading would check another graph than it runs;
 * it has one float input ``(batch, 1, S, S)`` and the float outputs its JSON description names,
   ``(batch, C, S, S)``, ``S`` the description's ``input_size``;
 * every tensor's shape at batch 1 follows from the graph (propagated here, node by node) and
@@ -46,12 +49,20 @@ _SCHEMA = {  # message -> [(field name, number, type, repeated, message type)]; 
               ("input", 11, "msg", True, "ValueInfo"), ("output", 12, "msg", True, "ValueInfo"),
               ("sparse_initializer", 15, "bytes", True, None)],
     "Node": [("input", 1, "str", True, None), ("output", 2, "str", True, None),
-             ("op_type", 4, "str", False, None), ("domain", 7, "str", False, None),
-             ("attribute", 5, "msg", True, "Attribute")],
+             ("name", 3, "str", False, None), ("op_type", 4, "str", False, None),
+             ("domain", 7, "str", False, None), ("attribute", 5, "msg", True, "Attribute")],
+    # the value fields this check never reads (graphs, strings, ...) are kept as bytes only to
+    # see that they are present: an attribute must hold the one field its ``type`` declares
     "Attribute": [("name", 1, "str", False, None), ("f", 2, "float", False, None),
                   ("i", 3, "int64", False, None), ("s", 4, "bytes", False, None),
-                  ("t", 5, "msg", False, "Tensor"), ("floats", 7, "float", True, None),
-                  ("ints", 8, "int64", True, None)],
+                  ("t", 5, "msg", False, "Tensor"), ("g", 6, "bytes", False, None),
+                  ("floats", 7, "float", True, None), ("ints", 8, "int64", True, None),
+                  ("strings", 9, "bytes", True, None), ("tensors", 10, "bytes", True, None),
+                  ("graphs", 11, "bytes", True, None), ("tp", 14, "bytes", False, None),
+                  ("type_protos", 15, "bytes", True, None), ("type", 20, "int32", False, None),
+                  ("ref_attr_name", 21, "str", False, None),
+                  ("sparse_tensor", 22, "bytes", False, None),
+                  ("sparse_tensors", 23, "bytes", True, None)],
     "Tensor": [("dims", 1, "int64", True, None), ("data_type", 2, "int32", False, None),
                ("float_data", 4, "float", True, None), ("int64_data", 7, "int64", True, None),
                ("name", 8, "str", False, None), ("raw_data", 9, "bytes", False, None),
@@ -68,6 +79,16 @@ _DEFAULTS = {("Reshape", "allowzero"): 0, ("BatchNormalization", "training_mode"
              ("Resize", "keep_aspect_ratio_policy"): b"stretch", ("Resize", "antialias"): 0,
              ("Cast", "saturate"): 1, ("Conv", "auto_pad"): b"NOTSET",
              ("MaxPool", "auto_pad"): b"NOTSET"}  # fmt: skip
+# AttributeProto.type -> the field that type reads (ONNX Runtime reads that field alone); the
+# types make export writes. Other types (graphs, strings, sparse tensors) are refused.
+_ATTR_FIELDS = {1: "f", 2: "i", 3: "s", 4: "t", 6: "floats", 7: "ints"}
+_ATTR_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 5: "GRAPH",
+                    6: "FLOATS", 7: "INTS", 8: "STRINGS", 9: "TENSORS", 10: "GRAPHS",
+                    11: "SPARSE_TENSOR", 12: "SPARSE_TENSORS", 13: "TYPE_PROTO",
+                    14: "TYPE_PROTOS"}  # fmt: skip
+_SINGULAR_FIELDS = ("f", "i", "s", "t", "g", "tp", "sparse_tensor", "ref_attr_name")
+_REPEATED_FIELDS = ("floats", "ints", "strings", "tensors", "graphs", "type_protos",
+                    "sparse_tensors")
 
 
 def _model_class() -> Any:
@@ -112,22 +133,39 @@ def _tensor_values(t: Any) -> np.ndarray | None:
     return vals.reshape(list(t.dims)) if vals.size == n else None
 
 
+def _node_label(node: Any) -> str:
+    """How an error names a node: its operator and its name (or, unnamed, its first output)."""
+    if node.name:
+        return f"{node.op_type:.40} node {node.name!r:.60}"
+    return f"{node.op_type:.40} node writing {(node.output or [''])[0]!r:.60}"
+
+
 def _attrs(node: Any) -> dict[str, Any]:
-    """A node's attributes by name (ints/floats lists, int, float, bytes or tensor)."""
+    """A node's attributes by name (ints/floats lists, int, float, bytes or tensor), each read
+    from the field its declared ``type`` names, as ONNX Runtime reads it.
+
+    ValueError for two attributes of one name (ONNX Runtime uses the first, a reader keeping the
+    last would check another graph: a x1 Resize here ran x64 there, fifth fuzz round), for a
+    type this check does not read, or for an attribute holding a field its type does not name.
+    """
     out: dict[str, Any] = {}
     for a in node.attribute:
-        if a.ints:
-            out[a.name] = list(a.ints)
-        elif a.floats:
-            out[a.name] = list(a.floats)
-        elif a.HasField("t"):
-            out[a.name] = a.t
-        elif a.HasField("s"):
-            out[a.name] = a.s
-        elif a.HasField("f"):
-            out[a.name] = a.f
-        else:
-            out[a.name] = a.i
+        if a.name in out:
+            raise ValueError(f"{_node_label(node)} has two attributes named {a.name!r:.40} "
+                             "(ONNX Runtime reads the first, other readers the last)")
+        kind = _ATTR_TYPE_NAMES.get(a.type, str(a.type))
+        field = _ATTR_FIELDS.get(a.type)
+        if field is None:
+            raise ValueError(f"{_node_label(node)}: attribute {a.name!r:.40} of type {kind} (make "
+                             "export writes FLOAT, INT, STRING, TENSOR, FLOATS or INTS only)")
+        extra = [f for f in _SINGULAR_FIELDS if f != field and a.HasField(f)] + [
+            f for f in _REPEATED_FIELDS if f != field and len(getattr(a, f))]
+        if extra:
+            raise ValueError(f"{_node_label(node)}: attribute {a.name!r:.40} is declared {kind} "
+                             f"but holds {', '.join(extra)} (ONNX Runtime reads only the field "
+                             "of the declared type)")
+        value = getattr(a, field)
+        out[a.name] = list(value) if field in ("floats", "ints") else value
     return out
 
 
@@ -271,6 +309,7 @@ def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str],
                 op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
                 raise ValueError(f"operator {op!r:.60} is not one kneeplan exports (allowed: "
                                  f"{', '.join(sorted(ONNX_OPS))})")
+            _attrs(node)  # one attribute per name, each of its declared type (before any is read)
         constants = [a.t for n in graph.node for a in n.attribute if a.HasField("t")]
         if any(t.data_location == EXTERNAL for t in (*graph.initializer, *constants)):
             raise ValueError("weights stored in external files are not accepted")

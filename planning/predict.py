@@ -56,8 +56,9 @@ MAX_MAP_VALUE = 1e3  # heat-map targets lie in [0, 1]; trained outputs stay with
 
 
 class ModelOutputError(ValueError):
-    """The model's own output is unusable for a valid input (wrong shape, NaN): the model file is
-    at fault, not the image (``plan`` exits 2, as for a model it cannot load)."""
+    """The model's own output is unusable for a valid input (wrong shape, NaN, or ONNX Runtime
+    failing while it runs): the model file is at fault, not the image (``plan`` exits 2, as for a
+    model it cannot load)."""
 
 
 def check_maps(maps: dict[str, Any], batch: int, size: int) -> dict[str, np.ndarray]:
@@ -176,7 +177,7 @@ class OnnxPredictor:
                              "partial copy, or a different model); export or copy it again")
         check_onnx_graph(self.path, self.image_size, self.output_names, data)  # before ORT
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # FATAL only: an error is raised to us, not logged by ORT
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
@@ -185,9 +186,17 @@ class OnnxPredictor:
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the session on ``x`` (B, 1, S, S) float32."""
+        """Run the session on ``x`` (B, 1, S, S) float32; ModelOutputError when ONNX Runtime
+        fails (the input is always a batch of the checked signature, so the graph is at fault:
+        e.g. ``bad_alloc`` in a Resize, fifth fuzz round; it was blamed on the image)."""
         feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        outs = self.session.run(self.output_names, feed)
+        try:
+            outs = self.session.run(self.output_names, feed)
+        except Exception as err:  # noqa: BLE001 - ORT's own exception types derive from Exception
+            if type(err).__module__.split(".")[0] != "onnxruntime":
+                raise
+            raise ModelOutputError(f"ONNX Runtime failed running it on a valid input: "
+                                   f"{_first_line(err)}") from None
         return dict(zip(self.output_names, outs, strict=True))
 
 
@@ -210,6 +219,13 @@ class _TensorModulePredictor:
         with torch.inference_mode():
             maps = self.module.predict_maps(torch.from_numpy(x).to(device))
         return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line of at most ``limit`` characters (its type if empty)."""
+    text = str(err).strip()
+    line = text.splitlines()[0].strip() if text else type(err).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def graph_sha256(data: bytes) -> str:
