@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from datamodules.annotations import annotation_dict, write_annotation
+from datamodules.decode_guards import special_file_problem
 from datamodules.decoder_messages import brief, decoder_messages, printable
 from datamodules.sample import BONES, Sample
 
@@ -87,15 +88,17 @@ def folder_problem(problem: str) -> str:
 
 
 def stat_problem(path: str | Path) -> os.stat_result | str:
-    """``os.stat`` of ``path`` (following links), or why it cannot be had (``os_problem``).
-    Unlike ``Path.is_file``/``exists``, never raises (a permission error raised there) and
+    """``os.stat`` of ``path`` (following links), or why it cannot be had (``os_problem``), or
+    why a file it calls regular is none (a kernel file: ``special_file_problem``). Unlike
+    ``Path.is_file``/``exists``, never raises (a permission error raised there) and
     says why (a symlink loop or a permission error read there as "no such file")."""
     try:
-        return os.stat(path)
+        st = os.stat(path)
     except OSError as err:
         return os_problem(err)
     except ValueError:  # a NUL byte in the name
         return "invalid file name (a NUL character)"
+    return special_file_problem(st) or st  # a /proc file is "regular", of 0 bytes
 
 
 def real_path(path: str | Path) -> Path:

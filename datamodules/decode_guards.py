@@ -11,9 +11,12 @@ file. A structure a check cannot follow is left to the decoder, which then repor
 
 from __future__ import annotations
 
+import functools
 import lzma
 import mmap
+import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -25,6 +28,46 @@ from datamodules.dicom_frames import ENCAPSULATED, FRAME_TAGS, TEXT_VRS, encapsu
 BYTES_PER_PIXEL = 8  # the most a supported image stores per pixel (4 samples of 16 bits)
 METADATA_BYTES = 16 * 1024**2  # allowance for headers, tags and thumbnails
 INFLATE_STEP = 1024**2  # bytes fed, and inflated, at a time while only counting
+
+
+# kernel file systems whose "regular" files are generated when read (procfs reports 0 bytes
+# for /proc/self/environ, sysfs 4096 for any attribute): never an image or a dataset file
+PSEUDO_FILE_SYSTEMS = frozenset({"proc", "sysfs", "debugfs", "tracefs", "securityfs",
+                                 "configfs", "cgroup", "cgroup2", "efivarfs", "bpf", "pstore",
+                                 "binfmt_misc", "fusectl", "mqueue", "rpc_pipefs", "nsfs"})
+
+
+@functools.cache
+def _pseudo_devices() -> dict[int, str]:
+    """The devices (``st_dev``) of this process's mounts of ``PSEUDO_FILE_SYSTEMS``, with
+    their type, from /proc/self/mountinfo (empty where it cannot be read: not Linux)."""
+    devices: dict[int, str] = {}
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read(4 * 1024**2).splitlines()
+    except OSError:
+        return devices
+    for line in lines:  # "36 35 98:0 /root /mnt opts [optional fields] - fstype source opts"
+        fields, _, rest = line.partition(" - ")
+        parts, kind = fields.split(), rest.split()[:1]
+        if len(parts) < 3 or not kind or kind[0] not in PSEUDO_FILE_SYSTEMS:
+            continue
+        major, _, minor = parts[2].partition(":")
+        if major.isdigit() and minor.isdigit():
+            devices[os.makedev(int(major), int(minor))] = kind[0]
+    return devices
+
+
+def special_file_problem(st: os.stat_result) -> str | None:
+    """Why a file that ``stat`` calls regular is no data file: one of a kernel file system
+    (a link to /proc/self/environ was called "empty (0 bytes)"); None for any other."""
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    kind = _pseudo_devices().get(st.st_dev)
+    if kind is None:
+        return None
+    return (f"not a regular file: a special file of the kernel's {kind} file system "
+            "(generated when read), not an image or data file")
 
 
 def image_bytes_cap(limit: int) -> int:

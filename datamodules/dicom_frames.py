@@ -35,12 +35,12 @@ RLE_SLACK = 16 * 1024**2  # RLE segments are counted through (no output kept) wh
 # decode to more than this beyond Rows x Columns bytes each
 
 
-def jpeg_frame_sizes(data: bytes) -> list[tuple[int, int, int, int]]:
-    """(width, height, components, SOF marker) of each frame header of a JPEG or JPEG-LS
-    stream before its first scan, reached as libjpeg reaches them (segments by their
-    lengths, other bytes skipped up to the next marker). libjpeg refuses a second one, but
-    Pillow sizes the image by the last one; empty when there is none."""
-    sizes: list[tuple[int, int, int, int]] = []
+def jpeg_frame_sizes(data: bytes) -> list[tuple[int, int, int, int, int]]:
+    """(width, height, components, SOF marker, sample precision in bits) of each frame
+    header of a JPEG or JPEG-LS stream before its first scan, reached as libjpeg reaches them
+    (segments by their lengths, other bytes skipped up to the next marker). libjpeg refuses a
+    second one, but Pillow sizes the image by the last one; empty when there is none."""
+    sizes: list[tuple[int, int, int, int, int]] = []
     if data[:2] != b"\xff\xd8":
         return sizes
     pos = 2
@@ -57,8 +57,8 @@ def jpeg_frame_sizes(data: bytes) -> list[tuple[int, int, int, int]]:
             return sizes
         (length,) = struct.unpack_from(">H", data, pos)
         if marker in _SOF_MARKERS and pos + 8 <= len(data):
-            _, _, height, width, components = struct.unpack_from(">HBHHB", data, pos)
-            sizes.append((width, height, components, marker))
+            _, precision, height, width, components = struct.unpack_from(">HBHHB", data, pos)
+            sizes.append((width, height, components, marker, precision))
         if length < 2:
             return sizes
         pos += length
@@ -134,6 +134,25 @@ def _size_problem(kind: str, width: int, height: int, components: int,
     return None
 
 
+def jpeg_precision_problem(frame: bytes, allocated: int | None,
+                           stored: int | None) -> str | None:
+    """Why a JPEG or JPEG-LS ``frame`` could not be decoded into the dataset's pixel cells:
+    its samples (its SOF's precision: up to 8 bits decode to bytes, more to 16-bit words) do
+    not fit the ``allocated`` bits (an 8-bit JPEG in a 16-bit dataset: pydicom failed on the
+    buffer's size); None when they do, or it has no frame header. Asked after a decoder has
+    failed: a decoder may still cope with a mismatch, so it is no reason to refuse first."""
+    sizes = jpeg_frame_sizes(frame)
+    if not sizes or allocated not in (8, 16):
+        return None
+    _, _, _, marker, precision = sizes[0]
+    if not 2 <= precision <= 16 or (precision > 8) == (allocated > 8):
+        return None
+    kind = "JPEG-LS frame" if marker == 0xF7 else "JPEG frame"
+    declared = f"BitsAllocated {allocated}" + (f", BitsStored {stored}" if stored else "")
+    return (f"{kind} of {precision}-bit samples, but the dataset declares {declared}: the "
+            "compressed frame does not match the declared bits (a broken file)")
+
+
 def codestream_problem(data: bytes, values: dict[tuple[int, int], int],
                        limit: int) -> str | None:
     """A JPEG, JPEG-LS or JPEG 2000 (J2K codestream or JP2 file) frame whose header is
@@ -142,9 +161,9 @@ def codestream_problem(data: bytes, values: dict[tuple[int, int], int],
         sizes = jpeg_frame_sizes(data)
         if not sizes:
             return "JPEG frame without a frame header (SOF) before its first scan"
-        for *size, marker in sizes:
+        for width, height, components, marker, _ in sizes:
             kind = "JPEG-LS frame" if marker == 0xF7 else "JPEG frame"
-            problem = _size_problem(kind, *size, values, limit)
+            problem = _size_problem(kind, width, height, components, values, limit)
             if problem is not None:
                 return problem
         return None

@@ -11,7 +11,8 @@ Orientation tags (EXIF, TIFF; SHORT or LONG) are applied: the image is read as d
 (8 bit, OpenCV) is read the same way and marked ``lossy=True``: compression artefacts blur edges,
 so the plan report warns (so are a JPEG-compressed TIFF and a lossy DICOM). The reader is chosen
 by the file's magic bytes (PNG, JPEG, TIFF, DICOM), the suffix only when they say nothing: a
-JPEG named .tif keeps its orientation and lossy mark, with a note. A pixel shape the file
+JPEG named .tif keeps its orientation and lossy mark, with a note. An animated PNG (APNG) is
+refused, as a multi-frame DICOM is (which frame is the radiograph?). A pixel shape the file
 declares (PNG pHYs, TIFF X/YResolution, JFIF density: their ratio only; DICOM
 PixelAspectRatio) is kept in ``declared_aspect``; the spacing resolver flags it when not square.
 
@@ -55,6 +56,11 @@ class ImageReadError(OSError):
 
     def __str__(self) -> str:
         return printable(super().__str__())  # one line, even for a file name with a newline
+
+
+class _DiagnosedError(ImageReadError):
+    """A decoder's failure whose cause the reader found in the file itself: its message says
+    it, without what the decoder printed on the way (``load_image``)."""
 
 
 @dataclass
@@ -127,6 +133,9 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageReadError(f"{path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device)")
+    special = decode_guards.special_file_problem(path.stat())
+    if special is not None:  # (a link to /proc/self/environ: "regular", read as 0 bytes)
+        raise ImageReadError(f"{path}: {special}")
     with decoder_messages() as said:  # decoders' own prints go into the error or a note
         try:
             check_pixel_limit(path)  # reads the header: pydicom may warn already
@@ -134,7 +143,8 @@ def load_image(path: str | Path) -> LoadedImage:
         except ImageReadError as err:
             loaded, error = None, err
     if error is not None:
-        extra = f" (decoder said: {brief(said)})" if said else ""
+        extra = f" (decoder said: {brief(said)})" if said and not isinstance(
+            error, _DiagnosedError) else ""  # fmt: skip
         raise ImageReadError(f"{error}{extra}") from error
     assert loaded is not None
     h, w = loaded.image.shape[:2]
@@ -222,9 +232,16 @@ MAX_SAMPLES = 4  # gray, gray + alpha, RGB, RGBA
 def _tiff_pages(path: Path, tif: Any) -> list[Any]:
     """The pages of an open TIFF and their SubIFDs (one level: a writer may keep a thumbnail
     at the top and the full image in a SubIFD, which was left unread), at most
-    ``MAX_TIFF_PAGES`` in all (ImageReadError beyond)."""
-    pages = []
+    ``MAX_TIFF_PAGES`` in all (ImageReadError beyond, or when the chain of IFDs loops)."""
+    pages, seen = [], {}  # seen: the IFD offsets of the top-level pages, by page number
     for page in tif.pages:
+        offset = getattr(page, "offset", None)
+        if offset in seen:  # tifffile yields the same IFD again up to 100 times first
+            raise ImageReadError(
+                f"{path}: TIFF whose IFD chain loops (the next-IFD offset after page "
+                f"{len(seen)} points back to page {seen[offset]}): a broken file")
+        if offset is not None:
+            seen[offset] = len(seen) + 1
         offsets = getattr(page, "subifds", None) or ()
         if len(offsets) > MAX_TIFF_PAGES:
             raise ImageReadError(f"{path}: TIFF with more than {MAX_TIFF_PAGES} pages (one "
@@ -492,9 +509,17 @@ def _png_info(
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
-    sbit, has_end, orientation, phys = None, False, 1, None
+    sbit, has_end, orientation, phys, image_data = None, False, 1, None, False
     for ctype, pos, length in decode_guards.png_chunks(data):
         body = data[pos + 8 : pos + 8 + length]
+        image_data = image_data or ctype == b"IDAT"
+        if ctype == b"acTL" and not image_data:  # (after IDAT it makes no animation)
+            n = struct.unpack(">I", body[:4])[0] if len(body) >= 4 else None
+            frames = "an unreadable number of" if n is None else f"{n}"
+            raise ImageReadError(
+                f"{path}: animated PNG (APNG, its acTL chunk declares {frames} frame"
+                f"{'' if n == 1 else 's'}): one radiograph expected, send one frame as a still "
+                "PNG")
         if ctype == b"sBIT" and body:
             # gray: 1 byte; gray + alpha: gray, alpha; RGB: 3; RGBA: 3 + alpha
             sbit = max(body[:1] if colour in (0, 4) else body[:3])
@@ -962,6 +987,36 @@ def _dicom_window(ds: Any) -> tuple[list[float] | None, str | None]:
     return [centre, width], None
 
 
+def _first_window_only(ds: Any, notes: list[str]) -> None:
+    """Keep only the first of several VOI windows when the others hold values that are not
+    finite numbers (``2000\\nan``, ``1\\x``), with a note: pydicom parses them all and
+    failed on a text one, although only the first is used. (The first is judged by
+    ``_dicom_window``.)"""
+    if not ("WindowCenter" in ds and "WindowWidth" in ds):
+        return
+    try:
+        centres = list(np.ravel([ds["WindowCenter"].value]))
+        widths = list(np.ravel([ds["WindowWidth"].value]))
+    except Exception:  # noqa: BLE001 - unreadable: _dicom_window says so
+        return
+    if len(centres) < 2 and len(widths) < 2:
+        return
+
+    def usable(value: Any) -> bool:
+        try:
+            return bool(np.isfinite(float(value)))
+        except (TypeError, ValueError):
+            return False
+
+    if all(usable(v) for v in (*centres[1:], *widths[1:])):
+        return  # (pydicom applies the first of several good windows itself)
+    raw = [printable("\\".join(str(getattr(v, "original_string", v)) for v in values))[:40]
+           for values in (centres, widths)]  # fmt: skip
+    ds["WindowCenter"].value, ds["WindowWidth"].value = centres[:1], widths[:1]
+    notes.append(f"DICOM window list (WindowCenter '{raw[0]}', WindowWidth '{raw[1]}') holds "
+                 "values that are not numbers: only the first window is considered")
+
+
 def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:
     """(valid (row_mm, col_mm) or None, raw text when the tag is present but invalid)."""
     from geometry.pixel_spacing import PixelSpacing
@@ -1041,6 +1096,54 @@ def _magnification(ds: Any, notes: list[str]) -> float | None:
     return m
 
 
+def _lut_problem(ds: Any) -> str | None:
+    """Why the first item of a Modality or VOI LUT Sequence cannot be applied, when its LUT
+    Data is empty or shorter than its LUT Descriptor declares (pydicom fails on it with an
+    ``int()`` or index error); None when it looks whole."""
+    for name in ("ModalityLUTSequence", "VOILUTSequence"):
+        try:
+            seq = ds.get(name)
+            if not seq:
+                continue
+            item = seq[0]
+            desc = item.get("LUTDescriptor")
+            entries = None
+            if desc is not None and len(desc) == 3:
+                entries = int(desc[0]) or 65536  # (0 means 2^16)
+            data = item.get("LUTData")
+            n = (0 if data is None else len(data) // 2 if isinstance(data, bytes)  # OW
+                 else len(np.ravel([data])))
+        except Exception:  # noqa: BLE001 - a value pydicom cannot read: the caller's message
+            continue
+        what = f"DICOM {name} item 1: its LUT Data"
+        declared = f" (its LUT Descriptor declares {entries} entries)" if entries else ""
+        if n == 0:
+            return f"{what} is empty{declared}: the LUT is incomplete, the file is broken"
+        if entries is not None and n < entries:
+            return (f"{what} holds {n} values, but its LUT Descriptor declares {entries} "
+                    "entries: the LUT is incomplete, the file is broken")
+    return None
+
+
+def _frame_bits_problem(ds: Any) -> str | None:
+    """After a JPEG or JPEG-LS DICOM failed to decode: whether its first frame's sample
+    precision contradicts BitsAllocated (``dicom_frames.jpeg_precision_problem``), else None."""
+    from datamodules.dicom_frames import JPEG_SYNTAXES, jpeg_precision_problem
+
+    try:
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "").strip()
+        if syntax not in JPEG_SYNTAXES:
+            return None
+        from pydicom.encaps import generate_frames
+
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        stored = ds.get("BitsStored")
+        return jpeg_precision_problem(frame, int(ds.BitsAllocated),
+                                      int(stored) if stored is not None else None)
+    except Exception:  # noqa: BLE001 - no frame to look at: the decoder's message stands
+        return None
+
+
 def _display_image(
     ds: Any, arr: np.ndarray, bits: int, signed: bool, use_window: bool
 ) -> tuple[np.ndarray, float, float]:
@@ -1090,6 +1193,8 @@ def _clear_unused_bits(path: Path, ds: Any, arr: np.ndarray, bits: int,
     alloc = 8 * arr.dtype.itemsize
     if not np.issubdtype(arr.dtype, np.integer) or not 0 < bits < alloc:
         return arr
+    if not arr.dtype.isnative:  # Explicit VR Big Endian: pydicom gives ">u2"; a native view
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # of it would swap every value's bytes
     shift = alloc - bits
     unsigned = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
     high = unsigned >> bits
@@ -1112,11 +1217,33 @@ def _clear_unused_bits(path: Path, ds: Any, arr: np.ndarray, bits: int,
     return np.right_shift(out, shift, out=out)
 
 
+# the group of a dataset's first element, when the file starts with one (no preamble): file
+# meta (0002) or identification (0008) elements, little or big endian
+_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+
+
+def _check_dicom_prefix(path: Path) -> None:
+    """Refuse, in words, a file read as DICOM (by its suffix) without the 128-byte preamble and
+    "DICM" prefix of the DICOM file format: an old ACR-NEMA style dataset (it is not parsed by
+    guessing its encoding: pydicom's ``force``), or not DICOM at all."""
+    head = _head(path)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return
+    if head[:2] in _DATASET_STARTS and len(head) >= 8:
+        raise ImageReadError(
+            f"{path}: a DICOM dataset without the DICOM file meta header (no 128-byte preamble "
+            "and 'DICM' prefix: an old ACR-NEMA style file): not read, export it as a DICOM "
+            "file")
+    raise ImageReadError(f"{path}: not a DICOM file (no 'DICM' prefix at byte 128, and it "
+                         "does not start with a DICOM data element)")
+
+
 def _load_dicom(path: Path) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     _check_dicom_structure(path)
+    _check_dicom_prefix(path)
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
@@ -1149,6 +1276,9 @@ def _load_dicom(path: Path) -> LoadedImage:
         ds.pixel_array_options(correct_unused_bits=False)  # _clear_unused_bits looks first
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
+        problem = _frame_bits_problem(ds)
+        if problem is not None:  # the cause, found in the frame: the decoder's words go
+            raise _DiagnosedError(f"{path}: DICOM pixel data: {problem}") from err
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({_brief(err)})") from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
@@ -1162,6 +1292,7 @@ def _load_dicom(path: Path) -> LoadedImage:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     notes: list[str] = []
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
+    _first_window_only(ds, notes)
     window, window_problem = _dicom_window(ds)
     if "VOILUTSequence" in ds:  # a VOI LUT sequence takes precedence over the window
         window_problem = None
@@ -1177,6 +1308,9 @@ def _load_dicom(path: Path) -> LoadedImage:
                 notes.append("DICOM window ignored (it shows every pixel at one level): the "
                              "stored value range is shown instead")
     except Exception as err:
+        problem = _lut_problem(ds)
+        if problem is not None:
+            raise ImageReadError(f"{path}: {problem}") from err
         raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({_brief(err)})") from err
     if photometric == "MONOCHROME1":
         image = 1.0 - image
