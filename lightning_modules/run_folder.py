@@ -1,6 +1,7 @@
 """The run folder ``<run.root>/<run.name>/<stamp>``: its stamp (time, ``KNEEPLAN_RUN_STAMP``,
 SLURM or torchrun ids), whether it can be made inside ``run.root``, the newest ``last.ckpt`` of a
-run name (``--resume last``) and the run folder a checkpoint was written in."""
+run name (``--resume last``), the run folder a checkpoint was written in, and whether that
+folder holds links out of it before a resumed run writes there."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lightning_modules.checkpoint_file import CheckpointError
 
 RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
 MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
+MAX_RUN_ENTRIES = 100_000  # entries of a run folder looked at for links (a run has ~10^2)
 
 
 def _stamp_source() -> tuple[str, str | None]:
@@ -121,4 +123,29 @@ def run_folder_of(ckpt: Path) -> Path | None:
     run = ckpt.absolute().parent.parent
     if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
         return run
+    return None
+
+
+def outside_link(run: Path) -> str | None:
+    """The first symbolic link in the run folder ``run`` (or ``run`` itself) that leads out of
+    it, as "link -> target", else None (also when the folder has more than
+    ``MAX_RUN_ENTRIES`` entries: then that is said).
+
+    A resumed run appends to ``metrics.csv``, rewrites ``config.yaml`` and deletes the previous
+    best checkpoint: through a link placed in a shared run folder it overwrote or deleted files
+    anywhere the user may write (fifth fuzz round). Links inside the folder (W&B's
+    ``latest-run``) are left alone.
+    """
+    top = run.resolve()
+    seen = 0
+    for here, dirs, files in os.walk(run, followlinks=False):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > MAX_RUN_ENTRIES:
+                return f"more than {MAX_RUN_ENTRIES} entries (not a run folder?)"
+            entry = Path(here) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if target != top and top not in target.parents:
+                    return f"{entry} -> {os.readlink(entry)}"
     return None

@@ -76,6 +76,7 @@ from lightning_modules.run_csv_logger import RunCSVLogger
 from lightning_modules.run_folder import (
     find_last_checkpoint,
     make_run_dir,
+    outside_link,
     run_folder_of,
 )
 from lightning_modules.training_state import (
@@ -349,6 +350,10 @@ class KneePlanCLI(LightningCLI):
                                        dict(data.hparams) if data is not None else None)
             self.resume_path = str(resume)
             reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
+            if reuse is not None and (link := outside_link(reuse)):
+                raise CheckpointError(
+                    f"{resume}: refused: its run folder {reuse} holds a link out of it ({link}); "
+                    "resuming writes and deletes files there: copy the run without links")
         self.run_dir = run_dir = make_run_dir(run.root, run.name, reuse=reuse)
         remove_stale_temporaries(run_dir / "checkpoints")
         if run.cpu_threads is not None:

@@ -130,3 +130,36 @@ def test_diverging_training_stops_with_status_3_and_no_nan_checkpoint(tmp_path, 
     header = csv[0].split(",")
     counted = [r.split(",")[header.index("train/nonfinite_steps")] for r in csv[1:]]
     assert max(float(c) for c in counted if c) >= 4  # the fifth is logged, not yet flushed
+
+
+def test_resume_refuses_a_run_folder_with_links_out_of_it(tmp_path):
+    """Fifth fuzz round: a shared run folder whose metrics.csv, or a folder inside checkpoints/,
+    was a link out of it made the resumed run overwrite the link's target (metrics.csv) or
+    delete a file through it (the restored "previous best" checkpoint). Links inside the
+    folder (W&B's latest-run) are fine."""
+    from lightning_modules.checkpoint_file import CheckpointError
+    from lightning_modules.run_folder import outside_link
+
+    part = train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2"))
+    run = part.run_dir
+    (run / "wandb").mkdir()
+    (run / "wandb" / "run-1").mkdir()
+    (run / "wandb" / "latest-run").symlink_to("run-1")
+    assert outside_link(run) is None
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    for link, target in ((run / "checkpoints" / "sub", victim),
+                         (run / "metrics.csv", victim / "notes.txt")):
+        saved = run / "saved"
+        if link.exists():
+            link.rename(saved)
+        link.symlink_to(target)
+        assert str(link) in outside_link(run)
+        with pytest.raises(CheckpointError, match="holds a link out of it"):
+            train.fit(_args(tmp_path, 2, "--data.num_train=2", "--data.num_val=2",
+                            "--resume", "last"))
+        link.unlink()
+        if saved.exists():
+            saved.rename(link)
+    assert (victim / "notes.txt").read_text() == "precious"
