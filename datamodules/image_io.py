@@ -41,6 +41,7 @@ import numpy as np
 
 from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
+from datamodules.path_limits import replace_link
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -666,7 +667,7 @@ def write_image(path: str | Path, array: np.ndarray, params: Sequence[int] = ())
     ok, buf = cv2.imencode(path.suffix or ".png", array, list(params))
     if not ok:
         raise OSError(f"{path}: OpenCV could not encode the image")
-    path.write_bytes(buf.tobytes())
+    replace_link(path).write_bytes(buf.tobytes())  # (never through a link: path_limits)
 
 
 ORIENTATIONS = {2: "mirrored", 3: "rotated 180 deg", 4: "flipped upside down",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datamodules.path_limits import replace_link
 from geometry.pixel_spacing import SPHERE_MM
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
@@ -400,7 +401,8 @@ def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write the summary CSV (``SUMMARY_FIELDS``, one row per image)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file name that is not UTF-8 (a lone surrogate) is written escaped, not refused
-    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+    with replace_link(path).open("w", newline="", encoding="utf-8",
+                                 errors="backslashreplace") as f:
         writer = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS))
         writer.writeheader()
         for row in rows:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.decoder_messages import printable
+from datamodules.path_limits import replace_link
 from datamodules.sample import BONES, LANDMARKS, Sample
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
@@ -443,7 +444,7 @@ def plot_risk_coverage(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(replace_link(path), dpi=110)
     plt.close(fig)
 
 

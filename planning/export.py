@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datamodules.path_limits import replace_link
 from lightning_modules.shgn import final_maps
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
 from planning.plan import path_argument
@@ -64,6 +65,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
     model = load_checkpoint(ckpt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    replace_link(out)
     names = output_names(model)
     s = model.image_size
     x = torch.zeros(2, 1, s, s)
@@ -91,7 +93,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
         # planning refuses a graph that no longer matches (bit rot, a partial copy)
         "sha256": graph_sha256(out.read_bytes()),
     }
-    export_meta_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    replace_link(export_meta_path(out)).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 

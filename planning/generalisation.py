@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.config_file import ConfigFileError, read_yaml
+from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from planning.evaluate import DEFAULT_PHANTOM_SEED, evaluate, phantom_samples
 from planning.output_paths import out_folder_problem
@@ -127,8 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         ev = evaluate(tests, out / "eval" / name, module=module, log=None)
         results[name] = summarise(ev.rows)
         print(f"   {name}: {json.dumps(results[name])}", flush=True)
-    (out / "lofo.md").write_text(lofo_table(results, len(tests), args.minutes))
-    (out / "lofo.json").write_text(json.dumps(results, indent=2))
+    replace_link(out / "lofo.md").write_text(lofo_table(results, len(tests), args.minutes))
+    replace_link(out / "lofo.json").write_text(json.dumps(results, indent=2))
     print((out / "lofo.md").read_text())
     return results
 

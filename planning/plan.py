@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.path_limits import replace_link
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
 from geometry.pixel_spacing import SPHERE_MM
@@ -333,7 +334,7 @@ def write_overlay(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB overlay as PNG; OSError naming the file when it cannot."""
     from datamodules.image_io import write_image
 
-    write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
+    write_image(replace_link(path), np.ascontiguousarray(rgb[..., ::-1]))
 
 
 MAX_TTA = 64  # test-time augmentations per image (each one more network pass)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from geometry.lines import Line, to_mm
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
@@ -217,4 +218,4 @@ def build_report(
 
 def write_report(path: str | Path, report: dict[str, Any]) -> None:
     """Write the report as indented JSON (strict: no NaN)."""
-    Path(path).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    replace_link(path).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from geometry.stats import mean_std, median_ci
 
@@ -272,16 +273,17 @@ def _label(name: str) -> str:
 def write_table(out_dir: Path, stem: str, markdown: str, summary: Sequence[Mapping]) -> None:
     """Write ``<stem>.md`` and ``<stem>.csv`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.md").write_text(markdown + "\n", encoding="utf-8",
+    replace_link(out_dir / f"{stem}.md").write_text(markdown + "\n", encoding="utf-8",
                                          errors="backslashreplace")
-    (out_dir / f"{stem}.csv").write_text(_csv(summary), encoding="utf-8",
+    replace_link(out_dir / f"{stem}.csv").write_text(_csv(summary), encoding="utf-8",
                                           errors="backslashreplace")
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     """Write per-image rows as CSV (NaN as empty cells)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_csv(rows), encoding="utf-8", errors="backslashreplace")  # ids from file names
+    # (errors: ids come from file names)
+    replace_link(path).write_text(_csv(rows), encoding="utf-8", errors="backslashreplace")
 
 
 def _error_stats(errors: np.ndarray) -> tuple[float, float, float]:
