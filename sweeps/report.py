@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from sweeps.storage import (  # noqa: E402
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
+    check_sqlite_file,
     default_storage_url,
     mask_url,
     normalise_url,
@@ -66,13 +67,89 @@ def load_study(name: str, storage: str | None, studies_dir: str | Path) -> optun
                               "--storage URL)")
         storage = default_storage_url(name, studies_dir)
     try:
-        return optuna.load_study(study_name=name, storage=normalise_url(storage))
+        url = normalise_url(storage)
+        check_sqlite_file(url)  # a trigger or view in a shared SQLite file: refused unrun
+        study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         raise ReportError(f"study {name!r} not found in {mask_url(storage)}") from None
     except STORAGE_ERRORS as err:
         # not a database, a damaged one, one of another Optuna schema, no driver: one line
         raise ReportError(f"cannot open the study storage {mask_url(storage)}: "
                           f"{storage_problem(err)}") from None
+    if problem := study_problem(study):
+        raise ReportError(f"cannot read study {name!r} in {mask_url(storage)}: {problem}")
+    return study
+
+
+# Errors Optuna raises on rows it cannot parse (hand-edited or damaged storage), e.g. a JSON
+# distribution nested too deeply (RecursionError is a RuntimeError), of an unknown kind
+# (ValueError, KeyError), or with attributes of the wrong type (TypeError).
+_ROW_ERRORS = (*STORAGE_ERRORS, TypeError, KeyError, AttributeError, IndexError, OverflowError)
+
+
+def study_problem(study: optuna.Study) -> str | None:
+    """Why the report cannot use a loaded study (rows Optuna cannot parse, several
+    objectives), or None; reads every trial once (Optuna caches finished ones)."""
+    try:
+        n_objectives = len(study.directions)
+        study.user_attrs  # noqa: B018 (parsed on access)
+        study.get_trials(deepcopy=False)
+    except RecursionError:
+        return ("Optuna cannot parse its rows: a stored JSON value is nested too deeply "
+                "(the storage was edited or is damaged)")
+    except _ROW_ERRORS as err:
+        return (f"Optuna cannot parse its rows ({type(err).__name__}: {storage_problem(err)}; "
+                "the storage was edited or is damaged)")
+    if n_objectives != 1:
+        return f"it has {n_objectives} objectives; a kneeplan sweep minimises one"
+    return None
+
+
+# User attributes and parameters are copied into the reports only up to this size (characters
+# of their JSON text, about): a stored attribute of millions of values would make a report of
+# hundreds of MB and take GBs of memory to write. Larger ones are left out with one warning.
+MAX_ATTR_CHARS = 100_000
+_left_out: dict[str, None] = {}  # what write_report leaves out (ordered set), warned once
+
+
+def _too_large(value: object, limit: int = MAX_ATTR_CHARS) -> bool:
+    """True when `value`'s JSON text would exceed about `limit` characters; looks at no more
+    than about `limit` items (a list of 20 M values is not walked)."""
+    budget, stack = limit, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            budget -= len(v) + 2
+        elif isinstance(v, dict):
+            budget -= 2 + 4 * len(v)
+            if budget >= 0:
+                stack.extend(v.keys())
+                stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            budget -= 2 + 2 * len(v)
+            if budget >= 0:
+                stack.extend(v)
+        else:
+            budget -= len(str(v)) if isinstance(v, (int, float)) else 8
+        if budget < 0:
+            return True
+    return False
+
+
+def _bounded(value: object, what: str) -> object:
+    """`value`, or a placeholder naming its omission when it is too large for a report."""
+    if not _too_large(value):
+        return value
+    _left_out.setdefault(what)
+    return f"<left out: larger than {MAX_ATTR_CHARS // 1000} kB>"
+
+
+def _attr(t: FrozenTrial, key: str, default: object = None) -> object:
+    return _bounded(t.user_attrs.get(key, default), f"trial #{t.number} {key!r}")
+
+
+def _study_attr(study: optuna.Study, key: str) -> object:
+    return _bounded(study.user_attrs.get(key), f"study {key!r}")
 
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:
@@ -86,13 +163,15 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:
     rows = []
     for t in trials:
         row = {"number": t.number, "state": t.state.name, "objective": t.value}
-        row.update({p: t.params.get(p) for p in params})
-        row["epochs"] = t.user_attrs.get("epochs")
+        row.update({p: _param(t, p) for p in params})
+        row["epochs"] = _attr(t, "epochs")
         row["duration_s"] = (round(t.duration.total_seconds(), 1)
                              if t.duration is not None else None)
-        row["worker"] = t.user_attrs.get("worker")
+        row["worker"] = _attr(t, "worker")
         # a re-run after a lost heartbeat (Optuna's attribute) or after Ctrl-C (ours)
-        row["retry_of"] = t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of"))
+        row["retry_of"] = (_bounded(t.system_attrs["failed_trial"], f"trial #{t.number} "
+                                    "'failed_trial'") if "failed_trial" in t.system_attrs
+                           else _attr(t, "retry_of"))
         row["fail_reason"] = fail_reason(t)
         rows.append(row)
     return header, rows
@@ -102,7 +181,16 @@ def fail_reason(t: FrozenTrial) -> str | None:
     """The recorded reason; a FAIL without one was failed by a lost heartbeat (dead worker)."""
     if t.state != TrialState.FAIL:
         return None
-    return t.user_attrs.get("fail_reason") or "worker lost (no heartbeat): killed or pre-empted"
+    return _attr(t, "fail_reason") or "worker lost (no heartbeat): killed or pre-empted"
+
+
+def _param(t: FrozenTrial, name: str) -> object:
+    """A trial's parameter for the tables: absent is None (an empty cell); a NaN one (SQLite
+    stores NaN as NULL, which Optuna reads back as None) is shown as nan."""
+    if name not in t.params:
+        return None
+    value = t.params[name]
+    return math.nan if value is None else _bounded(value, f"trial #{t.number} param {name!r}")
 
 
 def _fmt(v: object) -> str:
@@ -120,9 +208,9 @@ def write_tables(study: optuna.Study, folder: Path) -> tuple[Path, Path]:
         w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
         w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    lines = [f"# Study `{study.study_name}`", ""]
+    lines = [f"# Study `{_fmt(study.study_name)}`", ""]
     if "objective" in study.user_attrs:
-        lines += [f"Objective (minimised): {study.user_attrs['objective']}", ""]
+        lines += [f"Objective (minimised): {_fmt(_study_attr(study, 'objective'))}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
     md_path.write_text("\n".join(lines) + "\n")
@@ -135,17 +223,17 @@ def write_best(study: optuna.Study, folder: Path) -> Path | None:
     if not complete:
         path.unlink(missing_ok=True)
         return None
-    best = study.best_trial
+    best = best_trial(study, complete)
     data = {
         "study": study.study_name,
-        "objective": study.user_attrs.get("objective"),
-        "objective_metric": best.user_attrs.get("objective_metric"),
+        "objective": _study_attr(study, "objective"),
+        "objective_metric": _attr(best, "objective_metric"),
         "number": best.number,
         "value": best.value,
-        "params": best.params,
-        "metrics": best.user_attrs.get("metrics", {}),
-        "epochs": best.user_attrs.get("epochs"),
-        "run_dir": best.user_attrs.get("run_dir"),
+        "params": {p: _param(best, p) for p in best.params},
+        "metrics": _attr(best, "metrics", {}),
+        "epochs": _attr(best, "epochs"),
+        "run_dir": _attr(best, "run_dir"),
         "n_trials": len(study.get_trials(deepcopy=False)),
         "n_complete": len(complete),
     }
@@ -153,9 +241,26 @@ def write_best(study: optuna.Study, folder: Path) -> Path | None:
     return path
 
 
+def best_trial(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial:
+    """The best of the completed trials (lowest number among equals; a NaN value last), like
+    `study.best_trial` without its deep copy of every attribute."""
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+
+    def key(t: FrozenTrial) -> tuple[bool, float, int]:
+        bad = t.value is None or math.isnan(t.value)
+        return bad, 0.0 if bad else sign * t.value, t.number
+
+    return min(complete, key=key)
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _complete_with(study: optuna.Study, params: Sequence[str]) -> list[FrozenTrial]:
+    """Completed trials with a finite objective and finite values of `params`."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if all(p in t.params for p in params)]
+            if _finite(t.value) and all(_finite(t.params.get(p)) for p in params)]
 
 
 # A contour interpolated between fewer completed trials draws a landscape that is not there.
@@ -168,11 +273,12 @@ CMAP = "viridis"
 
 def objective_label(study: optuna.Study) -> str:
     """Colour-bar label with the objective's unit, e.g. ``objective (mm), lower is better``."""
-    metrics = {t.user_attrs.get("objective_metric") or "" for t in
-               study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    metrics = {m if isinstance(m := t.user_attrs.get("objective_metric"), str) else ""
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     units = {"mm" if "_mm" in m else "px" if "_px" in m else "" for m in metrics} - {""}
     unit = " or ".join(sorted(units)) if units else "unit unknown"
-    formula = str(study.user_attrs.get("objective", ""))
+    formula = study.user_attrs.get("objective", "")
+    formula = formula if isinstance(formula, str) else ""
     extra = " + IoU term" if "iou" in formula.lower() else ""
     return f"objective ({unit}{extra}), lower is better"
 
@@ -196,6 +302,12 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     for stale in ("contour_beta_alpha.png", "param_importance.png", "trials_beta_alpha.png"):
         (folder / stale).unlink(missing_ok=True)
     reason = contour_reason(study)
+    if unplaced := [t.number for t in study.get_trials(deepcopy=False)
+                    if set(AXES) <= set(t.params)
+                    and not all(_finite(t.params[p]) for p in AXES)]:
+        print(f"sweeps.report: {len(unplaced)} trial(s) with a NaN or infinite beta or alpha "
+              f"not drawn (#{', #'.join(map(str, unplaced[:5]))}"
+              f"{', ...' if len(unplaced) > 5 else ''})")
     written = [_save(scatter_figure(study, note=reason), folder / "trials_beta_alpha.png")]
     if reason:
         print(f"sweeps.report: {reason}")
@@ -203,8 +315,8 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     written.append(_save(contour_figure(study), folder / "contour_beta_alpha.png"))
     try:
         written.append(_save(importance_figure(study), folder / "param_importance.png"))
-    except (ValueError, RuntimeError, ZeroDivisionError) as err:
-        print(f"sweeps.report: parameter importance skipped ({err})")
+    except (ValueError, RuntimeError, ArithmeticError, TypeError) as err:
+        print(f"sweeps.report: parameter importance skipped ({str(err)[:200]})")
         plt.close("all")
     return written
 
@@ -216,16 +328,21 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _search_box(trials: list[FrozenTrial]) -> dict[str, tuple[float, float]]:
-    """(low, high) of beta and alpha from the trials' distributions (padded by 4 %)."""
+    """(low, high) of beta and alpha from the trials' distributions (padded by 4 %); only
+    finite bounds and values count (a box too wide to draw falls back to the values')."""
     box = {}
     for name in AXES:
         dists = [t.distributions[name] for t in trials if name in t.distributions]
-        lows = [getattr(d, "low", None) for d in dists]
-        highs = [getattr(d, "high", None) for d in dists]
-        values = [t.params[name] for t in trials if name in t.params]
-        low = min([v for v in lows if v is not None] + values, default=0.0)
-        high = max([v for v in highs if v is not None] + values, default=1.0)
-        pad = 0.04 * (high - low) if high > low else 0.5
+        values = [v for t in trials if _finite(v := t.params.get(name))]
+        bounds = [v for d in dists for v in (getattr(d, "low", None), getattr(d, "high", None))
+                  if _finite(v)]
+        for candidates in (bounds + values, values):
+            low, high = min(candidates, default=0.0), max(candidates, default=1.0)
+            pad = 0.04 * (high - low) if high > low else 0.5
+            if math.isfinite(low - pad) and math.isfinite(high + pad):
+                break
+        else:
+            low, high, pad = 0.0, 1.0, 0.04
         box[name] = (low - pad, high + pad)
     return box
 
@@ -269,7 +386,9 @@ def _points(ax: Axes, trials: list[FrozenTrial], norm: Normalize) -> None:
 
 
 def _trials(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if set(AXES) <= set(t.params)]
+    """Trials with a finite beta and alpha: the ones a plot can place (a NaN one is not)."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if all(_finite(t.params.get(p)) for p in AXES)]
 
 
 def scatter_figure(study: optuna.Study, note: str | None = None) -> Figure:
@@ -342,6 +461,7 @@ def importance_figure(study: optuna.Study) -> Figure:
 def write_report(study: optuna.Study, folder: Path) -> list[Path]:
     """All report files for `study` into `folder`; returns the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
+    _left_out.clear()
     paths = list(write_tables(study, folder))
     best = write_best(study, folder)
     if best is not None:
@@ -351,6 +471,11 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
     if reason:  # the table says why a plot is missing, not only the console
         with paths[1].open("a") as fh:
             fh.write(f"\nPlots: {reason}.\n")
+    if _left_out:
+        names = list(_left_out)
+        print(f"sweeps.report: warning: {len(names)} stored value(s) larger than "
+              f"{MAX_ATTR_CHARS // 1000} kB left out of the report ({', '.join(names[:3])}"
+              f"{', ...' if len(names) > 3 else ''})", file=sys.stderr)
     return paths
 
 

@@ -307,9 +307,21 @@ def format_best(study: optuna.Study) -> str:
         return "\n".join(lines)
     best = study.best_trial
     metric = best.user_attrs.get("objective_metric", "objective")
+    metric = metric if isinstance(metric, str) and len(metric) <= 100 else "objective"
     lines.append(f"best trial #{best.number}: {metric} objective = {best.value:.4f}")
-    lines.append("best params: " + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items()))
+    lines.append("best params: " + ", ".join(f"{k}={_param_text(v)}"
+                                             for k, v in best.params.items()))
     return "\n".join(lines)
+
+
+def _param_text(value: object) -> str:
+    """A parameter for the summary: a number as 4 digits, NaN (which SQLite stores as NULL and
+    Optuna reads back as None) as nan, anything else (a categorical choice) shortened."""
+    if value is None:
+        return "nan"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return str(value)[:40]
 
 
 def _usage_error(message: str) -> SystemExit:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+import sqlite3
+import stat
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -76,6 +80,7 @@ def open_storage(
         study_dir(study_name, studies_dir).mkdir(parents=True, exist_ok=True)
         url = default_storage_url(study_name, studies_dir)
     url = normalise_url(url)
+    check_sqlite_file(url)
     if url.startswith("sqlite"):
         # Several local processes may share one SQLite file: wait on its lock instead of failing.
         engine_kwargs: dict = {"connect_args": {"timeout": 60}}
@@ -100,6 +105,71 @@ def open_storage(
                 raise
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL (None: another database, or SQLite in memory)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None  # (RDBStorage names a bad URL itself)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):  # sqlite:///file:x.db?uri=true
+        database = database.removeprefix("file:").split("?", 1)[0]
+    return None if database in ("", ":memory:") else Path(database)
+
+
+# Optuna's SQLite schema holds tables and indexes only. A trigger runs its own SQL whenever the
+# sweep writes (one with an endless recursive query hangs the first write), a view whatever SQL
+# it was given whenever a read names it (a view named like Optuna's tables hangs any read), and
+# a virtual table the code of its module: a shared study file is data, so these are refused.
+_FOREIGN_SCHEMA = ("SELECT type, name, tbl_name FROM sqlite_master "
+                   "WHERE type IN ('trigger', 'view') "
+                   "OR (type = 'table' AND upper(substr(ltrim(sql), 1, 14)) = 'CREATE VIRTUAL') "
+                   "LIMIT 1")
+
+
+def check_sqlite_file(url: str) -> None:
+    """Refuse (ValueError, one line) a SQLite study file that is not a regular file, or whose
+    schema holds a trigger, a view or a virtual table, before Optuna runs a statement on it.
+
+    Read-only, and only the schema table: a file that does not exist yet is fine (Optuna
+    creates it), other databases (PostgreSQL, ...) are not checked.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ValueError(f"the SQLite file cannot be read: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError("the path is a folder, not a SQLite study file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open, /dev/zero reads forever
+        raise ValueError("the path is not a regular file (a pipe or device), not a SQLite "
+                         "study file")
+    if info.st_size == 0:
+        return  # (Optuna makes its tables in an empty file)
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+                              timeout=60)
+        try:
+            row = con.execute(_FOREIGN_SCHEMA).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as err:  # not a database, damaged, a malformed schema, unreadable
+        raise ValueError(f"the SQLite file cannot be read: {err}") from None
+    if row is not None:
+        kind, name, table = row
+        kind = "virtual table" if kind == "table" else kind
+        on = f" on {str(table)[:40]!r}" if kind == "trigger" else ""
+        raise ValueError(f"the file holds the {kind} {str(name)[:40]!r}{on}, which no Optuna "
+                         "study has (it runs its own SQL when the sweep reads or writes): "
+                         "refused; drop it or start a new study")
 
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of
