@@ -76,3 +76,16 @@ def out_file_problem(out: Path, beside: Sequence[Path] = ()) -> str | None:
     except ValueError as err:  # a NUL byte
         return f"--out {out}: not a usable path ({err})"
     return None
+
+
+def out_names_problem(folder: Path, names: Sequence[str]) -> str | None:
+    """Why files named ``names`` cannot be made in ``folder`` (which may not exist yet): one
+    longer than the file system takes (None: they can). Checked before any of them is written,
+    so that a plan never leaves an overlay without its report (a 250-byte image name made a
+    255-byte ``_plan.png`` and then failed on the 256-byte ``_plan.json``: fifth fuzz round)."""
+    limit = name_max(nearest_existing(Path(folder).absolute()))
+    name, longest = longest_name(names)
+    if longest > limit:
+        return (f"the output name {name[:40]!r}{'...' if len(name) > 40 else ''} is too long "
+                f"({longest} bytes; the file system takes {limit}): rename the image")
+    return None

@@ -226,6 +226,7 @@ def run_plan(
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
+    from planning.output_paths import out_names_problem
     from planning.overlay import draw_plan
     from planning.predict import as_predictor, predict_image
     from planning.report import build_report, write_report
@@ -234,6 +235,9 @@ def run_plan(
 
     review_config = review_config or ReviewConfig.load()
     path = Path(image_path)
+    if problem := out_names_problem(Path(out_dir), [p.name for p in plan_files(
+            Path(out_dir), out_stem or path.stem)]):
+        raise PlanInputError(f"{path}: {problem}")
     loaded = load_input(path)
     image = np.asarray(loaded.image, dtype=np.float32)
     if user_spacing:  # a bad --spacing is a usage error: say so before running the network
@@ -493,11 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlanInputError as err:
         _error(str(err))
         return 1
-    from planning.output_paths import out_folder_problem
+    from planning.output_paths import out_folder_problem, out_names_problem
 
-    if problem := out_folder_problem(args.out):  # a usage error, before the network runs
-        _error(problem)
-        return 2
+    if problem := (out_folder_problem(args.out) or out_names_problem(
+            args.out, [p.name for p in plan_files(args.out, images[0].stem)])):
+        _error(problem if problem.startswith("--out") else f"--out {args.out}: {problem}")
+        return 2  # a usage error, before the network runs
     from planning.predict import ModelOutputError
 
     search = None

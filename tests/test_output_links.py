@@ -58,3 +58,30 @@ def test_plan_writes_files_in_place_of_links(tmp_path, tmp_path_factory):
     assert notes.read_text() == "precious notes"
     with (out / "summary.csv").open() as f:
         assert not (out / "summary.csv").is_symlink() and list(csv.DictReader(f))
+
+
+def test_an_image_name_too_long_for_its_outputs_writes_nothing(tmp_path, tmp_path_factory,
+                                                                capsys):
+    """Fifth fuzz round: a 250-byte image name made a 255-byte ``_plan.png`` (written) and a
+    256-byte ``_plan.json`` (failed, status 1): an overlay without its report. Now the names
+    are checked first: single image a usage error (status 2, one line), batch a failed row."""
+    import shutil
+
+    model = exported_tiny_model(tmp_path_factory)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = folder / ("k" * 246 + ".png")
+    shutil.copy(phantom_images(tmp_path_factory, n=1)[0], image)
+    out = tmp_path / "plans"
+    capsys.readouterr()
+    assert main(["--image", str(image), "--ckpt", str(model), "--out", str(out), "--tta",
+                 "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is too long (256 bytes" in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["--image", str(folder), "--ckpt", str(model), "--out", str(out), "--tta", "0",
+                 "--workers", "1"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+    with (out / "summary.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] != "ok" and "too long" in json.dumps(row), row
