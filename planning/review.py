@@ -123,7 +123,8 @@ class ReviewConfig:
 
         p = Path(path) if path is not None else CONFIG_PATH
         # bounded: a FIFO, a 2 GB file or a YAML alias bomb is one line, not a hang
-        data = read_yaml(p, what="review thresholds") or {}
+        data = read_yaml(p, what="review thresholds")
+        data = {} if data is None else data  # (an empty file: the defaults; [] or false: no)
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping of threshold: value, got "
                              f"{type(data).__name__}")

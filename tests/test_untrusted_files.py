@@ -430,3 +430,21 @@ def test_phantom_and_generalisation_configs_are_bounded(tmp_path, capsys):
                                 str(tmp_path / "g"), "--config", str(bomb)]) == 2  # fmt: skip
     line = one_line(capsys.readouterr().err)
     assert str(bomb) in line and "aliases" in line
+
+
+@pytest.mark.parametrize("text", ["[]\n", "false\n", "0\n", "- 1\n"])
+def test_a_review_or_phantom_config_that_is_not_a_mapping_is_refused(text, tmp_path):
+    """Fifth fuzz round: a file holding [], false or 0 planned with the default thresholds
+    (and generated default phantoms) without a word; an empty file still means the defaults."""
+    from datamodules.phantoms import PhantomConfig
+    from planning.review import ReviewConfig
+
+    path = _write(tmp_path / "c.yaml", text)
+    with pytest.raises(ValueError, match="mapping") as err:
+        ReviewConfig.load(path)
+    assert str(path) in one_line(str(err.value))
+    with pytest.raises(ValueError, match="mapping"):
+        PhantomConfig.from_yaml(path)
+    empty = _write(tmp_path / "empty.yaml", "")
+    assert ReviewConfig.load(empty).max_tilt_deg == ReviewConfig().max_tilt_deg
+    assert PhantomConfig.from_yaml(empty) == PhantomConfig()

@@ -202,7 +202,8 @@ class PhantomConfig:
         from datamodules.config_file import read_yaml
 
         path = Path(path)
-        data = read_yaml(path, what="phantom config") or {}  # bounded; errors are one line
+        data = read_yaml(path, what="phantom config")  # bounded; errors are one line
+        data = {} if data is None else data  # (an empty file: the defaults; [] or false: no)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: phantom config must be a mapping of fields")
         try:
