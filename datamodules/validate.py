@@ -72,6 +72,7 @@ from datamodules.label_checks import (
     patella_fibula_swap,
     shrink,
 )
+from datamodules.one_line_parser import OneLineParser
 from datamodules.sample import BONES, LANDMARKS
 from geometry.anatomy_scale import estimate_scale, spacing_disagreement
 
@@ -419,7 +420,7 @@ def validate_dataset(root: str | Path) -> ValidationReport:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: validate one or more dataset folders, print the report."""
-    parser = argparse.ArgumentParser(prog="python -m datamodules.validate", description=__doc__,
+    parser = OneLineParser(prog="python -m datamodules.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", help="dataset folder(s) with images/ masks/ "
                                                  "annotations/")

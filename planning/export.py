@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
 from lightning_modules.shgn import final_maps
 from planning.model_io import CheckpointError, LoadedModel, load_checkpoint
@@ -116,7 +117,7 @@ def max_difference(ckpt: str | Path, onnx_path: str | Path, batch: int = 2, seed
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.export``."""
-    p = argparse.ArgumentParser(prog="python -m planning.export",
+    p = OneLineParser(prog="python -m planning.export",
                                 description="Export a checkpoint to ONNX for planning.")
     p.add_argument("--ckpt", type=path_argument, required=True, help="trained checkpoint (.ckpt)")
     p.add_argument("--out", type=path_argument,

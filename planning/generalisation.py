@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.config_file import ConfigFileError, read_yaml
+from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from planning.evaluate import DEFAULT_PHANTOM_SEED, evaluate, phantom_samples
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.generalisation``."""
     from datamodules.phantoms.config import FACTORS
 
-    p = argparse.ArgumentParser(prog="python -m planning.generalisation",
+    p = OneLineParser(prog="python -m planning.generalisation",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, required=True,
                    help=f"training wall time per model (at most {MAX_MINUTES})")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
@@ -356,7 +357,7 @@ def path_argument(text: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.plan``."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m planning.plan",
         description="Schoettle-point plan for lateral knee radiographs (DICOM, PNG, TIFF, JPEG).",
     )

@@ -25,6 +25,7 @@ Each reason is a ``str`` carrying a ``code`` (for per-reason counts in ``make ev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -137,7 +138,11 @@ class ReviewConfig:
         for k, v in data.items():
             kind = type(getattr(cls(), k))
             if finite_real(v) is None:
-                raise ValueError(f"{p}: {k} must be a finite number, got {v!r:.40}")
+                hint = ""
+                if isinstance(v, str) and _float_text(v):  # YAML 1.1 reads 1e300 as text
+                    hint = (" (text: YAML reads a number with an exponent but no dot as text; "
+                            f"write {_yaml_float(float(v))})")
+                raise ValueError(f"{p}: {k} must be a finite number, got {v!r:.40}{hint}")
             if kind is int and v != int(v):
                 raise ValueError(f"{p}: {k} must be a whole number, got {v!r:.40}")
             if problem := threshold_problem(k, v):
@@ -152,6 +157,21 @@ class ReviewConfig:
         if path is None:
             _DEFAULT.append(config)
         return config
+
+
+def _float_text(text: str) -> bool:
+    """True when ``text`` reads as a finite float (e.g. "1e300")."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _yaml_float(x: float) -> str:
+    """``x`` as YAML 1.1 reads a float: with a dot before any exponent (1e300 -> 1.0e+300)."""
+    text = repr(x)
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
 
 
 def threshold_problem(name: str, value: float) -> str | None:

@@ -37,6 +37,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from datamodules.one_line_parser import OneLineParser
 from sweeps.storage import (  # noqa: E402
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
@@ -480,7 +481,7 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__,
+    p = OneLineParser(prog="python -m sweeps.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--study", required=True)

@@ -39,6 +39,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from datamodules.config_file import ConfigFileError, check_config_file
+from datamodules.one_line_parser import OneLineParser
 from lightning_modules.malloc_tuning import keep_freed_memory
 from sweeps.guards import (
     SETTINGS_ATTR,
@@ -92,16 +93,22 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _params(text: str) -> dict[str, float]:
+    """``name=value[,name=value]`` as a dict; a name given twice is an error (the last one
+    silently won)."""
     try:
-        return {k.strip(): float(v) for k, v in (kv.split("=") for kv in text.split(","))}
+        pairs = [(k.strip(), float(v)) for k, v in (kv.split("=") for kv in text.split(","))]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"parameters {text!r} must be name=value[,name=value] (e.g. beta=0.6,alpha=1)"
         ) from None
+    names = [k for k, _ in pairs]
+    if twice := sorted({k for k in names if names.count(k) > 1}):
+        raise argparse.ArgumentTypeError(f"parameters {text!r} give {', '.join(twice)} twice")
+    return dict(pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__,
+    p = OneLineParser(prog="python -m sweeps.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs")

@@ -189,3 +189,39 @@ def test_export_name_too_long(tmp_path, capsys, out):
                        capsys, "--out", value)
     # the name that is too long is named as what it is (was "the file name" for a folder too)
     assert ("the folder name" if "/" in out else "the file name") in line, line
+
+
+@pytest.mark.parametrize("module", ["planning.plan", "planning.export", "planning.evaluate",
+                                    "datamodules.validate", "sweeps.run", "sweeps.report"])
+def test_argparse_usage_errors_are_one_line(module, capsys):
+    """Fifth fuzz round: argparse printed its whole usage block (up to 20 lines) before the
+    line that says what is wrong; every other error of these commands is one line."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        main(["--no-such-flag"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and "see --help" in err[0], err
+
+
+def test_an_enqueued_parameter_given_twice_is_refused(capsys):
+    """Was: ``--enqueue beta=1,alpha=1,beta=2`` ran with beta=2 without a word."""
+    from sweeps.run import run_sweep
+
+    with pytest.raises(SystemExit) as stop:
+        run_sweep(["--trials", "0", "--study", "s", "--enqueue", "beta=1,alpha=1,beta=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "beta twice" in err[0], err
+
+
+def test_references_that_contradict_their_own_point_are_named():
+    """Fifth fuzz round: an annotation with a landmark at (-0, -0) was scored 27 mm off
+    without a word; its constructed reference lay 26 mm from the point it states."""
+    from planning.evaluate import MAX_REFERENCE_MM, self_contradicting
+
+    rows = [{"id": "ok", "reference_vs_exact": 1e-14}, {"id": "bad", "reference_vs_exact": 25.7},
+            {"id": "edge", "reference_vs_exact": MAX_REFERENCE_MM},
+            {"id": "nan", "reference_vs_exact": float("nan")}, {"id": "none"}]
+    assert self_contradicting(rows) == ["bad"]

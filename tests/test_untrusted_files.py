@@ -327,6 +327,10 @@ def test_read_yaml_refuses_fifo_folder_binary_and_deep_nesting(tmp_path):
     ("min_support: 10.9\n", "min_support must be a whole number"),
     ("min_peak: 0.9\nmax_peak: 0.5\n", "min_peak=0.9 is above max_peak=0.5"),
     ("min_peak: 0.3\nmin_peak: -1\n", "'min_peak' is given twice"),  # the last one won
+    # YAML 1.1 reads an exponent without a dot as text: say so and how to write it
+    ("min_peak: 1e-3\n", "got '1e-3' (text: YAML reads a number with an exponent but no dot as "
+                        "text; write 0.001)"),
+    ("max_tilt_deg: 1e300\n", "write 1.0e+300"),
 ])
 def test_review_thresholds_out_of_range_or_repeated_are_refused(text, words, tmp_path):
     """Red-team round 6: thresholds of +-1e300, fractions above 1 or a key given twice switched

@@ -7,13 +7,13 @@ regenerated alone and runs with different N share their first samples.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from datamodules.dataset_io import write_sample
+from datamodules.one_line_parser import OneLineParser
 from datamodules.phantoms.config import PhantomConfig
 from datamodules.phantoms.generate import generate_phantom, sample_seed
 
@@ -31,7 +31,7 @@ def write_phantoms(
 
 def main(argv: list[str] | None = None) -> int:
     """``make phantoms``; 0 when written, 2 for a bad argument or config file."""
-    parser = argparse.ArgumentParser(prog="phantoms",
+    parser = OneLineParser(prog="phantoms",
                                      description="Write synthetic lateral knee radiographs.")
     parser.add_argument("--out", required=True, help="dataset folder to create/extend")
     parser.add_argument("--n", type=int, default=200, help="number of samples")

@@ -1,0 +1,17 @@
+"""An ``argparse.ArgumentParser`` whose usage errors are one line, like every other error of the
+commands (README, exit codes): argparse prints its whole usage block (up to 20 lines) before the
+message, which buried the one line that says what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose ``error`` prints ``<prog>: error: <message> (see --help)`` and
+    exits with status 2 (argparse's own status for a usage error)."""
+
+    def error(self, message: str) -> NoReturn:
+        """One line naming the problem; ``--help`` still prints the full usage."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
