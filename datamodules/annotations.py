@@ -102,7 +102,8 @@ def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | Non
         return f"not a pair of numbers: {_short(value)}", False
     x, y = _as_float(value[0]), _as_float(value[1])
     if not (math.isfinite(x) and math.isfinite(y)):
-        return f"NaN or infinite coordinate {_short(value)}", False
+        return (f"NaN or infinite coordinate {_short(value)} (or one too large for a "
+                "float)"), False
     if shape is not None:
         h, w = shape
         if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
@@ -308,6 +309,9 @@ def load_json(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
         if isinstance(err, AnnotationError):
             raise
+        if "integer string conversion" in str(err):  # Python's own 4300-digit limit
+            raise AnnotationError(f"{path}: cannot read JSON: it holds an integer of more than "
+                                  "4300 digits, not a coordinate") from None
         raise AnnotationError(f"{path}: cannot read JSON: {err}") from None
 
 

@@ -270,3 +270,13 @@ def test_train_answers_a_bad_split_file_in_one_line(root, tmp_path):
     assert "Traceback" not in res.stderr
     naming = [ln for ln in res.stderr.splitlines() if str(split) in ln]
     assert len(naming) == 1 and "cannot read JSON" in naming[0], res.stderr[-2000:]
+
+
+def test_an_integer_beyond_pythons_digit_limit_is_named(root):
+    """Fifth fuzz round: a 5000-digit coordinate gave Python's "Exceeds the limit (4300 digits)
+    ... use sys.set_int_max_str_digits()" hint instead of what is wrong with the file."""
+    raw = json.dumps(_ann()).replace("[20.0, 12.0]", f"[{'9' * 5000}, 12.0]")
+    (root / "annotations" / "k0.json").write_text(raw)
+    with pytest.raises(AnnotationError, match="an integer of more than 4300 digits") as err:
+        read_annotation(root / "annotations" / "k0.json")
+    assert "set_int_max_str_digits" not in str(err.value)
