@@ -57,6 +57,14 @@ def pickle_problem(data: bytes) -> str | None:
             if key[0] > MAX_KEY_VALUES:
                 raise KeyError(key[0])
 
+    def hashed(name: str, items: list) -> list:
+        """``items`` of a marked run, after checking the ones that opcode hashes."""
+        if name in ("DICT", "SETITEMS"):  # key, value, key, value, ...
+            keys_ok(items[0::2])
+        elif name in ("FROZENSET", "ADDITEMS"):
+            keys_ok(items)
+        return items
+
     try:
         for n, (op, arg, _pos) in enumerate(pickletools.genops(data)):
             if n >= MAX_OPS:
@@ -82,22 +90,14 @@ def pickle_problem(data: bytes) -> str | None:
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 stack.append(memo[int(arg)])
             elif name in _CONTAINERS:
-                items = pop_mark()
-                if name == "DICT":
-                    keys_ok(items[0::2])
-                elif name == "FROZENSET":
-                    keys_ok(items)
+                items = hashed(name, pop_mark())
                 stack.append(node(1 + sum(i[0] for i in items)))
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
                 k = int(name[-1])
                 items, stack[-k:] = stack[-k:], []
                 stack.append(node(1 + sum(i[0] for i in items)))
             elif name in _APPEND_TO_TOP:
-                items = pop_mark()
-                if name == "SETITEMS":
-                    keys_ok(items[0::2])
-                elif name == "ADDITEMS":
-                    keys_ok(items)
+                items = hashed(name, pop_mark())
                 stack[-1][0] = node(stack[-1][0] + sum(i[0] for i in items))[0]
             elif name in ("APPEND", "SETITEM", "BUILD"):
                 items = [stack.pop() for _ in range(2 if name == "SETITEM" else 1)]

@@ -22,7 +22,6 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -31,6 +30,7 @@ from optuna.study import StudyDirection
 import sweeps.report
 from sweeps.report import main as report_main
 from sweeps.run import format_best, run_sweep
+from tests.sweep_doubles import instant_fit, never_fit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -41,26 +41,9 @@ ENDLESS = ("CREATE TRIGGER hang AFTER INSERT ON studies BEGIN SELECT count(*) FR
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _opts(args):
-    return dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
 
 
-def _instant_fit(args, callbacks=None):
-    """No training: metrics straight from the sampled (beta, alpha)."""
-    opts = _opts(args)
-    value = (float(opts["model.beta"]) - 0.6) ** 2 + (float(opts["model.alpha"]) - 1.0) ** 2
-    return SimpleNamespace(
-        trainer=SimpleNamespace(current_epoch=1),
-        run_dir=Path(opts["run.root"]) / opts["run.name"],
-        metrics={"val/lm_err_mm_median": value, "val/lm_err_px_median": 10 * value,
-                 "val/iou_mean": 0.5, "val/loss": 1.0})
-
-
-def _never_fit(args, callbacks=None):
-    raise AssertionError("a trial ran although the sweep should have been refused")
-
-
-def _sweep(tmp_path, *argv, trials=1, fit=_instant_fit):
+def _sweep(tmp_path, *argv, trials=1, fit=instant_fit):
     return run_sweep(["--trials", str(trials), "--study", "s", "--studies-dir",
                       str(tmp_path / "st"), "--config", str(TINY), "--pruner", "none", *argv],
                      fit=fit)
@@ -122,7 +105,7 @@ def test_a_trigger_in_the_study_file_is_refused_before_it_runs(tmp_path, capsys)
                  "CREATE TRIGGER hang AFTER INSERT ON studies BEGIN "
                  "INSERT INTO fired VALUES (1); END")
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, fit=_never_fit)
+        _sweep(tmp_path, fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys, "sweeps.run: error:")
     assert str(db) in line and "trigger 'hang'" in line, line
@@ -158,7 +141,7 @@ def test_a_view_named_like_optunas_table_is_refused(base_study, tmp_path, capsys
     line = _one_error(capsys, "sweeps.report: error:")
     assert str(db) in line and "view 'trials'" in line, line
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, fit=_never_fit)
+        _sweep(tmp_path, fit=never_fit)
     assert stop.value.code == 2
     assert "view 'trials'" in _one_error(capsys, "sweeps.run: error:")
 

@@ -30,6 +30,7 @@ from sweeps.objective import ObjectiveSpec
 from sweeps.report import main as report_main
 from sweeps.run import run_sweep
 from sweeps.storage import mask_url, open_storage
+from tests.sweep_doubles import instant_fit, never_fit, opts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -37,26 +38,9 @@ TINY = REPO / "configs" / "tiny.yaml"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _opts(args):
-    return dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
 
 
-def _instant_fit(args, callbacks=None):
-    """No training: metrics straight from the sampled (beta, alpha)."""
-    opts = _opts(args)
-    value = (float(opts["model.beta"]) - 0.6) ** 2 + (float(opts["model.alpha"]) - 1.0) ** 2
-    return SimpleNamespace(
-        trainer=SimpleNamespace(current_epoch=1),
-        run_dir=Path(opts["run.root"]) / opts["run.name"],
-        metrics={"val/lm_err_mm_median": value, "val/lm_err_px_median": 10 * value,
-                 "val/iou_mean": 0.5, "val/loss": 1.0})
-
-
-def _never_fit(args, callbacks=None):
-    raise AssertionError("a trial ran although the sweep should have been refused")
-
-
-def _sweep(tmp_path, *argv, study="s", trials=1, fit=_instant_fit):
+def _sweep(tmp_path, *argv, study="s", trials=1, fit=instant_fit):
     return run_sweep(["--trials", str(trials), "--study", study, "--studies-dir",
                       str(tmp_path / "st"), "--config", str(TINY), "--pruner", "none", *argv],
                      fit=fit)
@@ -94,7 +78,7 @@ def test_continued_study_refuses_another_objective_or_training(tmp_path, capsys,
         change = ["--config", str(other)]
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, *change, fit=_never_fit)
+        _sweep(tmp_path, *change, fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys)
     assert "study 's'" in line and named in line, line
@@ -121,7 +105,7 @@ def test_study_of_older_code_is_warned_once_and_recorded(tmp_path, capsys):
     study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=1.0,
                                         params={"beta": 1.0, "alpha": 1.0}, distributions=dist))
     with pytest.raises(SystemExit) as stop:  # another formula than the recorded one
-        _sweep(tmp_path, "--weight-iou", "5", study="old", fit=_never_fit)
+        _sweep(tmp_path, "--weight-iou", "5", study="old", fit=never_fit)
     assert stop.value.code == 2 and "objective=" in _one_error(capsys)
     _sweep(tmp_path, study="old")
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
@@ -130,7 +114,7 @@ def test_study_of_older_code_is_warned_once_and_recorded(tmp_path, capsys):
     _sweep(tmp_path, study="old")
     assert "warning" not in capsys.readouterr().err  # once
     with pytest.raises(SystemExit):
-        _sweep(tmp_path, "--trainer.max_epochs=5", study="old", fit=_never_fit)
+        _sweep(tmp_path, "--trainer.max_epochs=5", study="old", fit=never_fit)
 
 
 def _load(tmp_path, name):
@@ -185,16 +169,16 @@ def _ctrl_c_fit(interrupt_trial, when):
     """A fit double: a real Trainer on `_Toy`; trial `interrupt_trial` gets Ctrl-C `when`."""
 
     def fit(args, callbacks=None):
-        opts = _opts(args)
-        value = (float(opts["model.beta"]) - 0.6) ** 2 + (float(opts["model.alpha"]) - 1.0) ** 2
-        number = int(opts["run.name"][1:])
+        o = opts(args)
+        value = (float(o["model.beta"]) - 0.6) ** 2 + (float(o["model.alpha"]) - 1.0) ** 2
+        number = int(o["run.name"][1:])
         extra = [_CtrlC(when)] if number == interrupt_trial else []
         trainer = pl.Trainer(max_epochs=2, callbacks=[*(callbacks or []), *extra], logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu",
                              num_sanity_val_steps=0)
         trainer.fit(_Toy(value))
-        return SimpleNamespace(trainer=trainer, run_dir=Path(opts["run.root"]) / opts["run.name"],
+        return SimpleNamespace(trainer=trainer, run_dir=Path(o["run.root"]) / o["run.name"],
                                metrics={k: float(v) for k, v in trainer.callback_metrics.items()})
 
     return fit
@@ -263,7 +247,7 @@ def test_bad_training_options_and_enqueues_are_refused_before_any_trial(
     """Was: every trial failed with a traceback (exit 1, or 0 when the study had a completed
     trial); `--enqueue beta=nan` was a failed trial; a missing config was status 1."""
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, *argv, fit=_never_fit)
+        _sweep(tmp_path, *argv, fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys)
     assert expected in line, line
@@ -276,7 +260,7 @@ def test_studies_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     afile.write_text("x")
     with pytest.raises(SystemExit) as stop:
         run_sweep(["--trials", "1", "--study", "s", "--studies-dir", str(afile),
-                   "--config", str(TINY)], fit=_never_fit)
+                   "--config", str(TINY)], fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys)
     assert f"--studies-dir {afile}" in line and "Not a directory" in line, line
@@ -286,7 +270,7 @@ def test_studies_dir_that_is_a_file_is_one_line(tmp_path, capsys):
                                  "bogus://user:s3cret@host/db"])
 def test_storage_problems_are_one_line_without_the_password(tmp_path, capsys, url):
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, "--storage", url, fit=_never_fit)
+        _sweep(tmp_path, "--storage", url, fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys)
     assert "s3cret" not in line and "user:***@" in line, line
@@ -393,7 +377,7 @@ def test_a_joining_worker_waits_for_the_creators_settings(tmp_path, capsys):
     writer.start()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        _sweep(tmp_path, "--trainer.max_epochs=3", study="s", fit=_never_fit)
+        _sweep(tmp_path, "--trainer.max_epochs=3", study="s", fit=never_fit)
     writer.join()
     assert stop.value.code == 2
     assert "trainer.max_epochs=2, this run has trainer.max_epochs=3" in _one_error(capsys)
