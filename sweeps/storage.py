@@ -141,6 +141,11 @@ def check_sqlite_file(url: str) -> None:
     path = sqlite_path(url)
     if path is None:
         return
+    if path.name.startswith("file:") and "uri=true" not in url.lower():
+        # (SQLite URI filenames need ?uri=true; without it "file::memory:?cache=shared" made a
+        # file of that name in the current folder: fifth fuzz round)
+        raise ValueError(f"the SQLite database name {path.name[:60]!r} is a URI filename without "
+                         "?uri=true: it would be a file of that name; give a file path")
     try:
         info = path.stat()
     except FileNotFoundError:

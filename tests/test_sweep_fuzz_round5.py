@@ -219,3 +219,15 @@ def test_too_large_looks_at_a_bounded_part():
     assert _too_large([[0] * 1000] * 1000)
     assert _too_large([0] * 5_000_000)  # decided on the length alone
     assert _too_large({f"k{i}": i for i in range(50_000)})
+
+
+def test_a_sqlite_uri_filename_without_uri_true_is_refused(tmp_path, monkeypatch):
+    """Fifth fuzz round: ``sqlite:///file::memory:?cache=shared`` made a file literally named
+    ``file::memory:`` in the current folder (SQLite reads URI filenames only with uri=true)."""
+    from sweeps.storage import check_sqlite_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="URI filename without"):
+        check_sqlite_file("sqlite:///file::memory:?cache=shared")
+    assert not list(tmp_path.iterdir())
+    check_sqlite_file(f"sqlite:///{tmp_path / 'study.db'}")  # a plain path: fine
