@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,16 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
 _CALLBACK_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
+# an fsspec protocol ("local://", "file:", "memory://", ...): two or more letters before ":"
+# (one letter is a Windows drive, "C:\\runs\\...", which Lightning writes itself)
+_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
+
+
 def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
     """Raise :class:`CheckpointError` when a ``ModelCheckpoint`` state in ``ckpt`` names a file
-    with a ``..`` component.
+    with a ``..`` component, or by an fsspec protocol (``local:///home/x``: Lightning removes
+    a "previous" checkpoint that is not a plain local file wherever it is, recursively; fifth
+    fuzz round's review deleted a folder that way).
 
     Lightning restores these paths and, when the next checkpoint is written, deletes the
     "previous" one if it lies under the run's checkpoint folder, a test that ``<folder>/../../x``
@@ -141,6 +149,11 @@ def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
                 raise CheckpointError(
                     f"{path}: refused: its checkpoint-callback state names a file through "
                     f"'..' ({str(name)[:80]!r}): resuming could delete a file outside the run")
+            if _PROTOCOL.match(name) or "::" in name:
+                raise CheckpointError(
+                    f"{path}: refused: its checkpoint-callback state names {name[:80]!r}, not a "
+                    "plain file path: Lightning deletes such a 'previous checkpoint' wherever it "
+                    "is, recursively (fsspec's local://, memory://, chained '::' paths)")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -452,3 +452,19 @@ def test_a_review_or_phantom_config_that_is_not_a_mapping_is_refused(text, tmp_p
     empty = _write(tmp_path / "empty.yaml", "")
     assert ReviewConfig.load(empty).max_tilt_deg == ReviewConfig().max_tilt_deg
     assert PhantomConfig.from_yaml(empty) == PhantomConfig()
+
+
+@pytest.mark.parametrize("name", ["local:///home/victim/thesis", "file:///home/victim",
+                                  "memory://x", "simplecache::/home/victim"])
+def test_resume_refuses_callback_names_with_a_protocol(name, tmp_path):
+    """Review of fuzz round 5: Lightning treats a "previous best" whose fsspec protocol is not
+    plain ``file`` as remote, so it is not confined to the checkpoint folder, and removes it
+    recursively: ``local:///home/victim/thesis`` deleted that folder on the first better
+    checkpoint after a resume."""
+    hostile = {LAST_KEY: {"dirpath": str(tmp_path / "run" / "checkpoints"),
+                          "best_k_models": {name: 1.0}}}
+    ckpt = _training_ckpt(tmp_path / "hostile.ckpt", hostile)
+    with pytest.raises(CheckpointError, match="not a plain file path"):
+        train.resume_checkpoint(train.RunOptions(resume=str(ckpt)), KneePlanModule(**TINY_HP))
+    with pytest.raises(CheckpointError, match="not a plain file path"):
+        SameFolderCheckpointIO().load_checkpoint(ckpt)
