@@ -236,6 +236,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                 f"{what} (not loadable with weights_only=True); only tensors and plain values "
                 "are accepted") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: refused: loading it ran out of memory (it asks for more "
+                              "than this machine has; a model's weights do not)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
             IndexError, TypeError, AttributeError) as err:
         raise CheckpointError(

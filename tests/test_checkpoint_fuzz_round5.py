@@ -136,3 +136,78 @@ def test_messages_name_the_real_problem(ckpt_path, tmp_path):
     with zipfile.ZipFile(outside, "a") as z:
         z.writestr("../../evil", b"x")
     _refused(outside, "'../../evil' lies outside the archive's folder")
+
+
+def _appended(path: Path, out: Path, ops: bytes) -> Path:
+    """``path``'s checkpoint with ``ops`` run before the root is returned: the pickle's STOP is
+    dropped, ``ops`` appended, then ``BINGET 0`` (the root dict, memo 0) and STOP (what the
+    review of round 5 did: the objects left on the stack are built and never used)."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in members if n.endswith("data.pkl"))
+    assert members[name].endswith(b".")
+    members[name] = members[name][:-1] + ops + b"h\x00."
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    return out
+
+
+def _shared_tuple_ops(depth: int) -> bytes:
+    """Opcodes of (t, t) nested ``depth`` deep, memoised at 9000 (one PUT / GET pair per level,
+    each level's tuple left on the stack: torch's loader has no POP). Only opcodes torch's
+    weights-only loader reads are used, so these pickles reach it."""
+    ops = b"N\x85r\x28\x23\x00\x00"  # NONE, TUPLE1, LONG_BINPUT 9000
+    for _ in range(depth):  # LONG_BINGET 9000 twice, TUPLE2, LONG_BINPUT 9000
+        ops += b"j\x28\x23\x00\x00j\x28\x23\x00\x00\x86r\x28\x23\x00\x00"
+    return ops
+
+
+CALLS = {
+    # OrderedDict([(key, 0)]) hashes its keys (torch's loader allows it): a key of 3 M values
+    "ordered_dict": (_shared_tuple_ops(20) + b"ccollections\nOrderedDict\nj\x28\x23\x00\x00"
+                     b"K\x00\x86\x85\x85R", "hash bomb"),
+    # the same 6 000-value key 1 000 times: each is under the per-key bound, all are not
+    "many_keys": (_shared_tuple_ops(11) + b"}(" + b"j\x28\x23\x00\x00K\x00" * 1000 + b"u",
+                  "would hash more"),
+    # bytearray(2**31) allocates what the file only names (LONG1 2^31)
+    "bytearray": (b"c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\x80\x00\x85R", "bytearray(n)"),
+    # set(L): the argument (L,) made while L was empty, L filled before the call
+    "set_of_a_filled_list": (b"]r\x29\x23\x00\x00j\x29\x23\x00\x00\x85r\x2a\x23\x00\x00"
+                             + _shared_tuple_ops(20) + b"j\x29\x23\x00\x00j\x28\x23\x00\x00a"
+                             b"c__builtin__\nset\nj\x2a\x23\x00\x00R", "hash bomb"),
+}
+
+
+def _pickle(ops: bytes) -> bytes:
+    """A protocol-2 pickle: a dict (memo 0), ``ops``, then the dict returned."""
+    return b"\x80\x02}q\x00" + ops + b"h\x00."
+
+
+@pytest.mark.parametrize("kind", sorted(CALLS))
+def test_calls_the_safe_loader_allows_are_bounded(ckpt_path, tmp_path, kind):
+    """Review of fuzz round 5: OrderedDict(...) hashing, many keys each under the bound, a set
+    of a list filled after the call's argument was built, and bytearray(n) got past the scan
+    (a <5 MB file did not load in 60 s; two bytearray calls took 4.3 GB)."""
+    ops, words = CALLS[kind]
+    _refused(_appended(ckpt_path, tmp_path / "c.ckpt", ops), words)
+
+
+@pytest.mark.parametrize("kind", sorted(CALLS))
+def test_the_bomb_pickles_are_ones_torch_loads(kind):
+    """The same constructions, small, are read by torch's weights-only loader: the scan guards
+    what that loader would really build."""
+    import io
+
+    from torch import _weights_only_unpickler
+
+    small = (CALLS[kind][0].replace(_shared_tuple_ops(20), _shared_tuple_ops(2))
+             .replace(_shared_tuple_ops(11), _shared_tuple_ops(2))
+             .replace(b"\x8a\x05\x00\x00\x00\x80\x00", b"K\x10"))
+    assert _weights_only_unpickler.load(io.BytesIO(_pickle(small)), encoding="utf-8") == {}
+    assert pickle_problem(_pickle(small)) is None
+
+
+def test_a_set_of_many_small_items_is_fine():
+    """A set of 20 000 numbers hashes 20 000 values: each item is bounded, not the set."""
+    assert pickle_problem(pickle.dumps({"ids": set(range(20_000))}, protocol=2)) is None
