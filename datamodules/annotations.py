@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.decoder_messages import printable
+from datamodules.path_limits import replace_link
 from datamodules.real_numbers import real_value
 from datamodules.sample import LANDMARKS, RaterAnnotation
 
@@ -364,4 +365,4 @@ def annotation_dict(
 
 def write_annotation(path: str | Path, data: dict[str, Any]) -> None:
     """Write an annotation dict as pretty JSON."""
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    replace_link(Path(path)).write_text(json.dumps(data, indent=2) + "\n")

@@ -421,7 +421,7 @@ def validate_dataset(root: str | Path) -> ValidationReport:
 def main(argv: list[str] | None = None) -> int:
     """Command line: validate one or more dataset folders, print the report."""
     parser = OneLineParser(prog="python -m datamodules.validate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", help="dataset folder(s) with images/ masks/ "
                                                  "annotations/")
     parser.add_argument("--strict", action="store_true",

@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules.colours import BONE_RGB, LANDMARK_RGB, TASK_COLOURS
 from datamodules.colours import CORTEX_RGB as ROI_RGB
+from datamodules.path_limits import replace_link
 from datamodules.sample import BONES, LANDMARKS
 
 
@@ -74,7 +75,7 @@ def plot_gradnorm_weights(
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(replace_link(path), dpi=110)
     plt.close(fig)
     return path
 
@@ -300,7 +301,7 @@ class ValidationImages(pl.Callback):
         folder = Path(self.run_dir or trainer.default_root_dir) / "val_images"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch_{trainer.current_epoch:03d}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(replace_link(path)), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("val/images", [picture], step=trainer.global_step,

@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
+from datamodules.path_limits import replace_link
 from lightning_modules.checkpoint_file import (
     CheckpointError,
     MissingCheckpointError,
@@ -89,7 +90,7 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with open(replace_link(tmp), "wb") as fh:  # (never through a planted link)
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -127,9 +127,10 @@ def run_folder_of(ckpt: Path) -> Path | None:
 
 
 def outside_link(run: Path) -> str | None:
-    """The first symbolic link in the run folder ``run`` (or ``run`` itself) that leads out of
-    it, as "link -> target", else None (also when the folder has more than
-    ``MAX_RUN_ENTRIES`` entries: then that is said).
+    """What in the run folder ``run`` a resumed run must not write through: the first symbolic
+    link inside it that leads out of it or loops ("a link out of it (link -> target)"), or more
+    than ``MAX_RUN_ENTRIES`` entries; None when there is nothing.
+    (``run`` itself may be reached through a link: the user's own layout.)
 
     A resumed run appends to ``metrics.csv``, rewrites ``config.yaml`` and deletes the previous
     best checkpoint: through a link placed in a shared run folder it overwrote or deleted files
@@ -145,7 +146,10 @@ def outside_link(run: Path) -> str | None:
                 return f"more than {MAX_RUN_ENTRIES} entries (not a run folder?)"
             entry = Path(here) / name
             if entry.is_symlink():
-                target = entry.resolve()
+                try:
+                    target = entry.resolve(strict=False)
+                except (OSError, RuntimeError):  # a link loop: not a run's own link either
+                    return f"a link that loops ({entry} -> {os.readlink(entry)})"
                 if target != top and top not in target.parents:
-                    return f"{entry} -> {os.readlink(entry)}"
+                    return f"a link out of it ({entry} -> {os.readlink(entry)})"
     return None

@@ -352,7 +352,7 @@ class KneePlanCLI(LightningCLI):
             reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
             if reuse is not None and (link := outside_link(reuse)):
                 raise CheckpointError(
-                    f"{resume}: refused: its run folder {reuse} holds a link out of it ({link}); "
+                    f"{resume}: refused: its run folder {reuse} holds {link}; "
                     "resuming writes and deletes files there: copy the run without links")
         self.run_dir = run_dir = make_run_dir(run.root, run.name, reuse=reuse)
         remove_stale_temporaries(run_dir / "checkpoints")

@@ -118,7 +118,7 @@ def max_difference(ckpt: str | Path, onnx_path: str | Path, batch: int = 2, seed
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.export``."""
     p = OneLineParser(prog="python -m planning.export",
-                                description="Export a checkpoint to ONNX for planning.")
+                      description="Export a checkpoint to ONNX for planning.")
     p.add_argument("--ckpt", type=path_argument, required=True, help="trained checkpoint (.ckpt)")
     p.add_argument("--out", type=path_argument,
                    help="output .onnx (default: beside the checkpoint)")

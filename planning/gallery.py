@@ -257,8 +257,8 @@ class Gallery:
 
     def write(self, folder: str | Path) -> list[Path]:
         """Write the case pictures, ``contact_sheet.png`` and ``index.csv``; returns the paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = replace_link(Path(folder))  # (a linked gallery folder: its target's pictures
+        folder.mkdir(parents=True, exist_ok=True)  # would be deleted below)
         for old in [*folder.glob("worst_*.png"), *folder.glob("random_*.png")]:
             old.unlink()
         worst, lots = self.selection()

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     from datamodules.phantoms.config import FACTORS
 
     p = OneLineParser(prog="python -m planning.generalisation",
-                                description=__doc__.splitlines()[0])
+                      description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, required=True,
                    help=f"training wall time per model (at most {MAX_MINUTES})")
     p.add_argument("--factors", required=True,

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from datamodules.one_line_parser import OneLineParser
+from datamodules.path_limits import replace_link
 from sweeps.storage import (  # noqa: E402
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
@@ -205,7 +206,7 @@ def _fmt(v: object) -> str:
 def write_tables(study: optuna.Study, folder: Path) -> tuple[Path, Path]:
     header, rows = trial_rows(study)
     csv_path, md_path = folder / "trials.csv", folder / "trials.md"
-    with csv_path.open("w", newline="") as f:
+    with replace_link(csv_path).open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
         w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
@@ -214,7 +215,7 @@ def write_tables(study: optuna.Study, folder: Path) -> tuple[Path, Path]:
         lines += [f"Objective (minimised): {_fmt(_study_attr(study, 'objective'))}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+    replace_link(md_path).write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -238,7 +239,7 @@ def write_best(study: optuna.Study, folder: Path) -> Path | None:
         "n_trials": len(study.get_trials(deepcopy=False)),
         "n_complete": len(complete),
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    replace_link(path).write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 
@@ -323,7 +324,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    fig.savefig(replace_link(path), dpi=110)
     plt.close(fig)
     return path
 
@@ -482,8 +483,8 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m sweeps.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      allow_abbrev=False)
     p.add_argument("--study", required=True)
     p.add_argument("--storage", default=None, help="database URL (default: the study's SQLite)")
     p.add_argument("--studies-dir", default=str(DEFAULT_STUDIES_DIR))

@@ -109,8 +109,8 @@ def _params(text: str) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m sweeps.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      allow_abbrev=False)
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs")
     p.add_argument("--study", required=True, help="study name (shared by all its workers)")
     p.add_argument("--storage", default=None,

@@ -85,3 +85,47 @@ def test_an_image_name_too_long_for_its_outputs_writes_nothing(tmp_path, tmp_pat
     with (out / "summary.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] != "ok" and "too long" in json.dumps(row), row
+
+
+def test_a_linked_output_folder_is_replaced_not_entered(tmp_path):
+    """Review of fuzz round 5: ``<out>/gallery -> elsewhere`` made the gallery delete the
+    ``worst_*.png`` pictures in the link's target before writing its own there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "worst_01_x.png").write_bytes(b"someone's picture")
+    link = tmp_path / "gallery"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    folder = replace_link(link)
+    folder.mkdir()
+    assert folder.is_dir() and not folder.is_symlink()
+    assert (elsewhere / "worst_01_x.png").read_bytes() == b"someone's picture"
+
+
+def test_a_link_loop_in_a_run_folder_is_named_not_a_traceback(tmp_path):
+    from lightning_modules.run_folder import outside_link
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "x").symlink_to(run / "checkpoints" / "x")
+    assert "a link that loops" in outside_link(run)
+
+
+def test_sweep_report_replaces_links_in_the_shared_study_folder(tmp_path):
+    """Review of fuzz round 5: the study folder every sweep worker shares held
+    ``trials.md -> ~/notes.txt`` and ``sweeps.report`` overwrote the notes."""
+    from sweeps.report import main as report_main
+    from sweeps.run import run_sweep
+    from tests.sweep_doubles import instant_fit
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    run_sweep(["--trials", "1", "--study", "s", "--studies-dir", str(tmp_path / "st"),
+               "--config", str(config), "--pruner", "none"], fit=instant_fit)
+    notes, _ = _victim(tmp_path)
+    folder = tmp_path / "st" / "s"
+    for name in ("trials.md", "trials.csv", "best_trial.json"):
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(notes)
+    assert report_main(["--study", "s", "--studies-dir", str(tmp_path / "st")]) == 0
+    assert notes.read_text() == "precious notes"
+    assert not any((folder / n).is_symlink() for n in ("trials.md", "trials.csv",
+                                                          "best_trial.json"))

@@ -32,7 +32,7 @@ def write_phantoms(
 def main(argv: list[str] | None = None) -> int:
     """``make phantoms``; 0 when written, 2 for a bad argument or config file."""
     parser = OneLineParser(prog="phantoms",
-                                     description="Write synthetic lateral knee radiographs.")
+                           description="Write synthetic lateral knee radiographs.")
     parser.add_argument("--out", required=True, help="dataset folder to create/extend")
     parser.add_argument("--n", type=int, default=200, help="number of samples")
     parser.add_argument("--seed", type=int, default=0, help="base seed")
