@@ -139,7 +139,8 @@ def outside_link(run: Path) -> str | None:
     """
     top = run.resolve()
     seen = 0
-    for here, dirs, files in os.walk(run, followlinks=False):
+    unreadable: list[OSError] = []  # (os.walk skips a folder it cannot list: its links unseen)
+    for here, dirs, files in os.walk(run, followlinks=False, onerror=unreadable.append):
         for name in (*dirs, *files):
             seen += 1
             if seen > MAX_RUN_ENTRIES:
@@ -152,4 +153,7 @@ def outside_link(run: Path) -> str | None:
                     return f"a link that loops ({entry} -> {os.readlink(entry)})"
                 if target != top and top not in target.parents:
                     return f"a link out of it ({entry} -> {os.readlink(entry)})"
+    if unreadable:
+        err = unreadable[0]
+        return f"a folder that cannot be read ({err.filename}: {err.strerror or err})"
     return None
