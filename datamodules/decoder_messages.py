@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import sys
 import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 LOGGERS = ("tifffile", "pydicom")
 _LOCK = threading.RLock()
@@ -91,3 +93,14 @@ def one_line(text: str, limit: int) -> str:
 def brief(messages: list[str], limit: int = 200) -> str:
     """The first message on one line, shortened to ``limit`` characters ('' when none)."""
     return one_line(messages[0], limit) if messages else ""
+
+
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 40, 40, 40
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of an untrusted value for a message: about 40 characters, two levels deep
+    (``repr`` of a tuple nested 5 000 deep raised RecursionError inside an error message:
+    second review of fuzz round 5)."""
+    return _REPR.repr(value)

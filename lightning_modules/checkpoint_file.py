@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from datamodules.decoder_messages import short_repr
 from lightning_modules.model_limits import check_archive, check_file_size, check_hyper_parameters
 from lightning_modules.pickle_scan import pickle_problem
 
@@ -82,11 +83,12 @@ def _pickled_problem(path: Path) -> str | None:
                         or n.startswith("/")), None):
             return (f"archive member {odd[:80]!r} lies outside the archive's folder {top[:40]!r} "
                     "(torch.save writes every member into one folder)")
-        for info in archive.infolist():
-            if info.filename.endswith(".pkl") and (problem := pickle_problem(
-                    archive.read(info))):
-                return problem
-    return None
+        pickles = [n for n in names if n.endswith(".pkl")]
+        if pickles != [f"{top}/data.pkl"]:  # torch.load reads that one; others are only cost
+            return (f"its archive holds {len(pickles)} pickled members "
+                    f"({', '.join(repr(n[:40]) for n in pickles[:3])}); torch.save writes one, "
+                    f"{top[:40]}/data.pkl")
+        return pickle_problem(archive.read(pickles[0]))
 
 
 def _is_legacy_torch_file(path: Path) -> bool:
@@ -239,11 +241,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     except MemoryError:
         raise CheckpointError(f"{path}: refused: loading it ran out of memory (it asks for more "
                               "than this machine has; a model's weights do not)") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
-            IndexError, TypeError, AttributeError) as err:
+    except Exception as err:  # noqa: BLE001 - whatever torch's loader raises on a crafted
+        # pickle (OverflowError, LookupError, AssertionError, struct.error, RecursionError...)
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or not a torch file "
-            f"({_first_line(err)})") from None
+            f"({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__})")
     if require_lightning and not ("state_dict" in ckpt and "hyper_parameters" in ckpt):
@@ -268,7 +270,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not all(isinstance(name, str) for name in state):
         name = next(n for n in state if not isinstance(n, str))
         raise CheckpointError(f"{path}: its state_dict has a key of type "
-                              f"{type(name).__name__} ({name!r:.40}), not a weight name")
+                              f"{type(name).__name__} ({short_repr(name)}), not a weight name")
     _check_tensors(path, ckpt, unpacked)
     bad = nonfinite_tensors(state)
     if bad:

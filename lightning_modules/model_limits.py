@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from datamodules.decoder_messages import short_repr
 from datamodules.real_numbers import real_value
 
 # Generous for research (the paper network: 4 stacks, depth 4, widths <= 256, 256 px input) and
@@ -81,7 +82,7 @@ def bounded_int(source: str | Path, name: str, value: Any, lo: int, hi: int) -> 
     if not ok and isinstance(value, float) and value.is_integer() and lo <= value <= hi:
         ok, value = True, int(value)
     if not ok:
-        raise ValueError(f"{_at(source)}{name}={value!r:.40} is not a whole number in "
+        raise ValueError(f"{_at(source)}{name}={short_repr(value)} is not a whole number in "
                          f"[{lo}, {hi}]")
     return int(value)
 
@@ -144,7 +145,7 @@ def check_codec(source: str | Path, codec: Any) -> None:
         bounded_int(source, f"codec {key}", codec.get(key), 1, INT_LIMITS["image_size"][1])
     sigma = codec.get("sigma")
     if (x := real_value(sigma)) is None or not 0 < x <= MAX_SIGMA:
-        raise ValueError(f"{_at(source)}codec sigma={sigma!r:.40} is not a number in "
+        raise ValueError(f"{_at(source)}codec sigma={short_repr(sigma)} is not a number in "
                          f"(0, {MAX_SIGMA:g}]")
 
 
@@ -168,8 +169,8 @@ def check_hyper_parameters(source: str | Path, hp: Mapping[str, Any]) -> None:
         raise ValueError(f"{_at(source)}net_kwargs is not a mapping ({type(kwargs).__name__})")
     for name, value in kwargs.items():
         if name not in NET_KWARG_LIMITS:
-            raise ValueError(f"{_at(source)}net_kwargs has an unknown key {name!r:.40} (known: "
-                             f"{', '.join(sorted(NET_KWARG_LIMITS))})")
+            raise ValueError(f"{_at(source)}net_kwargs has an unknown key {short_repr(name)} "
+                             f"(known: {', '.join(sorted(NET_KWARG_LIMITS))})")
         if value is not None:
             bounded_int(source, f"net_kwargs.{name}", value, *NET_KWARG_LIMITS[name])
     if hp.get("heatmap_codec"):

@@ -6,33 +6,47 @@ bound: a dictionary key made of tuples that share their parts (``t = (t, t)`` 64
 million ``None`` (a 53 MB file) took 8 GB to walk; ``bytearray(2**31)`` allocates what the
 file only names (fifth fuzz round and its review). The standard library's
 ``pickletools.genops`` reads the opcodes without building anything; a small stack machine here
-follows what each value would expand to (a shared part once per path, as hashing or walking
-visits it), what the load would hash in all and what it would allocate, and refuses before
-``torch.load`` starts.
+follows what each value would expand to (a shared part once per path, as walking visits it),
+what it would hash and which functions it would call, and refuses before ``torch.load``
+starts: only the globals a checkpoint of this project names, and keys that are names or small
+numbers.
 """
 
 from __future__ import annotations
 
 import pickletools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_OPS = 1_000_000  # opcodes in all (the quick network's checkpoint has 39 000; the
 # paper's, twice the hourglasses and one level deeper, about 10^5); ~2 s to read 10^6
 MAX_VALUES = 5_000_000  # values one object expands to, shared parts counted per path
-MAX_KEY_VALUES = 10_000  # values in one dictionary key or set item (each is hashed whole)
-MAX_HASHED = 5_000_000  # values hashed in all while loading (keys, set items)
-MAX_ALLOCATED = 256 * 1024**2  # bytes ``bytearray(n)`` calls may ask for in all
 
 _CONTAINERS = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}  # built from a marked run
 _ADD_TO_TOP = {"APPENDS", "SETITEMS", "ADDITEMS"}  # a marked run added to the object below
 _PAIRS = {"DICT", "SETITEMS", "SETITEM"}  # key, value, key, value, ...: the keys are hashed
 _SETS = {"FROZENSET", "ADDITEMS"}  # every item is hashed
-# globals torch's weights-only loader calls (``torch/_weights_only_unpickler.py``) that hash the
-# items of their argument: set(...), Counter(...), OrderedDict([(key, value), ...])
-_HASHING = {f"{module} {name}" for module in ("builtins", "__builtin__")
-            for name in ("set", "frozenset")} | {"collections Counter", "collections OrderedDict"}
-_BYTEARRAY = {"builtins bytearray", "__builtin__ bytearray"}
+# The globals a checkpoint may name. torch's weights-only loader accepts more (set, Counter,
+# bytearray, complex, _codecs.encode, device-tensor rebuilds, Python 2 aliases such as
+# "UserDict Counter"), and each was a way to make it hash or allocate without bound (second
+# review of fuzz round 5: punycode encoding of a 60 000-character string, Counter of a 1 MB
+# string 2 000 times, a zero-stride view copied in full). A Lightning checkpoint of this
+# project names OrderedDict, _rebuild_tensor_v2 and storage classes only.
+_ALLOWED = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
+            "torch._utils _rebuild_parameter", "torch Size", "torch device",
+            # built (no allocation beyond the archive's own storages) so that read_checkpoint
+            # can say what they are: float8 (v3), meta and nested tensors
+            "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_meta_tensor_no_storage",
+            "torch._utils _rebuild_nested_tensor",
+            "torch.serialization _get_layout",
+            "lightning_fabric.utilities.data AttributeDict",
+            "pytorch_lightning.utilities.parsing AttributeDict"}
+_ALLOWED_PATTERN = re.compile(  # storage classes and dtypes (objects, nothing is called)
+    r"torch(\.storage)? [A-Za-z0-9]+Storage"
+    r"|torch (float|bfloat|int|uint|bool|complex|half|double|long|short|c?q?u?int)[0-9a-z_]*")
+_HASHING = {"collections OrderedDict"}  # OrderedDict([(key, value), ...]) hashes its keys
+MAX_INT_KEY = 2**61 - 2  # ints beyond hash to one another (k and k + 2^61 - 1): n^2 inserts
 
 
 class _Refused(Exception):
@@ -47,6 +61,7 @@ class _Node:
     size: int = 1
     tag: Any = None
     items: list[_Node] = field(default_factory=list)
+    kind: str = "object"  # "text", "int", "const" (None, True, False), "global" or "object"
 
 
 _MARK: Any = object()  # (not a node: growing it is an error, as for a malformed pickle)
@@ -58,8 +73,6 @@ class _Machine:
     def __init__(self) -> None:
         self.stack: list[_Node] = []
         self.memo: dict[int, _Node] = {}
-        self.hashed = 0
-        self.allocated = 0
 
     def pop_mark(self) -> list[_Node]:
         items: list[_Node] = []
@@ -79,32 +92,26 @@ class _Machine:
                            f"{MAX_VALUES:,} values (parts shared over and over: a decompression "
                            "bomb)")
 
-    def hash_all(self, keys: list[_Node]) -> None:
-        """``keys`` are hashed: each bounded, and all of them together."""
+    @staticmethod
+    def hash_all(keys: list[_Node]) -> None:
+        """``keys`` are hashed: only names, None / True / False and integers whose hashes
+        differ (a tuple shared over and over hashed 2^64 leaves; ints k (2^61 - 1) all hash to
+        0, so n of them took n^2 steps). A checkpoint's keys are names and small numbers."""
         for key in keys:
-            if key.size > MAX_KEY_VALUES:
-                raise _Refused(f"a dictionary key or set item in its pickled structure is made of "
-                               f"{key.size:,} values (hashing it would not end: a hash bomb)")
-            self.hashed += key.size
-        if self.hashed > MAX_HASHED:
-            raise _Refused(f"loading it would hash more than {MAX_HASHED:,} values (keys and set "
-                           "items, parts shared over and over: a hash bomb)")
+            if not (key.kind in ("text", "const")
+                    or (key.kind == "int" and abs(key.tag) <= MAX_INT_KEY)):
+                what = {"int": "an integer beyond 2^61 (such keys share hashes)"}.get(
+                    key.kind, "not a name or a number")
+                raise _Refused(f"a dictionary key or set item in its pickled structure is {what}"
+                               " (a checkpoint's keys are names and small numbers)")
 
     def reduce(self, func: _Node, args: _Node) -> _Node:
-        """``func(*args)``: the calls torch's loader allows that hash or allocate are bounded."""
+        """``func(*args)``: what the one call that hashes (OrderedDict of pairs) hashes is
+        bounded."""
         if func.tag in _HASHING:
-            for arg in args.items:  # set(items), Counter(items or mapping), OrderedDict(pairs)
+            for arg in args.items:  # OrderedDict([(key, value), ...]) or OrderedDict(mapping)
                 keys = arg.items[0::2] if arg.tag == "DICT" else arg.items
-                self.hash_all([k.items[0] if func.tag.endswith("OrderedDict") and k.items else k
-                               for k in keys])
-        if func.tag in _BYTEARRAY:
-            for arg in args.items:
-                if isinstance(arg.tag, int) and not isinstance(arg.tag, bool):
-                    self.allocated += max(arg.tag, 0)
-            if self.allocated > MAX_ALLOCATED:
-                raise _Refused(f"its pickled structure asks for more than "
-                               f"{MAX_ALLOCATED // 1024**2} MB through bytearray(n) (an "
-                               "allocation the file only names)")
+                self.hash_all([k.items[0] if k.items else k for k in keys])
         node = _Node()
         self.grow(node, [args])
         return node
@@ -149,11 +156,15 @@ class _Machine:
         elif name == "BUILD":
             state = stack.pop()
             self.grow(stack[-1], [state])
-        elif name == "GLOBAL":
-            stack.append(_Node(tag=str(arg)))
-        elif name == "STACK_GLOBAL":
-            qual, module = stack.pop(), stack.pop()
-            stack.append(_Node(tag=f"{module.tag} {qual.tag}"))
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            if name == "STACK_GLOBAL":
+                qual, module = stack.pop(), stack.pop()
+                arg = f"{module.tag} {qual.tag}"
+            if str(arg) not in _ALLOWED and not _ALLOWED_PATTERN.fullmatch(str(arg)):
+                raise _Refused(f"its pickled structure calls {str(arg).replace(' ', '.')[:80]}, "
+                               "which a checkpoint of this project never holds (only tensors, "
+                               "their storages and plain values)")
+            stack.append(_Node(tag=str(arg), kind="global"))
         elif name == "REDUCE":
             args = stack.pop()
             stack.append(self.reduce(stack.pop(), args))
@@ -165,8 +176,11 @@ class _Machine:
                 taken, stack[len(stack) - len(before):] = stack[len(stack) - len(before):], []
             else:
                 taken = []
+            kind = ("text" if isinstance(arg, str) and "UNICODE" in name or "STRING" in name
+                    else "int" if isinstance(arg, int) and not isinstance(arg, bool)
+                    else "const" if name in ("NONE", "NEWTRUE", "NEWFALSE") else "object")
             for _ in op.stack_after:
-                node = _Node(tag=arg if isinstance(arg, int | str) else None)
+                node = _Node(tag=arg if isinstance(arg, int | str) else None, kind=kind)
                 self.grow(node, taken)
                 stack.append(node)
 
@@ -174,12 +188,10 @@ class _Machine:
 def pickle_problem(data: bytes) -> str | None:
     """Why the pickle ``data`` would be too costly to load (None: it is not).
 
-    Counts opcodes (``MAX_OPS``), the values each object expands to (``MAX_VALUES``), the values
-    of each dictionary key or set item (``MAX_KEY_VALUES``) and of all of them together
-    (``MAX_HASHED``), and the bytes ``bytearray(n)`` would allocate (``MAX_ALLOCATED``).
-    Containers are followed as they grow (a list filled after a set was made of it counts), so
-    what a set, Counter or OrderedDict call hashes is what it is handed then. A pickle that does
-    not parse is left to ``torch.load``'s own message.
+    Counts opcodes (``MAX_OPS``) and the values each object expands to (``MAX_VALUES``,
+    containers followed as they grow); refuses globals outside ``_ALLOWED`` and keys (or set
+    items, or OrderedDict pairs) that are not names or small numbers. A pickle that does not
+    parse is left to ``torch.load``'s own message.
     """
     machine = _Machine()
     try:
