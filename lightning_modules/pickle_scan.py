@@ -36,9 +36,10 @@ _SETS = {"FROZENSET", "ADDITEMS"}  # every item is hashed
 _ALLOWED = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
             "torch._utils _rebuild_parameter", "torch Size", "torch device",
             # built (no allocation beyond the archive's own storages) so that read_checkpoint
-            # can say what they are: float8 (v3), meta and nested tensors
+            # can say what they are: float8 (v3), meta, nested, sparse and quantized tensors
             "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_meta_tensor_no_storage",
-            "torch._utils _rebuild_nested_tensor",
+            "torch._utils _rebuild_nested_tensor", "torch._utils _rebuild_sparse_tensor",
+            "torch._utils _rebuild_qtensor",
             "torch.serialization _get_layout",
             "lightning_fabric.utilities.data AttributeDict",
             "pytorch_lightning.utilities.parsing AttributeDict"}
