@@ -514,13 +514,13 @@ def _png_info(
     for ctype, pos, length in decode_guards.png_chunks(data):
         body = data[pos + 8 : pos + 8 + length]
         image_data = image_data or ctype == b"IDAT"
-        if ctype == b"acTL" and not image_data:  # (after IDAT it makes no animation)
-            n = struct.unpack(">I", body[:4])[0] if len(body) >= 4 else None
+        n = struct.unpack(">I", body[:4])[0] if ctype == b"acTL" and len(body) >= 4 else None
+        if ctype == b"acTL" and not image_data and n != 1:  # (after IDAT: no animation; one
+            # frame: a still in APNG clothing, read as the PNG it also is)
             frames = "an unreadable number of" if n is None else f"{n}"
             raise ImageReadError(
-                f"{path}: animated PNG (APNG, its acTL chunk declares {frames} frame"
-                f"{'' if n == 1 else 's'}): one radiograph expected, send one frame as a still "
-                "PNG")
+                f"{path}: animated PNG (APNG, its acTL chunk declares {frames} frames): one "
+                "radiograph expected, send one frame as a still PNG")
         if ctype == b"sBIT" and body:
             # gray: 1 byte; gray + alpha: gray, alpha; RGB: 3; RGBA: 3 + alpha
             sbit = max(body[:1] if colour in (0, 4) else body[:3])
@@ -1013,7 +1013,10 @@ def _first_window_only(ds: Any, notes: list[str]) -> None:
         return  # (pydicom applies the first of several good windows itself)
     raw = [printable("\\".join(str(getattr(v, "original_string", v)) for v in values))[:40]
            for values in (centres, widths)]  # fmt: skip
-    ds["WindowCenter"].value, ds["WindowWidth"].value = centres[:1], widths[:1]
+    try:
+        ds["WindowCenter"].value, ds["WindowWidth"].value = centres[:1], widths[:1]
+    except (TypeError, ValueError):  # pydicom re-checks on assignment ("1,5" is no number):
+        return  # the window is then judged, and ignored with a note, by _dicom_window
     notes.append(f"DICOM window list (WindowCenter '{raw[0]}', WindowWidth '{raw[1]}') holds "
                  "values that are not numbers: only the first window is considered")
 

@@ -182,6 +182,14 @@ def test_window_list_with_values_that_are_not_numbers(tmp_path):
     plain = _dataset(values, 12)
     plain.WindowCenter, plain.WindowWidth = 2000, 400
     assert np.array_equal(loaded.image, load_image(_save(plain, tmp_path / "plain.dcm")).image)
+    # a first value pydicom will not take back ("1,5"; "4000 2000"): the window is ignored with
+    # a note, as before (its review: the write-back raised a raw ValueError out of load_image)
+    for centre, width in (("2000\\nan", "4000 2000"), ("1,5\\2000", "4000\\x")):
+        odd = _dataset(values, 12)
+        _raw(odd, 0x00281050, "DS", centre)
+        _raw(odd, 0x00281051, "DS", width)
+        notes = load_image(_save(odd, tmp_path / "odd.dcm")).notes
+        assert any("window ignored" in n for n in notes), notes
 
 
 def test_jpeg_frame_of_other_bits_than_declared(tmp_path):
@@ -241,6 +249,12 @@ def test_animated_png_is_refused_like_a_multi_frame_file(tmp_path):
     still = tmp_path / "late_actl.png"
     still.write_bytes(_png(pixels, after_idat=[(b"acTL", struct.pack(">II", 2, 0))]))
     assert np.allclose(load_image(still).image, pixels / 255.0, atol=1e-6)
+    # one frame declared before IDAT: a still in APNG clothing (its review: "declares 1
+    # frame" was refused, a message that contradicts itself)
+    single = tmp_path / "one_frame.png"
+    single.write_bytes(_png(pixels, [(b"acTL", struct.pack(">II", 1, 0)),
+                                     (b"fcTL", _fctl(0, w, h))]))
+    assert np.allclose(load_image(single).image, pixels / 255.0, atol=1e-6)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="needs Linux procfs")
