@@ -134,6 +134,11 @@ def _size_problem(kind: str, width: int, height: int, components: int,
     return None
 
 
+def _frame_kind(marker: int) -> str:
+    """How a frame is named in a message: JPEG-LS by its SOF55 marker, else JPEG."""
+    return "JPEG-LS frame" if marker == 0xF7 else "JPEG frame"
+
+
 def jpeg_precision_problem(frame: bytes, allocated: int | None,
                            stored: int | None) -> str | None:
     """Why a JPEG or JPEG-LS ``frame`` could not be decoded into the dataset's pixel cells:
@@ -147,7 +152,7 @@ def jpeg_precision_problem(frame: bytes, allocated: int | None,
     _, _, _, marker, precision = sizes[0]
     if not 2 <= precision <= 16 or (precision > 8) == (allocated > 8):
         return None
-    kind = "JPEG-LS frame" if marker == 0xF7 else "JPEG frame"
+    kind = _frame_kind(marker)
     declared = f"BitsAllocated {allocated}" + (f", BitsStored {stored}" if stored else "")
     return (f"{kind} of {precision}-bit samples, but the dataset declares {declared}: the "
             "compressed frame does not match the declared bits (a broken file)")
@@ -162,7 +167,7 @@ def codestream_problem(data: bytes, values: dict[tuple[int, int], int],
         if not sizes:
             return "JPEG frame without a frame header (SOF) before its first scan"
         for width, height, components, marker, _ in sizes:
-            kind = "JPEG-LS frame" if marker == 0xF7 else "JPEG frame"
+            kind = _frame_kind(marker)
             problem = _size_problem(kind, width, height, components, values, limit)
             if problem is not None:
                 return problem

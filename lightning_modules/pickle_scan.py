@@ -109,10 +109,10 @@ class _Machine:
     def reduce(self, func: _Node, args: _Node) -> _Node:
         """``func(*args)``: what the one call that hashes (OrderedDict of pairs) hashes is
         bounded."""
-        if func.tag in _HASHING:
-            for arg in args.items:  # OrderedDict([(key, value), ...]) or OrderedDict(mapping)
-                keys = arg.items[0::2] if arg.tag == "DICT" else arg.items
-                self.hash_all([k.items[0] if k.items else k for k in keys])
+        if func.tag in _HASHING:  # OrderedDict([(key, value), ...]); OrderedDict(mapping):
+            for arg in args.items:  # the mapping's keys were checked as it was built
+                if arg.tag != "DICT":
+                    self.hash_all([pair.items[0] if pair.items else pair for pair in arg.items])
         node = _Node()
         self.grow(node, [args])
         return node
@@ -177,7 +177,7 @@ class _Machine:
                 taken, stack[len(stack) - len(before):] = stack[len(stack) - len(before):], []
             else:
                 taken = []
-            kind = ("text" if isinstance(arg, str) and "UNICODE" in name or "STRING" in name
+            kind = ("text" if isinstance(arg, str) and ("UNICODE" in name or "STRING" in name)
                     else "int" if isinstance(arg, int) and not isinstance(arg, bool)
                     else "const" if name in ("NONE", "NEWTRUE", "NEWFALSE") else "object")
             for _ in op.stack_after:

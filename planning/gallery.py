@@ -274,14 +274,14 @@ class Gallery:
                 st = Style(h, case.width)
                 panel = info_panel(h, heading, case.row, case.reasons, st,
                                    width=max(st.text_size("x" * 34)[0], case.width // 2))
-                write_image(replace_link(path), np.hstack([case.picture, panel])[..., ::-1])
+                write_image(path, np.hstack([case.picture, panel])[..., ::-1])
                 written.append(path)
                 entries.append((kind, rank, case, path))
         sheet = contact_sheet([(_caption(kind, rank, c), c.picture[:, : c.width], c.reasons)
                                for kind, rank, c, _ in entries],
                               n_worst=len(worst), total=self._count, seed=self.seed)
         sheet_path = folder / "contact_sheet.png"
-        write_image(replace_link(sheet_path), sheet[..., ::-1])
+        write_image(sheet_path, sheet[..., ::-1])
         index = replace_link(folder / "index.csv")
         with index.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
             w = csv.writer(fh)

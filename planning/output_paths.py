@@ -62,8 +62,7 @@ def out_file_problem(out: Path, beside: Sequence[Path] = ()) -> str | None:
         name, longest = longest_name([*to_make, *(t.name for t in targets)])
         if longest > limit:  # (before is_dir: the OS's own error would not say which name)
             what = "folder" if name in to_make else "file"
-            return (f"--out {out}: the {what} name {name[:40]!r}{'...' if len(name) > 40 else ''}"
-                    f" is too long ({longest} bytes; the file system takes {limit})")
+            return f"--out {out}: the {what} name {_too_long(name, longest, limit)}"
         for target in targets:
             if target.is_dir():
                 return f"{target}: is a folder, not a file to write"
@@ -86,6 +85,11 @@ def out_names_problem(folder: Path, names: Sequence[str]) -> str | None:
     limit = name_max(nearest_existing(Path(folder).absolute()))
     name, longest = longest_name(names)
     if longest > limit:
-        return (f"the output name {name[:40]!r}{'...' if len(name) > 40 else ''} is too long "
-                f"({longest} bytes; the file system takes {limit}): rename the image")
+        return f"the output name {_too_long(name, longest, limit)}: rename the image"
     return None
+
+
+def _too_long(name: str, length: int, limit: int) -> str:
+    """"'name...' is too long (N bytes; the file system takes L)": the name shortened."""
+    return (f"{name[:40]!r}{'...' if len(name) > 40 else ''} is too long ({length} bytes; the "
+            f"file system takes {limit})")

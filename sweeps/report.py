@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
+from datamodules.real_numbers import finite_real
 from sweeps.storage import (  # noqa: E402
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
@@ -256,7 +257,8 @@ def best_trial(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTr
 
 
 def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number (``datamodules.real_numbers``: not a bool, a huge int is inf)."""
+    return finite_real(v) is not None
 
 
 def _complete_with(study: optuna.Study, params: Sequence[str]) -> list[FrozenTrial]:
