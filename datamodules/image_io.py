@@ -30,6 +30,7 @@ treated as absent. Which spacing wins is decided by ``geometry.pixel_spacing`` o
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import numpy as np
 
 from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
+from datamodules.forked_decode import DecoderCrashed, decode_in_child
 from datamodules.path_limits import replace_link
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
@@ -968,8 +970,24 @@ def _from_decoded(
                        notes=list(notes or []))
 
 
+# pydicom's words for an element whose length is no whole number of its values (they quote the
+# raw bytes, which may be a whole file meta group)
+_WRONG_LENGTH = re.compile(r"with length (\d+) and struct format '\w' which corresponds to bytes "
+                           r"per value of (\d+)\. This occurred while trying to parse "
+                           r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\) according to VR '(\w+)'")
+
+
 def _brief(err: BaseException) -> str:
     """A decoder's exception on one line (its type when it says nothing)."""
+    found = _WRONG_LENGTH.search(str(err))
+    if found is not None:  # pydicom's BytesLengthException
+        from pydicom.datadict import keyword_for_tag
+
+        n, size, group, element, vr = found.groups()
+        keyword = keyword_for_tag(int(group + element, 16))
+        vr = f"VR {vr}, " if vr != "None" else ""
+        return (f"element ({group},{element}){' ' + keyword if keyword else ''} holds {n} bytes, "
+                f"not a whole number of {size}-byte values ({vr}the file is damaged)")
     return one_line(str(err), 300) or type(err).__name__
 
 
@@ -1100,6 +1118,33 @@ def _magnification(ds: Any, notes: list[str]) -> float | None:
     return m
 
 
+def _widen_byte_luts(ds: Any) -> None:
+    """Give an 8-bit Modality or VOI LUT to pydicom as a 16-bit one with the same entries.
+    pydicom unpacks OW LUT Data as 16-bit words only, and fails on the legal one-byte-per-entry
+    layout ("equivalent to 8 bits allocated": PS3.3 C.11.2.1.1); and it indexes an 8-bit VOI LUT
+    with uint8, so entry 256 reads entry 0. The display is scaled by the LUT's output range, so
+    the wider type shows the same image. Anything unexpected is left alone."""
+    from pydicom.dataelem import DataElement
+
+    for name in ("ModalityLUTSequence", "VOILUTSequence"):
+        try:
+            item = ds[name].value[0] if name in ds else None
+            if item is None or "LUTData" not in item or "LUTDescriptor" not in item:
+                continue
+            desc, data = list(item.LUTDescriptor), item.LUTData
+            entries = int(desc[0]) or 65536
+            if len(desc) != 3 or int(desc[2]) != 8:
+                continue
+            if isinstance(data, bytes):  # OW: one byte per entry (one pad byte when odd)
+                if len(data) not in (entries, entries + 1):
+                    continue  # _lut_problem names a short LUT
+                item["LUTData"] = DataElement(0x00283006, "US", list(data[:entries]))
+            item["LUTDescriptor"] = DataElement(0x00283002, item["LUTDescriptor"].VR,
+                                                [desc[0], desc[1], 16])
+        except Exception:  # noqa: BLE001, S112 - not this layout: pydicom and _lut_problem judge
+            continue
+
+
 def _lut_problem(ds: Any) -> str | None:
     """Why the first item of a Modality or VOI LUT Sequence cannot be applied, when its LUT
     Data is empty or shorter than its LUT Descriptor declares (pydicom fails on it with an
@@ -1115,7 +1160,8 @@ def _lut_problem(ds: Any) -> str | None:
             if desc is not None and len(desc) == 3:
                 entries = int(desc[0]) or 65536  # (0 means 2^16)
             data = item.get("LUTData")
-            n = (0 if data is None else len(data) // 2 if isinstance(data, bytes)  # OW
+            per_entry = 1 if desc is not None and len(desc) == 3 and int(desc[2]) == 8 else 2
+            n = (0 if data is None else len(data) // per_entry if isinstance(data, bytes)  # OW
                  else len(np.ravel([data])))
         except Exception:  # noqa: BLE001 - a value pydicom cannot read: the caller's message
             continue
@@ -1124,7 +1170,8 @@ def _lut_problem(ds: Any) -> str | None:
         if n == 0:
             return f"{what} is empty{declared}: the LUT is incomplete, the file is broken"
         if entries is not None and n < entries:
-            return (f"{what} holds {n} values, but its LUT Descriptor declares {entries} "
+            return (f"{what} holds {n} value{'s' * (n != 1)}, but its LUT Descriptor declares "
+                    f"{entries} "
                     "entries: the LUT is incomplete, the file is broken")
     return None
 
@@ -1242,7 +1289,25 @@ def _check_dicom_prefix(path: Path) -> None:
                          "does not start with a DICOM data element)")
 
 
+def _dicom_pixels(ds: Any) -> np.ndarray:
+    """The dataset's pixel array. Compressed data is decoded in a forked child
+    (``forked_decode``): GDCM aborts the process on some malformed streams."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return ds.pixel_array  # numpy reads native data: no native decoder to crash
+    return decode_in_child(lambda: ds.pixel_array, _brief)
+
+
 def _load_dicom(path: Path) -> LoadedImage:
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _read_dicom(path)
+    except BytesLengthException as err:  # pydicom converts an element when it is first read:
+        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err  # anywhere
+
+
+def _read_dicom(path: Path) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -1276,9 +1341,11 @@ def _load_dicom(path: Path) -> LoadedImage:
     if isinstance(raw_pi, str) and raw_pi.strip().upper() in ("MONOCHROME1", "MONOCHROME2") \
             and raw_pi != raw_pi.strip().upper():  # "monochrome1": a writer's case slip
         ds.PhotometricInterpretation = raw_pi.strip().upper()
+    ds.pixel_array_options(correct_unused_bits=False)  # _clear_unused_bits looks first
     try:
-        ds.pixel_array_options(correct_unused_bits=False)  # _clear_unused_bits looks first
-        arr = ds.pixel_array
+        arr = _dicom_pixels(ds)
+    except DecoderCrashed as err:  # GDCM's abort, or a hang: the process lives on
+        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from err
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
         problem = _frame_bits_problem(ds)
         if problem is not None:  # the cause, found in the frame: the decoder's words go
@@ -1297,6 +1364,7 @@ def _load_dicom(path: Path) -> LoadedImage:
     notes: list[str] = []
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
     _first_window_only(ds, notes)
+    _widen_byte_luts(ds)
     window, window_problem = _dicom_window(ds)
     if "VOILUTSequence" in ds:  # a VOI LUT sequence takes precedence over the window
         window_problem = None

@@ -1,0 +1,148 @@
+"""Run a native image decoder in a forked child, so that a crash in it is one line, not ours.
+
+GDCM, which pydicom uses for compressed DICOM pixel data, aborts the whole process (SIGABRT,
+nothing printed) on a JPEG stream with one marker byte changed; found by fuzzing. No check of
+the stream can rule out every such crash in C++ code, so the decode itself runs in a child made
+by ``os.fork`` (no new interpreter: it costs milliseconds, and it works inside a DataLoader
+worker, which ``multiprocessing`` would refuse as a daemon's child). The child sends the array
+back through a pipe; its death by a signal, or a decode running past ``TIMEOUT_S``, becomes
+:class:`DecoderCrashed` with words the reader puts in its one-line error. Where ``os.fork`` is
+missing (Windows) the decode runs in this process, as before.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import select
+import signal
+import struct
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from datamodules.decoder_messages import decoder_messages
+
+TIMEOUT_S = 120.0  # a decode of the largest allowed frame takes seconds; past this it is stuck
+_HEADER_MAX = 1 << 20  # the child's header (dtype, shape, messages) is JSON of a few kB
+
+
+class DecoderCrashed(Exception):
+    """The decoder died (a signal) or hung; ``str`` says which, in words."""
+
+
+class DecoderFailed(Exception):
+    """The decoder raised; ``str`` is its message on one line, as the child described it."""
+
+
+def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseException], str],
+                    timeout_s: float = TIMEOUT_S) -> np.ndarray:
+    """``decode()`` run in a forked child; its array comes back through a pipe.
+
+    Args:
+        decode: makes the array (in the child, on a copy of this process's memory).
+        describe: an exception of ``decode`` in one line (sent back as :class:`DecoderFailed`).
+        timeout_s: the child is killed after this many seconds (:class:`DecoderCrashed`).
+
+    What the decoder prints or warns in the child is warned again here as ``UserWarning``s, so
+    an enclosing ``decoder_messages`` collects it as if the decode had run here.
+    """
+    if not hasattr(os, "fork"):
+        return decode()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's cleanup
+        os.close(read_fd)
+        _child(write_fd, decode, describe)
+    os.close(write_fd)
+    header, payload, timed_out, complete = None, bytearray(), False, False
+    try:
+        header, payload, timed_out = _receive(read_fd, timeout_s)
+        complete = header is not None
+    finally:
+        os.close(read_fd)
+        if not complete:  # hung, or already dead (a signal to a dead child does nothing)
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if timed_out:
+        raise DecoderCrashed(f"the decoder took longer than {timeout_s:.0f} s and was stopped")
+    if os.WIFSIGNALED(status) and header is None:
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        raise DecoderCrashed(f"the decoder crashed ({name}): the compressed stream is malformed")
+    if header is None:
+        raise DecoderCrashed(f"the decoder ended without a result (exit status "
+                             f"{os.waitstatus_to_exitcode(status)})")
+    for message in header.get("said", []):
+        warnings.warn(str(message), UserWarning, stacklevel=2)
+    if "error" in header:
+        raise DecoderFailed(str(header["error"]))
+    return np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
+
+
+def _child(write_fd: int, decode: Callable[[], np.ndarray],
+           describe: Callable[[BaseException], str]) -> None:
+    """Decode, send header and pixels, and leave with ``os._exit`` (0 sent, 1 not sent)."""
+    code = 1
+    try:
+        if faulthandler.is_enabled():  # a crash here is reported by the parent, in one line
+            faulthandler.disable()
+        with decoder_messages() as said:
+            try:
+                arr, header = decode(), {}
+            except Exception as err:  # noqa: BLE001 - any decoder error goes back in words
+                arr, header = None, {"error": describe(err)}
+        header["said"] = said
+        if arr is not None:
+            arr = np.ascontiguousarray(arr)
+            header.update(dtype=arr.dtype.str, shape=list(arr.shape))
+        blob = json.dumps(header).encode()
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(struct.pack("<QQ", len(blob), 0 if arr is None else arr.nbytes))
+            out.write(blob)
+            if arr is not None:
+                out.write(memoryview(arr).cast("B"))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _receive(fd: int, timeout_s: float) -> tuple[dict | None, bytearray, bool]:
+    """The child's header and pixel bytes (None, empty when it sent nothing whole) and whether
+    the deadline passed first."""
+    deadline = time.monotonic() + timeout_s
+    sizes = _read_exactly(fd, 16, deadline)
+    if sizes is None or len(sizes) < 16:
+        return None, bytearray(), sizes is None
+    n_header, n_pixels = struct.unpack("<QQ", sizes)
+    if n_header > _HEADER_MAX:
+        return None, bytearray(), False
+    blob = _read_exactly(fd, n_header, deadline)
+    if blob is None or len(blob) < n_header:
+        return None, bytearray(), blob is None
+    header = json.loads(bytes(blob))
+    payload = _read_exactly(fd, n_pixels, deadline)
+    if payload is None or len(payload) < n_pixels:
+        return None, bytearray(), payload is None
+    return header, payload, False
+
+
+def _read_exactly(fd: int, n: int, deadline: float) -> bytearray | None:
+    """Up to ``n`` bytes from ``fd`` (fewer when the writer closed early); None past
+    ``deadline``."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.readv(fd, [view[got:]])
+        if chunk == 0:
+            return buf[:got]
+        got += chunk
+    return buf
+
