@@ -53,7 +53,12 @@ def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseEx
     if not hasattr(os, "fork"):
         return decode()
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare (a limit, no memory): decode here, as before
+        os.close(read_fd)
+        os.close(write_fd)
+        return decode()
     if pid == 0:  # the child: never returns, never runs the parent's cleanup
         os.close(read_fd)
         _child(write_fd, decode, describe)

@@ -99,6 +99,18 @@ def test_a_crash_a_hang_and_an_error_in_the_child():
     assert str(info.value) == "ValueError: bad"
 
 
+@needs_fork
+def test_without_a_process_to_spare_it_decodes_here(monkeypatch):
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+    assert decode_in_child(lambda: np.arange(3, dtype=np.uint8), str).tolist() == [0, 1, 2]
+    if before:
+        assert len(os.listdir("/proc/self/fd")) == before  # the pipe was closed
+
+
 def _noisy() -> np.ndarray:
     import warnings
 
