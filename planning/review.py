@@ -88,6 +88,7 @@ class ReviewConfig:
     max_patella_on_femur: float = 0.75
     min_patella_size: float = 0.04
     max_tibia_rounder: float = 0.5
+    max_distal_notch: float = 0.25
     min_bone_contrast: float = 0.02
     max_saturated: float = 0.5
     max_unexposed: float = 0.2
@@ -363,6 +364,11 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                           f"(roundness {ev.tibia_end_roundness:.2f} vs "
                           f"{ev.femur_end_roundness:.2f}; the condyles are the round ones): "
                           "bones taken for each other, image upside down?"))
+    if np.isfinite(ev.distal_notch) and ev.distal_notch > cfg.max_distal_notch:
+        out.append(Reason("femur_notch", f"the predicted distal femur has a dent "
+                          f"{ev.distal_notch:.2f} of the condyles' width deep (> "
+                          f"{cfg.max_distal_notch:g}): bone missing (a lesion, an overlay box) "
+                          "or mis-segmented near the landmarks"))
     if np.isfinite(ev.patella_on_femur) and ev.patella_on_femur > cfg.max_patella_on_femur:
         out.append(Reason("patella_on_femur", f"patella lies on the femur "
                           f"({ev.patella_on_femur:.0%}): an AP view?"))  # fmt: skip

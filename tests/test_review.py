@@ -17,6 +17,7 @@ from datamodules.dataset_io import write_sample
 from datamodules.phantoms import PhantomConfig, generate_phantom
 from geometry.lines import Line
 from geometry.plan_geometry import masks_to_original, plan_from_maps
+from planning.ood import femur_shape
 from planning.oracle import oracle_maps
 from planning.report import segmentation_confidence
 from planning.review import CONFIG_PATH, ReviewConfig, ReviewContext, review
@@ -163,6 +164,10 @@ def test_each_reason_fires_on_its_case(case):
     swapped = masks.copy()  # the tibia taken for the femur and the condyles for the tibia
     swapped[0], swapped[2] = masks[2], masks[0]
     check("tibia_rounder", c=ctx(sample, swapped))
+    bitten = masks.copy()  # a lesion where the cortex meets the condyle: a bite at p_tmc
+    tmc, width = plan.landmark("p_tmc"), femur_shape(masks[0]).condyle_width_px
+    bitten[0] &= np.hypot(xx - tmc[0], yy - tmc[1]) > 0.35 * width
+    check("femur_notch", c=ctx(sample, bitten))
     ap = masks.copy()
     ap[1] = masks[0] & (np.abs(yy - np.nonzero(masks[0])[0].mean()) < 20)
     check("patella_on_femur", c=ctx(sample, ap))
