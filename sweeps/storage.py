@@ -131,9 +131,32 @@ _FOREIGN_SCHEMA = ("SELECT type, name, tbl_name FROM sqlite_master "
                    "LIMIT 1")
 
 
+# Attribute tables and the largest value (JSON text) one of their rows may hold. A sweep writes
+# a few kB per trial; Optuna parses every value when it loads a study, so one 20 M-element list
+# took ~1 GB in sweeps.run and 2 GB in sweeps.report (fifth fuzz round). sweeps.report leaves
+# values over 100 kB out of its tables; beyond this the file is refused before Optuna reads it.
+_ATTRIBUTE_TABLES = ("study_user_attributes", "study_system_attributes",
+                     "trial_user_attributes", "trial_system_attributes")
+MAX_VALUE_CHARS = 10_000_000
+
+
+def _largest_value(con: sqlite3.Connection) -> tuple[int, str, str] | None:
+    """(length, table, key) of the longest attribute value over ``MAX_VALUE_CHARS``, or None."""
+    for table in _ATTRIBUTE_TABLES:
+        try:
+            row = con.execute(f"SELECT length(value_json) AS n, key FROM {table} "  # noqa: S608
+                              "ORDER BY n DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # no such table (not Optuna's schema: Optuna says so)
+            continue
+        if row is not None and row[0] is not None and row[0] > MAX_VALUE_CHARS:
+            return int(row[0]), table, str(row[1])
+    return None
+
+
 def check_sqlite_file(url: str) -> None:
     """Refuse (ValueError, one line) a SQLite study file that is not a regular file, or whose
-    schema holds a trigger, a view or a virtual table, before Optuna runs a statement on it.
+    schema holds a trigger, a view or a virtual table, before Optuna runs a statement on it;
+    also one with an attribute value over ``MAX_VALUE_CHARS`` characters.
 
     Read-only, and only the schema table: a file that does not exist yet is fine (Optuna
     creates it), other databases (PostgreSQL, ...) are not checked.
@@ -164,6 +187,7 @@ def check_sqlite_file(url: str) -> None:
                               timeout=60)
         try:
             row = con.execute(_FOREIGN_SCHEMA).fetchone()
+            huge = _largest_value(con) if row is None else None
         finally:
             con.close()
     except sqlite3.Error as err:  # not a database, damaged, a malformed schema, unreadable
@@ -175,6 +199,11 @@ def check_sqlite_file(url: str) -> None:
         raise ValueError(f"the file holds the {kind} {str(name)[:40]!r}{on}, which no Optuna "
                          "study has (it runs its own SQL when the sweep reads or writes): "
                          "refused; drop it or start a new study")
+    if huge is not None:
+        n, table, key = huge
+        raise ValueError(f"the file holds a value of {n / 1e6:.0f} M characters ({table}, key "
+                         f"{key[:40]!r}; a sweep writes a few kB, and loading it would take "
+                         f"gigabytes): refused above {MAX_VALUE_CHARS / 1e6:.0f} M")
 
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of

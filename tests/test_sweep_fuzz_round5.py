@@ -212,6 +212,25 @@ def test_huge_user_attributes_are_left_out_of_the_reports(base_study, tmp_path, 
     assert best["objective_metric"] == [1, 2]  # small: kept as stored
 
 
+def test_an_attribute_value_of_gigabytes_to_load_is_refused_unread(base_study, tmp_path, capsys):
+    """A 20 M-element list took ~1 GB in sweeps.run and 2 GB in sweeps.report: a value over
+    10 M characters is refused before Optuna parses anything (a 1 MB one is left out above)."""
+    from sweeps.storage import MAX_VALUE_CHARS
+
+    huge = "[" + "1," * (MAX_VALUE_CHARS // 2) + "1]"
+    db = _edited(base_study, tmp_path,
+                 ("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'worker'",
+                  (huge,)))
+    assert _report(tmp_path) == 2
+    line = _one_error(capsys, "sweeps.report: error:")
+    assert str(db) in line and "trial_user_attributes" in line and "'worker'" in line, line
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, fit=never_fit)
+    assert stop.value.code == 2
+    line = _one_error(capsys, "sweeps.run: error:")
+    assert "M characters" in line, line
+
+
 def test_too_large_looks_at_a_bounded_part():
     _too_large = sweeps.report._too_large
     assert not _too_large({"val/loss": 1.0, "val/iou_mean": 0.5})
