@@ -288,14 +288,52 @@ def condyle_bulge_px(femur: np.ndarray, line_point: np.ndarray, line_normal: np.
     cortex line fitted to something else (a ruler along the shaft taken into the femur mask:
     red-team round 8) has the whole femur on one side. NaN: no femur pixels. The mask is sampled
     with a stride so that at most ``max_pixels`` are measured."""
-    m = np.asarray(femur, bool)
-    stride = max(1, int(np.ceil(np.sqrt(m.size / max_pixels))))
-    ys, xs = np.nonzero(m[::stride, ::stride])
-    if xs.size == 0:
+    pts, _ = _sampled_pixels(femur, max_pixels)
+    if len(pts) == 0:
         return float("nan")
-    pts = np.column_stack([xs, ys]).astype(np.float64) * stride
     d = (pts - np.asarray(line_point, np.float64)) @ np.asarray(line_normal, np.float64)
     return max(0.0, float(np.max(-femur_side * d)))
+
+
+def _sampled_pixels(mask: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
+    """(N, 2) (x, y) coordinates of ``mask``'s pixels on a grid of stride s (so that at most
+    ~``max_pixels`` are kept), and s."""
+    m = np.asarray(mask, bool)
+    stride = max(1, int(np.ceil(np.sqrt(m.size / max_pixels))))
+    ys, xs = np.nonzero(m[::stride, ::stride])
+    return np.column_stack([xs, ys]).astype(np.float64) * stride, stride
+
+
+def cortex_recess_px(femur: np.ndarray, line_point: np.ndarray, line_direction: np.ndarray,
+                     femur_side: int, at: np.ndarray, proximal: np.ndarray,
+                     reach_px: tuple[float, float], slice_px: float,
+                     max_pixels: int = 200_000) -> float:
+    """How far (px) the femur's hindmost outline lies in front of the cortex line LM1 near
+    ``at`` (p_tmc): the mask is cut into slices across LM1 ``slice_px`` thick, from
+    ``reach_px[0]`` distal to ``reach_px[1]`` proximal of ``at`` (``proximal``: the shaft's
+    direction), and each slice's hindmost femur pixel is measured in front of the line
+    (``femur_side``: +1 / -1 along the line's normal, where the femur lies). A whole femur
+    reaches the line in every slice: its posterior cortex lies on it above p_tmc and the
+    condyles bulge behind it below, whatever their offset. A lesion or a dark box where the
+    cortex meets the condyle leaves slices whose bone starts millimetres in front (red-team
+    round 10). The largest such distance, 0 when every slice reaches the line or behind it;
+    NaN: no femur pixels in reach. At most ``max_pixels`` pixels are measured (a stride)."""
+    pts, stride = _sampled_pixels(femur, max_pixels)
+    if len(pts) == 0:
+        return float("nan")
+    d = np.asarray(line_direction, np.float64)
+    normal = np.array([-d[1], d[0]])  # the line's own normal, which femur_side refers to
+    up = d if d @ np.asarray(proximal, np.float64) >= 0 else -d  # along the line, up the shaft
+    level = (pts - np.asarray(at, np.float64)) @ up
+    ahead = femur_side * ((pts - np.asarray(line_point, np.float64)) @ normal)  # > 0: in front
+    keep = (level >= -reach_px[0]) & (level <= reach_px[1])
+    if not keep.any():
+        return float("nan")
+    width = max(float(slice_px), float(stride))
+    slices = np.floor((level[keep] + reach_px[0]) / width).astype(np.int64)
+    hindmost = np.full(int(slices.max()) + 1, np.inf)
+    np.minimum.at(hindmost, slices, ahead[keep])
+    return max(0.0, float(np.max(hindmost[np.isfinite(hindmost)])))
 
 
 JOINT_RADIUS = 0.35  # each bone's outline is read within this many condyle widths of the joint

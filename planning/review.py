@@ -38,6 +38,7 @@ from geometry.plan_geometry import LANDMARK_NAMES, Plan
 from planning.ood import (
     KneeEvidence,
     condyle_bulge_px,
+    cortex_recess_px,
     knee_evidence,
     point_saturation,
     saturation_levels,
@@ -45,6 +46,9 @@ from planning.ood import (
 from planning.tta import Uncertainty
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
+# cortex_bite looks at the femur from this far distal to this far proximal of p_tmc (mm): the
+# cortex-condyle transition, where the lesions and boxes of red-team round 10 sat
+RECESS_DISTAL_MM, RECESS_PROXIMAL_MM = 5.0, 20.0
 
 
 _DEFAULT: list[ReviewConfig] = []  # ReviewConfig.load() of the default file, once per process
@@ -88,6 +92,7 @@ class ReviewConfig:
     max_patella_on_femur: float = 0.75
     min_patella_size: float = 0.04
     max_tibia_rounder: float = 0.5
+    max_cortex_recess_mm: float = 2.0
     max_distal_notch: float = 0.25
     min_bone_contrast: float = 0.02
     max_saturated: float = 0.5
@@ -364,11 +369,6 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                           f"(roundness {ev.tibia_end_roundness:.2f} vs "
                           f"{ev.femur_end_roundness:.2f}; the condyles are the round ones): "
                           "bones taken for each other, image upside down?"))
-    if np.isfinite(ev.distal_notch) and ev.distal_notch > cfg.max_distal_notch:
-        out.append(Reason("femur_notch", f"the predicted distal femur has a dent "
-                          f"{ev.distal_notch:.2f} of the condyles' width deep (> "
-                          f"{cfg.max_distal_notch:g}): bone missing (a lesion, an overlay box) "
-                          "or mis-segmented near the landmarks"))
     if np.isfinite(ev.patella_on_femur) and ev.patella_on_femur > cfg.max_patella_on_femur:
         out.append(Reason("patella_on_femur", f"patella lies on the femur "
                           f"({ev.patella_on_femur:.0%}): an AP view?"))  # fmt: skip
@@ -396,6 +396,20 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"LM1 (the posterior condyles bulge behind the posterior cortex, "
                               f">= {cfg.min_condyle_bulge_mm:g} mm): LM1 is not the posterior "
                               "cortex (a ruler or an edge taken into the femur?)"))
+    if plan.lm1 is not None and plan.femur_side:
+        recess = cortex_recess_px(femur, plan.lm1.point, plan.lm1.direction, plan.femur_side,
+                                  plan.landmark("p_tmc"), f.proximal_dir,
+                                  (RECESS_DISTAL_MM / mmpp, RECESS_PROXIMAL_MM / mmpp),
+                                  1.0 / mmpp) * mmpp  # fmt: skip
+        notch = ev.distal_notch
+        if recess > cfg.max_cortex_recess_mm and notch > cfg.max_distal_notch:  # (NaN: False)
+            out.append(Reason("cortex_bite", f"near p_tmc the femur's hindmost bone lies "
+                              f"{recess:.1f} mm in front of the posterior cortex line LM1 "
+                              f"(> {cfg.max_cortex_recess_mm:g} mm) and the distal femur has a "
+                              f"dent {notch:.2f} of the condyles' width deep (> "
+                              f"{cfg.max_distal_notch:g}): bone missing where the cortex meets "
+                              "the condyle (a lesion, an overlay box), the landmarks may follow "
+                              "the gap"))
     sampling = plan.spacing if plan.spacing is not None else (mmpp, mmpp)
     if ctx.image is not None:
         out += _points_on_saturation(plan, ctx, mmpp)

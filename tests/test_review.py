@@ -167,7 +167,7 @@ def test_each_reason_fires_on_its_case(case):
     bitten = masks.copy()  # a lesion where the cortex meets the condyle: a bite at p_tmc
     tmc, width = plan.landmark("p_tmc"), femur_shape(masks[0]).condyle_width_px
     bitten[0] &= np.hypot(xx - tmc[0], yy - tmc[1]) > 0.35 * width
-    check("femur_notch", c=ctx(sample, bitten))
+    check("cortex_bite", c=ctx(sample, bitten))
     ap = masks.copy()
     ap[1] = masks[0] & (np.abs(yy - np.nonzero(masks[0])[0].mean()) < 20)
     check("patella_on_femur", c=ctx(sample, ap))
