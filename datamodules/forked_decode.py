@@ -6,18 +6,22 @@ the stream can rule out every such crash in C++ code, so the decode itself runs 
 by ``os.fork`` (no new interpreter: it costs milliseconds, and it works inside a DataLoader
 worker, which ``multiprocessing`` would refuse as a daemon's child). The child sends the array
 back through a pipe; its death by a signal, or a decode running past ``TIMEOUT_S``, becomes
-:class:`DecoderCrashed` with words the reader puts in its one-line error. Where ``os.fork`` is
-missing (Windows) the decode runs in this process, as before.
+:class:`DecoderCrashed` with words the reader puts in its one-line error. The child also ends
+itself: by an alarm past the same limit, and on Linux when this process dies (a killed
+DataLoader worker must not leave a hung decoder behind). Where ``os.fork`` is missing (Windows)
+the decode runs in this process, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
-import select
+import selectors
 import signal
 import struct
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +30,9 @@ import numpy as np
 
 from datamodules.decoder_messages import decoder_messages
 
-TIMEOUT_S = 120.0  # a decode of the largest allowed frame takes seconds; past this it is stuck
+TIMEOUT_S = 30.0  # a decode of the largest allowed frame takes seconds; past this it is stuck
+MAX_MESSAGES = 50  # the decoder's own lines sent back (each cut to 300 characters)
+MAX_PIXEL_BYTES = 1 << 34  # the largest reply a frame within the pixel limit can need (16 GiB)
 _HEADER_MAX = 1 << 20  # the child's header (dtype, shape, messages) is JSON of a few kB
 
 
@@ -61,26 +67,26 @@ def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseEx
         return decode()
     if pid == 0:  # the child: never returns, never runs the parent's cleanup
         os.close(read_fd)
-        _child(write_fd, decode, describe)
+        _child(write_fd, decode, describe, timeout_s)
     os.close(write_fd)
-    header, payload, timed_out, complete = None, bytearray(), False, False
+    header, payload, problem = None, bytearray(), "the decoder was interrupted"
     try:
-        header, payload, timed_out = _receive(read_fd, timeout_s)
-        complete = header is not None
+        header, payload, problem = _receive(read_fd, timeout_s)
     finally:
         os.close(read_fd)
-        if not complete:  # hung, or already dead (a signal to a dead child does nothing)
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    if timed_out:
-        raise DecoderCrashed(f"the decoder took longer than {timeout_s:.0f} s and was stopped")
-    if os.WIFSIGNALED(status) and header is None:
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-        raise DecoderCrashed(f"the decoder crashed ({name}): the compressed stream is malformed")
+        if header is None:  # hung, or already dead (a signal to a dead child does nothing)
+            with contextlib.suppress(ProcessLookupError):  # (reaped already: SIGCHLD ignored)
+                os.kill(pid, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored by the host: the child reaped itself
+            status = None
     if header is None:
-        raise DecoderCrashed(f"the decoder ended without a result (exit status "
-                             f"{os.waitstatus_to_exitcode(status)})")
+        if problem is None and status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+            problem = f"the decoder crashed ({name}): the compressed stream is malformed"
+        raise DecoderCrashed(problem or "the decoder ended without a result")
     for message in header.get("said", []):
         warnings.warn(str(message), UserWarning, stacklevel=2)
     if "error" in header:
@@ -89,18 +95,19 @@ def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseEx
 
 
 def _child(write_fd: int, decode: Callable[[], np.ndarray],
-           describe: Callable[[BaseException], str]) -> None:
+           describe: Callable[[BaseException], str], timeout_s: float) -> None:
     """Decode, send header and pixels, and leave with ``os._exit`` (0 sent, 1 not sent)."""
     code = 1
     try:
         if faulthandler.is_enabled():  # a crash here is reported by the parent, in one line
             faulthandler.disable()
+        _end_with_parent(timeout_s)
         with decoder_messages() as said:
             try:
                 arr, header = decode(), {}
             except Exception as err:  # noqa: BLE001 - any decoder error goes back in words
                 arr, header = None, {"error": describe(err)}
-        header["said"] = said
+        header["said"] = [m[:300] for m in said[:MAX_MESSAGES]]
         if arr is not None:
             arr = np.ascontiguousarray(arr)
             header.update(dtype=arr.dtype.str, shape=list(arr.shape))
@@ -115,24 +122,42 @@ def _child(write_fd: int, decode: Callable[[], np.ndarray],
         os._exit(code)
 
 
-def _receive(fd: int, timeout_s: float) -> tuple[dict | None, bytearray, bool]:
-    """The child's header and pixel bytes (None, empty when it sent nothing whole) and whether
-    the deadline passed first."""
+def _receive(fd: int, timeout_s: float) -> tuple[dict | None, bytearray, str | None]:
+    """The child's header and pixel bytes, or (None, empty, why not: None when the child just
+    stopped sending, which its exit status then explains)."""
     deadline = time.monotonic() + timeout_s
+    late = f"the decoder took longer than {timeout_s:.0f} s and was stopped"
     sizes = _read_exactly(fd, 16, deadline)
     if sizes is None or len(sizes) < 16:
-        return None, bytearray(), sizes is None
+        return None, bytearray(), late if sizes is None else None
     n_header, n_pixels = struct.unpack("<QQ", sizes)
-    if n_header > _HEADER_MAX:
-        return None, bytearray(), False
+    if n_header > _HEADER_MAX or n_pixels > MAX_PIXEL_BYTES:
+        return None, bytearray(), "the decoder's reply was larger than any image it may return"
     blob = _read_exactly(fd, n_header, deadline)
     if blob is None or len(blob) < n_header:
-        return None, bytearray(), blob is None
+        return None, bytearray(), late if blob is None else None
     header = json.loads(bytes(blob))
     payload = _read_exactly(fd, n_pixels, deadline)
     if payload is None or len(payload) < n_pixels:
-        return None, bytearray(), payload is None
-    return header, payload, False
+        return None, bytearray(), late if payload is None else None
+    return header, payload, None
+
+
+def _end_with_parent(timeout_s: float) -> None:
+    """Make this child end on its own past ``timeout_s`` (an alarm) and, on Linux, when the
+    parent dies (``PR_SET_PDEATHSIG``): a killed parent cannot stop a hung decoder."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, int(timeout_s) + 5))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        parent = os.getppid()
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the request: end now
+            os._exit(1)
 
 
 def _read_exactly(fd: int, n: int, deadline: float) -> bytearray | None:
@@ -141,13 +166,15 @@ def _read_exactly(fd: int, n: int, deadline: float) -> bytearray | None:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
-    while got < n:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        chunk = os.readv(fd, [view[got:]])
-        if chunk == 0:
-            return buf[:got]
-        got += chunk
+    with selectors.DefaultSelector() as sel:  # (select.select cannot watch descriptors >= 1024)
+        sel.register(fd, selectors.EVENT_READ)
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return None
+            chunk = os.readv(fd, [view[got:]])
+            if chunk == 0:
+                return buf[:got]
+            got += chunk
     return buf
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ import numpy as np
 
 from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
-from datamodules.forked_decode import DecoderCrashed, decode_in_child
+from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
 from datamodules.path_limits import replace_link
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
@@ -1135,10 +1137,11 @@ def _widen_byte_luts(ds: Any) -> None:
             entries = int(desc[0]) or 65536
             if len(desc) != 3 or int(desc[2]) != 8:
                 continue
-            if isinstance(data, bytes):  # OW: one byte per entry (one pad byte when odd)
-                if len(data) not in (entries, entries + 1):
+            if isinstance(data, bytes):  # OW: one byte per entry (one pad byte when odd),
+                if len(data) in (entries, entries + 1):  # or one 16-bit word per entry
+                    item["LUTData"] = DataElement(0x00283006, "US", list(data[:entries]))
+                elif len(data) != 2 * entries:
                     continue  # _lut_problem names a short LUT
-                item["LUTData"] = DataElement(0x00283006, "US", list(data[:entries]))
             item["LUTDescriptor"] = DataElement(0x00283002, item["LUTDescriptor"].VR,
                                                 [desc[0], desc[1], 16])
         except Exception:  # noqa: BLE001, S112 - not this layout: pydicom and _lut_problem judge
@@ -1289,13 +1292,51 @@ def _check_dicom_prefix(path: Path) -> None:
                          "does not start with a DICOM data element)")
 
 
-def _dicom_pixels(ds: Any) -> np.ndarray:
-    """The dataset's pixel array. Compressed data is decoded in a forked child
-    (``forked_decode``): GDCM aborts the process on some malformed streams."""
+def _convert_elements(ds: Any) -> None:
+    """Convert every top-level element now, so that a value of the wrong length is named as
+    such (pydicom's BytesLengthException, caught by ``_load_dicom``), not met later inside the
+    pixel decode. Other oddities are left to be met where they were before."""
+    from pydicom.errors import BytesLengthException
+
+    for tag in list(ds.keys()):
+        try:
+            ds[tag]
+        except BytesLengthException:
+            raise
+        except Exception:  # noqa: BLE001, S112 - an unknown VR, a bad sequence: judged later
+            continue
+
+
+def _dicom_pixels(ds: Any) -> tuple[np.ndarray, str | None]:
+    """The dataset's pixel array, and a note when it took a second decoder. Data a native
+    decoder reads (GDCM, Pillow) is decoded in a forked child (``forked_decode``): GDCM aborts
+    the process on some malformed streams. When GDCM crashes and Pillow can read the syntax,
+    Pillow tries (a stray byte before a JPEG marker aborts GDCM; libjpeg skips it)."""
+    from pydicom.pixels import get_decoder
+
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not getattr(syntax, "is_compressed", False):
-        return ds.pixel_array  # numpy reads native data: no native decoder to crash
-    return decode_in_child(lambda: ds.pixel_array, _brief)
+    try:
+        plugins = tuple(get_decoder(syntax).available_plugins) if syntax is not None else ()
+    except (NotImplementedError, ValueError, TypeError):  # no decoder: pydicom says so below
+        plugins = ()
+    if not set(plugins) - {"pydicom"}:
+        return ds.pixel_array, None  # numpy (native data) or pydicom's own RLE: nothing to crash
+    try:
+        return decode_in_child(lambda: ds.pixel_array, _brief), None
+    except DecoderCrashed as crash:
+        if "crashed" not in str(crash) or "pillow" not in plugins:
+            raise
+        ds.pixel_array_options(correct_unused_bits=False, decoding_plugin="pillow")
+        with warnings.catch_warnings(record=True) as said:  # Pillow's words count only if
+            warnings.simplefilter("always")  # it decodes ("cannot identify image file ...")
+            try:
+                arr = decode_in_child(lambda: ds.pixel_array, _brief)
+            except (DecoderCrashed, DecoderFailed):
+                raise crash from None
+        for w in said:
+            warnings.warn(w.message, w.category, stacklevel=2)
+        said = str(crash).removeprefix("the decoder ")
+        return arr, f"the DICOM decoder GDCM {said}; Pillow decoded the pixel data"
 
 
 def _load_dicom(path: Path) -> LoadedImage:
@@ -1315,9 +1356,10 @@ def _read_dicom(path: Path) -> LoadedImage:
     _check_dicom_prefix(path)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
-        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
-    if "PixelData" not in ds:
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, zlib.error) as err:
+        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err  # (zlib:
+    _convert_elements(ds)
+    if "PixelData" not in ds:  # a Deflated transfer syntax whose stream is broken)
         meta = getattr(ds, "file_meta", None)
         sop = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
         if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
@@ -1343,10 +1385,12 @@ def _read_dicom(path: Path) -> LoadedImage:
         ds.PhotometricInterpretation = raw_pi.strip().upper()
     ds.pixel_array_options(correct_unused_bits=False)  # _clear_unused_bits looks first
     try:
-        arr = _dicom_pixels(ds)
+        arr, decoded_note = _dicom_pixels(ds)
     except DecoderCrashed as err:  # GDCM's abort, or a hang: the process lives on
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from err
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
+        if _WRONG_LENGTH.search(str(err)):  # a header element, not the pixel data
+            raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
         problem = _frame_bits_problem(ds)
         if problem is not None:  # the cause, found in the frame: the decoder's words go
             raise _DiagnosedError(f"{path}: DICOM pixel data: {problem}") from err
@@ -1361,7 +1405,7 @@ def _read_dicom(path: Path) -> LoadedImage:
                              f"frame of Rows x Columns = {ds.get('Rows')} x {ds.get('Columns')}")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    notes: list[str] = []
+    notes: list[str] = [] if decoded_note is None else [decoded_note]
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
     _first_window_only(ds, notes)
     _widen_byte_luts(ds)

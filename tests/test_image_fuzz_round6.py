@@ -26,17 +26,21 @@ from tests.test_image_fuzz_round5 import _dataset, _one_line_error, _ramp, _save
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork only")
 
 
-def _jpeg_dicom(tmp_path: Path, name: str, damage: bool = False) -> tuple[Path, np.ndarray]:
+def _jpeg_dicom(tmp_path: Path, name: str, damage: bool = False,
+                stray: bool = False) -> tuple[Path, np.ndarray]:
     """An 8-bit JPEG Baseline DICOM and OpenCV's own decode of its frame; ``damage`` turns the
-    first DHT marker (FF C4) into FF 01, which makes GDCM abort the process."""
+    first DHT marker (FF C4) into FF 01, which makes GDCM abort the process; ``stray`` puts a
+    0x00 byte before the first DHT marker (GDCM aborts, libjpeg skips it)."""
     pixels = (_ramp() * 255).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", pixels)
     assert ok
     frame = buf.tobytes()
     expected = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    at = frame.index(b"\xff\xc4")
     if damage:
-        at = frame.index(b"\xff\xc4")
         frame = frame[:at + 1] + b"\x01" + frame[at + 2:]
+    if stray:
+        frame = frame[:at] + b"\x00" + frame[at:]
     ds = _dataset(pixels)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([frame])
@@ -54,6 +58,30 @@ def test_a_decoder_abort_is_one_line_and_this_process_lives_on(tmp_path):
     loaded = load_image(good)
     assert np.abs(loaded.image * 255 - expected).max() <= 2  # libjpeg vs GDCM's IDCT rounding
     assert loaded.lossy
+
+
+@needs_fork
+def test_after_a_gdcm_crash_pillow_reads_what_it_can(tmp_path):
+    """fuzz round 6: one stray byte before a JPEG marker aborts GDCM; Pillow (libjpeg) decodes
+    the original pixels, and the plan's notes say which decoder did."""
+    path, expected = _jpeg_dicom(tmp_path, "stray.dcm", stray=True)
+    loaded = load_image(path)
+    assert np.abs(loaded.image * 255 - expected).max() <= 1  # libjpeg both
+    assert any("GDCM crashed" in n and "Pillow decoded" in n for n in loaded.notes), loaded.notes
+    msg = _one_line_error(_jpeg_dicom(tmp_path, "abort.dcm", damage=True)[0], "decoder crashed")
+    assert "cannot identify image file" not in msg and "0x" not in msg  # Pillow's failure
+
+
+def test_a_broken_deflate_stream_is_one_line(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _dataset((_ramp() * 255).astype(np.uint8))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = _save(ds, tmp_path / "deflated.dcm")
+    assert load_image(path).image.shape == (96, 80)  # whole: read
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])  # the deflated dataset cut short
+    _one_line_error(path, "unreadable DICOM", "truncated")
 
 
 def _abort() -> np.ndarray:
@@ -109,6 +137,89 @@ def test_without_a_process_to_spare_it_decodes_here(monkeypatch):
     assert decode_in_child(lambda: np.arange(3, dtype=np.uint8), str).tolist() == [0, 1, 2]
     if before:
         assert len(os.listdir("/proc/self/fd")) == before  # the pipe was closed
+
+
+@needs_fork
+def test_descriptors_above_1024_and_an_ignored_sigchld(monkeypatch):
+    """select.select cannot watch a descriptor >= 1024; a host that ignores SIGCHLD has its
+    children reaped for it (waitpid: ECHILD)."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip("cannot open 1100 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1050)]
+    try:
+        assert decode_in_child(lambda: np.ones(4, np.uint8), str).sum() == 4
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        assert decode_in_child(lambda: np.ones(4, np.uint8), str).sum() == 4
+        with pytest.raises(DecoderCrashed, match="crashed|without a result"):
+            decode_in_child(_abort, str)
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+_ORPHAN = """
+import os, sys, time
+import numpy as np
+from datamodules.forked_decode import decode_in_child
+
+def hang():
+    with open(sys.argv[1], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+    return np.zeros(1)
+
+decode_in_child(hang, str)
+"""
+
+
+@needs_fork
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_reader_leaves_no_decoder_behind(tmp_path):
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "child.pid"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(pid_file)], cwd=root)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGKILL)  # a DataLoader worker terminated, a scheduler's kill
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(
+        f"/proc/{child}/stat").exists() else "gone"
+    assert state in ("gone", "Z"), state  # (a zombie until init reaps it)
+
+
+def _chatty() -> np.ndarray:
+    import warnings
+
+    for i in range(40_000):
+        warnings.warn(f"warning {i}", UserWarning, stacklevel=1)
+    return np.ones(2, np.uint8)
+
+
+@needs_fork
+def test_a_decoder_that_says_too_much_is_cut_not_called_a_crash():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert decode_in_child(_chatty, str).sum() == 2
+    assert 0 < len(said) <= 50
 
 
 def _noisy() -> np.ndarray:
@@ -187,6 +298,16 @@ def _lut_dataset(data: bytes | list[int], descriptor: list[int], sequence: str) 
     item.add(DataElement(0x00283006, "OW" if isinstance(data, bytes) else "US", data))
     setattr(ds, sequence, [item])
     return ds
+
+
+def test_an_8_bit_lut_in_16_bit_words_is_read_as_such(tmp_path):
+    """fuzz round 6: LUT Data of one 16-bit word per 8-bit entry (twice the entry count in
+    bytes) was left to pydicom's uint8 index, which wrapped at entry 256."""
+    lut = (255 - np.arange(4096) // 16).astype(np.uint16)
+    ds = _lut_dataset(lut.astype("<u2").tobytes(), [4096, 0, 8], "VOILUTSequence")
+    loaded = load_image(_save(ds, tmp_path / "voi8w.dcm"))
+    shown = lut[np.asarray(ds.pixel_array)].astype(np.float64)
+    np.testing.assert_allclose(loaded.image, (shown - shown.min()) / np.ptp(shown), atol=1e-6)
 
 
 @pytest.mark.parametrize("vr", ["OW", "US"])
