@@ -85,7 +85,9 @@ def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseEx
         if problem is None and status is not None and os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-            problem = f"the decoder crashed ({name}): the compressed stream is malformed"
+            problem = (f"the decoder crashed ({name}): the compressed stream is malformed"
+                       if sig != signal.SIGKILL else  # not a crash: the kernel's OOM killer?
+                       "the decoder was killed (SIGKILL; out of memory?)")
         raise DecoderCrashed(problem or "the decoder ended without a result")
     for message in header.get("said", []):
         warnings.warn(str(message), UserWarning, stacklevel=2)

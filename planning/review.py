@@ -396,7 +396,7 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"LM1 (the posterior condyles bulge behind the posterior cortex, "
                               f">= {cfg.min_condyle_bulge_mm:g} mm): LM1 is not the posterior "
                               "cortex (a ruler or an edge taken into the femur?)"))
-    if plan.lm1 is not None and plan.femur_side:
+    if plan.lm1 is not None and plan.femur_side and mmpp > 0:
         recess = cortex_recess_px(femur, plan.lm1.point, plan.lm1.direction, plan.femur_side,
                                   plan.landmark("p_tmc"), f.proximal_dir,
                                   (RECESS_DISTAL_MM / mmpp, RECESS_PROXIMAL_MM / mmpp),

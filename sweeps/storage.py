@@ -138,18 +138,27 @@ _FOREIGN_SCHEMA = ("SELECT type, name, tbl_name FROM sqlite_master "
 _ATTRIBUTE_TABLES = ("study_user_attributes", "study_system_attributes",
                      "trial_user_attributes", "trial_system_attributes")
 MAX_VALUE_CHARS = 10_000_000
+MAX_TOTAL_CHARS = 100_000_000  # all attribute values together (many values just under the cap)
 
 
-def _largest_value(con: sqlite3.Connection) -> tuple[int, str, str] | None:
-    """(length, table, key) of the longest attribute value over ``MAX_VALUE_CHARS``, or None."""
+def _largest_value(con: sqlite3.Connection) -> str | None:
+    """Why the attribute values are too large to load (one over ``MAX_VALUE_CHARS``, or all of
+    them together over ``MAX_TOTAL_CHARS``), or None. (length() of a BLOB counts bytes.)"""
+    total = 0
     for table in _ATTRIBUTE_TABLES:
         try:
             row = con.execute(f"SELECT length(value_json) AS n, key FROM {table} "  # noqa: S608
                               "ORDER BY n DESC LIMIT 1").fetchone()
+            (size,) = con.execute(f"SELECT total(length(value_json)) "  # noqa: S608
+                                  f"FROM {table}").fetchone()
         except sqlite3.OperationalError:  # no such table (not Optuna's schema: Optuna says so)
             continue
         if row is not None and row[0] is not None and row[0] > MAX_VALUE_CHARS:
-            return int(row[0]), table, str(row[1])
+            return (f"a value of {row[0]:,} characters ({table}, key {str(row[1])[:40]!r}; "
+                    f"more than {MAX_VALUE_CHARS:,})")
+        total += int(size or 0)
+    if total > MAX_TOTAL_CHARS:
+        return f"attribute values of {total:,} characters in all (more than {MAX_TOTAL_CHARS:,})"
     return None
 
 
@@ -200,10 +209,8 @@ def check_sqlite_file(url: str) -> None:
                          "study has (it runs its own SQL when the sweep reads or writes): "
                          "refused; drop it or start a new study")
     if huge is not None:
-        n, table, key = huge
-        raise ValueError(f"the file holds a value of {n / 1e6:.0f} M characters ({table}, key "
-                         f"{key[:40]!r}; a sweep writes a few kB, and loading it would take "
-                         f"gigabytes): refused above {MAX_VALUE_CHARS / 1e6:.0f} M")
+        raise ValueError(f"the file holds {huge}: a sweep writes a few kB per trial, and "
+                         "loading this would take gigabytes; refused")
 
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of

@@ -132,6 +132,26 @@ def test_the_femur_on_the_other_side_is_read_from_that_side():
     assert got == 41.0
 
 
+def test_a_big_film_is_read_near_p_tmc_not_with_the_whole_films_stride():
+    """Review of session 19: the sampling stride was set by the whole image (a 6000 px film:
+    stride 14 px, ~1 mm of the 2 mm limit on a femur whose cortex lies on the line)."""
+    big = np.zeros((6000, 6000), bool)
+    big[3000:3800, 3000:3700] = _femur()
+    got = cortex_recess_px(big, np.array([3000 + X0, 0.0]), np.array([0.0, 1.0]), -1,
+                           np.array([3000 + X0, 3000 + YT]), UP, (25.0, 100.0), 5.0)
+    assert got <= 1.0
+
+
+@pytest.mark.parametrize("bad", ["point", "slice", "reach"])
+def test_numbers_that_are_not_finite_give_nan_not_an_error(bad):
+    femur = _femur()
+    point = np.array([np.nan if bad == "point" else X0, 0.0])
+    reach = (np.inf, 100.0) if bad == "reach" else (25.0, 100.0)
+    got = cortex_recess_px(femur, point, np.array([0.0, 1.0]), -1, np.array([X0, YT]), UP,
+                           reach, np.nan if bad == "slice" else 5.0)
+    assert np.isnan(got)
+
+
 def test_no_femur_in_reach_is_nan():
     assert np.isnan(_recess(np.zeros((800, 700), bool)))
 

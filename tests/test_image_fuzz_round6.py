@@ -88,6 +88,21 @@ def _abort() -> np.ndarray:
     os.abort()
 
 
+def _killed() -> np.ndarray:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return np.zeros(1)
+
+
+@needs_fork
+def test_a_killed_decoder_is_not_called_a_malformed_stream():
+    """Review of session 19: the OOM killer's SIGKILL read as a malformed stream (and sent a
+    legal file to a second decoder)."""
+    with pytest.raises(DecoderCrashed, match="killed .SIGKILL; out of memory"):
+        decode_in_child(_killed, str)
+
+
 def _sleep() -> np.ndarray:
     time.sleep(30)
     return np.zeros(1)

@@ -228,7 +228,23 @@ def test_an_attribute_value_of_gigabytes_to_load_is_refused_unread(base_study, t
         _sweep(tmp_path, fit=never_fit)
     assert stop.value.code == 2
     line = _one_error(capsys, "sweeps.run: error:")
-    assert "M characters" in line, line
+    assert "characters" in line and "refused" in line, line
+
+
+def test_many_values_just_under_the_cap_are_refused_together(base_study, tmp_path, capsys,
+                                                             monkeypatch):
+    """Review of session 19: 30 values each just under the per-value cap (300 MB) passed."""
+    import sweeps.storage as storage
+
+    monkeypatch.setattr(storage, "MAX_VALUE_CHARS", 3000)  # (the sweep's own settings: ~2 kB)
+    monkeypatch.setattr(storage, "MAX_TOTAL_CHARS", 12000)
+    rows = [("INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+             "SELECT trial_id, ?, ? FROM trials LIMIT 1", (f"pad{i}", json.dumps("x" * 990)))
+            for i in range(12)]
+    _edited(base_study, tmp_path, *rows)
+    assert _report(tmp_path) == 2
+    line = _one_error(capsys, "sweeps.report: error:")
+    assert "in all" in line and "12,000" in line, line
 
 
 def test_too_large_looks_at_a_bounded_part():
