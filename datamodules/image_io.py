@@ -1169,8 +1169,7 @@ def _lut_problem(ds: Any) -> str | None:
             return f"{what} is empty{declared}: the LUT is incomplete, the file is broken"
         if entries is not None and n < entries:
             return (f"{what} holds {n} value{'s' * (n != 1)}, but its LUT Descriptor declares "
-                    f"{entries} "
-                    "entries: the LUT is incomplete, the file is broken")
+                    f"{entries} entries: the LUT is incomplete, the file is broken")
     return None
 
 
@@ -1352,8 +1351,8 @@ def _dicom_pixels(ds: Any) -> tuple[np.ndarray, str | None]:
                 raise crash from None
         for w in said:
             warnings.warn(w.message, w.category, stacklevel=2)
-        said = str(crash).removeprefix("the decoder ")
-        return arr, f"the DICOM decoder GDCM {said}; Pillow decoded the pixel data"
+        what = str(crash).removeprefix("the decoder ")
+        return arr, f"the DICOM decoder GDCM {what}; Pillow decoded the pixel data"
 
 
 def _load_dicom(path: Path) -> LoadedImage:
@@ -1373,10 +1372,11 @@ def _read_dicom(path: Path) -> LoadedImage:
     _check_dicom_prefix(path)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, zlib.error) as err:
-        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err  # (zlib:
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError,
+            zlib.error) as err:  # (zlib: a Deflated transfer syntax whose stream is broken)
+        raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
     _check_element_lengths(path, ds)
-    if "PixelData" not in ds:  # a Deflated transfer syntax whose stream is broken)
+    if "PixelData" not in ds:
         meta = getattr(ds, "file_meta", None)
         sop = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
         if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":

@@ -396,13 +396,13 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"LM1 (the posterior condyles bulge behind the posterior cortex, "
                               f">= {cfg.min_condyle_bulge_mm:g} mm): LM1 is not the posterior "
                               "cortex (a ruler or an edge taken into the femur?)"))
-    if plan.lm1 is not None and plan.femur_side and mmpp > 0:
+    notch = ev.distal_notch
+    if plan.lm1 is not None and plan.femur_side and mmpp > 0 and notch > cfg.max_distal_notch:
         recess = cortex_recess_px(femur, plan.lm1.point, plan.lm1.direction, plan.femur_side,
                                   plan.landmark("p_tmc"), f.proximal_dir,
                                   (RECESS_DISTAL_MM / mmpp, RECESS_PROXIMAL_MM / mmpp),
                                   1.0 / mmpp) * mmpp  # fmt: skip
-        notch = ev.distal_notch
-        if recess > cfg.max_cortex_recess_mm and notch > cfg.max_distal_notch:  # (NaN: False)
+        if recess > cfg.max_cortex_recess_mm:  # (a NaN notch or recess: False)
             out.append(Reason("cortex_bite", f"near p_tmc the femur's hindmost bone lies "
                               f"{recess:.1f} mm in front of the posterior cortex line LM1 "
                               f"(> {cfg.max_cortex_recess_mm:g} mm) and the distal femur has a "
