@@ -7,8 +7,9 @@ line, p_tmc (the vertex where the outline leaves it to bulge over the medial con
 p_blum (posterior end of the notch roof, anterior of LM1) are exact by construction.
 
 Proportions (adult, before the global scale factor): femoral shaft 25-30 mm AP, condyles
-~56-64 mm AP, posterior condyle 7-11 mm behind LM1, patella ~40 x 20 mm, tibial plateau
-44-52 mm AP, fibular head ~15 mm behind/overlapping the posterior tibia.
+~56-64 mm AP, posterior condyle ``condylar_offset_mm`` behind LM1 (default 7-11 mm; on real
+lateral radiographs 25 +- 2 mm: README, "Known anatomy gap"), patella ~40 x 20 mm, tibial
+plateau 44-52 mm AP, fibular head ~15 mm behind/overlapping the posterior tibia.
 """
 
 from __future__ import annotations
@@ -64,18 +65,29 @@ def _transform(points: np.ndarray, deg: float, pivot: np.ndarray, shift: np.ndar
     return (points - pivot) @ rotation(deg).T + pivot + shift
 
 
+DOME_BEHIND = 12.0  # mm: an outline meeting the condyle further behind LM1 is drawn as a dome
+
+
 def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     """Medial-condyle femur outline, lateral condyle, notch roof; returns a dict of parts."""
     shaft_w = k * rng.uniform(25.0, 30.0)
-    bulge = k * rng.uniform(7.0, 11.0)
+    bulge = k * rng.uniform(*cfg.condylar_offset_mm)
     rc = k * rng.uniform(18.0, 23.0)
-    ap_depth = k * rng.uniform(56.0, 64.0)
+    ap_depth = max(k * rng.uniform(56.0, 64.0), bulge + shaft_w + 2.0 * k)
     x_ant = ap_depth - bulge
     phi1 = rng.uniform(135.0, 155.0)
     q_drop = k * rng.uniform(4.0, 8.0)
     # Condyle profile: an ellipse, flatter distally than posteriorly.
     radii = rc * np.array([rng.uniform(1.0, 1.12), rng.uniform(0.86, 0.97)])
     cx = radii[0] - bulge
+    if cx + radii[0] * np.cos(np.deg2rad(phi1)) < -DOME_BEHIND * k:
+        # a large offset (real radiographs: ~25 mm): the outline would run back along a flat
+        # shelf to the ellipse's flank; it joins it near the top instead, a dome behind p_tmc
+        # (the default 7-11 mm never comes here: its phantoms are as before)
+        behind = 0.15 * rc
+        phi1 = float(np.rad2deg(np.arccos(np.clip((bulge - radii[0] - behind) / radii[0],
+                                                  np.cos(np.deg2rad(155.0)),
+                                                  np.cos(np.deg2rad(80.0))))))
     a1 = np.deg2rad(phi1)
     cy = -q_drop - radii[1] * np.sin(a1)
     centre = np.array([cx, cy])

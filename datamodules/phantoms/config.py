@@ -31,6 +31,8 @@ class PhantomConfig:
         knee_shift: horizontal placement jitter (fraction of the width; large = crops bone).
         flexion_deg, rotation_deg, scale: knee flexion, in-plane rotation, global bone scale.
         p_left: probability of a left knee (mirrored anatomy).
+        condylar_offset_mm: how far the posterior condyle bulges behind the posterior cortex
+            line (real radiographs: 25 +- 2 mm; beyond ~12 mm the condyle's top is a dome).
         lateral_offset_x_mm / _y_mm: offset of the second condyle (imperfect laterals).
         p_double_blumensaat: probability of rendering the second condyle's roof line.
         patella_height_deg: patella position on the trochlea (low = baja, high = alta).
@@ -70,6 +72,7 @@ class PhantomConfig:
     scale: Range = (0.85, 1.2)
     p_left: float = 0.5
     # anatomy
+    condylar_offset_mm: Range = (7.0, 11.0)
     lateral_offset_x_mm: Range = (-3.5, 10.0)
     lateral_offset_y_mm: Range = (-8.0, 2.0)
     p_double_blumensaat: float = 0.5
@@ -215,11 +218,12 @@ class PhantomConfig:
 
 # Ranges whose values must be positive (a side, a spacing, a dose, a scale, a blur, a gamma):
 # zero or less is no image (or a traceback deep in the generator).
+MAX_CONDYLAR_OFFSET_MM = 40.0  # the condyle ellipse (radius 18-26 mm) still reaches LM1
 POSITIVE_RANGES = frozenset({
     "spacing_mm", "fov_height_mm", "visible_shaft_mm", "aspect", "scale", "adolescent_scale",
     "soft_tissue_scale", "trabecular_scale_mm", "scatter_sigma_mm", "mtf_sigma_mm", "photons",
     "usm_sigma_fine_mm", "usm_sigma_medium_mm", "usm_sigma_coarse_mm", "lut_slope", "gamma",
-    "exposure", "window_gamma",
+    "exposure", "window_gamma", "condylar_offset_mm",
 })  # fmt: skip
 
 
@@ -245,6 +249,9 @@ def _value_problem(name: str, value: Any, default: Any) -> str | None:
             return f"range [{value[0]}, {value[1]}]: low must be <= high"
         if name in POSITIVE_RANGES and value[0] <= 0:
             return f"range [{value[0]}, {value[1]}]: values must be positive"
+        if name == "condylar_offset_mm" and value[1] > MAX_CONDYLAR_OFFSET_MM:
+            return (f"range [{value[0]}, {value[1]}]: a condyle bulges at most "
+                    f"{MAX_CONDYLAR_OFFSET_MM:g} mm behind the cortex line")
     return None
 
 
