@@ -1297,7 +1297,10 @@ def _check_element_lengths(path: Path, ds: Any) -> None:
     from pydicom.datadict import dictionary_VR
 
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        try:
+            raw = ds.get_item(tag)  # (pydicom may convert an element of unknown VR here)
+        except Exception:  # noqa: BLE001, S112 - an unknown VR, a bad sequence: judged later
+            continue
         value = getattr(raw, "value", None)
         if not isinstance(value, bytes | bytearray):
             continue  # converted already (a value of the right length)
