@@ -37,7 +37,12 @@ _HEADER_MAX = 1 << 20  # the child's header (dtype, shape, messages) is JSON of 
 
 
 class DecoderCrashed(Exception):
-    """The decoder died (a signal) or hung; ``str`` says which, in words."""
+    """The decoder died (a signal) or hung; ``str`` says which, in words. ``signal_name``:
+    the signal of a crash (``"SIGABRT"``), None when it hung or was killed (SIGKILL)."""
+
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 class DecoderFailed(Exception):
@@ -84,10 +89,14 @@ def decode_in_child(decode: Callable[[], np.ndarray], describe: Callable[[BaseEx
     if header is None:
         if problem is None and status is not None and os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-            problem = (f"the decoder crashed ({name}): the compressed stream is malformed"
-                       if sig != signal.SIGKILL else  # not a crash: the kernel's OOM killer?
-                       "the decoder was killed (SIGKILL; out of memory?)")
+            if sig == signal.SIGKILL:  # not a crash: the kernel's OOM killer?
+                raise DecoderCrashed("the decoder was killed (SIGKILL; out of memory?)")
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:  # a real-time signal without a name
+                name = f"signal {sig}"
+            raise DecoderCrashed(f"the decoder crashed ({name}): the compressed stream is "
+                                 "malformed", name)
         raise DecoderCrashed(problem or "the decoder ended without a result")
     for message in header.get("said", []):
         warnings.warn(str(message), UserWarning, stacklevel=2)

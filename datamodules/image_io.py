@@ -1343,7 +1343,7 @@ def _dicom_pixels(ds: Any) -> tuple[np.ndarray, str | None]:
     try:
         return decode_in_child(lambda: ds.pixel_array, _brief), None
     except DecoderCrashed as crash:
-        if "crashed" not in str(crash) or "pillow" not in plugins:
+        if crash.signal_name is None or "pillow" not in plugins:  # hung or killed: no retry
             raise
         ds.pixel_array_options(correct_unused_bits=False, decoding_plugin="pillow")
         with warnings.catch_warnings(record=True) as said:  # Pillow's words count only if
@@ -1354,8 +1354,8 @@ def _dicom_pixels(ds: Any) -> tuple[np.ndarray, str | None]:
                 raise crash from None
         for w in said:
             warnings.warn(w.message, w.category, stacklevel=2)
-        what = str(crash).removeprefix("the decoder ")
-        return arr, f"the DICOM decoder GDCM {what}; Pillow decoded the pixel data"
+        return arr, (f"the DICOM decoder GDCM crashed ({crash.signal_name}): the compressed "
+                     "stream is malformed; Pillow decoded the pixel data")
 
 
 def _load_dicom(path: Path) -> LoadedImage:
@@ -1369,7 +1369,7 @@ def _load_dicom(path: Path) -> LoadedImage:
 
 def _read_dicom(path: Path) -> LoadedImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     _check_dicom_structure(path)
     _check_dicom_prefix(path)
@@ -1408,9 +1408,9 @@ def _read_dicom(path: Path) -> LoadedImage:
         arr, decoded_note = _dicom_pixels(ds)
     except DecoderCrashed as err:  # GDCM's abort, or a hang: the process lives on
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({err})") from err
+    except BytesLengthException:  # a nested header element, not the pixel data: named as
+        raise  # such by _load_dicom
     except Exception as err:  # pydicom raises ValueError/AttributeError/... on bad pixel data
-        if _WRONG_LENGTH.search(str(err)):  # a header element, not the pixel data
-            raise ImageReadError(f"{path}: unreadable DICOM ({_brief(err)})") from err
         problem = _frame_bits_problem(ds)
         if problem is not None:  # the cause, found in the frame: the decoder's words go
             raise _DiagnosedError(f"{path}: DICOM pixel data: {problem}") from err

@@ -329,15 +329,14 @@ def cortex_recess_px(femur: np.ndarray, line_point: np.ndarray, line_direction: 
         return float("nan")
     m = np.asarray(femur, bool)
     half = RECESS_WINDOW * max(float(reach_px[0]), float(reach_px[1]), 1.0)
-    x0, y0 = (int(max(0.0, np.floor(c - half))) for c in at)
-    x1, y1 = int(min(m.shape[1], np.ceil(at[0] + half) + 1)), int(min(m.shape[0],
-                                                                     np.ceil(at[1] + half) + 1))
-    if x0 >= x1 or y0 >= y1:
+    lo = np.maximum(np.floor(at - half), 0).astype(np.int64)  # (x, y) of the window's corners
+    hi = np.minimum(np.ceil(at + half) + 1, m.shape[::-1]).astype(np.int64)
+    if np.any(lo >= hi):
         return float("nan")
-    pts, stride = _sampled_pixels(m[y0:y1, x0:x1], max_pixels)
+    pts, stride = _sampled_pixels(m[lo[1] : hi[1], lo[0] : hi[0]], max_pixels)
     if len(pts) == 0:
         return float("nan")
-    pts += (x0, y0)
+    pts += lo
     d = np.asarray(line_direction, np.float64)
     normal = np.array([-d[1], d[0]])  # the line's own normal, which femur_side refers to
     up = d if d @ np.asarray(proximal, np.float64) >= 0 else -d  # along the line, up the shaft
@@ -445,10 +444,11 @@ def distal_notch(femur_mask: np.ndarray, shape: FemurShape) -> float:
     # film is a few px wide at MAX_SIDE)
     small, f = _downscale(np.asarray(femur_mask, bool),
                           max(1, int(shape.condyle_width_px // JOINT_PX)))
-    outline = _largest_outline(small)
-    if outline is None:
+    from geometry.lines import largest_component
+
+    part = largest_component(small)
+    if not part.any():
         return float("nan")
-    _, part = outline
     rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
     part = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (a small knee on a big film)
     end = (shape.distal_end + 0.5) / f - 0.5 - (cols[0], rows[0])  # original -> these pixels

@@ -141,20 +141,20 @@ MAX_VALUE_CHARS = 10_000_000
 MAX_TOTAL_CHARS = 100_000_000  # all attribute values together (many values just under the cap)
 
 
-def _largest_value(con: sqlite3.Connection) -> str | None:
+def _attribute_size_problem(con: sqlite3.Connection) -> str | None:
     """Why the attribute values are too large to load (one over ``MAX_VALUE_CHARS``, or all of
-    them together over ``MAX_TOTAL_CHARS``), or None. (length() of a BLOB counts bytes.)"""
+    them together over ``MAX_TOTAL_CHARS``), or None. One scan per table: with max(), SQLite
+    takes the bare ``key`` from the longest row. (length() of a BLOB counts bytes.)"""
     total = 0
     for table in _ATTRIBUTE_TABLES:
         try:
-            row = con.execute(f"SELECT length(value_json) AS n, key FROM {table} "  # noqa: S608
-                              "ORDER BY n DESC LIMIT 1").fetchone()
-            (size,) = con.execute(f"SELECT total(length(value_json)) "  # noqa: S608
-                                  f"FROM {table}").fetchone()
+            longest, key, size = con.execute(
+                f"SELECT max(length(value_json)), key, total(length(value_json)) "  # noqa: S608
+                f"FROM {table}").fetchone()
         except sqlite3.OperationalError:  # no such table (not Optuna's schema: Optuna says so)
             continue
-        if row is not None and row[0] is not None and row[0] > MAX_VALUE_CHARS:
-            return (f"a value of {row[0]:,} characters ({table}, key {str(row[1])[:40]!r}; "
+        if longest is not None and longest > MAX_VALUE_CHARS:
+            return (f"a value of {longest:,} characters ({table}, key {str(key)[:40]!r}; "
                     f"more than {MAX_VALUE_CHARS:,})")
         total += int(size or 0)
     if total > MAX_TOTAL_CHARS:
@@ -196,7 +196,7 @@ def check_sqlite_file(url: str) -> None:
                               timeout=60)
         try:
             row = con.execute(_FOREIGN_SCHEMA).fetchone()
-            huge = _largest_value(con) if row is None else None
+            huge = _attribute_size_problem(con) if row is None else None
         finally:
             con.close()
     except sqlite3.Error as err:  # not a database, damaged, a malformed schema, unreadable
