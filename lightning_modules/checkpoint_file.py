@@ -13,9 +13,12 @@ training (``lightning_modules.checkpoints``).
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import pickletools
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from datamodules.decoder_messages import short_repr
-from lightning_modules.model_limits import check_archive, check_file_size, check_hyper_parameters
+from lightning_modules.model_limits import check_archive, check_hyper_parameters, file_size_problem
 from lightning_modules.pickle_scan import pickle_problem
 
 # Lightning pickles the *type* of its hyper-parameter container in some versions; a plain dict
@@ -56,7 +59,32 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
 
 
-def _damaged_member(path: Path) -> str | None:
+def _read_once(path: Path) -> bytes:
+    """The whole file, read through one descriptor, at most the model-file limit.
+
+    Every check below and ``torch.load`` read this one copy: a file replaced between two of
+    them (a swap in a shared folder, a link moved) can no longer pass the checks as one file
+    and be loaded as another. Opened non-blocking, so a pipe put in the file's place is refused
+    at once instead of blocking the reader.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
+        if problem := file_size_problem(path, info.st_size):
+            raise CheckpointError(problem)
+        data = f.read(info.st_size + 1)  # one byte more: a file still growing is refused
+    if len(data) != info.st_size:
+        raise CheckpointError(f"{path}: changed while it was read ({info.st_size} bytes, then "
+                              f"{len(data)}{'+' if len(data) > info.st_size else ''}): copy it "
+                              "again once it is complete")
+    if not data:
+        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
+    return data
+
+
+def _damaged_member(archive: zipfile.ZipFile) -> str | None:
     """The first archive member whose CRC-32 does not match its data, or None.
 
     torch.save records a CRC-32 per member but ``torch.load`` does not check it: a flipped byte
@@ -64,38 +92,29 @@ def _damaged_member(path: Path) -> str | None:
     network (found by fuzzing checkpoints). Reading the archive once costs ~0.02 s for the quick
     network's 3 MB and is bounded by the file-size limit.
     """
-    with zipfile.ZipFile(path) as archive:
-        return archive.testzip()
+    return archive.testzip()
 
 
-def _pickled_problem(path: Path) -> str | None:
-    """Why the archive is not one torch.save writes, or its pickled structure would be too
-    costly to load (``pickle_scan``), or None. Its size is bounded already (``check_archive``).
+def _pickled_problem(data: bytes, archive: zipfile.ZipFile) -> str | None:
+    """Why the archive (``data``, open as ``archive``) is not one torch.save writes, or its
+    pickled structure would be too costly to load (``pickle_scan``), or None. Its size is
+    bounded already (``check_archive``).
     """
-    with path.open("rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # torch.save starts with its first member
-            return ("not a torch.save archive: something else comes before the zip archive (a "
-                    "wrapped or self-extracting file?)")
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        top = names[0].split("/")[0] if names else ""
-        if odd := next((n for n in names if n.split("/")[0] != top or ".." in n.split("/")
-                        or n.startswith("/")), None):
-            return (f"archive member {odd[:80]!r} lies outside the archive's folder {top[:40]!r} "
-                    "(torch.save writes every member into one folder)")
-        pickles = [n for n in names if n.endswith(".pkl")]
-        if pickles != [f"{top}/data.pkl"]:  # torch.load reads that one; others are only cost
-            return (f"its archive holds {len(pickles)} pickled members "
-                    f"({', '.join(repr(n[:40]) for n in pickles[:3])}); torch.save writes one, "
-                    f"{top[:40]}/data.pkl")
-        return pickle_problem(archive.read(pickles[0]))
-
-
-def _is_legacy_torch_file(path: Path) -> bool:
-    """True when ``path`` starts like torch's pre-zip format (a pickled magic number), which
-    has no archive directory or CRCs for the checks here (a user's old file, not damage)."""
-    with path.open("rb") as f:
-        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+    if data[:4] != b"PK\x03\x04":  # torch.save starts with its first member
+        return ("not a torch.save archive: something else comes before the zip archive (a "
+                "wrapped or self-extracting file?)")
+    names = archive.namelist()
+    top = names[0].split("/")[0] if names else ""
+    if odd := next((n for n in names if n.split("/")[0] != top or ".." in n.split("/")
+                    or n.startswith("/")), None):
+        return (f"archive member {odd[:80]!r} lies outside the archive's folder {top[:40]!r} "
+                "(torch.save writes every member into one folder)")
+    pickles = [n for n in names if n.endswith(".pkl")]
+    if pickles != [f"{top}/data.pkl"]:  # torch.load reads that one; others are only cost
+        return (f"its archive holds {len(pickles)} pickled members "
+                f"({', '.join(repr(n[:40]) for n in pickles[:3])}); torch.save writes one, "
+                f"{top[:40]}/data.pkl")
+    return pickle_problem(archive.read(pickles[0]))
 
 
 def _tensors(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -185,24 +204,23 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
-        # is_zipfile answers False for a file it may not read: the header read says why
-        is_zip = zipfile.is_zipfile(path)
-        legacy = not is_zip and _is_legacy_torch_file(path)
+        data = _read_once(path)
     except CheckpointError:  # (MissingCheckpointError is an OSError too)
         raise
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({_first_line(err)})") from None
-    if not is_zip:  # torch.save writes a zip archive; its directory sits at the very end
-        if legacy:
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # its directory sits at the very end
+        if data.startswith(_LEGACY_MAGIC):
             raise CheckpointError(f"{path}: a legacy torch file (torch.save before 1.6, or "
                                   "_use_new_zipfile_serialization=False): not supported; load it "
                                   "with torch.load(weights_only=True) and save it again")
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a file "
                               "written by torch.save (no complete zip archive)")
-    try:  # before anything is unpacked: a huge file or a decompression bomb is refused
-        check_file_size(path)
-        unpacked = check_archive(path)
-        damaged = _damaged_member(path)
+    try:  # before anything is unpacked: a decompression bomb is refused
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = check_archive(path, archive=archive)
+            damaged = _damaged_member(archive)
+            problem = None if damaged else _pickled_problem(data, archive)
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError,
             NotImplementedError) as err:  # also encrypted or oddly compressed members
         raise CheckpointError(f"{path}: cannot read the zip archive "
@@ -212,7 +230,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if damaged:
         raise CheckpointError(f"{path}: damaged: {damaged[:80]!r} fails its CRC-32 check (a "
                               "corrupted or partial copy); copy the checkpoint again")
-    if problem := _pickled_problem(path):  # before torch.load builds anything
+    if problem:  # before torch.load builds anything
         raise CheckpointError(f"{path}: refused: {problem}")
     safe = [(_AttributeDict, name) for name in _LIGHTNING_TYPES]
     try:
@@ -220,7 +238,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         # say what is wrong in one line, so its multi-line warnings would only add noise
         with torch.serialization.safe_globals(safe), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = _first_line(err)
         if operand := re.search(r"Unsupported operand (\d+)", str(err)):

@@ -95,10 +95,18 @@ def check_file_size(path: str | Path, limit: int | None = None) -> None:
     if p.exists() and not p.is_file():
         kind = "a folder" if p.is_dir() else "not a regular file (a pipe or device)"
         raise ValueError(f"{path} is {kind}, not a model file")
-    size = p.stat().st_size
-    if size > limit:
-        raise ValueError(f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f}"
-                         " MB a model file may have")
+    if problem := file_size_problem(path, p.stat().st_size, limit):
+        raise ValueError(problem)
+
+
+def file_size_problem(path: str | Path, size: int, limit: int | None = None) -> str | None:
+    """The one-line refusal of a model file of ``size`` bytes above ``limit`` (default
+    ``MAX_MODEL_BYTES``), or None."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
+    if size <= limit:
+        return None
+    return (f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f} MB a model "
+            "file may have")
 
 
 def model_file_problem(path: str | Path) -> str | None:
@@ -117,12 +125,16 @@ def model_file_problem(path: str | Path) -> str | None:
     return None
 
 
-def check_archive(path: str | Path, limit: int | None = None) -> int:
-    """The bytes the zip archive ``path`` (a ``torch.save`` file) unpacks to; ValueError when
-    more than ``limit`` (default ``MAX_MODEL_BYTES``) or more than 100 000 entries (a
-    decompression bomb)."""
+def check_archive(path: str | Path, limit: int | None = None,
+                  archive: zipfile.ZipFile | None = None) -> int:
+    """The bytes the zip archive ``path`` (a ``torch.save`` file; ``archive``: the same archive
+    already open, ``path`` then only names it) unpacks to; ValueError when more than ``limit``
+    (default ``MAX_MODEL_BYTES``) or more than 100 000 entries (a decompression bomb)."""
     limit = MAX_MODEL_BYTES if limit is None else limit
-    with zipfile.ZipFile(path) as archive:
+    if archive is None:
+        with zipfile.ZipFile(path) as opened:
+            infos = opened.infolist()
+    else:
         infos = archive.infolist()
     total = sum(i.file_size for i in infos)
     if len(infos) > 100_000 or total > limit:
