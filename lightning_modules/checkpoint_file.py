@@ -14,11 +14,9 @@ training (``lightning_modules.checkpoints``).
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import pickletools
 import re
-import stat
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 
 from datamodules.decoder_messages import short_repr
-from lightning_modules.model_limits import check_archive, check_hyper_parameters, file_size_problem
+from lightning_modules.model_limits import check_archive, check_hyper_parameters, read_model_file
 from lightning_modules.pickle_scan import pickle_problem
 
 # Lightning pickles the *type* of its hyper-parameter container in some versions; a plain dict
@@ -57,31 +55,6 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
-
-
-def _read_once(path: Path) -> bytes:
-    """The whole file, read through one descriptor, at most the model-file limit.
-
-    Every check below and ``torch.load`` read this one copy: a file replaced between two of
-    them (a swap in a shared folder, a link moved) can no longer pass the checks as one file
-    and be loaded as another. Opened non-blocking, so a pipe put in the file's place is refused
-    at once instead of blocking the reader.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(path, flags), "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
-        if problem := file_size_problem(path, info.st_size):
-            raise CheckpointError(problem)
-        data = f.read(info.st_size + 1)  # one byte more: a file still growing is refused
-    if len(data) != info.st_size:
-        raise CheckpointError(f"{path}: changed while it was read ({info.st_size} bytes, then "
-                              f"{len(data)}{'+' if len(data) > info.st_size else ''}): copy it "
-                              "again once it is complete")
-    if not data:
-        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
-    return data
 
 
 def _damaged_member(archive: zipfile.ZipFile) -> str | None:
@@ -204,9 +177,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: not a regular file (a pipe or device?)")
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
-        data = _read_once(path)
+        data = read_model_file(path)  # every check below and torch.load read this copy
     except CheckpointError:  # (MissingCheckpointError is an OSError too)
         raise
+    except ValueError as err:  # the limits' own one-line message, naming the file
+        raise CheckpointError(str(err)) from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({_first_line(err)})") from None
     if not zipfile.is_zipfile(io.BytesIO(data)):  # its directory sits at the very end

@@ -10,6 +10,8 @@ Python (no torch), so the ONNX planning path uses the same bounds.
 
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,6 +109,30 @@ def file_size_problem(path: str | Path, size: int, limit: int | None = None) -> 
         return None
     return (f"{path}: {size / 1024**2:.0f} MB is larger than the {limit / 1024**2:.0f} MB a model "
             "file may have")
+
+
+def read_model_file(path: str | Path, limit: int | None = None) -> bytes:
+    """The whole file, read through one descriptor, at most ``limit`` bytes (default
+    ``MAX_MODEL_BYTES``); ValueError naming the file otherwise.
+
+    What a reader checks and what it then loads must be the same bytes: a file replaced between
+    the two (a swap in a shared folder, a link moved) could otherwise pass the checks as one file
+    and load as another. Opened non-blocking, so a pipe put in the file's place is refused at
+    once instead of blocking the reader; the size is checked on the open file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path}: not a regular file (a pipe or device?)")
+        if problem := file_size_problem(path, info.st_size, limit):
+            raise ValueError(problem)
+        data = f.read(info.st_size + 1)  # one byte more: a file still growing is refused
+    if len(data) != info.st_size:
+        raise ValueError(f"{path}: changed while it was read ({info.st_size} bytes, then "
+                         f"{len(data)}{'+' if len(data) > info.st_size else ''}): copy it again "
+                         "once it is complete")
+    return data
 
 
 def model_file_problem(path: str | Path) -> str | None:

@@ -40,6 +40,7 @@ from lightning_modules.model_limits import (
     check_codec,
     check_codec_matches_network,
     check_file_size,
+    read_model_file,
 )
 from planning.onnx_graph import check_onnx_graph
 
@@ -165,12 +166,12 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         self.path = Path(path)
-        check_file_size(self.path)
+        check_file_size(self.path)  # a folder or pipe named as such, before the description
         meta = read_export_meta(self.path)
         self.image_size = int(meta["input_size"])
         self.codec = HeatmapCodec.from_dict(meta["codec"])
         self.output_names = [str(n) for n in meta["outputs"]]
-        data = self.path.read_bytes()  # read once: hashed, checked and run are the same bytes
+        data = read_model_file(self.path)  # read once: hashed, checked and run are the same bytes
         if meta.get("sha256") is not None and graph_sha256(data) != meta["sha256"]:
             raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
                              f"in {export_meta_path(self.path).name} at export (a corrupted or "
@@ -242,8 +243,7 @@ def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
     """The JSON written beside an exported model; ValueError naming the file when bad."""
     meta_path = export_meta_path(onnx_path)
     try:
-        check_file_size(meta_path, MAX_DESCRIPTION_BYTES)
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(read_model_file(meta_path, MAX_DESCRIPTION_BYTES))
         if not isinstance(meta, dict) or meta.get("format") != "kneeplan-onnx":
             raise ValueError("not a kneeplan export description")
         version = meta.get("version", EXPORT_VERSION)

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from lightning_modules import checkpoint_file
+from lightning_modules import checkpoint_file, model_limits
 from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
 
 
@@ -46,8 +46,8 @@ def test_a_pipe_in_the_files_place_is_refused_at_once(tmp_path):
 
     def read() -> None:
         try:
-            checkpoint_file._read_once(fifo)
-        except CheckpointError as err:
+            model_limits.read_model_file(fifo)
+        except ValueError as err:
             errors.append(err)
 
     worker = threading.Thread(target=read, daemon=True)
@@ -72,7 +72,7 @@ def test_a_file_that_changes_size_while_read_is_refused(tmp_path, monkeypatch):
         fields[6] -= 10  # st_size
         return os.stat_result(fields)
 
-    monkeypatch.setattr(checkpoint_file.os, "fstat", smaller)
+    monkeypatch.setattr(model_limits.os, "fstat", smaller)
     with pytest.raises(CheckpointError, match="changed while it was read") as err:
         read_checkpoint(path, require_lightning=False)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -80,10 +80,8 @@ def test_a_file_that_changes_size_while_read_is_refused(tmp_path, monkeypatch):
 
 def test_the_size_limit_is_checked_on_the_open_file(tmp_path, monkeypatch):
     """The limit is applied to what is read, not only to the first look at the path."""
-    from lightning_modules import model_limits
-
     path = tmp_path / "model.ckpt"
     _save(path, 1.0)
     monkeypatch.setattr(model_limits, "MAX_MODEL_BYTES", path.stat().st_size - 1)
-    with pytest.raises(CheckpointError, match="larger than the"):
-        checkpoint_file._read_once(path)
+    with pytest.raises(ValueError, match="larger than the"):
+        model_limits.read_model_file(path)
