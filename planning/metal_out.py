@@ -75,25 +75,17 @@ def metal_out_shift(
     return np.hypot(*(np.asarray(replan(painted), np.float64).reshape(-1, 2) - pts).T)
 
 
-def with_metal_shift(
+def replanner(
     context: Any, plan: Any, module: Any, decode: str = "argmax", line_fit: str = "lstsq",
     zoom: bool = True, codec: Any = None,
-) -> Any:
-    """``context`` (a ``planning.review.ReviewContext``) with its uncertainty's
-    ``metal_shift_px`` measured: ``plan`` made again, the same way, from the image with the
-    metal near its points painted out. Unchanged when there is no uncertainty to add it to, no
-    finite point, or no metal near the points. "Near" is sized by the review's own scale
-    (``planning.review.mm_per_px``: the spacing, the anatomy or the nominal field). ``zoom``,
-    ``codec``: as the plan's maps were made and decoded. (Run only with TTA on, as part of
-    measuring the plan's stability: ``--tta 0`` turns this check off too.)"""
+) -> Callable[[np.ndarray], np.ndarray]:
+    """image -> (3, 2) p_blum, p_tmc and Schoettle point of ``plan`` made again, the same way,
+    from a changed image (NaN where a point cannot be constructed). ``zoom``, ``codec``: as
+    the plan's maps were made and decoded."""
     from geometry.plan_geometry import plan_from_maps
     from planning.predict import as_predictor, predict_image
-    from planning.review import mm_per_px
     from planning.tta import plan_points
 
-    points = plan_points(plan)
-    if context.uncertainty is None or context.image is None or not np.all(np.isfinite(points)):
-        return context
     predictor = as_predictor(module)
     codec = codec or getattr(predictor, "codec", None)  # (as the plan was decoded)
 
@@ -102,8 +94,29 @@ def with_metal_shift(
         again = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
                                spacing=plan.spacing, decode=decode, line_fit=line_fit,
                                codec=codec)  # fmt: skip
-        return plan_points(again)  # (a point it cannot construct is NaN: its shift too)
+        return plan_points(again)
 
+    return replan
+
+
+def with_metal_shift(
+    context: Any, plan: Any, module: Any, decode: str = "argmax", line_fit: str = "lstsq",
+    zoom: bool = True, codec: Any = None,
+) -> Any:
+    """``context`` (a ``planning.review.ReviewContext``) with its uncertainty's
+    ``metal_shift_px`` measured: ``plan`` made again (``replanner``) from the image with the
+    metal near its points painted out. Unchanged when there is no uncertainty to add it to, no
+    finite point, or no metal near the points. "Near" is sized by the review's own scale
+    (``planning.review.mm_per_px``: the spacing, the anatomy or the nominal field). (Run only
+    with TTA on, as part of measuring the plan's stability: ``--tta 0`` turns this check off
+    too.)"""
+    from planning.review import mm_per_px
+    from planning.tta import plan_points
+
+    points = plan_points(plan)
+    if context.uncertainty is None or context.image is None or not np.all(np.isfinite(points)):
+        return context
+    replan = replanner(context, plan, module, decode, line_fit, zoom, codec)
     shift = metal_out_shift(context.image, points, mm_per_px(plan, context)[0], replan)
     if shift is None:
         return context

@@ -279,9 +279,11 @@ def run_plan(
         config=review_config, tta_count=tta,
     )  # fmt: skip
     if aug is not None:  # with the plan's stability: does it lean on metal near its points?
+        from planning.blank_out import with_blank_shift
         from planning.metal_out import with_metal_shift
 
         context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom, codec)
+        context = with_blank_shift(context, plan, predictor, decode, line_fit, zoom, codec)
         unc = context.uncertainty
     reasons = review(plan, context)
     out = Path(out_dir)

@@ -124,6 +124,8 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
         "look_shift_px": per_landmark(unc.look_shift_px),
         "metal_shift_px": None if unc.metal_shift_px is None else {
             k: _num(d) for k, d in zip(POINT_NAMES, unc.metal_shift_px, strict=True)},
+        "blank_shift_px": None if unc.blank_shift_px is None else {
+            k: _num(d) for k, d in zip(POINT_NAMES, unc.blank_shift_px, strict=True)},
     }
 
 

@@ -105,6 +105,7 @@ class ReviewConfig:
     max_hourglass_shift_mm: float = 4.0
     max_look_shift_mm: float = 10.0
     max_metal_shift_mm: float = 5.0
+    max_blank_shift_mm: float = 5.0
     min_tta: int = 4
     source: str = field(default="", compare=False)  # the file read (not a threshold)
 
@@ -453,6 +454,16 @@ def _points_on_saturation(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[R
     return []
 
 
+def _moved(shift_px: np.ndarray, mmpp: float, limit_mm: float) -> str:
+    """"p_tmc by 7.2 mm, the Schoettle point can no longer be constructed" for the points of a
+    re-plan that moved more than ``limit_mm`` (NaN: lost, counts); "" when none did."""
+    labels = ("p_blum", "p_tmc", "the Schoettle point")
+    moved = [(n, d * mmpp) for n, d in zip(labels, shift_px, strict=True)
+             if not d * mmpp <= limit_mm]
+    return ", ".join(f"{n} by {d:.1f} mm" if np.isfinite(d) else
+                     f"{n} can no longer be constructed" for n, d in moved)
+
+
 def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
     """Reasons from the TTA spread and the hourglass agreement."""
     cfg, unc = ctx.config, ctx.uncertainty
@@ -482,15 +493,18 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
                 out.append(Reason("hourglass_disagree", f"the last two hourglasses disagree on "
                                   f"{name} by {d * mmpp:.1f} mm"))  # fmt: skip
     if unc.metal_shift_px is not None:
-        labels = ("p_blum", "p_tmc", "the Schoettle point")
-        moved = [(n, d * mmpp) for n, d in zip(labels, unc.metal_shift_px, strict=True)
-                 if not d * mmpp <= cfg.max_metal_shift_mm]  # (NaN: lost, counts)
-        if moved:
-            what = ", ".join(f"{n} by {d:.1f} mm" if np.isfinite(d) else
-                             f"{n} can no longer be constructed" for n, d in moved)
+        what = _moved(unc.metal_shift_px, mmpp, cfg.max_metal_shift_mm)
+        if what:
             out.append(Reason("metal_dependent", f"with the metal near its points painted out "
                               f"the plan moves ({what}; > {cfg.max_metal_shift_mm:g} mm): an "
                               "implant or screw may hide the contours the landmarks mark"))
+    if unc.blank_shift_px is not None:
+        moved = _moved(unc.blank_shift_px, mmpp, cfg.max_blank_shift_mm)
+        if moved:
+            out.append(Reason("blank_dependent", f"with the blank (shuttered) region next to the "
+                              f"femur shown as soft tissue the plan moves ({moved}; > "
+                              f"{cfg.max_blank_shift_mm:g} mm): a collimator may have cut off "
+                              "bone the landmarks need"))
     if unc.look_shift_px is not None:
         for name, d in zip(LANDMARK_NAMES, unc.look_shift_px, strict=True):
             if d * mmpp > cfg.max_look_shift_mm:

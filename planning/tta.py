@@ -55,6 +55,8 @@ class Uncertainty:
         metal_shift_px: (3,) distance p_blum, p_tmc and the Schoettle point move when the metal
             near them is painted out (``planning.metal_out``; NaN: lost), or None when no metal
             was near them.
+        blank_shift_px: (3,) the same when the blank (shuttered) regions next to the distal femur
+            are shown as soft tissue (``planning.blank_out``), or None when there were none.
     """
 
     points: np.ndarray
@@ -63,6 +65,7 @@ class Uncertainty:
     hourglass_shift_px: np.ndarray | None = None
     look_shift_px: np.ndarray | None = None
     metal_shift_px: np.ndarray | None = None
+    blank_shift_px: np.ndarray | None = None
 
     def covariance_mm(self, spacing: tuple[float, float] | float) -> np.ndarray:
         """(3, 2, 2) covariances in mm: spacing (row_mm, col_mm), or one mm/px value."""

@@ -212,6 +212,13 @@ def test_each_reason_fires_on_its_case(case):
     lost = np.array([0.0, 0.0, np.nan])  # the Schoettle point is lost without the metal
     check("metal_dependent",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, None, lost)))
+    blank = np.array([0.0, 0.0, 7.0 / sp[1]])  # the point moves 7 mm with the shutter filled
+    check("blank_dependent", c=ctx(sample, masks, uncertainty=Uncertainty(
+        pts, calm, 0.0, blank_shift_px=blank)))
+    assert "blank_dependent" not in codes(plan, ctx(sample, masks, uncertainty=Uncertainty(
+        pts, calm, 0.0, blank_shift_px=small)))
+    check("blank_dependent", c=ctx(sample, masks, uncertainty=Uncertainty(
+        pts, calm, 0.0, blank_shift_px=lost)))
     looks = np.array([12.0 / sp[1], 0.0])  # p_blum: 12 mm between the whole image and the zoom
     check("looks_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))

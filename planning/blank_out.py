@@ -1,0 +1,139 @@
+"""Does the plan lean on a blank (shuttered) region that cuts the distal femur? Show it as soft
+tissue and plan again.
+
+Red-team round 10: an electronic shutter (a black, exactly flat region) whose edge runs 5-8 mm
+behind the Schoettle point cuts away the posterior condyles. The network read the rest of the
+femur back to front (LM1 on the anterior cortex, the "patella" at the shutter's edge) and the
+plan went 34-40 mm off, unflagged: TTA and the hourglasses agree because the shutter does not
+move with the augmentations, and the model does not put the femur on the blank pixels, so
+``unexposed`` sees nothing. The same knees' unperturbed plans were flagged: the black edge made
+an unsure reading confident. With the blank region shown at the soft tissue's level (as a grey
+shutter, which the gate flagged in 64 of 72 plans) p_tmc moved 35-43 mm in each of the 7.
+
+A blank region is flat (5 x 5 px standard deviation at most ``PLATEAU_STD`` of the range, as
+metal in ``planning.ood``) and at the image's bottom (``EXTREME`` of the range), at least
+``MIN_SIZE_MM`` square, comes within ``NEAR_MM`` of the distal femur (within one condyle width
+of its end), and has bone at its edge there for ``EDGE_MM``: a shutter cuts through the knee.
+Air beyond the skin, often clipped black too, meets soft tissue; filled, it made a clean knee's
+limb look longer and its plan move 32 mm, which is why the edge must be bone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from planning.ood import EXTREME, PLATEAU_STD, FemurShape
+
+NEAR_MM = 5.0  # a blank region this close to the distal femur is filled (the predicted femur
+# stopped 2.4 mm short of a shutter's edge in round 10)
+MIN_SIZE_MM = 10.0  # a region at least this many mm square (a shutter; not text or a marker)
+MARGIN_PX = 4  # the region grown by this much before filling: the flat test's window and the
+# edge's blur
+RING = 0.03  # soft tissue: a ring of this fraction of the image's long side around the bones
+EDGE_MM = 5.0  # bone along at least this much of the region's edge: it cuts through the knee
+BAND_PX = 3  # the edge: this many px outside the grown region
+
+
+def blank_next_to_femur(
+    image: np.ndarray, masks: np.ndarray, shape: FemurShape, mm_per_px: float
+) -> tuple[np.ndarray, float] | None:
+    """(mask, level): the blank regions next to the distal femur (uint8 (H, W), grown by
+    ``MARGIN_PX``) and the soft tissue's level to show them at (the median of the unblank
+    pixels in a ring around the bones); None when there is none, or no soft tissue to take
+    the level from. ``masks``: (4, H, W) bool bones in ``BONES`` order."""
+    img = np.asarray(image, np.float32)
+    if not (np.isfinite(mm_per_px) and mm_per_px > 0) or shape.condyle_width_px <= 0:
+        return None
+    lo, hi = float(img.min()), float(img.max())
+    span = max(hi - lo, 1e-6)
+    mean = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
+    var = cv2.blur(img * img, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
+    blank = ((img <= lo + EXTREME * span) & (var <= (PLATEAU_STD * span) ** 2)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(blank, 8)
+    if n < 2:
+        return None
+    femur = np.asarray(masks[0], bool)
+    ys, xs = np.nonzero(femur)
+    along = (np.stack([xs, ys], 1) - shape.distal_end) @ shape.proximal_dir
+    distal = np.zeros(img.shape, np.uint8)
+    keep = along <= shape.condyle_width_px
+    distal[ys[keep], xs[keep]] = 1
+    reach = max(1, int(round(NEAR_MM / mm_per_px)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)
+    near = cv2.dilate(distal, kernel) > 0
+    ids = np.unique(labels[near & (blank > 0)])
+    ids = ids[(ids > 0) & (stats[ids, cv2.CC_STAT_AREA] >= (MIN_SIZE_MM / mm_per_px) ** 2)]
+    if not len(ids):
+        return None
+    mask = cv2.dilate(np.isin(labels, ids).astype(np.uint8), np.ones((2 * MARGIN_PX + 1,) * 2))
+    side = max(3, int(round(RING * max(img.shape))))
+    bones = np.any(np.asarray(masks, bool), axis=0).astype(np.uint8)
+    ring = cv2.dilate(bones, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1,) * 2))
+    soft = (ring > 0) & (bones == 0) & (mask == 0) & (blank == 0)
+    if np.count_nonzero(soft) < 100:
+        return None
+    level = float(np.median(img[soft]))
+    # A shutter cuts through the knee: bone lies right at its edge. Air outside the limb, also
+    # clipped black, meets skin and soft tissue (filled, it made a clean knee's limb look
+    # longer and its plan move 32 mm). So the bone (brighter than halfway from the soft tissue
+    # to the femur's median) must touch the region for at least EDGE_MM next to the femur.
+    band = (cv2.dilate(mask, np.ones((2 * BAND_PX + 1,) * 2)) > 0) & (mask == 0) & near
+    bone = img >= 0.5 * (level + float(np.median(img[femur])))
+    if np.count_nonzero(band & bone) < EDGE_MM / mm_per_px * BAND_PX:
+        return None
+    return mask, level
+
+
+def blank_out_shift(
+    image: np.ndarray,
+    points: np.ndarray,
+    masks: np.ndarray,
+    shape: FemurShape,
+    mm_per_px: float,
+    replan: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray | None:
+    """(N,) distance (px) each of ``points`` moves when the blank regions next to the distal
+    femur (``blank_next_to_femur``) are shown at the soft tissue's level and ``replan`` (image
+    -> (N, 2) points, NaN where it finds none) runs again; NaN where a point is lost. None: no
+    such region, so nothing was re-planned."""
+    found = blank_next_to_femur(image, masks, shape, mm_per_px)
+    if found is None:
+        return None
+    mask, level = found
+    filled = np.asarray(image, np.float32).copy()
+    filled[mask > 0] = level
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    return np.hypot(*(np.asarray(replan(filled), np.float64).reshape(-1, 2) - pts).T)
+
+
+def with_blank_shift(
+    context: Any, plan: Any, module: Any, decode: str = "argmax", line_fit: str = "lstsq",
+    zoom: bool = True, codec: Any = None,
+) -> Any:
+    """``context`` (a ``planning.review.ReviewContext``) with its uncertainty's
+    ``blank_shift_px`` measured (``blank_out_shift``, the plan made again by
+    ``planning.metal_out.replanner``). Unchanged when there is no uncertainty to add it to, no
+    image, masks or femur, no finite point, or no blank region next to the distal femur. (Run
+    with TTA on only, as ``with_metal_shift``.)"""
+    from planning.metal_out import replanner
+    from planning.review import mm_per_px
+    from planning.tta import plan_points
+
+    points = plan_points(plan)
+    if (context.uncertainty is None or context.image is None or context.masks is None
+            or not np.all(np.isfinite(points))):
+        return context
+    evidence = context.evidence()
+    if evidence is None or evidence.femur is None:
+        return context
+    replan = replanner(context, plan, module, decode, line_fit, zoom, codec)
+    shift = blank_out_shift(context.image, points, context.masks, evidence.femur,
+                            mm_per_px(plan, context)[0], replan)  # fmt: skip
+    if shift is None:
+        return context
+    return replace(context, uncertainty=replace(context.uncertainty, blank_shift_px=shift))

@@ -1,0 +1,91 @@
+"""blank_dependent: a blank (shuttered) region next to the distal femur is shown as soft tissue
+and the image planned again (planning/blank_out.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planning.blank_out import MIN_SIZE_MM, blank_next_to_femur, blank_out_shift
+from planning.ood import femur_shape
+
+MMPP = 0.5  # mm per px of the drawn knee
+
+
+def knee(shutter_col: int | None = 100, gap_px: int = 4, seed: int = 0):
+    """A drawn lateral knee, 400 x 300 px at 0.5 mm/px: shaft up, round condyles (columns
+    90-210) at the bottom, a tibia below; noisy soft tissue at 0.3, bone at 0.6; a black
+    shutter (exactly 0) over every column left of ``shutter_col`` (None: none), the predicted
+    femur stopping ``gap_px`` short of it (as a network's does)."""
+    rng = np.random.default_rng(seed)
+    h, w = 400, 300
+    yy, xx = np.mgrid[0:h, 0:w]
+    femur = ((np.abs(xx - 150) < 30) & (yy < 250)) | (np.hypot(xx - 150, yy - 250) < 60)
+    tibia = (np.abs(xx - 150) < 55) & (yy > 318)
+    img = 0.3 + 0.02 * rng.standard_normal((h, w))
+    img[femur | tibia] = 0.6 + 0.02 * rng.standard_normal(np.count_nonzero(femur | tibia))
+    img = np.clip(img, 0.05, 1.0).astype(np.float32)
+    img[0, 0] = 1.0
+    masks = np.zeros((4, h, w), bool)
+    masks[0], masks[2] = femur, tibia
+    if shutter_col is not None:
+        img[:, :shutter_col] = 0.0
+        masks[:, :, : shutter_col + gap_px] = False
+    return img, masks
+
+
+def test_a_shutter_cutting_the_condyles_is_found_with_the_soft_tissue_level():
+    img, masks = knee(100)
+    found = blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP)
+    assert found is not None
+    mask, level = found
+    assert mask[:, :100].all()  # the whole shutter, and a few px of its edge
+    assert not mask[:, 106:].any()
+    soft = (img > 0.15) & (img < 0.45) & ~np.any(masks, axis=0)  # independent: by value
+    assert level == pytest.approx(np.median(img[soft]), abs=0.01)
+
+
+@pytest.mark.parametrize("case", ["none", "far", "air", "small", "noisy", "grey"])
+def test_no_blank_region_cutting_the_distal_femur(case):
+    img, masks = knee(None)
+    if case == "far":  # a shutter 20 mm from the condyles
+        img[:, : 150 - 60 - 40] = 0.0
+    elif case == "air":  # black 2 mm from the condyles: air beyond the skin, no bone cut
+        img[:, : 150 - 60 - 4] = 0.0
+    elif case == "small":  # a black text box next to the condyles, under MIN_SIZE_MM square
+        side = int(MIN_SIZE_MM / MMPP) - 4
+        img[240 : 240 + side, 88 - side : 88] = 0.0
+    elif case == "noisy":  # dark, but with the detector's noise: not a blank
+        rng = np.random.default_rng(1)
+        img[:, :86] = np.abs(0.02 * rng.standard_normal((400, 86)))
+    elif case == "grey":  # a grey shutter: flat, but not at the image's bottom
+        img[:, :86] = 0.2
+        img[-1, -1] = 0.0
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is None
+
+
+def test_a_shutter_by_the_shaft_only_is_not_next_to_the_distal_femur():
+    """A shutter next to the shaft more than one condyle width from the femur's end."""
+    img, masks = knee(None)
+    img[:60, :118] = 0.0  # beside the shaft's top, 2 mm from it
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is None
+
+
+def test_the_replan_sees_the_shutter_filled_and_its_shift_is_measured():
+    img, masks = knee(100)
+    points = np.array([[100.0, 200.0], [110.0, 220.0], [120.0, 230.0]])
+    seen = []
+
+    def replan(image):
+        seen.append(image)
+        return points + [[0.0, 0.0], [30.0, 40.0], [np.nan, np.nan]]
+
+    shift = blank_out_shift(img, points, masks, femur_shape(masks[0]), MMPP, replan)
+    np.testing.assert_allclose(shift[:2], [0.0, 50.0])
+    assert np.isnan(shift[2])  # lost: counts as moved in the review
+    filled = seen[0]
+    assert filled[:, :100].min() > 0.25 and filled[:, :100].max() < 0.35  # soft tissue's level
+    np.testing.assert_array_equal(filled[:, 110:], img[:, 110:])  # nothing else changed
+    clean, _ = knee(None)
+    assert blank_out_shift(clean, points, masks, femur_shape(masks[0]), MMPP, replan) is None
+    assert len(seen) == 1  # no re-plan without a shutter
