@@ -19,6 +19,7 @@ import pickletools
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             unpacked = check_archive(path, archive=archive)
             damaged = _damaged_member(archive)
             problem = None if damaged else _pickled_problem(data, archive)
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError,
-            NotImplementedError) as err:  # also encrypted or oddly compressed members
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError, NotImplementedError,
+            zlib.error) as err:  # also encrypted, oddly compressed or corrupt deflated members
         raise CheckpointError(f"{path}: cannot read the zip archive "
                               f"({_first_line(err)})") from None
     except ValueError as err:  # the limits' own one-line message, naming the file

@@ -121,12 +121,19 @@ def read_model_file(path: str | Path, limit: int | None = None) -> bytes:
     once instead of blocking the reader; the size is checked on the open file.
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(path, flags), "rb") as f:
-        info = os.fstat(f.fileno())
+    fd = os.open(path, flags)
+    try:  # the type on the raw descriptor: wrapping a folder's raises and would leak it
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{path} is a folder, not a model file")
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path}: not a regular file (a pipe or device?)")
         if problem := file_size_problem(path, info.st_size, limit):
             raise ValueError(problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as f:
         data = f.read(info.st_size + 1)  # one byte more: a file still growing is refused
     if len(data) != info.st_size:
         raise ValueError(f"{path}: changed while it was read ({info.st_size} bytes, then "

@@ -8,11 +8,12 @@ plan went 34-40 mm off, unflagged: TTA and the hourglasses agree because the shu
 move with the augmentations, and the model does not put the femur on the blank pixels, so
 ``unexposed`` sees nothing. The same knees' unperturbed plans were flagged: the black edge made
 an unsure reading confident. With the blank region shown at the soft tissue's level (as a grey
-shutter, which the gate flagged in 64 of 72 plans) p_tmc moved 35-43 mm in each of the 7.
+shutter, which the gate flagged in 64 of 72 plans) p_tmc moved 34-43 mm in each of the 7.
 
 A blank region is flat (5 x 5 px standard deviation at most ``PLATEAU_STD`` of the range, as
-metal in ``planning.ood``) and at the image's bottom (``EXTREME`` of the range), at least
-``MIN_SIZE_MM`` square, comes within ``NEAR_MM`` of the distal femur (within one condyle width
+metal in ``planning.ood``) and at the image's bottom (``EXTREME`` of the range), comes within
+``NEAR_MM`` of the distal femur with at least ``MIN_SIZE_MM`` squared (100 mm^2) of it within
+twice that (within one condyle width
 of its end), and has bone at its edge there for ``EDGE_MM``: a shutter cuts through the knee.
 Air beyond the skin, often clipped black too, meets soft tissue; filled, it made a clean knee's
 limb look longer and its plan move 32 mm, which is why the edge must be bone.
@@ -27,16 +28,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from planning.ood import EXTREME, PLATEAU_STD, FemurShape
+from planning.ood import EXTREME, PLATEAU_STD, FemurShape, small_size
 
 NEAR_MM = 5.0  # a blank region this close to the distal femur is filled (the predicted femur
 # stopped 2.4 mm short of a shutter's edge in round 10)
-MIN_SIZE_MM = 10.0  # a region at least this many mm square (a shutter; not text or a marker)
+MIN_SIZE_MM = 10.0  # its square (mm^2) of the region at the femur: a shutter, not text or a nick
 MARGIN_PX = 4  # the region grown by this much before filling: the flat test's window and the
 # edge's blur
 RING = 0.03  # soft tissue: a ring of this fraction of the image's long side around the bones
 EDGE_MM = 5.0  # bone along at least this much of the region's edge: it cuts through the knee
-BAND_PX = 3  # the edge: this many px outside the grown region
 
 
 def blank_next_to_femur(
@@ -45,47 +45,73 @@ def blank_next_to_femur(
     """(mask, level): the blank regions next to the distal femur (uint8 (H, W), grown by
     ``MARGIN_PX``) and the soft tissue's level to show them at (the median of the unblank
     pixels in a ring around the bones); None when there is none, or no soft tissue to take
-    the level from. ``masks``: (4, H, W) bool bones in ``BONES`` order."""
+    the level from. ``masks``: (4, H, W) bool bones in ``BONES`` order. Flatness is judged at
+    full resolution (a downscaled copy averages noise away); the regions are chosen on a copy
+    of at most ``planning.ood.MAX_SIDE`` px (a 4000 px image took 14 s at full resolution)."""
     img = np.asarray(image, np.float32)
+    h, w = img.shape
     if not (np.isfinite(mm_per_px) and mm_per_px > 0) or shape.condyle_width_px <= 0:
         return None
-    lo, hi = float(img.min()), float(img.max())
+    size = small_size(h, w)
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    # the range: the bottom is the blank's own value; the top from the averaged copy's 99.9th
+    # percentile, so that one hot pixel does not widen "dark" and "flat" to soft tissue
+    lo, hi = float(img.min()), float(np.percentile(small, 99.9))
     span = max(hi - lo, 1e-6)
+    dark = img <= lo + EXTREME * span
+    if np.count_nonzero(dark) < (MIN_SIZE_MM / mm_per_px) ** 2:  # too few for one region
+        return None
     mean = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
     var = cv2.blur(img * img, (5, 5), borderType=cv2.BORDER_REFLECT) - mean * mean
-    blank = ((img <= lo + EXTREME * span) & (var <= (PLATEAU_STD * span) ** 2)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(blank, 8)
-    if n < 2:
-        return None
-    femur = np.asarray(masks[0], bool)
+    blank = (dark & (var <= (PLATEAU_STD * span) ** 2)).astype(np.uint8)
+    f = w / size[0]  # original px per small px
+    mmpp = mm_per_px * f
+    sblank = (cv2.resize(blank, size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+    bones = np.stack([cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                      for m in masks]) > 0  # fmt: skip
+    femur = bones[0]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sblank, 8)
     ys, xs = np.nonzero(femur)
-    along = (np.stack([xs, ys], 1) - shape.distal_end) @ shape.proximal_dir
-    distal = np.zeros(img.shape, np.uint8)
-    keep = along <= shape.condyle_width_px
+    if n < 2 or not len(xs):
+        return None
+    pts = np.stack([(xs + 0.5) * f - 0.5, (ys + 0.5) * f - 0.5], 1)  # in original px
+    keep = (pts - shape.distal_end) @ shape.proximal_dir <= shape.condyle_width_px
+    distal = np.zeros(size[::-1], np.uint8)
     distal[ys[keep], xs[keep]] = 1
-    reach = max(1, int(round(NEAR_MM / mm_per_px)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)
-    near = cv2.dilate(distal, kernel) > 0
-    ids = np.unique(labels[near & (blank > 0)])
-    ids = ids[(ids > 0) & (stats[ids, cv2.CC_STAT_AREA] >= (MIN_SIZE_MM / mm_per_px) ** 2)]
+    reach = min(max(1, int(round(NEAR_MM / mmpp))), max(size))  # (a 0.01 mm/px tag)
+    near = cv2.dilate(distal, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    # the region must be large AT the femur (within twice NEAR_MM), not a small black nick at
+    # the bone that joins the air around the limb
+    wide = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    ids = np.unique(labels[(near > 0) & (sblank > 0)])
+    ids = ids[ids > 0]
+    if len(ids):
+        at_femur = np.bincount(labels[wide > 0], minlength=n)
+        ids = ids[at_femur[ids] >= (MIN_SIZE_MM / mmpp) ** 2]
     if not len(ids):
         return None
-    mask = cv2.dilate(np.isin(labels, ids).astype(np.uint8), np.ones((2 * MARGIN_PX + 1,) * 2))
-    side = max(3, int(round(RING * max(img.shape))))
-    bones = np.any(np.asarray(masks, bool), axis=0).astype(np.uint8)
-    ring = cv2.dilate(bones, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1,) * 2))
-    soft = (ring > 0) & (bones == 0) & (mask == 0) & (blank == 0)
-    if np.count_nonzero(soft) < 100:
+    chosen = np.isin(labels, ids).astype(np.uint8)
+    side = max(3, int(round(RING * max(size))))
+    anybone = np.any(bones, axis=0).astype(np.uint8)
+    ring = cv2.dilate(anybone, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1,) * 2))
+    g = 2 * max(1, int(np.ceil(3 / f))) + 1  # past the edge's blur: >= 3 original px
+    grown = cv2.dilate(chosen, np.ones((g, g), np.uint8))
+    soft = (ring > 0) & (anybone == 0) & (grown == 0) & (sblank == 0)
+    if np.count_nonzero(soft) < 25:
         return None
-    level = float(np.median(img[soft]))
+    level = float(np.median(small[soft]))
     # A shutter cuts through the knee: bone lies right at its edge. Air outside the limb, also
     # clipped black, meets skin and soft tissue (filled, it made a clean knee's limb look
     # longer and its plan move 32 mm). So the bone (brighter than halfway from the soft tissue
     # to the femur's median) must touch the region for at least EDGE_MM next to the femur.
-    band = (cv2.dilate(mask, np.ones((2 * BAND_PX + 1,) * 2)) > 0) & (mask == 0) & near
-    bone = img >= 0.5 * (level + float(np.median(img[femur])))
-    if np.count_nonzero(band & bone) < EDGE_MM / mm_per_px * BAND_PX:
+    band = (cv2.dilate(grown, np.ones((3, 3), np.uint8)) > 0) & (grown == 0) & (near > 0)
+    bone = small >= 0.5 * (level + float(np.median(small[femur])))
+    if np.count_nonzero(band & bone) < EDGE_MM / mmpp:
         return None
+    # back to full resolution: the blank pixels of the chosen regions, grown by MARGIN_PX
+    up = cv2.resize(chosen, (w, h), interpolation=cv2.INTER_NEAREST)
+    up = cv2.dilate(up, np.ones((2 * int(np.ceil(f)) + 1,) * 2, np.uint8))
+    mask = cv2.dilate(up & blank, np.ones((2 * MARGIN_PX + 1,) * 2, np.uint8))
     return mask, level
 
 

@@ -100,7 +100,7 @@ def _factor(h: int, w: int) -> int:
     return max(1, int(np.ceil(max(h, w) / MAX_SIDE)))
 
 
-def _small_size(h: int, w: int) -> tuple[int, int]:
+def small_size(h: int, w: int) -> tuple[int, int]:
     """(width, height) of the copy of at most ``MAX_SIDE`` px (OpenCV's order)."""
     f = _factor(h, w)
     return max(1, w // f), max(1, h // f)
@@ -187,7 +187,7 @@ def _intensity(image: np.ndarray, masks: np.ndarray) -> tuple[float, float, floa
     saturated = float(np.mean(vals >= saturation_level(bottom, top)))
     unexposed = float(np.mean(vals <= bottom + EXTREME * span))
     # the soft tissue around the femur: a ring of 3 % of the image side, on a downscaled copy
-    size = _small_size(*img.shape)
+    size = small_size(*img.shape)
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     bones = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
                       for m in masks]).astype(bool)  # fmt: skip
@@ -232,7 +232,7 @@ def saturation_levels(image: np.ndarray) -> SaturationLevels:
     """The saturation levels of ``image`` (see ``PLATEAU_STD``)."""
     img = np.asarray(image, np.float32)
     lo, hi = float(img.min()), float(img.max())
-    small = cv2.resize(img, _small_size(*img.shape[:2]), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(img, small_size(*img.shape[:2]), interpolation=cv2.INTER_AREA)
     side = max(3, 2 * int(round(PLATEAU_MIN_SIZE * max(small.shape) / 2)) + 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     top = min(hi, float(cv2.morphologyEx(small, cv2.MORPH_OPEN, kernel).max()))

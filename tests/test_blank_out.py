@@ -34,18 +34,29 @@ def knee(shutter_col: int | None = 100, gap_px: int = 4, seed: int = 0):
     return img, masks
 
 
-def test_a_shutter_cutting_the_condyles_is_found_with_the_soft_tissue_level():
-    img, masks = knee(100)
-    found = blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP)
+def upscaled(img: np.ndarray, masks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same knee at ``k`` times the pixels (nearest neighbour)."""
+    big = np.kron(img, np.ones((k, k), np.float32))
+    return big, np.stack([np.kron(m, np.ones((k, k), bool)) for m in masks])
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_shutter_cutting_the_condyles_is_found_with_the_soft_tissue_level(k):
+    """At 1x and at 4x the pixels (the regions are chosen on a copy of at most 384 px, the
+    mask is drawn at full resolution)."""
+    img, masks = upscaled(*knee(100), k)
+    found = blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP / k)
     assert found is not None
     mask, level = found
-    assert mask[:, :100].all()  # the whole shutter, and a few px of its edge
-    assert not mask[:, 106:].any()
+    assert mask[:, : 100 * k].all()  # the whole shutter, and a few px of its edge
+    assert not mask[:, 100 * k + 6 :].any()
     soft = (img > 0.15) & (img < 0.45) & ~np.any(masks, axis=0)  # independent: by value
     assert level == pytest.approx(np.median(img[soft]), abs=0.01)
 
 
-@pytest.mark.parametrize("case", ["none", "far", "air", "small", "noisy", "grey"])
+@pytest.mark.parametrize(
+    "case", ["none", "far", "air", "small", "nick", "noisy", "noisy_big", "hot_pixel", "grey"]
+)
 def test_no_blank_region_cutting_the_distal_femur(case):
     img, masks = knee(None)
     if case == "far":  # a shutter 20 mm from the condyles
@@ -58,6 +69,18 @@ def test_no_blank_region_cutting_the_distal_femur(case):
     elif case == "noisy":  # dark, but with the detector's noise: not a blank
         rng = np.random.default_rng(1)
         img[:, :86] = np.abs(0.02 * rng.standard_normal((400, 86)))
+    elif case == "noisy_big":  # the same at 4x the pixels: a 1/4 copy averages the noise away
+        img, masks = upscaled(img, masks, 4)
+        rng = np.random.default_rng(1)
+        img[:, : 4 * 86] = np.abs(0.01 * rng.standard_normal((1600, 4 * 86)))
+        assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP / 4) is None
+        return
+    elif case == "nick":  # a 5 mm black channel from the condyle to black air 20 mm away
+        img[:, :50] = 0.0
+        img[245:255, 50:92] = 0.0
+    elif case == "hot_pixel":  # a faint image (soft 0.05, bone 0.1) with one pixel at 1
+        img = (0.05 + 0.1 * (img - 0.3)).astype(np.float32)
+        img[0, 0] = 1.0
     elif case == "grey":  # a grey shutter: flat, but not at the image's bottom
         img[:, :86] = 0.2
         img[-1, -1] = 0.0

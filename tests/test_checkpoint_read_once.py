@@ -78,10 +78,47 @@ def test_a_file_that_changes_size_while_read_is_refused(tmp_path, monkeypatch):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_size_limit_is_checked_on_the_open_file(tmp_path, monkeypatch):
-    """The limit is applied to what is read, not only to the first look at the path."""
+def test_a_file_over_the_limit_is_refused_by_the_reader_itself(tmp_path, monkeypatch):
+    """read_model_file applies the limit itself (to the open file), not only the callers'
+    first look at the path."""
     path = tmp_path / "model.ckpt"
     _save(path, 1.0)
     monkeypatch.setattr(model_limits, "MAX_MODEL_BYTES", path.stat().st_size - 1)
     with pytest.raises(ValueError, match="larger than the"):
         model_limits.read_model_file(path)
+
+
+def test_a_folder_is_named_and_no_descriptor_is_left_open(tmp_path):
+    """A folder where a model file is expected (an export's JSON made a folder): its own
+    message, and the descriptor opened to look at it is closed."""
+    folder = tmp_path / "model.json"
+    folder.mkdir()
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(20):
+        with pytest.raises(ValueError, match="is a folder, not a model file"):
+            model_limits.read_model_file(folder)
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_corrupt_deflated_member_is_one_line(tmp_path):
+    """A member stored deflated whose stream is broken: zlib's own error used to escape."""
+    import struct
+    import zipfile
+
+    plain, packed = tmp_path / "plain.ckpt", tmp_path / "packed.ckpt"
+    torch.save({"w": torch.zeros(20_000)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with zipfile.ZipFile(packed) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the tensor's record
+    raw = bytearray(packed.read_bytes())
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[at + 26 : at + 30])
+    start = at + 30 + name_len + extra_len
+    raw[start : start + 8] = b"\xff" * 8  # deflate block type 3: invalid
+    packed.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(packed, require_lightning=False)
+    assert str(packed) in str(err.value) and "\n" not in str(err.value)
