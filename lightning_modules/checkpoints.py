@@ -102,8 +102,9 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None
                         ) -> dict[str, Any]:
         """Read with :func:`read_checkpoint` (``weights_only=True``, size, archive and CRC
-        limits) and :func:`check_callback_state`: a resumed run gets exactly what was checked,
-        even when the file was replaced after ``--resume`` checked it. A bare ``state_dict`` is
+        limits) and :func:`check_callback_state`: a file replaced after ``--resume`` checked it
+        still passes these safety checks before Lightning restores it (the architecture and
+        optimiser checks of ``train.resume_checkpoint`` are not repeated). A bare ``state_dict`` is
         accepted: the DDP-spawn launcher hands its trained weights back through this reader
         (``.temp.ckpt``); ``--resume`` itself demands a full checkpoint before training starts."""
         ckpt = read_checkpoint(path, map_location="cpu" if map_location is None else map_location,
