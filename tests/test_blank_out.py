@@ -112,3 +112,55 @@ def test_the_replan_sees_the_shutter_filled_and_its_shift_is_measured():
     clean, _ = knee(None)
     assert blank_out_shift(clean, points, masks, femur_shape(masks[0]), MMPP, replan) is None
     assert len(seen) == 1  # no re-plan without a shutter
+
+
+@pytest.mark.parametrize("side", [1, -1])
+def test_with_blank_shift_end_to_end_on_a_phantom(side, monkeypatch):
+    """A phantom's truth plan, a black shutter cut along the femur's axis through the distal
+    femur (either side), the re-plan stubbed (every point moves 20 px): the context gets
+    ``blank_shift_px``, the review ``blank_dependent`` and the report the shifts; without the
+    shutter nothing is re-planned."""
+    import planning.metal_out as metal_out
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+    from geometry.plan_geometry import masks_to_original, plan_from_maps
+    from planning.blank_out import with_blank_shift
+    from planning.oracle import oracle_maps
+    from planning.report import uncertainty_report
+    from planning.review import ReviewContext, review
+    from planning.tta import Uncertainty, plan_points
+
+    sample = generate_phantom(11, PhantomConfig(min_side=400, max_side=560).clean())
+    maps = oracle_maps(sample, 256)
+    plan = plan_from_maps(maps.seg, maps.lm, maps.roi, frame=maps.frame,
+                          spacing=sample.spacing_mm)  # fmt: skip
+    masks = masks_to_original(maps.seg, maps.frame)
+    points = plan_points(plan)
+    calls = []
+
+    def stub(*args, **kwargs):
+        def replan(image):
+            calls.append(image)
+            return points + 20.0
+
+        return replan
+
+    monkeypatch.setattr(metal_out, "replanner", stub)
+    unc = Uncertainty(points, np.zeros((3, 2, 2)), 0.0)
+    clean = ReviewContext(masks=masks, image=sample.image, uncertainty=unc)
+    assert with_blank_shift(clean, plan, None).uncertainty.blank_shift_px is None
+    assert not calls
+    shape = clean.evidence().femur
+    h, w = sample.image.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    normal = np.array([-shape.proximal_dir[1], shape.proximal_dir[0]])
+    cut = side * ((np.stack([xx, yy], -1) - shape.distal_end) @ normal) > 0.25 * (
+        shape.condyle_width_px)
+    image, cut_masks = sample.image.copy(), masks.copy()
+    image[cut] = 0.0
+    cut_masks[:, cut] = False  # the network does not put bone on the blank
+    ctx = with_blank_shift(ReviewContext(masks=cut_masks, image=image, uncertainty=unc), plan,
+                           None)  # fmt: skip
+    np.testing.assert_allclose(ctx.uncertainty.blank_shift_px, [20 * np.sqrt(2)] * 3)
+    assert "blank_dependent" in {r.code for r in review(plan, ctx)}
+    shifts = uncertainty_report(ctx.uncertainty, sample.spacing_mm)["blank_shift_px"]
+    assert shifts["schoettle"] == pytest.approx(20 * np.sqrt(2))
