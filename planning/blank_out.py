@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from planning.metal_out import replan_shift
 from planning.ood import EXTREME, PLATEAU_STD, FemurShape, small_size
 
 NEAR_MM = 5.0  # a blank region this close to the distal femur is filled (the predicted femur
@@ -133,8 +134,7 @@ def blank_out_shift(
     mask, level = found
     filled = np.asarray(image, np.float32).copy()
     filled[mask > 0] = level
-    pts = np.asarray(points, np.float64).reshape(-1, 2)
-    return np.hypot(*(np.asarray(replan(filled), np.float64).reshape(-1, 2) - pts).T)
+    return replan_shift(filled, points, replan)
 
 
 def with_blank_shift(
@@ -146,7 +146,7 @@ def with_blank_shift(
     ``planning.metal_out.replanner``). Unchanged when there is no uncertainty to add it to, no
     image, masks or femur, no finite point, or no blank region next to the distal femur. (Run
     with TTA on only, as ``with_metal_shift``.)"""
-    from planning.metal_out import replanner
+    from planning.metal_out import replanner  # (looked up at call time: tests stub it)
     from planning.review import mm_per_px
     from planning.tta import plan_points
 

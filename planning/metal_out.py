@@ -71,8 +71,16 @@ def metal_out_shift(
     # Navier-Stokes: OpenCV 5.1's Telea fills float32 images with values far outside the
     # image's range (-1 to 2 where the neighbours are 0.3-0.7), Navier-Stokes does not
     painted = cv2.inpaint(img, mask, max(3, 2 * MARGIN_PX + 1), cv2.INPAINT_NS)
+    return replan_shift(painted, points, replan)
+
+
+def replan_shift(
+    changed: np.ndarray, points: np.ndarray, replan: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(N,) distance (px) each of ``points`` moves when ``replan`` runs on the ``changed``
+    image; NaN where a point is lost."""
     pts = np.asarray(points, np.float64).reshape(-1, 2)
-    return np.hypot(*(np.asarray(replan(painted), np.float64).reshape(-1, 2) - pts).T)
+    return np.hypot(*(np.asarray(replan(changed), np.float64).reshape(-1, 2) - pts).T)
 
 
 def replanner(

@@ -115,6 +115,9 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
     def per_landmark(d: Any) -> dict[str, Any] | None:
         return None if d is None else {k: _num(d[i]) for i, k in enumerate(LANDMARK_NAMES)}
 
+    def per_point(d: Any) -> dict[str, Any] | None:
+        return None if d is None else {k: _num(x) for k, x in zip(POINT_NAMES, d, strict=True)}
+
     method = f"test-time augmentation, {n} plans (flip, scale, shift, rotate)"
     return {
         "method": method if n > 1 else "hourglass agreement only (no test-time augmentation)",
@@ -122,10 +125,8 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
         "failed_fraction": _num(unc.failures),
         "hourglass_shift_px": per_landmark(unc.hourglass_shift_px),
         "look_shift_px": per_landmark(unc.look_shift_px),
-        "metal_shift_px": None if unc.metal_shift_px is None else {
-            k: _num(d) for k, d in zip(POINT_NAMES, unc.metal_shift_px, strict=True)},
-        "blank_shift_px": None if unc.blank_shift_px is None else {
-            k: _num(d) for k, d in zip(POINT_NAMES, unc.blank_shift_px, strict=True)},
+        "metal_shift_px": per_point(unc.metal_shift_px),
+        "blank_shift_px": per_point(unc.blank_shift_px),
     }
 
 

@@ -499,10 +499,10 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
                               f"the plan moves ({what}; > {cfg.max_metal_shift_mm:g} mm): an "
                               "implant or screw may hide the contours the landmarks mark"))
     if unc.blank_shift_px is not None:
-        moved = _moved(unc.blank_shift_px, mmpp, cfg.max_blank_shift_mm)
-        if moved:
+        what = _moved(unc.blank_shift_px, mmpp, cfg.max_blank_shift_mm)
+        if what:
             out.append(Reason("blank_dependent", f"with the blank (shuttered) region next to the "
-                              f"femur shown as soft tissue the plan moves ({moved}; > "
+                              f"femur shown as soft tissue the plan moves ({what}; > "
                               f"{cfg.max_blank_shift_mm:g} mm): a collimator may have cut off "
                               "bone the landmarks need"))
     if unc.look_shift_px is not None:
