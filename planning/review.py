@@ -37,6 +37,7 @@ from datamodules.real_numbers import finite_real
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
 from planning.ood import (
     KneeEvidence,
+    ahead_of_line_px,
     condyle_bulge_px,
     cortex_recess_px,
     knee_evidence,
@@ -397,6 +398,8 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                               f"LM1 (the posterior condyles bulge behind the posterior cortex, "
                               f">= {cfg.min_condyle_bulge_mm:g} mm): LM1 is not the posterior "
                               "cortex (a ruler or an edge taken into the femur?)"))
+    if plan.lm1 is not None and plan.femur_side:
+        out += _bone_order(plan, np.asarray(ctx.masks, bool), mmpp)
     notch = ev.distal_notch
     if plan.lm1 is not None and plan.femur_side and mmpp > 0 and notch > cfg.max_distal_notch:
         recess = cortex_recess_px(femur, plan.lm1.point, plan.lm1.direction, plan.femur_side,
@@ -428,6 +431,26 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
             out.append(Reason("not_distal", f"{name} lies {from_end:.0f} mm up the femur from its "
                               f"distal end (> {cfg.max_from_distal_end_mm:g} mm)"))
     return out
+
+
+def _bone_order(plan: Plan, masks: np.ndarray, mmpp: float) -> list[Reason]:
+    """The patella must lie in front of LM1 (on the femur's side) and in front of the fibula:
+    a plan whose LM1 and anterior side disagree with the bones' order reads the knee back to
+    front (LM1 on the anterior cortex, a shutter cutting the condyles away: red-team round 11).
+    Signs only, no threshold: true knees keep a margin of >= 23 mm (``ahead_of_line_px``)."""
+    args = (plan.lm1.point, plan.lm1.normal, plan.femur_side)
+    patella = ahead_of_line_px(masks[1], *args)
+    if not np.isfinite(patella):  # no patella: its own reason (no_patella)
+        return []
+    fibula = ahead_of_line_px(masks[3], *args)
+    if patella <= 0:
+        what = f"the patella lies {-patella * mmpp:.0f} mm behind LM1 (away from the femur)"
+    elif np.isfinite(fibula) and fibula >= patella:
+        what = f"the fibula lies {(fibula - patella) * mmpp:.0f} mm in front of the patella"
+    else:
+        return []
+    return [Reason("bone_order", f"{what}; in a lateral knee the patella lies in front of the "
+                   "posterior cortex and of the fibula: the plan reads the knee back to front")]
 
 
 def _points_on_saturation(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:

@@ -191,6 +191,13 @@ def test_each_reason_fires_on_its_case(case):
     side = np.sign(d.mean())
     behind = plan.lm1.point - side * (float(np.max(-side * d)) + 2.0) * plan.lm1.normal
     check("no_condyle_bulge", replace(plan, lm1=Line(behind, plan.lm1.direction)))
+    # read back to front: the anterior side flipped, so the patella lies behind LM1
+    check("bone_order", replace(plan, femur_side=-plan.femur_side))
+    # the fibula 20 px in front of the patella (the patella itself stays where it is)
+    ahead = np.round(20 * side * plan.lm1.normal).astype(int)
+    fib_front = masks.copy()
+    fib_front[3] = np.roll(masks[1], (ahead[1], ahead[0]), axis=(0, 1))
+    check("bone_order", c=ctx(sample, fib_front))
     top = np.argmin(fy)  # the most proximal femur pixel, far up the shaft
     check("not_distal", replace(plan, schoettle=np.array([fx[top], fy[top] + 2.0])))
     # --- model uncertainty (TTA / hourglass)
@@ -373,3 +380,58 @@ def test_an_unbounded_spread_is_said_in_words(case):
     got = review(plan, ctx(sample, masks, uncertainty=Uncertainty(np.zeros((8, 3, 2)), cov, 0.0)))
     text = [r for r in got if r.code == "tta_spread"]
     assert text and "moves without bound" in text[0] and "inf" not in text[0]
+
+
+def test_ahead_of_line_is_the_largest_components_centroid_distance():
+    """``ahead_of_line_px`` against scipy: the centroid of the largest 8-connected component
+    (a speck elsewhere ignored), its distance from a slanted line, signed by the femur side."""
+    from scipy import ndimage
+
+    from planning.ood import ahead_of_line_px
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = np.zeros((120, 160), bool)
+        y0, x0 = rng.integers(10, 60), rng.integers(10, 90)
+        mask[y0 : y0 + 30, x0 : x0 + 45] = rng.random((30, 45)) < 0.9  # ragged but one piece
+        mask[y0 : y0 + 30, x0 + 20] = True
+        mask[y0 + 15, x0 : x0 + 45] = True
+        mask[2:5, 150:154] = True  # a speck, far away
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel())[1:]
+        cy, cx = ndimage.center_of_mass(labels == 1 + np.argmax(sizes))
+        point, t = np.array([40.0, 70.0]), rng.uniform(0, np.pi)
+        normal = np.array([-np.sin(t), np.cos(t)])
+        expected = (np.array([cx, cy]) - point) @ normal
+        for side in (1, -1):
+            got = ahead_of_line_px(mask, point, normal, side)
+            assert got == pytest.approx(side * expected, abs=1e-6)
+    assert np.isnan(ahead_of_line_px(np.zeros((8, 8), bool), point, normal, 1))
+
+
+@pytest.mark.parametrize("family", ["independent", "raycast"])
+def test_bone_order_holds_on_the_truth_of_the_other_phantom_families(family, tmp_path):
+    """Truth masks and the truth cortex line of phantoms written apart from ours: the patella
+    lies in front of LM1 and of the fibula (``bone_order`` never fires on a true knee)."""
+    import importlib.util
+
+    from datamodules.dataset_io import image_files, read_sample
+    from geometry.lines import fit_line_tls, largest_component
+    from planning.ood import ahead_of_line_px
+
+    name = {"independent": "independent_phantoms", "raycast": "raycast_phantoms"}[family]
+    script = REVIEW_PY.parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n = {"independent": "4", "raycast": "2"}[family]  # a ray-cast knee takes ~8 s
+    module.main(["--out", str(tmp_path), "--n", n, "--seed", "21"])
+    files = image_files(tmp_path)
+    for sid in sorted(files):
+        s = read_sample(tmp_path, sid, files)
+        line = fit_line_tls(np.asarray(s.annotations[0].cortex_points, float))
+        ys, xs = np.nonzero(largest_component(s.masks[0] > 0))
+        side = int(np.sign(line.signed_distance(np.column_stack([xs, ys]).astype(float)).mean()))
+        patella = ahead_of_line_px(s.masks[1] > 0, line.point, line.normal, side)
+        fibula = ahead_of_line_px(s.masks[3] > 0, line.point, line.normal, side)
+        assert patella > 0 and not fibula >= patella, (sid, patella, fibula)
