@@ -127,6 +127,7 @@ def uncertainty_report(unc: Any, spacing: tuple[float, float] | None) -> dict[st
         "look_shift_px": per_landmark(unc.look_shift_px),
         "metal_shift_px": per_point(unc.metal_shift_px),
         "blank_shift_px": per_point(unc.blank_shift_px),
+        "blank_cut_mm": None if unc.blank_cut_mm is None else _num(unc.blank_cut_mm),
     }
 
 

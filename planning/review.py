@@ -107,6 +107,7 @@ class ReviewConfig:
     max_look_shift_mm: float = 10.0
     max_metal_shift_mm: float = 5.0
     max_blank_shift_mm: float = 5.0
+    max_blank_cut_mm: float = 10.0
     min_tta: int = 4
     source: str = field(default="", compare=False)  # the file read (not a threshold)
 
@@ -528,6 +529,11 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
                               f"femur shown as soft tissue the plan moves ({what}; > "
                               f"{cfg.max_blank_shift_mm:g} mm): a collimator may have cut off "
                               "bone the landmarks need"))
+    if unc.blank_cut_mm is not None and unc.blank_cut_mm > cfg.max_blank_cut_mm:
+        out.append(Reason("blank_cut", f"a straight blank edge (a shutter) cuts the distal femur "
+                          f"over {unc.blank_cut_mm:.0f} mm (> {cfg.max_blank_cut_mm:g} mm): bone "
+                          "the plan needs may lie outside the exposed field, and the rest of the "
+                          "knee can be read back to front"))
     if unc.look_shift_px is not None:
         for name, d in zip(LANDMARK_NAMES, unc.look_shift_px, strict=True):
             if d * mmpp > cfg.max_look_shift_mm:

@@ -57,6 +57,8 @@ class Uncertainty:
             was near them.
         blank_shift_px: (3,) the same when the blank (shuttered) regions next to the distal femur
             are shown as soft tissue (``planning.blank_out``), or None when there were none.
+        blank_cut_mm: the longest straight edge of those regions that cuts the femur (mm; 0:
+            none, a blank that only follows the bone's outline), or None without such regions.
     """
 
     points: np.ndarray
@@ -66,6 +68,7 @@ class Uncertainty:
     look_shift_px: np.ndarray | None = None
     metal_shift_px: np.ndarray | None = None
     blank_shift_px: np.ndarray | None = None
+    blank_cut_mm: float | None = None
 
     def covariance_mm(self, spacing: tuple[float, float] | float) -> np.ndarray:
         """(3, 2, 2) covariances in mm: spacing (row_mm, col_mm), or one mm/px value."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planning.blank_out import MIN_SIZE_MM, blank_next_to_femur, blank_out_shift
+from planning.blank_out import MIN_SIZE_MM, blank_next_to_femur, blank_out_shift, straight_cut_mm
 from planning.ood import femur_shape
 
 MMPP = 0.5  # mm per px of the drawn knee
@@ -148,6 +148,7 @@ def test_with_blank_shift_end_to_end_on_a_phantom(side, monkeypatch):
     unc = Uncertainty(points, np.zeros((3, 2, 2)), 0.0)
     clean = ReviewContext(masks=masks, image=sample.image, uncertainty=unc)
     assert with_blank_shift(clean, plan, None).uncertainty.blank_shift_px is None
+    assert with_blank_shift(clean, plan, None).uncertainty.blank_cut_mm is None
     assert not calls
     shape = clean.evidence().femur
     h, w = sample.image.shape
@@ -161,6 +162,56 @@ def test_with_blank_shift_end_to_end_on_a_phantom(side, monkeypatch):
     ctx = with_blank_shift(ReviewContext(masks=cut_masks, image=image, uncertainty=unc), plan,
                            None)  # fmt: skip
     np.testing.assert_allclose(ctx.uncertainty.blank_shift_px, [20 * np.sqrt(2)] * 3)
-    assert "blank_dependent" in {r.code for r in review(plan, ctx)}
+    assert ctx.uncertainty.blank_cut_mm > 10.0  # a straight cut through the condyles
+    assert {"blank_dependent", "blank_cut"} <= {r.code for r in review(plan, ctx)}
     shifts = uncertainty_report(ctx.uncertainty, sample.spacing_mm)["blank_shift_px"]
     assert shifts["schoettle"] == pytest.approx(20 * np.sqrt(2))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_shutter_cutting_the_condyles_is_a_straight_cut_of_their_chord(k):
+    """The drawn knee's shutter at column 100 cuts the condyles (a circle of radius 60 px about
+    column 150), and the femur mask stops 4 px short of it, at column 104: the chord there is
+    2 sqrt(60^2 - 46^2) = 77 px = 38.5 mm; the edge runs up to 2 mm (4 px) past the bone at
+    either end. At 1x and 3x the pixels."""
+    img, masks = upscaled(*knee(100), k)
+    mask, _ = blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP / k)
+    chord_mm = 2 * np.sqrt(60**2 - 46**2) * MMPP
+    assert chord_mm <= straight_cut_mm(img, mask, masks[0], MMPP / k) <= chord_mm + 4.5
+
+
+def test_black_soft_tissue_along_the_bones_outline_is_no_straight_cut():
+    """A black band hugging the round condyles (as clipped soft tissue does) is blank next to
+    the femur with bone at its edge, but its edge is an arc, not a line: no cut."""
+    img, masks = knee(None)
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    r = np.hypot(xx - 150, yy - 250)
+    band = (r >= 60) & (r < 90) & (yy > 200)
+    img[band] = 0.0
+    blank = band.astype(np.uint8)
+    assert straight_cut_mm(img, blank, masks[0], MMPP) == 0.0
+
+
+def test_a_straight_blank_edge_with_dark_tissue_before_the_bone_is_no_cut():
+    """A straight black edge 3 px (1.5 mm) from the femur with dark, unclipped tissue between
+    (a window that clips the soft tissue, not a shutter through the bone): the image just
+    inside the edge is not bone, so no cut; the same edge with bone up to it is one."""
+    img, masks = knee(None)
+    femur = masks[0].copy()
+    femur[:, :100] = False
+    img[:, :97] = 0.0
+    dark = img.copy()
+    dark[:, 97:100] = 0.08
+    blank = np.zeros(img.shape, np.uint8)
+    blank[:, :97] = 1
+    assert straight_cut_mm(dark, blank, femur, MMPP) == 0.0
+    bone = img.copy()
+    bone[:, 97:100] = 0.6
+    assert straight_cut_mm(bone, blank, femur, MMPP) > 10.0
+
+
+def test_straight_cut_without_a_scale_is_none():
+    img, masks = knee(100)
+    blank = (img == 0).astype(np.uint8)
+    for mmpp in (0.0, float("nan"), -1.0):
+        assert straight_cut_mm(img, blank, masks[0], mmpp) == 0.0

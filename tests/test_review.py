@@ -226,6 +226,11 @@ def test_each_reason_fires_on_its_case(case):
         pts, calm, 0.0, blank_shift_px=small)))
     check("blank_dependent", c=ctx(sample, masks, uncertainty=Uncertainty(
         pts, calm, 0.0, blank_shift_px=lost)))
+    check("blank_cut", c=ctx(sample, masks, uncertainty=Uncertainty(
+        pts, calm, 0.0, blank_shift_px=small, blank_cut_mm=15.0)))  # a 15 mm straight cut
+    for short in (0.0, 8.0):
+        assert "blank_cut" not in codes(plan, ctx(sample, masks, uncertainty=Uncertainty(
+            pts, calm, 0.0, blank_shift_px=small, blank_cut_mm=short)))
     looks = np.array([12.0 / sp[1], 0.0])  # p_blum: 12 mm between the whole image and the zoom
     check("looks_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
