@@ -437,7 +437,7 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
 def _bone_order(plan: Plan, masks: np.ndarray, mmpp: float) -> list[Reason]:
     """The patella must lie in front of LM1 (on the femur's side) and in front of the fibula:
     a plan whose LM1 and anterior side disagree with the bones' order reads the knee back to
-    front (LM1 on the anterior cortex, a shutter cutting the condyles away: red-team round 11).
+    front (LM1 on the anterior cortex, a shutter cutting the condyles away: red-team rounds 10-12).
     Signs only, no threshold: true knees keep a margin of >= 23 mm (``ahead_of_line_px``)."""
     args = (plan.lm1.point, plan.lm1.normal, plan.femur_side)
     patella = ahead_of_line_px(masks[1], *args)

@@ -180,34 +180,86 @@ def test_a_shutter_cutting_the_condyles_is_a_straight_cut_of_their_chord(k):
     assert chord_mm <= straight_cut_mm(img, mask, masks[0], MMPP / k) <= chord_mm + 4.5
 
 
-def test_black_soft_tissue_along_the_bones_outline_is_no_straight_cut():
+def test_black_soft_tissue_along_the_bones_outline_is_no_straight_cut(monkeypatch):
     """A black band hugging the round condyles (as clipped soft tissue does) is blank next to
-    the femur with bone at its edge, but its edge is an arc, not a line: no cut."""
+    the femur with bone right at its edge, but its edge is an arc, not a line: no cut. With the
+    straightness limit lifted (and the run-on test passed) it would be one: the arc is
+    rejected for being curved."""
+    import planning.blank_out as blank_out
+
     img, masks = knee(None)
     yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
     r = np.hypot(xx - 150, yy - 250)
-    band = (r >= 60) & (r < 90) & (yy > 200)
+    band = (r >= 60) & (r < 90) & (yy > 250)
     img[band] = 0.0
     blank = band.astype(np.uint8)
     assert straight_cut_mm(img, blank, masks[0], MMPP) == 0.0
+    monkeypatch.setattr(blank_out, "STRAIGHT_MM", 100.0)
+    monkeypatch.setattr(blank_out, "_runs_on", lambda *a: True)
+    assert straight_cut_mm(img, blank, masks[0], MMPP) > 10.0
+
+
+def test_black_soft_tissue_along_the_straight_shaft_is_no_cut(monkeypatch):
+    """A black band along the shaft's straight outline that ends where the condyles begin:
+    straight, with bone right at it, but its edge does not go on past the bone as a shutter's
+    does (below it lie soft tissue and condyle, neither blank): no cut. Without the run-on
+    test it would be one."""
+    import planning.blank_out as blank_out
+
+    img, masks = knee(None)
+    img[:190, 100:120] = 0.0
+    blank = np.zeros(img.shape, np.uint8)
+    blank[:190, 100:120] = 1
+    assert straight_cut_mm(img, blank, masks[0], MMPP) == 0.0
+    monkeypatch.setattr(blank_out, "_runs_on", lambda *a: True)
+    assert straight_cut_mm(img, blank, masks[0], MMPP) > 10.0
+
+
+def test_a_femur_leaving_through_a_black_frame_is_no_cut(monkeypatch):
+    """A black frame 12 px (3 %) deep along the image's top, where the shaft leaves the image:
+    treated as the image's edge (no cut); the same edge with the frame rule off is a cut."""
+    import planning.blank_out as blank_out
+
+    img, masks = knee(None)
+    img[:12] = 0.0
+    masks[0, :14] = False
+    blank = np.zeros(img.shape, np.uint8)
+    blank[:12] = 1
+    assert straight_cut_mm(img, blank, masks[0], MMPP) == 0.0
+    monkeypatch.setattr(blank_out, "FRAME", 0.0)
+    assert straight_cut_mm(img, blank, masks[0], MMPP) > 10.0
 
 
 def test_a_straight_blank_edge_with_dark_tissue_before_the_bone_is_no_cut():
     """A straight black edge 3 px (1.5 mm) from the femur with dark, unclipped tissue between
-    (a window that clips the soft tissue, not a shutter through the bone): the image just
-    inside the edge is not bone, so no cut; the same edge with bone up to it is one."""
+    (a window that clips the soft tissue, not a shutter through the bone), its mask grown by
+    ``MARGIN_PX`` as ``blank_next_to_femur`` grows it (which swallows the dark strip): the
+    image just inside the blank is not bone, so no cut; with bone up to the edge, one."""
+    import cv2
+
+    from planning.blank_out import MARGIN_PX
+
     img, masks = knee(None)
     femur = masks[0].copy()
     femur[:, :100] = False
     img[:, :97] = 0.0
+    hand = np.zeros(img.shape, np.uint8)
+    hand[:, :97] = 1
+    grown = cv2.dilate(hand, np.ones((2 * MARGIN_PX + 1,) * 2, np.uint8))
     dark = img.copy()
     dark[:, 97:100] = 0.08
-    blank = np.zeros(img.shape, np.uint8)
-    blank[:, :97] = 1
-    assert straight_cut_mm(dark, blank, femur, MMPP) == 0.0
+    assert straight_cut_mm(dark, grown, femur, MMPP) == 0.0
     bone = img.copy()
     bone[:, 97:100] = 0.6
-    assert straight_cut_mm(bone, blank, femur, MMPP) > 10.0
+    assert straight_cut_mm(bone, grown, femur, MMPP) > 10.0
+
+
+@pytest.mark.parametrize("mmpp", [3.0, 8.0])
+def test_straight_cut_on_a_coarse_scale_returns_a_length(mmpp):
+    """Pieces of a pixel or two at a coarse scale (3-8 mm/px) are skipped, not fitted."""
+    img, masks = knee(100)
+    blank = (img == 0).astype(np.uint8)
+    assert straight_cut_mm(img, blank, masks[0], mmpp) >= 0.0
 
 
 def test_straight_cut_without_a_scale_is_none():

@@ -191,8 +191,11 @@ def test_each_reason_fires_on_its_case(case):
     side = np.sign(d.mean())
     behind = plan.lm1.point - side * (float(np.max(-side * d)) + 2.0) * plan.lm1.normal
     check("no_condyle_bulge", replace(plan, lm1=Line(behind, plan.lm1.direction)))
-    # read back to front: the anterior side flipped, so the patella lies behind LM1
-    check("bone_order", replace(plan, femur_side=-plan.femur_side))
+    # read back to front: the anterior side flipped, so the patella lies behind LM1 (no fibula:
+    # only the patella's own test can fire)
+    no_fib = masks.copy()
+    no_fib[3] = False
+    check("bone_order", replace(plan, femur_side=-plan.femur_side), ctx(sample, no_fib))
     # the fibula 20 px in front of the patella (the patella itself stays where it is)
     ahead = np.round(20 * side * plan.lm1.normal).astype(int)
     fib_front = masks.copy()
