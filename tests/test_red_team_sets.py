@@ -1,0 +1,95 @@
+"""benchmarks/red_team_sets.py: the red-team variants are written as a dataset, and the truth
+moves with the pixels: a dot drawn at a landmark and warped with the image lands where the
+point mapping puts the landmark (cv2's image warp against the script's point formulas)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.dataset_io import image_files, read_sample
+from datamodules.phantoms import PhantomConfig, generate_phantom
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "red_team_sets.py"
+
+
+@pytest.fixture(scope="module")
+def rt():
+    spec = importlib.util.spec_from_file_location("red_team_sets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return generate_phantom(7, PhantomConfig(min_side=300, max_side=420))
+
+
+def test_writes_every_kind_as_a_dataset(rt, tmp_path, capsys):
+    from datamodules.dataset_io import write_sample
+
+    src = tmp_path / "src"
+    for seed in (3, 4):
+        write_sample(src, generate_phantom(seed, PhantomConfig(min_side=300, max_side=420)))
+    assert rt.main([str(src), str(tmp_path / "out")]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"]
+    assert counts["shutter"] == 8 and all(counts.get(k, 0) >= 2 for k in rt.KINDS[1:])
+    files = image_files(tmp_path / "out")
+    assert len(files) == sum(counts.values())
+    one = read_sample(tmp_path / "out", sorted(files)[0], files)
+    assert one.meta["perturbation"]["kind"] in rt.KINDS and one.schoettle_point is not None
+
+
+@pytest.mark.parametrize("kind", ["keystone", "shear", "barrel"])
+def test_the_truth_moves_with_the_pixels(rt, sample, kind):
+    """A Gaussian dot (sigma 1.5 px) at p_tmc, warped as the image is: its centroid lies within
+    0.25 px of where the variant's p_tmc was mapped."""
+    h, w = sample.shape
+    p = np.asarray(sample.annotations[0].landmarks[rt.TMC], float)
+    yy, xx = np.mgrid[0:h, 0:w]
+    dot = np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * 1.5**2)).astype(np.float32)
+    img, _, fwd, _ = rt.WARPS[kind](dataclasses.replace(sample, image=dot),
+                                    rt.rng_for(sample.id, kind))
+    q = fwd(p)[0]
+    win = (np.abs(xx - q[0]) < 8) & (np.abs(yy - q[1]) < 8)
+    wts = img * win
+    centroid = np.array([(wts * xx).sum(), (wts * yy).sum()]) / wts.sum()
+    assert np.hypot(*(centroid - q)) < 0.25, (kind, centroid, q)
+
+
+def test_shutter_blanks_the_half_plane_behind_the_point(rt, sample):
+    """Every shutter variant sets to 0 exactly the pixels more than ``behind_mm`` behind the
+    truth Schoettle point across a line at ``angle_deg`` to the cortex line (recomputed here:
+    the cortex line by numpy's SVD, "behind" as away from the femur's pixels); truth unchanged."""
+    cortex = np.asarray(sample.annotations[0].cortex_points, float)
+    centre = cortex.mean(axis=0)
+    direction = np.linalg.svd(cortex - centre)[2][0]
+    normal = np.array([-direction[1], direction[0]])
+    ys, xs = np.nonzero(sample.masks[0])
+    normal *= np.sign(((np.column_stack([xs, ys]) - centre) @ normal).mean())  # anterior
+    h, w = sample.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    point, mmpp = rt.truth_point(sample), float(np.mean(sample.spacing_mm))
+    for k in range(len(rt.SHUTTERS)):
+        img, masks, fwd, params = rt.shutter(sample, k)
+        assert fwd is None and masks is sample.masks
+        t = np.radians(params["angle_deg"])
+        n = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ normal
+        behind = (np.stack([xx, yy], -1) - point) @ n < -params["behind_mm"] / mmpp
+        changed = img != sample.image
+        assert np.array_equal(changed, behind & (sample.image != 0))
+        assert np.all(img[behind] == 0) and behind.mean() > 0.05
+
+
+def test_bite_keeps_the_truth_and_fills_at_p_tmc(rt, sample):
+    img, masks, fwd, params = rt.bite(sample, rt.rng_for(sample.id, "bite"))
+    assert fwd is None and masks is sample.masks
+    cx, cy = np.round(params["centre_xy"]).astype(int)
+    assert abs(img[cy, cx] - params["level"]) < abs(sample.image[cy, cx] - params["level"]) + 0.05
+    assert min(params["radii_mm"]) >= 6 and max(params["radii_mm"]) <= 15
