@@ -40,8 +40,10 @@ import numpy as np
 
 from datamodules.dataset_io import write_sample
 from datamodules.sample import LANDMARKS, Sample
-from geometry.lines import fit_line_tls, largest_component
+from geometry.lines import fit_line_tls
+from geometry.plan_geometry import femur_side
 from planning.evaluate import dataset_samples
+from planning.perturb import warped_sample
 from planning.references import rater_schoettle
 
 KINDS = ("shutter", "bite", "keystone", "shear", "barrel")
@@ -49,7 +51,8 @@ TMC = LANDMARKS.index("p_tmc")
 SHUTTERS = ((5.0, 0.0), (8.0, 0.0), (6.0, 8.0), (6.0, -8.0))  # (mm behind the point, deg)
 BARREL_ITERS = 30
 Points = Callable[[np.ndarray], np.ndarray]
-Made = tuple[np.ndarray, np.ndarray, Points | None, dict[str, Any]]
+Warp = Callable[[np.ndarray, bool], np.ndarray]  # (array, is_mask) -> warped array
+Warped = tuple[Warp, Points, dict[str, Any]]  # the warp, its map of points, its parameters
 
 
 SEEDED = ("bite", "keystone", "shear", "barrel")  # (the order round 12's sets were drawn in)
@@ -60,26 +63,17 @@ def rng_for(sample_id: str, kind: str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(sample_id.encode()), SEEDED.index(kind)])
 
 
-def inside(p: np.ndarray, shape: tuple[int, int]) -> bool:
-    """Whether every (x, y) of ``p`` lies in an image of ``shape`` (pixel centres on integers)."""
-    h, w = shape
-    p = np.asarray(p, np.float64).reshape(-1, 2)
-    return bool(np.all(np.isfinite(p)) and np.all((p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5)
-                                                   & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)))
-
-
 def truth_point(s: Sample) -> np.ndarray:
     """The truth Schoettle point: the sample's own, else the primary rater's construction."""
     p = s.schoettle_point
     return np.asarray(rater_schoettle(s.annotations[0], s.spacing_mm) if p is None else p, float)
 
 
-def shutter(s: Sample, k: int) -> Made:
-    """Variant ``k`` of ``SHUTTERS``: the image beyond the line set to 0."""
+def shutter(s: Sample, k: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Variant ``k`` of ``SHUTTERS``: the image with everything beyond the line set to 0."""
     d_mm, deg = SHUTTERS[k]
     line = fit_line_tls(np.asarray(s.annotations[0].cortex_points, float))
-    ys, xs = np.nonzero(largest_component(s.masks[0] > 0))
-    side = np.sign(np.mean(line.signed_distance(np.column_stack([xs, ys]).astype(float))))
+    side = femur_side(s.masks[0], line, lambda q: q)  # (masks and line in the same pixels)
     t = np.radians(deg)
     n = side * line.normal  # anterior
     n = np.array([n[0] * np.cos(t) - n[1] * np.sin(t), n[0] * np.sin(t) + n[1] * np.cos(t)])
@@ -88,11 +82,11 @@ def shutter(s: Sample, k: int) -> Made:
     ahead = (np.stack([xx, yy], -1) - truth_point(s)) @ n
     img = s.image.copy()
     img[ahead < -d_mm / float(np.mean(s.spacing_mm))] = 0.0
-    return img, s.masks, None, {"behind_mm": d_mm, "angle_deg": deg}
+    return img, {"behind_mm": d_mm, "angle_deg": deg}
 
 
-def bite(s: Sample, rng: np.random.Generator) -> Made:
-    """A soft-tissue-level ellipse near p_tmc (truth unchanged)."""
+def bite(s: Sample, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image with a soft-tissue-level ellipse near p_tmc (truth unchanged)."""
     h, w = s.shape
     sy, sx = s.spacing_mm
     tmc = np.asarray(s.annotations[0].landmarks[TMC], float)
@@ -119,8 +113,8 @@ def bite(s: Sample, rng: np.random.Generator) -> Made:
     alpha = np.clip(0.5 - (np.hypot(u, v) - 1.0) * rad_px / edge, 0.0, 1.0)
     fill = level + noise_sd * rng.standard_normal((h, w))
     img = np.clip((1 - alpha) * s.image + alpha * fill, 0, 1).astype(np.float32)
-    return img, s.masks, None, {"centre_xy": c.tolist(), "radii_mm": [a_mm, b_mm],
-                                "angle_rad": th, "edge_px": edge, "level": level}
+    return img, {"centre_xy": c.tolist(), "radii_mm": [a_mm, b_mm], "angle_rad": th,
+                 "edge_px": edge, "level": level}
 
 
 def _homogeneous(m: np.ndarray) -> Points:
@@ -132,12 +126,11 @@ def _homogeneous(m: np.ndarray) -> Points:
     return points
 
 
-def _warped(s: Sample, warp: Callable[[np.ndarray, int], np.ndarray]) -> tuple[np.ndarray, ...]:
-    img = warp(s.image, cv2.INTER_LINEAR)
-    return img, np.stack([warp(m, cv2.INTER_NEAREST) for m in s.masks])
+def _interp(is_mask: bool) -> int:
+    return cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
 
 
-def keystone(s: Sample, rng: np.random.Generator) -> Made:
+def keystone(s: Sample, rng: np.random.Generator) -> Warped:
     """A perspective warp: each corner moved 3-8 % of the side in a random direction."""
     h, w = s.shape
     src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
@@ -145,12 +138,12 @@ def keystone(s: Sample, rng: np.random.Generator) -> Made:
     ang = rng.uniform(0, 2 * np.pi, size=4)
     dst = src + np.c_[frac * np.cos(ang) * w, frac * np.sin(ang) * h]
     m = cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
-    img, masks = _warped(s, lambda a, f: cv2.warpPerspective(
-        a, m, (w, h), flags=f, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-    return img, masks, _homogeneous(m), {"M": m.tolist(), "corner_frac": frac.tolist()}
+    return (lambda a, is_mask: cv2.warpPerspective(
+        a, m, (w, h), flags=_interp(is_mask), borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+        _homogeneous(m), {"M": m.tolist(), "corner_frac": frac.tolist()})
 
 
-def shear(s: Sample, rng: np.random.Generator) -> Made:
+def shear(s: Sample, rng: np.random.Generator) -> Warped:
     """A shear of 0.08-0.2 about the image centre, along x or y."""
     h, w = s.shape
     cx, cy = (w - 1) / 2, (h - 1) / 2
@@ -160,9 +153,9 @@ def shear(s: Sample, rng: np.random.Generator) -> Made:
         m = np.array([[1, k, -k * cy], [0, 1, 0]], np.float64)
     else:  # y' = y + k (x - cx)
         m = np.array([[1, 0, 0], [k, 1, -k * cx]], np.float64)
-    img, masks = _warped(s, lambda a, f: cv2.warpAffine(
-        a, m, (w, h), flags=f, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-    return img, masks, _homogeneous(m), {"M": m.tolist(), "shear": k, "axis": axis}
+    return (lambda a, is_mask: cv2.warpAffine(
+        a, m, (w, h), flags=_interp(is_mask), borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+        _homogeneous(m), {"M": m.tolist(), "shear": k, "axis": axis})
 
 
 def barrel_maps(shape: tuple[int, int], k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -190,40 +183,38 @@ def barrel_points(p: np.ndarray, shape: tuple[int, int], k: float) -> np.ndarray
     return d + c
 
 
-def barrel(s: Sample, rng: np.random.Generator) -> Made:
+def barrel(s: Sample, rng: np.random.Generator) -> Warped:
     """A barrel distortion that moves the corners 3-6 % of the half-diagonal inward."""
     m = rng.uniform(0.03, 0.06)
     rd = 1 - m
     k = (1 / rd - 1) / rd**2  # so that rd (1 + k rd^2) = 1
     mx, my = barrel_maps(s.shape, k)
-    img, masks = _warped(s, lambda a, f: cv2.remap(
-        a, mx, my, f, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-    return img, masks, lambda p: barrel_points(p, s.shape, k), {"k1": k, "corner_move": m}
+    return (lambda a, is_mask: cv2.remap(
+        a, mx, my, _interp(is_mask), borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+        lambda p: barrel_points(p, s.shape, k), {"k1": k, "corner_move": m})
 
 
-WARPS = {"bite": bite, "keystone": keystone, "shear": shear, "barrel": barrel}
+WARPS = {"keystone": keystone, "shear": shear, "barrel": barrel}
 
 
 def variants(s: Sample, kind: str) -> Iterator[Sample | None]:
     """The variants of one kind (None for one dropped: its truth left the image)."""
     rng = None if kind == "shutter" else rng_for(s.id, kind)
     n = len(SHUTTERS) if rng is None else int(rng.integers(1, 3))
-    truth = truth_point(s)
+    s = dataclasses.replace(s, schoettle_point=truth_point(s))
     meta0 = {k: v for k, v in s.meta.items() if k not in ("spacing_inputs", "image_file")}
     for k in range(n):
-        img, masks, fwd, params = shutter(s, k) if kind == "shutter" else WARPS[kind](s, rng)
-        anns, point = list(s.annotations), truth.copy()
-        if fwd is not None:
-            anns = [dataclasses.replace(a, landmarks=fwd(a.landmarks),
-                                        cortex_points=fwd(a.cortex_points)) for a in anns]
-            point = fwd(truth)[0]
-            if not all(inside(a.landmarks, s.shape) for a in anns) or not inside(point, s.shape):
-                yield None
-                continue
+        if kind in WARPS:  # truth moved with the pixels (planning.perturb), None if it leaves
+            warp, points, params = WARPS[kind](s, rng)
+            out = warped_sample(s, warp, points)
+        else:
+            img, params = shutter(s, k) if kind == "shutter" else bite(s, rng)
+            out = dataclasses.replace(s, image=img)
+        if out is None:
+            yield None
+            continue
         meta = dict(meta0, source_id=s.id, perturbation=dict(kind=kind, index=k, **params))
-        yield dataclasses.replace(s, id=f"{s.id}_{kind}{k}", image=img.astype(np.float32),
-                                  masks=masks.astype(np.uint8), annotations=anns,
-                                  schoettle_point=point, meta=meta)
+        yield dataclasses.replace(out, id=f"{s.id}_{kind}{k}", meta=meta)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ KINDS = LATERAL + FOREIGN
 PAD_SCALE = 2.2  # "pad": the canvas is this many times the image per side
 
 
-def _geometric(sample: Sample, warp: Callable[[np.ndarray, bool], np.ndarray], points: Points,
-               scale_rc: tuple[float, float] = (1.0, 1.0)) -> Sample | None:
+def warped_sample(sample: Sample, warp: Callable[[np.ndarray, bool], np.ndarray],
+                  points: Points, scale_rc: tuple[float, float] = (1.0, 1.0)) -> Sample | None:
     """Apply ``warp`` (array, is_mask) to image and masks and ``points`` to every truth point;
     None when a landmark or the Schoettle point leaves the new image. ``scale_rc``: new pixels
     per old pixel (rows, cols)."""
@@ -75,16 +75,16 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
     h, w = sample.image.shape
     img = sample.image
     if kind == "hflip":
-        out = _geometric(sample, lambda a, _: a[:, ::-1], _affine(np.array([[-1, 0, w - 1],
+        out = warped_sample(sample, lambda a, _: a[:, ::-1], _affine(np.array([[-1, 0, w - 1],
                                                                            [0, 1, 0]], float)))
     elif kind == "vflip":
-        out = _geometric(sample, lambda a, _: a[::-1], _affine(np.array([[1, 0, 0],
+        out = warped_sample(sample, lambda a, _: a[::-1], _affine(np.array([[1, 0, 0],
                                                                         [0, -1, h - 1]], float)))
     elif kind == "rot180":
-        out = _geometric(sample, lambda a, _: a[::-1, ::-1],
+        out = warped_sample(sample, lambda a, _: a[::-1, ::-1],
                          _affine(np.array([[-1, 0, w - 1], [0, -1, h - 1]], float)))
     elif kind == "rot90":  # clockwise: new (x, y) = (h - 1 - y, x)
-        out = _geometric(sample, lambda a, _: np.rot90(a, -1),
+        out = warped_sample(sample, lambda a, _: np.rot90(a, -1),
                          _affine(np.array([[0, -1, h - 1], [1, 0, 0]], float)))
         if out is not None and out.spacing_mm is not None:
             out = dataclasses.replace(out, spacing_mm=out.spacing_mm[::-1])
@@ -96,7 +96,7 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
             return cv2.resize(a, (nw, nh), interpolation=cv2.INTER_NEAREST if mask
                               else cv2.INTER_AREA)
 
-        out = _geometric(sample, half, _affine(np.array([[sx, 0, 0.5 * sx - 0.5],
+        out = warped_sample(sample, half, _affine(np.array([[sx, 0, 0.5 * sx - 0.5],
                                                          [0, sy, 0.5 * sy - 0.5]])), (sy, sx))
     elif kind == "pad":
         ch, cw = int(PAD_SCALE * h), int(PAD_SCALE * w)
@@ -107,10 +107,10 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
             canvas[y0 : y0 + h, x0 : x0 + w] = a
             return canvas
 
-        out = _geometric(sample, pad, _affine(np.array([[1, 0, x0], [0, 1, y0]], float)))
+        out = warped_sample(sample, pad, _affine(np.array([[1, 0, x0], [0, 1, y0]], float)))
     elif kind == "cropbottom":
         keep = int(0.62 * h)
-        out = _geometric(sample, lambda a, _: a[:keep], _affine(np.eye(2, 3)))
+        out = warped_sample(sample, lambda a, _: a[:keep], _affine(np.eye(2, 3)))
     elif kind == "invert":
         out = _photometric(sample, 1.0 - img)
     elif kind == "noise":

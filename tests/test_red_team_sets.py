@@ -4,7 +4,6 @@ point mapping puts the landmark (cv2's image warp against the script's point for
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -54,9 +53,9 @@ def test_the_truth_moves_with_the_pixels(rt, sample, kind):
     p = np.asarray(sample.annotations[0].landmarks[rt.TMC], float)
     yy, xx = np.mgrid[0:h, 0:w]
     dot = np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * 1.5**2)).astype(np.float32)
-    img, _, fwd, _ = rt.WARPS[kind](dataclasses.replace(sample, image=dot),
-                                    rt.rng_for(sample.id, kind))
-    q = fwd(p)[0]
+    warp, points, _ = rt.WARPS[kind](sample, rt.rng_for(sample.id, kind))
+    img = warp(dot, False)
+    q = points(p)[0]
     win = (np.abs(xx - q[0]) < 8) & (np.abs(yy - q[1]) < 8)
     wts = img * win
     centroid = np.array([(wts * xx).sum(), (wts * yy).sum()]) / wts.sum()
@@ -77,8 +76,7 @@ def test_shutter_blanks_the_half_plane_behind_the_point(rt, sample):
     yy, xx = np.mgrid[0:h, 0:w]
     point, mmpp = rt.truth_point(sample), float(np.mean(sample.spacing_mm))
     for k in range(len(rt.SHUTTERS)):
-        img, masks, fwd, params = rt.shutter(sample, k)
-        assert fwd is None and masks is sample.masks
+        img, params = rt.shutter(sample, k)
         t = np.radians(params["angle_deg"])
         n = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ normal
         behind = (np.stack([xx, yy], -1) - point) @ n < -params["behind_mm"] / mmpp
@@ -87,9 +85,20 @@ def test_shutter_blanks_the_half_plane_behind_the_point(rt, sample):
         assert np.all(img[behind] == 0) and behind.mean() > 0.05
 
 
-def test_bite_keeps_the_truth_and_fills_at_p_tmc(rt, sample):
-    img, masks, fwd, params = rt.bite(sample, rt.rng_for(sample.id, "bite"))
-    assert fwd is None and masks is sample.masks
+@pytest.mark.parametrize("kind", ["shutter", "bite"])
+def test_shutter_and_bite_keep_the_truth(rt, sample, kind):
+    """Only the image changes: masks, annotations and the Schoettle point are the source's."""
+    for v in rt.variants(sample, kind):
+        assert np.array_equal(v.masks, sample.masks)
+        for a, b in zip(v.annotations, sample.annotations, strict=True):
+            assert np.array_equal(a.landmarks, b.landmarks)
+            assert np.array_equal(a.cortex_points, b.cortex_points)
+        np.testing.assert_array_equal(v.schoettle_point, rt.truth_point(sample))
+        assert not np.array_equal(v.image, sample.image)
+
+
+def test_bite_fills_at_p_tmc(rt, sample):
+    img, params = rt.bite(sample, rt.rng_for(sample.id, "bite"))
     cx, cy = np.round(params["centre_xy"]).astype(int)
     assert abs(img[cy, cx] - params["level"]) < abs(sample.image[cy, cx] - params["level"]) + 0.05
     assert min(params["radii_mm"]) >= 6 and max(params["radii_mm"]) <= 15
