@@ -228,17 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     if not kinds or set(kinds) - set(KINDS):
         ap.error(f"--kinds: choose from {', '.join(KINDS)}")
     written, dropped = Counter(), Counter()
-    for s in dataset_samples(args.src):
-        if s.spacing_mm is None or not np.all(np.isfinite(truth_point(s))):
-            print(f"skip {s.id}: no spacing or no Schoettle point", file=sys.stderr)
-            continue
-        for kind in kinds:
-            for v in variants(s, kind):
-                if v is None:
-                    dropped[kind] += 1
-                    continue
-                write_sample(args.out, v)
-                written[kind] += 1
+    try:
+        for s in dataset_samples(args.src):
+            if s.spacing_mm is None or not np.all(np.isfinite(truth_point(s))):
+                print(f"skip {s.id}: no spacing or no Schoettle point", file=sys.stderr)
+                continue
+            for kind in kinds:
+                for v in variants(s, kind):
+                    if v is None:
+                        dropped[kind] += 1
+                        continue
+                    write_sample(args.out, v)
+                    written[kind] += 1
+    except (OSError, ValueError) as err:  # a bad image or annotation: one line naming the file
+        print(f"red_team_sets: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({"written": dict(written), "dropped": dict(dropped)}))
     return 0
 

@@ -102,3 +102,15 @@ def test_bite_fills_at_p_tmc(rt, sample):
     cx, cy = np.round(params["centre_xy"]).astype(int)
     assert abs(img[cy, cx] - params["level"]) < abs(sample.image[cy, cx] - params["level"]) + 0.05
     assert min(params["radii_mm"]) >= 6 and max(params["radii_mm"]) <= 15
+
+
+def test_a_broken_image_is_one_line_naming_it(rt, tmp_path, capsys):
+    from datamodules.dataset_io import write_sample
+
+    src = tmp_path / "src"
+    write_sample(src, generate_phantom(3, PhantomConfig(min_side=300, max_side=420)))
+    bad = next((src / "images").iterdir())
+    bad.write_bytes(b"not a png" * 100)
+    assert rt.main([str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
