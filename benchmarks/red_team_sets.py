@@ -1,6 +1,6 @@
 """Perturbed copies of a dataset folder for red-teaming the review gate (red-team round 12).
 
-    python benchmarks/red_team_sets.py SRC_DIR OUT_DIR [--kinds shutter,bite,keystone,shear,barrel]
+    python benchmarks/red_team_sets.py SRC_DIR OUT_DIR [--kinds shutter,bite,keystone,...]
 
 Each sample of SRC_DIR (images/, masks/, annotations/, e.g. ``make phantoms`` or
 ``benchmarks/independent_phantoms.py`` output) gets variants written to OUT_DIR as
@@ -9,6 +9,11 @@ Each sample of SRC_DIR (images/, masks/, annotations/, e.g. ``make phantoms`` or
 - ``shutter`` (4 each): everything more than 5 or 8 mm behind the truth Schoettle point, beyond
   a line parallel to the truth cortex line or turned by +-8 deg, set to 0 (a black electronic
   shutter cutting the posterior condyles; round 10's family 2). Truth unchanged.
+- ``white`` (4): the same half-planes set to 1 (an unexposed region shown white: a CR plate
+  without electronic masking). Truth unchanged.
+- ``corner`` (4): an L-shaped collimator corner over the condyles: the half-plane 5 or 8 mm
+  behind the point joined by the half-plane beyond a line across the cortex line 12 or 20 mm
+  distal to it, black (variants 0, 1) or white (2, 3). Truth unchanged.
 - ``bite`` (1-2): an ellipse of 6-15 mm radii within 5 mm of p_tmc filled at the soft tissue's
   level with matched noise (a lesion where the cortex meets the condyle). Truth unchanged: the
   anatomy's truth is where the bone was.
@@ -46,9 +51,12 @@ from planning.evaluate import dataset_samples
 from planning.perturb import warped_sample
 from planning.references import rater_schoettle
 
-KINDS = ("shutter", "bite", "keystone", "shear", "barrel")
+KINDS = ("shutter", "bite", "keystone", "shear", "barrel", "white", "corner")
 TMC = LANDMARKS.index("p_tmc")
 SHUTTERS = ((5.0, 0.0), (8.0, 0.0), (6.0, 8.0), (6.0, -8.0))  # (mm behind the point, deg)
+CORNERS = ((5.0, 12.0, 0.0), (8.0, 20.0, 0.0), (5.0, 20.0, 1.0), (8.0, 12.0, 1.0))
+# (mm behind the point, mm distal to it, fill)
+BLANKS = ("shutter", "white", "corner")  # kinds that blank part of the image, truth unchanged
 BARREL_ITERS = 30
 Points = Callable[[np.ndarray], np.ndarray]
 Warp = Callable[[np.ndarray, bool], np.ndarray]  # (array, is_mask) -> warped array
@@ -69,20 +77,49 @@ def truth_point(s: Sample) -> np.ndarray:
     return np.asarray(rater_schoettle(s.annotations[0], s.spacing_mm) if p is None else p, float)
 
 
-def shutter(s: Sample, k: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Variant ``k`` of ``SHUTTERS``: the image with everything beyond the line set to 0."""
-    d_mm, deg = SHUTTERS[k]
+def _frame(s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offset of every pixel from the truth point (h, w, 2), anterior unit normal, distal unit
+    direction) of the truth cortex line; distal points from the cortex points to the point."""
     line = fit_line_tls(np.asarray(s.annotations[0].cortex_points, float))
     side = femur_side(s.masks[0], line, lambda q: q)  # (masks and line in the same pixels)
-    t = np.radians(deg)
-    n = side * line.normal  # anterior
-    n = np.array([n[0] * np.cos(t) - n[1] * np.sin(t), n[0] * np.sin(t) + n[1] * np.cos(t)])
+    p = truth_point(s)
+    along = line.direction * np.sign(
+        float((p - np.mean(s.annotations[0].cortex_points, axis=0)) @ line.direction) or 1.0)
     h, w = s.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    ahead = (np.stack([xx, yy], -1) - truth_point(s)) @ n
+    return np.stack([xx, yy], -1) - p, side * line.normal, along
+
+
+def _turned(v: np.ndarray, deg: float) -> np.ndarray:
+    t = np.radians(deg)
+    return np.array([v[0] * np.cos(t) - v[1] * np.sin(t), v[0] * np.sin(t) + v[1] * np.cos(t)])
+
+
+def shutter(s: Sample, k: int, fill: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Variant ``k`` of ``SHUTTERS``: the image with everything beyond the line set to ``fill``."""
+    d_mm, deg = SHUTTERS[k]
+    off, n, _ = _frame(s)
     img = s.image.copy()
-    img[ahead < -d_mm / float(np.mean(s.spacing_mm))] = 0.0
-    return img, {"behind_mm": d_mm, "angle_deg": deg}
+    img[off @ _turned(n, deg) < -d_mm / float(np.mean(s.spacing_mm))] = fill
+    return img, {"behind_mm": d_mm, "angle_deg": deg, "fill": fill}
+
+
+def corner(s: Sample, k: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Variant ``k`` of ``CORNERS``: the half-plane behind the point and the one distal to it
+    (an L-shaped collimator corner over the condyles) set to the variant's fill."""
+    behind, distal, fill = CORNERS[k]
+    off, n, along = _frame(s)
+    mm = float(np.mean(s.spacing_mm))
+    img = s.image.copy()
+    img[(off @ n < -behind / mm) | (off @ along > distal / mm)] = fill
+    return img, {"behind_mm": behind, "distal_mm": distal, "fill": fill}
+
+
+def blanked(s: Sample, kind: str, k: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Variant ``k`` of one of the ``BLANKS`` kinds."""
+    if kind == "corner":
+        return corner(s, k)
+    return shutter(s, k, 1.0 if kind == "white" else 0.0)
 
 
 def bite(s: Sample, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
@@ -199,8 +236,9 @@ WARPS = {"keystone": keystone, "shear": shear, "barrel": barrel}
 
 def variants(s: Sample, kind: str) -> Iterator[Sample | None]:
     """The variants of one kind (None for one dropped: its truth left the image)."""
-    rng = None if kind == "shutter" else rng_for(s.id, kind)
-    n = len(SHUTTERS) if rng is None else int(rng.integers(1, 3))
+    rng = None if kind in BLANKS else rng_for(s.id, kind)
+    n = (len(CORNERS) if kind == "corner" else len(SHUTTERS)) if rng is None else int(
+        rng.integers(1, 3))
     s = dataclasses.replace(s, schoettle_point=truth_point(s))
     meta0 = {k: v for k, v in s.meta.items() if k not in ("spacing_inputs", "image_file")}
     for k in range(n):
@@ -208,7 +246,7 @@ def variants(s: Sample, kind: str) -> Iterator[Sample | None]:
             warp, points, params = WARPS[kind](s, rng)
             out = warped_sample(s, warp, points)
         else:
-            img, params = shutter(s, k) if kind == "shutter" else bite(s, rng)
+            img, params = blanked(s, kind, k) if rng is None else bite(s, rng)
             out = dataclasses.replace(s, image=img)
         if out is None:
             yield None

@@ -38,7 +38,8 @@ def test_writes_every_kind_as_a_dataset(rt, tmp_path, capsys):
         write_sample(src, generate_phantom(seed, PhantomConfig(min_side=300, max_side=420)))
     assert rt.main([str(src), str(tmp_path / "out")]) == 0
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"]
-    assert counts["shutter"] == 8 and all(counts.get(k, 0) >= 2 for k in rt.KINDS[1:])
+    assert all(counts[k] == 8 for k in rt.BLANKS)
+    assert all(counts.get(k, 0) >= 2 for k in rt.KINDS if k not in rt.BLANKS)
     files = image_files(tmp_path / "out")
     assert len(files) == sum(counts.values())
     one = read_sample(tmp_path / "out", sorted(files)[0], files)
@@ -62,30 +63,62 @@ def test_the_truth_moves_with_the_pixels(rt, sample, kind):
     assert np.hypot(*(centroid - q)) < 0.25, (kind, centroid, q)
 
 
-def test_shutter_blanks_the_half_plane_behind_the_point(rt, sample):
-    """Every shutter variant sets to 0 exactly the pixels more than ``behind_mm`` behind the
-    truth Schoettle point across a line at ``angle_deg`` to the cortex line (recomputed here:
-    the cortex line by numpy's SVD, "behind" as away from the femur's pixels); truth unchanged."""
+def _axes(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel offsets from the truth point, anterior normal and distal direction of the truth
+    cortex line, recomputed here: the line by numpy's SVD, "anterior" as towards the femur's
+    pixels, "distal" as from the cortex points towards the point."""
     cortex = np.asarray(sample.annotations[0].cortex_points, float)
     centre = cortex.mean(axis=0)
     direction = np.linalg.svd(cortex - centre)[2][0]
     normal = np.array([-direction[1], direction[0]])
     ys, xs = np.nonzero(sample.masks[0])
     normal *= np.sign(((np.column_stack([xs, ys]) - centre) @ normal).mean())  # anterior
+    point = np.asarray(sample.schoettle_point, float)
+    direction *= np.sign((point - centre) @ direction)  # distal
     h, w = sample.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    point, mmpp = rt.truth_point(sample), float(np.mean(sample.spacing_mm))
+    return np.stack([xx, yy], -1) - point, normal, direction
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_shutter_blanks_the_half_plane_behind_the_point(rt, sample, fill):
+    """Every shutter variant sets to ``fill`` (black, or white for ``white``) exactly the pixels
+    more than ``behind_mm`` behind the truth Schoettle point across a line at ``angle_deg`` to
+    the cortex line; truth unchanged."""
+    off, normal, _ = _axes(sample)
+    mmpp = float(np.mean(sample.spacing_mm))
     for k in range(len(rt.SHUTTERS)):
-        img, params = rt.shutter(sample, k)
+        img, params = rt.blanked(sample, "white" if fill else "shutter", k)
         t = np.radians(params["angle_deg"])
         n = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) @ normal
-        behind = (np.stack([xx, yy], -1) - point) @ n < -params["behind_mm"] / mmpp
+        behind = off @ n < -params["behind_mm"] / mmpp
         changed = img != sample.image
-        assert np.array_equal(changed, behind & (sample.image != 0))
-        assert np.all(img[behind] == 0) and behind.mean() > 0.05
+        assert np.array_equal(changed, behind & (sample.image != fill))
+        assert np.all(img[behind] == fill) and behind.mean() > 0.05
 
 
-@pytest.mark.parametrize("kind", ["shutter", "bite"])
+def test_corner_blanks_behind_and_distal_to_the_point(rt, sample):
+    """Each corner variant fills the union of the half-plane ``behind_mm`` behind the point and
+    the one ``distal_mm`` distal to it along the cortex line (an L-shaped edge whose corner lies
+    behind and distal to the point), black then white; the point itself stays exposed."""
+    off, normal, distal = _axes(sample)
+    mmpp = float(np.mean(sample.spacing_mm))
+    fills = []
+    for k in range(len(rt.CORNERS)):
+        img, params = rt.corner(sample, k)
+        blank = (off @ normal < -params["behind_mm"] / mmpp) | (
+            off @ distal > params["distal_mm"] / mmpp)
+        assert np.array_equal(img != sample.image, blank & (sample.image != params["fill"]))
+        assert np.all(img[blank] == params["fill"])
+        p = np.round(rt.truth_point(sample)).astype(int)
+        assert img[p[1], p[0]] == sample.image[p[1], p[0]]
+        # both arms of the L are there: blank pixels in front of the point and proximal to it
+        assert np.any(blank & (off @ normal > 0)) and np.any(blank & (off @ distal < 0))
+        fills.append(params["fill"])
+    assert sorted(set(fills)) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("kind", ["shutter", "white", "corner", "bite"])
 def test_shutter_and_bite_keep_the_truth(rt, sample, kind):
     """Only the image changes: masks, annotations and the Schoettle point are the source's."""
     for v in rt.variants(sample, kind):
