@@ -1,4 +1,4 @@
-"""Perturbed copies of a dataset folder for red-teaming the review gate (red-team round 12).
+"""Perturbed copies of a dataset folder for red-teaming the review gate (red-team rounds 12-13).
 
     python benchmarks/red_team_sets.py SRC_DIR OUT_DIR [--kinds shutter,bite,keystone,...]
 
@@ -14,6 +14,10 @@ Each sample of SRC_DIR (images/, masks/, annotations/, e.g. ``make phantoms`` or
 - ``corner`` (4): an L-shaped collimator corner over the condyles: the half-plane 5 or 8 mm
   behind the point joined by the half-plane beyond a line across the cortex line 12 or 20 mm
   distal to it, black (variants 0, 1) or white (2, 3). Truth unchanged.
+- ``bilateral`` (2): a side-by-side film: the knee beside the next sample of SRC_DIR (the last
+  beside the first), mirrored, scaled to the same height, 2 % of the width apart on black; the
+  knee on the left (variant 0) or the right (1), its truth moved with it. Truth is this knee's:
+  a plan on the other knee is counted wrong (which knee was meant cannot be told).
 - ``bite`` (1-2): an ellipse of 6-15 mm radii within 5 mm of p_tmc filled at the soft tissue's
   level with matched noise (a lesion where the cortex meets the condyle). Truth unchanged: the
   anatomy's truth is where the bone was.
@@ -51,7 +55,7 @@ from planning.evaluate import dataset_samples
 from planning.perturb import warped_sample
 from planning.references import rater_schoettle
 
-KINDS = ("shutter", "bite", "keystone", "shear", "barrel", "white", "corner")
+KINDS = ("shutter", "bite", "keystone", "shear", "barrel", "white", "corner", "bilateral")
 TMC = LANDMARKS.index("p_tmc")
 SHUTTERS = ((5.0, 0.0), (8.0, 0.0), (6.0, 8.0), (6.0, -8.0))  # (mm behind the point, deg)
 CORNERS = ((5.0, 12.0, 0.0), (8.0, 20.0, 0.0), (5.0, 20.0, 1.0), (8.0, 12.0, 1.0))
@@ -234,8 +238,33 @@ def barrel(s: Sample, rng: np.random.Generator) -> Warped:
 WARPS = {"keystone": keystone, "shear": shear, "barrel": barrel}
 
 
-def variants(s: Sample, kind: str) -> Iterator[Sample | None]:
-    """The variants of one kind (None for one dropped: its truth left the image)."""
+def bilateral(s: Sample, other: Sample, k: int) -> Warped:
+    """The canvas warp of a side-by-side film: ``s`` on the left (k = 0) or the right (1) of
+    ``other`` mirrored and scaled to ``s``'s height, 2 % of ``s``'s width apart; the pasted
+    partner is returned in the parameters (``partner``, ``partner_x``)."""
+    h, w = s.shape
+    oh, ow = other.shape
+    partner = cv2.resize(other.image, (max(1, round(ow * h / oh)), h),
+                         interpolation=cv2.INTER_AREA)[:, ::-1]
+    gap = max(1, round(0.02 * w))
+    dx = 0 if k == 0 else partner.shape[1] + gap
+    width = w + gap + partner.shape[1]
+
+    def warp(a: np.ndarray, is_mask: bool) -> np.ndarray:
+        out = np.zeros((h, width), a.dtype)
+        out[:, dx : dx + w] = a
+        return out
+
+    return (warp, lambda p: np.asarray(p, np.float64).reshape(-1, 2) + [dx, 0],
+            {"partner": partner, "partner_x": w + gap if k == 0 else 0, "knee_x": dx})
+
+
+def variants(s: Sample, kind: str, partner: Sample | None = None) -> Iterator[Sample | None]:
+    """The variants of one kind (None for one dropped: its truth left the image); ``partner``:
+    the other knee of a ``bilateral`` film (no variant without one)."""
+    if kind == "bilateral":
+        yield from _bilaterals(s, partner)
+        return
     rng = None if kind in BLANKS else rng_for(s.id, kind)
     n = (len(CORNERS) if kind == "corner" else len(SHUTTERS)) if rng is None else int(
         rng.integers(1, 3))
@@ -255,6 +284,38 @@ def variants(s: Sample, kind: str) -> Iterator[Sample | None]:
         yield dataclasses.replace(out, id=f"{s.id}_{kind}{k}", meta=meta)
 
 
+def _bilaterals(s: Sample, partner: Sample | None) -> Iterator[Sample | None]:
+    if partner is None:
+        return
+    s = dataclasses.replace(s, schoettle_point=truth_point(s))
+    meta0 = {k: v for k, v in s.meta.items() if k not in ("spacing_inputs", "image_file")}
+    for k in range(2):
+        warp, points, params = bilateral(s, partner, k)
+        out = warped_sample(s, warp, points)
+        if out is None:
+            yield None
+            continue
+        img = out.image.copy()
+        pasted = params.pop("partner")
+        img[:, params["partner_x"] : params["partner_x"] + pasted.shape[1]] = pasted
+        meta = dict(meta0, source_id=s.id, perturbation=dict(
+            kind="bilateral", index=k, partner_id=partner.id, **params))
+        yield dataclasses.replace(out, id=f"{s.id}_bilateral{k}", image=img, meta=meta)
+
+
+def _with_partners(samples: Iterator[Sample]) -> Iterator[tuple[Sample, Sample | None]]:
+    """Each sample with the next one (the last with the first; a lone sample with none)."""
+    first = prev = None
+    for s in samples:
+        if prev is None:
+            first = s
+        else:
+            yield prev, s
+        prev = s
+    if prev is not None:
+        yield prev, (first if first is not prev else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the variants; print what was written and dropped per kind (JSON)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -267,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--kinds: choose from {', '.join(KINDS)}")
     written, dropped = Counter(), Counter()
     try:
-        for s in dataset_samples(args.src):
+        for s, partner in _with_partners(dataset_samples(args.src)):
             if s.spacing_mm is None or not np.all(np.isfinite(truth_point(s))):
                 print(f"skip {s.id}: no spacing or no Schoettle point", file=sys.stderr)
                 continue
             for kind in kinds:
-                for v in variants(s, kind):
+                for v in variants(s, kind, partner):
                     if v is None:
                         dropped[kind] += 1
                         continue

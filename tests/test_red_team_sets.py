@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -147,3 +148,29 @@ def test_a_broken_image_is_one_line_naming_it(rt, tmp_path, capsys):
     assert rt.main([str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err
+
+
+def test_bilateral_film_keeps_the_knee_and_moves_its_truth(rt, sample):
+    """Both variants: the knee's own pixels and masks sit unchanged at ``knee_x``, its truth
+    points moved by exactly that; the other knee, mirrored and scaled to the same height (cv2
+    area resize here), fills the other side; the gap between is black."""
+    other = generate_phantom(8, PhantomConfig(min_side=300, max_side=420))
+    h, w = sample.shape
+    pw = round(other.shape[1] * h / other.shape[0])
+    mirrored = cv2.resize(other.image, (pw, h), interpolation=cv2.INTER_AREA)[:, ::-1]
+    got = list(rt.variants(sample, "bilateral", other))
+    assert len(got) == 2 and not list(rt.variants(sample, "bilateral", None))
+    for k, v in enumerate(got):
+        dx = v.meta["perturbation"]["knee_x"]
+        assert dx == (0 if k == 0 else pw + round(0.02 * w))
+        assert v.shape == (h, w + round(0.02 * w) + pw)
+        np.testing.assert_array_equal(v.image[:, dx : dx + w], sample.image)
+        np.testing.assert_array_equal(v.masks[:, :, dx : dx + w], sample.masks)
+        assert v.masks.sum() == sample.masks.sum()
+        px = w + round(0.02 * w) if k == 0 else 0
+        np.testing.assert_allclose(v.image[:, px : px + pw], mirrored, atol=1e-6)
+        gap = slice(w, w + round(0.02 * w)) if k == 0 else slice(pw, dx)
+        assert np.all(v.image[:, gap] == 0)
+        np.testing.assert_allclose(v.annotations[0].landmarks,
+                                   sample.annotations[0].landmarks + [dx, 0])
+        np.testing.assert_allclose(v.schoettle_point, rt.truth_point(sample) + [dx, 0])
