@@ -14,8 +14,9 @@ A blank region is flat (5 x 5 px standard deviation at most ``PLATEAU_STD`` of t
 metal in ``planning.ood``) and at the image's bottom (``EXTREME`` of the range), comes within
 ``NEAR_MM`` of the distal femur with at least ``MIN_SIZE_MM`` squared (100 mm^2) of it within
 twice that (within one condyle width
-of its end), and has bone at its edge there for ``EDGE_MM``: a shutter cuts through the knee.
-Air beyond the skin, often clipped black too, meets soft tissue; filled, it made a clean knee's
+of its end), and has bone at its edge for ``EDGE_MM`` there or next to any other predicted
+bone within a condyle width of the femur's end (a model may call cut condyles tibia): a shutter
+cuts through the knee. Air beyond the skin, often clipped black too, meets soft tissue; filled, it made a clean knee's
 limb look longer and its plan move 32 mm, which is why the edge must be bone.
 """
 
@@ -116,7 +117,17 @@ def blank_next_to_femur(
     # clipped black, meets skin and soft tissue (filled, it made a clean knee's limb look
     # longer and its plan move 32 mm). So the bone (brighter than halfway from the soft tissue
     # to the femur's median) must touch the region for at least EDGE_MM next to the femur.
-    band = (cv2.dilate(grown, np.ones((3, 3), np.uint8)) > 0) & (grown == 0) & (near > 0)
+    # Also next to any other bone at the knee (within a condyle width of the femur's distal
+    # end): a collimator corner that cuts the condyles away leaves an epiphysis the model may
+    # call tibia (red-team round 13: a plan 36 mm off, its femur ending at the physis, had no
+    # bone at the blank within NEAR_MM of its predicted femur, only dark soft tissue).
+    ky, kx = np.nonzero(anybone)
+    kp = np.stack([(kx + 0.5) * f - 0.5, (ky + 0.5) * f - 0.5], 1)
+    knee = np.zeros_like(distal)
+    knee[ky, kx] = np.linalg.norm(kp - shape.distal_end, axis=1) <= shape.condyle_width_px
+    knee = cv2.dilate(knee, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    band = (cv2.dilate(grown, np.ones((3, 3), np.uint8)) > 0) & (grown == 0) & (
+        (near > 0) | (knee > 0))
     bone = small >= 0.5 * (level + float(np.median(small[femur])))
     if np.count_nonzero(band & bone) < EDGE_MM / mmpp:
         return None

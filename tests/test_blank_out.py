@@ -267,3 +267,35 @@ def test_straight_cut_without_a_scale_is_none():
     blank = (img == 0).astype(np.uint8)
     for mmpp in (0.0, float("nan"), -1.0):
         assert straight_cut_mm(img, blank, masks[0], mmpp) == 0.0
+
+
+def _cut_condyles_called_tibia(bone_at_cut: bool = True):
+    """The drawn knee with a shutter over columns < 116, dark noisy soft tissue (not blank)
+    between it and the shaft (columns 121-179), the condyles (rows >= 190) predicted as tibia
+    and the femur ending above them. ``bone_at_cut`` False: the condyles' cut part is shown as
+    the dark tissue, so no bone meets the blank anywhere."""
+    img, masks = knee(None)
+    rng = np.random.default_rng(2)
+    dark = (np.arange(300)[None, :] < 121) & ((np.arange(400)[:, None] < 190) | (not bone_at_cut))
+    img[dark] = np.abs(0.03 + 0.01 * rng.standard_normal(np.count_nonzero(dark)))
+    img[:, :116] = 0.0
+    condyles = masks[0] & (np.arange(400)[:, None] >= 190)
+    masks[2] |= condyles  # the network's reading: the epiphysis is tibia
+    masks[0] &= ~condyles
+    masks[:, :, :116] = False
+    return img, masks
+
+
+def test_a_shutter_cutting_condyles_the_model_called_tibia_is_found():
+    """Red-team round 13: a collimator corner cut the condyles away and the model ended its
+    femur at the physis, calling the epiphysis tibia (a plan 36 mm off); dark soft tissue lay
+    between the blank and the predicted shaft, so no bone met the blank next to the predicted
+    femur. Bone at the blank's edge next to any predicted bone at the knee (within a condyle
+    width of the femur's distal end) counts: here the condyles, labelled tibia."""
+    img, masks = _cut_condyles_called_tibia()
+    shape = femur_shape(masks[0])
+    assert np.linalg.norm(shape.distal_end - [150, 189]) < 15  # the predicted femur ends above
+    found = blank_next_to_femur(img, masks, shape, MMPP)
+    assert found is not None and found[0][:, :116].all()
+    img, masks = _cut_condyles_called_tibia(bone_at_cut=False)  # nothing cut: dark tissue only
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is None
