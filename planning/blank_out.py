@@ -12,12 +12,12 @@ shutter, which the gate flagged in 64 of 72 plans) p_tmc moved 34-43 mm in each 
 
 A blank region is flat (5 x 5 px standard deviation at most ``PLATEAU_STD`` of the range, as
 metal in ``planning.ood``) and at the image's bottom (``EXTREME`` of the range), comes within
-``NEAR_MM`` of the distal femur with at least ``MIN_SIZE_MM`` squared (100 mm^2) of it within
-twice that (within one condyle width
-of its end), and has bone at its edge for ``EDGE_MM`` there or next to any other predicted
-bone within a condyle width of the femur's end (a model may call cut condyles tibia): a shutter
-cuts through the knee. Air beyond the skin, often clipped black too, meets soft tissue; filled, it made a clean knee's
-limb look longer and its plan move 32 mm, which is why the edge must be bone.
+``NEAR_MM`` of the distal femur (within one condyle width of its end) with at least
+``MIN_SIZE_MM`` squared (100 mm^2) of it within twice that, and has bone at its edge for
+``EDGE_MM`` there or next to any other predicted bone within a condyle width of the femur's end
+(a model may call cut condyles tibia): a shutter cuts through the knee. Air beyond the skin,
+often clipped black too, meets soft tissue; filled, it made a clean knee's limb look longer and
+its plan move 32 mm, which is why the edge must be bone.
 """
 
 from __future__ import annotations

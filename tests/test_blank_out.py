@@ -299,3 +299,15 @@ def test_a_shutter_cutting_condyles_the_model_called_tibia_is_found():
     assert found is not None and found[0][:, :116].all()
     img, masks = _cut_condyles_called_tibia(bone_at_cut=False)  # nothing cut: dark tissue only
     assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is None
+
+
+def test_bone_far_below_the_knee_at_the_blank_does_not_count():
+    """Only bones within a condyle width (60 px here) of the femur's distal end count: the
+    tibia's shaft ~130 px below it, meeting the same blank, is not a cut through the knee."""
+    img, masks = _cut_condyles_called_tibia(bone_at_cut=False)
+    img[319:, 116:121] = 0.6  # the tibia (rows > 318) reaches the blank, far from the femur's end
+    masks[2, 319:, 116:121] = True
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is None
+    img[200:260, 116:121] = 0.6  # bone at the blank within a condyle width: a cut at the knee
+    masks[2, 200:260, 116:121] = True
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is not None

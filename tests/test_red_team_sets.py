@@ -67,7 +67,7 @@ def test_the_truth_moves_with_the_pixels(rt, sample, kind):
 def _axes(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel offsets from the truth point, anterior normal and distal direction of the truth
     cortex line, recomputed here: the line by numpy's SVD, "anterior" as towards the femur's
-    pixels, "distal" as from the cortex points towards the point."""
+    pixels, "distal" as away from the femur's median pixel (the shaft: proximal)."""
     cortex = np.asarray(sample.annotations[0].cortex_points, float)
     centre = cortex.mean(axis=0)
     direction = np.linalg.svd(cortex - centre)[2][0]
@@ -75,7 +75,8 @@ def _axes(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ys, xs = np.nonzero(sample.masks[0])
     normal *= np.sign(((np.column_stack([xs, ys]) - centre) @ normal).mean())  # anterior
     point = np.asarray(sample.schoettle_point, float)
-    direction *= np.sign((point - centre) @ direction)  # distal
+    femur_median = np.median(np.column_stack([xs, ys]), axis=0)
+    direction *= -np.sign((femur_median - point) @ direction)  # distal: away from the shaft
     h, w = sample.shape
     yy, xx = np.mgrid[0:h, 0:w]
     return np.stack([xx, yy], -1) - point, normal, direction
@@ -171,6 +172,9 @@ def test_bilateral_film_keeps_the_knee_and_moves_its_truth(rt, sample):
         np.testing.assert_allclose(v.image[:, px : px + pw], mirrored, atol=1e-6)
         gap = slice(w, w + round(0.02 * w)) if k == 0 else slice(pw, dx)
         assert np.all(v.image[:, gap] == 0)
+        assert v.image.dtype == np.float32
         np.testing.assert_allclose(v.annotations[0].landmarks,
                                    sample.annotations[0].landmarks + [dx, 0])
+        np.testing.assert_allclose(v.annotations[0].cortex_points,
+                                   sample.annotations[0].cortex_points + [dx, 0])
         np.testing.assert_allclose(v.schoettle_point, rt.truth_point(sample) + [dx, 0])
