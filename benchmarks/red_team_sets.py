@@ -239,40 +239,46 @@ WARPS = {"keystone": keystone, "shear": shear, "barrel": barrel}
 
 
 def bilateral(s: Sample, other: Sample, k: int) -> Warped:
-    """The canvas warp of a side-by-side film: ``s`` on the left (k = 0) or the right (1) of
-    ``other`` mirrored and scaled to ``s``'s height, 2 % of ``s``'s width apart; the pasted
-    partner is returned in the parameters (``partner``, ``partner_x``)."""
+    """The warp of a side-by-side film: ``s`` on the left (k = 0) or the right (1) of ``other``
+    mirrored and scaled to ``s``'s height, 2 % of ``s``'s width apart on black (the partner is
+    pasted into the image only; its masks stay empty)."""
     h, w = s.shape
     oh, ow = other.shape
     partner = cv2.resize(other.image, (max(1, round(ow * h / oh)), h),
                          interpolation=cv2.INTER_AREA)[:, ::-1]
     gap = max(1, round(0.02 * w))
     dx = 0 if k == 0 else partner.shape[1] + gap
-    width = w + gap + partner.shape[1]
+    px = w + gap if k == 0 else 0
 
     def warp(a: np.ndarray, is_mask: bool) -> np.ndarray:
-        out = np.zeros((h, width), a.dtype)
+        out = np.zeros((h, w + gap + partner.shape[1]), a.dtype)
         out[:, dx : dx + w] = a
+        if not is_mask:
+            out[:, px : px + partner.shape[1]] = partner
         return out
 
     return (warp, lambda p: np.asarray(p, np.float64).reshape(-1, 2) + [dx, 0],
-            {"partner": partner, "partner_x": w + gap if k == 0 else 0, "knee_x": dx})
+            {"partner_id": other.id, "partner_x": px, "knee_x": dx})
 
 
 def variants(s: Sample, kind: str, partner: Sample | None = None) -> Iterator[Sample | None]:
     """The variants of one kind (None for one dropped: its truth left the image); ``partner``:
     the other knee of a ``bilateral`` film (no variant without one)."""
+    rng = None
     if kind == "bilateral":
-        yield from _bilaterals(s, partner)
-        return
-    rng = None if kind in BLANKS else rng_for(s.id, kind)
-    n = (len(CORNERS) if kind == "corner" else len(SHUTTERS)) if rng is None else int(
-        rng.integers(1, 3))
+        n = 0 if partner is None else 2
+    elif kind in BLANKS:
+        n = len(CORNERS if kind == "corner" else SHUTTERS)
+    else:
+        rng = rng_for(s.id, kind)
+        n = int(rng.integers(1, 3))
     s = dataclasses.replace(s, schoettle_point=truth_point(s))
     meta0 = {k: v for k, v in s.meta.items() if k not in ("spacing_inputs", "image_file")}
     for k in range(n):
-        if kind in WARPS:  # truth moved with the pixels (planning.perturb), None if it leaves
-            warp, points, params = WARPS[kind](s, rng)
+        if kind in WARPS or kind == "bilateral":  # truth moved with the pixels
+            # (planning.perturb), None if it leaves the image
+            warp, points, params = (bilateral(s, partner, k) if kind == "bilateral"
+                                    else WARPS[kind](s, rng))
             out = warped_sample(s, warp, points)
         else:
             img, params = blanked(s, kind, k) if rng is None else bite(s, rng)
@@ -282,25 +288,6 @@ def variants(s: Sample, kind: str, partner: Sample | None = None) -> Iterator[Sa
             continue
         meta = dict(meta0, source_id=s.id, perturbation=dict(kind=kind, index=k, **params))
         yield dataclasses.replace(out, id=f"{s.id}_{kind}{k}", meta=meta)
-
-
-def _bilaterals(s: Sample, partner: Sample | None) -> Iterator[Sample | None]:
-    if partner is None:
-        return
-    s = dataclasses.replace(s, schoettle_point=truth_point(s))
-    meta0 = {k: v for k, v in s.meta.items() if k not in ("spacing_inputs", "image_file")}
-    for k in range(2):
-        warp, points, params = bilateral(s, partner, k)
-        out = warped_sample(s, warp, points)
-        if out is None:
-            yield None
-            continue
-        img = out.image.copy()
-        pasted = params.pop("partner")
-        img[:, params["partner_x"] : params["partner_x"] + pasted.shape[1]] = pasted
-        meta = dict(meta0, source_id=s.id, perturbation=dict(
-            kind="bilateral", index=k, partner_id=partner.id, **params))
-        yield dataclasses.replace(out, id=f"{s.id}_bilateral{k}", image=img, meta=meta)
 
 
 def _with_partners(samples: Iterator[Sample]) -> Iterator[tuple[Sample, Sample | None]]:
