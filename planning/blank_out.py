@@ -87,15 +87,16 @@ def blank_next_to_femur(
     ys, xs = np.nonzero(femur)
     if n < 2 or not len(xs):
         return None
-    pts = np.stack([(xs + 0.5) * f - 0.5, (ys + 0.5) * f - 0.5], 1)  # in original px
-    keep = (pts - shape.distal_end) @ shape.proximal_dir <= shape.condyle_width_px
+    keep = (_original_px(xs, ys, f) - shape.distal_end) @ shape.proximal_dir <= (
+        shape.condyle_width_px)
     distal = np.zeros(size[::-1], np.uint8)
     distal[ys[keep], xs[keep]] = 1
     reach = min(max(1, int(round(NEAR_MM / mmpp))), max(size))  # (a 0.01 mm/px tag)
-    near = cv2.dilate(distal, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)
+    near = cv2.dilate(distal, disc)
     # the region must be large AT the femur (within twice NEAR_MM), not a small black nick at
     # the bone that joins the air around the limb
-    wide = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    wide = cv2.dilate(near, disc)
     ids = np.unique(labels[(near > 0) & (sblank > 0)])
     ids = ids[ids > 0]
     if len(ids):
@@ -122,10 +123,10 @@ def blank_next_to_femur(
     # call tibia (red-team round 13: a plan 36 mm off, its femur ending at the physis, had no
     # bone at the blank within NEAR_MM of its predicted femur, only dark soft tissue).
     ky, kx = np.nonzero(anybone)
-    kp = np.stack([(kx + 0.5) * f - 0.5, (ky + 0.5) * f - 0.5], 1)
     knee = np.zeros_like(distal)
-    knee[ky, kx] = np.linalg.norm(kp - shape.distal_end, axis=1) <= shape.condyle_width_px
-    knee = cv2.dilate(knee, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    knee[ky, kx] = np.linalg.norm(_original_px(kx, ky, f) - shape.distal_end, axis=1) <= (
+        shape.condyle_width_px)
+    knee = cv2.dilate(knee, disc)
     band = (cv2.dilate(grown, np.ones((3, 3), np.uint8)) > 0) & (grown == 0) & (
         (near > 0) | (knee > 0))
     bone = small >= 0.5 * (level + float(np.median(small[femur])))
@@ -136,6 +137,11 @@ def blank_next_to_femur(
     up = cv2.dilate(up, np.ones((2 * int(np.ceil(f)) + 1,) * 2, np.uint8))
     mask = cv2.dilate(up & blank, np.ones((2 * MARGIN_PX + 1,) * 2, np.uint8))
     return mask, level
+
+
+def _original_px(xs: np.ndarray, ys: np.ndarray, f: float) -> np.ndarray:
+    """(N, 2) original-pixel (x, y) of pixel centres of a copy ``f`` times smaller."""
+    return np.stack([(xs + 0.5) * f - 0.5, (ys + 0.5) * f - 0.5], 1)
 
 
 def straight_cut_mm(

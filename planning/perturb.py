@@ -75,17 +75,17 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
     h, w = sample.image.shape
     img = sample.image
     if kind == "hflip":
-        out = warped_sample(sample, lambda a, _: a[:, ::-1], _affine(np.array([[-1, 0, w - 1],
-                                                                           [0, 1, 0]], float)))
+        out = warped_sample(sample, lambda a, _: a[:, ::-1],
+                            _affine(np.array([[-1, 0, w - 1], [0, 1, 0]], float)))
     elif kind == "vflip":
-        out = warped_sample(sample, lambda a, _: a[::-1], _affine(np.array([[1, 0, 0],
-                                                                        [0, -1, h - 1]], float)))
+        out = warped_sample(sample, lambda a, _: a[::-1],
+                            _affine(np.array([[1, 0, 0], [0, -1, h - 1]], float)))
     elif kind == "rot180":
         out = warped_sample(sample, lambda a, _: a[::-1, ::-1],
-                         _affine(np.array([[-1, 0, w - 1], [0, -1, h - 1]], float)))
+                            _affine(np.array([[-1, 0, w - 1], [0, -1, h - 1]], float)))
     elif kind == "rot90":  # clockwise: new (x, y) = (h - 1 - y, x)
         out = warped_sample(sample, lambda a, _: np.rot90(a, -1),
-                         _affine(np.array([[0, -1, h - 1], [1, 0, 0]], float)))
+                            _affine(np.array([[0, -1, h - 1], [1, 0, 0]], float)))
         if out is not None and out.spacing_mm is not None:
             out = dataclasses.replace(out, spacing_mm=out.spacing_mm[::-1])
     elif kind == "half":
@@ -97,7 +97,7 @@ def perturb(sample: Sample, kind: str) -> Sample | None:
                               else cv2.INTER_AREA)
 
         out = warped_sample(sample, half, _affine(np.array([[sx, 0, 0.5 * sx - 0.5],
-                                                         [0, sy, 0.5 * sy - 0.5]])), (sy, sx))
+                                                            [0, sy, 0.5 * sy - 0.5]])), (sy, sx))
     elif kind == "pad":
         ch, cw = int(PAD_SCALE * h), int(PAD_SCALE * w)
         y0, x0 = int(0.25 * (PAD_SCALE - 1) * h), int(0.75 * (PAD_SCALE - 1) * w)  # off-centre
