@@ -304,11 +304,12 @@ def ahead_of_line_px(mask: np.ndarray, line_point: np.ndarray, line_normal: np.n
     In a lateral knee the patella lies in front of the posterior cortex line at any flexion
     (>= 23 mm on 408 truth phantoms of all five families) and the fibula's head at or behind
     it (<= 1.2 mm); the reverse order means the plan reads the knee back to front."""
-    m = np.asarray(mask, np.uint8)
-    if not m.any():
+    from geometry.lines import largest_component
+
+    ys, xs = np.nonzero(largest_component(mask))
+    if not len(xs):
         return float("nan")
-    n, _, stats, centroids = cv2.connectedComponentsWithStats(m, connectivity=8)
-    c = centroids[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    c = np.array([xs.mean(), ys.mean()])
     d = (c - np.asarray(line_point, np.float64)) @ np.asarray(line_normal, np.float64)
     return float(femur_side * d)
 
