@@ -186,9 +186,11 @@ def evaluate_sample(
     if predictor is not None and tta >= 2:  # as make plan: does it lean on metal near its points?
         from planning.blank_out import with_blank_shift
         from planning.metal_out import with_metal_shift
+        from planning.second_knee import with_second_knee
 
         context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom, codec)
         context = with_blank_shift(context, plan, predictor, decode, line_fit, zoom, codec)
+        context = with_second_knee(context, maps, predictor)
         uncertainty = context.uncertainty
     reasons = review(plan, context)
     seg = segmentation_metrics(masks, sample.masks > 0, spacing)

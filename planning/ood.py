@@ -62,6 +62,10 @@ class FemurShape:
         """Distance of point ``p`` (x, y) from the distal end along the proximal direction (px)."""
         return float((np.asarray(p, np.float64) - self.distal_end) @ self.proximal_dir)
 
+    def condyle_centre(self) -> np.ndarray:
+        """(2,) (x, y) of the condyles' centre: half a condyle width up the axis from the end."""
+        return self.distal_end + 0.5 * self.condyle_width_px * self.proximal_dir
+
 
 @dataclass(frozen=True)
 class KneeEvidence:

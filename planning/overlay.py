@@ -339,11 +339,12 @@ Colour = tuple[int, int, int]
 
 def panel_text(
     plan: Plan, masks: bool, reasons: list[str] | None, spacing_source: str | None,
-    warnings: list[str] | None, ellipses: bool, window: bool,
+    warnings: list[str] | None, ellipses: bool, window: bool, second_knee: bool = False,
 ) -> tuple[list[tuple[str, Colour]], list[tuple[str, Colour]]]:
     """(status lines, legend entries) of the panel: the verdict, whether a Schoettle point
     exists, the scale and its source, the warnings; a legend entry only for what is drawn
-    (``masks``: bone outlines, ``ellipses``: TTA ellipses, ``window``: the second look)."""
+    (``masks``: bone outlines, ``ellipses``: TTA ellipses, ``window``: the second look,
+    ``second_knee``: the circle around a second knee)."""
     sp = plan.schoettle
     status: list[tuple[str, tuple[int, int, int]]] = []
     if reasons:
@@ -374,6 +375,8 @@ def panel_text(
         entries.append(("dashed ellipses: 2-sigma TTA spread", (200, 200, 200)))
     if window:
         entries.append(("dashed square: the network's second look", WINDOW_COLOUR))
+    if second_knee:
+        entries.append(("dashed circle: a second knee, not planned", REVIEW_COLOUR))
     return status, entries
 
 
@@ -387,6 +390,7 @@ def draw_plan(
     window: dict[str, int] | None = None,
     spacing_source: str | None = None,
     warnings: list[str] | None = None,
+    second_knee=None,
 ) -> np.ndarray:
     """Draw ``plan`` over ``image`` at its resolution; returns (max(H, panel), W + panel, 3)
     uint8 RGB.
@@ -408,6 +412,8 @@ def draw_plan(
         spacing_source: where the pixel spacing came from (e.g. ``user``, ``PixelSpacing``),
             stated beside its value.
         warnings: input warnings (e.g. lossy compression), shown in the panel.
+        second_knee: a ``planning.second_knee.SecondKnee`` beside the planned knee, circled
+            dashed (one condyle width across) in the review colour, or None.
     """
     img = to_rgb(image)
     h, w = img.shape[:2]
@@ -422,6 +428,10 @@ def draw_plan(
     _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
     _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
     ellipses = _uncertainty_ellipses(img, uncertainty, st) if uncertainty is not None else 0
+    if second_knee is not None:
+        r = 0.5 * second_knee.condyle_width_px
+        _dashed_ellipse(img, np.asarray(second_knee.centre, np.float64), np.array([r, r]), 0.0,
+                        REVIEW_COLOUR, st)
     labels = []
     for name in ("p_blum", "p_tmc"):
         p = plan.landmark(name)
@@ -451,7 +461,7 @@ def draw_plan(
         _place_labels(img, labels, st)
     _scale_bar(img, plan.spacing, st)
     status, entries = panel_text(plan, masks is not None, reasons, spacing_source, warnings,
-                                 ellipses > 0, show_window)
+                                 ellipses > 0, show_window, second_knee is not None)
     panel = _panel(h, title, status, entries, st)
     if panel.shape[0] > h:  # a panel taller than the image: the canvas grows below the image
         img = np.vstack([img, np.full((panel.shape[0] - h, w, 3), PANEL_GRAY, np.uint8)])

@@ -281,9 +281,11 @@ def run_plan(
     if aug is not None:  # with the plan's stability: does it lean on metal near its points?
         from planning.blank_out import with_blank_shift
         from planning.metal_out import with_metal_shift
+        from planning.second_knee import with_second_knee
 
         context = with_metal_shift(context, plan, predictor, decode, line_fit, zoom, codec)
         context = with_blank_shift(context, plan, predictor, decode, line_fit, zoom, codec)
+        context = with_second_knee(context, maps, predictor)
         unc = context.uncertainty
     reasons = review(plan, context)
     out = Path(out_dir)
@@ -293,7 +295,8 @@ def run_plan(
     window = zoom_window(maps.frame)
     warnings = input_warnings(loaded)
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
-                    window=window, spacing_source=sp.source, warnings=warnings)
+                    window=window, spacing_source=sp.source, warnings=warnings,
+                    second_knee=context.second_knee)
     pending = (overlay_writer or write_overlay)(overlay_path, rgb)
     report = build_report(
         plan,
@@ -311,6 +314,7 @@ def run_plan(
         uncertainty=unc,
         evidence=context.evidence(),
         warnings=warnings,
+        second_knee=context.second_knee,
     )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)

@@ -146,6 +146,7 @@ def build_report(
     uncertainty: Any = None,
     evidence: Any = None,
     warnings: list[str] | None = None,
+    second_knee: Any = None,
 ) -> dict[str, Any]:
     """The report dict (JSON-ready; NaN -> null).
 
@@ -162,6 +163,7 @@ def build_report(
         uncertainty: ``planning.tta.Uncertainty`` or None.
         evidence: ``planning.ood.KneeEvidence`` or None.
         warnings: input warnings (e.g. lossy JPEG) that do not flag the plan by themselves.
+        second_knee: ``planning.second_knee.SecondKnee`` found beside the planned knee, or None.
     """
     sp = plan.spacing
     landmarks = {
@@ -212,6 +214,7 @@ def build_report(
         "confidence": confidence,
         "uncertainty": None if uncertainty is None else uncertainty_report(uncertainty, sp),
         "knee_evidence": None if evidence is None else evidence.as_dict(),
+        "second_knee": None if second_knee is None else second_knee.as_dict(),
         "warnings": list(warnings or []),
         "reviewed": reasons is not None,
         "needs_review": bool(reasons),

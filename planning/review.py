@@ -233,6 +233,8 @@ class ReviewContext:
         tta_count: the test-time augmentations the plan was measured with (``--tta``; below
             ``config.min_tta`` its stability was not measured: a reason), or None where no
             network ran (an oracle).
+        second_knee: a second knee found beside the planned one
+            (``planning.second_knee.SecondKnee``: a reason), or None.
     """
 
     masks: np.ndarray | None = None
@@ -242,6 +244,7 @@ class ReviewContext:
     uncertainty: Uncertainty | None = None
     config: ReviewConfig = field(default_factory=ReviewConfig)
     tta_count: int | None = None
+    second_knee: Any = None
     _evidence: KneeEvidence | None = field(default=None, repr=False)
 
     def evidence(self) -> KneeEvidence | None:
@@ -563,4 +566,10 @@ def review(plan: Plan, context: ReviewContext | None = None) -> list[Reason]:
     reasons += _construction(plan, mmpp, ctx.config)
     reasons += _anatomy(plan, ctx, mmpp)
     reasons += _uncertainty(ctx, mmpp, plan.spacing)
+    if (knee := ctx.second_knee) is not None:
+        x, y = knee.centre
+        reasons.append(Reason("two_knees", f"a second knee at ({x:.0f}, {y:.0f}) px, "
+                              f"{knee.apart:.1f} condyle widths from the one planned: the image "
+                              "holds two knees; check that the plan is of the knee to be "
+                              "operated on"))
     return reasons

@@ -35,7 +35,7 @@ def condyle_fraction(maps: Any) -> float:
     return float("nan") if shape is None else shape.condyle_width_px / maps.frame.size
 
 
-def _femur_like(shape: Any, cfg: Any = None) -> bool:
+def femur_like(shape: Any, cfg: Any = None) -> bool:
     """One piece, a shaft, condyles wider than it, not the whole frame: the review's own bounds
     (``cfg``, a ``planning.review.ReviewConfig``; None: configs/review.yaml). Anything else is
     no knee to zoom to (the review flags it), and a second look would only cost time."""
@@ -59,13 +59,12 @@ def knee_window(
         review_config: the review's thresholds (what counts as femur-like; None: the file's).
     """
     shape = femur_shape(np.asarray(maps.seg[0]) >= 0.5)
-    if shape is None or not _femur_like(shape, review_config):
+    if shape is None or not femur_like(shape, review_config):
         return None
     frac = shape.condyle_width_px / maps.frame.size
     if CONDYLE_RANGE[0] <= frac <= CONDYLE_RANGE[1]:
         return None
-    condyles = shape.distal_end + 0.5 * shape.condyle_width_px * shape.proximal_dir
-    centre = maps.frame.to_original(condyles[None])[0]
+    centre = maps.frame.to_original(shape.condyle_centre()[None])[0]
     h, w = int(image_shape[0]), int(image_shape[1])
     side = maps.frame.side * frac / CONDYLE_TARGET
     side = float(np.clip(side, MIN_WINDOW_PX, MAX_WINDOW_SCALE * max(h, w)))

@@ -21,6 +21,7 @@ from planning.ood import femur_shape
 from planning.oracle import oracle_maps
 from planning.report import segmentation_confidence
 from planning.review import CONFIG_PATH, ReviewConfig, ReviewContext, review
+from planning.second_knee import SecondKnee
 from planning.tta import Uncertainty
 
 CFG = PhantomConfig(min_side=400, max_side=560)
@@ -238,6 +239,7 @@ def test_each_reason_fires_on_its_case(case):
     check("looks_disagree",
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
     check("tta_off", c=ctx(sample, masks, tta_count=0))  # --tta 0: the spread is unmeasured
+    check("two_knees", c=ctx(sample, masks, second_knee=SecondKnee((w + 0.0, h / 2), 50.0, 3.1)))
     assert codes(plan, ctx(sample, masks, tta_count=8)) == set()
     assert codes(plan, ctx(sample, masks, tta_count=0, config=ReviewConfig(min_tta=0))) == set()
     near = np.array([8.0 / sp[1], 8.0 / sp[1]])  # 8 mm: the second look is expected to move

@@ -1,0 +1,187 @@
+"""A second knee in the image: the plan is of one of two, and the image cannot say which of them
+is to be operated on.
+
+Red-team round 13 (README): on side-by-side (bilateral) films, 24 of 816 plans passed the gate
+and were of the knee beside the one annotated, each right for that knee. The whole image's pass
+shows both knees small and the model segments one of them. :func:`second_knee` looks again
+through square windows at the planned knee's scale (its condyles ``planning.zoom.CONDYLE_TARGET``
+of the side, as in training), tiled over the image with half a window's overlap. In each window
+the femur pieces that touch the planned femur are dropped; what is left is a second knee when it
+is femur-like (``planning.zoom.femur_like``), its condyles ``WIDTH_RATIO`` times as wide as the
+planned ones and their centre more than ``MIN_APART`` planned condyle widths from theirs, with a
+tibia within ``MAX_TIBIA_GAP`` of its own condyle widths of its distal end (a knee, not a
+femur-shaped strip of plastic or a sphere on a wire).
+
+Measured with a 30-minute quick checkpoint (round 13's sets): on 816 bilateral plans it found the
+second knee behind 18 of the 24 plans of the other knee and 53 of the 67 unflagged ones; on 408
+clean phantoms (five families) it fired on 5, 4 of them flagged anyway (the fifth: a plastic
+strip with a sphere read as a knee).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from geometry.frame import WindowResize
+from planning.ood import FemurShape, femur_shape
+from planning.zoom import CONDYLE_TARGET, MIN_WINDOW_PX, femur_like
+
+MIN_APART = 1.5  # condyle centres this many planned condyle widths apart: another knee (two
+# knees side by side lie at least one knee's depth apart; the planned knee seen again through a
+# window that cuts it stays within one)
+WIDTH_RATIO = (0.6, 1.6)  # its condyles / the planned ones: a knee of the same film's scale
+# (the partner knees of round 13 read 0.7-1.0 through their windows)
+MAX_TIBIA_GAP = 1.5  # its tibia this close to its distal end, in its condyle widths (the planned
+# knees of 408 clean phantoms: median 0.16, 99th percentile 1.41)
+MAX_WINDOWS = 16  # network passes at most: a larger image is tiled with larger windows
+SAME_VIEW = 0.1  # a window this close (of its side) to a view already computed reuses its maps
+
+
+@dataclass(frozen=True)
+class SecondKnee:
+    """A second knee: its condyles' centre ``(x, y)`` and width in original pixels, and how far
+    it lies from the planned knee's condyles (in their widths)."""
+
+    centre: tuple[float, float]
+    condyle_width_px: float
+    apart: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"centre_px": [round(self.centre[0], 1), round(self.centre[1], 1)],
+                "condyle_width_px": round(self.condyle_width_px, 1),
+                "apart_condyle_widths": round(self.apart, 2)}  # fmt: skip
+
+
+def window_centres(length: int, side: float) -> list[float]:
+    """Centres along one image axis of ``length`` px of windows of ``side`` px that cover it
+    with (at least) half a window's overlap; one centred window when it fits."""
+    if length <= side:
+        return [(length - 1) / 2]
+    k = int(np.ceil((length - side) / (side / 2))) + 1
+    return list(np.linspace(side / 2 - 0.5, length - side / 2 - 0.5, k))
+
+
+def tiling(h: int, w: int, side: float) -> tuple[float, list[tuple[float, float]]]:
+    """(side, centres (x, y)) of the windows tiled over an (h, w) image: windows of ``side`` px,
+    enlarged by 1.25x until at most ``MAX_WINDOWS`` cover it."""
+    side = max(float(side), MIN_WINDOW_PX)
+    while True:
+        xs, ys = window_centres(w, side), window_centres(h, side)
+        if len(xs) * len(ys) <= MAX_WINDOWS:
+            return side, [(x, y) for y in ys for x in xs]
+        side *= 1.25
+
+
+def _square(frame: Any) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square of original pixels a frame shows."""
+    return -float(frame.pad_left), -float(frame.pad_top), float(frame.side)
+
+
+def _same_view(a: Any, b: Any) -> bool:
+    """Whether two frames show (nearly) the same square of the image."""
+    (ax, ay, aside), (bx, by, bside) = _square(a), _square(b)
+    return (max(abs(ax - bx), abs(ay - by)) <= SAME_VIEW * aside
+            and 1 / (1 + 2 * SAME_VIEW) <= aside / bside <= 1 + 2 * SAME_VIEW)
+
+
+def _condyles(seg: np.ndarray, frame: Any) -> tuple[FemurShape, np.ndarray, float] | None:
+    """(shape in the network frame, condyle centre (x, y) and condyle width in original px) of
+    the femur channel of ``seg`` ((4, S, S) seen through ``frame``); None: no femur."""
+    shape = femur_shape(np.asarray(seg[0]) >= 0.5)
+    if shape is None:
+        return None
+    centre = frame.to_original(shape.condyle_centre()[None])[0]
+    return shape, centre, shape.condyle_width_px * frame.side / frame.size
+
+
+def _without_planned(maps: Any, planned: np.ndarray) -> Any:
+    """``maps`` with the femur pieces that touch ``planned`` (the planned femur, (H, W) bool in
+    original pixels) removed from its femur channel."""
+    fem = (np.asarray(maps.seg[0]) >= 0.5).astype(np.uint8)
+    _, labels = cv2.connectedComponents(fem, connectivity=8)
+    ys, xs = np.nonzero(fem)
+    orig = np.rint(maps.frame.to_original(np.column_stack([xs, ys]))).astype(np.int64)
+    h, w = planned.shape
+    inside = (orig[:, 0] >= 0) & (orig[:, 1] >= 0) & (orig[:, 0] < w) & (orig[:, 1] < h)
+    touch = np.zeros(len(xs), bool)
+    touch[inside] = planned[orig[inside, 1], orig[inside, 0]]
+    drop = np.isin(labels, np.unique(labels[ys[touch], xs[touch]]))
+    seg = np.array(maps.seg, copy=True)
+    seg[0][drop] = 0.0
+    return seg
+
+
+def _tibia_gap(seg: np.ndarray, shape: FemurShape) -> float:
+    """Distance from the femur's distal end to the nearest tibia pixel, in condyle widths."""
+    tibia = np.argwhere(np.asarray(seg[2]) >= 0.5)[:, ::-1]
+    if not len(tibia):
+        return float("inf")
+    d = np.hypot(*(tibia - shape.distal_end).T)
+    return float(d.min() / max(shape.condyle_width_px, 1e-6))
+
+
+def second_knee(
+    predictor: Any, image: np.ndarray, maps: Any, planned_femur: np.ndarray,
+    review_config: Any = None,
+) -> SecondKnee | None:
+    """The second knee in ``image`` beside the one planned, or None (none found, or the planned
+    femur is not femur-like: no scale to look at).
+
+    Args:
+        predictor: a ``planning.predict`` predictor (or a module ``as_predictor`` wraps).
+        image: (H, W) float32 original image.
+        maps: the plan's ``NetworkMaps`` (with its ``first_look`` when it came from a second
+            look): views already computed are reused for windows that show the same square.
+        planned_femur: (H, W) bool, the planned femur in original pixels.
+        review_config: the review's thresholds (what counts as femur-like).
+    """
+    from planning.predict import as_predictor, predict_images
+
+    planned = _condyles(maps.seg, maps.frame)
+    if planned is None or not femur_like(planned[0], review_config):
+        return None
+    _, centre0, width0 = planned
+    h, w = np.shape(image)
+    side, centres = tiling(h, w, width0 / CONDYLE_TARGET)
+    predictor = as_predictor(predictor)
+    size = int(predictor.image_size)
+    known = [m for m in (maps, getattr(maps, "first_look", None)) if m is not None]
+    views, todo = [], []
+    for c in centres:
+        frame = WindowResize.around(h, w, np.array(c), side, size)
+        same = [v for v in known if _same_view(frame, v.frame)]
+        if not same:
+            todo.append(frame)
+        elif not any(v is same[0] for v in views):
+            views.append(same[0])
+    views += predict_images(predictor, [image] * len(todo), frames=todo) if todo else []
+    best: SecondKnee | None = None
+    for view in views:
+        seg = _without_planned(view, planned_femur)
+        found = _condyles(seg, view.frame)
+        if found is None or not femur_like(found[0], review_config):
+            continue
+        shape, centre, width = found
+        apart = float(np.hypot(*(centre - centre0)) / width0)
+        if (apart > MIN_APART and WIDTH_RATIO[0] <= width / width0 <= WIDTH_RATIO[1]
+                and _tibia_gap(seg, shape) <= MAX_TIBIA_GAP
+                and (best is None or apart > best.apart)):
+            best = SecondKnee((float(centre[0]), float(centre[1])), float(width), apart)
+    return best
+
+
+def with_second_knee(context: Any, maps: Any, predictor: Any) -> Any:
+    """``context`` (a ``planning.review.ReviewContext``) with its ``second_knee`` looked for
+    (:func:`second_knee`); unchanged without an image or masks."""
+    from dataclasses import replace
+
+    if context.image is None or context.masks is None:
+        return context
+    found = second_knee(predictor, context.image, maps, np.asarray(context.masks[0], bool),
+                        context.config)  # fmt: skip
+    return replace(context, second_knee=found)
