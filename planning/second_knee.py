@@ -39,6 +39,8 @@ MAX_TIBIA_GAP = 1.5  # its tibia this close to its distal end, in its condyle wi
 # knees of 408 clean phantoms: median 0.16, 99th percentile 1.41)
 MAX_WINDOWS = 16  # network passes at most: a larger image is tiled with larger windows
 SAME_VIEW = 0.1  # a window this close (of its side) to a view already computed reuses its maps
+MAX_CONFIRM = 2  # candidates looked at again (most central first), one network pass each
+CONFIRM_WITHIN = 0.5  # ... found again this close (in its condyle widths): a second knee
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ def _condyles(seg: np.ndarray, frame: Any) -> tuple[FemurShape, np.ndarray, floa
 
 
 def _without_planned(maps: Any, planned: np.ndarray) -> Any:
-    """``maps`` with the femur pieces that touch ``planned`` (the planned femur, (H, W) bool in
-    original pixels) removed from its femur channel."""
+    """``maps``' (4, S, S) bones with the femur pieces that touch ``planned`` (the planned
+    femur, (H, W) bool in original pixels) removed from its femur channel. (Only the femur: the
+    plan's window may put a tibia or fibula on the other knee's femur.)"""
     fem = (np.asarray(maps.seg[0]) >= 0.5).astype(np.uint8)
     _, labels = cv2.connectedComponents(fem, connectivity=8)
     ys, xs = np.nonzero(fem)
@@ -114,6 +117,18 @@ def _without_planned(maps: Any, planned: np.ndarray) -> Any:
     seg = np.array(maps.seg, copy=True)
     seg[0][drop] = 0.0
     return seg
+
+
+def _whole(centre: np.ndarray, width: float, frame: Any, h: int, w: int) -> bool:
+    """Whether condyles centred at ``centre`` (x, y), ``width`` px wide (original px), lie whole
+    in the image and in the square ``frame`` shows: their centre at least half their width
+    inside both (a shape cut by a window's edge is not a knee seen; the windows overlap by half,
+    so a knee in the image lies whole in one of them)."""
+    x0, y0, side = _square(frame)
+    r = 0.5 * width
+    lo = np.array([max(x0, 0.0), max(y0, 0.0)]) + r
+    hi = np.array([min(x0 + side, w), min(y0 + side, h)]) - r
+    return bool(np.all(centre >= lo) and np.all(centre <= hi))
 
 
 def _tibia_gap(seg: np.ndarray, shape: FemurShape) -> float:
@@ -160,19 +175,41 @@ def second_knee(
         elif not any(v is same[0] for v in views):
             views.append(same[0])
     views += predict_images(predictor, [image] * len(todo), frames=todo) if todo else []
-    best: SecondKnee | None = None
-    for view in views:
-        seg = _without_planned(view, planned_femur)
-        found = _condyles(seg, view.frame)
-        if found is None or not femur_like(found[0], review_config):
-            continue
-        shape, centre, width = found
-        apart = float(np.hypot(*(centre - centre0)) / width0)
-        if (apart > MIN_APART and WIDTH_RATIO[0] <= width / width0 <= WIDTH_RATIO[1]
-                and _tibia_gap(seg, shape) <= MAX_TIBIA_GAP
-                and (best is None or apart > best.apart)):
-            best = SecondKnee((float(centre[0]), float(centre[1])), float(width), apart)
-    return best
+    found = [k for v in views if (k := _knee_in(v, planned_femur, centre0, width0, h, w,
+                                                 review_config)) is not None]
+    # a knee seen again through a window centred on its condyles at its own scale (the second
+    # look the plan itself would take): a shape a window's edge or position made is not
+    for knee in sorted(found, key=lambda k: k[1])[:MAX_CONFIRM]:
+        frame = WindowResize.around(h, w, np.array(knee[0].centre),
+                                    knee[0].condyle_width_px / CONDYLE_TARGET, size)
+        view = predict_images(predictor, [image], frames=[frame])[0]
+        again = _knee_in(view, planned_femur, centre0, width0, h, w, review_config)
+        if again is not None and (np.hypot(*np.subtract(again[0].centre, knee[0].centre))
+                                  <= CONFIRM_WITHIN * knee[0].condyle_width_px):
+            return again[0]
+    return None
+
+
+def _knee_in(
+    view: Any, planned_femur: np.ndarray, centre0: np.ndarray, width0: float, h: int, w: int,
+    review_config: Any,
+) -> tuple[SecondKnee, float] | None:
+    """(the second knee ``view`` shows, how far off its square's centre it lies in its sides),
+    or None: a femur-like shape off the planned bones, of the planned knee's scale, far enough
+    from it, whole in the view and with a tibia at its end."""
+    seg = _without_planned(view, planned_femur)
+    found = _condyles(seg, view.frame)
+    if found is None or not femur_like(found[0], review_config):
+        return None
+    shape, centre, width = found
+    apart = float(np.hypot(*(centre - centre0)) / width0)
+    x0, y0, side = _square(view.frame)
+    if not (apart > MIN_APART and WIDTH_RATIO[0] <= width / width0 <= WIDTH_RATIO[1]
+            and _whole(centre, width, view.frame, h, w)
+            and _tibia_gap(seg, shape) <= MAX_TIBIA_GAP):
+        return None
+    off = float(np.hypot(centre[0] - x0 - side / 2, centre[1] - y0 - side / 2) / side)
+    return SecondKnee((float(centre[0]), float(centre[1])), float(width), apart), off
 
 
 def with_second_knee(context: Any, maps: Any, predictor: Any) -> Any:

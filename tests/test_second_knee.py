@@ -1,0 +1,178 @@
+"""The second-knee search: windows tile the image as computed by hand, a drawn second knee is
+found where it was drawn, and a lone knee, a femur without a tibia or a knee of another scale
+are not called one; windows that show what the plan's maps show cost no network pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geometry.frame import PadResize, WindowResize
+from planning.predict import predict_images
+from planning.second_knee import MAX_WINDOWS, second_knee, tiling, window_centres
+
+# the stub network reads bones from these grey levels; every blend at an outline (the network
+# input is an area-resampled window) lies between two of them, so no femur's rim reads as tibia
+FEMUR, TIBIA, SOFT = 1.0, 0.25, 0.5
+
+
+class GreyNet:
+    """A stand-in network: femur where the image is above 0.9, tibia where it lies in
+    (0.2, 0.3); counts the images it is given."""
+
+    image_size = 64
+    codec = None
+    takes_numpy = True
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.seen += len(x)
+        img = x[:, 0]
+        zero = np.zeros_like(img)
+        seg = np.stack([img > 0.9, zero, (img > 0.2) & (img < 0.3), zero], 1).astype(np.float32)
+        return {"seg": seg, "lm": np.zeros((len(x), 2) + img.shape[1:], np.float32),
+                "roi": np.zeros((len(x), 1) + img.shape[1:], np.float32)}  # fmt: skip
+
+
+def draw_knee(img: np.ndarray, x: float, scale: float = 1.0, tibia: bool = True) -> None:
+    """A femur (a shaft 24 px wide down to condyles 44 px wide, centred at (x, 125)) and a
+    tibia below it, all lengths times ``scale``."""
+    ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    c = 125 * scale
+    shaft = (np.abs(xs - x) <= 12 * scale) & (ys <= c)
+    condyles = (xs - x) ** 2 + (ys - c) ** 2 <= (22 * scale) ** 2
+    img[shaft | condyles] = FEMUR
+    if tibia:
+        img[(np.abs(xs - x) <= 20 * scale) & (ys >= c + 28 * scale)
+            & (ys <= c + 80 * scale)] = TIBIA  # fmt: skip
+
+
+def femur(shape: tuple[int, int], x: float, scale: float = 1.0) -> np.ndarray:
+    """The femur of the knee ``draw_knee`` draws at ``x``, (H, W) bool."""
+    one = np.zeros(shape, np.float32)
+    draw_knee(one, x, scale, tibia=False)
+    return one > 0
+
+
+def planned_maps(net: GreyNet, img: np.ndarray, x: float = 120.0):
+    """The plan's maps: a window at the training scale around the knee at ``x`` (as the second
+    look gives) and that knee's femur in original pixels."""
+    frame = WindowResize.around(*img.shape, np.array([x, 125.0]), 44 / 0.27, net.image_size)
+    return predict_images(net, [img], frames=[frame])[0], femur(img.shape, x)
+
+
+def test_window_centres_by_hand():
+    # 100 px in windows of 40: (100 - 40) / 20 = 3 steps -> 4 windows, first and last flush
+    np.testing.assert_allclose(window_centres(100, 40), [19.5, 39.5, 59.5, 79.5])
+    assert window_centres(30, 40) == [14.5]  # fits: one centred window
+    for length, side in ((100, 40), (481, 163.0), (1000, 70.0)):
+        cs = np.array(window_centres(length, side))
+        assert cs[0] - side / 2 == pytest.approx(-0.5) and cs[-1] + side / 2 == pytest.approx(
+            length - 0.5)  # the first and the last window end at the image's edges
+        assert np.all(np.diff(cs) <= side / 2 + 1e-9)  # half a window's overlap at least
+
+
+def test_tiling_caps_the_windows():
+    side, centres = tiling(300, 480, 163.0)  # (300 - 163) / 81.5 -> 2 steps, 3 rows
+    assert side == 163.0 and len(centres) == 5 * 3
+    side, centres = tiling(4000, 6000, 100.0)  # 77 x 119 windows of 100 px: enlarged
+    assert len(centres) <= MAX_WINDOWS and side > 100.0
+    assert len(window_centres(4000, side / 1.25)) * len(window_centres(6000, side / 1.25)) \
+        > MAX_WINDOWS  # one step smaller would not have fitted
+
+
+def test_second_knee_found_where_drawn():
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    draw_knee(img, 360.0)
+    net = GreyNet()
+    maps, femur = planned_maps(net, img)
+    found = second_knee(net, img, maps, femur)
+    assert found is not None
+    # its condyles: the circle's centre lies 22 px (half their width) up from the distal end
+    assert np.hypot(found.centre[0] - 360.0, found.centre[1] - 125.0) < 8.0
+    assert found.condyle_width_px == pytest.approx(44.0, rel=0.15)
+    assert found.apart == pytest.approx(240.0 / 44.0, rel=0.15)
+
+
+@pytest.mark.parametrize("second", ["none", "no_tibia", "half_size"])
+def test_no_second_knee(second):
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    if second == "no_tibia":  # a femur-like shape alone is not a knee
+        draw_knee(img, 360.0, tibia=False)
+    elif second == "half_size":  # a knee of half the scale: not the same film's other knee
+        draw_knee(img, 360.0, scale=0.5)
+    net = GreyNet()
+    maps, femur = planned_maps(net, img)
+    assert second_knee(net, img, maps, femur) is None
+
+
+def test_half_size_knee_is_femur_like_alone():
+    """(The half-size knee above is refused for its scale, not because it is no knee: planned
+    by itself it is found as a second knee of the small one.)"""
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0, scale=0.5)
+    draw_knee(img, 360.0, scale=0.5)
+    net = GreyNet()
+    frame = WindowResize.around(300, 480, np.array([120.0, 62.5]), 22 / 0.27, net.image_size)
+    maps = predict_images(net, [img], frames=[frame])[0]
+    assert second_knee(net, img, maps, femur(img.shape, 120.0, 0.5)) is not None
+
+
+def test_same_view_costs_no_network_pass():
+    """A knee that fills a square image at the training scale: the one window the tiling asks
+    for shows what the plan's own maps show, so no network pass is made."""
+    img = np.full((163, 163), SOFT, np.float32)
+    draw_knee(img, 81.0)
+    net = GreyNet()
+    maps = predict_images(net, [img], frames=[PadResize.from_shape(163, 163, 64)])[0]
+    net.seen = 0
+    assert second_knee(net, img, maps, femur(img.shape, 81.0)) is None
+    assert net.seen == 0
+
+
+def test_femur_pieces_touching_the_planned_femur_are_dropped():
+    """The planned femur seen again through a window is not a second knee: pieces touching it
+    are dropped (here the planned femur is taken to reach into the second knee's femur)."""
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    draw_knee(img, 360.0)
+    net = GreyNet()
+    maps, planned = planned_maps(net, img)
+    assert second_knee(net, img, maps, planned) is not None
+    assert second_knee(net, img, maps, planned | femur(img.shape, 360.0)) is None
+
+
+@pytest.mark.parametrize(("x", "whole"), [(440.0, True), (462.0, False)])
+def test_a_knee_cut_by_the_image_edge_is_not_counted(x, whole):
+    """Its condyles (44 px wide) must lie whole in the image: centre >= 22 px inside it."""
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    draw_knee(img, x)
+    net = GreyNet()
+    maps, planned = planned_maps(net, img)
+    assert (second_knee(net, img, maps, planned) is not None) == whole
+
+
+class OneLookNet(GreyNet):
+    """Sees femurs only in batches of several windows (the tiling), not in the single window the
+    confirmation centres on a candidate: a stand-in for a shape that a window's position made."""
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        maps = super().predict_maps(x)
+        if len(x) == 1:
+            maps["seg"][:, 0] = 0.0
+        return maps
+
+
+def test_a_knee_not_seen_again_when_centred_is_not_counted():
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    draw_knee(img, 360.0)
+    maps, planned = planned_maps(GreyNet(), img)
+    net = OneLookNet()
+    assert second_knee(net, img, maps, planned) is None
+    assert second_knee(GreyNet(), img, maps, planned) is not None
