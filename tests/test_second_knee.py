@@ -122,16 +122,19 @@ def test_half_size_knee_is_femur_like_alone():
     assert second_knee(net, img, maps, femur(img.shape, 120.0, 0.5)) is not None
 
 
-def test_same_view_costs_no_network_pass():
-    """A knee that fills a square image at the training scale: the one window the tiling asks
-    for shows what the plan's own maps show, so no network pass is made."""
-    img = np.full((163, 163), SOFT, np.float32)
-    draw_knee(img, 81.0)
+@pytest.mark.parametrize(("side", "run"), [(163, False), (420, True)])
+def test_a_window_the_plan_already_saw_costs_no_network_pass(side, run):
+    """A knee that fills a square image at the training scale (condyles 44 px of 163): the one
+    window the tiling asks for is the square the plan's own maps show, so no network pass is
+    made; on a 420 px square (condyles 10 % of it) the windows (about 4 x 3) are run."""
+    img = np.full((min(side, 300), side), SOFT, np.float32)
+    x = side / 2 if side < 420 else 120.0
+    draw_knee(img, x)
     net = GreyNet()
-    maps = predict_images(net, [img], frames=[PadResize.from_shape(163, 163, 64)])[0]
+    maps = predict_images(net, [img], frames=[PadResize.from_shape(*img.shape, 64)])[0]
     net.seen = 0
-    assert second_knee(net, img, maps, femur(img.shape, 81.0)) is None
-    assert net.seen == 0
+    second_knee(net, img, maps, femur(img.shape, x))
+    assert (net.seen >= 9) if run else (net.seen == 0)
 
 
 def test_femur_pieces_touching_the_planned_femur_are_dropped():
