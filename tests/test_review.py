@@ -419,7 +419,7 @@ def test_ahead_of_line_is_the_largest_components_centroid_distance():
     assert np.isnan(ahead_of_line_px(np.zeros((8, 8), bool), point, normal, 1))
 
 
-@pytest.mark.parametrize("family", ["independent", "raycast"])
+@pytest.mark.parametrize("family", ["independent", "raycast", "sdf"])
 def test_bone_order_holds_on_the_truth_of_the_other_phantom_families(family, tmp_path):
     """Truth masks and the truth cortex line of phantoms written apart from ours: the patella
     lies in front of LM1 and of the fibula (``bone_order`` never fires on a true knee)."""
@@ -429,12 +429,13 @@ def test_bone_order_holds_on_the_truth_of_the_other_phantom_families(family, tmp
     from geometry.lines import fit_line_tls, largest_component
     from planning.ood import ahead_of_line_px
 
-    name = {"independent": "independent_phantoms", "raycast": "raycast_phantoms"}[family]
+    name = {"independent": "independent_phantoms", "raycast": "raycast_phantoms",
+            "sdf": "sdf_phantoms"}[family]
     script = REVIEW_PY.parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    n = {"independent": "4", "raycast": "2"}[family]  # a ray-cast knee takes ~8 s
+    n = {"independent": "4", "raycast": "2", "sdf": "4"}[family]  # a ray-cast knee takes ~8 s
     module.main(["--out", str(tmp_path), "--n", n, "--seed", "21"])
     files = image_files(tmp_path)
     for sid in sorted(files):

@@ -1,5 +1,6 @@
-"""The third phantom family (``benchmarks/raycast_phantoms.py``) writes a dataset folder that the
-project's own validator and reader accept, the same bytes for the same seed."""
+"""The phantom families written apart from ours (``benchmarks/raycast_phantoms.py``,
+``benchmarks/sdf_phantoms.py``) write dataset folders that the project's own validator and
+reader accept, the same bytes for the same seed."""
 
 from __future__ import annotations
 
@@ -7,22 +8,24 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from datamodules.dataset_io import read_sample
 from datamodules.validate import validate_dataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "raycast_phantoms.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("raycast_phantoms", SCRIPT)
+def _generator(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_two_images_validate_read_and_repeat(tmp_path):
-    gen = _generator()
+@pytest.mark.parametrize("name", ["raycast_phantoms", "sdf_phantoms"])
+def test_two_images_validate_read_and_repeat(name, tmp_path):
+    gen = _generator(name)
     gen.main(["--out", str(tmp_path / "a"), "--n", "2", "--seed", "303"])
     report = validate_dataset(tmp_path / "a")
     assert not report.errors, report.errors
