@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from datamodules.colours import SCHOETTLE_RGB as SCHOETTLE_COLOUR
 from datamodules.sample import BONES
 from geometry.lines import Line
 from geometry.plan_geometry import Plan
+
+if TYPE_CHECKING:  # (annotations only)
+    from planning.second_knee import SecondKnee
 
 # RGB colours (bones, landmarks, LM1, Schoettle point: datamodules.colours)
 LM23_COLOUR = (255, 150, 0)
@@ -390,7 +394,7 @@ def draw_plan(
     window: dict[str, int] | None = None,
     spacing_source: str | None = None,
     warnings: list[str] | None = None,
-    second_knee=None,
+    second_knee: SecondKnee | None = None,
 ) -> np.ndarray:
     """Draw ``plan`` over ``image`` at its resolution; returns (max(H, panel), W + panel, 3)
     uint8 RGB.

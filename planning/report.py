@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from geometry.lines import Line, to_mm
 from geometry.plan_geometry import LANDMARK_NAMES, Plan
+
+if TYPE_CHECKING:  # (annotations only)
+    from planning.second_knee import SecondKnee
 
 REPORT_VERSION = 3
 
@@ -146,7 +149,7 @@ def build_report(
     uncertainty: Any = None,
     evidence: Any = None,
     warnings: list[str] | None = None,
-    second_knee: Any = None,
+    second_knee: SecondKnee | None = None,
 ) -> dict[str, Any]:
     """The report dict (JSON-ready; NaN -> null).
 

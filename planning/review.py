@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from planning.ood import (
     saturation_levels,
 )
 from planning.tta import Uncertainty
+
+if TYPE_CHECKING:  # (annotations only)
+    from planning.second_knee import SecondKnee
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "review.yaml"
 # cortex_bite looks at the femur from this far distal to this far proximal of p_tmc (mm): the
@@ -244,7 +247,7 @@ class ReviewContext:
     uncertainty: Uncertainty | None = None
     config: ReviewConfig = field(default_factory=ReviewConfig)
     tta_count: int | None = None
-    second_knee: Any = None
+    second_knee: SecondKnee | None = None
     _evidence: KneeEvidence | None = field(default=None, repr=False)
 
     def evidence(self) -> KneeEvidence | None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from geometry.frame import WindowResize
 from planning.ood import FemurShape, femur_shape
-from planning.zoom import CONDYLE_TARGET, MIN_WINDOW_PX, femur_like
+from planning.zoom import CONDYLE_TARGET, MAX_WINDOW_SCALE, MIN_WINDOW_PX, femur_like
 
 MIN_APART = 1.5  # condyle centres this many planned condyle widths apart: another knee (two
 # knees side by side lie at least one knee's depth apart; the planned knee seen again through a
@@ -39,9 +39,10 @@ WIDTH_RATIO = (0.6, 1.6)  # its condyles / the planned ones: a knee of the same 
 # (the partner knees of round 13 read 0.7-1.0 through their windows)
 MAX_TIBIA_GAP = 1.5  # its tibia this close to its distal end, in its condyle widths (the planned
 # knees of 408 clean phantoms: median 0.16, 99th percentile 1.41)
-MAX_WINDOWS = 16  # network passes at most: a larger image is tiled with larger windows
+MAX_WINDOWS = 16  # tiling passes at most (plus MAX_CONFIRM): a larger image is tiled with
+# larger windows, which show its knees smaller than the training scale
 SAME_VIEW = 0.1  # a window this close (of its side) to a view already computed reuses its maps
-MAX_CONFIRM = 2  # candidates looked at again (most central first), one network pass each
+MAX_CONFIRM = 2  # distinct candidates looked at again (most central first), one pass each
 CONFIRM_WITHIN = 0.5  # ... found again this close (in its condyle widths): a second knee
 
 
@@ -73,6 +74,8 @@ def window_centres(length: int, side: float) -> list[float]:
 def tiling(h: int, w: int, side: float) -> tuple[float, list[tuple[float, float]]]:
     """(side, centres (x, y)) of the windows tiled over an (h, w) image: windows of ``side`` px,
     enlarged by 1.25x until at most ``MAX_WINDOWS`` cover it."""
+    if not (np.isfinite(side) and side > 0):
+        raise ValueError(f"window side must be a positive finite number, got {side}")
     side = max(float(side), MIN_WINDOW_PX)
     while True:
         xs, ys = window_centres(w, side), window_centres(h, side)
@@ -103,7 +106,7 @@ def _condyles(seg: np.ndarray, frame: Any) -> tuple[FemurShape, np.ndarray, floa
     return shape, centre, shape.condyle_width_px * frame.side / frame.size
 
 
-def _without_planned(maps: Any, planned: np.ndarray) -> Any:
+def _without_planned(maps: Any, planned: np.ndarray) -> np.ndarray:
     """``maps``' (4, S, S) bones with the femur pieces that touch ``planned`` (the planned
     femur, (H, W) bool in original pixels) removed from its femur channel. (Only the femur: the
     plan's window may put a tibia or fibula on the other knee's femur.)"""
@@ -127,9 +130,9 @@ def _whole(centre: np.ndarray, width: float, frame: Any, h: int, w: int) -> bool
     inside both (a shape cut by a window's edge is not a knee seen; the windows overlap by half,
     so a knee in the image lies whole in one of them)."""
     x0, y0, side = _square(frame)
-    r = 0.5 * width
-    lo = np.array([max(x0, 0.0), max(y0, 0.0)]) + r
-    hi = np.array([min(x0 + side, w), min(y0 + side, h)]) - r
+    r = 0.5 * width  # (pixel centres on integers: the square's edges lie half a pixel out)
+    lo = np.array([max(x0, 0.0), max(y0, 0.0)]) - 0.5 + r
+    hi = np.array([min(x0 + side, w), min(y0 + side, h)]) - 0.5 - r
     return bool(np.all(centre >= lo) and np.all(centre <= hi))
 
 
@@ -163,6 +166,8 @@ def second_knee(
     if planned is None or not femur_like(planned[0], review_config):
         return None
     _, centre0, width0 = planned
+    if not (np.isfinite(width0) and width0 > 0):
+        return None
     h, w = np.shape(image)
     side, centres = tiling(h, w, width0 / CONDYLE_TARGET)
     predictor = as_predictor(predictor)
@@ -181,13 +186,19 @@ def second_knee(
                                                  review_config)) is not None]
     # a knee seen again through a window centred on its condyles at its own scale (the second
     # look the plan itself would take): a shape a window's edge or position made is not
-    for knee in sorted(found, key=lambda k: k[1])[:MAX_CONFIRM]:
-        frame = WindowResize.around(h, w, np.array(knee[0].centre),
-                                    knee[0].condyle_width_px / CONDYLE_TARGET, size)
+    distinct: list[SecondKnee] = []  # one per knee (windows overlap: a knee shows in several)
+    for knee, _ in sorted(found, key=lambda k: k[1]):
+        if all(np.hypot(*np.subtract(knee.centre, o.centre)) > CONFIRM_WITHIN
+               * o.condyle_width_px for o in distinct):
+            distinct.append(knee)
+    for knee in distinct[:MAX_CONFIRM]:
+        look = np.clip(knee.condyle_width_px / CONDYLE_TARGET, MIN_WINDOW_PX,
+                       MAX_WINDOW_SCALE * max(h, w))  # (as planning.zoom.knee_window)
+        frame = WindowResize.around(h, w, np.array(knee.centre), look, size)
         view = predict_images(predictor, [image], frames=[frame])[0]
         again = _knee_in(view, planned_femur, centre0, width0, h, w, review_config)
-        if again is not None and (np.hypot(*np.subtract(again[0].centre, knee[0].centre))
-                                  <= CONFIRM_WITHIN * knee[0].condyle_width_px):
+        if again is not None and (np.hypot(*np.subtract(again[0].centre, knee.centre))
+                                  <= CONFIRM_WITHIN * knee.condyle_width_px):
             return again[0]
     return None
 

@@ -162,7 +162,8 @@ def test_a_knee_cut_by_the_image_edge_is_not_counted(x, whole):
 
 class OneLookNet(GreyNet):
     """Sees femurs only in batches of several windows (the tiling), not in the single window the
-    confirmation centres on a candidate: a stand-in for a shape that a window's position made."""
+    confirmation centres on a candidate: a stand-in for a shape that a window's position made.
+    (The tiling below runs 12-15 windows in batches of four, none alone.)"""
 
     def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         maps = super().predict_maps(x)
@@ -179,3 +180,34 @@ def test_a_knee_not_seen_again_when_centred_is_not_counted():
     net = OneLookNet()
     assert second_knee(net, img, maps, planned) is None
     assert second_knee(GreyNet(), img, maps, planned) is not None
+
+
+def test_the_planned_knee_itself_is_not_a_second_knee():
+    """Were the planned femur's pieces not dropped (here: an empty planned mask), the windows
+    would find the planned knee itself: less than 1.5 condyle widths from itself, it is none."""
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    net = GreyNet()
+    maps, _ = planned_maps(net, img)
+    assert second_knee(net, img, maps, np.zeros(img.shape, bool)) is None
+
+
+def test_report_and_overlay_show_the_second_knee():
+    from test_overlay import _plan
+
+    from planning.overlay import panel_text
+    from planning.report import build_report
+    from planning.second_knee import SecondKnee
+
+    knee = SecondKnee((300.21, 120.0), 44.04, 4.217)
+    assert knee.as_dict() == {"centre_px": [300.2, 120.0], "condyle_width_px": 44.0,
+                              "apart_condyle_widths": 4.22}
+    plan = _plan(np.array([70.0, 120.0]))
+    kw = {"image_path": "x.png", "image_shape": (200, 160), "spacing_source": None,
+          "checkpoint": None, "overlay_path": None}
+    assert build_report(plan, **kw, second_knee=knee)["second_knee"] == knee.as_dict()
+    assert build_report(plan, **kw)["second_knee"] is None
+    _, legend = panel_text(plan, True, [], None, None, False, False, True)
+    assert any("second knee" in text for text, _ in legend)
+    _, legend = panel_text(plan, True, [], None, None, False, False)
+    assert not any("second knee" in text for text, _ in legend)
