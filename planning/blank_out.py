@@ -53,25 +53,29 @@ FRAME = 0.06  # an edge this close to the image's border (of its side) frames th
 
 
 def blank_next_to_femur(
-    image: np.ndarray, masks: np.ndarray, shape: FemurShape, mm_per_px: float
+    image: np.ndarray, masks: np.ndarray, shape: FemurShape, mm_per_px: float,
+    bright: bool = False,
 ) -> tuple[np.ndarray, float] | None:
     """(mask, level): the blank regions next to the distal femur (uint8 (H, W), grown by
     ``MARGIN_PX``) and the soft tissue's level to show them at (the median of the unblank
     pixels in a ring around the bones); None when there is none, or no soft tissue to take
     the level from. ``masks``: (4, H, W) bool bones in ``BONES`` order. Flatness is judged at
     full resolution (a downscaled copy averages noise away); the regions are chosen on a copy
-    of at most ``planning.ood.MAX_SIDE`` px (a 4000 px image took 14 s at full resolution)."""
+    of at most ``planning.ood.MAX_SIDE`` px (a 4000 px image took 14 s at full resolution).
+    ``bright``: blank regions at the image's top instead (a white shutter, an unexposed plate
+    shown without masking); the bone at their edge and the level are read as for black ones."""
     img = np.asarray(image, np.float32)
     h, w = img.shape
     if not (np.isfinite(mm_per_px) and mm_per_px > 0) or shape.condyle_width_px <= 0:
         return None
     size = small_size(h, w)
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    sel, ssel = (-img, -small) if bright else (img, small)  # (a bright blank: the negative's)
     # the range: the bottom is the blank's own value; the top from the averaged copy's 99.9th
     # percentile, so that one hot pixel does not widen "dark" and "flat" to soft tissue
-    lo, hi = float(img.min()), float(np.percentile(small, 99.9))
+    lo, hi = float(sel.min()), float(np.percentile(ssel, 99.9))
     span = max(hi - lo, 1e-6)
-    dark = img <= lo + EXTREME * span
+    dark = sel <= lo + EXTREME * span
     if np.count_nonzero(dark) < (MIN_SIZE_MM / mm_per_px) ** 2:  # too few for one region
         return None
     mean = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
@@ -160,6 +164,8 @@ def straight_cut_mm(
     stretch of the bone's outline (the shaft's cortex) ends or turns with it. A piece
     that bends (an L-shaped shutter corner at the condyles) is not straight: not counted.
     Lengths use the mean pixel size (non-square pixels: approximate).
+
+    A white blank: pass the negative image (``-image``), for which every test reads the same.
 
     Red-team round 12: a third model read knees cut by a shutter back to front so firmly that
     the plans made again with the blank filled moved only 2-3 mm (``blank_dependent`` missed
@@ -285,7 +291,9 @@ def with_blank_shift(
     ``blank_shift_px`` measured (``blank_out_shift``, the plan made again by
     ``planning.metal_out.replanner``) and ``blank_cut_mm`` (``straight_cut_mm``). Unchanged
     when there is no uncertainty to add them to, no image, masks or femur, no finite point, or
-    no blank region next to the distal femur. (Run with TTA on only, as ``with_metal_shift``.)"""
+    no blank region next to the distal femur. Black and white blanks are looked for apart; with
+    both, the worse shift per point and the longer cut count. (Run with TTA on only, as
+    ``with_metal_shift``.)"""
     from planning.metal_out import replanner  # (looked up at call time: tests stub it)
     from planning.review import mm_per_px
     from planning.tta import plan_points
@@ -298,12 +306,19 @@ def with_blank_shift(
     if evidence is None or evidence.femur is None:
         return context
     mmpp = mm_per_px(plan, context)[0]
-    found = blank_next_to_femur(context.image, context.masks, evidence.femur, mmpp)
-    if found is None:
+    image = np.asarray(context.image, np.float32)
+    # black blanks and, apart, white ones (red-team round 14: a white shutter over the posterior
+    # condyles of the signed-distance family, LM1 fitted to its straight edge, 14-15 mm off)
+    found = [(sign, f) for sign, bright in ((1.0, False), (-1.0, True))
+             if (f := blank_next_to_femur(image, context.masks, evidence.femur, mmpp,
+                                          bright)) is not None]  # fmt: skip
+    if not found:
         return context
     replan = replanner(context, plan, module, decode, line_fit, zoom, codec)
-    shift = blank_out_shift(context.image, points, context.masks, evidence.femur, mmpp, replan,
-                            found)  # fmt: skip
-    cut = straight_cut_mm(context.image, found[0], context.masks[0], mmpp)
+    shifts = [blank_out_shift(image, points, context.masks, evidence.femur, mmpp, replan, f)
+              for _, f in found]
+    # the worse of the two per point (NaN, a point lost, counts as the worst)
+    shift = np.where(np.any(np.isnan(shifts), axis=0), np.nan, np.max(shifts, axis=0))
+    cut = max(straight_cut_mm(sign * image, f[0], context.masks[0], mmpp) for sign, f in found)
     return replace(context, uncertainty=replace(context.uncertainty, blank_shift_px=shift,
                                                 blank_cut_mm=cut))  # fmt: skip

@@ -311,3 +311,36 @@ def test_bone_far_below_the_knee_at_the_blank_does_not_count():
     img[200:260, 116:121] = 0.6  # bone at the blank within a condyle width: a cut at the knee
     masks[2, 200:260, 116:121] = True
     assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP) is not None
+
+
+def white_knee(shutter_col: int = 100):
+    """``knee`` with its shutter white (exactly 1, the image's top) instead of black."""
+    img, masks = knee(shutter_col)
+    img[:, :shutter_col] = 1.0
+    return img, masks
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_white_shutter_cutting_the_condyles_is_found_and_cuts_their_chord(k):
+    """Red-team round 14: the same shutter at full white. ``bright=True`` finds it with the soft
+    tissue's level (``bright=False`` does not: nothing in the image is black), and on the
+    negative image its edge is the same straight 38.5 mm cut as the black shutter's."""
+    img, masks = upscaled(*white_knee(100), k)
+    shape = femur_shape(masks[0])
+    assert blank_next_to_femur(img, masks, shape, MMPP / k) is None
+    found = blank_next_to_femur(img, masks, shape, MMPP / k, bright=True)
+    assert found is not None
+    mask, level = found
+    assert mask[:, : 100 * k].all() and not mask[:, 100 * k + 6 :].any()
+    soft = (img > 0.15) & (img < 0.45) & ~np.any(masks, axis=0)
+    assert level == pytest.approx(np.median(img[soft]), abs=0.01)
+    chord_mm = 2 * np.sqrt(60**2 - 46**2) * MMPP
+    assert chord_mm <= straight_cut_mm(-img, mask, masks[0], MMPP / k) <= chord_mm + 4.5
+
+
+def test_a_white_region_meeting_soft_tissue_only_is_not_a_cut_shutter():
+    """White beyond the skin (an inverted display's air) meets soft tissue, not bone: no blank
+    region cutting the femur (the shutter moved 25 px left of the condyles, soft tissue between)."""
+    img, masks = knee(None)
+    img[:, :65] = 1.0
+    assert blank_next_to_femur(img, masks, femur_shape(masks[0]), MMPP, bright=True) is None
