@@ -811,16 +811,34 @@ def render(rng, case, sid):
     return img, masks, ann
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    """cv2.imwrite that fails loudly (it returns False on a write it could not make)."""
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"{path}: could not be written")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--start", type=int, default=0, help="first index (ids sdf_<index>)")
+    ap.add_argument("--n", type=_count, default=10)
+    ap.add_argument("--seed", type=_count, default=0)
+    ap.add_argument("--start", type=_count, default=0, help="first index (ids sdf_<index>)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    for sub in ("images", "masks", "annotations"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("images", "masks", "annotations"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # an --out under a file, unwritable: one line
+        print(f"sdf_phantoms: error: {out}: {err.strerror or err}", file=sys.stderr)
+        return 2
     t0 = time.time()
     for i in range(a.start, a.start + a.n):
         rng = np.random.default_rng([a.seed, i])
@@ -834,11 +852,14 @@ def main(argv=None):
                 continue
         else:
             raise RuntimeError(f"{sid}: could not build a case")
-        cv2.imwrite(str(out / "images" / f"{sid}.png"), img)
-        for b in BONES:
-            cv2.imwrite(str(out / "masks" / f"{sid}_{b}.png"),
-                        (masks[b] > 0).astype(np.uint8) * 255)
-        write_annotation(out / "annotations" / f"{sid}.json", ann)
+        try:
+            _write_png(out / "images" / f"{sid}.png", img)
+            for b in BONES:
+                _write_png(out / "masks" / f"{sid}_{b}.png", (masks[b] > 0).astype(np.uint8) * 255)
+            write_annotation(out / "annotations" / f"{sid}.json", ann)
+        except OSError as err:
+            print(f"sdf_phantoms: error: {err}", file=sys.stderr)
+            return 2
         done = i - a.start + 1
         if done % 10 == 0 or done == a.n:
             el = time.time() - t0

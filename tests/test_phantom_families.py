@@ -37,3 +37,14 @@ def test_two_images_validate_read_and_repeat(name, tmp_path):
     assert np.all((sample.landmarks >= 0) & (sample.landmarks < [w, h]))
     gen.main(["--out", str(tmp_path / "b"), "--n", "1", "--seed", "303"])
     assert (tmp_path / "b" / "images" / images[0].name).read_bytes() == images[0].read_bytes()
+
+
+def test_sdf_family_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    gen = _generator("sdf_phantoms")
+    (tmp_path / "file").write_text("x")
+    assert gen.main(["--out", str(tmp_path / "file" / "out"), "--n", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "file" / "out") in err
+    with pytest.raises(SystemExit) as exc:
+        gen.main(["--out", str(tmp_path / "o"), "--n", "-1"])
+    assert exc.value.code == 2
