@@ -211,3 +211,29 @@ def test_report_and_overlay_show_the_second_knee():
     assert any("second knee" in text for text, _ in legend)
     _, legend = panel_text(plan, True, [], None, None, False, False)
     assert not any("second knee" in text for text, _ in legend)
+
+
+class ShiftedLookNet(GreyNet):
+    """The confirmation's single window sees the bones ``shift`` network px to the right (the
+    tiling's windows run in batches of four): a candidate found again elsewhere."""
+
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        maps = super().predict_maps(x)
+        if len(x) == 1:
+            maps["seg"] = np.roll(maps["seg"], self.shift, axis=3)
+        return maps
+
+
+@pytest.mark.parametrize(("shift", "found"), [(3, True), (14, False)])
+def test_a_candidate_must_be_found_again_where_it_was(shift, found):
+    """The confirmation window (about 163 px at 64 px: 2.5 px per network px) sees the knee
+    7.5 px away (under half its 44 px condyles: the same knee) or 35 px away (not)."""
+    img = np.full((300, 480), SOFT, np.float32)
+    draw_knee(img, 120.0)
+    draw_knee(img, 360.0)
+    maps, planned = planned_maps(GreyNet(), img)
+    assert (second_knee(ShiftedLookNet(shift), img, maps, planned) is not None) == found
