@@ -30,7 +30,7 @@ import numpy as np
 
 from geometry.frame import WindowResize
 from planning.ood import FemurShape, femur_shape
-from planning.zoom import CONDYLE_TARGET, MAX_WINDOW_SCALE, MIN_WINDOW_PX, femur_like
+from planning.zoom import CONDYLE_TARGET, MIN_WINDOW_PX, femur_like, window_on
 
 MIN_APART = 1.5  # condyle centres this many planned condyle widths apart: another knee (two
 # knees side by side lie at least one knee's depth apart; the planned knee seen again through a
@@ -192,9 +192,7 @@ def second_knee(
                * o.condyle_width_px for o in distinct):
             distinct.append(knee)
     for knee in distinct[:MAX_CONFIRM]:
-        look = np.clip(knee.condyle_width_px / CONDYLE_TARGET, MIN_WINDOW_PX,
-                       MAX_WINDOW_SCALE * max(h, w))  # (as planning.zoom.knee_window)
-        frame = WindowResize.around(h, w, np.array(knee.centre), look, size)
+        frame = window_on((h, w), np.array(knee.centre), knee.condyle_width_px, size)
         view = predict_images(predictor, [image], frames=[frame])[0]
         again = _knee_in(view, planned_femur, centre0, width0, h, w, review_config)
         if again is not None and (np.hypot(*np.subtract(again[0].centre, knee.centre))

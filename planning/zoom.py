@@ -65,7 +65,16 @@ def knee_window(
     if CONDYLE_RANGE[0] <= frac <= CONDYLE_RANGE[1]:
         return None
     centre = maps.frame.to_original(shape.condyle_centre()[None])[0]
+    return window_on(image_shape, centre, maps.frame.side * frac, maps.frame.size)
+
+
+def window_on(
+    image_shape: tuple[int, ...], centre: np.ndarray, condyle_width_px: float, size: int
+) -> WindowResize:
+    """The square window centred on condyles at ``centre`` (x, y), ``condyle_width_px`` wide
+    (original px), that shows them at ``CONDYLE_TARGET`` of its side, within ``MIN_WINDOW_PX``
+    and ``MAX_WINDOW_SCALE`` times the image's longer side; ``size``: the network's input."""
     h, w = int(image_shape[0]), int(image_shape[1])
-    side = maps.frame.side * frac / CONDYLE_TARGET
+    side = condyle_width_px / CONDYLE_TARGET
     side = float(np.clip(side, MIN_WINDOW_PX, MAX_WINDOW_SCALE * max(h, w)))
-    return WindowResize.around(h, w, centre, side, maps.frame.size)
+    return WindowResize.around(h, w, centre, side, size)
