@@ -99,7 +99,7 @@ def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
         if len(uc) < 10:
             return None
         third = len(uc) // 3
-        if np.median(width[:third]) > np.median(width[-third:]):  # shaft at the high-u end
+        if np.median(width[:third]) < np.median(width[-third:]):  # shaft at the low-u end: turn
             axis = -axis
             uc, width, mid = -uc[::-1], width[::-1], -mid[::-1]
             u = -u

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -16,8 +18,9 @@ from geometry.anatomy_scale import (
 from geometry.pixel_spacing import PixelSpacing
 
 
-def drawn_femur(mm_per_px: float, angle_deg: float = 20.0) -> np.ndarray:
-    """A shaft 28 mm wide and 150 mm long on a 62 x 50 mm condyle ellipse, rotated."""
+def drawn_femur(mm_per_px: float, angle_deg: float = 20.0, behind_mm: float = 0.0) -> np.ndarray:
+    """A shaft 28 mm wide and 150 mm long on a 62 x 50 mm condyle ellipse, rotated; the ellipse
+    ``behind_mm`` behind the shaft's axis (real condyles bulge behind the shaft)."""
     s = 1.0 / mm_per_px
     mask = np.zeros((1000, 1000), np.uint8)
     c = np.array([500.0, 650.0])
@@ -26,7 +29,8 @@ def drawn_femur(mm_per_px: float, angle_deg: float = 20.0) -> np.ndarray:
     shaft = [c + 14 * s * right, c + 14 * s * right + 150 * s * up,
              c - 14 * s * right + 150 * s * up, c - 14 * s * right]  # fmt: skip
     cv2.fillPoly(mask, [np.round(shaft).astype(np.int32)], 1)
-    cv2.ellipse(mask, (int(c[0]), int(c[1])), (int(31 * s), int(25 * s)), angle_deg, 0, 360, 1, -1)
+    e = c - behind_mm * s * right
+    cv2.ellipse(mask, (int(e[0]), int(e[1])), (int(31 * s), int(25 * s)), angle_deg, 0, 360, 1, -1)
     return mask.astype(bool)
 
 
@@ -37,6 +41,21 @@ def test_drawn_femur_interval_contains_truth(mm, angle):
     # the condyle depth alone bounds the interval: its width is at most the published range's
     assert est.hi / est.lo <= CONDYLE_AP_MM[1] / CONDYLE_AP_MM[0] * 1.1
     assert "shaft" in est.method  # a long straight shaft gives the second measure
+
+
+@pytest.mark.parametrize(("mm", "angle", "behind"), [(0.3, 20.0, 12.0), (0.45, -35.0, 12.0),
+                                                   (0.35, 90.0, 12.0), (0.3, 0.0, 15.0)])
+def test_widths_are_measured_across_the_shaft_not_the_condyles(mm, angle, behind):
+    """Condyles behind the shaft tilt the mask's principal axis; the axis is then set along the
+    shaft's midline, so both widths are measured square to the shaft: 28 mm and 62 mm (the
+    midline of the condyle end instead gave the shaft 16 % too wide, or no shaft measure)."""
+    est = estimate_scale(drawn_femur(mm, angle, behind))
+    assert est is not None
+    shaft = re.search(r"shaft AP width (\d+) px", est.method)
+    depth = re.search(r"distal femur AP depth (\d+) px", est.method)
+    assert shaft and depth, est.method
+    assert int(shaft[1]) == pytest.approx(28.0 / mm, rel=0.04, abs=2.0)
+    assert int(depth[1]) == pytest.approx(62.0 / mm, rel=0.02, abs=2.0)
 
 
 def test_no_estimate_without_a_femur():
