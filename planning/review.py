@@ -82,7 +82,7 @@ class ReviewConfig:
     max_separation_mm: float = 30.0
     max_tmc_to_lm1_mm: float = 6.0
     max_off_femur_mm: float = 5.0
-    max_from_distal_end_mm: float = 55.0
+    max_from_distal_end_mm: float = 65.0
     max_lm1_axis_deg: float = 20.0
     min_condyle_bulge_mm: float = 4.0
     nominal_field_mm: float = 250.0

@@ -1,5 +1,5 @@
 """``condylar_offset_mm``: how far the posterior condyle bulges behind the posterior cortex line
-(real lateral radiographs: 25 +- 2 mm; the default 7-11 mm is the first generator's, unchanged).
+(real lateral radiographs: 25 +- 2 mm; default 7-30 mm, the first generator's 7-11 mm unchanged).
 Beyond ~12 mm the outline joins the condyle near its top (a dome), not along a flat shelf."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ line, p_tmc (the vertex where the outline leaves it to bulge over the medial con
 p_blum (posterior end of the notch roof, anterior of LM1) are exact by construction.
 
 Proportions (adult, before the global scale factor): femoral shaft 25-30 mm AP, condyles
-~56-64 mm AP, posterior condyle ``condylar_offset_mm`` behind LM1 (default 7-11 mm; on real
-lateral radiographs 25 +- 2 mm: README, "Known anatomy gap"), patella ~40 x 20 mm, tibial
+~56-64 mm AP, posterior condyle ``condylar_offset_mm`` behind LM1 (default 7-30 mm; on real
+lateral radiographs 25 +- 2 mm: README, "Condylar offset"), patella ~40 x 20 mm, tibial
 plateau 44-52 mm AP, fibular head ~15 mm behind/overlapping the posterior tibia.
 """
 
@@ -83,7 +83,7 @@ def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     if cx + radii[0] * np.cos(np.deg2rad(phi1)) < -DOME_BEHIND * k:
         # a large offset (real radiographs: ~25 mm): the outline would run back along a flat
         # shelf to the ellipse's flank; it joins it near the top instead, a dome behind p_tmc
-        # (the default 7-11 mm never comes here: its phantoms are as before)
+        # (offsets of 7-11 mm, the first default, never come here: those phantoms are as before)
         behind = 0.15 * rc
         phi1 = float(np.rad2deg(np.arccos(np.clip((bulge - radii[0] - behind) / radii[0],
                                                   np.cos(np.deg2rad(155.0)),

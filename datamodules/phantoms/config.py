@@ -72,7 +72,7 @@ class PhantomConfig:
     scale: Range = (0.85, 1.2)
     p_left: float = 0.5
     # anatomy
-    condylar_offset_mm: Range = (7.0, 11.0)
+    condylar_offset_mm: Range = (7.0, 30.0)
     lateral_offset_x_mm: Range = (-3.5, 10.0)
     lateral_offset_y_mm: Range = (-8.0, 2.0)
     p_double_blumensaat: float = 0.5
