@@ -309,7 +309,7 @@ def with_blank_shift(
     image = np.asarray(context.image, np.float32)
     # black blanks and, apart, white ones (red-team round 14: a white shutter over the posterior
     # condyles of the signed-distance family, LM1 fitted to its straight edge, 14-15 mm off)
-    found = [(sign, f) for sign, bright in ((1.0, False), (-1.0, True))
+    found = [(bright, f) for bright in (False, True)
              if (f := blank_next_to_femur(image, context.masks, evidence.femur, mmpp,
                                           bright)) is not None]  # fmt: skip
     if not found:
@@ -317,8 +317,9 @@ def with_blank_shift(
     replan = replanner(context, plan, module, decode, line_fit, zoom, codec)
     shifts = [blank_out_shift(image, points, context.masks, evidence.femur, mmpp, replan, f)
               for _, f in found]
-    # the worse of the two per point (NaN, a point lost, counts as the worst)
-    shift = np.where(np.any(np.isnan(shifts), axis=0), np.nan, np.max(shifts, axis=0))
-    cut = max(straight_cut_mm(sign * image, f[0], context.masks[0], mmpp) for sign, f in found)
+    # the worse of the two per point (np.max propagates NaN: a point lost counts as the worst)
+    shift = np.max(shifts, axis=0)
+    cut = max(straight_cut_mm(-image if bright else image, f[0], context.masks[0], mmpp)
+              for bright, f in found)
     return replace(context, uncertainty=replace(context.uncertainty, blank_shift_px=shift,
                                                 blank_cut_mm=cut))  # fmt: skip

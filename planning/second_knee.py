@@ -188,17 +188,21 @@ def second_knee(
     # look the plan itself would take): a shape a window's edge or position made is not
     distinct: list[SecondKnee] = []  # one per knee (windows overlap: a knee shows in several)
     for knee, _ in sorted(found, key=lambda k: k[1]):
-        if all(np.hypot(*np.subtract(knee.centre, o.centre)) > CONFIRM_WITHIN
-               * o.condyle_width_px for o in distinct):
+        if not any(_same_knee(knee, o) for o in distinct):
             distinct.append(knee)
     for knee in distinct[:MAX_CONFIRM]:
         frame = window_on((h, w), np.array(knee.centre), knee.condyle_width_px, size)
         view = predict_images(predictor, [image], frames=[frame])[0]
         again = _knee_in(view, planned_femur, centre0, width0, h, w, review_config)
-        if again is not None and (np.hypot(*np.subtract(again[0].centre, knee.centre))
-                                  <= CONFIRM_WITHIN * knee.condyle_width_px):
+        if again is not None and _same_knee(again[0], knee):
             return again[0]
     return None
+
+
+def _same_knee(seen: SecondKnee, knee: SecondKnee) -> bool:
+    """``seen`` lies within ``CONFIRM_WITHIN`` of ``knee``'s condyle widths of it: one knee."""
+    return bool(np.hypot(*np.subtract(seen.centre, knee.centre))
+                <= CONFIRM_WITHIN * knee.condyle_width_px)
 
 
 def _knee_in(
