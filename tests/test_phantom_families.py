@@ -4,28 +4,17 @@ reader accept, the same bytes for the same seed."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 from datamodules.dataset_io import read_sample
 from datamodules.validate import validate_dataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _generator(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("name", ["raycast_phantoms", "sdf_phantoms"])
 def test_two_images_validate_read_and_repeat(name, tmp_path):
-    gen = _generator(name)
+    gen = load_benchmark(name)
     gen.main(["--out", str(tmp_path / "a"), "--n", "2", "--seed", "303"])
     report = validate_dataset(tmp_path / "a")
     assert not report.errors, report.errors
@@ -40,7 +29,7 @@ def test_two_images_validate_read_and_repeat(name, tmp_path):
 
 
 def test_sdf_family_refuses_bad_arguments_in_one_line(tmp_path, capsys):
-    gen = _generator("sdf_phantoms")
+    gen = load_benchmark("sdf_phantoms")
     (tmp_path / "file").write_text("x")
     assert gen.main(["--out", str(tmp_path / "file" / "out"), "--n", "1"]) == 2
     err = capsys.readouterr().err.strip()

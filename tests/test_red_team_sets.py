@@ -4,26 +4,20 @@ point mapping puts the landmark (cv2's image warp against the script's point for
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 from datamodules.dataset_io import image_files, read_sample
 from datamodules.phantoms import PhantomConfig, generate_phantom
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "red_team_sets.py"
-
 
 @pytest.fixture(scope="module")
 def rt():
-    spec = importlib.util.spec_from_file_location("red_team_sets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("red_team_sets")
 
 
 @pytest.fixture(scope="module")

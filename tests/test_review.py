@@ -427,7 +427,7 @@ def test_ahead_of_line_is_the_largest_components_centroid_distance():
 def test_bone_order_holds_on_the_truth_of_the_other_phantom_families(family, tmp_path):
     """Truth masks and the truth cortex line of phantoms written apart from ours: the patella
     lies in front of LM1 and of the fibula (``bone_order`` never fires on a true knee)."""
-    import importlib.util
+    from benchmark_scripts import load_benchmark
 
     from datamodules.dataset_io import image_files, read_sample
     from geometry.lines import fit_line_tls, largest_component
@@ -435,10 +435,7 @@ def test_bone_order_holds_on_the_truth_of_the_other_phantom_families(family, tmp
 
     name = {"independent": "independent_phantoms", "raycast": "raycast_phantoms",
             "sdf": "sdf_phantoms"}[family]
-    script = REVIEW_PY.parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(name)
     n = {"independent": "4", "raycast": "2", "sdf": "4"}[family]  # a ray-cast knee takes ~8 s
     module.main(["--out", str(tmp_path), "--n", n, "--seed", "21"])
     files = image_files(tmp_path)
