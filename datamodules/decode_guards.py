@@ -15,7 +15,6 @@ import functools
 import lzma
 import mmap
 import os
-import re
 import stat
 import struct
 import zlib
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.dicom_frames import ENCAPSULATED, FRAME_TAGS, TEXT_VRS, encapsulated_problem
+from datamodules.jpeg_markers import SOS, JpegSegmentError, jpeg_segments
 
 BYTES_PER_PIXEL = 8  # the most a supported image stores per pixel (4 samples of 16 bits)
 METADATA_BYTES = 16 * 1024**2  # allowance for headers, tags and thumbnails
@@ -134,39 +134,24 @@ MAX_JPEG_SCANS = 100  # a progressive JPEG has 6-10 scans (libjpeg), rarely more
 # libjpeg works through the whole image for each: at 6000 x 6000 px, 490 repeats of a scan of
 # a few hundred bytes took 1.4-4.9 s, of a 100 kB DC scan 7.5 s (libjpeg-turbo's fuzzers stop
 # at 500 scans); 100 keeps the worst case near a second or two
-_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")  # after entropy-coded data (fill bytes ok)
 
 
 def jpeg_scan_problem(data: bytes | memoryview, max_scans: int | None = None) -> str | None:
     """Count a JPEG's scans (SOS markers) up to EOI: libjpeg works through the whole image for
     each scan, so 30 000 repeats of a 442-byte scan took 83 s; more than ``max_scans``
-    (default ``MAX_JPEG_SCANS``) is refused. Segments are walked by their lengths and the
-    entropy-coded data after each SOS is skipped to the next marker."""
+    (default ``MAX_JPEG_SCANS``) is refused, as is a file of more marker segments than a JPEG
+    has (``datamodules.jpeg_markers``: its walk skips the entropy-coded data after each SOS)."""
     max_scans = MAX_JPEG_SCANS if max_scans is None else max_scans
-    pos, scans = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None  # not a marker where one should be: the decoder judges the file
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # EOI
-            return None
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        pos += 2 + length
-        if marker == 0xDA:
-            scans += 1
-            if scans > max_scans:
-                return (f"JPEG with more than {max_scans} scans (a progressive JPEG has about "
-                        "10; each scan is decoded over the whole image)")
-            found = _MARKER.search(data, pos)
-            if found is None:
-                return None
-            pos = found.end() - 2
+    scans = 0
+    try:
+        for segment in jpeg_segments(data, through_scans=True):
+            if segment.marker == SOS:
+                scans += 1
+                if scans > max_scans:
+                    return (f"JPEG with more than {max_scans} scans (a progressive JPEG has "
+                            "about 10; each scan is decoded over the whole image)")
+    except JpegSegmentError as err:
+        return str(err)
     return None
 
 

@@ -10,10 +10,11 @@ the dataset and the pixel limit. ``datamodules.decode_guards`` walks the file an
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator
 from typing import Any
+
+from datamodules.jpeg_markers import EOI, SOS, STANDALONE, JpegSegmentError, jpeg_segments
 
 MAX_LISTED_FRAMES = 100_000  # an Extended Offset Table's frames (one radiograph has one)
 
@@ -28,7 +29,6 @@ RLE_SYNTAX = "1.2.840.10008.1.2.5"
 ENCAPSULATED = JPEG_SYNTAXES | J2K_SYNTAXES | {RLE_SYNTAX}
 TEXT_VRS = frozenset(b"AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # SOF0-15, SOF55
-_JPEG_NEXT = re.compile(rb"\xff+[^\x00\xff]")  # libjpeg's next_marker: skips other bytes
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 MAX_JP2_BOXES = 1000  # a JP2 file has a handful
 RLE_SLACK = 16 * 1024**2  # RLE segments are counted through (no output kept) when they could
@@ -39,29 +39,20 @@ def jpeg_frame_sizes(data: bytes) -> list[tuple[int, int, int, int, int]]:
     """(width, height, components, SOF marker, sample precision in bits) of each frame
     header of a JPEG or JPEG-LS stream before its first scan, reached as libjpeg reaches them
     (segments by their lengths, other bytes skipped up to the next marker). libjpeg refuses a
-    second one, but Pillow sizes the image by the last one; empty when there is none."""
+    second one, but Pillow sizes the image by the last one; empty when there is none. Raises
+    ``JpegSegmentError`` for more marker segments than a JPEG has."""
     sizes: list[tuple[int, int, int, int, int]] = []
     if data[:2] != b"\xff\xd8":
         return sizes
-    pos = 2
-    while True:
-        found = _JPEG_NEXT.search(data, pos)
-        if found is None:
+    for marker, pos, length in jpeg_segments(data, resync=True):
+        if marker in (SOS, EOI):  # the decoders stop reading headers here
             return sizes
-        marker, pos = found.group()[-1], found.end()
-        if marker in (0xDA, 0xD9):  # SOS, EOI: the decoders stop reading headers here
-            return sizes
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
-            continue
-        if pos + 2 > len(data):
-            return sizes
-        (length,) = struct.unpack_from(">H", data, pos)
         if marker in _SOF_MARKERS and pos + 8 <= len(data):
             _, precision, height, width, components = struct.unpack_from(">HBHHB", data, pos)
             sizes.append((width, height, components, marker, precision))
-        if length < 2:
+        if marker not in STANDALONE and length < 2:
             return sizes
-        pos += length
+    return sizes
 
 
 def j2k_frame_size(data: bytes) -> tuple[int, int, int, bool] | None:
@@ -146,7 +137,10 @@ def jpeg_precision_problem(frame: bytes, allocated: int | None,
     not fit the ``allocated`` bits (an 8-bit JPEG in a 16-bit dataset: pydicom failed on the
     buffer's size); None when they do, or it has no frame header. Asked after a decoder has
     failed: a decoder may still cope with a mismatch, so it is no reason to refuse first."""
-    sizes = jpeg_frame_sizes(frame)
+    try:
+        sizes = jpeg_frame_sizes(frame)
+    except JpegSegmentError:
+        return None  # refused as such by codestream_problem
     if not sizes or allocated not in (8, 16):
         return None
     _, _, _, marker, precision = sizes[0]
@@ -163,7 +157,10 @@ def codestream_problem(data: bytes, values: dict[tuple[int, int], int],
     """A JPEG, JPEG-LS or JPEG 2000 (J2K codestream or JP2 file) frame whose header is
     missing, or whose size differs from the dataset's (``_size_problem``)."""
     if data[:2] == b"\xff\xd8":
-        sizes = jpeg_frame_sizes(data)
+        try:
+            sizes = jpeg_frame_sizes(data)
+        except JpegSegmentError as err:
+            return str(err)
         if not sizes:
             return "JPEG frame without a frame header (SOF) before its first scan"
         for width, height, components, marker, _ in sizes:

@@ -45,6 +45,7 @@ import numpy as np
 from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
 from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
+from datamodules.jpeg_markers import JpegSegmentError, jpeg_segments
 from datamodules.path_limits import replace_link
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
@@ -408,31 +409,22 @@ def _tiff_aspect(page: Any, orientation: int) -> tuple[float, str] | None:
 
 
 def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
-    """Width and height from the first SOF segment of a JPEG."""
-    with path.open("rb") as fh:
-        fh.read(2)
-        while True:
-            marker = fh.read(2)
-            if len(marker) < 2 or marker[0] != 0xFF:
-                return None
-            while marker[1] == 0xFF:  # fill bytes before a marker are legal (libjpeg skips them)
-                nxt = fh.read(1)
-                if not nxt:
-                    return None
-                marker = b"\xff" + nxt
-            if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
-                continue
-            seg = fh.read(2)
-            if len(seg) < 2:
-                return None
-            length = struct.unpack(">H", seg)[0]
-            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
-                body = fh.read(5)
-                if len(body) < 5:
-                    return None
-                h, w = struct.unpack(">HH", body[1:5])
-                return w, h, 1
-            fh.seek(length - 2, 1)
+    """Width and height from the first SOF segment of a JPEG (the file mapped, not read)."""
+    import mmap
+
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for marker, pos, _ in jpeg_segments(data):
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    if pos + 7 > len(data):
+                        return None
+                    h, w = struct.unpack_from(">HH", data, pos + 3)
+                    return w, h, 1
+    except JpegSegmentError as err:
+        raise ImageReadError(f"{path}: {err}") from None
+    except (OSError, ValueError):  # not mappable (empty, a device): the decoder reports it
+        return None
+    return None
 
 
 def _dicom_size(path: Path) -> tuple[int, int, int] | None:
@@ -722,22 +714,13 @@ def _jpeg_aspect(data: bytes, orientation: int) -> tuple[float, str] | None:
 def _jpeg_segment(data: bytes, app: int, prefix: bytes) -> bytes:
     """The body after ``prefix`` of a JPEG's first ``app`` marker segment that starts with it,
     found by walking the segments up to the scan; empty when there is none."""
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if marker == 0xDA:  # start of scan: no header segments after it
-            return b""
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        body = data[pos + 4 : pos + 2 + length]
-        if marker == app and body.startswith(prefix):
-            return body[len(prefix):]
-        pos += 2 + length
+    try:
+        for marker, pos, length in jpeg_segments(data):
+            body = data[pos + 2 : pos + length]
+            if marker == app and body.startswith(prefix):
+                return body[len(prefix):]
+    except JpegSegmentError:
+        pass  # refused before decoding (decode_guards.jpeg_scan_problem)
     return b""
 
 
