@@ -40,6 +40,7 @@ class AnnotationError(ValueError):
 
 MAX_SPACING_MM = 1000.0  # one metre per pixel: anything above is a typo or an overflow
 MAX_JSON_BYTES = 10_000_000
+MIN_SPAN_PX = 2.0  # landmarks, or all cortex points, closer than this: a degenerate label
 # the schema's keys: anything else is a typo (``"pixel_spacing"`` would silently lose the
 # spacing) and is refused; free-form extras belong under ``meta``
 TOP_KEYS = ("schema_version", "id", "image", "pixel_spacing_mm", "side", "raters",
@@ -212,6 +213,7 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
         out.errors.append(f"{where}: {what}")
     else:
         _check_keys(lms, LANDMARKS, f"{where}.landmarks: ", "", out, "landmark")
+        placed = []
         for lm in LANDMARKS:
             if lm not in lms:
                 out.errors.append(f"{where}: missing landmark {lm}")
@@ -219,6 +221,11 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
             problem, _ = _point_problem(lms[lm], shape)
             if problem:
                 out.errors.append(f"{where}.landmarks.{lm}: {problem}")
+            else:
+                placed.append(np.asarray(lms[lm], np.float64))
+        if len(placed) == 2 and np.hypot(*(placed[0] - placed[1])) < MIN_SPAN_PX:
+            out.errors.append(f"{where}: landmarks {' and '.join(LANDMARKS)} coincide (within "
+                              f"{MIN_SPAN_PX:g} px: no Schoettle construction)")
     line = rater.get("cortex_line")
     if not isinstance(line, list) or len(line) < 2:
         n = len(line) if isinstance(line, list) else 0
@@ -234,8 +241,13 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
             out.errors.append(f"{where}.cortex_line[{j}]: {problem}")
             continue
         good.append((float(p[0]), float(p[1])))
-    if len(good) == len(line) >= 2 and len(set(good)) == 1:
-        out.errors.append(f"{where}: all cortex_line points coincide (no line)")
+    if len(good) == len(line) >= 2:
+        pts = np.array(good)
+        span = float(np.hypot(*np.ptp(pts, axis=0)))  # their bounding box's diagonal
+        if span < MIN_SPAN_PX:
+            what = "coincide" if span == 0 else f"span {span:.3g} px"
+            out.errors.append(f"{where}: all cortex_line points {what} (no line: a direction "
+                              f"needs points at least {MIN_SPAN_PX:g} px apart)")
 
 
 def _check_keys(data: dict[str, Any], known: tuple[str, ...], where: str, hint: str,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,22 @@ class DatasetError(ValueError):
 
     def __str__(self) -> str:
         return printable(super().__str__())  # one line, even for a file name with a newline
+
+
+_WORKER_PREFIX = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_ERROR_LINE = re.compile(r"[\w.]+: (.*)")
+
+
+def worker_original(err: BaseException) -> str:
+    """``str(err)``, or for an error re-raised from a DataLoader worker (torch's
+    ``ExceptionWrapper`` puts the worker's whole traceback into the message) the original
+    error's own line, so ``train`` still says ``<file>: <what>`` in one line."""
+    raw = err.args[0] if err.args and isinstance(err.args[0], str) else ""
+    if not _WORKER_PREFIX.match(raw):
+        return str(err)
+    last = raw.rstrip("\n").rsplit("\n", 1)[-1]  # "module.Class: message" (escaped: one line)
+    found = _ERROR_LINE.fullmatch(last)
+    return printable(found.group(1) if found else last)
 
 
 def os_problem(err: OSError) -> str:
@@ -186,6 +203,8 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         raise DatasetError(str(err)) from None
     try:
         data = path.read_bytes()
+        if not data:  # (OpenCV's answer is an assertion message)
+            raise DatasetError(f"{path}: the mask file is empty (0 bytes)")
         with decoder_messages() as said:  # libpng's own prints go into the error line
             mask = imdecode(path, data)
     except ImageReadError as err:  # over OpenCV's decode cap

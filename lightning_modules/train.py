@@ -45,7 +45,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from datamodules.annotations import AnnotationError
 from datamodules.config_file import ConfigFileError, check_config_file
 from datamodules.datamodule import KneeDataModule
-from datamodules.dataset_io import DatasetError
+from datamodules.dataset_io import DatasetError, worker_original
 from datamodules.image_io import ImageReadError
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.validate import DatasetValidationError
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except DATA_ERRORS as err:
-        print(f"train: error: {err}", file=sys.stderr)
+        print(f"train: error: {worker_original(err)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except CheckpointError as err:
         print(f"train: error: cannot resume: {err}", file=sys.stderr)

@@ -1,0 +1,80 @@
+"""Red-team round 7, data side: an error raised in a DataLoader worker reaches the user as its
+own line (torch put the worker's traceback into the message), an empty mask file is named as
+such (OpenCV answered with an assertion), and degenerate labels (landmarks on top of each other,
+a cortex line a fraction of a pixel long) are errors, not training targets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch._utils import ExceptionWrapper
+
+from datamodules.annotations import check_annotation
+from datamodules.dataset_io import DatasetError, read_mask, worker_original, write_sample
+from datamodules.image_io import ImageReadError
+from tests.small_datasets import annotation, small_sample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", [DatasetError, ImageReadError])
+def test_an_error_from_a_worker_is_reported_by_its_own_line(kind):
+    try:
+        raise kind("/data/masks/k_femur.png: unreadable or truncated mask")
+    except kind:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(kind) as err:
+        wrapped.reraise()  # what the DataLoader does in the main process
+    assert "Original Traceback" in str(err.value)  # torch's own wording, which we undo
+    assert worker_original(err.value) == "/data/masks/k_femur.png: unreadable or truncated mask"
+    plain = DatasetError("/data/a.png: broken")
+    assert worker_original(plain) == "/data/a.png: broken"
+
+
+def test_an_empty_mask_file_is_named_empty(tmp_path):
+    path = tmp_path / "k_femur.png"
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError) as err:
+        read_mask(path)
+    assert str(err.value) == f"{path}: the mask file is empty (0 bytes)"
+
+
+def test_landmarks_on_top_of_each_other_are_an_error():
+    check = check_annotation(annotation(lm_p_tmc=[20.5, 12.5]), "k", "k.png", (40, 50))
+    assert any("landmarks p_blum and p_tmc coincide" in e for e in check.errors), check.errors
+    apart = check_annotation(annotation(lm_p_tmc=[20.0, 16.0]), "k", "k.png", (40, 50))
+    assert not apart.errors, apart.errors
+
+
+def test_a_cortex_line_shorter_than_two_pixels_is_an_error():
+    short = annotation(r_cortex_line=[[12.0, 2.0], [12.0005, 2.0008], [12.001, 2.001]])
+    check = check_annotation(short, "k", "k.png", (40, 50))
+    assert any("cortex_line points span 0.00141 px" in e for e in check.errors), check.errors
+    longer = annotation(r_cortex_line=[[12.0, 2.0], [12.5, 4.0]])
+    assert not check_annotation(longer, "k", "k.png", (40, 50)).errors
+
+
+@pytest.mark.slow  # one fresh interpreter with a DataLoader worker (~15 s on 2 busy cores)
+def test_train_names_a_mask_that_breaks_in_a_worker(tmp_path):
+    """validate: false (or a file changed after validation) lets the empty mask reach a worker;
+    before, the error line held the worker's 2 kB traceback."""
+    root = tmp_path / "data"
+    for i in range(4):
+        write_sample(root, small_sample(f"k{i}", seed=i))
+    (root / "masks" / "k0_femur.png").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    res = subprocess.run(
+        [sys.executable, "-m", "lightning_modules.train", "--config",
+         str(REPO / "configs" / "tiny.yaml"), "--data-root", str(root), "--data.validate", "false",
+         "--data.num_workers", "1", "--data.size", "32", "--trainer.max_epochs", "1",
+         "--run.root", str(tmp_path / "runs")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("train: error:")]
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert lines == [f"train: error: {root / 'masks' / 'k0_femur.png'}: the mask file is empty "
+                     "(0 bytes)"], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
