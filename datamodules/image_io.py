@@ -810,11 +810,14 @@ def _sbit_in_use(arr: np.ndarray, sbit: int, notes: list[str]) -> int | None:
 def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
     """Whether ``sbit``-bit samples were scaled up to the full depth as the PNG spec says (low
     bits all zero, or the top bits replicated into them) rather than stored as they are: by
-    the bit pattern, not the maximum (one stray pixel above 2^sbit - 1 would decide that)."""
+    the bit pattern, not the maximum (one stray pixel above 2^sbit - 1 would decide that);
+    but samples that all fit in ``sbit`` bits are taken as stored (red-team round 7)."""
     shift = 8 * arr.dtype.itemsize - sbit
     if shift <= 0 or not np.issubdtype(arr.dtype, np.unsignedinteger) or not arr.any():
         return False
     a = arr.astype(np.uint32)
+    if int(a.max()) < 1 << sbit:  # scaled, such samples would use 1/2^shift of the range:
+        return False  # e.g. an 8-bit image * 16 stored as 12 bits, read 16x too dark before
     low = a & ((1 << shift) - 1)
     replicated = (a >> sbit) if shift <= sbit else None
     return bool(not low.any() or (replicated is not None and np.array_equal(low, replicated)))

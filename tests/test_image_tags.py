@@ -223,6 +223,20 @@ def test_sbit_png_named_tif_reads_its_full_range(tmp_path):
     np.testing.assert_allclose(loaded.image, a12 / 4095.0, atol=1e-6)
 
 
+def test_sbit_png_whose_stored_values_happen_to_have_zero_low_bits_is_not_read_dark(tmp_path):
+    """Red-team round 7: an 8-bit picture * 16 stored as 12-bit samples (max 4080, low 4 bits
+    zero) was taken as scaled to 16 bits by the PNG spec and read 16x too dark, silently."""
+    a12 = (PICTURE.astype(np.uint16) * 16).astype(np.uint16)
+    path = tmp_path / "s.png"
+    path.write_bytes(_with_png_chunks(_png(a12), _chunk(b"sBIT", b"\x0c")))
+    loaded = load_image(path)
+    assert loaded.bit_depth == 12
+    np.testing.assert_allclose(loaded.image, a12 / 4095.0, atol=1e-6)
+    scaled = (a12.astype(np.uint32) * 16).astype(np.uint16)  # as the spec writes 12 bits: kept
+    path.write_bytes(_with_png_chunks(_png(scaled), _chunk(b"sBIT", b"\x0c")))
+    np.testing.assert_allclose(load_image(path).image, scaled / 65535.0, atol=1e-6)
+
+
 def test_guards_follow_the_content_not_the_name(tmp_path):
     """A TIFF of 6 samples a pixel is refused as TIFF whatever it is called, and a PNG whose
     chunk runs past the file too."""
