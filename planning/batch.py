@@ -25,6 +25,7 @@ from typing import Any
 
 from datamodules.path_limits import replace_link
 from geometry.pixel_spacing import SPHERE_MM
+from planning.tables import csv_cell
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".jpg", ".jpeg")
 GLOB_CHARS = set("*?[")
@@ -406,5 +407,5 @@ def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in SUMMARY_FIELDS})
+            writer.writerow({k: csv_cell(row.get(k, "")) for k in SUMMARY_FIELDS})
     return path

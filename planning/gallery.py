@@ -46,6 +46,7 @@ from planning.overlay import (
     Style,
 )
 from planning.references import rater_schoettle
+from planning.tables import csv_cell
 
 CASE_SIDE = 720  # short side (px) every case is drawn at
 THUMB_HEIGHT = 340  # contact sheet cell image height (px)
@@ -288,8 +289,9 @@ class Gallery:
             w.writerow(["kind", "rank", "id", "schoettle", "unit", "needs_review",
                         "review_reasons", "file"])
             for kind, rank, c, path in entries:
-                w.writerow([kind, rank, c.row["id"], c.row["schoettle"], c.row["unit"],
-                            int(bool(c.reasons)), "; ".join(c.reasons), path.name])
+                w.writerow([csv_cell(v) for v in (
+                    kind, rank, c.row["id"], c.row["schoettle"], c.row["unit"],
+                    int(bool(c.reasons)), "; ".join(c.reasons), path.name)])
         return [*written, sheet_path, index]
 
 

@@ -114,7 +114,23 @@ def _csv(rows: Sequence[Mapping[str, object]]) -> str:
 def _csv_value(v: object) -> object:
     if isinstance(v, float | np.floating):
         return "" if not math.isfinite(float(v)) else f"{float(v):.10g}"
-    return v
+    return csv_cell(v)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell (OWASP)
+
+
+def csv_cell(v: object) -> object:
+    """``v`` as a CSV cell a spreadsheet shows as text: a string that would start a formula
+    (an image named ``=HYPERLINK(...).png``) gets a leading apostrophe; numbers stay as they
+    are, also when written as text ("-3.5")."""
+    if not isinstance(v, str) or not v.startswith(FORMULA_START):
+        return v
+    try:
+        float(v)
+        return v
+    except ValueError:
+        return "'" + v
 
 
 def _col(rows: Sequence[Mapping[str, object]], key: str) -> list[float]:
