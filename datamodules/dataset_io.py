@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +176,22 @@ def annotation_path(root: str | Path, sample_id: str) -> Path:
     return Path(root) / "annotations" / f"{sample_id}.json"
 
 
+def nfc_fold(name: str) -> str:
+    """A name compared without case and Unicode normalisation (NFC vs NFD)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _same_but_case_or_form(path: Path) -> str | None:
+    """The name of a file beside ``path`` whose name differs from it only in case or Unicode
+    normalisation (a mask saved as .PNG, an NFD name from macOS), or None."""
+    try:
+        with os.scandir(path.parent) as entries:
+            return next((e.name for e in entries if nfc_fold(e.name) == nfc_fold(path.name)),
+                        None)
+    except OSError:
+        return None
+
+
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """THE mask reader: a bone mask PNG as (H, W) uint8 {0, 1}.
 
@@ -194,7 +211,10 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
 
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: missing bone mask")
+        near = _same_but_case_or_form(path)
+        hint = f" ({near!r} differs from it only in case or Unicode form: rename it)" if near \
+            else ""
+        raise DatasetError(f"{path}: missing bone mask{hint}")
     if not path.is_file():
         raise DatasetError(f"{path}: not a regular file")
     try:

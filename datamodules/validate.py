@@ -57,6 +57,7 @@ from datamodules.dataset_io import (
     annotation_path,
     image_files,
     mask_path,
+    nfc_fold,
     read_mask,
     resolve_sample_spacing,
     spacing_inputs,
@@ -249,11 +250,6 @@ def _invalid_spacing(image: Path, loaded: LoadedImage | None) -> tuple[Path, str
                    "annotation: errors cannot be given in mm")
 
 
-def _nfc_fold(name: str) -> str:
-    """A name compared without case and Unicode normalisation (NFC vs NFD)."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 def _misnamed_annotation(p: Path, sample_id: str) -> str:
     """Why ``p``, which matches ``sample_id`` but for its suffix, case or Unicode form, is not
     read as its annotation."""
@@ -262,15 +258,21 @@ def _misnamed_annotation(p: Path, sample_id: str) -> str:
         return (f"annotations must be JSON files named <image id>.json (schema v1), not "
                 f"{p.suffix or 'without suffix'}: not read as the annotation of image "
                 f"{sample_id!r} (expected {expected})")
-    if p.stem == sample_id:
-        return f"the suffix must be lower-case .json: rename it {expected}"
-    if p.stem.casefold() == sample_id.casefold():
-        return f"differs from image id {sample_id!r} only in case: rename it {expected}"
+    return _misnamed(p, expected, f"image id {sample_id!r}")
+
+
+def _misnamed(p: Path, expected: str, owner: str) -> str:
+    """Why ``p``, named ``expected`` but for its suffix's case, its case or its Unicode form,
+    is not read (``owner``: whose file it should be)."""
+    want = Path(expected)
+    if p.stem == want.stem:
+        return f"the suffix must be lower-case {want.suffix}: rename it {expected}"
+    if p.stem.casefold() == want.stem.casefold():
+        return f"differs from {owner} only in case: rename it {expected}"
     form = "NFD" if unicodedata.is_normalized("NFD", p.stem) else "NFC"
     other = "NFD" if form == "NFC" else "NFC"
-    return (f"differs from image id {sample_id!r} only in Unicode normalisation (file name "
-            f"{form}, image id {other}; e.g. a name made on macOS): rename it {expected} as the "
-            "image spells it")
+    return (f"differs from {owner} only in Unicode normalisation (file name {form}, image id "
+            f"{other}; e.g. a name made on macOS): rename it {expected} as the image spells it")
 
 
 def _check_mask(path: Path, shape: tuple[int, int] | None,
@@ -378,7 +380,10 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     ann_files = (sorted((root / "annotations").iterdir()) if (root / "annotations").is_dir()
                  else [])
     for p in ann_files:
-        ann_near.setdefault(_nfc_fold(p.stem), []).append(p)
+        ann_near.setdefault(nfc_fold(p.stem), []).append(p)
+    mask_near: dict[str, list[Path]] = {}  # the same for masks, by their whole name folded
+    for p in (sorted((root / "masks").iterdir()) if (root / "masks").is_dir() else []):
+        mask_near.setdefault(nfc_fold(p.name), []).append(p)
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")
@@ -386,14 +391,23 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         for f in files:
             loaded = _check_image(f, report) or loaded
         shape = None if loaded is None else loaded.image.shape
-        masks = [_check_mask(mask_path(root, sample_id, b), shape, report) for b in BONES]
+        masks = []
+        for bone in BONES:
+            path = mask_path(root, sample_id, bone)
+            near = [] if path.exists() or path.is_symlink() else [
+                p for p in mask_near.get(nfc_fold(path.name), []) if p != path]
+            for p in near:  # one line on the misnamed file, not "missing" + "orphan"
+                report.error(p, _misnamed(p, path.name, f"the mask name of image id "
+                                                        f"{sample_id!r}"))
+                explained.add(p)
+            masks.append(None if near else _check_mask(path, shape, report))
         femur = masks[0] if _check_labels(root, sample_id, files[0], loaded, masks, report) \
             else None
         ann = annotation_path(root, sample_id)
         if ann.is_dir():
             report.error(ann, "a folder, not an annotation file")
         elif not ann.is_file():
-            near = [p for p in ann_near.get(_nfc_fold(sample_id), []) if p != ann]
+            near = [p for p in ann_near.get(nfc_fold(sample_id), []) if p != ann]
             for p in near:  # one line on the misnamed file, not "missing" + "orphan"
                 report.error(p, _misnamed_annotation(p, sample_id))
                 explained.add(p)
@@ -409,7 +423,8 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     known_masks = {mask_path(root, i, b).name for i in images for b in BONES}
     if (root / "masks").is_dir():
         for p in sorted((root / "masks").iterdir()):
-            if p.name not in known_masks and not (p.is_symlink() and not p.exists()):
+            if p.name not in known_masks and not (p.is_symlink() and not p.exists()) and (
+                    p not in explained):
                 report.error(p, "orphan mask: no image with this id, or not <id>_<bone>.png "
                                 f"with bone in {BONES}")
     for p in ann_files:

@@ -1,13 +1,15 @@
 """Red-team round 7, data side: an error raised in a DataLoader worker reaches the user as its
 own line (torch put the worker's traceback into the message), an empty mask file is named as
-such (OpenCV answered with an assertion), and degenerate labels (landmarks on top of each other,
-a cortex line a fraction of a pixel long) are errors, not training targets."""
+such (OpenCV answered with an assertion), degenerate labels (landmarks on top of each other,
+a cortex line a fraction of a pixel long) are errors, not training targets, and a mask named
+in another case or Unicode form is one line saying so, not "missing" plus "orphan"."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from torch._utils import ExceptionWrapper
 from datamodules.annotations import check_annotation
 from datamodules.dataset_io import DatasetError, read_mask, worker_original, write_sample
 from datamodules.image_io import ImageReadError
+from datamodules.validate import validate_dataset
 from tests.small_datasets import annotation, small_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +81,33 @@ def test_train_names_a_mask_that_breaks_in_a_worker(tmp_path):
     assert lines == [f"train: error: {root / 'masks' / 'k0_femur.png'}: the mask file is empty "
                      "(0 bytes)"], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("rename", [
+    lambda name: name.removesuffix(".png") + ".PNG",  # saved by a tool that upper-cases
+    lambda name: name.upper().removesuffix(".PNG") + ".png",  # the id in another case
+], ids=["suffix", "case"])
+def test_masks_named_in_another_case_get_one_line_each_not_missing_plus_orphan(tmp_path, rename):
+    root = tmp_path / "data"
+    for i in range(2):
+        write_sample(root, small_sample(f"k{i}", seed=i))
+    for mask in sorted((root / "masks").glob("k0_*.png")):
+        mask.rename(mask.with_name(rename(mask.name)))
+    report = validate_dataset(root)
+    messages = [(Path(i.path).name, i.message) for i in report.errors]
+    assert len(messages) == 4, messages
+    assert all("rename it k0_" in m and "missing" not in m and "orphan" not in m
+               for _, m in messages), messages
+    with pytest.raises(DatasetError, match=r"missing bone mask \('.*' differs from it only in "
+                                           r"case or Unicode form: rename it\)"):
+        read_mask(root / "masks" / "k0_femur.png")
+
+
+def test_an_nfd_mask_name_beside_an_nfc_image_id_is_one_line(tmp_path):
+    root = tmp_path / "data"
+    write_sample(root, small_sample("kn\u00e9e", seed=0))
+    write_sample(root, small_sample("k1", seed=1))
+    for mask in sorted((root / "masks").glob("kn\u00e9e_*.png")):
+        mask.rename(mask.with_name(unicodedata.normalize("NFD", mask.name)))
+    messages = [i.message for i in validate_dataset(root).errors]
+    assert len(messages) == 4 and all("Unicode normalisation" in m for m in messages), messages
