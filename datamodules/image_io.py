@@ -191,11 +191,28 @@ def _magic_format(head: bytes) -> str | None:
     return None
 
 
+# Formats OpenCV decodes behind a supported suffix, by their magic bytes: read with a note that
+# names them (red-team round 7: a lossy WebP named .tif was read as lossless, without a note)
+OTHER_FORMATS = tuple((re.compile(magic, re.S), name) for magic, name in (
+    (rb"RIFF....WEBP", "WebP"), (rb"GIF8[79]a", "GIF"),
+    (rb"BM.{12}[\x0c\x28\x34\x38\x40\x6c\x7c]\x00\x00\x00", "BMP"),  # "BM", a DIB header size
+    (rb"P[1-7]\s", "PNM (PBM/PGM/PPM)"), (rb"P[Ff]\s", "PFM"),
+    (rb"#\?(RADIANCE|RGBE)", "Radiance HDR"), (rb"v/1\x01", "OpenEXR"),
+    (rb"\x00\x00\x00\x0cjP  |\xff\x4f\xff\x51", "JPEG 2000"),
+    (rb"....ftyp(avif|heic|heix|mif1)", "AVIF/HEIF")))
+
+
 def _decode(path: Path) -> LoadedImage:
     """Dispatch by the file's magic bytes (a JPEG named .tif is read as the JPEG it is, with its
-    EXIF orientation and lossy mark, and a note), else by its suffix."""
+    EXIF orientation and lossy mark, and a note), else by its suffix; another format that
+    OpenCV decodes (``OTHER_FORMATS``) is read as what it is, with a note."""
     by_suffix = SUFFIX_FORMATS.get(path.suffix.lower())
     content = content_format(path)
+    if content is None and by_suffix in ("png", "tiff", "jpeg"):
+        head = _head(path)
+        other = next((name for magic, name in OTHER_FORMATS if magic.match(head)), None)
+        if other is not None:
+            return _load_other(path, other)
     fmt = content or by_suffix
     if fmt is None:
         raise ImageReadError(f"{path}: unsupported image type {path.suffix.lower()!r} (use .png, "
@@ -936,12 +953,23 @@ def _load_jpeg(path: Path) -> LoadedImage:
     notes: list[str] = []
     orientation = exif_orientation(_jpeg_exif(data))
     arr = orient(arr, orientation, notes)
-    # lossy when it is JPEG data or lossy WebP (VP8, not VP8L); other content named .jpg (BMP,
-    # GIF, WebP: OpenCV reads them) decodes here too
-    webp_lossy = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] != b"VP8L"
-    loaded = _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8" or webp_lossy,
-                           notes=notes)
+    # content OpenCV reads that no magic number here names (a Sun raster) decodes here too
+    loaded = _from_decoded(path, arr, None, "jpeg", lossy=data[:2] == b"\xff\xd8", notes=notes)
     return _set_aspect(loaded, _jpeg_aspect(data, orientation))
+
+
+def _load_other(path: Path, name: str) -> LoadedImage:
+    """A format of ``OTHER_FORMATS`` behind a supported suffix, decoded by OpenCV (under its
+    decode cap), with a note naming it; lossy for lossy WebP (VP8, not VP8L), AVIF/HEIF and
+    JPEG 2000 (which may also be lossless: the warning then errs on the safe side)."""
+    data = path.read_bytes()
+    arr = imdecode(path, data)
+    if arr is None:
+        raise ImageReadError(f"{path}: unreadable {name} image (OpenCV cannot decode it)")
+    lossy = name in ("AVIF/HEIF", "JPEG 2000") or (name == "WebP" and data[12:16] != b"VP8L")
+    note = (f"the file holds a {name} image but its name ends in "
+            f"{printable(path.suffix)[:20]!r}: read by OpenCV (by its content)")
+    return _from_decoded(path, arr, None, name, lossy=lossy, notes=[note])
 
 
 def _from_decoded(

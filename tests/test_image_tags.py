@@ -237,6 +237,28 @@ def test_sbit_png_whose_stored_values_happen_to_have_zero_low_bits_is_not_read_d
     np.testing.assert_allclose(load_image(path).image, scaled / 65535.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("encode, name, fmt, lossy", [
+    (".webp", "w.tif", "WebP", True), (".bmp", "b.png", "BMP", False),
+    (".pgm", "g.jpg", "PNM", False), (".jp2", "j.png", "JPEG 2000", True),
+    (".hdr", "h.tif", "Radiance HDR", False), (".pfm", "f.png", "PFM", False)])
+def test_another_format_behind_a_supported_suffix_is_read_with_a_note(tmp_path, encode, name,
+                                                                      fmt, lossy):
+    """Red-team round 7: OpenCV decoded these without a note (a lossy WebP named .tif as
+    lossless)."""
+    floats = encode in (".hdr", ".pfm")
+    pixels = np.dstack([PICTURE] * 3).astype(np.float32) / 255.0 if floats else PICTURE
+    ok, buf = cv2.imencode(encode, pixels, [cv2.IMWRITE_WEBP_QUALITY, 60] if encode == ".webp"
+                           else [])  # (OpenCV's default WebP quality, 100, is lossless)
+    assert ok
+    path = tmp_path / name
+    path.write_bytes(buf.tobytes())
+    loaded = load_image(path)
+    assert loaded.lossy is lossy
+    assert any(n.startswith(f"the file holds a {fmt}") for n in loaded.notes), loaded.notes
+    tol = 0.1 if lossy else 0.02  # (Radiance HDR keeps 8-bit mantissas)
+    assert np.abs(loaded.image - PICTURE / 255.0).mean() < tol
+
+
 def test_guards_follow_the_content_not_the_name(tmp_path):
     """A TIFF of 6 samples a pixel is refused as TIFF whatever it is called, and a PNG whose
     chunk runs past the file too."""
