@@ -17,6 +17,7 @@ import io
 import pickle
 import pickletools
 import re
+import struct
 import warnings
 import zipfile
 import zlib
@@ -69,26 +70,132 @@ def _damaged_member(archive: zipfile.ZipFile) -> str | None:
     return archive.testzip()
 
 
-def _pickled_problem(data: bytes, archive: zipfile.ZipFile) -> str | None:
-    """Why the archive (``data``, open as ``archive``) is not one torch.save writes, or its
-    pickled structure would be too costly to load (``pickle_scan``), or None. Its size is
-    bounded already (``check_archive``).
+# the records torch.load reads by name besides ``data/<key>`` (``.data/version`` is the
+# reader's own fallback for ``version``); torch's zip reader finds each in any case
+_TORCH_RECORDS = ("data.pkl", "version", "byteorder", ".format_version", ".storage_alignment",
+                  ".data/version", ".data/serialization_id")
+_METHODS = {zipfile.ZIP_DEFLATED: "deflated", zipfile.ZIP_BZIP2: "bzip2",
+            zipfile.ZIP_LZMA: "lzma"}
+
+
+def _directory_shift(data: bytes, archive: zipfile.ZipFile) -> int:
+    """How far Python's zipfile moved the central directory from where the archive's end
+    record puts it (0 for torch.save's files).
+
+    zipfile takes bytes before an archive as a prefix and shifts every offset by them; torch's
+    zip reader (miniz) reads the directory at the recorded offset. A file holding two
+    directories was checked as one archive and loaded as the other (sixth fuzz round).
+    """
+    end = zipfile._EndRecData(io.BytesIO(data))  # the end record ``archive`` was opened with
+    return archive.start_dir - end[zipfile._ECD_OFFSET] if end else 0
+
+
+def _raw_name(info: zipfile.ZipInfo) -> bytes:
+    """The member's name as its bytes in the archive (what torch's zip reader compares)."""
+    return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+
+
+def _name_problem(infos: list[zipfile.ZipInfo], top: str) -> str | None:
+    """Why the members' names (all in folder ``top``) could make torch's zip reader load
+    another member than the one checked, or None.
+
+    torch looks a record up as ``<top>/<name>`` compared byte for byte with ASCII case ignored
+    (no other normalisation: ``./``, ``//``, ``\\`` or a leading ``/`` never match), and which
+    of two equal names it finds depends on its sorted search, not their order; Python's zipfile
+    matches exact names.
+    """
+    seen: dict[bytes, str] = {}
+    for info in infos:
+        if (key := _raw_name(info).lower()) in seen:  # (bytes.lower: ASCII only, as torch's)
+            return (f"archive members {seen[key][:80]!r} and {info.filename[:80]!r} have the "
+                    "same name when case is ignored (torch's zip reader may load either: only "
+                    "one is checked)")
+        seen[key] = info.filename
+    for name in (i.filename for i in infos):
+        record = name[len(top) + 1:]
+        low = record.lower()
+        if (low in _TORCH_RECORDS and record != low
+                or low.startswith("data/") and not record.startswith("data/")):
+            what = low if low in _TORCH_RECORDS else "data/..."
+            return (f"archive member {name[:80]!r} differs only in case from torch's record "
+                    f"{top[:40]}/{what} (torch reads it as that record; torch.save writes "
+                    "lower case)")
+    return None
+
+
+def _member_problem(data: bytes, archive: zipfile.ZipFile) -> str | None:
+    """Why a member's recorded layout is not torch.save's: compressed (torch.save stores every
+    member; a deflated 2 MB file unpacked to 1.9 GB of weights, 40 s and 5.4 GB to plan), two
+    sizes that differ, or data running past the members into the directory. Reads the local
+    headers only, no member's data."""
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = _METHODS.get(info.compress_type, f"method {info.compress_type}")
+            return (f"compressed zip member {info.filename[:80]!r} ({method}): torch.save "
+                    "writes them stored")
+        if info.compress_size != info.file_size:
+            return (f"zip member {info.filename[:80]!r} is stored, but records "
+                    f"{info.compress_size} bytes stored and {info.file_size} unpacked")
+        at = info.header_offset
+        lengths = struct.unpack_from("<HH", data, at + 26) if at + 30 <= len(data) else None
+        end = at + 30 + sum(lengths) + info.compress_size if lengths else len(data) + 1
+        if end > archive.start_dir:
+            return (f"zip member {info.filename[:80]!r} runs past the members' part of the "
+                    f"archive (to byte {end}, its directory starts at {archive.start_dir})")
+    return None
+
+
+def _archive_problem(data: bytes, archive: zipfile.ZipFile) -> str | None:
+    """Why the archive (``data``, open as ``archive``) is not laid out as torch.save writes it,
+    so that torch.load could read other bytes than the checks, or None. Reads no member's data:
+    runs before the CRC check and the pickle scan. Its size is bounded already
+    (``check_archive``).
     """
     if data[:4] != b"PK\x03\x04":  # torch.save starts with its first member
         return ("not a torch.save archive: something else comes before the zip archive (a "
                 "wrapped or self-extracting file?)")
-    names = archive.namelist()
+    if shift := _directory_shift(data, archive):
+        return (f"its zip directory lies {shift} bytes from where the archive's end record puts "
+                "it (a second archive inside: torch's zip reader would read another directory "
+                "than the one checked)")
+    infos = archive.infolist()
+    # a name cut at a NUL by zipfile (not by torch), or control characters torch.save never
+    # writes
+    if odd := next((i.orig_filename for i in infos if i.orig_filename != i.filename
+                    or not i.filename.isprintable()), None):
+        return f"archive member {odd[:80]!r} has a name torch.save does not write"
+    names = [i.filename for i in infos]
     top = names[0].split("/")[0] if names else ""
     if odd := next((n for n in names if n.split("/")[0] != top or ".." in n.split("/")
                     or n.startswith("/")), None):
         return (f"archive member {odd[:80]!r} lies outside the archive's folder {top[:40]!r} "
                 "(torch.save writes every member into one folder)")
-    pickles = [n for n in names if n.endswith(".pkl")]
+    if problem := _name_problem(infos, top) or _member_problem(data, archive):
+        return problem
+    pickles = [n for n in names if n.lower().endswith(".pkl")]
     if pickles != [f"{top}/data.pkl"]:  # torch.load reads that one; others are only cost
         return (f"its archive holds {len(pickles)} pickled members "
                 f"({', '.join(repr(n[:40]) for n in pickles[:3])}); torch.save writes one, "
                 f"{top[:40]}/data.pkl")
-    return pickle_problem(archive.read(pickles[0]))
+    return None
+
+
+def _pickled_problem(data: bytes, archive: zipfile.ZipFile) -> str | None:
+    """Why the pickled structure torch.load would build from the archive (``data``, open as
+    ``archive``, laid out as torch.save writes it: ``_archive_problem``) would be too costly
+    (``pickle_scan``), or None. The scanned bytes are compared with the ``data.pkl`` that
+    torch's own zip reader finds, so the scanned pickle is the one loaded.
+    """
+    name = f"{archive.namelist()[0].split('/')[0]}/data.pkl"
+    pickled = archive.read(name)
+    try:
+        theirs = torch._C.PyTorchFileReader(io.BytesIO(data)).get_record("data.pkl")
+    except RuntimeError:  # torch.load cannot open it either, and says why in its own words
+        theirs = pickled
+    if theirs != pickled:
+        return (f"torch's zip reader finds another data.pkl ({len(theirs)} bytes) than "
+                f"{name[:80]!r} checked ({len(pickled)} bytes)")
+    return pickle_problem(pickled)
 
 
 def _tensors(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,8 +302,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:  # before anything is unpacked: a decompression bomb is refused
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = check_archive(path, archive=archive)
-            damaged = _damaged_member(archive)
-            problem = None if damaged else _pickled_problem(data, archive)
+            problem = _archive_problem(data, archive)  # before any member's data is read
+            damaged = None if problem else _damaged_member(archive)
+            if not (problem or damaged):
+                problem = _pickled_problem(data, archive)
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError, NotImplementedError,
             zlib.error) as err:  # also encrypted, oddly compressed or corrupt deflated members
         raise CheckpointError(f"{path}: cannot read the zip archive "

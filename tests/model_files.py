@@ -75,3 +75,37 @@ def plan_in_subprocess(image: Path | str, model: Path, out: Path, *extra: str) -
     res = json.loads(line[-1][len("RESULT="):])
     res["stdout"], res["stderr"] = proc.stdout, proc.stderr
     return res
+
+
+def untrained_tiny_checkpoint(path: Path) -> Path:
+    """An untrained tiny checkpoint (64 px, one hourglass, seed 0) in Lightning's format at
+    ``path``: no training needed. Its archive's folder is ``path``'s stem."""
+    import pytorch_lightning as pl
+    import torch
+
+    from lightning_modules.module import KneePlanModule
+
+    torch.manual_seed(0)
+    m = KneePlanModule(image_size=64, num_stacks=1, depth=2, c1=4, c2=8, c_star=16,
+                       net_kwargs={"skip_channels": 4, "refine_channels": 4})
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def refused_checkpoint(path: Path, words: str) -> str:
+    """The one-line ``CheckpointError`` that ``read_checkpoint`` raises for ``path``: it names
+    the file first, holds ``words``, and comes within 10 s (not after the work it guards)."""
+    import time
+
+    import pytest
+
+    from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"{path}: ") and words in line, line
+    assert time.perf_counter() - start < 10, "refused, but only after the work it guards"
+    return line

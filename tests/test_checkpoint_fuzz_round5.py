@@ -8,16 +8,15 @@ from __future__ import annotations
 import copy
 import pickle
 import pickletools
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_modules.checkpoint_file import CheckpointError, read_checkpoint
+from lightning_modules.checkpoint_file import read_checkpoint
 from lightning_modules.pickle_scan import MAX_OPS, MAX_VALUES, pickle_problem
-from tests.model_files import trained_tiny_checkpoint
+from tests.model_files import refused_checkpoint, trained_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +55,13 @@ def _keyed_by(path: Path, out: Path, key: tuple) -> Path:
     return out
 
 
-def _refused(path: Path, words: str) -> str:
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError) as err:
-        read_checkpoint(path)
-    line = str(err.value)
-    assert "\n" not in line and str(path) in line and words in line, line
-    assert time.perf_counter() - start < 10, "refused, but only after the work it guards"
-    return line
-
-
 def test_a_tuple_key_shared_64_deep_is_refused_before_loading(ckpt_path, tmp_path):
     """Was: torch.load hashed 2^64 leaves, plan / evaluate / export / resume never returned
     (the file is the real checkpoint plus ~500 bytes, every size and CRC check passed)."""
-    _refused(_keyed_by(ckpt_path, tmp_path / "d64.ckpt", _shared_tuple(64)), "bomb")
+    refused_checkpoint(_keyed_by(ckpt_path, tmp_path / "d64.ckpt", _shared_tuple(64)), "bomb")
     # 20 deep expands to ~3 million values (under the object limit): refused as a key that is
     # not a name or a number (a checkpoint's keys are names and small numbers)
-    _refused(_keyed_by(ckpt_path, tmp_path / "d20.ckpt", _shared_tuple(20)),
+    refused_checkpoint(_keyed_by(ckpt_path, tmp_path / "d20.ckpt", _shared_tuple(20)),
              "not a name or a number")
 
 
@@ -82,7 +71,7 @@ def test_a_flat_list_of_millions_is_refused_and_small_ones_load(ckpt_path, tmp_p
     big = copy.deepcopy(ck)
     big["loops"]["junk"] = [None] * (MAX_OPS + 10)
     torch.save(big, tmp_path / "long.ckpt")
-    _refused(tmp_path / "long.ckpt", "opcodes")
+    refused_checkpoint(tmp_path / "long.ckpt", "opcodes")
     fine = copy.deepcopy(ck)
     fine["loops"]["junk"] = [None] * 10_000
     torch.save(fine, tmp_path / "fine.ckpt")
@@ -127,16 +116,17 @@ def test_messages_name_the_real_problem(ckpt_path, tmp_path):
     a member outside the archive's folder."""
     wrapped = tmp_path / "wrapped.ckpt"
     wrapped.write_bytes(b"#!/bin/sh\n" * 400 + ckpt_path.read_bytes())
-    assert "could run code" not in _refused(wrapped, "something else comes before the zip")
+    line = refused_checkpoint(wrapped, "something else comes before the zip")
+    assert "could run code" not in line
     ck = torch.load(ckpt_path, weights_only=True)
     ck["hyper_parameters"]["lr"] = 2**100_000  # pickled as LONG4
     torch.save(ck, tmp_path / "bigint.ckpt")
-    _refused(tmp_path / "bigint.ckpt", "pickle opcode 139 (LONG4)")
+    refused_checkpoint(tmp_path / "bigint.ckpt", "pickle opcode 139 (LONG4)")
     outside = tmp_path / "outside.ckpt"
     outside.write_bytes(ckpt_path.read_bytes())
     with zipfile.ZipFile(outside, "a") as z:
         z.writestr("../../evil", b"x")
-    _refused(outside, "'../../evil' lies outside the archive's folder")
+    refused_checkpoint(outside, "'../../evil' lies outside the archive's folder")
 
 
 def _appended(path: Path, out: Path, ops: bytes) -> Path:
@@ -202,7 +192,7 @@ def test_calls_the_safe_loader_allows_are_bounded(ckpt_path, tmp_path, kind):
     of a list filled after the call's argument was built, and bytearray(n) got past the scan
     (a <5 MB file did not load in 60 s; two bytearray calls took 4.3 GB)."""
     ops, words = CALLS[kind]
-    _refused(_appended(ckpt_path, tmp_path / "c.ckpt", ops), words)
+    refused_checkpoint(_appended(ckpt_path, tmp_path / "c.ckpt", ops), words)
 
 
 @pytest.mark.parametrize("kind", sorted(CALLS))
@@ -231,6 +221,6 @@ def test_extra_pickles_and_loader_errors_are_one_line(ckpt_path, tmp_path):
     with zipfile.ZipFile(extra, "a") as z:
         top = z.namelist()[0].split("/")[0]
         z.writestr(f"{top}/junk.pkl", b"\x80\x02}.")
-    _refused(extra, "pickled members")
-    _refused(_appended(ckpt_path, tmp_path / "pid.ckpt", b"K\x05Q"),
+    refused_checkpoint(extra, "pickled members")
+    refused_checkpoint(_appended(ckpt_path, tmp_path / "pid.ckpt", b"K\x05Q"),
              "not a readable checkpoint, truncated or not a torch file (AssertionError")

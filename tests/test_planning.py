@@ -30,6 +30,7 @@ from planning.plan import main, run_plan
 from planning.predict import network_input, predict_images
 from planning.references import rater_schoettle
 from planning.report import build_report
+from tests.model_files import untrained_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PhantomConfig(min_side=400, max_side=640)
@@ -61,17 +62,7 @@ def phantom(tmp_path_factory) -> tuple[Sample, Path]:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """An untrained tiny checkpoint in Lightning's format (no training needed)."""
-    import pytorch_lightning as pl
-
-    from lightning_modules.module import KneePlanModule
-
-    torch.manual_seed(0)
-    m = KneePlanModule(image_size=64, num_stacks=1, depth=2, c1=4, c2=8, c_star=16,
-                       net_kwargs={"skip_channels": 4, "refine_channels": 4})
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
-    return path
+    return untrained_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 def _is_colour(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool:
