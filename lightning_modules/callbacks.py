@@ -9,7 +9,12 @@
   ``WandbLogger`` is attached.
 * :class:`MetricsHistory` keeps the first and the latest validation metrics (for printing and
   for :func:`lightning_modules.train.fit`).
-* :class:`ConfigInCheckpoint` stores the resolved YAML config in every checkpoint.
+* :class:`ConfigInCheckpoint` stores the resolved YAML config in every checkpoint and, on resume,
+  checks the saved optimiser state against the network's own fresh optimisers.
+
+A restored history (``load_state_dict``) of the wrong type or shape is refused (``ValueError``,
+one ``cannot resume`` line through ``train._refuse_restore_errors``) before training starts: it
+crashed the table or the plot after the last epoch (red-team round 6).
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ from datamodules.colours import BONE_RGB, LANDMARK_RGB, TASK_COLOURS
 from datamodules.colours import CORTEX_RGB as ROI_RGB
 from datamodules.path_limits import replace_link
 from datamodules.sample import BONES, LANDMARKS
+from lightning_modules.training_state import (
+    gradnorm_history_problem,
+    metrics_history_problem,
+    optimizer_state_problem,
+)
 
 
 def plot_gradnorm_weights(
@@ -93,6 +103,7 @@ class GradNormHistory(pl.Callback):
         self.every_n_steps = max(int(every_n_steps), 1)
         self.steps: list[int] = []
         self.weights: list[torch.Tensor] = []
+        self._shape: tuple[int, ...] | None = None  # the network's (hourglasses, tasks)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -104,7 +115,15 @@ class GradNormHistory(pl.Callback):
         stacked = torch.stack(self.weights) if self.weights else torch.zeros(0)
         return {"steps": torch.tensor(self.steps, dtype=torch.int64), "weights": stacked}
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Note the network's ``(hourglasses, tasks)``: the restored weights must have them."""
+        gradnorm = getattr(pl_module, "gradnorm", None)
+        self._shape = tuple(gradnorm.weights.shape) if gradnorm is not None else None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history; one the plot cannot draw is refused (``ValueError``)."""
+        if problem := gradnorm_history_problem(state_dict, self._shape):
+            raise ValueError(problem)
         self.steps = [int(s) for s in state_dict["steps"].tolist()]
         w = state_dict["weights"]
         self.weights = list(w.unbind(0)) if w.numel() else []
@@ -328,7 +347,10 @@ class MetricsHistory(pl.Callback):
         return {"first": dict(self.first)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.first = dict(state_dict.get("first", {}))
+        """Restore the first metrics; values that are not numbers are refused (``ValueError``)."""
+        if problem := metrics_history_problem(state_dict):
+            raise ValueError(problem)
+        self.first = {k: float(v) for k, v in state_dict.get("first", {}).items()}
 
 
 class ConfigInCheckpoint(pl.Callback):
@@ -339,6 +361,27 @@ class ConfigInCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint["kneeplan_config"] = self.config_yaml
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Compare the saved optimiser state with the network's own fresh optimisers (group
+        switches, parameter ids and counts, running averages of each parameter's shape) before
+        Lightning restores it: one that loads but breaks the first step is refused
+        (``ValueError``) while nothing has trained. ``train.resume_checkpoint`` has checked it
+        against RMSprop's defaults already; only here do the network's optimisers exist."""
+        states = checkpoint.get("optimizer_states")
+        fresh = _fresh_optimizers(pl_module) if states is not None else None
+        if fresh is not None and (problem := optimizer_state_problem(states, fresh)):
+            raise ValueError(problem)
+
+
+def _fresh_optimizers(pl_module: pl.LightningModule) -> list[torch.optim.Optimizer] | None:
+    """New optimisers from ``pl_module.configure_optimizers()`` (kneeplan's: a list of
+    optimisers and a list of schedulers), or None when it returns another form."""
+    made = pl_module.configure_optimizers()
+    if isinstance(made, tuple | list) and made and isinstance(made[0], tuple | list):
+        made = made[0]
+    opts = list(made) if isinstance(made, tuple | list) else [made]
+    return opts if opts and all(isinstance(o, torch.optim.Optimizer) for o in opts) else None
 
 
 def _fmt(v: float) -> str:

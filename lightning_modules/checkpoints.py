@@ -11,7 +11,8 @@ Lightning-free :mod:`lightning_modules.checkpoint_file` and is re-exported here.
   :func:`remove_stale_temporaries`. It also reads a resumed run's checkpoint through
   :func:`read_checkpoint` (Lightning's own reader has none of its limits).
 * :func:`check_callback_state` refuses a checkpoint whose ``ModelCheckpoint`` state names a file
-  through ``..``: Lightning deletes a "previous" best/last file it restored from under its folder.
+  through ``..``: Lightning deletes a "previous" best/last file it restored from under its folder;
+  and one whose ``MetricsHistory`` / ``GradNormHistory`` state would crash the end of training.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from lightning_modules.checkpoint_file import (
     nonfinite_tensors,
     read_checkpoint,
 )
+from lightning_modules.training_state import gradnorm_history_problem, metrics_history_problem
 
 __all__ = [
     "CheckpointError", "FiniteModelCheckpoint", "MissingCheckpointError", "SameFolderCheckpointIO",
@@ -137,6 +139,8 @@ def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
     callbacks = ckpt.get("callbacks", {})
     if not isinstance(callbacks, Mapping):
         raise CheckpointError(f"{path}: 'callbacks' is not a dict: not a training checkpoint")
+    if problem := _history_problem(ckpt, callbacks):
+        raise CheckpointError(f"{path}: its training state is unusable: {problem}")
     for key, state in callbacks.items():
         if not str(key).startswith("ModelCheckpoint"):
             continue
@@ -156,6 +160,27 @@ def check_callback_state(path: str | Path, ckpt: Mapping[str, Any]) -> None:
                     f"{path}: refused: its checkpoint-callback state names {name[:80]!r}, not a "
                     "plain file path: Lightning deletes such a 'previous checkpoint' wherever it "
                     "is, recursively (fsspec's local://, memory://, chained '::' paths)")
+
+
+def _history_problem(ckpt: Mapping[str, Any], callbacks: Mapping[str, Any]) -> str | None:
+    """What is wrong with the ``MetricsHistory`` and ``GradNormHistory`` states in ``callbacks``
+    (red-team round 6: a string metric or weights of another shape, with NaN, crashed the end of
+    training after every epoch had run), or None. An empty state is skipped, as Lightning does;
+    the weights' ``(hourglasses, tasks)`` are those of the checkpoint's own GradNorm weights."""
+    metrics, gradnorm = callbacks.get("MetricsHistory"), callbacks.get("GradNormHistory")
+    if _restored(metrics) and (problem := metrics_history_problem(metrics)):
+        return problem
+    weights = ckpt.get("state_dict")
+    weights = weights.get("gradnorm.log_weights") if isinstance(weights, Mapping) else None
+    shape = (tuple(weights.shape) if isinstance(weights, torch.Tensor) and weights.ndim == 2
+             else None)
+    return gradnorm_history_problem(gradnorm, shape) if _restored(gradnorm) else None
+
+
+def _restored(state: Any) -> bool:
+    """Whether Lightning hands ``state`` to a callback's ``load_state_dict`` (it skips None and
+    an empty dict); anything else is checked (a tensor's truth value would raise here)."""
+    return not (state is None or (isinstance(state, Mapping) and not state))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

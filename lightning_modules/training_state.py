@@ -3,7 +3,11 @@
 Lightning restores the optimisers' and the scheduler's state as the file gives it, after the
 config checks have run: a crafted or damaged checkpoint with a negative learning rate,
 ``maximize: True`` or a scheduler ``gamma`` of -100 trained the network uphill and exited 0, and
-NaN in RMSProp's ``square_avg`` turned every weight to NaN at the first step. A resume is
+NaN in RMSProp's ``square_avg`` turned every weight to NaN at the first step; RMSProp switches
+(``capturable``, ``centered``, ``differentiable``), duplicated parameter ids or running averages
+of another shape loaded fine and crashed the first step, and a ``MetricsHistory`` or
+``GradNormHistory`` callback state of the wrong type or shape crashed the end of training
+(red-team round 6: a traceback, status 1, after the epochs had run). A resume is
 also a continuation of one run: a config that changes the network's norm, the input size or the
 heat-map targets would write checkpoints whose settings describe another training than their
 weights had. Lightning-free (plain dicts and tensors), like ``checkpoint_file``.
@@ -12,7 +16,8 @@ weights had. Lightning-free (plain dicts and tensors), like ``checkpoint_file``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import torch
@@ -25,6 +30,10 @@ _GROUP_RANGES: dict[str, tuple[float, bool]] = {
     "weight_decay": (0.0, True), "eps": (0.0, False), "alpha": (0.0, True),
 }  # fmt: skip
 _NONNEGATIVE_STATE = ("square_avg", "step", "exp_avg_sq")  # running averages of squares, counts
+# optimiser switches that change what a step does: a resumed group keeps the values its fresh
+# optimiser has (capturable wants CUDA, centered reads ``grad_avg``, differentiable with foreach
+# asserts); one the fresh group lacks (RMSProp has no ``fused``) must be off (None or False)
+_FLAGS = ("capturable", "centered", "differentiable", "foreach", "fused", "maximize")
 # settings that make a run: module hyper-parameters and the DataModule's target settings
 ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs",
                      "image_size")  # fmt: skip
@@ -58,6 +67,8 @@ def _tensor_problem(where: str, key: str, value: Any) -> str | None:
     if not isinstance(value, torch.Tensor):
         return None if finite_real(value) is not None else (
             f"{where} {key} is {value!r} (not a finite number)")
+    if value.is_complex():
+        return f"{where} {key} holds complex values"
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         return f"{where} {key} holds NaN or inf"
     if key in _NONNEGATIVE_STATE and value.numel() and bool((value < 0).any()):
@@ -65,26 +76,183 @@ def _tensor_problem(where: str, key: str, value: Any) -> str | None:
     return None
 
 
-def optimizer_state_problem(states: Any) -> str | None:
+@cache
+def _rmsprop_group() -> dict[str, Any]:
+    """The settings of a fresh group of the RMSprop ``configure_optimizers`` builds (torch's
+    defaults, rates aside): what a saved group is compared with when no fresh optimiser is
+    given (``train.resume_checkpoint``, before the network's optimisers exist)."""
+    return dict(torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], lr=1.0).defaults)
+
+
+def _kind(value: Any) -> str:
+    """A setting's kind as compared: ``real`` for an int or float (not a bool), else its type."""
+    return "real" if real_value(value) is not None else type(value).__name__
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _setting_problem(where: str, group: Mapping[str, Any], fresh: Mapping[str, Any]
+                     ) -> str | None:
+    """A saved group setting of another kind than the fresh group's, or a switch (``_FLAGS``)
+    of another value; settings the fresh group lacks (other torch versions) are not compared,
+    except switches, which must then be off."""
+    for key, value in group.items():
+        if key == "params" or (key not in fresh and key not in _FLAGS):
+            continue
+        expected = fresh.get(key)
+        if key in _FLAGS:
+            off = key not in fresh and (value is None or value is False)
+            if not off and not (type(value) is type(expected) and value == expected):
+                return (f"{where} {key} is {str(value)[:40]} (kneeplan's RMSProp is built "
+                        f"with {expected!r})")
+        elif _kind(value) != _kind(expected):
+            return f"{where} {key} is a {type(value).__name__}, not a {_kind(expected)}"
+    return None
+
+
+def _entry_problem(where: str, entry: Mapping[str, Any], group: Mapping[str, Any],
+                   shape: tuple[int, ...] | None) -> str | None:
+    """What is wrong with one parameter's saved RMSProp state: non-finite or negative values, a
+    running average that is not a tensor (of the parameter's ``shape``, when known), a step
+    that is not one count, or a tensor the group's step reads missing."""
+    for key, value in entry.items():
+        if p := _tensor_problem(where, key, value):
+            return p
+        if key == "step":
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                return f"{where} step holds {value.numel()} values (one count)"
+            continue
+        if not isinstance(value, torch.Tensor):
+            return f"{where} {key} is a {type(value).__name__}, not a tensor"
+        if shape is not None and tuple(value.shape) != shape:
+            return f"{where} {key} has shape {tuple(value.shape)}, the parameter {shape}"
+    if not entry:  # no state yet: the first step makes it
+        return None
+    needed = ["step", "square_avg"]
+    if (real_value(group.get("momentum", 0)) or 0.0) > 0:
+        needed.append("momentum_buffer")
+    if group.get("centered"):
+        needed.append("grad_avg")
+    if missing := [k for k in needed if k not in entry]:
+        return f"{where} lacks {', '.join(missing)} (read by its group's RMSProp step)"
+    return None
+
+
+def optimizer_state_problem(states: Any,
+                            fresh: Sequence[torch.optim.Optimizer] | None = None) -> str | None:
     """What is wrong with Lightning's ``optimizer_states`` (a list of optimiser state dicts), or
-    None: group settings out of range, ``maximize``, or non-finite / negative running state."""
+    None: group settings out of range or of another kind than a fresh group's, switches
+    (``_FLAGS``) other than a fresh group's, parameter ids other than torch's ``0..N-1`` in
+    order (duplicated ids loaded one parameter's state into another), state entries for other
+    ids, non-finite / negative running state or state a step reads missing.
+
+    ``fresh``: the network's own new optimisers (``configure_optimizers``), when they exist:
+    their groups are compared instead of RMSprop's defaults, group and parameter counts too,
+    and every running average must have its parameter's shape.
+    """
     if not isinstance(states, list):
         return f"optimizer_states is a {type(states).__name__}, not a list"
+    if fresh is not None and len(states) != len(fresh):
+        return f"{len(states)} optimiser states for the network's {len(fresh)} optimisers"
     for i, opt in enumerate(states):
         if not isinstance(opt, Mapping):
             return f"optimiser {i}'s state is a {type(opt).__name__}, not a mapping"
-        for g, group in enumerate(opt.get("param_groups") or []):
+        groups = opt.get("param_groups")
+        if not isinstance(groups, list):
+            return f"optimiser {i}'s param_groups is a {type(groups).__name__}, not a list"
+        new_groups = fresh[i].state_dict()["param_groups"] if fresh is not None else None
+        if new_groups is not None and len(groups) != len(new_groups):
+            return (f"optimiser {i} has {len(groups)} parameter groups, the network's "
+                    f"{len(new_groups)}")
+        owner: dict[int, Mapping[str, Any]] = {}
+        ids: list[int] = []
+        for g, group in enumerate(groups):
+            where = f"optimiser {i} group {g}"
             if not isinstance(group, Mapping):
-                return f"optimiser {i} group {g} is not a mapping"
-            if p := _group_problem(f"optimiser {i} group {g}", group):
+                return f"{where} is not a mapping"
+            if p := (_group_problem(where, group) or _setting_problem(
+                    where, group, new_groups[g] if new_groups is not None else _rmsprop_group())):
                 return p
+            params = group.get("params")
+            if not isinstance(params, list | tuple) or not all(_is_id(x) for x in params):
+                return f"{where} params are not a list of parameter ids"
+            if new_groups is not None and len(params) != len(new_groups[g]["params"]):
+                return (f"{where} holds {len(params)} parameters, the network's "
+                        f"{len(new_groups[g]['params'])}")
+            ids += params
+            owner.update(dict.fromkeys(params, group))
+        if ids != list(range(len(ids))):
+            return (f"optimiser {i}'s params are not the ids 0..{len(ids) - 1} in order "
+                    "(duplicated or unknown parameter ids)")
+        shapes = ([tuple(p.shape) for g in fresh[i].param_groups for p in g["params"]]
+                  if fresh is not None else None)
         state = opt.get("state") or {}
         if not isinstance(state, Mapping):
             return f"optimiser {i}'s per-parameter state is not a mapping"
         for param, entry in state.items():
-            for key, value in (entry.items() if isinstance(entry, Mapping) else ()):
-                if p := _tensor_problem(f"optimiser {i} parameter {param}", key, value):
-                    return p
+            where = f"optimiser {i} parameter {param}"
+            if not _is_id(param) or param not in owner:
+                return (f"optimiser {i}'s state names parameter {str(param)[:40]}, in none of "
+                        "its groups")
+            if not isinstance(entry, Mapping):
+                return f"{where}'s state is a {type(entry).__name__}, not a mapping"
+            if p := _entry_problem(where, entry, owner[param],
+                                   shapes[param] if shapes is not None else None):
+                return p
+    return None
+
+
+def metrics_history_problem(state: Any) -> str | None:
+    """What is wrong with a saved ``MetricsHistory`` state (``{"first": {name: number}}``), or
+    None: the first-vs-last table formats every value as a number after training, where a
+    string or None crashed it. NaN is allowed: a validation can give it (printed as ``nan``)."""
+    if not isinstance(state, Mapping):
+        return f"MetricsHistory state is a {type(state).__name__}, not a mapping"
+    first = state.get("first", {})
+    if not isinstance(first, Mapping):
+        return f"MetricsHistory first is a {type(first).__name__}, not a mapping"
+    for name, value in first.items():
+        if not isinstance(name, str):
+            return f"MetricsHistory first names a metric {str(name)[:40]} (not a string)"
+        if real_value(value) is None:
+            return f"MetricsHistory first {name[:60]} is {str(value)[:40]} (not a number)"
+    return None
+
+
+def gradnorm_history_problem(state: Any, shape: Sequence[int] | None = None) -> str | None:
+    """What is wrong with a saved ``GradNormHistory`` state, or None: ``steps`` must be ``(N,)``
+    non-negative integers and ``weights`` ``(N, hourglasses, tasks)`` finite non-negative
+    floats (``shape``: the network's ``(hourglasses, tasks)``, when known; N = 0: any empty
+    tensor). The weight plot at the end of training crashed on any other."""
+    if not isinstance(state, Mapping):
+        return f"GradNormHistory state is a {type(state).__name__}, not a mapping"
+    for key in ("steps", "weights"):
+        if not isinstance(state.get(key), torch.Tensor):
+            return f"GradNormHistory {key} is a {type(state.get(key)).__name__}, not a tensor"
+    steps, weights = state["steps"], state["weights"]
+    if (steps.ndim != 1 or steps.is_floating_point() or steps.is_complex()
+            or steps.dtype == torch.bool):
+        return (f"GradNormHistory steps are {tuple(steps.shape)} {steps.dtype}, not integer "
+                "steps (N,)")
+    if steps.numel() and bool((steps < 0).any()):
+        return "GradNormHistory steps hold negative values"
+    n = steps.numel()
+    if n == 0:
+        return None if weights.numel() == 0 else (
+            f"GradNormHistory holds weights {tuple(weights.shape)} for no steps")
+    want = (n, *shape) if shape is not None else None
+    if (weights.ndim != 3 or weights.shape[0] != n or min(weights.shape) < 1
+            or (want is not None and tuple(weights.shape) != want)):
+        expected = want or f"({n}, hourglasses, tasks)"
+        return f"GradNormHistory weights are {tuple(weights.shape)}, not {expected}"
+    if not weights.is_floating_point():
+        return f"GradNormHistory weights are {weights.dtype}, not floats"
+    if not bool(torch.isfinite(weights).all()):
+        return "GradNormHistory weights hold NaN or inf"
+    if bool((weights < 0).any()):
+        return "GradNormHistory weights hold negative values"
     return None
 
 
