@@ -17,13 +17,62 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from datamodules.decoder_messages import printable
+
 # Our configs are a few kB; these leave room for any hand-written one.
 MAX_CONFIG_BYTES = 1024**2
 MAX_CONFIG_VALUES = 100_000  # values of the tree with every alias expanded
+# Digits an integer scalar may be written with (any base; sign, prefix, ``_`` and ``:`` not
+# counted), checked before PyYAML converts it: int() refuses more than 4300 decimal digits
+# (a ValueError), and a YAML 1.1 base-60 integer (``1:59:59:...``) costs quadratic time (a
+# 900 kB one: 45 s). Every integer a float can hold fits (2**1023 takes 1024 binary digits);
+# one with more digits but a smaller value is zero-padded, which no config needs.
+MAX_NUMBER_DIGITS = 1100
+_LOG10_2 = 0.30102999566398120
+# what the values PyYAML's constructors convert are called in the messages
+_TAG_WORDS = {"int": "an integer", "float": "a number", "timestamp": "a date", "bool": "a boolean",
+              "binary": "base64 data"}
 
 
 class ConfigFileError(ValueError):
     """A YAML file that cannot or must not be used; the message is one line naming the file."""
+
+
+class _NumberTooLong(Exception):
+    """An integer scalar written with more than ``MAX_NUMBER_DIGITS`` digits (not a ValueError,
+    so the constructor wrapper below lets it through with its own message)."""
+
+    def __init__(self, digits: int, text: str, line: int):
+        super().__init__(text)
+        self.digits, self.text, self.line = digits, text, line
+
+
+class _BadScalar(Exception):
+    """A scalar PyYAML's constructor failed on (``2020-13-45``, ``!!int abc``): its line, its
+    text, what it was to be read as and why not."""
+
+    def __init__(self, line: int, text: str, tag: str, why: str):
+        super().__init__(why)
+        self.line, self.text, self.tag, self.why = line, text, tag, why
+
+
+def decimal_digits(value: int) -> int:
+    """Decimal digits of ``abs(value)``, from its bit length: ``len(str(value))`` raises
+    ValueError past 4300 digits (and costs quadratic time before that)."""
+    n = abs(value)
+    digits = max(1, int(n.bit_length() * _LOG10_2))  # at most one below the true count
+    while n >= 10**digits:
+        digits += 1
+    return digits
+
+
+def _leading_digits(value: int, count: int = 12) -> str:
+    """The first ``count`` characters of ``str(value)`` (sign included) without ``str()`` of
+    the whole number."""
+    sign = "-" if value < 0 else ""
+    n, digits = abs(value), decimal_digits(value)
+    keep = count - len(sign)
+    return sign + str(n // 10 ** (digits - keep) if digits > keep else n)
 
 
 def _scan(data: Any, limit: int) -> tuple[bool, int | None]:
@@ -73,6 +122,30 @@ def _unique_key_loader() -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            # int(), float() and datetime refuse some scalars the resolver let through
+            # (``2020-13-45``, ``!!int abc``, ``1:00:...:0.0`` past a float): a ValueError or
+            # OverflowError without the line, a traceback in train; an empty ``!!int ''`` and a
+            # ``!!timestamp abc`` fail with IndexError / AttributeError
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, OverflowError, IndexError, AttributeError, TypeError) as err:
+                text = node.value if isinstance(node, yaml.ScalarNode) else ""
+                raise _BadScalar(node.start_mark.line + 1, str(text), node.tag.rsplit(":", 1)[-1],
+                                 str(err) or type(err).__name__) from None
+
+        def construct_yaml_int(self, node: Any) -> Any:
+            # counted before converting: see MAX_NUMBER_DIGITS
+            text = str(self.construct_scalar(node))
+            body = text.replace("_", "").lstrip("+-")
+            if body[:2].lower() in ("0x", "0b"):
+                body = body[2:]
+            digits = len(body) - body.count(":")
+            if digits > MAX_NUMBER_DIGITS:
+                raise _NumberTooLong(digits, text, node.start_mark.line + 1)
+            return super().construct_yaml_int(node)
+
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
     return UniqueKeyLoader
 
 
@@ -127,14 +200,26 @@ def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFI
         raise ConfigFileError(f"{p}: not valid YAML{line} ({str(problem)[:120]})") from None
     except RecursionError:
         raise ConfigFileError(f"{p}: the {what} is nested too deeply") from None
+    except _NumberTooLong as err:
+        head = printable(err.text[:12])
+        raise ConfigFileError(f"{p}: line {err.line}: a number written with {err.digits} digits "
+                              f"({head}...) is too large to be read as a number: refused as "
+                              f"{what}") from None
+    except _BadScalar as err:
+        kind = _TAG_WORDS.get(err.tag, f"!!{err.tag[:20]}")
+        raise ConfigFileError(f"{p}: line {err.line}: {err.text!r:.40} cannot be read as "
+                              f"{kind} ({printable(err.why[:120])}): refused as {what}") from None
+    except (ValueError, OverflowError) as err:  # anything the wrapper above did not see
+        raise ConfigFileError(f"{p}: a value cannot be read ({printable(str(err)[:120])}): "
+                              f"refused as {what}") from None
     too_many, big = _scan(data, max_values)
     if too_many:
         raise ConfigFileError(f"{p}: more than {max_values} values once its YAML aliases are "
                               f"expanded (an alias bomb?): refused as {what}")
     if big is not None:
-        digits = len(str(abs(big)))
-        raise ConfigFileError(f"{p}: a number of {digits} digits ({str(big)[:12]}...) is too "
-                              f"large to be read as a number: refused as {what}")
+        raise ConfigFileError(f"{p}: a number of {decimal_digits(big)} digits "
+                              f"({_leading_digits(big)}...) is too large to be read as a number: "
+                              f"refused as {what}")
     return data
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -16,6 +17,10 @@ from lightning_modules.checkpoint_file import CheckpointError
 RUN_DIR_ENV = "KNEEPLAN_RUN_DIR"  # lets DDP child processes find their parent's run folder
 MAX_PATH_BYTES = 4096 - 256  # PATH_MAX, less room for the files inside a run folder
 MAX_RUN_ENTRIES = 100_000  # entries of a run folder looked at for links (a run has ~10^2)
+# Unicode categories refused in a run name: control characters (ESC, newline, tab, DEL, C1),
+# format characters (the bidirectional overrides and isolates, zero-width spaces, BOM) and
+# line/paragraph separators. They end up in the folder name and in every line that shows it.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def _stamp_source() -> tuple[str, str | None]:
@@ -27,12 +32,23 @@ def _stamp_source() -> tuple[str, str | None]:
     return stamp, None
 
 
+def _invisible_at(text: str) -> int | None:
+    """Index of the first control, bidirectional or other invisible formatting character of
+    ``text`` (``_INVISIBLE_CATEGORIES``), or None."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+            return i
+    return None
+
+
 def run_folder_problem(root: Any, name: Any) -> str | None:
     """Why ``<run.root>/<run.name>/<stamp>`` cannot be this run's folder, or None: a
     ``run.name`` (or a stamp from ``KNEEPLAN_RUN_STAMP``, ``SLURM_JOB_ID``,
     ``TORCHELASTIC_RUN_ID``) that is absolute or goes up (``..``) out of ``run.root``, a name
-    the file system refuses (too long, a NUL), or a file (not a folder) on the way. Checked
-    before anything is built: these were a traceback, or a run written outside ``run.root``."""
+    the file system refuses (too long, a NUL), a name or stamp holding control or bidirectional
+    characters (``\x1b[31m``, U+202E: a folder named with them, raw escape codes printed), or a
+    file (not a folder) on the way. Checked before anything is built: these were a traceback, or
+    a run written outside ``run.root``. Names are shown escaped (``repr``)."""
     root_s, name_s = str(root), str(name)
     stamp, var = _stamp_source()
     if "\0" in root_s or "\0" in name_s:
@@ -45,6 +61,13 @@ def run_folder_problem(root: Any, name: Any) -> str | None:
     if ".." in PurePath(name_s).parts:
         return (f"run.name={name_s!r:.80} goes up (..) out of run.root ({root_s[:200]}): the run "
                 "folder must stay inside it; give a plain name")
+    if (i := _invisible_at(name_s)) is not None:
+        return (f"run.name={name_s!r:.80} holds a control or bidirectional character "
+                f"({name_s[i]!r} at position {i}): it would be in the run folder's name and in "
+                "every line that shows it; give a plain name")
+    if var and (i := _invisible_at(stamp)) is not None:
+        return (f"{var}={os.environ.get(var, '')!r:.80} holds a control or bidirectional "
+                f"character ({stamp[i]!r}): the run folder's name must be plain text")
     seps = {os.sep, os.altsep or os.sep, "/"}
     if var and (any(s in stamp for s in seps) or stamp in (".", "..") or "\0" in stamp):
         return (f"{var}={os.environ.get(var, '')!r:.80} would make the run folder "
