@@ -77,11 +77,11 @@ def _slices(
     return centre[ok], (vmax - vmin + pixel)[ok], (0.5 * (vmax + vmin))[ok]
 
 
-def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
-    """mm per pixel from a (H, W) bool femur mask in original pixels, or None (see module doc).
-
-    None when the mask is empty or too small (< 2000 px), or shows no shaft-like end.
-    """
+def _shaft(femur_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray] | None:
+    """(points of the largest femur piece, subsampled every ``k`` px, their centre, ``k``, the
+    shaft axis): the principal axis refined twice from the midpoints of the proximal third's
+    slices, pointing from the wide (condyle) end to the shaft. None for a piece under 2000 px
+    or without a shaft-like end."""
     mask = largest_component(np.asarray(femur_mask) > 0)
     count = int(np.count_nonzero(mask))
     if count < 2000:
@@ -102,13 +102,31 @@ def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
         if np.median(width[:third]) < np.median(width[-third:]):  # shaft at the low-u end: turn
             axis = -axis
             uc, width, mid = -uc[::-1], width[::-1], -mid[::-1]
-            u = -u
         shaft = slice(len(uc) - third, len(uc) - 1)  # proximal third, without the cut end
         if np.ptp(uc[shaft]) < 1.0:
             return None
         slope = np.polyfit(uc[shaft], mid[shaft], 1)[0]
         axis = axis + slope * np.array([-axis[1], axis[0]])
         axis /= np.linalg.norm(axis)
+    return pts, centre, k, axis
+
+
+def shaft_axis(femur_mask: np.ndarray) -> np.ndarray | None:
+    """Unit (x, y) direction of the femoral shaft in a (H, W) bool mask, pointing proximal (the
+    axis the widths are measured across), or None (see ``_shaft``)."""
+    found = _shaft(femur_mask)
+    return None if found is None else found[3]
+
+
+def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
+    """mm per pixel from a (H, W) bool femur mask in original pixels, or None (see module doc).
+
+    None when the mask is empty or too small (< 2000 px), or shows no shaft-like end.
+    """
+    found = _shaft(femur_mask)
+    if found is None:
+        return None
+    pts, centre, k, axis = found
     normal = np.array([-axis[1], axis[0]])
     u, v = (pts - centre) @ axis, (pts - centre) @ normal
     uc, width, _ = _slices(u, v, 40, k)
