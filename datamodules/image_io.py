@@ -1372,6 +1372,31 @@ def _dicom_pixels(ds: Any) -> tuple[np.ndarray, str | None]:
                      "stream is malformed; Pillow decoded the pixel data")
 
 
+BIG_ENDIAN_SYNTAX = "1.2.840.10008.1.2.2"
+PIXEL_DATA_TAG = {"<": b"\xe0\x7f\x10\x00", ">": b"\x7f\xe0\x00\x10"}  # (7FE0,0010) per order
+
+
+def _byte_order_lie(path: Path, meta: Any) -> str:
+    """Why a DICOM shows no pixel data: "truncated?", or, when the file holds a pixel data
+    element in the other byte order than its transfer syntax declares, that (red-team round 7:
+    a little-endian file declared Explicit VR Big Endian was called truncated)."""
+    import mmap
+
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    declared, other = (">", "<") if syntax == BIG_ENDIAN_SYNTAX else ("<", ">")
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found = data.find(PIXEL_DATA_TAG[other]) >= 0 and data.find(
+                PIXEL_DATA_TAG[declared]) < 0
+    except (OSError, ValueError):
+        return "truncated?"
+    if not found:
+        return "truncated?"
+    names = {"<": "little-endian", ">": "big-endian"}
+    return (f"its transfer syntax {syntax or '(none)'} declares {names[declared]} data, but "
+            f"its pixel data element is written {names[other]}: a broken file")
+
+
 def _load_dicom(path: Path) -> LoadedImage:
     from pydicom.errors import BytesLengthException
 
@@ -1401,7 +1426,7 @@ def _read_dicom(path: Path) -> LoadedImage:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise ImageReadError(f"{path}: DICOM float pixel data is not supported (a "
                                  "radiograph stores integers)")
-        raise ImageReadError(f"{path}: DICOM has no pixel data (truncated?)")
+        raise ImageReadError(f"{path}: DICOM has no pixel data ({_byte_order_lie(path, meta)})")
     for tag in ("RescaleSlope", "RescaleIntercept"):
         if tag in ds and "ModalityLUTSequence" not in ds:
             try:

@@ -397,3 +397,19 @@ def test_tiff_full_image_in_a_subifd_is_read_not_its_thumbnail(tmp_path, monkeyp
     monkeypatch.setenv("KNEEPLAN_MAX_PIXELS", str(300 * 240 - 1))  # the SubIFD is over it
     with pytest.raises(ImageReadError, match="limit|larger"):
         load_image(path)
+
+
+def test_a_dicom_whose_syntax_lies_about_its_byte_order_is_named_so(tmp_path):
+    """Red-team round 7: a little-endian file whose meta says Explicit VR Big Endian was
+    "DICOM has no pixel data (truncated?)"."""
+    path = tmp_path / "le.dcm"
+    write_dicom(path, (PICTURE.astype(np.uint16) * 16).astype(np.uint16))
+    assert load_image(path).image.shape == PICTURE.shape
+    raw = path.read_bytes()
+    little = pydicom.dcmread(path).file_meta.TransferSyntaxUID
+    assert little == "1.2.840.10008.1.2.1"
+    liar = tmp_path / "le_says_be.dcm"
+    liar.write_bytes(raw.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00"))
+    with pytest.raises(ImageReadError, match="declares big-endian data, but its pixel data "
+                                             "element is written little-endian"):
+        load_image(liar)
