@@ -318,24 +318,30 @@ def _check_image(f: Path, report: ValidationReport) -> LoadedImage | None:
     return loaded
 
 
-def _check_links(folder: Path, report: ValidationReport) -> None:
+def _check_links(folder: Path, report: ValidationReport) -> set[Path]:
     """Entries that are not files are errors, not silently skipped: broken symlinks, symlink
-    loops, pipes and devices."""
+    loops, pipes and devices. Returns them: their mask or annotation check would only say the
+    same again ("missing", "not a regular file")."""
+    bad: set[Path] = set()
     if not folder.is_dir():
-        return
+        return bad
     for p in sorted(folder.iterdir()):
         if p.is_symlink():
             try:
                 p.resolve(strict=True)
             except RuntimeError:
                 report.error(p, "symlink loop")
+                bad.add(p)
                 continue
             except OSError as err:
                 loop = err.errno == errno.ELOOP
                 report.error(p, "symlink loop" if loop else "broken symlink (target missing)")
+                bad.add(p)
                 continue
         if p.exists() and not p.is_file() and not p.is_dir():
             report.error(p, "not a regular file (a pipe, socket or device)")
+            bad.add(p)
+    return bad
 
 
 def validate_dataset(root: str | Path) -> ValidationReport:
@@ -368,8 +374,9 @@ def validate_dataset(root: str | Path) -> ValidationReport:
             report.error(p, "a folder, not an image file (the dataset would silently lose it)")
         elif p.is_dir():
             report.warn(p, "ignored: a folder (images are not searched in subfolders)")
+    reported: set[Path] = set()
     for sub in ("images", "masks", "annotations"):
-        _check_links(root / sub, report)
+        reported |= _check_links(root / sub, report)
     if len(images) == 1:
         report.warn(root / "images", "only one image: a train/val split leaves no validation "
                                      "image, so training validates on the training image")
@@ -400,11 +407,13 @@ def validate_dataset(root: str | Path) -> ValidationReport:
                 report.error(p, _misnamed(p, path.name, f"the mask name of image id "
                                                         f"{sample_id!r}"))
                 explained.add(p)
-            masks.append(None if near else _check_mask(path, shape, report))
+            masks.append(None if near or path in reported else _check_mask(path, shape, report))
         femur = masks[0] if _check_labels(root, sample_id, files[0], loaded, masks, report) \
             else None
         ann = annotation_path(root, sample_id)
-        if ann.is_dir():
+        if ann in reported:
+            pass  # a link that leads nowhere or a device: said once, above
+        elif ann.is_dir():
             report.error(ann, "a folder, not an annotation file")
         elif not ann.is_file():
             near = [p for p in ann_near.get(nfc_fold(sample_id), []) if p != ann]

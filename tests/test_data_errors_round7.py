@@ -111,3 +111,21 @@ def test_an_nfd_mask_name_beside_an_nfc_image_id_is_one_line(tmp_path):
         mask.rename(mask.with_name(unicodedata.normalize("NFD", mask.name)))
     messages = [i.message for i in validate_dataset(root).errors]
     assert len(messages) == 4 and all("Unicode normalisation" in m for m in messages), messages
+
+
+def test_a_fifo_or_a_looping_link_is_one_line_not_two(tmp_path):
+    """Red-team round 7: a FIFO annotation was "not a regular file" and "missing annotation",
+    a looping mask link "symlink loop" and "missing bone mask"."""
+    root = tmp_path / "data"
+    for i in range(2):
+        write_sample(root, small_sample(f"k{i}", seed=i))
+    ann = root / "annotations" / "k0.json"
+    ann.unlink()
+    os.mkfifo(ann)
+    mask = root / "masks" / "k1_femur.png"
+    mask.unlink()
+    mask.symlink_to(mask.name)  # a link to itself
+    errors = [(i.path, i.message) for i in validate_dataset(root).errors]
+    assert sorted(p for p, _ in errors) == sorted([str(ann), str(mask)]), errors
+    assert dict(errors)[str(mask)] == "symlink loop"
+    assert dict(errors)[str(ann)].startswith("not a regular file")
