@@ -13,6 +13,7 @@ import os
 import sys
 
 DEFAULT_MAX_PIXELS = 40_000_000  # override with the environment variable KNEEPLAN_MAX_PIXELS
+MIN_SIDE_PX = 32  # the smallest image side planned, validated or trained on
 OPENCV_DECODE_CAP = "OPENCV_IO_MAX_IMAGE_PIXELS"
 
 

@@ -74,6 +74,7 @@ from datamodules.label_checks import (
     shrink,
 )
 from datamodules.one_line_parser import OneLineParser
+from datamodules.pixel_limit import MIN_SIDE_PX
 from datamodules.sample import BONES, LANDMARKS
 from geometry.anatomy_scale import estimate_scale, spacing_disagreement
 
@@ -306,7 +307,10 @@ def _check_image(f: Path, report: ValidationReport) -> LoadedImage | None:
     if loaded.lossy:  # trains, but compression artefacts sit on the edges the masks outline
         report.warn(f, "lossy (JPEG) image: prefer the PNG/TIFF/DICOM original if you have it")
     img = loaded.image
-    if not np.all(np.isfinite(img)):
+    if min(img.shape) < MIN_SIDE_PX:  # (plan refuses it; a 20 x 24 px image trained)
+        report.error(f, f"image of {img.shape[1]} x {img.shape[0]} px is too small (need at "
+                        f"least {MIN_SIDE_PX} x {MIN_SIDE_PX} px)")
+    elif not np.all(np.isfinite(img)):
         report.error(f, "image contains NaN or infinite values")
     elif (lo := float(img.min())) > (hi := float(img.max())) - 1e-6:
         report.error(f, f"blank image: every pixel is {lo:.3g} (constant)")

@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 
 from datamodules.one_line_parser import OneLineParser
+from datamodules.pixel_limit import MIN_SIDE_PX
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
 from geometry.pixel_spacing import SPHERE_MM
-
-MIN_SIDE_PX = 32
 
 
 class PlanInputError(ValueError):

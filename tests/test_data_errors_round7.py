@@ -12,6 +12,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from torch._utils import ExceptionWrapper
 
@@ -129,3 +130,15 @@ def test_a_fifo_or_a_looping_link_is_one_line_not_two(tmp_path):
     assert sorted(p for p, _ in errors) == sorted([str(ann), str(mask)]), errors
     assert dict(errors)[str(mask)] == "symlink loop"
     assert dict(errors)[str(ann)].startswith("not a regular file")
+
+
+def test_an_image_plan_would_refuse_as_too_small_is_a_validation_error(tmp_path):
+    """Red-team round 7: a 20 x 24 px image validated and trained; plan refuses under 32 px."""
+    import cv2
+
+    root = tmp_path / "data"
+    for i in range(2):
+        write_sample(root, small_sample(f"k{i}", seed=i))
+    cv2.imwrite(str(root / "images" / "k0.png"), np.zeros((24, 20), np.uint8) + 100)
+    messages = [i.message for i in validate_dataset(root).errors if i.path.endswith("k0.png")]
+    assert "image of 20 x 24 px is too small (need at least 32 x 32 px)" in messages, messages
