@@ -193,6 +193,33 @@ class NetworkView:
     frame: PadResize
 
 
+# A sample larger than this is shrunk before it is augmented: the network sees it at ``size``
+# anyway, and albumentations worked at full size (a 36 MP image: 13 s and 1.2 GB an item;
+# red-team round 7). Built-in phantoms (at most 1500 px) are never shrunk.
+MIN_WORK_SIDE = 1536
+WORK_SIDE_FACTOR = 4
+
+
+def shrink_to(
+    side: int, image: np.ndarray, masks: np.ndarray, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``image`` (H, W), ``masks`` (C, H, W) and (x, y) ``points`` shrunk (area-averaged; a
+    mask pixel is bone where at least half of its area was) so the longer side is at most
+    ``side``; as given when it already is. Points keep the pixel-centre convention of
+    ``geometry.frame`` (``(x + 0.5) * s - 0.5``)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image, masks, np.asarray(points, dtype=np.float64)
+    new_w, new_h = max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w)))
+    small = cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (new_w, new_h),
+                       interpolation=cv2.INTER_AREA)
+    small_masks = np.stack([  # uint8 0/255 through INTER_AREA: no float copy of a large mask
+        cv2.resize(np.ascontiguousarray(m, dtype=np.uint8) * np.uint8(255), (new_w, new_h),
+                   interpolation=cv2.INTER_AREA) >= 128 for m in masks]).astype(np.uint8)
+    scale = np.array([new_w / w, new_h / h])
+    return small, small_masks, (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5
+
+
 class SampleTransform:
     """Optional augmentation, then centred zero-padding to a square and resize to ``size``.
 
@@ -244,9 +271,10 @@ class SampleTransform:
         """Transform one sample into the network frame."""
         landmarks = np.asarray(sample.landmarks, dtype=np.float64)
         cortex = np.asarray(sample.cortex_points, dtype=np.float64)
-        image, masks, kps = self.augment_arrays(
-            sample.image, sample.masks, np.concatenate([landmarks, cortex])
-        )
+        image, masks, kps = shrink_to(max(MIN_WORK_SIDE, WORK_SIDE_FACTOR * self.size),
+                                      sample.image, sample.masks,
+                                      np.concatenate([landmarks, cortex]))
+        image, masks, kps = self.augment_arrays(image, masks, kps)
         shape = image.shape[:2]
         frame = PadResize.from_shape(shape[0], shape[1], self.size)
         net_image = np.clip(frame.apply(image.astype(np.float32)), 0.0, 1.0)

@@ -239,3 +239,50 @@ def test_train_refuses_a_bad_augment_value_before_the_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("train: error:") and "data.augment p_style=2" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_large_sample_is_shrunk_before_augmenting_to_the_same_network_view(monkeypatch):
+    """Red-team round 7: albumentations worked on a 36 MP image at full size (13 s, 1.2 GB an
+    item). Above max(1536, 4 x size) px a sample is shrunk first; without augmentation the
+    network sees what it saw before: the same landmarks (to 0.05 px), image and masks."""
+    import cv2
+
+    import datamodules.transforms as transforms
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+
+    small = generate_phantom(5, PhantomConfig(min_side=300, max_side=400))
+    k = 6.0  # a ~2000 x 2400 px sample: nearest-neighbour copies, points scaled alike
+    h, w = small.image.shape
+    size = (round(w * k), round(h * k))
+    big = Sample(small.id, cv2.resize(small.image, size, interpolation=cv2.INTER_LINEAR),
+                 np.stack([cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+                           for m in small.masks]),
+                 [RaterAnnotation((small.landmarks + 0.5) * k - 0.5,
+                                  (small.cortex_points + 0.5) * k - 0.5, None)],
+                 small.spacing_mm, "construction")
+    assert max(big.image.shape) > 1536
+    shrunk = SampleTransform(256)(big)
+    monkeypatch.setattr(transforms, "MIN_WORK_SIDE", 10**6)
+    whole = SampleTransform(256)(big)
+    np.testing.assert_allclose(shrunk.landmarks, whole.landmarks, atol=0.05)
+    np.testing.assert_allclose(shrunk.cortex_points, whole.cortex_points, atol=0.05)
+    assert float(np.abs(shrunk.image - whole.image).mean()) < 0.005
+    for a, b in zip(shrunk.masks.astype(bool), whole.masks.astype(bool), strict=True):
+        if b.any():
+            assert (a & b).sum() / (a | b).sum() > 0.97
+
+
+def test_shrink_to_keeps_pixel_centres():
+    from datamodules.transforms import shrink_to
+
+    image = np.zeros((40, 20), np.float32)
+    image[10:14, 6:8] = 1.0  # a 2 x 4 px block, centre (6.5, 11.5)
+    masks = (image[None] > 0).astype(np.uint8)
+    out, out_masks, pts = shrink_to(20, image, masks, np.array([[6.5, 11.5]]))
+    assert out.shape == (20, 10) and out_masks.shape == (1, 20, 10)
+    np.testing.assert_allclose(pts, [[3.0, 5.5]])  # (x + 0.5) / 2 - 0.5
+    ys, xs = np.nonzero(out > 0)
+    np.testing.assert_allclose([np.average(xs, weights=out[ys, xs]),
+                                np.average(ys, weights=out[ys, xs])], [3.0, 5.5])
+    same = shrink_to(40, image, masks, np.array([[6.5, 11.5]]))
+    assert same[0] is image
