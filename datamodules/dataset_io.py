@@ -13,6 +13,7 @@ The id is the image file's stem; two images with the same stem (a.png, a.dcm) ar
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -181,15 +182,22 @@ def nfc_fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
+@functools.lru_cache(maxsize=8)
+def _folded_names(folder: str, mtime_ns: int) -> dict[str, str]:
+    """{folded name: name} of a folder's entries, listed once per folder version (a validator
+    asks for every missing mask)."""
+    with os.scandir(folder) as entries:
+        return {nfc_fold(e.name): e.name for e in entries}
+
+
 def _same_but_case_or_form(path: Path) -> str | None:
     """The name of a file beside ``path`` whose name differs from it only in case or Unicode
     normalisation (a mask saved as .PNG, an NFD name from macOS), or None."""
     try:
-        with os.scandir(path.parent) as entries:
-            return next((e.name for e in entries if nfc_fold(e.name) == nfc_fold(path.name)),
-                        None)
+        names = _folded_names(str(path.parent), path.parent.stat().st_mtime_ns)
     except OSError:
         return None
+    return names.get(nfc_fold(path.name))
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
