@@ -214,7 +214,7 @@ def shrink_to(
     small = cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (new_w, new_h),
                        interpolation=cv2.INTER_AREA)
     small_masks = np.stack([  # uint8 0/255 through INTER_AREA: no float copy of a large mask
-        cv2.resize(np.ascontiguousarray(m, dtype=np.uint8) * np.uint8(255), (new_w, new_h),
+        cv2.resize((np.asarray(m) > 0).astype(np.uint8) * np.uint8(255), (new_w, new_h),
                    interpolation=cv2.INTER_AREA) >= 128 for m in masks]).astype(np.uint8)
     scale = np.array([new_w / w, new_h / h])
     return small, small_masks, (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5

@@ -286,3 +286,5 @@ def test_shrink_to_keeps_pixel_centres():
                                 np.average(ys, weights=out[ys, xs])], [3.0, 5.5])
     same = shrink_to(40, image, masks, np.array([[6.5, 11.5]]))
     assert same[0] is image
+    as_255 = shrink_to(20, image, masks * np.uint8(255), np.array([[6.5, 11.5]]))[1]
+    np.testing.assert_array_equal(as_255, out_masks)  # any nonzero value is bone
