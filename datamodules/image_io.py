@@ -207,9 +207,9 @@ def _decode(path: Path) -> LoadedImage:
     EXIF orientation and lossy mark, and a note), else by its suffix; another format that
     OpenCV decodes (``OTHER_FORMATS``) is read as what it is, with a note."""
     by_suffix = SUFFIX_FORMATS.get(path.suffix.lower())
-    content = content_format(path)
+    head = _head(path)
+    content = _magic_format(head)
     if content is None and by_suffix in ("png", "tiff", "jpeg"):
-        head = _head(path)
         other = next((name for magic, name in OTHER_FORMATS if magic.match(head)), None)
         if other is not None:
             return _load_other(path, other)

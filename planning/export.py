@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datamodules.decoder_messages import printable
 from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
 from lightning_modules.shgn import final_maps
@@ -169,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from planning.output_paths import out_file_problem
 
     if problem := out_file_problem(out, [export_meta_path(out)]):  # before anything is read
-        from datamodules.decoder_messages import printable
-
         print(f"export: error: {printable(problem)}", file=sys.stderr)
         return 2
     # written in a temporary folder beside ``out`` and moved into place only once the check
@@ -183,8 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         staged = tmp / out.name  # (the same name: its length was checked above)
         meta = export_onnx(args.ckpt, staged, args.opset)
         if problem := _check_problem(args, staged, out, meta["input_size"]):
-            from datamodules.decoder_messages import printable
-
             print(f"export: error: {printable(str(out))}: {problem}; nothing written",
                   file=sys.stderr)
             return 2
@@ -215,8 +212,6 @@ def _check_problem(args: argparse.Namespace, staged: Path, out: Path, image_size
     try:
         diff = max_difference(args.ckpt, staged)
     except ValueError as err:  # ONNX Runtime refusing the graph, NaN or out-of-range outputs
-        from datamodules.decoder_messages import printable
-
         why = str(err).replace(str(staged), str(out))  # (the temporary name means nothing)
         return f"the exported model cannot be checked ({printable(why)[:200]})"
     print(f"torch vs ONNX Runtime on random input: max |difference| = {diff:.2e} "
