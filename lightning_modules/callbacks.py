@@ -35,6 +35,7 @@ from datamodules.colours import CORTEX_RGB as ROI_RGB
 from datamodules.path_limits import replace_link
 from datamodules.sample import BONES, LANDMARKS
 from lightning_modules.training_state import (
+    fresh_optimizers,
     gradnorm_history_problem,
     metrics_history_problem,
     optimizer_state_problem,
@@ -369,19 +370,9 @@ class ConfigInCheckpoint(pl.Callback):
         (``ValueError``) while nothing has trained. ``train.resume_checkpoint`` has checked it
         against RMSprop's defaults already; only here do the network's optimisers exist."""
         states = checkpoint.get("optimizer_states")
-        fresh = _fresh_optimizers(pl_module) if states is not None else None
+        fresh = fresh_optimizers(pl_module) if states is not None else None
         if fresh is not None and (problem := optimizer_state_problem(states, fresh)):
             raise ValueError(problem)
-
-
-def _fresh_optimizers(pl_module: pl.LightningModule) -> list[torch.optim.Optimizer] | None:
-    """New optimisers from ``pl_module.configure_optimizers()`` (kneeplan's: a list of
-    optimisers and a list of schedulers), or None when it returns another form."""
-    made = pl_module.configure_optimizers()
-    if isinstance(made, tuple | list) and made and isinstance(made[0], tuple | list):
-        made = made[0]
-    opts = list(made) if isinstance(made, tuple | list) else [made]
-    return opts if opts and all(isinstance(o, torch.optim.Optimizer) for o in opts) else None
 
 
 def _fmt(v: float) -> str:

@@ -83,6 +83,7 @@ from lightning_modules.training_state import (
     ARCHITECTURE_KEYS,
     OPTIMISER_KEYS,
     TARGET_KEYS,
+    fresh_optimizers,
     optimizer_state_problem,
     scheduler_state_problem,
     settings_mismatch,
@@ -201,7 +202,7 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
                               "cannot resume from it (plan/evaluate can still use it)")
     check_architecture(path, ckpt["state_dict"], module)
-    problem = (optimizer_state_problem(ckpt["optimizer_states"])
+    problem = (optimizer_state_problem(ckpt["optimizer_states"], fresh_optimizers(module))
                or scheduler_state_problem(ckpt.get("lr_schedulers", [])))
     if problem:
         raise CheckpointError(f"{path}: its training state is unusable: {problem}")

@@ -204,6 +204,17 @@ def optimizer_state_problem(states: Any,
     return None
 
 
+def fresh_optimizers(module: Any) -> list[torch.optim.Optimizer] | None:
+    """New optimisers from ``module.configure_optimizers()`` (kneeplan's: a list of optimisers
+    and a list of schedulers), or None when it returns another form; what a saved optimiser
+    state is compared with (``optimizer_state_problem``)."""
+    made = module.configure_optimizers()
+    if isinstance(made, tuple | list) and made and isinstance(made[0], tuple | list):
+        made = made[0]
+    opts = list(made) if isinstance(made, tuple | list) else [made]
+    return opts if opts and all(isinstance(o, torch.optim.Optimizer) for o in opts) else None
+
+
 def metrics_history_problem(state: Any) -> str | None:
     """What is wrong with a saved ``MetricsHistory`` state (``{"first": {name: number}}``), or
     None: the first-vs-last table formats every value as a number after training, where a
