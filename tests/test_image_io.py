@@ -246,6 +246,38 @@ def test_real_rg3_matches_hand_windowing():
     np.testing.assert_allclose(load_image(path).image, expected, atol=2e-3)
 
 
+@pytest.mark.parametrize("block", [97, 1 << 22])
+def test_real_rg3_by_row_blocks_matches_hand_windowing(monkeypatch, block):
+    """The DICOM display pipeline runs over blocks of rows (pydicom's LUT functions make
+    several float64 copies of their input): blocks of 97 pixels (one row at a time, RG3's
+    rows are wider) and one block give the hand-windowed image, inverted in place."""
+    from datamodules import image_io
+
+    monkeypatch.setattr(image_io, "_PIPELINE_BLOCK", block)
+    path = _real("RG3_UNCI.dcm")
+    ds = pydicom.dcmread(path)
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    y = _dicom_linear_window(ds.pixel_array.astype(np.float64), c, w)
+    ramp = _dicom_linear_window(np.arange(2 ** int(ds.BitsStored), dtype=np.float64), c, w)
+    expected = 1.0 - (y - ramp.min()) / (ramp.max() - ramp.min())
+    np.testing.assert_allclose(load_image(path).image, expected, atol=2e-3)
+
+
+def test_dicom_rescale_window_monochrome1_by_row_blocks(tmp_path, monkeypatch):
+    """Slope, intercept, window and MONOCHROME1 through 3-row blocks: the hand formula."""
+    from datamodules import image_io
+
+    rng = np.random.default_rng(5)
+    px = rng.integers(0, 4096, (20, 7), dtype=np.uint16)
+    write_dicom(tmp_path / "m.dcm", px, photometric="MONOCHROME1", window=(900.0, 1500.0),
+                rescale=(0.5, -100.0))
+    monkeypatch.setattr(image_io, "_PIPELINE_BLOCK", 21)
+    y = _dicom_linear_window(px * 0.5 - 100.0, 900.0, 1500.0)
+    ramp = _dicom_linear_window(np.arange(4096) * 0.5 - 100.0, 900.0, 1500.0)
+    expected = 1.0 - (y - ramp.min()) / (ramp.max() - ramp.min())
+    np.testing.assert_allclose(load_image(tmp_path / "m.dcm").image, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("window, why", [((100.0, 0.0), "centre 100, width 0"),
                                          ("nan", "centre nan, width nan")])  # fmt: skip
 def test_broken_dicom_window_is_ignored_with_a_note(tmp_path, window, why):
@@ -293,6 +325,43 @@ def test_exotic_pixel_types(tmp_path):
     tifffile.imwrite(tmp_path / "i.tif", big)
     want = (big - big.min()) / (big.max() - big.min())
     np.testing.assert_allclose(load_image(tmp_path / "i.tif").image, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["rgb16_png", "rgba8_png", "rgb16_tif", "i32_narrow_tif",
+                                  "f32_wide_tif"])
+def test_gray_conversion_matches_float64_numpy(tmp_path, kind):
+    """The reader works in float32 where that holds every stored value (a 36 MP image peaked at
+    ~0.9 GB in float64): its result must equal the float64 formula to float32 precision, and
+    32-bit integers with a narrow range far from 0 (float32 cannot hold them) must keep it."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    if kind == "rgb16_png":
+        rgb = rng.integers(0, 65536, (30, 41, 3), dtype=np.uint16)
+        cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+        want = rgb @ np.array([0.299, 0.587, 0.114]) / 65535
+    elif kind == "rgba8_png":
+        rgba = rng.integers(0, 256, (30, 41, 4), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / "a.png"), rgba[..., [2, 1, 0, 3]])
+        want = rgba[..., :3] @ np.array([0.299, 0.587, 0.114]) / 255
+    elif kind == "rgb16_tif":
+        rgb = rng.integers(0, 65536, (30, 41, 3), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / "a.tif", rgb, photometric="rgb")
+        want = rgb @ np.array([0.299, 0.587, 0.114]) / 65535
+    elif kind == "i32_narrow_tif":
+        x = rng.integers(2_000_000_000, 2_000_000_100, (30, 41), dtype=np.int32)
+        tifffile.imwrite(tmp_path / "a.tif", x)
+        want = (x - x.min()) / (x.max() - x.min())
+    else:
+        x = (rng.random((30, 41)) * 5000 - 30).astype(np.float32)
+        tifffile.imwrite(tmp_path / "a.tif", x)
+        lo, hi = np.percentile(x[::2, ::2].astype(np.float64), [0.1, 99.9])
+        want = np.clip((x - lo) / (hi - lo), 0, 1)
+    (path,) = tmp_path.glob("a.*")
+    got = load_image(path).image
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-7)
+    assert len(np.unique(got)) == len(np.unique(want))  # no two stored levels merged
 
 
 def test_multi_line_decoder_messages_become_one_line(tmp_path):
