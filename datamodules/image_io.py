@@ -610,7 +610,9 @@ def _normalise_stored(
             lo, hi = (float(q) for q in np.percentile(gray[::2, ::2], [0.1, 99.9]))
             if hi <= lo:
                 lo, hi = float(gray.min()), float(gray.max())
-            return _stretch(gray, lo, hi, clip=True), 8 * arr.dtype.itemsize
+            # in float64: float32 data spanning -3e38..3e38 overflowed to NaN in float32
+            return (_stretch(gray.astype(np.float64, copy=False), lo, hi, clip=True),
+                    8 * arr.dtype.itemsize)
         return gray.astype(np.float32, copy=False), 8 * arr.dtype.itemsize
     if not np.issubdtype(arr.dtype, np.integer):
         raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")

@@ -317,7 +317,7 @@ def test_exotic_pixel_types(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["rgb16_png", "rgba8_png", "rgb16_tif", "i32_narrow_tif",
-                                  "f32_wide_tif"])
+                                  "f32_wide_tif", "f32_extreme_tif"])
 def test_gray_conversion_matches_float64_numpy(tmp_path, kind):
     """The reader works in float32 where that holds every stored value (a 36 MP image peaked at
     ~0.9 GB in float64): its result must equal the float64 formula to float32 precision, and
@@ -341,6 +341,12 @@ def test_gray_conversion_matches_float64_numpy(tmp_path, kind):
         x = rng.integers(2_000_000_000, 2_000_000_100, (30, 41), dtype=np.int32)
         tifffile.imwrite(tmp_path / "a.tif", x)
         want = (x - x.min()) / (x.max() - x.min())
+    elif kind == "f32_extreme_tif":  # red-team round 8: NaN from a float32 overflow
+        x = np.where(np.arange(41) < 20, -3e38, 3e38).astype(np.float32)[None].repeat(30, 0)
+        x[:, 20] = 0.0
+        tifffile.imwrite(tmp_path / "a.tif", x)
+        lo, hi = np.percentile(x[::2, ::2].astype(np.float64), [0.1, 99.9])
+        want = np.clip((x.astype(np.float64) - lo) / (hi - lo), 0, 1)
     else:
         x = (rng.random((30, 41)) * 5000 - 30).astype(np.float32)
         tifffile.imwrite(tmp_path / "a.tif", x)
