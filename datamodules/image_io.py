@@ -46,6 +46,7 @@ from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
 from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
 from datamodules.jpeg_markers import JpegSegmentError, jpeg_segments
+from datamodules.other_formats import other_header
 from datamodules.path_limits import replace_link
 from datamodules.pixel_limit import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (re-exported)
 
@@ -244,6 +245,11 @@ def header_size(path: str | Path) -> tuple[int, int, int] | None:
         return _jpeg_size(path)
     if path.suffix.lower() == ".dcm":
         return _dicom_size(path)
+    other = next((name for magic, name in OTHER_FORMATS if magic.match(head)), None)
+    if other in ("JPEG 2000", "PNM (PBM/PGM/PPM)"):  # sizes at the start of the file
+        with path.open("rb") as fh:
+            found = other_header(other, fh.read(1 << 16)).size
+        return (*found, 1) if found is not None else None
     return None
 
 
@@ -597,7 +603,8 @@ def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
 
 
 def _normalise_stored(
-    path: Path, arr: np.ndarray, gray: np.ndarray, bits: int | None
+    path: Path, arr: np.ndarray, gray: np.ndarray, bits: int | None,
+    stored_max: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Divide an integer image by its stored range (or pass a [0, 1] float image through), in
     place on ``gray`` (the caller's own float copy)."""
@@ -621,7 +628,9 @@ def _normalise_stored(
     if bits is None and arr.dtype.itemsize > 2:  # 32/64-bit integers: no detector stores that
         lo, hi = float(gray.min()), float(gray.max())  # many bits, so the data's own range
         return _stretch(gray, lo, hi, clip=False), depth
-    if info.min < 0:  # signed: 0 .. the type's maximum, by the type alone (not the data)
+    if stored_max is not None:
+        lo, hi, depth = 0.0, float(stored_max), int(stored_max).bit_length()
+    elif info.min < 0:  # signed: 0 .. the type's maximum, by the type alone (not the data)
         lo, hi = 0.0, float(info.max)
     else:
         lo, hi = 0.0, float(2**depth - 1)
@@ -991,25 +1000,40 @@ def _load_other(path: Path, name: str) -> LoadedImage:
     decode cap), with a note naming it; lossy for lossy WebP (VP8, not VP8L), AVIF/HEIF and
     JPEG 2000 (which may also be lossless: the warning then errs on the safe side)."""
     data = path.read_bytes()
+    header = other_header(name, data)  # what OpenCV would miss or pay for (other_formats)
+    if header.problem is not None:
+        raise ImageReadError(f"{path}: {header.problem}")
     arr = imdecode(path, data)
     if arr is None:
         raise ImageReadError(f"{path}: unreadable {name} image (OpenCV cannot decode it)")
-    lossy = name in ("AVIF/HEIF", "JPEG 2000") or (name == "WebP" and data[12:16] != b"VP8L")
-    note = (f"the file holds a {name} image but its name ends in "
-            f"{printable(path.suffix)[:20]!r}: read by OpenCV (by its content)")
-    return _from_decoded(path, arr, None, name, lossy=lossy, notes=[note])
+    lossy = header.lossy if header.lossy is not None else name in ("AVIF/HEIF", "JPEG 2000", "WebP")
+    notes = [f"the file holds a {name} image but its name ends in "
+             f"{printable(path.suffix)[:20]!r}: read by OpenCV (by its content)"]
+    arr = orient(arr, exif_orientation(header.exif), notes)
+    stored_max = header.stored_max
+    if stored_max is not None and np.issubdtype(arr.dtype, np.integer):
+        if int(arr.max()) > stored_max:  # the header does not describe these samples
+            notes.append(f"samples above the {stored_max} its header declares: read by the "
+                         f"{arr.dtype} range")
+            stored_max = None
+        else:
+            notes.append(f"samples read on the 0-{stored_max} range its header declares")
+    else:
+        stored_max = None
+    return _from_decoded(path, arr, None, name, lossy=lossy, notes=notes, stored_max=stored_max)
 
 
 def _from_decoded(
     path: Path, arr: np.ndarray, bits: int | None, fmt: str, lossy: bool = False,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, stored_max: int | None = None,
 ) -> LoadedImage:
-    """An OpenCV-decoded (BGR or gray) array as a LoadedImage, values by the stored range."""
+    """An OpenCV-decoded (BGR or gray) array as a LoadedImage, values by the stored range
+    (``stored_max``: a sample range the header declares, e.g. a PNM's maxval)."""
     try:
         gray = _to_gray(arr, bgr=True)
     except ValueError as err:
         raise ImageReadError(f"{path}: {err}") from err
-    image, depth = _normalise_stored(path, arr, gray, bits)
+    image, depth = _normalise_stored(path, arr, gray, bits, stored_max)
     return LoadedImage(image, depth, {"format": fmt, "dtype": str(arr.dtype)}, lossy=lossy,
                        notes=list(notes or []))
 

@@ -186,14 +186,16 @@ class PlanOutputs:
 
 
 LOSSY_WARNING = (
-    "lossy JPEG input: compression blurs the cortex edges and adds block artefacts; "
+    "lossy {kind} input: compression blurs the cortex edges and adds block artefacts; "
     "use the original DICOM or a lossless PNG/TIFF where possible"
 )
 
 
 def input_warnings(loaded: Any) -> list[str]:
     """Warnings about the input file that do not by themselves flag the plan."""
-    lossy = [LOSSY_WARNING] if getattr(loaded, "lossy", False) else []
+    fmt = str((getattr(loaded, "meta", None) or {}).get("format", ""))
+    kind = fmt if fmt in ("WebP", "AVIF/HEIF", "JPEG 2000") else "JPEG"
+    lossy = [LOSSY_WARNING.format(kind=kind)] if getattr(loaded, "lossy", False) else []
     return lossy + list(getattr(loaded, "notes", []) or [])
 
 
