@@ -40,6 +40,8 @@ class AnnotationError(ValueError):
 
 MAX_SPACING_MM = 1000.0  # one metre per pixel: anything above is a typo or an overflow
 MAX_JSON_BYTES = 10_000_000
+MAX_CORTEX_POINTS = 1_000  # a line needs a few; 1 000 000 (9.9 MB) took 15 s to check each
+MAX_RATERS = 64  # raters of one image (each one's points are checked)
 MIN_SPAN_PX = 2.0  # landmarks, or all cortex points, closer than this: a degenerate label
 # the schema's keys: anything else is a typo (``"pixel_spacing"`` would silently lose the
 # spacing) and is refused; free-form extras belong under ``meta``
@@ -184,6 +186,9 @@ def check_annotation(
     if not isinstance(raters, list) or not raters:
         err("'raters' must be a non-empty list")
         raters = []
+    if len(raters) > MAX_RATERS:
+        err(f"'raters' holds {len(raters)} raters (at most {MAX_RATERS})")
+        raters = raters[:MAX_RATERS]
     for i, rater in enumerate(raters):
         _check_rater(rater, f"raters[{i}]", shape, out)
     names = [r.get("rater") for r in raters if isinstance(r, dict)]
@@ -231,6 +236,10 @@ def _check_rater(rater: Any, where: str, shape: tuple[int, int] | None,
         n = len(line) if isinstance(line, list) else 0
         out.errors.append(f"{where}: 'cortex_line' needs at least two points, got {n}")
     if not isinstance(line, list):
+        return
+    if len(line) > MAX_CORTEX_POINTS:
+        out.errors.append(f"{where}: 'cortex_line' holds {len(line)} points (at most "
+                          f"{MAX_CORTEX_POINTS}: a line needs a few)")
         return
     good = []
     for j, p in enumerate(line):

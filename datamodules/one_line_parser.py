@@ -13,5 +13,9 @@ class OneLineParser(argparse.ArgumentParser):
     exits with status 2 (argparse's own status for a usage error)."""
 
     def error(self, message: str) -> NoReturn:
-        """One line naming the problem; ``--help`` still prints the full usage."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        """One line naming the problem, with the prefix the command's other errors use
+        (``plan: error:``, ``sweeps.run: error:``); ``--help`` still prints the full usage."""
+        name = self.prog.removeprefix("python -m ")
+        for package in ("planning.", "datamodules."):
+            name = name.removeprefix(package)
+        self.exit(2, f"{name}: error: {message} (see --help)\n")
