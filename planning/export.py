@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+        remove_stale_staging(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out.parent))
         staged = tmp / out.name  # (the same name: its length was checked above)
         meta = export_onnx(args.ckpt, staged, args.opset)
         if problem := _check_problem(args, staged, out, meta["input_size"]):
@@ -220,6 +221,32 @@ def _check_problem(args: argparse.Namespace, staged: Path, out: Path, image_size
         return (f"the exported model disagrees with torch (max |difference| {diff:.2e} > "
                 f"{limit:.1e} at {image_size} px)")
     return None
+
+
+STAGING_PREFIX = ".export-"  # + the exporting process's id + "-" + a random part
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` left by an export whose process is gone (killed
+    before its ``finally``), and return them. Only folders named ``.export-<pid>-*`` (not
+    links) of a process id that no longer runs; POSIX only (``os.kill(pid, 0)`` asks)."""
+    if os.name != "posix":
+        return []
+    removed = []
+    for entry in folder.glob(f"{STAGING_PREFIX}*-*"):
+        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # running (ours, or an export beside this one)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue  # another user's process, or not a process id
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def _remove_staging(tmp: Path | None, made: list[Path]) -> None:

@@ -109,3 +109,29 @@ def test_check_tolerance_grows_only_above_256_px():
     assert check_tolerance(257) > 1e-4
     assert check_tolerance(512) >= 2 * 3.2e-4 and check_tolerance(1024) >= 3 * 1.5e-3
     assert check_tolerance(1024) <= 1e-2
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(tmp_path, capsys):
+    """A SIGKILLed export (no ``finally``) left ``.export-*``: the next export into that folder
+    removes the staging folders of processes that no longer run, and only those."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f".export-{gone.stdout.strip()}-abc123"
+    live = tmp_path / f".export-{os.getpid()}-def456"  # this process: running
+    other = tmp_path / ".export-old_style"  # no process id: not ours to judge
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "a.onnx").write_bytes(b"half")
+    (tmp_path / ".export-1-link").symlink_to(dead)  # pid 1 runs; a link is never followed
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert export_main(["--ckpt", str(bad), "--out", str(tmp_path / "a.onnx")]) == 2
+    capsys.readouterr()
+    assert not dead.exists() and live.exists() and other.exists()
+    assert left_over(tmp_path) == sorted([".export-1-link", ".export-old_style", "bad.ckpt",
+                                          ".export-old_style/a.onnx", live.name,
+                                          f"{live.name}/a.onnx"])
