@@ -19,7 +19,7 @@ magnified film, mm read as cm), not a 10 % error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +48,8 @@ class ScaleEstimate:
     hi: float
     method: str
     why: str
+    shaft_axis: np.ndarray | None = field(default=None, compare=False, repr=False)  # the mask's
+    # ``shaft_axis`` (kept: the review's ``lm1_axis`` check uses it, found once)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -152,7 +154,8 @@ def estimate_scale(femur_mask: np.ndarray) -> ScaleEstimate | None:
         why = f"{why} disagree: hull of both intervals"
     if len(ivs) == 1 and "shaft" not in why:
         why += " (too little shaft visible for a second measure)"
-    return ScaleEstimate(float(np.sqrt(lo * hi)), float(lo), float(hi), " + ".join(methods), why)
+    return ScaleEstimate(float(np.sqrt(lo * hi)), float(lo), float(hi), " + ".join(methods), why,
+                         axis)
 
 
 def spacing_disagreement(spacing: PixelSpacing, est: ScaleEstimate) -> str | None:

@@ -258,14 +258,18 @@ class ReviewContext:
         return self._evidence
 
 
-def lm1_axis_deg(direction: np.ndarray, femur: np.ndarray, principal_dir: np.ndarray) -> float:
+def lm1_axis_deg(direction: np.ndarray, femur: np.ndarray, principal_dir: np.ndarray,
+                 shaft: np.ndarray | None = None) -> float:
     """Angle (deg, 0-90) between LM1's ``direction`` and the nearer of the femur's two axes:
     the (H, W) mask's principal axis ``principal_dir`` and its shaft's midline
     (``geometry.anatomy_scale.shaft_axis``). The first leans towards large condyles (the true
     LM1 lay > 20 deg off it on 6 of 60 phantoms with 20-30 mm offsets), the second wanders on a
-    short shaft (the flaring metaphysis): a wrong LM1 is far off both (0 of those 60)."""
+    short shaft (the flaring metaphysis): a wrong LM1 is far off both (0 of those 60). ``shaft``:
+    that midline when already found (``ScaleEstimate.shaft_axis`` of the same mask)."""
     axes = [np.asarray(principal_dir, float)]
-    if (shaft := shaft_axis(femur)) is not None:
+    if shaft is None:
+        shaft = shaft_axis(femur)
+    if shaft is not None:
         axes.append(shaft)
     cos = max(abs(float(np.asarray(direction, float) @ a)) for a in axes)
     return float(np.degrees(np.arccos(min(cos, 1.0))))
@@ -406,7 +410,8 @@ def _anatomy(plan: Plan, ctx: ReviewContext, mmpp: float) -> list[Reason]:
                           "on unexposed pixels"))  # fmt: skip
     femur = np.asarray(ctx.masks[0], bool)
     if plan.lm1 is not None:
-        angle = lm1_axis_deg(plan.lm1.direction, femur, f.proximal_dir)
+        angle = lm1_axis_deg(plan.lm1.direction, femur, f.proximal_dir,
+                             getattr(ctx.scale, "shaft_axis", None))
         if angle > cfg.max_lm1_axis_deg:
             out.append(Reason("lm1_axis", f"LM1 is {angle:.0f} deg off the femoral shaft axis "
                               f"(> {cfg.max_lm1_axis_deg:g}): not the posterior cortex"))

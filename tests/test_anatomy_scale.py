@@ -132,3 +132,21 @@ def test_the_shaft_axis_follows_the_shaft_when_condyles_tilt_the_principal_axis(
     away = -np.sign(float(principal @ side))
     turned = np.cos(np.deg2rad(35.0)) * up + away * np.sin(np.deg2rad(35.0)) * side
     assert lm1_axis_deg(turned, mask, principal) > 30.0
+    # the scale estimate keeps the same axis, and the review takes it from there (found once)
+    est = estimate_scale(mask)
+    assert est is not None and np.allclose(est.shaft_axis, axis)
+
+
+def test_lm1_axis_uses_the_axis_it_is_given(monkeypatch):
+    """Given the shaft axis (``ScaleEstimate.shaft_axis``), ``lm1_axis_deg`` does not look for
+    it again (a second connected-component pass cost ~80 ms on a 5 MP image)."""
+    import planning.review as review
+
+    def not_again(_mask):
+        raise AssertionError("shaft_axis searched again")
+
+    monkeypatch.setattr(review, "shaft_axis", not_again)
+    up, side = np.array([0.0, -1.0]), np.array([1.0, 0.0])
+    tilted = np.array([np.sin(np.deg2rad(25.0)), -np.cos(np.deg2rad(25.0))])
+    assert review.lm1_axis_deg(up, np.zeros((4, 4), bool), tilted, shaft=up) < 1e-6
+    assert abs(review.lm1_axis_deg(side, np.zeros((4, 4), bool), tilted, shaft=up) - 65.0) < 1e-6
