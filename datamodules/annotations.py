@@ -40,7 +40,7 @@ class AnnotationError(ValueError):
 
 MAX_SPACING_MM = 1000.0  # one metre per pixel: anything above is a typo or an overflow
 MAX_JSON_BYTES = 10_000_000
-MAX_CORTEX_POINTS = 1_000  # a line needs a few; 1 000 000 (9.9 MB) took 15 s to check each
+MAX_CORTEX_POINTS = 10_000  # a traced polyline may be dense; 1 000 000 (9.9 MB) took 15 s
 MAX_RATERS = 64  # raters of one image (each one's points are checked)
 MIN_SPAN_PX = 2.0  # landmarks, or all cortex points, closer than this: a degenerate label
 # the schema's keys: anything else is a typo (``"pixel_spacing"`` would silently lose the

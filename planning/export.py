@@ -16,9 +16,11 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,27 +225,40 @@ def _check_problem(args: argparse.Namespace, staged: Path, out: Path, image_size
     return None
 
 
-STAGING_PREFIX = ".export-"  # + the exporting process's id + "-" + a random part
+STAGING_PREFIX = ".export-"  # + the exporting process's id + "-" + tempfile's 8 characters
+_STAGING_NAME = re.compile(r"\.export-(\d{1,10})-[a-z0-9_]{8}")
+_STAGING_FILES = re.compile(r".+\.(onnx|json)")  # what an export stages
+STALE_AFTER_S = 3600.0  # and untouched this long: an export takes seconds to minutes
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
-    """Remove the staging folders in ``folder`` left by an export whose process is gone (killed
-    before its ``finally``), and return them. Only folders named ``.export-<pid>-*`` (not
-    links) of a process id that no longer runs; POSIX only (``os.kill(pid, 0)`` asks)."""
+    """Remove the staging folders in ``folder`` left by an export killed before its ``finally``
+    (SIGKILL, power loss), and return them: folders (not links) named as ``mkdtemp`` names
+    ours, of a process id that no longer runs here, untouched for ``STALE_AFTER_S`` (a folder
+    shared with another machine or container, whose processes this one cannot see), holding
+    only ``.onnx``/``.json`` files. POSIX only (``os.kill(pid, 0)`` asks)."""
     if os.name != "posix":
         return []
     removed = []
-    for entry in folder.glob(f"{STAGING_PREFIX}*-*"):
-        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or entry.is_symlink() or not entry.is_dir():
+    for entry in folder.glob(f"{STAGING_PREFIX}*"):
+        named = _STAGING_NAME.fullmatch(entry.name)
+        if named is None or entry.is_symlink() or not entry.is_dir():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(named.group(1)), 0)
             continue  # running (ours, or an export beside this one)
         except ProcessLookupError:
             pass
         except (PermissionError, OverflowError, ValueError):
             continue  # another user's process, or not a process id
+        try:
+            inside = list(entry.iterdir())
+            fresh = time.time() - entry.stat().st_mtime < STALE_AFTER_S
+        except OSError:
+            continue
+        if fresh or not all(p.is_file() and not p.is_symlink() and _STAGING_FILES.fullmatch(p.name)
+                            for p in inside):
+            continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed

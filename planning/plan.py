@@ -194,7 +194,8 @@ LOSSY_WARNING = (
 def input_warnings(loaded: Any) -> list[str]:
     """Warnings about the input file that do not by themselves flag the plan."""
     fmt = str((getattr(loaded, "meta", None) or {}).get("format", ""))
-    kind = fmt if fmt in ("WebP", "AVIF/HEIF", "JPEG 2000") else "JPEG"
+    kind = fmt if fmt in ("WebP", "AVIF/HEIF", "JPEG 2000") else (
+        "DICOM (lossy compression)" if fmt == "dicom" else "JPEG")
     lossy = [LOSSY_WARNING.format(kind=kind)] if getattr(loaded, "lossy", False) else []
     return lossy + list(getattr(loaded, "notes", []) or [])
 

@@ -113,25 +113,40 @@ def test_check_tolerance_grows_only_above_256_px():
 
 def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(tmp_path, capsys):
     """A SIGKILLed export (no ``finally``) left ``.export-*``: the next export into that folder
-    removes the staging folders of processes that no longer run, and only those."""
+    removes staging folders named as ours, of a process that no longer runs, untouched for an
+    hour and holding only .onnx/.json files; nothing else."""
     import os
     import subprocess
     import sys
+    import time
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead = tmp_path / f".export-{gone.stdout.strip()}-abc123"
-    live = tmp_path / f".export-{os.getpid()}-def456"  # this process: running
-    other = tmp_path / ".export-old_style"  # no process id: not ours to judge
-    for folder in (dead, live, other):
+                          capture_output=True, text=True, check=True).stdout.strip()
+    old = time.time() - 2 * export.STALE_AFTER_S
+
+    def staged(name: str, files: tuple[str, ...] = ("a.onnx", "a.json"), age: float = old
+               ) -> Path:
+        folder = tmp_path / name
         folder.mkdir()
-        (folder / "a.onnx").write_bytes(b"half")
-    (tmp_path / ".export-1-link").symlink_to(dead)  # pid 1 runs; a link is never followed
+        for f in files:
+            (folder / f).write_bytes(b"half")
+        os.utime(folder, (age, age))
+        return folder
+
+    stale = staged(f".export-{gone}-ab_c1234")
+    kept = [
+        staged(f".export-{os.getpid()}-def45678"),  # this process: running
+        staged(f".export-{gone}-fresh123", age=time.time()),  # recent: maybe another host's
+        staged(f".export-{gone}-notes123", ("a.onnx", "notes.txt")),  # not only our files
+        staged(".export-2024-06-backup"),  # not mkdtemp's name
+        staged(".export-old_style"),
+    ]
+    link = tmp_path / f".export-{gone}-link1234"
+    link.symlink_to(kept[-1])  # a link is never followed
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     assert export_main(["--ckpt", str(bad), "--out", str(tmp_path / "a.onnx")]) == 2
     capsys.readouterr()
-    assert not dead.exists() and live.exists() and other.exists()
-    assert left_over(tmp_path) == sorted([".export-1-link", ".export-old_style", "bad.ckpt",
-                                          ".export-old_style/a.onnx", live.name,
-                                          f"{live.name}/a.onnx"])
+    assert not stale.exists()
+    assert all(folder.is_dir() and any(folder.iterdir()) for folder in kept)
+    assert link.is_symlink()

@@ -38,7 +38,7 @@ def _j2k(w: int, h: int, tile: int, comps: int, precision: int = 8) -> bytes:
     (6120, 24, 64, "64 components"),
     (64, 64, 16384, "16384 components"),
     (6120, 24, 3, f"65025 tiles x 3 components (at most {MAX_TILE_COMPONENTS}"),
-    (4096, 16, 1, "65536 tiles x 1 components"),
+    (4096, 15, 1, "75076 tiles x 1 components"),
 ])  # fmt: skip
 def test_jpeg2000_decoder_bombs_are_refused_from_the_header(tmp_path, w, tile, comps, expect):
     path = tmp_path / "k.png"
@@ -195,3 +195,67 @@ def test_header_walks_survive_cut_files(tmp_path):
                 load_image(path)
             except ImageReadError as err:
                 assert "\n" not in str(err)
+
+
+def test_a_pnm_header_of_hashes_is_read_at_once():
+    """Review of round 8: the PNM header regex ``(\\s|#...)+`` backtracked exponentially on a
+    run of ``#`` (24 of them: 2.9 s, 40: hours). A fresh interpreter must finish at once."""
+    import subprocess
+    import sys
+
+    code = ("from datamodules.other_formats import other_header as h; "
+            "print(h('PNM (PBM/PGM/PPM)', b'P5\\n' + b'#' * 60 + b'\\n').size)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+
+
+def test_ascii_pnm_is_read_as_opencv_scales_it(tmp_path):
+    """OpenCV scales ASCII PGM (P2) samples to 0-255 itself: maxval is not applied again."""
+    path = tmp_path / "k.png"
+    path.write_bytes(b"P2\n3 1\n100\n0 20 39\n")
+    decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_allclose(load_image(path).image, decoded / 255.0, atol=1e-6)
+
+
+def test_a_jp2_that_hides_its_codestream_behind_many_boxes_is_refused(tmp_path):
+    """A walk that gave up let OpenJPEG decode a 65 025-tile codestream after 4097 boxes."""
+    from datamodules.other_formats import MAX_RECORDS
+
+    stream = _j2k(6120, 6120, 24, 3)
+    jp2 = (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I", 20) + b"ftypjp2 " + bytes(8)
+           + (struct.pack(">I", 8) + b"free") * (MAX_RECORDS + 1)
+           + struct.pack(">I", 8 + len(stream)) + b"jp2c" + stream)
+    path = tmp_path / "k.png"
+    path.write_bytes(jp2)
+    with pytest.raises(ImageReadError, match="codestream box .jp2c. was not found"):
+        load_image(path)
+
+
+def test_a_gif_that_hides_its_second_image_behind_many_blocks_is_refused(tmp_path):
+    from PIL import Image
+
+    from datamodules.other_formats import MAX_GIF_BLOCKS
+
+    buf = io.BytesIO()
+    frames = [Image.fromarray(PICTURE), Image.fromarray(255 - PICTURE)]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    packed = data[10]  # after the header and its global colour table, before any block
+    first = 13 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0)
+    comment = b"\x21\xfe" + b"\x01a" * (MAX_GIF_BLOCKS + 1) + b"\x00"
+    path = tmp_path / "k.png"
+    path.write_bytes(data[:first] + comment + data[first:])
+    with pytest.raises(ImageReadError, match="more than 1000000 data blocks"):
+        load_image(path)
+
+
+def test_a_webp_of_many_chunks_is_refused(tmp_path):
+    from datamodules.other_formats import MAX_RECORDS
+
+    ok, buf = cv2.imencode(".webp", PICTURE, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    body = b"WEBP" + buf.tobytes()[12:] + _chunk(b"XMP ", b"") * (MAX_RECORDS + 1)
+    path = tmp_path / "k.png"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(ImageReadError, match=f"more than {MAX_RECORDS} chunks"):
+        load_image(path)
