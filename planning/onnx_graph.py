@@ -13,8 +13,9 @@ the graph is read (never run) and refused, with one line naming the file and the
   two and the field of the type, so any other reading would check another graph than it runs;
 * it has one float input ``(batch, 1, S, S)`` and the float outputs its JSON description names,
   ``(batch, C, S, S)``, ``S`` the description's ``input_size``;
-* every tensor's shape at batch 1 follows from the graph (propagated here, node by node) and
-  holds at most ``MAX_TENSOR_ELEMENTS`` values; the convolutions need at most ``MAX_GRAPH_FLOP``;
+* every tensor's shape at batch 1 follows from the graph (propagated here, node by node), has
+  at most ``MAX_RANK`` dimensions and holds at most ``MAX_TENSOR_ELEMENTS`` values; the
+  convolutions need at most ``MAX_GRAPH_FLOP``; an ``Unsqueeze`` names each new axis once;
   a node computed from constants alone (folded and kept at load) outputs no more values than
   its largest input or ``MAX_FOLDED_ELEMENTS``.
 
@@ -22,7 +23,13 @@ Why not the ``onnx`` package's loader and shape inference: importing ``onnx`` (i
 ``ml_dtypes``) made a cold ``make plan`` with an exported model 1.3 s slower (2.9 vs 1.6 s,
 measured), more than the check is worth. The file is parsed with a subset of ONNX's protobuf
 schema (field numbers from onnx/onnx.proto; other fields are skipped), and shapes are propagated
-only for the allowed operators, which is all this check needs.
+only for the allowed operators, which is all this check needs. Where a shape depends on a
+tensor's values (a ``Reshape`` target, ``Unsqueeze`` axes, ``Resize`` sizes), those values are
+followed from constants and ``Shape`` through the arithmetic, but only for tensors of at most
+``MAX_TRACKED_VALUES`` elements, a size checked before anything is computed: a larger one is
+unknown here, and a shape that needs it refused (a checker that broadcast whatever it was given
+held 3.2 GB for six dangling ``Mul`` nodes, and spent minutes on an ``Unsqueeze`` along 2^20
+axes derived from ``Shape(image)``, eighth fuzz round).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from lightning_modules.model_limits import (
     ONNX_OPS,
 )
 
+# Values (shape vectors, scales, axes) are followed only for tensors this small (ours hold 4).
+MAX_TRACKED_VALUES = 64
+MAX_RANK = 8  # dimensions of any tensor (ours have 4; ONNX Runtime's kernels assume few)
 FLOAT, INT64, EXTERNAL = 1, 7, 1  # TensorProto.FLOAT, TensorProto.INT64, DataLocation.EXTERNAL
 _SCHEMA = {  # message -> [(field name, number, type, repeated, message type)]; from onnx.proto
     "Model": [("graph", 7, "msg", False, "Graph"), ("functions", 25, "bytes", True, None)],
@@ -123,7 +133,7 @@ def _dims(value_info: Any) -> list[int | None]:
 def _tensor_values(t: Any) -> np.ndarray | None:
     """Values of a small int64 or float tensor (shapes, scales); None for other tensors."""
     n = math.prod(t.dims)
-    if n > 64 or t.data_type not in (FLOAT, INT64):
+    if n > MAX_TRACKED_VALUES or t.data_type not in (FLOAT, INT64):
         return None
     dtype = np.float32 if t.data_type == FLOAT else np.int64
     if t.raw_data:
@@ -194,7 +204,8 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
     if op == "Constant":
         if not hasattr(a.get("value"), "dims"):
             raise ValueError("a Constant without a tensor value")
-        shape, v = list(a["value"].dims), _tensor_values(a["value"])
+        shape = list(a["value"].dims)
+        v = _tensor_values(a["value"]) if len(shape) <= MAX_RANK else None
     elif x is None:
         raise ValueError(f"{op} reads a tensor the graph never defines")
     elif op in ("Identity", "Relu", "Sigmoid", "Cast", "InstanceNormalization",
@@ -207,8 +218,9 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
             raise ValueError(f"{op} needs two defined inputs")
         shape = list(np.broadcast_shapes(tuple(x), tuple(ins[1])))
         v0, v1 = val(0), val(1)
-        v = None
-        if v0 is not None and v1 is not None and op != "Div":
+        v = None  # computed only when small: the broadcast is sized before it is made
+        if v0 is not None and v1 is not None and op != "Div" and math.prod(
+                shape) <= MAX_TRACKED_VALUES:
             v = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](v0, v1)
     elif op in ("Conv", "MaxPool"):
         if len(x) != 4:  # (auto_pad other than NOTSET is refused with the attributes)
@@ -261,15 +273,29 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         shape = list(x)
         shape[axis] = sum(s[axis] for s in ins)  # type: ignore[index]
         parts = [val(i) for i in range(len(ins))]
-        v = np.concatenate(parts, axis=axis) if all(p is not None for p in parts) else None
+        known = math.prod(shape) <= MAX_TRACKED_VALUES and all(p is not None for p in parts)
+        v = np.concatenate(parts, axis=axis) if known else None
     elif op in ("Unsqueeze", "Squeeze"):
+        n_axes = math.prod(ins[1]) if len(ins) > 1 and ins[1] is not None else len(
+            a.get("axes", []))  # sized before any axis is read: 2^20 inserts took minutes
+        if op == "Unsqueeze" and len(x) + n_axes > MAX_RANK:
+            raise ValueError(f"Unsqueeze along {n_axes:,} axes of a {len(x)}-d tensor (at most "
+                             f"{MAX_RANK} dimensions allowed)")
         if len(node.input) > 1 and node.input[1] and val(1) is None:
             raise ValueError(f"{op} along axes that are not known before running it")
         axes = val(1) if val(1) is not None else np.array(a.get("axes", []), dtype=np.int64)
         v0 = val(0)
         if op == "Unsqueeze":
+            rank = len(x) + axes.size
+            if any(not -rank <= int(i) < rank for i in axes.ravel()):
+                raise ValueError(f"Unsqueeze along axes {axes.ravel().tolist()} outside "
+                                 f"[-{rank}, {rank})")
+            where = sorted(int(i) % rank for i in axes.ravel())
+            if len(set(where)) != len(where):
+                raise ValueError(f"Unsqueeze along axes {axes.ravel().tolist()} naming one axis "
+                                 "twice")
             shape = list(x)
-            for ax in sorted(int(i) % (len(x) + len(axes)) for i in axes.ravel()):
+            for ax in where:
                 shape.insert(ax, 1)
         else:
             drop = {int(i) % len(x) for i in axes.ravel()} or {i for i, d in enumerate(x) if d == 1}
@@ -277,6 +303,8 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         v = v0.reshape(shape) if v0 is not None else None
     else:  # pragma: no cover - ONNX_OPS and this function list the same operators
         raise ValueError(f"no shape rule for {op}")
+    if len(shape) > MAX_RANK:
+        raise ValueError(f"{op} output of {len(shape):,} dimensions (at most {MAX_RANK} allowed)")
     if any(not isinstance(d, int | np.integer) or d < 0 for d in shape):
         raise ValueError(f"{op} output of shape {shape} cannot be known before running it")
     if math.prod(shape) > MAX_TENSOR_ELEMENTS:
@@ -284,7 +312,7 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
                          f"{MAX_TENSOR_ELEMENTS:,} allowed")
     for name in node.output[:1]:
         shapes[name] = [int(d) for d in shape]
-        if v is not None:
+        if v is not None and v.size <= MAX_TRACKED_VALUES:  # (all rules keep it so: a guard)
             values[name] = v
 
 
@@ -342,6 +370,8 @@ def graph_shapes(graph: Any, size: int) -> tuple[dict[str, list[int]], int]:
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     if len(shapes) != len(graph.initializer):  # which copy a runtime uses is its choice
         raise ValueError("two initializers share a name")
+    if any(len(d) > MAX_RANK for d in shapes.values()):
+        raise ValueError(f"an initializer has more than {MAX_RANK} dimensions")
     values = {t.name: v for t in graph.initializer if (v := _tensor_values(t)) is not None}
     inputs = [i for i in graph.input if i.name not in shapes]
     if len(inputs) != 1:
