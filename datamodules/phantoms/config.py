@@ -7,6 +7,7 @@ factor of variation off, for leave-one-factor-out experiments.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ class PhantomConfig:
             ``adolescent_scale``).
         p_osteophytes: osteophytes at the joint margins; soft_tissue_scale: thin to obese.
         p_contralateral: the other knee partly in the background.
-        render_grid_px: longest side of the render grid (the network sees 128-256 px; finer
-            rendering would be invisible to it); the image is upsampled, detector grain added.
+        render_grid_px: longest side of the render grid, 64-16384 px (``RENDER_GRID_PX``; the
+            network sees 128-256 px; finer rendering would be invisible to it); the image is
+            upsampled, detector grain added.
         mu_*: attenuation per mm at the effective energy (physics style).
         beam_hardening, heel, scatter_fraction, scatter_sigma_mm, mtf_sigma_mm, photons,
         electronic_noise: image formation (physics style).
@@ -227,24 +229,117 @@ POSITIVE_RANGES = frozenset({
 })  # fmt: skip
 
 
+# The rendering styles ``generate._pick_style`` knows ("styles" weights name them).
+STYLES = ("physics", "classic")
+# render_grid_px: the grid is ``ceil(longer image side / render_grid_px)`` times coarser than the
+# image (``generate._render_factor``). At or above the image's longer side the factor is 1 (full
+# resolution), so a larger value changes nothing: 16384 px is beyond any radiograph (a 43 cm
+# detector at 0.03 mm) and refuses a slipped extra digit. Below 64 px the largest field of view
+# (290 mm) gets > 4.5 mm grid pixels: a condyle (radius 18-26 mm) a few pixels wide, the cortex
+# and Blumensaat's line gone (render_grid_px: 1 gave a near-flat image under the labels).
+RENDER_GRID_PX = (64, 16384)
+# bits: ``physics.quantise`` rounds to 2**bits - 1 levels (0 bits: 0 levels, a NaN image) and
+# ``dataset_io.write_sample`` stores 16-bit PNGs, so deeper quantisation cannot be stored.
+BITS = (1, 16)
+
+
 def _is_number(v: Any) -> bool:
     return finite_real(v) is not None
+
+
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _yaml_number_text(text: str) -> str | None:
+    """How to write ``text`` (a finite number YAML read as a string) so that YAML 1.1 reads a
+    float: a dot before the exponent and a signed exponent (1.0e9 and 1e9 -> 1.0e+9)."""
+    import yaml
+
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(x):
+        return None
+    mantissa, e, exponent = text.strip().replace("E", "e").partition("e")
+    if e:
+        mantissa += "" if "." in mantissa else ".0"
+        exponent = exponent if exponent[:1] in ("+", "-") else f"+{exponent}"
+    candidates = (f"{mantissa}{e}{exponent}", repr(x))
+    for c in candidates:  # the first that YAML reads back as this float
+        try:
+            back = yaml.safe_load(c)
+        except yaml.YAMLError:
+            continue
+        if isinstance(back, float) and back == x:
+            return c
+    return None
+
+
+def _text_problem(value: Any) -> str | None:
+    """``value`` (or an item of it) is a number that YAML read as text: say so and how to write
+    it (YAML 1.1 reads ``1.0e9`` and ``1e9`` as strings; ``1.0e+9`` is a number)."""
+    items = value if isinstance(value, tuple | list) else (value,)
+    for item in items[:4]:
+        if isinstance(item, str) and (fix := _yaml_number_text(item)) is not None:
+            why = (" (YAML reads a number with an exponent only with a dot and a signed "
+                   "exponent)" if "e" in item.lower() else "")
+            return f"{item!r:.40} was read as text, not a number{why}: write {fix}"
+    return None
 
 
 def _value_problem(name: str, value: Any, default: Any) -> str | None:
     """Why an overridden field's value cannot drive the generator (None: it can): a
     probability outside [0, 1], a range that is not two finite numbers low <= high, a positive
-    quantity at or below 0 (checked by the shape of the field's default)."""
-    if name.startswith("p_") or name == "sphere_diameter_mm":
+    quantity at or below 0 (checked by the shape of the field's default), a number YAML read as
+    text, an image side that is not a whole number >= 1, ``render_grid_px`` outside
+    ``RENDER_GRID_PX``, ``bits`` not a non-empty list of bit depths in ``BITS``, ``styles`` not
+    a mapping of known styles to finite weights >= 0, one of them > 0."""
+    if name == "render_grid_px":
+        lo, hi = RENDER_GRID_PX
+        if not _is_whole(value):
+            return (f"{value!r:.40} is not a whole number of pixels "
+                    f"(the render grid's longer side, {lo}-{hi})")
+        if not lo <= value <= hi:
+            return f"{value} is outside [{lo}, {hi}] px (the render grid's longer side)"
+    elif name in ("min_side", "max_side"):  # (min_side < max_side: layout.py and the CLI)
+        if not _is_whole(value) or value < 1:
+            return f"{value!r:.40} is not a whole number of pixels >= 1"
+    elif name == "bits":
+        lo, hi = BITS
+        if not isinstance(value, tuple | list):
+            return f"{value!r:.40} is not a list of bit depths (e.g. [8, 12, 16])"
+        if not value:
+            return "an empty list: give at least one bit depth (e.g. [8, 12, 16])"
+        for b in value:
+            if not _is_whole(b) or not lo <= b <= hi:
+                return (f"bit depth {b!r:.40} is not a whole number in [{lo}, {hi}] "
+                        f"(images are stored as 16-bit PNG)")
+    elif name == "styles":
+        if not isinstance(value, dict) or not value:
+            return (f"{value!r:.60} is not a mapping of style: weight "
+                    f"(e.g. {{physics: 0.8, classic: 0.2}})")
+        unknown = sorted(f"{k!r:.20}" for k in value if k not in STYLES)
+        if unknown:
+            return f"unknown style(s) [{', '.join(unknown[:5])}]; known: {list(STYLES)}"
+        for k, w in value.items():
+            if not _is_number(w) or w < 0:
+                hint = _text_problem(w)
+                return hint or f"weight of {k} {w!r:.40} must be a finite number >= 0"
+        if not any(w > 0 for w in value.values()):
+            return "no style has a positive weight"
+    elif name.startswith("p_") or name == "sphere_diameter_mm":
         if not _is_number(value):
-            return f"{value!r:.40} is not a finite number"
+            return _text_problem(value) or f"{value!r:.40} is not a finite number"
         if name.startswith("p_") and not 0.0 <= value <= 1.0:
             return f"{value} is a probability: give a value in [0, 1]"
         if name == "sphere_diameter_mm" and value <= 0:
             return f"{value} must be positive"
-    elif isinstance(default, tuple) and len(default) == 2 and name != "bits":
+    elif isinstance(default, tuple) and len(default) == 2:
         if not (isinstance(value, tuple) and len(value) == 2 and all(map(_is_number, value))):
-            return f"{value!r:.60} is not a range [low, high] of two finite numbers"
+            return _text_problem(value) or (
+                f"{value!r:.60} is not a range [low, high] of two finite numbers")
         if value[0] > value[1]:
             return f"range [{value[0]}, {value[1]}]: low must be <= high"
         if name in POSITIVE_RANGES and value[0] <= 0:
