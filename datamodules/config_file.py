@@ -188,7 +188,15 @@ def read_yaml(path: str | Path, what: str = "config", max_bytes: int = MAX_CONFI
     ``what`` names the file's role in the messages (``"config"``, ``"review thresholds"``).
     """
     p = Path(path)
-    text = read_text_file(p, what, max_bytes)
+    return parse_yaml(read_text_file(p, what, max_bytes), str(p), what, max_values)
+
+
+def parse_yaml(text: str, p: str, what: str = "config",
+               max_values: int = MAX_CONFIG_VALUES) -> Any:
+    """The plain values of the YAML ``text`` (``p`` names it in the messages: a file, or a
+    checkpoint's stored config), with every guard of ``read_yaml``: repeated keys, numbers too
+    long to convert (a 900 kB base-60 integer parsed for 45 s), scalars that cannot be read,
+    alias bombs; :class:`ConfigFileError` on any problem."""
     import yaml
 
     try:

@@ -73,6 +73,9 @@ def conv_cost(net: torch.nn.Module, hparams: Mapping[str, Any], size: int
     tiny_hp = {**hparams, **{k: rank[real[k]] for k in keys}, "norm": "batch",  # (eval: any size)
                "net_kwargs": {k: rank[real[k]] for k in
                               ("head_channels", "skip_channels", "refine_channels")}}
+    stacks = int(hparams.get("num_stacks", 4))
+    tiny_hp["num_stacks"] = min(stacks, 2)  # stacks are alike but the last (no reinjection):
+    # a non-last and a last one stand for all (32 stacks at depth 8 took 22-50 s here)
     with torch.device("cpu"):  # (a caller's meta-device context must not reach the copy)
         tiny = build_network(tiny_hp).eval()
     depth = int(hparams.get("depth", 4))
@@ -89,7 +92,14 @@ def conv_cost(net: torch.nn.Module, hparams: Mapping[str, Any], size: int
     for h in hooks:
         h.remove()
     scale = (size / small) ** 2
-    convs = [(m, pixels.get(n, 0) * scale) for n, m in net.named_modules()
+
+    def tiny_name(name: str) -> str:  # stack i of ``net`` -> the tiny copy's stand-in
+        parts = name.split(".")
+        if stacks > 2 and len(parts) > 2 and parts[0] == "stacks" and parts[1].isdigit():
+            parts[1] = "1" if int(parts[1]) == stacks - 1 else "0"
+        return ".".join(parts)
+
+    convs = [(m, pixels.get(tiny_name(n), 0) * scale) for n, m in net.named_modules()
              if isinstance(m, torch.nn.Conv2d)]
     return (float(sum(2 * m.weight.numel() * px for m, px in convs)),
             float(sum(m.weight.shape[0] * px for m, px in convs)))
@@ -103,6 +113,14 @@ def compute_problem(net: MultiTaskSHGN, hparams: Mapping[str, Any], size: int) -
         net.check_input(torch.empty(1, 1, size, size, device="meta"))
     except ValueError as err:
         return f"its image_size {size} does not fit its network ({err})"
+    # every convolution's output is at least the innermost level's (size / (STEM_STRIDE x
+    # 2^depth))^2 pixels: a lower bound from the weights alone refuses a huge network before
+    # the forward ``conv_cost`` runs (32 stacks of width 4096 at depth 8 took 22-50 s to price)
+    innermost = (size / (STEM_STRIDE * 2 ** int(hparams.get("depth", 4)))) ** 2
+    weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    if 2.0 * weights * innermost > MAX_GRAPH_FLOP:
+        return (f"its network needs at least {2.0 * weights * innermost:.1e} FLOP per {size} px "
+                f"image, more than the {MAX_GRAPH_FLOP:.0e} allowed")
     flop, values = conv_cost(net, hparams, size)
     if flop > MAX_GRAPH_FLOP:
         return (f"its network needs {flop:.1e} FLOP per {size} px image, more than the "

@@ -47,6 +47,7 @@ from sweeps.storage import (  # noqa: E402
     default_storage_url,
     mask_url,
     normalise_url,
+    sqlite_path,
     storage_problem,
 )
 from sweeps.storage import study_dir as _study_dir  # noqa: E402
@@ -71,6 +72,9 @@ def load_study(name: str, storage: str | None, studies_dir: str | Path) -> optun
         storage = default_storage_url(name, studies_dir)
     try:
         url = normalise_url(storage)
+        if (db := sqlite_path(url)) is not None and not db.exists():  # (Optuna would make it:
+            # a mistyped path left an empty database behind a command that only reads)
+            raise ReportError(f"no study database {db} (check --storage)")
         check_sqlite_file(url)  # a trigger or view in a shared SQLite file: refused unrun
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:

@@ -141,6 +141,28 @@ MAX_VALUE_CHARS = 10_000_000
 MAX_TOTAL_CHARS = 100_000_000  # all attribute values together (many values just under the cap)
 
 
+MAX_TRIALS = 10_000  # trials of one stored study: each is a training run (30 000 copied rows
+# made the report take 64 s and 655 MB, 300 000 more than 5 minutes; red-team round 8)
+MAX_ROWS = 50 * MAX_TRIALS  # parameter, value and intermediate-value rows together
+
+
+def _row_count_problem(con: sqlite3.Connection) -> str | None:
+    """Why the file holds more trials (or trial rows) than a study can have, or None: Optuna
+    loads every one of them, in Python, before anything is checked."""
+    rows = 0
+    for table in ("trials", "trial_params", "trial_values", "trial_intermediate_values"):
+        try:
+            (count,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        except sqlite3.OperationalError:  # no such table: not Optuna's schema (Optuna says so)
+            continue
+        if table == "trials" and count > MAX_TRIALS:
+            return f"{count:,} trials (more than {MAX_TRIALS:,}: each is a training run)"
+        rows += int(count)
+    if rows > MAX_ROWS:
+        return f"{rows:,} trial rows (more than {MAX_ROWS:,})"
+    return None
+
+
 def _attribute_size_problem(con: sqlite3.Connection) -> str | None:
     """Why the attribute values are too large to load (one over ``MAX_VALUE_CHARS``, or all of
     them together over ``MAX_TOTAL_CHARS``), or None. One scan per table: with max(), SQLite
@@ -196,7 +218,8 @@ def check_sqlite_file(url: str) -> None:
                               timeout=60)
         try:
             row = con.execute(_FOREIGN_SCHEMA).fetchone()
-            huge = _attribute_size_problem(con) if row is None else None
+            huge = (_attribute_size_problem(con) or _row_count_problem(con)) if row is None \
+                else None
         finally:
             con.close()
     except sqlite3.Error as err:  # not a database, damaged, a malformed schema, unreadable
@@ -210,7 +233,7 @@ def check_sqlite_file(url: str) -> None:
                          "refused; drop it or start a new study")
     if huge is not None:
         raise ValueError(f"the file holds {huge}: a sweep writes a few kB per trial, and "
-                         "loading this would take gigabytes; refused")
+                         "loading this would take minutes and gigabytes; refused")
 
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of
