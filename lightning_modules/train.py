@@ -84,6 +84,7 @@ from lightning_modules.training_state import (
     OPTIMISER_KEYS,
     TARGET_KEYS,
     fresh_optimizers,
+    loop_state_problem,
     optimizer_state_problem,
     scheduler_state_problem,
     settings_mismatch,
@@ -191,8 +192,8 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
                       data_hparams: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
     ``module``'s architecture and settings (and of ``data_hparams``' targets, when given), with
-    an optimiser and scheduler state in range; raises CheckpointError (one line naming the
-    file)."""
+    an optimiser and scheduler state in range and loop counters Lightning can run from
+    (``loop_state_problem``); raises CheckpointError (one line naming the file)."""
     path = (find_last_checkpoint(run.root, run.name) if run.resume == "last"
             else Path(str(run.resume)).expanduser().absolute())
     ckpt = read_checkpoint(path)
@@ -202,7 +203,8 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
                               "cannot resume from it (plan/evaluate can still use it)")
     check_architecture(path, ckpt["state_dict"], module)
-    problem = (optimizer_state_problem(ckpt["optimizer_states"], fresh_optimizers(module))
+    problem = (loop_state_problem(ckpt)
+               or optimizer_state_problem(ckpt["optimizer_states"], fresh_optimizers(module))
                or scheduler_state_problem(ckpt.get("lr_schedulers", [])))
     if problem:
         raise CheckpointError(f"{path}: its training state is unusable: {problem}")

@@ -1,4 +1,4 @@
-"""Checks of a resumed checkpoint's training state: optimiser, scheduler and settings.
+"""Checks of a resumed checkpoint's training state: optimiser, scheduler, loops and settings.
 
 Lightning restores the optimisers' and the scheduler's state as the file gives it, after the
 config checks have run: a crafted or damaged checkpoint with a negative learning rate,
@@ -307,3 +307,117 @@ def _same(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_same(v) for v in value)
     return value
+
+
+
+# Lightning's loop progress trackers (``_Progress``: ``current`` and ``total`` counts of these
+# events) and the largest count taken as real: 10^9 epochs or steps are far beyond any run. The
+# counters of one tracker are not compared with each other: Lightning's restart paths raise
+# ``processed`` or ``completed`` alone (a run stopped by ``max_steps`` mid-epoch and resumed
+# saves ``processed`` 2 with ``started`` 1). ``current`` restarts each run or epoch while
+# ``total`` only grows, so no current count exceeds its total where Lightning saves.
+_PROGRESS_COUNTERS = ("ready", "started", "processed", "completed")
+MAX_COUNT = 10**9
+_MAX_DEPTH = 16  # Lightning nests its loop states four or five levels deep
+# where Lightning's ``global_step`` comes from: automatic or manual optimisation's step total
+_STEP_TRACKERS = (("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step"),
+                  ("epoch_loop.manual_optimization.optim_step_progress",))
+
+
+def _name(key: Any) -> str:
+    """A state key as named in a message: printable and short (a crafted key may hold a line
+    break or be long)."""
+    text = key if isinstance(key, str) else repr(key)
+    return text[:60] if text.isprintable() else ascii(text)[:60]
+
+
+def _count_problem(where: str, value: Any) -> str | None:
+    if not _is_id(value) or not 0 <= value < MAX_COUNT:
+        return (f"{where} is {_name(value)[:40]} (a count: a whole number from 0 to "
+                f"{MAX_COUNT - 1})")
+    return None
+
+
+def _tracker_problem(where: str, tracker: Mapping[str, Any]) -> str | None:
+    """What is wrong with one saved progress tracker (``{"current": {...}, "total": {...}}``):
+    counts that are not whole numbers in range, keys other than Lightning's counters (it sets
+    every saved key as an attribute of the tracker), other counters in ``current`` than in
+    ``total``, a current count above its total, an ``is_last_batch`` that is not a bool."""
+    parts: dict[str, Mapping[str, Any]] = {}
+    for part in ("current", "total"):
+        counts = tracker[part]
+        if not isinstance(counts, Mapping):
+            return f"{where}.{part} is a {type(counts).__name__}, not a mapping"
+        if unknown := [k for k in counts if k not in _PROGRESS_COUNTERS]:
+            return f"{where}.{part} holds {_name(unknown[0])} (not a progress counter)"
+        for key in _PROGRESS_COUNTERS:
+            if key in counts and (p := _count_problem(f"{where}.{part}.{key}", counts[key])):
+                return p
+        parts[part] = counts
+    current, total = parts["current"], parts["total"]
+    if set(current) != set(total):
+        return f"{where}.current and {where}.total hold other counters"
+    for key in _PROGRESS_COUNTERS:
+        if key in current and current[key] > total[key]:
+            return (f"{where}.current.{key} is {current[key]}, above its total {total[key]} "
+                    "(the total counts every run)")
+    if "is_last_batch" in tracker and not isinstance(tracker["is_last_batch"], bool):
+        return f"{where}.is_last_batch is {_name(tracker['is_last_batch'])[:40]} (not a bool)"
+    return None
+
+
+def _lookup(state: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        state = state.get(key) if isinstance(state, Mapping) else None
+    return state
+
+
+def loop_state_problem(ckpt: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's ``epoch``, ``global_step`` and Lightning's ``loops``
+    progress, or None. Lightning restores the loops' counters as they are and takes the epoch
+    from them: -1000000 ran a million empty epochs (a thousand a second, never ending), NaN
+    crashed the first epoch (``int(epoch)``) after the run folder was made (red-team round 8).
+
+    Every progress tracker in ``loops`` is checked (``_tracker_problem``), ``fit_loop``'s
+    ``epoch_progress`` must be one; ``_batches_that_stepped`` (the logging step), ``epoch``
+    and ``global_step`` must be counts, and the latter two what Lightning saves them from: the
+    epoch is ``epoch_progress.current.completed``, the step an optimisation's step total.
+    Parts that are missing are not required here (Lightning's restore refuses a ``loops``
+    without them, ``train._refuse_restore_errors``).
+    """
+    for key in ("epoch", "global_step"):
+        if key in ckpt and (p := _count_problem(key, ckpt[key])):
+            return p
+    loops = ckpt.get("loops")
+    if not isinstance(loops, Mapping):
+        return f"loops is a {type(loops).__name__}, not a mapping"
+    stack: list[tuple[str, Mapping[str, Any], int]] = [("loops", loops, 0)]
+    while stack:  # depth first, without recursion (a crafted state may nest deeply)
+        where, state, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return f"{where} nests more than {_MAX_DEPTH} levels deep"
+        if "current" in state and "total" in state:
+            if p := _tracker_problem(where, state):
+                return p
+            continue
+        for key, value in state.items():
+            name = f"{where}.{_name(key)}"
+            if isinstance(value, Mapping):
+                stack.append((name, value, depth + 1))
+            elif key == "_batches_that_stepped" and (p := _count_problem(name, value)):
+                return p
+    fit = loops.get("fit_loop")
+    epochs = _lookup(fit, ("epoch_progress",))
+    if epochs is not None and not (isinstance(epochs, Mapping)
+                                   and {"current", "total"} <= set(epochs)):
+        return "loops.fit_loop.epoch_progress is not a progress tracker (current and total)"
+    completed = _lookup(epochs, ("current", "completed"))
+    if "epoch" in ckpt and completed is not None and ckpt["epoch"] != completed:
+        return (f"epoch is {ckpt['epoch']}, its loops.fit_loop.epoch_progress.current."
+                f"completed {completed} (Lightning saves the one from the other)")
+    steps = [s for keys in _STEP_TRACKERS
+             if (s := _lookup(fit, (*keys, "total", "completed"))) is not None]
+    if "global_step" in ckpt and steps and ckpt["global_step"] not in steps:
+        return (f"global_step is {ckpt['global_step']}, its loops' optimiser steps "
+                f"{' or '.join(map(str, steps))} (Lightning saves the one from the other)")
+    return None

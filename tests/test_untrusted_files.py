@@ -181,8 +181,11 @@ def test_sweep_refuses_a_bomb_config_once_before_opening_the_study(tmp_path, cap
 def _training_ckpt(path: Path, callbacks: dict) -> Path:
     torch.manual_seed(0)
     module = KneePlanModule(**TINY_HP)
+    # the optimiser states a resumable checkpoint holds (fresh ones: resume compares them with
+    # the network's own optimisers, and none at all cannot be resumed)
+    states = [opt.state_dict() for opt in module.configure_optimizers()[0]]
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "epoch": 0, "global_step": 1, "optimizer_states": [], "loops": {},
+                "epoch": 0, "global_step": 1, "optimizer_states": states, "loops": {},
                 "pytorch-lightning_version": "2.6.6", "callbacks": callbacks}, path)
     return path
 
