@@ -233,7 +233,7 @@ def check_sqlite_file(url: str) -> None:
                          "refused; drop it or start a new study")
     if huge is not None:
         raise ValueError(f"the file holds {huge}: a sweep writes a few kB per trial, and "
-                         "loading this would take minutes and gigabytes; refused")
+                         "loading this would take gigabytes; refused")
 
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of
