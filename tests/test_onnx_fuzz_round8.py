@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planning import onnx_graph
 from planning.onnx_graph import check_onnx_graph
+from tests.test_onnx_fuzz_round5 import _refused
 
 SIZE = 32
 TRACKED = 64  # the most values the check follows for one tensor (as for small initializers)
@@ -70,19 +71,8 @@ def _unsqueeze_bomb(n: int, image: str = "image") -> tuple[list, list]:
     return nodes + [helper.make_node("Unsqueeze", [image, axes], ["r8_u"])], inits
 
 
-def _refused(tmp_path: Path, model: onnx.ModelProto) -> str:
-    """The one-line refusal of ``model``, which names the file."""
-    path = tmp_path / "hostile.onnx"
-    path.write_bytes(model.SerializeToString())
-    with pytest.raises(ValueError) as err:
-        check_onnx_graph(path, SIZE, ["seg"])
-    msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(f"{path}: "), msg
-    return msg
-
-
-def _tracked_values(monkeypatch, tmp_path: Path, model: onnx.ModelProto) -> dict:
-    """The values the check followed for ``model`` (which it passes), by tensor name."""
+def _tracked_values(monkeypatch, path: Path, size: int, outputs: list[str]) -> dict:
+    """The values the check followed for the graph at ``path`` (which it passes), by name."""
     seen: dict[str, np.ndarray] = {}
     infer = onnx_graph._infer
 
@@ -91,9 +81,7 @@ def _tracked_values(monkeypatch, tmp_path: Path, model: onnx.ModelProto) -> dict
         seen.update(values)
 
     monkeypatch.setattr(onnx_graph, "_infer", spy)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(model.SerializeToString())
-    check_onnx_graph(path, SIZE, ["seg"])
+    check_onnx_graph(path, size, outputs)
     return seen
 
 
@@ -135,7 +123,9 @@ def test_large_values_from_the_image_shape_are_not_tracked(monkeypatch, tmp_path
     # check kept 65,536 and 128 values
     nodes, inits, _ = _shape_values(65536)
     nodes.append(helper.make_node("Concat", ["r8_s"] * 32, ["r8_cat"], axis=0))
-    seen = _tracked_values(monkeypatch, tmp_path, _graph(nodes, inits))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_graph(nodes, inits).SerializeToString())
+    seen = _tracked_values(monkeypatch, path, SIZE, ["seg"])
     assert seen["r8_s"].tolist() == [1, 1, SIZE, SIZE]  # small ones still followed
     assert seen["r8_v0"].size == 16 and "r8_v1" not in seen and "r8_cat" not in seen, seen
     assert max(v.size for v in seen.values()) <= TRACKED
@@ -196,15 +186,7 @@ def test_unsqueeze_bomb_through_make_plan_is_one_line_status_2(tmp_path_factory,
 def test_the_exported_model_still_passes(tmp_path_factory, monkeypatch, tmp_path):
     good = exported_tiny_model(tmp_path_factory)
     size = json.loads(good.with_suffix(".json").read_text())["input_size"]
-    seen: dict[str, np.ndarray] = {}
-    infer = onnx_graph._infer
-
-    def spy(node, shapes, values):
-        infer(node, shapes, values)
-        seen.update(values)
-
-    monkeypatch.setattr(onnx_graph, "_infer", spy)
-    check_onnx_graph(good, size, ["seg", "lm", "roi", "lm_prev"])
+    seen = _tracked_values(monkeypatch, good, size, ["seg", "lm", "roi", "lm_prev"])
     shape_outs = [n.output[0] for n in onnx.load(str(good)).graph.node if n.op_type == "Shape"]
     assert shape_outs and all(seen[o].size == 4 for o in shape_outs)  # still followed
     assert max(v.size for v in seen.values()) <= TRACKED

@@ -15,6 +15,7 @@ import pytest
 
 from datamodules.phantoms.__main__ import main as phantoms_main
 from datamodules.phantoms.config import FACTORS, PhantomConfig
+from tests.test_untrusted_files import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -54,13 +55,6 @@ BAD = [
     ("photons: [1e3, 2e3]", "PhantomConfig.photons: '1e3' was read as text, not a number"),
     ("p_metal: 1e-1", "PhantomConfig.p_metal: '1e-1' was read as text, not a number"),
 ]
-
-
-def one_line(text: str) -> str:
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one line, got {lines[:5]}"
-    assert "Traceback" not in lines[0]
-    return lines[0]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,27 +23,17 @@ from lightning_modules import train
 from lightning_modules.checkpoint_file import CheckpointError
 from lightning_modules.module import KneePlanModule
 from lightning_modules.training_state import MAX_COUNT, loop_state_problem
+from tests.test_resume_state_round6 import Ckpt, _resume, one_step_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-Ckpt = dict
 EPOCHS = "epoch_progress"
 BATCHES = "epoch_loop.batch_progress"
 STEPS = "epoch_loop.manual_optimization.optim_step_progress"
 
 
-def _args(root: Path, epochs: int, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs" / "tiny.yaml"), "--run.root", str(root),
-            "--run.wandb=false", "--run.val_images=0", f"--trainer.max_epochs={epochs}",
-            "--trainer.enable_progress_bar=false", "--data.num_train=2", "--data.num_val=1",
-            *extra]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Ckpt:
-    """The ``last.ckpt`` of a one-epoch tiny run (one training step)."""
-    run = train.fit(_args(tmp_path_factory.mktemp("base"), 1))
-    assert run.last_checkpoint
-    return torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)
+    """``one_step_checkpoint`` of this module."""
+    return one_step_checkpoint(tmp_path_factory.mktemp("base"))
 
 
 def _fit(c: Ckpt) -> dict:
@@ -116,21 +105,6 @@ MUTATIONS: dict[str, tuple[Callable[[Ckpt], None], str]] = {
     "epoch_progress_without_total": (_epoch_progress_without_total,
                                      "epoch_progress is not a progress tracker"),
 }
-
-
-def _resume(tmp_path: Path, ckpt: Ckpt, capsys: pytest.CaptureFixture[str], *extra: str
-            ) -> tuple[int | str | None, str, Path, Path]:
-    """Exit status, stderr, checkpoint path and run root of ``train.main`` resuming ``ckpt``."""
-    path = tmp_path / "hostile.ckpt"
-    torch.save(ckpt, path)
-    root = tmp_path / "runs"
-    capsys.readouterr()
-    try:
-        train.main(_args(root, 2, "--resume", str(path), *extra))
-        code: int | str | None = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err, path, root
 
 
 @pytest.mark.parametrize("name", list(MUTATIONS))

@@ -36,12 +36,17 @@ def _args(root: Path, epochs: int, *extra: str) -> list[str]:
             *extra]
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Ckpt:
-    """The ``last.ckpt`` of a one-epoch tiny run (one training step)."""
-    run = train.fit(_args(tmp_path_factory.mktemp("base"), 1))
+def one_step_checkpoint(root: Path) -> Ckpt:
+    """The ``last.ckpt`` of a one-epoch tiny run (one training step) under ``root``."""
+    run = train.fit(_args(root, 1))
     assert run.last_checkpoint
     return torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Ckpt:
+    """``one_step_checkpoint`` of this module."""
+    return one_step_checkpoint(tmp_path_factory.mktemp("base"))
 
 
 def _groups(c: Ckpt) -> list[dict]:
@@ -107,15 +112,16 @@ MUTATIONS: dict[str, tuple[Callable[[Ckpt], None], str]] = {
 }
 
 
-def _resume(tmp_path: Path, ckpt: Ckpt, capsys: pytest.CaptureFixture[str]
+def _resume(tmp_path: Path, ckpt: Ckpt, capsys: pytest.CaptureFixture[str], *extra: str
             ) -> tuple[int | str | None, str, Path, Path]:
-    """Exit status, stderr, checkpoint path and run root of ``train.main`` resuming ``ckpt``."""
+    """Exit status, stderr, checkpoint path and run root of ``train.main`` resuming ``ckpt``
+    (``extra``: more command-line options)."""
     path = tmp_path / "hostile.ckpt"
     torch.save(ckpt, path)
     root = tmp_path / "runs"
     capsys.readouterr()
     try:
-        train.main(_args(root, 2, "--resume", str(path)))
+        train.main(_args(root, 2, "--resume", str(path), *extra))
         code: int | str | None = 0
     except SystemExit as exit_:
         code = exit_.code
