@@ -105,7 +105,7 @@ def _setting_problem(where: str, group: Mapping[str, Any], fresh: Mapping[str, A
         if key in _FLAGS:
             off = key not in fresh and (value is None or value is False)
             if not off and not (type(value) is type(expected) and value == expected):
-                return (f"{where} {key} is {str(value)[:40]} (kneeplan's RMSProp is built "
+                return (f"{where} {key} is {_name(value)[:40]} (kneeplan's RMSProp is built "
                         f"with {expected!r})")
         elif _kind(value) != _kind(expected):
             return f"{where} {key} is a {type(value).__name__}, not a {_kind(expected)}"
@@ -194,7 +194,7 @@ def optimizer_state_problem(states: Any,
         for param, entry in state.items():
             where = f"optimiser {i} parameter {param}"
             if not _is_id(param) or param not in owner:
-                return (f"optimiser {i}'s state names parameter {str(param)[:40]}, in none of "
+                return (f"optimiser {i}'s state names parameter {_name(param)[:40]}, in none of "
                         "its groups")
             if not isinstance(entry, Mapping):
                 return f"{where}'s state is a {type(entry).__name__}, not a mapping"
@@ -226,9 +226,9 @@ def metrics_history_problem(state: Any) -> str | None:
         return f"MetricsHistory first is a {type(first).__name__}, not a mapping"
     for name, value in first.items():
         if not isinstance(name, str):
-            return f"MetricsHistory first names a metric {str(name)[:40]} (not a string)"
+            return f"MetricsHistory first names a metric {_name(name)[:40]} (not a string)"
         if real_value(value) is None:
-            return f"MetricsHistory first {name[:60]} is {str(value)[:40]} (not a number)"
+            return f"MetricsHistory first {_name(name)} is {_name(value)[:40]} (not a number)"
     return None
 
 

@@ -181,3 +181,16 @@ def test_crafted_keys_are_named_in_one_line(base):
     c = copy.deepcopy(base)
     _fit(c)["deep"] = deep
     assert "nests more than" in (loop_state_problem(c) or "")
+
+
+def test_crafted_history_and_optimiser_values_are_named_in_one_line(base):
+    """A metric name, a metric value or an RMSProp switch holding a line break stays one line
+    (``str(value)`` put the break into the message)."""
+    from lightning_modules.training_state import metrics_history_problem, optimizer_state_problem
+
+    problem = metrics_history_problem({"first": {"val/a\nb": "1\n2"}, "last": {}})
+    assert problem is not None and "\n" not in problem, problem
+    states = copy.deepcopy(base["optimizer_states"])
+    states[0]["param_groups"][0]["foreach"] = "yes\nno"
+    problem = optimizer_state_problem(states)
+    assert problem is not None and "\n" not in problem and "foreach" in problem, problem
