@@ -124,6 +124,10 @@ def test_p_tmc_is_where_the_outline_visibly_leaves_lm1(small_samples):
         assert abs(d_tmc) * mm == pytest.approx(TMC_DEPARTURE_MM, abs=1e-6), s.id
         distal = s.cortex_points[-1] - s.cortex_points[0]
         assert float(np.dot(p_tmc - s.cortex_points[-1], distal)) > 0, s.id  # below the line's end
+        # p_blum stays 4-10 mm (x the knee's scale) distal of it: LM2 and LM3 as far apart as
+        # on the other families (p_tmc moved alone left 15 % under 2 mm apart, 2 % crossed)
+        along = float(np.dot(p_blum - p_tmc, distal / np.linalg.norm(distal))) * mm
+        assert 4.0 * s.meta["scale"] - 1e-6 <= along <= 10.0 * s.meta["scale"] + 1e-6, (s.id, along)
 
 
 def test_visible_departure_of_a_parabola():

@@ -149,7 +149,11 @@ def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     lat_c = centre + k * lat_off
     lateral = arc(lat_c, lat_r, 0.0, 356.0, 6.0)
     # Blumensaat's line: from p_blum anterior-distal until shortly before the outline.
-    p_blum = np.array([k * rng.uniform(5.0, 11.0), -k * rng.uniform(4.0, 10.0)])
+    # p_blum 4-10 mm (x k) distal of p_tmc, as it always was of the frame's origin: from the
+    # visible p_tmc, so that the two stay as far apart as on the other families (a shift of
+    # p_tmc alone left 15 % of the phantoms with LM2 and LM3 under 2 mm apart, 2 % crossed)
+    p_tmc = visible_departure(outline)
+    p_blum = np.array([k * rng.uniform(5.0, 11.0), p_tmc[1] - k * rng.uniform(4.0, 10.0)])
     ang = np.deg2rad(rng.uniform(30.0, 48.0))  # angle to the shaft axis
     d_blum = np.array([np.sin(ang), -np.cos(ang)])
     blum_len = 0.82 * ray_exit(outline, p_blum, d_blum)
@@ -171,6 +175,7 @@ def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     )
     return {
         "outline": outline,
+        "p_tmc": p_tmc,
         "lateral": lateral,
         "centre": centre,
         "rc": rc,
@@ -460,7 +465,7 @@ def build_knee(
     return KneeAnatomy(
         bodies=bodies,
         p_blum=fem["p_blum"],
-        p_tmc=visible_departure(fem["outline"]),
+        p_tmc=fem["p_tmc"],
         blum_end=fem["blum_end"],
         notch=fem["notch"],
         soft_tissue=[soft],
