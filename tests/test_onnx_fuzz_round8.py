@@ -9,7 +9,6 @@ most 64 elements (a larger one is unknown to the check, as a runtime-computed on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planning import onnx_graph
 from planning.onnx_graph import check_onnx_graph
-from tests.test_onnx_fuzz_round5 import _refused
+from tests.test_onnx_fuzz_round5 import _hostile_export, _refused
 
 SIZE = 32
 TRACKED = 64  # the most values the check follows for one tensor (as for small initializers)
@@ -156,24 +155,19 @@ def test_a_reshape_to_an_untracked_shape_is_refused(tmp_path):
     assert "Reshape to a shape that is not known" in _refused(tmp_path, _graph(nodes, inits))
 
 
-def _hostile_export(tmp_path_factory, tmp_path: Path, n_axes: int) -> Path:
-    """The tiny export with a dangling ``Unsqueeze`` bomb of ``n_axes`` axes appended, and a
-    description whose SHA-256 matches (an attacker writes both files)."""
-    good = exported_tiny_model(tmp_path_factory)
-    model = onnx.load(str(good))
-    nodes, inits = _unsqueeze_bomb(n_axes, model.graph.input[0].name)
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(inits)
-    path = tmp_path / "unsq.onnx"
-    path.write_bytes(model.SerializeToString())
-    meta = json.loads(good.with_suffix(".json").read_text())
-    meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    path.with_suffix(".json").write_text(json.dumps(meta))
-    return path
+def _appended_unsqueeze_bomb(n_axes: int):
+    """An edit for ``_hostile_export``: a dangling ``Unsqueeze`` bomb of ``n_axes`` axes
+    appended to the exported graph."""
+    def edit(model: onnx.ModelProto) -> None:
+        nodes, inits = _unsqueeze_bomb(n_axes, model.graph.input[0].name)
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(inits)
+    return edit
 
 
 def test_unsqueeze_bomb_through_make_plan_is_one_line_status_2(tmp_path_factory, tmp_path):
-    path = _hostile_export(tmp_path_factory, tmp_path, 2**20)  # the red team's unsq16.onnx
+    # the red team's unsq16.onnx
+    path = _hostile_export(tmp_path_factory, tmp_path, _appended_unsqueeze_bomb(2**20))
     image = phantom_images(tmp_path_factory)[0]
     proc = subprocess.run([sys.executable, "-m", "planning.plan", "--image", str(image),
                            "--ckpt", str(path), "--out", str(tmp_path / "o")], cwd=REPO,
