@@ -184,7 +184,7 @@ def _gif(data: bytes) -> OtherHeader:
     if packed & 0x80:
         at += 3 * 2 ** ((packed & 7) + 1)
     images, blocks = 0, 0
-    while at < len(data):
+    while at < len(data) and blocks <= MAX_GIF_BLOCKS:
         block = data[at]
         if block == 0x3B:  # trailer
             break
@@ -199,17 +199,14 @@ def _gif(data: bytes) -> OtherHeader:
             at += 2
         else:
             break  # not GIF grammar: the decoder judges
-        while at < len(data) and data[at] != 0:  # sub-blocks, to the empty one
-            at += data[at] + 1
+        while at < len(data) and data[at] != 0 and blocks <= MAX_GIF_BLOCKS:  # sub-blocks,
+            at += data[at] + 1  # to the empty one
             blocks += 1
-            if blocks > MAX_GIF_BLOCKS:
-                return OtherHeader(f"a GIF of more than {MAX_GIF_BLOCKS} data blocks (a 40 MP "
-                                   "image has about 160 000): not walked to its end")
         at += 1
         blocks += 1
-        if blocks > MAX_GIF_BLOCKS:
-            return OtherHeader(f"a GIF of more than {MAX_GIF_BLOCKS} data blocks (a 40 MP "
-                               "image has about 160 000): not walked to its end")
+    if blocks > MAX_GIF_BLOCKS:
+        return OtherHeader(f"a GIF of more than {MAX_GIF_BLOCKS} data blocks (a 40 MP image has "
+                           "about 160 000): not walked to its end")
     return OtherHeader(lossy=False)
 
 
