@@ -55,19 +55,52 @@ def test_onnx_runtime_agrees_with_torch(ckpt, onnx_model, batch):
         np.testing.assert_allclose(b[k], a[k], atol=1e-4)
 
 
+class _Nudged:
+    """``base`` with every map moved by a seeded uniform draw in [-eps, eps] (seg kept in [0, 1]):
+    a plan's numerical neighbourhood, as large as the torch / ONNX Runtime difference."""
+
+    takes_numpy = True
+
+    def __init__(self, base, eps: float, seed: int):
+        self.base, self.eps, self.rng = base, eps, np.random.default_rng(seed)
+        self.image_size, self.codec = base.image_size, base.codec
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        maps = self.base.predict_maps(x)
+        out = {k: (v + self.rng.uniform(-self.eps, self.eps, v.shape)).astype(v.dtype)
+               for k, v in maps.items()}
+        out["seg"] = np.clip(out["seg"], 0.0, 1.0)
+        return out
+
+
 def test_plan_via_export_equals_plan_via_checkpoint(ckpt, onnx_model, tmp_path_factory,
                                                       tmp_path):
-    image = phantom_images(tmp_path_factory)[0]
-    reps = [run_plan(image, load_predictor(m), tmp_path / m.suffix[1:], decode="quadratic").report
-            for m in (ckpt, onnx_model)]
-    for name in ("p_blum", "p_tmc"):
-        a, b = (np.array(r["landmarks"][name]["px"]) for r in reps)
-        assert np.abs(a - b).max() <= 0.01, (name, a, b)
-    a, b = (r["schoettle_point"]["px"] for r in reps)
-    assert (a is None) == (b is None)
-    if a is not None:
-        assert np.abs(np.subtract(a, b)).max() <= 0.01
-    assert reps[0]["review_reasons"] == reps[1]["review_reasons"]
+    """Landmarks and Schoettle point agree within 0.01 px on every image. The review is a
+    thresholded function of the maps, and the one-step tiny model's probabilities sit near its
+    thresholds, so its reasons are compared on the images whose torch plan keeps its reasons when
+    the maps move by 1e-4 (the tolerance the two runtimes agree to); at least one must."""
+    torch_pred, onnx_pred = load_predictor(ckpt), load_predictor(onnx_model)
+    stable = 0
+    for i, image in enumerate(phantom_images(tmp_path_factory, n=6)):
+        def plan(pred, name, image=image, i=i):
+            return run_plan(image, pred, tmp_path / f"{i}_{name}", decode="quadratic").report
+
+        reps = [plan(torch_pred, "pt"), plan(onnx_pred, "onnx")]
+        for name in ("p_blum", "p_tmc"):
+            a, b = (np.array(r["landmarks"][name]["px"]) for r in reps)
+            assert np.abs(a - b).max() <= 0.01, (image.name, name, a, b)
+        a, b = (r["schoettle_point"]["px"] for r in reps)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.abs(np.subtract(a, b)).max() <= 0.01
+        nudged = [plan(_Nudged(torch_pred, 1e-4, s), f"n{s}")["review_reasons"] for s in (1, 2)]
+        if all(r == reps[0]["review_reasons"] for r in nudged):
+            stable += 1
+            assert reps[1]["review_reasons"] == reps[0]["review_reasons"], image.name
+    assert stable >= 1
 
 
 @pytest.mark.parametrize("kind", ["png", "dicom"])

@@ -109,6 +109,42 @@ def test_landmarks_on_femur_and_relative_to_cortex_line(small_samples):
             assert np.sign(_signed_dist(pat, lc, lu)) == np.sign(d_blum), s.id
 
 
+def test_p_tmc_is_where_the_outline_visibly_leaves_lm1(small_samples):
+    """p_tmc is the point of the condyle's outline ``TMC_DEPARTURE_MM`` behind LM1 (the side
+    away from p_blum), distal of where the outline leaves LM1 along its tangent: a point the
+    image shows, not the tangent point nothing marks (README, "Where p_tmc sits")."""
+    from datamodules.phantoms.anatomy import TMC_DEPARTURE_MM
+
+    for s in small_samples:
+        mm = s.spacing_mm[0]
+        p_blum, p_tmc = s.landmarks
+        lc, lu = _fit_line(s.cortex_points)
+        d_tmc, d_blum = _signed_dist(p_tmc, lc, lu), _signed_dist(p_blum, lc, lu)
+        assert np.sign(d_tmc) == -np.sign(d_blum), s.id
+        assert abs(d_tmc) * mm == pytest.approx(TMC_DEPARTURE_MM, abs=1e-6), s.id
+        distal = s.cortex_points[-1] - s.cortex_points[0]
+        assert float(np.dot(p_tmc - s.cortex_points[-1], distal)) > 0, s.id  # below the line's end
+        # p_blum stays 4-10 mm (x the knee's scale) distal of it: LM2 and LM3 as far apart as
+        # on the other families (p_tmc moved alone left 15 % under 2 mm apart, 2 % crossed)
+        along = float(np.dot(p_blum - p_tmc, distal / np.linalg.norm(distal))) * mm
+        assert 4.0 * s.meta["scale"] - 1e-6 <= along <= 10.0 * s.meta["scale"] + 1e-6, (s.id, along)
+
+
+def test_visible_departure_of_a_parabola():
+    """An outline leaving x = 0 along its tangent as x = -c y^2 (y < 0, distal) lies d behind it
+    at y = -sqrt(d / c); a corner (the outline turning away at once) gives its first point."""
+    from datamodules.phantoms.anatomy import visible_departure
+
+    c = 0.08
+    y = np.concatenate([np.linspace(60.0, 0.0, 61), -np.linspace(0.0, 20.0, 2001)[1:]])
+    x = np.where(y < 0, -c * y**2, 0.0)
+    for d in (0.25, 0.5, 1.0):
+        got = visible_departure(np.stack([x, y], 1), d)
+        np.testing.assert_allclose(got, [-d, -np.sqrt(d / c)], atol=2e-3)
+    corner = np.array([[0.0, 50.0], [0.0, 0.0], [-3.0, -1.0], [-6.0, -5.0]])
+    np.testing.assert_allclose(visible_departure(corner, 0.5), [-0.5, -1.0 / 6.0], atol=1e-9)
+
+
 def test_cortex_points_lie_on_posterior_femoral_cortex():
     for seed in range(4):
         s = generate_phantom(seed, PhantomConfig(min_side=700, max_side=900))

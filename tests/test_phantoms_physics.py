@@ -230,7 +230,7 @@ def test_cli_config_option(tmp_path, capsys):
     phantoms_main(["--out", str(tmp_path / "d"), "--n", "1", "--min-side", "160",
                    "--max-side", "200", "--config", str(cfg)])  # fmt: skip
     text = (tmp_path / "d" / "annotations" / "phantom_00000.json").read_text()
-    assert "kneeplan.phantoms.v2.classic" in text
+    assert "kneeplan.phantoms.v3.classic" in text
     cfg.write_text("p_nope: 1\n")
     capsys.readouterr()  # the progress bar of the run above
     assert phantoms_main(["--out", str(tmp_path / "e"), "--n", "1", "--config", str(cfg)]) == 2

@@ -69,6 +69,19 @@ def _is_colour(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool
     return bool(np.all(np.abs(px.astype(int) - np.array(rgb)) <= tol))
 
 
+def _ring_fraction(img: np.ndarray, centre: np.ndarray, radius: float, rgb: tuple[int, int, int],
+                   band: float = 1.0) -> float:
+    """Fraction of 72 rays from ``centre`` (x, y) with a pixel of ``rgb`` (tolerance 90) within
+    ``band`` px of ``radius``."""
+    hits = []
+    for a in np.linspace(0, 2 * np.pi, 72, endpoint=False):
+        d = np.linspace(radius - band, radius + band, 9)
+        xs = np.round(centre[0] + d * np.cos(a)).astype(int)
+        ys = np.round(centre[1] + d * np.sin(a)).astype(int)
+        hits.append(any(_is_colour(img[y, x], rgb, 90) for x, y in zip(xs, ys, strict=True)))
+    return float(np.mean(hits))
+
+
 def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     sample, img_path = phantom
     from planning.review import ReviewConfig
@@ -101,9 +114,10 @@ def test_plan_with_oracle_maps_matches_rater_construction(phantom, tmp_path):
     cx, cy = np.round(px).astype(int)
     assert _is_colour(over[cy, cx], SCHOETTLE_COLOUR)
     r = 2.5 / sp[1]
-    angles = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    ring = [over[int(round(cy + r * np.sin(a))), int(round(cx + r * np.cos(a)))] for a in angles]
-    assert np.mean([_is_colour(p, SCHOETTLE_COLOUR, 90) for p in ring]) > 0.6
+    # the ring is anti-aliased, about a pixel wide, around the sub-pixel point: each of 72 rays
+    # looks for the colour within 1 px of the radius; none at 1.5 x the radius (right size)
+    assert _ring_fraction(over, px, r, SCHOETTLE_COLOUR) > 0.9
+    assert _ring_fraction(over, px, 1.5 * r, SCHOETTLE_COLOUR) < 0.1
     assert json.loads(res.report_path.read_text())["schoettle_point"]["px"] == list(px)
 
 

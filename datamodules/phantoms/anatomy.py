@@ -1,10 +1,12 @@
 """Knee anatomy of one phantom in millimetres, in the femur frame.
 
-Femur frame: origin at p_tmc, x points anterior, y points proximal (up the femoral shaft).
-The posterior femoral cortex line (LM1) is exactly the line x = 0 for y >= 0: the posterior
-shaft cortex is straight (the anterior bow is put on the anterior cortex only), so the cortex
-line, p_tmc (the vertex where the outline leaves it to bulge over the medial condyle) and
-p_blum (posterior end of the notch roof, anterior of LM1) are exact by construction.
+Femur frame: origin where the outline leaves LM1 along its tangent, x points anterior, y points
+proximal (up the femoral shaft). The posterior femoral cortex line (LM1) is exactly the line
+x = 0 for y >= 0: the posterior shaft cortex is straight (the anterior bow is put on the
+anterior cortex only), so the cortex line, p_tmc (where the outline, bulging over the medial
+condyle, has left LM1 by ``TMC_DEPARTURE_MM``: ``visible_departure``; since session 26, before
+that the origin itself) and p_blum (posterior end of the notch roof, anterior of LM1) are exact
+by construction.
 
 Proportions (adult, before the global scale factor): femoral shaft 25-30 mm AP, condyles
 ~56-64 mm AP, posterior condyle ``condylar_offset_mm`` behind LM1 (default 7-30 mm; on real
@@ -66,6 +68,26 @@ def _transform(points: np.ndarray, deg: float, pivot: np.ndarray, shift: np.ndar
 
 
 DOME_BEHIND = 12.0  # mm: an outline meeting the condyle further behind LM1 is drawn as a dome
+TMC_DEPARTURE_MM = 0.5  # p_tmc: where the condyle's outline has left LM1 by this much
+
+
+def visible_departure(outline: np.ndarray, depart_mm: float = TMC_DEPARTURE_MM) -> np.ndarray:
+    """The point of the femur ``outline`` (femur frame: LM1 is x = 0, the outline leaves it at
+    the origin, running distally to the posterior condyle) where it first lies ``depart_mm``
+    behind LM1. The outline leaves LM1 along a tangent: at the origin nothing in the image marks
+    the condyle's start, while an independent reader (and three phantom families written apart
+    from ours, with a corner there) marks where the contour visibly leaves the cortex line, on
+    median 2.4 mm more distal (README, "Where p_tmc sits")."""
+    start = int(np.argmin(np.hypot(outline[:, 0], outline[:, 1])))
+    path = outline[start:]
+    behind = -path[:, 0]
+    past = np.flatnonzero(behind >= depart_mm)
+    if len(past) == 0 or past[0] == 0:
+        return path[0].copy()
+    j = int(past[0])
+    a, b = path[j - 1], path[j]
+    t = (depart_mm - behind[j - 1]) / max(behind[j] - behind[j - 1], 1e-9)
+    return a + float(np.clip(t, 0.0, 1.0)) * (b - a)
 
 
 def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
@@ -127,7 +149,11 @@ def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     lat_c = centre + k * lat_off
     lateral = arc(lat_c, lat_r, 0.0, 356.0, 6.0)
     # Blumensaat's line: from p_blum anterior-distal until shortly before the outline.
-    p_blum = np.array([k * rng.uniform(5.0, 11.0), -k * rng.uniform(4.0, 10.0)])
+    # p_blum 4-10 mm (x k) distal of p_tmc, as it always was of the frame's origin: from the
+    # visible p_tmc, so that the two stay as far apart as on the other families (a shift of
+    # p_tmc alone left 15 % of the phantoms with LM2 and LM3 under 2 mm apart, 2 % crossed)
+    p_tmc = visible_departure(outline)
+    p_blum = np.array([k * rng.uniform(5.0, 11.0), p_tmc[1] - k * rng.uniform(4.0, 10.0)])
     ang = np.deg2rad(rng.uniform(30.0, 48.0))  # angle to the shaft axis
     d_blum = np.array([np.sin(ang), -np.cos(ang)])
     blum_len = 0.82 * ray_exit(outline, p_blum, d_blum)
@@ -149,6 +175,7 @@ def build_femur(rng: np.random.Generator, k: float, cfg: PhantomConfig) -> dict:
     )
     return {
         "outline": outline,
+        "p_tmc": p_tmc,
         "lateral": lateral,
         "centre": centre,
         "rc": rc,
@@ -438,7 +465,7 @@ def build_knee(
     return KneeAnatomy(
         bodies=bodies,
         p_blum=fem["p_blum"],
-        p_tmc=np.zeros(2),
+        p_tmc=fem["p_tmc"],
         blum_end=fem["blum_end"],
         notch=fem["notch"],
         soft_tissue=[soft],

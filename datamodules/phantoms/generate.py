@@ -160,8 +160,9 @@ def render_phantom(
     keep = np.stack([p_blum, p_tmc, *frame.to_px(np.array([[0.0, 40.0 * k], [30.0, 0.0]]))])
     field = _collimation(rng, cfg, h, w, keep)
     cortex = _cortex_points(frame, field, k)
-    line_dir = frame.to_px(np.array([[0.0, -1.0]]))[0] - frame.to_px(np.zeros((1, 2)))[0]
-    sp, sp_r = schoettle_from_construction(p_tmc, line_dir, p_tmc, p_blum)
+    lm1_point = frame.to_px(np.zeros((1, 2)))[0]  # the femur frame's origin lies on LM1
+    line_dir = frame.to_px(np.array([[0.0, -1.0]]))[0] - lm1_point
+    sp, sp_r = schoettle_from_construction(lm1_point, line_dir, p_tmc, p_blum)
     x0, y0 = field.min(0)
     x1, y1 = field.max(0)
     meta: dict = {
@@ -170,7 +171,7 @@ def render_phantom(
         "rotation_deg": rot,
         "scale": k,
         "seed": int(seed),
-        "generator": f"kneeplan.phantoms.v2.{style}",
+        "generator": f"kneeplan.phantoms.v3.{style}",  # v3: p_tmc where the outline leaves LM1
         "style": style,
         "schoettle_radius_px": float(sp_r),
         "collimation_px": [float(x0), float(y0), float(x1), float(y1)],

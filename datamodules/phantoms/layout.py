@@ -89,13 +89,14 @@ def place_knee(
     mirror: int,
     rotation_deg: float,
 ) -> ImageFrame:
-    """Place p_tmc so that a random length of femoral shaft is visible above it and the knee
-    (about 18 mm anterior of p_tmc) sits near the horizontal centre."""
+    """Place the femur frame's origin (where the outline leaves LM1, ~2.4 mm above p_tmc) so
+    that a random length of femoral shaft is visible above it and the knee (about 18 mm
+    anterior of it) sits near the horizontal centre."""
     fov_h = h * s
     vis_hi = min(cfg.visible_shaft_mm[1], fov_h - 80.0, 0.7 * fov_h)
     vis = rng.uniform(cfg.visible_shaft_mm[0], max(cfg.visible_shaft_mm[0], vis_hi))
     jitter = rng.uniform(*cfg.knee_shift) * w * s
     y0 = vis / s
     x0 = w / 2 + (jitter - mirror * 18.0) / s
-    # p_tmc is the frame origin, so the frame's centre is its pixel position.
+    # the femur frame's origin is the frame's centre, at this pixel position
     return ImageFrame(h, w, s, rotation_deg, mirror, (float(x0), float(y0)))
