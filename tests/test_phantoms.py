@@ -282,7 +282,9 @@ def test_inside_convex_ignores_a_repeated_vertex():
 @pytest.mark.parametrize(
     "argv",
     [["--seed", "-1"], ["--min-side", "0"], ["--min-side", "500", "--max-side", "500"],
-     ["--min-side", "900", "--max-side", "500"]],
+     ["--min-side", "900", "--max-side", "500"],
+     ["--min-side", "1", "--max-side", "2"],  # was a traceback after writing the image
+     ["--max-side", "100000"]],  # 10^10 pixels: over the readers' limit
 )
 def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, argv):
     """A negative seed or side limits the generator cannot honour: status 2 and one line that
@@ -293,6 +295,27 @@ def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, argv):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("phantoms: error:") and argv[0] in err
     assert not (tmp_path / "d").exists()
+
+
+def test_side_limits_are_refused_before_an_image_is_made(tmp_path, monkeypatch):
+    """Sides the readers would refuse (under 32 px, over the pixel limit) are one ValueError from
+    the config (overrides, a YAML file with the DataModule's sides) and from the generator."""
+    with pytest.raises(ValueError, match="min_side 20 is below 32 px"):
+        PhantomConfig().with_overrides({"min_side": 20, "max_side": 40})
+    with pytest.raises(ValueError, match="max_side 7000 makes images of up to 49 megapixels"):
+        PhantomConfig().with_overrides({"max_side": 7000})
+    monkeypatch.setenv("KNEEPLAN_MAX_PIXELS", "50000000")  # the limit can be raised
+    assert PhantomConfig().with_overrides({"max_side": 7000}).max_side == 7000
+    monkeypatch.delenv("KNEEPLAN_MAX_PIXELS")
+    yml = tmp_path / "p.yaml"
+    yml.write_text("min_side: 2000\n")  # above the default max_side, below the caller's
+    assert PhantomConfig.from_yaml(yml, max_side=2500).min_side == 2000
+    with pytest.raises(ValueError, match=r"p\.yaml: PhantomConfig: need 0 < min_side < max_side"):
+        PhantomConfig.from_yaml(yml)
+    cfg = PhantomConfig()
+    cfg.max_side = 100_000  # set directly, past the checks: the generator refuses it
+    with pytest.raises(ValueError, match="max_side 100000"):
+        generate_phantom(0, cfg)
 
 
 @pytest.mark.parametrize(

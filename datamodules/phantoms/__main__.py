@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from datamodules.dataset_io import write_sample
 from datamodules.one_line_parser import OneLineParser
-from datamodules.phantoms.config import PhantomConfig
+from datamodules.phantoms.config import PhantomConfig, side_problem
 from datamodules.phantoms.generate import generate_phantom, sample_seed
 
 
@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.min_side = args.min_side
     if args.max_side is not None:
         cfg.max_side = args.max_side
-    if not 0 < cfg.min_side < cfg.max_side:  # the generator's own condition (layout.py)
-        parser.error(f"need 0 < --min-side < --max-side (images are never square), got "
-                     f"{cfg.min_side} and {cfg.max_side}")
+    if problem := side_problem(cfg.min_side, cfg.max_side, ("--min-side", "--max-side")):
+        parser.error(problem)
     write_phantoms(args.out, args.n, args.seed, cfg)
     return 0
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from datamodules.pixel_limit import MIN_SIDE_PX, max_pixels
 from datamodules.real_numbers import finite_real
 
 Range = tuple[float, float]
@@ -198,6 +199,9 @@ class PhantomConfig:
             if problem := _value_problem(name, getattr(out, name), getattr(PhantomConfig, name,
                                                                            None)):
                 raise ValueError(f"PhantomConfig.{name}: {problem}")
+        if {"min_side", "max_side"} & set(vals) and (
+                problem := side_problem(out.min_side, out.max_side)):
+            raise ValueError(f"PhantomConfig: {problem}")
         return out
 
     @classmethod
@@ -211,8 +215,10 @@ class PhantomConfig:
         data = {} if data is None else data  # (an empty file: the defaults; [] or false: no)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: phantom config must be a mapping of fields")
+        # the sides are checked as a pair: the file's and the caller's are applied together
+        sides = {k: overrides.pop(k) for k in ("min_side", "max_side") if k in overrides}
         try:
-            cfg = cls().with_overrides(data)
+            cfg = cls().with_overrides({**data, **sides})
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
         return cfg.with_overrides(overrides)
@@ -241,6 +247,25 @@ RENDER_GRID_PX = (64, 16384)
 # bits: ``physics.quantise`` rounds to 2**bits - 1 levels (0 bits: 0 levels, a NaN image) and
 # ``dataset_io.write_sample`` stores 16-bit PNGs, so deeper quantisation cannot be stored.
 BITS = (1, 16)
+
+
+def side_problem(min_side: int, max_side: int,
+                 names: tuple[str, str] = ("min_side", "max_side")) -> str | None:
+    """Why ``min_side`` / ``max_side`` (called ``names``) cannot make phantoms the readers take,
+    or None: images are never square (min < max), no side under ``MIN_SIDE_PX`` (the readers
+    refuse it; side 1 gave a traceback after writing the image), and no image over the pixel
+    limit (an image can be nearly max_side x max_side; 10^5 px tried to allocate 10^10)."""
+    lo, hi = names
+    if not 0 < min_side < max_side:
+        return (f"need 0 < {lo} < {hi} (images are never square), got "
+                f"{min_side} and {max_side}")
+    if min_side < MIN_SIDE_PX:
+        return f"{lo} {min_side} is below {MIN_SIDE_PX} px, the smallest side read"
+    if max_side * max_side > max_pixels():
+        return (f"{hi} {max_side} makes images of up to {max_side * max_side / 1e6:.0f} "
+                f"megapixels, above the {max_pixels() / 1e6:g} MP the readers take (set "
+                f"KNEEPLAN_MAX_PIXELS to raise it)")
+    return None
 
 
 def _is_number(v: Any) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.phantoms.config import PhantomConfig
+from datamodules.phantoms.config import PhantomConfig, side_problem
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,8 @@ def sample_size_and_spacing(
     The spacing stays in ``cfg.spacing_mm`` whenever the field of view fits the side limits;
     otherwise (small test images) it is scaled so that the whole field of view still fits.
     """
-    if not 0 < cfg.min_side < cfg.max_side:
-        raise ValueError(
-            f"PhantomConfig: need 0 < min_side < max_side (images are never square), "
-            f"got min_side={cfg.min_side}, max_side={cfg.max_side}"
-        )
+    if problem := side_problem(cfg.min_side, cfg.max_side):
+        raise ValueError(f"PhantomConfig: {problem}")
     fov_h = rng.uniform(*cfg.fov_height_mm)
     aspect = rng.uniform(*cfg.aspect)
     if rng.random() < cfg.p_landscape:
