@@ -41,6 +41,7 @@ import numpy as np
 from datamodules.decoder_messages import printable
 from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
+from datamodules.pixel_limit import MIN_SIDE_PX, max_pixels
 from datamodules.sample import BONES, LANDMARKS, Sample
 from geometry.heatmaps import DECODE_METHODS
 from geometry.lines import LINE_FIT_METHODS
@@ -453,7 +454,7 @@ def plot_risk_coverage(
     plt.close(fig)
 
 
-MIN_PHANTOM_SIDE = 2  # the generator needs min_side < max_side
+MIN_PHANTOM_SIDE = MIN_SIDE_PX + 1  # the generator's: min_side < max_side, no side under 32 px
 MIN_IMAGE_SIZE = 32  # --image-size: the oracle's network side
 
 
@@ -610,8 +611,10 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
          f"--max-unflagged-mm must be a positive number, got {args.max_unflagged_mm}"),
         (0 <= args.gallery <= MAX_GALLERY,
          f"--gallery must be 0..{MAX_GALLERY} (0: none), got {args.gallery}"),
-        (args.phantom_max_side is None or args.phantom_max_side >= MIN_PHANTOM_SIDE,
-         f"--phantom-max-side must be at least {MIN_PHANTOM_SIDE}, got {args.phantom_max_side}"),
+        (args.phantom_max_side is None
+         or MIN_PHANTOM_SIDE <= args.phantom_max_side <= math.isqrt(max_pixels()),
+         f"--phantom-max-side must be {MIN_PHANTOM_SIDE}..{math.isqrt(max_pixels())} (a side "
+         f"the readers take; KNEEPLAN_MAX_PIXELS sets the top), got {args.phantom_max_side}"),
     ]
     if why := next((why for ok, why in bounds if not ok), None):
         return why
@@ -709,7 +712,7 @@ def _run(args: argparse.Namespace) -> int:
             # sides are drawn from [min_side, max_side) and images are never square; the
             # shorter side of a knee view is >= 0.68 of the longer (PhantomConfig.aspect)
             cfg.max_side = args.phantom_max_side
-            cfg.min_side = min(cfg.min_side, max(1, args.phantom_max_side * 3 // 5))
+            cfg.min_side = min(cfg.min_side, max(MIN_SIDE_PX, args.phantom_max_side * 3 // 5))
         samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
     out = args.out or Path("runs") / "evaluate" / name

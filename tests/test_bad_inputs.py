@@ -424,7 +424,7 @@ def test_makefile_passes_paths_with_spaces_and_quotes_as_one_argument():
     assert words[-2:] == ["--decode", "quadratic"]
 
 
-@pytest.mark.parametrize("side", [2, 64, 512])
+@pytest.mark.parametrize("side", [33, 64, 512])
 def test_evaluate_phantom_max_side_works_for_any_generator_size(side, tmp_path):
     from planning.evaluate import main
 
@@ -433,11 +433,14 @@ def test_evaluate_phantom_max_side_works_for_any_generator_size(side, tmp_path):
     assert (tmp_path / "per_image.csv").is_file()
 
 
-def test_evaluate_phantom_max_side_below_two_is_a_usage_error(tmp_path, capsys):
+@pytest.mark.parametrize("side", [1, 32, 6325])  # 6325^2 > 40 MP, the readers' limit
+def test_evaluate_phantom_max_side_outside_what_readers_take_is_a_usage_error(side, tmp_path,
+                                                                               capsys):
     from planning.evaluate import main
 
-    assert main(["--oracle", "--phantom-max-side", "1", "--out", str(tmp_path)]) == 2
-    assert "--phantom-max-side must be at least 2" in one_line(capsys.readouterr().err)
+    assert main(["--oracle", "--phantom-max-side", str(side), "--out", str(tmp_path)]) == 2
+    assert (f"--phantom-max-side must be 33..6324 (a side the readers take; KNEEPLAN_MAX_PIXELS"
+            f" sets the top), got {side}") in one_line(capsys.readouterr().err)
 
 
 def test_concurrent_sweep_workers_draw_distinct_trials():
