@@ -15,7 +15,8 @@ the graph is read (never run) and refused, with one line naming the file and the
   ``(batch, C, S, S)``, ``S`` the description's ``input_size``;
 * every tensor's shape at batch 1 follows from the graph (propagated here, node by node), has
   at most ``MAX_RANK`` dimensions and holds at most ``MAX_TENSOR_ELEMENTS`` values; the
-  convolutions need at most ``MAX_GRAPH_FLOP``; an ``Unsqueeze`` names each new axis once;
+  convolutions need at most ``MAX_GRAPH_FLOP``; an ``Unsqueeze`` names each new axis once, a
+  ``Squeeze`` only axes of size 1;
   a node computed from constants alone (folded and kept at load) outputs no more values than
   its largest input or ``MAX_FOLDED_ELEMENTS``.
 
@@ -297,8 +298,16 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
             shape = list(x)
             for ax in where:
                 shape.insert(ax, 1)
-        else:
-            drop = {int(i) % len(x) for i in axes.ravel()} or {i for i, d in enumerate(x) if d == 1}
+        else:  # Squeeze: as ONNX Runtime reads it, or refused (it would fail at run time)
+            rank = len(x)
+            if any(not -rank <= int(i) < rank for i in axes.ravel()):
+                raise ValueError(f"Squeeze along axes {axes.ravel().tolist()} outside "
+                                 f"[-{rank}, {rank})")
+            where = {int(i) % rank for i in axes.ravel()}  # (ONNX Runtime: [1, -3] drops 1)
+            if any(x[i] != 1 for i in where):
+                raise ValueError(f"Squeeze along axes {axes.ravel().tolist()} of a {x} tensor "
+                                 "(each must be of size 1)")
+            drop = where or {i for i, d in enumerate(x) if d == 1}
             shape = [d for i, d in enumerate(x) if i not in drop]
         v = v0.reshape(shape) if v0 is not None else None
     else:  # pragma: no cover - ONNX_OPS and this function list the same operators

@@ -102,6 +102,25 @@ def test_unsqueeze_axes_onnx_runtime_would_refuse_are_refused(tmp_path, axes, wo
     assert words in _refused(tmp_path, model)
 
 
+@pytest.mark.parametrize(("axes", "words"), [
+    ([4], "Squeeze along axes [4] outside [-4, 4)"),
+    ([2], "Squeeze along axes [2] of a [1, 1, 32, 32] tensor (each must be of size 1)"),
+    ([0, -1], "Squeeze along axes [0, -1] of a [1, 1, 32, 32] tensor"),
+])  # fmt: skip
+def test_squeeze_axes_onnx_runtime_would_refuse_are_refused(tmp_path, axes, words):
+    """Before, an axis out of range was wrapped and one of size 32 dropped silently: the check
+    propagated another shape than ONNX Runtime (which fails on each) would."""
+    model = _graph([helper.make_node("Squeeze", ["image", "ax"], ["q"])], [_int("ax", axes)])
+    assert words in _refused(tmp_path, model)
+
+
+def test_squeeze_shapes_follow_onnx_runtime():
+    """One axis named twice drops it once, as ONNX Runtime does ([1, -3] gives (1, 32, 32))."""
+    model = _graph([helper.make_node("Squeeze", ["image", "ax"], ["q"])], [_int("ax", [1, -3])])
+    graph = onnx_graph.read_graph("m.onnx", model.SerializeToString())
+    assert onnx_graph.graph_shapes(graph, SIZE)[0]["q"] == [1, SIZE, SIZE]
+
+
 def test_unsqueeze_axes_from_an_attribute_are_sized_too(tmp_path):
     model = _graph([helper.make_node("Unsqueeze", ["image"], ["u"], axes=[0] * 10**4)], [])
     model.opset_import[0].version = 11  # axes as an attribute (before opset 13)
