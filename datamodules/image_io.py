@@ -955,7 +955,9 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
     if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
         notes.append(_orientation_note(orientation))
     loaded = _from_decoded(path, arr, None, "tiff", lossy=lossy, notes=notes)
-    if photometric == 0:  # MinIsWhite
+    # MinIsWhite: OpenCV's libtiff path inverts 8-bit samples itself (stored 10 reads 245) but
+    # returns deeper ones as stored; inverting both read 8-bit LZW/PackBits files as negatives
+    if photometric == 0 and arr.dtype != np.uint8:
         loaded.image = 1.0 - loaded.image
     return _set_aspect(loaded, aspect)
 

@@ -654,13 +654,18 @@ def test_dataset_images_with_an_orientation_tag_are_named_by_the_validator(tmp_p
 
 def test_tiffs_tifffile_cannot_decode_keep_their_photometric_and_pages(tmp_path):
     """LZW TIFFs (common PACS exports) need a codec tifffile lacks and go to OpenCV: MinIsWhite
-    is still inverted and several pages still noted (both were lost on that path)."""
+    is still honoured and several pages still noted (both were lost on that path)."""
+    import tifffile
     from PIL import Image
 
     truth = _bar()
     u8 = np.round(truth * 255).astype(np.uint8)
-    Image.fromarray(255 - u8).save(tmp_path / "w.tif", compression="tiff_lzw",
-                                   tiffinfo={262: 0})  # PhotometricInterpretation MinIsWhite
+    # Pillow stores 255 - data for a MinIsWhite "L" image (it keeps what is shown): the file
+    # shows u8. Checked on an uncompressed twin, whose stored samples tifffile reads.
+    Image.fromarray(u8).save(tmp_path / "w0.tif", tiffinfo={262: 0})
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "w0.tif"), 255 - u8)
+    Image.fromarray(u8).save(tmp_path / "w.tif", compression="tiff_lzw",
+                             tiffinfo={262: 0})  # PhotometricInterpretation MinIsWhite
     np.testing.assert_allclose(load_image(tmp_path / "w.tif").image, truth, atol=3e-3)
     pages = [Image.fromarray(u8), Image.fromarray(u8[::2, ::2])]
     pages[0].save(tmp_path / "p.tif", compression="tiff_lzw", save_all=True,
@@ -668,6 +673,39 @@ def test_tiffs_tifffile_cannot_decode_keep_their_photometric_and_pages(tmp_path)
     loaded = load_image(tmp_path / "p.tif")
     np.testing.assert_allclose(loaded.image, truth, atol=3e-3)
     assert len(loaded.notes) == 1 and "holds 2 pages: OpenCV read the first" in loaded.notes[0]
+
+
+def _packbits_tiff(path: Path, stored: np.ndarray, photometric: int) -> None:
+    """A one-strip PackBits TIFF of ``stored`` samples (8 or 16 bit), written byte by byte: what
+    the file holds is known exactly (tifffile needs a codec for PackBits, so OpenCV reads it)."""
+    import struct
+
+    h, w = stored.shape
+    data = b"".join(bytes([len(c) - 1]) + c for row in stored
+                    for b in [row.astype(stored.dtype.newbyteorder("<")).tobytes()]
+                    for c in [b[i:i + 128] for i in range(0, len(b), 128)])
+    tags = [(256, 4, w), (257, 4, h), (258, 3, 8 * stored.itemsize), (259, 3, 32773),
+            (262, 3, photometric), (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, h),
+            (279, 4, len(data))]
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
+    for tag, typ, val in tags:
+        out += struct.pack("<HHIHH" if typ == 3 else "<HHII", tag, typ, 1, val,
+                           *([0] if typ == 3 else []))
+    path.write_bytes(bytes(out + struct.pack("<I", 0) + data))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_min_is_white_tiff_read_by_opencv_is_inverted_once(tmp_path, dtype):
+    """OpenCV inverts 8-bit MinIsWhite samples itself and returns 16-bit ones as stored; both
+    were inverted again, so 8-bit LZW / PackBits MinIsWhite files read as negatives."""
+    top = np.iinfo(dtype).max
+    stored = np.full((16, 16), round(0.04 * top), dtype)
+    stored[:4] = round(0.8 * top)
+    _packbits_tiff(tmp_path / "w.tif", stored, photometric=0)
+    _packbits_tiff(tmp_path / "b.tif", stored, photometric=1)
+    white, black = load_image(tmp_path / "w.tif").image, load_image(tmp_path / "b.tif").image
+    np.testing.assert_allclose(black, stored / top, atol=1e-6)
+    np.testing.assert_allclose(white, 1 - stored / top, atol=1e-6)
 
 
 def test_tiff_header_check_sees_the_largest_page(tmp_path):
