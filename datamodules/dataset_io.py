@@ -177,6 +177,22 @@ def annotation_path(root: str | Path, sample_id: str) -> Path:
     return Path(root) / "annotations" / f"{sample_id}.json"
 
 
+NAME_MAX = 255  # bytes of one file name on the usual file systems (ext4, XFS, APFS, NTFS)
+
+
+def id_name_problem(sample_id: str) -> str | None:
+    """Why the files an image id names (its masks, its annotation) cannot exist, or None: a
+    name over ``NAME_MAX`` bytes (an image name of 250 bytes is legal, its ``_patella.png``
+    mask name is not; ``Path.exists`` raised ENAMETOOLONG, a traceback in validate and train)."""
+    names = [f"{sample_id}_{b}.png" for b in BONES] + [f"{sample_id}.json"]
+    longest = max(names, key=lambda n: len(os.fsencode(n)))
+    size = len(os.fsencode(longest))
+    if size > NAME_MAX:
+        return (f"its id is too long for its files: {longest[:24]!r}... would be {size} bytes "
+                f"(file names hold at most {NAME_MAX}): shorten the image name")
+    return None
+
+
 def nfc_fold(name: str) -> str:
     """A name compared without case and Unicode normalisation (NFC vs NFD)."""
     return unicodedata.normalize("NFC", name).casefold()
@@ -299,6 +315,8 @@ def read_sample(
     if len(paths) != 1:
         what = "no image" if not paths else f"duplicate images {[p.name for p in paths]}"
         raise DatasetError(f"{Path(root) / 'images'}: {what} for id {sample_id!r}")
+    if problem := id_name_problem(sample_id):
+        raise DatasetError(f"{paths[0]}: {problem}")
     loaded = load_image(paths[0])
     # checked against its id and image size as the validator does (``planning.evaluate`` reads
     # without validating); a stale "image" name (a file converted to DICOM) is only the

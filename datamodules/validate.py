@@ -55,6 +55,7 @@ from datamodules.dataset_io import (
     IMAGE_SUFFIXES,
     DatasetError,
     annotation_path,
+    id_name_problem,
     image_files,
     mask_path,
     nfc_fold,
@@ -398,6 +399,9 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")
+        if problem := id_name_problem(sample_id):  # its masks and annotation cannot exist
+            report.error(files[0], problem)
+            continue
         loaded = None
         for f in files:
             loaded = _check_image(f, report) or loaded
