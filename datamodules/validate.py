@@ -62,6 +62,7 @@ from datamodules.dataset_io import (
     read_mask,
     resolve_sample_spacing,
     spacing_inputs,
+    stat_problem,
 )
 from datamodules.decoder_messages import printable
 from datamodules.image_io import ImageReadError, LoadedImage, load_image
@@ -360,9 +361,11 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         report.error(root, "is a file, not a dataset folder" if root.exists()
                      else "dataset folder does not exist")
         return report
-    for sub in ("images", "masks", "annotations"):
-        if not (root / sub).is_dir():
-            report.error(root / sub, "missing folder")
+    folders = {sub: (root / sub).is_dir() for sub in ("images", "masks", "annotations")}
+    for sub in (s for s, ok in folders.items() if not ok):  # said once, not per file in it
+        st = stat_problem(root / sub)  # say why: a file or a symlink loop is not "missing"
+        report.error(root / sub, "missing folder" if st == "no such file"
+                     else st if isinstance(st, str) else "is a file, not a folder")
     try:
         images = image_files(root)
     except DatasetError as err:  # images/ (or an image in it) may not be listed or entered
@@ -415,12 +418,13 @@ def validate_dataset(root: str | Path) -> ValidationReport:
                 report.error(p, _misnamed(p, path.name, f"the mask name of image id "
                                                         f"{sample_id!r}"))
                 explained.add(p)
-            masks.append(None if near or path in reported else _check_mask(path, shape, report))
+            masks.append(None if near or path in reported or not folders["masks"]
+                         else _check_mask(path, shape, report))
         femur = masks[0] if _check_labels(root, sample_id, files[0], loaded, masks, report) \
             else None
         ann = annotation_path(root, sample_id)
-        if ann in reported:
-            pass  # a link that leads nowhere or a device: said once, above
+        if ann in reported or not folders["annotations"]:
+            pass  # a link that leads nowhere, a device, no annotations folder: said above
         elif ann.is_dir():
             report.error(ann, "a folder, not an annotation file")
         elif not ann.is_file():

@@ -34,3 +34,21 @@ def test_an_id_too_long_for_its_masks_is_one_error(tmp_path):
     with pytest.raises(DatasetError, match=r"MMMM\.png: its id is too long for its files"):
         read_sample(root, LONG)
     assert read_sample(root, "ok").id == "ok"
+
+
+def test_a_dataset_subfolder_that_is_a_file_or_a_loop_is_named_once(tmp_path):
+    """``masks`` a file and ``annotations`` a link to itself were both "missing folder", then
+    one "missing" line per mask and annotation of every image."""
+    root = tmp_path / "data"
+    write_sample(root, small_sample("ok"))
+    write_sample(root, small_sample("ok2", seed=1))
+    shutil.rmtree(root / "masks")
+    (root / "masks").write_text("not a folder")
+    shutil.rmtree(root / "annotations")
+    (root / "annotations").symlink_to(root / "annotations")
+    errors = [(e.path, e.message) for e in validate_dataset(root).errors]
+    assert errors == [(str(root / "masks"), "is a file, not a folder"),
+                      (str(root / "annotations"),
+                       "symlink loop (a link that leads back to itself)")]
+    shutil.rmtree(root / "images")
+    assert [e.message for e in validate_dataset(root).errors][0] == "missing folder"
