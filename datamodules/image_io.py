@@ -44,6 +44,7 @@ import numpy as np
 
 from datamodules import decode_guards
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
+from datamodules.dicom_presentation import apply_presentation_lut, presentation_lut
 from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
 from datamodules.jpeg_markers import JpegSegmentError, jpeg_segments
 from datamodules.other_formats import other_header
@@ -1562,8 +1563,17 @@ def _read_dicom(path: Path) -> LoadedImage:
         if problem is not None:
             raise ImageReadError(f"{path}: {problem}") from err
         raise ImageReadError(f"{path}: cannot apply modality/VOI LUT ({_brief(err)})") from err
+    lut = presentation_lut(ds)  # a Presentation LUT Sequence (MONOCHROME2 only)
+    if isinstance(lut, str) or (lut is not None and photometric == "MONOCHROME1"):
+        why = lut if isinstance(lut, str) else "on a MONOCHROME1 image"
+        notes.append(f"DICOM Presentation LUT Sequence ignored ({why})")
+        lut = None
     if photometric == "MONOCHROME1":  # in place: a 36 MP image is 288 MB a copy
         np.subtract(1.0, image, out=image)
+    elif lut is not None:  # the viewer's last mapping, an inversion included (it stands for
+        image = apply_presentation_lut(image, lut)  # PresentationLUTShape: they exclude each other)
+        turn = " (decreasing: the image is shown inverted)" if lut[-1] < lut[0] else ""
+        notes.append(f"DICOM Presentation LUT Sequence applied ({lut.size} entries){turn}")
     elif str(ds.get("PresentationLUTShape", "") or "").strip().upper() == "INVERSE":
         np.subtract(1.0, image, out=image)  # MONOCHROME2 shown inverted, as MONOCHROME1 is
         notes.append("DICOM PresentationLUTShape INVERSE on a MONOCHROME2 image: applied (the "
