@@ -64,7 +64,8 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
         check_hyper_parameters(source, model)
     except ValueError as err:
         raise ConfigFileError(str(err)) from None
-    if problem := training_value_problem(model, data, config.get("trainer") or {}):
+    if problem := training_value_problem(model, data, config.get("trainer") or {},
+                                         config.get("run") or {}):
         raise ConfigFileError(f"{source}: {problem}")
     if problem := model_cost_problem(model):
         raise ConfigFileError(f"{source}: {problem}")
@@ -78,6 +79,8 @@ def check_config_values(config: Mapping[str, Any], source: str) -> None:
                                                          run.get("name", "kneeplan"))):
         raise ConfigFileError(problem)
 
+
+MAX_PARALLEL = 64  # worker processes and CPU threads (as ``make plan``'s --workers / --threads)
 
 # (section.key, test, what it must be): values the optimiser, the loss or the data loader would
 # refuse later with a traceback (``lr: -1`` in torch.optim, ``batch_size: 0`` in the DataLoader)
@@ -96,7 +99,16 @@ TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.max_nonfinite_steps", lambda v: v >= 1, "must be at least 1"),
     ("data.sigma", lambda v: v > 0, "must be a positive number"),
     ("data.batch_size", lambda v: v >= 1, "must be at least 1"),
-    ("data.num_workers", lambda v: v >= 0, "must be >= 0"),
+    # each worker is a process holding the dataset (~330 MB): 10000 started 668 processes and
+    # took 13 GB in 9 s before one sample was read
+    ("data.num_workers", lambda v: 0 <= v <= MAX_PARALLEL, f"must be 0..{MAX_PARALLEL}"),
+    # torch.set_num_threads: 256 started 512 threads and ran a convolution 5 x slower
+    ("run.cpu_threads", lambda v: 1 <= v <= MAX_PARALLEL, f"must be 1..{MAX_PARALLEL} (or null)"),
+    # Lightning's loops divide by these: a ZeroDivisionError after the run folder was made
+    ("trainer.check_val_every_n_epoch", lambda v: v >= 1, "must be at least 1 (or null)"),
+    ("trainer.val_check_interval", lambda v: v > 0,
+     "must be a positive fraction of an epoch or a number of steps"),
+    ("trainer.num_nodes", lambda v: v >= 1, "must be at least 1"),
 )
 
 
@@ -108,11 +120,12 @@ PHANTOM_COUNT_RULES: tuple[tuple[str, int], ...] = (
 
 
 def training_value_problem(model: Mapping[str, Any], data: Mapping[str, Any],
-                           trainer: Mapping[str, Any] | None = None) -> str | None:
+                           trainer: Mapping[str, Any] | None = None,
+                           run: Mapping[str, Any] | None = None) -> str | None:
     """Why a training value is out of range (``TRAINING_VALUE_RULES``, ``PHANTOM_COUNT_RULES``;
     the input side must fit the network's depth), or None. ``trainer``: its
     ``limit_val_batches: 0`` (no validation) allows ``data.num_val: 0``."""
-    sections = {"model": model, "data": data}
+    sections = {"model": model, "data": data, "trainer": trainer or {}, "run": run or {}}
     choices = (("model.norm", NORMS), ("model.grad_clip_algorithm", GRAD_CLIP_ALGORITHMS))
     for key, allowed in choices:
         section, name = key.split(".")

@@ -66,6 +66,7 @@ from lightning_modules.checkpoints import (
     remove_stale_temporaries,
 )
 from lightning_modules.config_checks import check_config_values, monitor_mode
+from lightning_modules.config_classes import check_argv_classes, check_config_classes
 from lightning_modules.malloc_tuning import keep_freed_memory
 from lightning_modules.module import (
     KneePlanModule,
@@ -423,8 +424,11 @@ def make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
     for flag, value in zip(argv, [*argv[1:], None], strict=True):  # before jsonargparse reads
         if flag in ("--config", "-c") and value is not None:
             check_config_file(value)
+            check_config_classes(value)
         elif flag.startswith("--config="):
             check_config_file(flag.split("=", 1)[1])
+            check_config_classes(flag.split("=", 1)[1])
+    check_argv_classes(argv)  # (jsonargparse imports what a class_path names while parsing)
     with warnings.catch_warnings():
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
