@@ -131,6 +131,42 @@ _FOREIGN_SCHEMA = ("SELECT type, name, tbl_name FROM sqlite_master "
                    "LIMIT 1")
 
 
+MAX_TABLES = 64  # Optuna's schema has 13
+_CHECK = re.compile(r"\bCHECK\s*\(", re.IGNORECASE)
+_PLAIN_CHECK = re.compile(r"\bCHECK\s*\(\s*\w+\s*=\s*\d+\s*\)", re.IGNORECASE)  # Optuna's one
+
+
+def _ident(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def _expression_problem(con: sqlite3.Connection) -> str | None:
+    """What in the schema SQLite would compute on every read or write, or None: a generated
+    column (``GENERATED ALWAYS AS (... zeroblob(3e8) ...)``: 40 s and 1.6 GB per report of 21
+    trials, red-team round 9), a DEFAULT, a CHECK other than ``column = number``, an index on an
+    expression or a partial index. Optuna's schema has none of these but one ``CHECK (id=1)``."""
+    tables = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                         f"LIMIT {MAX_TABLES + 1}").fetchall()
+    if len(tables) > MAX_TABLES:
+        return f"more than {MAX_TABLES} tables"
+    for name, sql in tables:
+        for _cid, col, _type, _nn, default, _pk, hidden in con.execute(
+                f"PRAGMA table_xinfo({_ident(name)})"):
+            if hidden in (2, 3):
+                return f"the generated column {str(col)[:40]!r} in {str(name)[:40]!r}"
+            if default is not None:
+                return f"a default expression on {str(name)[:40]}.{str(col)[:40]}"
+        if len(_CHECK.findall(sql or "")) != len(_PLAIN_CHECK.findall(sql or "")):
+            return f"a CHECK expression in the table {str(name)[:40]!r}"
+    for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                 "AND sql IS NOT NULL"):
+        expression = any(row[1] == -2 for row in con.execute(
+            f"PRAGMA index_xinfo({_ident(name)})"))
+        if expression or re.search(r"\bWHERE\b", sql, re.IGNORECASE):
+            return f"the {'expression' if expression else 'partial'} index {str(name)[:40]!r}"
+    return None
+
+
 # Attribute tables and the largest value (JSON text) one of their rows may hold. A sweep writes
 # a few kB per trial; Optuna parses every value when it loads a study, so one 20 M-element list
 # took ~1 GB in sweeps.run and 2 GB in sweeps.report (fifth fuzz round). sweeps.report leaves
@@ -218,8 +254,9 @@ def check_sqlite_file(url: str) -> None:
                               timeout=60)
         try:
             row = con.execute(_FOREIGN_SCHEMA).fetchone()
-            huge = (_attribute_size_problem(con) or _row_count_problem(con)) if row is None \
-                else None
+            computed = _expression_problem(con) if row is None else None
+            huge = (_attribute_size_problem(con) or _row_count_problem(con)) \
+                if row is None and computed is None else None
         finally:
             con.close()
     except sqlite3.Error as err:  # not a database, damaged, a malformed schema, unreadable
@@ -231,6 +268,9 @@ def check_sqlite_file(url: str) -> None:
         raise ValueError(f"the file holds the {kind} {str(name)[:40]!r}{on}, which no Optuna "
                          "study has (it runs its own SQL when the sweep reads or writes): "
                          "refused; drop it or start a new study")
+    if computed is not None:
+        raise ValueError(f"the file's schema holds {computed}, which no Optuna study has (SQLite "
+                         "computes it on every read or write): refused; start a new study")
     if huge is not None:
         raise ValueError(f"the file holds {huge}: a sweep writes a few kB per trial, and "
                          "loading this would take gigabytes; refused")
