@@ -32,7 +32,7 @@ def _stamp_source() -> tuple[str, str | None]:
     return stamp, None
 
 
-def _invisible_at(text: str) -> int | None:
+def invisible_at(text: str) -> int | None:
     """Index of the first control, bidirectional or other invisible formatting character of
     ``text`` (``_INVISIBLE_CATEGORIES``), or None."""
     for i, ch in enumerate(text):
@@ -61,11 +61,11 @@ def run_folder_problem(root: Any, name: Any) -> str | None:
     if ".." in PurePath(name_s).parts:
         return (f"run.name={name_s!r:.80} goes up (..) out of run.root ({root_s[:200]}): the run "
                 "folder must stay inside it; give a plain name")
-    if (i := _invisible_at(name_s)) is not None:
+    if (i := invisible_at(name_s)) is not None:
         return (f"run.name={name_s!r:.80} holds a control or bidirectional character "
                 f"({name_s[i]!r} at position {i}): it would be in the run folder's name and in "
                 "every line that shows it; give a plain name")
-    if var and (i := _invisible_at(stamp)) is not None:
+    if var and (i := invisible_at(stamp)) is not None:
         return (f"{var}={os.environ.get(var, '')!r:.80} holds a control or bidirectional "
                 f"character ({stamp[i]!r}): the run folder's name must be plain text")
     seps = {os.sep, os.altsep or os.sep, "/"}

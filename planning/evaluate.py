@@ -270,7 +270,8 @@ def training_ids(training: dict[str, Any], data_root: str | Path) -> tuple[list[
     if root is None or Path(root).resolve() != Path(data_root).resolve():
         return [], ""
     if training.get("split_file"):
-        how = f"its split file {training['split_file']}"
+        # (the checkpoint's text, shown escaped: raw ESC codes cleared the terminal, faked lines)
+        how = f"its split file {str(training['split_file'])!r:.200}"
     elif "val_fraction" in training and "seed" in training:
         how = (f"its seeded split, val_fraction {training['val_fraction']:g}, "
                f"seed {training['seed']}")

@@ -503,7 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     folder = Path(args.out) if args.out else _study_dir(args.study, args.studies_dir)
     try:
-        if folder.exists() and not folder.is_dir():
+        not_folder = folder.exists() and not folder.is_dir()
+    except OSError as err:  # a name too long (ENAMETOOLONG was a traceback)
+        print(f"sweeps.report: error: --out {str(folder)[:200]!r}: {err.strerror or err}",
+              file=sys.stderr)
+        return 2
+    try:
+        if not_folder:
             raise ReportError(f"--out {folder}: exists and is not a folder")
         study = load_study(args.study, args.storage, args.studies_dir)
         try:

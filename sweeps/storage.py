@@ -10,6 +10,7 @@ starts a trial marks it FAIL after `grace_period` seconds and re-enqueues its pa
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import re
 import sqlite3
@@ -24,6 +25,9 @@ import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from datamodules.dataset_io import NAME_MAX
+from lightning_modules.run_folder import invisible_at
+
 DEFAULT_STUDIES_DIR = Path("studies")
 DB_FILENAME = "study.db"
 
@@ -31,7 +35,13 @@ DB_FILENAME = "study.db"
 def study_dir(study_name: str, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> Path:
     """Folder holding a study's SQLite file (default storage), trial runs and reports."""
     if not study_name or "/" in study_name or study_name in (".", ".."):
-        raise ValueError(f"study name {study_name!r} must be a non-empty name without '/'")
+        raise ValueError(f"study name {study_name!r:.80} must be a non-empty name without '/'")
+    if (i := invisible_at(study_name)) is not None:  # printed raw: ESC cleared the terminal
+        raise ValueError(f"study name {study_name!r:.80} holds a control or bidirectional "
+                         f"character ({study_name[i]!r} at position {i}): give a plain name")
+    if (size := len(os.fsencode(study_name))) > NAME_MAX:  # (a traceback in sweeps.report)
+        raise ValueError(f"study name {study_name[:24]!r}... is {size} bytes: a folder name "
+                         f"holds at most {NAME_MAX}")
     return Path(studies_dir) / study_name
 
 

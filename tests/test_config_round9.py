@@ -77,3 +77,17 @@ def test_lightnings_harmless_callbacks_and_registry_names_pass(argv):
     assert trainer_class_problem({"callbacks": [
         {"class_path": "pytorch_lightning.callbacks.EarlyStopping",
          "init_args": {"monitor": "val/loss"}}, "Timer"], "strategy": "ddp"}) is None
+
+
+def test_a_checkpoints_split_file_is_shown_escaped(tmp_path):
+    """evaluate printed the checkpoint's ``split_file`` raw: ESC codes cleared the terminal and
+    a newline faked an "all images verified OK" line."""
+    from planning.evaluate import training_ids
+
+    fake = "/nonexistent\x1b[2J\x1b[1;31m\nevaluate: all images verified OK\x1b[0m"
+    training = {"data_root": str(tmp_path), "split_file": fake}
+    with pytest.raises(ValueError) as err:
+        training_ids(training, tmp_path)
+    text = str(err.value)
+    assert "\x1b" not in text and "\n" not in text, text
+    assert text.startswith("cannot rebuild its split file '/nonexistent\\x1b[2J"), text

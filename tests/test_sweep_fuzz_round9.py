@@ -1,7 +1,8 @@
 """Sweep storage, red-team round 9: a study file whose schema makes SQLite compute on every read
 or write (a generated column of ``zeroblob(3e8)``: 40 s and 1.6 GB per report of 21 trials,
 123 s in sweeps.run; DEFAULT and CHECK expressions; expression and partial indexes) is refused
-with one line before Optuna reads it. Optuna's own schema (a fresh RDBStorage) passes."""
+with one line before Optuna reads it. Optuna's own schema (a fresh RDBStorage) passes. A study
+name with control characters or too long for a folder, and a too long --out, are one line."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sqlite3
 
 import pytest
 
+from sweeps.report import main as report_main
+from sweeps.run import run_sweep
 from sweeps.storage import check_sqlite_file
-from tests.test_sweep_fuzz_round5 import _edited, _new_db, _one_error, _report, _sweep
+from tests.sweep_doubles import never_fit
+from tests.test_sweep_fuzz_round5 import TINY, _edited, _new_db, _one_error, _report, _sweep
 
 GENERATED = [
     "ALTER TABLE trial_values RENAME TO old_values",
@@ -63,3 +67,32 @@ def test_optunas_own_schema_passes(tmp_path):
                                               "NULL"))
     con.close()
     assert "CHECK (version_info_id=1)" in sql
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("ev\x1b[2J\x1b[31mil\nline2", "holds a control or bidirectional character ('\\x1b' at "
+                                   "position 2): give a plain name"),
+    ("a" * 300, "is 300 bytes: a folder name holds at most 255"),
+])  # fmt: skip
+def test_a_study_name_with_control_characters_or_too_long_is_one_line(name, words, tmp_path,
+                                                                      capsys):
+    """Both printed raw (ESC cleared the terminal) or a traceback (ENAMETOOLONG)."""
+    assert report_main(["--study", name, "--studies-dir", str(tmp_path / "st")]) == 2
+    line = _one_error(capsys, "sweeps.report: error: study name ")
+    assert words in line and "\x1b" not in line, line
+    with pytest.raises(SystemExit) as stop:
+        _sweep_named(tmp_path, name)
+    assert stop.value.code == 2
+    assert words in _one_error(capsys, "sweeps.run: error:")
+    assert not (tmp_path / "st").exists()
+
+
+def test_report_out_too_long_is_one_line(study, tmp_path, capsys):
+    out = tmp_path / ("b" * 300)
+    assert report_main(["--study", "s", "--studies-dir", str(study), "--out", str(out)]) == 2
+    assert "File name too long" in _one_error(capsys, "sweeps.report: error: --out ")
+
+
+def _sweep_named(tmp_path, name):
+    return run_sweep(["--trials", "1", "--study", name, "--studies-dir", str(tmp_path / "st"),
+                      "--config", str(TINY), "--pruner", "none"], fit=never_fit)
