@@ -109,6 +109,9 @@ TRAINING_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("trainer.val_check_interval", lambda v: v > 0,
      "must be a positive fraction of an epoch or a number of steps"),
     ("trainer.num_nodes", lambda v: v >= 1, "must be at least 1"),
+    # the module steps its optimisers itself (manual optimisation): Lightning ignores it
+    ("trainer.gradient_clip_val", lambda v: False,
+     "is not used (the module optimises manually): set model.grad_clip_val instead"),
 )
 
 

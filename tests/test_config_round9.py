@@ -21,6 +21,8 @@ from lightning_modules.config_classes import check_argv_classes, trainer_class_p
     ("--trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 must be at least 1"),
     ("--trainer.val_check_interval=0", "trainer.val_check_interval=0 must be a positive"),
     ("--trainer.num_nodes=0", "trainer.num_nodes=0 must be at least 1"),
+    ("--trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0 is not used (the module "
+                                        "optimises manually): set model.grad_clip_val instead"),
 ])  # fmt: skip
 def test_processes_threads_and_divisors_are_bounded_first(flag, words, tmp_path, capsys,
                                                           monkeypatch):
