@@ -67,21 +67,14 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
         entries = folder_entries(path)
         if isinstance(entries, str):
             raise ImageListError(f"{path}: {entries}")
-        # a pipe or a dangling link named *.png is listed (its row says what it is), not skipped
-        files = sorted(p for p in entries if (p.suffix.lower() in IMAGE_SUFFIXES
-                                              and not _is_dir(p)) or is_dicom_file(p))
+        # a pipe, a dangling link or a folder named *.png is listed (its row says what it is):
+        # a folder (or a link to one) named x.png was skipped silently
+        files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES
+                       or is_dicom_file(p))
         return files, True
     if GLOB_CHARS & set(spec) and isinstance(st, str):
         return sorted(Path(p) for p in glob.glob(spec) if _globbed(Path(p))), True
     return [path], False
-
-
-def _is_dir(path: Path) -> bool:
-    """Whether ``path`` is a folder (False when it cannot be told: its row says why)."""
-    from datamodules.dataset_io import stat_problem
-
-    st = stat_problem(path)
-    return not isinstance(st, str) and stat.S_ISDIR(st.st_mode)
 
 
 def _globbed(path: Path) -> bool:

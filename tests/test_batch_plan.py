@@ -217,3 +217,17 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     monkeypatch.setattr(batch, "_WORKER", {})
     batch._init_worker(str(model), "cpu", checked)
     assert "changed after it was checked" in batch._WORKER["error"]
+
+
+def test_a_folder_named_like_an_image_gets_its_own_row(tmp_path):
+    """A subfolder (or a link to one) named x.png was skipped silently; now it is listed and its
+    row says what it is (the dataset validator calls it an error too)."""
+    from datamodules.image_io import ImageReadError, load_image
+
+    (tmp_path / "sub.png").mkdir()
+    (tmp_path / "link.png").symlink_to(tmp_path / "sub.png")
+    (tmp_path / "plain").mkdir()  # no image suffix: not listed
+    files, many = expand_images(str(tmp_path))
+    assert many and [p.name for p in files] == ["link.png", "sub.png"]
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        load_image(files[0])
