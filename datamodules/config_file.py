@@ -231,11 +231,12 @@ def parse_yaml(text: str, p: str, what: str = "config",
     return data
 
 
-def check_config_file(path: str | Path) -> None:
+def check_config_file(path: str | Path) -> Mapping[str, Any] | None:
     """Raise :class:`ConfigFileError` for a training ``--config`` that is not a small YAML
     mapping, before jsonargparse reads it (it read a 2 GB file whole and walked a "billion
-    laughs" alias tree for minutes)."""
+    laughs" alias tree for minutes); else its sections, as read (None: an empty file)."""
     data = read_yaml(path, what="config")
     if data is not None and not isinstance(data, Mapping):
         raise ConfigFileError(f"{path}: expected a mapping of sections (trainer:, model:, ...), "
                               f"got {type(data).__name__}")
+    return data

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from datamodules.config_file import ConfigFileError, parse_yaml, read_yaml
+from datamodules.config_file import ConfigFileError, parse_yaml
 
 CONFIG_CALLBACKS = frozenset({
     "EarlyStopping", "LearningRateMonitor", "ModelSummary", "RichModelSummary",
@@ -81,11 +81,11 @@ def _refusal(place: str, name: str) -> str:
             "precisions by name, e.g. ddp, simple; other code: train.fit(callbacks=...))")
 
 
-def check_config_classes(path: str, source: str | None = None) -> None:
-    """ConfigFileError when the config file ``path`` names a class it may not."""
-    data = read_yaml(path, what="config")
-    if isinstance(data, Mapping) and (problem := trainer_class_problem(data.get("trainer"))):
-        raise ConfigFileError(f"{source or path}: {problem}")
+def check_config_classes(path: str, config: Mapping[str, Any] | None) -> None:
+    """ConfigFileError when ``config`` (the config file ``path``, as ``check_config_file``
+    read it) names a class it may not."""
+    if config is not None and (problem := trainer_class_problem(config.get("trainer"))):
+        raise ConfigFileError(f"{path}: {problem}")
 
 
 def check_argv_classes(argv: list[str]) -> None:

@@ -422,12 +422,10 @@ def make_cli(argv: list[str], **kwargs: Any) -> KneePlanCLI:
     """Parse and check translated training arguments (config file, keys, types, value rules,
     trainer settings) and build the CLI's objects without training; sweeps check with it too."""
     for flag, value in zip(argv, [*argv[1:], None], strict=True):  # before jsonargparse reads
-        if flag in ("--config", "-c") and value is not None:
-            check_config_file(value)
-            check_config_classes(value)
-        elif flag.startswith("--config="):
-            check_config_file(flag.split("=", 1)[1])
-            check_config_classes(flag.split("=", 1)[1])
+        path = (value if flag in ("--config", "-c") else flag.split("=", 1)[1]
+                if flag.startswith("--config=") else None)
+        if path is not None:
+            check_config_classes(path, check_config_file(path))
     check_argv_classes(argv)  # (jsonargparse imports what a class_path names while parsing)
     with warnings.catch_warnings():
         # fit(args) from a script that has its own sys.argv is intended, not a mistake
