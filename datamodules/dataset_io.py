@@ -185,8 +185,7 @@ def id_name_problem(sample_id: str) -> str | None:
     name over ``NAME_MAX`` bytes (an image name of 250 bytes is legal, its ``_patella.png``
     mask name is not; ``Path.exists`` raised ENAMETOOLONG, a traceback in validate and train)."""
     names = [f"{sample_id}_{b}.png" for b in BONES] + [f"{sample_id}.json"]
-    longest = max(names, key=lambda n: len(os.fsencode(n)))
-    size = len(os.fsencode(longest))
+    size, longest = max((len(os.fsencode(n)), n) for n in names)
     if size > NAME_MAX:
         return (f"its id is too long for its files: {longest[:24]!r}... would be {size} bytes "
                 f"(file names hold at most {NAME_MAX}): shorten the image name")

@@ -309,7 +309,6 @@ def _same(value: Any) -> Any:
     return value
 
 
-
 # Lightning's loop progress trackers (``_Progress``: ``current`` and ``total`` counts of these
 # events) and the largest count taken as real: 10^9 epochs or steps are far beyond any run. The
 # counters of one tracker are not compared with each other: Lightning's restart paths raise
