@@ -43,8 +43,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 
-def _sweep(tmp_path, *argv, trials=1, fit=instant_fit):
-    return run_sweep(["--trials", str(trials), "--study", "s", "--studies-dir",
+def _sweep(tmp_path, *argv, trials=1, fit=instant_fit, study="s"):
+    return run_sweep(["--trials", str(trials), "--study", study, "--studies-dir",
                       str(tmp_path / "st"), "--config", str(TINY), "--pruner", "none", *argv],
                      fit=fit)
 

@@ -11,10 +11,10 @@ import sqlite3
 import pytest
 
 from sweeps.report import main as report_main
-from sweeps.run import run_sweep
 from sweeps.storage import check_sqlite_file
 from tests.sweep_doubles import never_fit
-from tests.test_sweep_fuzz_round5 import TINY, _edited, _new_db, _one_error, _report, _sweep
+from tests.test_sweep_fuzz_round5 import _edited, _new_db, _one_error, _report, _sweep
+from tests.test_sweep_fuzz_round5 import base_study as base_study  # noqa: F401 (round 5's fixture)
 
 GENERATED = [
     "ALTER TABLE trial_values RENAME TO old_values",
@@ -28,16 +28,9 @@ GENERATED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A legit two-trial study (a studies dir holding ``s/study.db``), as in round 5."""
-    root = tmp_path_factory.mktemp("base")
-    _sweep(root, trials=2)
-    return root / "st"
-
-
-def test_a_generated_column_is_refused_before_optuna_reads_it(study, tmp_path, capsys):
-    db = _edited(study, tmp_path, *[(sql,) for sql in GENERATED])
+def test_a_generated_column_is_refused_before_optuna_reads_it(base_study, tmp_path,  # noqa: F811
+                                                            capsys):
+    db = _edited(base_study, tmp_path, *[(sql,) for sql in GENERATED])
     assert _report(tmp_path) == 2
     line = _one_error(capsys, "sweeps.report: error:")
     assert str(db) in line and "the generated column 'value' in 'trial_values'" in line, line
@@ -81,18 +74,14 @@ def test_a_study_name_with_control_characters_or_too_long_is_one_line(name, word
     line = _one_error(capsys, "sweeps.report: error: study name ")
     assert words in line and "\x1b" not in line, line
     with pytest.raises(SystemExit) as stop:
-        _sweep_named(tmp_path, name)
+        _sweep(tmp_path, study=name, fit=never_fit)
     assert stop.value.code == 2
     assert words in _one_error(capsys, "sweeps.run: error:")
     assert not (tmp_path / "st").exists()
 
 
-def test_report_out_too_long_is_one_line(study, tmp_path, capsys):
+def test_report_out_too_long_is_one_line(base_study, tmp_path, capsys):  # noqa: F811
     out = tmp_path / ("b" * 300)
-    assert report_main(["--study", "s", "--studies-dir", str(study), "--out", str(out)]) == 2
+    assert report_main(["--study", "s", "--studies-dir", str(base_study), "--out",
+                        str(out)]) == 2
     assert "File name too long" in _one_error(capsys, "sweeps.report: error: --out ")
-
-
-def _sweep_named(tmp_path, name):
-    return run_sweep(["--trials", "1", "--study", name, "--studies-dir", str(tmp_path / "st"),
-                      "--config", str(TINY), "--pruner", "none"], fit=never_fit)
