@@ -678,20 +678,15 @@ def test_tiffs_tifffile_cannot_decode_keep_their_photometric_and_pages(tmp_path)
 def _packbits_tiff(path: Path, stored: np.ndarray, photometric: int) -> None:
     """A one-strip PackBits TIFF of ``stored`` samples (8 or 16 bit), written byte by byte: what
     the file holds is known exactly (tifffile needs a codec for PackBits, so OpenCV reads it)."""
-    import struct
+    from tests.test_decoder_bombs import _tiff
 
     h, w = stored.shape
     data = b"".join(bytes([len(c) - 1]) + c for row in stored
                     for b in [row.astype(stored.dtype.newbyteorder("<")).tobytes()]
                     for c in [b[i:i + 128] for i in range(0, len(b), 128)])
-    tags = [(256, 4, w), (257, 4, h), (258, 3, 8 * stored.itemsize), (259, 3, 32773),
-            (262, 3, photometric), (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, h),
-            (279, 4, len(data))]
-    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
-    for tag, typ, val in tags:
-        out += struct.pack("<HHIHH" if typ == 3 else "<HHII", tag, typ, 1, val,
-                           *([0] if typ == 3 else []))
-    path.write_bytes(bytes(out + struct.pack("<I", 0) + data))
+    path.write_bytes(_tiff([(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8 * stored.itemsize),
+                            (259, 3, 1, 32773), (262, 3, 1, photometric), (273, 4, 1, 512),
+                            (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, len(data))], data))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
