@@ -43,6 +43,12 @@ MAX_JSON_BYTES = 10_000_000
 MAX_CORTEX_POINTS = 10_000  # a traced polyline may be dense; 1 000 000 (9.9 MB) took 15 s
 MAX_RATERS = 64  # raters of one image (each one's points are checked)
 MIN_SPAN_PX = 2.0  # landmarks, or all cortex points, closer than this: a degenerate label
+# A point more than this many longer sides outside its image (or, with no image known, beyond
+# MAX_COORD_PX) is an error, not a warning: at 1e30 px the line fit lost the image entirely (an
+# all-zero ROI target), at 1e300 its SVD failed (red-team round 10); a real line leaves the image
+# by a fraction of it.
+FAR_SIDES = 100.0
+MAX_COORD_PX = 1e9
 # the schema's keys: anything else is a typo (``"pixel_spacing"`` would silently lose the
 # spacing) and is refused; free-form extras belong under ``meta``
 TOP_KEYS = ("schema_version", "id", "image", "pixel_spacing_mm", "side", "raters",
@@ -108,9 +114,16 @@ def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | Non
     if not (math.isfinite(x) and math.isfinite(y)):
         return (f"NaN or infinite coordinate {_short(value)} (or one too large for a "
                 "float)"), False
+    far = MAX_COORD_PX if shape is None else FAR_SIDES * max(shape)
+    if shape is None and max(abs(x), abs(y)) > far:
+        return f"({x:g}, {y:g}) lies beyond {far:g} px (a unit or exponent slip?)", False
     if shape is not None:
         h, w = shape
         if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            if not (-far <= x <= w + far and -far <= y <= h + far):
+                return (f"({x:g}, {y:g}) lies far outside the {w}x{h} (W x H) image (more "
+                        f"than {FAR_SIDES:g} x its longer side beyond it: a unit or exponent "
+                        "slip?)"), False
             return f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image", True
     return None, False
 
@@ -138,7 +151,8 @@ def check_annotation(
 ) -> AnnotationCheck:
     """THE schema checker: every problem of one loaded annotation (the validator lists them all,
     the reader refuses on the first). ``shape`` (H, W) checks points against the image; a
-    landmark or Schoettle point outside is an error, a cortex point outside only a warning."""
+    landmark or Schoettle point outside is an error, a cortex point outside only a warning
+    (an error beyond ``FAR_SIDES`` longer sides)."""
     out = AnnotationCheck()
     err = out.errors.append
     if not isinstance(data, dict):

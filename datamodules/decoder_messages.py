@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import reprlib
 import sys
 import tempfile
@@ -72,7 +73,25 @@ def decoder_messages() -> Iterator[list[str]]:
                             if issubclass(w.category, UserWarning))  # fmt: skip
             tmp.seek(0)
             raw = tmp.read(64 * 1024).decode("utf-8", "replace")
-            messages.extend(line.strip() for line in raw.splitlines() if line.strip())
+            messages.extend(opencv_plain(line) for line in raw.splitlines() if line.strip())
+
+
+# OpenCV's log decoration: "[ERROR:0@0.331] global loadsave.cpp:1377 imdecode_ imdecode_('/tmp/..'):
+# can't read header: OpenCV(5.1.0) /io/.../grfmt_tiff.cpp:413: error: (-2:Unspecified error) ..."
+_OPENCV_DECORATION = re.compile(
+    r"^\[\s*[A-Z]+:\d+@[\d.]+\]\s*(?:global\s+)?\S+:\d+\s+\S+\s+"  # log prefix, function
+    r"|\w+\('[^']*'\):\s*"  # the call and its (temporary) file name
+    r"|OpenCV\([^)]*\)\s+\S+:\d+:\s*error:\s*\(-?\d+:[^)]*\)\s*")  # source file, error code
+
+
+def opencv_plain(line: str) -> str:
+    """A stderr line without OpenCV's log decoration (its log level, source files and
+    temporary file names): what the decoder found, e.g. "can't read header: bitsperpixel
+    value 4 is not supported"."""
+    line = line.strip()
+    if not line.startswith("[") or not _OPENCV_DECORATION.match(line):  # not OpenCV's log
+        return line
+    return _OPENCV_DECORATION.sub("", line).strip() or line
 
 
 def printable(text: str) -> str:

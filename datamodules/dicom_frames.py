@@ -67,6 +67,61 @@ def j2k_frame_size(data: bytes) -> tuple[int, int, int, bool] | None:
     return max(xsiz - x0, 0), max(ysiz - y0, 0), components, length == 38 + 3 * components
 
 
+# JPEG processes with the DCT (lossy): baseline, extended, progressive, their differential and
+# arithmetic-coded forms. SOF3/7/11/15 are lossless; SOF55 is JPEG-LS (lossy when NEAR > 0).
+DCT_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC5, 0xC6, 0xC9, 0xCA, 0xCD, 0xCE})
+JPEG_LS_SOF = 0xF7
+J2K_COD, J2K_SOT = 0x52, 0x90
+MAX_J2K_HEADER_SEGMENTS = 256  # a main header has a handful (SIZ, COD, QCD, COM, ...)
+
+
+def frame_lossy(frame: bytes) -> bool:
+    """Whether a compressed frame's own header says it was coded lossy: a DCT JPEG process, a
+    JPEG-LS scan with NEAR > 0, or a JPEG 2000 codestream with the irreversible 9-7 wavelet
+    (COD transformation 0). A transfer syntax may say "lossless" over such data; the decoder
+    goes by the header. False for anything unreadable (the decoder judges that)."""
+    try:
+        if frame[:2] == b"\xff\xd8":
+            return _jpeg_lossy(frame)
+        if frame[:12] == JP2_SIGNATURE:
+            for kind, start, end in _jp2_boxes(frame, 0, len(frame)):
+                if kind == b"jp2c":
+                    return _j2k_lossy(frame[start:end])
+            return False
+        return _j2k_lossy(frame)
+    except (JpegSegmentError, struct.error, IndexError):
+        return False
+
+
+def _jpeg_lossy(data: bytes) -> bool:
+    """A JPEG or JPEG-LS stream's frame header (and, for JPEG-LS, first scan's NEAR)."""
+    jpeg_ls = False
+    for marker, pos, _length in jpeg_segments(data, resync=True):
+        if marker in DCT_SOF_MARKERS:
+            return True
+        jpeg_ls = jpeg_ls or marker == JPEG_LS_SOF
+        if marker == SOS:  # Ls, Ns, Ns x (component, table), NEAR
+            return jpeg_ls and data[pos + 3 + 2 * data[pos + 2]] > 0
+        if marker == EOI:
+            return False
+    return False
+
+
+def _j2k_lossy(data: bytes) -> bool:
+    """A JPEG 2000 codestream's main-header COD marker: transformation 0 is the 9-7 wavelet."""
+    if data[:4] != b"\xff\x4f\xff\x51":  # SOC, SIZ
+        return False
+    pos = 2
+    for _ in range(MAX_J2K_HEADER_SEGMENTS):
+        if data[pos] != 0xFF or data[pos + 1] == J2K_SOT:
+            return False
+        if data[pos + 1] == J2K_COD:  # marker, Lcod, Scod, SGcod (4), levels, xcb, ycb, style,
+            return data[pos + 13] == 0  # transformation
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        pos += 2 + length
+    return False
+
+
 def _jp2_boxes(data: bytes, pos: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """(type, content start, content end) of the JP2 boxes from ``pos`` to ``end``."""
     while pos + 8 <= end:

@@ -30,6 +30,7 @@ treated as absent. Which spacing wins is decided by ``geometry.pixel_spacing`` o
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import warnings
@@ -42,8 +43,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datamodules import decode_guards
+from datamodules import decode_guards, dicom_frames
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
+from datamodules.dicom_functional_groups import FunctionalGroupError, lift_functional_groups
 from datamodules.dicom_presentation import apply_presentation_lut, presentation_lut
 from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
 from datamodules.jpeg_markers import JpegSegmentError, jpeg_segments
@@ -524,16 +526,24 @@ def _png_info(
 ) -> tuple[int | None, bool, int, tuple[int, int, int] | None]:
     """(significant bits from sBIT or None, whether the IEND chunk is present, the eXIf
     chunk's orientation or 1, the pHYs chunk's (x, y pixels per unit, unit) or None). An sBIT
-    that cannot describe the samples (a palette image's, 0, or more than the bit depth) is
-    None; of a gray + alpha (or RGBA) sBIT only the gray (colour) channels count, as the gray
-    image is made of them."""
+    that cannot describe the samples (a palette image's, 0, or more than the bit depth) or that
+    of 1, 2 or 4 bit samples (OpenCV scales them to 8 bits: red-team round 10) is None; of a
+    gray + alpha (or RGBA) sBIT only the gray (colour) channels count, as the gray image is
+    made of them."""
     if not data.startswith(PNG_SIGNATURE):
         raise ImageReadError(f"{path}: unreadable PNG, not a PNG file (bad signature)")
     depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
     sbit, has_end, orientation, phys, image_data = None, False, 1, None, False
+    one_frame, frame_control = False, False  # an acTL of 1 frame; an fcTL before the IDAT
     for ctype, pos, length in decode_guards.png_chunks(data):
         body = data[pos + 8 : pos + 8 + length]
+        if ctype == b"IDAT" and not image_data and one_frame and not frame_control:
+            # the IDAT is then a fallback outside the animation: an APNG viewer shows the fdAT
+            raise ImageReadError(
+                f"{path}: animated PNG (APNG) whose one frame is not its default image (no "
+                "fcTL before the IDAT): two different pictures, send one as a still PNG")
         image_data = image_data or ctype == b"IDAT"
+        frame_control = frame_control or ctype == b"fcTL"
         n = struct.unpack(">I", body[:4])[0] if ctype == b"acTL" and len(body) >= 4 else None
         if ctype == b"acTL" and not image_data and n != 1:  # (after IDAT: no animation; one
             # frame: a still in APNG clothing, read as the PNG it also is)
@@ -541,6 +551,7 @@ def _png_info(
             raise ImageReadError(
                 f"{path}: animated PNG (APNG, its acTL chunk declares {frames} frames): one "
                 "radiograph expected, send one frame as a still PNG")
+        one_frame = one_frame or (ctype == b"acTL" and not image_data)
         if ctype == b"sBIT" and body:
             # gray: 1 byte; gray + alpha: gray, alpha; RGB: 3; RGBA: 3 + alpha
             sbit = max(body[:1] if colour in (0, 4) else body[:3])
@@ -549,8 +560,8 @@ def _png_info(
         if ctype == b"pHYs" and len(body) == 9:
             phys = struct.unpack(">IIB", body)
         has_end = ctype == b"IEND"
-    if sbit is not None and (colour == 3 or not 0 < sbit <= depth):
-        sbit = None
+    if sbit is not None and (colour == 3 or not 0 < sbit <= depth or depth < 8):
+        sbit = None  # (1-4 bit samples reach us scaled to 8 bits by the decoder)
     return sbit, has_end, orientation, phys
 
 
@@ -1156,12 +1167,27 @@ LOSSY_TRANSFER_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in
 
 def _dicom_lossy(ds: Any) -> bool:
     """Whether a DICOM's pixels were lossy compressed: ``LossyImageCompression`` "01" (at any
-    time in their history) or a lossy transfer syntax."""
-    if str(ds.get("LossyImageCompression", "") or "").strip() == "01":
+    time in their history; also written "1"), a lossy compression method or ratio recorded, a
+    lossy transfer syntax, or a compressed frame whose own header is lossy (a JPEG baseline or
+    9-7 wavelet frame under a "lossless" syntax: red-team round 10)."""
+    if str(ds.get("LossyImageCompression", "") or "").strip() in ("01", "1"):
+        return True
+    if any(str(ds.get(tag, "") or "").strip()
+           for tag in ("LossyImageCompressionMethod", "LossyImageCompressionRatio")):
         return True
     meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
-    return syntax.strip() in LOSSY_TRANSFER_SYNTAXES
+    syntax = str(meta.get("TransferSyntaxUID", "") or "").strip() if meta is not None else ""
+    if syntax in LOSSY_TRANSFER_SYNTAXES:
+        return True
+    if syntax not in dicom_frames.JPEG_SYNTAXES | dicom_frames.J2K_SYNTAXES:
+        return False
+    from pydicom.encaps import generate_fragments
+
+    try:  # the frame header sits in the first fragment after the Basic Offset Table item
+        first = next(itertools.islice(generate_fragments(ds.PixelData), 1, None), b"")
+    except Exception:  # noqa: BLE001 - an unreadable fragment list: decoding said so already
+        return False
+    return dicom_frames.frame_lossy(bytes(first[:1 << 20]))
 
 
 MAGNIFICATION_RANGE = (1.0, 2.0)  # source-to-detector / source-to-object of a radiograph
@@ -1473,6 +1499,19 @@ def _byte_order_lie(path: Path, meta: Any) -> str:
             f"its pixel data element is written {names[other]}: a broken file")
 
 
+def _non_image_kind(ds: Any, sop: str) -> str | None:
+    """The name of a known SOP class that holds no image (Key Object Selection, Presentation
+    State, Structured Report, Encapsulated PDF, ...), from the file meta's or the dataset's
+    SOP Class UID; None for image classes and unknown UIDs."""
+    from pydicom.uid import UID
+
+    for uid in (sop, str(ds.get("SOPClassUID", "") or "")):
+        name = UID(uid.strip()).name if uid.strip() else ""
+        if name and name != uid.strip() and "Image" not in name:
+            return printable(name.removesuffix(" Storage"))[:80]
+    return None
+
+
 def _load_dicom(path: Path) -> LoadedImage:
     from pydicom.errors import BytesLengthException
 
@@ -1502,7 +1541,15 @@ def _read_dicom(path: Path) -> LoadedImage:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise ImageReadError(f"{path}: DICOM float pixel data is not supported (a "
                                  "radiograph stores integers)")
+        kind = _non_image_kind(ds, sop)
+        if kind is not None:  # a PACS export holds these beside the images
+            raise ImageReadError(f"{path}: a DICOM {kind} object, not an image")
         raise ImageReadError(f"{path}: DICOM has no pixel data ({_byte_order_lie(path, meta)})")
+    notes: list[str] = []
+    try:  # an Enhanced DICOM's rescale, window and spacing may live in functional groups only
+        bad_group_spacing = lift_functional_groups(ds, notes)
+    except FunctionalGroupError as err:
+        raise ImageReadError(f"{path}: {err}") from err
     for tag in ("RescaleSlope", "RescaleIntercept"):
         if tag in ds and "ModalityLUTSequence" not in ds:
             try:
@@ -1515,6 +1562,10 @@ def _read_dicom(path: Path) -> LoadedImage:
                 raise ImageReadError(f"{path}: DICOM {tag} {printable(str(ds[tag].value))[:40]!r} "
                                      "cannot scale the pixels (the file is broken)")
     raw_pi = ds.get("PhotometricInterpretation")
+    if raw_pi is not None and not isinstance(raw_pi, str):  # a MultiValue: pydicom's decoders
+        values = printable("\\".join(str(v) for v in raw_pi))[:60]  # fail on it (a TypeError)
+        raise ImageReadError(f"{path}: DICOM PhotometricInterpretation holds several values "
+                             f"('{values}'): one expected")
     if isinstance(raw_pi, str) and raw_pi.strip().upper() in ("MONOCHROME1", "MONOCHROME2") \
             and raw_pi != raw_pi.strip().upper():  # "monochrome1": a writer's case slip
         ds.PhotometricInterpretation = raw_pi.strip().upper()
@@ -1540,7 +1591,7 @@ def _read_dicom(path: Path) -> LoadedImage:
                              f"frame of Rows x Columns = {ds.get('Rows')} x {ds.get('Columns')}")
     bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    notes: list[str] = [] if decoded_note is None else [decoded_note]
+    notes += [] if decoded_note is None else [decoded_note]
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
     _first_window_only(ds, notes)
     _widen_byte_luts(ds)
@@ -1583,6 +1634,7 @@ def _read_dicom(path: Path) -> LoadedImage:
     magnification = _magnification(ds, notes) if imager is not None else None
     invalid = [(t, r) for t, r in (("PixelSpacing", bad_pixel), ("ImagerPixelSpacing", bad_imager))
                if r is not None]  # fmt: skip
+    invalid += [bad_group_spacing] if bad_group_spacing is not None else []
     meta = {
         "format": "dicom",
         "photometric": photometric,

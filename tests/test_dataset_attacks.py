@@ -160,14 +160,33 @@ def test_roi_of_a_far_cortex_point_is_cut_to_the_image_and_unchanged_inside():
 
 
 def test_training_item_with_a_far_cortex_point_is_fast(root):
+    """The farthest point still only a warning (just within 100 longer sides of the image)."""
+    far = 99.0 * max(H, W)
     (root / "annotations" / "k0.json").write_text(
-        json.dumps(_ann(r_cortex_line=[[12, 2], [13, 20], [14, 1e12]])))
+        json.dumps(_ann(r_cortex_line=[[12, 2], [13, 20], [14, far]])))
     report = validate_dataset(root)
     assert report.ok and any("cortex_line[2]" in str(w) for w in report.warnings)
     start = time.perf_counter()
     item = make_item(read_sample(root, "k0"), SampleTransform(64, None), TargetConfig(2.0))
     assert time.perf_counter() - start < 5.0
     assert float(item["roi"].max()) > 0.9
+
+
+@pytest.mark.parametrize("far", [101.0 * max(H, W), 1e12, 1e30, -1e300])
+def test_a_cortex_point_beyond_a_hundred_image_sides_is_an_error(root, far):
+    """Red-team round 10: at 1e30 px the line fit lost the image (an all-zero ROI target, no
+    word), at 1e300 its SVD failed in training; the validator had only warned."""
+    (root / "annotations" / "k0.json").write_text(
+        json.dumps(_ann(r_cortex_line=[[12, 2], [13, 20], [14, far]])))
+    _validator_and_reader_refuse(root, "cortex_line[2]: (14, ")
+    _validator_and_reader_refuse(root, "lies far outside")
+
+
+def test_without_an_image_a_point_beyond_a_billion_px_is_an_error():
+    out = check_annotation(_ann(r_cortex_line=[[12, 2], [13, 20], [14, 2e9]]), "k0")
+    assert any("cortex_line[2]: (14, 2e+09) lies beyond 1e+09 px" in e for e in out.errors), \
+        out.errors
+    assert not check_annotation(_ann(r_cortex_line=[[12, 2], [13, 20], [14, 5e8]]), "k0").errors
 
 
 def test_an_elongated_image_is_refused_before_its_padded_square_is_built(tmp_path, monkeypatch):
