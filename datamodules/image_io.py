@@ -375,20 +375,22 @@ def _tiff_size(path: Path) -> tuple[int, int, int] | None:
     return w, h, 1
 
 
-def _tiff_tags(path: Path) -> tuple[int, int, int, tuple[float, str] | None, bool]:
+def _tiff_tags(path: Path) -> tuple[int, int, int, tuple[float, str] | None, bool, int | None]:
     """(photometric of page 1, number of pages, orientation of page 1, its declared pixel
-    shape, whether its compression is lossy) from the tags alone (tifffile reads them without
-    the codecs it may lack); (1, 1, 1, None, False) when unreadable."""
+    shape, whether its compression is lossy, its MaxSampleValue below its type's maximum or
+    None) from the tags alone (tifffile reads them without the codecs it may lack);
+    (1, 1, 1, None, False, None) when unreadable."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             orientation = _tiff_orientation(page)
+            max_sample = None if int(page.photometric) == 3 else _tiff_max_sample(page)
             return (int(page.photometric), len(tif.pages), orientation,
-                    _tiff_aspect(page, orientation), _tiff_lossy(page))
+                    _tiff_aspect(page, orientation), _tiff_lossy(page), max_sample)
     except Exception:  # the decode that follows reports a broken file
-        return 1, 1, 1, None, False
+        return 1, 1, 1, None, False, None
 
 
 # JPEG (6 old-style, 7), lossy JPEG (DNG), JPEG XR, WebP, JPEG XL: lossy (JPEG 2000 may not be)
@@ -858,19 +860,55 @@ def _sbit_in_use(arr: np.ndarray, sbit: int, notes: list[str]) -> int | None:
     values lie above its range (a 16-bit PNG stating 4 bits clipped half its pixels to white)
     the chunk is ignored and the file's bit depth used, with a note; a few such values are
     clipped, with a note too (sBIT is advice, the PNG's bit depth is what it stores)."""
-    top = 2**sbit - 1
+    top = _top_in_use(arr, 2**sbit - 1, f"the PNG's sBIT chunk ({sbit} significant bits)",
+                      f"the {sbit}-bit range the PNG's sBIT chunk states", notes)
+    return None if top is None else sbit
+
+
+def _top_in_use(arr: np.ndarray, top: int, claim: str, stated: str,
+                notes: list[str]) -> int | None:
+    """``top``, the largest value a file's header declares its samples reach, unless more than
+    ``CONTRADICTED_SHARE`` of the pixels lie above it (None: ignored, with a note naming
+    ``claim``); a few above it are clipped to white, with a note naming ``stated``."""
     n_over = int(np.count_nonzero(arr > top))
     if not n_over:
-        return sbit
+        return top
     share = n_over / arr.size
     if share > CONTRADICTED_SHARE:
-        notes.append(f"the PNG's sBIT chunk ({sbit} significant bits) is contradicted by the "
-                     f"pixels ({100 * share:.0f} % of the values lie above {top}): ignored, the "
-                     f"file's {8 * arr.dtype.itemsize}-bit range is used")
+        notes.append(f"{claim} is contradicted by the pixels ({100 * share:.0f} % of the values "
+                     f"lie above {top}): ignored, the file's {8 * arr.dtype.itemsize}-bit range "
+                     "is used")
         return None
-    notes.append(f"{n_over} values ({100 * share:.2g} %) lie above the {sbit}-bit range the PNG's "
-                 "sBIT chunk states: clipped to white")
-    return sbit
+    notes.append(f"{n_over} values ({100 * share:.2g} %) lie above {stated}: clipped to white")
+    return top
+
+
+def _max_sample_in_use(arr: np.ndarray, max_sample: int | None, notes: list[str]) -> int | None:
+    """A TIFF's MaxSampleValue as the samples' range unless the pixels contradict it, with a
+    note either way (None when there is none to use)."""
+    if max_sample is None:
+        return None
+    what = f"the TIFF's MaxSampleValue ({max_sample})"
+    top = _top_in_use(arr, max_sample, what, f"the range {what} states", notes)
+    if top is not None:
+        notes.append(f"{what} is the samples' range (not their {8 * arr.dtype.itemsize}-bit "
+                     "type's)")
+    return top
+
+
+def _tiff_max_sample(page: Any) -> int | None:
+    """A TIFF page's MaxSampleValue (281) when it is below its unsigned samples' maximum (12-bit
+    data in 16-bit samples says 4095 there; read as 16 bits it was 16x too dark: red-team round
+    10), else None."""
+    tag = page.tags.get(281)
+    if tag is None or int(page.sampleformat) != 1:  # 1: unsigned integer
+        return None
+    values = tag.value if isinstance(tag.value, tuple | list) else (tag.value,)
+    try:
+        top, bits = max(int(v) for v in values), int(page.bitspersample)
+    except (TypeError, ValueError):
+        return None
+    return top if 0 < top < 2**bits - 1 else None
 
 
 def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
@@ -910,10 +948,11 @@ def _load_png(path: Path) -> LoadedImage:
 
 def _read_tiff_page(
     path: Path, notes: list[str]
-) -> tuple[np.ndarray, bool, tuple[float, str] | None, bool]:
+) -> tuple[np.ndarray, bool, tuple[float, str] | None, bool, int | None]:
     """The largest page of a TIFF (a thumbnail may come first; a note when there are several),
     its palette applied, planes last; whether it is MinIsWhite (dark = dense), the pixel shape
-    it declares, and whether its compression is lossy."""
+    it declares, whether its compression is lossy, and its MaxSampleValue when the samples
+    use a smaller range than their type's (else None)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -941,19 +980,21 @@ def _read_tiff_page(
         planes_first = int(page.planarconfig) == 2 and arr.ndim == 3  # SEPARATE
         orientation = _tiff_orientation(page)
         aspect, lossy = _tiff_aspect(page, orientation), _tiff_lossy(page)
+        max_sample = None if photometric == 3 else _tiff_max_sample(page)
     if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
         cmap = np.asarray(colormap)
         arr = np.moveaxis(cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)], 0, -1)
     if planes_first:  # planar configuration 2: (samples, H, W)
         arr = np.moveaxis(arr, 0, -1)
-    return orient(arr, orientation, notes), photometric == 0, aspect, lossy
+    max_sample = _max_sample_in_use(arr, max_sample, notes)
+    return orient(arr, orientation, notes), photometric == 0, aspect, lossy, max_sample
 
 
 def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
     """A TIFF tifffile could not decode (it needs the optional ``imagecodecs`` for LZW, Deflate,
     JPEG-in-TIFF, common in exported radiographs), read by OpenCV's libtiff; the page count,
     MinIsWhite and orientation come from the tags, which tifffile still reads."""
-    photometric, pages, orientation, aspect, lossy = _tiff_tags(path)
+    photometric, pages, orientation, aspect, lossy, max_sample = _tiff_tags(path)
     _check_photometric(path, photometric)
     arr = imdecode(path, path.read_bytes())
     if arr is None:
@@ -966,7 +1007,10 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
                      "to one-page TIFF or PNG)")
     if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
         notes.append(_orientation_note(orientation))
-    loaded = _from_decoded(path, arr, None, "tiff", lossy=lossy, notes=notes)
+    # (not for 8 bits: OpenCV has inverted a MinIsWhite image's samples, and their range)
+    max_sample = _max_sample_in_use(arr, max_sample if arr.dtype != np.uint8 else None, notes)
+    loaded = _from_decoded(path, arr, None, "tiff", lossy=lossy, notes=notes,
+                           stored_max=max_sample)
     # MinIsWhite: OpenCV's libtiff path inverts 8-bit samples itself (stored 10 reads 245) but
     # returns deeper ones as stored; inverting both read 8-bit LZW/PackBits files as negatives
     if photometric == 0 and arr.dtype != np.uint8:
@@ -977,7 +1021,7 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
 def _load_tiff(path: Path) -> LoadedImage:
     notes: list[str] = []
     try:
-        arr, min_is_white, aspect, lossy = _read_tiff_page(path, notes)
+        arr, min_is_white, aspect, lossy, max_sample = _read_tiff_page(path, notes)
     except ImageReadError:
         raise
     except Exception as err:  # tifffile raises many types for broken files
@@ -988,7 +1032,7 @@ def _load_tiff(path: Path) -> LoadedImage:
     except ValueError as err:
         hint = "" if "pixel type" in str(err) else " (one grayscale or RGB page expected)"
         raise ImageReadError(f"{path}: {err}{hint}") from err
-    image, depth = _normalise_stored(path, arr, gray, None)
+    image, depth = _normalise_stored(path, arr, gray, None, max_sample)
     if min_is_white:  # PhotometricInterpretation MinIsWhite: as DICOM MONOCHROME1
         image = 1.0 - image
     loaded = LoadedImage(image, depth, {"format": "tiff", "dtype": str(arr.dtype)}, lossy=lossy,

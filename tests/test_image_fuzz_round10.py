@@ -11,6 +11,7 @@
   a multi-valued PhotometricInterpretation a TypeError's words; 1-bit PNGs with an sBIT got a
   wrong "contradicted" note; OpenCV's log decoration (source files, temporary file names) in
   error lines.
+- A TIFF's MaxSampleValue (4095 over 16-bit samples) was ignored: the image read 16x too dark.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 
+from datamodules import image_io
 from datamodules.decoder_messages import opencv_plain
 from datamodules.image_io import ImageReadError, load_image
 
@@ -279,3 +281,30 @@ def test_opencv_log_decoration_is_taken_out_of_messages():
     assert opencv_plain(line) == ("can't read header: RGBE read header failed in function "
                                   "'rgbe_error'")
     assert opencv_plain("libpng error: IDAT: CRC error") == "libpng error: IDAT: CRC error"
+
+
+# ------------------------------------------------------------------------ TIFF MaxSampleValue
+def _tiff_12_in_16(path: Path, a: np.ndarray, max_sample: int = TOP) -> Path:
+    import tifffile
+
+    tifffile.imwrite(path, a, extratags=[(281, "H", 1, max_sample, True)])
+    return path
+
+
+@pytest.mark.parametrize("by_opencv", [False, True])
+def test_tiff_max_sample_value_is_the_samples_range(tmp_path, monkeypatch, by_opencv):
+    """12-bit data in 16-bit samples with MaxSampleValue 4095 was read 16x too dark."""
+    if by_opencv:  # the path of LZW/Deflate files (tifffile lacks their codecs here)
+        monkeypatch.setattr(image_io, "TIFFFILE_COMPRESSIONS", set())
+    a = _ramp()
+    loaded = load_image(_tiff_12_in_16(tmp_path / "ms.tif", a))
+    np.testing.assert_allclose(loaded.image, a / TOP, atol=1e-6)
+    assert loaded.bit_depth == BITS
+    assert any("MaxSampleValue (4095) is the samples' range" in n for n in loaded.notes)
+
+
+def test_tiff_max_sample_value_contradicted_by_the_pixels_is_ignored(tmp_path):
+    a = _ramp().astype(np.uint32) * 16  # uses the 16-bit range
+    loaded = load_image(_tiff_12_in_16(tmp_path / "lie.tif", a.astype(np.uint16)))
+    np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-6)
+    assert any("MaxSampleValue (4095) is contradicted by the pixels" in n for n in loaded.notes)
