@@ -242,6 +242,44 @@ def _tensor_problem(t: torch.Tensor) -> str | None:
     if t.numel() * t.element_size() > room:
         return (f"a view of {tuple(t.shape)} values over {room} bytes of storage (overlapping "
                 "or broadcast strides), not saved weights")
+    if _self_overlapping(t):  # it fits its storage, yet writing it in place fails: a traceback
+        return (f"a view of {tuple(t.shape)} whose strides {tuple(t.stride())} reach one "
+                "value more than once, not saved values")  # at an optimiser's first step
+    return None
+
+
+def _self_overlapping(t: torch.Tensor) -> bool:
+    """Whether two indices of ``t`` reach the same stored element: with its dimensions (of size
+    > 1) sorted by stride, each stride must exceed the span of those before it (how a dense
+    array or a permutation of one is laid out)."""
+    span = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride(), strict=True)
+                               if n > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The first and one-past-last byte of its storage that ``t`` (non-empty) reaches."""
+    start = t.storage_offset() * t.element_size()
+    last = sum(st * (n - 1) for n, st in zip(t.shape, t.stride(), strict=True))
+    return start, start + (last + 1) * t.element_size()
+
+
+def _shared_state(spans: list[tuple[int, int, int, str]]) -> tuple[str, str] | None:
+    """Two tensors whose stored bytes overlap where one is an optimiser's state (each holds its
+    own running averages; tied weights, or a callback's score kept under two names, may
+    share), from (storage, first byte, end byte, where) of every tensor; else None."""
+    spans = sorted(spans)
+    reach: dict[int, tuple[int, str]] = {}  # storage -> (furthest end so far, whose)
+    for storage, start, end, where in spans:
+        far, whose = reach.get(storage, (0, ""))
+        if start < far and "optimizer_states" in (where.split(".")[0], whose.split(".")[0]):
+            return whose, where
+        if end > far:
+            reach[storage] = (end, where)
     return None
 
 
@@ -255,6 +293,7 @@ def _check_tensors(path: Path, ckpt: Any, unpacked: int) -> None:
     together hold about what the file unpacks to.
     """
     total = 0
+    spans: list[tuple[int, int, int, str]] = []
     for where, t in _tensors(ckpt):
         problem = _tensor_problem(t)
         if problem:
@@ -262,10 +301,16 @@ def _check_tensors(path: Path, ckpt: Any, unpacked: int) -> None:
             raise CheckpointError(f"{path}: {'weight' if what != where else 'tensor'} "
                                   f"{what[:80]!r} is {problem}")
         total += t.numel() * t.element_size()
+        if t.numel():
+            spans.append((t.untyped_storage().data_ptr(), *_byte_span(t), where))
         if total > 2 * unpacked:
             raise CheckpointError(f"{path}: its tensors hold at least {total / 1024**2:.0f} MB, "
                                   f"more than twice the {unpacked / 1024**2:.0f} MB its archive "
                                   "unpacks to (views sharing their storage), not saved weights")
+    if shared := _shared_state(spans):  # red-team round 10: two RMSProp running averages
+        raise CheckpointError(  # over one memory trained on (and were saved again) silently
+            f"{path}: tensors {shared[0][:80]!r} and {shared[1][:80]!r} share stored values (an "
+            "optimiser's state holds its own), not a checkpoint training wrote")
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

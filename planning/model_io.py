@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from datamodules.decoder_messages import short_repr
 from datamodules.real_numbers import real_value
 from geometry.heatmaps import HeatmapCodec
 from lightning_modules.checkpoint_file import (
@@ -62,14 +63,8 @@ def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
     hp = ckpt["hyper_parameters"]
     size = int(hp.get("image_size", 256))
     data = ckpt.get("datamodule_hyper_parameters")
-    if hp.get("heatmap_codec"):
-        codec = HeatmapCodec.from_dict(hp["heatmap_codec"])
-        trained = data.get("sigma") if isinstance(data, dict) else None
-        if (trained := real_value(trained)) is not None and not math.isclose(
-                trained, codec.sigma, rel_tol=1e-6):
-            raise ValueError(f"its heat-map codec has sigma {codec.sigma:g}, its DataModule was "
-                             f"trained with sigma {trained:g} (inconsistent hyper-parameters)")
-        return codec
+    if hp.get("heatmap_codec"):  # (compared with the run's other records by records_problem)
+        return HeatmapCodec.from_dict(hp["heatmap_codec"])
     if isinstance(data, dict) and data.get("sigma") is not None:
         s = data.get("size", size)
         codec = {"input_size": s, "heatmap_size": s, "sigma": data["sigma"]}
@@ -81,21 +76,79 @@ def checkpoint_codec(ckpt: dict[str, Any]) -> HeatmapCodec:
     return HeatmapCodec.from_dict(codec)
 
 
-def _config_sigma(config_yaml: Any) -> float | None:
-    """``data.sigma`` of the run's YAML config stored in the checkpoint, None if absent (or if
-    the text is larger than any config file we read: ``datamodules.config_file``)."""
+def _stored_config(config_yaml: Any) -> dict[str, Any] | None:
+    """The run's YAML config stored in the checkpoint as a mapping, None if absent (or if the
+    text is larger than any config file we read: ``datamodules.config_file``). Raises
+    ``ValueError`` for a text the config files' parser refuses."""
     from datamodules.config_file import MAX_CONFIG_BYTES, ConfigFileError, parse_yaml
 
     if not isinstance(config_yaml, str) or len(config_yaml) > MAX_CONFIG_BYTES:
         return None
     try:  # the config files' own guarded parser: PyYAML alone spent 32 s on a base-60 integer
         cfg = parse_yaml(config_yaml, "its stored config (kneeplan_config)", "stored config")
-        sigma = cfg["data"]["sigma"]
     except ConfigFileError as err:
         raise ValueError(str(err)) from None
-    except (KeyError, TypeError):
-        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _section(cfg: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """``cfg[name]`` when it is a mapping, else empty."""
+    value = cfg.get(name) if isinstance(cfg, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _config_sigma(config_yaml: Any) -> float | None:
+    """``data.sigma`` of the run's YAML config stored in the checkpoint, None if absent."""
+    sigma = _section(_stored_config(config_yaml), "data").get("sigma")
     return real_value(sigma)  # an integer of hundreds of digits is inf: refused by the bounds
+
+
+# What builds the network and its codec, and where one training run also recorded it: any
+# difference is an edit (red-team round 10: image_size 256 or norm "group" in the
+# hyper-parameters alone planned 3-10 mm off, without a word).
+ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm")
+
+
+def _agree(a: Any, b: Any) -> bool:
+    """Equal as real numbers (16 and 16.0), else as values."""
+    x, y = real_value(a), real_value(b)
+    if x is not None and y is not None:
+        return math.isclose(x, y, rel_tol=1e-6)
+    return a == b
+
+
+def records_problem(ckpt: dict[str, Any], codec: HeatmapCodec) -> str | None:
+    """Why a checkpoint's records contradict the hyper-parameters that build its network and
+    codec (the stored config's ``model.*``, ``data.size`` and ``data.sigma``, the DataModule's
+    ``size`` and ``sigma``), or None. A record that is absent is not compared; a DataModule
+    size or sigma that is not a number is a problem."""
+    hp = ckpt["hyper_parameters"]
+    try:
+        cfg = _stored_config(ckpt.get("kneeplan_config"))
+    except ValueError:
+        cfg = None  # unreadable: nothing to compare with (a codec is what plans)
+    model, data = _section(cfg, "model"), _section(cfg, "data")
+    for key in ARCHITECTURE_KEYS:
+        if key in hp and model.get(key) is not None and not _agree(hp[key], model[key]):
+            return (f"its hyper-parameters say {key} {short_repr(hp[key])}, its stored config "
+                    f"says {short_repr(model[key])} (one training run wrote both: the file was "
+                    "edited)")
+    dm = ckpt.get("datamodule_hyper_parameters")
+    dm = dm if isinstance(dm, dict) else {}
+    for key, ours in (("size", codec.input_size), ("sigma", codec.sigma)):
+        for where, value in (("its DataModule", dm.get(key)), ("its stored config",
+                                                                data.get(key))):
+            if value is None:
+                continue
+            if real_value(value) is None:
+                return f"{where} records {key} {short_repr(value)}, not a number"
+            if not _agree(value, ours):
+                what = (f"heat-map codec has sigma {ours:g}" if key == "sigma"
+                        else f"network takes {ours} px inputs")
+                said = "was trained with" if where == "its DataModule" else "says"
+                return (f"its {what}, {where} {said} {key} {real_value(value):g} "
+                        "(inconsistent hyper-parameters: the file was edited)")
+    return None
 
 
 def _float32_weights(path: Path, weights: dict[str, Any], net: torch.nn.Module
@@ -167,6 +220,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if codec.input_size != size:
         raise CheckpointError(f"{p}: its heat-map codec is for {codec.input_size} px inputs, its "
                               f"network for {size} px (inconsistent hyper-parameters)")
+    if problem := records_problem(ckpt, codec):
+        raise CheckpointError(f"{p}: {problem}")
     try:
         check_codec_matches_network(p, codec.to_dict())
     except ValueError as err:
