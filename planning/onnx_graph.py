@@ -13,9 +13,12 @@ the graph is read (never run) and refused, with one line naming the file and the
   two and the field of the type, so any other reading would check another graph than it runs;
 * it has one float input ``(batch, 1, S, S)`` and the float outputs its JSON description names,
   ``(batch, C, S, S)``, ``S`` the description's ``input_size``;
-* every tensor's shape at batch 1 follows from the graph (propagated here, node by node), has
-  at most ``MAX_RANK`` dimensions and holds at most ``MAX_TENSOR_ELEMENTS`` values; the
-  convolutions need at most ``MAX_GRAPH_FLOP``; an ``Unsqueeze`` names each new axis once, a
+* every tensor's shape at each batch from 1 to ``MAX_ONNX_BATCH`` (what ONNX Runtime is given)
+  follows from the graph (propagated here, node by node), has at most ``MAX_RANK`` dimensions
+  and holds at most ``MAX_TENSOR_ELEMENTS`` values per image; those alive at once at most
+  ``MAX_LIVE_ELEMENTS``; the convolutions, pooling and resizing need at most
+  ``MAX_GRAPH_FLOP`` operations per image (a Resize output counts ``RESIZE_OPERATIONS``, cubic
+  is refused); an ``Unsqueeze`` names each new axis once, a
   ``Squeeze`` only axes of size 1;
   a node computed from constants alone (folded and kept at load) outputs no more values than
   its largest input or ``MAX_FOLDED_ELEMENTS``.
@@ -45,9 +48,12 @@ from lightning_modules.model_limits import (
     MAX_FOLDED_ELEMENTS,
     MAX_GRAPH_FLOP,
     MAX_GRAPH_NODES,
+    MAX_LIVE_ELEMENTS,
+    MAX_ONNX_BATCH,
     MAX_TENSOR_ELEMENTS,
     MAX_TOTAL_ELEMENTS,
     ONNX_OPS,
+    RESIZE_OPERATIONS,
 )
 
 # Values (shape vectors, scales, axes) are followed only for tensors this small (ours hold 4).
@@ -186,9 +192,12 @@ def _window_out(size: int, k: int, stride: int, pad: int, dil: int, ceil: bool =
     return (-(-span // stride) if ceil else span // stride) + 1
 
 
-def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray]) -> None:
-    """Add the output shape (and small values) of one allowed node; ValueError if unknowable."""
-    op, a = node.op_type, _attrs(node)
+def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray],
+           batch: int = 1, attrs: dict[str, Any] | None = None) -> None:
+    """Add the output shape (and small values) of one allowed node (the image's batch:
+    ``batch``; its attributes ``attrs`` when already read); ValueError if unknowable or beyond
+    the bounds at that batch."""
+    op, a = node.op_type, _attrs(node) if attrs is None else attrs
     unknown = {k for k in set(a) - ONNX_OPS.get(op, frozenset())
                if _DEFAULTS.get((op, k), ...) != a[k]}  # written at its default: harmless
     if unknown:
@@ -245,6 +254,11 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         ]
         v = None
     elif op == "Resize":
+        if a.get("mode", b"nearest") not in (b"nearest", b"linear"):  # cubic: 6 M outputs/s,
+            mode = a["mode"]
+            mode = mode[:20].decode("ascii", "replace") if isinstance(mode, bytes) else mode
+            raise ValueError(f"Resize mode {mode!r:.30} (make export writes nearest and "
+                             "linear only)")  # 40x slower than linear: 80 pairs took 41 s
         scales, sizes = val(2), val(3)
         if sizes is not None and sizes.size == len(x):
             shape = [int(s) for s in sizes]
@@ -316,9 +330,9 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
         raise ValueError(f"{op} output of {len(shape):,} dimensions (at most {MAX_RANK} allowed)")
     if any(not isinstance(d, int | np.integer) or d < 0 for d in shape):
         raise ValueError(f"{op} output of shape {shape} cannot be known before running it")
-    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
-        raise ValueError(f"{op} output would hold {math.prod(shape):,} values, more than the "
-                         f"{MAX_TENSOR_ELEMENTS:,} allowed")
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS * batch:
+        raise ValueError(f"{op} output would hold {math.prod(shape):,} values at batch {batch}, "
+                         f"more than the {MAX_TENSOR_ELEMENTS:,} per image allowed")
     for name in node.output[:1]:
         shapes[name] = [int(d) for d in shape]
         if v is not None and v.size <= MAX_TRACKED_VALUES:  # (all rules keep it so: a guard)
@@ -374,8 +388,12 @@ def read_graph(path: str | Path, data: bytes | None = None) -> Any:
     return read_model(path, data).graph
 
 
-def graph_shapes(graph: Any, size: int) -> tuple[dict[str, list[int]], int]:
-    """Every tensor's shape for one ``(1, 1, size, size)`` input, and the convolutions' FLOPs."""
+def graph_shapes(graph: Any, size: int, batch: int = 1,
+                 attrs: list[dict[str, Any]] | None = None) -> tuple[dict[str, list[int]], int]:
+    """Every tensor's shape for a ``(batch, 1, size, size)`` input, and the operations of the
+    convolutions, pooling and resizing; ValueError beyond the bounds (per image x ``batch``).
+    ``attrs``: each node's attributes when already read (``_attrs``; read here otherwise)."""
+    attrs = [_attrs(n) for n in graph.node] if attrs is None else attrs
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     if len(shapes) != len(graph.initializer):  # which copy a runtime uses is its choice
         raise ValueError("two initializers share a name")
@@ -390,13 +408,13 @@ def graph_shapes(graph: Any, size: int) -> tuple[dict[str, list[int]], int]:
                                                                                         size]:
         raise ValueError(f"the graph's input is {dims}, expected float (batch, 1, {size}, "
                          f"{size}) as its description says")
-    shapes[inputs[0].name] = [1, 1, size, size]
+    shapes[inputs[0].name] = [batch, 1, size, size]
     flop, total = 0, 0
     constant = {t.name for t in graph.initializer}  # tensors that do not depend on the image
-    for node in graph.node:  # ONNX stores nodes in topological order
+    for node, node_attrs in zip(graph.node, attrs, strict=True):  # in topological order
         if node.output and node.output[0] in shapes:
             raise ValueError(f"{node.op_type} redefines tensor {node.output[0]!r:.60}")
-        _infer(node, shapes, values)
+        _infer(node, shapes, values, batch, node_attrs)
         out = math.prod(shapes[node.output[0]])
         total += out
         if node.op_type == "Constant" or all(i in constant for i in node.input if i):
@@ -405,10 +423,38 @@ def graph_shapes(graph: Any, size: int) -> tuple[dict[str, list[int]], int]:
         if node.op_type == "Conv":
             flop += 2 * out * math.prod(shapes[node.input[1]][1:])
         elif node.op_type == "MaxPool":  # one comparison per window element
-            flop += out * math.prod(_attrs(node).get("kernel_shape", [1]))
-        if total > MAX_TOTAL_ELEMENTS:
-            raise ValueError(f"its tensors hold more than {MAX_TOTAL_ELEMENTS:,} values in all")
+            flop += out * math.prod(node_attrs.get("kernel_shape", [1]))
+        elif node.op_type == "Resize":  # 80 cubic up-and-down pairs of the image took 41 s
+            flop += out * RESIZE_OPERATIONS
+        if total > MAX_TOTAL_ELEMENTS * batch:
+            raise ValueError(f"its tensors hold more than {MAX_TOTAL_ELEMENTS:,} values per "
+                             "image in all")
+    live = peak_live_elements(graph, shapes, constant)
+    if live > MAX_LIVE_ELEMENTS * batch:
+        raise ValueError(f"its tensors alive at once hold {live:,} values at batch {batch}, "
+                         f"more than the {MAX_LIVE_ELEMENTS:,} per image allowed")
     return shapes, flop
+
+
+def peak_live_elements(graph: Any, shapes: dict[str, list[int]], constant: set[str]) -> int:
+    """The most values that the image-dependent tensors hold at once while the nodes run in
+    order, each kept from its node until its last reader (a graph output: to the end)."""
+    last = {name: len(graph.node) for name in (o.name for o in graph.output)}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in constant:
+                last[name] = max(last.get(name, i), i)
+    ends: dict[int, int] = {}
+    alive = peak = 0
+    for i, node in enumerate(graph.node):
+        name = node.output[0]
+        if name not in constant:
+            n = math.prod(shapes[name])
+            alive += n
+            ends[last.get(name, i)] = ends.get(last.get(name, i), 0) + n
+        peak = max(peak, alive)
+        alive -= ends.pop(i, 0)
+    return peak
 
 
 def _check_folding(node: Any, shapes: dict[str, list[int]], out: int) -> None:
@@ -423,20 +469,27 @@ def _check_folding(node: Any, shapes: dict[str, list[int]], out: int) -> None:
 
 
 def _check_graph(graph: Any, size: int, outputs: list[str]) -> None:
-    """Signature against the description, then shapes and FLOPs node by node at batch 1."""
-    shapes, flop = graph_shapes(graph, size)
-    if flop > MAX_GRAPH_FLOP:
-        raise ValueError(f"its convolutions and pooling need {flop:.2e} operations per image, "
-                         f"more than the {MAX_GRAPH_FLOP:.0e} allowed")
+    """Signature against the description, then shapes and operations node by node at every
+    batch ONNX Runtime is given (1 to ``MAX_ONNX_BATCH``: shapes may depend on it)."""
     declared = {o.name: o for o in graph.output}
-    for name in outputs:
-        got = shapes.get(name)
-        if name not in declared or got is None:
-            raise ValueError(f"the graph has no output {name!r:.40} (its description lists it)")
-        if declared[name].type.tensor_type.elem_type != FLOAT or len(got) != 4 or got[2:] != [
-                size, size]:  # fmt: skip
-            raise ValueError(f"output {name!r:.40} has shape {got} at batch 1, expected float "
-                             f"(1, C, {size}, {size})")
+    channels: dict[str, int] = {}
+    attrs = [_attrs(n) for n in graph.node]  # read once for every batch
+    for batch in range(1, MAX_ONNX_BATCH + 1):
+        shapes, flop = graph_shapes(graph, size, batch, attrs)
+        if flop > MAX_GRAPH_FLOP * batch:
+            raise ValueError(f"its convolutions, pooling and resizing need {flop:.2e} operations "
+                             f"at batch {batch}, more than the {MAX_GRAPH_FLOP:.0e} per image "
+                             "allowed")
+        for name in outputs:
+            got = shapes.get(name)
+            if name not in declared or got is None:
+                raise ValueError(f"the graph has no output {name!r:.40} (its description lists "
+                                 "it)")
+            if declared[name].type.tensor_type.elem_type != FLOAT or len(got) != 4 or got[
+                    0] != batch or got[2:] != [size, size] or channels.setdefault(
+                    name, got[1]) != got[1]:  # fmt: skip
+                raise ValueError(f"output {name!r:.40} has shape {got} at batch {batch}, "
+                                 f"expected float ({batch}, C, {size}, {size})")
     if unnamed := sorted(set(declared) - set(outputs)):  # e.g. lm_prev dropped from the JSON:
         raise ValueError(f"its description omits the graph's output(s) "  # its check would be
                          f"{', '.join(repr(n[:40]) for n in unnamed[:4])}")  # skipped silently

@@ -36,6 +36,7 @@ from geometry.heatmaps import HeatmapCodec
 from lightning_modules.model_limits import (
     INT_LIMITS,
     MAX_DESCRIPTION_BYTES,
+    MAX_ONNX_BATCH,
     bounded_int,
     check_codec,
     check_codec_matches_network,
@@ -190,14 +191,19 @@ class OnnxPredictor:
         """Run the session on ``x`` (B, 1, S, S) float32; ModelOutputError when ONNX Runtime
         fails (the input is always a batch of the checked signature, so the graph is at fault:
         e.g. ``bad_alloc`` in a Resize, fifth fuzz round; it was blamed on the image)."""
-        feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        try:
-            outs = self.session.run(self.output_names, feed)
-        except Exception as err:  # noqa: BLE001 - ORT's own exception types derive from Exception
-            if type(err).__module__.split(".")[0] != "onnxruntime":
-                raise
-            raise ModelOutputError(f"ONNX Runtime failed running it on a valid input: "
-                                   f"{_first_line(err)}") from None
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = []
+        for start in range(0, max(len(x), 1), MAX_ONNX_BATCH):  # the batches the graph check
+            feed = {self.input_name: x[start:start + MAX_ONNX_BATCH]}  # priced, none larger
+            try:
+                parts.append(self.session.run(self.output_names, feed))
+            except Exception as err:  # noqa: BLE001 - ORT's exception types derive from Exception
+                if type(err).__module__.split(".")[0] != "onnxruntime":
+                    raise
+                raise ModelOutputError(f"ONNX Runtime failed running it on a valid input: "
+                                       f"{_first_line(err)}") from None
+        outs = parts[0] if len(parts) == 1 else [np.concatenate(o) for o in zip(*parts,
+                                                                                 strict=True)]
         return dict(zip(self.output_names, outs, strict=True))
 
 

@@ -18,6 +18,7 @@ import pytest
 from model_files import exported_tiny_model, phantom_images
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from planning import onnx_graph
 from planning.onnx_graph import check_onnx_graph
 from planning.predict import ModelOutputError, OnnxPredictor
 
@@ -185,9 +186,10 @@ def test_duplicate_attribute_bomb_through_make_plan_is_a_usage_error(tmp_path_fa
 
 
 def _batch_reshape(model: onnx.ModelProto) -> None:
-    """A Reshape of the seg logits to a constant batch-1 shape: right at batch 1 (all the check
-    propagates), an ONNX Runtime error at the TTA batch (a stand-in for any run failure, such as
-    the bad_alloc of the fifth round)."""
+    """A Reshape of the seg logits to a constant batch-1 shape: right at batch 1, an ONNX
+    Runtime error at the TTA batch (a stand-in for any run failure, such as the bad_alloc of
+    the fifth round). Since round 10 the check propagates every batch up to MAX_ONNX_BATCH and
+    refuses it at load; the tests of the run-time path let it see batch 1 only."""
     size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
     target = numpy_helper.from_array(np.array([1, 4, size, size], np.int64), "batch1_shape")
     model.graph.initializer.append(target)
@@ -195,9 +197,16 @@ def _batch_reshape(model: onnx.ModelProto) -> None:
                                                  name="batch1")], "batch1")
 
 
-def test_onnx_runtime_failure_while_running_is_a_model_error(tmp_path_factory, tmp_path,
-                                                             capfd):
+def test_a_graph_wrong_at_a_larger_batch_is_refused_at_load(tmp_path_factory, tmp_path):
     path = _hostile_export(tmp_path_factory, tmp_path, _batch_reshape)
+    with pytest.raises(ValueError, match="Reshape that changes the number of values"):
+        OnnxPredictor(path)
+
+
+def test_onnx_runtime_failure_while_running_is_a_model_error(tmp_path_factory, tmp_path,
+                                                             capfd, monkeypatch):
+    path = _hostile_export(tmp_path_factory, tmp_path, _batch_reshape)
+    monkeypatch.setattr(onnx_graph, "MAX_ONNX_BATCH", 1)  # a check blind to the failure
     pred = OnnxPredictor(path)  # passes every check: right at batch 1
     s = pred.image_size
     assert pred.predict_maps(np.zeros((1, 1, s, s), np.float32))["seg"].shape == (1, 4, s, s)
@@ -208,10 +217,11 @@ def test_onnx_runtime_failure_while_running_is_a_model_error(tmp_path_factory, t
 
 
 def test_onnx_runtime_failure_in_make_plan_is_status_2_in_one_line(tmp_path_factory, tmp_path,
-                                                                   capfd):
+                                                                   capfd, monkeypatch):
     from planning.plan import main
 
     path = _hostile_export(tmp_path_factory, tmp_path, _batch_reshape)
+    monkeypatch.setattr(onnx_graph, "MAX_ONNX_BATCH", 1)  # a check blind to the failure
     images = phantom_images(tmp_path_factory)
     capfd.readouterr()
     rc = main(["--image", str(images[0]), "--ckpt", str(path), "--out", str(tmp_path / "o")])
