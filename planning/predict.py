@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,13 @@ class OnnxPredictor:
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
-        # from the checked bytes (which also refuses weights in external files)
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        try:  # from the checked bytes (which also refuses weights in external files)
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT's exception types derive from Exception
+            if type(err).__module__.split(".")[0] != "onnxruntime":
+                raise
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {_first_line(err)}"
+                             ) from None
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_maps(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -228,9 +234,15 @@ class _TensorModulePredictor:
         return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
 
 
+# ONNX Runtime names the C++ source line and function before its message (red-team round 10:
+# ~700-character lines): "/onnxruntime_src/.../model_load_utils.h:46 void onnxruntime::...(...) "
+_ORT_SOURCE = re.compile(r"/onnxruntime_src/\S+:\d+ [^(]*\((?:[^()]|\([^()]*\))*\)\s*")
+
+
 def _first_line(err: BaseException, limit: int = 300) -> str:
-    """An exception's message as one line of at most ``limit`` characters (its type if empty)."""
-    text = str(err).strip()
+    """An exception's message as one line of at most ``limit`` characters (its type if empty),
+    without ONNX Runtime's C++ source locations."""
+    text = _ORT_SOURCE.sub("", str(err)).strip()
     line = text.splitlines()[0].strip() if text else type(err).__name__
     return line if len(line) <= limit else line[:limit - 3] + "..."
 

@@ -142,3 +142,21 @@ def test_tied_weights_and_a_callbacks_shared_score_still_load(ckpt, tmp_path):
         state["callbacks"]["probe"] = {"best_model_score": score, "current_score": score}
 
     assert read_checkpoint(_edited(ckpt, tmp_path, edit))["state_dict"]
+
+
+@pytest.mark.parametrize("recorded", ["loop", "nul"])
+def test_a_recorded_data_root_that_cannot_be_resolved_is_not_this_folder(tmp_path, recorded):
+    """evaluate stopped with "Symlink loop from ..." (or called the folder the training folder
+    "and embedded null byte") when the checkpoint's data_root was a link loop or held a NUL."""
+    from planning.evaluate import training_ids
+
+    if recorded == "loop":
+        loop = tmp_path / "a"
+        loop.symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(loop)
+        root = str(loop / "x")
+    else:
+        root = str(tmp_path) + "\x00x"
+    folder = tmp_path / "data"
+    folder.mkdir()
+    assert training_ids({"data_root": root, "val_fraction": 0.2, "seed": 0}, folder) == ([], "")

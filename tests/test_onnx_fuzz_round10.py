@@ -139,3 +139,21 @@ def test_a_plain_graph_passes_at_every_batch(tmp_path, batch):
                             [w]).SerializeToString())
     check_onnx_graph(path, SIZE, ["seg"])
     assert graph_shapes(read_graph(path), SIZE, batch)[0]["seg"] == [batch, 4, SIZE, SIZE]
+
+
+def test_onnx_runtime_load_errors_lose_their_cpp_source_locations():
+    """ONNX Runtime put its C++ source line and function signature before the reason (a line of
+    ~700 characters for an unreleased opset)."""
+    import onnxruntime as ort
+
+    from planning.predict import _first_line
+
+    w = numpy_helper.from_array(np.zeros((4, 1, 1, 1), np.float32), "w")
+    model = _graph([helper.make_node("Conv", ["image", "w"], ["seg"])], [w])
+    model.opset_import[0].version = 30
+    with pytest.raises(Exception) as err:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "onnxruntime_src" in str(err.value)  # what ONNX Runtime says (still, at 1.x)
+    line = _first_line(err.value)
+    assert "onnxruntime_src" not in line and "std::" not in line and len(line) <= 300, line
+    assert "Opset 30" in line
