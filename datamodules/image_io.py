@@ -594,15 +594,16 @@ def _gray_dtype(arr: np.ndarray) -> type:
 
 
 def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
-    """Colour (H, W, 3|4) to gray float (``_gray_dtype``); gray passes through. The weighted sum
+    """Colour (H, W, 3|4) to gray float (``_gray_dtype``); gray (and gray + alpha) passes
+    through. The weighted sum
     is accumulated channel by channel: a float copy of all three channels was 3x the image."""
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"unsupported pixel type {arr.dtype}")
     dtype = _gray_dtype(arr)
     if arr.ndim == 2:
         return arr.astype(dtype)
-    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
-        if arr.shape[2] == 1:
+    if arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4):
+        if arr.shape[2] in (1, 2):  # gray, or gray + alpha (a TIFF's; OpenCV makes a PNG's BGRA)
             return arr[..., 0].astype(dtype)
         order = (2, 1, 0) if bgr else (0, 1, 2)  # the channels holding R, G, B
         gray = np.empty(arr.shape[:2], dtype)
@@ -1160,6 +1161,18 @@ def _first_window_only(ds: Any, notes: list[str]) -> None:
                  "values that are not numbers: only the first window is considered")
 
 
+def _drop_unusable_voi_lut(ds: Any, notes: list[str]) -> None:
+    """A VOI LUT Sequence whose first item lacks its descriptor or data was skipped silently by
+    pydicom (red-team round 10): it is removed (a window, if any, then applies), with a note."""
+    seq = ds.get("VOILUTSequence")
+    if seq is None or not len(seq):
+        return
+    missing = [t for t in ("LUTDescriptor", "LUTData") if t not in seq[0]]
+    if missing:
+        del ds["VOILUTSequence"]
+        notes.append(f"DICOM VOI LUT Sequence ignored (its item has no {' or '.join(missing)})")
+
+
 def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | None]:
     """(valid (row_mm, col_mm) or None, raw text when the tag is present but invalid)."""
     from geometry.pixel_spacing import PixelSpacing
@@ -1638,6 +1651,7 @@ def _read_dicom(path: Path) -> LoadedImage:
     notes += [] if decoded_note is None else [decoded_note]
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
     _first_window_only(ds, notes)
+    _drop_unusable_voi_lut(ds, notes)
     _widen_byte_luts(ds)
     window, window_problem = _dicom_window(ds)
     if "VOILUTSequence" in ds:  # a VOI LUT sequence takes precedence over the window

@@ -308,3 +308,34 @@ def test_tiff_max_sample_value_contradicted_by_the_pixels_is_ignored(tmp_path):
     loaded = load_image(_tiff_12_in_16(tmp_path / "lie.tif", a.astype(np.uint16)))
     np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-6)
     assert any("MaxSampleValue (4095) is contradicted by the pixels" in n for n in loaded.notes)
+
+
+def test_a_gray_and_alpha_tiff_reads_its_gray_as_a_png_does(tmp_path):
+    """A gray + alpha TIFF was refused ("shape (48, 64, 2)") while a gray + alpha PNG was read."""
+    import tifffile
+
+    gray = (_ramp() >> 4).astype(np.uint8)
+    alpha = np.full_like(gray, 255)
+    path = tmp_path / "ga.tif"
+    tifffile.imwrite(path, np.dstack([gray, alpha]), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    np.testing.assert_allclose(load_image(path).image, gray / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["LUTData", "LUTDescriptor"])
+def test_a_voi_lut_item_without_its_data_is_named_and_the_window_applies(tmp_path, missing):
+    """Such an item was skipped silently (and with it any window's effect was unclear)."""
+    a = _ramp()
+    path = tmp_path / "v.dcm"
+    write_dicom(path, a, bits=BITS, window=(2000, 1000))
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "US", list(range(4095, -1, -1)))  # LUTData: an inverting LUT
+    del item[missing]
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(path, enforce_file_format=True)
+    loaded = load_image(path)
+    window_only = load_image(_with_groups(tmp_path / "w.dcm", a, window=(2000, 1000)))
+    np.testing.assert_array_equal(loaded.image, window_only.image)
+    assert f"DICOM VOI LUT Sequence ignored (its item has no {missing})" in loaded.notes
