@@ -399,6 +399,13 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     mask_near: dict[str, list[Path]] = {}  # the same for masks, by their whole name folded
     for p in (sorted((root / "masks").iterdir()) if (root / "masks").is_dir() else []):
         mask_near.setdefault(nfc_fold(p.name), []).append(p)
+    folded: dict[str, list[str]] = {}  # ids one file on macOS and Windows (red-team round 10)
+    for sample_id in images:
+        folded.setdefault(nfc_fold(sample_id), []).append(sample_id)
+    for twins in (t for t in folded.values() if len(t) > 1):
+        report.warn(images[twins[1]][0], f"ids {', '.join(ascii(t) for t in twins)} differ "
+                    "only in letter case or Unicode normalisation: one file on macOS and "
+                    "Windows (their masks and annotations would collide); rename one")
     for sample_id, files in images.items():
         if len(files) > 1:
             report.error(files[0], f"duplicate id {sample_id!r}: {[f.name for f in files]}")

@@ -189,6 +189,17 @@ def test_without_an_image_a_point_beyond_a_billion_px_is_an_error():
     assert not check_annotation(_ann(r_cortex_line=[[12, 2], [13, 20], [14, 5e8]]), "k0").errors
 
 
+@pytest.mark.parametrize("twin", ["genou_e\u0301", "GENOU_\u00c9"])
+def test_ids_one_file_on_macos_and_windows_are_warned_about(tmp_path, twin):
+    """Red-team round 10: NFC/NFD twins (and case twins) passed validate silently."""
+    root = tmp_path / "data"
+    for i, name in enumerate(["genou_\u00e9", twin]):
+        write_sample(root, small_sample(name, seed=i, raters=1))
+    report = validate_dataset(root)
+    assert report.ok and any("differ only in letter case or Unicode normalisation" in w.message
+                             for w in report.warnings), report.format()
+
+
 def test_an_elongated_image_is_refused_before_its_padded_square_is_built(tmp_path, monkeypatch):
     """Training and planning pad to a square of the longer side: a 2 x 40000 strip (80 kpx)
     needed a 40000^2 float square (GBs). Shown with a small limit: 2 x 200 px is within a 4000
