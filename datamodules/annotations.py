@@ -121,8 +121,8 @@ def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | Non
         h, w = shape
         if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
             if not (-far <= x <= w + far and -far <= y <= h + far):
-                return (f"({x:g}, {y:g}) lies far outside the {w}x{h} (W x H) image (more "
-                        f"than {FAR_SIDES:g} x its longer side beyond it: a unit or exponent "
+                return (f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image, far beyond "
+                        f"it (more than {FAR_SIDES:g} x its longer side: a unit or exponent "
                         "slip?)"), False
             return f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image", True
     return None, False

@@ -179,7 +179,7 @@ def test_a_cortex_point_beyond_a_hundred_image_sides_is_an_error(root, far):
     (root / "annotations" / "k0.json").write_text(
         json.dumps(_ann(r_cortex_line=[[12, 2], [13, 20], [14, far]])))
     _validator_and_reader_refuse(root, "cortex_line[2]: (14, ")
-    _validator_and_reader_refuse(root, "lies far outside")
+    _validator_and_reader_refuse(root, "image, far beyond it (more than 100 x its longer side")
 
 
 def test_without_an_image_a_point_beyond_a_billion_px_is_an_error():
