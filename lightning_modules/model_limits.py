@@ -61,13 +61,17 @@ ONNX_OPS: dict[str, frozenset[str]] = {
     "Squeeze": frozenset({"axes"}),
 }  # fmt: skip
 MAX_GRAPH_NODES = 100_000  # the paper network exports ~600
-MAX_TENSOR_ELEMENTS = 2**23  # any tensor at batch 1 (32 MB of float32, 128 MB at the TTA's
-# batch of 4; the paper's largest: 1 M at 256 px, 4 M at 512; 2^26 let one Resize hold 2.1 GB
-# at batch 4: red-team round 10)
-MAX_LIVE_ELEMENTS = 2**25  # tensors alive at once at batch 1 (128 MB, 512 MB at batch 4): ONNX
-# Runtime frees a tensor after its last reader; K branches of one large tensor are K copies
-MAX_ONNX_BATCH = 4  # images per ONNX Runtime run; the graph check prices every batch up to it
-# (a graph whose shapes grow with the batch, e.g. B^8, passed at batch 1 and took 4.3 GB at 4)
+MAX_TENSOR_ELEMENTS = 2**24  # any tensor, per image (64 MB of float32; the paper network's
+# largest: 2 M at 256 px, 12.7 M at 632 px where its FLOP reach the bound below; 16 skip
+# channels at 1024 px: 2^24). 2^26 let one Resize and its copy hold 2.1 GB at batch 4
+# (red-team round 10)
+MAX_LIVE_ELEMENTS = 2**27  # tensors alive at once in one ONNX Runtime run (512 MB of float32):
+# ONNX Runtime frees a tensor after its last reader; K branches of one large tensor are K
+# copies. The graph check refuses a graph over it at batch 1 and otherwise tells the predictor
+# the largest batch (up to MAX_ONNX_BATCH) within it (paper network at 256 px: 6.6 M an image)
+MAX_ONNX_BATCH = 4  # images per ONNX Runtime run at most; the graph check prices every batch
+# up to it (a graph whose shapes grow with the batch, e.g. B^8, passed at batch 1 and took
+# 4.3 GB at 4)
 RESIZE_OPERATIONS = 200  # a nearest or linear Resize output, in the convolutions' operations
 # (ONNX Runtime, one thread: 42 GFLOP/s of Conv, 256 M linear outputs/s; cubic: 6 M/s, refused)
 # all node outputs at batch 1 together, a bound on work and on memory even if every tensor

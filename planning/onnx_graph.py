@@ -13,10 +13,11 @@ the graph is read (never run) and refused, with one line naming the file and the
   two and the field of the type, so any other reading would check another graph than it runs;
 * it has one float input ``(batch, 1, S, S)`` and the float outputs its JSON description names,
   ``(batch, C, S, S)``, ``S`` the description's ``input_size``;
-* every tensor's shape at each batch from 1 to ``MAX_ONNX_BATCH`` (what ONNX Runtime is given)
-  follows from the graph (propagated here, node by node), has at most ``MAX_RANK`` dimensions
-  and holds at most ``MAX_TENSOR_ELEMENTS`` values per image; those alive at once at most
-  ``MAX_LIVE_ELEMENTS``; the convolutions, pooling and resizing need at most
+* every tensor's shape at each batch from 1 to ``MAX_ONNX_BATCH`` (what ONNX Runtime may be
+  given) follows from the graph (propagated here, node by node), has at most ``MAX_RANK``
+  dimensions and holds at most ``MAX_TENSOR_ELEMENTS`` values per image; those alive at once
+  for one image at most ``MAX_LIVE_ELEMENTS`` (and the predictor is told the largest batch
+  within it); the convolutions, pooling and resizing need at most
   ``MAX_GRAPH_FLOP`` operations per image (a Resize output counts ``RESIZE_OPERATIONS``, cubic
   is refused); an ``Unsqueeze`` names each new axis once, a
   ``Squeeze`` only axes of size 1;
@@ -340,8 +341,9 @@ def _infer(node: Any, shapes: dict[str, list[int]], values: dict[str, np.ndarray
 
 
 def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str],
-                     data: bytes | None = None) -> None:
-    """ValueError ``"<path>: <problem>"`` unless the graph passes every check of this module.
+                     data: bytes | None = None) -> int:
+    """ValueError ``"<path>: <problem>"`` unless the graph passes every check of this module;
+    else the largest batch (1 to ``MAX_ONNX_BATCH``) ONNX Runtime may be given at once.
 
     ``data``: the file's bytes when the caller already read them (the caller then hands the
     same bytes to ONNX Runtime, so the file cannot change between check and use).
@@ -365,7 +367,7 @@ def check_onnx_graph(path: str | Path, input_size: int, outputs: list[str],
         if any(t.data_location == EXTERNAL for t in (*graph.initializer, *constants)):
             raise ValueError("weights stored in external files are not accepted")
         try:
-            _check_graph(graph, int(input_size), list(outputs))
+            return _check_graph(graph, int(input_size), list(outputs))
         except (IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as err:
             raise ValueError(f"malformed graph ({type(err).__name__}: {str(err)[:80]})"
                              ) from None
@@ -429,10 +431,6 @@ def graph_shapes(graph: Any, size: int, batch: int = 1,
         if total > MAX_TOTAL_ELEMENTS * batch:
             raise ValueError(f"its tensors hold more than {MAX_TOTAL_ELEMENTS:,} values per "
                              "image in all")
-    live = peak_live_elements(graph, shapes, constant)
-    if live > MAX_LIVE_ELEMENTS * batch:
-        raise ValueError(f"its tensors alive at once hold {live:,} values at batch {batch}, "
-                         f"more than the {MAX_LIVE_ELEMENTS:,} per image allowed")
     return shapes, flop
 
 
@@ -468,14 +466,23 @@ def _check_folding(node: Any, shapes: dict[str, list[int]], out: int) -> None:
                          "memory by ONNX Runtime's constant folding")
 
 
-def _check_graph(graph: Any, size: int, outputs: list[str]) -> None:
+def _check_graph(graph: Any, size: int, outputs: list[str]) -> int:
     """Signature against the description, then shapes and operations node by node at every
-    batch ONNX Runtime is given (1 to ``MAX_ONNX_BATCH``: shapes may depend on it)."""
+    batch ONNX Runtime may be given (shapes may depend on it); returns the largest batch, up to
+    ``MAX_ONNX_BATCH``, whose tensors alive at once hold at most ``MAX_LIVE_ELEMENTS``."""
     declared = {o.name: o for o in graph.output}
     channels: dict[str, int] = {}
     attrs = [_attrs(n) for n in graph.node]  # read once for every batch
+    constant = {t.name for t in graph.initializer}
+    largest = 0
     for batch in range(1, MAX_ONNX_BATCH + 1):
         shapes, flop = graph_shapes(graph, size, batch, attrs)
+        live = peak_live_elements(graph, shapes, constant)
+        if live > MAX_LIVE_ELEMENTS:
+            if batch == 1:
+                raise ValueError(f"its tensors alive at once hold {live:,} values for one "
+                                 f"image, more than the {MAX_LIVE_ELEMENTS:,} allowed")
+            break  # larger batches are never run: the predictor splits them
         if flop > MAX_GRAPH_FLOP * batch:
             raise ValueError(f"its convolutions, pooling and resizing need {flop:.2e} operations "
                              f"at batch {batch}, more than the {MAX_GRAPH_FLOP:.0e} per image "
@@ -490,6 +497,8 @@ def _check_graph(graph: Any, size: int, outputs: list[str]) -> None:
                     name, got[1]) != got[1]:  # fmt: skip
                 raise ValueError(f"output {name!r:.40} has shape {got} at batch {batch}, "
                                  f"expected float ({batch}, C, {size}, {size})")
+        largest = batch
     if unnamed := sorted(set(declared) - set(outputs)):  # e.g. lm_prev dropped from the JSON:
         raise ValueError(f"its description omits the graph's output(s) "  # its check would be
                          f"{', '.join(repr(n[:40]) for n in unnamed[:4])}")  # skipped silently
+    return largest

@@ -37,7 +37,6 @@ from geometry.heatmaps import HeatmapCodec
 from lightning_modules.model_limits import (
     INT_LIMITS,
     MAX_DESCRIPTION_BYTES,
-    MAX_ONNX_BATCH,
     bounded_int,
     check_codec,
     check_codec_matches_network,
@@ -178,7 +177,8 @@ class OnnxPredictor:
             raise ValueError(f"{self.path}: damaged: its SHA-256 differs from the one recorded "
                              f"in {export_meta_path(self.path).name} at export (a corrupted or "
                              "partial copy, or a different model); export or copy it again")
-        check_onnx_graph(self.path, self.image_size, self.output_names, data)  # before ORT
+        # before ORT; the largest batch whose tensors fit MAX_LIVE_ELEMENTS (1..MAX_ONNX_BATCH)
+        self.max_batch = check_onnx_graph(self.path, self.image_size, self.output_names, data)
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # FATAL only: an error is raised to us, not logged by ORT
         if threads:
@@ -199,8 +199,9 @@ class OnnxPredictor:
         e.g. ``bad_alloc`` in a Resize, fifth fuzz round; it was blamed on the image)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         parts = []
-        for start in range(0, max(len(x), 1), MAX_ONNX_BATCH):  # the batches the graph check
-            feed = {self.input_name: x[start:start + MAX_ONNX_BATCH]}  # priced, none larger
+        step = self.max_batch  # the batches the graph check priced, none larger
+        for start in range(0, max(len(x), 1), step):
+            feed = {self.input_name: x[start:start + step]}
             try:
                 parts.append(self.session.run(self.output_names, feed))
             except Exception as err:  # noqa: BLE001 - ORT's exception types derive from Exception

@@ -161,9 +161,8 @@ def test_a_large_broadcast_is_sized_before_it_is_computed(tmp_path):
     path = tmp_path / "m.onnx"
     path.write_bytes(_graph(nodes, inits).SerializeToString())
     tracemalloc.start()
-    try:  # its 16 M values are over the per-tensor bound since round 10 (2^23): refused, sized
-        with pytest.raises(ValueError, match="Mul output would hold 16,777,216 values"):
-            check_onnx_graph(path, SIZE, ["seg"])  # (before that: unknown values, passed)
+    try:
+        check_onnx_graph(path, SIZE, ["seg"])  # the values are unknown, not refused: dangling
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
