@@ -12,6 +12,7 @@ the pixels (which one a viewer shows is unclear) and dropped as invalid for the 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from datamodules.decoder_messages import printable
@@ -58,19 +59,32 @@ def _values(value: Any) -> list[Any]:
     return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
+# the reader keeps only a file's first window (image_io._first_window_only): compare that one
+FIRST_VALUE_ONLY = ("WindowCenter", "WindowWidth")
+
+
+def _empty(value: Any) -> bool:
+    """An element present without a value (zero length): the same as absent."""
+    return value is None or (isinstance(value, str | bytes) and not value.strip()) or (
+        not isinstance(value, str | bytes) and not _values(value))
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Two attribute values equal as numbers (to 1e-6 relative) or as stripped text."""
+    """Two attribute values equal as finite numbers (to 1e-6 relative) or as stripped text (a
+    NaN agrees with nothing)."""
     xs, ys = _values(a), _values(b)
     if len(xs) != len(ys):
         return False
     for x, y in zip(xs, ys, strict=True):
         try:
             fx, fy = float(x), float(y)
-            if abs(fx - fy) > 1e-6 * max(abs(fx), abs(fy), 1.0):
-                return False
         except (TypeError, ValueError):
             if str(x).strip().upper() != str(y).strip().upper():
                 return False
+            continue
+        if not (math.isfinite(fx) and math.isfinite(fy)) or abs(fx - fy) > 1e-6 * max(
+                abs(fx), abs(fy), 1.0):
+            return False
     return True
 
 
@@ -88,11 +102,14 @@ def lift_functional_groups(ds: Any, notes: list[str]) -> tuple[str, str] | None:
     bad_spacing = None
     lifted = []
     for name, elem in found.items():
-        if name not in ds:
+        if name not in ds or _empty(ds[name].value):
             ds[name] = copy.deepcopy(elem)
             lifted.append(name)
             continue
-        if name == "VOILUTSequence" or _same(ds[name].value, elem.value):
+        top_value, group_value = ds[name].value, elem.value
+        if name in FIRST_VALUE_ONLY:
+            top_value, group_value = _values(top_value)[:1], _values(group_value)[:1]
+        if name == "VOILUTSequence" or _same(top_value, group_value):
             continue  # (a LUT is not compared: the top level's is used, as the file says twice)
         top, group = _text(ds[name].value), _text(elem.value)
         if name == "PixelSpacing":

@@ -884,13 +884,21 @@ def _top_in_use(arr: np.ndarray, top: int, claim: str, stated: str,
     return top
 
 
+def image_samples(arr: np.ndarray) -> np.ndarray:
+    """The samples a gray image is made of: gray + alpha -> gray, RGBA (or BGRA) -> colour; an
+    alpha channel's range is its own."""
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        return arr[..., :1]
+    return arr[..., :3] if arr.ndim == 3 and arr.shape[2] == 4 else arr
+
+
 def _max_sample_in_use(arr: np.ndarray, max_sample: int | None, notes: list[str]) -> int | None:
     """A TIFF's MaxSampleValue as the samples' range unless the pixels contradict it, with a
     note either way (None when there is none to use)."""
     if max_sample is None:
         return None
     what = f"the TIFF's MaxSampleValue ({max_sample})"
-    top = _top_in_use(arr, max_sample, what, f"the range {what} states", notes)
+    top = _top_in_use(image_samples(arr), max_sample, what, f"the range {what} states", notes)
     if top is not None:
         notes.append(f"{what} is the samples' range (not their {8 * arr.dtype.itemsize}-bit "
                      "type's)")
@@ -898,9 +906,9 @@ def _max_sample_in_use(arr: np.ndarray, max_sample: int | None, notes: list[str]
 
 
 def _tiff_max_sample(page: Any) -> int | None:
-    """A TIFF page's MaxSampleValue (281) when it is below its unsigned samples' maximum (12-bit
-    data in 16-bit samples says 4095 there; read as 16 bits it was 16x too dark: red-team round
-    10), else None."""
+    """A TIFF page's MaxSampleValue (281) when it states a bit depth below its unsigned
+    samples' (2^k - 1: 12-bit data in 16-bit samples says 4095 there; read as 16 bits it was
+    16x too dark: red-team round 10), else None."""
     tag = page.tags.get(281)
     if tag is None or int(page.sampleformat) != 1:  # 1: unsigned integer
         return None
@@ -909,7 +917,9 @@ def _tiff_max_sample(page: Any) -> int | None:
         top, bits = max(int(v) for v in values), int(page.bitspersample)
     except (TypeError, ValueError):
         return None
-    return top if 0 < top < 2**bits - 1 else None
+    # only a bit depth (4095, 1023, ...): TIFF 6.0 calls the tag statistics, not display advice,
+    # and a writer may record the data's own maximum there (3012 would stretch it to white)
+    return top if 0 < top < 2**bits - 1 and top & (top + 1) == 0 else None
 
 
 def _spec_scaled(arr: np.ndarray, sbit: int) -> bool:
@@ -935,8 +945,7 @@ def _load_png(path: Path) -> LoadedImage:
     if arr is None or not has_end:
         reason = "truncated (no IEND chunk)" if not has_end else "OpenCV cannot decode it"
         raise ImageReadError(f"{path}: unreadable PNG, {reason}")
-    # the samples the gray image is made of (not the alpha channel, whose sBIT is its own)
-    samples = arr[..., :3] if arr.ndim == 3 and arr.shape[2] in (3, 4) else arr
+    samples = image_samples(arr)  # (not the alpha channel, whose sBIT is its own)
     if sbit is not None and _spec_scaled(samples, sbit):
         sbit = None  # samples scaled up to the full depth, as the PNG spec prescribes
     notes: list[str] = []
@@ -982,11 +991,15 @@ def _read_tiff_page(
         orientation = _tiff_orientation(page)
         aspect, lossy = _tiff_aspect(page, orientation), _tiff_lossy(page)
         max_sample = None if photometric == 3 else _tiff_max_sample(page)
+        alpha = bool(set(page.extrasamples or ()) & {1, 2})  # associated / unassociated alpha
     if photometric == 3 and colormap is not None:  # PALETTE: indices into a colour map
         cmap = np.asarray(colormap)
         arr = np.moveaxis(cmap[:, np.clip(arr.astype(np.int64), 0, cmap.shape[1] - 1)], 0, -1)
     if planes_first:  # planar configuration 2: (samples, H, W)
         arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[2] == 2 and not alpha:  # read as gray + alpha only when so
+        raise ImageReadError(f"{path}: TIFF of two samples per pixel whose second is not an "
+                             "alpha channel (ExtraSamples): not one grayscale image")
     max_sample = _max_sample_in_use(arr, max_sample, notes)
     return orient(arr, orientation, notes), photometric == 0, aspect, lossy, max_sample
 
@@ -1008,8 +1021,9 @@ def _load_tiff_by_opencv(path: Path, err: Exception) -> LoadedImage:
                      "to one-page TIFF or PNG)")
     if orientation in ORIENTATIONS:  # OpenCV's libtiff applies the tag itself
         notes.append(_orientation_note(orientation))
-    # (not for 8 bits: OpenCV has inverted a MinIsWhite image's samples, and their range)
-    max_sample = _max_sample_in_use(arr, max_sample if arr.dtype != np.uint8 else None, notes)
+    # (not for 8-bit MinIsWhite: OpenCV has inverted those samples, and so their range)
+    inverted = photometric == 0 and arr.dtype == np.uint8
+    max_sample = _max_sample_in_use(arr, None if inverted else max_sample, notes)
     loaded = _from_decoded(path, arr, None, "tiff", lossy=lossy, notes=notes,
                            stored_max=max_sample)
     # MinIsWhite: OpenCV's libtiff path inverts 8-bit samples itself (stored 10 reads 245) but
@@ -1222,15 +1236,29 @@ LOSSY_TRANSFER_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in
                            (50, 51, 52, 53, 54, 55, 56, 58, 59, 60, 61, 62, 63, 64, 81)}
 
 
+def _dicom_ratio(ds: Any) -> float:
+    """The largest ``LossyImageCompressionRatio`` recorded (0 when none or unreadable; 1 or
+    less is no compression)."""
+    try:
+        from pydicom.multival import MultiValue
+
+        value = ds.get("LossyImageCompressionRatio")
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        return max((float(v) for v in values if v not in (None, "")), default=0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _dicom_lossy(ds: Any) -> bool:
     """Whether a DICOM's pixels were lossy compressed: ``LossyImageCompression`` "01" (at any
     time in their history; also written "1"), a lossy compression method or ratio recorded, a
     lossy transfer syntax, or a compressed frame whose own header is lossy (a JPEG baseline or
     9-7 wavelet frame under a "lossless" syntax: red-team round 10)."""
-    if str(ds.get("LossyImageCompression", "") or "").strip() in ("01", "1"):
+    stated = str(ds.get("LossyImageCompression", "") or "").strip()
+    if stated in ("01", "1"):
         return True
-    if any(str(ds.get(tag, "") or "").strip()
-           for tag in ("LossyImageCompressionMethod", "LossyImageCompressionRatio")):
+    if stated not in ("00", "0") and (_dicom_ratio(ds) > 1.0 or str(
+            ds.get("LossyImageCompressionMethod", "") or "").strip()):  # an explicit 00 wins
         return True
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "") or "").strip() if meta is not None else ""

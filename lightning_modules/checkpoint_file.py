@@ -242,16 +242,19 @@ def _tensor_problem(t: torch.Tensor) -> str | None:
     if t.numel() * t.element_size() > room:
         return (f"a view of {tuple(t.shape)} values over {room} bytes of storage (overlapping "
                 "or broadcast strides), not saved weights")
-    if _self_overlapping(t):  # it fits its storage, yet writing it in place fails: a traceback
-        return (f"a view of {tuple(t.shape)} whose strides {tuple(t.stride())} reach one "
-                "value more than once, not saved values")  # at an optimiser's first step
+    if _self_overlapping(t):  # fits its storage, yet an in-place write (an optimiser's step) fails
+        return (f"a view of {tuple(t.shape)} whose strides {tuple(t.stride())} are not a "
+                "dense array's (they reach one value more than once), not saved values")
     return None
 
 
 def _self_overlapping(t: torch.Tensor) -> bool:
     """Whether two indices of ``t`` reach the same stored element: with its dimensions (of size
     > 1) sorted by stride, each stride must exceed the span of those before it (how a dense
-    array or a permutation of one is laid out)."""
+    array or a permutation of one is laid out; an interleaved layout that happens not to
+    overlap is refused too: saved tensors never have one). A tensor without values has none."""
+    if t.numel() == 0:
+        return False
     span = 1
     for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride(), strict=True)
                                if n > 1):

@@ -294,18 +294,19 @@ def settings_mismatch(saved: Mapping[str, Any] | None, configured: Mapping[str, 
     if not isinstance(saved, Mapping):
         return None
     for key in keys:
-        if key in saved and key in configured and _same(saved[key]) != _same(configured[key]):
+        if key in saved and key in configured and comparable(saved[key]) != comparable(
+                configured[key]):
             return f"{key} {saved[key]!r} -> {configured[key]!r}"
     return None
 
 
-def _same(value: Any) -> Any:
+def comparable(value: Any) -> Any:
     """A value as compared: lists as tuples (YAML and a re-parsed config differ there), and an
     empty mapping as None (``net_kwargs`` None and {} build the same network)."""
     if isinstance(value, Mapping):
-        return {k: _same(v) for k, v in value.items()} or None
+        return {k: comparable(v) for k, v in value.items()} or None
     if isinstance(value, list | tuple):
-        return tuple(_same(v) for v in value)
+        return tuple(comparable(v) for v in value)
     return value
 
 

@@ -38,6 +38,7 @@ from lightning_modules.checkpoint_file import (
 from lightning_modules.model_cost import build_network, compute_problem, conv_cost, conv_flop
 from lightning_modules.model_limits import check_codec, check_codec_matches_network
 from lightning_modules.shgn import MultiTaskSHGN
+from lightning_modules.training_state import ARCHITECTURE_KEYS, comparable
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
            "conv_cost", "conv_flop", "load_checkpoint", "read_checkpoint"]
@@ -103,18 +104,13 @@ def _config_sigma(config_yaml: Any) -> float | None:
     return real_value(sigma)  # an integer of hundreds of digits is inf: refused by the bounds
 
 
-# What builds the network and its codec, and where one training run also recorded it: any
-# difference is an edit (red-team round 10: image_size 256 or norm "group" in the
-# hyper-parameters alone planned 3-10 mm off, without a word).
-ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm")
-
-
 def _agree(a: Any, b: Any) -> bool:
-    """Equal as real numbers (16 and 16.0), else as values."""
+    """Equal as real numbers (16 and 16.0), else as the resume check compares settings (lists
+    as tuples, an empty mapping as None)."""
     x, y = real_value(a), real_value(b)
     if x is not None and y is not None:
         return math.isclose(x, y, rel_tol=1e-6)
-    return a == b
+    return comparable(a) == comparable(b)
 
 
 def records_problem(ckpt: dict[str, Any], codec: HeatmapCodec) -> str | None:
@@ -128,7 +124,10 @@ def records_problem(ckpt: dict[str, Any], codec: HeatmapCodec) -> str | None:
     except ValueError:
         cfg = None  # unreadable: nothing to compare with (a codec is what plans)
     model, data = _section(cfg, "model"), _section(cfg, "data")
-    for key in ARCHITECTURE_KEYS:
+    # what builds the network (image_size: against data.size below), recorded twice by one run:
+    # a difference is an edit (red-team round 10: image_size 256 or norm "group" in the
+    # hyper-parameters alone planned 3-10 mm off, without a word)
+    for key in (k for k in ARCHITECTURE_KEYS if k != "image_size"):
         if key in hp and model.get(key) is not None and not _agree(hp[key], model[key]):
             return (f"its hyper-parameters say {key} {short_repr(hp[key])}, its stored config "
                     f"says {short_repr(model[key])} (one training run wrote both: the file was "

@@ -160,3 +160,16 @@ def test_a_recorded_data_root_that_cannot_be_resolved_is_not_this_folder(tmp_pat
     folder = tmp_path / "data"
     folder.mkdir()
     assert training_ids({"data_root": root, "val_fraction": 0.2, "seed": 0}, folder) == ([], "")
+
+
+def test_self_overlap_is_judged_on_values_not_on_strides_alone():
+    """Review of round 10: tensors without values (a 0 stride on a size-0 view) were refused;
+    transposed, channels-last, sliced and size-1 layouts must pass."""
+    from lightning_modules.checkpoint_file import _self_overlapping
+
+    fine = [torch.zeros(1, 0).expand(5, 0), torch.zeros(0).as_strided((3, 0), (0, 1)),
+            torch.zeros(4, 6).t(), torch.zeros(2, 3, 5, 5).to(memory_format=torch.channels_last),
+            torch.zeros(10)[::3], torch.zeros(4, 1, 3).expand(4, 1, 3), torch.tensor(1.0)]
+    assert not any(_self_overlapping(t) for t in fine)
+    assert _self_overlapping(torch.zeros(6).as_strided((4, 6), (0, 1)))
+    assert _self_overlapping(torch.zeros(8).as_strided((3, 3), (2, 1)))  # rows overlap

@@ -206,7 +206,7 @@ def test_lossy_frames_under_a_lossless_syntax_are_marked_lossy(tmp_path):
 
 @pytest.mark.parametrize("tag, value", [("LossyImageCompression", "1"),
                                         ("LossyImageCompressionMethod", "ISO_10918_1"),
-                                        ("LossyImageCompressionRatio", "8")])
+                                        ("LossyImageCompressionRatio", ["1", "8"])])
 def test_lossy_history_written_otherwise_is_marked_lossy(tmp_path, tag, value):
     path = tmp_path / "h.dcm"
     write_dicom(path, _ramp(), bits=BITS)
@@ -214,6 +214,10 @@ def test_lossy_history_written_otherwise_is_marked_lossy(tmp_path, tag, value):
     setattr(ds, tag, value)
     ds.save_as(path, enforce_file_format=True)
     assert load_image(path).lossy
+    if tag != "LossyImageCompression":  # an explicit 00 wins over a method or ratio
+        ds.LossyImageCompression = "00"
+        ds.save_as(path, enforce_file_format=True)
+        assert not load_image(path).lossy
     ds.LossyImageCompression = "00"
     del ds[tag]
     ds.save_as(path, enforce_file_format=True)
@@ -339,3 +343,56 @@ def test_a_voi_lut_item_without_its_data_is_named_and_the_window_applies(tmp_pat
     window_only = load_image(_with_groups(tmp_path / "w.dcm", a, window=(2000, 1000)))
     np.testing.assert_array_equal(loaded.image, window_only.image)
     assert f"DICOM VOI LUT Sequence ignored (its item has no {missing})" in loaded.notes
+
+
+def _groups_only(top: dict, shared: dict) -> Dataset:
+    """A bare dataset with top-level ``top`` attributes and shared functional groups."""
+    ds = Dataset()
+    for key, value in top.items():
+        setattr(ds, key, value)
+    item = Dataset()
+    for macro, attrs in shared.items():
+        inner = Dataset()
+        for key, value in attrs.items():
+            setattr(inner, key, value)
+        setattr(item, macro, Sequence([inner]))
+    ds.SharedFunctionalGroupsSequence = Sequence([item])
+    return ds
+
+
+def test_functional_group_edge_cases_from_the_review():
+    """An empty top-level element is absent (the group's value is used); a NaN agrees with
+    nothing (refused, not taken as the group's); only the first of several top-level windows is
+    compared (the reader keeps only that one)."""
+    from datamodules.dicom_functional_groups import FunctionalGroupError, lift_functional_groups
+
+    ds = _groups_only({"RescaleSlope": None},
+                      {"PixelValueTransformationSequence": {"RescaleSlope": "2"}})
+    notes: list[str] = []
+    lift_functional_groups(ds, notes)
+    assert float(ds.RescaleSlope) == 2.0 and "RescaleSlope" in notes[0]
+    window = {"FrameVOILUTSequence": {"WindowCenter": "40", "WindowWidth": "400"}}
+    with pytest.raises(FunctionalGroupError, match="WindowCenter 'nan' disagrees"):
+        lift_functional_groups(_groups_only({"WindowCenter": "nan", "WindowWidth": "400"},
+                                            window), [])
+    several = _groups_only({"WindowCenter": ["40", "50"], "WindowWidth": ["400", "10"]}, window)
+    lift_functional_groups(several, [])  # agrees on the first window: nothing refused
+
+
+def test_a_max_sample_value_that_is_no_bit_depth_is_statistics_only(tmp_path):
+    """TIFF 6.0: MaxSampleValue is "for statistical purposes"; a writer may record the data's
+    own maximum there (3012 of a full 16-bit range would have been stretched to white)."""
+    a = (_ramp().astype(np.uint32) * 16).astype(np.uint16)
+    loaded = load_image(_tiff_12_in_16(tmp_path / "stat.tif", a, max_sample=int(a.max())))
+    np.testing.assert_allclose(loaded.image, a / 65535.0, atol=1e-6)
+    assert not any("MaxSampleValue" in n for n in loaded.notes)
+
+
+def test_two_samples_that_are_not_gray_and_alpha_are_refused(tmp_path):
+    import tifffile
+
+    gray = (_ramp() >> 4).astype(np.uint8)
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.dstack([gray, 255 - gray]), photometric="minisblack",
+                     planarconfig="contig", extrasamples=["unspecified"])
+    assert "second is not an alpha channel" in _one_line_error(path)
