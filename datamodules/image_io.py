@@ -595,8 +595,8 @@ def _gray_dtype(arr: np.ndarray) -> type:
 
 def _to_gray(arr: np.ndarray, bgr: bool) -> np.ndarray:
     """Colour (H, W, 3|4) to gray float (``_gray_dtype``); gray (and gray + alpha) passes
-    through. The weighted sum
-    is accumulated channel by channel: a float copy of all three channels was 3x the image."""
+    through. The weighted sum is accumulated channel by channel: a float copy of all three
+    channels was 3x the image."""
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"unsupported pixel type {arr.dtype}")
     dtype = _gray_dtype(arr)
