@@ -1175,6 +1175,29 @@ def _first_window_only(ds: Any, notes: list[str]) -> None:
                  "values that are not numbers: only the first window is considered")
 
 
+WRAP_SHARE = 0.01  # of the pixels on each side of the wrap: see _wrap_note
+
+
+def _wrap_note(arr: np.ndarray, bits: int) -> str | None:
+    """A note when signed samples are continuous across the wrap of their range (more than
+    ``WRAP_SHARE`` of the pixels in each outer sixteenth) but not across zero (four times fewer
+    there): unsigned data labelled signed, whose bright half wrapped to the most negative
+    values (red-team round 10: read garbled without a word). Signed data that uses its range
+    crosses zero. Read as the file says; the note tells the user."""
+    if not 2 <= bits <= 64 or not np.issubdtype(arr.dtype, np.signedinteger):
+        return None
+    half = 2 ** (bits - 1)
+    band = max(half // 8, 1)
+    wrap = min(np.count_nonzero(arr < -half + band), np.count_nonzero(arr >= half - band))
+    zero = min(np.count_nonzero((arr >= -band) & (arr < 0)),
+               np.count_nonzero((arr >= 0) & (arr < band)))
+    if wrap > WRAP_SHARE * arr.size and wrap > 4 * zero:
+        return (f"DICOM PixelRepresentation 1 (signed), yet the values run on across the wrap "
+                f"from the most positive to the most negative {bits}-bit value and not across "
+                "zero: unsigned data labelled signed? (read as the file says)")
+    return None
+
+
 def _drop_unusable_voi_lut(ds: Any, notes: list[str]) -> None:
     """A VOI LUT Sequence whose first item lacks its descriptor or data was skipped silently by
     pydicom (red-team round 10): it is removed (a window, if any, then applies), with a note."""
@@ -1678,6 +1701,8 @@ def _read_dicom(path: Path) -> LoadedImage:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     notes += [] if decoded_note is None else [decoded_note]
     arr = _clear_unused_bits(path, ds, arr, bits, notes)
+    if signed and (wrapped := _wrap_note(arr, bits)):
+        notes.append(wrapped)
     _first_window_only(ds, notes)
     _drop_unusable_voi_lut(ds, notes)
     _widen_byte_luts(ds)

@@ -396,3 +396,23 @@ def test_two_samples_that_are_not_gray_and_alpha_are_refused(tmp_path):
     tifffile.imwrite(path, np.dstack([gray, 255 - gray]), photometric="minisblack",
                      planarconfig="contig", extrasamples=["unspecified"])
     assert "second is not an alpha channel" in _one_line_error(path)
+
+
+def test_unsigned_data_labelled_signed_gets_a_note_and_signed_data_none(tmp_path):
+    """16-bit unsigned samples (0.1-0.95 of the range) labelled PixelRepresentation 1 wrap:
+    their bright half reads as the most negative values, garbled without a word before."""
+    def signed_file(name: str, values: np.ndarray) -> Path:
+        path = tmp_path / name
+        write_dicom(path, np.zeros((48, 64), np.uint16), bits=16)
+        ds = pydicom.dcmread(path)
+        ds.PixelRepresentation = 1
+        ds.PixelData = values.astype(np.int16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    unsigned = np.round(np.tile(np.linspace(0.1, 0.95, 64), (48, 1)) * 65535).astype(np.uint16)
+    wrapped = load_image(signed_file("wrapped.dcm", unsigned.view(np.int16)))
+    assert any("unsigned data labelled signed?" in n for n in wrapped.notes), wrapped.notes
+    full_range = np.round(np.tile(np.linspace(-32000, 32000, 64), (48, 1)))  # crosses zero
+    assert not any("labelled signed" in n
+                   for n in load_image(signed_file("signed.dcm", full_range)).notes)
