@@ -416,3 +416,15 @@ def test_unsigned_data_labelled_signed_gets_a_note_and_signed_data_none(tmp_path
     full_range = np.round(np.tile(np.linspace(-32000, 32000, 64), (48, 1)))  # crosses zero
     assert not any("labelled signed" in n
                    for n in load_image(signed_file("signed.dcm", full_range)).notes)
+
+
+@pytest.mark.parametrize("imager, noted", [(0.45, True), (0.1, True), (0.18, False),
+                                           (0.15, False)])
+def test_spacings_implying_an_impossible_magnification_are_noted(tmp_path, imager, noted):
+    """PixelSpacing 0.15 with ImagerPixelSpacing 0.45 (a magnification of 3) passed silently."""
+    path = tmp_path / "s.dcm"
+    write_dicom(path, _ramp(), bits=BITS, pixel_spacing=[0.15, 0.15],
+                imager_spacing=[imager, imager])
+    loaded = load_image(path)
+    assert loaded.dicom_pixel == (0.15, 0.15)
+    assert any("ImagerPixelSpacing / PixelSpacing" in n for n in loaded.notes) == noted
