@@ -53,6 +53,17 @@ def _one_line_error(path: Path) -> str:
     return line
 
 
+def _group_item(groups: dict[str, dict]) -> Sequence:
+    """A functional groups sequence of one item holding ``{macro: {attribute: value}}``."""
+    item = Dataset()
+    for macro, attrs in groups.items():
+        inner = Dataset()
+        for key, value in attrs.items():
+            setattr(inner, key, value)
+        setattr(item, macro, Sequence([inner]))
+    return Sequence([item])
+
+
 def _with_groups(path: Path, stored: np.ndarray, shared: dict[str, dict] | None = None,
                  per_frame: dict[str, dict] | None = None, **tags) -> Path:
     """A DICOM of ``stored`` whose functional groups hold ``{macro: {attribute: value}}``."""
@@ -60,15 +71,8 @@ def _with_groups(path: Path, stored: np.ndarray, shared: dict[str, dict] | None 
     ds = pydicom.dcmread(path)
     for seq_name, groups in (("SharedFunctionalGroupsSequence", shared),
                              ("PerFrameFunctionalGroupsSequence", per_frame)):
-        if groups is None:
-            continue
-        item = Dataset()
-        for macro, attrs in groups.items():
-            inner = Dataset()
-            for key, value in attrs.items():
-                setattr(inner, key, value)
-            setattr(item, macro, Sequence([inner]))
-        setattr(ds, seq_name, Sequence([item]))
+        if groups is not None:
+            setattr(ds, seq_name, _group_item(groups))
     ds.NumberOfFrames = 1
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -350,13 +354,7 @@ def _groups_only(top: dict, shared: dict) -> Dataset:
     ds = Dataset()
     for key, value in top.items():
         setattr(ds, key, value)
-    item = Dataset()
-    for macro, attrs in shared.items():
-        inner = Dataset()
-        for key, value in attrs.items():
-            setattr(inner, key, value)
-        setattr(item, macro, Sequence([inner]))
-    ds.SharedFunctionalGroupsSequence = Sequence([item])
+    ds.SharedFunctionalGroupsSequence = _group_item(shared)
     return ds
 
 
