@@ -45,7 +45,9 @@ class AugmentConfig:
         scale: (min, max) isotropic zoom factor about the image centre. Default (0.7, 1.45),
             wider than the first (0.85, 1.15): a quick model trained with that one lost the
             femur on another renderer's tightly framed knees (femur IoU 0.27) and on our own
-            phantoms cropped by 1.3x (0.89 -> 0.59); see README "Scale augmentation".
+            phantoms cropped by 1.3x (0.89 -> 0.59); the wider range keeps the femur under
+            such crops for every seed tried, its effect on landmark medians is mixed (README
+            "Scale augmentation").
         p_scale: probability of scaling.
         p_hflip: probability of a horizontal flip.
         contrast: (min, max) contrast factor c in x' = clip(c * x, 0, 1).
