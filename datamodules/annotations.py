@@ -114,18 +114,19 @@ def _point_problem(value: Any, shape: tuple[int, int] | None) -> tuple[str | Non
     if not (math.isfinite(x) and math.isfinite(y)):
         return (f"NaN or infinite coordinate {_short(value)} (or one too large for a "
                 "float)"), False
-    far = MAX_COORD_PX if shape is None else FAR_SIDES * max(shape)
-    if shape is None and max(abs(x), abs(y)) > far:
-        return f"({x:g}, {y:g}) lies beyond {far:g} px (a unit or exponent slip?)", False
-    if shape is not None:
-        h, w = shape
-        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
-            if not (-far <= x <= w + far and -far <= y <= h + far):
-                return (f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image, far beyond "
-                        f"it (more than {FAR_SIDES:g} x its longer side: a unit or exponent "
-                        "slip?)"), False
-            return f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image", True
-    return None, False
+    if shape is None:
+        if max(abs(x), abs(y)) > MAX_COORD_PX:
+            return (f"({x:g}, {y:g}) lies beyond {MAX_COORD_PX:g} px (a unit or exponent "
+                    "slip?)"), False
+        return None, False
+    h, w = shape
+    if -0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5:
+        return None, False
+    far = FAR_SIDES * max(shape)
+    if not (-far <= x <= w + far and -far <= y <= h + far):
+        return (f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image, far beyond it (more "
+                f"than {FAR_SIDES:g} x its longer side: a unit or exponent slip?)"), False
+    return f"({x:g}, {y:g}) lies outside the {w}x{h} (W x H) image", True
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -52,8 +52,8 @@ def group_elements(ds: Any) -> dict[str, Any]:
     return found
 
 
-def _values(value: Any) -> list[Any]:
-    """An attribute's values as a list (a pydicom MultiValue, a list or one value)."""
+def dicom_values(value: Any) -> list[Any]:
+    """A DICOM attribute's values as a list (a pydicom MultiValue, a list or one value)."""
     from pydicom.multival import MultiValue
 
     return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
@@ -66,13 +66,13 @@ FIRST_VALUE_ONLY = ("WindowCenter", "WindowWidth")
 def _empty(value: Any) -> bool:
     """An element present without a value (zero length): the same as absent."""
     return value is None or (isinstance(value, str | bytes) and not value.strip()) or (
-        not isinstance(value, str | bytes) and not _values(value))
+        not isinstance(value, str | bytes) and not dicom_values(value))
 
 
 def _same(a: Any, b: Any) -> bool:
     """Two attribute values equal as finite numbers (to 1e-6 relative) or as stripped text (a
     NaN agrees with nothing)."""
-    xs, ys = _values(a), _values(b)
+    xs, ys = dicom_values(a), dicom_values(b)
     if len(xs) != len(ys):
         return False
     for x, y in zip(xs, ys, strict=True):
@@ -90,7 +90,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _text(value: Any) -> str:
     """A value as DICOM writes it (values joined by a backslash), at most 40 characters."""
-    return printable("\\".join(str(v) for v in _values(value)))[:40]
+    return printable("\\".join(str(v) for v in dicom_values(value)))[:40]
 
 
 def lift_functional_groups(ds: Any, notes: list[str]) -> tuple[str, str] | None:
@@ -108,7 +108,7 @@ def lift_functional_groups(ds: Any, notes: list[str]) -> tuple[str, str] | None:
             continue
         top_value, group_value = ds[name].value, elem.value
         if name in FIRST_VALUE_ONLY:
-            top_value, group_value = _values(top_value)[:1], _values(group_value)[:1]
+            top_value, group_value = dicom_values(top_value)[:1], dicom_values(group_value)[:1]
         if name == "VOILUTSequence" or _same(top_value, group_value):
             continue  # (a LUT is not compared: the top level's is used, as the file says twice)
         top, group = _text(ds[name].value), _text(elem.value)

@@ -45,7 +45,11 @@ import numpy as np
 
 from datamodules import decode_guards, dicom_frames
 from datamodules.decoder_messages import brief, decoder_messages, one_line, printable
-from datamodules.dicom_functional_groups import FunctionalGroupError, lift_functional_groups
+from datamodules.dicom_functional_groups import (
+    FunctionalGroupError,
+    dicom_values,
+    lift_functional_groups,
+)
 from datamodules.dicom_presentation import apply_presentation_lut, presentation_lut
 from datamodules.forked_decode import DecoderCrashed, DecoderFailed, decode_in_child
 from datamodules.jpeg_markers import JpegSegmentError, jpeg_segments
@@ -1216,10 +1220,7 @@ def _spacing_tag(ds: Any, tag: str) -> tuple[tuple[float, float] | None, str | N
 
     if tag not in ds:
         return None, None
-    from pydicom.multival import MultiValue
-
-    value = ds[tag].value
-    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    items = dicom_values(ds[tag].value)
     raw = "\\".join("" if v is None else str(v) for v in items)
     try:
         vals = [float(v) for v in items]
@@ -1236,12 +1237,9 @@ def _dicom_aspect(ds: Any, notes: list[str]) -> tuple[float, str] | None:
     tag = "PixelAspectRatio"
     if tag not in ds:
         return None
-    from pydicom.multival import MultiValue
-
     raw = "(unreadable)"
     try:
-        value = ds[tag].value
-        items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        items = dicom_values(ds[tag].value)
         raw = printable("\\".join("" if v is None else str(v) for v in items))[:40]
         # height / width = vertical / horizontal (declared_aspect's x / y)
         aspect = (declared_aspect(float(items[0]), float(items[1]), f"DICOM {tag} {raw}")
@@ -1263,10 +1261,7 @@ def _dicom_ratio(ds: Any) -> float:
     """The largest ``LossyImageCompressionRatio`` recorded (0 when none or unreadable; 1 or
     less is no compression)."""
     try:
-        from pydicom.multival import MultiValue
-
-        value = ds.get("LossyImageCompressionRatio")
-        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        values = dicom_values(ds.get("LossyImageCompressionRatio"))
         return max((float(v) for v in values if v not in (None, "")), default=0.0)
     except (TypeError, ValueError):
         return 0.0
@@ -1299,6 +1294,18 @@ def _dicom_lossy(ds: Any) -> bool:
 
 
 MAGNIFICATION_RANGE = (1.0, 2.0)  # source-to-detector / source-to-object of a radiograph
+
+
+def _spacings_disagree(pixel: tuple[float, float], imager: tuple[float, float]) -> str | None:
+    """A note when ImagerPixelSpacing / PixelSpacing, the magnification the calibration found,
+    lies outside what a radiograph can have (red-team round 10: 3x passed without a word)."""
+    ratios = [i / p for i, p in zip(imager, pixel, strict=True)]
+    lo, hi = MAGNIFICATION_RANGE
+    if all(0.95 * lo <= r <= hi for r in ratios):
+        return None
+    worst = max(ratios, key=lambda r: abs(r - 1))
+    return (f"DICOM ImagerPixelSpacing / PixelSpacing = {worst:.3g}: a radiograph magnifies "
+            f"{lo:g}-{hi:g}x, so one of the two is wrong (PixelSpacing takes precedence)")
 
 
 def _magnification(ds: Any, notes: list[str]) -> float | None:
@@ -1613,9 +1620,9 @@ def _non_image_kind(ds: Any, sop: str) -> str | None:
     SOP Class UID; None for image classes and unknown UIDs."""
     from pydicom.uid import UID
 
-    for uid in (sop, str(ds.get("SOPClassUID", "") or "")):
-        name = UID(uid.strip()).name if uid.strip() else ""
-        if name and name != uid.strip() and "Image" not in name:
+    for uid in (sop.strip(), str(ds.get("SOPClassUID", "") or "").strip()):
+        name = UID(uid).name if uid else ""
+        if name and name != uid and "Image" not in name:
             return printable(name.removesuffix(" Storage"))[:80]
     return None
 
@@ -1743,14 +1750,8 @@ def _read_dicom(path: Path) -> LoadedImage:
     pixel, bad_pixel = _spacing_tag(ds, "PixelSpacing")
     imager, bad_imager = _spacing_tag(ds, "ImagerPixelSpacing")
     magnification = _magnification(ds, notes) if imager is not None else None
-    if pixel is not None and imager is not None:  # their ratio is the magnification the
-        ratios = [i / p for i, p in zip(imager, pixel, strict=True)]  # calibration found
-        lo, hi = MAGNIFICATION_RANGE
-        if not all(0.95 * lo <= r <= hi for r in ratios):  # (red-team round 10: 3x, no word)
-            worst = max(ratios, key=lambda r: abs(r - 1))
-            notes.append(f"DICOM ImagerPixelSpacing / PixelSpacing = {worst:.3g}: a radiograph "
-                         f"magnifies {lo:g}-{hi:g}x, so one of the two is wrong (PixelSpacing "
-                         "takes precedence)")
+    if pixel is not None and imager is not None and (odd := _spacings_disagree(pixel, imager)):
+        notes.append(odd)
     invalid = [(t, r) for t, r in (("PixelSpacing", bad_pixel), ("ImagerPixelSpacing", bad_imager))
                if r is not None]  # fmt: skip
     invalid += [bad_group_spacing] if bad_group_spacing is not None else []
