@@ -447,9 +447,9 @@ def peak_live_elements(graph: Any, shapes: dict[str, list[int]], constant: set[s
     for i, node in enumerate(graph.node):
         name = node.output[0]
         if name not in constant:
-            n = math.prod(shapes[name])
+            n, end = math.prod(shapes[name]), last.get(name, i)  # (never read: freed at once)
             alive += n
-            ends[last.get(name, i)] = ends.get(last.get(name, i), 0) + n
+            ends[end] = ends.get(end, 0) + n
         peak = max(peak, alive)
         alive -= ends.pop(i, 0)
     return peak
