@@ -158,18 +158,21 @@ def outside_link(run: Path) -> str | None:
     A resumed run appends to ``metrics.csv``, rewrites ``config.yaml`` and deletes the previous
     best checkpoint: through a link placed in a shared run folder it overwrote or deleted files
     anywhere the user may write (fifth fuzz round). Links inside the folder (W&B's
-    ``latest-run``) are left alone.
+    ``latest-run``) are left alone, and so are links inside an earlier W&B run's own folder
+    (``wandb/<run>/...``): W&B itself links ``logs/debug-core.log`` to its cache in the home
+    folder, and a resumed run starts a new W&B run folder, writing nothing through old ones.
     """
     top = run.resolve()
     seen = 0
     unreadable: list[OSError] = []  # (os.walk skips a folder it cannot list: its links unseen)
     for here, dirs, files in os.walk(run, followlinks=False, onerror=unreadable.append):
+        in_old_wandb_run = _in_wandb_run_folder(Path(here), run)
         for name in (*dirs, *files):
             seen += 1
             if seen > MAX_RUN_ENTRIES:
                 return f"more than {MAX_RUN_ENTRIES} entries (not a run folder?)"
             entry = Path(here) / name
-            if entry.is_symlink():
+            if entry.is_symlink() and not in_old_wandb_run:
                 try:
                     target = entry.resolve(strict=False)
                 except (OSError, RuntimeError):  # a link loop: not a run's own link either
@@ -180,3 +183,10 @@ def outside_link(run: Path) -> str | None:
         err = unreadable[0]
         return f"a folder that cannot be read ({err.filename}: {err.strerror or err})"
     return None
+
+
+def _in_wandb_run_folder(folder: Path, run: Path) -> bool:
+    """Whether ``folder`` lies inside one W&B run's folder of ``run`` (``wandb/<run>/...``), a
+    real folder (os.walk does not enter linked ones), which nothing of a resumed run writes."""
+    parts = folder.relative_to(run).parts
+    return len(parts) >= 2 and parts[0] == "wandb"

@@ -163,3 +163,42 @@ def test_resume_refuses_a_run_folder_with_links_out_of_it(tmp_path):
         if saved.exists():
             saved.rename(link)
     assert (victim / "notes.txt").read_text() == "precious"
+
+
+def test_resume_of_a_run_logged_to_wandb_offline(tmp_path, monkeypatch):
+    """`make train` logs to W&B offline by default, and W&B links its run's
+    ``logs/debug-core.log`` to a file in the home folder: `RESUME=last` refused every such run
+    ("holds a link out of it") until links inside an earlier W&B run's folder were passed over.
+    The resumed run gets a W&B run folder of its own; a link out of the folder elsewhere (here
+    the ``wandb`` folder's own log link) is still refused."""
+    from lightning_modules.checkpoint_file import CheckpointError
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config's run.wandb_mode (offline)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [a for a in _args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2")
+            if a != "--run.wandb=false"] + ["--run.wandb=true"]
+    run = train.fit(args).run_dir
+    old = list((run / "wandb").glob("offline-run-*"))
+    assert len(old) == 1
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "core-debug.log").write_text("W&B's own log")
+    core = old[0] / "logs" / "debug-core.log"  # as W&B makes it (whether or not it did here)
+    if not core.is_symlink():
+        core.parent.mkdir(exist_ok=True)
+        core.unlink(missing_ok=True)
+        core.symlink_to(home / "core-debug.log")
+    assert not core.resolve().is_relative_to(run.resolve())
+
+    resumed = train.fit([a.replace("max_epochs=1", "max_epochs=2") for a in args]
+                        + ["--resume", "last"])
+    assert resumed.run_dir == run and resumed.trainer.current_epoch == 2
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
+    assert (home / "core-debug.log").read_text() == "W&B's own log"
+
+    outside = run / "wandb" / "debug.log"
+    outside.unlink(missing_ok=True)
+    outside.symlink_to(home / "core-debug.log")
+    with pytest.raises(CheckpointError, match="holds a link out of it"):
+        train.fit([a.replace("max_epochs=1", "max_epochs=3") for a in args]
+                  + ["--resume", "last"])
