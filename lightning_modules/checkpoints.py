@@ -82,6 +82,45 @@ class FiniteModelCheckpoint(ModelCheckpoint):
         if self._finite(trainer):
             super()._save_last_checkpoint(trainer, monitor_candidates)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's, after moving the saved paths into this ``dirpath`` when the run folder
+        was moved or copied with its checkpoints (another disk, another machine): Lightning
+        forgot the best score then, and the resumed run's first epoch, however bad, became the
+        "best" checkpoint."""
+        super().load_state_dict(moved_checkpoint_state(state_dict, self.dirpath))
+
+
+def moved_checkpoint_state(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
+    """``state`` (a ModelCheckpoint's) with each file of its saved ``dirpath`` renamed into
+    ``dirpath``, when that differs and the saved best checkpoint is there under its own name;
+    else ``state`` unchanged (Lightning then warns and starts the best score afresh). Only plain
+    names directly in the saved folder move: anything else is left for Lightning to ignore."""
+    old = state.get("dirpath")
+    best = state.get("best_model_path")
+    if (not isinstance(old, str) or not isinstance(best, str) or dirpath is None
+            or old == dirpath or not _moved_name(best, old)
+            or not (Path(dirpath) / Path(best).name).is_file()):
+        return state
+
+    def moved(name: Any) -> Any:
+        return str(Path(dirpath) / Path(name).name) if _moved_name(name, old) else name
+
+    out = dict(state, dirpath=dirpath)
+    for key in _CALLBACK_PATHS:
+        out[key] = moved(state.get(key))
+    if isinstance(state.get("best_k_models"), Mapping):
+        out["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+    return out
+
+
+def _moved_name(name: Any, folder: str) -> bool:
+    """Whether ``name`` is a checkpoint file directly in ``folder`` (a plain, visible name)."""
+    if not isinstance(name, str) or not name:
+        return False
+    path = Path(name)
+    return (path.parent == Path(folder) and path.suffix == ".ckpt"
+            and not path.name.startswith(".") and path.name not in ("..", "."))
+
 
 class SameFolderCheckpointIO(TorchCheckpointIO):
     """Write ``<dir>/.<name>.<pid>.tmp`` then rename it over ``<dir>/<name>`` (atomic, no

@@ -3,6 +3,7 @@ run (CPU, deterministic, augmentation on, shuffled; data workers or not)."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -131,6 +132,54 @@ def test_diverging_training_stops_with_status_3_and_no_nan_checkpoint(tmp_path, 
     header = csv[0].split(",")
     counted = [r.split(",")[header.index("train/nonfinite_steps")] for r in csv[1:]]
     assert max(float(c) for c in counted if c) >= 4  # the fifth is logged, not yet flushed
+
+
+def test_resume_of_a_moved_run_folder_keeps_the_best_score(tmp_path):
+    """A run folder moved (or copied) elsewhere, e.g. from a cluster's scratch disk: Lightning
+    forgot its best score ("The dirpath has changed"), so the resumed run's first epoch, however
+    bad, was written as a new best checkpoint next to the real one. Saved paths now move with
+    the folder: as without the move, only best-epoch000 and last remain."""
+    frozen = ("--model.lr=0.0", "--model.gradnorm_lr=0.0", "--data.num_train=2",
+              "--data.num_val=2", "--data.augment=false")
+    part = train.fit(_args(tmp_path / "scratch", 1, *frozen))
+    moved_root = tmp_path / "home"
+    shutil.move(tmp_path / "scratch", moved_root)
+    run = moved_root / part.run_dir.relative_to(tmp_path / "scratch")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train.fit(_args(moved_root, 3, *frozen, "--resume",
+                                  str(run / "checkpoints" / "last.ckpt")))
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    assert resumed.run_dir == run.resolve()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best-epoch000.ckpt", "last.ckpt"]
+    callback = resumed.trainer.checkpoint_callback
+    assert float(callback.best_model_score) == pytest.approx(part.metrics["val/lm_err_px"])
+    assert Path(callback.best_model_path) == run.resolve() / "checkpoints" / "best-epoch000.ckpt"
+
+
+def test_moved_checkpoint_state_moves_only_plain_names_of_the_saved_folder(tmp_path):
+    from lightning_modules.checkpoints import moved_checkpoint_state
+
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "best-epoch003.ckpt").write_bytes(b"x")
+    state = {"dirpath": "/old/ck", "best_model_path": "/old/ck/best-epoch003.ckpt",
+             "last_model_path": "/old/ck/last.ckpt", "kth_best_model_path": "/elsewhere/a.ckpt",
+             "best_k_models": {"/old/ck/best-epoch003.ckpt": 1.5, "/old/ck/.x.ckpt": 2.0},
+             "best_model_score": 1.5}
+    out = moved_checkpoint_state(state, str(new))
+    assert out["dirpath"] == str(new) and out["best_model_score"] == 1.5
+    assert out["best_model_path"] == str(new / "best-epoch003.ckpt")
+    assert out["last_model_path"] == str(new / "last.ckpt")
+    assert out["kth_best_model_path"] == "/elsewhere/a.ckpt"  # not of the saved folder
+    assert out["best_k_models"] == {str(new / "best-epoch003.ckpt"): 1.5, "/old/ck/.x.ckpt": 2.0}
+    # the best checkpoint is not in the new folder (moved without it): left to Lightning
+    assert moved_checkpoint_state(dict(state, best_model_path="/old/ck/best-epoch009.ckpt"),
+                                  str(new))["dirpath"] == "/old/ck"
+    assert moved_checkpoint_state(dict(state, dirpath=str(new)), str(new))["dirpath"] == str(new)
+    assert moved_checkpoint_state({"dirpath": "/old/ck", "best_model_path": ""}, str(new)) == {
+        "dirpath": "/old/ck", "best_model_path": ""}
 
 
 def test_resume_refuses_a_run_folder_with_links_out_of_it(tmp_path):
