@@ -35,6 +35,8 @@ CKPT ?=
 IMAGE ?=
 ONNX ?=
 WORKERS ?=
+# LabelMe import (make import-labelme LABELME=annotated/ DATA=data/mine).
+LABELME ?=
 
 # $(call q,VALUE): VALUE as one shell word in single quotes (spaces, non-ASCII, " and ' survive),
 # so IMAGE="a b ü.png" reaches the program as one argument. make itself expands a $ in a variable
@@ -43,10 +45,11 @@ WORKERS ?=
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data evaluate plan export bench clean generalisation
+        validate-data import-labelme evaluate plan export bench clean generalisation
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
+	@echo "make import-labelme LABELME=folder DATA=new-folder [ARGS='--images dicom/ --spacing-mm 0.15']"
 	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=file|folder|'glob' CKPT=.ckpt|.onnx"
 	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint | test-fast (no slow tests)"
 	@echo "make generalisation [MINUTES=30] [FACTORS=...] | venv (create .venv only) | clean"
@@ -95,6 +98,10 @@ phantoms-sheet: $(STAMP)
 validate-data: $(STAMP)
 	@test -n $(call q,$(DATA)) || (echo "usage: make validate-data DATA=path/to/dataset" >&2 && exit 2)
 	$(PY) -m datamodules.validate $(call q,$(DATA)) $(ARGS)
+
+import-labelme: $(STAMP)
+	@test -n $(call q,$(LABELME)) -a -n $(call q,$(DATA)) || (echo "usage: make import-labelme LABELME=folder DATA=new-dataset-folder [ARGS=...]" >&2 && exit 2)
+	$(PY) -m datamodules.labelme_import $(call q,$(LABELME)) $(call q,$(DATA)) $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(call q,$(CKPT))) \

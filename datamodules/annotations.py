@@ -328,17 +328,18 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_json(path: str | Path) -> Any:
-    """Parse a JSON file; any problem (unreadable, not UTF-8, malformed, too large, nested too
-    deeply, a key repeated in one object) raises AnnotationError naming the file, never a
-    RecursionError. A UTF-8 byte-order mark (Windows editors write one) is allowed."""
+def load_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES, what: str = "an annotation"
+              ) -> Any:
+    """Parse a JSON file; any problem (unreadable, not UTF-8, malformed, larger than
+    ``max_bytes``: not ``what``, nested too deeply, a key repeated in one object) raises
+    AnnotationError naming the file, never a RecursionError. A UTF-8 byte-order mark (Windows
+    editors write one) is allowed."""
     path = Path(path)
     try:
         if not path.is_file():
             raise AnnotationError(f"{path}: not a regular file")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise AnnotationError(f"{path}: larger than {MAX_JSON_BYTES // 1_000_000} MB: not "
-                                  "an annotation")
+        if path.stat().st_size > max_bytes:
+            raise AnnotationError(f"{path}: larger than {max_bytes / 1e6:g} MB: not {what}")
         return json.loads(path.read_text(encoding="utf-8-sig"),
                           object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
