@@ -84,6 +84,7 @@ from lightning_modules.training_state import (
     ARCHITECTURE_KEYS,
     OPTIMISER_KEYS,
     TARGET_KEYS,
+    dataset_change,
     fresh_optimizers,
     loop_state_problem,
     optimizer_state_problem,
@@ -164,6 +165,12 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
     p.add_argument("--wandb-name")
     known, rest = p.parse_known_args(argv)
     configs = list(known.config)
+    preset = PAPER_CONFIG if torch.cuda.is_available() else QUICK_CONFIG
+    if not configs and known.resume and (own := resumed_run_config(
+            known.resume, preset, known.run_name, rest)) is not None:
+        configs = [str(own)]  # RESUME= alone continues the run as it was configured
+        if announce and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"resuming with the run's own settings: {own}", flush=True)
     if not configs:
         if torch.cuda.is_available():
             configs = [str(PAPER_CONFIG)]
@@ -189,6 +196,45 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
     return out + rest
 
 
+def resumed_run_config(resume: str, preset: Path, run_name: str | None,
+                       rest: list[str]) -> Path | None:
+    """The ``config.yaml`` of the run that ``--resume`` continues (``last``: the newest run of
+    the run name and root that ``rest`` or ``preset`` give), or None when there is none: a
+    resume without ``--config`` then uses it, so that ``make train RESUME=...`` alone trains on
+    what the run trained on (it went on with the preset's phantoms after a run on ``DATA=``)."""
+    try:
+        if resume == "last":
+            run = _yaml_section(preset, "run")
+            root = _option_value(rest, "--run.root") or run.get("root") or "runs"
+            name = run_name or _option_value(rest, "--run.name") or run.get("name") or "kneeplan"
+            ckpt = find_last_checkpoint(root, str(name))
+        else:
+            ckpt = Path(resume).expanduser().absolute()
+        folder = run_folder_of(ckpt) if ckpt.is_file() else None
+    except (CheckpointError, OSError, RuntimeError, ValueError):
+        return None  # resume_checkpoint says what is wrong, in one line
+    return folder / "config.yaml" if folder is not None else None
+
+
+def _yaml_section(path: Path, key: str) -> dict[str, Any]:
+    """One top-level mapping of a YAML file (empty when absent)."""
+    import yaml
+
+    section = (yaml.safe_load(path.read_text()) or {}).get(key)
+    return section if isinstance(section, dict) else {}
+
+
+def _option_value(args: list[str], option: str) -> str | None:
+    """The last value given to ``option`` in ``args`` (``--x v`` or ``--x=v``), or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg[len(option) + 1:]
+    return value
+
+
 def resume_checkpoint(run: RunOptions, module: KneePlanModule,
                       data_hparams: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
@@ -212,12 +258,14 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
     changed = settings_mismatch(ckpt.get("hyper_parameters"), dict(module.hparams),
                                 ARCHITECTURE_KEYS)
     if changed is None and data_hparams is not None:
-        changed = settings_mismatch(ckpt.get("datamodule_hyper_parameters"), data_hparams,
-                                    TARGET_KEYS)
+        saved_data = ckpt.get("datamodule_hyper_parameters")
+        changed = (settings_mismatch(saved_data, data_hparams, TARGET_KEYS)
+                   or dataset_change(saved_data, data_hparams))
     if changed:
         raise CheckpointError(
             f"{path}: the config changes what this run trains ({changed}): resume with the run's "
-            "own config.yaml, or start a new run")
+            f"own settings (make train RESUME={path}, without CONFIG or DATA: its "
+            "config.yaml is used), or start a new run")
     if changed := settings_mismatch(ckpt.get("hyper_parameters"), dict(module.hparams),
                                     OPTIMISER_KEYS):
         raise CheckpointError(
@@ -492,7 +540,8 @@ def _interrupted(cli: Any, trainer: pl.Trainer) -> TrainingInterrupted:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     last = _existing(cli.own["last"].best_model_path) or _existing(
         str(cli.run_dir / "checkpoints" / "last.ckpt"))
-    where = (f"last checkpoint {last} (continue with --resume {last}, or make train RESUME=last)"
+    where = (f"last checkpoint {last} (continue with --resume {last}, or make train "
+             f"RESUME={last})"
              if last else "no checkpoint was written yet")
     return TrainingInterrupted(f"training interrupted in epoch {trainer.current_epoch}: {where}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,10 @@ _FLAGS = ("capturable", "centered", "differentiable", "foreach", "fused", "maxim
 ARCHITECTURE_KEYS = ("num_stacks", "depth", "c1", "c2", "c_star", "norm", "net_kwargs",
                      "image_size")  # fmt: skip
 TARGET_KEYS = ("size", "sigma", "roi_spacing_px", "roi_extent")
+# the DataModule settings that choose the training images: a resume without ``DATA=`` trained
+# on phantoms after an epoch of the user's data, without a word (user walkthrough)
+DATASET_KEYS = ("data_root", "split_file", "val_fraction", "seed", "num_train", "num_val",
+                "min_side", "max_side", "phantom_config", "phantom_overrides")
 # read only when the optimisers and the scheduler are built: a resumed run restores their saved
 # state instead, so a changed value would be ignored while config.yaml and the checkpoint's
 # hyper-parameters recorded it as used
@@ -298,6 +303,38 @@ def settings_mismatch(saved: Mapping[str, Any] | None, configured: Mapping[str, 
                 configured[key]):
             return f"{key} {saved[key]!r} -> {configured[key]!r}"
     return None
+
+
+def dataset_change(saved: Mapping[str, Any] | None, configured: Mapping[str, Any]) -> str | None:
+    """The first ``DATASET_KEYS`` setting that differs between a checkpoint's DataModule
+    record and the configured one, as ``key: saved -> configured``, or None. A data folder is
+    compared by the folder it names; one recorded that no longer exists (the data were moved)
+    may be given anew."""
+    if not isinstance(saved, Mapping):
+        return None
+    old, new = saved.get("data_root"), configured.get("data_root")
+    if old is not None and new is not None and (
+            _same_folder(old, new) or not _is_folder(old)):
+        saved = {k: v for k, v in saved.items() if k != "data_root"}
+    return settings_mismatch(saved, configured, DATASET_KEYS)
+
+
+def _is_folder(name: Any) -> bool:
+    """Whether a recorded folder name (any text a checkpoint holds) names an existing folder."""
+    try:
+        return Path(str(name)).expanduser().is_dir()
+    except (OSError, RuntimeError, ValueError):  # NUL bytes, no home folder, a link loop
+        return False
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    """Whether two recorded folder names lead to one folder (text first, then the file system)."""
+    if str(a) == str(b):
+        return True
+    try:
+        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def comparable(value: Any) -> Any:

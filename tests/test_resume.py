@@ -134,6 +134,46 @@ def test_diverging_training_stops_with_status_3_and_no_nan_checkpoint(tmp_path, 
     assert max(float(c) for c in counted if c) >= 4  # the fifth is logged, not yet flushed
 
 
+def test_resume_alone_continues_on_the_runs_own_data(tmp_path, monkeypatch):
+    """User walkthrough: `make train DATA=own`, then `make train RESUME=last` trained its second
+    epoch on the preset's phantoms and rewrote config.yaml with data_root null, without a word.
+    Without --config a resume now takes the run's own config.yaml (so RESUME alone continues
+    on the same data and settings); a config that changes the data is refused in one line."""
+    from datamodules.dataset_io import write_sample
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+    from lightning_modules.checkpoint_file import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "own"
+    for seed in range(5):
+        write_sample(data, generate_phantom(40 + seed, PhantomConfig(min_side=96, max_side=128)))
+    args = ["--run.wandb=false", "--run.val_images=0", "--trainer.enable_progress_bar=false",
+            "--run.name", "own"]
+    part = train.fit(["--config", str(REPO / "configs" / "tiny.yaml"), "--data-root", str(data),
+                      "--trainer.max_epochs=1", *args])
+    resumed = train.fit(["--resume", "last", "--trainer.max_epochs=2", *args])
+    assert resumed.run_dir == part.run_dir and resumed.trainer.current_epoch == 2
+    assert resumed.trainer.datamodule.data_root == str(data)
+    saved = (part.run_dir / "config.yaml").read_text()
+    assert f"data_root: {data}" in saved and "c_star: 16" in saved  # tiny's, not quick's
+
+    with pytest.raises(CheckpointError, match=r"data_root .* -> None.*RESUME=") as err:
+        train.fit(["--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "last",
+                   "--trainer.max_epochs=3", *args])
+    assert "\n" not in str(err.value)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    with pytest.raises(CheckpointError, match="data_root"):
+        train.fit(["--resume", "last", "--data-root", str(other), "--trainer.max_epochs=3",
+                   *args])
+    # the data moved (the recorded folder is gone): the new folder may be given
+    shutil.rmtree(data)
+    moved = train.fit(["--resume", "last", "--data-root", str(other), "--trainer.max_epochs=3",
+                       *args])
+    assert moved.trainer.current_epoch == 3
+
+
 def test_resume_of_a_moved_run_folder_keeps_the_best_score(tmp_path):
     """A run folder moved (or copied) elsewhere, e.g. from a cluster's scratch disk: Lightning
     forgot its best score ("The dirpath has changed"), so the resumed run's first epoch, however

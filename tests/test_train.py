@@ -24,7 +24,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_translate_args_maps_make_flags(capsys, monkeypatch):
+def test_translate_args_maps_make_flags(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # (no runs/ here: --resume last has no run's config to take)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = train.translate_args(["--data-root", "d", "--devices", "2", "--num-nodes", "3",
                                 "--resume", "last", "--wandb-group", "g",
