@@ -35,6 +35,8 @@ from datamodules.colours import CORTEX_RGB as ROI_RGB
 from datamodules.path_limits import replace_link
 from datamodules.sample import BONES, LANDMARKS
 from lightning_modules.training_state import (
+    MAX_RECORDED_IDS,
+    TRAINING_IDS_KEY,
     fresh_optimizers,
     gradnorm_history_problem,
     metrics_history_problem,
@@ -373,6 +375,18 @@ class ConfigInCheckpoint(pl.Callback):
         fresh = fresh_optimizers(pl_module) if states is not None else None
         if fresh is not None and (problem := optimizer_state_problem(states, fresh)):
             raise ValueError(problem)
+
+
+class TrainingIdsInCheckpoint(pl.Callback):
+    """Store the ids of the training images of a dataset folder in every checkpoint (``evaluate
+    --held-out`` leaves exactly these out: rebuilding the split from the folder as it is later
+    scored images added after training, or moved by an edited split file, as held out)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        train_set = getattr(getattr(trainer, "datamodule", None), "train_set", None)
+        ids = getattr(train_set, "ids", None)  # a dataset folder's (phantoms have none)
+        if isinstance(ids, list) and len(ids) <= MAX_RECORDED_IDS:
+            checkpoint[TRAINING_IDS_KEY] = [str(i) for i in ids]
 
 
 def _fmt(v: float) -> str:

@@ -53,6 +53,7 @@ from lightning_modules.callbacks import (
     ConfigInCheckpoint,
     GradNormHistory,
     MetricsHistory,
+    TrainingIdsInCheckpoint,
     ValidationImages,
     format_metric_comparison,
 )
@@ -438,7 +439,7 @@ class KneePlanCLI(LightningCLI):
         self.own = {"checkpoint": checkpoint, "last": last, "history": history}
         config_yaml = self.parser.dump(self.config, skip_none=False)
         ours = [checkpoint, last, history, GradNormHistory(run_dir),
-                ConfigInCheckpoint(config_yaml)]
+                ConfigInCheckpoint(config_yaml), TrainingIdsInCheckpoint()]
         if run.val_images > 0:
             ours.append(ValidationImages(run_dir, num_images=run.val_images))
         keys = self._parser(self.subcommand).callback_keys

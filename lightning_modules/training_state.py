@@ -43,6 +43,11 @@ TARGET_KEYS = ("size", "sigma", "roi_spacing_px", "roi_extent")
 # on phantoms after an epoch of the user's data, without a word (user walkthrough)
 DATASET_KEYS = ("data_root", "split_file", "val_fraction", "seed", "num_train", "num_val",
                 "min_side", "max_side", "phantom_config", "phantom_overrides")
+# the ids of a dataset folder's training images, stored in every checkpoint (evaluate
+# --held-out leaves exactly these out); not recorded beyond MAX_RECORDED_IDS (~3 pickle opcodes
+# each: far below the checkpoint scan's 10^6)
+TRAINING_IDS_KEY = "kneeplan_training_ids"
+MAX_RECORDED_IDS = 50_000
 # read only when the optimisers and the scheduler are built: a resumed run restores their saved
 # state instead, so a changed value would be ignored while config.yaml and the checkpoint's
 # hyper-parameters recorded it as used

@@ -262,15 +262,25 @@ def dataset_samples(root: str | Path, skip: Collection[str] = ()) -> Iterator[Sa
 def training_ids(training: dict[str, Any], data_root: str | Path) -> tuple[list[str], str]:
     """The ids of ``data_root`` a checkpoint trained on (``training``: its
     ``planning.model_io.training_data``) and how that is known ("" when it trained elsewhere
-    or on phantoms). ValueError when it trained on this folder but its split cannot be rebuilt
-    (a split file gone, settings missing)."""
+    or on phantoms). The ids recorded in the checkpoint decide wherever the folder is (a copy
+    of the data elsewhere too: by id); without them (older checkpoints) the split is rebuilt
+    from the folder as it is now. ValueError when it trained on this folder but its split
+    cannot be rebuilt (a split file gone, settings missing)."""
     from datamodules.datamodule import folder_split
+    from datamodules.dataset_io import list_ids
 
     root = training.get("data_root")
     try:  # a recorded folder that cannot be resolved (a symbolic link loop, a NUL byte: a
         same = root is not None and Path(str(root)).resolve() == Path(data_root).resolve()
     except (OSError, RuntimeError, ValueError):  # checkpoint's text) is not this folder, which
         same = False  # was resolved before (red-team round 10: it stopped the evaluation)
+    if "ids" in training:
+        recorded = set(training["ids"])
+        found = [i for i in list_ids(data_root) if i in recorded]
+        if same:
+            return found, "the training images its checkpoint records"
+        return (found, "ids its checkpoint records as training images (a copy of its data?)"
+                if found else "")
     if not same:
         return [], ""
     if training.get("split_file"):

@@ -38,7 +38,12 @@ from lightning_modules.checkpoint_file import (
 from lightning_modules.model_cost import build_network, compute_problem, conv_cost, conv_flop
 from lightning_modules.model_limits import check_codec, check_codec_matches_network
 from lightning_modules.shgn import MultiTaskSHGN
-from lightning_modules.training_state import ARCHITECTURE_KEYS, comparable
+from lightning_modules.training_state import (
+    ARCHITECTURE_KEYS,
+    MAX_RECORDED_IDS,
+    TRAINING_IDS_KEY,
+    comparable,
+)
 
 __all__ = ["CheckpointError", "LoadedModel", "build_network", "checkpoint_codec",
            "conv_cost", "conv_flop", "load_checkpoint", "read_checkpoint"]
@@ -231,12 +236,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 
 def training_data(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The data settings a checkpoint trained with (``data_root``, ``split_file``,
-    ``val_fraction``, ``seed``; plain values only, anything else dropped): which images of a
-    folder were its training images."""
+    ``val_fraction``, ``seed``; plain values only, anything else dropped) and, where recorded,
+    its training images' ``ids``: which images of a folder were its training images."""
     data = ckpt.get("datamodule_hyper_parameters")
     if not isinstance(data, dict):
         return {}
     kinds = {"data_root": str, "split_file": str, "val_fraction": int | float, "seed": int}
-    return {k: data[k] for k, kind in kinds.items()
-            if isinstance(data.get(k), kind) and not isinstance(data.get(k), bool)
-            and len(str(data[k])) <= 4096}
+    out = {k: data[k] for k, kind in kinds.items()
+           if isinstance(data.get(k), kind) and not isinstance(data.get(k), bool)
+           and len(str(data[k])) <= 4096}
+    ids = ckpt.get(TRAINING_IDS_KEY)
+    if (isinstance(ids, list) and len(ids) <= MAX_RECORDED_IDS
+            and all(isinstance(i, str) and len(i) <= 1024 for i in ids)):
+        out["ids"] = ids
+    return out

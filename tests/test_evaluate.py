@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -222,19 +223,47 @@ def test_evaluate_knows_the_checkpoints_own_training_images(tmp_path, capsys):
     assert main([*common, "--data-root", str(data), "--out", str(tmp_path / "all")]) == 0
     out = capsys.readouterr()
     assert f"{len(train_ids)} images of {data} are this checkpoint's training images" in out.err
-    assert "seed 7" in out.err
+    assert "the training images its checkpoint records" in out.err
     rows = list(csv.DictReader((tmp_path / "all" / "per_image.csv").open()))
     assert sorted(r["id"] for r in rows) == ids
+    assert torch.load(ckpt, weights_only=True)["kneeplan_training_ids"] == train_ids
+
+    # images added after training (user walkthrough: the rebuilt split then counted some of
+    # them as training images and scored a training image as held out): held out by record
+    for i in range(2):
+        write_sample(data, generate_phantom(500 + i, cfg))
+    added = sorted({p.stem for p in (data / "images").iterdir()} - set(ids))
     assert main([*common, "--data-root", str(data), "--held-out",
                  "--out", str(tmp_path / "held")]) == 0
     rows = list(csv.DictReader((tmp_path / "held" / "per_image.csv").open()))
-    assert sorted(r["id"] for r in rows) == sorted(val_ids) and len(val_ids) == 2
+    assert sorted(r["id"] for r in rows) == sorted(val_ids + added) and len(val_ids) == 2
     capsys.readouterr()
+    # a copy of the data elsewhere: the recorded ids are named and left out there too
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    assert main([*common, "--data-root", str(copy), "--held-out",
+                 "--out", str(tmp_path / "held_copy")]) == 0
+    rows = list(csv.DictReader((tmp_path / "held_copy" / "per_image.csv").open()))
+    assert sorted(r["id"] for r in rows) == sorted(val_ids + added)
     assert main([*common, "--data-root", str(other), "--out", str(tmp_path / "o")]) == 0
     assert "training images" not in capsys.readouterr().err
     assert main([*common, "--data-root", str(other), "--held-out"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did not train on" in err
+
+
+def test_held_out_without_recorded_ids_rebuilds_the_split(tmp_path):
+    """Older checkpoints record no training ids: the seeded split is rebuilt from the folder."""
+    from datamodules.datamodule import seeded_split
+    from planning.evaluate import training_ids
+
+    cfg = PhantomConfig(min_side=96, max_side=128)
+    for i in range(5):
+        write_sample(tmp_path, generate_phantom(300 + i, cfg))
+    ids = sorted(p.stem for p in (tmp_path / "images").iterdir())
+    found, how = training_ids({"data_root": str(tmp_path), "val_fraction": 0.4, "seed": 7},
+                              tmp_path)
+    assert found == seeded_split(ids, 0.4, 7)[0] and "seed 7" in how
 
 
 def test_held_out_with_an_export_says_it_cannot_tell(tmp_path_factory, tmp_path, capsys):
