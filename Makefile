@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kneeplan-installed
 
 export NO_ALBUMENTATIONS_UPDATE := 1
-export WANDB_MODE ?= offline
+# W&B's mode is not exported here: training sets WANDB_MODE from run.wandb_mode (offline by
+# default) unless it is set already, so ARGS="--run.wandb_mode online" is not overridden
 export WANDB_SILENT ?= true
 
 # Training / data knobs (all optional).
