@@ -239,6 +239,20 @@ def read_subset(path: str | Path) -> set[str]:
     return {s.split("#", 1)[0].strip() for s in lines} - {""}
 
 
+def check_subset(subset: set[str], path: str | Path, data_root: str | Path) -> None:
+    """Raise ValueError (one line) when ``subset`` names ids that ``data_root`` does not hold:
+    a list of typos gave Table 2 an empty subset column without a word."""
+    from datamodules.dataset_io import list_ids
+
+    if not (Path(data_root) / "images").is_dir():
+        return  # (the missing folder is reported where the images are read)
+    unknown = sorted(subset - set(list_ids(data_root)))
+    if unknown:
+        shown = ", ".join(repr(i)[:60] for i in unknown[:5])
+        raise ValueError(f"{path}: {len(unknown)} of its {len(subset)} ids are not images of "
+                         f"{data_root}: {shown}{', ...' if len(unknown) > 5 else ''}")
+
+
 def phantom_samples(n: int, seed: int, config: Any = None) -> Iterator[Sample]:
     """The fixed-seed phantom test set: ``generate_phantom(seed + i, config)`` for i < n."""
     from datamodules.phantoms import PhantomConfig, generate_phantom
@@ -669,6 +683,8 @@ def _run(args: argparse.Namespace) -> int:
         review_config = ReviewConfig.load(args.review_config)
         check_sphere_diameter(args.sphere_mm)
         subset = read_subset(args.subset) if args.subset else None  # before the model loads
+        if subset is not None and args.data_root is not None:
+            check_subset(subset, args.subset, args.data_root)
     except ValueError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -189,6 +189,23 @@ def test_table2_with_three_raters_and_subset_via_cli(tmp_path):
     assert float(summary[("model", "A")]["subset_n"]) == 2
 
 
+def test_subset_with_ids_the_data_lacks_is_one_line(tmp_path, capsys):
+    """User walkthrough: a subset of typos gave Table 2 "(0/8 images, ...)" and exit 0."""
+    root = tmp_path / "data"
+    cfg = PhantomConfig(min_side=96, max_side=128)
+    ids = []
+    for i in range(2):
+        write_sample(root, generate_phantom(100 + i, cfg))
+        ids.append(generate_phantom(100 + i, cfg).id)
+    (tmp_path / "typos.txt").write_text(f"{ids[0]}\nknee_5\nknee-06\n")
+    assert main(["--oracle", "--data-root", str(root), "--out", str(tmp_path / "o"),
+                 "--subset", str(tmp_path / "typos.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"evaluate: error: {tmp_path / 'typos.txt'}: 2 of its 3 ids are not images "
+                   f"of {root}: 'knee-06', 'knee_5'")
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_without_checkpoint_or_data_fails_cleanly(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no runs/ here
     assert main([]) == 2
