@@ -209,7 +209,8 @@ def _legend_band(width: int) -> np.ndarray:
         for x, name, colour, kind in row:
             if kind == "fill":
                 cv2.rectangle(band, (x, y - 11), (x + 12, y + 1), colour, -1)
-            else:
+            else:  # outlined: p_tmc's white cross was invisible on the white band
+                cv2.drawMarker(band, (x + 6, y - 5), (0, 0, 0), cv2.MARKER_CROSS, 14, 4)
                 cv2.drawMarker(band, (x + 6, y - 5), colour, cv2.MARKER_CROSS, 12, 2)
             _put(band, name, (x + 18, y), 0.45, (0, 0, 0))
     return band

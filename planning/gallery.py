@@ -168,8 +168,13 @@ def info_panel(h: int, heading: str, row: dict, reasons: list[str], st: Style,
     y += line_h // 2
     if reasons:
         put(f"NEEDS REVIEW ({len(reasons)}):", REVIEW_COLOUR)
-        for r in reasons:
-            for part in overlay.wrap_text("- " + r, inner, st):
+        for i, r in enumerate(reasons):
+            parts = overlay.wrap_text("- " + r, inner, st)
+            room = -(-(h - st.pad - y) // line_h)  # lines put() still draws
+            if len(parts) + (i < len(reasons) - 1) > room:  # (keep a line for the note)
+                put(f"+{len(reasons) - i} more (index.csv)", REVIEW_COLOUR)
+                break
+            for part in parts:
                 put(part, REVIEW_COLOUR)
     else:
         put("no review reason raised", (160, 160, 160))

@@ -128,3 +128,28 @@ def test_scaled_plan_keeps_pixel_centres_and_mm(cases):
     assert big.spacing[0] == pytest.approx(plan.spacing[0] / 3)
     assert big.lm1.distance(big.schoettle) * big.spacing[1] == pytest.approx(
         plan.lm1.distance(plan.schoettle) * plan.spacing[1], rel=1e-9)
+
+
+@pytest.mark.parametrize("n_reasons", [2, 30])
+def test_info_panel_says_how_many_reasons_it_could_not_show(n_reasons, monkeypatch):
+    """User walkthrough: reasons past the panel's height were cut mid-sentence without a word;
+    now the last line says how many more there are (all are in index.csv)."""
+    from planning import gallery, overlay
+
+    drawn: list[str] = []
+    monkeypatch.setattr(overlay, "_text", lambda img, text, *a, **k: drawn.append(text))
+    row = {"unit": "mm", "id": "k", "schoettle": 1.0, "ed_p_blum": 1.0, "ed_p_tmc": 1.0,
+           "line": 1.0, "iou_femur": 0.9}
+    reasons = [f"reason number {i} with a long explanation of what went wrong in the plan"
+               for i in range(n_reasons)]
+    st = overlay.Style(600, 600)
+    gallery.info_panel(600, "worst 1", row, reasons, st, 300)
+    shown = [t for t in drawn if "reason number" in t]
+    more = [t for t in drawn if "more (index.csv)" in t]
+    if n_reasons == 2:
+        assert not more and len({t.split(" with")[0] for t in shown}) == 2
+    else:
+        hidden = int(more[0].split()[0].lstrip("+"))
+        assert drawn[-1] == more[0] and 0 < hidden < n_reasons
+        first_words = {t.split(" with")[0] for t in shown if t.startswith("- reason")}
+        assert len(first_words) == n_reasons - hidden  # every shown reason is whole
