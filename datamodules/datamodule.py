@@ -26,6 +26,7 @@ DDP each rank takes its share of the same permutation with its own augmentation 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,10 @@ class KneeDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.augment_config = AugmentConfig.from_any(augment)
         self.targets = TargetConfig(sigma, roi_spacing_px, roi_extent)
-        self.data_root, self.test_root, self.split_file = data_root, test_root, split_file
+        # a leading ~ is the home folder (zsh leaves make's DATA=~/x unexpanded)
+        self.data_root, self.test_root, self.split_file = (
+            None if p is None else os.path.expanduser(p)
+            for p in (data_root, test_root, split_file))
         self.val_fraction, self.seed, self.size = val_fraction, int(seed), int(size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import unicodedata
 from dataclasses import dataclass, field
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = ValidationReport()
     for root in args.roots:
-        report.extend(validate_dataset(root))
+        report.extend(validate_dataset(os.path.expanduser(root)))  # (DATA=~/x under zsh)
     print(report.format())
     if args.strict and report.ok and report.warnings:
         print(f"validate: --strict: {len(report.warnings)} warning(s) count as errors",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 import re
 import stat
 import sys
@@ -61,6 +62,7 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     """
     from datamodules.dataset_io import folder_entries, stat_problem
 
+    spec = os.path.expanduser(spec)  # (zsh leaves ``IMAGE=~/x`` unexpanded)
     path = Path(spec)
     st = stat_problem(path)  # a loop or a permission error is the single path's own error
     if not isinstance(st, str) and stat.S_ISDIR(st.st_mode):

@@ -27,6 +27,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,6 @@ def annotation_spacing(image_path: Path, warn: bool = True) -> tuple[float, floa
     if image_path.parent.name != "images":
         return None
     import errno
-    import os
     import stat
 
     from datamodules.annotations import AnnotationError, read_annotation
@@ -364,10 +364,11 @@ MAX_PARALLEL = 64  # --workers / --threads: beyond this, threads thrash and runt
 
 def path_argument(text: str | Path) -> Path:
     """argparse type of a path flag: an empty string (an unset shell variable) is an error, not
-    the current folder (``Path('')`` is ``.``)."""
+    the current folder (``Path('')`` is ``.``). A leading ``~`` is the home folder (zsh leaves it
+    unexpanded in ``make plan CKPT=~/x``)."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path")
-    return Path(text)
+    return Path(text).expanduser()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,7 +612,9 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     )
 
     if not images:
-        _error(f"{args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+        inner = Path(os.path.expanduser(args.image)) / "images"
+        hint = f": a dataset folder? its images are in {inner}" if inner.is_dir() else ""
+        _error(f"{args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found{hint}")
         return 1
     clash = overwritten_inputs(images, args.out)
     if clash:
@@ -624,8 +627,6 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         _error(problem)
         return 2
     t0 = time.perf_counter()
-    import os
-
     cores = os.cpu_count() or 1
     if args.workers > cores:  # each worker holds a model (~300 MB): more than cores only thrash
         print(f"plan: note: --workers {args.workers} > {cores} CPU cores: using {cores}",
