@@ -237,7 +237,8 @@ def _option_value(args: list[str], option: str) -> str | None:
 
 
 def resume_checkpoint(run: RunOptions, module: KneePlanModule,
-                      data_hparams: Mapping[str, Any] | None = None) -> Path:
+                      data_hparams: Mapping[str, Any] | None = None,
+                      trainer: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint ``run.resume`` names, checked to be a safe, complete training checkpoint of
     ``module``'s architecture and settings (and of ``data_hparams``' targets, when given), with
     an optimiser and scheduler state in range and loop counters Lightning can run from
@@ -274,7 +275,32 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
             "the saved optimiser and scheduler state, so the new value would be ignored: resume "
             "with the run's own config.yaml, or start a new run with it")
     _check_rng_state(path, ckpt.get(RNG_KEY))
+    if trainer is not None and (done := finished_run(ckpt, trainer)):
+        raise CheckpointError(f"{path}: nothing to train: the run has {done}; raise it to go "
+                              "on (e.g. ARGS=\"--trainer.max_epochs N\")")
     return path
+
+
+def finished_run(ckpt: Mapping[str, Any], trainer: Mapping[str, Any]) -> str | None:
+    """What the checkpoint has finished of the configured ``max_epochs`` / ``max_steps``
+    ("finished its 8 epochs (trainer.max_epochs 8)"), or None while there is training left.
+    (Resumed, such a run printed an empty first-vs-last table and started another W&B run.)"""
+    loops = ckpt.get("loops")
+    fit = loops.get("fit_loop") if isinstance(loops, Mapping) else None
+    epochs = fit.get("epoch_progress") if isinstance(fit, Mapping) else None
+    try:
+        processed = int(epochs["current"]["processed"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        processed = None
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if isinstance(max_epochs, int) and max_epochs >= 0 and processed is not None \
+            and processed >= max_epochs:
+        return f"finished its {processed} epochs (trainer.max_epochs {max_epochs})"
+    step = ckpt.get("global_step")
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(step, int) \
+            and step >= max_steps:
+        return f"made its {step} steps (trainer.max_steps {max_steps})"
+    return None
 
 
 def _check_rng_state(path: Path, saved: Any) -> None:
@@ -400,7 +426,9 @@ class KneePlanCLI(LightningCLI):
         if run.resume:  # checked here, before any folder is made: one line on any problem
             data = getattr(self, "datamodule", None)
             resume = resume_checkpoint(run, self.model,
-                                       dict(data.hparams) if data is not None else None)
+                                       dict(data.hparams) if data is not None else None,
+                                       {**self._get(self.config_init, "trainer", default={}),
+                                        **kwargs})
             self.resume_path = str(resume)
             reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
             if reuse is not None and (link := outside_link(reuse)):

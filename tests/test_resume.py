@@ -174,6 +174,18 @@ def test_resume_alone_continues_on_the_runs_own_data(tmp_path, monkeypatch):
     assert moved.trainer.current_epoch == 3
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    """User walkthrough: it printed an empty first-vs-last table and started another W&B run."""
+    from lightning_modules.checkpoint_file import CheckpointError
+
+    part = train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2"))
+    with pytest.raises(CheckpointError, match=r"nothing to train: the run has finished its 1 "
+                       r"epochs \(trainer.max_epochs 1\); raise it"):
+        train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2", "--resume",
+                        "last"))
+    assert sorted(p.name for p in part.run_dir.iterdir() if p.name == "wandb") == []
+
+
 def test_resume_of_a_moved_run_folder_keeps_the_best_score(tmp_path):
     """A run folder moved (or copied) elsewhere, e.g. from a cluster's scratch disk: Lightning
     forgot its best score ("The dirpath has changed"), so the resumed run's first epoch, however
