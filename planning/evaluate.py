@@ -11,7 +11,7 @@ fly (seeds ``--phantom-seed`` .. + N - 1; the default base seed lies far from th
 phantoms' seeds). Every prediction is mapped back to ORIGINAL pixels before anything is measured;
 distances are in mm where the spacing is known (else px, said in the tables).
 
-Writes into ``--out`` (default ``runs/evaluate/<checkpoint stem | oracle>``):
+Writes into ``--out`` (default ``runs/evaluate/<run name>-<stamp>-<checkpoint stem> | oracle``):
 - ``table1.md`` / ``table1.csv``: per bone IoU, ASD, HD (mean ± std), then p_blum, p_tmc, line
   and Schoettle point errors (median [80 % CI], seeded percentile bootstrap of the median);
 - ``table2.md`` / ``table2.csv`` (only when images have several raters): median ED [80 % CI]
@@ -239,6 +239,17 @@ def read_subset(path: str | Path) -> set[str]:
     return {s.split("#", 1)[0].strip() for s in lines} - {""}
 
 
+def evaluation_name(ckpt: str | Path) -> str:
+    """The default output folder name of a checkpoint: ``<run name>-<stamp>-<stem>`` for one
+    in a run folder (every run's ``last.ckpt`` was evaluated into one ``last/`` folder, so one
+    run's gallery stood beside another's tables), else its stem."""
+    path = Path(ckpt).absolute()
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return f"{run.parent.name}-{run.name}-{path.stem}"
+    return path.stem
+
+
 def check_subset(subset: set[str], path: str | Path, data_root: str | Path) -> None:
     """Raise ValueError (one line) when ``subset`` names ids that ``data_root`` does not hold:
     a list of typos gave Table 2 an empty subset column without a word."""
@@ -355,6 +366,7 @@ def evaluate(
     gallery: Any = None,
     zoom: bool = True,
     sphere_mm: float = SPHERE_MM,
+    source: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -432,7 +444,8 @@ def evaluate(
         log(f"note: {n_px} image(s) without pixel spacing are left out of the mm distances")
     trows = _table_rows(rows, unit)
     md1, sum1 = table1(trows, unit, spec)
-    title = "oracle (ground-truth maps)" if oracle else "model"
+    title = "oracle (ground-truth maps)" if oracle else (
+        f"model {source}" if source else "model")
     header = f"## Evaluation of the {title}; decode={decode}, line fit={line_fit}\n\n"
     write_table(out, "table1", header + md1, sum1)
     md2 = None
@@ -703,7 +716,7 @@ def _run(args: argparse.Namespace) -> int:
         if problem := model_file_problem(ckpt):  # before a pipe blocks or a folder is read
             print(f"evaluate: error: {problem}", file=sys.stderr)
             return 2
-        name = Path(ckpt).stem
+        name = evaluation_name(ckpt)
         if not _out_usable(args.out or Path("runs") / "evaluate" / name):  # before the load
             return 2
         from planning.predict import load_predictor  # no Lightning (planning.model_io)
@@ -765,7 +778,7 @@ def _run(args: argparse.Namespace) -> int:
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
         tta=args.tta, review_config=review_config,
         gallery=_gallery(args.gallery, args.seed), zoom=not args.no_zoom,
-        sphere_mm=args.sphere_mm,
+        sphere_mm=args.sphere_mm, source=None if args.oracle else str(ckpt),
     )  # fmt: skip
     print()
     print(res.table1_md)

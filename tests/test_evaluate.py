@@ -244,6 +244,7 @@ def test_evaluate_knows_the_checkpoints_own_training_images(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "all" / "per_image.csv").open()))
     assert sorted(r["id"] for r in rows) == ids
     assert torch.load(ckpt, weights_only=True)["kneeplan_training_ids"] == train_ids
+    assert f"## Evaluation of the model {ckpt};" in (tmp_path / "all" / "table1.md").read_text()
 
     # images added after training (user walkthrough: the rebuilt split then counted some of
     # them as training images and scored a training image as held out): held out by record
@@ -331,3 +332,17 @@ def test_a_model_whose_outputs_overflow_is_a_usage_error_naming_it(tmp_path_fact
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"evaluate: error: unusable model {bad}: the model's 'roi' output")
+
+
+def test_default_output_folder_tells_runs_apart(tmp_path):
+    """Every run's last.ckpt went to runs/evaluate/last/ (one run's gallery beside another's
+    tables, user walkthrough): a checkpoint in a run folder is named by its run."""
+    from planning.evaluate import evaluation_name
+
+    for stamp in ("20261207-101010", "20261207-111111"):
+        (tmp_path / "runs" / "quick" / stamp / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / "quick" / stamp / "config.yaml").write_text("{}")
+    names = {evaluation_name(tmp_path / "runs" / "quick" / s / "checkpoints" / "last.ckpt")
+             for s in ("20261207-101010", "20261207-111111")}
+    assert names == {"quick-20261207-101010-last", "quick-20261207-111111-last"}
+    assert evaluation_name(tmp_path / "model.ckpt") == "model"
