@@ -152,7 +152,7 @@ def image_files(root: str | Path) -> dict[str, list[Path]]:
     if isinstance(entries, str):
         raise DatasetError(f"{folder}: {entries}")
     for p in sorted(entries):
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or is_apple_double(p):
             continue
         st = stat_problem(p)
         if isinstance(st, str) and st.startswith("permission denied"):  # a link out of reach
@@ -160,6 +160,13 @@ def image_files(root: str | Path) -> dict[str, list[Path]]:
         if not isinstance(st, str) and stat.S_ISREG(st.st_mode):  # (the validator names links
             out.setdefault(p.stem, []).append(p)                  # and pipes skipped here)
     return out
+
+
+def is_apple_double(path: str | Path) -> bool:
+    """Whether ``path`` is a macOS metadata file (AppleDouble ``._<name>``), which macOS writes
+    beside every file copied to a USB disk or network share: not an image, mask or annotation
+    (one made six error lines in the validator)."""
+    return Path(path).name.startswith("._")
 
 
 def list_ids(root: str | Path) -> list[str]:

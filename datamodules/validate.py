@@ -58,6 +58,7 @@ from datamodules.dataset_io import (
     annotation_path,
     id_name_problem,
     image_files,
+    is_apple_double,
     mask_path,
     nfc_fold,
     read_mask,
@@ -351,6 +352,9 @@ def _check_links(folder: Path, report: ValidationReport) -> set[Path]:
     return bad
 
 
+APPLE_DOUBLE = "ignored: a macOS metadata file (AppleDouble '._' copy), not part of the dataset"
+
+
 def validate_dataset(root: str | Path) -> ValidationReport:
     """Check every file of a dataset folder (images/, masks/, annotations/)."""
     report = ValidationReport(roots=[str(root)])
@@ -377,7 +381,9 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     if (root / "images").is_dir() and not images:
         report.error(root / "images", f"no images ({', '.join(IMAGE_SUFFIXES)})")
     for p in sorted((root / "images").glob("*")) if (root / "images").is_dir() else []:
-        if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES:
+        if is_apple_double(p):
+            report.warn(p, APPLE_DOUBLE)
+        elif p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES:
             report.warn(p, f"ignored: not an image type ({', '.join(IMAGE_SUFFIXES)})")
         elif p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES:
             report.error(p, "a folder, not an image file (the dataset would silently lose it)")
@@ -452,12 +458,20 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     known_masks = {mask_path(root, i, b).name for i in images for b in BONES}
     if (root / "masks").is_dir():
         for p in sorted((root / "masks").iterdir()):
-            if p.name not in known_masks and not (p.is_symlink() and not p.exists()) and (
+            if is_apple_double(p):
+                report.warn(p, APPLE_DOUBLE)
+            elif f"{p.stem}.png" in known_masks and p.suffix.lower() != ".png":
+                report.error(p, f"a mask must be a PNG file ({p.stem}.png): "
+                                f"{p.suffix or 'no suffix'} is not read")
+            elif p.name not in known_masks and not (p.is_symlink() and not p.exists()) and (
                     p not in explained):
                 report.error(p, "orphan mask: no image with this id, or not <id>_<bone>.png "
                                 f"with bone in {BONES}")
     for p in ann_files:
-        if (p.suffix != ".json" or p.stem not in images) and p.exists() and p not in explained:
+        if is_apple_double(p):
+            report.warn(p, APPLE_DOUBLE)
+        elif (p.suffix != ".json" or p.stem not in images) and p.exists() and (
+                p not in explained):
             report.error(p, "orphan annotation: no image with this id")
     return report
 

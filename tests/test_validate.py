@@ -188,3 +188,25 @@ def test_validator_and_reader_share_one_mask_reader(tmp_path):
     assert len(errors) == 1 and "colour mask" in errors[0]
     with pytest.raises(Exception, match="colour mask"):
         read_sample(tmp_path, "k1")
+
+
+def test_macos_metadata_files_and_jpeg_masks_are_one_line_each(tmp_path):
+    """User walkthrough: a macOS `._knee.png` (AppleDouble, written beside every file copied to
+    a USB disk) gave six error lines; a mask saved as .jpg gave "missing" plus "orphan" and
+    never said why."""
+    write_sample(tmp_path, small_sample("k0"))
+    write_sample(tmp_path, small_sample("k1", seed=1))
+    for sub, name in (("images", "._k0.png"), ("masks", "._k0_femur.png"),
+                      ("annotations", "._k0.json")):
+        (tmp_path / sub / name).write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble
+    report = validate_dataset(tmp_path)
+    assert report.errors == [] and len(report.warnings) == 3
+    assert all("AppleDouble" in str(w) for w in report.warnings)
+    assert list_ids(tmp_path) == ["k0", "k1"]
+
+    mask = tmp_path / "masks" / "k1_tibia.png"
+    cv2.imwrite(str(mask.with_suffix(".jpg")), cv2.imread(str(mask)))
+    mask.unlink()
+    errors = [str(e) for e in validate_dataset(tmp_path).errors]
+    assert any("k1_tibia.jpg: a mask must be a PNG file (k1_tibia.png)" in e for e in errors)
+    assert not any("orphan" in e for e in errors), errors
