@@ -442,7 +442,7 @@ class KneePlanCLI(LightningCLI):
         loggers: list = [RunCSVLogger(save_dir=str(run_dir), name="", version="")]
         mode = wandb_mode(run)
         if run.wandb and mode != "disabled":
-            if "WANDB_MODE" not in os.environ:  # wandb.init(mode="offline") alone still looked
+            if not os.environ.get("WANDB_MODE"):  # wandb.init(mode="offline") alone still looked
                 # up its API host (a DNS query): the variable says it; removed after the run
                 os.environ["WANDB_MODE"] = mode
                 self.wandb_env_set = True
@@ -581,6 +581,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
     assert cli.run_dir is not None
     if cli.resume_path:
         rank_zero_info(f"resuming from {cli.resume_path}")
+    refused = False
     try:
         with warnings.catch_warnings():  # a resumed run continues its own (non-empty) folder
             warnings.filterwarnings("ignore", message="Experiment logs directory")
@@ -588,7 +589,7 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
             trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path,
                         weights_only=True)
     except (*DATA_ERRORS, CheckpointError):
-        _remove_if_empty(cli.run_dir)  # refused before anything was written
+        refused = True  # before anything was written: the folder goes (after W&B finished)
         raise
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with sys.exit(1)
         if trainer.interrupted:
@@ -605,6 +606,8 @@ def _fit(argv: list[str], callbacks: list | None) -> FitResult:
         _finish_wandb(trainer)
         if cli.wandb_env_set:
             os.environ.pop("WANDB_MODE", None)
+        if refused:
+            _remove_refused_run(cli.run_dir)
     history: MetricsHistory = cli.own["history"]
     checkpoint: FiniteModelCheckpoint = cli.own["checkpoint"]
     result = FitResult(
@@ -634,10 +637,20 @@ def _existing(path: str | None) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def _remove_if_empty(path: Path) -> None:
-    """Remove a run folder that holds nothing (a run refused before it wrote anything), and
-    then its run-name folder when that is left empty too: a first run refused for its data
-    left an empty ``runs/<name>/`` that looked like a run had been made."""
+def _remove_refused_run(path: Path) -> None:
+    """Remove the run folder of a run refused before it wrote anything: empty, or holding only
+    the ``wandb/`` folder its logger opened (a refused run left an offline W&B run that
+    ``wandb sync`` would upload); then its run-name folder when that is left empty too (it
+    looked like a run had been made). A folder with anything else in it is left alone."""
+    import shutil
+
+    wandb = path / "wandb"
+    try:
+        if wandb.is_dir() and not wandb.is_symlink() and [p.name for p in path.iterdir()] == [
+                "wandb"]:
+            shutil.rmtree(wandb)  # (never follows a link inside)
+    except OSError:
+        return
     for folder in (path, path.parent):
         try:
             if folder.is_dir() and not any(folder.iterdir()):
