@@ -250,6 +250,26 @@ def evaluation_name(ckpt: str | Path) -> str:
     return path.stem
 
 
+def missing_files(root: str | Path, skip: Collection[str] = ()) -> str | None:
+    """One line naming the images of ``root`` (less ``skip``) without their annotation or a
+    bone mask, checked before anything is evaluated (a missing annotation stopped the run
+    after the images before it, as "not a regular file"); None when all are there."""
+    from datamodules.dataset_io import annotation_path, image_files, mask_path
+    from datamodules.sample import BONES
+
+    lacking = []
+    for sid in sorted(set(image_files(root)) - set(skip)):
+        need = [annotation_path(root, sid), *(mask_path(root, sid, b) for b in BONES)]
+        if gone := [p for p in need if not p.is_file()]:
+            lacking.append(f"{sid} ({', '.join(str(p.relative_to(root)) for p in gone[:2])}"
+                           f"{', ...' if len(gone) > 2 else ''})")
+    if not lacking:
+        return None
+    return (f"{root}: {len(lacking)} image(s) without their annotation or masks: "
+            f"{'; '.join(lacking[:3])}{'; ...' if len(lacking) > 3 else ''} "
+            f"(make validate-data DATA={root} lists every problem)")
+
+
 def check_subset(subset: set[str], path: str | Path, data_root: str | Path) -> None:
     """Raise ValueError (one line) when ``subset`` names ids that ``data_root`` does not hold:
     a list of typos gave Table 2 an empty subset column without a word."""
@@ -740,6 +760,9 @@ def _run(args: argparse.Namespace) -> int:
         skip = _training_images(args, module)
         if skip is None:
             return 2
+        if problem := missing_files(args.data_root, skip):
+            print(f"evaluate: error: {problem}", file=sys.stderr)
+            return 1
         samples: Any = dataset_samples(args.data_root, skip)
         print(f"test set: {args.data_root}" + (f" without its {len(skip)} training images"
                                                if skip else ""))

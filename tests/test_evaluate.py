@@ -346,3 +346,22 @@ def test_default_output_folder_tells_runs_apart(tmp_path):
              for s in ("20261207-101010", "20261207-111111")}
     assert names == {"quick-20261207-101010-last", "quick-20261207-111111-last"}
     assert evaluation_name(tmp_path / "model.ckpt") == "model"
+
+
+def test_missing_annotation_is_one_line_before_any_image_is_evaluated(tmp_path, capsys):
+    """User walkthrough: 3 images were scored, then "annotations/knee_05.json: not a regular
+    file" stopped the run (exit 1)."""
+    root = tmp_path / "data"
+    cfg = PhantomConfig(min_side=96, max_side=128)
+    ids = []
+    for i in range(3):
+        sample = generate_phantom(100 + i, cfg)
+        write_sample(root, sample)
+        ids.append(sample.id)
+    (root / "annotations" / f"{ids[2]}.json").unlink()
+    assert main(["--oracle", "--data-root", str(root), "--out", str(tmp_path / "o")]) == 1
+    out = capsys.readouterr()
+    assert out.err.strip() == (
+        f"evaluate: error: {root}: 1 image(s) without their annotation or masks: {ids[2]} "
+        f"(annotations/{ids[2]}.json) (make validate-data DATA={root} lists every problem)")
+    assert "Schoettle" not in out.out  # nothing was evaluated
