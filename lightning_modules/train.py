@@ -236,6 +236,10 @@ def _option_value(args: list[str], option: str) -> str | None:
     return value
 
 
+OWN_SETTINGS = ("resume with the run's own settings (make train RESUME={path}, without CONFIG "
+                "or DATA: its config.yaml is used)")
+
+
 def resume_checkpoint(run: RunOptions, module: KneePlanModule,
                       data_hparams: Mapping[str, Any] | None = None,
                       trainer: Mapping[str, Any] | None = None) -> Path:
@@ -251,7 +255,10 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
     if missing:
         raise CheckpointError(f"{path}: holds no training state ({', '.join(missing)} missing): "
                               "cannot resume from it (plan/evaluate can still use it)")
-    check_architecture(path, ckpt["state_dict"], module)
+    try:
+        check_architecture(path, ckpt["state_dict"], module)
+    except CheckpointError as err:  # (user walkthrough: a paper-preset run resumed on CPU)
+        raise CheckpointError(f"{err}; {OWN_SETTINGS.format(path=path)}") from None
     problem = (loop_state_problem(ckpt)
                or optimizer_state_problem(ckpt["optimizer_states"], fresh_optimizers(module))
                or scheduler_state_problem(ckpt.get("lr_schedulers", [])))
@@ -264,10 +271,8 @@ def resume_checkpoint(run: RunOptions, module: KneePlanModule,
         changed = (settings_mismatch(saved_data, data_hparams, TARGET_KEYS)
                    or dataset_change(saved_data, data_hparams))
     if changed:
-        raise CheckpointError(
-            f"{path}: the config changes what this run trains ({changed}): resume with the run's "
-            f"own settings (make train RESUME={path}, without CONFIG or DATA: its "
-            "config.yaml is used), or start a new run")
+        raise CheckpointError(f"{path}: the config changes what this run trains ({changed}): "
+                              f"{OWN_SETTINGS.format(path=path)}, or start a new run")
     if changed := settings_mismatch(ckpt.get("hyper_parameters"), dict(module.hparams),
                                     OPTIMISER_KEYS):
         raise CheckpointError(

@@ -141,6 +141,9 @@ def test_checkpoint_of_another_architecture_cannot_resume(tmp_path):
         resume_checkpoint(RunOptions(resume=str(path)), tiny_module())
     line = one_line(err.value)
     assert str(path) in line and "another network architecture" in line
+    # the way out (user walkthrough: a paper-preset run resumed with the CPU preset)
+    assert line.endswith(f"resume with the run's own settings (make train RESUME={path}, "
+                         "without CONFIG or DATA: its config.yaml is used)")
 
 
 def test_weights_only_checkpoint_cannot_resume_but_loads_for_inference(tmp_path):
