@@ -110,7 +110,8 @@ def _image_source(data: dict[str, Any], path: Path, images: Path | None
     name = data.get("imagePath")
     stem = Path(str(name).replace("\\", "/")).stem if isinstance(name, str) and name else path.stem
     if images is not None:
-        found = [p for p in sorted(images.glob(f"{stem}.*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        found = [p for p in sorted(images.iterdir())  # (not a glob: "knee[1]" is a name)
+                 if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
         if len(found) != 1:
             raise LabelMeError(f"{path}: {'no' if not found else 'more than one'} image named "
                                f"{stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {images}")
@@ -253,8 +254,9 @@ def import_folder(src: Path, out: Path, mapping: dict[str, str], ignored: set[st
                   spacing_mm: tuple[float, float] | None = None) -> tuple[list[str], int]:
     """Check every ``src/*.json`` and, when all pass, write them into ``out`` (which must not
     hold a dataset yet). Returns (problems, number imported); nothing is written on problems."""
-    if not src.is_dir():
-        return [f"{src}: not a folder"], 0
+    for folder in (src, images):
+        if folder is not None and not folder.is_dir():
+            return [f"{folder}: not a folder"], 0
     if out.exists() and any(out.iterdir()):
         return [f"{out}: not empty: import into a new folder"], 0
     files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".json" and p.is_file())

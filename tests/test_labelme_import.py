@@ -189,3 +189,23 @@ def test_costly_files_are_refused_before_the_work(phantoms, tmp_path, capsys, mo
     monkeypatch.setattr(labelme_import, "MAX_LABELME_BYTES", 1000)
     line = _one_problem(tmp_path / "lm", tmp_path / "out", capsys)
     assert line == f"{path}: larger than 0.001 MB: not a LabelMe file", line
+
+
+def test_images_folder_is_searched_by_exact_name(phantoms, tmp_path, capsys):
+    """An image named like a glob pattern ("knee[1]") is found by its name, not as a pattern;
+    an --images path that is not a folder is one line."""
+    s = phantoms[0]
+    lm = tmp_path / "lm"
+    (path,) = _write_labelme(lm, [s])
+    data = json.loads(path.read_text())
+    data["imagePath"] = "knee[1].png"
+    path.write_text(json.dumps(data))
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    write_image(originals / "knee[1].png", np.round(s.image * 65535).astype(np.uint16))
+    write_image(originals / "knee1.png", np.zeros((8, 8), np.uint8))  # what the pattern matches
+    assert main([str(lm), str(tmp_path / "d"), "--images", str(originals)]) == 0
+    assert (tmp_path / "d" / "images" / f"{s.id}.png").read_bytes() == (
+        originals / "knee[1].png").read_bytes()
+    assert main([str(lm), str(tmp_path / "d2"), "--images", str(path)]) == 1
+    assert f"{path}: not a folder" in capsys.readouterr().err
