@@ -81,10 +81,26 @@ def _refusal(place: str, name: str) -> str:
             "precisions by name, e.g. ddp, simple; other code: train.fit(callbacks=...))")
 
 
+SECTIONS = ("trainer", "model", "data", "run")  # the config's sections (mappings)
+
+
+def _section_file(place: str, value: Any) -> str:
+    return (f"{place} is given as {str(value)[:80]!r}, not as its settings: a section read "
+            "from another file would pass none of the config file checks (size, aliases, "
+            "classes); write the settings themselves, or pass that file with --config")
+
+
 def check_config_classes(path: str, config: Mapping[str, Any] | None) -> None:
     """ConfigFileError when ``config`` (the config file ``path``, as ``check_config_file``
-    read it) names a class it may not."""
-    if config is not None and (problem := trainer_class_problem(config.get("trainer"))):
+    read it) names a class it may not, or gives a section as the name of another file
+    (jsonargparse reads that file unchecked: review of session 29, where ``make train RESUME=``
+    came to read the run folder's own config.yaml)."""
+    if config is None:
+        return
+    for key in SECTIONS:
+        if key in config and config[key] is not None and not isinstance(config[key], Mapping):
+            raise ConfigFileError(f"{path}: {_section_file(key, config[key])}")
+    if problem := trainer_class_problem(config.get("trainer")):
         raise ConfigFileError(f"{path}: {problem}")
 
 
@@ -92,11 +108,13 @@ def check_argv_classes(argv: list[str]) -> None:
     """ConfigFileError when a ``--trainer`` override names a class it may not (``--trainer`` as
     a whole, ``--trainer.<field>`` of ``CLASS_FIELDS``, ``...class_path``; ``=`` or a space)."""
     for i, token in enumerate(argv):
-        if not token.startswith("--trainer"):
-            continue
         flag, eq, value = token.partition("=")
         if not eq:
             value = argv[i + 1] if i + 1 < len(argv) else ""
+        if flag.removeprefix("--") in SECTIONS and value.lstrip()[:1] not in ("[", "{"):
+            raise ConfigFileError(f"command line: {_section_file(flag, value)}")
+        if not token.startswith("--trainer"):
+            continue
         parts = flag.removeprefix("--").rstrip("+").split(".")
         if parts[0] != "trainer" or (len(parts) > 1 and parts[1] not in CLASS_FIELDS):
             continue

@@ -167,11 +167,16 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
     known, rest = p.parse_known_args(argv)
     configs = list(known.config)
     preset = PAPER_CONFIG if torch.cuda.is_available() else QUICK_CONFIG
+    tail: list[str] = []
     if not configs and known.resume and (own := resumed_run_config(
             known.resume, preset, known.run_name, rest)) is not None:
-        configs = [str(own)]  # RESUME= alone continues the run as it was configured
+        # RESUME= alone continues the run as it was configured, from the checkpoint found now
+        # ("last" looked up again under the loaded config's run.root could be another run)
+        (own_config, known.resume), configs = own, [str(own[0])]
+        if _option_value(rest, "--run.wandb_mode") is None:  # the folder's file does not opt
+            tail = ["--run.wandb_mode=offline"]  # in to the network; the command line may
         if announce and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            print(f"resuming with the run's own settings: {own}", flush=True)
+            print(f"resuming with the run's own settings: {own_config}", flush=True)
     if not configs:
         if torch.cuda.is_available():
             configs = [str(PAPER_CONFIG)]
@@ -194,15 +199,16 @@ def translate_args(argv: list[str], announce: bool = True) -> list[str]:
         value = getattr(known, attr)
         if value is not None:
             out.append(f"{option}={value}")
-    return out + rest
+    return out + rest + tail
 
 
 def resumed_run_config(resume: str, preset: Path, run_name: str | None,
-                       rest: list[str]) -> Path | None:
-    """The ``config.yaml`` of the run that ``--resume`` continues (``last``: the newest run of
-    the run name and root that ``rest`` or ``preset`` give), or None when there is none: a
-    resume without ``--config`` then uses it, so that ``make train RESUME=...`` alone trains on
-    what the run trained on (it went on with the preset's phantoms after a run on ``DATA=``)."""
+                       rest: list[str]) -> tuple[Path, str] | None:
+    """(the ``config.yaml`` of the run that ``--resume`` continues, its checkpoint's path)
+    (``last``: the newest run of the run name and root that ``rest`` or ``preset`` give), or
+    None when there is none: a resume without ``--config`` then uses it, so that ``make train
+    RESUME=...`` alone trains on what the run trained on (it went on with the preset's phantoms
+    after a run on ``DATA=``). The file is checked as any config file."""
     try:
         if resume == "last":
             run = _yaml_section(preset, "run")
@@ -214,7 +220,7 @@ def resumed_run_config(resume: str, preset: Path, run_name: str | None,
         folder = run_folder_of(ckpt) if ckpt.is_file() else None
     except (CheckpointError, OSError, RuntimeError, ValueError):
         return None  # resume_checkpoint says what is wrong, in one line
-    return folder / "config.yaml" if folder is not None else None
+    return (folder / "config.yaml", str(ckpt)) if folder is not None else None
 
 
 def _yaml_section(path: Path, key: str) -> dict[str, Any]:

@@ -93,3 +93,24 @@ def test_a_checkpoints_split_file_is_shown_escaped(tmp_path):
     text = str(err.value)
     assert "\x1b" not in text and "\n" not in text, text
     assert text.startswith("cannot rebuild its split file '/nonexistent\\x1b[2J"), text
+
+
+@pytest.mark.parametrize("body", ["trainer: t.yaml\n", "model: m.yaml\n", "data: [1, 2]\n"])
+def test_a_section_given_as_another_file_is_refused(body, tmp_path, capsys, monkeypatch):
+    """Session 29 review: `trainer: t.yaml` made jsonargparse read t.yaml with none of the
+    config file checks (a LambdaCallback calling builtins.print in it ran); `make train
+    RESUME=` reads the run folder's own config.yaml, so a shared run folder could carry one."""
+    (tmp_path / "t.yaml").write_text(
+        "callbacks:\n- class_path: pytorch_lightning.callbacks.LambdaCallback\n"
+        "  init_args: {on_fit_start: builtins.print}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(body)
+    line = refused(tiny(tmp_path, "--config", str(cfg)), capsys, monkeypatch)
+    assert f"{cfg}: " in line and "not as its settings" in line, line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [["--trainer", "t.yaml"], ["--model=m.yaml"], ["--data", ""]])
+def test_a_section_file_on_the_command_line_is_refused(argv):
+    with pytest.raises(ConfigFileError, match="command line: --.* not as its settings"):
+        check_argv_classes(argv)

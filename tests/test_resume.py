@@ -186,6 +186,33 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     assert sorted(p.name for p in part.run_dir.iterdir() if p.name == "wandb") == []
 
 
+def test_resume_alone_checks_the_run_folders_config_like_any_config(tmp_path, monkeypatch):
+    """Session 29 review: RESUME= without CONFIG reads the run folder's config.yaml, which a
+    shared folder may have edited: it is checked as any --config (a section given as another
+    file, read unchecked, is refused), and it does not turn W&B online by itself."""
+    import yaml
+
+    from datamodules.config_file import ConfigFileError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    part = train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2"))
+    last = part.run_dir / "checkpoints" / "last.ckpt"
+    saved = part.run_dir / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    cfg["run"]["wandb_mode"] = "online"
+    saved.write_text(yaml.safe_dump(cfg))
+    assert train.translate_args(["--resume", str(last)], announce=False)[-1] == (
+        "--run.wandb_mode=offline")
+    assert train.translate_args(["--resume", str(last), "--run.wandb_mode", "online"],
+                                announce=False)[-2:] == ["--run.wandb_mode", "online"]
+    (part.run_dir / "t.yaml").write_text("max_epochs: 5\n")
+    cfg["trainer"] = "t.yaml"
+    saved.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigFileError, match="trainer is given as 't.yaml', not as its settings"):
+        train.fit(["--resume", str(last), "--trainer.max_epochs=2"])
+
+
 def test_resume_of_a_moved_run_folder_keeps_the_best_score(tmp_path):
     """A run folder moved (or copied) elsewhere, e.g. from a cluster's scratch disk: Lightning
     forgot its best score ("The dirpath has changed"), so the resumed run's first epoch, however
