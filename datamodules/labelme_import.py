@@ -20,6 +20,7 @@ import base64
 import binascii
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,11 @@ from datamodules.annotations import (
     annotation_dict,
     check_annotation,
     check_spacing,
+    is_number,
     load_json,
     write_annotation,
 )
-from datamodules.dataset_io import IMAGE_SUFFIXES, id_name_problem
+from datamodules.dataset_io import IMAGE_SUFFIXES, id_name_problem, is_apple_double
 from datamodules.image_io import ImageReadError, load_image, write_image
 from datamodules.path_limits import replace_link
 from datamodules.progress import progress_iter
@@ -89,35 +91,54 @@ def target_of(label: str, mapping: dict[str, str], ignored: set[str]) -> str | N
 
 
 def _points(shape: dict[str, Any], where: str) -> np.ndarray:
-    """A shape's ``points`` as a finite (K, 2) float array; raises LabelMeError."""
+    """A shape's ``points`` as a finite (K, 2) float array; raises LabelMeError. Numbers only
+    (``"20"`` or ``true`` is no coordinate, though numpy would convert it)."""
     pts = shape.get("points")
     if not isinstance(pts, list) or not 0 < len(pts) <= MAX_POLYGON_POINTS:
         raise LabelMeError(f"{where}: 'points' is not a list of 1 to {MAX_POLYGON_POINTS} points")
-    try:
-        arr = np.asarray(pts, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.empty(0)
-    if arr.ndim != 2 or arr.shape[1] != 2 or not np.isfinite(arr).all():
+    if not all(isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) for p in pts):
+        raise LabelMeError(f"{where}: 'points' must be [x, y] pairs of finite numbers")
+    arr = np.asarray(pts, dtype=np.float64)
+    if not np.isfinite(arr).all():
         raise LabelMeError(f"{where}: 'points' must be [x, y] pairs of finite numbers")
     return arr
 
 
-def _image_source(data: dict[str, Any], path: Path, images: Path | None
-                  ) -> tuple[Path | None, bytes | None, str]:
+def image_folder(images: Path) -> dict[str, list[Path]]:
+    """The image files of an ``--images`` folder by stem, listed once (not a glob per file:
+    "knee[1]" is a name, and N files x M images was N listings)."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(images.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not is_apple_double(p) and p.is_file():
+            out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def _image_source(data: dict[str, Any], path: Path, images: dict[str, list[Path]] | None,
+                  images_dir: Path | None = None) -> tuple[Path | None, bytes | None, str]:
     """(image file, or None with the embedded image's bytes, its suffix) for one LabelMe file:
-    ``--images`` folder by the stem of ``imagePath``, else ``imagePath`` beside the file, else
-    the embedded ``imageData``."""
+    the ``--images`` folder's file (``images``, by stem) of ``imagePath``'s stem, else
+    ``imagePath`` relative to the file, inside the LabelMe folder's parent (LabelMe writes
+    ``../images/a.png``; an absolute or farther path copied any readable file on the disk),
+    else the embedded ``imageData``."""
     name = data.get("imagePath")
     stem = Path(str(name).replace("\\", "/")).stem if isinstance(name, str) and name else path.stem
     if images is not None:
-        found = [p for p in sorted(images.iterdir())  # (not a glob: "knee[1]" is a name)
-                 if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        found = images.get(stem, [])
         if len(found) != 1:
             raise LabelMeError(f"{path}: {'no' if not found else 'more than one'} image named "
-                               f"{stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {images}")
+                               f"{stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
         return found[0], None, found[0].suffix.lower()
     if isinstance(name, str) and name:
         beside = path.parent / name.replace("\\", "/")
+        top = path.parent.resolve().parent
+        try:
+            inside = beside.resolve().is_relative_to(top)
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if beside.is_file() and not inside:
+            raise LabelMeError(f"{path}: its imagePath {name[:80]!r} lies outside {top}: give "
+                               "the images' folder with --images")
         if beside.is_file():
             if beside.suffix.lower() not in IMAGE_SUFFIXES:
                 raise LabelMeError(f"{path}: its image {beside.name} is not one of "
@@ -150,8 +171,9 @@ def _image_shape(path: Path, source: Path | None, raw: bytes | None, suffix: str
         raise LabelMeError(f"{path}: its image cannot be read: {err}") from None
 
 
-def read_labelme(path: Path, mapping: dict[str, str], ignored: set[str], images: Path | None,
-                 rater: str, scratch: Path, spacing_mm: tuple[float, float] | None = None
+def read_labelme(path: Path, mapping: dict[str, str], ignored: set[str],
+                 images: dict[str, list[Path]] | None, rater: str, scratch: Path,
+                 spacing_mm: tuple[float, float] | None = None, images_dir: Path | None = None
                  ) -> Imported:
     """Check one LabelMe file and turn its shapes into masks, landmarks and a cortex line;
     raises LabelMeError (one line naming ``path``)."""
@@ -165,7 +187,7 @@ def read_labelme(path: Path, mapping: dict[str, str], ignored: set[str], images:
     if not isinstance(shapes, list) or len(shapes) > MAX_SHAPES:
         raise LabelMeError(f"{path}: not a LabelMe file (no 'shapes' list of at most "
                            f"{MAX_SHAPES} shapes)")
-    source, raw, suffix = _image_source(data, path, images)
+    source, raw, suffix = _image_source(data, path, images, images_dir)
     h, w = _image_shape(path, source, raw, suffix, scratch)
     stated = (data.get("imageHeight"), data.get("imageWidth"))
     if all(isinstance(v, int) for v in stated) and stated != (h, w):
@@ -191,6 +213,9 @@ def read_labelme(path: Path, mapping: dict[str, str], ignored: set[str], images:
             raise LabelMeError(f"{where}: {target} is drawn as a {str(kind)[:20]!r}; it must be "
                                f"a {' or '.join(wanted)}")
         found[target].append(_points(shape, f"{where} ({target})"))
+        if target in LANDMARKS and len(found[target][-1]) != 1:
+            raise LabelMeError(f"{where}: the {target} point holds {len(found[target][-1])} "
+                               "points; it must be one")
         total += len(found[target][-1])
         if total > MAX_POLYGON_POINTS:
             raise LabelMeError(f"{path}: more than {MAX_POLYGON_POINTS} points in all")
@@ -253,41 +278,48 @@ def import_folder(src: Path, out: Path, mapping: dict[str, str], ignored: set[st
                   images: Path | None = None, rater: str = "r1",
                   spacing_mm: tuple[float, float] | None = None) -> tuple[list[str], int]:
     """Check every ``src/*.json`` and, when all pass, write them into ``out`` (which must not
-    hold a dataset yet). Returns (problems, number imported); nothing is written on problems."""
+    hold a dataset yet). Returns (problems, number imported); nothing is written on problems.
+    Each file is read twice, to check and to write, so that memory holds one image's masks at a
+    time (500 images of 3000 px held together were ~15 GB)."""
     for folder in (src, images):
         if folder is not None and not folder.is_dir():
             return [f"{folder}: not a folder"], 0
-    if out.exists() and any(out.iterdir()):
-        return [f"{out}: not empty: import into a new folder"], 0
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".json" and p.is_file())
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return [f"{out}: {'not empty' if out.is_dir() else 'not a folder'}: import into a new "
+                "folder"], 0
+    files = sorted(p for p in src.iterdir()
+                   if p.suffix.lower() == ".json" and p.is_file() and not is_apple_double(p))
     if not files:
         return [f"{src}: no LabelMe files (*.json) in it"], 0
+    listed = image_folder(images) if images is not None else None
     problems: list[str] = []
-    items: list[Imported] = []
     seen: dict[str, Path] = {}
-    scratch = out.parent / f".{out.name}.labelme-import"
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
+    with tempfile.TemporaryDirectory(prefix="kneeplan-labelme-") as scratch:
+        def read(path: Path) -> Imported:
+            return read_labelme(path, mapping, ignored, listed, rater, Path(scratch),
+                                spacing_mm, images)
+
         for path in progress_iter(files, "check", total=len(files)):
             try:
-                item = read_labelme(path, mapping, ignored, images, rater, scratch, spacing_mm)
+                item_id = read(path).id
             except LabelMeError as err:
                 problems.append(str(err))
                 continue
-            if item.id.lower() in seen:
-                problems.append(f"{path}: the same id as {seen[item.id.lower()].name}")
+            if item_id.lower() in seen:
+                problems.append(f"{path}: the same id as {seen[item_id.lower()].name}")
                 continue
-            seen[item.id.lower()] = path
-            items.append(item)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if problems:
-        return problems, 0
-    for sub in ("images", "masks", "annotations"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for item in progress_iter(items, "write", total=len(items)):
-        write_imported(item, out)
-    return [], len(items)
+            seen[item_id.lower()] = path
+        if problems:
+            return problems, 0
+        try:
+            for sub in ("images", "masks", "annotations"):
+                (out / sub).mkdir(parents=True, exist_ok=True)
+            for path in progress_iter(files, "write", total=len(files)):
+                write_imported(read(path), out)
+        except (OSError, LabelMeError) as err:  # (a full disk; a file changed since its check)
+            return [f"{out}: writing stopped, the folder is incomplete (remove it and import "
+                    f"again): {err}"], 0
+    return [], len(files)
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -142,6 +142,10 @@ def _one_problem(lm: Path, out: Path, capsys, *args: str) -> str:
     (lambda d: d.update(imageWidth=d["imageWidth"] + 1), "the points would not lie on it"),
     (lambda d: d.update(imagePath="gone.png"), "give the images' folder with --images"),
     (lambda d: d.pop("shapes"), "not a LabelMe file"),
+    (lambda d: d["shapes"][4].update(points=[[10.0, 10.0], [20.0, 20.0]]),
+     "the p_blum point holds 2 points; it must be one"),
+    (lambda d: d["shapes"][4].update(points=[["20", "20"]]), "finite numbers"),
+    (lambda d: d.update(imagePath="/etc/hostname.png"), "give the images' folder"),
 ])
 def test_each_problem_is_one_line_naming_the_file(phantoms, tmp_path, capsys, edit, words):
     good, bad = _write_labelme(tmp_path / "lm", phantoms)
@@ -209,3 +213,34 @@ def test_images_folder_is_searched_by_exact_name(phantoms, tmp_path, capsys):
         originals / "knee[1].png").read_bytes()
     assert main([str(lm), str(tmp_path / "d2"), "--images", str(path)]) == 1
     assert f"{path}: not a folder" in capsys.readouterr().err
+
+
+def test_images_outside_the_labelme_folders_parent_are_not_copied(phantoms, tmp_path, capsys):
+    """Session 29 review: an absolute or far imagePath copied any readable image on the disk
+    into the dataset; LabelMe's own ../images/a.png layout still works."""
+    s = phantoms[0]
+    project = tmp_path / "project"
+    (path,) = _write_labelme(project / "labels", [s])
+    (project / "images").mkdir()
+    (project / "labels" / f"{s.id}.png").rename(project / "images" / f"{s.id}.png")
+    data = json.loads(path.read_text())
+    data["imagePath"] = f"../images/{s.id}.png"
+    path.write_text(json.dumps(data))
+    assert main([str(project / "labels"), str(tmp_path / "d1")]) == 0
+    secret = tmp_path / "secret.png"
+    (project / "images" / f"{s.id}.png").rename(secret)
+    data["imagePath"] = str(secret)
+    path.write_text(json.dumps(data))
+    line = _one_problem(project / "labels", tmp_path / "d2", capsys)
+    assert f"its imagePath {str(secret)!r} lies outside {project}" in line, line
+    assert secret.exists()
+
+
+def test_macos_metadata_and_a_file_as_the_output_are_one_line(phantoms, tmp_path, capsys):
+    lm = tmp_path / "lm"
+    _write_labelme(lm, phantoms[:1])
+    (lm / "._knee 0.json").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: skipped
+    assert main([str(lm), str(tmp_path / "d")]) == 0
+    (tmp_path / "file").write_text("x")
+    assert main([str(lm), str(tmp_path / "file")]) == 1
+    assert f"{tmp_path / 'file'}: not a folder" in capsys.readouterr().err
