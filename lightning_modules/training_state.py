@@ -312,15 +312,16 @@ def settings_mismatch(saved: Mapping[str, Any] | None, configured: Mapping[str, 
 
 def dataset_change(saved: Mapping[str, Any] | None, configured: Mapping[str, Any]) -> str | None:
     """The first ``DATASET_KEYS`` setting that differs between a checkpoint's DataModule
-    record and the configured one, as ``key: saved -> configured``, or None. A data folder is
-    compared by the folder it names; one recorded that no longer exists (the data were moved)
-    may be given anew."""
+    record and the configured one, as ``key: saved -> configured``, or None. A data folder,
+    split file or phantom config is compared by the path it names; one recorded that no longer
+    exists (the data were moved) may be given anew."""
     if not isinstance(saved, Mapping):
         return None
-    old, new = saved.get("data_root"), configured.get("data_root")
-    if old is not None and new is not None and (
-            _same_folder(old, new) or not _is_folder(old)):
-        saved = {k: v for k, v in saved.items() if k != "data_root"}
+    for key, exists in (("data_root", _is_folder), ("split_file", _is_file),
+                        ("phantom_config", _is_file)):
+        old, new = saved.get(key), configured.get(key)
+        if old is not None and new is not None and (_same_folder(old, new) or not exists(old)):
+            saved = {k: v for k, v in saved.items() if k != key}
     return settings_mismatch(saved, configured, DATASET_KEYS)
 
 
@@ -329,6 +330,14 @@ def _is_folder(name: Any) -> bool:
     try:
         return Path(str(name)).expanduser().is_dir()
     except (OSError, RuntimeError, ValueError):  # NUL bytes, no home folder, a link loop
+        return False
+
+
+def _is_file(name: Any) -> bool:
+    """Whether a recorded file name (any text a checkpoint holds) names an existing file."""
+    try:
+        return Path(str(name)).expanduser().is_file()
+    except (OSError, RuntimeError, ValueError):
         return False
 
 

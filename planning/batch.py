@@ -60,7 +60,7 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     anything else is one path (checked later, when it is read).
     Raises ImageListError for a folder that cannot be listed or entered.
     """
-    from datamodules.dataset_io import folder_entries, stat_problem
+    from datamodules.dataset_io import folder_entries, is_apple_double, stat_problem
 
     spec = os.path.expanduser(spec)  # (zsh leaves ``IMAGE=~/x`` unexpanded)
     path = Path(spec)
@@ -71,11 +71,13 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
             raise ImageListError(f"{path}: {entries}")
         # a pipe, a dangling link or a folder named *.png is listed (its row says what it is):
         # a folder (or a link to one) named x.png was skipped silently
-        files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES
-                       or is_dicom_file(p))
+        # (macOS metadata files, ._x.png, are no images: skipped in a folder or a glob)
+        files = sorted(p for p in entries if not is_apple_double(p) and (
+            p.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(p)))
         return files, True
     if GLOB_CHARS & set(spec) and isinstance(st, str):
-        return sorted(Path(p) for p in glob.glob(spec) if _globbed(Path(p))), True
+        return sorted(Path(p) for p in glob.glob(spec)
+                      if not is_apple_double(p) and _globbed(Path(p))), True
     return [path], False
 
 

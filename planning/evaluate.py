@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -245,9 +246,12 @@ def evaluation_name(ckpt: str | Path) -> str:
     run's gallery stood beside another's tables), else its stem."""
     path = Path(ckpt).absolute()
     run = path.parent.parent
-    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
-        return f"{run.parent.name}-{run.name}-{path.stem}"
-    return path.stem
+    stem = path.stem + ("-onnx" if path.suffix.lower() == ".onnx" else "")  # (last.ckpt and
+    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():  # its export)
+        stem = f"{run.parent.name}-{run.name}-{stem}"
+    while len(os.fsencode(stem)) > 200:  # a file name holds 255 bytes; room for a suffix
+        stem = stem[1:]  # (the checkpoint's own name, at the end, is kept)
+    return stem
 
 
 def missing_files(root: str | Path, skip: Collection[str] = ()) -> str | None:
@@ -304,30 +308,38 @@ def dataset_samples(root: str | Path, skip: Collection[str] = ()) -> Iterator[Sa
         yield read_sample(root, sid, files)
 
 
+def recorded_id_matches(training: dict[str, Any], data_root: str | Path) -> list[str]:
+    """The ids of ``data_root`` that the checkpoint records as its training images: on another
+    folder than the one it trained on, a copy of its data (or another data set numbered
+    alike: so they are named, never left out)."""
+    from datamodules.dataset_io import list_ids
+
+    recorded = set(training.get("ids", ()))
+    return [i for i in list_ids(data_root) if i in recorded] if recorded else []
+
+
 def training_ids(training: dict[str, Any], data_root: str | Path) -> tuple[list[str], str]:
     """The ids of ``data_root`` a checkpoint trained on (``training``: its
     ``planning.model_io.training_data``) and how that is known ("" when it trained elsewhere
-    or on phantoms). The ids recorded in the checkpoint decide wherever the folder is (a copy
-    of the data elsewhere too: by id); without them (older checkpoints) the split is rebuilt
-    from the folder as it is now. ValueError when it trained on this folder but its split
-    cannot be rebuilt (a split file gone, settings missing)."""
+    or on phantoms). The ids recorded in the checkpoint decide (images added or a split file
+    edited later change nothing); without them (older checkpoints) the split is rebuilt from
+    the folder as it is now. ValueError when it trained on this folder but its split cannot be
+    rebuilt (a split file gone, settings missing). Another folder: see ``recorded_id_matches``."""
     from datamodules.datamodule import folder_split
     from datamodules.dataset_io import list_ids
 
     root = training.get("data_root")
     try:  # a recorded folder that cannot be resolved (a symbolic link loop, a NUL byte: a
-        same = root is not None and Path(str(root)).resolve() == Path(data_root).resolve()
+        same = root is not None and (Path(os.path.expanduser(str(root))).resolve()
+                                     == Path(data_root).resolve())
     except (OSError, RuntimeError, ValueError):  # checkpoint's text) is not this folder, which
         same = False  # was resolved before (red-team round 10: it stopped the evaluation)
-    if "ids" in training:
-        recorded = set(training["ids"])
-        found = [i for i in list_ids(data_root) if i in recorded]
-        if same:
-            return found, "the training images its checkpoint records"
-        return (found, "ids its checkpoint records as training images (a copy of its data?)"
-                if found else "")
     if not same:
         return [], ""
+    if "ids" in training:
+        recorded = set(training["ids"])
+        return ([i for i in list_ids(data_root) if i in recorded],
+                "the training images its checkpoint records")
     if training.get("split_file"):
         # (the checkpoint's text, shown escaped: raw ESC codes cleared the terminal, faked lines)
         how = f"its split file {str(training['split_file'])!r:.200}"
@@ -633,10 +645,15 @@ def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
         print(f"evaluate: warning: {args.data_root} is the folder the checkpoint trained on and "
               f"{err}: some images may be training images", file=sys.stderr)
         return []
+    copies = [] if how else recorded_id_matches(training or {}, args.data_root)
+    copy_note = (f"{len(copies)} of its images have the ids of the checkpoint's training "
+                 "images (a copy of its data, or a data set numbered alike)") if copies else ""
     if args.held_out:
         if not how:
             print(f"evaluate: error: --held-out: the checkpoint did not train on "
-                  f"{args.data_root} (nothing to leave out)", file=sys.stderr)
+                  f"{args.data_root} (nothing to leave out"
+                  + (f"; {copy_note}: evaluate the folder it trained on)" if copies else ")"),
+                  file=sys.stderr)
             return None
         from datamodules.dataset_io import list_ids
 
@@ -645,6 +662,9 @@ def _training_images(args: argparse.Namespace, module: Any) -> list[str] | None:
                   "image of the checkpoint", file=sys.stderr)
             return None
         return train
+    if copies:
+        print(f"evaluate: warning: {args.data_root}: {copy_note}; their errors may not be "
+              "held-out", file=sys.stderr)
     if train:  # (ids of this folder: the split was rebuilt from it)
         print(f"evaluate: warning: {len(train)} images of {args.data_root} are this "
               f"checkpoint's training images ({how}): their errors are not held-out; pass "

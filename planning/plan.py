@@ -368,7 +368,7 @@ def path_argument(text: str | Path) -> Path:
     unexpanded in ``make plan CKPT=~/x``)."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path")
-    return Path(text).expanduser()
+    return Path(os.path.expanduser(text))  # (Path.expanduser raises for ~nosuchuser, no HOME)
 
 
 def build_parser() -> argparse.ArgumentParser:

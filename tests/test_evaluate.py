@@ -256,13 +256,16 @@ def test_evaluate_knows_the_checkpoints_own_training_images(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "held" / "per_image.csv").open()))
     assert sorted(r["id"] for r in rows) == sorted(val_ids + added) and len(val_ids) == 2
     capsys.readouterr()
-    # a copy of the data elsewhere: the recorded ids are named and left out there too
+    # a copy of the data elsewhere: its images with recorded ids are named, never left out
+    # (another data set numbered alike would lose images: session 29 review)
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)
-    assert main([*common, "--data-root", str(copy), "--held-out",
-                 "--out", str(tmp_path / "held_copy")]) == 0
-    rows = list(csv.DictReader((tmp_path / "held_copy" / "per_image.csv").open()))
-    assert sorted(r["id"] for r in rows) == sorted(val_ids + added)
+    assert main([*common, "--data-root", str(copy), "--out", str(tmp_path / "c")]) == 0
+    assert (f"{copy}: {len(train_ids)} of its images have the ids of the checkpoint's training "
+            "images") in capsys.readouterr().err
+    assert main([*common, "--data-root", str(copy), "--held-out"]) == 2
+    err = capsys.readouterr().err
+    assert "did not train on" in err and "evaluate the folder it trained on" in err
     assert main([*common, "--data-root", str(other), "--out", str(tmp_path / "o")]) == 0
     assert "training images" not in capsys.readouterr().err
     assert main([*common, "--data-root", str(other), "--held-out"]) == 2
@@ -346,6 +349,12 @@ def test_default_output_folder_tells_runs_apart(tmp_path):
              for s in ("20261207-101010", "20261207-111111")}
     assert names == {"quick-20261207-101010-last", "quick-20261207-111111-last"}
     assert evaluation_name(tmp_path / "model.ckpt") == "model"
+    assert evaluation_name(tmp_path / "model.onnx") == "model-onnx"  # beside model.ckpt's
+    long = tmp_path / "runs" / ("r" * 250) / "20261207-101010"
+    (long / "checkpoints").mkdir(parents=True)
+    (long / "config.yaml").write_text("{}")
+    name = evaluation_name(long / "checkpoints" / "last.ckpt")
+    assert len(name) <= 200 and name.endswith("-20261207-101010-last")
 
 
 def test_missing_annotation_is_one_line_before_any_image_is_evaluated(tmp_path, capsys):

@@ -34,3 +34,17 @@ def test_plan_on_a_dataset_folder_points_at_its_images(tmp_path, capsys):
                       "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err
     assert f"a dataset folder? its images are in {Path(tmp_path / 'data' / 'images')}" in err
+
+
+def test_plan_skips_macos_metadata_files_in_a_folder_and_a_glob(tmp_path):
+    """Session 29 review: plan on a folder listed ``._x.png`` (AppleDouble) as an image."""
+    write_sample(tmp_path / "data", small_sample("k1"))
+    (tmp_path / "data" / "images" / "._k1.png").write_bytes(b"\x00\x05\x16\x07")
+    folder = tmp_path / "data" / "images"
+    assert expand_images(str(folder))[0] == [folder / "k1.png"]
+    assert expand_images(str(folder / "*.png"))[0] == [folder / "k1.png"]
+
+
+def test_a_home_folder_that_cannot_be_found_is_no_traceback(monkeypatch):
+    monkeypatch.delenv("HOME", raising=False)
+    assert str(path_argument("~nosuchuser_kneeplan/x.ckpt")) == "~nosuchuser_kneeplan/x.ckpt"

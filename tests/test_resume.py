@@ -178,12 +178,14 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     """User walkthrough: it printed an empty first-vs-last table and started another W&B run."""
     from lightning_modules.checkpoint_file import CheckpointError
 
-    part = train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2"))
+    on = ("--data.num_train=2", "--data.num_val=2", "--run.wandb=true")  # (after _args' false)
+    part = train.fit(_args(tmp_path, 1, *on))
+    before = sorted((part.run_dir / "wandb").glob("offline-run-*"))
+    assert len(before) == 1
     with pytest.raises(CheckpointError, match=r"nothing to train: the run has finished its 1 "
                        r"epochs \(trainer.max_epochs 1\); raise it"):
-        train.fit(_args(tmp_path, 1, "--data.num_train=2", "--data.num_val=2", "--resume",
-                        "last"))
-    assert sorted(p.name for p in part.run_dir.iterdir() if p.name == "wandb") == []
+        train.fit(_args(tmp_path, 1, *on, "--resume", "last"))
+    assert sorted((part.run_dir / "wandb").glob("offline-run-*")) == before  # no new W&B run
 
 
 def test_resume_alone_checks_the_run_folders_config_like_any_config(tmp_path, monkeypatch):

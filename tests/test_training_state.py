@@ -147,3 +147,22 @@ def test_settings_missing_on_either_side_are_not_compared():
     assert settings_mismatch({"net_kwargs": None}, {"net_kwargs": {}}, ("net_kwargs",)) is None
     assert settings_mismatch({"k": {"a": (1, 2)}}, {"k": {"a": [1, 2]}}, ("k",)) is None
     assert settings_mismatch({"k": {"a": 1}}, {"k": {}}, ("k",)) == "k {'a': 1} -> {}"
+
+
+def test_dataset_change_lets_moved_data_be_given_anew(tmp_path):
+    """A resume may not change the training images, but data that were moved (the recorded
+    folder, split file or phantom config no longer exists) may be named where they are now."""
+    from lightning_modules.training_state import dataset_change
+
+    gone = {"data_root": "/gone/data", "split_file": "/gone/data/split.json", "seed": 0}
+    moved = {"data_root": str(tmp_path), "split_file": str(tmp_path / "split.json"), "seed": 0}
+    assert dataset_change(gone, moved) is None
+    assert "seed 0 -> 1" in dataset_change(gone, {**moved, "seed": 1})
+    (tmp_path / "split.json").write_text("{}")
+    (tmp_path / "other.json").write_text("{}")
+    here = {**moved}
+    assert dataset_change(here, here) is None
+    other = {**here, "split_file": str(tmp_path / "other.json")}
+    assert "split_file" in dataset_change(here, other)
+    assert "data_root" in dataset_change(here, {**here, "data_root": None})
+    assert dataset_change({**here, "data_root": "~/x"}, {**here, "data_root": "~/x"}) is None
