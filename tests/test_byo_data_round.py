@@ -130,18 +130,23 @@ def test_split_file_that_leaves_ids_out_is_warned(tmp_path, caplog):
 
 
 def test_refused_run_leaves_no_empty_run_name_folder(tmp_path):
-    """A first run refused for its data left ``runs/<name>/`` behind, empty."""
-    from lightning_modules.train import _remove_if_empty
+    """A first run refused for its data left ``runs/<name>/`` behind, empty (and, with W&B on,
+    its offline W&B run: session 29); a folder holding anything else is kept."""
+    from lightning_modules.train import _remove_refused_run
 
     run = tmp_path / "runs" / "tiny" / "20260101-000000"
     run.mkdir(parents=True)
-    _remove_if_empty(run)
+    _remove_refused_run(run)
     assert not (tmp_path / "runs" / "tiny").exists() and (tmp_path / "runs").is_dir()
     kept = tmp_path / "runs" / "tiny" / "older"
     kept.mkdir(parents=True)
-    run.mkdir()
-    _remove_if_empty(run)
+    (run / "wandb" / "offline-run-1").mkdir(parents=True)
+    _remove_refused_run(run)
     assert kept.is_dir() and not run.exists()
+    (run / "wandb").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")
+    _remove_refused_run(run)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "wandb").is_dir()
 
 
 @pytest.mark.parametrize("bits", [12, 16])
