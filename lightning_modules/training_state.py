@@ -16,7 +16,7 @@ weights had. Lightning-free (plain dicts and tensors), like ``checkpoint_file``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -317,32 +317,27 @@ def dataset_change(saved: Mapping[str, Any] | None, configured: Mapping[str, Any
     exists (the data were moved) may be given anew."""
     if not isinstance(saved, Mapping):
         return None
-    for key, exists in (("data_root", _is_folder), ("split_file", _is_file),
-                        ("phantom_config", _is_file)):
+    for key, kind in (("data_root", Path.is_dir), ("split_file", Path.is_file),
+                      ("phantom_config", Path.is_file)):
         old, new = saved.get(key), configured.get(key)
-        if old is not None and new is not None and (_same_folder(old, new) or not exists(old)):
+        if old is not None and new is not None and (
+                same_path(old, new) or not _recorded_is(old, kind)):
             saved = {k: v for k, v in saved.items() if k != key}
     return settings_mismatch(saved, configured, DATASET_KEYS)
 
 
-def _is_folder(name: Any) -> bool:
-    """Whether a recorded folder name (any text a checkpoint holds) names an existing folder."""
+def _recorded_is(name: Any, kind: Callable[[Path], bool]) -> bool:
+    """Whether a recorded path (any text a checkpoint holds) names an existing folder or file
+    (``kind``: ``Path.is_dir``, ``Path.is_file``); False where it cannot be looked at."""
     try:
-        return Path(str(name)).expanduser().is_dir()
+        return kind(Path(str(name)).expanduser())
     except (OSError, RuntimeError, ValueError):  # NUL bytes, no home folder, a link loop
         return False
 
 
-def _is_file(name: Any) -> bool:
-    """Whether a recorded file name (any text a checkpoint holds) names an existing file."""
-    try:
-        return Path(str(name)).expanduser().is_file()
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
-def _same_folder(a: Any, b: Any) -> bool:
-    """Whether two recorded folder names lead to one folder (text first, then the file system)."""
+def same_path(a: Any, b: Any) -> bool:
+    """Whether two recorded paths lead to one file or folder (text first, then the file
+    system, ``~`` expanded); False where either cannot be resolved."""
     if str(a) == str(b):
         return True
     try:

@@ -326,19 +326,15 @@ def training_ids(training: dict[str, Any], data_root: str | Path) -> tuple[list[
     the folder as it is now. ValueError when it trained on this folder but its split cannot be
     rebuilt (a split file gone, settings missing). Another folder: see ``recorded_id_matches``."""
     from datamodules.datamodule import folder_split
-    from datamodules.dataset_io import list_ids
+    from lightning_modules.training_state import same_path
 
     root = training.get("data_root")
-    try:  # a recorded folder that cannot be resolved (a symbolic link loop, a NUL byte: a
-        same = root is not None and (Path(os.path.expanduser(str(root))).resolve()
-                                     == Path(data_root).resolve())
-    except (OSError, RuntimeError, ValueError):  # checkpoint's text) is not this folder, which
-        same = False  # was resolved before (red-team round 10: it stopped the evaluation)
-    if not same:
+    # a recorded folder that cannot be resolved (a symbolic link loop, a NUL byte: the
+    # checkpoint's text) is not this folder (red-team round 10: it stopped the evaluation)
+    if root is None or not same_path(root, data_root):
         return [], ""
     if "ids" in training:
-        recorded = set(training["ids"])
-        return ([i for i in list_ids(data_root) if i in recorded],
+        return (recorded_id_matches(training, data_root),
                 "the training images its checkpoint records")
     if training.get("split_file"):
         # (the checkpoint's text, shown escaped: raw ESC codes cleared the terminal, faked lines)
