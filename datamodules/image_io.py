@@ -1627,6 +1627,17 @@ def _non_image_kind(ds: Any, sop: str) -> str | None:
     return None
 
 
+def _header_text(ds: Any, keyword: str) -> str:
+    """A short DICOM text attribute, upper case and stripped, at most 64 characters ('' when
+    absent or unreadable: a header value never fails the read)."""
+    try:
+        value = ds.get(keyword, "")
+        text = str(value if value is not None else "")
+    except Exception:  # noqa: BLE001 (a malformed element is just not known)
+        return ""
+    return " ".join(text.split()).upper()[:64]
+
+
 def _load_dicom(path: Path) -> LoadedImage:
     from pydicom.errors import BytesLengthException
 
@@ -1761,6 +1772,9 @@ def _read_dicom(path: Path) -> LoadedImage:
         "bits_stored": bits,
         "window": window,
         "output_range": [lo, hi],
+        # what the file says it shows (planning flags another modality or body part)
+        "modality": _header_text(ds, "Modality"),
+        "body_part": _header_text(ds, "BodyPartExamined"),
     }
     aspect = _dicom_aspect(ds, notes)
     loaded = LoadedImage(image.astype(np.float32, copy=False), bits, meta, pixel, imager,

@@ -109,6 +109,16 @@ class SpacingResolution:
         """Source of the chosen spacing, or None when unknown."""
         return None if self.spacing is None else self.spacing.source
 
+    @property
+    def source_detail(self) -> str | None:
+        """``source``, with ``ImagerPixelSpacing`` divided by the file's magnification told
+        apart from the detector's own pitch ("ImagerPixelSpacing/magnification"), as the
+        overlay states it."""
+        if self.source == "ImagerPixelSpacing" and any(
+                c.get("accepted") and "magnification" in c for c in self.candidates):
+            return "ImagerPixelSpacing/magnification"
+        return self.source
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the plan report."""
         sp = self.spacing

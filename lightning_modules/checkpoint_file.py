@@ -54,6 +54,19 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist (also a FileNotFoundError)."""
 
 
+def _other_model_file(data: bytes) -> str | None:
+    """What a file given as a checkpoint is instead, when it is one of the other model files
+    a user holds: an ONNX export (protobuf: ir_version, field 1, first; a producer named in
+    the first bytes), or a JSON file (an export's description). None: neither."""
+    head = data[:256]
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower()):
+        return ("an ONNX model (make export's output): give it under its .onnx name, with its "
+                ".json beside it")
+    if data.lstrip()[:1] in (b"{", b"["):
+        return "a JSON file (an export's description? give the .onnx beside it)"
+    return None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
@@ -345,8 +358,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: a legacy torch file (torch.save before 1.6, or "
                                   "_use_new_zipfile_serialization=False): not supported; load it "
                                   "with torch.load(weights_only=True) and save it again")
-        raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a file "
-                              "written by torch.save (no complete zip archive)")
+        raise CheckpointError(f"{path}: not a readable checkpoint: " + (
+            _other_model_file(data) or "truncated, or not a file written by torch.save (no "
+            "complete zip archive)"))
     try:  # before anything is unpacked: a decompression bomb is refused
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = check_archive(path, archive=archive)

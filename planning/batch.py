@@ -81,6 +81,27 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     return [path], False
 
 
+def subfolders(spec: str) -> list[Path]:
+    """The folders inside the folder ``spec`` (sorted; hidden ones left out), which a folder's
+    listing does not enter: said, so that a PACS export's nested series are not missed
+    silently ([] when ``spec`` is not a readable folder)."""
+    from datamodules.dataset_io import folder_entries
+
+    path = Path(os.path.expanduser(spec))
+    entries = folder_entries(path) if path.is_dir() else []
+    if isinstance(entries, str):
+        return []
+    return sorted(p for p in entries if not p.name.startswith(".") and _is_folder(p))
+
+
+def _is_folder(path: Path) -> bool:
+    """``path.is_dir()``, False where it may not be looked at (Path.is_dir raises on that)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _globbed(path: Path) -> bool:
     """Whether a glob match is planned: a regular file, or one that may not be read (its row
     says so); not a folder, a pipe or a broken or looping link."""
@@ -119,10 +140,18 @@ def is_dicom_file(path: Path) -> bool:
     return head[128:132] == b"DICM" and not MEDIA_DIRECTORY_UID.search(head)
 
 
-def output_stems(paths: list[Path]) -> list[str]:
+MAX_REPORT_BYTES = 8 << 20  # an earlier plan's JSON report is read only to see whose it is
+
+
+def output_stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
     """The name each image's ``<stem>_plan.png/.json`` takes: its stem, or, when two images
     share a stem (knee.png and knee.tif, or one name in two folders of a glob), the name with
-    its suffix and a counter, so that no plan overwrites another."""
+    its suffix and a counter, so that no plan overwrites another. With ``out_dir``, a name
+    whose plan there belongs to another image (a PACS export names every patient's file
+    IM0001) also takes the next counter: a plan of the same image is replaced, another
+    patient's never."""
+    from planning.plan import plan_files
+
     count: dict[str, int] = {}
     for p in paths:
         count[p.stem] = count.get(p.stem, 0) + 1
@@ -130,7 +159,8 @@ def output_stems(paths: list[Path]) -> list[str]:
     for p in paths:
         stem = p.stem if count[p.stem] == 1 else f"{p.stem}{p.suffix.replace('.', '_')}"
         base, k = stem, 1
-        while stem in seen:
+        while stem in seen or (out_dir is not None
+                               and not _free_for(plan_files(Path(out_dir), stem), p)):
             k += 1
             stem = f"{base}-{k}"
         seen.add(stem)
@@ -138,20 +168,61 @@ def output_stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def _free_for(files: tuple[Path, Path], image: Path) -> bool:
+    """Whether a plan of ``image`` may be written as ``files`` (overlay, report): neither
+    exists, or the report says it is a plan of this same image (an overlay without its report,
+    an unreadable report or one of another image: not)."""
+    from datamodules.annotations import AnnotationError, load_json
+    from datamodules.dataset_io import real_path
+
+    overlay, report = files
+    # (a link there is replaced by the file, never written through: path_limits.replace_link)
+    if not _regular(report) and not _regular(overlay):
+        return True
+    try:
+        recorded = load_json(report, MAX_REPORT_BYTES, "a plan report")["image"]["path"]
+        return isinstance(recorded, str) and real_path(Path(recorded)) == real_path(image)
+    except (AnnotationError, OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` exists and is not a symbolic link (any error: it exists, to be safe)."""
+    try:
+        return path.exists() and not path.is_symlink()
+    except OSError:
+        return True
+
+
+def renamed_plans(paths: list[Path], stems: list[str], out_dir: Path) -> list[str]:
+    """One line per image whose plan takes another name than its own stem because a plan of
+    another image holds that name in ``out_dir`` (said, never silent)."""
+    from planning.plan import plan_files
+
+    plain = output_stems(paths)
+    return [f"{plan_files(out_dir, a)[1]} is the plan of another image: the plan of {p} is "
+            f"written as {b}_plan.json / .png" for p, a, b in zip(paths, plain, stems, strict=True)
+            if a != b]
+
+
 def output_files(paths: list[Path], out_dir: Path) -> list[Path]:
     """Every file the plans of ``paths`` write into ``out_dir`` (overlays and reports)."""
     from planning.plan import plan_files
 
-    return [f for stem in output_stems(paths) for f in plan_files(out_dir, stem)]
+    return [f for stem in output_stems(paths, out_dir) for f in plan_files(out_dir, stem)]
 
 
 def overwritten_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
     """Inputs that a plan's output would overwrite (``--out`` is their folder and one is named
     like another's ``<stem>_plan.png``, e.g. an earlier run's overlay)."""
     from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
+    from planning.plan import plan_files
 
     inputs = {real_path(p) for p in paths}
-    return [real_path(f) for f in output_files(paths, out_dir) if real_path(f) in inputs]
+    # (the images' own names, before any is moved aside for another image's earlier plan: an
+    # input named like a plan is refused, not planned beside it)
+    files = [f for stem in output_stems(paths) for f in plan_files(out_dir, stem)]
+    return [real_path(f) for f in files if real_path(f) in inputs]
 
 
 @dataclass
@@ -168,6 +239,7 @@ class PlanOptions:
     review_config: Any = None
     zoom: bool = True
     sphere_mm: float = SPHERE_MM  # the calibration sphere's diameter
+    model_sha256: str | None = None  # recorded in each report: which model made the plan
 
 
 def plan_one(path: Path, predictor: Any, opts: PlanOptions, stem: str | None = None
@@ -196,7 +268,7 @@ def _plan_one(path: Path, predictor: Any, opts: PlanOptions, writer: Any = None,
             user_spacing=opts.user_spacing, detect_sphere=opts.detect_sphere,
             checkpoint=opts.checkpoint, tta=opts.tta, review_config=opts.review_config,
             zoom=opts.zoom, overlay_writer=writer, out_stem=stem, search_server=search_server,
-            sphere_mm=opts.sphere_mm,
+            sphere_mm=opts.sphere_mm, model_sha256=opts.model_sha256,
         )  # fmt: skip
     except PlanInputError as err:
         row.update(status="failed", error=str(err))
@@ -276,20 +348,23 @@ _WORKER: dict[str, Any] = {}
 
 
 def model_digest(path: str | Path) -> str:
-    """SHA-256 of a model file's bytes, and of its JSON description beside an ``.onnx`` (codec
-    and output names live there)."""
+    """SHA-256 of a model file's bytes (as ``sha256sum`` prints it); beside an ``.onnx`` with
+    its JSON description (codec and output names live there): SHA-256 of the two files'
+    digests."""
     import hashlib
 
     from planning.predict import export_meta_path
 
-    digest = hashlib.sha256()
     files = [Path(path)]
     if Path(path).suffix.lower() == ".onnx" and export_meta_path(path).is_file():
         files.append(export_meta_path(path))
+    digests = []
     for name in files:
         with open(name, "rb") as fh:
-            digest.update(hashlib.file_digest(fh, "sha256").digest())
-    return digest.hexdigest()
+            digests.append(hashlib.file_digest(fh, "sha256"))
+    if len(digests) == 1:
+        return digests[0].hexdigest()
+    return hashlib.sha256(b"".join(d.digest() for d in digests)).hexdigest()
 
 
 def _init_worker(model_path: str, device: str, sha256: str) -> None:
@@ -339,7 +414,7 @@ def plan_many(
                                             flush=True))
     progress = Progress(len(paths), progress_every)
     rows: list[dict[str, Any] | None] = [None] * len(paths)
-    stems = output_stems(paths)
+    stems = output_stems(paths, opts.out_dir)
 
     def finish(i: int, row: dict[str, Any]) -> None:
         rows[i] = row

@@ -1,14 +1,14 @@
 """The plan drawn over the radiograph at its ORIGINAL resolution (OpenCV, anti-aliased).
 
-Shows: bone outlines (femur, patella, tibia, fibula in distinct colours), p_blum and p_tmc,
-the posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole image), the
-Schoettle point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is
-anisotropic; omitted when the spacing is unknown) and a mm scale bar on a dark plate. A panel to
+Shows: bone outlines (femur, patella, tibia, fibula in distinct colours), p_blum and p_tmc, the
+posterior cortex line LM1 and its perpendiculars LM2, LM3 (across the whole image), the Schoettle
+point with the 2.5 mm reference circle (an ellipse in pixels when the spacing is anisotropic; a
+ring of a marker's size when the spacing is unknown) and a mm scale bar on a dark plate. A panel to
 the right of the image (it hides no anatomy) states the verdict (NEEDS REVIEW with every reason,
 wrapped, or that none was found), the spacing and where it came from, the input warnings, and a
-legend of what is drawn. With the model's uncertainty (``planning.tta.Uncertainty``) each
-landmark and the Schoettle point carry their dashed 2-sigma TTA ellipse. Line widths and text
-scale with the image so labels stay legible on 500 px and 3000 px images alike.
+legend of what is drawn. With the model's uncertainty (``planning.tta.Uncertainty``) each landmark
+and the Schoettle point carry their dashed 2-sigma TTA ellipse. Line widths and text scale with the
+image so labels stay legible on 500 px and 3000 px images alike.
 
 Example:
     >>> rgb = draw_plan(image, plan, masks)    # image (H, W) in [0, 1], masks (4, H, W) bool
@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import TYPE_CHECKING
 
 import cv2
@@ -61,10 +62,19 @@ class Style:
         return tw, th + base
 
 
+# letters NFKD does not take apart into an ASCII letter and accents
+_LATIN = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe",
+                        "Œ": "OE", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th"})
+
+
 def printable(text: str) -> str:
-    """``text`` as OpenCV can draw it: ASCII, anything else as a backslash escape. OpenCV's
-    Hershey fonts draw ASCII only, and its Python binding crashes the process on a str holding
-    a lone surrogate (a file name that is not valid UTF-8 decodes to one)."""
+    """``text`` as OpenCV can draw it: ASCII, accented Latin letters without their accents
+    ("Röntgen" -> "Rontgen", a patient's name stays readable), anything else as a backslash
+    escape. OpenCV's Hershey fonts draw ASCII only, and its Python binding crashes the process
+    on a str holding a lone surrogate (a file name that is not valid UTF-8 decodes to one)."""
+    if not text.isascii():
+        text = "".join(c for c in unicodedata.normalize("NFKD", text.translate(_LATIN))
+                       if not unicodedata.combining(c))
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
@@ -129,25 +139,60 @@ def _marker(img: np.ndarray, p: np.ndarray, colour, st: Style) -> None:
 
 def _place_labels(
     img: np.ndarray, items: list[tuple[str, np.ndarray, tuple[int, int, int], float]], st: Style
-) -> None:
-    """Label each point on the side facing away from the other labelled points.
+) -> list[tuple[float, float, float, float]]:
+    """Label each point on the side facing away from the other labelled points; returns the
+    labels' (x0, y0, x1, y1) boxes.
 
     ``items`` are (text, point, colour, clearance in px from the point to the label).
     """
     pts = np.array([p for _, p, _, _ in items], dtype=np.float64)
-    h, w = img.shape[:2]
+    placed: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1) of drawn labels
     for i, (text, p, colour, clear) in enumerate(items):
         others = np.delete(pts, i, axis=0)
         away = p - others.mean(axis=0) if len(others) else np.array([1.0, -1.0])
         n = float(np.hypot(*away))
         d = away / n if n > 1e-6 else np.array([1.0, -1.0])
-        tw, th = st.text_size(text)
-        anchor = p + d * (clear + st.pad)
-        x = anchor[0] - (tw if d[0] < -0.3 else tw / 2 if abs(d[0]) <= 0.3 else 0)
-        y = anchor[1] + (th if d[1] > 0.3 else th / 2 if abs(d[1]) <= 0.3 else 0)
-        x = float(np.clip(x, 0, max(0, w - tw)))
-        y = float(np.clip(y, th, h - 1))
-        _text(img, text, (int(round(x)), int(round(y))), colour, st)
+        # the side facing away first, then turned by 45 deg steps: the first box that covers
+        # no label drawn before and no other point (two points 14 px apart had their labels
+        # drawn over each other)
+        boxes = [_label_box(img, text, p, _turn(d, k * 45.0), clear, st)
+                 for k in (0, 1, -1, 2, -2, 3, -3, 4)]
+        box = next((b for b in boxes if not any(_overlap(b, q) for q in placed)
+                    and not any(_covers(b, q, st.marker) for q in others)), boxes[0])
+        placed.append(box)
+        _text(img, text, (int(round(box[0])), int(round(box[3]))), colour, st)
+    return placed
+
+
+def _turn(d: np.ndarray, degrees: float) -> np.ndarray:
+    """The unit vector ``d`` turned by ``degrees``."""
+    a = math.radians(degrees)
+    return np.array([d[0] * math.cos(a) - d[1] * math.sin(a),
+                     d[0] * math.sin(a) + d[1] * math.cos(a)])
+
+
+def _label_box(img: np.ndarray, text: str, p: np.ndarray, d: np.ndarray, clear: float,
+               st: Style) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of ``text`` drawn ``clear`` + pad px from ``p`` in direction ``d``,
+    kept inside the image (y1 is the text's baseline origin)."""
+    h, w = img.shape[:2]
+    tw, th = st.text_size(text)
+    anchor = p + d * (clear + st.pad)
+    x = anchor[0] - (tw if d[0] < -0.3 else tw / 2 if abs(d[0]) <= 0.3 else 0)
+    y = anchor[1] + (th if d[1] > 0.3 else th / 2 if abs(d[1]) <= 0.3 else 0)
+    x = float(np.clip(x, 0, max(0, w - tw)))
+    y = float(np.clip(y, th, h - 1))
+    return (x, y - th, x + tw, y)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two (x0, y0, x1, y1) boxes intersect."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _covers(box: tuple[float, ...], p: np.ndarray, margin: float) -> bool:
+    """Whether ``box`` comes within ``margin`` px of the point ``p``."""
+    return (box[0] - margin < p[0] < box[2] + margin) and (box[1] - margin < p[1] < box[3] + margin)
 
 
 def _outline(img: np.ndarray, mask: np.ndarray, colour, st: Style) -> None:
@@ -262,7 +307,9 @@ def _panel(h: int, title: str | None, status: list[tuple[str, tuple[int, int, in
 SOURCE_TEXT = {  # geometry.pixel_spacing's source names, as a reader of the overlay knows them
     "user": "--spacing (given by the user)", "annotation": "the annotation file",
     "PixelSpacing": "DICOM PixelSpacing", "sphere": "the calibration sphere",
-    "ImagerPixelSpacing": "DICOM ImagerPixelSpacing / magnification",
+    "ImagerPixelSpacing": "DICOM ImagerPixelSpacing (detector plane, not corrected for "
+    "magnification: sizes ~5-20 % too large)",
+    "ImagerPixelSpacing/magnification": "DICOM ImagerPixelSpacing / magnification",
 }
 
 
@@ -378,7 +425,7 @@ def panel_text(
     entries += [(n, LANDMARK_COLOURS[n]) for n in ("p_blum", "p_tmc") if _finite(plan.landmark(n))]
     if _finite(sp):
         entries.append(("Schoettle point, 2.5 mm reference circle" if plan.spacing is not None
-                        else "Schoettle point (no circle: no mm)", SCHOETTLE_COLOUR))
+                        else "Schoettle point (ring: no mm scale)", SCHOETTLE_COLOUR))
     if ellipses:
         entries.append(("dashed ellipses: 2-sigma TTA spread", (200, 200, 200)))
     if window:
@@ -458,10 +505,15 @@ def draw_plan(
                         _SHIFT)
             cv2.ellipse(img, centre, axes, 0, 0, 360, SCHOETTLE_COLOUR, st.thick, cv2.LINE_AA,
                         _SHIFT)
+        else:  # no mm circle: a ring of a marker's size, so the point is found at a glance
+            ring = st.marker * _ONE  # (a 4 px dot alone was the hardest mark to find)
+            cv2.circle(img, centre, ring, (0, 0, 0), st.thick + 2, cv2.LINE_AA, _SHIFT)
+            cv2.circle(img, centre, ring, SCHOETTLE_COLOUR, st.thick, cv2.LINE_AA, _SHIFT)
         dot = max(2, st.thick + 1) * _ONE
         cv2.circle(img, centre, dot + 2 * _ONE, (0, 0, 0), -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(img, centre, dot, SCHOETTLE_COLOUR, -1, cv2.LINE_AA, _SHIFT)
-        clear = st.marker if plan.spacing is None else REFERENCE_RADIUS_MM / min(plan.spacing)
+        clear = st.marker if plan.spacing is None else max(
+            float(st.marker), REFERENCE_RADIUS_MM / min(plan.spacing))
         inside = -0.5 <= sp[0] <= w - 0.5 and -0.5 <= sp[1] <= h - 0.5
         name = "Schoettle" if inside else "Schoettle (outside the image)"
         labels.append((name, sp, SCHOETTLE_COLOUR, float(clear)))

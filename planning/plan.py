@@ -191,6 +191,12 @@ LOSSY_WARNING = (
 )
 
 
+def dicom_header(loaded: Any) -> dict[str, str]:
+    """What a DICOM input says it shows (``modality``, ``body_part``; {} for other formats)."""
+    meta = getattr(loaded, "meta", None) or {}
+    return {k: str(meta[k]) for k in ("modality", "body_part") if meta.get(k)}
+
+
 def input_warnings(loaded: Any) -> list[str]:
     """Warnings about the input file that do not by themselves flag the plan."""
     fmt = str((getattr(loaded, "meta", None) or {}).get("format", ""))
@@ -217,6 +223,7 @@ def run_plan(
     out_stem: str | None = None,
     search_server: Any = None,
     sphere_mm: float = SPHERE_MM,
+    model_sha256: str | None = None,
 ) -> PlanOutputs:
     """Plan one image with a loaded module; write the overlay PNG and the JSON report.
 
@@ -224,7 +231,8 @@ def run_plan(
     is ``planning.review.review`` (thresholds ``review_config``, default configs/review.yaml).
     ``sphere_search``: a ``planning.sphere_search`` search the caller already started for this
     image (else one starts here when the spacing needs it: in ``search_server``'s process, a
-    ``planning.sphere_search.SearchServer``, or in a thread); ``sphere_mm``: its diameter.
+    ``planning.sphere_search.SearchServer``, or in a thread); ``sphere_mm``: its diameter;
+    ``model_sha256``: the model file's digest, recorded in the report (which model made it).
     Raises PlanInputError for a bad image (the message names the file and the problem).
     """
     from geometry.plan_geometry import masks_to_original, plan_from_maps
@@ -278,7 +286,7 @@ def run_plan(
     context = ReviewContext(
         masks=masks, image=image, spacing_reasons=sp.reasons,
         scale=sp.anatomy, uncertainty=unc,
-        config=review_config, tta_count=tta,
+        config=review_config, tta_count=tta, header=dicom_header(loaded),
     )  # fmt: skip
     if aug is not None:  # with the plan's stability: does it lean on metal near its points?
         from planning.blank_out import with_blank_shift
@@ -297,7 +305,7 @@ def run_plan(
     window = zoom_window(maps.frame)
     warnings = input_warnings(loaded)
     rgb = draw_plan(image, plan, masks, title=path.name, reasons=reasons, uncertainty=unc,
-                    window=window, spacing_source=sp.source, warnings=warnings,
+                    window=window, spacing_source=sp.source_detail, warnings=warnings,
                     second_knee=context.second_knee)
     pending = (overlay_writer or write_overlay)(overlay_path, rgb)
     report = build_report(
@@ -317,6 +325,7 @@ def run_plan(
         evidence=context.evidence(),
         warnings=warnings,
         second_knee=context.second_knee,
+        model_sha256=model_sha256,
     )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
@@ -441,6 +450,13 @@ def _error(message: str) -> None:
     print(f"plan: error: {printable(message)}", file=sys.stderr)
 
 
+def _note(message: str) -> None:
+    """A note on stderr (one line; the program goes on)."""
+    from datamodules.decoder_messages import printable
+
+    print(f"plan: note: {printable(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code. Errors are one clear line on stderr.
 
@@ -508,18 +524,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(err))
         return 1
     if many:
+        from planning.batch import subfolders
+
+        if images and (inner := subfolders(args.image)):  # (none: the error names the folder)
+            names = ", ".join(p.name for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
+            _note(f"{args.image}: {len(inner)} subfolder(s) not searched ({names}): give each "
+                  f"folder, or a quoted glob such as '{Path(args.image) / '*' / '*'}'")
         return _main_batch(args, images)
     try:
         loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
     except PlanInputError as err:
         _error(str(err))
         return 1
+    from planning.batch import model_digest, output_stems, renamed_plans
     from planning.output_paths import out_folder_problem, out_names_problem
 
-    if problem := (out_folder_problem(args.out) or out_names_problem(
-            args.out, [p.name for p in plan_files(args.out, images[0].stem)])):
-        _error(problem if problem.startswith("--out") else f"--out {args.out}: {problem}")
+    # (the folder is made only when a plan is written: a model refused below leaves none)
+    if problem := out_folder_problem(args.out, create=False):
+        _error(problem)
         return 2  # a usage error, before the network runs
+    stem = output_stems(images, args.out)[0]  # another image's earlier plan is kept
+    if problem := out_names_problem(args.out, [p.name for p in plan_files(args.out, stem)]):
+        _error(f"--out {args.out}: {problem}")
+        return 2
+    for note in renamed_plans(images, [stem], args.out):
+        _note(note)
+    try:
+        digest = model_digest(args.ckpt)
+    except OSError:
+        digest = None  # the loader below names the problem
     from planning.predict import ModelOutputError
 
     search = None
@@ -536,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images[0], module, args.out, decode=args.decode, line_fit=args.line_fit,
             user_spacing=args.spacing, detect_sphere=not args.no_sphere, checkpoint=args.ckpt,
             tta=args.tta, review_config=args.review, sphere_search=search, zoom=not args.no_zoom,
-            sphere_mm=args.sphere_mm,
+            sphere_mm=args.sphere_mm, out_stem=stem, model_sha256=digest,
         )  # fmt: skip
     except PlanInputError as err:
         _error(str(err))
@@ -563,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("NEEDS REVIEW:")
         for reason in rep["review_reasons"]:
             print(f"  - {reason}")
+    else:
+        print(f"review: {rep['verdict']}")
     for warning in rep.get("warnings", []):
         print(f"warning: {warning}")
     print(f"overlay: {res.overlay}\nreport:  {res.report_path}")
@@ -576,12 +611,12 @@ def _review_config(path: Path | None) -> Any:
 
 
 def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
-    """Why the batch's outputs cannot be written where asked (None: they can; the folders then
-    exist)."""
+    """Why the batch's outputs cannot be written where asked (None: they can). Nothing is
+    created: a model refused next leaves no empty folder behind."""
     from planning.batch import output_files
     from planning.output_paths import out_folder_problem
 
-    if problem := out_folder_problem(out):  # a file, under a file, a name too long, read-only
+    if problem := out_folder_problem(out, create=False):  # a file, a name too long, read-only
         return problem
     try:
         if summary.is_dir():
@@ -595,7 +630,7 @@ def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
     taken = {real_path(p) for p in [*images, *output_files(images, out)]}
     if real_path(summary) in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
-    return out_folder_problem(summary.parent, f"--summary {summary}: its folder")
+    return out_folder_problem(summary.parent, f"--summary {summary}: its folder", create=False)
 
 
 def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
@@ -635,14 +670,12 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     # loaded here also for workers > 1: a model the loader refuses is one line, not a
     # traceback from every worker process; the workers then load only these bytes (digest
     # taken before this check, so a file changed after it is refused by every worker)
-    digest = None
-    if workers > 1:
-        from planning.batch import model_digest
+    from planning.batch import model_digest, output_stems, renamed_plans
 
-        try:
-            digest = model_digest(args.ckpt)
-        except OSError:
-            digest = None  # the loader below names the problem
+    try:  # (also recorded in every report: which model made the plan)
+        digest = model_digest(args.ckpt)
+    except OSError:
+        digest = None  # the loader below names the problem
     predictor = _load_or_explain(args.ckpt, args.device, args.threads)
     if predictor is None:
         return 2
@@ -650,7 +683,9 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         predictor = None
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
                        str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom,
-                       sphere_mm=args.sphere_mm)
+                       sphere_mm=args.sphere_mm, model_sha256=digest)
+    for note in renamed_plans(images, output_stems(images, args.out), args.out):
+        _note(note)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every,
                      model_sha256=digest)

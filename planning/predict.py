@@ -261,6 +261,9 @@ def export_meta_path(onnx_path: str | Path) -> Path:
 def read_export_meta(onnx_path: str | Path) -> dict[str, Any]:
     """The JSON written beside an exported model; ValueError naming the file when bad."""
     meta_path = export_meta_path(onnx_path)
+    if not meta_path.exists() and not meta_path.is_symlink():
+        raise ValueError(f"{meta_path}: missing: an exported model needs the description that "
+                         f"make export writes beside {Path(onnx_path).name} (copy both files)")
     try:
         meta = json.loads(read_model_file(meta_path, MAX_DESCRIPTION_BYTES))
         if not isinstance(meta, dict) or meta.get("format") != "kneeplan-onnx":

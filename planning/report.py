@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,7 @@ def build_report(
     evidence: Any = None,
     warnings: list[str] | None = None,
     second_knee: SecondKnee | None = None,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The report dict (JSON-ready; NaN -> null).
 
@@ -167,6 +169,7 @@ def build_report(
         evidence: ``planning.ood.KneeEvidence`` or None.
         warnings: input warnings (e.g. lossy JPEG) that do not flag the plan by themselves.
         second_knee: ``planning.second_knee.SecondKnee`` found beside the planned knee, or None.
+        model_sha256: SHA-256 of the model file (``planning.batch.model_digest``), or None.
     """
     sp = plan.spacing
     landmarks = {
@@ -191,6 +194,9 @@ def build_report(
         "report_version": REPORT_VERSION,
         "image": {"path": str(image_path), "height": image_shape[0], "width": image_shape[1]},
         "checkpoint": None if checkpoint is None else str(checkpoint),
+        "model_sha256": model_sha256,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kneeplan_version": _version(),
         "overlay": None if overlay_path is None else str(overlay_path),
         "coordinates": "(x, y) = (column, row) in original pixels, pixel centres on integers; "
         "mm = (x * col_mm, y * row_mm)",
@@ -219,11 +225,30 @@ def build_report(
         "knee_evidence": None if evidence is None else evidence.as_dict(),
         "second_knee": None if second_knee is None else second_knee.as_dict(),
         "warnings": list(warnings or []),
-        "reviewed": reasons is not None,
+        "verdict": verdict(reasons),
+        "reviewed": reasons is not None,  # (the review gate ran; not: a person reviewed it)
         "needs_review": bool(reasons),
         "review_reasons": [str(r) for r in reasons or []],
         "review_codes": [getattr(r, "code", "") for r in reasons or []],
     }
+
+
+def verdict(reasons: list[Any] | None) -> str:
+    """The plan's verdict in words: "needs review" (a reason was found), "no review reason
+    found" (the gate ran and found none) or "not reviewed" (no gate ran)."""
+    if reasons is None:
+        return "not reviewed"
+    return "needs review" if reasons else "no review reason found"
+
+
+def _version() -> str | None:
+    """This package's installed version (None when run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kneeplan")
+    except PackageNotFoundError:
+        return None
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ Each reason is a ``str`` carrying a ``code`` (for per-reason counts in ``make ev
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -239,6 +240,8 @@ class ReviewContext:
             network ran (an oracle).
         second_knee: a second knee found beside the planned one
             (``planning.second_knee.SecondKnee``: a reason), or None.
+        header: what the file says it shows (``modality``, ``body_part``: DICOM Modality and
+            BodyPartExamined, upper case; absent keys: not said).
     """
 
     masks: np.ndarray | None = None
@@ -249,6 +252,7 @@ class ReviewContext:
     config: ReviewConfig = field(default_factory=ReviewConfig)
     tta_count: int | None = None
     second_knee: SecondKnee | None = None
+    header: dict[str, str] = field(default_factory=dict)
     _evidence: KneeEvidence | None = field(default=None, repr=False)
 
     def evidence(self) -> KneeEvidence | None:
@@ -273,6 +277,13 @@ def lm1_axis_deg(direction: np.ndarray, femur: np.ndarray, principal_dir: np.nda
         axes.append(shaft)
     cos = max(abs(float(np.asarray(direction, float) @ a)) for a in axes)
     return float(np.degrees(np.arccos(min(cos, 1.0))))
+
+
+# what the mm of a reason rest on when the pixel spacing is unknown (``mm_per_px``'s source)
+ESTIMATED_MM = {"anatomy": "mm estimated from the femur's size: the pixel spacing is unknown",
+                "nominal": "mm estimated from a nominal field of view: the pixel spacing is "
+                           "unknown"}
+_MM = re.compile(r"\d mm\b")
 
 
 def mm_per_px(plan: Plan, context: ReviewContext) -> tuple[float, str]:
@@ -574,6 +585,34 @@ def reasons_cell(reasons: Sequence[str]) -> str:
     return REASON_SEPARATOR.join(str(r).replace(REASON_SEPARATOR, " / ") for r in reasons)
 
 
+# DICOM Modality values of projection radiographs (and '' / OT / SC: not said, other,
+# secondary capture); anything else (MR, CT, US, NM, PT, MG, XC photographs, ...) is no knee
+# radiograph. BodyPartExamined is free text in practice ("KNIE", "LOWER LIMB", "EXTREMITY",
+# "LEG"): only a part the knee never is counts against the plan.
+RADIOGRAPH_MODALITIES = frozenset({"", "CR", "DX", "RG", "RF", "XA", "DR", "DF", "OT", "SC"})
+OTHER_BODY_PARTS = frozenset({
+    "CHEST", "THORAX", "LUNG", "HEART", "BREAST", "ABDOMEN", "HEAD", "SKULL", "BRAIN", "NECK",
+    "FACE", "JAW", "TMJ", "TEETH", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "SACRUM",
+    "COCCYX", "PELVIS", "HIP", "SHOULDER", "CLAVICLE", "ELBOW", "ARM", "FOREARM", "WRIST", "HAND",
+    "FINGER", "THUMB", "FOOT", "TOE", "ANKLE", "HEEL", "CALCANEUS", "ABDOMENPELVIS",
+    "CHESTABDOMEN", "WHOLEBODY"})
+
+
+def header_reasons(header: dict[str, str]) -> list[Reason]:
+    """Reasons from what the file says it shows: a DICOM Modality that is no radiograph, a
+    BodyPartExamined that is no knee (``RADIOGRAPH_MODALITIES``, ``OTHER_BODY_PARTS``)."""
+    out: list[Reason] = []
+    modality = str(header.get("modality", "") or "").upper()
+    if modality not in RADIOGRAPH_MODALITIES:
+        out.append(Reason("dicom_modality", f"the DICOM file says Modality {modality!r:.24}, not "
+                          "a radiograph (CR, DX): not a lateral knee radiograph?"))
+    part = str(header.get("body_part", "") or "").upper()
+    if part.replace(" ", "").replace("_", "") in OTHER_BODY_PARTS:
+        out.append(Reason("dicom_body_part", f"the DICOM file says BodyPartExamined {part!r:.24}, "
+                          "not a knee: not a lateral knee radiograph?"))
+    return out
+
+
 def codes_cell(codes: Sequence[str]) -> str:
     """The distinct reason codes, sorted, space-separated (one CSV cell)."""
     return " ".join(sorted(set(codes)))
@@ -582,11 +621,15 @@ def codes_cell(codes: Sequence[str]) -> str:
 def review(plan: Plan, context: ReviewContext | None = None) -> list[Reason]:
     """Every reason to distrust ``plan`` (empty: none found). Never changes the plan."""
     ctx = context or ReviewContext()
-    mmpp, _ = mm_per_px(plan, ctx)
-    reasons = [Reason("spacing", str(r)) for r in ctx.spacing_reasons]
-    reasons += _construction(plan, mmpp, ctx.config)
-    reasons += _anatomy(plan, ctx, mmpp)
-    reasons += _uncertainty(ctx, mmpp, plan.spacing)
+    mmpp, source = mm_per_px(plan, ctx)
+    reasons = header_reasons(ctx.header)  # first: the file itself says it is no knee
+    reasons += [Reason("spacing", str(r)) for r in ctx.spacing_reasons]
+    found = _construction(plan, mmpp, ctx.config) + _anatomy(plan, ctx, mmpp)
+    found += _uncertainty(ctx, mmpp, plan.spacing)
+    if source != "spacing":  # a reader must not take these mm for measured ones
+        found = [Reason(r.code, f"{r} ({ESTIMATED_MM[source]})") if _MM.search(r) else r
+                 for r in found]
+    reasons += found
     if (knee := ctx.second_knee) is not None:
         x, y = knee.centre
         reasons.append(Reason("two_knees", f"a second knee at ({x:.0f}, {y:.0f}) px, "

@@ -247,6 +247,14 @@ def test_each_reason_fires_on_its_case(case):
           c=ctx(sample, masks, uncertainty=Uncertainty(pts, calm, 0.0, None, looks)))
     check("tta_off", c=ctx(sample, masks, tta_count=0))  # --tta 0: the spread is unmeasured
     check("two_knees", c=ctx(sample, masks, second_knee=SecondKnee((w + 0.0, h / 2), 50.0, 3.1)))
+    # the file's own header: another modality, another body part (first in the list)
+    check("dicom_modality", c=ctx(sample, masks, tta_count=8, header={"modality": "MR"}))
+    assert review(plan, ctx(sample, masks, tta_count=8, header={"modality": "CT"}))[0].code \
+        == "dicom_modality"
+    check("dicom_body_part", c=ctx(sample, masks, tta_count=8, header={"body_part": "CHEST"}))
+    for fine in ({"modality": "DX", "body_part": "KNIE"}, {"modality": "CR", "body_part":
+                 "LOWER LIMB"}, {"modality": "", "body_part": "EXTREMITY"}, {}):
+        assert codes(plan, ctx(sample, masks, tta_count=8, header=fine)) == set(), fine
     assert codes(plan, ctx(sample, masks, tta_count=8)) == set()
     assert codes(plan, ctx(sample, masks, tta_count=0, config=ReviewConfig(min_tta=0))) == set()
     near = np.array([8.0 / sp[1], 8.0 / sp[1]])  # 8 mm: the second look is expected to move
