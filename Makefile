@@ -82,12 +82,12 @@ train: $(STAMP)
 
 # (not echoed: STORAGE may hold a database password; the programs print it masked)
 sweep: $(STAMP)
-	@$(PY) -m sweeps.run --trials $(call q,$(TRIALS)) --study $(call q,$(STUDY)) \
+	@$(PY) -m sweeps.run --trials=$(call q,$(TRIALS)) --study=$(call q,$(STUDY)) \
 	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(if $(CONFIG),--config $(call q,$(CONFIG))) \
 	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
 
 sweep-report: $(STAMP)
-	@$(PY) -m sweeps.report --study $(call q,$(STUDY)) \
+	@$(PY) -m sweeps.report --study=$(call q,$(STUDY)) \
 	  $(if $(STORAGE),--storage $(call q,$(STORAGE))) $(ARGS)
 
 phantoms: $(STAMP)

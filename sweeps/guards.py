@@ -151,7 +151,9 @@ def _sha256(path: str) -> str | None:
 def training_settings(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
     """The resolved training config as `{"trainer.max_epochs": 2, ...}`, without the sampled
     keys, the run folder section (`run.*`), the config file paths and `NOT_RESULT_KEYS`;
-    files named by `FILE_KEYS` add the hash of their content."""
+    files named by `FILE_KEYS` add the hash of their content, dataset folders (`FOLDER_KEYS`)
+    are named by their real path (`data/` and a link to it are one folder) and add a digest of
+    their files' names and sizes (images added, removed or replaced under the same name)."""
     flat: dict[str, Any] = {}
     _flatten(config, "", flat)
     sampled = {CLI_KEYS[p] for p in ("beta", "alpha")} | ({CLI_KEYS["lr"]} if space.lr else set())
@@ -161,7 +163,57 @@ def training_settings(config: Mapping[str, Any], space: SearchSpace) -> dict[str
     for key in FILE_KEYS:
         if isinstance(keep.get(key), str) and (digest := _sha256(keep[key])):
             keep[f"{key} content (sha256)"] = digest
+    for key in FOLDER_KEYS:
+        if isinstance(keep.get(key), str) and keep[key].strip():
+            keep[key] = os.path.realpath(os.path.expanduser(keep[key]))
+            keep[f"{key} files (names and sizes, sha256)"] = folder_digest(keep[key])
     return json.loads(json.dumps(keep, default=str, sort_keys=True))
+
+
+FOLDER_KEYS = ("data.data_root", "data.test_root")  # dataset folders (datamodules.dataset_io)
+DATASET_SUBFOLDERS = ("images", "masks", "annotations")
+
+
+def folder_digest(root: str | Path) -> str:
+    """SHA-256 (16 hex digits) of every file's path (relative) and size under a dataset
+    folder's ``images/``, ``masks/`` and ``annotations/``: a study continued on a folder whose
+    images were added, removed or replaced is refused, at the cost of a listing (no reading)."""
+    digest = hashlib.sha256()
+    for sub in DATASET_SUBFOLDERS:
+        for folder, dirs, files in os.walk(Path(root) / sub):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    size = -1
+                digest.update(f"{os.path.relpath(path, root)}\0{size}\n".encode(
+                    "utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def data_problem(config: Mapping[str, Any]) -> str | None:
+    """Why the trials' dataset folders would be refused by every trial (the training's own
+    validation, ``datamodules.validate``, run once here), or None: a mistyped ``DATA`` failed
+    every trial with a traceback and left a study that no later run with the right folder
+    could continue."""
+    from datamodules.validate import validate_dataset
+
+    data = config.get("data") or {}
+    if not data.get("validate", True):
+        return None
+    for key in ("data_root", "test_root"):
+        root = data.get(key)
+        if not isinstance(root, str) or not root:
+            continue
+        report = validate_dataset(os.path.expanduser(root))
+        if not report.passes(bool(data.get("strict_validation", False))):
+            first = (report.errors or report.warnings)[0]
+            more = len(report.errors) + len(report.warnings) - 1
+            return (f"data.{key}: {first}" + (f" (and {more} more)" if more > 0 else "")
+                    + f"; see make validate-data DATA={root}")
+    return None
 
 
 def sweep_settings(spec: Any, training: Mapping[str, Any]) -> dict[str, Any]:

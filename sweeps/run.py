@@ -47,12 +47,13 @@ from sweeps.guards import (
     TrainingArgsError,
     check_run_root,
     check_training_args,
+    data_problem,
     settings_problem,
     sweep_settings,
     training_settings,
 )
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
-from sweeps.space import SearchSpace
+from sweeps.space import CLI_KEYS, SearchSpace
 from sweeps.storage import (
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
@@ -318,6 +319,11 @@ def format_best(study: optuna.Study) -> str:
     lines.append(f"best trial #{best.number}: {metric} objective = {best.value:.4f}")
     lines.append("best params: " + ", ".join(f"{k}={_param_text(v)}"
                                              for k, v in best.params.items()))
+    overrides = " ".join(f"--{CLI_KEYS[k]}={v!r}" for k, v in best.params.items()
+                         if k in CLI_KEYS and isinstance(v, float) and math.isfinite(v))
+    if overrides:  # (a trial's own config.yaml would name the trial's folder and W&B run)
+        lines.append(f'train with them: make train CONFIG=<the sweep\'s> DATA=<the sweep\'s> '
+                     f'ARGS="{overrides}"')
     return "\n".join(lines)
 
 
@@ -329,6 +335,16 @@ def _param_text(value: object) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.4g}"
     return str(value)[:40]
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders this worker made (innermost first) that are still empty: a refused
+    sweep leaves no ``studies/<name>/`` behind."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another worker's study), or gone
+            return
 
 
 def _usage_error(message: str) -> SystemExit:
@@ -426,9 +442,13 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
             base_args, space, trial_args(0, check_run_root() / "t0000", args.study))
     except TrainingArgsError as err:
         raise _usage_error(str(err)) from None
+    if problem := data_problem(resolved):  # a typo in DATA failed every trial, in the study
+        print(f"sweeps.run: error: {problem}", file=sys.stderr)
+        raise SystemExit(1)  # README: exit codes (bad input, as make train)
     settings = sweep_settings(spec, training_settings(resolved, space))
 
     folder = study_dir(args.study, args.studies_dir)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # removed if refused
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -437,10 +457,11 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
     storage_name = args.storage or f"sqlite:///{folder / 'study.db'}"
     try:
         study, created = open_study(args)
+        record_settings(study, settings, base_args, created)
     except STORAGE_ERRORS as err:
+        _remove_empty(made)
         raise _usage_error(f"cannot open the study storage {storage_name}: "
                            f"{storage_problem(err)}") from None
-    record_settings(study, settings, base_args, created)
     for params in args.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 

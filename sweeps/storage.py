@@ -117,6 +117,15 @@ def open_storage(
     raise AssertionError("unreachable")
 
 
+def _in_memory_sqlite(url: str) -> bool:
+    """Whether ``url`` is SQLite in memory (``sqlite://``, ``sqlite:///:memory:``)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and sqlite_path(url) is None
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///` URL (None: another database, or SQLite in memory)."""
     try:
@@ -240,6 +249,10 @@ def check_sqlite_file(url: str) -> None:
     """
     path = sqlite_path(url)
     if path is None:
+        if _in_memory_sqlite(url):  # (walkthrough: the study was gone when the sweep ended)
+            raise ValueError("SQLite in memory keeps the study only while this worker runs: no "
+                             "other worker and no sweep-report can read it; give a file, e.g. "
+                             "sqlite:///studies/my.db")
         return
     if path.name.startswith("file:") and "uri=true" not in url.lower():
         # (SQLite URI filenames need ?uri=true; without it "file::memory:?cache=shared" made a
@@ -288,7 +301,9 @@ def check_sqlite_file(url: str) -> None:
 
 # Errors opening a storage that are the user's to fix: not a database, a damaged one, one of
 # another Optuna schema, an unknown dialect, a database driver that is not installed.
-STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError, OSError)
+# (Optuna wraps a failed write, e.g. to a read-only SQLite file, in StorageInternalError)
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError, OSError,
+                  optuna.exceptions.StorageInternalError)
 _PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 
 
@@ -307,6 +322,9 @@ def storage_problem(err: BaseException) -> str:
         return (f"its database driver is not installed (no module {missing!r}); install it "
                 "into .venv, or use sqlite:/// or postgresql://" if missing else
                 f"its database driver could not be imported: {str(err).splitlines()[0][:200]}")
+    if isinstance(err, optuna.exceptions.StorageInternalError) and isinstance(
+            err.__cause__ or err.__context__, sqlalchemy.exc.SQLAlchemyError):
+        err = err.__cause__ or err.__context__  # (Optuna's guess "invalid data" misleads)
     orig = getattr(err, "orig", None)  # the driver's own message (e.g. "file is not a database")
     text = str(orig if orig is not None else err).strip()
     return mask_url(text.splitlines()[0][:200] if text else type(err).__name__)

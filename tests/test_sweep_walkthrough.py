@@ -1,0 +1,138 @@
+"""A researcher's sweep walkthrough (session 30): a mistyped DATA is one line before any trial
+and makes no study; a study knows its data folder by real path and by its files (images added
+or replaced are a changed setting, a trailing slash or a link is not); SQLite in memory and a
+read-only study file are one line each; a refused sweep leaves no empty study folder; the
+summary says how to train with the best parameters; make passes a study name starting with
+"-" as a value."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from sweep_doubles import instant_fit, never_fit
+
+from sweeps.guards import data_problem, folder_digest, training_settings
+from sweeps.run import run_sweep
+from sweeps.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def _dataset(root: Path, n: int = 2, seed: int = 0) -> Path:
+    from datamodules.dataset_io import write_sample
+    from datamodules.phantoms import PhantomConfig, generate_phantom
+
+    cfg = PhantomConfig(min_side=128, max_side=160)
+    for k in range(n):
+        write_sample(root, generate_phantom(seed + k, cfg))
+    return root
+
+
+def _sweep(tmp_path: Path, study: str, *extra: str, fit=instant_fit, trials: str = "1"):
+    return run_sweep(["--trials", trials, "--study", study, "--studies-dir",
+                      str(tmp_path / "studies"), "--config", str(TINY), "--pruner", "none",
+                      *extra], fit=fit)
+
+
+def test_a_mistyped_data_folder_is_one_line_before_any_trial(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "x2", f"--data-root={tmp_path / 'nodata'}", fit=never_fit)
+    assert stop.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"sweeps.run: error: data.data_root: {tmp_path / 'nodata'}: dataset folder "
+                   f"does not exist; see make validate-data DATA={tmp_path / 'nodata'}"]
+    assert not (tmp_path / "studies").exists()  # no study: the right folder may use the name
+    data = _dataset(tmp_path / "data")
+    (data / "masks" / next(iter(sorted((data / "masks").iterdir()))).name).unlink()
+    with pytest.raises(SystemExit):
+        _sweep(tmp_path, "x2", f"--data-root={data}", fit=never_fit)
+    assert "data.data_root: " in capsys.readouterr().err
+
+
+def test_data_problem_follows_the_validate_switch(tmp_path):
+    missing = str(tmp_path / "none")
+    assert data_problem({"data": {"data_root": missing}}) is not None
+    assert data_problem({"data": {"data_root": missing, "validate": False}}) is None
+    assert data_problem({"data": {"data_root": None}}) is None  # phantoms
+    assert data_problem({"data": {"test_root": missing}}).startswith("data.test_root: ")
+
+
+def test_a_study_knows_its_data_by_real_path_and_files(tmp_path, capsys):
+    data = _dataset(tmp_path / "data", n=3)
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    space = SearchSpace()
+    plain = training_settings({"data": {"data_root": str(data)}}, space)
+    for same in (f"{data}/", str(link)):
+        assert training_settings({"data": {"data_root": same}}, space) == plain
+    digest = folder_digest(data)
+    assert len(digest) == 16
+    _sweep(tmp_path, "dd", f"--data-root={data}")
+    _sweep(tmp_path, "dd", f"--data-root={link}/")  # the same folder, named otherwise
+    capsys.readouterr()
+    # an image replaced by another of another size, under the same name: another data set
+    first = sorted((data / "images").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert folder_digest(data) != digest
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "dd", f"--data-root={data}", fit=never_fit)
+    assert stop.value.code == 2
+    assert "data.data_root files (names and sizes, sha256)" in capsys.readouterr().err
+    # images added: refused as well
+    first.write_bytes(first.read_bytes()[:-1])
+    assert folder_digest(data) == digest
+    _dataset(data, n=1, seed=50)
+    with pytest.raises(SystemExit):
+        _sweep(tmp_path, "dd", f"--data-root={data}", fit=never_fit)
+
+
+def test_sqlite_in_memory_is_refused_and_leaves_no_folder(tmp_path, capsys):
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(SystemExit) as stop:
+            _sweep(tmp_path, "mem", "--storage", url, fit=never_fit)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "SQLite in memory keeps the study only while this worker runs" in err
+        assert not (tmp_path / "studies").exists()
+
+
+def test_a_read_only_study_file_is_one_line(tmp_path, capsys):
+    """A colleague's study.db that may not be written: three tracebacks and Optuna's guess
+    "invalid data in the commit" before."""
+    db = tmp_path / "ro.db"
+    _sweep(tmp_path, "a", "--storage", f"sqlite:///{db}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "b", "--storage", f"sqlite:///file:{db}?mode=ro&uri=true",
+               fit=never_fit)
+    assert stop.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "attempt to write a readonly database" in err[0], err
+    assert "Traceback" not in err[0] and not (tmp_path / "studies" / "b").exists()
+
+
+def test_the_summary_says_how_to_train_with_the_best_parameters(tmp_path, capsys):
+    _sweep(tmp_path, "best", "--enqueue", "beta=0.6,alpha=1.25")
+    out = capsys.readouterr().out
+    assert ('train with them: make train CONFIG=<the sweep\'s> DATA=<the sweep\'s> '
+            'ARGS="--model.beta=0.6 --model.alpha=1.25"') in out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_passes_a_study_name_starting_with_a_dash(tmp_path):
+    """``STUDY=-v1`` reached argparse as two words: "expected one argument"."""
+    fake = tmp_path / "python"  # stands for .venv's interpreter: prints what make passes
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    stamp = tmp_path / "stamp"
+    stamp.touch()  # newer than pyproject.toml: make installs nothing
+    res = subprocess.run(["make", "-s", "-C", str(REPO), "sweep", "sweep-report", "STUDY=-v1",
+                          "TRIALS=2", f"PY={fake}", f"STAMP={stamp}"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    args = res.stdout.splitlines()
+    assert args.count("--study=-v1") == 2 and "--trials=2" in args, args
