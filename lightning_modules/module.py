@@ -273,8 +273,9 @@ class KneePlanModule(pl.LightningModule):
             values = {k: math.nan for k in values}
         bar = {"val/lm_err_px", "val/iou_mean"}
         for k, v in values.items():
-            # already synced by torchmetrics; plain floats are identical on every rank
-            self.log(k, v, prog_bar=k in bar)
+            # already synced by torchmetrics, identical on every rank: the mean over ranks
+            # changes nothing and keeps Lightning from warning once per metric under DDP
+            self.log(k, v, prog_bar=k in bar, sync_dist=True)
 
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

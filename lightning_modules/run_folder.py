@@ -106,6 +106,49 @@ def _run_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+# Variables by which a cluster launcher tells a process where the other nodes' processes are
+# (SLURM srun, torchrun / torchelastic, LSF, Open MPI, MPICH/PMI, or by hand: Lightning's
+# MASTER_ADDR + NODE_RANK on each node).
+LAUNCHER_VARS = (("SLURM_NTASKS",), ("TORCHELASTIC_RUN_ID",), ("GROUP_RANK",), ("LSB_JOBID",),
+                 ("OMPI_COMM_WORLD_SIZE",), ("PMI_SIZE",), ("MASTER_ADDR", "NODE_RANK"))
+
+
+def launcher_problem(num_nodes: Any) -> str | None:
+    """Why a run on ``num_nodes`` > 1 nodes cannot start from this process (None: it can): no
+    launcher put it in a cluster, so it would wait for the other nodes for ever, deaf to
+    Ctrl-C (walkthrough, session 30: ``make train NODES=2`` on a workstation)."""
+    if not isinstance(num_nodes, int) or num_nodes <= 1:
+        return None
+    if any(all(os.environ.get(v) for v in group) for group in LAUNCHER_VARS):
+        return None
+    return (f"num_nodes={num_nodes}, but no cluster launcher started this process (no SLURM "
+            "srun, torchrun, LSF or MPI environment, nor MASTER_ADDR and NODE_RANK): alone it "
+            "would wait for the other nodes for ever; start it on every node as README "
+            "\"Multi-GPU and multi-node\" shows, or leave NODES unset")
+
+
+def requeued_checkpoint(root: str | Path, name: str) -> Path | None:
+    """The checkpoint a requeued SLURM job continues from (``SLURM_RESTART_COUNT`` > 0): the
+    newest of Lightning's ``hpc_ckpt_*.ckpt`` (written on SIGUSR1 before a requeue) and
+    ``checkpoints/last.ckpt`` in the job's own folder ``<root>/<name>/slurm<id>``; None for a
+    first start, another launcher, or a folder without one. A requeued job started a new
+    folder ``slurm<id>-1`` from scratch before."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        restarts = 0
+    if not job or restarts < 1 or os.environ.get("KNEEPLAN_RUN_STAMP"):
+        return None
+    folder = Path(root) / name / f"slurm{job}"
+    try:
+        found = [*folder.glob("hpc_ckpt_*.ckpt"), folder / "checkpoints" / "last.ckpt"]
+        found = [p for p in found if p.is_file() and not p.is_symlink()]
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+    except OSError:
+        return None
+
+
 def make_run_dir(root: str | Path, name: str, reuse: Path | None = None) -> Path:
     """``<root>/<name>/<stamp>``; a DDP child reuses its parent's folder (``KNEEPLAN_RUN_DIR``);
     ``reuse`` (a resumed run's folder) is continued instead of opening a new one.
@@ -135,8 +178,9 @@ def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = Non
              if exclude is None or p.resolve().parents[1] != exclude.resolve()]
     if not found:
         raise CheckpointError(
-            f"{base}: --resume last: no earlier run with checkpoints/last.ckpt here; give a "
-            "checkpoint path"
+            f"{base}: --resume last: no earlier run with checkpoints/last.ckpt here (runs "
+            f"named {name!r}; one trained with another CONFIG has that config's name: give the "
+            "same CONFIG, or a checkpoint path)"
         )
     return max(found, key=lambda p: p.stat().st_mtime)
 

@@ -31,7 +31,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,10 @@ from lightning_modules.progress import progress_callback
 from lightning_modules.run_csv_logger import RunCSVLogger
 from lightning_modules.run_folder import (
     find_last_checkpoint,
+    launcher_problem,
     make_run_dir,
     outside_link,
+    requeued_checkpoint,
     run_folder_of,
 )
 from lightning_modules.training_state import (
@@ -433,13 +435,19 @@ class KneePlanCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         self.wandb_env_set = False
         run = _as_run_options(self._get(self.config_init, "run"))
+        trainer_settings = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if problem := launcher_problem(trainer_settings.get("num_nodes")):
+            raise MisconfigurationException(problem)
+        if not run.resume and (requeued := requeued_checkpoint(run.root, run.name)):
+            rank_zero_info(f"SLURM job {os.environ['SLURM_JOB_ID']} requeued: continuing from "
+                           f"{requeued}")
+            run = replace(run, resume=str(requeued))  # checked as any --resume
         reuse = None
         if run.resume:  # checked here, before any folder is made: one line on any problem
             data = getattr(self, "datamodule", None)
             resume = resume_checkpoint(run, self.model,
                                        dict(data.hparams) if data is not None else None,
-                                       {**self._get(self.config_init, "trainer", default={}),
-                                        **kwargs})
+                                       trainer_settings)
             self.resume_path = str(resume)
             reuse = run_folder_of(resume)  # continue that run: same folder, best score kept
             if reuse is not None and (link := outside_link(reuse)):
@@ -490,7 +498,18 @@ class KneePlanCLI(LightningCLI):
             trainer_config[key] = 1
         # a bar on a terminal, plain lines in a log file (no carriage returns)
         ours += progress_callback(trainer_config, extra + self.user_callbacks)
-        trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
+        try:
+            trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
+        except (TypeError, ValueError) as err:  # Lightning's accelerator connector refusing
+            if isinstance(err, ConfigFileError | CheckpointError):  # devices, strategy or a
+                raise  # SLURM task count: one line (status 2), not a 50-line traceback
+            raise MisconfigurationException(" ".join(str(err).split())[:400]) from None
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        try:  # what the launcher checks only inside fit (SLURM: devices vs --ntasks-per-node)
+            if env is not None:
+                env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        except ValueError as err:
+            raise MisconfigurationException(" ".join(str(err).split())[:400]) from None
         if self.resume_path:
             _refuse_restore_errors(trainer, self.resume_path)
         return trainer
