@@ -76,6 +76,7 @@ from lightning_modules.module import (
 from lightning_modules.progress import progress_callback
 from lightning_modules.run_csv_logger import RunCSVLogger
 from lightning_modules.run_folder import (
+    RUN_DIR_ENV,
     find_last_checkpoint,
     launcher_problem,
     make_run_dir,
@@ -729,6 +730,31 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingInterrupted as err:
         print(f"train: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except RuntimeError as err:
+        if not (lost := peer_lost(err)):
+            raise
+        print(f"train: error: {lost}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# What torch.distributed's backends say when another rank of the run is gone (killed, out of
+# memory, its node lost): the survivors fail in their next collective.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was "
+             "aborted", "Socket Timeout", "Broken pipe")
+
+
+def peer_lost(err: BaseException) -> str | None:
+    """One line for a training that failed because another process of the multi-device run
+    ended (a 150-line gloo traceback without the way to resume before), or None."""
+    text = str(err)
+    if not any(words in text for words in PEER_LOST):
+        return None
+    run = os.environ.get(RUN_DIR_ENV)
+    last = Path(run) / "checkpoints" / "last.ckpt" if run else None
+    hint = (f"; resume with --resume {last} (make train RESUME={last})"
+            if last is not None and last.is_file() else "")
+    first = " ".join(text.split())[:200]
+    return f"another process of this multi-device run ended ({first}){hint}"
 
 
 if __name__ == "__main__":

@@ -262,6 +262,10 @@ def check_sqlite_file(url: str) -> None:
     try:
         info = path.stat()
     except FileNotFoundError:
+        if not path.parent.is_dir():  # (SQLite says only "unable to open database file")
+            raise ValueError(f"the folder {path.parent} of the SQLite study file does not "
+                             "exist (sqlite:////abs/path.db has four slashes, "
+                             "sqlite:///rel.db three)") from None
         return
     except OSError as err:
         raise ValueError(f"the SQLite file cannot be read: {err.strerror or err}") from None

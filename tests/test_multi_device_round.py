@@ -128,3 +128,28 @@ def test_a_requeued_slurm_job_continues_its_own_run(no_cluster, tmp_path):
     with (first.run_dir / "metrics.csv").open() as f:
         epochs = sorted({int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")})
     assert epochs == [0, 1]  # epoch 1 trained after epoch 0, not epoch 0 twice
+
+
+def test_a_lost_rank_is_one_line_with_the_resume_hint(no_cluster, tmp_path, capsys):
+    """When another rank was killed, the survivor printed 150-250 lines of gloo traceback and
+    no way to resume, although a valid last.ckpt existed."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    no_cluster.setenv(RUN_DIR_ENV, str(run))
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+                        "by peer [127.0.0.1]:47071")
+
+    def dies(argv):
+        raise lost
+
+    no_cluster.setattr(train, "fit", dies)
+    code, err = _main_error(["--config", str(TINY)], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("train: error: another process of this multi-device run ended (")
+    assert err[0].endswith(f"resume with --resume {run / 'checkpoints' / 'last.ckpt'} (make "
+                           f"train RESUME={run / 'checkpoints' / 'last.ckpt'})")
+    other = RuntimeError("some other failure")
+    no_cluster.setattr(train, "fit", lambda argv: (_ for _ in ()).throw(other))
+    with pytest.raises(RuntimeError, match="some other failure"):  # not ours to reword
+        train.main(["--config", str(TINY)])

@@ -136,3 +136,13 @@ def test_make_passes_a_study_name_starting_with_a_dash(tmp_path):
     assert res.returncode == 0, res.stderr
     args = res.stdout.splitlines()
     assert args.count("--study=-v1") == 2 and "--trials=2" in args, args
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_named(tmp_path, capsys):
+    """``sqlite:////nonexistent_dir/x.db`` said only "unable to open database file"."""
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "m", "--storage", f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}",
+               fit=never_fit)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the folder {tmp_path / 'nowhere'} of the SQLite study file does not exist" in err
