@@ -186,6 +186,7 @@ class TrainObjective:
                     return self._score(trial, pruning, pruning.last_metrics,
                                        max(pruning.reported) + 1)
                 epoch = max(pruning.reported, default=-1) + 1
+                trial.set_user_attr("epochs", epoch)  # (completed ones: the table showed none)
                 return self._interrupted(trial, f"in epoch {epoch}")
         except Exception as err:
             tb = traceback.format_exception_only(type(err), err)[-1].strip()

@@ -163,6 +163,9 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict]]:
     """Header and one dict per trial for the CSV/Markdown tables."""
     trials = study.get_trials(deepcopy=False)
     names = {p for t in trials for p in t.params}
+    names |= {p for t in trials if t.state == TrialState.WAITING
+              and isinstance(t.system_attrs.get("fixed_params"), dict)
+              for p in t.system_attrs["fixed_params"] if isinstance(p, str)}
     first = ("beta", "alpha", "lr")
     params = [p for p in first if p in names] + sorted(names - set(first))
     header = ["number", "state", "objective", *params, "epochs", "duration_s", "worker",
@@ -194,9 +197,13 @@ def fail_reason(t: FrozenTrial) -> str | None:
 def _param(t: FrozenTrial, name: str) -> object:
     """A trial's parameter for the tables: absent is None (an empty cell); a NaN one (SQLite
     stores NaN as NULL, which Optuna reads back as None) is shown as nan."""
-    if name not in t.params:
-        return None
-    value = t.params[name]
+    if name in t.params:
+        value = t.params[name]
+    else:  # a queued trial (a Ctrl-C'd one's retry) shows the values it will run with
+        fixed = t.system_attrs.get("fixed_params") if t.state == TrialState.WAITING else None
+        if not isinstance(fixed, dict) or name not in fixed:
+            return None
+        value = fixed[name]
     return math.nan if value is None else _bounded(value, f"trial #{t.number} param {name!r}")
 
 

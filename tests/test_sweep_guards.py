@@ -211,6 +211,14 @@ def test_ctrl_c_during_training_stops_the_sweep(tmp_path, capsys, sigint_handler
     assert t1.user_attrs["fail_reason"] == "interrupted (Ctrl-C) in epoch 1"
     # its parameters wait to run first when the study continues
     assert t2.state == TrialState.WAITING and t2.user_attrs["retry_of"] == 1
+    # the report's table: the epochs the interrupted trial completed, and the values the
+    # queued retry will run with (both cells were empty)
+    from sweeps.report import trial_rows
+
+    header, rows = trial_rows(_load(tmp_path, "s"))
+    assert t1.user_attrs["epochs"] == 1 and rows[1]["epochs"] == 1
+    assert (rows[2]["beta"], rows[2]["alpha"]) == pytest.approx((t1.params["beta"],
+                                                                 t1.params["alpha"]))
     study = _sweep(tmp_path, *argv, trials=1, fit=_ctrl_c_fit(-1, ""))
     t2 = study.get_trials(deepcopy=False)[2]
     assert t2.state == TrialState.COMPLETE and t2.params == pytest.approx(t1.params)
