@@ -11,6 +11,7 @@ import unicodedata
 from pathlib import Path, PurePath
 from typing import Any
 
+from datamodules.config_file import ConfigFileError
 from datamodules.path_limits import longest_name, name_max, nearest_existing
 from lightning_modules.checkpoint_file import CheckpointError
 
@@ -167,8 +168,31 @@ def make_run_dir(root: str | Path, name: str, reuse: Path | None = None) -> Path
     while run_dir.exists() and "KNEEPLAN_RUN_STAMP" not in os.environ:
         run_dir = base / f"{_run_stamp()}-{k}"
         k += 1
+    if "KNEEPLAN_RUN_STAMP" in os.environ and _first_process() and _holds_a_run(run_dir):
+        # (a stamp set by hand and used again mixed two runs' metrics and checkpoints in one
+        # folder; the other nodes of a multi-node run find it made by this one: not refused)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        raise ConfigFileError(
+            f"KNEEPLAN_RUN_STAMP={os.environ['KNEEPLAN_RUN_STAMP']!r:.80}: the run folder "
+            f"{run_dir} already holds a run; a second one there would mix their metrics and "
+            f"checkpoints: choose another stamp, or continue it with --resume {last}")
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir.resolve()
+
+
+def _first_process() -> bool:
+    """Whether this is the run's first process (global rank 0 on node 0) as far as the
+    launcher says (torchrun's RANK / GROUP_RANK, SLURM_PROCID, NODE_RANK); True without one."""
+    return all(os.environ.get(v, "0") in ("", "0")
+               for v in ("RANK", "GROUP_RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier run's metrics or checkpoints."""
+    try:
+        return (folder / "metrics.csv").exists() or any((folder / "checkpoints").glob("*.ckpt"))
+    except OSError:
+        return False
 
 
 def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = None) -> Path:

@@ -153,3 +153,25 @@ def test_a_lost_rank_is_one_line_with_the_resume_hint(no_cluster, tmp_path, caps
     no_cluster.setattr(train, "fit", lambda argv: (_ for _ in ()).throw(other))
     with pytest.raises(RuntimeError, match="some other failure"):  # not ours to reword
         train.main(["--config", str(TINY)])
+
+
+def test_a_run_stamp_used_again_is_refused_on_the_first_process(no_cluster, tmp_path):
+    """KNEEPLAN_RUN_STAMP set by hand twice mixed two runs in one folder (metrics 0,1,0,1,
+    best-epoch000-v1.ckpt, config.yaml overwritten)."""
+    from datamodules.config_file import ConfigFileError
+    from lightning_modules.run_folder import make_run_dir
+
+    no_cluster.setenv("KNEEPLAN_RUN_STAMP", "fixed")
+    folder = tmp_path / "tiny" / "fixed"
+    assert make_run_dir(tmp_path, "tiny") == folder.resolve()  # nothing there yet
+    folder.mkdir(parents=True)
+    assert make_run_dir(tmp_path, "tiny") == folder.resolve()  # made by another node: fine
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigFileError, match="already holds a run.*--resume .*last.ckpt"):
+        make_run_dir(tmp_path, "tiny")
+    for var in ("NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "RANK"):  # another node's process
+        no_cluster.setenv(var, "1")
+        assert make_run_dir(tmp_path, "tiny") == folder.resolve(), var
+        no_cluster.delenv(var)
+    assert make_run_dir(tmp_path, "tiny", reuse=folder) == folder.resolve()  # a resume
