@@ -313,7 +313,8 @@ def _construction(plan: Plan, mmpp: float, cfg: ReviewConfig) -> list[Reason]:
                               f"{name} lies outside the original image (in the padding)"))
     if plan.lm1_support < cfg.min_support:
         out.append(Reason("lm1_support", f"LM1 fit rests on {plan.lm1_support} outline points "
-                                         f"(< {cfg.min_support})"))  # fmt: skip
+                                         f"(< {cfg.min_support}): the posterior femoral cortex "
+                                         "was hardly found"))  # fmt: skip
     if plan.lm1 is None:
         out.append(Reason("no_lm1", "no cortex line: femur outline and ROI do not overlap"))
         return out
@@ -549,8 +550,9 @@ def _uncertainty(ctx: ReviewContext, mmpp: float, spacing: Any) -> list[Reason]:
     if unc.hourglass_shift_px is not None:
         for name, d in zip(LANDMARK_NAMES, unc.hourglass_shift_px, strict=True):
             if d * mmpp > cfg.max_hourglass_shift_mm:
-                out.append(Reason("hourglass_disagree", f"the last two hourglasses disagree on "
-                                  f"{name} by {d * mmpp:.1f} mm"))  # fmt: skip
+                out.append(Reason("hourglass_disagree", f"the last two hourglasses (the "
+                                  f"network's final stages) disagree on {name} by "
+                                  f"{d * mmpp:.1f} mm: the model is unsure"))  # fmt: skip
     if unc.metal_shift_px is not None:
         what = _moved(unc.metal_shift_px, mmpp, cfg.max_metal_shift_mm)
         if what:

@@ -252,6 +252,10 @@ def settings_problem(study_name: str, recorded: Mapping[str, Any],
     """Why this worker may not continue the study (a recorded setting differs), or None.
     ``complete``: ``recorded`` is a full record, so a setting present on one side only can be a
     change too (``_one_sided_change``); False for the objective alone of an older study."""
+    recorded = dict(recorded)
+    for key in FOLDER_KEYS:  # a study recorded before folders were named by real path
+        if isinstance(recorded.get(key), str) and recorded[key].strip():
+            recorded[key] = os.path.realpath(os.path.expanduser(recorded[key]))
     differ = [k for k in current if k in recorded and recorded[k] != current[k]]
     if complete:
         keys = set(recorded) | set(current)

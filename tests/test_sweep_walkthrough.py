@@ -146,3 +146,15 @@ def test_a_sqlite_file_in_a_missing_folder_is_named(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"the folder {tmp_path / 'nowhere'} of the SQLite study file does not exist" in err
+
+
+def test_a_study_recorded_with_a_relative_data_path_continues(tmp_path, monkeypatch):
+    """Studies recorded before folders were named by real path hold the text given."""
+    from sweeps.guards import settings_problem
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    current = training_settings({"data": {"data_root": "data"}}, SearchSpace())
+    assert settings_problem("s", {"data.data_root": "data"}, current) is None
+    assert settings_problem("s", {"data.data_root": "./data/"}, current) is None
+    assert "data.data_root" in settings_problem("s", {"data.data_root": "other"}, current)
