@@ -62,7 +62,7 @@ def _other_model_file(data: bytes) -> str | None:
     if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower()):
         return ("an ONNX model (make export's output): give it under its .onnx name, with its "
                 ".json beside it")
-    if data.lstrip()[:1] in (b"{", b"["):
+    if head.lstrip()[:1] in (b"{", b"["):
         return "a JSON file (an export's description? give the .onnx beside it)"
     return None
 

@@ -170,8 +170,10 @@ def output_stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
 
 def _free_for(files: tuple[Path, Path], image: Path) -> bool:
     """Whether a plan of ``image`` may be written as ``files`` (overlay, report): neither
-    exists, or the report says it is a plan of this same image (an overlay without its report,
-    an unreadable report or one of another image: not)."""
+    exists, or the report is a plan of this same image: the same bytes (``image.sha256``), or
+    for a report without a digest the same absolute path. An overlay without its report, an
+    unreadable report, or one of another image, a relative path (its working folder is not
+    known) or a file re-used for another patient (a PACS export's IM0001 each day): not."""
     from datamodules.annotations import AnnotationError, load_json
     from datamodules.dataset_io import real_path
 
@@ -180,9 +182,13 @@ def _free_for(files: tuple[Path, Path], image: Path) -> bool:
     if not _regular(report) and not _regular(overlay):
         return True
     try:
-        recorded = load_json(report, MAX_REPORT_BYTES, "a plan report")["image"]["path"]
-        return isinstance(recorded, str) and real_path(Path(recorded)) == real_path(image)
-    except (AnnotationError, OSError, ValueError, TypeError, KeyError):
+        recorded = load_json(report, MAX_REPORT_BYTES, "a plan report")["image"]
+        if isinstance(recorded.get("sha256"), str):
+            return recorded["sha256"] == file_sha256(image)
+        path = recorded["path"]
+        return (isinstance(path, str) and Path(path).is_absolute()
+                and real_path(Path(path)) == real_path(image))
+    except (AnnotationError, OSError, ValueError, TypeError, KeyError, AttributeError):
         return False
 
 
@@ -200,9 +206,9 @@ def renamed_plans(paths: list[Path], stems: list[str], out_dir: Path) -> list[st
     from planning.plan import plan_files
 
     plain = output_stems(paths)
-    return [f"{plan_files(out_dir, a)[1]} is the plan of another image: the plan of {p} is "
-            f"written as {b}_plan.json / .png" for p, a, b in zip(paths, plain, stems, strict=True)
-            if a != b]
+    return [f"{plan_files(out_dir, a)[1]} is the plan of another image (or its overlay a "
+            f"file of another): the plan of {p} is written as {b}_plan.json / .png"
+            for p, a, b in zip(paths, plain, stems, strict=True) if a != b]
 
 
 def output_files(paths: list[Path], out_dir: Path) -> list[Path]:
@@ -358,13 +364,32 @@ def model_digest(path: str | Path) -> str:
     files = [Path(path)]
     if Path(path).suffix.lower() == ".onnx" and export_meta_path(path).is_file():
         files.append(export_meta_path(path))
-    digests = []
-    for name in files:
-        with open(name, "rb") as fh:
-            digests.append(hashlib.file_digest(fh, "sha256"))
+    digests = [file_sha256(name) for name in files]
     if len(digests) == 1:
-        return digests[0].hexdigest()
-    return hashlib.sha256(b"".join(d.digest() for d in digests)).hexdigest()
+        return digests[0]
+    return hashlib.sha256(b"".join(bytes.fromhex(d) for d in digests)).hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (real path, mtime ns, size) -> SHA-256
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex, as ``sha256sum`` prints it); remembered while the file
+    is unchanged, so an image hashed to name its plan is not read again for its report.
+    Raises OSError."""
+    import hashlib
+
+    from datamodules.dataset_io import real_path
+
+    st = os.stat(path)
+    key = (str(real_path(Path(path))), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        if len(_DIGESTS) > 10_000:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
+    return _DIGESTS[key]
 
 
 def _init_worker(model_path: str, device: str, sha256: str) -> None:

@@ -145,7 +145,8 @@ def evaluate_sample(
     zoom: bool = False,
 ) -> SampleResult:
     """Plan from ``maps``, then every Table 1 value against the primary rater and the masks,
-    and the review verdict (``planning.review.review``, the same call as ``make plan``).
+    and the review verdict (``planning.review.review``, the same call as ``make plan``; a
+    labelled dataset's DICOM header is not asked what it shows: ``header`` stays empty).
 
     Distances are in mm when the spacing is known (``sample_spacing``: the same resolver as
     ``make plan``), else in original pixels; the row's ``unit`` says which. With a

@@ -326,10 +326,21 @@ def run_plan(
         warnings=warnings,
         second_knee=context.second_knee,
         model_sha256=model_sha256,
+        image_sha256=_image_digest(path),
     )  # fmt: skip
     report["spacing"].update({k: v for k, v in sp.as_dict().items() if k not in report["spacing"]})
     write_report(report_path, report)
     return PlanOutputs(overlay_path, report_path, report, pending)
+
+
+def _image_digest(path: Path) -> str | None:
+    """SHA-256 of the input file (None when it cannot be read again: the plan stands)."""
+    from planning.batch import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def plan_files(out_dir: Path, stem: str) -> tuple[Path, Path]:
@@ -524,12 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(err))
         return 1
     if many:
-        from planning.batch import subfolders
-
-        if images and (inner := subfolders(args.image)):  # (none: the error names the folder)
-            names = ", ".join(p.name for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
-            _note(f"{args.image}: {len(inner)} subfolder(s) not searched ({names}): give each "
-                  f"folder, or a quoted glob such as '{Path(args.image) / '*' / '*'}'")
+        if images and (inner := _subfolders_text(args.image)):
+            _note(f"{args.image}: {inner} not searched: give each folder, or a quoted glob "
+                  f"such as '{Path(args.image) / '*' / '*'}'")
         return _main_batch(args, images)
     try:
         loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
@@ -549,10 +557,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for note in renamed_plans(images, [stem], args.out):
         _note(note)
-    try:
-        digest = model_digest(args.ckpt)
-    except OSError:
-        digest = None  # the loader below names the problem
     from planning.predict import ModelOutputError
 
     search = None
@@ -561,6 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # its own process: it runs on another core while this one imports torch
         search = start_sphere_search(np.asarray(loaded.image, np.float32), own_process=True)
+    try:
+        digest = model_digest(args.ckpt)  # (while the search runs)
+    except OSError:
+        digest = None  # the loader below names the problem
     try:
         module = _load_or_explain(args.ckpt, args.device, args.threads)
         if module is None:
@@ -602,6 +610,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning}")
     print(f"overlay: {res.overlay}\nreport:  {res.report_path}")
     return 0
+
+
+def _subfolders_text(spec: str) -> str:
+    """"N subfolder(s) (a, b, c, ...)" of the folder ``spec`` ('' when none)."""
+    from planning.batch import subfolders
+
+    inner = subfolders(spec)
+    if not inner:
+        return ""
+    names = ", ".join(p.name for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
+    return f"{len(inner)} subfolder(s) ({names})"
 
 
 def _review_config(path: Path | None) -> Any:
@@ -649,6 +668,9 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     if not images:
         inner = Path(os.path.expanduser(args.image)) / "images"
         hint = f": a dataset folder? its images are in {inner}" if inner.is_dir() else ""
+        if not hint and (subs := _subfolders_text(args.image)):  # a PACS export's series
+            hint = (f"; it holds {subs}: give one, or a quoted glob such as "
+                    f"'{Path(args.image) / '*' / '*'}'")
         _error(f"{args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found{hint}")
         return 1
     clash = overwritten_inputs(images, args.out)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from datamodules.dataset_io import real_path
 from datamodules.path_limits import replace_link
 from datamodules.sample import BONES
 from geometry.lines import Line, to_mm
@@ -152,6 +153,7 @@ def build_report(
     warnings: list[str] | None = None,
     second_knee: SecondKnee | None = None,
     model_sha256: str | None = None,
+    image_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The report dict (JSON-ready; NaN -> null).
 
@@ -170,6 +172,8 @@ def build_report(
         warnings: input warnings (e.g. lossy JPEG) that do not flag the plan by themselves.
         second_knee: ``planning.second_knee.SecondKnee`` found beside the planned knee, or None.
         model_sha256: SHA-256 of the model file (``planning.batch.model_digest``), or None.
+        image_sha256: SHA-256 of the input file's bytes (which image a plan is of: a later
+            plan of another image of the same name does not replace it), or None.
     """
     sp = plan.spacing
     landmarks = {
@@ -192,7 +196,8 @@ def build_report(
     radius_px = _num(plan.radius_px)
     return {
         "report_version": REPORT_VERSION,
-        "image": {"path": str(image_path), "height": image_shape[0], "width": image_shape[1]},
+        "image": {"path": str(image_path), "real_path": str(real_path(Path(image_path))),
+                  "sha256": image_sha256, "height": image_shape[0], "width": image_shape[1]},
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "model_sha256": model_sha256,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -606,11 +606,11 @@ def header_reasons(header: dict[str, str]) -> list[Reason]:
     out: list[Reason] = []
     modality = str(header.get("modality", "") or "").upper()
     if modality not in RADIOGRAPH_MODALITIES:
-        out.append(Reason("dicom_modality", f"the DICOM file says Modality {modality!r:.24}, not "
+        out.append(Reason("dicom_modality", f"the DICOM file says Modality {modality[:16]!r}, not "
                           "a radiograph (CR, DX): not a lateral knee radiograph?"))
     part = str(header.get("body_part", "") or "").upper()
     if part.replace(" ", "").replace("_", "") in OTHER_BODY_PARTS:
-        out.append(Reason("dicom_body_part", f"the DICOM file says BodyPartExamined {part!r:.24}, "
+        out.append(Reason("dicom_body_part", f"the DICOM file says BodyPartExamined {part[:24]!r}, "
                           "not a knee: not a lateral knee radiograph?"))
     return out
 

@@ -44,8 +44,8 @@ def test_output_stems_keep_another_images_plan(tmp_path):
     assert output_stems([a], out) == ["knee"]  # the same image: its plan is replaced
     assert output_stems([b], out) == ["knee-2"]  # another image: kept
     assert renamed_plans([b], ["knee-2"], out) == [
-        f"{out / 'knee_plan.json'} is the plan of another image: the plan of {b} is written as "
-        "knee-2_plan.json / .png"]
+        f"{out / 'knee_plan.json'} is the plan of another image (or its overlay a file of "
+        f"another): the plan of {b} is written as knee-2_plan.json / .png"]
     _report(out, b, "knee-2")
     assert output_stems([b], out) == ["knee-2"]  # and b's own plan is found again
     assert output_stems([a, b], out) == ["knee_png", "knee_png-2"]  # one batch, two folders
@@ -89,10 +89,46 @@ def test_single_plans_of_two_patients_named_alike(tmp_path_factory, tmp_path, ca
     assert rep["kneeplan_version"] == version("kneeplan")
     assert rep["verdict"] == ("needs review" if rep["needs_review"] else "no review reason found")
     assert rep["verdict"] == "needs review"  # (--tta 0 is a reason by itself)
+    assert rep["image"]["sha256"] == hashlib.sha256(b.read_bytes()).hexdigest()
+    assert rep["image"]["real_path"] == str(b.resolve())
     # the same image again: its own plan is replaced, nothing new is made
     assert main(["--image", str(a), *args]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "knee-2_plan.json", "knee-2_plan.png", "knee_plan.json", "knee_plan.png"]
+    # the same file name re-used for another patient (a PACS export folder, each day): the
+    # path is the same, the bytes are not: kept (review: decided by path alone it was replaced)
+    first = (out / "knee_plan.json").read_text()
+    shutil.copy(b, a)
+    assert main(["--image", str(a), *args]) == 0
+    assert (out / "knee_plan.json").read_text() == first
+    # (its bytes are b's now: b's plan, knee-2, is the same image's and is replaced)
+    assert json.loads((out / "knee-2_plan.json").read_text())["image"]["path"] == str(a)
+
+
+def test_relative_image_paths_from_two_folders_keep_both_plans(
+        tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """A report recorded the path as typed; read back from another working folder, patient B's
+    ``IM0001.png`` was taken for patient A's and replaced it (review, session 30)."""
+    model = exported_tiny_model(tmp_path_factory)
+    good = phantom_images(tmp_path_factory, n=2)
+    out = tmp_path / "plans"
+    for src, name in zip(good, ("a", "b"), strict=True):
+        (tmp_path / name).mkdir()
+        shutil.copy(src, tmp_path / name / "IM0001.png")
+        monkeypatch.chdir(tmp_path / name)
+        assert main(["--image", "IM0001.png", "--ckpt", str(model), "--out", str(out),
+                     "--tta", "0"]) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["IM0001-2_plan.json",
+                                                          "IM0001_plan.json"]
+    # an older report (no digest) naming the image by a relative path: not taken for ours
+    old = out / "IM0001_plan.json"
+    rep = json.loads(old.read_text())
+    del rep["image"]["sha256"]
+    old.write_text(json.dumps(rep))
+    assert output_stems([tmp_path / "a" / "IM0001.png"], out) == ["IM0001-3"]
+    rep["image"]["path"] = str(tmp_path / "a" / "IM0001.png")
+    old.write_text(json.dumps(rep))
+    assert output_stems([tmp_path / "a" / "IM0001.png"], out) == ["IM0001"]
 
 
 def test_model_digest_of_a_checkpoint_is_its_sha256sum(tmp_path):
@@ -213,7 +249,7 @@ def test_subfolders_of_a_folder_are_said_to_be_skipped(tmp_path_factory, tmp_pat
     main(["--image", str(folder), "--ckpt", str(model), "--out", str(tmp_path / "o"),
           "--tta", "0"])
     err = capsys.readouterr().err
-    assert "1 subfolder(s) not searched (series2)" in err
+    assert "export: 1 subfolder(s) (series2) not searched: give each folder" in err
 
 
 def test_dicom_header_of_another_modality_or_body_part_is_a_reason(tmp_path):
@@ -280,3 +316,15 @@ def test_mm_without_spacing_are_said_to_be_estimates():
         spread = [r for r in found if r.code == "tta_spread"]
         assert spread, [str(r) for r in found]
         assert ("mm estimated from the femur's size" in spread[0]) is said, spread[0]
+
+
+def test_a_folder_of_series_subfolders_says_so(tmp_path_factory, tmp_path, capsys):
+    """A PACS export holding only series folders: "no image files found" and no hint."""
+    model = exported_tiny_model(tmp_path_factory)
+    (tmp_path / "export" / "series1").mkdir(parents=True)
+    shutil.copy(phantom_images(tmp_path_factory, n=2)[0], tmp_path / "export" / "series1")
+    assert main(["--image", str(tmp_path / "export"), "--ckpt", str(model), "--out",
+                 str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no image files" in err[0], err
+    assert "it holds 1 subfolder(s) (series1): give one, or a quoted glob" in err[0]
