@@ -111,14 +111,16 @@ def _run_stamp() -> str:
 # (SLURM srun, torchrun / torchelastic, LSF, Open MPI, MPICH/PMI, or by hand: Lightning's
 # MASTER_ADDR + NODE_RANK on each node).
 LAUNCHER_VARS = (("SLURM_NTASKS",), ("TORCHELASTIC_RUN_ID",), ("GROUP_RANK",), ("LSB_JOBID",),
-                 ("OMPI_COMM_WORLD_SIZE",), ("PMI_SIZE",), ("MASTER_ADDR", "NODE_RANK"))
+                 ("OMPI_COMM_WORLD_SIZE",), ("PMI_SIZE",), ("MV2_COMM_WORLD_SIZE",),
+                 ("MASTER_ADDR", "NODE_RANK"), ("WORLD_SIZE", "RANK"))
 
 
-def launcher_problem(num_nodes: Any) -> str | None:
+def launcher_problem(num_nodes: Any, plugins: Any = None) -> str | None:
     """Why a run on ``num_nodes`` > 1 nodes cannot start from this process (None: it can): no
     launcher put it in a cluster, so it would wait for the other nodes for ever, deaf to
-    Ctrl-C (walkthrough, session 30: ``make train NODES=2`` on a workstation)."""
-    if not isinstance(num_nodes, int) or num_nodes <= 1:
+    Ctrl-C (walkthrough, session 30: ``make train NODES=2`` on a workstation). Trainer
+    ``plugins`` (a cluster environment of the user's own) are trusted to know."""
+    if not isinstance(num_nodes, int) or num_nodes <= 1 or plugins:
         return None
     if any(all(os.environ.get(v) for v in group) for group in LAUNCHER_VARS):
         return None
@@ -210,10 +212,15 @@ def find_last_checkpoint(root: str | Path, name: str, exclude: Path | None = Non
 
 
 def run_folder_of(ckpt: Path) -> Path | None:
-    """The run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt``), else None."""
-    run = ckpt.absolute().parent.parent
-    if ckpt.absolute().parent.name == "checkpoints" and (run / "config.yaml").is_file():
+    """The run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt``, or Lightning's
+    ``<run>/hpc_ckpt_N.ckpt`` of a SLURM requeue, written into the run folder itself), else
+    None."""
+    ckpt = ckpt.absolute()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run / "config.yaml").is_file():
         return run
+    if ckpt.name.startswith("hpc_ckpt_") and (ckpt.parent / "config.yaml").is_file():
+        return ckpt.parent  # (a requeue continued in slurm<id>-1 and lost it on the next)
     return None
 
 

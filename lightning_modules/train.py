@@ -437,7 +437,8 @@ class KneePlanCLI(LightningCLI):
         self.wandb_env_set = False
         run = _as_run_options(self._get(self.config_init, "run"))
         trainer_settings = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        if problem := launcher_problem(trainer_settings.get("num_nodes")):
+        if problem := launcher_problem(trainer_settings.get("num_nodes"),
+                                       trainer_settings.get("plugins")):
             raise MisconfigurationException(problem)
         if not run.resume and (requeued := requeued_checkpoint(run.root, run.name)):
             rank_zero_info(f"SLURM job {os.environ['SLURM_JOB_ID']} requeued: continuing from "
@@ -502,8 +503,8 @@ class KneePlanCLI(LightningCLI):
         try:
             trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
         except (TypeError, ValueError) as err:  # Lightning's accelerator connector refusing
-            if isinstance(err, ConfigFileError | CheckpointError):  # devices, strategy or a
-                raise  # SLURM task count: one line (status 2), not a 50-line traceback
+            if not _raised_by_lightning(err):  # devices, strategy or a SLURM task count: one
+                raise  # line (status 2), not a 50-line traceback; anything else: as it is
             raise MisconfigurationException(" ".join(str(err).split())[:400]) from None
         env = getattr(trainer.strategy, "cluster_environment", None)
         try:  # what the launcher checks only inside fit (SLURM: devices vs --ntasks-per-node)
@@ -514,6 +515,17 @@ class KneePlanCLI(LightningCLI):
         if self.resume_path:
             _refuse_restore_errors(trainer, self.resume_path)
         return trainer
+
+
+def _raised_by_lightning(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside Lightning itself (its argument checks), not in code of
+    ours or a user's callback or logger, whose errors keep their traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in (
+        f"{os.sep}pytorch_lightning{os.sep}", f"{os.sep}lightning_fabric{os.sep}",
+        f"{os.sep}lightning{os.sep}"))
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:

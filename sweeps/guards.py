@@ -175,21 +175,19 @@ DATASET_SUBFOLDERS = ("images", "masks", "annotations")
 
 
 def folder_digest(root: str | Path) -> str:
-    """SHA-256 (16 hex digits) of every file's path (relative) and size under a dataset
-    folder's ``images/``, ``masks/`` and ``annotations/``: a study continued on a folder whose
-    images were added, removed or replaced is refused, at the cost of a listing (no reading)."""
+    """SHA-256 (16 hex digits) of the name and size of every file in a dataset folder's
+    ``images/``, ``masks/`` and ``annotations/`` (their top level, as training reads them): a
+    study continued on a folder whose images were added, removed or replaced is refused, at
+    the cost of a listing (no reading)."""
     digest = hashlib.sha256()
-    for sub in DATASET_SUBFOLDERS:
-        for folder, dirs, files in os.walk(Path(root) / sub):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(folder, name)
-                try:
-                    size = os.stat(path).st_size
-                except OSError:
-                    size = -1
-                digest.update(f"{os.path.relpath(path, root)}\0{size}\n".encode(
-                    "utf-8", "surrogateescape"))
+    for sub in DATASET_SUBFOLDERS:  # (their top level, as training reads them)
+        try:
+            with os.scandir(Path(root) / sub) as it:
+                entries = sorted((e.name, e.stat().st_size) for e in it if e.is_file())
+        except OSError:
+            entries = []
+        for name, size in entries:
+            digest.update(f"{sub}/{name}\0{size}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

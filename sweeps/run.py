@@ -53,7 +53,7 @@ from sweeps.guards import (
     training_settings,
 )
 from sweeps.objective import FitFn, ObjectiveSpec, TrainObjective
-from sweeps.space import CLI_KEYS, SearchSpace
+from sweeps.space import CLI_KEYS, SearchSpace, cli_overrides
 from sweeps.storage import (
     DEFAULT_STUDIES_DIR,
     STORAGE_ERRORS,
@@ -319,11 +319,11 @@ def format_best(study: optuna.Study) -> str:
     lines.append(f"best trial #{best.number}: {metric} objective = {best.value:.4f}")
     lines.append("best params: " + ", ".join(f"{k}={_param_text(v)}"
                                              for k, v in best.params.items()))
-    overrides = " ".join(f"--{CLI_KEYS[k]}={v!r}" for k, v in best.params.items()
-                         if k in CLI_KEYS and isinstance(v, float) and math.isfinite(v))
-    if overrides:  # (a trial's own config.yaml would name the trial's folder and W&B run)
+    usable = {k: v for k, v in best.params.items()
+              if k in CLI_KEYS and isinstance(v, float) and math.isfinite(v)}
+    if usable:  # (a trial's own config.yaml would name the trial's folder and W&B run)
         lines.append(f'train with them: make train CONFIG=<the sweep\'s> DATA=<the sweep\'s> '
-                     f'ARGS="{overrides}"')
+                     f'ARGS="{" ".join(cli_overrides(usable))}" (and the sweep\'s own ARGS)')
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -125,9 +126,24 @@ def test_a_requeued_slurm_job_continues_its_own_run(no_cluster, tmp_path):
     again = train.fit([*common, "--trainer.max_epochs=2"])
     assert again.run_dir == first.run_dir
     assert sorted(p.name for p in (root / "tiny").iterdir()) == ["slurm9191"]
+    # requeued by Lightning's SIGUSR1 handler: hpc_ckpt_N.ckpt in the run folder itself (it
+    # opened slurm9191-1 before, and a further requeue went back to the stale hpc_ckpt)
+    shutil.copy(first.run_dir / "checkpoints" / "last.ckpt", first.run_dir / "hpc_ckpt_1.ckpt")
+    no_cluster.delenv(RUN_DIR_ENV)
+    no_cluster.setenv("SLURM_RESTART_COUNT", "2")
+    third = train.fit([*common, "--trainer.max_epochs=3"])
+    assert third.run_dir == first.run_dir
+    assert sorted(p.name for p in (root / "tiny").iterdir()) == ["slurm9191"]
+    no_cluster.delenv(RUN_DIR_ENV)
+    no_cluster.setenv("SLURM_RESTART_COUNT", "3")
+    fourth = train.fit([*common, "--trainer.max_epochs=4"])  # last.ckpt now the newer one
+    assert fourth.run_dir == first.run_dir
     with (first.run_dir / "metrics.csv").open() as f:
         epochs = sorted({int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")})
-    assert epochs == [0, 1]  # epoch 1 trained after epoch 0, not epoch 0 twice
+    assert epochs == [0, 1, 2, 3]  # each start trained on where the last one ended
+    with (first.run_dir / "metrics.csv").open() as f:
+        rows = [int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")]
+    assert rows == sorted(rows)  # no epoch trained twice
 
 
 def test_a_lost_rank_is_one_line_with_the_resume_hint(no_cluster, tmp_path, capsys):
@@ -175,3 +191,34 @@ def test_a_run_stamp_used_again_is_refused_on_the_first_process(no_cluster, tmp_
         assert make_run_dir(tmp_path, "tiny") == folder.resolve(), var
         no_cluster.delenv(var)
     assert make_run_dir(tmp_path, "tiny", reuse=folder) == folder.resolve()  # a resume
+
+
+def test_launchers_of_other_kinds_and_own_plugins_pass(no_cluster):
+    no_cluster.setenv("WORLD_SIZE", "8")  # Kubeflow's PyTorchJob and the like
+    no_cluster.setenv("RANK", "0")
+    assert launcher_problem(2) is None
+    no_cluster.delenv("WORLD_SIZE")
+    no_cluster.delenv("RANK")
+    assert launcher_problem(2) is not None
+    assert launcher_problem(2, plugins=["my.ClusterEnvironment"]) is None  # the user's own
+
+
+def test_only_lightnings_own_refusals_are_reworded():
+    """Errors of our code or a user's callback keep their traceback (review, session 30)."""
+    def ours():
+        raise ValueError("a bug of ours")
+
+    try:
+        ours()
+    except ValueError as err:
+        assert not train._raised_by_lightning(err)
+    from pytorch_lightning.trainer.connectors.accelerator_connector import (
+        _AcceleratorConnector,
+    )
+
+    try:
+        _AcceleratorConnector(devices="abc", accelerator="cpu")
+    except (TypeError, ValueError) as err:
+        assert train._raised_by_lightning(err)
+    else:
+        raise AssertionError("Lightning accepted devices='abc'")

@@ -158,3 +158,13 @@ def test_a_study_recorded_with_a_relative_data_path_continues(tmp_path, monkeypa
     assert settings_problem("s", {"data.data_root": "data"}, current) is None
     assert settings_problem("s", {"data.data_root": "./data/"}, current) is None
     assert "data.data_root" in settings_problem("s", {"data.data_root": "other"}, current)
+
+
+def test_folder_digest_reads_the_top_level_as_training_does(tmp_path):
+    data = _dataset(tmp_path / "data", n=2)
+    digest = folder_digest(data)
+    (data / "images" / "backup").mkdir()
+    (data / "images" / "backup" / "old.png").write_bytes(b"x" * 100)
+    assert folder_digest(data) == digest  # not read by training: not part of the data
+    (data / "annotations" / "extra.json").write_text("{}")
+    assert folder_digest(data) != digest
