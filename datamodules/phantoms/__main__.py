@@ -7,6 +7,7 @@ regenerated alone and runs with different N share their first samples.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,12 +22,44 @@ from datamodules.phantoms.generate import generate_phantom, sample_seed
 def write_phantoms(
     out: str | Path, n: int, seed: int, config: PhantomConfig | None = None, progress: bool = True
 ) -> list[Path]:
-    """Generate ``n`` phantoms and write them under ``out``; return the image paths."""
+    """Generate ``n`` phantoms and write them under ``out``; return the image paths. A sample
+    whose writing is interrupted (Ctrl-C, a full disk) is removed again: the folder never
+    holds an image without its masks or annotation."""
     paths = []
     for i in tqdm(range(n), desc="phantoms", unit="img", disable=not progress):
         sample = generate_phantom(sample_seed(seed, i), config, sample_id=f"phantom_{i:05d}")
-        paths.append(write_sample(out, sample))
+        try:
+            paths.append(write_sample(out, sample))
+        except BaseException:
+            _remove_sample(Path(out), sample.id)
+            raise
     return paths
+
+
+def _remove_sample(root: Path, sample_id: str) -> None:
+    """Remove whatever of sample ``sample_id`` was written (image, masks, annotation)."""
+    for path in [root / "images" / f"{sample_id}.png", root / "annotations" / f"{sample_id}.json",
+                 *(root / "masks").glob(f"{sample_id}_*.png")]:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def other_seed(out: Path, n: int, seed: int) -> str | None:
+    """The first ``phantom_NNNNN`` in ``out`` (of the ``n`` to write) made with another seed
+    (its annotation's ``meta.seed``), or None: writing would silently mix two phantom sets."""
+    from datamodules.annotations import AnnotationError, load_json
+
+    for i in range(n):
+        path = out / "annotations" / f"phantom_{i:05d}.json"
+        if not path.is_file():
+            continue
+        try:
+            recorded = load_json(path).get("meta", {}).get("seed")
+        except (AnnotationError, AttributeError):
+            return path.stem
+        if recorded != sample_seed(seed, i):
+            return path.stem
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +88,27 @@ def main(argv: list[str] | None = None) -> int:
         cfg.max_side = args.max_side
     if problem := side_problem(cfg.min_side, cfg.max_side, ("--min-side", "--max-side")):
         parser.error(problem)
-    write_phantoms(args.out, args.n, args.seed, cfg)
-    return 0
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"phantoms: error: --out {out} is a file, not a folder", file=sys.stderr)
+        return 2
+    if out.is_dir() and (taken := other_seed(out, args.n, args.seed)):
+        print(f"phantoms: error: --out {out} already holds {taken} made with another --seed: "
+              "writing there would mix two phantom sets; choose another folder, or the seed it "
+              "was made with to extend it", file=sys.stderr)
+        return 2
+    try:
+        paths = write_phantoms(out, args.n, args.seed, cfg)
+    except KeyboardInterrupt:
+        done = len(list((out / "annotations").glob("phantom_*.json"))) if out.is_dir() else 0
+        print(f"phantoms: interrupted: {out} holds {done} complete phantoms (the one being "
+              "written was removed); run the same command to finish", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"phantoms: error: cannot write into {out}: {err.strerror or err} "
+              f"({err.filename or out})", file=sys.stderr)
+        return 1
+    return 0 if len(paths) == args.n else 1
 
 
 if __name__ == "__main__":
