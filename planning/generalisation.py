@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     variants = [] if args.no_all_on else [("all_on", [])]
     variants += [(f, [f]) for f in args.factors]
     results: dict[str, dict[str, float]] = {}
+    _write_tables(out, results, len(tests), args.minutes, len(variants))  # no earlier run's
     for name, off in variants:
         print(f"== {name}: training {args.minutes:g} min without {off or 'nothing'}", flush=True)
         res = fit(train_args(args.config, args.minutes, out, name, off, args.phantom_config,
@@ -129,10 +130,24 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         ev = evaluate(tests, out / "eval" / name, module=module, log=None)
         results[name] = summarise(ev.rows)
         print(f"   {name}: {json.dumps(results[name])}", flush=True)
-    replace_link(out / "lofo.md").write_text(lofo_table(results, len(tests), args.minutes))
-    replace_link(out / "lofo.json").write_text(json.dumps(results, indent=2))
+        _write_tables(out, results, len(tests), args.minutes, len(variants))
     print((out / "lofo.md").read_text())
     return results
+
+
+def _write_tables(out: Path, results: dict[str, dict[str, float]], n_tests: int,
+                  minutes: float, total: int) -> None:
+    """lofo.md / lofo.json of the models finished so far, said partial until all ``total``
+    are: a run stopped midway leaves its own rows, never an earlier run's table beside its
+    own eval/ files."""
+    table = lofo_table(results, n_tests, minutes)
+    if len(results) < total:
+        table = (f"**Partial: {len(results)} of {total} models trained and evaluated (the run "
+                 "was stopped, or is still running).**\n\n" + table)
+    replace_link(out / "lofo.md").write_text(table)
+    replace_link(out / "lofo.json").write_text(json.dumps(
+        {**results, **({"_partial": f"{len(results)} of {total}"}
+                       if len(results) < total else {})}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"--train-args {args.train_args!r}: {exc}")
     if problem := out_folder_problem(args.out):  # a file, under a file, a name too long
         return _error(problem)
-    run(args)
+    from lightning_modules.train import TrainingInterrupted
+
+    try:
+        run(args)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        print(f"generalisation: interrupted; {Path(args.out) / 'lofo.md'} holds the models "
+              "finished before (marked partial); run the same command to start again",
+              file=sys.stderr)
+        return 130
     return 0
 
 

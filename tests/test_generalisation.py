@@ -125,3 +125,26 @@ def test_evaluate_phantom_config_option(tmp_path, capsys):
                         "--phantom-max-side", "200", "--n-boot", "10", "--image-size", "64",
                         "--out", str(tmp_path / "ev")])  # fmt: skip
     assert rc == 0 and (tmp_path / "ev" / "per_image.csv").is_file()
+
+
+def test_an_interrupted_run_leaves_its_own_partial_table(tmp_path, monkeypatch, capsys):
+    """Ctrl-C midway printed a traceback and left the previous run's lofo.md beside this
+    run's eval/ files (session 30 walkthrough)."""
+    import lightning_modules.train as train_module
+
+    out = tmp_path / "lofo"
+    out.mkdir()
+    (out / "lofo.md").write_text("| metal | 45.95 | an earlier run |\n")
+
+    def interrupted(argv, callbacks=None):
+        raise train_module.TrainingInterrupted("training interrupted in epoch 0")
+
+    monkeypatch.setattr(train_module, "fit", interrupted)
+    rc = gen.main(["--minutes", "1", "--factors", "metal", "--out", str(out), "--config", TINY,
+                   "--n-test", "1", "--max-epochs", "1"])
+    assert rc == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1].startswith("generalisation: interrupted; ") and "Traceback" not in "".join(err)
+    md = (out / "lofo.md").read_text()
+    assert md.startswith("**Partial: 0 of 2 models trained") and "45.95" not in md
+    assert json.loads((out / "lofo.json").read_text()) == {"_partial": "0 of 2"}
