@@ -255,6 +255,9 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         data = path.read_bytes()
         if not data:  # (OpenCV's answer is an assertion message)
             raise DatasetError(f"{path}: the mask file is empty (0 bytes)")
+        if data[:3] == b"\xff\xd8\xff":  # a JPEG saved under a .png name: its artefacts read
+            raise DatasetError(f"{path}: a JPEG file named .png (lossy: its edges are not "
+                               "binary); a mask must be a PNG file")  # as "non-binary values"
         with decoder_messages() as said:  # libpng's own prints go into the error line
             mask = imdecode(path, data)
     except ImageReadError as err:  # over OpenCV's decode cap

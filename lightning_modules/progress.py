@@ -69,7 +69,9 @@ class LineProgress(ProgressBar):
         total = self.total_train_batches
         n = "?" if not math.isfinite(total) else int(total)
         e = trainer.max_epochs
-        self.print(f"training: {e} epoch{'' if e == 1 else 's'} of {n} steps "
+        span = (f"{e} epoch{'' if e == 1 else 's'}" if e is not None and e >= 0
+                else "epochs until the time limit (max_time)")  # (max_epochs -1: "-1 epochs")
+        self.print(f"training: {span} of {n} steps "
                    f"(progress lines: no terminal; every {self.every_n_steps} steps and epoch)")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

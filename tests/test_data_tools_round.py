@@ -1,6 +1,7 @@
-"""``make phantoms`` as a researcher meets it (session 30 walkthrough): an --out that is a file
-is one line; a folder made with another seed is refused instead of silently mixed; Ctrl-C
-(or a failed write) removes the half-written sample, so the folder stays valid."""
+"""Data tools as a researcher meets them (session 30 walkthrough). ``make phantoms``: an
+--out that is a file is one line; a folder made with another seed is refused instead of
+silently mixed; Ctrl-C (or a failed write) removes the half-written sample, so the folder stays
+valid. A JPEG saved under a mask's .png name is named; a time-limited training says so."""
 
 from __future__ import annotations
 
@@ -65,3 +66,36 @@ def test_an_interrupted_write_leaves_a_valid_folder(tmp_path, capsys, monkeypatc
     assert report.ok, report.format()
     with pytest.raises(SystemExit):
         phantoms_main.main(["--out", str(out), "--n", "-1"])
+
+
+def test_a_jpeg_saved_as_a_png_mask_is_named(tmp_path):
+    """It read as "non-binary mask: values {0, 1, 2, 3, ...}" (session 30 walkthrough)."""
+    import cv2
+    import numpy as np
+
+    from datamodules.dataset_io import DatasetError, read_mask
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    path = tmp_path / "x_femur.png"
+    path.write_bytes(cv2.imencode(".jpg", mask)[1].tobytes())
+    with pytest.raises(DatasetError, match=r"x_femur.png: a JPEG file named .png \(lossy"):
+        read_mask(path)
+
+
+def test_a_time_limited_run_says_so_in_its_first_line(monkeypatch):
+    """``training: -1 epochs of 60 steps`` (max_epochs -1: until max_time)."""
+    from types import SimpleNamespace
+
+    from lightning_modules.progress import progress_callback
+
+    said = []
+    bar = next(c for c in progress_callback({}, []) if hasattr(c, "on_train_start"))
+    bar.print = said.append
+    monkeypatch.setattr(type(bar), "total_train_batches", property(lambda self: 60))
+    for max_epochs, words in ((-1, "training: epochs until the time limit (max_time) of"),
+                              (3, "training: 3 epochs of"), (1, "training: 1 epoch of")):
+        said.clear()
+        trainer = SimpleNamespace(max_epochs=max_epochs, current_epoch=0)
+        bar.on_train_start(trainer, None)
+        assert said and said[0].startswith(words), said
