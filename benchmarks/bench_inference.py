@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     args = p.parse_args(argv)
+    if args.size < 128 or args.size % 64 or args.repeats < 1 or args.threads < 1:
+        p.error("--size must be a multiple of 64 and >= 128 (four hourglasses of depth 4 halve "
+                "it 4 times after the stem's 4x), --repeats and --threads >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = MultiTaskSHGN().eval()

@@ -167,6 +167,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=6, help="images in the warm batch")
     p.add_argument("--side", type=int, default=1200, help="longer image side (px)")
     args = p.parse_args()
+    if args.side < 400 or args.repeats < 1 or args.images < 1:  # (the phantom is drawn at
+        p.error("--side must be >= 400, --repeats and --images >= 1")  # side-200..side px)
     with tempfile.TemporaryDirectory(prefix="bench_plan_") as d:
         tmp = Path(d)
         ckpt, onnx = make_models(tmp)
