@@ -35,6 +35,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Annotation  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from datamodules.one_line_parser import OneLineParser
@@ -375,8 +377,11 @@ def _axes(ax: Axes, box: dict[str, tuple[float, float]]) -> None:
     ax.set_ylabel("alpha (GradNorm asymmetry)")
 
 
-def _points(ax: Axes, trials: list[FrozenTrial], norm: Normalize) -> None:
-    """Completed trials coloured by objective; others by state marker; '#n value' labels."""
+def _points(ax: Axes, trials: list[FrozenTrial], norm: Normalize
+            ) -> dict[tuple[float, float], list[str]]:
+    """Completed trials coloured by objective, others by state marker, the best one ringed;
+    returns the '#n value' labels per point (placed by ``_label_points`` once the figure is
+    laid out)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if done:
         ax.scatter([t.params["beta"] for t in done], [t.params["alpha"] for t in done],
@@ -389,15 +394,56 @@ def _points(ax: Axes, trials: list[FrozenTrial], norm: Normalize) -> None:
             ax.scatter([t.params["beta"] for t in pts], [t.params["alpha"] for t in pts],
                        marker=marker, color=colour, s=60, zorder=3,
                        label=f"{state.name.lower()} ({len(pts)})")
+    if done:  # the best trial ringed (its label also said only "102", as did four others)
+        best = min(done, key=lambda t: t.value)
+        ax.scatter([best.params["beta"]], [best.params["alpha"]], s=260, facecolors="none",
+                   edgecolors="red", linewidths=1.8, zorder=4,
+                   label=f"best: #{best.number} {best.value:.4g}")
     labels: dict[tuple[float, float], list[str]] = {}
     for t in trials:  # a retried trial sits on its original: one label per point
-        value = f" {t.value:.3g}" if t.value is not None and t.state != TrialState.FAIL else ""
+        value = f" {t.value:.4g}" if t.value is not None and t.state != TrialState.FAIL else ""
         labels.setdefault((t.params["beta"], t.params["alpha"]), []).append(f"#{t.number}{value}")
-    for (beta, alpha), text in labels.items():
-        ax.annotate(", ".join(text), (beta, alpha), textcoords="offset points", xytext=(6, 5),
-                    fontsize=8, zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
-                          "alpha": 0.7})
+    return labels
+
+
+def _label_points(fig: Figure, ax: Axes, labels: dict[tuple[float, float], list[str]]) -> None:
+    """Lay the figure out, keep that layout, then place the labels: a label placed before the
+    colour bar and legend moved with the axes and could land on another."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    _place_labels(ax, labels)
+
+
+# label offsets (points) tried in turn, with their horizontal alignment
+LABEL_OFFSETS = ((6, 5, "left"), (6, -12, "left"), (-6, 5, "right"), (-6, -12, "right"),
+                 (0, 11, "center"), (0, -18, "center"))
+
+
+def _place_labels(ax: Axes, labels: dict[tuple[float, float], list[str]]
+                  ) -> list[Annotation]:
+    """'#n value' beside each point, at the first offset whose box stays inside the axes and
+    overlaps no label placed before (two trials close together hid one label under the
+    other); returns the texts."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list[Bbox] = []
+    texts = []
+    for (beta, alpha), words in labels.items():
+        for dx, dy, ha in LABEL_OFFSETS:
+            text = ax.annotate(", ".join(words), (beta, alpha), textcoords="offset points",
+                               xytext=(dx, dy), ha=ha, fontsize=8, zorder=5,
+                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                     "alpha": 0.7})
+            box = text.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 \
+                and box.y1 <= frame.y1  # (past the frame: under the colour bar, cut off)
+            if (inside and not any(box.overlaps(other) for other in placed)) or \
+                    (dx, dy, ha) == LABEL_OFFSETS[-1]:
+                break
+            text.remove()
+        placed.append(box)
+        texts.append(text)
+    return texts
 
 
 def _trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -412,13 +458,14 @@ def scatter_figure(study: optuna.Study, note: str | None = None) -> Figure:
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
     norm = _norm(done)
-    _points(ax, trials, norm)
+    labels = _points(ax, trials, norm)
     _axes(ax, _search_box(trials))
     ax.set_title(f"Study {study.study_name}: {len(trials)} trials in the searched box")
     if done:
         fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
     if trials:
         _legend(fig, ax, note)
+        _label_points(fig, ax, labels)
     else:
         ax.text(0.5, 0.5, "no trials yet", ha="center", va="center", transform=ax.transAxes)
         if note:
@@ -447,11 +494,12 @@ def contour_figure(study: optuna.Study) -> Figure:
     gz = griddata(xy, np.array([t.value for t in done]), (gx, gy), method="linear")
     fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
     ax.contourf(gx, gy, gz, levels=np.linspace(norm.vmin, norm.vmax, 13), cmap=CMAP, norm=norm)
-    _points(ax, trials, norm)
+    labels = _points(ax, trials, norm)
     _axes(ax, box)
     ax.set_title(f"Study {study.study_name}: objective between {len(done)} completed trials")
     fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=objective_label(study))
     _legend(fig, ax)
+    _label_points(fig, ax, labels)
     return fig
 
 

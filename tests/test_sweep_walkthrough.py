@@ -168,3 +168,36 @@ def test_folder_digest_reads_the_top_level_as_training_does(tmp_path):
     assert folder_digest(data) == digest  # not read by training: not part of the data
     (data / "annotations" / "extra.json").write_text("{}")
     assert folder_digest(data) != digest
+
+
+def test_scatter_labels_of_close_trials_do_not_overlap_and_best_is_ringed():
+    """Two trials close together hid one label under the other, and four trials' labels read
+    "102" with nothing marking the best (walkthrough, session 30)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweeps.report import scatter_figure
+
+    study = optuna.create_study(study_name="close")
+    dist = {"beta": optuna.distributions.FloatDistribution(0, 2),
+            "alpha": optuna.distributions.FloatDistribution(0, 3)}
+    for beta, alpha, value in ((0.60, 1.60, 101.716), (0.62, 1.62, 107.0), (0.61, 1.58, 102.4),
+                               (1.99, 0.1, 110.0)):  # the last at the box's right edge
+        study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=value,
+                                            params={"beta": beta, "alpha": alpha},
+                                            distributions=dist))
+    fig = scatter_figure(study)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    texts = [t for t in ax.texts if t.get_text().startswith("#")]
+    assert sorted(t.get_text() for t in texts) == ["#0 101.7", "#1 107", "#2 102.4", "#3 110"]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    frame = ax.get_window_extent(renderer)  # none cut off under the colour bar
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes)
+    legend = [t.get_text() for leg in fig.legends + [ax.get_legend()] if leg is not None
+              for t in leg.get_texts()]
+    assert "best: #0 101.7" in legend, legend
