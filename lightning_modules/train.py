@@ -46,6 +46,7 @@ from datamodules.annotations import AnnotationError
 from datamodules.config_file import ConfigFileError, check_config_file
 from datamodules.datamodule import KneeDataModule
 from datamodules.dataset_io import DatasetError, worker_original
+from datamodules.decoder_messages import one_line
 from datamodules.image_io import ImageReadError
 from datamodules.seeding import RNG_KEY, rng_state, set_rng_state
 from datamodules.validate import DatasetValidationError
@@ -502,16 +503,13 @@ class KneePlanCLI(LightningCLI):
         ours += progress_callback(trainer_config, extra + self.user_callbacks)
         try:
             trainer = self._instantiate_trainer(trainer_config, extra + ours + self.user_callbacks)
-        except (TypeError, ValueError) as err:  # Lightning's accelerator connector refusing
-            if not _raised_by_lightning(err):  # devices, strategy or a SLURM task count: one
-                raise  # line (status 2), not a 50-line traceback; anything else: as it is
-            raise MisconfigurationException(" ".join(str(err).split())[:400]) from None
-        env = getattr(trainer.strategy, "cluster_environment", None)
-        try:  # what the launcher checks only inside fit (SLURM: devices vs --ntasks-per-node)
-            if env is not None:
+            # what the launcher checks only inside fit (SLURM: devices vs --ntasks-per-node)
+            if (env := getattr(trainer.strategy, "cluster_environment", None)) is not None:
                 env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
-        except ValueError as err:
-            raise MisconfigurationException(" ".join(str(err).split())[:400]) from None
+        except (TypeError, ValueError) as err:  # Lightning refusing devices, a strategy or a
+            if not _raised_by_lightning(err):  # SLURM task count: one line (status 2), not a
+                raise  # 50-line traceback; anything else: as it is
+            raise MisconfigurationException(one_line(str(err), 400)) from None
         if self.resume_path:
             _refuse_restore_errors(trainer, self.resume_path)
         return trainer
@@ -765,8 +763,7 @@ def peer_lost(err: BaseException) -> str | None:
     last = Path(run) / "checkpoints" / "last.ckpt" if run else None
     hint = (f"; resume with --resume {last} (make train RESUME={last})"
             if last is not None and last.is_file() else "")
-    first = " ".join(text.split())[:200]
-    return f"another process of this multi-device run ended ({first}){hint}"
+    return f"another process of this multi-device run ended ({one_line(text, 200)}){hint}"
 
 
 if __name__ == "__main__":

@@ -211,23 +211,23 @@ def renamed_plans(paths: list[Path], stems: list[str], out_dir: Path) -> list[st
             for p, a, b in zip(paths, plain, stems, strict=True) if a != b]
 
 
-def output_files(paths: list[Path], out_dir: Path) -> list[Path]:
-    """Every file the plans of ``paths`` write into ``out_dir`` (overlays and reports)."""
+def output_files(stems: list[str], out_dir: Path) -> list[Path]:
+    """Every file the plans named ``stems`` (``output_stems``) write into ``out_dir``
+    (overlays and reports)."""
     from planning.plan import plan_files
 
-    return [f for stem in output_stems(paths, out_dir) for f in plan_files(out_dir, stem)]
+    return [f for stem in stems for f in plan_files(out_dir, stem)]
 
 
 def overwritten_inputs(paths: list[Path], out_dir: Path) -> list[Path]:
     """Inputs that a plan's output would overwrite (``--out`` is their folder and one is named
     like another's ``<stem>_plan.png``, e.g. an earlier run's overlay)."""
     from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
-    from planning.plan import plan_files
 
     inputs = {real_path(p) for p in paths}
     # (the images' own names, before any is moved aside for another image's earlier plan: an
     # input named like a plan is refused, not planned beside it)
-    files = [f for stem in output_stems(paths) for f in plan_files(out_dir, stem)]
+    files = output_files(output_stems(paths), out_dir)
     return [real_path(f) for f in files if real_path(f) in inputs]
 
 
@@ -429,17 +429,19 @@ def plan_many(
     progress_every: int = 10,
     on_error: Callable[[str], None] | None = None,
     model_sha256: str | None = None,
+    stems: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Plan ``paths`` (in order of the returned rows) with one loaded ``predictor``, or with
     ``workers`` processes that each load ``model_path`` (only if its ``model_digest`` is still
-    ``model_sha256``); failures are rows, never raised."""
+    ``model_sha256``); failures are rows, never raised. ``stems``: the plans' names when the
+    caller has them (``output_stems(paths, opts.out_dir)``)."""
     from datamodules.decoder_messages import printable
 
     report = on_error or (lambda msg: print(f"plan: error: {printable(msg)}", file=sys.stderr,
                                             flush=True))
     progress = Progress(len(paths), progress_every)
     rows: list[dict[str, Any] | None] = [None] * len(paths)
-    stems = output_stems(paths, opts.out_dir)
+    stems = stems if stems is not None else output_stems(paths, opts.out_dir)
 
     def finish(i: int, row: dict[str, Any]) -> None:
         rows[i] = row

@@ -629,9 +629,10 @@ def _review_config(path: Path | None) -> Any:
     return ReviewConfig.load(path)
 
 
-def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
-    """Why the batch's outputs cannot be written where asked (None: they can). Nothing is
-    created: a model refused next leaves no empty folder behind."""
+def _output_problem(out: Path, summary: Path, images: list[Path], stems: list[str]
+                    ) -> str | None:
+    """Why the batch's outputs (the plans named ``stems``) cannot be written where asked (None:
+    they can). Nothing is created: a model refused next leaves no empty folder behind."""
     from planning.batch import output_files
     from planning.output_paths import out_folder_problem
 
@@ -646,7 +647,7 @@ def _output_problem(out: Path, summary: Path, images: list[Path]) -> str | None:
         return f"--summary {summary}: cannot write there ({err.strerror or err})"
     from datamodules.dataset_io import real_path  # (Path.resolve raises on a symlink loop)
 
-    taken = {real_path(p) for p in [*images, *output_files(images, out)]}
+    taken = {real_path(p) for p in [*images, *output_files(stems, out)]}
     if real_path(summary) in taken:
         return f"--summary {summary} would overwrite an input image or a plan"
     return out_folder_problem(summary.parent, f"--summary {summary}: its folder", create=False)
@@ -660,8 +661,10 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         IMAGE_SUFFIXES,
         PlanOptions,
         model_failed,
+        output_stems,
         overwritten_inputs,
         plan_many,
+        renamed_plans,
         write_summary,
     )
 
@@ -679,7 +682,9 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
                "earlier run's output among the images?): choose another --out")
         return 2
     summary_path = args.summary or args.out / "summary.csv"
-    problem = _output_problem(args.out, summary_path, images)
+    # (once: each pass reads the earlier plans' reports that share a name)
+    stems = output_stems(images, args.out)
+    problem = _output_problem(args.out, summary_path, images, stems)
     if problem:  # before any image is planned, not after all of them
         _error(problem)
         return 2
@@ -692,7 +697,7 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     # loaded here also for workers > 1: a model the loader refuses is one line, not a
     # traceback from every worker process; the workers then load only these bytes (digest
     # taken before this check, so a file changed after it is refused by every worker)
-    from planning.batch import model_digest, output_stems, renamed_plans
+    from planning.batch import model_digest
 
     try:  # (also recorded in every report: which model made the plan)
         digest = model_digest(args.ckpt)
@@ -706,11 +711,11 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
     opts = PlanOptions(args.out, args.decode, args.line_fit, args.spacing, not args.no_sphere,
                        str(args.ckpt), args.tta, args.review, zoom=not args.no_zoom,
                        sphere_mm=args.sphere_mm, model_sha256=digest)
-    for note in renamed_plans(images, output_stems(images, args.out), args.out):
+    for note in renamed_plans(images, stems, args.out):
         _note(note)
     rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
                      device=args.device, progress_every=args.progress_every,
-                     model_sha256=digest)
+                     model_sha256=digest, stems=stems)
     summary = write_summary(summary_path, rows)
     failed = sum(r["status"] != "ok" for r in rows)
     if model_failed(rows):

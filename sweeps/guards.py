@@ -163,11 +163,22 @@ def training_settings(config: Mapping[str, Any], space: SearchSpace) -> dict[str
     for key in FILE_KEYS:
         if isinstance(keep.get(key), str) and (digest := _sha256(keep[key])):
             keep[f"{key} content (sha256)"] = digest
+    keep = _real_folders(keep)
     for key in FOLDER_KEYS:
         if isinstance(keep.get(key), str) and keep[key].strip():
-            keep[key] = os.path.realpath(os.path.expanduser(keep[key]))
             keep[f"{key} files (names and sizes, sha256)"] = folder_digest(keep[key])
     return json.loads(json.dumps(keep, default=str, sort_keys=True))
+
+
+def _real_folders(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with the dataset folders (``FOLDER_KEYS``) by their real path: ``data/``,
+    ``./data/`` and a link to it are one folder (a study recorded before this, with the text
+    as given, compares the same way)."""
+    out = dict(settings)
+    for key in FOLDER_KEYS:
+        if isinstance(out.get(key), str) and out[key].strip():
+            out[key] = os.path.realpath(os.path.expanduser(out[key]))
+    return out
 
 
 FOLDER_KEYS = ("data.data_root", "data.test_root")  # dataset folders (datamodules.dataset_io)
@@ -250,10 +261,7 @@ def settings_problem(study_name: str, recorded: Mapping[str, Any],
     """Why this worker may not continue the study (a recorded setting differs), or None.
     ``complete``: ``recorded`` is a full record, so a setting present on one side only can be a
     change too (``_one_sided_change``); False for the objective alone of an older study."""
-    recorded = dict(recorded)
-    for key in FOLDER_KEYS:  # a study recorded before folders were named by real path
-        if isinstance(recorded.get(key), str) and recorded[key].strip():
-            recorded[key] = os.path.realpath(os.path.expanduser(recorded[key]))
+    recorded = _real_folders(recorded)  # (a study recorded before folders were real paths)
     differ = [k for k in current if k in recorded and recorded[k] != current[k]]
     if complete:
         keys = set(recorded) | set(current)

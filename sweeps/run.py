@@ -347,10 +347,11 @@ def _remove_empty(folders: Sequence[Path]) -> None:
             return
 
 
-def _usage_error(message: str) -> SystemExit:
-    """Print the one-line usage/config/storage error; the caller raises the returned exit."""
+def _usage_error(message: str, code: int = 2) -> SystemExit:
+    """Print the one-line usage/config/storage error (``code`` 1: bad input data); the caller
+    raises the returned exit."""
     print(f"sweeps.run: error: {mask_url(message)}", file=sys.stderr)
-    return SystemExit(2)  # README: exit codes
+    return SystemExit(code)  # README: exit codes
 
 
 # How long a worker that joined a new, empty study waits for its creator's settings.
@@ -443,8 +444,7 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
     except TrainingArgsError as err:
         raise _usage_error(str(err)) from None
     if problem := data_problem(resolved):  # a typo in DATA failed every trial, in the study
-        print(f"sweeps.run: error: {problem}", file=sys.stderr)
-        raise SystemExit(1)  # README: exit codes (bad input, as make train)
+        raise _usage_error(problem, code=1)  # README: exit codes (bad input, as make train)
     settings = sweep_settings(spec, training_settings(resolved, space))
 
     folder = study_dir(args.study, args.studies_dir)
