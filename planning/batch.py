@@ -193,11 +193,14 @@ def _free_for(files: tuple[Path, Path], image: Path) -> bool:
 
 
 def _regular(path: Path) -> bool:
-    """Whether ``path`` exists and is not a symbolic link (any error: it exists, to be safe)."""
+    """Whether ``path`` exists and is not a symbolic link. A path that cannot be looked at (a
+    name too long, a folder that may not be searched) is not a plan to keep: the output checks
+    name that problem (taken as existing, every name was taken and ``output_stems`` never
+    ended)."""
     try:
         return path.exists() and not path.is_symlink()
     except OSError:
-        return True
+        return False
 
 
 def renamed_plans(paths: list[Path], stems: list[str], out_dir: Path) -> list[str]:

@@ -328,3 +328,11 @@ def test_a_folder_of_series_subfolders_says_so(tmp_path_factory, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no image files" in err[0], err
     assert "it holds 1 subfolder(s) (series1): give one, or a quoted glob" in err[0]
+
+
+def test_output_stems_end_where_the_folder_cannot_be_looked_at(tmp_path):
+    """Taken as existing, every name of an output folder whose name is too long was taken and
+    output_stems never ended (the batch hung before its output check could say so)."""
+    image = tmp_path / "knee.png"
+    image.write_bytes(b"x")
+    assert output_stems([image], tmp_path / ("x" * 300)) == ["knee"]
