@@ -1,4 +1,4 @@
-# kneeplan: every target creates .venv and installs into it on first use (stamp file).
+# kneeplan: every target but help and clean creates .venv and installs into it on first use (stamp file).
 # On a CUDA node override the torch requirement, e.g.  make train TORCH="torch==2.13.0 --index-url ..."
 SHELL := /bin/bash
 PYTHON ?= python3

@@ -1,9 +1,9 @@
 """Contact sheet of phantoms: ``python -m datamodules.phantoms.sheet --out PNG --seed SEED``.
 
-Each cell shows one phantom with its mask outlines (femur red, patella yellow, tibia green,
-fibula cyan), p_blum (magenta) and p_tmc (orange), the posterior cortex line extended across the
-image (blue), the perpendiculars LM2/LM3 (thin grey) and the Schoettle point with its 2.5 mm
-reference circle (white).
+Each cell shows one phantom with its mask outlines and points in the colours of every picture
+(``datamodules.colours``: femur gold, patella magenta, tibia sky blue, fibula light green; p_blum
+cyan, p_tmc white), the posterior cortex line extended across the image (red), the
+perpendiculars LM2/LM3 (thin grey) and the Schoettle point with its 2.5 mm circle (green).
 """
 
 from __future__ import annotations
