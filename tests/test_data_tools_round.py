@@ -99,3 +99,33 @@ def test_a_time_limited_run_says_so_in_its_first_line(monkeypatch):
         trainer = SimpleNamespace(max_epochs=max_epochs, current_epoch=0)
         bar.on_train_start(trainer, None)
         assert said and said[0].startswith(words), said
+
+
+def test_a_folder_of_another_config_is_refused_the_same_config_extends(tmp_path, capsys):
+    # session 31: the seed alone was recorded, so the same seed with another config (or image
+    # size) rewrote samples 0..n-1 and left the old set's later samples beside them
+    out = tmp_path / "ph"
+    assert phantoms_main.main(["--out", str(out), "--n", "2", *SMALL]) == 0
+    first = (out / "images" / "phantom_00000.png").read_bytes()
+    other = ["--min-side", "130", "--max-side", "160"]
+    assert phantoms_main.main(["--out", str(out), "--n", "1", *other]) == 2
+    err = capsys.readouterr().err
+    assert "already holds phantom_00000 made with another --config" in err
+    assert (out / "images" / "phantom_00000.png").read_bytes() == first  # untouched
+    assert phantoms_main.main(["--out", str(out), "--n", "3", *SMALL]) == 0
+    assert (out / "images" / "phantom_00000.png").read_bytes() == first
+    assert validate_dataset(out).ok
+
+
+def test_a_folder_made_before_digests_were_recorded_still_extends(tmp_path):
+    from datamodules.annotations import load_json
+
+    out = tmp_path / "ph"
+    assert phantoms_main.main(["--out", str(out), "--n", "1", *SMALL]) == 0
+    path = out / "annotations" / "phantom_00000.json"
+    data = load_json(path)
+    assert len(data["meta"].pop("config_digest")) == 16
+    import json
+
+    path.write_text(json.dumps(data))
+    assert phantoms_main.main(["--out", str(out), "--n", "2", *SMALL]) == 0

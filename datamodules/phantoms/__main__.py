@@ -8,6 +8,9 @@ regenerated alone and runs with different N share their first samples.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -24,10 +27,13 @@ def write_phantoms(
 ) -> list[Path]:
     """Generate ``n`` phantoms and write them under ``out``; return the image paths. A sample
     whose writing is interrupted (Ctrl-C, a full disk) is removed again: the folder never
-    holds an image without its masks or annotation."""
+    holds an image without its masks or annotation. Each annotation records the config's digest
+    (``meta.config_digest``), so that a later run with another config is refused."""
     paths = []
+    digest = config_digest(config or PhantomConfig())
     for i in tqdm(range(n), desc="phantoms", unit="img", disable=not progress):
         sample = generate_phantom(sample_seed(seed, i), config, sample_id=f"phantom_{i:05d}")
+        sample.meta["config_digest"] = digest
         try:
             paths.append(write_sample(out, sample))
         except BaseException:
@@ -44,21 +50,33 @@ def _remove_sample(root: Path, sample_id: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def other_seed(out: Path, n: int, seed: int) -> str | None:
+def config_digest(config: PhantomConfig) -> str:
+    """SHA-256 (16 hex digits) of every value of a phantom config: equal digests draw equal
+    phantoms from equal seeds."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def other_set(out: Path, n: int, seed: int, config: PhantomConfig) -> tuple[str, str] | None:
     """The first ``phantom_NNNNN`` in ``out`` (of the ``n`` to write) made with another seed
-    (its annotation's ``meta.seed``), or None: writing would silently mix two phantom sets."""
+    (its annotation's ``meta.seed``) or another config (``meta.config_digest``, where recorded),
+    with which of the two ("--seed" or "--config"); None: writing would not mix two sets."""
     from datamodules.annotations import AnnotationError, load_json
 
+    digest = config_digest(config)
     for i in range(n):
         path = out / "annotations" / f"phantom_{i:05d}.json"
         if not path.is_file():
             continue
         try:
-            recorded = load_json(path).get("meta", {}).get("seed")
+            meta = load_json(path).get("meta", {})
+            recorded, recorded_digest = meta.get("seed"), meta.get("config_digest")
         except (AnnotationError, AttributeError):
-            return path.stem
+            return path.stem, "--seed"
         if recorded != sample_seed(seed, i):
-            return path.stem
+            return path.stem, "--seed"
+        if recorded_digest is not None and recorded_digest != digest:
+            return path.stem, "--config (or --min-side/--max-side)"
     return None
 
 
@@ -92,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         print(f"phantoms: error: --out {out} is a file, not a folder", file=sys.stderr)
         return 2
-    if out.is_dir() and (taken := other_seed(out, args.n, args.seed)):
-        print(f"phantoms: error: --out {out} already holds {taken} made with another --seed: "
-              "writing there would mix two phantom sets; choose another folder, or the seed it "
-              "was made with to extend it", file=sys.stderr)
+    if out.is_dir() and (taken := other_set(out, args.n, args.seed, cfg)):
+        print(f"phantoms: error: --out {out} already holds {taken[0]} made with another "
+              f"{taken[1]}: writing there would mix two phantom sets; choose another folder, or "
+              "the settings it was made with to extend it", file=sys.stderr)
         return 2
     try:
         paths = write_phantoms(out, args.n, args.seed, cfg)
