@@ -245,9 +245,11 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-def open_study(args: argparse.Namespace) -> tuple[optuna.Study, bool]:
-    """Create or join the study with a seeded TPE sampler and the pruner; True if this worker
-    created it.
+def open_study(
+    args: argparse.Namespace, create: bool = True
+) -> tuple[optuna.Study | None, bool]:
+    """Create (unless ``create`` is False: then (None, False) for a study that does not exist)
+    or join the study with a seeded TPE sampler and the pruner; True if this worker created it.
 
     The seed is `seed + 1009 * worker_index + trials already in the study`, and every trial
     reseeds the sampler's draws from that seed and its trial number (unique in the study), so a
@@ -259,8 +261,11 @@ def open_study(args: argparse.Namespace) -> tuple[optuna.Study, bool]:
     storage = open_storage(args.storage, args.study, args.studies_dir,
                            heartbeat_interval=args.heartbeat_interval,
                            grace_period=args.grace_period, max_retry=args.max_retry)
+    exists = _exists(storage, args.study)
+    if not exists and not create:
+        return None, False
     n_existing = len(storage.get_all_trials(storage.get_study_id_from_name(args.study),
-                                            deepcopy=False)) if _exists(storage, args.study) else 0
+                                            deepcopy=False)) if exists else 0
     seed = args.seed + 1009 * worker_index(args.worker_index) + n_existing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -455,8 +460,17 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
         raise _usage_error(f"--studies-dir {args.studies_dir}: cannot make the study folder "
                            f"{folder}: {err.strerror or err}") from None
     storage_name = args.storage or f"sqlite:///{folder / 'study.db'}"
+    new_db = None if args.storage or (folder / "study.db").exists() else folder / "study.db"
     try:
-        study, created = open_study(args)
+        # --trials 0 with nothing to enqueue only prints a study: a new one would stay empty
+        study, created = open_study(args, create=bool(args.trials or args.enqueue))
+        if study is None:
+            if new_db is not None:
+                new_db.unlink(missing_ok=True)
+            _remove_empty(made)
+            raise _usage_error(f"study {args.study!r} does not exist in {storage_name}: "
+                               "--trials 0 runs nothing (it prints an existing study's best "
+                               "trial); give --trials N to start it")
         record_settings(study, settings, base_args, created)
     except STORAGE_ERRORS as err:
         _remove_empty(made)

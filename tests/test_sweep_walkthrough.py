@@ -201,3 +201,22 @@ def test_scatter_labels_of_close_trials_do_not_overlap_and_best_is_ringed():
     legend = [t.get_text() for leg in fig.legends + [ax.get_legend()] if leg is not None
               for t in leg.get_texts()]
     assert "best: #0 101.7" in legend, legend
+
+
+def test_trials_0_on_a_new_study_is_refused_and_leaves_nothing(tmp_path, capsys):
+    # session 31 (a session-30 walkthrough item): TRIALS=0 on a new name made an empty study
+    with pytest.raises(SystemExit) as stop:
+        _sweep(tmp_path, "none0", trials="0", fit=never_fit)
+    assert stop.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "study 'none0' does not exist in sqlite:///" in err[0]
+    assert "--trials 0 runs nothing" in err[0]
+    assert not (tmp_path / "studies").exists()
+    # on an existing study, --trials 0 prints its best trial; enqueueing into a new one works
+    _sweep(tmp_path, "s0")
+    capsys.readouterr()
+    study = _sweep(tmp_path, "s0", trials="0", fit=never_fit)
+    assert len(study.trials) == 1
+    assert "best trial" in capsys.readouterr().out.lower()
+    queued = _sweep(tmp_path, "q0", "--enqueue", "beta=0.5,alpha=1", trials="0", fit=never_fit)
+    assert len(queued.trials) == 1 and queued.trials[0].state.name == "WAITING"
