@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -407,8 +408,14 @@ class KneePlanCLI(LightningCLI):
             files = [a for k, a in zip(args, args[1:], strict=False) if k in ("--config", "-c")]
             files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
             text = " ".join(str(err).split())[:300]
-            raise ConfigFileError(f"config ({', '.join(files) or 'command line'}): {text}"
-                                  ) from None
+            key = re.search(r'Parser key "([^"]+)"', text)
+            value = key and _last_flag_value(list(args or []), f"--{key[1]}")
+            # the command line's own value refused (NODES=abc), not the file's
+            given = value is not None and re.search(
+                rf"(?:Got|Given) value: {re.escape(value)}(?:\s|$)", text) is not None
+            source = (f"command line (--{key[1]})" if given
+                      else f"config ({', '.join(files) or 'command line'})")
+            raise ConfigFileError(f"{source}: {text}") from None
         finally:
             parser.exit_on_error = True
         # Lightning's seed_everything runs before ``before_instantiate_classes`` and raises a

@@ -77,6 +77,27 @@ def test_device_and_node_mistakes_are_one_line(no_cluster, tmp_path, capsys, ext
     assert not (tmp_path / "runs").exists()  # refused before any folder
 
 
+@pytest.mark.parametrize("extra, source", [
+    (["--num-nodes", "abc"], "command line (--trainer.num_nodes): "),
+    (["--trainer.max_epochs=x"], "command line (--trainer.max_epochs): "),
+])
+def test_a_bad_command_line_value_is_not_blamed_on_the_config_file(
+        no_cluster, tmp_path, capsys, extra, source):
+    # session 30 walkthrough: NODES=abc said "config (configs/tiny.yaml): ..."
+    code, err = _main_error(["--config", str(TINY), *extra], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"train: error: {source}Parser key "), err
+
+
+def test_a_bad_value_in_the_file_still_names_the_file(no_cluster, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epochs: zz\n")
+    code, err = _main_error(["--config", str(TINY), "--config", str(bad),
+                             "--trainer.max_epochs", "3"], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"train: error: config ({TINY}, {bad}): "), err
+
+
 def test_slurm_task_count_mismatch_is_one_line(no_cluster, tmp_path, capsys):
     """Lightning checked ``--ntasks-per-node`` against ``devices`` only inside fit: a
     traceback, status 1."""
