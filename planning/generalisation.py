@@ -11,12 +11,14 @@ every model on ONE fixed phantom test set drawn with every factor enabled (the d
 or ``--phantom-config``; no factor switched off), and writes ``DIR/lofo.md``
 (Schoettle, p_blum and p_tmc medians in mm, mean IoU per bone, deltas against all-on) and
 ``DIR/lofo.json``. A positive delta of a distance (or a negative one of an IoU) is the cost of
-training without that factor.
+training without that factor. The same command run again after a stop continues: models
+already evaluated under the same settings (``DIR/lofo_settings.json``) are kept, not retrained.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -103,8 +105,39 @@ def lofo_table(results: dict[str, dict[str, float]], n_test: int, minutes: float
     return "\n".join(lines) + "\n"
 
 
+def protocol_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs' rows comparable: every protocol option and the contents of the
+    training and phantom config files (a file edited in between is another protocol)."""
+    def digest(path: str | None) -> str | None:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+    return {"config": str(Path(args.config).resolve()), "config_sha256": digest(args.config),
+            "phantom_config": args.phantom_config and str(Path(args.phantom_config).resolve()),
+            "phantom_config_sha256": digest(args.phantom_config), "minutes": args.minutes,
+            "n_test": args.n_test, "test_seed": args.test_seed, "max_epochs": args.max_epochs,
+            "seed": args.seed, "train_args": shlex.split(args.train_args)}
+
+
+def finished_earlier(out: Path, settings: dict[str, Any], names: list[str]
+                     ) -> dict[str, dict[str, float]]:
+    """The rows of ``names`` that an earlier run into ``out`` finished under the same
+    ``settings`` (``lofo_settings.json`` and ``lofo.json``); {} when there are none, the
+    settings differ or a file cannot be read (the run then starts again)."""
+    try:
+        if json.loads((out / "lofo_settings.json").read_text()) != settings:
+            return {}
+        rows = json.loads((out / "lofo.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(rows, dict):
+        return {}
+    return {n: rows[n] for n in names if isinstance(rows.get(n), dict)
+            and set(rows[n]) == {*DISTANCES, *(f"iou_{b}" for b in BONES)}}
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Train every variant, evaluate on the shared test set, write lofo.md / lofo.json."""
+    """Train every variant, evaluate on the shared test set, write lofo.md / lofo.json; the
+    variants an earlier run with the same settings finished are kept."""
     from datamodules.phantoms import PhantomConfig
     from lightning_modules.module import load_module
     from lightning_modules.train import fit
@@ -118,9 +151,17 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     tests = list(phantom_samples(args.n_test, args.test_seed, pcfg))
     variants = [] if args.no_all_on else [("all_on", [])]
     variants += [(f, [f]) for f in args.factors]
+    settings = protocol_settings(args)
+    kept = finished_earlier(out, settings, [name for name, _ in variants])
     results: dict[str, dict[str, float]] = {}
+    replace_link(out / "lofo_settings.json").write_text(json.dumps(settings, indent=2))
     _write_tables(out, results, len(tests), args.minutes, len(variants))  # no earlier run's
     for name, off in variants:
+        if name in kept:
+            results[name] = kept[name]
+            print(f"== {name}: kept from the earlier run into {out} (same settings)", flush=True)
+            _write_tables(out, results, len(tests), args.minutes, len(variants))
+            continue
         print(f"== {name}: training {args.minutes:g} min without {off or 'nothing'}", flush=True)
         res = fit(train_args(args.config, args.minutes, out, name, off, args.phantom_config,
                              args.max_epochs, args.seed, shlex.split(args.train_args)))
@@ -240,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except (TrainingInterrupted, KeyboardInterrupt):
         print(f"generalisation: interrupted; {Path(args.out) / 'lofo.md'} holds the models "
-              "finished before (marked partial); run the same command to start again",
+              "finished before (marked partial); run the same command to continue (finished "
+              "models are kept)",
               file=sys.stderr)
         return 130
     return 0

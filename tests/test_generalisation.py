@@ -148,3 +148,40 @@ def test_an_interrupted_run_leaves_its_own_partial_table(tmp_path, monkeypatch, 
     md = (out / "lofo.md").read_text()
     assert md.startswith("**Partial: 0 of 2 models trained") and "45.95" not in md
     assert json.loads((out / "lofo.json").read_text()) == {"_partial": "0 of 2"}
+
+
+def test_a_stopped_run_continues_with_the_models_it_finished(tmp_path, monkeypatch, capsys):
+    """Session 31 (a session-30 walkthrough item): the same command after a stop retrained
+    every model. Models finished under the same settings are kept; other settings retrain."""
+    import lightning_modules.train as train_module
+
+    real_fit = train_module.fit
+    trained = []
+
+    def fit_once_then_stop(argv, callbacks=None):
+        name = next(a.split("=", 1)[1] for a in argv if a.startswith("--run.name="))
+        if trained and stop["on"]:
+            raise train_module.TrainingInterrupted("training interrupted in epoch 0")
+        trained.append(name)
+        return real_fit(argv, callbacks)
+
+    stop = {"on": True}
+    monkeypatch.setattr(train_module, "fit", fit_once_then_stop)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "lofo"
+    argv = ["--minutes", "0.2", "--factors", "metal", "--out", str(out), "--config", TINY,
+            "--n-test", "1", "--max-epochs", "1"]
+    assert gen.main(argv) == 130
+    assert trained == ["all_on"]
+    first = json.loads((out / "lofo.json").read_text())
+    assert first["_partial"] == "1 of 2" and "all_on" in first
+    assert "run the same command to continue" in capsys.readouterr().err
+    stop["on"] = False
+    assert gen.main(argv) == 0
+    assert trained == ["all_on", "metal"]  # all_on kept, not trained again
+    res = json.loads((out / "lofo.json").read_text())
+    assert list(res) == ["all_on", "metal"] and res["all_on"] == first["all_on"]
+    assert "== all_on: kept from the earlier run" in capsys.readouterr().out
+    # another --n-test is another protocol: everything is trained again
+    assert gen.main([*argv[:-4], "--n-test", "2", "--max-epochs", "1"]) == 0
+    assert trained == ["all_on", "metal", "all_on", "metal"]
