@@ -56,7 +56,8 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
     A folder gives its entries with an image suffix (``IMAGE_SUFFIXES``, not recursive, sorted;
     any that is not a readable regular file fails in its own row) and its DICOM files named
     without one (``IM0001``, a UID: ``is_dicom_file``);
-    a pattern with ``* ? [`` that is not itself an existing path gives its sorted matches;
+    a pattern with ``* ? [`` that is not itself an existing path gives its sorted matches of
+    the same kinds (``passed_over`` names the files either leaves out);
     anything else is one path (checked later, when it is read).
     Raises ImageListError for a folder that cannot be listed or entered.
     """
@@ -72,13 +73,44 @@ def expand_images(spec: str) -> tuple[list[Path], bool]:
         # a pipe, a dangling link or a folder named *.png is listed (its row says what it is):
         # a folder (or a link to one) named x.png was skipped silently
         # (macOS metadata files, ._x.png, are no images: skipped in a folder or a glob)
-        files = sorted(p for p in entries if not is_apple_double(p) and (
-            p.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(p)))
-        return files, True
+        return sorted(p for p in entries if not is_apple_double(p) and _image_like(p)), True
     if GLOB_CHARS & set(spec) and isinstance(st, str):
-        return sorted(Path(p) for p in glob.glob(spec)
-                      if not is_apple_double(p) and _globbed(Path(p))), True
+        # (as in a folder: notes.txt matched by dir/* was a failed row there, passed over here)
+        return sorted(Path(p) for p in glob.glob(spec) if not is_apple_double(p)
+                      and _globbed(Path(p)) and _image_like(Path(p))), True
     return [path], False
+
+
+def _image_like(path: Path) -> bool:
+    """An image suffix (``IMAGE_SUFFIXES``) or a DICOM file named without one."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
+
+
+def passed_over(spec: str) -> list[Path]:
+    """The regular files of the folder or glob ``spec`` that ``expand_images`` leaves out (no
+    image suffix and no DICOM; hidden files and macOS metadata not counted), so that a batch
+    can say what it did not plan ([] for a single path)."""
+    from datamodules.dataset_io import folder_entries, is_apple_double
+
+    spec = os.path.expanduser(spec)
+    path = Path(spec)
+    if _is_folder(path):
+        entries = folder_entries(path)
+        found = [] if isinstance(entries, str) else entries
+    elif GLOB_CHARS & set(spec) and not path.exists():
+        found = [Path(p) for p in glob.glob(spec)]
+    else:
+        return []
+    return sorted(p for p in found if not p.name.startswith(".") and not is_apple_double(p)
+                  and _is_regular(p) and not _image_like(p))
+
+
+def _is_regular(path: Path) -> bool:
+    """A regular file (following links), False where it cannot be looked at."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def subfolders(spec: str) -> list[Path]:

@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         _error(str(err))
         return 2
-    from planning.batch import ImageListError, expand_images
+    from planning.batch import IMAGE_SUFFIXES, ImageListError, expand_images
 
     try:
         images, many = expand_images(args.image)
@@ -538,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if images and (inner := _subfolders_text(args.image)):
             _note(f"{args.image}: {inner} not searched: give each folder, or a quoted glob "
                   f"such as '{Path(args.image) / '*' / '*'}'")
+        if images and (other := _passed_over_text(args.image)):
+            _note(f"{args.image}: {other} passed over (not an image type: "
+                  f"{', '.join(IMAGE_SUFFIXES)}, or DICOM)")
         return _main_batch(args, images)
     try:
         loaded = load_input(images[0])  # fail fast on a bad image, before loading the model
@@ -612,15 +615,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _passed_over_text(spec: str) -> str:
+    """"N file(s) (a, b, c, ...)" that the folder or glob ``spec`` holds but are no images."""
+    from planning.batch import passed_over
+
+    return _names_text(passed_over(spec), "file(s)")
+
+
+def _names_text(paths: list[Path], what: str) -> str:
+    """"N <what> (a, b, c, ...)" ('' when ``paths`` is empty)."""
+    if not paths:
+        return ""
+    names = ", ".join(p.name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return f"{len(paths)} {what} ({names})"
+
+
 def _subfolders_text(spec: str) -> str:
     """"N subfolder(s) (a, b, c, ...)" of the folder ``spec`` ('' when none)."""
     from planning.batch import subfolders
 
-    inner = subfolders(spec)
-    if not inner:
-        return ""
-    names = ", ".join(p.name for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
-    return f"{len(inner)} subfolder(s) ({names})"
+    return _names_text(subfolders(spec), "subfolder(s)")
 
 
 def _review_config(path: Path | None) -> Any:
@@ -674,6 +688,8 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
         if not hint and (subs := _subfolders_text(args.image)):  # a PACS export's series
             hint = (f"; it holds {subs}: give one, or a quoted glob such as "
                     f"'{Path(args.image) / '*' / '*'}'")
+        if not hint and (other := _passed_over_text(args.image)):
+            hint = f" (only {other} of other types)"
         _error(f"{args.image}: no image files ({', '.join(IMAGE_SUFFIXES)}) found{hint}")
         return 1
     clash = overwritten_inputs(images, args.out)

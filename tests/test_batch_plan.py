@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from model_files import exported_tiny_model, phantom_images
 
-from planning.batch import Progress, expand_images
+from planning.batch import Progress, expand_images, passed_over
 from planning.plan import main
 
 
@@ -40,6 +40,25 @@ def test_expand_images(folder):
     files, many = expand_images(str(folder / "broken.png"))
     assert not many and files == [folder / "broken.png"]
     assert expand_images(str(folder / "*.dcm")) == ([], True)
+    # a glob takes the kinds a folder takes (session 31: dir/* made notes.txt a failed row)
+    assert expand_images(str(folder / "*"))[0] == expand_images(str(folder))[0]
+    assert passed_over(str(folder)) == passed_over(str(folder / "*")) == [folder / "notes.txt"]
+    assert passed_over(str(folder / "*.png")) == passed_over(str(folder / "broken.png")) == []
+
+
+def test_files_passed_over_are_named(folder, tmp_path_factory, tmp_path, capsys):
+    model = exported_tiny_model(tmp_path_factory)
+    for spec in (str(folder), str(folder / "*")):
+        main(["--image", spec, "--ckpt", str(model), "--out", str(tmp_path / "o"), "--tta", "0"])
+        err = capsys.readouterr().err
+        assert (f"plan: note: {spec}: 1 file(s) (notes.txt) passed over (not an image type: "
+                in err)
+        rows = _rows(tmp_path / "o" / "summary.csv")
+        assert not [r for r in rows if "notes.txt" in r["image"]]
+    assert main(["--image", str(folder / "*.txt"), "--ckpt", str(model), "--out",
+                 str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("found (only 1 file(s) (notes.txt) of other types)"), err
 
 
 def test_folder_with_one_bad_image(folder, tmp_path_factory, tmp_path, capsys):
