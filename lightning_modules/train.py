@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import re
 import sys
@@ -97,6 +98,14 @@ from lightning_modules.training_state import (
     scheduler_state_problem,
     settings_mismatch,
 )
+
+# Two lines of every training (every sweep trial) a user cannot act on: Lightning's advert for
+# its cloud logger (this project logs offline unless asked), and torch's deprecation of a class
+# Lightning itself instantiates (pytorch_lightning/utilities/_pytree.py)
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in str(record.msg))
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                        category=FutureWarning)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_CONFIG = REPO_ROOT / "configs" / "quick.yaml"
