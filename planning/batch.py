@@ -44,6 +44,15 @@ def model_failed(rows: Iterable[dict[str, Any]]) -> bool:
     return any(str(r.get("error", "")).startswith(MODEL_UNUSABLE) for r in rows)
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch, with the rows of the images finished before it (``rows``), so
+    that their summary can still be written."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"interrupted after {len(rows)} images")
+        self.rows = rows
+
+
 class ImageListError(ValueError):
     """A folder of images that cannot be listed or entered; the message names it and says why.
     (Not ``planning.plan.PlanInputError``: under ``python -m planning.plan`` that module is
@@ -494,9 +503,14 @@ def plan_many(
             with ThreadPoolExecutor(1, thread_name_prefix="overlay") as io, SearchServer() as ss:
                 held: tuple[int, dict[str, Any], Future | None] | None = None
                 for i, path in enumerate(paths):
-                    row, pending = _plan_one(path, predictor, opts,
-                                             lambda p, rgb: io.submit(write_overlay, p, rgb),
-                                             stems[i], ss)
+                    try:
+                        row, pending = _plan_one(path, predictor, opts,
+                                                 lambda p, rgb: io.submit(write_overlay, p, rgb),
+                                                 stems[i], ss)
+                    except KeyboardInterrupt:  # the previous image is done: its row counts
+                        if held is not None:
+                            finish(held[0], _settle(*held[1:]))
+                        raise
                     if held is not None:  # the previous overlay was written meanwhile
                         finish(held[0], _settle(*held[1:]))
                         held = None
@@ -527,6 +541,8 @@ def plan_many(
                         row.update(image=str(paths[i]), status="failed",
                                    error=f"{paths[i]}: a worker process died ({err})")
                         finish(i, row)
+    except KeyboardInterrupt:
+        raise BatchInterrupted([r for r in rows if r is not None]) from None
     finally:
         progress.close()
     return [r for r in rows if r is not None]

@@ -50,6 +50,7 @@ from geometry.pixel_spacing import SPHERE_MM, check_sphere_diameter
 from geometry.plan_geometry import Plan, masks_to_original, plan_from_maps
 from geometry.point_metrics import line_error, point_error
 from geometry.segmentation_metrics import segmentation_metrics
+from planning.evaluation_record import write_record
 from planning.output_paths import out_folder_problem
 from planning.plan import MAX_TTA, path_argument
 from planning.predict import NetworkMaps
@@ -488,9 +489,14 @@ def evaluate(
     md_rs, sum_rs = reason_counts(codes)
     write_table(out, "risk_coverage", header + md_rc + "\n\n" + md_rs, sum_rc + sum_rs)
     plot_risk_coverage(out / "risk_coverage.png", [r.get("schoettle", math.nan) for r in trows],
-                       scores, [bool(r["needs_review"]) for r in rows], unit)
+                       scores, [bool(r["needs_review"]) for r in rows], unit,
+                       title=f"Risk-coverage: {title}")
     if gallery is not None:
         gallery.write(out / "gallery")
+    else:  # (--gallery 0 into a folder with an earlier run's gallery: its pictures went stale)
+        from planning.gallery import clear
+
+        clear(out / "gallery")
     if log:
         log(f"evaluated {len(rows)} images in {time.perf_counter() - t0:.1f} s -> {out}")
     return EvaluationResult(rows, md1, md2, out, unit, md_rc + "\n\n" + md_rs)
@@ -498,11 +504,11 @@ def evaluate(
 
 def plot_risk_coverage(
     path: Path, errors: Sequence[float], scores: Sequence[float], flagged: Sequence[bool],
-    unit: str,
+    unit: str, title: str = "",
 ) -> None:
     """Risk-coverage plot: median and 95th-percentile Schoettle error of the k most trusted
     plans (unflagged first, then by number of reasons and TTA spread) against coverage k/n; the
-    gate's operating point (unflagged plans only) is marked."""
+    gate's operating point (unflagged plans only) is marked; ``title``: what was evaluated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -513,10 +519,17 @@ def plot_risk_coverage(
     ax.plot(cov, np.where(np.isfinite(med), med, np.nan), label="median")
     ax.plot(cov, np.where(np.isfinite(p95), p95, np.nan), label="95th percentile")
     op = 1.0 - float(np.mean(flagged)) if len(flagged) else 0.0
-    ax.axvline(op, color="k", linestyle="--", label=f"review gate ({op:.0%} not flagged)")
+    ax.axvline(op, color="k", linestyle="--", linewidth=2 if op == 0 else 1,
+               label=f"review gate ({op:.0%} not flagged)")
     ax.set_xlabel("coverage (fraction of plans trusted)")
     ax.set_ylabel(f"Schoettle point error ({unit})")
-    ax.set_xlim(0, 1.02)
+    ax.set_xlim(-0.02, 1.02)  # (a gate that passes nothing stands at 0: on the axis it was hidden)
+    if title:
+        ax.set_title(title if len(title) <= 60 else "..." + title[-57:], fontsize=9)
+    if not np.all(np.isfinite(np.asarray(errors, dtype=np.float64))):
+        ax.text(0.99, 0.02, "plans without a Schoettle point count as infinitely wrong:\n"
+                "a curve ends where they enter", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="0.35")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -562,8 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_argument,
                    help="output folder (default runs/evaluate/<name>)")
     p.add_argument("--subset", type=Path, help="file of image ids (one per line) for Table 2")
-    p.add_argument("--n-phantoms", type=int, default=DEFAULT_N_PHANTOMS)
-    p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED)
+    p.add_argument("--n-phantoms", type=int, default=DEFAULT_N_PHANTOMS,
+                   help="phantoms in the built-in test set (without --data-root)")
+    p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
+                   help="first seed of the built-in test set (training draws far below it)")
     p.add_argument(
         "--phantom-max-side", type=int, help="cap phantom image sides (px) for quick runs"
     )
@@ -613,8 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
+        hint = (f"; nothing was written: make validate-data DATA={args.data_root} names every "
+                "such file" if args.data_root is not None else "")
+        print(f"evaluate: error: {err}{hint}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("evaluate: interrupted; nothing was written (the tables are written once every "
+              "image is evaluated)", file=sys.stderr)
+        return 130
 
 
 def _gallery(n: int, seed: int) -> Any:
@@ -721,6 +742,67 @@ def _out_usable(out: Path) -> bool:
     return True
 
 
+def _digest(path: Path | None) -> str | None:
+    """SHA-256 of a file a setting names (None: not given)."""
+    from planning.batch import file_sha256
+
+    return file_sha256(path) if path is not None else None
+
+
+def _record(args: argparse.Namespace, ckpt: Path | None, skip: list[str] | None
+            ) -> dict[str, Any]:
+    """What this evaluation is (``planning.evaluation_record``): the model, the test set and
+    every setting that changes a number in its tables."""
+    from datamodules.dataset_io import list_ids, real_path
+    from planning.batch import model_digest
+
+    if args.data_root is not None:
+        n = len(list_ids(args.data_root))
+        test_set = (f"{real_path(args.data_root)} ({n} images"
+                    + (f", less its {len(skip)} training images" if skip else "") + ")")
+    else:
+        test_set = (f"{args.n_phantoms} phantoms, seeds {args.phantom_seed}.., config "
+                    f"{_digest(args.phantom_config) or 'default'}, max side "
+                    f"{args.phantom_max_side or 'default'}")
+    settings = {"tta": args.tta, "decode": args.decode, "line_fit": args.line_fit,
+                "zoom": not args.no_zoom, "sphere_mm": args.sphere_mm,
+                "review_config": _digest(args.review_config) or "default",
+                "subset": _digest(args.subset), "n_boot": args.n_boot, "seed": args.seed,
+                "gallery": args.gallery, "perturb": args.perturb,
+                "max_unflagged_mm": args.max_unflagged_mm,
+                "image_size": args.image_size if args.oracle else None}
+    return {"model": "oracle" if ckpt is None else str(ckpt),
+            "model_sha256": None if ckpt is None else model_digest(ckpt),
+            "test_set": test_set, "settings": settings}
+
+
+def _output_folder(args: argparse.Namespace, default: Path, record: dict[str, Any]
+                   ) -> Path | None:
+    """Where this evaluation's tables go: ``--out``, refused (None, after one line) when it
+    holds another evaluation; else the default folder, or its next free ``-N`` when the
+    default holds another (the folder is named after the checkpoint alone: evaluating it on
+    other data replaced the tables without a word)."""
+    from planning.evaluation_record import difference, free_folder, read_record
+
+    if args.out is not None:
+        if why := difference(read_record(args.out), record):
+            print(f"evaluate: error: --out {printable(str(args.out))} holds another evaluation "
+                  f"({printable(why)}): choose another --out, or remove it", file=sys.stderr)
+            return None
+        return args.out
+    try:
+        out, why = free_folder(default, record)
+    except ValueError as err:
+        print(f"evaluate: error: {printable(str(err))}", file=sys.stderr)
+        return None
+    if why is not None:
+        print(f"evaluate: note: {default} holds another evaluation ({printable(why)}): "
+              f"writing to {out}", file=sys.stderr)
+        if not _out_usable(out):
+            return None
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     if problem := _argument_problem(args):
         print(f"evaluate: error: {problem}", file=sys.stderr)
@@ -799,7 +881,11 @@ def _run(args: argparse.Namespace) -> int:
             cfg.min_side = min(cfg.min_side, max(MIN_SIDE_PX, args.phantom_max_side * 3 // 5))
         samples = phantom_samples(args.n_phantoms, args.phantom_seed, cfg)
         print(f"test set: {args.n_phantoms} phantoms, seeds {args.phantom_seed}..")
-    out = args.out or Path("runs") / "evaluate" / name
+    record = _record(args, None if args.oracle else ckpt,
+                     skip if args.data_root is not None else None)
+    out = _output_folder(args, Path("runs") / "evaluate" / name, record)
+    if out is None:
+        return 2
     if args.perturb:
         from planning.stress import parse_kinds, run_stress
 
@@ -809,6 +895,7 @@ def _run(args: argparse.Namespace) -> int:
                    spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),
                    image_size=args.image_size, tta=args.tta, review_config=review_config,
                    zoom=not args.no_zoom, sphere_mm=args.sphere_mm)
+        write_record(out, record)
         print((out / "stress.md").read_text())
         return 0
     res = evaluate(
@@ -820,6 +907,7 @@ def _run(args: argparse.Namespace) -> int:
         gallery=_gallery(args.gallery, args.seed), zoom=not args.no_zoom,
         sphere_mm=args.sphere_mm, source=None if args.oracle else str(ckpt),
     )  # fmt: skip
+    write_record(out, record)
     print()
     print(res.table1_md)
     if res.table2_md:

@@ -46,6 +46,7 @@ from planning.overlay import (
     Style,
 )
 from planning.references import rater_schoettle
+from planning.review import reasons_cell
 from planning.tables import csv_cell
 
 CASE_SIDE = 720  # short side (px) every case is drawn at
@@ -169,7 +170,8 @@ def info_panel(h: int, heading: str, row: dict, reasons: list[str], st: Style,
     if reasons:
         put(f"NEEDS REVIEW ({len(reasons)}):", REVIEW_COLOUR)
         for i, r in enumerate(reasons):
-            parts = overlay.wrap_text("- " + r, inner, st)
+            parts = overlay.wrap_text("- " + r, inner - st.pad, st)  # (put's room at x = pad:
+            # wrapped to inner, each line lost its last words to put's cut)
             room = -(-(h - st.pad - y) // line_h)  # lines put() still draws
             if len(parts) + (i < len(reasons) - 1) > room:  # (keep a line for the note)
                 put(f"+{len(reasons) - i} more (index.csv)", REVIEW_COLOUR)
@@ -265,8 +267,7 @@ class Gallery:
         """Write the case pictures, ``contact_sheet.png`` and ``index.csv``; returns the paths."""
         folder = replace_link(Path(folder))  # (a linked gallery folder: its target's pictures
         folder.mkdir(parents=True, exist_ok=True)  # would be deleted below)
-        for old in [*folder.glob("worst_*.png"), *folder.glob("random_*.png")]:
-            old.unlink()
+        clear(folder)
         worst, lots = self.selection()
         written: list[Path] = []
         entries = []
@@ -296,7 +297,7 @@ class Gallery:
             for kind, rank, c, path in entries:
                 w.writerow([csv_cell(v) for v in (
                     kind, rank, c.row["id"], c.row["schoettle"], c.row["unit"],
-                    int(bool(c.reasons)), "; ".join(c.reasons), path.name)])
+                    int(bool(c.reasons)), reasons_cell(c.reasons), path.name)])
         return [*written, sheet_path, index]
 
 
@@ -380,3 +381,15 @@ def _sheet_key(width: int, st: Style) -> np.ndarray:
     overlay._text(key, "white segment: from the true to the predicted Schoettle point",
                   (st.pad, y), overlay.ERROR_COLOUR, st)
     return key[: y + 2 * st.pad]
+
+
+def clear(folder: str | Path) -> None:
+    """Remove an earlier gallery's files from ``folder`` (its case pictures, contact sheet and
+    index), so that no picture of another run stands beside new tables; a folder that is a
+    link is left alone (its target is not ours to clear)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for old in [*folder.glob("worst_*.png"), *folder.glob("random_*.png"),
+                folder / "contact_sheet.png", folder / "index.csv"]:
+        old.unlink(missing_ok=True)

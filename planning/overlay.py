@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import cv2
@@ -393,12 +394,14 @@ Colour = tuple[int, int, int]
 
 
 def panel_text(
-    plan: Plan, masks: bool, reasons: list[str] | None, spacing_source: str | None,
+    plan: Plan, masks: bool | Sequence[str], reasons: list[str] | None,
+    spacing_source: str | None,
     warnings: list[str] | None, ellipses: bool, window: bool, second_knee: bool = False,
 ) -> tuple[list[tuple[str, Colour]], list[tuple[str, Colour]]]:
     """(status lines, legend entries) of the panel: the verdict, whether a Schoettle point
     exists, the scale and its source, the warnings; a legend entry only for what is drawn
-    (``masks``: bone outlines, ``ellipses``: TTA ellipses, ``window``: the second look,
+    (``masks``: the bones outlined, True for all of them, ``ellipses``: TTA ellipses,
+    ``window``: the second look,
     ``second_knee``: the circle around a second knee)."""
     sp = plan.schoettle
     status: list[tuple[str, tuple[int, int, int]]] = []
@@ -416,8 +419,8 @@ def panel_text(
     status.append((_scale_line(plan.spacing, spacing_source), TEXT_COLOUR))
     status += [(f"warning: {t}", WARNING_COLOUR) for t in warnings or []]
     entries: list[tuple[str, tuple[int, int, int]]] = []
-    if masks:
-        entries += [(bone, BONE_COLOURS[bone]) for bone in BONES]
+    drawn = BONES if masks is True else masks or ()  # (a bone the model did not predict has
+    entries += [(bone, BONE_COLOURS[bone]) for bone in BONES if bone in drawn]  # no outline)
     if plan.lm1 is not None:
         entries.append(("LM1 posterior cortex", LM1_COLOUR))
     if plan.lm2 is not None or plan.lm3 is not None:
@@ -476,9 +479,12 @@ def draw_plan(
     show_window = window is not None and _window_visible(window, h, w)
     if show_window:
         _dashed_square(img, window, st)
+    outlined = []
     if masks is not None:
         for b, bone in enumerate(BONES):
-            _outline(img, masks[b], BONE_COLOURS[bone], st)
+            if np.any(masks[b]):
+                _outline(img, masks[b], BONE_COLOURS[bone], st)
+                outlined.append(bone)
     _draw_line(img, plan.lm1, LM1_COLOUR, st)
     _draw_line(img, plan.lm2, LM23_COLOUR, st, dashed=True)
     _draw_line(img, plan.lm3, LM23_COLOUR, st, dashed=True)
@@ -520,7 +526,7 @@ def draw_plan(
     if labels:
         _place_labels(img, labels, st)
     _scale_bar(img, plan.spacing, st)
-    status, entries = panel_text(plan, masks is not None, reasons, spacing_source, warnings,
+    status, entries = panel_text(plan, outlined, reasons, spacing_source, warnings,
                                  ellipses > 0, show_window, second_knee is not None)
     panel = _panel(h, title, status, entries, st)
     if panel.shape[0] > h:  # a panel taller than the image: the canvas grows below the image
@@ -530,7 +536,7 @@ def draw_plan(
 
 # ------------------------------------------------------------------ reference (ground truth)
 TRUTH_STYLE = "truth: dashed outlines and LM1, diamonds"
-PREDICTION_STYLE = "prediction: solid outlines and LM1, crosses, dot"
+PREDICTION_STYLE = "prediction: solid outlines and LM1 (its LM2/LM3 dashed), crosses, dot"
 ERROR_COLOUR = (255, 255, 255)
 
 

@@ -472,8 +472,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code. Errors are one clear line on stderr.
 
     Exit codes: 0 all planned; 1 a bad image (batch mode: at least one image failed);
-    2 a usage problem (bad arguments, missing or unusable model).
+    2 a usage problem (bad arguments, missing or unusable model); 130 Ctrl-C (one line, no
+    traceback; a batch first writes the summary of the images it finished).
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("plan: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """``main`` without its Ctrl-C answer."""
     args = build_parser().parse_args(argv)
     from datamodules.pixel_limit import env_problem
 
@@ -673,6 +683,7 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
 
     from planning.batch import (
         IMAGE_SUFFIXES,
+        BatchInterrupted,
         PlanOptions,
         model_failed,
         output_stems,
@@ -729,9 +740,15 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
                        sphere_mm=args.sphere_mm, model_sha256=digest)
     for note in renamed_plans(images, stems, args.out):
         _note(note)
-    rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt, workers=workers,
-                     device=args.device, progress_every=args.progress_every,
-                     model_sha256=digest, stems=stems)
+    try:
+        rows = plan_many(images, opts, predictor=predictor, model_path=args.ckpt,
+                         workers=workers, device=args.device,
+                         progress_every=args.progress_every, model_sha256=digest, stems=stems)
+    except BatchInterrupted as stop:
+        done = write_summary(summary_path, stop.rows) if stop.rows else None
+        print(f"plan: interrupted after {len(stop.rows)} of {len(images)} images"
+              + (f"; their summary: {done}" if done else ""), file=sys.stderr)
+        return 130
     summary = write_summary(summary_path, rows)
     failed = sum(r["status"] != "ok" for r in rows)
     if model_failed(rows):

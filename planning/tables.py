@@ -314,8 +314,9 @@ def risk_coverage(
     rows: Sequence[Mapping[str, object]], unit: str
 ) -> tuple[str, list[dict[str, object]]]:
     """The review gate's operating point: coverage (plans not flagged) and the Schoettle error
-    among the unflagged and the flagged plans (median, 95th percentile, max), as Markdown and CSV
-    rows. A plan without a Schoettle point counts as an infinite error (it is not a plan).
+    among the unflagged and the flagged plans (median, 95th percentile, max over the plans with
+    a Schoettle point), as Markdown and CSV rows; the plans without one (no plan at all) are
+    counted apart, ``no_point`` (the risk-coverage curve counts them as infinite errors).
 
     Args:
         rows: per-image rows with ``schoettle`` (in ``unit``) and ``needs_review`` (0/1).
@@ -341,9 +342,11 @@ def risk_coverage(
             f"### Review gate: coverage {cov:.0%} ({int((~flagged).sum())}/{n} plans not flagged)",
             markdown_table(["Plans", "n", f"Median ({unit})", f"95th pct ({unit})", f"Max ({unit})",
                        "no point"], md),  # fmt: skip
-            "Schoettle point error against the reference. The gate should pass most clean plans "
-            "and catch the wrong ones: the unflagged plans' 95th percentile and max are the risk "
-            "a surgeon takes by trusting an unflagged plan.",
+            "Schoettle point error against the reference, over the plans with a Schoettle point; "
+            "'no point' counts the others (in risk_coverage.png they count as infinitely wrong, "
+            "so a curve ends where they enter). The gate should pass most clean plans and catch "
+            "the wrong ones: the unflagged plans' 95th percentile and max are the risk a surgeon "
+            "takes by trusting an unflagged plan.",
         ]
     )
     return text, summary
