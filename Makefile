@@ -46,12 +46,13 @@ LABELME ?=
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help venv test test-fast lint train sweep sweep-report phantoms phantoms-sheet \
-        validate-data import-labelme evaluate plan export bench clean generalisation
+        validate-data import-labelme evaluate compare plan export bench clean generalisation
 
 help:
 	@echo "make train | test | sweep | sweep-report | phantoms | phantoms-sheet | validate-data DATA=..."
 	@echo "make import-labelme LABELME=folder DATA=new-folder [ARGS='--images dicom/ --spacing-mm 0.15']"
 	@echo "make evaluate CKPT=... [DATA=...] | plan IMAGE=file|folder|'glob' CKPT=.ckpt|.onnx"
+	@echo "make compare A=eval-folder B=eval-folder (two models, same test set)"
 	@echo "make export CKPT=... [ONNX=out.onnx] | bench | lint | test-fast (no slow tests)"
 	@echo "make generalisation [MINUTES=30] [FACTORS=...] | venv (create .venv only) | clean"
 
@@ -107,6 +108,11 @@ import-labelme: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m planning.evaluate $(if $(CKPT),--ckpt $(call q,$(CKPT))) \
 	  $(if $(DATA),--data-root $(call q,$(DATA))) $(ARGS)
+
+compare: $(STAMP)
+	@test -n $(call q,$(A)) -a -n $(call q,$(B)) || \
+	  (echo "usage: make compare A=runs/evaluate/<model A> B=runs/evaluate/<model B>" >&2 && exit 2)
+	$(PY) -m planning.compare $(call q,$(A)) $(call q,$(B)) $(ARGS)
 
 generalisation: $(STAMP)
 	$(PY) -m planning.generalisation --minutes $(call q,$(MINUTES)) --factors $(call q,$(FACTORS)) \
