@@ -485,11 +485,18 @@ class KneePlanCLI(LightningCLI):
                 os.environ["WANDB_MODE"] = mode
                 self.wandb_env_set = True
             # mode= goes to wandb.init; offline=True would set WANDB_MODE for the whole process
-            loggers.append(WandbLogger(
+            # config: the global seed, which the module's and data's hyper-parameters (what
+            # Lightning logs) lack, so runs differing only in it looked alike in W&B
+            wandb_logger = WandbLogger(
                 save_dir=str(run_dir), project=run.wandb_project, group=run.wandb_group,
                 name=run.wandb_name or f"{run.name}-{run_dir.name}", mode=mode,
                 offline=False, log_model=False,
-            ))
+                config={"seed_everything": self.config_init.get("seed_everything")},
+            )
+            # Lightning passes anonymous=None, which W&B warns about ("has no effect") in every
+            # run; unset, it says nothing (pytorch_lightning/loggers/wandb.py builds this dict)
+            getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+            loggers.append(wandb_logger)
         checkpoint = FiniteModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
             auto_insert_metric_name=False, monitor=run.monitor,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datamodules.dataset_io import real_path
 from datamodules.decoder_messages import printable
 from datamodules.one_line_parser import OneLineParser
 from datamodules.path_limits import replace_link
@@ -89,6 +90,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
             opset_version=opset, dynamo=False,
         )  # fmt: skip
+    from planning.batch import file_sha256
+
     meta = {
         "format": "kneeplan-onnx",
         "version": EXPORT_VERSION,
@@ -101,6 +104,9 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -
         "seg": "sigmoid probabilities",
         "opset": opset,
         "checkpoint": Path(ckpt).name,
+        # which run it came from (every run's best is best-epochNNN.ckpt) and its exact bytes
+        "checkpoint_path": str(real_path(Path(ckpt))),
+        "checkpoint_sha256": file_sha256(ckpt),
         # planning refuses a graph that no longer matches (bit rot, a partial copy)
         "sha256": graph_sha256(out.read_bytes()),
     }

@@ -32,8 +32,14 @@ def onnx_model(tmp_path_factory):
     return exported_tiny_model(tmp_path_factory)
 
 
-def test_export_description(onnx_model):
+def test_export_description(onnx_model, ckpt):
     meta = json.loads(onnx_model.with_suffix(".json").read_text())
+    # which checkpoint it came from, by real path and bytes (session 31: only the name, and
+    # every run's best checkpoint is best-epochNNN.ckpt)
+    import hashlib
+
+    assert meta["checkpoint"] == "last.ckpt" and meta["checkpoint_path"] == str(ckpt.resolve())
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert meta["format"] == "kneeplan-onnx" and meta["input_size"] == 64
     assert meta["codec"] == {"input_size": 64, "heatmap_size": 64, "sigma": 2.0}
     assert meta["tasks"] == ["seg", "lm", "roi"]

@@ -64,6 +64,13 @@ def test_fit_tiny_two_epochs_writes_everything(tmp_path, monkeypatch, caplog):
         result = train.fit(args)
     # Lightning's info lines still come through, its cloud-logger advert does not (session 31)
     assert "GPU available" in caplog.text and "litlogger" not in caplog.text
+    # W&B gets the global seed (runs differing only in it looked alike) and no anonymous=None,
+    # which W&B warned about in every run
+    from pytorch_lightning.loggers import WandbLogger
+
+    wb = next(lg for lg in result.trainer.loggers if isinstance(lg, WandbLogger))
+    assert wb._wandb_init["config"] == {"seed_everything": 0}  # tiny.yaml's seed
+    assert "anonymous" not in wb._wandb_init
     run_dir, trainer = result.run_dir, result.trainer
     assert run_dir.parent == tmp_path / "runs" / "tiny"
     # WandbLogger(offline=True) would have set WANDB_MODE process-wide; we must not

@@ -14,12 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from datamodules.dataset_io import write_sample
 from datamodules.one_line_parser import OneLineParser
 from datamodules.phantoms.config import PhantomConfig, side_problem
 from datamodules.phantoms.generate import generate_phantom, sample_seed
+from datamodules.progress import progress_iter
 
 
 def write_phantoms(
@@ -31,7 +30,9 @@ def write_phantoms(
     (``meta.config_digest``), so that a later run with another config is refused."""
     paths = []
     digest = config_digest(config or PhantomConfig())
-    for i in tqdm(range(n), desc="phantoms", unit="img", disable=not progress):
+    # a bar on a terminal, plain lines in a log (tqdm's carriage returns filled it)
+    indices = progress_iter(range(n), "phantoms", stream=sys.stderr) if progress else range(n)
+    for i in indices:
         sample = generate_phantom(sample_seed(seed, i), config, sample_id=f"phantom_{i:05d}")
         sample.meta["config_digest"] = digest
         try:
