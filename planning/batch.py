@@ -18,7 +18,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,8 +548,37 @@ def plan_many(
     return [r for r in rows if r is not None]
 
 
-def write_summary(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write the summary CSV (``SUMMARY_FIELDS``, one row per image)."""
+MAX_SUMMARY_BYTES = 64 << 20  # an earlier summary read back to keep its rows (~300 bytes a row)
+
+
+def earlier_rows(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The rows of an earlier summary at ``path`` that still stand beside ``rows``: of images
+    not planned again, whose plan report is still there (a failed row: its image not planned
+    again). [] when there is none, or it is not one of ours (other columns, too large)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_SUMMARY_BYTES:
+            return []
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != SUMMARY_FIELDS:
+                return []
+            old = list(reader)
+    except (OSError, csv.Error):
+        return []
+    images = {str(r.get("image", "")) for r in rows}
+    reports = {str(r.get("report", "")) for r in rows} - {""}
+    return [r for r in old if r["image"] not in images and r["report"] not in reports
+            and (r["status"] != "ok" or (r["report"] and Path(r["report"]).is_file()))]
+
+
+def write_summary(path: Path, rows: Iterable[dict[str, Any]], keep_earlier: bool = False
+                  ) -> Path:
+    """Write the summary CSV (``SUMMARY_FIELDS``, one row per image); ``keep_earlier``: after
+    the rows of an earlier summary there that still stand (``earlier_rows``), so that the
+    summary of a folder planned in several batches lists all its plans."""
+    rows = list(rows)
+    if keep_earlier:
+        rows = [*earlier_rows(path, rows), *rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file name that is not UTF-8 (a lone surrogate) is written escaped, not refused
     with replace_link(path).open("w", newline="", encoding="utf-8",

@@ -193,3 +193,39 @@ def test_risk_plot_has_a_title_and_says_how_missing_points_count(tmp_path, error
     assert texts[0] == "Risk-coverage: model a.ckpt"
     assert any("infinitely wrong" in t for t in texts) == note
     assert json.dumps(texts)
+
+
+def test_a_second_batch_into_one_folder_keeps_the_first_batchs_rows(tmp_path_factory, tmp_path,
+                                                                    capsys):
+    # walkthrough: summary.csv went from 6 rows to 2 while the folder held 8 plans
+    from planning.plan import main
+
+    model = exported_tiny_model(tmp_path_factory)
+    imgs = phantom_images(tmp_path_factory, n=2)
+    out = tmp_path / "out"
+
+    def summary():
+        with (out / "summary.csv").open() as f:
+            return [r["image"].rsplit("/", 1)[-1] for r in csv.DictReader(f)]
+
+    assert main(["--image", str(imgs[0]), "--ckpt", str(model), "--out", str(out),
+                 "--tta", "0"]) in (0, 1)  # a single image writes no summary
+    batch1 = tmp_path / "b1"
+    batch1.mkdir()
+    (batch1 / "a.png").write_bytes(imgs[0].read_bytes())
+    (batch1 / "b.png").write_bytes(imgs[1].read_bytes())
+    assert main(["--image", str(batch1), "--ckpt", str(model), "--out", str(out),
+                 "--tta", "0"]) == 0
+    assert summary() == ["a.png", "b.png"]
+    batch2 = tmp_path / "b2"
+    batch2.mkdir()
+    (batch2 / "c.png").write_bytes(imgs[1].read_bytes())
+    assert main(["--image", str(batch2), "--ckpt", str(model), "--out", str(out),
+                 "--tta", "0"]) == 0
+    assert summary() == ["a.png", "b.png", "c.png"]
+    # planned again: one row, the new one; a plan removed by hand leaves the summary
+    (out / "a_plan.json").unlink()
+    assert main(["--image", str(batch1 / "b*.png"), "--ckpt", str(model), "--out", str(out),
+                 "--tta", "0"]) == 0
+    assert summary() == ["c.png", "b.png"]
+    capsys.readouterr()
