@@ -155,17 +155,16 @@ def _globbed(path: Path) -> bool:
 
 
 MEDIA_DIRECTORY_UID = re.compile(rb"1\.2\.840\.10008\.1\.3\.10(?![0-9.])")  # a DICOMDIR
-DICOM_NAME_SUFFIXES = ("",)  # and numeric ones: a UID as the name, 1.2.840.113619.2.55.3.604
 
 
 def is_dicom_file(path: Path) -> bool:
     """Whether a folder entry without an image suffix is a DICOM file (PACS exports name them
-    ``IM0001`` or by a UID): a regular file with "DICM" at byte 128, as ``load_image`` tells
-    (132 bytes read). One that cannot be read is not listed, like any other non-image file."""
+    ``IM0001``, by a UID, or ``.IMA`` / ``.dicom``): a regular file with "DICM" at byte 128, as
+    ``load_image`` tells (512 bytes read). One that cannot be read is not listed, like any
+    other non-image file."""
     from datamodules.dataset_io import stat_problem
 
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES or not (suffix in DICOM_NAME_SUFFIXES or suffix[1:].isdigit()):
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return False
     st = stat_problem(path)
     if isinstance(st, str) or not stat.S_ISREG(st.st_mode) or st.st_size < 132:
@@ -440,10 +439,15 @@ def _init_worker(model_path: str, device: str, sha256: str) -> None:
     """Load the model the main process checked: the same bytes (a file rewritten meanwhile,
     e.g. ``last.ckpt`` by a running training, or a link swapped, is refused), and any failure
     kept as the worker's one-line answer (an initializer that raises breaks the whole pool with
-    a traceback per worker)."""
+    a traceback per worker). Ctrl-C is the main process's to answer: a worker ignores it (it
+    failed its image and went on to the next one), so the images in flight finish and the main
+    process cancels the rest."""
+    import signal
+
     from datamodules.decoder_messages import printable
     from planning.predict import load_predictor
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if model_digest(model_path) != sha256:
             raise ValueError(f"{model_path} changed after it was checked (its bytes differ): "
@@ -532,7 +536,8 @@ def plan_many(
                                      initargs=(str(model_path), device, sha256)) as pool:
                 futures = {pool.submit(_worker_plan, p, opts, stems[i]): i
                            for i, p in enumerate(paths)}
-                for fut in as_completed(futures):
+
+                def collect(fut: Future) -> None:
                     i = futures[fut]
                     try:
                         finish(i, fut.result())
@@ -541,6 +546,17 @@ def plan_many(
                         row.update(image=str(paths[i]), status="failed",
                                    error=f"{paths[i]}: a worker process died ({err})")
                         finish(i, row)
+
+                try:
+                    for fut in as_completed(futures):
+                        collect(fut)
+                except KeyboardInterrupt:  # the queued images are not started; those in flight
+                    for fut in futures:  # finish (the workers ignore Ctrl-C) and count
+                        fut.cancel()
+                    for fut in futures:
+                        if not fut.cancelled() and rows[futures[fut]] is None:
+                            collect(fut)
+                    raise
     except KeyboardInterrupt:
         raise BatchInterrupted([r for r in rows if r is not None]) from None
     finally:
@@ -551,10 +567,13 @@ def plan_many(
 MAX_SUMMARY_BYTES = 64 << 20  # an earlier summary read back to keep its rows (~300 bytes a row)
 
 
-def earlier_rows(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """The rows of an earlier summary at ``path`` that still stand beside ``rows``: of images
-    not planned again, whose plan report is still there (a failed row: its image not planned
-    again). [] when there is none, or it is not one of ours (other columns, too large)."""
+def earlier_rows(path: Path, rows: Sequence[dict[str, Any]], plans_dir: Path
+                 ) -> list[dict[str, str]]:
+    """The rows of an earlier summary at ``path`` that still stand beside ``rows``: whose plan
+    report (by file name: the folder may have been named otherwise, or from another working
+    folder) is still in ``plans_dir`` and not one of ``rows``' (a plan made again); a failed
+    row while no image of its name is in ``rows``. [] when there is none, or it is not one of
+    ours (other columns, too large)."""
     try:
         if not path.is_file() or path.stat().st_size > MAX_SUMMARY_BYTES:
             return []
@@ -565,20 +584,27 @@ def earlier_rows(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, s
             old = list(reader)
     except (OSError, csv.Error):
         return []
-    images = {str(r.get("image", "")) for r in rows}
-    reports = {str(r.get("report", "")) for r in rows} - {""}
-    return [r for r in old if r["image"] not in images and r["report"] not in reports
-            and (r["status"] != "ok" or (r["report"] and Path(r["report"]).is_file()))]
+    images = {Path(str(r.get("image", ""))).name for r in rows}
+    reports = {Path(str(r["report"])).name for r in rows if r.get("report")}
+
+    def stands(r: dict[str, str]) -> bool:
+        if r["status"] != "ok" or not r["report"]:
+            return Path(r["image"]).name not in images
+        name = Path(r["report"]).name
+        return name not in reports and (plans_dir / name).is_file()
+
+    return [r for r in old if stands(r)]
 
 
-def write_summary(path: Path, rows: Iterable[dict[str, Any]], keep_earlier: bool = False
+def write_summary(path: Path, rows: Iterable[dict[str, Any]], plans_dir: Path | None = None
                   ) -> Path:
-    """Write the summary CSV (``SUMMARY_FIELDS``, one row per image); ``keep_earlier``: after
-    the rows of an earlier summary there that still stand (``earlier_rows``), so that the
-    summary of a folder planned in several batches lists all its plans."""
+    """Write the summary CSV (``SUMMARY_FIELDS``, one row per image); with ``plans_dir`` (the
+    folder the plans are in) after the rows of an earlier summary there that still stand
+    (``earlier_rows``), so that the summary of a folder planned in several batches lists all
+    its plans."""
     rows = list(rows)
-    if keep_earlier:
-        rows = [*earlier_rows(path, rows), *rows]
+    if plans_dir is not None:
+        rows = [*earlier_rows(path, rows, plans_dir), *rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file name that is not UTF-8 (a lone surrogate) is written escaped, not refused
     with replace_link(path).open("w", newline="", encoding="utf-8",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from datamodules.one_line_parser import OneLineParser
 from geometry.stats import median_ci
 from planning.evaluation_record import read_record
 from planning.output_paths import out_folder_problem
+from planning.plan import path_argument
 from planning.tables import markdown_table, write_table
 
 # (column of per_image.csv, label, lower is better)
@@ -49,10 +51,13 @@ def read_rows(path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     """(the evaluation folder, its per_image.csv rows by id) of a folder or a CSV path."""
     csv_path = path / "per_image.csv" if path.is_dir() else path
     try:
-        size = csv_path.stat().st_size
+        st = csv_path.stat()
     except OSError as err:
         raise CompareError(f"{path}: no per_image.csv ({err.strerror or err}); give a make "
                            "evaluate folder") from None
+    if not stat.S_ISREG(st.st_mode):  # a pipe would block the reader for ever
+        raise CompareError(f"{csv_path}: not a regular file")
+    size = st.st_size
     if size > MAX_CSV_BYTES:
         raise CompareError(f"{csv_path}: {size:,} bytes, more than {MAX_CSV_BYTES:,}")
     try:
@@ -114,8 +119,10 @@ def compare(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]], level: f
         d = vb - va
         med, lo, hi = median_ci(d, level=level, n_boot=n_boot, seed=seed)
         p = wilcoxon_p(d)
-        better = ("-" if not (np.isfinite(lo) and (lo > 0 or hi < 0))
-                  else ("B" if (hi < 0) == lower else "A"))
+        # a winner only when the CI excludes 0 and the signed-rank test agrees: with every
+        # difference of one sign the bootstrap CI excludes 0 for any n, one image included
+        shows = np.isfinite(lo) and (lo > 0 or hi < 0) and p < 1 - level
+        better = ("B" if (hi < 0) == lower else "A") if shows else "-"
         size = "" if key.startswith("iou") else f" ({unit})"
         rows_md.append([label + size, str(d.size), _f(np.median(va) if va.size else math.nan),
                         _f(np.median(vb) if vb.size else math.nan), f"{_f(med)} [{_f(lo)}, "
@@ -148,8 +155,8 @@ def compare(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]], level: f
                         f"median B - A [{pct} CI]", "Wilcoxon p", "better"], rows_md),
         f"Each metric over the images where both models have a value; the CI is a percentile "
         f"bootstrap of the median paired difference ({n_boot:,} resamples, seed {seed}); "
-        f"'better' names a model only when the CI excludes 0. Negative differences favour B "
-        f"for distances, positive ones for IoU.",
+        f"'better' names a model only when the CI excludes 0 and the Wilcoxon p is below "
+        f"{1 - level:.2g}. Negative differences favour B for distances, positive ones for IoU.",
         f"**No Schoettle point:** A on {len(fail_a)}, B on {len(fail_b)} of the common images; "
         f"only A failed on {only_a}, only B on {only_b} (exact sign test p = {_p(sign_p)}). The "
         "paired rows above leave these images out.",
@@ -183,9 +190,11 @@ def same_test_set(a_dir: Path, b_dir: Path) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m planning.compare``."""
     p = OneLineParser(prog="python -m planning.compare", description=__doc__.splitlines()[0])
-    p.add_argument("a", type=Path, help="make evaluate folder (or its per_image.csv) of model A")
-    p.add_argument("b", type=Path, help="the same of model B, on the same test set")
-    p.add_argument("--out", type=Path, help="output folder (default runs/compare/<A>-vs-<B>)")
+    p.add_argument("a", type=path_argument,
+                   help="make evaluate folder (or its per_image.csv) of model A")
+    p.add_argument("b", type=path_argument, help="the same of model B, on the same test set")
+    p.add_argument("--out", type=path_argument,
+                   help="output folder (default runs/compare/<A>-vs-<B>)")
     p.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -213,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.keys() & b.keys():
         return _error(f"{args.a} and {args.b} share no image id: not the same test set")
     text, summary = compare(a, b, args.level, args.n_boot, args.seed, args.limit)
-    out = args.out or Path("runs") / "compare" / f"{a_dir.name}-vs-{b_dir.name}"
+    out = args.out or Path("runs") / "compare" / (
+        f"{a_dir.resolve().name}-vs-{b_dir.resolve().name}")  # (a_dir "." has no name)
     header = f"# Comparison\n\nA: {a_dir}\n\nB: {b_dir}\n\n"
     if problem := out_folder_problem(out):  # a file, under a file, a name too long
         return _error(problem)

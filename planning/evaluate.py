@@ -397,6 +397,7 @@ def evaluate(
     zoom: bool = True,
     sphere_mm: float = SPHERE_MM,
     source: str | None = None,
+    record: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate a module (or the oracle) on ``samples`` and write the tables into ``out_dir``.
 
@@ -419,6 +420,8 @@ def evaluate(
         zoom: a second look when the knee is far from the training scale (``planning.zoom``),
             as ``make plan`` does.
         sphere_mm: diameter of the calibration sphere in the images (``make plan --sphere-mm``).
+        record: what is evaluated (``planning.evaluation_record``), written as
+            ``evaluation.json`` before the tables, so that tables never stand without it.
     """
     from planning.oracle import oracle_maps
     from planning.predict import as_predictor, predict_image
@@ -477,6 +480,8 @@ def evaluate(
     title = "oracle (ground-truth maps)" if oracle else (
         f"model {source}" if source else "model")
     header = f"## Evaluation of the {title}; decode={decode}, line fit={line_fit}\n\n"
+    if record is not None:
+        write_record(out, record)
     write_table(out, "table1", header + md1, sum1)
     md2 = None
     if raters is not None and len(raters) > 1 and multi_rater:
@@ -628,8 +633,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError) as err:
+        from datamodules.annotations import AnnotationError
+        from datamodules.dataset_io import DatasetError
+        from datamodules.image_io import ImageReadError
+
+        bad_input = isinstance(err, (ImageReadError, AnnotationError, DatasetError))
         hint = (f"; nothing was written: make validate-data DATA={args.data_root} names every "
-                "such file" if args.data_root is not None else "")
+                "such file" if args.data_root is not None and bad_input else "")
         print(f"evaluate: error: {err}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -768,10 +778,10 @@ def _record(args: argparse.Namespace, ckpt: Path | None, skip: list[str] | None
                 "zoom": not args.no_zoom, "sphere_mm": args.sphere_mm,
                 "review_config": _digest(args.review_config) or "default",
                 "subset": _digest(args.subset), "n_boot": args.n_boot, "seed": args.seed,
-                "gallery": args.gallery, "perturb": args.perturb,
+                "perturb": args.perturb,  # (not the gallery: rewritten or cleared anyway)
                 "max_unflagged_mm": args.max_unflagged_mm,
                 "image_size": args.image_size if args.oracle else None}
-    return {"model": "oracle" if ckpt is None else str(ckpt),
+    return {"model": "oracle" if ckpt is None else str(real_path(ckpt)),
             "model_sha256": None if ckpt is None else model_digest(ckpt),
             "test_set": test_set, "settings": settings}
 
@@ -796,8 +806,8 @@ def _output_folder(args: argparse.Namespace, default: Path, record: dict[str, An
         print(f"evaluate: error: {printable(str(err))}", file=sys.stderr)
         return None
     if why is not None:
-        print(f"evaluate: note: {default} holds another evaluation ({printable(why)}): "
-              f"writing to {out}", file=sys.stderr)
+        print(f"evaluate: note: {printable(str(default))} holds another evaluation "
+              f"({printable(why)}): writing to {printable(str(out))}", file=sys.stderr)
         if not _out_usable(out):
             return None
     return out
@@ -890,12 +900,12 @@ def _run(args: argparse.Namespace) -> int:
         from planning.stress import parse_kinds, run_stress
 
         kinds = parse_kinds(args.perturb)  # checked by _argument_problem
+        write_record(out, record)  # (before the tables: a stop between leaves them labelled)
         run_stress(list(samples), out, kinds, limit=args.max_unflagged_mm, module=module,
                    oracle=args.oracle, decode=args.decode, line_fit=args.line_fit,
                    spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed),
                    image_size=args.image_size, tta=args.tta, review_config=review_config,
                    zoom=not args.no_zoom, sphere_mm=args.sphere_mm)
-        write_record(out, record)
         print((out / "stress.md").read_text())
         return 0
     res = evaluate(
@@ -905,9 +915,8 @@ def _run(args: argparse.Namespace) -> int:
         spec=BootstrapSpec(n_boot=args.n_boot, seed=args.seed), image_size=args.image_size,
         tta=args.tta, review_config=review_config,
         gallery=_gallery(args.gallery, args.seed), zoom=not args.no_zoom,
-        sphere_mm=args.sphere_mm, source=None if args.oracle else str(ckpt),
+        sphere_mm=args.sphere_mm, source=None if args.oracle else str(ckpt), record=record,
     )  # fmt: skip
-    write_record(out, record)
     print()
     print(res.table1_md)
     if res.table2_md:

@@ -18,6 +18,7 @@ from typing import Any
 from datamodules.path_limits import replace_link
 
 RECORD = "evaluation.json"
+INFO_KEYS = ("model",)  # said, not compared: the same bytes (model_sha256) moved or renamed
 MAX_RECORD_BYTES = 1 << 20  # a record is a few hundred bytes; a larger one is not ours
 MAX_SUFFIX = 999  # folders tried for a free <name>-N
 
@@ -39,7 +40,7 @@ def difference(recorded: dict[str, Any] | None, record: dict[str, Any]) -> str |
     (None: no record, or the same evaluation)."""
     if recorded is None:
         return None
-    for key in record:
+    for key in (k for k in record if k not in INFO_KEYS):
         old, new = recorded.get(key), record[key]
         if isinstance(new, dict) and isinstance(old, dict):
             for sub in sorted(set(old) | set(new)):

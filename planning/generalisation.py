@@ -18,7 +18,6 @@ already evaluated under the same settings (``DIR/lofo_settings.json``) are kept,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shlex
@@ -108,8 +107,10 @@ def lofo_table(results: dict[str, dict[str, float]], n_test: int, minutes: float
 def protocol_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What makes two runs' rows comparable: every protocol option and the contents of the
     training and phantom config files (a file edited in between is another protocol)."""
+    from planning.batch import file_sha256
+
     def digest(path: str | None) -> str | None:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+        return file_sha256(path) if path else None
 
     return {"config": str(Path(args.config).resolve()), "config_sha256": digest(args.config),
             "phantom_config": args.phantom_config and str(Path(args.phantom_config).resolve()),
@@ -118,11 +119,11 @@ def protocol_settings(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed, "train_args": shlex.split(args.train_args)}
 
 
-def finished_earlier(out: Path, settings: dict[str, Any], names: list[str]
-                     ) -> dict[str, dict[str, float]]:
-    """The rows of ``names`` that an earlier run into ``out`` finished under the same
-    ``settings`` (``lofo_settings.json`` and ``lofo.json``); {} when there are none, the
-    settings differ or a file cannot be read (the run then starts again)."""
+def finished_earlier(out: Path, settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The rows that an earlier run into ``out`` finished under the same ``settings``
+    (``lofo_settings.json`` and ``lofo.json``; the factors may differ: one model per factor);
+    {} when there are none, the settings differ or a file cannot be read (the run then starts
+    again)."""
     try:
         if json.loads((out / "lofo_settings.json").read_text()) != settings:
             return {}
@@ -131,8 +132,8 @@ def finished_earlier(out: Path, settings: dict[str, Any], names: list[str]
         return {}
     if not isinstance(rows, dict):
         return {}
-    return {n: rows[n] for n in names if isinstance(rows.get(n), dict)
-            and set(rows[n]) == {*DISTANCES, *(f"iou_{b}" for b in BONES)}}
+    return {n: r for n, r in rows.items() if isinstance(r, dict)
+            and set(r) == {*DISTANCES, *(f"iou_{b}" for b in BONES)}}
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -152,7 +153,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     variants = [] if args.no_all_on else [("all_on", [])]
     variants += [(f, [f]) for f in args.factors]
     settings = protocol_settings(args)
-    kept = finished_earlier(out, settings, [name for name, _ in variants])
+    kept = finished_earlier(out, settings)
+    # models of other factors an earlier run finished stay in the tables (a run with fewer or
+    # reordered --factors dropped them from lofo.json)
+    variants += [(name, [name]) for name in kept if name not in dict(variants)]
     results: dict[str, dict[str, float]] = {}
     replace_link(out / "lofo_settings.json").write_text(json.dumps(settings, indent=2))
     _write_tables(out, results, len(tests), args.minutes, len(variants))  # no earlier run's

@@ -745,11 +745,12 @@ def _main_batch(args: argparse.Namespace, images: list[Path]) -> int:
                          workers=workers, device=args.device,
                          progress_every=args.progress_every, model_sha256=digest, stems=stems)
     except BatchInterrupted as stop:
-        done = write_summary(summary_path, stop.rows, keep_earlier=True) if stop.rows else None
+        done = (write_summary(summary_path, stop.rows, plans_dir=args.out) if stop.rows
+                else None)
         print(f"plan: interrupted after {len(stop.rows)} of {len(images)} images"
               + (f"; their summary: {done}" if done else ""), file=sys.stderr)
         return 130
-    summary = write_summary(summary_path, rows, keep_earlier=True)  # (earlier batches' plans)
+    summary = write_summary(summary_path, rows, plans_dir=args.out)  # (earlier batches' too)
     failed = sum(r["status"] != "ok" for r in rows)
     if model_failed(rows):
         _error(f"unusable model {args.ckpt}: its output for a valid image is unusable (see the "

@@ -460,13 +460,15 @@ def run_sweep(argv: Sequence[str] | None = None, fit: FitFn | None = None) -> op
         raise _usage_error(f"--studies-dir {args.studies_dir}: cannot make the study folder "
                            f"{folder}: {err.strerror or err}") from None
     storage_name = args.storage or f"sqlite:///{folder / 'study.db'}"
-    new_db = None if args.storage or (folder / "study.db").exists() else folder / "study.db"
+    db = (Path(storage_name.removeprefix("sqlite:///"))  # (a file this worker may create)
+          if storage_name.startswith("sqlite:///") else None)
+    new_db = None if db is None or db.exists() else db
     try:
         # --trials 0 with nothing to enqueue only prints a study: a new one would stay empty
         study, created = open_study(args, create=bool(args.trials or args.enqueue))
         if study is None:
-            if new_db is not None:
-                new_db.unlink(missing_ok=True)
+            if new_db is not None and not optuna.get_all_study_names(storage_name):
+                new_db.unlink(missing_ok=True)  # (unless another worker made a study there)
             _remove_empty(made)
             raise _usage_error(f"study {args.study!r} does not exist in {storage_name}: "
                                "--trials 0 runs nothing (it prints an existing study's best "

@@ -46,6 +46,21 @@ def test_expand_images(folder):
     assert passed_over(str(folder / "*.png")) == passed_over(str(folder / "broken.png")) == []
 
 
+def test_dicom_files_of_any_suffix_are_listed_by_folder_and_glob(tmp_path):
+    # review of session 31: the glob took only image suffixes, so 'scans/*.IMA' lost its DICOMs
+    import numpy as np
+    from dicom_files import write_dicom
+
+    for name in ("a.IMA", "b.dicom", "IM0001", "1.2.840.5"):
+        write_dicom(tmp_path / name, np.full((40, 40), 100, np.uint16))
+    (tmp_path / "notes.IMA").write_text("not DICOM")
+    want = [tmp_path / n for n in ("1.2.840.5", "IM0001", "a.IMA", "b.dicom")]
+    assert expand_images(str(tmp_path))[0] == want
+    assert expand_images(str(tmp_path / "*"))[0] == want
+    assert expand_images(str(tmp_path / "*.IMA"))[0] == [tmp_path / "a.IMA"]
+    assert passed_over(str(tmp_path)) == [tmp_path / "notes.IMA"]
+
+
 def test_files_passed_over_are_named(folder, tmp_path_factory, tmp_path, capsys):
     model = exported_tiny_model(tmp_path_factory)
     for spec in (str(folder), str(folder / "*")):

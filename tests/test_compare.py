@@ -40,7 +40,9 @@ def test_five_images_all_worse_by_hand(tmp_path):
     assert s["median_difference"] == 3.0  # median of 1, 2, 3, 4, 12
     # exact two-sided signed-rank p with all 5 differences positive: 2 / 2^5
     assert s["wilcoxon_p"] == pytest.approx(0.0625)
-    assert 1.0 <= s["ci_low"] <= 3.0 <= s["ci_high"] <= 12.0 and s["better"] == "A"
+    assert 1.0 <= s["ci_low"] <= 3.0 <= s["ci_high"] <= 12.0
+    # the CI excludes 0 (every difference > 0), but 5 images cannot show it at p < 0.05
+    assert s["better"] == "-"
     iou = next(r for r in rows if r.get("metric") == "iou_femur")
     assert iou["median_difference"] == 0 and iou["wilcoxon_p"] == 1.0 and iou["better"] == "-"
     gate = {r["model"]: r for r in rows if r.get("table") == "gate"}
@@ -48,6 +50,19 @@ def test_five_images_all_worse_by_hand(tmp_path):
     assert gate["A"]["unflagged_over_limit"] == 0  # A: 2..6 mm
     assert gate["B"]["unflagged_over_limit"] == 0  # k4 (18 mm) is flagged
     assert "median B - A [95% CI]" in text
+
+
+def test_one_image_names_no_winner_and_twelve_do(tmp_path):
+    _write(tmp_path / "A1", {"k": 2.0})
+    _write(tmp_path / "B1", {"k": 3.0})
+    _, rows = compare(read_rows(tmp_path / "A1")[1], read_rows(tmp_path / "B1")[1], n_boot=200)
+    assert rows[0]["median_difference"] == 1.0 and rows[0]["better"] == "-"
+    a = {f"k{i}": 2.0 + i for i in range(12)}
+    _write(tmp_path / "A", a)
+    _write(tmp_path / "B", {k: v + 0.5 + 0.1 * i for i, (k, v) in enumerate(a.items())})
+    _, rows = compare(read_rows(tmp_path / "A")[1], read_rows(tmp_path / "B")[1], n_boot=500)
+    # 12 positive differences: exact two-sided p = 2 / 2^12
+    assert rows[0]["wilcoxon_p"] == pytest.approx(2 / 4096) and rows[0]["better"] == "A"
 
 
 def test_failures_are_counted_apart_with_a_sign_test(tmp_path):
@@ -87,6 +102,12 @@ def test_cli_refuses_other_test_sets_and_writes_tables(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"compare: error: {tmp_path / 'nothing'}: no per_image.csv (No such file or "
         "directory); give a make evaluate folder")
+    import os
+
+    (tmp_path / "F").mkdir()
+    os.mkfifo(tmp_path / "F" / "per_image.csv")  # would block a reader for ever
+    assert main([str(tmp_path / "A"), str(tmp_path / "F")]) == 2
+    assert capsys.readouterr().err.strip().endswith("per_image.csv: not a regular file")
     (tmp_path / "C").mkdir()
     (tmp_path / "C" / "per_image.csv").write_text("id,unit\nk0,mm\n")
     assert main([str(tmp_path / "A"), str(tmp_path / "C")]) == 2

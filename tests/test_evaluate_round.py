@@ -8,7 +8,6 @@ words; the plan overlay's legend lists only the bones it outlines."""
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -53,19 +52,17 @@ def test_other_data_goes_to_a_new_folder_and_out_is_refused(tmp_path, monkeypatc
            "(test_set: " in err and "writing to runs/evaluate/oracle-2" in err
     assert (default / "per_image.csv").read_text() == first
     assert "seeds 7.." in read_record(tmp_path / "runs/evaluate/oracle-2")["test_set"]
-    # the same evaluation again replaces its own tables; --gallery 0 clears its old gallery
-    assert ev.main([*QUICK, "--phantom-seed", "7", "--gallery", "1", "--out",
-                    "runs/evaluate/oracle-2"]) == 0
+    # the same evaluation again (the gallery is no part of it) replaces its own tables, and
+    # --gallery 0 clears the old gallery
+    second = tmp_path / "runs/evaluate/oracle-2"
+    assert ev.main([*QUICK, "--phantom-seed", "7", "--gallery", "0", "--out", str(second)]) == 0
+    assert not list((second / "gallery").glob("*.png"))
     # a chosen --out holding another evaluation is refused, nothing replaced
-    assert ev.main([*QUICK, "--out", str(default)]) == 2
+    assert ev.main([*QUICK, "--tta", "2", "--out", str(default)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"evaluate: error: --out {default} holds another evaluation "
-                              "(settings.gallery: 1 -> 8)"), err
+                              "(settings.tta: 0 -> 2)"), err
     assert (default / "per_image.csv").read_text() == first
-    # a legacy folder (no record) with a gallery: --gallery 0 clears the stale pictures
-    (default / "evaluation.json").unlink()
-    assert ev.main([*QUICK, "--gallery", "0", "--out", str(default)]) == 0
-    assert not list((default / "gallery").glob("*.png"))
 
 
 def test_ctrl_c_in_evaluate_is_one_line(tmp_path, monkeypatch, capsys):
@@ -192,7 +189,6 @@ def test_risk_plot_has_a_title_and_says_how_missing_points_count(tmp_path, error
                           title="Risk-coverage: model a.ckpt")
     assert texts[0] == "Risk-coverage: model a.ckpt"
     assert any("infinitely wrong" in t for t in texts) == note
-    assert json.dumps(texts)
 
 
 def test_a_second_batch_into_one_folder_keeps_the_first_batchs_rows(tmp_path_factory, tmp_path,
@@ -229,3 +225,44 @@ def test_a_second_batch_into_one_folder_keeps_the_first_batchs_rows(tmp_path_fac
                  "--tta", "0"]) == 0
     assert summary() == ["c.png", "b.png"]
     capsys.readouterr()
+
+
+def test_the_record_names_the_model_by_real_path_and_compares_its_bytes(tmp_path, monkeypatch):
+    # review: the same checkpoint typed as m/x.ckpt and as its absolute path was "another model"
+    import argparse
+
+    ckpt = tmp_path / "m" / "x.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    args = ev.build_parser().parse_args(["--ckpt", "m/x.ckpt"])
+    rel = ev._record(args, args.ckpt, None)
+    assert rel["model"] == str(ckpt.resolve())
+    moved = tmp_path / "y.ckpt"
+    moved.write_bytes(b"weights")
+    assert difference(rel, ev._record(argparse.Namespace(**vars(args)), moved, None)) is None
+    moved.write_bytes(b"other weights")
+    assert difference(rel, ev._record(args, moved, None)).startswith("model_sha256: ")
+
+
+def test_earlier_rows_match_plans_by_name_in_the_plans_folder(tmp_path):
+    # review: rows were matched by the path text, relative to the working folder
+    from planning.batch import SUMMARY_FIELDS, earlier_rows, write_summary
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("a", "b"):
+        (out / f"{n}_plan.json").write_text("{}")
+    row = dict.fromkeys(SUMMARY_FIELDS, "")
+    old = [row | {"image": "in/a.png", "status": "ok", "report": "out/a_plan.json"},
+           row | {"image": "in/b.png", "status": "ok", "report": "out/b_plan.json"},
+           row | {"image": "in/gone.png", "status": "ok", "report": "out/gone_plan.json"},
+           row | {"image": "in/bad.png", "status": "failed", "error": "x"}]
+    write_summary(out / "summary.csv", old)
+    new = [row | {"image": str(tmp_path / "in/a.png"), "status": "ok",
+                  "report": str(out / "a_plan.json")}]
+    kept = earlier_rows(out / "summary.csv", new, out)  # (from another working folder)
+    assert [r["image"] for r in kept] == ["in/b.png", "in/bad.png"]
+    again = [row | {"image": "elsewhere/bad.png", "status": "failed", "error": "y"}]
+    assert [r["image"] for r in earlier_rows(out / "summary.csv", again, out)] == [
+        "in/a.png", "in/b.png"]

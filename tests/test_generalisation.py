@@ -182,6 +182,10 @@ def test_a_stopped_run_continues_with_the_models_it_finished(tmp_path, monkeypat
     res = json.loads((out / "lofo.json").read_text())
     assert list(res) == ["all_on", "metal"] and res["all_on"] == first["all_on"]
     assert "== all_on: kept from the earlier run" in capsys.readouterr().out
+    # the all-on model alone again: nothing trained, the metal model stays in the tables
+    assert gen.main([*argv[:3], "", *argv[4:]]) == 0
+    assert trained == ["all_on", "metal"]
+    assert list(json.loads((out / "lofo.json").read_text())) == ["all_on", "metal"]
     # another --n-test is another protocol: everything is trained again
     assert gen.main([*argv[:-4], "--n-test", "2", "--max-epochs", "1"]) == 0
     assert trained == ["all_on", "metal", "all_on", "metal"]

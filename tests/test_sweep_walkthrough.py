@@ -212,6 +212,11 @@ def test_trials_0_on_a_new_study_is_refused_and_leaves_nothing(tmp_path, capsys)
     assert len(err) == 1 and "study 'none0' does not exist in sqlite:///" in err[0]
     assert "--trials 0 runs nothing" in err[0]
     assert not (tmp_path / "studies").exists()
+    # a sqlite file of the user's own: not left behind either (review)
+    db = tmp_path / "own.db"
+    with pytest.raises(SystemExit):
+        _sweep(tmp_path, "none0", "--storage", f"sqlite:///{db}", trials="0", fit=never_fit)
+    assert not db.exists()
     # on an existing study, --trials 0 prints its best trial; enqueueing into a new one works
     _sweep(tmp_path, "s0")
     capsys.readouterr()
