@@ -435,19 +435,25 @@ def file_sha256(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def _start_worker(model_path: str, device: str, sha256: str) -> None:
+    """A worker process's initializer: Ctrl-C is the main process's to answer, so the worker
+    ignores it (it failed its image and went on to the next one) and the images in flight
+    finish while the main process cancels the rest; then ``_init_worker``. (Apart from it:
+    called in a test's own process, it would leave that process deaf to Ctrl-C.)"""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(model_path, device, sha256)
+
+
 def _init_worker(model_path: str, device: str, sha256: str) -> None:
     """Load the model the main process checked: the same bytes (a file rewritten meanwhile,
     e.g. ``last.ckpt`` by a running training, or a link swapped, is refused), and any failure
     kept as the worker's one-line answer (an initializer that raises breaks the whole pool with
-    a traceback per worker). Ctrl-C is the main process's to answer: a worker ignores it (it
-    failed its image and went on to the next one), so the images in flight finish and the main
-    process cancels the rest."""
-    import signal
-
+    a traceback per worker)."""
     from datamodules.decoder_messages import printable
     from planning.predict import load_predictor
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if model_digest(model_path) != sha256:
             raise ValueError(f"{model_path} changed after it was checked (its bytes differ): "
@@ -532,7 +538,7 @@ def plan_many(
 
             # the workers load exactly the checked bytes (digest taken before the main check)
             sha256 = model_sha256 or model_digest(str(model_path))
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
                                      initargs=(str(model_path), device, sha256)) as pool:
                 futures = {pool.submit(_worker_plan, p, opts, stems[i]): i
                            for i, p in enumerate(paths)}

@@ -251,6 +251,24 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     monkeypatch.setattr(batch, "_WORKER", {})
     batch._init_worker(str(model), "cpu", checked)
     assert "changed after it was checked" in batch._WORKER["error"]
+    # loading leaves the caller's Ctrl-C alone (only a worker's start ignores it: session 31's
+    # CI caught this test leaving pytest, and a training it started, deaf to SIGINT)
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_worker_start_ignores_ctrl_c_and_loads(tmp_path_factory, tmp_path, monkeypatch):
+    import signal
+
+    import planning.batch as batch
+
+    model = exported_tiny_model(tmp_path_factory)
+    monkeypatch.setattr(batch, "_WORKER", {})
+    monkeypatch.setattr(signal, "signal", lambda *a: seen.append(a))
+    seen: list = []
+    batch._start_worker(str(model), "cpu", batch.model_digest(model))
+    assert seen == [(signal.SIGINT, signal.SIG_IGN)] and "predictor" in batch._WORKER
 
 
 def test_a_folder_named_like_an_image_gets_its_own_row(tmp_path):
