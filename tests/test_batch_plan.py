@@ -232,6 +232,9 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     shutil.copy(exported_tiny_model(tmp_path_factory).with_suffix(".json"),
                 model.with_suffix(".json"))
     monkeypatch.setattr(batch, "_WORKER", {})
+    import signal
+
+    ctrl_c = signal.getsignal(signal.SIGINT)
     checked = batch.model_digest(model)
     model.write_bytes(model.read_bytes() + b"\0")  # rewritten after the check
     batch._init_worker(str(model), "cpu", checked)
@@ -253,9 +256,7 @@ def test_a_worker_refuses_a_model_changed_after_the_check(tmp_path_factory, tmp_
     assert "changed after it was checked" in batch._WORKER["error"]
     # loading leaves the caller's Ctrl-C alone (only a worker's start ignores it: session 31's
     # CI caught this test leaving pytest, and a training it started, deaf to SIGINT)
-    import signal
-
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
 
 
 def test_a_worker_start_ignores_ctrl_c_and_loads(tmp_path_factory, tmp_path, monkeypatch):
